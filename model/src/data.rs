@@ -1,0 +1,1 @@
+//! Instruction data: JSONL in alpaca, prompt/completion and OpenAI messages formats, tokenized with prompt tokens masked (-100).

@@ -1,0 +1,1 @@
+//! Random weights in the Hugging Face layout (`tributary model init`).

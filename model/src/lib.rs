@@ -1,0 +1,17 @@
+//! Pure ML on burn: Hugging Face config, safetensors and PEFT IO, tokenizer and chat
+//! template, the Llama/Qwen2 decoder, LoRA, KV-cache generation and sampling, and the
+//! training step. No networking, async or storage here.
+
+pub mod config;
+pub mod data;
+pub mod decoder;
+pub mod device;
+pub mod generate;
+pub mod init;
+pub mod lora;
+pub mod peft;
+pub mod plot;
+pub mod sampling;
+pub mod tokenizer;
+pub mod train;
+pub mod weights;

@@ -1,0 +1,1 @@
+//! Loss-curve plots (SVG) for training runs.

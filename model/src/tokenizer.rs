@@ -1,0 +1,1 @@
+//! `tokenizer.json` through the `tokenizers` crate, and the chat template rendered as transformers renders it.

@@ -1,0 +1,49 @@
+//! Top-level command tree. One file per command family, each owning its clap types.
+
+pub mod bench;
+pub mod model;
+
+use clap::{Parser, Subcommand};
+
+/// Tributary: community data in, specialized AI out, contributors paid.
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Models: make random checkpoints, generate text, fine-tune LoRA adapters.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Benchmarks that print one JSON line each.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Model(cmd) => model::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}

@@ -1,0 +1,21 @@
+//! The `tributary` binary: command-line wiring only. Each subcommand lives in `cli/` and
+//! calls into the library crates; no logic beyond argument parsing and output here.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    // Two rustls crypto providers are linked (quinn's ring, object_store's aws-lc-rs):
+    // pick one as the process default before any TLS config is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = cli::Cli::parse();
+    cli::init_tracing(args.verbose);
+    match cli::run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
