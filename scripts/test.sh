@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup-test-deps.sh
+TRIBUTARY_MOTO_SERVER=$(cat "${XDG_CACHE_HOME:-$HOME/.cache}/tributary/moto_server_path")
+export TRIBUTARY_MOTO_SERVER
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

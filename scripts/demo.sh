@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's first command: builds the `tributary` binary (installing protoc first if the
+# machine lacks it, since etcd-client's build needs it) and runs `tributary demo`, the main
+# job on the embedded default — no servers to install. Extra arguments go to `demo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v protoc >/dev/null 2>&1; then
+  scripts/setup-test-deps.sh --build-only
+fi
+exec cargo run --release --quiet -- demo "$@"
