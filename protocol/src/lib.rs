@@ -1,3 +1,24 @@
 //! Everything that crosses a process boundary: digest and id newtypes, rkyv messages,
-//! length-prefixed framing on QUIC streams, mutual TLS, and the protocol version.
-//! No business logic lives here.
+//! length-prefixed framing on QUIC streams, chunked tensors, mutual TLS, certificates, the
+//! job spec, and the protocol version. No business logic lives here.
+
+pub mod certs;
+pub mod endpoint;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod messages;
+pub mod shutdown;
+pub mod spec;
+pub mod tensor;
+pub mod tls;
+
+pub use endpoint::{Handler, Limits, QuicClient, QuicServer};
+pub use error::{ProtocolError, Result};
+pub use ids::{Digest, FencingToken, JobId, NodeId};
+pub use messages::{
+    Command, CommandBody, MicroBatch, MicroResult, PROTOCOL_VERSION, Payload, Reply, WireMessage,
+};
+pub use shutdown::{Shutdown, ShutdownController};
+pub use spec::JobSpec;
+pub use tls::NodeTls;

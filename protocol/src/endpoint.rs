@@ -1,0 +1,318 @@
+//! QUIC endpoints over mutual TLS. A connection starts with a protocol-version handshake on
+//! its first bidirectional stream; after that every request gets its own bidirectional
+//! stream: one framed message plus its tensors each way, then the stream is finished.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::{ProtocolError, Result};
+use crate::frame::{DEFAULT_MAX_FRAME, read_msg, write_msg};
+use crate::ids::NodeId;
+use crate::messages::{Hello, HelloReply, PROTOCOL_VERSION, Payload, WireMessage};
+use crate::shutdown::Shutdown;
+use crate::tensor::{DEFAULT_MAX_TENSOR_ELEMS, read_tensors, write_tensors};
+use crate::tls::NodeTls;
+
+/// Size limits a receiver enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_frame: u32,
+    pub max_tensor_elems: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_tensor_elems: DEFAULT_MAX_TENSOR_ELEMS,
+        }
+    }
+}
+
+/// Serves requests arriving on a [`QuicServer`].
+pub trait Handler: Send + Sync + 'static {
+    type Req: WireMessage;
+    type Resp: WireMessage;
+    /// Answers one request from `peer` (the name it gave in its handshake; its certificate
+    /// was verified against the cluster CA before any of this ran).
+    fn handle(
+        &self,
+        peer: NodeId,
+        req: Payload<Self::Req>,
+    ) -> impl Future<Output = Payload<Self::Resp>> + Send;
+}
+
+async fn send_payload<M: WireMessage>(
+    send: &mut SendStream,
+    p: &Payload<M>,
+    limits: Limits,
+) -> Result<()> {
+    write_msg(send, &p.msg, limits.max_frame).await?;
+    write_tensors(send, &p.tensors).await?;
+    send.finish()
+        .map_err(|e| ProtocolError::Write(e.to_string()))
+}
+
+async fn recv_payload<M: WireMessage>(recv: &mut RecvStream, limits: Limits) -> Result<Payload<M>> {
+    let msg = read_msg(recv, limits.max_frame).await?;
+    let tensors = read_tensors(recv, limits.max_tensor_elems).await?;
+    Ok(Payload { msg, tensors })
+}
+
+/// A listening QUIC endpoint that requires client certificates from the cluster CA.
+#[derive(Debug)]
+pub struct QuicServer {
+    endpoint: Endpoint,
+    node: NodeId,
+    limits: Limits,
+}
+
+impl QuicServer {
+    /// Binds `addr` with `tls`'s server identity.
+    pub fn bind(addr: SocketAddr, node: NodeId, tls: &NodeTls) -> Result<Self> {
+        let endpoint =
+            Endpoint::server(tls.server_config()?, addr).map_err(|e| ProtocolError::Connect {
+                addr: addr.to_string(),
+                reason: format!("bind: {e}"),
+            })?;
+        Ok(Self {
+            endpoint,
+            node,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Overrides the receive limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The bound address (useful after binding port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| ProtocolError::Connection(e.to_string()))
+    }
+
+    /// Accepts connections until shutdown, serving each on its own task.
+    pub async fn run<H: Handler>(self, handler: Arc<H>, mut shutdown: Shutdown) {
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => i,
+                _ = shutdown.recv() => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let handler = handler.clone();
+            let node = self.node.clone();
+            let limits = self.limits;
+            let sd = shutdown.resubscribe();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => {
+                        let span = info_span!("quic_conn", %remote);
+                        if let Err(e) = serve_conn(conn, node, handler, limits, sd)
+                            .instrument(span)
+                            .await
+                        {
+                            debug!(%remote, error = %e, "connection ended");
+                        }
+                    }
+                    // Refused TLS handshakes (no client cert, wrong CA) end here.
+                    Err(e) => warn!(%remote, error = %e, "incoming connection refused"),
+                }
+            });
+        }
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+async fn serve_conn<H: Handler>(
+    conn: Connection,
+    node: NodeId,
+    handler: Arc<H>,
+    limits: Limits,
+    mut shutdown: Shutdown,
+) -> Result<()> {
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| ProtocolError::Connection(e.to_string()))?;
+    let hello: Hello = read_msg(&mut recv, limits.max_frame).await?;
+    if hello.version != PROTOCOL_VERSION {
+        let reply = HelloReply::Rejected {
+            version: PROTOCOL_VERSION,
+            reason: format!(
+                "protocol version {} is not supported; this node speaks {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        };
+        write_msg(&mut send, &reply, limits.max_frame).await?;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        conn.close(1u32.into(), b"protocol version mismatch");
+        return Err(ProtocolError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: hello.version,
+        });
+    }
+    let reply = HelloReply::Accepted {
+        version: PROTOCOL_VERSION,
+        node,
+    };
+    write_msg(&mut send, &reply, limits.max_frame).await?;
+    send.finish()
+        .map_err(|e| ProtocolError::Write(e.to_string()))?;
+    let peer = hello.node;
+    loop {
+        let (mut send, mut recv) = tokio::select! {
+            s = conn.accept_bi() => s.map_err(|e| ProtocolError::Connection(e.to_string()))?,
+            _ = shutdown.recv() => {
+                conn.close(0u32.into(), b"shutdown");
+                return Ok(());
+            }
+        };
+        let handler = handler.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let req = match recv_payload::<H::Req>(&mut recv, limits).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%peer, error = %e, "bad request refused");
+                    let _ = send.reset(2u32.into());
+                    return;
+                }
+            };
+            let resp = handler.handle(peer.clone(), req).await;
+            if let Err(e) = send_payload(&mut send, &resp, limits).await {
+                warn!(%peer, error = %e, "could not send response");
+            }
+        });
+    }
+}
+
+/// A connection to one peer, after a successful handshake.
+#[derive(Debug, Clone)]
+pub struct QuicClient {
+    endpoint: Endpoint,
+    conn: Connection,
+    peer: NodeId,
+    limits: Limits,
+}
+
+impl QuicClient {
+    /// Connects to `addr`, verifying that its certificate names `server_name` and chains to
+    /// the CA in `config`, then runs the version handshake as `me`.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        me: &NodeId,
+        config: quinn::ClientConfig,
+    ) -> Result<Self> {
+        Self::connect_with_version(addr, server_name, me, config, PROTOCOL_VERSION).await
+    }
+
+    /// [`Self::connect`] claiming another protocol version (tests of the handshake).
+    pub async fn connect_with_version(
+        addr: SocketAddr,
+        server_name: &str,
+        me: &NodeId,
+        config: quinn::ClientConfig,
+        version: u32,
+    ) -> Result<Self> {
+        let cerr = |reason: String| ProtocolError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let bind: SocketAddr = if addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let mut endpoint = Endpoint::client(bind).map_err(|e| cerr(format!("bind: {e}")))?;
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(addr, server_name)
+            .map_err(|e| cerr(e.to_string()))?
+            .await
+            .map_err(|e| cerr(e.to_string()))?;
+        let limits = Limits::default();
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| cerr(e.to_string()))?;
+        let hello = Hello {
+            version,
+            node: me.clone(),
+        };
+        write_msg(&mut send, &hello, limits.max_frame)
+            .await
+            .map_err(|e| cerr(e.to_string()))?;
+        send.finish().map_err(|e| cerr(e.to_string()))?;
+        let reply: HelloReply = read_msg(&mut recv, limits.max_frame)
+            .await
+            .map_err(|e| cerr(format!("handshake: {e}")))?;
+        match reply {
+            HelloReply::Accepted { node, .. } => Ok(Self {
+                endpoint,
+                conn,
+                peer: node,
+                limits,
+            }),
+            HelloReply::Rejected {
+                version: theirs, ..
+            } => Err(ProtocolError::VersionMismatch {
+                ours: version,
+                theirs,
+            }),
+        }
+    }
+
+    /// Connects with `tls`'s client identity.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        server_name: &str,
+        me: &NodeId,
+        tls: &NodeTls,
+    ) -> Result<Self> {
+        Self::connect(addr, server_name, me, tls.client_config()?).await
+    }
+
+    /// The peer's node name from its handshake.
+    pub fn peer(&self) -> &NodeId {
+        &self.peer
+    }
+
+    /// Sends one request on a new stream and reads the response.
+    pub async fn request<Req: WireMessage, Resp: WireMessage>(
+        &self,
+        req: &Payload<Req>,
+    ) -> Result<Payload<Resp>> {
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| ProtocolError::Connection(e.to_string()))?;
+        send_payload(&mut send, req, self.limits).await?;
+        recv_payload(&mut recv, self.limits).await
+    }
+
+    /// Bytes sent and received on this connection so far (UDP payload).
+    pub fn bytes(&self) -> (u64, u64) {
+        let s = self.conn.stats();
+        (s.udp_tx.bytes, s.udp_rx.bytes)
+    }
+
+    /// True once the connection has failed or been closed.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.close(0u32.into(), b"bye");
+    }
+}

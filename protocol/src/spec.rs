@@ -1,0 +1,419 @@
+//! The fine-tuning job spec, in TOML or JSON, with keys a PEFT/axolotl user expects:
+//!
+//! ```toml
+//! base_model = "models/tiny"          # path or object-store URL
+//! data = "data/train.jsonl"           # JSONL file (a datanet version later)
+//! workers = 2                         # or "auto"
+//! [lora]
+//! rank = 8
+//! alpha = 16.0
+//! dropout = 0.05
+//! target_modules = ["q_proj", "v_proj"]
+//! [train]
+//! steps = 100                         # or epochs = 3
+//! batch_size = 8                      # examples per optimizer step (global batch)
+//! grad_accum = 4                      # micro-batches per global batch (default: batch_size)
+//! lr = 2e-4
+//! warmup = 10
+//! seed = 42
+//! max_grad_norm = 1.0
+//! checkpoint_every = 50
+//! ```
+//!
+//! The global batch is cut into `grad_accum` micro-batches of `batch_size / grad_accum`
+//! examples; micro-batches are the unit spread over workers, so at most `grad_accum` workers
+//! share one job, and the reduction over micro-batches in index order makes the result
+//! independent of the number of workers. Validation errors name the field and its limit.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ProtocolError, Result};
+
+/// Number of workers for a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    /// As many as are free, up to the number of micro-batches.
+    #[default]
+    Auto,
+    /// Exactly this many.
+    Count(u32),
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) if s == "auto" => Ok(Workers::Auto),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "workers must be a number or \"auto\", got {s:?}"
+            ))),
+            Raw::N(n) => u32::try_from(n)
+                .map(Workers::Count)
+                .map_err(|_| serde::de::Error::custom(format!("workers = {n} is out of range"))),
+        }
+    }
+}
+
+/// LoRA hyper-parameters, named as in PEFT's `LoraConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSpec {
+    pub rank: u32,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraSpec {
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+        }
+    }
+}
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Optimizer steps; exactly one of `steps` and `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    /// Passes over the data; exactly one of `steps` and `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
+    /// Examples per optimizer step (the global batch).
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// Micro-batches per global batch; must divide `batch_size`. Default: `batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_accum: Option<u32>,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[serde(default)]
+    pub warmup: u64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f32>,
+    /// Checkpoint every this many steps (default: never, except at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u64>,
+}
+
+fn default_batch() -> u32 {
+    8
+}
+fn default_lr() -> f64 {
+    2e-4
+}
+
+/// A fine-tuning job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Base model directory or object-store URL.
+    pub base_model: String,
+    /// Training data: a JSONL file path or URL.
+    pub data: String,
+    #[serde(default)]
+    pub workers: Workers,
+    #[serde(default)]
+    pub lora: LoraSpec,
+    pub train: TrainSpec,
+}
+
+/// Limits checked by [`JobSpec::validate`].
+pub mod limits {
+    pub const MAX_RANK: u32 = 1024;
+    pub const MAX_ALPHA: f32 = 65536.0;
+    pub const MAX_STEPS: u64 = 100_000_000;
+    pub const MAX_EPOCHS: u32 = 10_000;
+    pub const MAX_BATCH: u32 = 1 << 20;
+    pub const MAX_WORKERS: u32 = 4096;
+    pub const MAX_LR: f64 = 1.0;
+}
+
+fn spec_err(msg: String) -> ProtocolError {
+    ProtocolError::Spec(msg)
+}
+
+impl JobSpec {
+    /// Parses TOML and validates.
+    pub fn from_toml_str(s: &str) -> Result<Self> {
+        let spec: Self = toml::from_str(s).map_err(|e| spec_err(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Parses JSON and validates.
+    pub fn from_json_str(s: &str) -> Result<Self> {
+        let spec: Self = serde_json::from_str(s).map_err(|e| spec_err(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads a `.toml` or `.json` file (other extensions: JSON if it starts with `{`).
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ProtocolError::io(path, e))?;
+        let json = match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => true,
+            Some("toml") => false,
+            _ => text.trim_start().starts_with('{'),
+        };
+        let parsed = if json {
+            Self::from_json_str(&text)
+        } else {
+            Self::from_toml_str(&text)
+        };
+        parsed.map_err(|e| spec_err(format!("{}: {e}", path.display())))
+    }
+
+    /// The spec as compact JSON (what travels to workers).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| ProtocolError::Encode(e.to_string()))
+    }
+
+    /// Micro-batches per global batch.
+    pub fn micro_batches(&self) -> u32 {
+        self.train.grad_accum.unwrap_or(self.train.batch_size)
+    }
+
+    /// Examples per micro-batch.
+    pub fn micro_batch_size(&self) -> u32 {
+        self.train.batch_size / self.micro_batches().max(1)
+    }
+
+    /// Optimizer steps, given the number of examples when the spec counts epochs.
+    pub fn total_steps(&self, dataset_len: u64) -> u64 {
+        match (self.train.steps, self.train.epochs) {
+            (Some(s), _) => s,
+            (None, Some(e)) => {
+                let per_epoch = dataset_len.div_ceil(u64::from(self.train.batch_size.max(1)));
+                per_epoch.max(1) * u64::from(e)
+            }
+            (None, None) => 0,
+        }
+    }
+
+    /// Checks every field against its limit; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        use limits::*;
+        if self.base_model.trim().is_empty() {
+            return Err(spec_err("base_model must not be empty".into()));
+        }
+        if self.data.trim().is_empty() {
+            return Err(spec_err("data must not be empty".into()));
+        }
+        if let Workers::Count(n) = self.workers {
+            if n == 0 || n > MAX_WORKERS {
+                return Err(spec_err(format!(
+                    "workers = {n} is out of range: must be 1..={MAX_WORKERS} or \"auto\""
+                )));
+            }
+        }
+        let l = &self.lora;
+        if l.rank == 0 || l.rank > MAX_RANK {
+            return Err(spec_err(format!(
+                "lora.rank = {} is out of range: must be 1..={MAX_RANK}",
+                l.rank
+            )));
+        }
+        if !(l.alpha > 0.0 && l.alpha <= MAX_ALPHA) {
+            return Err(spec_err(format!(
+                "lora.alpha = {} is out of range: must be in (0, {MAX_ALPHA}]",
+                l.alpha
+            )));
+        }
+        if !(0.0..1.0).contains(&l.dropout) {
+            return Err(spec_err(format!(
+                "lora.dropout = {} is out of range: must be in [0, 1)",
+                l.dropout
+            )));
+        }
+        if l.target_modules.is_empty() || l.target_modules.iter().any(|m| m.trim().is_empty()) {
+            return Err(spec_err(
+                "lora.target_modules must list at least one non-empty module name".into(),
+            ));
+        }
+        let t = &self.train;
+        match (t.steps, t.epochs) {
+            (Some(_), Some(_)) => {
+                return Err(spec_err(
+                    "train.steps and train.epochs are exclusive: give one".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(spec_err("train needs steps or epochs".into()));
+            }
+            (Some(s), None) if s == 0 || s > MAX_STEPS => {
+                return Err(spec_err(format!(
+                    "train.steps = {s} is out of range: must be 1..={MAX_STEPS}"
+                )));
+            }
+            (None, Some(e)) if e == 0 || e > MAX_EPOCHS => {
+                return Err(spec_err(format!(
+                    "train.epochs = {e} is out of range: must be 1..={MAX_EPOCHS}"
+                )));
+            }
+            _ => {}
+        }
+        if t.batch_size == 0 || t.batch_size > MAX_BATCH {
+            return Err(spec_err(format!(
+                "train.batch_size = {} is out of range: must be 1..={MAX_BATCH}",
+                t.batch_size
+            )));
+        }
+        if let Some(g) = t.grad_accum {
+            if g == 0 || g > t.batch_size || t.batch_size % g != 0 {
+                return Err(spec_err(format!(
+                    "train.grad_accum = {g} must divide train.batch_size = {} (1..={})",
+                    t.batch_size, t.batch_size
+                )));
+            }
+        }
+        if !(t.lr > 0.0 && t.lr <= MAX_LR) {
+            return Err(spec_err(format!(
+                "train.lr = {} is out of range: must be in (0, {MAX_LR}]",
+                t.lr
+            )));
+        }
+        if let Some(s) = t.steps {
+            if t.warmup > s {
+                return Err(spec_err(format!(
+                    "train.warmup = {} exceeds train.steps = {s}",
+                    t.warmup
+                )));
+            }
+        }
+        if let Some(n) = t.max_grad_norm {
+            if !(n > 0.0 && n.is_finite()) {
+                return Err(spec_err(format!(
+                    "train.max_grad_norm = {n} is out of range: must be a positive number"
+                )));
+            }
+        }
+        if t.checkpoint_every == Some(0) {
+            return Err(spec_err(
+                "train.checkpoint_every = 0 is out of range: must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOML: &str = r#"
+base_model = "models/tiny"
+data = "data/train.jsonl"
+workers = "auto"
+[lora]
+rank = 16
+alpha = 32
+dropout = 0.1
+target_modules = ["q_proj", "k_proj", "v_proj"]
+[train]
+steps = 100
+batch_size = 8
+grad_accum = 4
+lr = 1e-4
+warmup = 10
+seed = 7
+max_grad_norm = 1.0
+checkpoint_every = 25
+"#;
+
+    #[test]
+    fn toml_and_json_give_the_same_spec() {
+        let spec = JobSpec::from_toml_str(TOML).unwrap();
+        assert_eq!(spec.lora.rank, 16);
+        assert_eq!(spec.workers, Workers::Auto);
+        assert_eq!(spec.micro_batches(), 4);
+        assert_eq!(spec.micro_batch_size(), 2);
+        let json = spec.to_json().unwrap();
+        assert!(json.contains("\"workers\":\"auto\""), "{json}");
+        assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn defaults_fill_lora_and_micro_batches() {
+        let spec = JobSpec::from_json_str(
+            r#"{"base_model":"m","data":"d","workers":3,"train":{"epochs":2,"batch_size":4}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.workers, Workers::Count(3));
+        assert_eq!(spec.lora, LoraSpec::default());
+        assert_eq!(spec.micro_batches(), 4);
+        assert_eq!(spec.total_steps(10), 6);
+    }
+
+    fn err_of(toml_text: &str) -> String {
+        JobSpec::from_toml_str(toml_text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_limit() {
+        let base = |lora: &str, train: &str, top: &str| {
+            format!("base_model = \"m\"\ndata = \"d\"\n{top}\n[lora]\n{lora}\n[train]\n{train}\n")
+        };
+        let e = err_of(&base("rank = 0", "steps = 1", ""));
+        assert!(e.contains("lora.rank = 0") && e.contains("1..=1024"), "{e}");
+        let e = err_of(&base("dropout = 1.5", "steps = 1", ""));
+        assert!(e.contains("lora.dropout"), "{e}");
+        let e = err_of(&base("", "steps = 1\nepochs = 2", ""));
+        assert!(e.contains("exclusive"), "{e}");
+        let e = err_of(&base("", "batch_size = 6\ngrad_accum = 4\nsteps = 1", ""));
+        assert!(
+            e.contains("train.grad_accum = 4 must divide train.batch_size = 6"),
+            "{e}"
+        );
+        let e = err_of(&base("", "steps = 1\nlr = 3.0", ""));
+        assert!(e.contains("train.lr = 3"), "{e}");
+        let e = err_of(&base("", "steps = 1", "workers = 0"));
+        assert!(e.contains("workers = 0"), "{e}");
+        let e = err_of(&base("", "steps = 1", "workers = \"many\""));
+        assert!(e.contains("\"auto\""), "{e}");
+        let e = err_of(&base("", "steps = 5\nwarmup = 6", ""));
+        assert!(
+            e.contains("train.warmup = 6 exceeds train.steps = 5"),
+            "{e}"
+        );
+        let e = err_of(&base("", "stepz = 5", ""));
+        assert!(e.contains("stepz"), "{e}");
+    }
+
+    #[test]
+    fn from_path_picks_the_format_by_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job.toml");
+        std::fs::write(&p, TOML).unwrap();
+        assert_eq!(JobSpec::from_path(&p).unwrap().train.seed, 7);
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{").unwrap();
+        let e = JobSpec::from_path(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.json"), "{e}");
+    }
+}
