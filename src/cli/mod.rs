@@ -1,6 +1,7 @@
 //! Top-level command tree. One file per command family, each owning its clap types.
 
 pub mod bench;
+pub mod certs;
 pub mod model;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,9 @@ pub enum Command {
     /// Benchmarks that print one JSON line each.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Development certificates: a cluster CA and node certificates for mutual TLS.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 pub fn init_tracing(verbose: u8) {
@@ -45,5 +49,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Certs(cmd) => certs::run(cmd),
     }
 }
