@@ -1,1 +1,381 @@
 //! The Llama/Qwen2 decoder: embeddings, RMSNorm, RoPE, GQA attention with a KV cache, SwiGLU MLP, lm_head.
+//!
+//! The computation follows transformers' `LlamaForCausalLM` / `Qwen2ForCausalLM` in
+//! float32 step by step (RMSNorm as `x·rsqrt(mean(x²)+eps)·w`, RoPE with `rotate_half`,
+//! softmax attention with a `head_dim^-½` scale, key/value heads shared by groups of query
+//! heads), so logits agree with the reference to float rounding.
+//!
+//! Batches are left-padded: row `i` of `input_ids` starts with `left_pad[i]` padding
+//! positions that are masked out as keys, and its RoPE positions start at 0 on its first
+//! real token, so a padded row computes exactly what the row would alone.
+
+mod attention;
+mod cache;
+
+use std::path::Path;
+
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+pub use cache::KvCache;
+
+use crate::config::{GenerationConfig, ModelConfig};
+use crate::error::ModelError;
+use crate::lora::{DropoutRng, LoraAdapter, TargetModule};
+use crate::weights::TensorStore;
+
+/// A linear projection `y = x·Wᵀ + b` with `W` stored as `[out, in]` (as in the checkpoint).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Tensor<2>,
+    /// `[out]`, when the projection has a bias.
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// `x` `[n, in]` → `[n, out]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.clone().transpose());
+        match &self.bias {
+            Some(b) => y.add(b.clone().unsqueeze_dim(0)),
+            None => y,
+        }
+    }
+
+    fn load(
+        store: &TensorStore,
+        prefix: &str,
+        out_in: [usize; 2],
+        bias: bool,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let weight = store.tensor(&format!("{prefix}.weight"), out_in, device)?;
+        let bias = if bias {
+            Some(store.tensor(&format!("{prefix}.bias"), [out_in[0]], device)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+}
+
+/// One decoder layer's weights.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    /// `input_layernorm.weight`.
+    pub input_norm: Tensor<1>,
+    /// Attention projections q, k, v, o.
+    pub q: Linear,
+    /// Key projection.
+    pub k: Linear,
+    /// Value projection.
+    pub v: Linear,
+    /// Output projection.
+    pub o: Linear,
+    /// `post_attention_layernorm.weight`.
+    pub post_norm: Tensor<1>,
+    /// MLP gate projection.
+    pub gate: Linear,
+    /// MLP up projection.
+    pub up: Linear,
+    /// MLP down projection.
+    pub down: Linear,
+}
+
+impl DecoderLayer {
+    /// The base projection for a LoRA target.
+    pub fn linear(&self, t: TargetModule) -> &Linear {
+        match t {
+            TargetModule::Q => &self.q,
+            TargetModule::K => &self.k,
+            TargetModule::V => &self.v,
+            TargetModule::O => &self.o,
+            TargetModule::Gate => &self.gate,
+            TargetModule::Up => &self.up,
+            TargetModule::Down => &self.down,
+        }
+    }
+
+    /// Mutable access to a projection (used by merge).
+    pub fn linear_mut(&mut self, t: TargetModule) -> &mut Linear {
+        match t {
+            TargetModule::Q => &mut self.q,
+            TargetModule::K => &mut self.k,
+            TargetModule::V => &mut self.v,
+            TargetModule::O => &mut self.o,
+            TargetModule::Gate => &mut self.gate,
+            TargetModule::Up => &mut self.up,
+            TargetModule::Down => &mut self.down,
+        }
+    }
+}
+
+/// A causal language model (Llama or Qwen2) with its weights on one device.
+#[derive(Debug, Clone)]
+pub struct CausalLm {
+    cfg: ModelConfig,
+    gen_cfg: GenerationConfig,
+    device: Device,
+    /// `model.embed_tokens.weight` `[vocab, hidden]`.
+    pub embed: Tensor<2>,
+    /// The decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// `model.norm.weight`.
+    pub norm: Tensor<1>,
+    /// `lm_head.weight` `[vocab, hidden]`; `None` when tied to the embedding.
+    pub lm_head: Option<Tensor<2>>,
+}
+
+/// Training-only options threaded through the forward pass.
+pub(crate) struct TrainOpts<'a> {
+    /// LoRA dropout mask source (None: no dropout).
+    pub dropout: Option<&'a mut DropoutRng>,
+}
+
+impl CausalLm {
+    /// Loads a Hugging Face checkpoint directory: `config.json`, `generation_config.json`
+    /// (optional) and `model.safetensors` or a sharded `model.safetensors.index.json`.
+    /// f16/bf16 weights are upcast to f32.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let _span = tracing::info_span!("model_load", dir = %dir.display()).entered();
+        let cfg = ModelConfig::load(dir)?;
+        let gen_cfg = GenerationConfig::load_or_default(dir, &cfg)?;
+        let store = TensorStore::open_checkpoint(dir)?;
+        Self::from_store(cfg, gen_cfg, &store, device)
+    }
+
+    /// Builds the model from already opened tensors.
+    pub fn from_store(
+        cfg: ModelConfig,
+        gen_cfg: GenerationConfig,
+        store: &TensorStore,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let h = cfg.hidden_size;
+        let qd = cfg.num_attention_heads * cfg.head_dim;
+        let kvd = cfg.num_key_value_heads * cfg.head_dim;
+        let im = cfg.intermediate_size;
+        let embed = store.tensor("model.embed_tokens.weight", [cfg.vocab_size, h], device)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let ab = cfg.attention_bias;
+            let qkv_bias = ab;
+            // Llama's attention_bias also covers o_proj; Qwen2 has biases on q/k/v only.
+            let o_bias = ab && cfg.architecture == crate::config::Architecture::Llama;
+            layers.push(DecoderLayer {
+                input_norm: store.tensor(&format!("{p}.input_layernorm.weight"), [h], device)?,
+                q: Linear::load(store, &format!("{p}.self_attn.q_proj"), [qd, h], qkv_bias, device)?,
+                k: Linear::load(store, &format!("{p}.self_attn.k_proj"), [kvd, h], qkv_bias, device)?,
+                v: Linear::load(store, &format!("{p}.self_attn.v_proj"), [kvd, h], qkv_bias, device)?,
+                o: Linear::load(store, &format!("{p}.self_attn.o_proj"), [h, qd], o_bias, device)?,
+                post_norm: store.tensor(&format!("{p}.post_attention_layernorm.weight"), [h], device)?,
+                gate: Linear::load(store, &format!("{p}.mlp.gate_proj"), [im, h], cfg.mlp_bias, device)?,
+                up: Linear::load(store, &format!("{p}.mlp.up_proj"), [im, h], cfg.mlp_bias, device)?,
+                down: Linear::load(store, &format!("{p}.mlp.down_proj"), [h, im], cfg.mlp_bias, device)?,
+            });
+        }
+        let norm = store.tensor("model.norm.weight", [h], device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(store.tensor("lm_head.weight", [cfg.vocab_size, h], device)?)
+        };
+        Ok(Self {
+            cfg,
+            gen_cfg,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Decoding defaults (eos ids, pad id).
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.gen_cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty KV cache for `batch` rows.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(batch, self.cfg.num_hidden_layers)
+    }
+
+    /// The same model on the autodiff variant of its device (weights untracked: frozen).
+    /// Used by training; cheap (the weights are shared, not copied).
+    pub fn to_autodiff(&self) -> Self {
+        let mut m = self.clone();
+        m.device = self.device.clone().autodiff();
+        m.map_tensors(|t| t.autodiff(), |t| t.autodiff());
+        m
+    }
+
+    fn map_tensors(&mut self, f2: impl Fn(Tensor<2>) -> Tensor<2>, f1: impl Fn(Tensor<1>) -> Tensor<1>) {
+        self.embed = f2(self.embed.clone());
+        self.norm = f1(self.norm.clone());
+        self.lm_head = self.lm_head.take().map(&f2);
+        for l in &mut self.layers {
+            l.input_norm = f1(l.input_norm.clone());
+            l.post_norm = f1(l.post_norm.clone());
+            for t in TargetModule::ALL {
+                let lin = l.linear_mut(t);
+                lin.weight = f2(lin.weight.clone());
+                lin.bias = lin.bias.take().map(&f1);
+            }
+        }
+    }
+
+    /// Token ids as an Int tensor on this model's device (`rows` must all have the same length).
+    pub fn ids_tensor(&self, rows: &[Vec<u32>]) -> Result<Tensor<2, Int>, ModelError> {
+        let b = rows.len();
+        let s = rows.first().map_or(0, Vec::len);
+        if rows.iter().any(|r| r.len() != s) {
+            return Err(ModelError::Input("all rows of a batch must have the same length (pad them)".into()));
+        }
+        let flat: Vec<i64> = rows.iter().flatten().map(|&t| i64::from(t)).collect();
+        Ok(Tensor::from_data(TensorData::new(flat, [b, s]), &self.device))
+    }
+
+    /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`.
+    ///
+    /// Rows are LEFT-padded: the first `left_pad[i]` positions of row `i` are padding (their
+    /// ids are ignored, they are masked out as keys, and the row's RoPE positions start at 0
+    /// on its first real token); an empty `left_pad` means no padding. With a `cache`, the
+    /// keys and values of this call are appended to it and attention covers the cached
+    /// positions too (a later call continues the same rows). `lora` adds an adapter's
+    /// unmerged deltas. Panics only on inconsistent shapes; use [`CausalLm::try_forward`]
+    /// for a checked call.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: Option<&LoraAdapter>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        match self.try_forward(input_ids, left_pad, lora, cache) {
+            Ok(t) => t,
+            Err(e) => panic!("CausalLm::forward: {e}"),
+        }
+    }
+
+    /// [`CausalLm::forward`] with its inputs checked.
+    pub fn try_forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: Option<&LoraAdapter>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let hidden = self.forward_hidden(input_ids, left_pad, lora, cache, TrainOpts { dropout: None })?;
+        Ok(self.lm_head_forward(hidden))
+    }
+
+    /// Applies the final norm's output projection: hidden `[b, s, h]` → logits `[b, s, vocab]`.
+    pub(crate) fn lm_head_forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [b, s, h] = hidden.dims();
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed).clone();
+        hidden
+            .reshape([b * s, h])
+            .matmul(w.transpose())
+            .reshape([b, s, self.cfg.vocab_size])
+    }
+
+    /// The decoder without the lm_head: normalised hidden states `[b, s, hidden]`.
+    pub(crate) fn forward_hidden(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: Option<&LoraAdapter>,
+        mut cache: Option<&mut KvCache>,
+        mut opts: TrainOpts<'_>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [b, s] = input_ids.dims();
+        let cfg = &self.cfg;
+        if s == 0 || b == 0 {
+            return Err(ModelError::Input("empty input_ids".into()));
+        }
+        let pads: Vec<usize> = if left_pad.is_empty() { vec![0; b] } else { left_pad.to_vec() };
+        if pads.len() != b {
+            return Err(ModelError::Input(format!("left_pad has {} entries for a batch of {b}", pads.len())));
+        }
+        if let Some(p) = pads.iter().find(|&&p| p > s) {
+            return Err(ModelError::Input(format!("left_pad {p} exceeds the sequence length {s}")));
+        }
+        if let Some(l) = lora
+            && l.num_layers() != cfg.num_hidden_layers
+        {
+            return Err(ModelError::Input(format!(
+                "adapter has {} layers, the model {}",
+                l.num_layers(),
+                cfg.num_hidden_layers
+            )));
+        }
+        if let Some(c) = cache.as_deref()
+            && c.batch() != b
+        {
+            return Err(ModelError::Input(format!("cache is for {} rows, input has {b}", c.batch())));
+        }
+        let ids = input_ids.reshape([b * s]);
+        let mut hs = self.embed.clone().select(0, ids);
+
+        // Positions, key validity and the additive mask for this call.
+        let plan = match cache.as_deref_mut() {
+            Some(c) => c.plan(&pads, s)?,
+            None => cache::Plan::fresh(&pads, s),
+        };
+        let (cos, sin) = attention::rope_tables(&plan.positions, b, s, cfg, &self.device);
+        let mask = attention::mask(&plan, b, s, &self.device);
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            let proj = |t: TargetModule, x: Tensor<2>, opts: &mut TrainOpts<'_>| -> Tensor<2> {
+                let y = layer.linear(t).forward(x.clone());
+                match lora.and_then(|a| a.module(l, t)) {
+                    Some(m) => {
+                        let x = match opts.dropout.as_deref_mut() {
+                            Some(d) => d.apply(x),
+                            None => x,
+                        };
+                        y.add(m.delta(x))
+                    }
+                    None => y,
+                }
+            };
+            let x = rms_norm(hs.clone(), &layer.input_norm, cfg.rms_norm_eps);
+            let q = proj(TargetModule::Q, x.clone(), &mut opts);
+            let k = proj(TargetModule::K, x.clone(), &mut opts);
+            let v = proj(TargetModule::V, x, &mut opts);
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(l));
+            let attn = attention::attend(q, k, v, &cos, &sin, &mask, layer_cache, b, s, cfg);
+            let o = proj(TargetModule::O, attn, &mut opts);
+            hs = hs.add(o);
+            let x = rms_norm(hs.clone(), &layer.post_norm, cfg.rms_norm_eps);
+            let g = proj(TargetModule::Gate, x.clone(), &mut opts);
+            let u = proj(TargetModule::Up, x, &mut opts);
+            let m = proj(TargetModule::Down, silu(g).mul(u), &mut opts);
+            hs = hs.add(m);
+        }
+        if let Some(c) = cache {
+            c.commit(plan);
+        }
+        let hs = rms_norm(hs, &self.norm, cfg.rms_norm_eps);
+        Ok(hs.reshape([b, s, cfg.hidden_size]))
+    }
+}
+
+/// RMSNorm over the last dimension of `x` `[n, h]`, as transformers computes it in float32.
+pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
+    let inv = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
+    weight.clone().unsqueeze_dim(0).mul(x.mul(inv))
+}

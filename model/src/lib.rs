@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod decoder;
 pub mod device;
+pub mod error;
 pub mod generate;
 pub mod init;
 pub mod lora;

@@ -1,0 +1,111 @@
+//! RoPE and grouped-query attention, as transformers computes them in float32.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::cache::Plan;
+use crate::config::ModelConfig;
+
+/// `cos` and `sin` tables `[b, 1, s, head_dim]` for the given RoPE positions (`b*s`,
+/// row-major), computed as transformers does: `inv_freq = 1/θ^(2i/d)` in f32, angle =
+/// position·inv_freq in f32, both halves of the head sharing one frequency.
+pub(crate) fn rope_tables(
+    positions: &[usize],
+    b: usize,
+    s: usize,
+    cfg: &ModelConfig,
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    let d = cfg.head_dim;
+    let half = d / 2;
+    let base = cfg.rope_theta as f32;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / base.powf((2 * i) as f32 / d as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(positions.len() * d);
+    let mut sin = Vec::with_capacity(positions.len() * d);
+    for &p in positions {
+        let start = cos.len();
+        for &f in &inv_freq {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+        cos.extend_from_within(start..start + half);
+        sin.extend_from_within(start..start + half);
+    }
+    let cos = Tensor::from_data(TensorData::new(cos, [b, 1, s, d]), device);
+    let sin = Tensor::from_data(TensorData::new(sin, [b, 1, s, d]), device);
+    (cos, sin)
+}
+
+/// The additive attention mask `[b, 1, s, past+s]`: 0 where query `t` may see key `j`
+/// (`j ≤ past+t` and `j` is a real token), `f32::MIN` elsewhere.
+pub(crate) fn mask(plan: &Plan, b: usize, s: usize, device: &Device) -> Tensor<4> {
+    let total = plan.past + s;
+    let mut m = Vec::with_capacity(b * s * total);
+    for valid in &plan.key_valid {
+        for t in 0..s {
+            let limit = plan.past + t;
+            m.extend(
+                valid
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &ok)| if ok && j <= limit { 0.0f32 } else { f32::MIN }),
+            );
+        }
+    }
+    Tensor::from_data(TensorData::new(m, [b, 1, s, total]), device)
+}
+
+fn rotate_half(x: Tensor<4>) -> Tensor<4> {
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.narrow(3, d / 2, d / 2);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    x.clone().mul(cos.clone()).add(rotate_half(x).mul(sin.clone()))
+}
+
+/// Self-attention for `q` `[b*s, heads*d]`, `k`/`v` `[b*s, kv_heads*d]`; appends the new
+/// keys/values to `cache` when given. Returns `[b*s, heads*d]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    cos: &Tensor<4>,
+    sin: &Tensor<4>,
+    mask: &Tensor<4>,
+    cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    b: usize,
+    s: usize,
+    cfg: &ModelConfig,
+) -> Tensor<2> {
+    let (nh, kvh, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let g = nh / kvh;
+    let q = q.reshape([b, s, nh, d]).swap_dims(1, 2);
+    let k = k.reshape([b, s, kvh, d]).swap_dims(1, 2);
+    let v = v.reshape([b, s, kvh, d]).swap_dims(1, 2);
+    let q = apply_rope(q, cos, sin);
+    let mut k = apply_rope(k, cos, sin);
+    let mut v = v;
+    if let Some(slot) = cache {
+        if let Some((pk, pv)) = slot.take() {
+            k = Tensor::cat(vec![pk, k], 2);
+            v = Tensor::cat(vec![pv, v], 2);
+        }
+        *slot = Some((k.clone(), v.clone()));
+    }
+    let total = k.dims()[2];
+    let scale = (d as f64).powf(-0.5);
+    // Query heads h = kv·g + j share key/value head kv: fold the group into the rows.
+    let qg = q.reshape([b, kvh, g * s, d]);
+    let scores = qg.matmul(k.transpose()).mul_scalar(scale);
+    let scores = scores.reshape([b, nh, s, total]).add(mask.clone());
+    let probs = softmax(scores, 3).reshape([b, kvh, g * s, total]);
+    let out = probs.matmul(v).reshape([b, nh, s, d]);
+    out.swap_dims(1, 2).reshape([b * s, nh * d])
+}
