@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod link;
 pub mod messages;
 pub mod shutdown;
 pub mod spec;
@@ -16,6 +17,7 @@ pub mod tls;
 pub use endpoint::{Handler, Limits, QuicClient, QuicServer};
 pub use error::{ProtocolError, Result};
 pub use ids::{Digest, FencingToken, JobId, NodeId};
+pub use link::{BoxFuture, LinkFactory, QuicLinkFactory, QuicWorkerLink, WorkerInfo, WorkerLink};
 pub use messages::{
     Command, CommandBody, MicroBatch, MicroResult, PROTOCOL_VERSION, Payload, Reply, WireMessage,
 };

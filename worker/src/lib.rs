@@ -1,2 +1,15 @@
-//! The worker actor: a training executor for job shards and an inference engine
-//! (continuous batching, adapter cache, hot swap). Placement is decided elsewhere.
+//! The worker actor: a training executor for job shards (the [`ShardExecutor`] trait, which
+//! the model crate's trainer implements) and, later, the inference engine. Placement is
+//! decided elsewhere. Embedded mode reaches the actor through [`LocalWorkerLink`]; cluster
+//! mode through QUIC via [`WorkerService`] — both end in the same actor.
+
+pub mod actor;
+pub mod core;
+pub mod executor;
+pub mod service;
+pub mod toy;
+
+pub use actor::{LocalLinkFactory, LocalWorkerLink, WorkerActor, WorkerMsg, spawn_worker};
+pub use core::WorkerCore;
+pub use executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor};
+pub use service::WorkerService;

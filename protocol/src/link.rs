@@ -1,0 +1,107 @@
+//! How a coordinator reaches a worker: the [`WorkerLink`] trait, with the same
+//! [`Command`]/[`Reply`] payloads whether the worker is an actor in this process (embedded
+//! mode, implemented in the worker crate) or another process over QUIC ([`QuicWorkerLink`]).
+//! Also the worker's membership record, [`WorkerInfo`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::QuicClient;
+use crate::error::{ProtocolError, Result};
+use crate::ids::NodeId;
+use crate::messages::{Command, Payload, Reply};
+use crate::tls::NodeTls;
+
+/// A boxed, sendable future (object-safe async).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Sends one command to one worker and returns its reply.
+pub trait WorkerLink: Send + Sync + 'static {
+    fn call(&self, cmd: Payload<Command>) -> BoxFuture<'_, Result<Payload<Reply>>>;
+}
+
+/// Opens links to workers found through membership.
+pub trait LinkFactory: Send + Sync + 'static {
+    fn connect<'a>(&'a self, info: &'a WorkerInfo) -> BoxFuture<'a, Result<Arc<dyn WorkerLink>>>;
+}
+
+/// A worker's membership record: where it listens and what it has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub node: NodeId,
+    /// QUIC address (`host:port`); empty in embedded mode.
+    pub addr: String,
+    /// `cpu`, `cuda:0`, …
+    pub device: String,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    /// Job slots in total and free now.
+    pub slots: u32,
+    pub free_slots: u32,
+}
+
+/// A link over a QUIC connection with mutual TLS.
+#[derive(Debug, Clone)]
+pub struct QuicWorkerLink {
+    client: QuicClient,
+}
+
+impl QuicWorkerLink {
+    /// Wraps a connected client.
+    pub fn new(client: QuicClient) -> Self {
+        Self { client }
+    }
+
+    /// Bytes sent and received on the connection.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.client.bytes()
+    }
+}
+
+impl WorkerLink for QuicWorkerLink {
+    fn call(&self, cmd: Payload<Command>) -> BoxFuture<'_, Result<Payload<Reply>>> {
+        Box::pin(async move {
+            if self.client.is_closed() {
+                return Err(ProtocolError::Connection("connection closed".into()));
+            }
+            self.client.request::<Command, Reply>(&cmd).await
+        })
+    }
+}
+
+/// Connects to workers over QUIC as `me`, verifying each worker's certificate names its node.
+#[derive(Debug, Clone)]
+pub struct QuicLinkFactory {
+    me: NodeId,
+    tls: NodeTls,
+}
+
+impl QuicLinkFactory {
+    pub fn new(me: NodeId, tls: NodeTls) -> Self {
+        Self { me, tls }
+    }
+}
+
+impl LinkFactory for QuicLinkFactory {
+    fn connect<'a>(&'a self, info: &'a WorkerInfo) -> BoxFuture<'a, Result<Arc<dyn WorkerLink>>> {
+        Box::pin(async move {
+            let addr = tokio::net::lookup_host(&info.addr)
+                .await
+                .map_err(|e| ProtocolError::Connect {
+                    addr: info.addr.clone(),
+                    reason: e.to_string(),
+                })?
+                .next()
+                .ok_or_else(|| ProtocolError::Connect {
+                    addr: info.addr.clone(),
+                    reason: "address did not resolve".into(),
+                })?;
+            let client =
+                QuicClient::connect_tls(addr, info.node.as_str(), &self.me, &self.tls).await?;
+            Ok(Arc::new(QuicWorkerLink::new(client)) as Arc<dyn WorkerLink>)
+        })
+    }
+}

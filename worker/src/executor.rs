@@ -1,0 +1,55 @@
+//! The seam between the worker actor and the maths: a [`ShardExecutor`] computes one
+//! micro-batch's gradient, applies a reduced update, and saves/restores its state. The model
+//! crate's LoRA trainer plugs in here; [`crate::toy`] has a small deterministic reference.
+
+use tributary_protocol::{JobSpec, MicroBatch};
+
+/// Why an executor could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("executor setup failed: {0}")]
+    Setup(String),
+    #[error("gradient computation failed: {0}")]
+    Compute(String),
+    #[error("bad update: {0}")]
+    Update(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("no executor knows base_model {0:?}")]
+    UnknownModel(String),
+}
+
+/// One micro-batch's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MicroGrad {
+    /// Mean loss over the micro-batch's examples.
+    pub loss: f32,
+    /// Tokens (or examples) processed.
+    pub tokens: u64,
+    /// Flat gradient of the mean loss over the trainable parameters.
+    pub grads: Vec<f32>,
+}
+
+/// A job's training state on one worker.
+///
+/// Contract for data-parallel determinism: `gradients` for a given step and micro-batch must
+/// depend only on the state after the previous `apply` and on the micro-batch (never on which
+/// other micro-batches this worker got); `apply` with the same reduced gradient must produce
+/// the same state on every worker.
+pub trait ShardExecutor: Send + 'static {
+    /// Gradient of the mean loss over `mb`'s examples at `step`.
+    fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError>;
+    /// Applies the reduced (mean) gradient as the optimizer update for `step`.
+    fn apply(&mut self, step: u64, reduced: &[f32]) -> Result<(), ExecError>;
+    /// Opaque state: parameters, optimizer state, step, RNG.
+    fn checkpoint(&self) -> Result<Vec<u8>, ExecError>;
+    /// Replaces the state with a checkpoint.
+    fn restore(&mut self, state: &[u8]) -> Result<(), ExecError>;
+    /// Number of trainable parameters (the gradient length).
+    fn num_params(&self) -> usize;
+}
+
+/// Builds an executor for a job spec (the `init` step).
+pub trait ExecutorFactory: Send + Sync + 'static {
+    fn create(&self, spec: &JobSpec) -> Result<Box<dyn ShardExecutor>, ExecError>;
+}
