@@ -1,0 +1,226 @@
+//! Contributor identity. A contributor is an ed25519 key pair; a signed upload carries the
+//! public key and a signature over the BLAKE3 digest of the upload's bytes, and its
+//! contributor id is `ed25519:<hex public key>`. An unsigned upload needs an API key that a
+//! keys file maps to a contributor. The local operator (direct access to the store) may
+//! name contributors directly.
+
+use std::collections::HashMap;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+use super::DatanetError;
+use super::record::valid_contributor;
+
+/// Who is uploading, and how they prove it.
+#[derive(Debug, Clone)]
+pub enum Uploader {
+    /// Signed upload: ed25519 public key and signature over the upload's BLAKE3 digest.
+    Signed {
+        public_key: [u8; 32],
+        signature: [u8; 64],
+    },
+    /// An API key, resolved through a [`KeyRing`].
+    ApiKey(String),
+    /// The local operator, trusted to name the contributor (rows may name others).
+    Operator(Option<String>),
+}
+
+/// The contributor id of an ed25519 public key.
+pub fn contributor_id(public_key: &[u8; 32]) -> String {
+    format!("ed25519:{}", hex(public_key))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses hex into exactly `N` bytes.
+pub fn parse_hex<const N: usize>(s: &str, what: &str) -> Result<[u8; N], DatanetError> {
+    let s = s.trim();
+    let bad = || DatanetError::Auth(format!("{what}: expected {} hex characters", N * 2));
+    if s.len() != N * 2 || !s.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// A new random signing key (32-byte seed), with its hex encodings.
+pub struct KeyPair {
+    pub secret_hex: String,
+    pub public_hex: String,
+    pub contributor: String,
+}
+
+/// Generates a key pair from 32 random bytes.
+pub fn generate() -> KeyPair {
+    let seed: [u8; 32] = rand::random();
+    let sk = SigningKey::from_bytes(&seed);
+    let pk = sk.verifying_key().to_bytes();
+    KeyPair {
+        secret_hex: hex(&seed),
+        public_hex: hex(&pk),
+        contributor: contributor_id(&pk),
+    }
+}
+
+/// Signs an upload digest with a hex secret key; returns (public key, signature).
+pub fn sign_digest(
+    secret_hex: &str,
+    digest: &[u8; 32],
+) -> Result<([u8; 32], [u8; 64]), DatanetError> {
+    let seed: [u8; 32] = parse_hex(secret_hex, "secret key")?;
+    let sk = SigningKey::from_bytes(&seed);
+    Ok((sk.verifying_key().to_bytes(), sk.sign(digest).to_bytes()))
+}
+
+/// API key → contributor, loaded from a keys file: one `API_KEY CONTRIBUTOR` pair a line,
+/// `#` comments and blank lines ignored.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing(HashMap<String, String>);
+
+impl KeyRing {
+    pub fn parse(text: &str) -> Result<Self, DatanetError> {
+        let mut map = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(key), Some(who), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(DatanetError::Auth(format!(
+                    "keys file line {}: expected `API_KEY CONTRIBUTOR`",
+                    i + 1
+                )));
+            };
+            if key.len() < 16 {
+                return Err(DatanetError::Auth(format!(
+                    "keys file line {}: API key is {} characters, minimum 16",
+                    i + 1,
+                    key.len()
+                )));
+            }
+            if !valid_contributor(who) {
+                return Err(DatanetError::Auth(format!(
+                    "keys file line {}: contributor `{who}` must be 1-128 characters of A-Z a-z 0-9 . _ : @ -",
+                    i + 1
+                )));
+            }
+            map.insert(key.to_string(), who.to_string());
+        }
+        Ok(Self(map))
+    }
+
+    pub fn insert(&mut self, key: impl Into<String>, contributor: impl Into<String>) {
+        self.0.insert(key.into(), contributor.into());
+    }
+
+    pub fn lookup(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// What an upload's authentication establishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The uploader's contributor id, if any (operator uploads may have none).
+    pub contributor: Option<String>,
+    /// Whether rows may name other contributors (operator only).
+    pub may_name_others: bool,
+    pub signed: bool,
+}
+
+/// Checks the uploader's proof against the upload digest.
+pub fn authenticate(
+    uploader: &Uploader,
+    keys: Option<&KeyRing>,
+    digest: &[u8; 32],
+) -> Result<Identity, DatanetError> {
+    match uploader {
+        Uploader::Signed {
+            public_key,
+            signature,
+        } => {
+            let vk = VerifyingKey::from_bytes(public_key)
+                .map_err(|e| DatanetError::Auth(format!("public key: {e}")))?;
+            vk.verify(digest, &Signature::from_bytes(signature))
+                .map_err(|_| {
+                    DatanetError::Auth(
+                        "signature does not verify over the BLAKE3 digest of the uploaded bytes"
+                            .into(),
+                    )
+                })?;
+            Ok(Identity {
+                contributor: Some(contributor_id(public_key)),
+                may_name_others: false,
+                signed: true,
+            })
+        }
+        Uploader::ApiKey(key) => {
+            let who = keys.and_then(|k| k.lookup(key)).ok_or_else(|| {
+                DatanetError::Auth("unsigned upload with an unknown API key".into())
+            })?;
+            Ok(Identity {
+                contributor: Some(who.to_string()),
+                may_name_others: false,
+                signed: false,
+            })
+        }
+        Uploader::Operator(who) => {
+            if let Some(w) = who
+                && !valid_contributor(w)
+            {
+                return Err(DatanetError::Auth(format!(
+                    "--contributor `{w}` must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"
+                )));
+            }
+            Ok(Identity {
+                contributor: who.clone(),
+                may_name_others: true,
+                signed: false,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_bind_the_digest_and_name_the_contributor() {
+        let kp = generate();
+        let digest = *blake3::hash(b"rows").as_bytes();
+        let (pk, sig) = sign_digest(&kp.secret_hex, &digest).unwrap();
+        let up = Uploader::Signed {
+            public_key: pk,
+            signature: sig,
+        };
+        let id = authenticate(&up, None, &digest).unwrap();
+        assert_eq!(id.contributor.as_deref(), Some(kp.contributor.as_str()));
+        assert!(id.signed && !id.may_name_others);
+        let other = *blake3::hash(b"rows!").as_bytes();
+        let e = authenticate(&up, None, &other).unwrap_err().to_string();
+        assert!(e.contains("does not verify"), "{e}");
+    }
+
+    #[test]
+    fn api_keys_map_to_contributors_and_unknown_keys_are_refused() {
+        let ring = KeyRing::parse("# team\nkey-0123456789abcdef alice\n\n").unwrap();
+        let d = [0u8; 32];
+        let id = authenticate(
+            &Uploader::ApiKey("key-0123456789abcdef".into()),
+            Some(&ring),
+            &d,
+        )
+        .unwrap();
+        assert_eq!(id.contributor.as_deref(), Some("alice"));
+        assert!(authenticate(&Uploader::ApiKey("nope".into()), Some(&ring), &d).is_err());
+        let e = KeyRing::parse("short alice").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("minimum 16"), "{e}");
+    }
+}

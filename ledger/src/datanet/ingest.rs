@@ -1,0 +1,379 @@
+//! Ingest: read and validate an upload (independent of the datanet's state), then merge
+//! the valid rows into the current head manifest: quarantine, exact duplicates, near-
+//! duplicate clusters. Merging is pure apart from reading existing examples' text to
+//! confirm LSH candidates, so it can be re-run against a newer head after losing a publish
+//! race.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
+
+use super::DatanetError;
+use super::identity::Identity;
+use super::manifest::{ContributorStats, Entry, Kind, Manifest, UploadInfo};
+use super::minhash::{self, BANDS};
+use super::record::{self, Limits, Lines, Row, RowError};
+use super::text;
+
+/// Quarantine thresholds: a contributor with at least `min_rows` rows whose rejection
+/// rate reaches `rate` is quarantined (their rows are refused from then on).
+#[derive(Debug, Clone, Copy)]
+pub struct QuarantineRule {
+    pub rate: f64,
+    pub min_rows: u64,
+}
+
+impl Default for QuarantineRule {
+    fn default() -> Self {
+        Self {
+            rate: 0.5,
+            min_rows: 20,
+        }
+    }
+}
+
+/// A validated upload, before authentication and merging.
+#[derive(Debug)]
+pub struct ParsedUpload {
+    /// BLAKE3 of every byte read (what a signature covers).
+    pub digest: [u8; 32],
+    pub bytes: u64,
+    /// Non-blank lines.
+    pub rows: u64,
+    pub valid: Vec<Row>,
+    /// Rejected rows with the contributor named by the row, if readable.
+    pub rejected: Vec<(RowError, Option<String>)>,
+}
+
+/// Reads and validates an upload.
+pub fn parse_upload(reader: impl BufRead, limits: &Limits) -> Result<ParsedUpload, DatanetError> {
+    let mut lines = Lines::new(reader, limits.max_line_bytes);
+    let mut valid = Vec::new();
+    let mut rejected = Vec::new();
+    let mut rows = 0u64;
+    while let Some(line) = lines.next_line().map_err(DatanetError::Read)? {
+        match record::parse_line(&line, limits) {
+            Ok(Some(row)) => {
+                rows += 1;
+                valid.push(row);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                rows += 1;
+                let hint = contributor_hint(&line.bytes);
+                rejected.push((e, hint));
+            }
+        }
+    }
+    Ok(ParsedUpload {
+        digest: *lines.hasher.finalize().as_bytes(),
+        bytes: lines.total_bytes,
+        rows,
+        valid,
+        rejected,
+    })
+}
+
+fn contributor_hint(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let c = v.get("contributor")?.as_str()?;
+    record::valid_contributor(c).then(|| c.to_string())
+}
+
+/// A row ready to merge.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub line: u64,
+    pub contributor: String,
+    pub messages: Vec<(String, String)>,
+    pub id: String,
+    pub shingles: HashSet<u64>,
+    pub bands: [u32; BANDS],
+}
+
+/// Rows with contributors resolved against the uploader's identity.
+#[derive(Debug)]
+pub struct Resolved {
+    pub candidates: Vec<Candidate>,
+    /// (row error, contributor charged with it).
+    pub rejected: Vec<(RowError, Option<String>)>,
+}
+
+/// Applies the uploader's identity: rows get the uploader's contributor unless they name
+/// one; only the operator may name someone else.
+pub fn resolve(parsed: ParsedUpload, who: &Identity) -> Resolved {
+    let mut rejected: Vec<(RowError, Option<String>)> = parsed
+        .rejected
+        .into_iter()
+        .map(|(e, hint)| {
+            let charged = if who.may_name_others {
+                hint.or_else(|| who.contributor.clone())
+            } else {
+                who.contributor.clone()
+            };
+            (e, charged)
+        })
+        .collect();
+    let mut candidates = Vec::with_capacity(parsed.valid.len());
+    for row in parsed.valid {
+        let contributor = match (&row.contributor, &who.contributor) {
+            (Some(c), Some(u)) if c != u && !who.may_name_others => {
+                rejected.push((
+                    RowError {
+                        line: row.line,
+                        field: "contributor".into(),
+                        reason: format!("`{c}` does not match the uploader's contributor id `{u}`"),
+                    },
+                    Some(u.clone()),
+                ));
+                continue;
+            }
+            (Some(c), _) => c.clone(),
+            (None, Some(u)) => u.clone(),
+            (None, None) => {
+                rejected.push((
+                    RowError {
+                        line: row.line,
+                        field: "contributor".into(),
+                        reason: "missing: the row has no `contributor` and the upload names \
+                                 none (--contributor)"
+                            .into(),
+                    },
+                    None,
+                ));
+                continue;
+            }
+        };
+        let normalized = text::normalized(&row.messages);
+        let id = blake3::hash(normalized.as_bytes()).to_hex().to_string();
+        let body: Vec<&str> = normalized.lines().collect();
+        let shingles = minhash::shingles(&body.join(" "));
+        let bands = minhash::band_keys(&shingles);
+        candidates.push(Candidate {
+            line: row.line,
+            contributor,
+            messages: row.messages,
+            id,
+            shingles,
+            bands,
+        });
+    }
+    rejected.sort_by_key(|(e, _)| e.line);
+    Resolved {
+        candidates,
+        rejected,
+    }
+}
+
+/// Reads the shingles of an existing example (by content id) for a candidate check.
+pub trait ExampleSource {
+    fn shingles(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<HashSet<u64>, DatanetError>> + Send;
+}
+
+/// The outcome of a merge.
+#[derive(Debug)]
+pub struct Merged {
+    pub manifest: Manifest,
+    /// Candidates whose example objects must exist before publishing (originals and
+    /// near-duplicates new to the datanet).
+    pub new_examples: Vec<usize>,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub near_duplicates: u64,
+    pub rejected: Vec<RowError>,
+    pub quarantined: Vec<String>,
+}
+
+/// Everything a merge needs besides the head and the examples.
+pub struct MergeInput<'a> {
+    pub datanet: &'a str,
+    pub resolved: &'a Resolved,
+    pub digest: [u8; 32],
+    pub rows: u64,
+    pub who: &'a Identity,
+    pub rule: QuarantineRule,
+    pub now_ms: u64,
+}
+
+/// Merges resolved rows into `base` (the current head, if any).
+pub async fn merge(
+    input: &MergeInput<'_>,
+    base: Option<(&Manifest, &str)>,
+    source: &impl ExampleSource,
+) -> Result<Merged, DatanetError> {
+    let mut contributors: BTreeMap<String, ContributorStats> = base
+        .map(|(m, _)| m.contributors.clone())
+        .unwrap_or_default();
+    let mut examples: Vec<Entry> = base.map(|(m, _)| m.examples.clone()).unwrap_or_default();
+    let mut rejected: Vec<RowError> = Vec::new();
+    // Quarantine first, from validation results alone, so it never depends on merge order.
+    let mut this_rows: HashMap<&str, (u64, u64)> = HashMap::new();
+    for (_, c) in &input.resolved.rejected {
+        if let Some(c) = c {
+            let e = this_rows.entry(c.as_str()).or_default();
+            e.0 += 1;
+            e.1 += 1;
+        }
+    }
+    for c in &input.resolved.candidates {
+        this_rows.entry(c.contributor.as_str()).or_default().0 += 1;
+    }
+    let mut quarantined_now: Vec<String> = Vec::new();
+    let mut blocked: HashSet<String> = HashSet::new();
+    for (c, (rows, rej)) in &this_rows {
+        let stats = contributors.entry(c.to_string()).or_default();
+        if stats.quarantined {
+            blocked.insert(c.to_string());
+            continue;
+        }
+        let total = stats.rows() + rows;
+        let bad = stats.rejected + rej;
+        if total >= input.rule.min_rows && bad as f64 >= input.rule.rate * total as f64 {
+            stats.quarantined = true;
+            quarantined_now.push(c.to_string());
+            blocked.insert(c.to_string());
+        }
+    }
+    quarantined_now.sort();
+    for (e, c) in &input.resolved.rejected {
+        if let Some(c) = c {
+            contributors.entry(c.clone()).or_default().rejected += 1;
+        }
+        rejected.push(e.clone());
+    }
+    // Index of the base: ids, and LSH buckets of every non-duplicate entry.
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut buckets: HashMap<(usize, u32), Vec<usize>> = HashMap::new();
+    for (i, e) in examples.iter().enumerate() {
+        ids.entry(e.id.clone()).or_insert_with(|| e.cluster.clone());
+        if let Some(keys) = minhash::decode_keys(&e.lsh) {
+            for (b, k) in keys.iter().enumerate() {
+                buckets.entry((b, *k)).or_default().push(i);
+            }
+        }
+    }
+    let mut local: HashMap<String, &HashSet<u64>> = HashMap::new();
+    let mut fetched: HashMap<String, HashSet<u64>> = HashMap::new();
+    let (mut accepted, mut duplicates, mut near) = (0u64, 0u64, 0u64);
+    let mut new_examples = Vec::new();
+    for (ci, c) in input.resolved.candidates.iter().enumerate() {
+        if blocked.contains(&c.contributor) {
+            let stats = contributors.entry(c.contributor.clone()).or_default();
+            stats.rejected += 1;
+            rejected.push(RowError {
+                line: c.line,
+                field: "contributor".into(),
+                reason: format!(
+                    "contributor `{}` is quarantined: {} of {} rows rejected (limit {:.0}% over at least {} rows)",
+                    c.contributor,
+                    stats.rejected,
+                    stats.rows(),
+                    input.rule.rate * 100.0,
+                    input.rule.min_rows
+                ),
+            });
+            continue;
+        }
+        let stats = contributors.entry(c.contributor.clone()).or_default();
+        if let Some(cluster) = ids.get(&c.id) {
+            stats.duplicates += 1;
+            duplicates += 1;
+            examples.push(Entry {
+                id: c.id.clone(),
+                contributor: c.contributor.clone(),
+                weight: 0,
+                kind: Kind::Duplicate,
+                cluster: cluster.clone(),
+                lsh: String::new(),
+            });
+            continue;
+        }
+        let mut seen: HashSet<usize> = HashSet::new();
+        let mut cluster_of: Option<String> = None;
+        'bands: for (b, k) in c.bands.iter().enumerate() {
+            let Some(list) = buckets.get(&(b, *k)) else {
+                continue;
+            };
+            for &i in list {
+                if !seen.insert(i) {
+                    continue;
+                }
+                let other = &examples[i];
+                let sim = if let Some(s) = local.get(&other.id) {
+                    minhash::jaccard(&c.shingles, s)
+                } else {
+                    if !fetched.contains_key(&other.id) {
+                        let s = source.shingles(&other.id).await?;
+                        fetched.insert(other.id.clone(), s);
+                    }
+                    match fetched.get(&other.id) {
+                        Some(s) => minhash::jaccard(&c.shingles, s),
+                        None => 0.0,
+                    }
+                };
+                if sim >= minhash::THRESHOLD {
+                    cluster_of = Some(other.cluster.clone());
+                    break 'bands;
+                }
+            }
+        }
+        let index = examples.len();
+        let (kind, weight, cluster) = match cluster_of {
+            Some(cl) => {
+                stats.near_duplicates += 1;
+                near += 1;
+                (Kind::NearDuplicate, 0, cl)
+            }
+            None => {
+                stats.accepted += 1;
+                accepted += 1;
+                (Kind::Original, 1, c.id.clone())
+            }
+        };
+        examples.push(Entry {
+            id: c.id.clone(),
+            contributor: c.contributor.clone(),
+            weight,
+            kind,
+            cluster: cluster.clone(),
+            lsh: minhash::encode_keys(&c.bands),
+        });
+        for (b, k) in c.bands.iter().enumerate() {
+            buckets.entry((b, *k)).or_default().push(index);
+        }
+        ids.insert(c.id.clone(), cluster);
+        local.insert(c.id.clone(), &c.shingles);
+        new_examples.push(ci);
+    }
+    rejected.sort_by_key(|e| e.line);
+    let manifest = Manifest {
+        format: super::manifest::FORMAT,
+        datanet: input.datanet.to_string(),
+        parent: base.map(|(_, name)| name.to_string()),
+        number: base.map(|(m, _)| m.number).unwrap_or(0) + 1,
+        created_ms: input.now_ms,
+        upload: UploadInfo {
+            digest: blake3::Hash::from(input.digest).to_hex().to_string(),
+            uploader: input.who.contributor.clone(),
+            signed: input.who.signed,
+            rows: input.rows,
+            accepted,
+            duplicates,
+            near_duplicates: near,
+            rejected: rejected.len() as u64,
+        },
+        examples,
+        contributors,
+    };
+    Ok(Merged {
+        manifest,
+        new_examples,
+        accepted,
+        duplicates,
+        near_duplicates: near,
+        rejected,
+        quarantined: quarantined_now,
+    })
+}
