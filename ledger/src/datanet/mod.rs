@@ -506,8 +506,8 @@ impl Datanets {
             .filter_map(|i| resolved.candidates.get(*i))
             .filter(|c| !written.contains(&c.id))
             .collect();
-        let store = &self.store;
-        futures::stream::iter(todo.iter().map(|c| async move {
+        let mut writes = Vec::with_capacity(todo.len());
+        for c in &todo {
             let body = StoredExample {
                 messages: c
                     .messages
@@ -522,15 +522,15 @@ impl Datanets {
                 key: c.id.clone(),
                 reason: e.to_string(),
             })?;
+            let store = self.store.clone();
+            let key = example_key(&c.id);
             // Content-addressed: an existing object holds the same normalized text.
-            store
-                .create(&example_key(&c.id), Bytes::from(bytes))
-                .await?;
-            Ok::<_, DatanetError>(())
-        }))
-        .buffer_unordered(32)
-        .try_collect::<Vec<()>>()
-        .await?;
+            writes.push(async move { store.create(&key, Bytes::from(bytes)).await.map(|_| ()) });
+        }
+        futures::stream::iter(writes)
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
         written.extend(todo.iter().map(|c| c.id.clone()));
         Ok(())
     }
@@ -562,13 +562,15 @@ impl Datanets {
             .iter()
             .filter(|e| include_zero_weight || e.weight > 0)
             .collect();
-        let store = &self.store;
-        let mut reads = futures::stream::iter(
-            entries
-                .iter()
-                .map(|e| async move { read_example(store, &e.id).await }),
-        )
-        .buffered(32);
+        let reads: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let store = self.store.clone();
+                let id = e.id.clone();
+                async move { read_example(&store, &id).await }
+            })
+            .collect();
+        let mut reads = futures::stream::iter(reads).buffered(32);
         let mut n = 0u64;
         let mut i = 0usize;
         while let Some(ex) = reads.next().await {
