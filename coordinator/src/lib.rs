@@ -1,3 +1,20 @@
 //! The coordinator actor (job queue, placement, data-parallel step orchestration, failure
-//! handling), the attribution actor, and etcd membership and leader election. Actors are
-//! thin shells over pure scheduling functions. No HTTP here.
+//! handling) and etcd membership and leader election. The actor is a thin shell over pure
+//! functions — [`placement`], [`sharding`], [`reduce`], [`progress`] — each tested without a
+//! runtime. No HTTP here. The attribution actor comes with the attribution issue.
+
+pub mod actor;
+pub mod driver;
+pub mod error;
+pub mod membership;
+pub mod metrics;
+pub mod placement;
+pub mod progress;
+pub mod reduce;
+pub mod sharding;
+pub mod store;
+
+pub use actor::{CoordinatorActor, CoordinatorConfig, CoordinatorMsg, client, spawn_coordinator};
+pub use error::CoordError;
+pub use membership::{Membership, StaticMembership};
+pub use store::{Checkpoint, JobRecord, JobState, JobStore, MemoryJobStore};

@@ -1,0 +1,481 @@
+//! The coordinator actor (ractor): the job queue and its state machine (queued → running →
+//! succeeded / failed / cancelled), placement onto workers, and one driver task per running
+//! job. It is a thin shell: placement is [`crate::placement::place`], the step loop is
+//! [`crate::driver::JobRun`], persistence is a [`JobStore`], membership a [`Membership`].
+//! Embedded and cluster mode run this same actor; only the links, store and membership
+//! differ.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use tributary_protocol::link::{LinkFactory, WorkerLink};
+use tributary_protocol::spec::Workers;
+use tributary_protocol::{JobId, JobSpec, NodeId};
+
+use crate::driver::{JobEvent, JobOutcome, JobRun};
+use crate::error::CoordError;
+use crate::membership::Membership;
+use crate::metrics;
+use crate::placement::{Demand, place};
+use crate::store::{JobRecord, JobState, JobStore};
+
+/// Messages the coordinator accepts.
+#[derive(Debug)]
+pub enum CoordinatorMsg {
+    /// Queue a job; replies with its id.
+    Submit(JobSpec, RpcReplyPort<Result<JobId, CoordError>>),
+    /// One job's record, or all of them.
+    Status(Option<JobId>, RpcReplyPort<Vec<JobRecord>>),
+    /// Cancel a queued or running job.
+    Cancel(JobId, RpcReplyPort<Result<(), CoordError>>),
+    /// Re-read the store and membership, and place what can be placed.
+    Tick,
+    /// From a job's driver.
+    Event(JobEvent),
+}
+
+/// What the coordinator runs with.
+#[derive(Clone)]
+pub struct CoordinatorConfig {
+    /// This leader's fencing token (its election revision; any constant in embedded mode).
+    pub fencing: u64,
+    pub membership: Arc<dyn Membership>,
+    pub store: Arc<dyn JobStore>,
+    pub links: Arc<dyn LinkFactory>,
+    /// How often to re-check membership and the store.
+    pub tick: Duration,
+}
+
+struct Running {
+    cancel: watch::Sender<bool>,
+    workers: Vec<NodeId>,
+}
+
+/// The actor's state.
+pub struct CoordinatorState {
+    cfg: CoordinatorConfig,
+    jobs: BTreeMap<JobId, JobRecord>,
+    running: BTreeMap<JobId, Running>,
+    links: BTreeMap<NodeId, Arc<dyn WorkerLink>>,
+    next_seq: u64,
+    events: mpsc::Sender<JobEvent>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The coordinator actor.
+#[derive(Debug, Default)]
+pub struct CoordinatorActor;
+
+/// How many workers a spec wants, as a placement demand.
+pub fn demand(rec: &JobRecord) -> Demand {
+    let micro = rec.spec.micro_batches().max(1);
+    let (min, max) = match rec.spec.workers {
+        Workers::Count(n) => (n.min(micro), n.min(micro)),
+        Workers::Auto => (1, micro),
+    };
+    Demand {
+        job: rec.id.clone(),
+        min,
+        max,
+    }
+}
+
+impl CoordinatorState {
+    async fn persist(&self, rec: &JobRecord) -> Result<(), CoordError> {
+        self.cfg.store.put(rec).await
+    }
+
+    fn update_gauges(&self) {
+        for s in [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            let n = self.jobs.values().filter(|r| r.state == s).count();
+            metrics::JOBS
+                .with_label_values(&[&s.to_string()])
+                .set(n as i64);
+        }
+    }
+
+    /// Picks up jobs written to the store by others (cluster submissions, a previous leader).
+    async fn sync_store(&mut self) -> Result<(), CoordError> {
+        for mut rec in self.cfg.store.list().await? {
+            self.next_seq = self.next_seq.max(rec.seq + 1);
+            if self.jobs.contains_key(&rec.id) {
+                continue;
+            }
+            if rec.state == JobState::Running {
+                // A previous leader was running it: queue it again; it resumes from its
+                // last checkpoint.
+                rec.state = JobState::Queued;
+                rec.workers.clear();
+                self.persist(&rec).await?;
+            }
+            self.jobs.insert(rec.id.clone(), rec);
+        }
+        Ok(())
+    }
+
+    async fn schedule(&mut self) -> Result<(), CoordError> {
+        let members = self.cfg.membership.workers().await?;
+        let now = std::time::SystemTime::now();
+        let _ = now;
+        let mut free: BTreeMap<NodeId, u32> = BTreeMap::new();
+        for w in &members {
+            metrics::WORKER_HEARTBEAT_AGE
+                .with_label_values(&[w.node.as_str()])
+                .set(0.0);
+            let used = self
+                .running
+                .values()
+                .filter(|r| r.workers.contains(&w.node))
+                .count() as u32;
+            free.insert(w.node.clone(), w.slots.saturating_sub(used));
+        }
+        let mut queue: Vec<&JobRecord> = self
+            .jobs
+            .values()
+            .filter(|r| r.state == JobState::Queued)
+            .collect();
+        queue.sort_by_key(|r| r.seq);
+        let demands: Vec<Demand> = queue.iter().map(|r| demand(r)).collect();
+        for p in place(&demands, &free) {
+            let mut links = Vec::new();
+            for node in &p.workers {
+                if let Some(l) = self.links.get(node) {
+                    links.push((node.clone(), l.clone()));
+                    continue;
+                }
+                let Some(info) = members.iter().find(|m| &m.node == node) else {
+                    continue;
+                };
+                match self.cfg.links.connect(info).await {
+                    Ok(l) => {
+                        self.links.insert(node.clone(), l.clone());
+                        links.push((node.clone(), l));
+                    }
+                    Err(e) => warn!(%node, error = %e, "cannot reach worker"),
+                }
+            }
+            let Some(rec) = self.jobs.get(&p.job).cloned() else {
+                continue;
+            };
+            if links.len() < demand(&rec).min as usize || links.is_empty() {
+                continue;
+            }
+            self.start(rec, links).await?;
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    async fn start(
+        &mut self,
+        mut rec: JobRecord,
+        links: Vec<(NodeId, Arc<dyn WorkerLink>)>,
+    ) -> Result<(), CoordError> {
+        rec.state = JobState::Running;
+        rec.workers = links.iter().map(|(n, _)| n.clone()).collect();
+        rec.progress.total_steps = rec.spec.total_steps(rec.spec.train.batch_size.into());
+        self.persist(&rec).await?;
+        info!(job = %rec.id, workers = ?rec.workers, "job placed");
+        let (cancel, cancel_rx) = watch::channel(false);
+        self.running.insert(
+            rec.id.clone(),
+            Running {
+                cancel,
+                workers: rec.workers.clone(),
+            },
+        );
+        let run = JobRun {
+            job: rec.id.clone(),
+            total_steps: rec.progress.total_steps,
+            spec: rec.spec.clone(),
+            fencing: self.cfg.fencing,
+            workers: links,
+            store: self.cfg.store.clone(),
+            events: self.events.clone(),
+            cancel: cancel_rx,
+        };
+        self.jobs.insert(rec.id.clone(), rec);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let job = run.job.clone();
+            let outcome = run.run().await;
+            let _ = events.send(JobEvent::Done { job, outcome }).await;
+        });
+        Ok(())
+    }
+
+    /// Applies a driver event; returns an error when this leader has been fenced out.
+    async fn on_event(&mut self, ev: JobEvent) -> Result<(), CoordError> {
+        match ev {
+            JobEvent::Progress {
+                job,
+                progress,
+                workers,
+            } => {
+                if let Some(rec) = self.jobs.get_mut(&job) {
+                    rec.progress = progress;
+                    rec.workers = workers;
+                    let rec = rec.clone();
+                    self.persist(&rec).await?;
+                }
+            }
+            JobEvent::WorkerLost { node, .. } => {
+                self.links.remove(&node);
+            }
+            JobEvent::Done { job, outcome } => {
+                self.running.remove(&job);
+                let Some(rec) = self.jobs.get_mut(&job) else {
+                    return Ok(());
+                };
+                match outcome {
+                    JobOutcome::Succeeded {
+                        adapter_digest,
+                        steps,
+                        final_loss,
+                    } => {
+                        rec.state = JobState::Succeeded;
+                        rec.adapter_digest = Some(adapter_digest);
+                        rec.final_loss = final_loss;
+                        rec.progress.step = steps;
+                        rec.progress.eta_secs = Some(0.0);
+                    }
+                    JobOutcome::Failed(e) => {
+                        rec.state = JobState::Failed;
+                        rec.error = Some(e);
+                    }
+                    JobOutcome::Cancelled => rec.state = JobState::Cancelled,
+                    JobOutcome::Requeue(why) => {
+                        warn!(%job, reason = %why, "job queued again");
+                        rec.state = JobState::Queued;
+                        rec.workers.clear();
+                    }
+                    JobOutcome::Fenced { token, highest } => {
+                        return Err(CoordError::Fenced { token, highest });
+                    }
+                }
+                let rec = rec.clone();
+                self.persist(&rec).await?;
+                self.update_gauges();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Actor for CoordinatorActor {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorConfig;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        cfg: CoordinatorConfig,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (tx, mut rx) = mpsc::channel::<JobEvent>(256);
+        let me = myself.clone();
+        let forwarder = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if me.cast(CoordinatorMsg::Event(ev)).is_err() {
+                    break;
+                }
+            }
+        });
+        let me = myself.clone();
+        let period = cfg.tick;
+        let ticker = tokio::spawn(async move {
+            let mut iv = tokio::time::interval(period);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                iv.tick().await;
+                if me.cast(CoordinatorMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(CoordinatorState {
+            cfg,
+            jobs: BTreeMap::new(),
+            running: BTreeMap::new(),
+            links: BTreeMap::new(),
+            next_seq: 0,
+            events: tx,
+            ticker: Some(ticker),
+            forwarder: Some(forwarder),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in [state.ticker.take(), state.forwarder.take()]
+            .into_iter()
+            .flatten()
+        {
+            t.abort();
+        }
+        for r in state.running.values() {
+            let _ = r.cancel.send(true);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let result = match msg {
+            CoordinatorMsg::Submit(spec, reply) => {
+                let r = submit(state, spec).await;
+                let _ = reply.send(r);
+                state.schedule().await
+            }
+            CoordinatorMsg::Status(job, reply) => {
+                let recs = match job {
+                    Some(id) => state.jobs.get(&id).cloned().into_iter().collect(),
+                    None => state.jobs.values().cloned().collect(),
+                };
+                let _ = reply.send(recs);
+                Ok(())
+            }
+            CoordinatorMsg::Cancel(job, reply) => {
+                let _ = reply.send(cancel(state, &job).await);
+                Ok(())
+            }
+            CoordinatorMsg::Tick => match state.sync_store().await {
+                Ok(()) => state.schedule().await,
+                Err(e) => Err(e),
+            },
+            CoordinatorMsg::Event(ev) => state.on_event(ev).await,
+        };
+        match result {
+            Err(e @ (CoordError::Fenced { .. } | CoordError::NotLeader(_))) => {
+                warn!(error = %e, "stepping down");
+                myself.stop(Some(e.to_string()));
+            }
+            // Store or membership trouble (etcd restarting): keep going, retry on next tick.
+            Err(e) => warn!(error = %e, "coordinator tick failed; will retry"),
+            Ok(()) => {}
+        }
+        Ok(())
+    }
+}
+
+async fn submit(state: &mut CoordinatorState, spec: JobSpec) -> Result<JobId, CoordError> {
+    spec.validate()?;
+    let seq = state.next_seq;
+    state.next_seq += 1;
+    let id = JobId::derive(spec.to_json()?.as_bytes(), seq);
+    let rec = JobRecord::queued(id.clone(), seq, spec);
+    state.persist(&rec).await?;
+    state.jobs.insert(id.clone(), rec);
+    Ok(id)
+}
+
+async fn cancel(state: &mut CoordinatorState, job: &JobId) -> Result<(), CoordError> {
+    let rec = state
+        .jobs
+        .get_mut(job)
+        .ok_or_else(|| CoordError::NoSuchJob(job.to_string()))?;
+    match rec.state {
+        JobState::Queued => {
+            rec.state = JobState::Cancelled;
+            let rec = rec.clone();
+            state.persist(&rec).await
+        }
+        JobState::Running => {
+            rec.cancel_requested = true;
+            if let Some(r) = state.running.get(job) {
+                let _ = r.cancel.send(true);
+            }
+            Ok(())
+        }
+        s => Err(CoordError::BadState {
+            job: job.to_string(),
+            state: s.to_string(),
+            action: "cancelled",
+        }),
+    }
+}
+
+/// Spawns a coordinator actor.
+pub async fn spawn_coordinator(
+    cfg: CoordinatorConfig,
+) -> Result<(ActorRef<CoordinatorMsg>, tokio::task::JoinHandle<()>), CoordError> {
+    Actor::spawn(None, CoordinatorActor, cfg)
+        .await
+        .map_err(|e| CoordError::Actor(e.to_string()))
+}
+
+/// Client helpers: submit, status and cancel through the actor.
+pub mod client {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(30);
+
+    fn gone(e: impl std::fmt::Display) -> CoordError {
+        CoordError::Actor(e.to_string())
+    }
+
+    pub async fn submit(c: &ActorRef<CoordinatorMsg>, spec: JobSpec) -> Result<JobId, CoordError> {
+        match c.call(|tx| CoordinatorMsg::Submit(spec, tx), Some(T)).await {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            Ok(other) => Err(gone(format!("{other:?}"))),
+            Err(e) => Err(gone(e)),
+        }
+    }
+
+    pub async fn status(
+        c: &ActorRef<CoordinatorMsg>,
+        job: Option<JobId>,
+    ) -> Result<Vec<JobRecord>, CoordError> {
+        match c.call(|tx| CoordinatorMsg::Status(job, tx), Some(T)).await {
+            Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),
+            Ok(other) => Err(gone(format!("{other:?}"))),
+            Err(e) => Err(gone(e)),
+        }
+    }
+
+    pub async fn cancel(c: &ActorRef<CoordinatorMsg>, job: JobId) -> Result<(), CoordError> {
+        match c.call(|tx| CoordinatorMsg::Cancel(job, tx), Some(T)).await {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            Ok(other) => Err(gone(format!("{other:?}"))),
+            Err(e) => Err(gone(e)),
+        }
+    }
+
+    /// Polls until the job reaches a terminal state or `timeout` passes.
+    pub async fn wait(
+        c: &ActorRef<CoordinatorMsg>,
+        job: &JobId,
+        timeout: Duration,
+    ) -> Result<JobRecord, CoordError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let recs = status(c, Some(job.clone())).await?;
+            if let Some(r) = recs.into_iter().next() {
+                if r.state.is_terminal() || tokio::time::Instant::now() > deadline {
+                    return Ok(r);
+                }
+            } else if tokio::time::Instant::now() > deadline {
+                return Err(CoordError::NoSuchJob(job.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
