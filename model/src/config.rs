@@ -380,11 +380,27 @@ impl GenerationConfig {
             [one] => Value::from(*one),
             many => Value::from(many.to_vec()),
         };
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "eos_token_id": eos,
             "pad_token_id": self.pad_token_id,
             "bos_token_id": self.bos_token_id,
-        })
+        });
+        if let Some(obj) = v.as_object_mut() {
+            let opt = [
+                ("temperature", self.temperature.map(Value::from)),
+                ("top_k", self.top_k.map(Value::from)),
+                ("top_p", self.top_p.map(Value::from)),
+                ("repetition_penalty", self.repetition_penalty.map(Value::from)),
+                ("do_sample", self.do_sample.map(Value::from)),
+                ("max_new_tokens", self.max_new_tokens.map(Value::from)),
+            ];
+            for (k, val) in opt {
+                if let Some(val) = val {
+                    obj.insert(k.into(), val);
+                }
+            }
+        }
+        v
     }
 }
 

@@ -1,7 +1,7 @@
 //! The training loop's step: gradients of the summed token loss through burn's autodiff,
 //! clipping, the schedule and AdamW.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use super::loss::{collate, nll_sum};
 use super::optim::{AdamW, AdamWParams};
@@ -9,7 +9,7 @@ use super::{TrainConfig, TrainExample};
 use crate::decoder::{CausalLm, TrainOpts};
 use crate::error::ModelError;
 use crate::lora::{DropoutRng, LoraAdapter, LoraConfig};
-use crate::weights::read_f32;
+use crate::weights::{HostTensor, read_f32};
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +66,30 @@ impl LoraGradients {
         self.tokens += other.tokens;
         self.input_tokens += other.input_tokens;
         Ok(())
+    }
+
+    /// The gradients read back to the host (`[dA, dB]` per module, canonical order), e.g.
+    /// to send them to a coordinator.
+    pub fn to_host(&self) -> Result<Vec<[HostTensor; 2]>, ModelError> {
+        self.grads
+            .iter()
+            .map(|[a, b]| Ok([HostTensor::from_tensor(a, "grad A")?, HostTensor::from_tensor(b, "grad B")?]))
+            .collect()
+    }
+
+    /// Gradients received from elsewhere (the inverse of [`LoraGradients::to_host`]).
+    pub fn from_host(
+        loss_sum: f64,
+        tokens: usize,
+        input_tokens: usize,
+        grads: &[[HostTensor; 2]],
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let grads = grads
+            .iter()
+            .map(|[a, b]| Ok([a.to_tensor::<2>(device)?, b.to_tensor::<2>(device)?]))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Self { loss_sum, tokens, input_tokens, grads })
     }
 
     /// The gradients of the *mean* loss (divided by the token count), as an adapter-shaped
