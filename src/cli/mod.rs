@@ -2,12 +2,7 @@
 
 pub mod bench;
 pub mod certs;
-pub mod datanet;
-pub mod demo;
-pub mod ledger;
 pub mod model;
-pub mod model_finetune;
-pub mod model_generate;
 pub mod model_init;
 pub mod model_merge;
 
@@ -26,9 +21,6 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The README's first command: make a small model, fine-tune a LoRA adapter on built-in
-    /// data, and generate with and without it (nothing to install, no servers).
-    Demo(demo::DemoArgs),
     /// Models: make random checkpoints, generate text, fine-tune LoRA adapters.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -38,10 +30,6 @@ pub enum Command {
     /// Development certificates: a cluster CA and node certificates for mutual TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
-    /// Datanets: community datasets (create, upload, list, show, diff, export).
-    Datanet(datanet::DatanetArgs),
-    /// The reward log: verify, balances, repair, append.
-    Ledger(ledger::LedgerArgs),
 }
 
 pub fn init_tracing(verbose: u8) {
@@ -61,11 +49,8 @@ pub fn init_tracing(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo(args) => demo::run(&args),
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
-        Command::Datanet(args) => datanet::run(args),
-        Command::Ledger(args) => ledger::run(args),
     }
 }
