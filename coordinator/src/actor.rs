@@ -62,6 +62,8 @@ pub struct CoordinatorState {
     running: BTreeMap<JobId, Running>,
     links: BTreeMap<NodeId, Arc<dyn WorkerLink>>,
     next_seq: u64,
+    /// Records whose last write failed (store down); written again on the next tick.
+    dirty: std::collections::BTreeSet<JobId>,
     events: mpsc::Sender<JobEvent>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     forwarder: Option<tokio::task::JoinHandle<()>>,
@@ -86,8 +88,30 @@ pub fn demand(rec: &JobRecord) -> Demand {
 }
 
 impl CoordinatorState {
-    async fn persist(&self, rec: &JobRecord) -> Result<(), CoordError> {
-        self.cfg.store.put(rec).await
+    /// Writes a record; a leadership error is returned, other failures mark it dirty.
+    async fn persist(&mut self, rec: &JobRecord) -> Result<(), CoordError> {
+        match self.cfg.store.put(rec).await {
+            Ok(()) => {
+                self.dirty.remove(&rec.id);
+                Ok(())
+            }
+            Err(e @ CoordError::NotLeader(_)) => Err(e),
+            Err(e) => {
+                warn!(job = %rec.id, error = %e, "job record not written; will retry");
+                self.dirty.insert(rec.id.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn flush_dirty(&mut self) -> Result<(), CoordError> {
+        let ids: Vec<JobId> = self.dirty.iter().cloned().collect();
+        for id in ids {
+            if let Some(rec) = self.jobs.get(&id).cloned() {
+                self.persist(&rec).await?;
+            }
+        }
+        Ok(())
     }
 
     fn update_gauges(&self) {
@@ -126,8 +150,6 @@ impl CoordinatorState {
 
     async fn schedule(&mut self) -> Result<(), CoordError> {
         let members = self.cfg.membership.workers().await?;
-        let now = std::time::SystemTime::now();
-        let _ = now;
         let mut free: BTreeMap<NodeId, u32> = BTreeMap::new();
         for w in &members {
             metrics::WORKER_HEARTBEAT_AGE
@@ -310,6 +332,7 @@ impl Actor for CoordinatorActor {
             running: BTreeMap::new(),
             links: BTreeMap::new(),
             next_seq: 0,
+            dirty: Default::default(),
             events: tx,
             ticker: Some(ticker),
             forwarder: Some(forwarder),
@@ -357,7 +380,7 @@ impl Actor for CoordinatorActor {
                 let _ = reply.send(cancel(state, &job).await);
                 Ok(())
             }
-            CoordinatorMsg::Tick => match state.sync_store().await {
+            CoordinatorMsg::Tick => match state.flush_dirty().await.and(state.sync_store().await) {
                 Ok(()) => state.schedule().await,
                 Err(e) => Err(e),
             },

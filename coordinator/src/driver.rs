@@ -16,11 +16,15 @@ use tributary_protocol::{
     Command, CommandBody, Digest, JobId, JobSpec, MicroBatch, NodeId, Payload, Reply,
 };
 
+use crate::error::CoordError;
 use crate::metrics;
 use crate::progress::{Progress, progress};
 use crate::reduce::{Contribution, reduce_in_order};
 use crate::sharding::{assign, global_batch};
 use crate::store::{Checkpoint, JobStore};
+
+/// How long checkpoint writes are retried while the store is down.
+pub const STORE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the driver reports to the coordinator actor.
 #[derive(Debug, Clone, PartialEq)]
@@ -319,6 +323,28 @@ impl JobRun {
         }
     }
 
+    /// Stores a checkpoint, retrying while the store is unreachable (etcd restarting).
+    async fn store_checkpoint(&self, cp: &Checkpoint) -> Result<(), JobOutcome> {
+        let deadline = Instant::now() + STORE_RETRY_FOR;
+        loop {
+            match self.store.put_checkpoint(&self.job, cp).await {
+                Ok(()) => return Ok(()),
+                Err(CoordError::NotLeader(why)) => {
+                    return Err(JobOutcome::Fenced {
+                        token: self.fencing,
+                        highest: 0,
+                    })
+                    .inspect_err(|_| warn!(reason = %why, "lost leadership while checkpointing"));
+                }
+                Err(e) if Instant::now() < deadline => {
+                    warn!(error = %e, "checkpoint store unavailable; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(JobOutcome::Failed(format!("saving checkpoint: {e}"))),
+            }
+        }
+    }
+
     /// Takes a checkpoint from the first live worker that answers and stores it.
     async fn save_checkpoint(
         &self,
@@ -331,9 +357,7 @@ impl JobRun {
                     ..
                 }) => {
                     let cp = Checkpoint { step, state };
-                    if let Err(e) = self.store.put_checkpoint(&self.job, &cp).await {
-                        return Err(JobOutcome::Failed(format!("saving checkpoint: {e}")));
-                    }
+                    self.store_checkpoint(&cp).await?;
                     return Ok(cp);
                 }
                 Ok(other) => {

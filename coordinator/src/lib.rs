@@ -6,6 +6,7 @@
 pub mod actor;
 pub mod driver;
 pub mod error;
+pub mod etcd;
 pub mod membership;
 pub mod metrics;
 pub mod placement;
@@ -13,6 +14,8 @@ pub mod progress;
 pub mod reduce;
 pub mod sharding;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use actor::{CoordinatorActor, CoordinatorConfig, CoordinatorMsg, client, spawn_coordinator};
 pub use error::CoordError;
