@@ -139,7 +139,13 @@ fn req_usize(obj: &Value, file: &str, field: &str) -> Result<usize, ModelError> 
         .ok_or_else(|| ModelError::config(file, field, "missing"))?;
     v.as_u64()
         .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| ModelError::config(file, field, format!("expected a non-negative integer, found {v}")))
+        .ok_or_else(|| {
+            ModelError::config(
+                file,
+                field,
+                format!("expected a non-negative integer, found {v}"),
+            )
+        })
 }
 
 fn opt_usize(obj: &Value, file: &str, field: &str) -> Result<Option<usize>, ModelError> {
@@ -152,20 +158,18 @@ fn opt_usize(obj: &Value, file: &str, field: &str) -> Result<Option<usize>, Mode
 fn opt_f64(obj: &Value, file: &str, field: &str) -> Result<Option<f64>, ModelError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| ModelError::config(file, field, format!("expected a number, found {v}"))),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+            ModelError::config(file, field, format!("expected a number, found {v}"))
+        }),
     }
 }
 
 fn opt_bool(obj: &Value, file: &str, field: &str) -> Result<Option<bool>, ModelError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| ModelError::config(file, field, format!("expected true or false, found {v}"))),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+            ModelError::config(file, field, format!("expected true or false, found {v}"))
+        }),
     }
 }
 
@@ -196,32 +200,53 @@ impl ModelConfig {
             (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => Architecture::Llama,
             (Some("Qwen2ForCausalLM"), _) | (None, Some("qwen2")) => Architecture::Qwen2,
             (Some(other), _) => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
-            (None, Some(other)) => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
+            (None, Some(other)) => {
+                return Err(ModelError::UnsupportedArchitecture(other.to_string()));
+            }
             (None, None) => {
-                return Err(ModelError::config(file, "architectures", "missing (and no model_type)"));
+                return Err(ModelError::config(
+                    file,
+                    "architectures",
+                    "missing (and no model_type)",
+                ));
             }
         };
         if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str())
             && act != "silu"
         {
-            return Err(ModelError::config(file, "hidden_act", format!("`{act}` is not supported (only silu)")));
+            return Err(ModelError::config(
+                file,
+                "hidden_act",
+                format!("`{act}` is not supported (only silu)"),
+            ));
         }
         let hidden_size = req_usize(v, file, "hidden_size")?;
         let num_attention_heads = req_usize(v, file, "num_attention_heads")?;
         if num_attention_heads == 0 || hidden_size == 0 {
-            return Err(ModelError::config(file, "num_attention_heads", "must be positive"));
+            return Err(ModelError::config(
+                file,
+                "num_attention_heads",
+                "must be positive",
+            ));
         }
-        let num_key_value_heads = opt_usize(v, file, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads =
+            opt_usize(v, file, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(ModelError::config(
                 file,
                 "num_key_value_heads",
-                format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
+                format!(
+                    "{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"
+                ),
             ));
         }
         let head_dim = opt_usize(v, file, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(ModelError::config(file, "head_dim", format!("{head_dim} must be even and positive")));
+            return Err(ModelError::config(
+                file,
+                "head_dim",
+                format!("{head_dim} must be even and positive"),
+            ));
         }
         // rope_theta: top level (4.x) or inside rope_parameters (5.x).
         let rope_params = v.get("rope_parameters").filter(|p| !p.is_null());
@@ -248,7 +273,11 @@ impl ModelConfig {
         if architecture == Architecture::Qwen2
             && opt_bool(v, file, "use_sliding_window")?.unwrap_or(false)
         {
-            return Err(ModelError::config(file, "use_sliding_window", "sliding-window attention is not supported"));
+            return Err(ModelError::config(
+                file,
+                "use_sliding_window",
+                "sliding-window attention is not supported",
+            ));
         }
         Ok(Self {
             architecture,
@@ -329,7 +358,11 @@ fn check_rope_type(p: &Value, file: &str, field: &str) -> Result<(), ModelError>
     if ty == "default" {
         Ok(())
     } else {
-        Err(ModelError::config(file, field, format!("RoPE type `{ty}` is not supported (only default)")))
+        Err(ModelError::config(
+            file,
+            field,
+            format!("RoPE type `{ty}` is not supported (only default)"),
+        ))
     }
 }
 
@@ -390,7 +423,10 @@ impl GenerationConfig {
                 ("temperature", self.temperature.map(Value::from)),
                 ("top_k", self.top_k.map(Value::from)),
                 ("top_p", self.top_p.map(Value::from)),
-                ("repetition_penalty", self.repetition_penalty.map(Value::from)),
+                (
+                    "repetition_penalty",
+                    self.repetition_penalty.map(Value::from),
+                ),
                 ("do_sample", self.do_sample.map(Value::from)),
                 ("max_new_tokens", self.max_new_tokens.map(Value::from)),
             ];

@@ -166,14 +166,60 @@ impl CausalLm {
             let o_bias = ab && cfg.architecture == crate::config::Architecture::Llama;
             layers.push(DecoderLayer {
                 input_norm: store.tensor(&format!("{p}.input_layernorm.weight"), [h], device)?,
-                q: Linear::load(store, &format!("{p}.self_attn.q_proj"), [qd, h], qkv_bias, device)?,
-                k: Linear::load(store, &format!("{p}.self_attn.k_proj"), [kvd, h], qkv_bias, device)?,
-                v: Linear::load(store, &format!("{p}.self_attn.v_proj"), [kvd, h], qkv_bias, device)?,
-                o: Linear::load(store, &format!("{p}.self_attn.o_proj"), [h, qd], o_bias, device)?,
-                post_norm: store.tensor(&format!("{p}.post_attention_layernorm.weight"), [h], device)?,
-                gate: Linear::load(store, &format!("{p}.mlp.gate_proj"), [im, h], cfg.mlp_bias, device)?,
-                up: Linear::load(store, &format!("{p}.mlp.up_proj"), [im, h], cfg.mlp_bias, device)?,
-                down: Linear::load(store, &format!("{p}.mlp.down_proj"), [h, im], cfg.mlp_bias, device)?,
+                q: Linear::load(
+                    store,
+                    &format!("{p}.self_attn.q_proj"),
+                    [qd, h],
+                    qkv_bias,
+                    device,
+                )?,
+                k: Linear::load(
+                    store,
+                    &format!("{p}.self_attn.k_proj"),
+                    [kvd, h],
+                    qkv_bias,
+                    device,
+                )?,
+                v: Linear::load(
+                    store,
+                    &format!("{p}.self_attn.v_proj"),
+                    [kvd, h],
+                    qkv_bias,
+                    device,
+                )?,
+                o: Linear::load(
+                    store,
+                    &format!("{p}.self_attn.o_proj"),
+                    [h, qd],
+                    o_bias,
+                    device,
+                )?,
+                post_norm: store.tensor(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    [h],
+                    device,
+                )?,
+                gate: Linear::load(
+                    store,
+                    &format!("{p}.mlp.gate_proj"),
+                    [im, h],
+                    cfg.mlp_bias,
+                    device,
+                )?,
+                up: Linear::load(
+                    store,
+                    &format!("{p}.mlp.up_proj"),
+                    [im, h],
+                    cfg.mlp_bias,
+                    device,
+                )?,
+                down: Linear::load(
+                    store,
+                    &format!("{p}.mlp.down_proj"),
+                    [h, im],
+                    cfg.mlp_bias,
+                    device,
+                )?,
             });
         }
         let norm = store.tensor("model.norm.weight", [h], device)?;
@@ -222,7 +268,11 @@ impl CausalLm {
         m
     }
 
-    fn map_tensors(&mut self, f2: impl Fn(Tensor<2>) -> Tensor<2>, f1: impl Fn(Tensor<1>) -> Tensor<1>) {
+    fn map_tensors(
+        &mut self,
+        f2: impl Fn(Tensor<2>) -> Tensor<2>,
+        f1: impl Fn(Tensor<1>) -> Tensor<1>,
+    ) {
         self.embed = f2(self.embed.clone());
         self.norm = f1(self.norm.clone());
         self.lm_head = self.lm_head.take().map(&f2);
@@ -242,10 +292,15 @@ impl CausalLm {
         let b = rows.len();
         let s = rows.first().map_or(0, Vec::len);
         if rows.iter().any(|r| r.len() != s) {
-            return Err(ModelError::Input("all rows of a batch must have the same length (pad them)".into()));
+            return Err(ModelError::Input(
+                "all rows of a batch must have the same length (pad them)".into(),
+            ));
         }
         let flat: Vec<i64> = rows.iter().flatten().map(|&t| i64::from(t)).collect();
-        Ok(Tensor::from_data(TensorData::new(flat, [b, s]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [b, s]),
+            &self.device,
+        ))
     }
 
     /// Logits `[batch, seq, vocab]` for `input_ids` `[batch, seq]`.
@@ -278,7 +333,13 @@ impl CausalLm {
         lora: Option<&LoraAdapter>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>, ModelError> {
-        let hidden = self.forward_hidden(input_ids, left_pad, lora, cache, TrainOpts { dropout: None })?;
+        let hidden = self.forward_hidden(
+            input_ids,
+            left_pad,
+            lora,
+            cache,
+            TrainOpts { dropout: None },
+        )?;
         Ok(self.lm_head_forward(hidden))
     }
 
@@ -306,12 +367,21 @@ impl CausalLm {
         if s == 0 || b == 0 {
             return Err(ModelError::Input("empty input_ids".into()));
         }
-        let pads: Vec<usize> = if left_pad.is_empty() { vec![0; b] } else { left_pad.to_vec() };
+        let pads: Vec<usize> = if left_pad.is_empty() {
+            vec![0; b]
+        } else {
+            left_pad.to_vec()
+        };
         if pads.len() != b {
-            return Err(ModelError::Input(format!("left_pad has {} entries for a batch of {b}", pads.len())));
+            return Err(ModelError::Input(format!(
+                "left_pad has {} entries for a batch of {b}",
+                pads.len()
+            )));
         }
         if let Some(p) = pads.iter().find(|&&p| p > s) {
-            return Err(ModelError::Input(format!("left_pad {p} exceeds the sequence length {s}")));
+            return Err(ModelError::Input(format!(
+                "left_pad {p} exceeds the sequence length {s}"
+            )));
         }
         if let Some(l) = lora
             && l.num_layers() != cfg.num_hidden_layers
@@ -325,7 +395,10 @@ impl CausalLm {
         if let Some(c) = cache.as_deref()
             && c.batch() != b
         {
-            return Err(ModelError::Input(format!("cache is for {} rows, input has {b}", c.batch())));
+            return Err(ModelError::Input(format!(
+                "cache is for {} rows, input has {b}",
+                c.batch()
+            )));
         }
         let ids = input_ids.reshape([b * s]);
         let mut hs = self.embed.clone().select(0, ids);
@@ -376,6 +449,12 @@ impl CausalLm {
 
 /// RMSNorm over the last dimension of `x` `[n, h]`, as transformers computes it in float32.
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
-    let inv = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
+    let inv = x
+        .clone()
+        .square()
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
     weight.clone().unsqueeze_dim(0).mul(x.mul(inv))
 }

@@ -109,7 +109,11 @@ impl ModelError {
     }
 
     /// A configuration error in `file` at `field`.
-    pub fn config(file: impl Into<String>, field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn config(
+        file: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Self::Config {
             file: file.into(),
             field: field.into(),

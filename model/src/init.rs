@@ -24,12 +24,18 @@ pub const INIT_STD: f64 = 0.02;
 /// Names and shapes of every tensor a checkpoint of `cfg` holds, in a fixed order.
 pub fn checkpoint_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let h = cfg.hidden_size;
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, h],
+    )];
     let qkv_bias = cfg.attention_bias;
     let o_bias = cfg.attention_bias && cfg.architecture == Architecture::Llama;
     for l in 0..cfg.num_hidden_layers {
         out.push((format!("model.layers.{l}.input_layernorm.weight"), vec![h]));
-        out.push((format!("model.layers.{l}.post_attention_layernorm.weight"), vec![h]));
+        out.push((
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            vec![h],
+        ));
         for t in TargetModule::ALL {
             let (fan_in, fan_out) = t.dims(cfg);
             out.push((format!("{}.weight", t.path(l)), vec![fan_out, fan_in]));
@@ -93,7 +99,10 @@ pub fn write_checkpoint(
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     save_f32(&dir.join("model.safetensors"), tensors)?;
     write_json(&dir.join("config.json"), &cfg.to_json_value())?;
-    write_json(&dir.join("generation_config.json"), &gen_cfg.to_json_value())
+    write_json(
+        &dir.join("generation_config.json"),
+        &gen_cfg.to_json_value(),
+    )
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), ModelError> {
@@ -103,7 +112,11 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), ModelError> {
 
 /// `tributary model init`: reads a config.json-style file, writes a random checkpoint.
 /// Returns the parsed config.
-pub fn init_random_checkpoint(config_file: &Path, seed: u64, out: &Path) -> Result<ModelConfig, ModelError> {
+pub fn init_random_checkpoint(
+    config_file: &Path,
+    seed: u64,
+    out: &Path,
+) -> Result<ModelConfig, ModelError> {
     let _span = tracing::info_span!("model_init", config = %config_file.display(), seed).entered();
     let cfg = ModelConfig::load_file(config_file)?;
     let gen_cfg = GenerationConfig {
@@ -142,8 +155,14 @@ impl CausalLm {
         };
         put1("model.norm.weight".into(), &self.norm)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            put1(format!("model.layers.{l}.input_layernorm.weight"), &layer.input_norm)?;
-            put1(format!("model.layers.{l}.post_attention_layernorm.weight"), &layer.post_norm)?;
+            put1(
+                format!("model.layers.{l}.input_layernorm.weight"),
+                &layer.input_norm,
+            )?;
+            put1(
+                format!("model.layers.{l}.post_attention_layernorm.weight"),
+                &layer.post_norm,
+            )?;
             for t in TargetModule::ALL {
                 if let Some(b) = &layer.linear(t).bias {
                     put1(format!("{}.bias", t.path(l)), b)?;
@@ -156,6 +175,11 @@ impl CausalLm {
     /// Writes the model as a Hugging Face checkpoint directory (f32 safetensors).
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
         let _span = tracing::info_span!("model_save", dir = %dir.display()).entered();
-        write_checkpoint(dir, self.config(), self.generation_config(), &self.to_host()?)
+        write_checkpoint(
+            dir,
+            self.config(),
+            self.generation_config(),
+            &self.to_host()?,
+        )
     }
 }

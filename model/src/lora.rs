@@ -187,7 +187,9 @@ impl LoraConfig {
             r,
             lora_alpha: alpha,
             use_rslora: false,
-            target_modules: TargetSpec::List(targets.iter().map(|t| t.name().to_string()).collect()),
+            target_modules: TargetSpec::List(
+                targets.iter().map(|t| t.name().to_string()).collect(),
+            ),
             exclude_modules: None,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
@@ -208,7 +210,10 @@ impl LoraConfig {
     pub fn validate(&self, src: &std::path::Path) -> Result<(), ModelError> {
         let bad = |reason: String| Err(ModelError::adapter(src, reason));
         if self.peft_type != "LORA" {
-            return bad(format!("peft_type `{}` is not supported (only LORA)", self.peft_type));
+            return bad(format!(
+                "peft_type `{}` is not supported (only LORA)",
+                self.peft_type
+            ));
         }
         if self.use_dora {
             return bad("use_dora=true: DoRA adapters are not supported".into());
@@ -220,7 +225,10 @@ impl LoraConfig {
             ));
         }
         if self.bias != "none" {
-            return bad(format!("bias=`{}`: only bias=\"none\" is supported", self.bias));
+            return bad(format!(
+                "bias=`{}`: only bias=\"none\" is supported",
+                self.bias
+            ));
         }
         if self.fan_in_fan_out {
             return bad("fan_in_fan_out=true is not supported for Llama/Qwen2".into());
@@ -229,7 +237,10 @@ impl LoraConfig {
             return bad("r must be positive".into());
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            return bad(format!("lora_dropout {} must be in [0, 1)", self.lora_dropout));
+            return bad(format!(
+                "lora_dropout {} must be in [0, 1)",
+                self.lora_dropout
+            ));
         }
         for (field, unsupported) in [
             ("use_qalora", "QA-LoRA"),
@@ -269,7 +280,11 @@ impl LoraConfig {
         src: &std::path::Path,
     ) -> Result<Vec<(usize, TargetModule)>, ModelError> {
         let all_paths: Vec<(usize, TargetModule, String)> = (0..num_layers)
-            .flat_map(|l| TargetModule::ALL.into_iter().map(move |m| (l, m, m.path(l))))
+            .flat_map(|l| {
+                TargetModule::ALL
+                    .into_iter()
+                    .map(move |m| (l, m, m.path(l)))
+            })
             .collect();
         if let TargetSpec::List(names) = &self.target_modules {
             for n in names {
@@ -300,10 +315,15 @@ impl LoraConfig {
             };
             let excluded = match &self.exclude_modules {
                 None => false,
-                Some(TargetSpec::Regex(_)) => exclude_re.as_ref().is_some_and(|re| re.is_match(path)),
+                Some(TargetSpec::Regex(_)) => {
+                    exclude_re.as_ref().is_some_and(|re| re.is_match(path))
+                }
                 Some(TargetSpec::List(names)) => names.iter().any(|n| suffix_match(path, n)),
             };
-            let layer_ok = self.layers_to_transform.as_ref().is_none_or(|ls| ls.contains(l));
+            let layer_ok = self
+                .layers_to_transform
+                .as_ref()
+                .is_none_or(|ls| ls.contains(l));
             if targeted && !excluded && layer_ok {
                 out.push((*l, *m));
             }
@@ -311,20 +331,31 @@ impl LoraConfig {
         if out.is_empty() {
             return Err(ModelError::adapter(
                 src,
-                format!("target_modules {:?} match no module of the base model", self.target_modules),
+                format!(
+                    "target_modules {:?} match no module of the base model",
+                    self.target_modules
+                ),
             ));
         }
         Ok(out)
     }
 
     /// Rank and alpha of the module at `path` after `rank_pattern` / `alpha_pattern`.
-    pub fn rank_alpha(&self, path: &str, src: &std::path::Path) -> Result<(usize, f64), ModelError> {
+    pub fn rank_alpha(
+        &self,
+        path: &str,
+        src: &std::path::Path,
+    ) -> Result<(usize, f64), ModelError> {
         let r = match pattern_key(self.rank_pattern.keys(), path, src)? {
             Some(k) => self.rank_pattern.get(&k).copied().unwrap_or(self.r),
             None => self.r,
         };
         let alpha = match pattern_key(self.alpha_pattern.keys(), path, src)? {
-            Some(k) => self.alpha_pattern.get(&k).copied().unwrap_or(self.lora_alpha),
+            Some(k) => self
+                .alpha_pattern
+                .get(&k)
+                .copied()
+                .unwrap_or(self.lora_alpha),
             None => self.lora_alpha,
         };
         Ok((r, alpha))
@@ -423,8 +454,9 @@ impl LoraAdapter {
         config.validate(src)?;
         let targets = config.resolve_targets(model.num_hidden_layers, src)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut modules: Vec<[Option<LoraModule>; 7]> =
-            (0..model.num_hidden_layers).map(|_| Default::default()).collect();
+        let mut modules: Vec<[Option<LoraModule>; 7]> = (0..model.num_hidden_layers)
+            .map(|_| Default::default())
+            .collect();
         for (layer, m) in targets {
             let (r, alpha) = config.rank_alpha(&m.path(layer), src)?;
             let (fan_in, fan_out) = m.dims(model);
@@ -445,12 +477,16 @@ impl LoraAdapter {
 
     /// The module adapting `target` in `layer`, if any.
     pub fn module(&self, layer: usize, target: TargetModule) -> Option<&LoraModule> {
-        self.modules.get(layer).and_then(|l| l[target.index()].as_ref())
+        self.modules
+            .get(layer)
+            .and_then(|l| l[target.index()].as_ref())
     }
 
     /// Mutable access to a module.
     pub fn module_mut(&mut self, layer: usize, target: TargetModule) -> Option<&mut LoraModule> {
-        self.modules.get_mut(layer).and_then(|l| l[target.index()].as_mut())
+        self.modules
+            .get_mut(layer)
+            .and_then(|l| l[target.index()].as_mut())
     }
 
     /// Number of layers the adapter was built for.
@@ -520,7 +556,13 @@ impl DropoutRng {
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
         let mask: Vec<f32> = (0..n * d)
-            .map(|_| if self.rng.random::<f64>() < keep { scale } else { 0.0 })
+            .map(|_| {
+                if self.rng.random::<f64>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let mask = Tensor::<2>::from_data(TensorData::new(mask, [n, d]), &x.device());
         x.mul(mask)

@@ -24,7 +24,10 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
 /// PEFT's key for a module's A or B matrix.
 pub fn peft_key(layer: usize, target: TargetModule, which: char) -> String {
-    format!("base_model.model.{}.lora_{which}.weight", target.path(layer))
+    format!(
+        "base_model.model.{}.lora_{which}.weight",
+        target.path(layer)
+    )
 }
 
 impl LoraConfig {
@@ -32,7 +35,8 @@ impl LoraConfig {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join(ADAPTER_CONFIG);
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        let cfg: LoraConfig = serde_json::from_str(&text).map_err(|e| ModelError::json(&path, e))?;
+        let cfg: LoraConfig =
+            serde_json::from_str(&text).map_err(|e| ModelError::json(&path, e))?;
         cfg.validate(&path)?;
         Ok(cfg)
     }
@@ -75,18 +79,19 @@ impl LoraAdapter {
                 }
             }
         }
-        let mut modules: Vec<[Option<LoraModule>; 7]> =
-            (0..model.num_hidden_layers).map(|_| Default::default()).collect();
+        let mut modules: Vec<[Option<LoraModule>; 7]> = (0..model.num_hidden_layers)
+            .map(|_| Default::default())
+            .collect();
         for &(layer, t) in &targets {
             let (r, alpha) = config.rank_alpha(&t.path(layer), &cfg_path)?;
             let (fan_in, fan_out) = t.dims(model);
             let mut get = |which: char, shape: [usize; 2]| -> Result<_, ModelError> {
-                let name = seen
-                    .remove(&(layer, t, which))
-                    .ok_or_else(|| ModelError::MissingTensor {
-                        name: peft_key(layer, t, which),
-                        location: weights_path.display().to_string(),
-                    })?;
+                let name =
+                    seen.remove(&(layer, t, which))
+                        .ok_or_else(|| ModelError::MissingTensor {
+                            name: peft_key(layer, t, which),
+                            location: weights_path.display().to_string(),
+                        })?;
                 store.tensor(&name, shape, device)
             };
             let a = get('A', [r, fan_in])?;
@@ -126,25 +131,29 @@ impl LoraAdapter {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let tensors = self.to_host()?;
         save_f32(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
-        let mut value = serde_json::to_value(&self.config).map_err(|e| ModelError::json(dir.join(ADAPTER_CONFIG), e))?;
+        let mut value = serde_json::to_value(&self.config)
+            .map_err(|e| ModelError::json(dir.join(ADAPTER_CONFIG), e))?;
         if let Some(obj) = value.as_object_mut() {
-            obj.entry("inference_mode").or_insert(serde_json::Value::Bool(true));
-            obj.entry("init_lora_weights").or_insert(serde_json::Value::Bool(true));
-            obj.entry("peft_version").or_insert(serde_json::Value::String("0.21.2".into()));
+            obj.entry("inference_mode")
+                .or_insert(serde_json::Value::Bool(true));
+            obj.entry("init_lora_weights")
+                .or_insert(serde_json::Value::Bool(true));
+            obj.entry("peft_version")
+                .or_insert(serde_json::Value::String("0.21.2".into()));
         }
-        let text = serde_json::to_string_pretty(&value).map_err(|e| ModelError::json(dir.join(ADAPTER_CONFIG), e))?;
+        let text = serde_json::to_string_pretty(&value)
+            .map_err(|e| ModelError::json(dir.join(ADAPTER_CONFIG), e))?;
         let tmp = dir.join(format!("{ADAPTER_CONFIG}.tmp"));
         std::fs::write(&tmp, text).map_err(|e| ModelError::io(&tmp, e))?;
-        std::fs::rename(&tmp, dir.join(ADAPTER_CONFIG)).map_err(|e| ModelError::io(dir.join(ADAPTER_CONFIG), e))
+        std::fs::rename(&tmp, dir.join(ADAPTER_CONFIG))
+            .map_err(|e| ModelError::io(dir.join(ADAPTER_CONFIG), e))
     }
 }
 
 /// Parses `base_model.model.model.layers.N.{self_attn|mlp}.X_proj.lora_{A|B}[.default].weight`.
 fn parse_key(name: &str, num_layers: usize) -> Option<(usize, TargetModule, char)> {
     let rest = name.strip_prefix("base_model.model.model.layers.")?;
-    let rest = rest
-        .strip_suffix(".weight")?
-        .trim_end_matches(".default");
+    let rest = rest.strip_suffix(".weight")?.trim_end_matches(".default");
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     if layer >= num_layers {

@@ -48,15 +48,26 @@ impl TensorStore {
             ));
         }
         let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::json(&index, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::json(&index, e))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| ModelError::config(index.display().to_string(), "weight_map", "missing or not an object"))?;
+            .ok_or_else(|| {
+                ModelError::config(
+                    index.display().to_string(),
+                    "weight_map",
+                    "missing or not an object",
+                )
+            })?;
         let mut shards: Vec<String> = Vec::new();
         for (name, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                ModelError::config(index.display().to_string(), format!("weight_map.{name}"), "not a file name")
+                ModelError::config(
+                    index.display().to_string(),
+                    format!("weight_map.{name}"),
+                    "not a file name",
+                )
             })?;
             if !shards.iter().any(|s| s == file) {
                 shards.push(file.to_string());
@@ -78,9 +89,11 @@ impl TensorStore {
         for (idx, path) in paths.iter().enumerate() {
             let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
             let (header_len, meta) =
-                safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::Safetensors {
-                    path: path.clone(),
-                    reason: e.to_string(),
+                safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+                    ModelError::Safetensors {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
                 })?;
             for (name, info) in meta.tensors() {
                 entries.insert(
@@ -119,22 +132,31 @@ impl TensorStore {
 
     /// A tensor's values as f32 (f16, bf16 and f64 are converted), with its shape.
     pub fn get_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-        let entry = self.entries.get(name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.to_string(),
-            location: self.location.clone(),
-        })?;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                location: self.location.clone(),
+            })?;
         let (path, bytes, base) = &self.files[entry.file];
         let (start, end) = entry.info.data_offsets;
-        let raw = bytes.get(base + start..base + end).ok_or_else(|| ModelError::Safetensors {
-            path: path.clone(),
-            reason: format!("tensor `{name}` lies outside the file"),
-        })?;
+        let raw = bytes
+            .get(base + start..base + end)
+            .ok_or_else(|| ModelError::Safetensors {
+                path: path.clone(),
+                reason: format!("tensor `{name}` lies outside the file"),
+            })?;
         let values = decode_f32(raw, entry.info.dtype, name)?;
         let numel: usize = entry.info.shape.iter().product();
         if values.len() != numel {
             return Err(ModelError::Safetensors {
                 path: path.clone(),
-                reason: format!("tensor `{name}` has {} values for shape {:?}", values.len(), entry.info.shape),
+                reason: format!(
+                    "tensor `{name}` has {} values for shape {:?}",
+                    values.len(),
+                    entry.info.shape
+                ),
             });
         }
         Ok((entry.info.shape.clone(), values))
@@ -160,10 +182,13 @@ impl TensorStore {
 
     /// An integer tensor's values as i64 (I64, I32, U32, U8 are accepted), with its shape.
     pub fn get_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>), ModelError> {
-        let entry = self.entries.get(name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.to_string(),
-            location: self.location.clone(),
-        })?;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                location: self.location.clone(),
+            })?;
         let (_, bytes, base) = &self.files[entry.file];
         let (start, end) = entry.info.data_offsets;
         let raw = bytes.get(base + start..base + end).unwrap_or(&[]);
@@ -244,9 +269,15 @@ impl HostTensor {
     /// The tensor on `device`.
     pub fn to_tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D>, ModelError> {
         let shape: [usize; D] = self.shape.as_slice().try_into().map_err(|_| {
-            ModelError::Input(format!("host tensor of rank {} used as rank {D}", self.shape.len()))
+            ModelError::Input(format!(
+                "host tensor of rank {} used as rank {D}",
+                self.shape.len()
+            ))
         })?;
-        Ok(Tensor::from_data(TensorData::new(self.values.clone(), shape), device))
+        Ok(Tensor::from_data(
+            TensorData::new(self.values.clone(), shape),
+            device,
+        ))
     }
 }
 

@@ -46,7 +46,11 @@ fn rewrite(name: &str, to: &Path, dtype: Dtype, shards: usize, skip: Option<&str
     let from = model_dir(name);
     copy_configs(&from, to);
     let store = TensorStore::open_checkpoint(&from).expect("open");
-    let names: Vec<String> = store.names().into_iter().filter(|n| Some(n.as_str()) != skip).collect();
+    let names: Vec<String> = store
+        .names()
+        .into_iter()
+        .filter(|n| Some(n.as_str()) != skip)
+        .collect();
     let mut weight_map = serde_json::Map::new();
     for (i, chunk) in names.chunks(names.len().div_ceil(shards)).enumerate() {
         let file = if shards == 1 {
@@ -58,14 +62,28 @@ fn rewrite(name: &str, to: &Path, dtype: Dtype, shards: usize, skip: Option<&str
         for n in chunk {
             let (shape, values) = store.get_f32(n).expect("get");
             let bytes: Vec<u8> = match dtype {
-                Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-                Dtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+                Dtype::F16 => values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                Dtype::BF16 => values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
                 _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             };
-            views.push((n.clone(), Raw { dtype, shape, bytes }));
+            views.push((
+                n.clone(),
+                Raw {
+                    dtype,
+                    shape,
+                    bytes,
+                },
+            ));
             weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
         }
-        safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &to.join(&file)).expect("write");
+        safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &to.join(&file))
+            .expect("write");
     }
     if shards > 1 {
         let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
@@ -97,7 +115,10 @@ fn sharded_and_half_precision_checkpoints_load() {
             rewrite(name, &d, dtype, 2, None);
             let got = logits(&CausalLm::load(&d, &dev).expect("load half"), name);
             let diff = max_abs_diff(&got, &want);
-            assert!(diff.is_finite() && diff < 0.5, "{name} {dtype:?}: logits off by {diff}");
+            assert!(
+                diff.is_finite() && diff < 0.5,
+                "{name} {dtype:?}: logits off by {diff}"
+            );
         }
     }
 }
@@ -107,27 +128,55 @@ fn missing_tensor_wrong_shape_and_architecture_are_named() {
     let dev = device();
     let tmp = tempfile::tempdir().expect("tempdir");
     let missing = tmp.path().join("missing");
-    rewrite("tiny-llama", &missing, Dtype::F32, 1, Some("model.layers.1.mlp.gate_proj.weight"));
-    let e = CausalLm::load(&missing, &dev).err().map(|e| e.to_string()).unwrap_or_default();
+    rewrite(
+        "tiny-llama",
+        &missing,
+        Dtype::F32,
+        1,
+        Some("model.layers.1.mlp.gate_proj.weight"),
+    );
+    let e = CausalLm::load(&missing, &dev)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains("model.layers.1.mlp.gate_proj.weight"), "{e}");
     // Tied-embedding Qwen2 without lm_head loads; Llama untied without lm_head does not.
     let no_head = tmp.path().join("nohead");
-    rewrite("tiny-llama", &no_head, Dtype::F32, 1, Some("lm_head.weight"));
-    let e = CausalLm::load(&no_head, &dev).err().map(|e| e.to_string()).unwrap_or_default();
+    rewrite(
+        "tiny-llama",
+        &no_head,
+        Dtype::F32,
+        1,
+        Some("lm_head.weight"),
+    );
+    let e = CausalLm::load(&no_head, &dev)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains("lm_head.weight"), "{e}");
     // Wrong shape: claim a wider MLP than the weights have.
     let wide = tmp.path().join("wide");
     rewrite("tiny-llama", &wide, Dtype::F32, 1, None);
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(wide.join("config.json")).expect("read")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(wide.join("config.json")).expect("read"))
+            .expect("json");
     cfg["intermediate_size"] = 200.into();
     std::fs::write(wide.join("config.json"), cfg.to_string()).expect("write");
-    let e = CausalLm::load(&wide, &dev).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("200"), "{e}");
+    let e = CausalLm::load(&wide, &dev)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("200"),
+        "{e}"
+    );
     // Unsupported architecture.
     cfg["architectures"] = serde_json::json!(["MistralForCausalLM"]);
     std::fs::write(wide.join("config.json"), cfg.to_string()).expect("write");
-    let e = CausalLm::load(&wide, &dev).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = CausalLm::load(&wide, &dev)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains("MistralForCausalLM"), "{e}");
 }
 
@@ -154,7 +203,12 @@ fn random_init_writes_a_loadable_deterministic_checkpoint() {
     let model = CausalLm::load(&a, &device()).expect("load");
     assert_eq!(model.generation_config().eos_token_ids, vec![2]);
     assert!(model.lm_head.is_none());
-    let out = model.forward(ids_tensor(&[vec![1, 2, 3]], model.device()), &[], None, None);
+    let out = model.forward(
+        ids_tensor(&[vec![1, 2, 3]], model.device()),
+        &[],
+        None,
+        None,
+    );
     assert_eq!(out.dims(), [1, 3, 96]);
     assert!(values(&out).iter().all(|v| v.is_finite()));
 }

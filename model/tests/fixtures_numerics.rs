@@ -12,7 +12,8 @@ use tributary_model::lora::LoraAdapter;
 fn load(name: &str) -> (CausalLm, LoraAdapter) {
     let dev = device();
     let model = CausalLm::load(&model_dir(name), &dev).expect("load model");
-    let adapter = LoraAdapter::load(&model_dir(name).join("adapter"), model.config(), &dev).expect("load adapter");
+    let adapter = LoraAdapter::load(&model_dir(name).join("adapter"), model.config(), &dev)
+        .expect("load adapter");
     (model, adapter)
 }
 
@@ -46,7 +47,12 @@ fn greedy(model: &CausalLm, lora: Option<&LoraAdapter>, prompt: &[u32], new: usi
     let mut out = Vec::new();
     let mut input = vec![prompt.to_vec()];
     for _ in 0..new {
-        let logits = model.forward(ids_tensor(&input, model.device()), &[], lora, Some(&mut cache));
+        let logits = model.forward(
+            ids_tensor(&input, model.device()),
+            &[],
+            lora,
+            Some(&mut cache),
+        );
         let [_, s, v] = logits.dims();
         let last = values(&logits.slice([0..1, s - 1..s, 0..v]));
         let next = argmax(&last) as u32;
@@ -62,10 +68,16 @@ fn greedy_with_kv_cache_matches_reference() {
         let (model, adapter) = load(name);
         let r = reference_json(name);
         let prompt: Vec<u32> = serde_json::from_value(r["prompt_ids"].clone()).expect("prompt_ids");
-        let want_base: Vec<u32> = serde_json::from_value(r["greedy_base"].clone()).expect("greedy_base");
-        let want_lora: Vec<u32> = serde_json::from_value(r["greedy_lora"].clone()).expect("greedy_lora");
+        let want_base: Vec<u32> =
+            serde_json::from_value(r["greedy_base"].clone()).expect("greedy_base");
+        let want_lora: Vec<u32> =
+            serde_json::from_value(r["greedy_lora"].clone()).expect("greedy_lora");
         assert_eq!(greedy(&model, None, &prompt, 16), want_base, "{name} base");
-        assert_eq!(greedy(&model, Some(&adapter), &prompt, 16), want_lora, "{name} lora");
+        assert_eq!(
+            greedy(&model, Some(&adapter), &prompt, 16),
+            want_lora,
+            "{name} lora"
+        );
     }
 }
 
@@ -79,15 +91,33 @@ fn left_padded_batch_equals_each_row_alone() {
         let mut padded0 = vec![5u32; 5];
         padded0.extend(&short);
         let batch = vec![padded0, rows[1].clone()];
-        let logits = model.forward(ids_tensor(&batch, model.device()), &[5, 0], Some(&adapter), None);
-        let alone0 = model.forward(ids_tensor(&[short.clone()], model.device()), &[], Some(&adapter), None);
-        let alone1 = model.forward(ids_tensor(&[rows[1].clone()], model.device()), &[], Some(&adapter), None);
+        let logits = model.forward(
+            ids_tensor(&batch, model.device()),
+            &[5, 0],
+            Some(&adapter),
+            None,
+        );
+        let alone0 = model.forward(
+            ids_tensor(std::slice::from_ref(&short), model.device()),
+            &[],
+            Some(&adapter),
+            None,
+        );
+        let alone1 = model.forward(
+            ids_tensor(&[rows[1].clone()], model.device()),
+            &[],
+            Some(&adapter),
+            None,
+        );
         let v = logits.dims()[2];
         let got0 = values(&logits.clone().slice([0..1, 5..12, 0..v]));
         let got1 = values(&logits.slice([1..2, 0..12, 0..v]));
         let d0 = max_abs_diff(&got0, &values(&alone0));
         let d1 = max_abs_diff(&got1, &values(&alone1));
-        assert!(d0 < 1e-5 && d1 < 1e-5, "{name}: padded vs alone differ by {d0} / {d1}");
+        assert!(
+            d0 < 1e-5 && d1 < 1e-5,
+            "{name}: padded vs alone differ by {d0} / {d1}"
+        );
     }
 }
 
@@ -103,14 +133,25 @@ fn cached_decode_equals_full_forward() {
         let mut parts: Vec<Tensor<3>> = Vec::new();
         let mut start = 0;
         for len in [5, 3, 1, 1, 1, 1] {
-            let chunk: Vec<Vec<u32>> = rows.iter().map(|r| r[start..start + len].to_vec()).collect();
-            parts.push(model.forward(ids_tensor(&chunk, model.device()), &[], Some(&adapter), Some(&mut cache)));
+            let chunk: Vec<Vec<u32>> = rows
+                .iter()
+                .map(|r| r[start..start + len].to_vec())
+                .collect();
+            parts.push(model.forward(
+                ids_tensor(&chunk, model.device()),
+                &[],
+                Some(&adapter),
+                Some(&mut cache),
+            ));
             start += len;
         }
         assert_eq!(cache.len(), 12);
         let cached = Tensor::cat(parts, 1);
         let d = max_abs_diff(&values(&cached), &values(&full));
-        assert!(d < 1e-5, "{name}: cached decode differs from the full forward by {d} (vocab {v})");
+        assert!(
+            d < 1e-5,
+            "{name}: cached decode differs from the full forward by {d} (vocab {v})"
+        );
     }
 }
 
@@ -131,7 +172,12 @@ fn left_padded_batch_with_cache_matches_each_row() {
         let mut pads = vec![3usize, 0];
         let mut got = Vec::new();
         for _ in 0..8 {
-            let logits = model.forward(ids_tensor(&input, model.device()), &pads, None, Some(&mut cache));
+            let logits = model.forward(
+                ids_tensor(&input, model.device()),
+                &pads,
+                None,
+                Some(&mut cache),
+            );
             let [_, s, v] = logits.dims();
             let l0 = values(&logits.clone().slice([0..1, s - 1..s, 0..v]));
             let l1 = values(&logits.slice([1..2, s - 1..s, 0..v]));
@@ -140,6 +186,10 @@ fn left_padded_batch_with_cache_matches_each_row() {
             input = vec![vec![n0], vec![n1]];
             pads = vec![0, 0];
         }
-        assert_eq!(got, want[..8].to_vec(), "{name}: padded batched greedy differs from the reference");
+        assert_eq!(
+            got,
+            want[..8].to_vec(),
+            "{name}: padded batched greedy differs from the reference"
+        );
     }
 }

@@ -19,7 +19,9 @@ fn bench_30m_forward_decode_and_train_step() {
     init_random_checkpoint(&cfg, 0, tmp.path()).expect("init");
     let model = CausalLm::load(tmp.path(), &device()).expect("load");
     let seq = 256;
-    let rows: Vec<Vec<u32>> = (0..4).map(|r| (0..seq).map(|i| ((i * 7 + r * 13) % 8000) as u32).collect()).collect();
+    let rows: Vec<Vec<u32>> = (0..4)
+        .map(|r| (0..seq).map(|i| ((i * 7 + r * 13) % 8000) as u32).collect())
+        .collect();
 
     let t = Instant::now();
     let out = model.forward(ids_tensor(&rows, model.device()), &[], None, None);
@@ -27,20 +29,68 @@ fn bench_30m_forward_decode_and_train_step() {
     eprintln!("prefill 4x{seq}: {:.2}s", t.elapsed().as_secs_f64());
 
     let mut cache = model.new_cache(4);
-    let _ = model.forward(ids_tensor(&rows, model.device()), &[], None, Some(&mut cache));
+    let _ = model.forward(
+        ids_tensor(&rows, model.device()),
+        &[],
+        None,
+        Some(&mut cache),
+    );
     let t = Instant::now();
     for _ in 0..16 {
-        let o = model.forward(ids_tensor(&vec![vec![5u32]; 4], model.device()), &[], None, Some(&mut cache));
+        let o = model.forward(
+            ids_tensor(&vec![vec![5u32]; 4], model.device()),
+            &[],
+            None,
+            Some(&mut cache),
+        );
         let _ = values(&o.slice([0..1, 0..1, 0..8]));
     }
-    eprintln!("decode: {:.1} tokens/s (batch 4)", 64.0 / t.elapsed().as_secs_f64());
+    eprintln!(
+        "decode: {:.1} tokens/s (batch 4)",
+        64.0 / t.elapsed().as_secs_f64()
+    );
 
     let mut lora = LoraConfig::new(8, 16.0, &TargetModule::ALL);
     lora.lora_dropout = 0.05;
     let mut trainer = Trainer::new(&model, lora, TrainConfig::default()).expect("trainer");
-    let batch: Vec<TrainExample> = rows.iter().map(|r| TrainExample::causal(r.clone())).collect();
+    let batch: Vec<TrainExample> = rows
+        .iter()
+        .map(|r| TrainExample::causal(r.clone()))
+        .collect();
     let t = Instant::now();
     let s = trainer.train_step(&[batch]).expect("step");
     let dt = t.elapsed().as_secs_f64();
-    eprintln!("train step 4x{seq}: {dt:.2}s, {:.0} tokens/s, loss {}", s.input_tokens as f64 / dt, s.loss);
+    eprintln!(
+        "train step 4x{seq}: {dt:.2}s, {:.0} tokens/s, loss {}",
+        s.input_tokens as f64 / dt,
+        s.loss
+    );
+}
+
+#[test]
+#[ignore = "timing only"]
+fn matmul_transposed_vs_contiguous() {
+    use burn::tensor::{Distribution, Tensor};
+    let dev = device();
+    let x = Tensor::<2>::random([1024, 512], Distribution::Default, &dev);
+    let w = Tensor::<2>::random([1376, 512], Distribution::Default, &dev);
+    let wt = Tensor::<2>::from_data(w.clone().transpose().into_data(), &dev);
+    for _ in 0..2 {
+        let t = Instant::now();
+        for _ in 0..10 {
+            let _ = values(&x.clone().matmul(w.clone().transpose()).slice([0..1, 0..1]));
+        }
+        let a = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..10 {
+            let _ = values(&x.clone().matmul(wt.clone()).slice([0..1, 0..1]));
+        }
+        let b = t.elapsed().as_secs_f64();
+        let gf = 10.0 * 2.0 * 1024.0 * 512.0 * 1376.0 / 1e9;
+        eprintln!(
+            "transposed view {:.1} GFLOP/s, contiguous {:.1} GFLOP/s",
+            gf / a,
+            gf / b
+        );
+    }
 }

@@ -12,7 +12,8 @@ use tributary_model::train::{Schedule, TrainConfig, TrainExample, Trainer};
 fn setup(name: &str) -> (CausalLm, LoraAdapter, Vec<TrainExample>) {
     let dev = device();
     let model = CausalLm::load(&model_dir(name), &dev).expect("load model");
-    let adapter = LoraAdapter::load(&model_dir(name).join("adapter"), model.config(), &dev).expect("load adapter");
+    let adapter = LoraAdapter::load(&model_dir(name).join("adapter"), model.config(), &dev)
+        .expect("load adapter");
     let r = reference(name);
     let ids = int_rows(&r, "input_ids");
     let labels = int_rows(&r, "labels");
@@ -53,20 +54,32 @@ fn loss_gradients_and_adamw_step_match_reference() {
     for name in MODELS {
         let (model, adapter, examples) = setup(name);
         let reference = reference(name);
-        let want_loss = reference_json(name)["train_step"]["loss"].as_f64().expect("loss") as f32;
-        let mut trainer = Trainer::from_adapter(&model, adapter.clone(), fixture_config()).expect("trainer");
+        let want_loss = reference_json(name)["train_step"]["loss"]
+            .as_f64()
+            .expect("loss") as f32;
+        let mut trainer =
+            Trainer::from_adapter(&model, adapter.clone(), fixture_config()).expect("trainer");
 
         let grads = trainer.compute_gradients(&examples, 0).expect("gradients");
         let loss = (grads.loss_sum / grads.tokens as f64) as f32;
-        assert!((loss - want_loss).abs() < 1e-4, "{name}: loss {loss} vs {want_loss}");
+        assert!(
+            (loss - want_loss).abs() < 1e-4,
+            "{name}: loss {loss} vs {want_loss}"
+        );
         let mean = grads.mean_as_adapter(&adapter);
         let mut worst = 0.0f32;
         for (layer, t, m) in mean.iter() {
             for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
-                let (_, want) = reference.get_f32(&ref_key("grad", layer, t, which)).expect("grad key");
+                let (_, want) = reference
+                    .get_f32(&ref_key("grad", layer, t, which))
+                    .expect("grad key");
                 let e = rel_err(&values(tensor), &want);
                 worst = worst.max(e);
-                assert!(e <= 1e-4, "{name}: grad of {} relative error {e}", peft_key(layer, t, which));
+                assert!(
+                    e <= 1e-4,
+                    "{name}: grad of {} relative error {e}",
+                    peft_key(layer, t, which)
+                );
             }
         }
         eprintln!("{name}: loss {loss} (ref {want_loss}), worst gradient rel err {worst:e}");
@@ -78,10 +91,16 @@ fn loss_gradients_and_adamw_step_match_reference() {
         let mut worst = 0.0f32;
         for (layer, t, m) in after.iter() {
             for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
-                let (_, want) = reference.get_f32(&ref_key("after_step", layer, t, which)).expect("after_step key");
+                let (_, want) = reference
+                    .get_f32(&ref_key("after_step", layer, t, which))
+                    .expect("after_step key");
                 let d = max_abs_diff(&values(tensor), &want);
                 worst = worst.max(d);
-                assert!(d <= 1e-4, "{name}: {} after the step differs by {d}", peft_key(layer, t, which));
+                assert!(
+                    d <= 1e-4,
+                    "{name}: {} after the step differs by {d}",
+                    peft_key(layer, t, which)
+                );
             }
         }
         eprintln!("{name}: worst after-step abs diff {worst:e}");
@@ -93,7 +112,7 @@ fn train_step_equals_compute_then_apply() {
     let (model, adapter, examples) = setup("tiny-llama");
     let mut a = Trainer::from_adapter(&model, adapter.clone(), fixture_config()).expect("trainer");
     let mut b = Trainer::from_adapter(&model, adapter, fixture_config()).expect("trainer");
-    let sa = a.train_step(&[examples.clone()]).expect("step");
+    let sa = a.train_step(std::slice::from_ref(&examples)).expect("step");
     let g = b.compute_gradients(&examples, 0).expect("grads");
     let sb = b.apply_gradients(g).expect("apply");
     assert_eq!(sa, sb);
@@ -118,14 +137,27 @@ fn accumulating_two_micro_batches_equals_one_batch() {
         ex[0].labels.truncate(9);
         for _ in 0..2 {
             let s1 = one.train_step(&[ex.clone()]).expect("one batch");
-            let s2 = two.train_step(&[vec![ex[0].clone()], vec![ex[1].clone()]]).expect("two micro-batches");
+            let s2 = two
+                .train_step(&[vec![ex[0].clone()], vec![ex[1].clone()]])
+                .expect("two micro-batches");
             assert_eq!(s1.tokens, s2.tokens);
-            assert!((s1.loss - s2.loss).abs() < 1e-5, "{name}: loss {} vs {}", s1.loss, s2.loss);
+            assert!(
+                (s1.loss - s2.loss).abs() < 1e-5,
+                "{name}: loss {} vs {}",
+                s1.loss,
+                s2.loss
+            );
             assert!((s1.grad_norm - s2.grad_norm).abs() < 1e-4 * s1.grad_norm.max(1.0));
         }
         for ((_, _, m1), (_, _, m2)) in one.adapter().iter().zip(two.adapter().iter()) {
-            assert!(max_abs_diff(&values(&m1.a), &values(&m2.a)) < 1e-5, "{name}: A differs");
-            assert!(max_abs_diff(&values(&m1.b), &values(&m2.b)) < 1e-5, "{name}: B differs");
+            assert!(
+                max_abs_diff(&values(&m1.a), &values(&m2.a)) < 1e-5,
+                "{name}: A differs"
+            );
+            assert!(
+                max_abs_diff(&values(&m1.b), &values(&m2.b)) < 1e-5,
+                "{name}: B differs"
+            );
         }
     }
 }
@@ -182,7 +214,7 @@ fn training_lowers_the_loss() {
     let mut t = Trainer::new(&model, lora, cfg).expect("trainer");
     let before = t.eval_loss(&examples).expect("eval");
     for _ in 0..15 {
-        t.train_step(&[examples.clone()]).expect("step");
+        t.train_step(std::slice::from_ref(&examples)).expect("step");
     }
     let after = t.eval_loss(&examples).expect("eval");
     assert!(after < before - 0.5, "loss went from {before} to {after}");

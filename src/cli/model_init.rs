@@ -34,7 +34,8 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> anyhow::Result<Vec<&'stat
     for f in TOKENIZER_FILES {
         let src = from.join(f);
         if src.is_file() {
-            std::fs::copy(&src, to.join(f)).with_context(|| format!("copying {}", src.display()))?;
+            std::fs::copy(&src, to.join(f))
+                .with_context(|| format!("copying {}", src.display()))?;
             copied.push(f);
         }
     }

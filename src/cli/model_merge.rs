@@ -23,7 +23,8 @@ pub struct MergeArgs {
 
 pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     let device = tributary_model::device::cpu_device();
-    let mut model = CausalLm::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
+    let mut model = CausalLm::load(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let adapter = LoraAdapter::load(&args.adapter, model.config(), &device)
         .with_context(|| format!("loading adapter {}", args.adapter.display()))?;
     tributary_model::peft::merge_into(&mut model, &adapter)?;

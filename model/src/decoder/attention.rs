@@ -66,7 +66,9 @@ fn rotate_half(x: Tensor<4>) -> Tensor<4> {
 }
 
 fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    x.clone().mul(cos.clone()).add(rotate_half(x).mul(sin.clone()))
+    x.clone()
+        .mul(cos.clone())
+        .add(rotate_half(x).mul(sin.clone()))
 }
 
 /// Self-attention for `q` `[b*s, heads*d]`, `k`/`v` `[b*s, kv_heads*d]`; appends the new
@@ -84,7 +86,11 @@ pub(crate) fn attend(
     s: usize,
     cfg: &ModelConfig,
 ) -> Tensor<2> {
-    let (nh, kvh, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let (nh, kvh, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
     let g = nh / kvh;
     let q = q.reshape([b, s, nh, d]).swap_dims(1, 2);
     let k = k.reshape([b, s, kvh, d]).swap_dims(1, 2);

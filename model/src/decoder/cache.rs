@@ -109,7 +109,13 @@ impl KvCache {
                 self.batch
             )));
         }
-        Ok(Plan::build(pads, s, &self.key_valid, &self.next_pos, self.len))
+        Ok(Plan::build(
+            pads,
+            s,
+            &self.key_valid,
+            &self.next_pos,
+            self.len,
+        ))
     }
 
     pub(crate) fn layer_mut(&mut self, layer: usize) -> &mut Option<(Tensor<4>, Tensor<4>)> {

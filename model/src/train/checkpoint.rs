@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::TrainConfig;
 use super::optim::AdamW;
 use super::trainer::Trainer;
-use super::TrainConfig;
 use crate::decoder::CausalLm;
 use crate::error::ModelError;
 use crate::lora::LoraAdapter;
@@ -30,7 +30,9 @@ impl Trainer {
     /// `optimizer.safetensors`, `trainer_state.json` and `training_config.json`. The files
     /// are written into a temporary sibling directory first, then renamed into place.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), ModelError> {
-        let _span = tracing::info_span!("save_checkpoint", dir = %dir.display(), step = self.optim.step).entered();
+        let _span =
+            tracing::info_span!("save_checkpoint", dir = %dir.display(), step = self.optim.step)
+                .entered();
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -40,8 +42,17 @@ impl Trainer {
             std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
         }
         self.adapter.save(&tmp)?;
-        save_f32(&tmp.join(OPTIMIZER_FILE), &self.optim.to_host(&self.adapter)?)?;
-        write_json(&tmp.join(STATE_FILE), &TrainerState { step: self.optim.step, format: 1 })?;
+        save_f32(
+            &tmp.join(OPTIMIZER_FILE),
+            &self.optim.to_host(&self.adapter)?,
+        )?;
+        write_json(
+            &tmp.join(STATE_FILE),
+            &TrainerState {
+                step: self.optim.step,
+                format: 1,
+            },
+        )?;
         write_json(&tmp.join(TRAIN_CONFIG_FILE), &self.cfg)?;
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;

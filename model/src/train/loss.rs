@@ -32,13 +32,23 @@ impl Collated {
 
 /// Left-pads `examples` with `pad_id` and lists the supervised positions: position `t`
 /// predicts `labels[t+1]` unless that is `-100`.
-pub fn collate(examples: &[TrainExample], pad_id: u32, vocab: usize) -> Result<Collated, ModelError> {
+pub fn collate(
+    examples: &[TrainExample],
+    pad_id: u32,
+    vocab: usize,
+) -> Result<Collated, ModelError> {
     if examples.is_empty() {
         return Err(ModelError::Input("empty micro-batch".into()));
     }
-    let s = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+    let s = examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0);
     if s == 0 {
-        return Err(ModelError::Input("every example in the micro-batch is empty".into()));
+        return Err(ModelError::Input(
+            "every example in the micro-batch is empty".into(),
+        ));
     }
     let mut c = Collated {
         input_ids: Vec::with_capacity(examples.len()),
@@ -56,7 +66,9 @@ pub fn collate(examples: &[TrainExample], pad_id: u32, vocab: usize) -> Result<C
             )));
         }
         if let Some(t) = ex.input_ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Input(format!("example {i}: token id {t} is outside the vocabulary ({vocab})")));
+            return Err(ModelError::Input(format!(
+                "example {i}: token id {t} is outside the vocabulary ({vocab})"
+            )));
         }
         let pad = s - ex.input_ids.len();
         let mut row = vec![pad_id; pad];
@@ -67,7 +79,9 @@ pub fn collate(examples: &[TrainExample], pad_id: u32, vocab: usize) -> Result<C
                 continue;
             }
             if l < 0 || l as usize >= vocab {
-                return Err(ModelError::Input(format!("example {i}: label {l} at position {t} is outside the vocabulary")));
+                return Err(ModelError::Input(format!(
+                    "example {i}: label {l} at position {t} is outside the vocabulary"
+                )));
             }
             c.positions.push((i * s + pad + t - 1) as i64);
             c.targets.push(l);
@@ -88,7 +102,9 @@ pub(crate) fn nll_sum(model: &CausalLm, hidden: Tensor<3>, c: &Collated) -> Tens
     let n = c.targets.len();
     let pos = Tensor::<1, Int>::from_data(TensorData::new(c.positions.clone(), [n]), &device);
     let rows = hidden.reshape([b * s, h]).select(0, pos);
-    let logits = model.lm_head_forward(rows.reshape([1, n, h])).reshape([n, model.config().vocab_size]);
+    let logits = model
+        .lm_head_forward(rows.reshape([1, n, h]))
+        .reshape([n, model.config().vocab_size]);
     let logp = log_softmax(logits, 1);
     let tgt = Tensor::<2, Int>::from_data(TensorData::new(c.targets.clone(), [n, 1]), &device);
     logp.gather(1, tgt).sum().neg()

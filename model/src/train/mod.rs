@@ -44,7 +44,11 @@ impl TrainExample {
 
     /// Number of tokens that contribute to the loss (labels after the shift that are not -100).
     pub fn supervised_tokens(&self) -> usize {
-        self.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count()
+        self.labels
+            .iter()
+            .skip(1)
+            .filter(|&&l| l != IGNORE_INDEX)
+            .count()
     }
 }
 
@@ -97,6 +101,9 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// The learning rate used for the optimizer step that follows `completed` steps.
     pub fn lr_at(&self, completed: u64) -> f64 {
-        self.lr * self.schedule.factor(completed, self.warmup_steps, self.total_steps)
+        self.lr
+            * self
+                .schedule
+                .factor(completed, self.warmup_steps, self.total_steps)
     }
 }

@@ -101,15 +101,24 @@ impl AdamW {
     }
 
     /// The moments under `exp_avg.<PEFT key>` / `exp_avg_sq.<PEFT key>` names.
-    pub fn to_host(&self, adapter: &LoraAdapter) -> Result<BTreeMap<String, HostTensor>, ModelError> {
+    pub fn to_host(
+        &self,
+        adapter: &LoraAdapter,
+    ) -> Result<BTreeMap<String, HostTensor>, ModelError> {
         let mut out = BTreeMap::new();
         for (i, (layer, t, _)) in adapter.iter().enumerate() {
             for (j, which) in ['A', 'B'].into_iter().enumerate() {
                 let key = peft_key(layer, t, which);
                 let n1 = format!("exp_avg.{key}");
                 let n2 = format!("exp_avg_sq.{key}");
-                out.insert(n1.clone(), HostTensor::from_tensor(&self.exp_avg[i][j], &n1)?);
-                out.insert(n2.clone(), HostTensor::from_tensor(&self.exp_avg_sq[i][j], &n2)?);
+                out.insert(
+                    n1.clone(),
+                    HostTensor::from_tensor(&self.exp_avg[i][j], &n1)?,
+                );
+                out.insert(
+                    n2.clone(),
+                    HostTensor::from_tensor(&self.exp_avg_sq[i][j], &n2)?,
+                );
             }
         }
         Ok(out)
@@ -129,10 +138,12 @@ impl AdamW {
                 let mut out = Vec::with_capacity(2);
                 for (which, dims) in [('A', m.a.dims()), ('B', m.b.dims())] {
                     let name = format!("{prefix}.{}", peft_key(layer, t, which));
-                    let h = tensors.get(&name).ok_or_else(|| ModelError::MissingTensor {
-                        name: name.clone(),
-                        location: "optimizer state".into(),
-                    })?;
+                    let h = tensors
+                        .get(&name)
+                        .ok_or_else(|| ModelError::MissingTensor {
+                            name: name.clone(),
+                            location: "optimizer state".into(),
+                        })?;
                     if h.shape.as_slice() != dims.as_slice() {
                         return Err(ModelError::ShapeMismatch {
                             name,

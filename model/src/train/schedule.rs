@@ -39,7 +39,9 @@ impl std::str::FromStr for Schedule {
             "constant" => Ok(Schedule::Constant),
             "linear" => Ok(Schedule::Linear),
             "cosine" => Ok(Schedule::Cosine),
-            other => Err(format!("unknown schedule `{other}` (constant, linear, cosine)")),
+            other => Err(format!(
+                "unknown schedule `{other}` (constant, linear, cosine)"
+            )),
         }
     }
 }

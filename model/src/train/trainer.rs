@@ -73,7 +73,12 @@ impl LoraGradients {
     pub fn to_host(&self) -> Result<Vec<[HostTensor; 2]>, ModelError> {
         self.grads
             .iter()
-            .map(|[a, b]| Ok([HostTensor::from_tensor(a, "grad A")?, HostTensor::from_tensor(b, "grad B")?]))
+            .map(|[a, b]| {
+                Ok([
+                    HostTensor::from_tensor(a, "grad A")?,
+                    HostTensor::from_tensor(b, "grad B")?,
+                ])
+            })
             .collect()
     }
 
@@ -89,7 +94,12 @@ impl LoraGradients {
             .iter()
             .map(|[a, b]| Ok([a.to_tensor::<2>(device)?, b.to_tensor::<2>(device)?]))
             .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Self { loss_sum, tokens, input_tokens, grads })
+        Ok(Self {
+            loss_sum,
+            tokens,
+            input_tokens,
+            grads,
+        })
     }
 
     /// The gradients of the *mean* loss (divided by the token count), as an adapter-shaped
@@ -117,9 +127,8 @@ pub struct Trainer {
 
 /// Mixes seed, step and micro-batch index into one dropout seed (SplitMix64 finaliser).
 fn mix(seed: u64, step: u64, micro: u64) -> u64 {
-    let mut z = seed
-        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ micro.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut z =
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -133,9 +142,17 @@ impl Trainer {
     }
 
     /// Continues training an existing adapter (fresh optimizer state, step 0).
-    pub fn from_adapter(model: &CausalLm, adapter: LoraAdapter, cfg: TrainConfig) -> Result<Self, ModelError> {
+    pub fn from_adapter(
+        model: &CausalLm,
+        adapter: LoraAdapter,
+        cfg: TrainConfig,
+    ) -> Result<Self, ModelError> {
         if cfg.grad_accum_steps == 0 || cfg.batch_size == 0 {
-            return Err(ModelError::config("train config", "grad_accum_steps/batch_size", "must be positive"));
+            return Err(ModelError::config(
+                "train config",
+                "grad_accum_steps/batch_size",
+                "must be positive",
+            ));
         }
         if adapter.num_layers() != model.config().num_hidden_layers {
             return Err(ModelError::Input(format!(
@@ -181,8 +198,18 @@ impl Trainer {
 
     /// Gradients of the summed loss of `examples` (one micro-batch). `micro_index` picks
     /// the dropout masks: the same (seed, step, micro_index) gives the same masks.
-    pub fn compute_gradients(&self, examples: &[TrainExample], micro_index: u64) -> Result<LoraGradients, ModelError> {
-        let _span = tracing::debug_span!("compute_gradients", step = self.optim.step, micro_index, n = examples.len()).entered();
+    pub fn compute_gradients(
+        &self,
+        examples: &[TrainExample],
+        micro_index: u64,
+    ) -> Result<LoraGradients, ModelError> {
+        let _span = tracing::debug_span!(
+            "compute_gradients",
+            step = self.optim.step,
+            micro_index,
+            n = examples.len()
+        )
+        .entered();
         let vocab = self.base.config().vocab_size;
         let c = collate(examples, self.pad_id(), vocab)?;
         let device = self.base.device();
@@ -190,9 +217,19 @@ impl Trainer {
             let grads = self
                 .adapter
                 .iter()
-                .map(|(_, _, m)| [Tensor::zeros(m.a.dims(), device), Tensor::zeros(m.b.dims(), device)])
+                .map(|(_, _, m)| {
+                    [
+                        Tensor::zeros(m.a.dims(), device),
+                        Tensor::zeros(m.b.dims(), device),
+                    ]
+                })
                 .collect();
-            return Ok(LoraGradients { loss_sum: 0.0, tokens: 0, input_tokens: c.input_tokens, grads });
+            return Ok(LoraGradients {
+                loss_sum: 0.0,
+                tokens: 0,
+                input_tokens: c.input_tokens,
+                grads,
+            });
         }
         let mut tracked = self.adapter.clone();
         for (_, _, m) in tracked.iter_mut() {
@@ -200,25 +237,40 @@ impl Trainer {
             m.b = m.b.clone().autodiff().require_grad();
         }
         let p = tracked.config.lora_dropout;
-        let mut dropout = (p > 0.0).then(|| DropoutRng::new(p, mix(self.cfg.seed, self.optim.step, micro_index)));
+        let mut dropout =
+            (p > 0.0).then(|| DropoutRng::new(p, mix(self.cfg.seed, self.optim.step, micro_index)));
         let ids = self.base_ad.ids_tensor(&c.input_ids)?;
         let hidden = self.base_ad.forward_hidden(
             ids,
             &c.left_pad,
             Some(&tracked),
             None,
-            TrainOpts { dropout: dropout.as_mut() },
+            TrainOpts {
+                dropout: dropout.as_mut(),
+            },
         )?;
         let loss = nll_sum(&self.base_ad, hidden, &c);
-        let loss_sum = read_f32(&loss, "loss")?.first().copied().unwrap_or(f32::NAN) as f64;
+        let loss_sum = read_f32(&loss, "loss")?
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN) as f64;
         let grads = loss.backward();
         let mut out = Vec::new();
         for (_, _, m) in tracked.iter() {
-            let ga = m.a.grad(&grads).unwrap_or_else(|| Tensor::zeros(m.a.dims(), device));
-            let gb = m.b.grad(&grads).unwrap_or_else(|| Tensor::zeros(m.b.dims(), device));
+            let ga =
+                m.a.grad(&grads)
+                    .unwrap_or_else(|| Tensor::zeros(m.a.dims(), device));
+            let gb =
+                m.b.grad(&grads)
+                    .unwrap_or_else(|| Tensor::zeros(m.b.dims(), device));
             out.push([ga, gb]);
         }
-        Ok(LoraGradients { loss_sum, tokens: c.tokens(), input_tokens: c.input_tokens, grads: out })
+        Ok(LoraGradients {
+            loss_sum,
+            tokens: c.tokens(),
+            input_tokens: c.input_tokens,
+            grads: out,
+        })
     }
 
     /// One optimizer step from summed gradients: divide by the token count, clip to
@@ -226,7 +278,9 @@ impl Trainer {
     /// scheduled learning rate.
     pub fn apply_gradients(&mut self, grads: LoraGradients) -> Result<StepStats, ModelError> {
         if grads.tokens == 0 {
-            return Err(ModelError::Input("the step has no supervised tokens (all labels are -100)".into()));
+            return Err(ModelError::Input(
+                "the step has no supervised tokens (all labels are -100)".into(),
+            ));
         }
         let n = grads.tokens as f64;
         let mut g: Vec<[Tensor<2>; 2]> = grads
@@ -237,7 +291,11 @@ impl Trainer {
         let mut sq = 0.0f64;
         for pair in &g {
             for t in pair {
-                let norm = read_f32(&t.clone().square().sum(), "grad")?.first().copied().unwrap_or(0.0).sqrt();
+                let norm = read_f32(&t.clone().square().sum(), "grad")?
+                    .first()
+                    .copied()
+                    .unwrap_or(0.0)
+                    .sqrt();
                 sq += f64::from(norm) * f64::from(norm);
             }
         }
@@ -245,7 +303,10 @@ impl Trainer {
         if let Some(max) = self.cfg.max_grad_norm {
             let coef = max / (f64::from(grad_norm) + 1e-6);
             if coef < 1.0 {
-                g = g.into_iter().map(|[a, b]| [a.mul_scalar(coef), b.mul_scalar(coef)]).collect();
+                g = g
+                    .into_iter()
+                    .map(|[a, b]| [a.mul_scalar(coef), b.mul_scalar(coef)])
+                    .collect();
             }
         }
         let lr = self.cfg.lr_at(self.optim.step);
@@ -267,8 +328,16 @@ impl Trainer {
     }
 
     /// One optimizer step over `micro_batches` (normally `grad_accum_steps` of them).
-    pub fn train_step(&mut self, micro_batches: &[Vec<TrainExample>]) -> Result<StepStats, ModelError> {
-        let _span = tracing::info_span!("train_step", step = self.optim.step + 1, micro_batches = micro_batches.len()).entered();
+    pub fn train_step(
+        &mut self,
+        micro_batches: &[Vec<TrainExample>],
+    ) -> Result<StepStats, ModelError> {
+        let _span = tracing::info_span!(
+            "train_step",
+            step = self.optim.step + 1,
+            micro_batches = micro_batches.len()
+        )
+        .entered();
         let mut total: Option<LoraGradients> = None;
         for (i, mb) in micro_batches.iter().enumerate() {
             let g = self.compute_gradients(mb, i as u64)?;
@@ -277,9 +346,16 @@ impl Trainer {
                 Some(t) => t.accumulate(&g)?,
             }
         }
-        let total = total.ok_or_else(|| ModelError::Input("train_step needs at least one micro-batch".into()))?;
+        let total = total
+            .ok_or_else(|| ModelError::Input("train_step needs at least one micro-batch".into()))?;
         let stats = self.apply_gradients(total)?;
-        tracing::info!(step = stats.step, loss = stats.loss, lr = stats.lr, grad_norm = stats.grad_norm, "step");
+        tracing::info!(
+            step = stats.step,
+            loss = stats.loss,
+            lr = stats.lr,
+            grad_norm = stats.grad_norm,
+            "step"
+        );
         Ok(stats)
     }
 
@@ -295,9 +371,20 @@ impl Trainer {
                 continue;
             }
             let ids = self.base.ids_tensor(&c.input_ids)?;
-            let hidden = self.base.forward_hidden(ids, &c.left_pad, Some(&self.adapter), None, TrainOpts { dropout: None })?;
+            let hidden = self.base.forward_hidden(
+                ids,
+                &c.left_pad,
+                Some(&self.adapter),
+                None,
+                TrainOpts { dropout: None },
+            )?;
             let loss = nll_sum(&self.base, hidden, &c);
-            sum += f64::from(read_f32(&loss, "loss")?.first().copied().unwrap_or(f32::NAN));
+            sum += f64::from(
+                read_f32(&loss, "loss")?
+                    .first()
+                    .copied()
+                    .unwrap_or(f32::NAN),
+            );
             tokens += c.tokens();
         }
         if tokens == 0 {
