@@ -21,7 +21,8 @@ pub use cache::KvCache;
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
-use crate::lora::{DropoutRng, LoraAdapter, TargetModule};
+use crate::lora::{LoraAdapter, TargetModule};
+use crate::train::dropout::LoraDropout;
 use crate::weights::TensorStore;
 
 /// A linear projection `y = x·Wᵀ + b` with `W` stored as `[out, in]` (as in the checkpoint).
@@ -130,7 +131,7 @@ pub struct CausalLm {
 /// Training-only options threaded through the forward pass.
 pub(crate) struct TrainOpts<'a> {
     /// LoRA dropout mask source (None: no dropout).
-    pub dropout: Option<&'a mut DropoutRng>,
+    pub dropout: Option<&'a mut LoraDropout>,
 }
 
 impl CausalLm {

@@ -9,6 +9,7 @@
 //! [`Trainer::apply_gradients`] (the one identical update).
 
 mod checkpoint;
+pub(crate) mod dropout;
 mod loss;
 mod optim;
 mod schedule;

@@ -3,12 +3,13 @@
 
 use burn::tensor::{Device, Tensor};
 
+use super::dropout::{LoraDropout, mix};
 use super::loss::{collate, nll_sum};
 use super::optim::{AdamW, AdamWParams};
 use super::{TrainConfig, TrainExample};
 use crate::decoder::{CausalLm, TrainOpts};
 use crate::error::ModelError;
-use crate::lora::{DropoutRng, LoraAdapter, LoraConfig};
+use crate::lora::{LoraAdapter, LoraConfig};
 use crate::weights::{HostTensor, read_f32};
 
 /// What one optimizer step did.
@@ -125,15 +126,6 @@ pub struct Trainer {
     pub(super) cfg: TrainConfig,
 }
 
-/// Mixes seed, step and micro-batch index into one dropout seed (SplitMix64 finaliser).
-fn mix(seed: u64, step: u64, micro: u64) -> u64 {
-    let mut z =
-        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl Trainer {
     /// A fresh adapter on `model` (A kaiming-uniform from `cfg.seed`, B zero, as PEFT).
     pub fn new(model: &CausalLm, lora: LoraConfig, cfg: TrainConfig) -> Result<Self, ModelError> {
@@ -196,17 +188,19 @@ impl Trainer {
         self.base.generation_config().pad_token_id.unwrap_or(0)
     }
 
-    /// Gradients of the summed loss of `examples` (one micro-batch). `micro_index` picks
-    /// the dropout masks: the same (seed, step, micro_index) gives the same masks.
+    /// Gradients of the summed loss of `examples` (one micro-batch). `first_example` is the
+    /// index of `examples[0]` among all examples of the current optimizer step: LoRA dropout
+    /// masks depend only on (seed, step, example index), so splitting a step's examples into
+    /// micro-batches or across workers in any way draws the same masks.
     pub fn compute_gradients(
         &self,
         examples: &[TrainExample],
-        micro_index: u64,
+        first_example: u64,
     ) -> Result<LoraGradients, ModelError> {
         let _span = tracing::debug_span!(
             "compute_gradients",
             step = self.optim.step,
-            micro_index,
+            first_example,
             n = examples.len()
         )
         .entered();
@@ -237,8 +231,12 @@ impl Trainer {
             m.b = m.b.clone().autodiff().require_grad();
         }
         let p = tracked.config.lora_dropout;
-        let mut dropout =
-            (p > 0.0).then(|| DropoutRng::new(p, mix(self.cfg.seed, self.optim.step, micro_index)));
+        let step_key = mix(self.cfg.seed, self.optim.step);
+        let row_keys = (0..examples.len() as u64)
+            .map(|i| mix(step_key, first_example + i))
+            .collect();
+        let seq = c.input_ids.first().map_or(0, Vec::len);
+        let mut dropout = (p > 0.0).then(|| LoraDropout::new(p, row_keys, c.left_pad.clone(), seq));
         let ids = self.base_ad.ids_tensor(&c.input_ids)?;
         let hidden = self.base_ad.forward_hidden(
             ids,
@@ -339,8 +337,10 @@ impl Trainer {
         )
         .entered();
         let mut total: Option<LoraGradients> = None;
-        for (i, mb) in micro_batches.iter().enumerate() {
-            let g = self.compute_gradients(mb, i as u64)?;
+        let mut first = 0u64;
+        for mb in micro_batches {
+            let g = self.compute_gradients(mb, first)?;
+            first += mb.len() as u64;
             match total.as_mut() {
                 None => total = Some(g),
                 Some(t) => t.accumulate(&g)?,
