@@ -134,6 +134,13 @@ impl LoraAdapter {
         let mut value = serde_json::to_value(&self.config)
             .map_err(|e| ModelError::json(dir.join(ADAPTER_CONFIG), e))?;
         if let Some(obj) = value.as_object_mut() {
+            // PEFT declares lora_alpha as an int: write integral alphas as integers.
+            if let Some(a) = obj.get_mut("lora_alpha") {
+                integral_to_int(a);
+            }
+            if let Some(serde_json::Value::Object(pat)) = obj.get_mut("alpha_pattern") {
+                pat.values_mut().for_each(integral_to_int);
+            }
             obj.entry("inference_mode")
                 .or_insert(serde_json::Value::Bool(true));
             obj.entry("init_lora_weights")
@@ -147,6 +154,15 @@ impl LoraAdapter {
         std::fs::write(&tmp, text).map_err(|e| ModelError::io(&tmp, e))?;
         std::fs::rename(&tmp, dir.join(ADAPTER_CONFIG))
             .map_err(|e| ModelError::io(dir.join(ADAPTER_CONFIG), e))
+    }
+}
+
+fn integral_to_int(v: &mut serde_json::Value) {
+    if let Some(f) = v.as_f64()
+        && f.fract() == 0.0
+        && f.abs() < 1e15
+    {
+        *v = serde_json::Value::from(f as i64);
     }
 }
 

@@ -211,4 +211,28 @@ fn random_init_writes_a_loadable_deterministic_checkpoint() {
     );
     assert_eq!(out.dims(), [1, 3, 96]);
     assert!(values(&out).iter().all(|v| v.is_finite()));
+    // A Llama with tied embeddings and biases (attention_bias covers o_proj too).
+    std::fs::write(
+        &cfg_file,
+        serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+            "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "tie_word_embeddings": true, "attention_bias": true,
+            "rope_parameters": {"rope_theta": 500.0, "rope_type": "default"}})
+        .to_string(),
+    )
+    .expect("write cfg");
+    let c = tmp.path().join("c");
+    init_random_checkpoint(&cfg_file, 1, &c).expect("init c");
+    let store = TensorStore::open_checkpoint(&c).expect("open");
+    assert!(store.contains("model.layers.0.self_attn.o_proj.bias"));
+    assert!(!store.contains("lm_head.weight"));
+    let model = CausalLm::load(&c, &device()).expect("load llama");
+    assert_eq!(model.config().rope_theta, 500.0);
+    let out = model.forward(
+        ids_tensor(&[vec![1, 2, 3]], model.device()),
+        &[],
+        None,
+        None,
+    );
+    assert!(values(&out).iter().all(|v| v.is_finite()));
 }

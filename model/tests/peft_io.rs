@@ -53,7 +53,7 @@ fn saved_adapter_reloads_with_identical_logits_and_peft_layout() {
         .expect("json");
         assert_eq!(cfg["peft_type"], "LORA");
         assert_eq!(cfg["r"], 4);
-        assert_eq!(cfg["lora_alpha"], 8.0);
+        assert_eq!(cfg["lora_alpha"], 8);
         let back = LoraAdapter::load(dir.path(), model.config(), model.device()).expect("reload");
         let ids = rows(name);
         let a = model.forward(ids_tensor(&ids, model.device()), &[], Some(&adapter), None);
