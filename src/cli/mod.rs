@@ -2,7 +2,10 @@
 
 pub mod bench;
 pub mod certs;
+pub mod demo;
 pub mod model;
+pub mod model_finetune;
+pub mod model_generate;
 pub mod model_init;
 pub mod model_merge;
 
@@ -21,6 +24,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The README's first command: make a small model, fine-tune a LoRA adapter on built-in
+    /// data, and generate with and without it (nothing to install, no servers).
+    Demo(demo::DemoArgs),
     /// Models: make random checkpoints, generate text, fine-tune LoRA adapters.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -49,6 +55,7 @@ pub fn init_tracing(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => demo::run(&args),
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),

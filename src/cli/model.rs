@@ -8,11 +8,17 @@ pub enum ModelCommand {
     Init(super::model_init::InitArgs),
     /// Fold a PEFT LoRA adapter into its base and write a full checkpoint.
     Merge(super::model_merge::MergeArgs),
+    /// Generate text (greedy or sampled), optionally with a LoRA adapter.
+    Generate(super::model_generate::GenerateArgs),
+    /// Fine-tune a LoRA adapter on JSONL data with the base frozen.
+    Finetune(super::model_finetune::FinetuneArgs),
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Init(args) => super::model_init::run(args),
         ModelCommand::Merge(args) => super::model_merge::run(args),
+        ModelCommand::Generate(args) => super::model_generate::run(args),
+        ModelCommand::Finetune(args) => super::model_finetune::run(&args).map(|_| ()),
     }
 }

@@ -1,0 +1,132 @@
+//! `tributary demo`: the README's first command, on the embedded default with nothing to
+//! install and no files needed.
+//!
+//! It makes a small random Llama (config and tokenizer embedded from `assets/demo/`),
+//! fine-tunes a LoRA adapter on a built-in instruction set (progress bar, held-out loss
+//! before and after, loss curve), then answers a few questions with and without the
+//! adapter. Everything lands in `--out`. Later the cluster path plugs in here.
+
+use anyhow::Context as _;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tributary_model::generate::GenerationParams;
+
+use super::model_finetune::{self, FinetuneArgs, ScheduleArg};
+use super::model_generate::{self, complete, eos_ids, load, load_adapter};
+
+const TOKENIZER_JSON: &str = include_str!("../../assets/demo/tokenizer.json");
+const TOKENIZER_CONFIG: &str = include_str!("../../assets/demo/tokenizer_config.json");
+const CHAT_TEMPLATE: &str = include_str!("../../assets/demo/chat_template.jinja");
+const MODEL_CONFIG: &str = include_str!("../../assets/demo/config.json");
+const TRAIN_JSONL: &str = include_str!("../../assets/demo/train.jsonl");
+
+/// Questions asked after training: two from the training set, one held-out style.
+const QUESTIONS: [&str; 3] = [
+    "Who records blood pressure?",
+    "What is a datanet?",
+    "Who builds adapters?",
+];
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the base model, data, adapter and loss curve are written.
+    #[arg(long, default_value = "tributary-demo")]
+    pub out: PathBuf,
+    /// Optimizer steps of the fine-tune.
+    #[arg(long, default_value_t = 60)]
+    pub steps: u64,
+    /// Seed for the random base model and the fine-tune.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let base = args.out.join("base-model");
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let config = args.out.join("base-model.config.json");
+    write(&config, MODEL_CONFIG)?;
+    let cfg = tributary_model::init::init_random_checkpoint(&config, args.seed, &base)
+        .context("making the random base model")?;
+    write(&base.join("tokenizer.json"), TOKENIZER_JSON)?;
+    write(&base.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
+    write(&base.join("chat_template.jinja"), CHAT_TEMPLATE)?;
+    let data = args.out.join("train.jsonl");
+    write(&data, TRAIN_JSONL)?;
+    println!(
+        "1/3 base model: random Llama, {} layers, hidden {}, vocab {} in {}",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.vocab_size,
+        base.display()
+    );
+
+    let adapter_dir = args.out.join("adapter");
+    println!(
+        "2/3 fine-tuning a LoRA adapter on {} ({} steps)",
+        data.display(),
+        args.steps
+    );
+    let report = model_finetune::run(&FinetuneArgs {
+        model: base.clone(),
+        tokenizer: None,
+        data,
+        out: adapter_dir.clone(),
+        rank: 16,
+        alpha: 32.0,
+        dropout: 0.0,
+        target_modules: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        .map(String::from)
+        .to_vec(),
+        steps: Some(args.steps),
+        epochs: 1,
+        batch_size: 8,
+        grad_accum: 1,
+        lr: 3e-3,
+        warmup: 5,
+        schedule: ScheduleArg::Cosine,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        seed: args.seed,
+        eval_fraction: 0.1,
+        max_seq_len: Some(256),
+        checkpoint_every: None,
+        resume: None,
+    })?;
+    if let (Some(before), Some(after)) = (report.eval_loss_before, report.eval_loss_after) {
+        println!(
+            "    held-out eval loss {before:.3} -> {after:.3}; train loss {:.3}",
+            report.final_train_loss.unwrap_or(f32::NAN)
+        );
+    }
+    println!(
+        "    adapter and loss curve: {}",
+        adapter_dir.join("loss_curve.svg").display()
+    );
+
+    println!("3/3 generating (greedy, 40 tokens), base model vs. with the adapter");
+    let loaded = load(&base, None)?;
+    let adapter = load_adapter(&adapter_dir, &loaded.model)?;
+    let params = GenerationParams::greedy(40, eos_ids(&loaded));
+    for q in QUESTIONS {
+        let chat = serde_json::json!([{"role": "user", "content": q}]).to_string();
+        println!("\nQ: {q}");
+        for (label, a) in [("base   ", None), ("adapter", Some(&adapter))] {
+            let prompt = model_generate::prompt_ids(&loaded.tokenizer, None, Some(&chat))?;
+            let out = complete(&loaded, a, prompt, &params, false, false)?;
+            println!("  {label}: {}", out.text.trim());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! `tributary model finetune`: trains a LoRA adapter on a JSONL file with the base frozen.
+//!
+//! Wiring only: the data formats, split and batch order live in `tributary_model::data`,
+//! the training step in `tributary_model::train`, the plot in `tributary_model::plot`.
+//! Writes into `--out`: the PEFT adapter (`adapter_config.json`,
+//! `adapter_model.safetensors`), `training_config.json` (the optimizer/schedule config),
+//! `finetune.json` (every setting and the results) and `loss_curve.svg`; with
+//! `--checkpoint-every N`, resumable checkpoints under `--out/checkpoints/step-N`.
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tributary_model::data::{BatchPlan, DataOptions, Example, load_jsonl, split_eval};
+use tributary_model::lora::{LoraConfig, TargetModule};
+use tributary_model::plot::LossCurve;
+use tributary_model::train::{Schedule, TrainConfig, TrainExample, Trainer};
+
+use super::model_generate::load;
+
+/// Learning-rate decay after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FinetuneArgs {
+    /// Base checkpoint directory (kept frozen).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Directory with tokenizer.json; default: the model directory.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// JSONL training data: alpaca, prompt/completion or OpenAI messages lines.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory for the adapter, configs and plot.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// LoRA alpha (scale = alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    pub alpha: f64,
+    /// Dropout on the LoRA path.
+    #[arg(long, default_value_t = 0.05)]
+    pub dropout: f64,
+    /// Modules to adapt, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub target_modules: Vec<String>,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Passes over the training split (used when --steps is absent).
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// Decay after warm-up.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Linear)]
+    pub schedule: ScheduleArg,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Seed for adapter init, dropout, split and data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fraction of examples held out for the eval loss.
+    #[arg(long, default_value_t = 0.1)]
+    pub eval_fraction: f64,
+    /// Longest example in tokens, cut from the right beyond it [default: 512, or the
+    /// model's max_position_embeddings when smaller].
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Save a resumable checkpoint every N steps under OUT/checkpoints/step-N.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Resume from a checkpoint directory (its training config replaces the flags above).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+/// What a fine-tune produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FinetuneReport {
+    pub steps: u64,
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    pub eval_loss_before: Option<f32>,
+    pub eval_loss_after: Option<f32>,
+    pub final_train_loss: Option<f32>,
+    pub train_tokens_per_s: f64,
+    pub train_seconds: f64,
+}
+
+fn targets(names: &[String]) -> anyhow::Result<Vec<TargetModule>> {
+    names
+        .iter()
+        .map(|n| {
+            TargetModule::from_name(n.trim()).with_context(|| {
+                format!("--target-modules: unknown module `{n}` (known: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)")
+            })
+        })
+        .collect()
+}
+
+fn examples(set: &[Example]) -> Vec<TrainExample> {
+    set.iter().map(|e| e.example.clone()).collect()
+}
+
+/// Loss log kept beside each checkpoint so a resumed run plots the whole curve.
+const LOSS_LOG: &str = "loss_log.json";
+
+fn progress(total: u64, done: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(done);
+    bar
+}
+
+pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
+    let loaded = load(&args.model, args.tokenizer.as_deref())?;
+    let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
+    let max_pos = model.config().max_position_embeddings;
+    let max_seq_len = args.max_seq_len.unwrap_or(max_pos.min(512));
+    anyhow::ensure!(
+        max_seq_len <= max_pos,
+        "--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings {max_pos}"
+    );
+    let eos = tokenizer
+        .eos_token_id()
+        .or_else(|| model.generation_config().eos_token_ids.first().copied());
+    let options = DataOptions {
+        max_seq_len,
+        eos_token_id: eos,
+    };
+    let data = load_jsonl(&args.data, tokenizer, &options)?;
+    let (train, eval) = split_eval(&data.examples, args.eval_fraction, args.seed)?;
+    let (train, eval) = (examples(&train), examples(&eval));
+    let (total_tokens, trained_tokens) = data.token_counts();
+    eprintln!(
+        "data: {} examples from {} ({} train, {} held out; {total_tokens} tokens, {trained_tokens} trained; {} cut to --max-seq-len {})",
+        data.examples.len(),
+        args.data.display(),
+        train.len(),
+        eval.len(),
+        data.truncated(),
+        max_seq_len
+    );
+
+    let mut trainer = match &args.resume {
+        Some(dir) => Trainer::resume(dir, model)
+            .with_context(|| format!("resuming from {}", dir.display()))?,
+        None => {
+            let mut lora = LoraConfig::new(args.rank, args.alpha, &targets(&args.target_modules)?);
+            lora.lora_dropout = args.dropout;
+            lora.base_model_name_or_path = Some(args.model.display().to_string());
+            let per_step = args.batch_size * args.grad_accum;
+            let steps = match args.steps {
+                Some(s) => s,
+                None => (args.epochs * train.len()).div_ceil(per_step.max(1)) as u64,
+            };
+            anyhow::ensure!(
+                steps > 0,
+                "nothing to train: --steps or --epochs gives 0 steps"
+            );
+            let cfg = TrainConfig {
+                lr: args.lr,
+                weight_decay: args.weight_decay,
+                warmup_steps: args.warmup,
+                schedule: match args.schedule {
+                    ScheduleArg::Constant => Schedule::Constant,
+                    ScheduleArg::Linear => Schedule::Linear,
+                    ScheduleArg::Cosine => Schedule::Cosine,
+                },
+                total_steps: steps,
+                grad_accum_steps: args.grad_accum,
+                max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+                batch_size: args.batch_size,
+                seed: args.seed,
+                ..TrainConfig::default()
+            };
+            Trainer::new(model, lora, cfg).context("setting up the trainer")?
+        }
+    };
+    let cfg = trainer.config().clone();
+    let plan = BatchPlan::new(train.len(), cfg.batch_size, cfg.grad_accum_steps, cfg.seed)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    let mut curve = LossCurve::new(format!("LoRA fine-tune of {}", args.model.display()));
+    if let Some(dir) = &args.resume
+        && let Ok(text) = std::fs::read_to_string(dir.join(LOSS_LOG))
+    {
+        curve.train = serde_json::from_str(&text).unwrap_or_default();
+    }
+    let start_step = trainer.step();
+    let eval_before = if eval.is_empty() {
+        None
+    } else {
+        let loss = trainer
+            .eval_loss(&eval)
+            .context("eval loss before training")?;
+        eprintln!("held-out eval loss before: {loss:.4}");
+        curve.eval.push((start_step as f64, f64::from(loss)));
+        Some(loss)
+    };
+
+    let bar = progress(cfg.total_steps, start_step);
+    let plain = !std::io::stderr().is_terminal();
+    let every = (cfg.total_steps / 10).max(1);
+    let (mut tokens, mut seconds, mut last_loss) = (0usize, 0f64, None);
+    for step in start_step..cfg.total_steps {
+        let micro: Vec<Vec<TrainExample>> = plan
+            .step(step as usize)
+            .iter()
+            .map(|m| m.iter().map(|&i| train[i].clone()).collect())
+            .collect();
+        let t0 = Instant::now();
+        let stats = trainer
+            .train_step(&micro)
+            .with_context(|| format!("training step {}", step + 1))?;
+        seconds += t0.elapsed().as_secs_f64();
+        tokens += stats.input_tokens;
+        last_loss = Some(stats.loss);
+        curve.train.push((stats.step as f64, f64::from(stats.loss)));
+        let rate = tokens as f64 / seconds.max(1e-9);
+        let msg = format!(
+            "loss {:.4} · lr {:.2e} · grad norm {:.3} · {rate:.0} tokens/s",
+            stats.loss, stats.lr, stats.grad_norm
+        );
+        bar.set_message(msg.clone());
+        bar.set_position(stats.step);
+        if plain && (stats.step % every == 0 || stats.step == cfg.total_steps) {
+            eprintln!("step {}/{}: {msg}", stats.step, cfg.total_steps);
+        }
+        if let Some(n) = args.checkpoint_every
+            && n > 0
+            && stats.step % n == 0
+            && stats.step < cfg.total_steps
+        {
+            let dir = args
+                .out
+                .join("checkpoints")
+                .join(format!("step-{}", stats.step));
+            trainer
+                .save_checkpoint(&dir)
+                .with_context(|| format!("saving {}", dir.display()))?;
+            let log = serde_json::to_string(&curve.train)?;
+            std::fs::write(dir.join(LOSS_LOG), log)
+                .with_context(|| format!("writing {}/{LOSS_LOG}", dir.display()))?;
+        }
+    }
+    bar.finish();
+
+    let eval_after = if eval.is_empty() {
+        None
+    } else {
+        let loss = trainer
+            .eval_loss(&eval)
+            .context("eval loss after training")?;
+        curve.eval.push((cfg.total_steps as f64, f64::from(loss)));
+        Some(loss)
+    };
+    trainer
+        .adapter()
+        .save(&args.out)
+        .with_context(|| format!("saving the adapter in {}", args.out.display()))?;
+    write_json(&args.out.join("training_config.json"), &cfg)?;
+    curve.write_svg(&args.out.join("loss_curve.svg"))?;
+    let report = FinetuneReport {
+        steps: cfg.total_steps,
+        train_examples: train.len(),
+        eval_examples: eval.len(),
+        eval_loss_before: eval_before,
+        eval_loss_after: eval_after,
+        final_train_loss: last_loss,
+        train_tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        train_seconds: seconds,
+    };
+    let record = serde_json::json!({
+        "model": args.model, "tokenizer": args.tokenizer, "data": args.data,
+        "resumed_from": args.resume, "resumed_at_step": start_step,
+        "lora": { "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "target_modules": args.target_modules },
+        "eval_fraction": args.eval_fraction, "max_seq_len": max_seq_len,
+        "train": cfg, "results": report,
+    });
+    write_json(&args.out.join("finetune.json"), &record)?;
+    if let (Some(b), Some(a)) = (eval_before, eval_after) {
+        println!("held-out eval loss: before {b:.4}, after {a:.4}");
+    }
+    eprintln!(
+        "trained {} steps in {:.1} s ({:.0} tokens/s); adapter, training_config.json, finetune.json and loss_curve.svg in {}",
+        cfg.total_steps - start_step,
+        seconds,
+        report.train_tokens_per_s,
+        args.out.display()
+    );
+    Ok(report)
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
