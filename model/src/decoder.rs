@@ -344,6 +344,27 @@ impl CausalLm {
         Ok(self.lm_head_forward(hidden))
     }
 
+    /// Like [`CausalLm::try_forward`], but returns only the last position's logits
+    /// `[batch, vocab]` (what generation needs), skipping the lm_head for the other positions.
+    pub fn forward_last(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: Option<&LoraAdapter>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>, ModelError> {
+        let hidden = self.forward_hidden(
+            input_ids,
+            left_pad,
+            lora,
+            cache,
+            TrainOpts { dropout: None },
+        )?;
+        let [b, s, h] = hidden.dims();
+        let last = hidden.slice([0..b, s - 1..s, 0..h]);
+        Ok(self.lm_head_forward(last).reshape([b, self.cfg.vocab_size]))
+    }
+
     /// Applies the final norm's output projection: hidden `[b, s, h]` → logits `[b, s, vocab]`.
     pub(crate) fn lm_head_forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = hidden.dims();

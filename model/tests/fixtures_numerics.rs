@@ -146,6 +146,12 @@ fn cached_decode_equals_full_forward() {
             start += len;
         }
         assert_eq!(cache.len(), 12);
+        let last = model
+            .forward_last(ids_tensor(&rows, model.device()), &[], Some(&adapter), None)
+            .expect("forward_last");
+        let want_last = values(&full.clone().slice([0..2, 11..12, 0..v]));
+        let d = max_abs_diff(&values(&last), &want_last);
+        assert!(d < 1e-5, "{name}: forward_last differs by {d}");
         let cached = Tensor::cat(parts, 1);
         let d = max_abs_diff(&values(&cached), &values(&full));
         assert!(
