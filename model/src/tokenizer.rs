@@ -79,6 +79,9 @@ pub enum TokenizerError {
     },
 }
 
+/// Token ids with the byte range of the text each came from.
+pub type IdsWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Special tokens named in `tokenizer_config.json`, as strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpecialTokens {
@@ -309,10 +312,7 @@ impl Tokenizer {
     }
 
     /// Token ids of `text` with the byte range of `text` each token came from.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), TokenizerError> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<IdsWithOffsets, TokenizerError> {
         let enc = self
             .inner
             .encode(text, false)

@@ -114,9 +114,9 @@ pub fn prompt_ids(
     let messages: Vec<serde_json::Value> = serde_json::from_str(&json)
         .context("--chat: expected a JSON array of {\"role\", \"content\"} messages")?;
     anyhow::ensure!(!messages.is_empty(), "--chat: the message list is empty");
-    Ok(tokenizer
+    tokenizer
         .encode_chat(&messages, true)
-        .context("--chat: rendering the chat template")?)
+        .context("--chat: rendering the chat template")
 }
 
 /// End-of-sequence ids: the generation config's, else the tokenizer's eos token.
@@ -157,7 +157,6 @@ pub fn complete(
     let out = generate(&source, &loaded.tokenizer, &[prompt], params, &mut on_token)
         .context("generation failed")?;
     let total = start.elapsed();
-    drop(on_token);
     if stream {
         let _ = writeln!(stdout);
     }
