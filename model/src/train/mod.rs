@@ -17,6 +17,7 @@ mod trainer;
 
 use serde::{Deserialize, Serialize};
 
+pub use checkpoint::TRAIN_CONFIG_FILE;
 pub use loss::{Collated, collate};
 pub use optim::AdamW;
 pub use schedule::Schedule;
