@@ -1,9 +1,9 @@
 //! Hugging Face `config.json` and `generation_config.json`: both transformers 4.x and 5.x layouts.
 //!
 //! `rope_theta` sits at the top level in configs written by transformers 4.x and inside
-//! `rope_parameters` in 5.x; both are read. Only the default RoPE type is supported; a
-//! scaled RoPE (`rope_scaling` / `rope_type` other than `default`) is refused rather than
-//! silently computed wrong.
+//! `rope_parameters` in 5.x; both are read, as is RoPE scaling of type `linear` and `llama3`
+//! (from `rope_scaling` or `rope_parameters`); other scaling types (yarn, dynamic, …) are
+//! refused rather than silently computed wrong.
 
 use std::path::Path;
 
@@ -62,6 +62,9 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     /// RoPE base.
     pub rope_theta: f64,
+    /// RoPE frequency scaling (`default` means none).
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
     /// Longest context the model was configured for (RoPE positions beyond it still work).
     pub max_position_embeddings: usize,
     /// Whether the lm_head shares the embedding matrix.
@@ -251,14 +254,18 @@ impl ModelConfig {
         // rope_theta: top level (4.x) or inside rope_parameters (5.x).
         let rope_params = v.get("rope_parameters").filter(|p| !p.is_null());
         let mut rope_theta = opt_f64(v, file, "rope_theta")?;
+        let mut rope_scaling = RopeScaling::Default;
         if let Some(p) = rope_params {
             if let Some(t) = p.get("rope_theta").and_then(|x| x.as_f64()) {
                 rope_theta = Some(t);
             }
-            check_rope_type(p, file, "rope_parameters.rope_type")?;
+            rope_scaling = parse_rope_scaling(p, file, "rope_parameters")?;
         }
         if let Some(s) = v.get("rope_scaling").filter(|p| !p.is_null()) {
-            check_rope_type(s, file, "rope_scaling.rope_type")?;
+            let parsed = parse_rope_scaling(s, file, "rope_scaling")?;
+            if parsed != RopeScaling::Default {
+                rope_scaling = parsed;
+            }
         }
         let rope_theta = rope_theta.unwrap_or(10000.0);
         let tie_word_embeddings = opt_bool(v, file, "tie_word_embeddings")?.unwrap_or(false);
@@ -290,6 +297,7 @@ impl ModelConfig {
             head_dim,
             rms_norm_eps: opt_f64(v, file, "rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
+            rope_scaling,
             max_position_embeddings: opt_usize(v, file, "max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings,
             attention_bias,
@@ -298,6 +306,14 @@ impl ModelConfig {
             eos_token_ids: token_list(v.get("eos_token_id"), file, "eos_token_id")?,
             pad_token_id: token_id(v.get("pad_token_id"), file, "pad_token_id")?,
         })
+    }
+
+    fn rope_parameters_json(&self) -> Value {
+        let mut p = self.rope_scaling.to_json();
+        if let Some(obj) = p.as_object_mut() {
+            obj.insert("rope_theta".into(), Value::from(self.rope_theta));
+        }
+        p
     }
 
     /// Query heads per key/value head.
@@ -322,7 +338,7 @@ impl ModelConfig {
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "default"},
+            "rope_parameters": self.rope_parameters_json(),
             "bos_token_id": self.bos_token_id,
             "pad_token_id": self.pad_token_id,
             "dtype": "float32",
@@ -335,6 +351,9 @@ impl ModelConfig {
                 many => Value::from(many.to_vec()),
             };
             obj.insert("eos_token_id".into(), eos);
+            if self.rope_scaling != RopeScaling::Default {
+                obj.insert("rope_scaling".into(), self.rope_scaling.to_json());
+            }
             match self.architecture {
                 Architecture::Llama => {
                     obj.insert("attention_bias".into(), Value::Bool(self.attention_bias));
@@ -349,20 +368,103 @@ impl ModelConfig {
     }
 }
 
-fn check_rope_type(p: &Value, file: &str, field: &str) -> Result<(), ModelError> {
+fn parse_rope_scaling(p: &Value, file: &str, field: &str) -> Result<RopeScaling, ModelError> {
     let ty = p
         .get("rope_type")
         .or_else(|| p.get("type"))
         .and_then(|t| t.as_str())
         .unwrap_or("default");
-    if ty == "default" {
-        Ok(())
-    } else {
-        Err(ModelError::config(
+    let num = |k: &str| -> Result<f64, ModelError> {
+        p.get(k).and_then(|x| x.as_f64()).ok_or_else(|| {
+            ModelError::config(file, format!("{field}.{k}"), "missing or not a number")
+        })
+    };
+    match ty {
+        "default" => Ok(RopeScaling::Default),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: num("factor")?,
+        }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        }),
+        other => Err(ModelError::config(
             file,
-            field,
-            format!("RoPE type `{ty}` is not supported (only default)"),
-        ))
+            format!("{field}.rope_type"),
+            format!("RoPE type `{other}` is not supported (default, linear, llama3)"),
+        )),
+    }
+}
+
+/// RoPE frequency scaling, as transformers' `ROPE_INIT_FUNCTIONS`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    #[default]
+    Default,
+    /// Positions divided by `factor` (all frequencies scaled).
+    Linear {
+        /// Scaling factor.
+        factor: f64,
+    },
+    /// Llama 3.1's frequency-dependent scaling.
+    Llama3 {
+        /// Scaling factor for low frequencies.
+        factor: f64,
+        /// Wavelength threshold (low).
+        low_freq_factor: f64,
+        /// Wavelength threshold (high).
+        high_freq_factor: f64,
+        /// Context length the model was pre-trained with.
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl RopeScaling {
+    /// Applies the scaling to the default inverse frequencies (f32, as transformers).
+    pub fn apply(&self, inv_freq: &mut [f32]) {
+        match *self {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => {
+                for f in inv_freq.iter_mut() {
+                    *f /= factor as f32;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let freq = f64::from(*f);
+                    let wavelen = 2.0 * std::f64::consts::PI / freq;
+                    let scaled = if wavelen > low_wavelen {
+                        freq / factor
+                    } else {
+                        freq
+                    };
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                    let out = if medium {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    };
+                    *f = out as f32;
+                }
+            }
+        }
+    }
+
+    fn to_json(self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 
@@ -461,6 +563,30 @@ mod tests {
         assert_eq!(c.eos_token_ids, vec![2]);
         let back = ModelConfig::from_json_value(&c.to_json_value(), "t").expect("round trip");
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn rope_scaling_llama3_and_refusals() {
+        let v = serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}});
+        let c = ModelConfig::from_json_value(&v, "t").expect("llama3 parses");
+        assert!(matches!(
+            c.rope_scaling,
+            RopeScaling::Llama3 { factor: 8.0, .. }
+        ));
+        let back = ModelConfig::from_json_value(&c.to_json_value(), "t").expect("round trip");
+        assert_eq!(back, c);
+        // High frequencies unchanged, low frequencies divided by the factor.
+        let mut f = vec![1.0f32, 1e-5];
+        c.rope_scaling.apply(&mut f);
+        assert_eq!(f[0], 1.0);
+        assert!((f[1] - 1.25e-6).abs() < 1e-12);
+        let mut bad = v.clone();
+        bad["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+        let e = ModelConfig::from_json_value(&bad, "t").expect_err("yarn refused");
+        assert!(e.to_string().contains("yarn"));
     }
 
     #[test]

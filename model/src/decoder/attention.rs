@@ -19,9 +19,10 @@ pub(crate) fn rope_tables(
     let d = cfg.head_dim;
     let half = d / 2;
     let base = cfg.rope_theta as f32;
-    let inv_freq: Vec<f32> = (0..half)
+    let mut inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0f32 / base.powf((2 * i) as f32 / d as f32))
         .collect();
+    cfg.rope_scaling.apply(&mut inv_freq);
     let mut cos = Vec::with_capacity(positions.len() * d);
     let mut sin = Vec::with_capacity(positions.len() * d);
     for &p in positions {
