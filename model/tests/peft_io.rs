@@ -235,3 +235,14 @@ fn merged_checkpoint_computes_base_plus_adapter() {
         }
     }
 }
+
+#[test]
+fn model_types_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<CausalLm>();
+    send_sync::<LoraAdapter>();
+    send::<tributary_model::decoder::KvCache>();
+    send::<tributary_model::train::Trainer>();
+    send::<tributary_model::train::LoraGradients>();
+}
