@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use checkpoint::TRAIN_CONFIG_FILE;
 pub use loss::{Collated, collate};
-pub use optim::AdamW;
+pub use optim::{AdamW, AdamWParams};
 pub use schedule::Schedule;
 pub use trainer::{LoraGradients, StepStats, Trainer};
 
