@@ -286,7 +286,8 @@ impl LineCtx<'_> {
         } else if obj.contains_key("prompt") || obj.contains_key("completion") {
             let prompt = self.string(&obj, "prompt")?;
             let completion = self.string(&obj, "completion")?;
-            let (ids, labels) = self.pair(prompt, completion, tokenizer, options)?;
+            let (ids, labels) =
+                self.pair(prompt, (completion, "completion"), tokenizer, options)?;
             (Format::PromptCompletion, ids, labels)
         } else if obj.contains_key("instruction") || obj.contains_key("output") {
             let instruction = self.string(&obj, "instruction")?;
@@ -297,7 +298,7 @@ impl LineCtx<'_> {
             let output = self.string(&obj, "output")?;
             let (ids, labels) = self.pair(
                 &alpaca_prompt(instruction, input),
-                output,
+                (output, "output"),
                 tokenizer,
                 options,
             )?;
@@ -317,19 +318,12 @@ impl LineCtx<'_> {
     fn pair(
         &self,
         prompt: &str,
-        completion: &str,
+        (completion, field): (&str, &'static str),
         tokenizer: &Tokenizer,
         options: &DataOptions,
     ) -> Result<(Vec<u32>, Vec<i64>), DataError> {
         if completion.is_empty() {
-            return Err(self.field_err(
-                if prompt.starts_with("Below is an instruction") {
-                    "output"
-                } else {
-                    "completion"
-                },
-                "is empty: there is nothing to train on",
-            ));
+            return Err(self.field_err(field, "is empty: there is nothing to train on"));
         }
         let mut ids = tokenizer
             .encode_prompt(prompt)

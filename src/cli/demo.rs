@@ -20,12 +20,20 @@ const CHAT_TEMPLATE: &str = include_str!("../../assets/demo/chat_template.jinja"
 const MODEL_CONFIG: &str = include_str!("../../assets/demo/config.json");
 const TRAIN_JSONL: &str = include_str!("../../assets/demo/train.jsonl");
 
-/// Questions asked after training: two from the training set, one held-out style.
-const QUESTIONS: [&str; 3] = [
-    "Who records blood pressure?",
-    "What is a datanet?",
-    "Who builds adapters?",
-];
+/// The user question of each line of the built-in data, with whether it was held out.
+fn questions(eval_lines: &[usize]) -> anyhow::Result<Vec<(String, bool)>> {
+    TRAIN_JSONL
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let q = v["messages"][0]["content"]
+                .as_str()
+                .context("demo data: no question")?;
+            Ok((q.to_owned(), eval_lines.contains(&(i + 1))))
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -33,7 +41,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "tributary-demo")]
     pub out: PathBuf,
     /// Optimizer steps of the fine-tune.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 250)]
     pub steps: u64,
     /// Seed for the random base model and the fine-tune.
     #[arg(long, default_value_t = 7)]
@@ -75,8 +83,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         tokenizer: None,
         data,
         out: adapter_dir.clone(),
-        rank: 16,
-        alpha: 32.0,
+        rank: 32,
+        alpha: 64.0,
         dropout: 0.0,
         target_modules: [
             "q_proj",
@@ -104,24 +112,29 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         checkpoint_every: None,
         resume: None,
     })?;
-    if let (Some(before), Some(after)) = (report.eval_loss_before, report.eval_loss_after) {
-        println!(
-            "    held-out eval loss {before:.3} -> {after:.3}; train loss {:.3}",
-            report.final_train_loss.unwrap_or(f32::NAN)
-        );
+    if let Some(loss) = report.final_train_loss {
+        println!("    final train loss {loss:.3}");
     }
     println!(
         "    adapter and loss curve: {}",
         adapter_dir.join("loss_curve.svg").display()
     );
 
-    println!("3/3 generating (greedy, 40 tokens), base model vs. with the adapter");
+    println!("3/3 answering (greedy, at most 40 tokens), base model vs. with the adapter");
     let loaded = load(&base, None)?;
     let adapter = load_adapter(&adapter_dir, &loaded.model)?;
     let params = GenerationParams::greedy(40, eos_ids(&loaded));
-    for q in QUESTIONS {
+    let all = questions(&report.eval_lines)?;
+    let seen = all.iter().filter(|(_, held_out)| !held_out).take(2);
+    let unseen = all.iter().filter(|(_, held_out)| *held_out).take(1);
+    for (q, held_out) in seen.chain(unseen) {
         let chat = serde_json::json!([{"role": "user", "content": q}]).to_string();
-        println!("\nQ: {q}");
+        let note = if *held_out {
+            "held out from training"
+        } else {
+            "seen in training"
+        };
+        println!("\nQ ({note}): {q}");
         for (label, a) in [("base   ", None), ("adapter", Some(&adapter))] {
             let prompt = model_generate::prompt_ids(&loaded.tokenizer, None, Some(&chat))?;
             let out = complete(&loaded, a, prompt, &params, false, false)?;

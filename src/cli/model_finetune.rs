@@ -109,6 +109,8 @@ pub struct FinetuneReport {
     pub steps: u64,
     pub train_examples: usize,
     pub eval_examples: usize,
+    /// Line numbers (1-based) of the held-out examples.
+    pub eval_lines: Vec<usize>,
     pub eval_loss_before: Option<f32>,
     pub eval_loss_after: Option<f32>,
     pub final_train_loss: Option<f32>,
@@ -164,6 +166,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
     };
     let data = load_jsonl(&args.data, tokenizer, &options)?;
     let (train, eval) = split_eval(&data.examples, args.eval_fraction, args.seed)?;
+    let eval_lines: Vec<usize> = eval.iter().map(|e| e.line).collect();
     let (train, eval) = (examples(&train), examples(&eval));
     let (total_tokens, trained_tokens) = data.token_counts();
     eprintln!(
@@ -300,6 +303,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         steps: cfg.total_steps,
         train_examples: train.len(),
         eval_examples: eval.len(),
+        eval_lines: eval_lines.clone(),
         eval_loss_before: eval_before,
         eval_loss_after: eval_after,
         final_train_loss: last_loss,

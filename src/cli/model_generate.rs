@@ -56,6 +56,9 @@ pub struct GenerateArgs {
     /// Stop when the text contains this string (repeatable); it is cut from the output.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Never stop at an end-of-sequence id (always generate --max-new-tokens; for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Print one JSON line instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -206,7 +209,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             repetition_penalty: args.repetition_penalty,
             seed: args.seed,
         },
-        eos_token_ids: eos_ids(&loaded),
+        eos_token_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            eos_ids(&loaded)
+        },
         stop: args.stop.clone(),
         pad_token_id: loaded
             .model
