@@ -25,11 +25,13 @@ use crate::lora::{LoraAdapter, TargetModule};
 use crate::train::dropout::LoraDropout;
 use crate::weights::TensorStore;
 
-/// A linear projection `y = x·Wᵀ + b` with `W` stored as `[out, in]` (as in the checkpoint).
+/// A linear projection `y = x·Wᵀ + b`. `W` (`[out, in]` in the checkpoint) is kept
+/// transposed, `[in, out]` and contiguous: burn multiplies that layout far faster than a
+/// transposed view when `x` has few rows, as in decoding.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `[out, in]`.
-    pub weight: Tensor<2>,
+    /// `Wᵀ`, `[in, out]`.
+    pub weight_t: Tensor<2>,
     /// `[out]`, when the projection has a bias.
     pub bias: Option<Tensor<1>>,
 }
@@ -37,11 +39,16 @@ pub struct Linear {
 impl Linear {
     /// `x` `[n, in]` → `[n, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.clone().transpose());
+        let y = x.matmul(self.weight_t.clone());
         match &self.bias {
             Some(b) => y.add(b.clone().unsqueeze_dim(0)),
             None => y,
         }
+    }
+
+    /// `W` as the checkpoint stores it, `[out, in]` (a transposed view).
+    pub fn weight(&self) -> Tensor<2> {
+        self.weight_t.clone().transpose()
     }
 
     fn load(
@@ -51,13 +58,13 @@ impl Linear {
         bias: bool,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let weight = store.tensor(&format!("{prefix}.weight"), out_in, device)?;
+        let weight_t = store.tensor_transposed(&format!("{prefix}.weight"), out_in, device)?;
         let bias = if bias {
             Some(store.tensor(&format!("{prefix}.bias"), [out_in[0]], device)?)
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self { weight_t, bias })
     }
 }
 
@@ -124,8 +131,9 @@ pub struct CausalLm {
     pub layers: Vec<DecoderLayer>,
     /// `model.norm.weight`.
     pub norm: Tensor<1>,
-    /// `lm_head.weight` `[vocab, hidden]`; `None` when tied to the embedding.
-    pub lm_head: Option<Tensor<2>>,
+    /// The output projection transposed, `[hidden, vocab]`: `lm_head.weight`ᵀ, or the
+    /// embedding's transpose when tied.
+    pub head_t: Tensor<2>,
 }
 
 /// Training-only options threaded through the forward pass.
@@ -224,10 +232,10 @@ impl CausalLm {
             });
         }
         let norm = store.tensor("model.norm.weight", [h], device)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
+        let head_t = if cfg.tie_word_embeddings {
+            store.tensor_transposed("model.embed_tokens.weight", [cfg.vocab_size, h], device)?
         } else {
-            Some(store.tensor("lm_head.weight", [cfg.vocab_size, h], device)?)
+            store.tensor_transposed("lm_head.weight", [cfg.vocab_size, h], device)?
         };
         Ok(Self {
             cfg,
@@ -236,7 +244,7 @@ impl CausalLm {
             embed,
             layers,
             norm,
-            lm_head,
+            head_t,
         })
     }
 
@@ -276,13 +284,13 @@ impl CausalLm {
     ) {
         self.embed = f2(self.embed.clone());
         self.norm = f1(self.norm.clone());
-        self.lm_head = self.lm_head.take().map(&f2);
+        self.head_t = f2(self.head_t.clone());
         for l in &mut self.layers {
             l.input_norm = f1(l.input_norm.clone());
             l.post_norm = f1(l.post_norm.clone());
             for t in TargetModule::ALL {
                 let lin = l.linear_mut(t);
-                lin.weight = f2(lin.weight.clone());
+                lin.weight_t = f2(lin.weight_t.clone());
                 lin.bias = lin.bias.take().map(&f1);
             }
         }
@@ -368,10 +376,9 @@ impl CausalLm {
     /// Applies the final norm's output projection: hidden `[b, s, h]` → logits `[b, s, vocab]`.
     pub(crate) fn lm_head_forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = hidden.dims();
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed).clone();
         hidden
             .reshape([b * s, h])
-            .matmul(w.transpose())
+            .matmul(self.head_t.clone())
             .reshape([b, s, self.cfg.vocab_size])
     }
 

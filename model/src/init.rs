@@ -140,12 +140,12 @@ impl CausalLm {
             Ok(())
         };
         put2("model.embed_tokens.weight".into(), &self.embed)?;
-        if let Some(w) = &self.lm_head {
-            put2("lm_head.weight".into(), w)?;
+        if !self.config().tie_word_embeddings {
+            put2("lm_head.weight".into(), &self.head_t.clone().transpose())?;
         }
         for (l, layer) in self.layers.iter().enumerate() {
             for t in TargetModule::ALL {
-                put2(format!("{}.weight", t.path(l)), &layer.linear(t).weight)?;
+                put2(format!("{}.weight", t.path(l)), &layer.linear(t).weight())?;
             }
         }
         let mut put1 = |name: String, t: &burn::tensor::Tensor<1>| -> Result<(), ModelError> {

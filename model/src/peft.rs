@@ -199,15 +199,23 @@ pub fn merge_into(model: &mut CausalLm, adapter: &LoraAdapter) -> Result<(), Mod
     }
     for (layer, t, m) in adapter.iter() {
         let lin = model.layers[layer].linear_mut(t);
-        let delta = m.weight_delta().to_device(&lin.weight.device());
-        if delta.dims() != lin.weight.dims() {
+        // Wᵀ += (scale·B·A)ᵀ = scale·Aᵀ·Bᵀ, computed directly in the stored layout.
+        let delta_t =
+            m.a.clone()
+                .transpose()
+                .matmul(m.b.clone().transpose())
+                .mul_scalar(m.scale)
+                .to_device(&lin.weight_t.device());
+        if delta_t.dims() != lin.weight_t.dims() {
+            let [i, o] = lin.weight_t.dims();
+            let [di, dout] = delta_t.dims();
             return Err(ModelError::ShapeMismatch {
                 name: format!("{}.weight", t.path(layer)),
-                expected: lin.weight.dims().to_vec(),
-                found: delta.dims().to_vec(),
+                expected: vec![o, i],
+                found: vec![dout, di],
             });
         }
-        lin.weight = lin.weight.clone().add(delta);
+        lin.weight_t = lin.weight_t.clone().add(delta_t);
     }
     Ok(())
 }

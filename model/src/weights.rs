@@ -180,6 +180,30 @@ impl TensorStore {
         Ok(Tensor::from_data(TensorData::new(values, expected), device))
     }
 
+    /// A matrix stored as `[rows, cols]` in the file, returned transposed (`[cols, rows]`,
+    /// contiguous) on `device`: the layout `x·W` wants, which burn multiplies much faster
+    /// than a transposed view when `x` has few rows (decoding).
+    pub fn tensor_transposed(
+        &self,
+        name: &str,
+        expected: [usize; 2],
+        device: &Device,
+    ) -> Result<Tensor<2>, ModelError> {
+        let (shape, values) = self.get_f32(name)?;
+        if shape.as_slice() != expected.as_slice() {
+            return Err(ModelError::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: shape,
+            });
+        }
+        let [rows, cols] = expected;
+        Ok(Tensor::from_data(
+            TensorData::new(transpose(&values, rows, cols), [cols, rows]),
+            device,
+        ))
+    }
+
     /// An integer tensor's values as i64 (I64, I32, U32, U8 are accepted), with its shape.
     pub fn get_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>), ModelError> {
         let entry = self
@@ -220,6 +244,22 @@ impl TensorStore {
     pub fn location(&self) -> &str {
         &self.location
     }
+}
+
+/// Row-major `[rows, cols]` → row-major `[cols, rows]`, in cache-friendly blocks.
+pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const B: usize = 32;
+    let mut out = vec![0.0f32; v.len()];
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    out[c * rows + r] = v[r * cols + c];
+                }
+            }
+        }
+    }
+    out
 }
 
 fn decode_f32(raw: &[u8], dtype: Dtype, name: &str) -> Result<Vec<f32>, ModelError> {

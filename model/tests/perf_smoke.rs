@@ -72,21 +72,22 @@ fn bench_30m_forward_decode_and_train_step() {
 fn matmul_transposed_vs_contiguous() {
     use burn::tensor::{Distribution, Tensor};
     let dev = device();
-    let x = Tensor::<2>::random([1024, 512], Distribution::Default, &dev);
+    let rows: usize = std::env::var("ROWS").ok().and_then(|r| r.parse().ok()).unwrap_or(1024);
+    let x = Tensor::<2>::random([rows, 512], Distribution::Default, &dev);
     let w = Tensor::<2>::random([1376, 512], Distribution::Default, &dev);
     let wt = Tensor::<2>::from_data(w.clone().transpose().into_data(), &dev);
     for _ in 0..2 {
         let t = Instant::now();
-        for _ in 0..10 {
+        for _ in 0..100 {
             let _ = values(&x.clone().matmul(w.clone().transpose()).slice([0..1, 0..1]));
         }
         let a = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        for _ in 0..10 {
+        for _ in 0..100 {
             let _ = values(&x.clone().matmul(wt.clone()).slice([0..1, 0..1]));
         }
         let b = t.elapsed().as_secs_f64();
-        let gf = 10.0 * 2.0 * 1024.0 * 512.0 * 1376.0 / 1e9;
+        let gf = 100.0 * 2.0 * rows as f64 * 512.0 * 1376.0 / 1e9;
         eprintln!(
             "transposed view {:.1} GFLOP/s, contiguous {:.1} GFLOP/s",
             gf / a,
