@@ -13,7 +13,8 @@ use crate::error::ModelError;
 #[derive(Debug, Clone)]
 pub struct KvCache {
     batch: usize,
-    /// Per layer: keys and values `[batch, kv_heads, len, head_dim]`.
+    /// Per layer: keys transposed `[batch, kv_heads, head_dim, len]` and values
+    /// `[batch, kv_heads, len, head_dim]`.
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     /// Per row: whether each cached position is a real token.
     key_valid: Vec<Vec<bool>>,
