@@ -72,7 +72,10 @@ fn bench_30m_forward_decode_and_train_step() {
 fn matmul_transposed_vs_contiguous() {
     use burn::tensor::{Distribution, Tensor};
     let dev = device();
-    let rows: usize = std::env::var("ROWS").ok().and_then(|r| r.parse().ok()).unwrap_or(1024);
+    let rows: usize = std::env::var("ROWS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1024);
     let x = Tensor::<2>::random([rows, 512], Distribution::Default, &dev);
     let w = Tensor::<2>::random([1376, 512], Distribution::Default, &dev);
     let wt = Tensor::<2>::from_data(w.clone().transpose().into_data(), &dev);
