@@ -196,6 +196,13 @@ fn save_and_resume_continue_bit_identically() {
         assert_eq!(values(&m1.a), values(&m2.a));
         assert_eq!(values(&m1.b), values(&m2.b));
     }
+    // Resuming on another base is refused.
+    let other = CausalLm::load(&model_dir("tiny-llama"), &device()).expect("other base");
+    let e = Trainer::resume(&ckpt, &other)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("another base model"), "{e}");
     // Evaluation uses the trained adapter and gives a finite loss.
     let eval = resumed.eval_loss(&examples).expect("eval");
     assert!(eval.is_finite());
@@ -248,4 +255,41 @@ fn dropout_masks_do_not_depend_on_batching_or_padding() {
     // Another example index gives another mask.
     whole = t.compute_gradients(&ex, 5).expect("shifted");
     assert!((whole.loss_sum - split.loss_sum).abs() > 1e-4);
+}
+
+#[test]
+fn schedule_and_grad_norm_are_reported() {
+    let (model, adapter, examples) = setup("tiny-llama");
+    let cfg = TrainConfig {
+        lr: 1e-2,
+        warmup_steps: 2,
+        total_steps: 4,
+        schedule: Schedule::Linear,
+        max_grad_norm: Some(1e-3),
+        ..fixture_config()
+    };
+    let mut t = Trainer::from_adapter(&model, adapter.clone(), cfg).expect("trainer");
+    let g = t.compute_gradients(&examples, 0).expect("grads");
+    let mean = g.mean_as_adapter(&adapter);
+    let want: f64 = mean
+        .iter()
+        .flat_map(|(_, _, m)| [values(&m.a), values(&m.b)])
+        .flatten()
+        .map(|v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt();
+    let lrs: Vec<f64> = (0..5)
+        .map(|_| {
+            let s = t.train_step(std::slice::from_ref(&examples)).expect("step");
+            if s.step == 1 {
+                assert!(
+                    (f64::from(s.grad_norm) - want).abs() < 1e-4 * want,
+                    "grad norm {} vs {want}",
+                    s.grad_norm
+                );
+            }
+            s.lr
+        })
+        .collect();
+    assert_eq!(lrs, vec![0.0, 5e-3, 1e-2, 5e-3, 0.0]);
 }

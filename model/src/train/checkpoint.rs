@@ -23,6 +23,9 @@ pub const TRAIN_CONFIG_FILE: &str = "training_config.json";
 struct TrainerState {
     step: u64,
     format: u32,
+    /// The base model's config, checked on resume (a run resumes on the base it began on).
+    #[serde(default)]
+    base_config: Option<crate::config::ModelConfig>,
 }
 
 impl Trainer {
@@ -51,6 +54,7 @@ impl Trainer {
             &TrainerState {
                 step: self.optim.step,
                 format: 1,
+                base_config: Some(self.base.config().clone()),
             },
         )?;
         write_json(&tmp.join(TRAIN_CONFIG_FILE), &self.cfg)?;
@@ -66,6 +70,24 @@ impl Trainer {
         let adapter = LoraAdapter::load(dir, model.config(), model.device())?;
         let cfg: TrainConfig = read_json(&dir.join(TRAIN_CONFIG_FILE))?;
         let state: TrainerState = read_json(&dir.join(STATE_FILE))?;
+        if let Some(base) = &state.base_config
+            && base != model.config()
+        {
+            return Err(ModelError::adapter(
+                dir,
+                format!(
+                    "checkpoint was trained on another base model ({} with {} layers, hidden {}, vocab {}; this one is {} with {} layers, hidden {}, vocab {})",
+                    base.architecture.hf_name(),
+                    base.num_hidden_layers,
+                    base.hidden_size,
+                    base.vocab_size,
+                    model.config().architecture.hf_name(),
+                    model.config().num_hidden_layers,
+                    model.config().hidden_size,
+                    model.config().vocab_size,
+                ),
+            ));
+        }
         let store = TensorStore::open_file(&dir.join(OPTIMIZER_FILE))?;
         let mut host = std::collections::BTreeMap::new();
         for name in store.names() {
