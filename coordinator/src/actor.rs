@@ -23,6 +23,9 @@ use crate::metrics;
 use crate::placement::{Demand, place};
 use crate::store::{JobRecord, JobState, JobStore};
 
+/// Least time between two progress writes of one job to the store.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
 /// Messages the coordinator accepts.
 #[derive(Debug)]
 pub enum CoordinatorMsg {
@@ -62,6 +65,7 @@ pub struct CoordinatorState {
     running: BTreeMap<JobId, Running>,
     links: BTreeMap<NodeId, Arc<dyn WorkerLink>>,
     next_seq: u64,
+    last_progress_write: BTreeMap<JobId, std::time::Instant>,
     /// Records whose last write failed (store down); written again on the next tick.
     dirty: std::collections::BTreeSet<JobId>,
     events: mpsc::Sender<JobEvent>,
@@ -249,7 +253,17 @@ impl CoordinatorState {
                     rec.progress = progress;
                     rec.workers = workers;
                     let rec = rec.clone();
-                    self.persist(&rec).await?;
+                    // Progress is written at most every PROGRESS_EVERY per job; state
+                    // changes are always written.
+                    let due = self
+                        .last_progress_write
+                        .get(&job)
+                        .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+                    if due {
+                        self.last_progress_write
+                            .insert(job, std::time::Instant::now());
+                        self.persist(&rec).await?;
+                    }
                 }
             }
             JobEvent::WorkerLost { node, .. } => {
@@ -333,6 +347,7 @@ impl Actor for CoordinatorActor {
             links: BTreeMap::new(),
             next_seq: 0,
             dirty: Default::default(),
+            last_progress_write: BTreeMap::new(),
             events: tx,
             ticker: Some(ticker),
             forwarder: Some(forwarder),

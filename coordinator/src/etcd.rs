@@ -23,6 +23,9 @@ use crate::error::CoordError;
 use crate::membership::Membership;
 use crate::store::{Checkpoint, JobRecord, JobStore};
 
+/// The etcd client type, re-exported for callers of this module.
+pub use etcd_client::Client as EtcdClient;
+
 pub const WORKERS_PREFIX: &str = "/tributary/workers/";
 pub const JOBS_PREFIX: &str = "/tributary/jobs/";
 pub const CHECKPOINTS_PREFIX: &str = "/tributary/checkpoints/";
@@ -35,7 +38,7 @@ pub async fn connect(url: &str) -> Result<Client, CoordError> {
     let eps: Vec<&str> = url.split(',').map(str::trim).collect();
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(5))
+        // No per-request timeout: campaigns and watches block for as long as they need.
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
     Ok(Client::connect(eps, Some(opts)).await?)
 }

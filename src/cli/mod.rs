@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod certs;
+pub mod cluster;
 pub mod demo;
 pub mod model;
 pub mod model_finetune;
@@ -36,6 +37,10 @@ pub enum Command {
     /// Development certificates: a cluster CA and node certificates for mutual TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Run a coordinator (cluster mode): campaigns in etcd, the leader drives jobs over QUIC.
+    Coordinator(cluster::CoordinatorArgs),
+    /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease.
+    Worker(cluster::WorkerArgs),
 }
 
 pub fn init_tracing(verbose: u8) {
@@ -59,5 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Coordinator(args) => cluster::run_coordinator(args),
+        Command::Worker(args) => cluster::run_worker(args),
     }
 }

@@ -179,6 +179,47 @@ impl ExecutorFactory for LinearFactory {
     }
 }
 
+/// Wraps another factory's executors with a fixed delay per micro-batch. Used by fault tests
+/// to make "mid-job" a wide enough window to act in; it changes timing, never results.
+#[derive(Clone)]
+pub struct DelayedFactory {
+    pub inner: std::sync::Arc<dyn ExecutorFactory>,
+    pub delay: std::time::Duration,
+}
+
+struct Delayed {
+    inner: Box<dyn ShardExecutor>,
+    delay: std::time::Duration,
+}
+
+impl ShardExecutor for Delayed {
+    fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError> {
+        std::thread::sleep(self.delay);
+        self.inner.gradients(step, mb)
+    }
+    fn apply(&mut self, step: u64, reduced: &[f32]) -> Result<(), ExecError> {
+        self.inner.apply(step, reduced)
+    }
+    fn checkpoint(&self) -> Result<Vec<u8>, ExecError> {
+        self.inner.checkpoint()
+    }
+    fn restore(&mut self, state: &[u8]) -> Result<(), ExecError> {
+        self.inner.restore(state)
+    }
+    fn num_params(&self) -> usize {
+        self.inner.num_params()
+    }
+}
+
+impl ExecutorFactory for DelayedFactory {
+    fn create(&self, spec: &JobSpec) -> Result<Box<dyn ShardExecutor>, ExecError> {
+        Ok(Box::new(Delayed {
+            inner: self.inner.create(spec)?,
+            delay: self.delay,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

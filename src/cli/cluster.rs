@@ -1,0 +1,187 @@
+//! `tributary coordinator` and `tributary worker`: one process per role in cluster mode.
+//! Workers serve QUIC with mutual TLS and register in etcd under a lease; coordinators
+//! campaign in etcd and the leader drives jobs over QUIC with its election revision as the
+//! fencing token. Every flag can also come from a `TRIBUTARY_…` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tributary_coordinator::etcd::{
+    EtcdJobStore, EtcdMembership, campaign, connect, register_worker,
+};
+use tributary_coordinator::{CoordinatorConfig, spawn_coordinator};
+use tributary_protocol::link::QuicLinkFactory;
+use tributary_protocol::{NodeId, NodeTls, QuicServer, ShutdownController, WorkerInfo};
+use tributary_worker::toy::{DelayedFactory, LinearFactory};
+use tributary_worker::{ExecutorFactory, WorkerCore, WorkerService, spawn_worker};
+
+/// Flags shared by both roles.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// etcd endpoint(s), comma-separated.
+    #[arg(long, env = "TRIBUTARY_ETCD")]
+    pub etcd: String,
+    /// Directory with `ca.pem`, `NAME.pem`, `NAME.key` (from `tributary certs`).
+    #[arg(long, env = "TRIBUTARY_CERTS")]
+    pub certs: PathBuf,
+    /// This node's name (its certificate's name).
+    #[arg(long, env = "TRIBUTARY_NAME")]
+    pub name: String,
+    /// Lease time-to-live in seconds (registration, leadership).
+    #[arg(long, env = "TRIBUTARY_LEASE_TTL", default_value_t = 5)]
+    pub lease_ttl: i64,
+}
+
+/// `tributary coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `tributary worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// QUIC address to listen on.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:7401")]
+    pub listen: SocketAddr,
+    /// Address to advertise in etcd (default: the bound listen address).
+    #[arg(long, env = "TRIBUTARY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Jobs this worker runs at once.
+    #[arg(long, env = "TRIBUTARY_SLOTS", default_value_t = 1)]
+    pub slots: u32,
+    /// Device name advertised in membership.
+    #[arg(long, env = "TRIBUTARY_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Test knob: sleep this long per micro-batch (widens timing windows in fault tests).
+    #[arg(
+        long,
+        env = "TRIBUTARY_MICRO_BATCH_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub micro_batch_delay_ms: u64,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn load(common: &Common) -> anyhow::Result<(NodeId, NodeTls)> {
+    let node = NodeId::new(common.name.clone()).context("--name")?;
+    let tls = NodeTls::load(&common.certs, &node).with_context(|| {
+        format!(
+            "loading certificates for {node} from {}",
+            common.certs.display()
+        )
+    })?;
+    Ok((node, tls))
+}
+
+pub fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(coordinator(args))
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let (node, tls) = load(&args.common)?;
+    let client = connect(&args.common.etcd)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", args.common.etcd))?;
+    let ctl = ShutdownController::new();
+    let sd = ctl.subscribe();
+    tracing::info!(%node, "campaigning for leadership");
+    let mut lead = tokio::select! {
+        l = campaign(&client, &node, args.common.lease_ttl, &sd) => l.context("campaign")?,
+        _ = terminate() => { ctl.shutdown().await; return Ok(()); }
+    };
+    eprintln!("{node}: leader with fencing token {}", lead.token);
+    let membership = EtcdMembership::start(client.clone(), ctl.subscribe());
+    let (actor, handle) = spawn_coordinator(CoordinatorConfig {
+        fencing: lead.token,
+        membership: Arc::new(membership),
+        store: Arc::new(EtcdJobStore::new(client.clone(), &lead)),
+        links: Arc::new(QuicLinkFactory::new(node.clone(), tls)),
+        tick: Duration::from_millis(200),
+    })
+    .await?;
+    let outcome = tokio::select! {
+        _ = terminate() => Ok(()),
+        _ = lead.lost.changed() => Err("leadership lost: lease expired"),
+        _ = handle => Err("fenced out: a worker refused this leader's token"),
+    };
+    actor.stop(None);
+    drop(sd);
+    ctl.shutdown().await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(why) => bail!("{node}: {why}"),
+    }
+}
+
+pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(worker(args))
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let (node, tls) = load(&args.common)?;
+    let mut factory: Arc<dyn ExecutorFactory> = Arc::new(LinearFactory);
+    if args.micro_batch_delay_ms > 0 {
+        factory = Arc::new(DelayedFactory {
+            inner: factory,
+            delay: Duration::from_millis(args.micro_batch_delay_ms),
+        });
+    }
+    let (actor, _) = spawn_worker(WorkerCore::new(node.clone(), factory)).await?;
+    let server = QuicServer::bind(args.listen, node.clone(), &tls)
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let bound = server.local_addr()?;
+    let ctl = ShutdownController::new();
+    let serving =
+        tokio::spawn(server.run(Arc::new(WorkerService::new(actor.clone())), ctl.subscribe()));
+    let client = connect(&args.common.etcd)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", args.common.etcd))?;
+    let info = WorkerInfo {
+        node: node.clone(),
+        addr: args.advertise.unwrap_or_else(|| bound.to_string()),
+        device: args.device,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes: 0,
+        slots: args.slots,
+        free_slots: args.slots,
+    };
+    let reg = register_worker(client, info, args.common.lease_ttl, ctl.subscribe()).await?;
+    eprintln!("{node}: serving on {bound}");
+    terminate().await;
+    ctl.shutdown().await;
+    let _ = reg.await;
+    let _ = serving.await;
+    actor.stop(None);
+    Ok(())
+}
