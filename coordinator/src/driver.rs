@@ -128,8 +128,8 @@ impl JobRun {
     /// Runs the job to an outcome.
     pub async fn run(self) -> JobOutcome {
         let span = info_span!("job", job = %self.job);
-        let outcome = self.run_inner().instrument(span).await;
-        outcome
+
+        self.run_inner().instrument(span).await
     }
 
     async fn run_inner(&self) -> JobOutcome {
@@ -191,10 +191,11 @@ impl JobRun {
             metrics::STEP_SECONDS.observe(t0.elapsed().as_secs_f64());
             let done = step + 1;
             let every = self.spec.train.checkpoint_every.unwrap_or(u64::MAX);
-            if done % every == 0 && done < self.total_steps {
-                if let Err(o) = self.save_checkpoint(&mut live).await {
-                    return o;
-                }
+            if done % every == 0
+                && done < self.total_steps
+                && let Err(o) = self.save_checkpoint(&mut live).await
+            {
+                return o;
             }
             let p = progress(
                 done,

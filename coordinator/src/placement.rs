@@ -40,7 +40,7 @@ pub fn place(queue: &[Demand], free: &BTreeMap<NodeId, u32>) -> Vec<Placement> {
             .map(|(n, s)| (n, *s))
             .collect();
         // Most free slots first; BTreeMap order breaks ties by name.
-        avail.sort_by(|a, b| b.1.cmp(&a.1));
+        avail.sort_by_key(|a| std::cmp::Reverse(a.1));
         let n_avail = avail.len() as u32;
         let min = d.min.max(1);
         if n_avail < min {

@@ -131,12 +131,12 @@ impl EtcdServer {
             if self.healthy() {
                 return Ok(());
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    let log = std::fs::read_to_string(self.dir.path().join("etcd.log"))
-                        .unwrap_or_default();
-                    return Err(harness(format!("etcd exited with {status}: {log}")));
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                return Err(harness(format!("etcd exited with {status}: {log}")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -165,13 +165,13 @@ wire!(HelloReply, |s| {
 });
 wire!(Command, |s| {
     JobId::new(s.job.as_str())?;
-    if let CommandBody::Gradients { micro_batches, .. } = &s.body {
-        if micro_batches.len() > MAX_MICRO_BATCHES {
-            return Err(ProtocolError::InvalidMessage(format!(
-                "{} micro-batches exceeds the maximum of {MAX_MICRO_BATCHES}",
-                micro_batches.len()
-            )));
-        }
+    if let CommandBody::Gradients { micro_batches, .. } = &s.body
+        && micro_batches.len() > MAX_MICRO_BATCHES
+    {
+        return Err(ProtocolError::InvalidMessage(format!(
+            "{} micro-batches exceeds the maximum of {MAX_MICRO_BATCHES}",
+            micro_batches.len()
+        )));
     }
     Ok(())
 });

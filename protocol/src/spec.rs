@@ -225,12 +225,12 @@ impl JobSpec {
         if self.data.trim().is_empty() {
             return Err(spec_err("data must not be empty".into()));
         }
-        if let Workers::Count(n) = self.workers {
-            if n == 0 || n > MAX_WORKERS {
-                return Err(spec_err(format!(
-                    "workers = {n} is out of range: must be 1..={MAX_WORKERS} or \"auto\""
-                )));
-            }
+        if let Workers::Count(n) = self.workers
+            && (n == 0 || n > MAX_WORKERS)
+        {
+            return Err(spec_err(format!(
+                "workers = {n} is out of range: must be 1..={MAX_WORKERS} or \"auto\""
+            )));
         }
         let l = &self.lora;
         if l.rank == 0 || l.rank > MAX_RANK {
@@ -284,13 +284,13 @@ impl JobSpec {
                 t.batch_size
             )));
         }
-        if let Some(g) = t.grad_accum {
-            if g == 0 || g > t.batch_size || t.batch_size % g != 0 {
-                return Err(spec_err(format!(
-                    "train.grad_accum = {g} must divide train.batch_size = {} (1..={})",
-                    t.batch_size, t.batch_size
-                )));
-            }
+        if let Some(g) = t.grad_accum
+            && (g == 0 || g > t.batch_size || !t.batch_size.is_multiple_of(g))
+        {
+            return Err(spec_err(format!(
+                "train.grad_accum = {g} must divide train.batch_size = {} (1..={})",
+                t.batch_size, t.batch_size
+            )));
         }
         if !(t.lr > 0.0 && t.lr <= MAX_LR) {
             return Err(spec_err(format!(
@@ -298,20 +298,20 @@ impl JobSpec {
                 t.lr
             )));
         }
-        if let Some(s) = t.steps {
-            if t.warmup > s {
-                return Err(spec_err(format!(
-                    "train.warmup = {} exceeds train.steps = {s}",
-                    t.warmup
-                )));
-            }
+        if let Some(s) = t.steps
+            && t.warmup > s
+        {
+            return Err(spec_err(format!(
+                "train.warmup = {} exceeds train.steps = {s}",
+                t.warmup
+            )));
         }
-        if let Some(n) = t.max_grad_norm {
-            if !(n > 0.0 && n.is_finite()) {
-                return Err(spec_err(format!(
-                    "train.max_grad_norm = {n} is out of range: must be a positive number"
-                )));
-            }
+        if let Some(n) = t.max_grad_norm
+            && !(n > 0.0 && n.is_finite())
+        {
+            return Err(spec_err(format!(
+                "train.max_grad_norm = {n} is out of range: must be a positive number"
+            )));
         }
         if t.checkpoint_every == Some(0) {
             return Err(spec_err(

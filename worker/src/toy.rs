@@ -73,7 +73,7 @@ impl LinearExecutor {
 
     /// Decodes the parameters out of a checkpoint.
     pub fn params_of_checkpoint(state: &[u8]) -> Result<(u64, Vec<f32>), ExecError> {
-        if state.len() < 8 || (state.len() - 8) % 4 != 0 {
+        if state.len() < 8 || !(state.len() - 8).is_multiple_of(4) {
             return Err(ExecError::Checkpoint(format!(
                 "checkpoint of {} bytes is malformed",
                 state.len()
@@ -99,13 +99,13 @@ impl ShardExecutor for LinearExecutor {
         for k in 0..u64::from(mb.len) {
             let (x, y) = example(self.seed, mb.start + k);
             let mut pred = self.w[DIM];
-            for j in 0..DIM {
-                pred += self.w[j] * x[j];
+            for (w, xj) in self.w.iter().zip(&x) {
+                pred += w * xj;
             }
             let err = pred - y;
             loss += err * err;
-            for j in 0..DIM {
-                g[j] += 2.0 * err * x[j];
+            for (gj, xj) in g.iter_mut().zip(&x) {
+                *gj += 2.0 * err * xj;
             }
             g[DIM] += 2.0 * err;
         }
