@@ -180,7 +180,14 @@ impl JobRun {
                 Err(e) => return JobOutcome::Failed(format!("step {step}: {e}")),
             };
             if let Err(o) = self
-                .broadcast(&mut live, CommandBody::Apply { step }, vec![reduced.grads])
+                .broadcast(
+                    &mut live,
+                    CommandBody::Apply {
+                        step,
+                        tokens: reduced.tokens,
+                    },
+                    vec![reduced.grads],
+                )
                 .await
             {
                 return o;
@@ -299,7 +306,7 @@ impl JobRun {
                                 res.index,
                                 Contribution {
                                     index: res.index,
-                                    loss: res.loss,
+                                    loss_sum: res.loss_sum,
                                     tokens: res.tokens,
                                     grads,
                                 },

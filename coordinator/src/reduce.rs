@@ -6,17 +6,19 @@
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {
     pub index: u32,
-    pub loss: f32,
+    /// Summed loss over the micro-batch.
+    pub loss_sum: f64,
     pub tokens: u64,
+    /// Gradient of the summed loss.
     pub grads: Vec<f32>,
 }
 
 /// The reduced step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reduced {
-    /// Mean gradient over micro-batches.
+    /// Sum of the micro-batch gradients, in index order.
     pub grads: Vec<f32>,
-    /// Mean loss over micro-batches.
+    /// Mean loss per token over the step.
     pub loss: f32,
     pub tokens: u64,
 }
@@ -62,7 +64,7 @@ pub fn reduce_in_order(
     }
     let len = parts[0].grads.len();
     let mut grads = vec![0f32; len];
-    let mut loss = 0f32;
+    let mut loss = 0f64;
     let mut tokens = 0u64;
     for c in &parts {
         if c.grads.len() != len {
@@ -75,14 +77,16 @@ pub fn reduce_in_order(
         for (acc, g) in grads.iter_mut().zip(&c.grads) {
             *acc += g;
         }
-        loss += c.loss;
+        loss += c.loss_sum;
         tokens += c.tokens;
     }
-    let n = expected as f32;
-    grads.iter_mut().for_each(|g| *g /= n);
     Ok(Reduced {
         grads,
-        loss: loss / n,
+        loss: if tokens > 0 {
+            (loss / tokens as f64) as f32
+        } else {
+            0.0
+        },
         tokens,
     })
 }
@@ -98,7 +102,7 @@ mod tests {
             .enumerate()
             .map(|(i, v)| Contribution {
                 index: i as u32,
-                loss: *v,
+                loss_sum: f64::from(*v),
                 tokens: i as u64,
                 grads: vec![*v, v * 0.5, 1.0 / (1.0 + v.abs())],
             })

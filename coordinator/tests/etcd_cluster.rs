@@ -146,8 +146,8 @@ impl ShardExecutor for Slow {
         std::thread::sleep(Duration::from_millis(4));
         self.0.gradients(step, mb)
     }
-    fn apply(&mut self, step: u64, g: &[f32]) -> Result<(), ExecError> {
-        self.0.apply(step, g)
+    fn apply(&mut self, step: u64, g: &[f32], tokens: u64) -> Result<(), ExecError> {
+        self.0.apply(step, g, tokens)
     }
     fn checkpoint(&self) -> Result<Vec<u8>, ExecError> {
         self.0.checkpoint()

@@ -74,8 +74,10 @@ pub enum CommandBody {
         step: u64,
         micro_batches: Vec<MicroBatch>,
     },
-    /// Apply the reduced gradient (the command's single tensor) as the update for `step`.
-    Apply { step: u64 },
+    /// Apply the reduced gradient (the command's single tensor: the fixed-order sum of the
+    /// micro-batch gradients of the summed loss) as the update for `step`; `tokens` is the
+    /// step's total token count, by which the executor normalizes.
+    Apply { step: u64, tokens: u64 },
     /// Return the executor's state (parameters, optimizer, step) as opaque bytes.
     Checkpoint,
     /// Replace the executor's state with a checkpoint taken at `step`.
@@ -86,7 +88,7 @@ pub enum CommandBody {
     Ping,
 }
 
-/// Loss and token count of one micro-batch; its gradient is the matching reply tensor.
+/// Summed loss and token count of one micro-batch; its gradient is the matching reply tensor.
 #[derive(
     Debug,
     Clone,
@@ -100,7 +102,8 @@ pub enum CommandBody {
 )]
 pub struct MicroResult {
     pub index: u32,
-    pub loss: f32,
+    /// Sum of the micro-batch's token losses.
+    pub loss_sum: f64,
     pub tokens: u64,
 }
 

@@ -145,7 +145,7 @@ impl WorkerCore {
                         Ok(g) => {
                             results.push(MicroResult {
                                 index: mb.index,
-                                loss: g.loss,
+                                loss_sum: g.loss_sum,
                                 tokens: g.tokens,
                             });
                             grads.push(g.grads);
@@ -158,7 +158,7 @@ impl WorkerCore {
                     tensors: grads,
                 }
             }
-            CommandBody::Apply { step } => {
+            CommandBody::Apply { step, tokens } => {
                 if step != slot.step {
                     return failed(format!(
                         "update for step {step}, the job is at step {}",
@@ -166,7 +166,7 @@ impl WorkerCore {
                     ));
                 }
                 let [reduced] = <[Vec<f32>; 1]>::try_from(tensors).unwrap_or_else(|_| [Vec::new()]);
-                match slot.exec.apply(step, &reduced) {
+                match slot.exec.apply(step, &reduced, tokens) {
                     Ok(()) => {
                         slot.step = step + 1;
                         Payload::bare(Reply::Ok { step: slot.step })
@@ -291,7 +291,7 @@ mod tests {
             },
         ));
         assert!(matches!(&bad.msg, Reply::Failed { reason } if reason.contains("step 1")));
-        let mut apply = cmd(1, CommandBody::Apply { step: 0 });
+        let mut apply = cmd(1, CommandBody::Apply { step: 0, tokens: 2 });
         apply.tensors = vec![r.tensors[0].clone()];
         assert_eq!(core.handle(apply).msg, Reply::Ok { step: 1 });
         let cp = core.handle(cmd(1, CommandBody::Checkpoint));

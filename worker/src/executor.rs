@@ -22,11 +22,11 @@ pub enum ExecError {
 /// One micro-batch's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MicroGrad {
-    /// Mean loss over the micro-batch's examples.
-    pub loss: f32,
-    /// Tokens (or examples) processed.
+    /// Sum of the loss over the micro-batch's tokens (or examples).
+    pub loss_sum: f64,
+    /// Supervised tokens (or examples) in the micro-batch: the loss's normalizer.
     pub tokens: u64,
-    /// Flat gradient of the mean loss over the trainable parameters.
+    /// Flat gradient of the *summed* loss over the trainable parameters.
     pub grads: Vec<f32>,
 }
 
@@ -37,10 +37,11 @@ pub struct MicroGrad {
 /// other micro-batches this worker got); `apply` with the same reduced gradient must produce
 /// the same state on every worker.
 pub trait ShardExecutor: Send + 'static {
-    /// Gradient of the mean loss over `mb`'s examples at `step`.
+    /// Gradient of the summed loss over `mb`'s examples at `step`.
     fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError>;
-    /// Applies the reduced (mean) gradient as the optimizer update for `step`.
-    fn apply(&mut self, step: u64, reduced: &[f32]) -> Result<(), ExecError>;
+    /// Applies the step's update: `summed` is the fixed-order sum of every micro-batch's
+    /// gradient, `tokens` the step's total token count (divide by it for the mean).
+    fn apply(&mut self, step: u64, summed: &[f32], tokens: u64) -> Result<(), ExecError>;
     /// Opaque state: parameters, optimizer state, step, RNG.
     fn checkpoint(&self) -> Result<Vec<u8>, ExecError>;
     /// Replaces the state with a checkpoint.

@@ -95,7 +95,7 @@ impl ShardExecutor for LinearExecutor {
             return Err(ExecError::Compute("empty micro-batch".into()));
         }
         let mut g = vec![0f32; DIM + 1];
-        let mut loss = 0f32;
+        let mut loss = 0f64;
         for k in 0..u64::from(mb.len) {
             let (x, y) = example(self.seed, mb.start + k);
             let mut pred = self.w[DIM];
@@ -103,36 +103,38 @@ impl ShardExecutor for LinearExecutor {
                 pred += w * xj;
             }
             let err = pred - y;
-            loss += err * err;
+            loss += f64::from(err * err);
             for (gj, xj) in g.iter_mut().zip(&x) {
                 *gj += 2.0 * err * xj;
             }
             g[DIM] += 2.0 * err;
         }
-        let n = mb.len as f32;
-        g.iter_mut().for_each(|v| *v /= n);
         Ok(MicroGrad {
-            loss: loss / n,
+            loss_sum: loss,
             tokens: u64::from(mb.len),
             grads: g,
         })
     }
 
-    fn apply(&mut self, step: u64, reduced: &[f32]) -> Result<(), ExecError> {
-        if reduced.len() != self.w.len() {
+    fn apply(&mut self, step: u64, summed: &[f32], tokens: u64) -> Result<(), ExecError> {
+        if summed.len() != self.w.len() {
             return Err(ExecError::Update(format!(
                 "gradient has {} values, the model has {} parameters",
-                reduced.len(),
+                summed.len(),
                 self.w.len()
             )));
         }
+        if tokens == 0 {
+            return Err(ExecError::Update("the step has no examples".into()));
+        }
+        let n = tokens as f32;
         let scale = if self.warmup > 0 && step < self.warmup {
             (step + 1) as f32 / self.warmup as f32
         } else {
             1.0
         };
-        for (w, g) in self.w.iter_mut().zip(reduced) {
-            *w -= self.lr * scale * g;
+        for (w, g) in self.w.iter_mut().zip(summed) {
+            *w -= self.lr * scale * (g / n);
         }
         self.step = step + 1;
         Ok(())
@@ -197,8 +199,8 @@ impl ShardExecutor for Delayed {
         std::thread::sleep(self.delay);
         self.inner.gradients(step, mb)
     }
-    fn apply(&mut self, step: u64, reduced: &[f32]) -> Result<(), ExecError> {
-        self.inner.apply(step, reduced)
+    fn apply(&mut self, step: u64, summed: &[f32], tokens: u64) -> Result<(), ExecError> {
+        self.inner.apply(step, summed, tokens)
     }
     fn checkpoint(&self) -> Result<Vec<u8>, ExecError> {
         self.inner.checkpoint()
@@ -239,25 +241,26 @@ mod tests {
             start: 0,
             len: 64,
         };
-        let first = ex.gradients(0, &mb).unwrap().loss;
+        let first = ex.gradients(0, &mb).unwrap().loss_sum;
         for step in 0..100 {
             let g = ex.gradients(step, &mb).unwrap();
-            ex.apply(step, &g.grads).unwrap();
+            ex.apply(step, &g.grads, g.tokens).unwrap();
         }
-        let last = ex.gradients(100, &mb).unwrap().loss;
+        let last = ex.gradients(100, &mb).unwrap().loss_sum;
         assert!(last < first * 0.1, "loss {first} -> {last}");
     }
 
     #[test]
     fn checkpoint_round_trips_and_checks_sizes() {
         let mut ex = LinearExecutor::new(&spec());
-        ex.apply(0, &[0.5; DIM + 1]).unwrap();
+        ex.apply(0, &[0.5; DIM + 1], 1).unwrap();
         let state = ex.checkpoint().unwrap();
         let mut other = LinearExecutor::new(&spec());
         other.restore(&state).unwrap();
         assert_eq!(other, ex);
         assert!(other.restore(&state[..10]).is_err());
-        assert!(ex.apply(1, &[0.0; 3]).is_err());
+        assert!(ex.apply(1, &[0.0; 3], 1).is_err());
+        assert!(ex.apply(1, &[0.0; DIM + 1], 0).is_err());
     }
 
     #[test]
