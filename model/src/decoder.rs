@@ -13,6 +13,7 @@ mod attention;
 mod cache;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -22,6 +23,7 @@ pub use cache::KvCache;
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
 use crate::lora::{LoraAdapter, TargetModule};
+use crate::quant::Nf4Matrix;
 use crate::train::dropout::LoraDropout;
 use crate::weights::TensorStore;
 
@@ -30,25 +32,61 @@ use crate::weights::TensorStore;
 /// transposed view when `x` has few rows, as in decoding.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `Wᵀ`, `[in, out]`.
-    pub weight_t: Tensor<2>,
+    /// `Wᵀ`, `[in, out]`, dense or NF4.
+    pub weight_t: LinearWeight,
     /// `[out]`, when the projection has a bias.
     pub bias: Option<Tensor<1>>,
+}
+
+/// How a projection's `Wᵀ` is stored.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// f32 on the model's device.
+    Dense(Tensor<2>),
+    /// 4-bit NormalFloat in host memory, dequantized for every use (QLoRA's frozen base).
+    Nf4(Arc<Nf4Matrix>),
+}
+
+impl LinearWeight {
+    /// `[in, out]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            LinearWeight::Dense(t) => t.dims(),
+            LinearWeight::Nf4(q) => q.shape(),
+        }
+    }
+
+    /// `Wᵀ` as an f32 tensor on `device` (a dequantized copy for NF4).
+    pub fn dense(&self, device: &Device) -> Tensor<2> {
+        match self {
+            LinearWeight::Dense(t) => t.clone(),
+            LinearWeight::Nf4(q) => q.dequantize_tensor(device),
+        }
+    }
 }
 
 impl Linear {
     /// `x` `[n, in]` → `[n, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight_t.clone());
+        let w = self.weight_t.dense(&x.device());
+        let y = x.matmul(w);
         match &self.bias {
             Some(b) => y.add(b.clone().unsqueeze_dim(0)),
             None => y,
         }
     }
 
-    /// `W` as the checkpoint stores it, `[out, in]` (a transposed view).
-    pub fn weight(&self) -> Tensor<2> {
-        self.weight_t.clone().transpose()
+    /// `W` as the checkpoint stores it, `[out, in]` (a transposed view; dequantized for NF4).
+    pub fn weight(&self, device: &Device) -> Tensor<2> {
+        self.weight_t.dense(device).transpose()
+    }
+
+    /// Bytes of `Wᵀ`'s stored representation (f32: 4 per value; NF4: codes and scales).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight_t {
+            LinearWeight::Dense(t) => t.shape().num_elements() * std::mem::size_of::<f32>(),
+            LinearWeight::Nf4(q) => q.resident_bytes(),
+        }
     }
 
     fn load(
@@ -64,7 +102,10 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight_t, bias })
+        Ok(Self {
+            weight_t: LinearWeight::Dense(weight_t),
+            bias,
+        })
     }
 }
 
@@ -290,10 +331,36 @@ impl CausalLm {
             l.post_norm = f1(l.post_norm.clone());
             for t in TargetModule::ALL {
                 let lin = l.linear_mut(t);
-                lin.weight_t = f2(lin.weight_t.clone());
+                if let LinearWeight::Dense(w) = &lin.weight_t {
+                    lin.weight_t = LinearWeight::Dense(f2(w.clone()));
+                }
                 lin.bias = lin.bias.take().map(&f1);
             }
         }
+    }
+
+    /// Stores the seven projections of every layer in NF4 (QLoRA's frozen base; see
+    /// [`crate::quant`]). Embeddings, norms, biases and the lm_head stay f32. Idempotent.
+    pub fn quantize_nf4(&mut self) -> Result<(), ModelError> {
+        let _span = tracing::info_span!("quantize_nf4").entered();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            for t in TargetModule::ALL {
+                let lin = layer.linear_mut(t);
+                if let LinearWeight::Dense(w) = &lin.weight_t {
+                    let q = Nf4Matrix::from_tensor(w, &format!("{}.weight", t.path(l)))?;
+                    lin.weight_t = LinearWeight::Nf4(Arc::new(q));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the seven projections' weights of every layer (the part NF4 shrinks).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| TargetModule::ALL.map(|t| l.linear(t).weight_bytes()))
+            .sum()
     }
 
     /// Token ids as an Int tensor on this model's device (`rows` must all have the same length).

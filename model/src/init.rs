@@ -145,7 +145,10 @@ impl CausalLm {
         }
         for (l, layer) in self.layers.iter().enumerate() {
             for t in TargetModule::ALL {
-                put2(format!("{}.weight", t.path(l)), &layer.linear(t).weight())?;
+                put2(
+                    format!("{}.weight", t.path(l)),
+                    &layer.linear(t).weight(self.device()),
+                )?;
             }
         }
         let mut put1 = |name: String, t: &burn::tensor::Tensor<1>| -> Result<(), ModelError> {

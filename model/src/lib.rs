@@ -2,6 +2,7 @@
 //! template, the Llama/Qwen2 decoder, LoRA, KV-cache generation and sampling, and the
 //! training step. No networking, async or storage here.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod decoder;
@@ -12,6 +13,7 @@ pub mod init;
 pub mod lora;
 pub mod peft;
 pub mod plot;
+pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
 pub mod train;

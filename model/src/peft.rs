@@ -197,6 +197,7 @@ pub fn merge_into(model: &mut CausalLm, adapter: &LoraAdapter) -> Result<(), Mod
             model.layers.len()
         )));
     }
+    let device = model.device().clone();
     for (layer, t, m) in adapter.iter() {
         let lin = model.layers[layer].linear_mut(t);
         // Wᵀ += (scale·B·A)ᵀ = scale·Aᵀ·Bᵀ, computed directly in the stored layout.
@@ -205,7 +206,7 @@ pub fn merge_into(model: &mut CausalLm, adapter: &LoraAdapter) -> Result<(), Mod
                 .transpose()
                 .matmul(m.b.clone().transpose())
                 .mul_scalar(m.scale)
-                .to_device(&lin.weight_t.device());
+                .to_device(&device);
         if delta_t.dims() != lin.weight_t.dims() {
             let [i, o] = lin.weight_t.dims();
             let [di, dout] = delta_t.dims();
@@ -215,7 +216,9 @@ pub fn merge_into(model: &mut CausalLm, adapter: &LoraAdapter) -> Result<(), Mod
                 found: vec![dout, di],
             });
         }
-        lin.weight_t = lin.weight_t.clone().add(delta_t);
+        // Merging into an NF4 base gives a dense f32 weight (base dequantized, plus delta).
+        let dense = lin.weight_t.dense(&device);
+        lin.weight_t = crate::decoder::LinearWeight::Dense(dense.add(delta_t));
     }
     Ok(())
 }
