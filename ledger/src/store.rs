@@ -34,7 +34,7 @@ pub enum StoreError {
         op: &'static str,
         key: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("store {store}: local directory `{path}`: {source}")]
     LocalDir {
@@ -142,7 +142,7 @@ impl Store {
             store: url.to_string(),
             op: "open",
             key: path.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Self::from_object_store(Arc::new(fs), url))
     }
@@ -221,7 +221,7 @@ impl Store {
                 store: url.to_string(),
                 op: "open",
                 key: String::new(),
-                source,
+                source: Box::new(source),
             })?;
         // Never print credentials given in the query string.
         let label = match url.split_once('?') {
@@ -261,7 +261,7 @@ impl Store {
             store: self.label.to_string(),
             op,
             key: key.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

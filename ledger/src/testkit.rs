@@ -90,10 +90,10 @@ impl MotoServer {
                     "moto_server exited at start with {status}"
                 )));
             }
-            if let Ok(status) = self.request("GET", "/") {
-                if status.starts_with("HTTP/1.") {
-                    return Ok(());
-                }
+            if let Ok(status) = self.request("GET", "/")
+                && status.starts_with("HTTP/1.")
+            {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -3,8 +3,13 @@
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Reward log: append N synthetic batches; appends/s and p99 acknowledgement latency.
+    Ledger(super::ledger::BenchLedgerArgs),
+}
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        BenchCommand::Ledger(args) => super::ledger::bench(args),
+    }
 }

@@ -3,7 +3,9 @@
 pub mod bench;
 pub mod certs;
 pub mod cluster;
+pub mod datanet;
 pub mod demo;
+pub mod ledger;
 pub mod model;
 pub mod model_finetune;
 pub mod model_generate;
@@ -41,6 +43,10 @@ pub enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease.
     Worker(cluster::WorkerArgs),
+    /// Datanets: community datasets (create, upload, list, show, diff, export).
+    Datanet(datanet::DatanetArgs),
+    /// The reward log: verify, balances, repair, append.
+    Ledger(ledger::LedgerArgs),
 }
 
 pub fn init_tracing(verbose: u8) {
@@ -66,5 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Coordinator(args) => cluster::run_coordinator(args),
         Command::Worker(args) => cluster::run_worker(args),
+        Command::Datanet(args) => datanet::run(args),
+        Command::Ledger(args) => ledger::run(args),
     }
 }

@@ -30,7 +30,15 @@ pub fn contributor_id(public_key: &[u8; 32]) -> String {
     format!("ed25519:{}", hex(public_key))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// BLAKE3 digest of everything `reader` yields (what an upload signature covers).
+pub fn digest_reader(reader: impl std::io::Read) -> std::io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(reader)?;
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

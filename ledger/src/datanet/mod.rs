@@ -332,9 +332,13 @@ impl Datanets {
                 .map(|v| v.version.clone())
                 .ok_or_else(|| DatanetError::Empty(name.to_string()));
         };
+        // A version number wins over a digest prefix made of the same digits.
+        if let Some(by_number) = versions.iter().find(|s| s.number.to_string() == v) {
+            return Ok(by_number.version.clone());
+        }
         let hits: Vec<&VersionSummary> = versions
             .iter()
-            .filter(|s| s.version.starts_with(v) || s.number.to_string() == v)
+            .filter(|s| s.version.starts_with(v))
             .collect();
         match hits.as_slice() {
             [one] => Ok(one.version.clone()),

@@ -174,7 +174,7 @@ pub(crate) async fn reconcile(
                 .cmp(&(b.1.len(), b.2.epoch, &b.0))
                 .reverse()
         });
-        let Some((chosen, holders, entry)) = valid.first().cloned() else {
+        let Some((chosen, _, entry)) = valid.first().cloned() else {
             let (replica, reason) = match corrupt.first() {
                 Some((i, r)) => (replicas.stores()[*i].label().to_string(), r.clone()),
                 None => (
@@ -200,7 +200,6 @@ pub(crate) async fn reconcile(
                 });
             }
         }
-        let _ = holders;
         for i in missing {
             let store = &replicas.stores()[i];
             match store.create(&key, chosen.clone()).await {

@@ -273,14 +273,13 @@ pub async fn verify(replicas: &Replicas) -> Result<VerifyReport, LogError> {
     let mut records = 0u64;
     let mut entries = 0u64;
     if let Some(src) = source {
-        for (e, h) in src
-            .entries
+        let agreeing = src
+            .hashes
             .iter()
-            .zip(&src.hashes)
             .zip(&agreed)
-            .map(|((e, h), _)| (e, h))
-        {
-            let _ = h;
+            .take_while(|(a, b)| a == b)
+            .count();
+        for e in src.entries.iter().take(agreeing) {
             entries += 1;
             for r in &e.batch {
                 records += 1;
