@@ -6,10 +6,16 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Reward log: append N synthetic batches; appends/s and p99 acknowledgement latency.
     Ledger(super::ledger::BenchLedgerArgs),
+    /// Model: LoRA training steps on random weights; tokens/s, GFLOP/s, GEMM peak, peak RSS.
+    Train(super::bench_model::BenchTrainArgs),
+    /// Model: greedy generation with K adapters; tokens/s, GFLOP/s, GEMM peak, peak RSS.
+    Generate(super::bench_model::BenchGenerateArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ledger(args) => super::ledger::bench(args),
+        BenchCommand::Train(args) => super::bench_model::train(args),
+        BenchCommand::Generate(args) => super::bench_model::generate(args),
     }
 }

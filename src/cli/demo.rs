@@ -111,6 +111,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         max_seq_len: Some(256),
         checkpoint_every: None,
         resume: None,
+        quantize: super::bench_model::Quantize::None,
     })?;
     if let Some(loss) = report.final_train_loss {
         println!("    final train loss {loss:.3}");

@@ -101,6 +101,9 @@ pub struct FinetuneArgs {
     /// Resume from a checkpoint directory (its training config replaces the flags above).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Store the frozen base's projection weights in 4-bit NormalFloat (QLoRA).
+    #[arg(long, value_enum, default_value_t = super::bench_model::Quantize::None)]
+    pub quantize: super::bench_model::Quantize,
 }
 
 /// What a fine-tune produced.
@@ -149,7 +152,10 @@ fn progress(total: u64, done: u64) -> ProgressBar {
 }
 
 pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
-    let loaded = load(&args.model, args.tokenizer.as_deref())?;
+    let mut loaded = load(&args.model, args.tokenizer.as_deref())?;
+    if args.quantize.is_nf4() {
+        loaded.model.quantize_nf4()?;
+    }
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let max_pos = model.config().max_position_embeddings;
     let max_seq_len = args.max_seq_len.unwrap_or(max_pos.min(512));

@@ -62,6 +62,9 @@ pub struct GenerateArgs {
     /// Print one JSON line instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Store the base's projection weights in 4-bit NormalFloat (QLoRA).
+    #[arg(long, value_enum, default_value_t = super::bench_model::Quantize::None)]
+    pub quantize: super::bench_model::Quantize,
 }
 
 /// A model and its tokenizer, loaded and checked against each other.
@@ -189,7 +192,10 @@ pub fn complete(
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let loaded = load(&args.model, args.tokenizer.as_deref())?;
+    let mut loaded = load(&args.model, args.tokenizer.as_deref())?;
+    if args.quantize.is_nf4() {
+        loaded.model.quantize_nf4()?;
+    }
     let adapter = args
         .adapter
         .as_deref()

@@ -1,0 +1,105 @@
+//! `tributary bench train` and `tributary bench generate`: model speed on random weights,
+//! one JSON line each (see `tributary_model::bench` for what the FLOP counts include).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use tributary_model::bench::{GenerateBench, TrainBench};
+use tributary_model::device::default_device;
+
+/// How the frozen base's projection weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Quantize {
+    /// f32 (no quantization).
+    None,
+    /// 4-bit NormalFloat, blocks of 64 with an absmax each (QLoRA).
+    Nf4,
+}
+
+impl Quantize {
+    /// Whether the base is stored in NF4.
+    pub fn is_nf4(self) -> bool {
+        self == Quantize::Nf4
+    }
+}
+
+/// `tributary bench train`: LoRA training steps (AdamW) on random weights.
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// A config.json-style model configuration (random weights are made for it).
+    #[arg(long, default_value = "../shared/bench/bench-llama-30m.json")]
+    pub config: PathBuf,
+    /// Rows per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// LoRA rank on q/k/v/o/gate/up/down (alpha = 2·rank).
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Timed optimizer steps (one warm-up step runs first).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Storage of the frozen base's projections.
+    #[arg(long, value_enum, default_value_t = Quantize::None)]
+    pub quantize: Quantize,
+}
+
+/// `tributary bench generate`: greedy generation with LoRA adapters on random weights.
+#[derive(Debug, Args)]
+pub struct BenchGenerateArgs {
+    /// A config.json-style model configuration (random weights are made for it).
+    #[arg(long, default_value = "../shared/bench/bench-llama-30m.json")]
+    pub config: PathBuf,
+    /// Rows generated together.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Prompt tokens per row.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// New tokens per row.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Distinct adapters, rows assigned round-robin (0: no adapter).
+    #[arg(long, default_value_t = 1)]
+    pub adapters: usize,
+    /// LoRA rank of the adapters.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Storage of the base's projections.
+    #[arg(long, value_enum, default_value_t = Quantize::None)]
+    pub quantize: Quantize,
+}
+
+pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
+    let bench = TrainBench {
+        batch: args.batch,
+        seq: args.seq,
+        rank: args.rank,
+        steps: args.steps,
+        nf4: args.quantize.is_nf4(),
+    };
+    let report = bench
+        .run(&args.config, &default_device())
+        .with_context(|| format!("bench train on {}", args.config.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
+    let bench = GenerateBench {
+        batch: args.batch,
+        prompt_len: args.prompt_len,
+        new_tokens: args.new_tokens,
+        adapters: args.adapters,
+        rank: args.rank,
+        nf4: args.quantize.is_nf4(),
+    };
+    let report = bench
+        .run(&args.config, &default_device())
+        .with_context(|| format!("bench generate on {}", args.config.display()))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
