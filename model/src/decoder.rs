@@ -11,6 +11,7 @@
 
 mod attention;
 mod cache;
+mod mixed;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use cache::KvCache;
+use mixed::LoraSel;
+pub use mixed::MixedLora;
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
@@ -440,6 +443,28 @@ impl CausalLm {
         Ok(self.lm_head_forward(last).reshape([b, self.cfg.vocab_size]))
     }
 
+    /// [`CausalLm::forward_last`] for a batch whose rows use different adapters: the base
+    /// projections run once for the whole batch, each adapter's delta on its rows only.
+    pub fn forward_last_mixed(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: &MixedLora<'_>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>, ModelError> {
+        let [b, s] = input_ids.dims();
+        if lora.rows() != b {
+            return Err(ModelError::Input(format!(
+                "{} row adapters for a batch of {b}",
+                lora.rows()
+            )));
+        }
+        let sel = LoraSel::mixed(lora, s, &self.device);
+        let hidden = self.forward_hidden_sel(input_ids, left_pad, &sel, cache, None)?;
+        let last = hidden.slice([0..b, s - 1..s, 0..self.cfg.hidden_size]);
+        Ok(self.lm_head_forward(last).reshape([b, self.cfg.vocab_size]))
+    }
+
     /// Applies the final norm's output projection: hidden `[b, s, h]` → logits `[b, s, vocab]`.
     pub(crate) fn lm_head_forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = hidden.dims();
@@ -455,8 +480,20 @@ impl CausalLm {
         input_ids: Tensor<2, Int>,
         left_pad: &[usize],
         lora: Option<&LoraAdapter>,
+        cache: Option<&mut KvCache>,
+        opts: TrainOpts<'_>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let sel = LoraSel::single(lora);
+        self.forward_hidden_sel(input_ids, left_pad, &sel, cache, opts.dropout)
+    }
+
+    fn forward_hidden_sel(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: &LoraSel<'_>,
         mut cache: Option<&mut KvCache>,
-        mut opts: TrainOpts<'_>,
+        mut dropout: Option<&mut LoraDropout>,
     ) -> Result<Tensor<3>, ModelError> {
         let [b, s] = input_ids.dims();
         let cfg = &self.cfg;
@@ -479,15 +516,7 @@ impl CausalLm {
                 "left_pad {p} exceeds the sequence length {s}"
             )));
         }
-        if let Some(l) = lora
-            && l.num_layers() != cfg.num_hidden_layers
-        {
-            return Err(ModelError::Input(format!(
-                "adapter has {} layers, the model {}",
-                l.num_layers(),
-                cfg.num_hidden_layers
-            )));
-        }
+        lora.check_layers(cfg.num_hidden_layers)?;
         if let Some(c) = cache.as_deref()
             && c.batch() != b
         {
@@ -508,31 +537,22 @@ impl CausalLm {
         let mask = attention::mask(&plan, b, s, &self.device);
 
         for (l, layer) in self.layers.iter().enumerate() {
-            let proj = |t: TargetModule, x: Tensor<2>, opts: &mut TrainOpts<'_>| -> Tensor<2> {
+            let proj = |t: TargetModule, x: Tensor<2>, d: &mut Option<&mut LoraDropout>| {
                 let y = layer.linear(t).forward(x.clone());
-                match lora.and_then(|a| a.module(l, t)) {
-                    Some(m) => {
-                        let x = match opts.dropout.as_deref_mut() {
-                            Some(d) => d.apply(x),
-                            None => x,
-                        };
-                        y.add(m.delta(x))
-                    }
-                    None => y,
-                }
+                lora.add_delta(l, t, x, y, d.as_deref_mut())
             };
             let x = rms_norm(hs.clone(), &layer.input_norm, cfg.rms_norm_eps);
-            let q = proj(TargetModule::Q, x.clone(), &mut opts);
-            let k = proj(TargetModule::K, x.clone(), &mut opts);
-            let v = proj(TargetModule::V, x, &mut opts);
+            let q = proj(TargetModule::Q, x.clone(), &mut dropout);
+            let k = proj(TargetModule::K, x.clone(), &mut dropout);
+            let v = proj(TargetModule::V, x, &mut dropout);
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(l));
             let attn = attention::attend(q, k, v, &cos, &sin, &mask, layer_cache, b, s, cfg);
-            let o = proj(TargetModule::O, attn, &mut opts);
+            let o = proj(TargetModule::O, attn, &mut dropout);
             hs = hs.add(o);
             let x = rms_norm(hs.clone(), &layer.post_norm, cfg.rms_norm_eps);
-            let g = proj(TargetModule::Gate, x.clone(), &mut opts);
-            let u = proj(TargetModule::Up, x, &mut opts);
-            let m = proj(TargetModule::Down, silu(g).mul(u), &mut opts);
+            let g = proj(TargetModule::Gate, x.clone(), &mut dropout);
+            let u = proj(TargetModule::Up, x, &mut dropout);
+            let m = proj(TargetModule::Down, silu(g).mul(u), &mut dropout);
             hs = hs.add(m);
         }
         if let Some(c) = cache {

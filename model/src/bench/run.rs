@@ -8,9 +8,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{gemm_peak_gflops, generate_flops, load_average, peak_rss_bytes, train_step_flops};
+use super::{
+    gemm_peak_gflops, generate_flops, load_average, peak_rss_bytes, rss_bytes, train_step_flops,
+};
 use crate::config::ModelConfig;
-use crate::decoder::CausalLm;
+use crate::decoder::{CausalLm, MixedLora};
 use crate::error::ModelError;
 use crate::init::init_random_checkpoint;
 use crate::lora::{LoraAdapter, LoraConfig, TargetModule};
@@ -55,7 +57,10 @@ pub struct TrainReport {
     pub first_loss: f32,
     pub last_loss: f32,
     pub base_linear_mib: f64,
+    /// Peak resident memory (VmHWM): an NF4 run loads the f32 checkpoint first.
     pub peak_rss_mib: f64,
+    /// Resident memory at the end (VmRSS).
+    pub rss_mib: f64,
     pub load_avg_1m: Option<f64>,
 }
 
@@ -85,7 +90,7 @@ pub struct GenerateReport {
     pub prompt_len: usize,
     pub new_tokens: usize,
     pub adapters: usize,
-    /// How rows with different adapters run: one forward pass per adapter group.
+    /// How rows with different adapters run.
     pub adapter_mode: &'static str,
     pub quantize: &'static str,
     pub seconds: f64,
@@ -99,7 +104,10 @@ pub struct GenerateReport {
     pub gemm_peak_gflops: f64,
     pub mfu: f64,
     pub base_linear_mib: f64,
+    /// Peak resident memory (VmHWM): an NF4 run loads the f32 checkpoint first.
     pub peak_rss_mib: f64,
+    /// Resident memory at the end (VmRSS).
+    pub rss_mib: f64,
     pub load_avg_1m: Option<f64>,
 }
 
@@ -199,6 +207,7 @@ impl TrainBench {
             last_loss,
             base_linear_mib: mib(model.linear_weight_bytes() as f64),
             peak_rss_mib: peak_rss_bytes().map_or(f64::NAN, |b| mib(b as f64)),
+            rss_mib: rss_bytes().map_or(f64::NAN, |b| mib(b as f64)),
             load_avg_1m: load_average(),
         })
     }
@@ -249,22 +258,16 @@ impl GenerateBench {
         let adapters = (0..self.adapters)
             .map(|k| random_adapter(&cfg, self.rank, 100 + k as u64, device))
             .collect::<Result<Vec<_>, _>>()?;
-        // Rows go round-robin to adapters; each adapter's rows run as one group.
-        let groups = self.adapters.clamp(1, self.batch);
+        // Rows go round-robin to adapters, all in one batch.
+        let row_adapter: Vec<Option<usize>> = (0..self.batch)
+            .map(|i| (self.adapters > 0).then(|| i % self.adapters))
+            .collect();
+        let lora = Lora::new(&adapters, &row_adapter)?;
         let prompts = random_rows(self.batch, self.prompt_len, cfg.vocab_size, 2);
-        let mut group_rows: Vec<Vec<Vec<u32>>> = vec![Vec::new(); groups];
-        for (i, p) in prompts.into_iter().enumerate() {
-            group_rows[i % groups].push(p);
-        }
-        // Warm-up: one short run of the first group.
-        self.generate_group(&model, adapters.first(), &group_rows[0], 2)?;
-
+        // Warm-up: a short run.
+        generate_rows(&model, &lora, &prompts, 2)?;
         let t = Instant::now();
-        let mut prefill_seconds = 0.0;
-        for (k, rows) in group_rows.iter().enumerate() {
-            prefill_seconds +=
-                self.generate_group(&model, adapters.get(k), rows, self.new_tokens)?;
-        }
+        let prefill_seconds = generate_rows(&model, &lora, &prompts, self.new_tokens)?;
         let seconds = t.elapsed().as_secs_f64();
         let r = if self.adapters > 0 { self.rank } else { 0 };
         let flops = generate_flops(&cfg, self.batch, self.prompt_len, self.new_tokens, r);
@@ -277,10 +280,9 @@ impl GenerateBench {
             prompt_len: self.prompt_len,
             new_tokens: self.new_tokens,
             adapters: self.adapters,
-            adapter_mode: if groups > 1 {
-                "one forward per adapter group"
-            } else {
-                "single batch"
+            adapter_mode: match lora {
+                Lora::Mixed(_) => "mixed batch: base once, x·A·B per adapter on its rows",
+                Lora::Single(_) => "single adapter",
             },
             quantize: quant_name(self.nf4),
             seconds,
@@ -294,30 +296,53 @@ impl GenerateBench {
             mfu: achieved / peak,
             base_linear_mib: mib(model.linear_weight_bytes() as f64),
             peak_rss_mib: peak_rss_bytes().map_or(f64::NAN, |b| mib(b as f64)),
+            rss_mib: rss_bytes().map_or(f64::NAN, |b| mib(b as f64)),
             load_avg_1m: load_average(),
         })
     }
+}
 
-    /// Greedy generation of `new_tokens` for `rows` with one adapter; returns the prefill
-    /// time in seconds.
-    fn generate_group(
-        &self,
-        model: &CausalLm,
-        adapter: Option<&LoraAdapter>,
-        rows: &[Vec<u32>],
-        new_tokens: usize,
-    ) -> Result<f64, ModelError> {
-        let t = Instant::now();
-        let mut cache = model.new_cache(rows.len());
-        let logits = model.forward_last(model.ids_tensor(rows)?, &[], adapter, Some(&mut cache))?;
-        let mut next = argmax_rows(&logits)?;
-        let prefill = t.elapsed().as_secs_f64();
-        for _ in 1..new_tokens {
-            let feed: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
-            let logits =
-                model.forward_last(model.ids_tensor(&feed)?, &[], adapter, Some(&mut cache))?;
-            next = argmax_rows(&logits)?;
-        }
-        Ok(prefill)
+/// The adapters of a generation batch: one (or none) for all rows, or one per row.
+enum Lora<'a> {
+    Single(Option<&'a LoraAdapter>),
+    Mixed(MixedLora<'a>),
+}
+
+impl<'a> Lora<'a> {
+    fn new(
+        adapters: &'a [LoraAdapter],
+        row_adapter: &'a [Option<usize>],
+    ) -> Result<Self, ModelError> {
+        Ok(if adapters.len() > 1 {
+            Lora::Mixed(MixedLora::new(adapters, row_adapter)?)
+        } else {
+            Lora::Single(adapters.first())
+        })
     }
+}
+
+/// Greedy generation of `new_tokens` for `rows`; returns the prefill time in seconds.
+fn generate_rows(
+    model: &CausalLm,
+    lora: &Lora<'_>,
+    rows: &[Vec<u32>],
+    new_tokens: usize,
+) -> Result<f64, ModelError> {
+    let t = Instant::now();
+    let mut cache = model.new_cache(rows.len());
+    let mut step = |ids: &[Vec<u32>]| -> Result<Vec<u32>, ModelError> {
+        let ids = model.ids_tensor(ids)?;
+        let logits = match lora {
+            Lora::Single(a) => model.forward_last(ids, &[], *a, Some(&mut cache))?,
+            Lora::Mixed(m) => model.forward_last_mixed(ids, &[], m, Some(&mut cache))?,
+        };
+        argmax_rows(&logits)
+    };
+    let mut next = step(rows)?;
+    let prefill = t.elapsed().as_secs_f64();
+    for _ in 1..new_tokens {
+        let feed: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+        next = step(&feed)?;
+    }
+    Ok(prefill)
 }
