@@ -88,6 +88,35 @@ fn generate_json_matches_the_reference_greedy_tokens() {
             "{name}"
         );
     }
+    // A stop string ends generation and is cut from the text; the ids up to it are kept.
+    let dir = fixtures().join("tiny-llama");
+    let prompt = reference("tiny-llama")["prompt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let full = generate_json(&dir, &["--prompt", &prompt, "--max-new-tokens", "16"]);
+    let text = full["text"].as_str().unwrap();
+    let at = text
+        .find(" contributor")
+        .expect("the greedy text holds the stop string");
+    let stopped = generate_json(
+        &dir,
+        &[
+            "--prompt",
+            &prompt,
+            "--max-new-tokens",
+            "16",
+            "--stop",
+            " contributor",
+        ],
+    );
+    assert_eq!(stopped["text"].as_str().unwrap(), &text[..at]);
+    let n = stopped["completion_ids"].as_array().unwrap().len();
+    assert!(n < 16, "stopped early");
+    assert_eq!(
+        stopped["completion_ids"].as_array().unwrap()[..],
+        full["completion_ids"].as_array().unwrap()[..n]
+    );
 }
 
 #[test]
