@@ -41,7 +41,9 @@ pub struct Linear {
     pub bias: Option<Tensor<1>>,
 }
 
-/// How a projection's `Wᵀ` is stored.
+/// How a projection's `Wᵀ` is stored. (A model holds a few dozen of these: boxing the dense
+/// tensor to shrink the enum would buy nothing.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     /// f32 on the model's device.

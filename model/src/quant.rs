@@ -19,7 +19,9 @@ use crate::error::ModelError;
 pub const NF4_BLOCK: usize = 64;
 
 /// The 16 NF4 levels of the QLoRA paper (Appendix E; bitsandbytes' `NF4` table): quantiles
-/// of N(0, 1) normalised to [-1, 1], with an exact zero.
+/// of N(0, 1) normalised to [-1, 1], with an exact zero. Written with the digits the paper
+/// prints, so they can be checked against it; they round to the same f32 values.
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
@@ -88,7 +90,7 @@ impl Nf4Matrix {
             for (j, &v) in block.iter().enumerate() {
                 let code = nf4_index(v * inv);
                 let i = b * NF4_BLOCK + j;
-                packed[i / 2] |= if i % 2 == 0 { code } else { code << 4 };
+                packed[i / 2] |= if i.is_multiple_of(2) { code } else { code << 4 };
             }
         }
         Ok(Self {
@@ -112,7 +114,11 @@ impl Nf4Matrix {
     /// The 4-bit code of element `i` (row-major).
     pub fn code(&self, i: usize) -> u8 {
         let byte = self.packed[i / 2];
-        if i % 2 == 0 { byte & 0x0f } else { byte >> 4 }
+        if i.is_multiple_of(2) {
+            byte & 0x0f
+        } else {
+            byte >> 4
+        }
     }
 
     /// The packed codes.

@@ -11,6 +11,7 @@ use tributary_model::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix, nf4_index};
 use tributary_model::train::{TrainConfig, TrainExample, Trainer};
 
 /// The NF4 data type as printed in the QLoRA paper (Dettmers et al. 2023, Appendix E).
+#[allow(clippy::excessive_precision)]
 const PAPER_NF4: [f32; 16] = [
     -1.0,
     -0.6961928009986877,
