@@ -1,0 +1,128 @@
+//! `tributary bench train|generate` and `--quantize nf4` end to end through the built binary,
+//! on the tiny fixture config (shapes only; timings are not asserted).
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    match std::env::var("TRIBUTARY_FIXTURES") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+    }
+}
+
+fn json_line(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().count(), 1, "one JSON line: {text}");
+    serde_json::from_str(text.trim()).expect("JSON")
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn bench_train_and_generate_print_one_json_line_each() {
+    let config = fixtures().join("tiny-llama/config.json");
+    let config = config.to_str().expect("utf-8 path");
+    let train = json_line(&[
+        "bench", "train", "--config", config, "--batch", "2", "--seq", "8", "--rank", "4",
+        "--steps", "2",
+    ]);
+    assert_eq!(train["bench"], "train");
+    assert_eq!(train["batch"], 2);
+    for key in [
+        "tokens_per_s",
+        "achieved_gflops",
+        "gemm_peak_gflops",
+        "mfu",
+        "peak_rss_mib",
+    ] {
+        assert!(num(&train, key) > 0.0, "{key}: {train}");
+    }
+    assert!(
+        num(&train, "last_loss") < num(&train, "first_loss"),
+        "{train}"
+    );
+
+    let f32_run = json_line(&[
+        "bench",
+        "generate",
+        "--config",
+        config,
+        "--batch",
+        "3",
+        "--adapters",
+        "2",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "3",
+    ]);
+    let nf4_run = json_line(&[
+        "bench",
+        "generate",
+        "--config",
+        config,
+        "--batch",
+        "3",
+        "--adapters",
+        "2",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "3",
+        "--quantize",
+        "nf4",
+    ]);
+    for run in [&f32_run, &nf4_run] {
+        assert_eq!(run["bench"], "generate");
+        assert!(
+            run["adapter_mode"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("mixed")
+        );
+        assert!(num(run, "tokens_per_s") > 0.0 && num(run, "gflop") > 0.0);
+    }
+    assert_eq!(nf4_run["quantize"], "nf4");
+    let ratio = num(&nf4_run, "base_linear_mib") / num(&f32_run, "base_linear_mib");
+    assert!(ratio <= 0.3, "NF4 base takes {ratio}× the f32 bytes");
+}
+
+#[test]
+fn model_generate_accepts_quantize_nf4() {
+    let model = fixtures().join("tiny-llama");
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([
+            "model",
+            "generate",
+            "--json",
+            "--max-new-tokens",
+            "4",
+            "--ignore-eos",
+        ])
+        .args(["--prompt", "hello", "--quantize", "nf4", "--model"])
+        .arg(&model)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["completion_ids"].as_array().map(Vec::len), Some(4), "{v}");
+}
