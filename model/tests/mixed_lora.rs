@@ -8,13 +8,18 @@ use common::*;
 use tributary_model::decoder::{CausalLm, MixedLora};
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
 
-fn second_adapter(model: &CausalLm) -> LoraAdapter {
-    let cfg = LoraConfig::new(4, 8.0, &[TargetModule::Q, TargetModule::Down]);
-    let mut a = LoraAdapter::init(cfg, model.config(), 3, model.device()).expect("init");
+/// An adapter of rank `r` on `targets` with random `A` and `B`.
+fn random_adapter(model: &CausalLm, r: usize, targets: &[TargetModule], seed: u64) -> LoraAdapter {
+    let cfg = LoraConfig::new(r, 2.0 * r as f64, targets);
+    let mut a = LoraAdapter::init(cfg, model.config(), seed, model.device()).expect("init");
     for (_, _, m) in a.iter_mut() {
         m.b = Tensor::random(m.b.dims(), Distribution::Normal(0.0, 0.5), model.device());
     }
     a
+}
+
+fn second_adapter(model: &CausalLm) -> LoraAdapter {
+    random_adapter(model, 4, &[TargetModule::Q, TargetModule::Down], 3)
 }
 
 /// Greedy steps for rows `rows` with per-row adapters: the last-position logits of the
@@ -72,8 +77,10 @@ fn run_single(
     out
 }
 
+/// The fixture adapter (rank 4 everywhere) and a rank-4 one on q and down: every module
+/// takes the row-stacked path.
 #[test]
-fn mixed_batch_matches_each_row_alone() {
+fn mixed_batch_of_one_rank_matches_each_row_alone() {
     let dev = device();
     let model = CausalLm::load(&model_dir("tiny-llama"), &dev).expect("load");
     let first = LoraAdapter::load(
@@ -82,26 +89,40 @@ fn mixed_batch_matches_each_row_alone() {
         &dev,
     )
     .expect("adapter");
-    let second = second_adapter(&model);
-    let adapters = vec![first, second];
+    check_rows_alone(&model, vec![first, second_adapter(&model)]);
+}
+
+/// Ranks 4 and 8 on q and down: those modules take the per-adapter row groups, the others
+/// (adapted by the rank-8 one only) the row-stacked path.
+#[test]
+fn mixed_batch_of_different_ranks_matches_each_row_alone() {
+    let dev = device();
+    let model = CausalLm::load(&model_dir("tiny-llama"), &dev).expect("load");
+    let wide = random_adapter(&model, 8, &TargetModule::ALL, 5);
+    check_rows_alone(&model, vec![wide, second_adapter(&model)]);
+}
+
+fn check_rows_alone(model: &CausalLm, adapters: Vec<LoraAdapter>) {
     let row_adapter = [Some(1), None, Some(0), Some(1)];
     let lora = MixedLora::new(&adapters, &row_adapter).expect("mixed");
     let rows: Vec<Vec<u32>> = (0..4)
         .map(|r| (0..6).map(|i| ((i * 5 + r * 11) % 60 + 3) as u32).collect())
         .collect();
     let steps = 3;
-    let mixed = run_mixed(&model, &lora, &rows, steps);
+    let mixed = run_mixed(model, &lora, &rows, steps);
     let v = model.config().vocab_size;
     for (r, (row, a)) in rows.iter().zip(row_adapter).enumerate() {
-        let alone = run_single(&model, a.map(|k| &adapters[k]), row, steps);
+        let alone = run_single(model, a.map(|k| &adapters[k]), row, steps);
         for (step, (m, s)) in mixed.iter().zip(&alone).enumerate() {
             let diff = max_abs_diff(&m[r * v..(r + 1) * v], s);
             assert!(diff < 1e-4, "row {r} step {step}: {diff}");
         }
     }
     // The adapters really differ: row 0 (second adapter) alone without it is different.
-    let plain = run_single(&model, None, &rows[0], 0);
-    assert!(max_abs_diff(&mixed[0][..v], &plain[0]) > 1e-3);
+    for r in [0, 2] {
+        let plain = run_single(model, None, &rows[r], 0);
+        assert!(max_abs_diff(&mixed[0][r * v..(r + 1) * v], &plain[0]) > 1e-3);
+    }
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! Which LoRA deltas a forward pass adds: none, one adapter for the whole batch, or a
 //! different adapter per row ([`MixedLora`]).
 //!
-//! A mixed batch runs the base projection once for all rows, then for each adapter gathers
-//! its rows, computes `x·Aᵀ·Bᵀ·scale` for them alone (two thin GEMMs) and adds the result
-//! back into those rows. The base weights, the expensive part, are read once per step
-//! whatever the number of adapters.
+//! A mixed batch runs the base projection once for all rows (the base weights, the expensive
+//! part, are read once per step whatever the number of adapters), then adds each row's own
+//! LoRA delta. When every adapter that adapts a module uses the same rank there, the row
+//! factors are stacked once, at [`MixedLora::new`], into `Aᵀ` `[rows, in, r]` and
+//! `Bᵀ·scale` `[rows, r, out]` (zeros for rows without that adapter), and the deltas of all
+//! rows are two batched matmuls per module. Otherwise each adapter's rows are gathered and
+//! its `x·Aᵀ·Bᵀ·scale` computed on them alone, then added back (four operations per adapter).
 
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
@@ -12,11 +15,15 @@ use crate::error::ModelError;
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::train::dropout::LoraDropout;
 
+/// Per layer and module: the row-stacked factors, when the ranks allow stacking.
+type Stacked = Vec<[Option<(Tensor<3>, Tensor<3>)>; 7]>;
+
 /// A batch whose row `i` uses `adapters[row_adapter[i]]`, or no adapter when `None`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MixedLora<'a> {
     adapters: &'a [LoraAdapter],
     row_adapter: &'a [Option<usize>],
+    stacked: Stacked,
 }
 
 impl<'a> MixedLora<'a> {
@@ -31,9 +38,14 @@ impl<'a> MixedLora<'a> {
                 adapters.len()
             )));
         }
+        let layers = adapters.first().map_or(0, LoraAdapter::num_layers);
+        let stacked = (0..layers)
+            .map(|l| TargetModule::ALL.map(|t| stack_rows(adapters, row_adapter, l, t)))
+            .collect();
         Ok(Self {
             adapters,
             row_adapter,
+            stacked,
         })
     }
 
@@ -49,7 +61,11 @@ impl<'a> MixedLora<'a> {
 
     /// For a call with `s` positions per row: each used adapter with the indices of its
     /// rows in the flattened `[rows·s]` activations.
-    fn groups(&self, s: usize, device: &Device) -> Vec<(&'a LoraAdapter, Tensor<1, Int>)> {
+    pub(crate) fn groups(
+        &self,
+        s: usize,
+        device: &Device,
+    ) -> Vec<(&'a LoraAdapter, Tensor<1, Int>)> {
         let mut out = Vec::new();
         for (k, adapter) in self.adapters.iter().enumerate() {
             let idx: Vec<i64> = self
@@ -71,12 +87,49 @@ impl<'a> MixedLora<'a> {
     }
 }
 
+/// `Aᵀ` `[rows, in, r]` and `Bᵀ·scale` `[rows, r, out]` of module `t` in layer `l` for every
+/// row, or `None` when no adapter adapts it or the adapters' ranks differ there.
+fn stack_rows(
+    adapters: &[LoraAdapter],
+    row_adapter: &[Option<usize>],
+    l: usize,
+    t: TargetModule,
+) -> Option<(Tensor<3>, Tensor<3>)> {
+    let modules: Vec<_> = adapters.iter().map(|a| a.module(l, t)).collect();
+    let first = modules.iter().flatten().next()?;
+    let ([r, fan_in], [fan_out, _]) = (first.a.dims(), first.b.dims());
+    if modules.iter().flatten().any(|m| m.a.dims()[0] != r) {
+        return None;
+    }
+    let device = first.a.device();
+    let mut a_rows = Vec::with_capacity(row_adapter.len());
+    let mut b_rows = Vec::with_capacity(row_adapter.len());
+    for k in row_adapter {
+        match k.and_then(|k| modules.get(k).copied().flatten()) {
+            Some(m) => {
+                a_rows.push(m.a.clone().transpose());
+                b_rows.push(m.b.clone().transpose().mul_scalar(m.scale));
+            }
+            None => {
+                a_rows.push(Tensor::zeros([fan_in, r], &device));
+                b_rows.push(Tensor::zeros([r, fan_out], &device));
+            }
+        }
+    }
+    Some((Tensor::stack(a_rows, 0), Tensor::stack(b_rows, 0)))
+}
+
 /// The LoRA deltas of one forward call.
 pub(crate) enum LoraSel<'a> {
     None,
     One(&'a LoraAdapter),
-    /// Per-adapter row groups (see [`MixedLora::groups`]).
-    Mixed(Vec<(&'a LoraAdapter, Tensor<1, Int>)>),
+    /// Row-stacked factors where possible, per-adapter row groups (see
+    /// [`MixedLora::groups`]) for the other modules.
+    Mixed {
+        lora: &'a MixedLora<'a>,
+        groups: Vec<(&'a LoraAdapter, Tensor<1, Int>)>,
+        seq: usize,
+    },
 }
 
 impl<'a> LoraSel<'a> {
@@ -84,8 +137,12 @@ impl<'a> LoraSel<'a> {
         lora.map_or(LoraSel::None, LoraSel::One)
     }
 
-    pub(crate) fn mixed(m: &MixedLora<'a>, s: usize, device: &Device) -> Self {
-        LoraSel::Mixed(m.groups(s, device))
+    pub(crate) fn mixed(lora: &'a MixedLora<'a>, seq: usize, device: &Device) -> Self {
+        LoraSel::Mixed {
+            lora,
+            groups: lora.groups(seq, device),
+            seq,
+        }
     }
 
     /// Every adapter involved has `layers` layers.
@@ -93,7 +150,11 @@ impl<'a> LoraSel<'a> {
         let bad = match self {
             LoraSel::None => None,
             LoraSel::One(a) => (a.num_layers() != layers).then_some(a.num_layers()),
-            LoraSel::Mixed(g) => g.iter().map(|(a, _)| a.num_layers()).find(|&n| n != layers),
+            LoraSel::Mixed { lora, .. } => lora
+                .adapters
+                .iter()
+                .map(LoraAdapter::num_layers)
+                .find(|&n| n != layers),
         };
         match bad {
             Some(n) => Err(ModelError::Input(format!(
@@ -124,7 +185,19 @@ impl<'a> LoraSel<'a> {
                 }
                 None => y,
             },
-            LoraSel::Mixed(groups) => {
+            LoraSel::Mixed { lora, seq, .. }
+                if let Some(Some((a, b))) = lora.stacked.get(l).map(|m| &m[t.index()]) =>
+            {
+                let [n, fan_in] = x.dims();
+                let rows = n / seq;
+                let d = x
+                    .reshape([rows, *seq, fan_in])
+                    .matmul(a.clone())
+                    .matmul(b.clone());
+                let [_, _, fan_out] = d.dims();
+                y.add(d.reshape([n, fan_out]))
+            }
+            LoraSel::Mixed { groups, .. } => {
                 let mut y = y;
                 for (a, idx) in groups {
                     if let Some(m) = a.module(l, t) {
