@@ -47,7 +47,16 @@ impl Actor for WorkerActor {
         match msg {
             WorkerMsg::Command(cmd, reply) => {
                 let span = info_span!("worker_command", node = %core.node(), job = %cmd.msg.job, token = cmd.msg.fencing);
-                let out = span.in_scope(|| core.handle(cmd));
+                // Gradient computation is CPU-bound: on a multi-threaded runtime, tell tokio
+                // so other tasks (QUIC keep-alives, etcd leases) move off this thread.
+                let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+                let out = if multi {
+                    tokio::task::block_in_place(|| span.in_scope(|| core.handle(cmd)))
+                } else {
+                    span.in_scope(|| core.handle(cmd))
+                };
                 // The caller may have timed out and gone; that is not the worker's failure.
                 let _ = reply.send(out);
             }

@@ -8,8 +8,10 @@ pub mod core;
 pub mod executor;
 pub mod service;
 pub mod toy;
+pub mod trainer_exec;
 
 pub use actor::{LocalLinkFactory, LocalWorkerLink, WorkerActor, WorkerMsg, spawn_worker};
 pub use core::WorkerCore;
 pub use executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor};
 pub use service::WorkerService;
+pub use trainer_exec::{DefaultFactory, TrainerExecutor};

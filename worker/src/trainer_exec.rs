@@ -1,0 +1,257 @@
+//! The model crate's LoRA [`Trainer`] as a [`ShardExecutor`]: each worker loads the base
+//! model, tokenizer and JSONL data named by the spec, computes gradients of the summed token
+//! loss for its micro-batches, and applies the fixed-order sum exactly as
+//! [`Trainer::train_step`] would (divide by the step's tokens, clip, AdamW).
+//!
+//! Example order: position `p` of the global order is example `perm_e[p mod n]` of epoch
+//! `e = p div n`, with `perm_e = permutation(n, seed + e)`. LoRA dropout masks depend on the
+//! example's index within its step, so any split over workers draws the same masks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tributary_model::data::{DataOptions, load_jsonl, permutation};
+use tributary_model::decoder::CausalLm;
+use tributary_model::lora::{LoraConfig, TargetModule};
+use tributary_model::tokenizer::Tokenizer;
+use tributary_model::train::{LoraGradients, TrainConfig, TrainExample, Trainer};
+use tributary_model::weights::HostTensor;
+use tributary_protocol::{JobSpec, MicroBatch};
+
+use crate::executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor};
+
+/// Longest sequence kept when the model allows more.
+pub const MAX_SEQ_LEN: usize = 512;
+
+fn setup(e: impl std::fmt::Display) -> ExecError {
+    ExecError::Setup(e.to_string())
+}
+
+/// LoRA fine-tuning of a Hugging Face checkpoint directory.
+pub struct TrainerExecutor {
+    model: CausalLm,
+    trainer: Trainer,
+    examples: Vec<TrainExample>,
+    batch_size: u64,
+    seed: u64,
+    /// `[A, B]` shapes per adapter module, canonical order (the flat gradient layout).
+    shapes: Vec<[Vec<usize>; 2]>,
+    perms: BTreeMap<u64, Vec<usize>>,
+}
+
+impl TrainerExecutor {
+    /// Loads everything the spec names.
+    pub fn new(spec: &JobSpec) -> Result<Self, ExecError> {
+        let dir = Path::new(&spec.base_model);
+        let device = tributary_model::device::default_device();
+        let model = CausalLm::load(dir, &device).map_err(setup)?;
+        let tokenizer = Tokenizer::from_dir(dir).map_err(setup)?;
+        let eos = tokenizer
+            .eos_token_id()
+            .or_else(|| model.generation_config().eos_token_ids.first().copied());
+        let options = DataOptions {
+            max_seq_len: model.config().max_position_embeddings.min(MAX_SEQ_LEN),
+            eos_token_id: eos,
+        };
+        let data = load_jsonl(Path::new(&spec.data), &tokenizer, &options).map_err(setup)?;
+        let examples: Vec<TrainExample> = data.examples.into_iter().map(|e| e.example).collect();
+        if examples.is_empty() {
+            return Err(ExecError::Setup(format!("{}: no examples", spec.data)));
+        }
+        let targets = spec
+            .lora
+            .target_modules
+            .iter()
+            .map(|n| {
+                TargetModule::from_name(n).ok_or_else(|| {
+                    ExecError::Setup(format!("lora.target_modules: unknown module {n:?}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut lora = LoraConfig::new(
+            spec.lora.rank as usize,
+            f64::from(spec.lora.alpha),
+            &targets,
+        );
+        lora.lora_dropout = f64::from(spec.lora.dropout);
+        lora.base_model_name_or_path = Some(spec.base_model.clone());
+        let cfg = TrainConfig {
+            lr: spec.train.lr,
+            warmup_steps: spec.train.warmup,
+            total_steps: spec.total_steps(examples.len() as u64),
+            grad_accum_steps: spec.micro_batches() as usize,
+            max_grad_norm: spec.train.max_grad_norm.map(f64::from),
+            batch_size: spec.micro_batch_size() as usize,
+            seed: spec.train.seed,
+            ..TrainConfig::default()
+        };
+        let trainer = Trainer::new(&model, lora, cfg).map_err(setup)?;
+        let shapes = trainer
+            .adapter()
+            .iter()
+            .map(|(_, _, m)| [m.a.dims().to_vec(), m.b.dims().to_vec()])
+            .collect();
+        Ok(Self {
+            model,
+            trainer,
+            examples,
+            batch_size: u64::from(spec.train.batch_size),
+            seed: spec.train.seed,
+            shapes,
+            perms: BTreeMap::new(),
+        })
+    }
+
+    /// The example at position `pos` of the job's global example order.
+    pub fn example_at(&mut self, pos: u64) -> TrainExample {
+        let n = self.examples.len() as u64;
+        let epoch = pos / n;
+        let seed = self.seed.wrapping_add(epoch);
+        let perm = self
+            .perms
+            .entry(epoch)
+            .or_insert_with(|| permutation(n as usize, seed));
+        let idx = perm.get((pos % n) as usize).copied().unwrap_or(0);
+        self.examples[idx].clone()
+    }
+
+    /// The trained adapter so far.
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+}
+
+impl ShardExecutor for TrainerExecutor {
+    fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError> {
+        let exs: Vec<TrainExample> = (0..u64::from(mb.len))
+            .map(|k| self.example_at(mb.start + k))
+            .collect();
+        let first = mb.start.saturating_sub(step * self.batch_size);
+        let g = self
+            .trainer
+            .compute_gradients(&exs, first)
+            .map_err(|e| ExecError::Compute(e.to_string()))?;
+        let host = g.to_host().map_err(|e| ExecError::Compute(e.to_string()))?;
+        let mut flat = Vec::with_capacity(self.num_params());
+        for [a, b] in host {
+            flat.extend_from_slice(&a.values);
+            flat.extend_from_slice(&b.values);
+        }
+        Ok(MicroGrad {
+            loss_sum: g.loss_sum,
+            tokens: g.tokens as u64,
+            grads: flat,
+        })
+    }
+
+    fn apply(&mut self, _step: u64, summed: &[f32], tokens: u64) -> Result<(), ExecError> {
+        if summed.len() != self.num_params() {
+            return Err(ExecError::Update(format!(
+                "gradient has {} values, the adapter has {}",
+                summed.len(),
+                self.num_params()
+            )));
+        }
+        let mut at = 0;
+        let mut host = Vec::with_capacity(self.shapes.len());
+        for [sa, sb] in &self.shapes {
+            let mut take = |shape: &Vec<usize>| {
+                let n: usize = shape.iter().product();
+                let t = HostTensor {
+                    shape: shape.clone(),
+                    values: summed[at..at + n].to_vec(),
+                };
+                at += n;
+                t
+            };
+            host.push([take(sa), take(sb)]);
+        }
+        let grads = LoraGradients::from_host(0.0, tokens as usize, 0, &host, self.model.device())
+            .map_err(|e| ExecError::Update(e.to_string()))?;
+        self.trainer
+            .apply_gradients(grads)
+            .map(|_| ())
+            .map_err(|e| ExecError::Update(e.to_string()))
+    }
+
+    fn checkpoint(&self) -> Result<Vec<u8>, ExecError> {
+        let cp = |e: &dyn std::fmt::Display| ExecError::Checkpoint(e.to_string());
+        let tmp = tempfile::tempdir().map_err(|e| cp(&e))?;
+        let dir = tmp.path().join("cp");
+        self.trainer.save_checkpoint(&dir).map_err(|e| cp(&e))?;
+        pack_dir(&dir).map_err(|e| cp(&e))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), ExecError> {
+        let cp = |e: &dyn std::fmt::Display| ExecError::Checkpoint(e.to_string());
+        let tmp = tempfile::tempdir().map_err(|e| cp(&e))?;
+        let dir = tmp.path().join("cp");
+        unpack_dir(state, &dir)?;
+        self.trainer = Trainer::resume(&dir, &self.model).map_err(|e| cp(&e))?;
+        Ok(())
+    }
+
+    fn num_params(&self) -> usize {
+        self.shapes
+            .iter()
+            .map(|[a, b]| a.iter().product::<usize>() + b.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// A flat directory as bytes: per file, u32 name length, name, u64 size, contents.
+fn pack_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let data = std::fs::read(dir.join(&name))?;
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        out.extend_from_slice(&data);
+    }
+    Ok(out)
+}
+
+fn unpack_dir(mut bytes: &[u8], dir: &Path) -> Result<(), ExecError> {
+    let bad = |why: &str| ExecError::Checkpoint(format!("malformed checkpoint: {why}"));
+    std::fs::create_dir_all(dir).map_err(|e| ExecError::Checkpoint(e.to_string()))?;
+    while !bytes.is_empty() {
+        let (len, rest) = bytes
+            .split_at_checked(4)
+            .ok_or_else(|| bad("name length"))?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (name, rest) = rest.split_at_checked(len).ok_or_else(|| bad("name"))?;
+        let name = std::str::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
+        if name.contains('/') || name.contains('\\') || name.starts_with('.') || name.is_empty() {
+            return Err(bad("file name"));
+        }
+        let (size, rest) = rest.split_at_checked(8).ok_or_else(|| bad("size"))?;
+        let mut s = [0u8; 8];
+        s.copy_from_slice(size);
+        let size = usize::try_from(u64::from_le_bytes(s)).map_err(|_| bad("size"))?;
+        let (data, rest) = rest.split_at_checked(size).ok_or_else(|| bad("contents"))?;
+        std::fs::write(dir.join(name), data).map_err(|e| ExecError::Checkpoint(e.to_string()))?;
+        bytes = rest;
+    }
+    Ok(())
+}
+
+/// Chooses the executor by `base_model`: `builtin:linear` is the reference model in
+/// [`crate::toy`]; anything else is a checkpoint directory trained with [`TrainerExecutor`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultFactory;
+
+impl ExecutorFactory for DefaultFactory {
+    fn create(&self, spec: &JobSpec) -> Result<Box<dyn ShardExecutor>, ExecError> {
+        if spec.base_model.starts_with("builtin:") {
+            return crate::toy::LinearFactory.create(spec);
+        }
+        Ok(Box::new(TrainerExecutor::new(spec)?))
+    }
+}
