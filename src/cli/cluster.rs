@@ -16,8 +16,8 @@ use tributary_coordinator::etcd::{
 use tributary_coordinator::{CoordinatorConfig, spawn_coordinator};
 use tributary_protocol::link::QuicLinkFactory;
 use tributary_protocol::{NodeId, NodeTls, QuicServer, ShutdownController, WorkerInfo};
-use tributary_worker::toy::{DelayedFactory, LinearFactory};
-use tributary_worker::{ExecutorFactory, WorkerCore, WorkerService, spawn_worker};
+use tributary_worker::toy::DelayedFactory;
+use tributary_worker::{DefaultFactory, ExecutorFactory, WorkerCore, WorkerService, spawn_worker};
 
 /// Flags shared by both roles.
 #[derive(Debug, Args)]
@@ -150,7 +150,8 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let (node, tls) = load(&args.common)?;
-    let mut factory: Arc<dyn ExecutorFactory> = Arc::new(LinearFactory);
+    // `builtin:linear` specs run the reference model; others the LoRA trainer.
+    let mut factory: Arc<dyn ExecutorFactory> = Arc::new(DefaultFactory);
     if args.micro_batch_delay_ms > 0 {
         factory = Arc::new(DelayedFactory {
             inner: factory,
