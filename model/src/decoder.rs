@@ -11,6 +11,7 @@
 
 mod attention;
 mod cache;
+mod linear;
 mod mixed;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use cache::KvCache;
+pub use linear::{Linear, LinearWeight};
 use mixed::LoraSel;
 pub use mixed::MixedLora;
 
@@ -29,90 +31,6 @@ use crate::lora::{LoraAdapter, TargetModule};
 use crate::quant::Nf4Matrix;
 use crate::train::dropout::LoraDropout;
 use crate::weights::TensorStore;
-
-/// A linear projection `y = x·Wᵀ + b`. `W` (`[out, in]` in the checkpoint) is kept
-/// transposed, `[in, out]` and contiguous: burn multiplies that layout far faster than a
-/// transposed view when `x` has few rows, as in decoding.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    /// `Wᵀ`, `[in, out]`, dense or NF4.
-    pub weight_t: LinearWeight,
-    /// `[out]`, when the projection has a bias.
-    pub bias: Option<Tensor<1>>,
-}
-
-/// How a projection's `Wᵀ` is stored. (A model holds a few dozen of these: boxing the dense
-/// tensor to shrink the enum would buy nothing.)
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum LinearWeight {
-    /// f32 on the model's device.
-    Dense(Tensor<2>),
-    /// 4-bit NormalFloat in host memory, dequantized for every use (QLoRA's frozen base).
-    Nf4(Arc<Nf4Matrix>),
-}
-
-impl LinearWeight {
-    /// `[in, out]`.
-    pub fn dims(&self) -> [usize; 2] {
-        match self {
-            LinearWeight::Dense(t) => t.dims(),
-            LinearWeight::Nf4(q) => q.shape(),
-        }
-    }
-
-    /// `Wᵀ` as an f32 tensor on `device` (a dequantized copy for NF4).
-    pub fn dense(&self, device: &Device) -> Tensor<2> {
-        match self {
-            LinearWeight::Dense(t) => t.clone(),
-            LinearWeight::Nf4(q) => q.dequantize_tensor(device),
-        }
-    }
-}
-
-impl Linear {
-    /// `x` `[n, in]` → `[n, out]`.
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let w = self.weight_t.dense(&x.device());
-        let y = x.matmul(w);
-        match &self.bias {
-            Some(b) => y.add(b.clone().unsqueeze_dim(0)),
-            None => y,
-        }
-    }
-
-    /// `W` as the checkpoint stores it, `[out, in]` (a transposed view; dequantized for NF4).
-    pub fn weight(&self, device: &Device) -> Tensor<2> {
-        self.weight_t.dense(device).transpose()
-    }
-
-    /// Bytes of `Wᵀ`'s stored representation (f32: 4 per value; NF4: codes and scales).
-    pub fn weight_bytes(&self) -> usize {
-        match &self.weight_t {
-            LinearWeight::Dense(t) => t.shape().num_elements() * std::mem::size_of::<f32>(),
-            LinearWeight::Nf4(q) => q.resident_bytes(),
-        }
-    }
-
-    fn load(
-        store: &TensorStore,
-        prefix: &str,
-        out_in: [usize; 2],
-        bias: bool,
-        device: &Device,
-    ) -> Result<Self, ModelError> {
-        let weight_t = store.tensor_transposed(&format!("{prefix}.weight"), out_in, device)?;
-        let bias = if bias {
-            Some(store.tensor(&format!("{prefix}.bias"), [out_in[0]], device)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            weight_t: LinearWeight::Dense(weight_t),
-            bias,
-        })
-    }
-}
 
 /// One decoder layer's weights.
 #[derive(Debug, Clone)]
@@ -200,11 +118,32 @@ impl CausalLm {
         Self::from_store(cfg, gen_cfg, &store, device)
     }
 
+    /// [`CausalLm::load`] with the seven projections of every layer stored in NF4 as they are
+    /// read (QLoRA's frozen base), so the f32 copies of those weights never exist; same
+    /// result as `load` followed by [`CausalLm::quantize_nf4`].
+    pub fn load_nf4(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let _span = tracing::info_span!("model_load_nf4", dir = %dir.display()).entered();
+        let cfg = ModelConfig::load(dir)?;
+        let gen_cfg = GenerationConfig::load_or_default(dir, &cfg)?;
+        let store = TensorStore::open_checkpoint(dir)?;
+        Self::from_store_with(cfg, gen_cfg, &store, true, device)
+    }
+
     /// Builds the model from already opened tensors.
     pub fn from_store(
         cfg: ModelConfig,
         gen_cfg: GenerationConfig,
         store: &TensorStore,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        Self::from_store_with(cfg, gen_cfg, store, false, device)
+    }
+
+    fn from_store_with(
+        cfg: ModelConfig,
+        gen_cfg: GenerationConfig,
+        store: &TensorStore,
+        nf4: bool,
         device: &Device,
     ) -> Result<Self, ModelError> {
         let h = cfg.hidden_size;
@@ -226,6 +165,7 @@ impl CausalLm {
                     &format!("{p}.self_attn.q_proj"),
                     [qd, h],
                     qkv_bias,
+                    nf4,
                     device,
                 )?,
                 k: Linear::load(
@@ -233,6 +173,7 @@ impl CausalLm {
                     &format!("{p}.self_attn.k_proj"),
                     [kvd, h],
                     qkv_bias,
+                    nf4,
                     device,
                 )?,
                 v: Linear::load(
@@ -240,6 +181,7 @@ impl CausalLm {
                     &format!("{p}.self_attn.v_proj"),
                     [kvd, h],
                     qkv_bias,
+                    nf4,
                     device,
                 )?,
                 o: Linear::load(
@@ -247,6 +189,7 @@ impl CausalLm {
                     &format!("{p}.self_attn.o_proj"),
                     [h, qd],
                     o_bias,
+                    nf4,
                     device,
                 )?,
                 post_norm: store.tensor(
@@ -259,6 +202,7 @@ impl CausalLm {
                     &format!("{p}.mlp.gate_proj"),
                     [im, h],
                     cfg.mlp_bias,
+                    nf4,
                     device,
                 )?,
                 up: Linear::load(
@@ -266,6 +210,7 @@ impl CausalLm {
                     &format!("{p}.mlp.up_proj"),
                     [im, h],
                     cfg.mlp_bias,
+                    nf4,
                     device,
                 )?,
                 down: Linear::load(
@@ -273,6 +218,7 @@ impl CausalLm {
                     &format!("{p}.mlp.down_proj"),
                     [h, im],
                     cfg.mlp_bias,
+                    nf4,
                     device,
                 )?,
             });

@@ -159,6 +159,27 @@ fn nf4_base_is_small_and_its_logits_stay_close() {
 }
 
 #[test]
+fn loading_into_nf4_equals_quantizing_after_loading() {
+    for name in MODELS {
+        let dev = device();
+        let mut after = CausalLm::load(&model_dir(name), &dev).expect("load");
+        after.quantize_nf4().expect("quantize");
+        let direct = CausalLm::load_nf4(&model_dir(name), &dev).expect("load_nf4");
+        assert_eq!(direct.linear_weight_bytes(), after.linear_weight_bytes());
+        for (la, lb) in direct.layers.iter().zip(&after.layers) {
+            for t in TargetModule::ALL {
+                match (&la.linear(t).weight_t, &lb.linear(t).weight_t) {
+                    (LinearWeight::Nf4(a), LinearWeight::Nf4(b)) => {
+                        assert_eq!(a, b, "{name} {t:?}")
+                    }
+                    _ => panic!("{name} {t:?} is not NF4"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn training_on_an_nf4_base_lowers_the_loss() {
     let name = "tiny-llama";
     let dev = device();

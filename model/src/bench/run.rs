@@ -125,13 +125,15 @@ pub fn random_model(config: &Path, device: &Device, nf4: bool) -> Result<CausalL
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     ));
-    let made = init_random_checkpoint(config, 0, &dir).and_then(|_| CausalLm::load(&dir, device));
+    let made = init_random_checkpoint(config, 0, &dir).and_then(|_| {
+        if nf4 {
+            CausalLm::load_nf4(&dir, device)
+        } else {
+            CausalLm::load(&dir, device)
+        }
+    });
     let _ = std::fs::remove_dir_all(&dir);
-    let mut model = made?;
-    if nf4 {
-        model.quantize_nf4()?;
-    }
-    Ok(model)
+    made
 }
 
 fn param_count(cfg: &ModelConfig) -> usize {
