@@ -57,12 +57,16 @@ pub struct MotoServer {
 }
 
 impl MotoServer {
-    /// Starts `moto_server -H 127.0.0.1 -p PORT` and waits until it answers HTTP.
+    /// Starts `moto_server -H 127.0.0.1 -p PORT` and waits until it answers HTTP. The
+    /// program is `$TRIBUTARY_MOTO_SERVER` when set (scripts/setup-test-deps.sh sets it where
+    /// moto lives in a virtual environment), else `moto_server` on `PATH`.
     pub fn start() -> Result<Self, TestkitError> {
+        let program =
+            std::env::var_os("TRIBUTARY_MOTO_SERVER").unwrap_or_else(|| "moto_server".into());
         let mut last = None;
         for _ in 0..3 {
             let port = free_port()?;
-            let child = Command::new("moto_server")
+            let child = Command::new(&program)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
