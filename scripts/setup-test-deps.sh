@@ -10,6 +10,9 @@ build_only=0
 
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+# etcd-client's protos import google/protobuf/*.proto, which Debian ships in libprotobuf-dev
+# (protobuf-compiler only recommends it).
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 if [ $build_only -eq 0 ]; then
   command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 fi
