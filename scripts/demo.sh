@@ -4,7 +4,5 @@
 # job on the embedded default — no servers to install. Extra arguments go to `demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v protoc >/dev/null 2>&1; then
-  scripts/setup-test-deps.sh --build-only
-fi
+scripts/setup-test-deps.sh --build-only   # protoc and its protos; a no-op when present
 exec cargo run --release --quiet -- demo "$@"
