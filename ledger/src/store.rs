@@ -332,17 +332,7 @@ impl Store {
             .try_collect()
             .await
             .map_err(|e| self.io("list", prefix, e))?;
-        let base = prefix.as_ref();
-        let mut names: Vec<String> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let full = m.location.as_ref().to_string();
-                full.strip_prefix(base)
-                    .map(|s| s.trim_start_matches('/').to_string())
-            })
-            .collect();
-        names.sort();
-        Ok(names)
+        Ok(names_under(prefix, metas))
     }
 
     /// Object names under `prefix` that sort after `prefix/after`, sorted.
@@ -358,17 +348,7 @@ impl Store {
             .try_collect()
             .await
             .map_err(|e| self.io("list", prefix, e))?;
-        let base = prefix.as_ref();
-        let mut names: Vec<String> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let full = m.location.as_ref().to_string();
-                full.strip_prefix(base)
-                    .map(|s| s.trim_start_matches('/').to_string())
-            })
-            .collect();
-        names.sort();
-        Ok(names)
+        Ok(names_under(prefix, metas))
     }
 
     /// Checks, once per `Store`, that conditional create is atomic here: a second create of
@@ -436,6 +416,22 @@ impl Store {
         tracing::debug!("conditional create self-test passed");
         Ok(())
     }
+}
+
+/// The names of `metas` relative to `prefix` (the part after `prefix/`), sorted.
+fn names_under(prefix: &Path, metas: Vec<object_store::ObjectMeta>) -> Vec<String> {
+    let base = prefix.as_ref();
+    let mut names: Vec<String> = metas
+        .into_iter()
+        .filter_map(|m| {
+            m.location
+                .as_ref()
+                .strip_prefix(base)
+                .map(|s| s.trim_start_matches('/').to_string())
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 #[cfg(test)]
