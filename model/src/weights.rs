@@ -130,15 +130,19 @@ impl TensorStore {
         self.entries.get(name).map(|e| e.info.shape.clone())
     }
 
-    /// A tensor's values as f32 (f16, bf16 and f64 are converted), with its shape.
-    pub fn get_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
-        let entry = self
-            .entries
+    /// The index entry for `name`, or an error naming the tensor and where it was looked for.
+    fn entry(&self, name: &str) -> Result<&Entry, ModelError> {
+        self.entries
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor {
                 name: name.to_string(),
                 location: self.location.clone(),
-            })?;
+            })
+    }
+
+    /// A tensor's values as f32 (f16, bf16 and f64 are converted), with its shape.
+    pub fn get_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+        let entry = self.entry(name)?;
         let (path, bytes, base) = &self.files[entry.file];
         let (start, end) = entry.info.data_offsets;
         let raw = bytes
@@ -206,13 +210,7 @@ impl TensorStore {
 
     /// An integer tensor's values as i64 (I64, I32, U32, U8 are accepted), with its shape.
     pub fn get_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>), ModelError> {
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                name: name.to_string(),
-                location: self.location.clone(),
-            })?;
+        let entry = self.entry(name)?;
         let (_, bytes, base) = &self.files[entry.file];
         let (start, end) = entry.info.data_offsets;
         let raw = bytes.get(base + start..base + end).unwrap_or(&[]);
