@@ -16,6 +16,7 @@ use tributary_protocol::link::{LinkFactory, WorkerLink};
 use tributary_protocol::spec::Workers;
 use tributary_protocol::{JobId, JobSpec, NodeId};
 
+use crate::artifacts::Artifacts;
 use crate::driver::{JobEvent, JobOutcome, JobRun};
 use crate::error::CoordError;
 use crate::membership::Membership;
@@ -49,13 +50,20 @@ pub struct CoordinatorConfig {
     pub membership: Arc<dyn Membership>,
     pub store: Arc<dyn JobStore>,
     pub links: Arc<dyn LinkFactory>,
+    /// Object storage for checkpoints and adapters.
+    pub artifacts: Artifacts,
     /// How often to re-check membership and the store.
     pub tick: Duration,
 }
 
 struct Running {
     cancel: watch::Sender<bool>,
+    /// Workers the job holds a slot on (its live workers and those offered to it).
     workers: Vec<NodeId>,
+    /// Most workers the job can use.
+    max: usize,
+    /// Replacement workers for the driver to take in at a step boundary.
+    joins: mpsc::Sender<(NodeId, Arc<dyn WorkerLink>)>,
 }
 
 /// The actor's state.
@@ -66,6 +74,8 @@ pub struct CoordinatorState {
     links: BTreeMap<NodeId, Arc<dyn WorkerLink>>,
     next_seq: u64,
     last_progress_write: BTreeMap<JobId, std::time::Instant>,
+    /// When each worker was last seen in membership (for the heartbeat-age gauge).
+    last_seen: BTreeMap<NodeId, std::time::Instant>,
     /// Records whose last write failed (store down); written again on the next tick.
     dirty: std::collections::BTreeSet<JobId>,
     events: mpsc::Sender<JobEvent>,
@@ -155,10 +165,17 @@ impl CoordinatorState {
     async fn schedule(&mut self) -> Result<(), CoordError> {
         let members = self.cfg.membership.workers().await?;
         let mut free: BTreeMap<NodeId, u32> = BTreeMap::new();
+        let now = std::time::Instant::now();
         for w in &members {
+            self.last_seen.insert(w.node.clone(), now);
+        }
+        // A worker that left membership keeps its last time: its age grows until it returns.
+        for (node, seen) in &self.last_seen {
             metrics::WORKER_HEARTBEAT_AGE
-                .with_label_values(&[w.node.as_str()])
-                .set(0.0);
+                .with_label_values(&[node.as_str()])
+                .set(now.duration_since(*seen).as_secs_f64());
+        }
+        for w in &members {
             let used = self
                 .running
                 .values()
@@ -199,8 +216,54 @@ impl CoordinatorState {
             }
             self.start(rec, links).await?;
         }
+        self.offer_replacements(&members, &mut free).await;
         self.update_gauges();
         Ok(())
+    }
+
+    /// Offers free workers to running jobs that have fewer than they can use (a worker died
+    /// and another registered); the driver takes them in at its next step boundary.
+    async fn offer_replacements(
+        &mut self,
+        members: &[tributary_protocol::WorkerInfo],
+        free: &mut BTreeMap<NodeId, u32>,
+    ) {
+        let ids: Vec<JobId> = self.running.keys().cloned().collect();
+        for id in ids {
+            for info in members {
+                let Some(run) = self.running.get(&id) else {
+                    break;
+                };
+                if run.workers.len() >= run.max
+                    || run.workers.contains(&info.node)
+                    || free.get(&info.node).copied().unwrap_or(0) == 0
+                {
+                    continue;
+                }
+                let link = match self.links.get(&info.node) {
+                    Some(l) => l.clone(),
+                    None => match self.cfg.links.connect(info).await {
+                        Ok(l) => {
+                            self.links.insert(info.node.clone(), l.clone());
+                            l
+                        }
+                        Err(e) => {
+                            warn!(node = %info.node, error = %e, "cannot reach worker");
+                            continue;
+                        }
+                    },
+                };
+                if let Some(run) = self.running.get_mut(&id)
+                    && run.joins.try_send((info.node.clone(), link)).is_ok()
+                {
+                    run.workers.push(info.node.clone());
+                    if let Some(n) = free.get_mut(&info.node) {
+                        *n = n.saturating_sub(1);
+                    }
+                    info!(job = %id, node = %info.node, "replacement worker offered");
+                }
+            }
+        }
     }
 
     async fn start(
@@ -210,26 +273,43 @@ impl CoordinatorState {
     ) -> Result<(), CoordError> {
         rec.state = JobState::Running;
         rec.workers = links.iter().map(|(n, _)| n.clone()).collect();
-        rec.progress.total_steps = rec.spec.total_steps(rec.spec.train.batch_size.into());
+        // Epoch-based specs: known once the workers report the dataset size.
+        rec.progress.total_steps = match (rec.spec.train.steps, rec.examples) {
+            (Some(s), _) => s,
+            (None, Some(n)) => rec.spec.total_steps(n),
+            (None, None) => 0,
+        };
+        rec.log(format!(
+            "placed on workers {}",
+            rec.workers
+                .iter()
+                .map(NodeId::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         self.persist(&rec).await?;
         info!(job = %rec.id, workers = ?rec.workers, "job placed");
         let (cancel, cancel_rx) = watch::channel(false);
+        let (joins, joins_rx) = mpsc::channel(8);
         self.running.insert(
             rec.id.clone(),
             Running {
                 cancel,
                 workers: rec.workers.clone(),
+                max: demand(&rec).max as usize,
+                joins,
             },
         );
         let run = JobRun {
             job: rec.id.clone(),
-            total_steps: rec.progress.total_steps,
             spec: rec.spec.clone(),
             fencing: self.cfg.fencing,
             workers: links,
-            store: self.cfg.store.clone(),
+            artifacts: self.cfg.artifacts.clone(),
+            resume: rec.checkpoint.clone(),
             events: self.events.clone(),
             cancel: cancel_rx,
+            joins: joins_rx,
         };
         self.jobs.insert(rec.id.clone(), rec);
         let events = self.events.clone();
@@ -244,12 +324,62 @@ impl CoordinatorState {
     /// Applies a driver event; returns an error when this leader has been fenced out.
     async fn on_event(&mut self, ev: JobEvent) -> Result<(), CoordError> {
         match ev {
+            JobEvent::Loaded {
+                job,
+                total_steps,
+                examples,
+                base_model,
+                data,
+            } => {
+                if let Some(rec) = self.jobs.get_mut(&job) {
+                    rec.progress.total_steps = total_steps;
+                    rec.examples = Some(examples);
+                    rec.base_model_digest = Some(base_model);
+                    rec.data_digest = Some(data);
+                    rec.log(format!(
+                        "loaded: {examples} examples, {total_steps} steps; base model {base_model}, data {data}"
+                    ));
+                    let rec = rec.clone();
+                    self.persist(&rec).await?;
+                }
+            }
+            JobEvent::Checkpointed { job, checkpoint } => {
+                // The object is written; now move the record's pointer to it.
+                if let Some(rec) = self.jobs.get_mut(&job) {
+                    rec.checkpoint = Some(checkpoint);
+                    let rec = rec.clone();
+                    self.persist(&rec).await?;
+                }
+            }
+            JobEvent::Log { job, msg } => {
+                if let Some(rec) = self.jobs.get_mut(&job) {
+                    rec.log(msg);
+                }
+            }
             JobEvent::Progress {
                 job,
                 progress,
                 workers,
             } => {
+                if let Some(run) = self.running.get_mut(&job) {
+                    // Offered workers not yet taken in keep their place.
+                    let pending: Vec<NodeId> = run
+                        .workers
+                        .iter()
+                        .filter(|n| !rec_has(&workers, n))
+                        .cloned()
+                        .collect();
+                    run.workers = workers.clone();
+                    run.workers.extend(pending);
+                }
                 if let Some(rec) = self.jobs.get_mut(&job) {
+                    let loss = progress
+                        .loss
+                        .map_or_else(|| "-".to_string(), |l| format!("{l:.4}"));
+                    rec.log(format!(
+                        "step {}/{} loss {loss}",
+                        progress.step, progress.total_steps
+                    ));
                     rec.progress = progress;
                     rec.workers = workers;
                     let rec = rec.clone();
@@ -266,8 +396,11 @@ impl CoordinatorState {
                     }
                 }
             }
-            JobEvent::WorkerLost { node, .. } => {
+            JobEvent::WorkerLost { job, node, .. } => {
                 self.links.remove(&node);
+                if let Some(run) = self.running.get_mut(&job) {
+                    run.workers.retain(|n| n != &node);
+                }
             }
             JobEvent::Done { job, outcome } => {
                 self.running.remove(&job);
@@ -277,11 +410,13 @@ impl CoordinatorState {
                 match outcome {
                     JobOutcome::Succeeded {
                         adapter_digest,
+                        adapter,
                         steps,
                         final_loss,
                     } => {
                         rec.state = JobState::Succeeded;
                         rec.adapter_digest = Some(adapter_digest);
+                        rec.adapter = Some(adapter);
                         rec.final_loss = final_loss;
                         rec.progress.step = steps;
                         rec.progress.eta_secs = Some(0.0);
@@ -295,10 +430,15 @@ impl CoordinatorState {
                         warn!(%job, reason = %why, "job queued again");
                         rec.state = JobState::Queued;
                         rec.workers.clear();
+                        rec.log(format!("queued again: {why}"));
                     }
                     JobOutcome::Fenced { token, highest } => {
                         return Err(CoordError::Fenced { token, highest });
                     }
+                }
+                if rec.state.is_terminal() {
+                    let detail = rec.error.clone().unwrap_or_default();
+                    rec.log(format!("{} {detail}", rec.state).trim_end().to_string());
                 }
                 let rec = rec.clone();
                 self.persist(&rec).await?;
@@ -307,6 +447,22 @@ impl CoordinatorState {
         }
         Ok(())
     }
+
+    /// Acts on cancel requests filed in the store by any process.
+    async fn sync_cancels(&mut self) -> Result<(), CoordError> {
+        for id in self.cfg.store.cancel_requests().await? {
+            match cancel(self, &id).await {
+                Ok(()) | Err(CoordError::NoSuchJob(_)) | Err(CoordError::BadState { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            self.cfg.store.clear_cancel(&id).await?;
+        }
+        Ok(())
+    }
+}
+
+fn rec_has(workers: &[NodeId], n: &NodeId) -> bool {
+    workers.contains(n)
 }
 
 impl Actor for CoordinatorActor {
@@ -348,6 +504,7 @@ impl Actor for CoordinatorActor {
             next_seq: 0,
             dirty: Default::default(),
             last_progress_write: BTreeMap::new(),
+            last_seen: BTreeMap::new(),
             events: tx,
             ticker: Some(ticker),
             forwarder: Some(forwarder),
@@ -396,7 +553,10 @@ impl Actor for CoordinatorActor {
                 Ok(())
             }
             CoordinatorMsg::Tick => match state.flush_dirty().await.and(state.sync_store().await) {
-                Ok(()) => state.schedule().await,
+                Ok(()) => match state.sync_cancels().await {
+                    Ok(()) => state.schedule().await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             CoordinatorMsg::Event(ev) => state.on_event(ev).await,
@@ -433,11 +593,13 @@ async fn cancel(state: &mut CoordinatorState, job: &JobId) -> Result<(), CoordEr
     match rec.state {
         JobState::Queued => {
             rec.state = JobState::Cancelled;
+            rec.log("cancelled while queued");
             let rec = rec.clone();
             state.persist(&rec).await
         }
         JobState::Running => {
             rec.cancel_requested = true;
+            rec.log("cancel requested; stopping at the next step boundary");
             if let Some(r) = state.running.get(job) {
                 let _ = r.cancel.send(true);
             }

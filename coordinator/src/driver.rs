@@ -1,7 +1,8 @@
 //! The data-parallel step loop for one job on its workers: send each worker its shard of
 //! micro-batches, gather the gradients, reduce them in fixed order, broadcast the update;
-//! re-shard a step's missing micro-batches over the remaining workers when one dies;
-//! checkpoint every N steps. The decisions (sharding, reduction) are the pure functions in
+//! re-shard a step's missing micro-batches over the remaining workers when one dies; take in
+//! replacement workers at step boundaries; checkpoint every N steps to object storage; at the
+//! end export the adapter and register it. The decisions (sharding, reduction) are the pure functions in
 //! [`crate::sharding`] and [`crate::reduce`]; this module only does the I/O around them.
 
 use std::collections::BTreeMap;
@@ -12,23 +13,36 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 use tributary_protocol::link::WorkerLink;
+use tributary_ledger::adapters::Provenance;
 use tributary_protocol::{
     Command, CommandBody, Digest, JobId, JobSpec, MicroBatch, NodeId, Payload, Reply,
 };
 
-use crate::error::CoordError;
+use crate::artifacts::{Artifacts, CheckpointRef};
 use crate::metrics;
 use crate::progress::{Progress, progress};
 use crate::reduce::{Contribution, reduce_in_order};
 use crate::sharding::{assign, global_batch};
-use crate::store::{Checkpoint, JobStore};
+use crate::store::now_ms;
 
-/// How long checkpoint writes are retried while the store is down.
+/// How long checkpoint and adapter writes are retried while the store is down.
 pub const STORE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the driver reports to the coordinator actor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
+    /// Every worker loaded the job: the dataset size fixes the step count.
+    Loaded {
+        job: JobId,
+        total_steps: u64,
+        examples: u64,
+        base_model: Digest,
+        data: Digest,
+    },
+    /// A checkpoint object was written: the record's pointer may move to it.
+    Checkpointed { job: JobId, checkpoint: CheckpointRef },
+    /// A line for the job's log.
+    Log { job: JobId, msg: String },
     Progress {
         job: JobId,
         progress: Progress,
@@ -49,7 +63,10 @@ pub enum JobEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {
     Succeeded {
+        /// Digest of the adapter's files (see `tributary_ledger::adapters::adapter_digest`).
         adapter_digest: Digest,
+        /// Where the adapter's files are.
+        adapter: String,
         steps: u64,
         final_loss: Option<f32>,
     },
@@ -68,12 +85,26 @@ pub enum JobOutcome {
 pub struct JobRun {
     pub job: JobId,
     pub spec: JobSpec,
-    pub total_steps: u64,
     pub fencing: u64,
     pub workers: Vec<(NodeId, Arc<dyn WorkerLink>)>,
-    pub store: Arc<dyn JobStore>,
+    /// Where checkpoints and the adapter go.
+    pub artifacts: Artifacts,
+    /// The checkpoint to resume from.
+    pub resume: Option<CheckpointRef>,
     pub events: mpsc::Sender<JobEvent>,
     pub cancel: watch::Receiver<bool>,
+    /// Replacement workers offered by the coordinator; taken in at a step boundary.
+    pub joins: mpsc::Receiver<(NodeId, Arc<dyn WorkerLink>)>,
+}
+
+type Live = Vec<(NodeId, Arc<dyn WorkerLink>)>;
+
+/// What the workers loaded (they must agree).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Loaded {
+    examples: u64,
+    base_model: Digest,
+    data: Digest,
 }
 
 enum CallError {
@@ -107,67 +138,138 @@ impl JobRun {
         })
     }
 
-    async fn lose(
-        &self,
-        live: &mut Vec<(NodeId, Arc<dyn WorkerLink>)>,
-        node: &NodeId,
-        why: String,
-    ) {
+    async fn emit(&self, ev: JobEvent) {
+        let _ = self.events.send(ev).await;
+    }
+
+    async fn log(&self, msg: String) {
+        self.emit(JobEvent::Log {
+            job: self.job.clone(),
+            msg,
+        })
+        .await;
+    }
+
+    async fn lose(&self, live: &mut Live, node: &NodeId, why: String) {
         warn!(job = %self.job, %node, reason = %why, "worker lost; re-sharding over the rest");
         live.retain(|(n, _)| n != node);
-        let _ = self
-            .events
-            .send(JobEvent::WorkerLost {
-                job: self.job.clone(),
-                node: node.clone(),
-                reason: why,
-            })
-            .await;
+        self.log(format!("worker {node} lost: {why}")).await;
+        self.emit(JobEvent::WorkerLost {
+            job: self.job.clone(),
+            node: node.clone(),
+            reason: why,
+        })
+        .await;
     }
 
     /// Runs the job to an outcome.
-    pub async fn run(self) -> JobOutcome {
+    pub async fn run(mut self) -> JobOutcome {
         let span = info_span!("job", job = %self.job);
-
-        self.run_inner().instrument(span).await
+        let mut joins = std::mem::replace(&mut self.joins, mpsc::channel(1).1);
+        self.run_inner(&mut joins).instrument(span).await
     }
 
-    async fn run_inner(&self) -> JobOutcome {
-        let mut live = self.workers.clone();
-        let spec_json = match self.spec.to_json() {
-            Ok(j) => j,
-            Err(e) => return JobOutcome::Failed(e.to_string()),
-        };
-        let resume = match self.store.checkpoint(&self.job).await {
-            Ok(c) => c,
-            Err(e) => return JobOutcome::Failed(e.to_string()),
-        };
-        // Load the job (and its checkpoint) everywhere.
-        let mut start_cmds = vec![CommandBody::Start { spec_json }];
-        if let Some(cp) = &resume {
-            start_cmds.push(CommandBody::Restore {
-                step: cp.step,
-                state: cp.state.clone(),
-            });
-        }
-        for body in start_cmds {
-            if let Err(o) = self.broadcast(&mut live, body, Vec::new()).await {
-                return o;
+    /// Loads the job on `workers` (and the checkpoint `state` at `step`, if any); returns
+    /// what they loaded. Workers that cannot be reached are dropped from `workers`.
+    async fn load(
+        &self,
+        workers: &mut Live,
+        resume: Option<(u64, &[u8])>,
+    ) -> Result<Option<Loaded>, JobOutcome> {
+        let spec_json = self
+            .spec
+            .to_json()
+            .map_err(|e| JobOutcome::Failed(e.to_string()))?;
+        let replies = self
+            .broadcast(workers, CommandBody::Start { spec_json }, Vec::new())
+            .await?;
+        let mut loaded: Option<Loaded> = None;
+        for (node, reply) in replies {
+            let Reply::Loaded {
+                examples,
+                base_model,
+                data,
+            } = reply
+            else {
+                return Err(JobOutcome::Failed(format!(
+                    "{node}: unexpected reply to start: {reply:?}"
+                )));
+            };
+            let this = Loaded {
+                examples,
+                base_model,
+                data,
+            };
+            match loaded {
+                None => loaded = Some(this),
+                Some(first) if first != this => {
+                    return Err(JobOutcome::Failed(format!(
+                        "{node} loaded other data or another base model than its peers \
+                         ({examples} examples, base {base_model}, data {data}; the others: \
+                         {} examples, base {}, data {})",
+                        first.examples, first.base_model, first.data
+                    )));
+                }
+                Some(_) => {}
             }
         }
-        let start_step = resume.as_ref().map_or(0, |c| c.step);
-        info!(
-            start_step,
-            total = self.total_steps,
-            workers = live.len(),
-            "job running"
-        );
+        if let Some((step, state)) = resume {
+            self.broadcast(
+                workers,
+                CommandBody::Restore {
+                    step,
+                    state: state.to_vec(),
+                },
+                Vec::new(),
+            )
+            .await?;
+        }
+        Ok(loaded)
+    }
+
+    async fn run_inner(
+        &self,
+        joins: &mut mpsc::Receiver<(NodeId, Arc<dyn WorkerLink>)>,
+    ) -> JobOutcome {
+        let mut live = self.workers.clone();
+        let state = match &self.resume {
+            Some(cp) => match self.with_retry(|| self.artifacts.load_checkpoint(cp)).await {
+                Ok(s) => Some(s),
+                Err(o) => return o,
+            },
+            None => None,
+        };
+        let resume = self.resume.as_ref().zip(state.as_deref()).map(|(c, s)| (c.step, s));
+        let loaded = match self.load(&mut live, resume).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return JobOutcome::Requeue("every worker was lost".into()),
+            Err(o) => return o,
+        };
+        let total_steps = self.spec.total_steps(loaded.examples);
+        self.emit(JobEvent::Loaded {
+            job: self.job.clone(),
+            total_steps,
+            examples: loaded.examples,
+            base_model: loaded.base_model,
+            data: loaded.data,
+        })
+        .await;
+        let start_step = resume.map_or(0, |(s, _)| s);
+        if start_step > 0 {
+            self.log(format!("resumed from the checkpoint at step {start_step}"))
+                .await;
+        }
+        info!(start_step, total = total_steps, workers = live.len(), "job running");
         let started = Instant::now();
         let mut tokens_total = 0u64;
         let mut last_loss = None;
-        for step in start_step..self.total_steps {
+        for step in start_step..total_steps {
             if *self.cancel.borrow() {
+                let _ = self.broadcast(&mut live, CommandBody::Stop, Vec::new()).await;
                 return JobOutcome::Cancelled;
+            }
+            if let Err(o) = self.take_in(&mut live, joins, step).await {
+                return o;
             }
             let t0 = Instant::now();
             let batch = global_batch(&self.spec, step);
@@ -199,57 +301,94 @@ impl JobRun {
             let done = step + 1;
             let every = self.spec.train.checkpoint_every.unwrap_or(u64::MAX);
             if done % every == 0
-                && done < self.total_steps
+                && done < total_steps
                 && let Err(o) = self.save_checkpoint(&mut live).await
             {
                 return o;
             }
             let p = progress(
                 done,
-                self.total_steps,
+                total_steps,
                 start_step,
                 last_loss,
                 tokens_total,
                 started.elapsed().as_secs_f64(),
             );
-            let _ = self
-                .events
-                .send(JobEvent::Progress {
-                    job: self.job.clone(),
-                    progress: p,
-                    workers: live.iter().map(|(n, _)| n.clone()).collect(),
-                })
-                .await;
+            self.emit(JobEvent::Progress {
+                job: self.job.clone(),
+                progress: p,
+                workers: live.iter().map(|(n, _)| n.clone()).collect(),
+            })
+            .await;
         }
-        let cp = match self.save_checkpoint(&mut live).await {
-            Ok(cp) => cp,
-            Err(o) => return o,
-        };
+        if let Err(o) = self.save_checkpoint(&mut live).await {
+            return o;
+        }
+        let outcome = self.register(&mut live, loaded, total_steps, last_loss).await;
         let _ = self
             .broadcast(&mut live, CommandBody::Stop, Vec::new())
             .await;
-        JobOutcome::Succeeded {
-            adapter_digest: Digest::of(&cp.state),
-            steps: self.total_steps,
-            final_loss: last_loss,
-        }
+        outcome
     }
 
-    /// Sends `body` to every live worker; drops the unreachable ones.
+    /// Takes in replacement workers before `step`: each loads the job and the live workers'
+    /// current state, so it computes exactly what they would.
+    async fn take_in(
+        &self,
+        live: &mut Live,
+        joins: &mut mpsc::Receiver<(NodeId, Arc<dyn WorkerLink>)>,
+        step: u64,
+    ) -> Result<(), JobOutcome> {
+        let max = self.spec.micro_batches().max(1) as usize;
+        while live.len() < max {
+            let Ok((node, link)) = joins.try_recv() else {
+                return Ok(());
+            };
+            if live.iter().any(|(n, _)| n == &node) {
+                continue;
+            }
+            let state = match self.checkpoint_state(live).await? {
+                (s, _) if s != step => {
+                    return Err(JobOutcome::Failed(format!(
+                        "state at step {s} while taking in {node} before step {step}"
+                    )));
+                }
+                (_, state) => state,
+            };
+            let mut newcomer = vec![(node.clone(), link)];
+            match self.load(&mut newcomer, Some((step, &state))).await {
+                Ok(Some(_)) if !newcomer.is_empty() => {
+                    info!(%node, step, "replacement worker joined");
+                    self.log(format!("worker {node} joined at step {step}"))
+                        .await;
+                    live.extend(newcomer);
+                }
+                // A newcomer that cannot load is not a reason to stop the job.
+                Ok(_) | Err(JobOutcome::Requeue(_)) | Err(JobOutcome::Failed(_)) => {
+                    warn!(%node, "replacement worker could not load the job");
+                }
+                Err(o) => return Err(o),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `body` to every live worker; drops the unreachable ones; returns the replies.
     async fn broadcast(
         &self,
-        live: &mut Vec<(NodeId, Arc<dyn WorkerLink>)>,
+        live: &mut Live,
         body: CommandBody,
         tensors: Vec<Vec<f32>>,
-    ) -> Result<(), JobOutcome> {
+    ) -> Result<Vec<(NodeId, Reply)>, JobOutcome> {
         let calls = live.iter().map(|(n, link)| {
             let mut cmd = self.cmd(body.clone());
             cmd.tensors = tensors.clone();
             async move { (n.clone(), call(link.as_ref(), cmd).await) }
         });
+        let mut replies = Vec::new();
         for (node, r) in join_all(calls).await {
             match r {
-                Ok(_) => {}
+                Ok(p) => replies.push((node, p.msg)),
                 Err(CallError::Lost(why)) => self.lose(live, &node, why).await,
                 Err(CallError::Failed(why)) => {
                     return Err(JobOutcome::Failed(format!("{node}: {why}")));
@@ -262,13 +401,13 @@ impl JobRun {
         if live.is_empty() {
             return Err(JobOutcome::Requeue("every worker was lost".into()));
         }
-        Ok(())
+        Ok(replies)
     }
 
     /// Computes every micro-batch of a step, re-dealing the ones a lost worker held.
     async fn gather(
         &self,
-        live: &mut Vec<(NodeId, Arc<dyn WorkerLink>)>,
+        live: &mut Live,
         step: u64,
         batch: &[MicroBatch],
     ) -> Result<Vec<Contribution>, JobOutcome> {
@@ -331,43 +470,33 @@ impl JobRun {
         }
     }
 
-    /// Stores a checkpoint, retrying while the store is unreachable (etcd restarting).
-    async fn store_checkpoint(&self, cp: &Checkpoint) -> Result<(), JobOutcome> {
+    /// Retries a store operation while the store is unreachable, up to [`STORE_RETRY_FOR`].
+    async fn with_retry<T, F, Fut>(&self, mut op: F) -> Result<T, JobOutcome>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::error::CoordError>>,
+    {
         let deadline = Instant::now() + STORE_RETRY_FOR;
         loop {
-            match self.store.put_checkpoint(&self.job, cp).await {
-                Ok(()) => return Ok(()),
-                Err(CoordError::NotLeader(why)) => {
-                    return Err(JobOutcome::Fenced {
-                        token: self.fencing,
-                        highest: 0,
-                    })
-                    .inspect_err(|_| warn!(reason = %why, "lost leadership while checkpointing"));
-                }
+            match op().await {
+                Ok(v) => return Ok(v),
                 Err(e) if Instant::now() < deadline => {
-                    warn!(error = %e, "checkpoint store unavailable; retrying");
+                    warn!(error = %e, "object store unavailable; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 }
-                Err(e) => return Err(JobOutcome::Failed(format!("saving checkpoint: {e}"))),
+                Err(e) => return Err(JobOutcome::Failed(e.to_string())),
             }
         }
     }
 
-    /// Takes a checkpoint from the first live worker that answers and stores it.
-    async fn save_checkpoint(
-        &self,
-        live: &mut Vec<(NodeId, Arc<dyn WorkerLink>)>,
-    ) -> Result<Checkpoint, JobOutcome> {
+    /// Asks the first live worker that answers for its `(step, state)`.
+    async fn checkpoint_state(&self, live: &mut Live) -> Result<(u64, Vec<u8>), JobOutcome> {
         while let Some((node, link)) = live.first().cloned() {
             match call(link.as_ref(), self.cmd(CommandBody::Checkpoint)).await {
                 Ok(Payload {
                     msg: Reply::Checkpoint { step, state },
                     ..
-                }) => {
-                    let cp = Checkpoint { step, state };
-                    self.store_checkpoint(&cp).await?;
-                    return Ok(cp);
-                }
+                }) => return Ok((step, state)),
                 Ok(other) => {
                     return Err(JobOutcome::Failed(format!(
                         "{node}: unexpected reply to checkpoint: {:?}",
@@ -382,5 +511,87 @@ impl JobRun {
             }
         }
         Err(JobOutcome::Requeue("every worker was lost".into()))
+    }
+
+    /// Takes a checkpoint, writes it to object storage, then tells the coordinator to move
+    /// the record's pointer to it.
+    async fn save_checkpoint(&self, live: &mut Live) -> Result<CheckpointRef, JobOutcome> {
+        let (step, state) = self.checkpoint_state(live).await?;
+        let cp = self
+            .with_retry(|| self.artifacts.save_checkpoint(&self.job, step, state.clone()))
+            .await?;
+        self.log(format!(
+            "checkpoint at step {step}: {} ({} bytes)",
+            cp.key, cp.bytes
+        ))
+        .await;
+        self.emit(JobEvent::Checkpointed {
+            job: self.job.clone(),
+            checkpoint: cp.clone(),
+        })
+        .await;
+        Ok(cp)
+    }
+
+    /// Exports the adapter from a live worker and registers it.
+    async fn register(
+        &self,
+        live: &mut Live,
+        loaded: Loaded,
+        steps: u64,
+        final_loss: Option<f32>,
+    ) -> JobOutcome {
+        let files = loop {
+            let Some((node, link)) = live.first().cloned() else {
+                return JobOutcome::Requeue("every worker was lost".into());
+            };
+            match call(link.as_ref(), self.cmd(CommandBody::Export)).await {
+                Ok(Payload {
+                    msg: Reply::Files { files },
+                    ..
+                }) => break files,
+                Ok(other) => {
+                    return JobOutcome::Failed(format!(
+                        "{node}: unexpected reply to export: {:?}",
+                        other.msg
+                    ));
+                }
+                Err(CallError::Lost(why)) => self.lose(live, &node, why).await,
+                Err(CallError::Failed(why)) => return JobOutcome::Failed(why),
+                Err(CallError::Fenced { token, highest }) => {
+                    return JobOutcome::Fenced { token, highest };
+                }
+            }
+        };
+        let spec = serde_json::to_value(&self.spec).unwrap_or_default();
+        let prov = Provenance {
+            base_model_digest: loaded.base_model.to_hex(),
+            data_digest: loaded.data.to_hex(),
+            job_id: self.job.to_string(),
+            spec,
+            created_unix_ms: now_ms(),
+        };
+        let entry = match self
+            .with_retry(|| self.artifacts.register_adapter(files.clone(), prov.clone()))
+            .await
+        {
+            Ok(e) => e,
+            Err(o) => return o,
+        };
+        let adapter_digest = match entry.adapter_digest.parse::<Digest>() {
+            Ok(d) => d,
+            Err(e) => return JobOutcome::Failed(format!("adapter digest: {e}")),
+        };
+        self.log(format!(
+            "adapter {adapter_digest} registered at {}",
+            entry.location
+        ))
+        .await;
+        JobOutcome::Succeeded {
+            adapter_digest,
+            adapter: entry.location,
+            steps,
+            final_loss,
+        }
     }
 }

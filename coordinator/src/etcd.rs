@@ -1,7 +1,9 @@
 //! Cluster mode's coordination through etcd: workers register under a lease with their
 //! capacity and keep it alive; the coordinator watches the worker prefix; coordinators
-//! campaign in an election whose leader revision is the fencing token; job records and
-//! checkpoints live in etcd, written only while the leader key still exists.
+//! campaign in an election whose leader revision is the fencing token; job records live in
+//! etcd, written only while the leader key still exists (checkpoints live in object storage;
+//! the record keeps their location and digest). Any process may submit a job or file a
+//! cancel request; the leader picks both up on its next tick.
 //!
 //! Everything retries across an etcd restart: leases survive it, watches and keep-alives
 //! are re-established.
@@ -21,14 +23,14 @@ use tributary_protocol::{JobId, JobSpec, NodeId, Shutdown, WorkerInfo};
 
 use crate::error::CoordError;
 use crate::membership::Membership;
-use crate::store::{Checkpoint, JobRecord, JobStore};
+use crate::store::{JobRecord, JobStore};
 
 /// The etcd client type, re-exported for callers of this module.
 pub use etcd_client::Client as EtcdClient;
 
 pub const WORKERS_PREFIX: &str = "/tributary/workers/";
 pub const JOBS_PREFIX: &str = "/tributary/jobs/";
-pub const CHECKPOINTS_PREFIX: &str = "/tributary/checkpoints/";
+pub const CANCELS_PREFIX: &str = "/tributary/cancels/";
 pub const ELECTION: &str = "/tributary/leader";
 
 const RETRY: Duration = Duration::from_millis(300);
@@ -355,22 +357,47 @@ impl JobStore for EtcdJobStore {
         Box::pin(async move { list_jobs(&self.client).await })
     }
 
-    fn put_checkpoint<'a>(
-        &'a self,
-        job: &'a JobId,
-        cp: &'a Checkpoint,
-    ) -> BoxFuture<'a, Result<(), CoordError>> {
-        let mut value = cp.step.to_le_bytes().to_vec();
-        value.extend_from_slice(&cp.state);
-        Box::pin(self.fenced_put(format!("{CHECKPOINTS_PREFIX}{job}"), value))
+    fn request_cancel<'a>(&'a self, job: &'a JobId) -> BoxFuture<'a, Result<(), CoordError>> {
+        Box::pin(async move { request_cancel(&self.client, job).await })
     }
 
-    fn checkpoint<'a>(
-        &'a self,
-        job: &'a JobId,
-    ) -> BoxFuture<'a, Result<Option<Checkpoint>, CoordError>> {
-        Box::pin(async move { get_checkpoint(&self.client, job).await })
+    fn cancel_requests(&self) -> BoxFuture<'_, Result<Vec<JobId>, CoordError>> {
+        Box::pin(async move {
+            let resp = self
+                .client
+                .clone()
+                .get(CANCELS_PREFIX, Some(GetOptions::new().with_prefix()))
+                .await?;
+            Ok(resp
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    let key = String::from_utf8_lossy(kv.key());
+                    key.strip_prefix(CANCELS_PREFIX)
+                        .and_then(|id| JobId::new(id).ok())
+                })
+                .collect())
+        })
     }
+
+    fn clear_cancel<'a>(&'a self, job: &'a JobId) -> BoxFuture<'a, Result<(), CoordError>> {
+        Box::pin(async move {
+            self.client
+                .clone()
+                .delete(format!("{CANCELS_PREFIX}{job}"), None)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Files a cancel request for `job` (any process; the leader acts on it at its next tick).
+pub async fn request_cancel(client: &Client, job: &JobId) -> Result<(), CoordError> {
+    client
+        .clone()
+        .put(format!("{CANCELS_PREFIX}{job}"), Vec::<u8>::new(), None)
+        .await?;
+    Ok(())
 }
 
 /// Every job record in etcd.
@@ -389,32 +416,6 @@ pub async fn list_jobs(client: &Client) -> Result<Vec<JobRecord>, CoordError> {
         }
     }
     Ok(out)
-}
-
-/// A job's last checkpoint in etcd.
-pub async fn get_checkpoint(
-    client: &Client,
-    job: &JobId,
-) -> Result<Option<Checkpoint>, CoordError> {
-    let resp = client
-        .clone()
-        .get(format!("{CHECKPOINTS_PREFIX}{job}"), None)
-        .await?;
-    let Some(kv) = resp.kvs().first() else {
-        return Ok(None);
-    };
-    let v = kv.value();
-    if v.len() < 8 {
-        return Err(CoordError::Store(format!(
-            "checkpoint of {job} is truncated"
-        )));
-    }
-    let mut step = [0u8; 8];
-    step.copy_from_slice(&v[..8]);
-    Ok(Some(Checkpoint {
-        step: u64::from_le_bytes(step),
-        state: v[8..].to_vec(),
-    }))
 }
 
 /// Queues a job for whichever coordinator leads: writes a `queued` record that must not

@@ -4,6 +4,8 @@
 //! runtime. No HTTP here. The attribution actor comes with the attribution issue.
 
 pub mod actor;
+pub mod api;
+pub mod artifacts;
 pub mod driver;
 pub mod error;
 pub mod etcd;
@@ -17,7 +19,9 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use api::{ActorJobs, EtcdJobs, JobApi};
 pub use actor::{CoordinatorActor, CoordinatorConfig, CoordinatorMsg, client, spawn_coordinator};
 pub use error::CoordError;
 pub use membership::{Membership, StaticMembership};
-pub use store::{Checkpoint, JobRecord, JobState, JobStore, MemoryJobStore};
+pub use artifacts::{Artifacts, CheckpointRef};
+pub use store::{JobRecord, JobState, JobStore, LogLine, MemoryJobStore};

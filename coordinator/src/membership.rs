@@ -26,6 +26,14 @@ impl StaticMembership {
         }
     }
 
+    /// Adds (or replaces) a worker, as if it registered.
+    pub fn add(&self, info: WorkerInfo) {
+        if let Ok(mut w) = self.workers.write() {
+            w.retain(|i| i.node != info.node);
+            w.push(info);
+        }
+    }
+
     /// Removes a worker (as if its lease expired).
     pub fn remove(&self, node: &tributary_protocol::NodeId) {
         if let Ok(mut w) = self.workers.write() {

@@ -1,14 +1,17 @@
-//! Job records and checkpoints: what a new leader needs to resume every job. The
-//! [`JobStore`] trait has an in-memory implementation for embedded mode here and an etcd one
-//! (writes fenced by the leader key) in [`crate::etcd`].
+//! Job records: what a new leader needs to resume every job (including a pointer to its
+//! last checkpoint, which lives in object storage: [`crate::artifacts`]), and cancel
+//! requests that any process may file. The [`JobStore`] trait has an in-memory
+//! implementation for embedded mode here and an etcd one (record writes fenced by the leader
+//! key) in [`crate::etcd`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tributary_protocol::link::BoxFuture;
 use tributary_protocol::{Digest, JobId, JobSpec, NodeId};
 
+use crate::artifacts::CheckpointRef;
 use crate::error::CoordError;
 use crate::progress::Progress;
 
@@ -61,6 +64,42 @@ pub struct JobRecord {
     /// Set when a cancel was asked while running.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// The last checkpoint (in object storage).
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointRef>,
+    /// Where the trained adapter's files are (path or URL).
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// Digests of what the job was trained from, as workers reported them.
+    #[serde(default)]
+    pub base_model_digest: Option<Digest>,
+    #[serde(default)]
+    pub data_digest: Option<Digest>,
+    /// Examples in the dataset, as workers reported them.
+    #[serde(default)]
+    pub examples: Option<u64>,
+    /// The job's event lines, oldest first, at most [`MAX_LOG_LINES`].
+    #[serde(default)]
+    pub log: Vec<LogLine>,
+}
+
+/// Most log lines kept per job (older ones are dropped).
+pub const MAX_LOG_LINES: usize = 200;
+
+/// One event of a job's life (`job logs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub msg: String,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl JobRecord {
@@ -77,37 +116,49 @@ impl JobRecord {
             adapter_digest: None,
             final_loss: None,
             cancel_requested: false,
+            checkpoint: None,
+            adapter: None,
+            base_model_digest: None,
+            data_digest: None,
+            examples: None,
+            log: vec![LogLine {
+                at_ms: now_ms(),
+                msg: "queued".into(),
+            }],
+        }
+    }
+
+    /// Appends an event line, dropping the oldest beyond [`MAX_LOG_LINES`].
+    pub fn log(&mut self, msg: impl Into<String>) {
+        self.log.push(LogLine {
+            at_ms: now_ms(),
+            msg: msg.into(),
+        });
+        if self.log.len() > MAX_LOG_LINES {
+            let extra = self.log.len() - MAX_LOG_LINES;
+            self.log.drain(..extra);
         }
     }
 }
 
-/// A saved executor state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub step: u64,
-    pub state: Vec<u8>,
-}
-
-/// Durable job records and checkpoints.
+/// Durable job records, and cancel requests.
 pub trait JobStore: Send + Sync + 'static {
+    /// Writes a record (fenced to the leader in cluster mode).
     fn put(&self, rec: &JobRecord) -> BoxFuture<'_, Result<(), CoordError>>;
     fn list(&self) -> BoxFuture<'_, Result<Vec<JobRecord>, CoordError>>;
-    fn put_checkpoint<'a>(
-        &'a self,
-        job: &'a JobId,
-        cp: &'a Checkpoint,
-    ) -> BoxFuture<'a, Result<(), CoordError>>;
-    fn checkpoint<'a>(
-        &'a self,
-        job: &'a JobId,
-    ) -> BoxFuture<'a, Result<Option<Checkpoint>, CoordError>>;
+    /// Files a request to cancel `job` (any process may; the leader acts on it).
+    fn request_cancel<'a>(&'a self, job: &'a JobId) -> BoxFuture<'a, Result<(), CoordError>>;
+    /// Jobs with a pending cancel request.
+    fn cancel_requests(&self) -> BoxFuture<'_, Result<Vec<JobId>, CoordError>>;
+    /// Forgets a handled cancel request.
+    fn clear_cancel<'a>(&'a self, job: &'a JobId) -> BoxFuture<'a, Result<(), CoordError>>;
 }
 
 /// In-memory store (embedded mode, tests).
 #[derive(Debug, Default)]
 pub struct MemoryJobStore {
     records: Mutex<BTreeMap<JobId, JobRecord>>,
-    checkpoints: Mutex<BTreeMap<JobId, Checkpoint>>,
+    cancels: Mutex<BTreeSet<JobId>>,
 }
 
 fn poisoned<T>(_: T) -> CoordError {
@@ -131,26 +182,26 @@ impl JobStore for MemoryJobStore {
         Box::pin(async move { r })
     }
 
-    fn put_checkpoint<'a>(
-        &'a self,
-        job: &'a JobId,
-        cp: &'a Checkpoint,
-    ) -> BoxFuture<'a, Result<(), CoordError>> {
-        let r = self.checkpoints.lock().map_err(poisoned).map(|mut m| {
-            m.insert(job.clone(), cp.clone());
+    fn request_cancel<'a>(&'a self, job: &'a JobId) -> BoxFuture<'a, Result<(), CoordError>> {
+        let r = self.cancels.lock().map_err(poisoned).map(|mut c| {
+            c.insert(job.clone());
         });
         Box::pin(async move { r })
     }
 
-    fn checkpoint<'a>(
-        &'a self,
-        job: &'a JobId,
-    ) -> BoxFuture<'a, Result<Option<Checkpoint>, CoordError>> {
+    fn cancel_requests(&self) -> BoxFuture<'_, Result<Vec<JobId>, CoordError>> {
         let r = self
-            .checkpoints
+            .cancels
             .lock()
             .map_err(poisoned)
-            .map(|m| m.get(job).cloned());
+            .map(|c| c.iter().cloned().collect());
+        Box::pin(async move { r })
+    }
+
+    fn clear_cancel<'a>(&'a self, job: &'a JobId) -> BoxFuture<'a, Result<(), CoordError>> {
+        let r = self.cancels.lock().map_err(poisoned).map(|mut c| {
+            c.remove(job);
+        });
         Box::pin(async move { r })
     }
 }

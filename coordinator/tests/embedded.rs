@@ -3,18 +3,19 @@
 //! cancellation and several jobs sharing the pool.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ractor::ActorRef;
 use tributary_coordinator::{
-    Checkpoint, CoordinatorConfig, CoordinatorMsg, JobState, JobStore, MemoryJobStore,
+    Artifacts, CoordinatorConfig, CoordinatorMsg, JobRecord, JobState, JobStore, MemoryJobStore,
     StaticMembership, client, spawn_coordinator,
 };
-use tributary_protocol::{JobSpec, MicroBatch, NodeId, WorkerInfo};
+use tributary_protocol::{JobSpec, MicroBatch, NamedFile, NodeId, WorkerInfo};
 use tributary_worker::toy::{LinearExecutor, LinearFactory};
 use tributary_worker::{
-    ExecError, ExecutorFactory, LocalLinkFactory, MicroGrad, ShardExecutor, WorkerCore, WorkerMsg,
-    spawn_worker,
+    ExecError, ExecutorFactory, LocalLinkFactory, MicroGrad, ShardExecutor, Sources, WorkerCore,
+    WorkerMsg, spawn_worker,
 };
 
 /// Wraps the linear executor with a delay per micro-batch so a test can act mid-job.
@@ -35,6 +36,12 @@ impl ShardExecutor for Slow {
     }
     fn num_params(&self) -> usize {
         self.0.num_params()
+    }
+    fn sources(&self) -> Sources {
+        self.0.sources()
+    }
+    fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
+        self.0.export()
     }
 }
 struct SlowFactory;
@@ -57,6 +64,7 @@ struct Embedded {
     workers: Vec<ActorRef<WorkerMsg>>,
     store: Arc<MemoryJobStore>,
     membership: StaticMembership,
+    artifacts: Artifacts,
 }
 
 async fn embedded(
@@ -87,11 +95,13 @@ async fn embedded(
     }
     let store = Arc::new(MemoryJobStore::default());
     let membership = StaticMembership::new(infos);
+    let arts = artifacts();
     let (coord, _) = spawn_coordinator(CoordinatorConfig {
         fencing,
         membership: Arc::new(membership.clone()),
         store: store.clone(),
         links: Arc::new(links),
+        artifacts: arts.clone(),
         tick: Duration::from_millis(20),
     })
     .await
@@ -101,11 +111,14 @@ async fn embedded(
         workers,
         store,
         membership,
+        artifacts: arts,
     }
 }
 
-async fn final_params(store: &MemoryJobStore, job: &tributary_protocol::JobId) -> (u64, Vec<f32>) {
-    let Checkpoint { state, .. } = store.checkpoint(job).await.unwrap().unwrap();
+/// The parameters in the job's last checkpoint (read through the record's pointer).
+async fn final_params(arts: &Artifacts, rec: &JobRecord) -> (u64, Vec<f32>) {
+    let cp = rec.checkpoint.as_ref().expect("a checkpoint pointer");
+    let state = arts.load_checkpoint(cp).await.unwrap();
     LinearExecutor::params_of_checkpoint(&state).unwrap()
 }
 
@@ -121,7 +134,7 @@ async fn one_and_two_workers_train_bit_identical_parameters() {
         assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
         assert_eq!(rec.workers.len(), workers.parse::<usize>().unwrap());
         assert_eq!(rec.progress.step, 40);
-        let (step, params) = final_params(&e.store, &id).await;
+        let (step, params) = final_params(&e.artifacts, &rec).await;
         assert_eq!(step, 40);
         results.push((rec.adapter_digest.unwrap(), params, rec.final_loss.unwrap()));
         e.coord.stop(None);
@@ -204,7 +217,7 @@ async fn worker_refuses_a_stale_leader_and_the_job_is_not_run() {
     assert!(stopped, "stale coordinator kept running");
     let recs = e.store.list().await.unwrap();
     assert_ne!(recs[0].state, JobState::Succeeded);
-    assert!(e.store.checkpoint(&id).await.unwrap().is_none());
+    assert!(recs[0].checkpoint.is_none());
 }
 
 #[tokio::test]
@@ -254,4 +267,113 @@ async fn several_jobs_share_the_pool_and_all_finish() {
     }
     // Same spec and seed: the same adapter whatever the placement.
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
+}
+
+/// A fresh in-memory object store for checkpoints and adapters.
+fn artifacts() -> tributary_coordinator::Artifacts {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    tributary_coordinator::Artifacts::open(&format!("memory://{}-{n}", module_path!())).unwrap()
+}
+
+#[tokio::test]
+async fn a_replacement_worker_is_taken_in_and_the_adapter_is_unchanged() {
+    let clean = embedded(2, 1, 1, Arc::new(LinearFactory)).await;
+    let id = client::submit(&clean.coord, spec("2", 80)).await.unwrap();
+    let want = client::wait(&clean.coord, &id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(want.state, JobState::Succeeded);
+
+    // Three workers; the job uses two, so w2 stays free until w1 dies.
+    let e = embedded(3, 1, 1, Arc::new(SlowFactory)).await;
+    let id = client::submit(&e.coord, spec("2", 80)).await.unwrap();
+    loop {
+        let r = client::status(&e.coord, Some(id.clone())).await.unwrap();
+        if r[0].progress.step >= 15 {
+            assert_eq!(r[0].workers.len(), 2, "{:?}", r[0].workers);
+            assert!(!r[0].workers.contains(&NodeId::new("w2").unwrap()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    e.workers[1].kill();
+    e.membership.remove(&NodeId::new("w1").unwrap());
+    let got = client::wait(&e.coord, &id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.state, JobState::Succeeded, "{got:?}");
+    assert_eq!(
+        got.workers,
+        vec![NodeId::new("w0").unwrap(), NodeId::new("w2").unwrap()],
+        "the newcomer joined the survivor; log: {:?}",
+        got.log
+    );
+    assert!(got.log.iter().any(|l| l.msg.contains("w2 joined")));
+    assert_eq!(got.adapter_digest, want.adapter_digest);
+}
+
+#[tokio::test]
+async fn epoch_specs_count_steps_from_the_dataset_size_the_workers_report() {
+    let e = embedded(2, 1, 1, Arc::new(LinearFactory)).await;
+    let spec = JobSpec::from_toml_str(
+        "base_model = \"builtin:linear\"\ndata = \"synthetic\"\nworkers = 2\n\
+         [train]\nepochs = 2\nbatch_size = 12\ngrad_accum = 6\nlr = 0.05\nseed = 11\n",
+    )
+    .unwrap();
+    let id = client::submit(&e.coord, spec).await.unwrap();
+    let rec = client::wait(&e.coord, &id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    // 1024 examples in batches of 12: 86 steps per epoch.
+    let per_epoch = tributary_worker::toy::EXAMPLES.div_ceil(12);
+    assert_eq!(per_epoch, 86);
+    assert_eq!(rec.examples, Some(tributary_worker::toy::EXAMPLES));
+    assert_eq!(rec.progress.total_steps, 2 * per_epoch);
+    assert_eq!(rec.progress.step, 2 * per_epoch);
+    let (step, _) = final_params(&e.artifacts, &rec).await;
+    assert_eq!(step, 2 * per_epoch, "the workers trained every step");
+}
+
+#[tokio::test]
+async fn the_trained_adapter_is_registered_with_its_provenance() {
+    let e = embedded(1, 1, 1, Arc::new(LinearFactory)).await;
+    let id = client::submit(&e.coord, spec("1", 12)).await.unwrap();
+    let rec = client::wait(&e.coord, &id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Succeeded, "{rec:?}");
+    let digest = rec.adapter_digest.unwrap();
+    let registry = e.artifacts.registry();
+    let entry = registry.get(&digest.to_hex()).await.unwrap().unwrap();
+    assert_eq!(entry.job_id, id.to_string());
+    assert_eq!(Some(entry.location.clone()), rec.adapter);
+    assert_eq!(
+        Some(entry.base_model_digest.clone()),
+        rec.base_model_digest.map(|d| d.to_hex())
+    );
+    assert_eq!(
+        Some(entry.data_digest.clone()),
+        rec.data_digest.map(|d| d.to_hex())
+    );
+    assert_eq!(entry.spec["train"]["steps"], 12);
+    // The digest names the adapter's files, not the checkpoint's bytes.
+    let files = registry.files(&entry).await.unwrap();
+    assert_eq!(
+        entry.files,
+        vec!["adapter_config.json", "adapter_model.safetensors"]
+    );
+    assert_eq!(
+        tributary_ledger::adapters::adapter_digest(&files),
+        digest.to_hex()
+    );
+    assert_ne!(Some(digest), rec.checkpoint.map(|c| c.digest));
+    // The job's log tells its story.
+    let log: Vec<&str> = rec.log.iter().map(|l| l.msg.as_str()).collect();
+    assert_eq!(log[0], "queued");
+    assert!(log.iter().any(|l| l.starts_with("placed on workers w0")), "{log:?}");
+    assert!(log.iter().any(|l| l.starts_with("step 12/12 loss")), "{log:?}");
+    assert!(log.iter().any(|l| l.starts_with("checkpoint at step 10")), "{log:?}");
+    assert_eq!(log.last(), Some(&"succeeded"));
 }

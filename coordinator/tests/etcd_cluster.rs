@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tributary_coordinator::etcd::{
-    EtcdJobStore, EtcdMembership, campaign, connect, get_checkpoint, list_jobs, register_worker,
+    EtcdJobStore, EtcdMembership, campaign, connect, list_jobs, register_worker,
     submit_job,
 };
 use tributary_coordinator::testkit::EtcdServer;
@@ -15,10 +15,12 @@ use tributary_coordinator::{
     CoordError, CoordinatorConfig, JobRecord, JobState, JobStore, Membership, StaticMembership,
     spawn_coordinator,
 };
-use tributary_protocol::{JobId, JobSpec, MicroBatch, NodeId, ShutdownController, WorkerInfo};
+use tributary_protocol::{
+    JobId, JobSpec, MicroBatch, NamedFile, NodeId, ShutdownController, WorkerInfo,
+};
 use tributary_worker::toy::LinearFactory;
 use tributary_worker::{
-    ExecError, ExecutorFactory, LocalLinkFactory, MicroGrad, ShardExecutor, WorkerCore,
+    ExecError, ExecutorFactory, LocalLinkFactory, MicroGrad, ShardExecutor, Sources, WorkerCore,
     spawn_worker,
 };
 
@@ -158,6 +160,12 @@ impl ShardExecutor for Slow {
     fn num_params(&self) -> usize {
         self.0.num_params()
     }
+    fn sources(&self) -> Sources {
+        self.0.sources()
+    }
+    fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
+        self.0.export()
+    }
 }
 struct SlowFactory;
 impl ExecutorFactory for SlowFactory {
@@ -208,6 +216,7 @@ async fn reference_digest(steps: u64) -> tributary_protocol::Digest {
         membership,
         store,
         links,
+        artifacts: artifacts(),
         tick: Duration::from_millis(20),
     })
     .await
@@ -244,14 +253,15 @@ async fn a_new_leader_resumes_the_job_from_its_checkpoint() {
         membership: membership.clone(),
         store: Arc::new(EtcdJobStore::new(client.clone(), &a)),
         links: links.clone(),
+        artifacts: artifacts(),
         tick: Duration::from_millis(50),
     })
     .await
     .unwrap();
     eventually("a checkpoint past step 10", 20, async || {
-        get_checkpoint(&client, &id)
+        job_state(&client, &id)
             .await
-            .unwrap()
+            .and_then(|r| r.checkpoint)
             .is_some_and(|c| c.step >= 10)
     })
     .await;
@@ -274,6 +284,7 @@ async fn a_new_leader_resumes_the_job_from_its_checkpoint() {
         membership,
         store: Arc::new(EtcdJobStore::new(client.clone(), &b)),
         links,
+        artifacts: artifacts(),
         tick: Duration::from_millis(50),
     })
     .await
@@ -315,6 +326,7 @@ async fn jobs_continue_after_etcd_restarts_under_them() {
         membership,
         store: Arc::new(EtcdJobStore::new(client.clone(), &lead)),
         links,
+        artifacts: artifacts(),
         tick: Duration::from_millis(50),
     })
     .await
@@ -337,4 +349,10 @@ async fn jobs_continue_after_etcd_restarts_under_them() {
     assert_eq!(rec.adapter_digest, Some(want));
     assert!(!*lead.lost.borrow(), "leadership survives an etcd restart");
     drop(ctl);
+}
+
+/// The object store for checkpoints and adapters: one per test binary, shared by every
+/// leader (as a real deployment shares its bucket); keys are content-addressed.
+fn artifacts() -> tributary_coordinator::Artifacts {
+    tributary_coordinator::Artifacts::open("memory://etcd-cluster-tests").unwrap()
 }

@@ -2,6 +2,7 @@
 //! manifests) and the reward log (hash chain, conditional writes, writer-epoch fencing,
 //! replication) with its verifier.
 //!
+//! - [`adapters`]: the adapter registry (content-addressed files, immutable entries).
 //! - [`store`]: stores by URL, conditional create with read-back, the self-test.
 //! - [`datanet`]: community datasets: upload, validation, content addressing, near-dup
 //!   clusters, quarantine, immutable manifests, versions, diff, export.
@@ -10,6 +11,7 @@
 //! - `testkit` (feature `testkit`): a real moto S3 server for tests, a store that ignores
 //!   conditional create (a mock, for the refusal test).
 
+pub mod adapters;
 pub mod clock;
 pub mod datanet;
 pub mod metrics;

@@ -19,7 +19,8 @@ pub use error::{ProtocolError, Result};
 pub use ids::{Digest, FencingToken, JobId, NodeId};
 pub use link::{BoxFuture, LinkFactory, QuicLinkFactory, QuicWorkerLink, WorkerInfo, WorkerLink};
 pub use messages::{
-    Command, CommandBody, MicroBatch, MicroResult, PROTOCOL_VERSION, Payload, Reply, WireMessage,
+    Command, CommandBody, MicroBatch, MicroResult, NamedFile, PROTOCOL_VERSION, Payload, Reply,
+    WireMessage,
 };
 pub use shutdown::{Shutdown, ShutdownController};
 pub use spec::JobSpec;

@@ -7,7 +7,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::error::{ProtocolError, Result};
-use crate::ids::{JobId, NodeId};
+use crate::ids::{Digest, JobId, NodeId};
 
 /// The protocol version this build speaks. Peers with another version are refused at the
 /// handshake.
@@ -86,6 +86,15 @@ pub enum CommandBody {
     Stop,
     /// Liveness probe; the reply reports the highest fencing token seen.
     Ping,
+    /// Return the trained adapter as files (PEFT layout for LoRA jobs).
+    Export,
+}
+
+/// One file of an exported adapter.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NamedFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
 }
 
 /// Summed loss and token count of one micro-batch; its gradient is the matching reply tensor.
@@ -122,6 +131,18 @@ pub enum Reply {
     Failed { reason: String },
     /// Answer to [`CommandBody::Ping`].
     Pong { highest: u64, node: NodeId },
+    /// Answer to [`CommandBody::Start`]: the job is loaded; what it was loaded from. The
+    /// coordinator needs `examples` to count the steps of an epoch-based spec.
+    Loaded {
+        /// Examples in the job's dataset.
+        examples: u64,
+        /// BLAKE3 of the base model's files.
+        base_model: Digest,
+        /// BLAKE3 of the training data.
+        data: Digest,
+    },
+    /// Answer to [`CommandBody::Export`].
+    Files { files: Vec<NamedFile> },
 }
 
 /// Encoding, validated decoding and semantic validation of one wire type.
@@ -184,6 +205,20 @@ wire!(Reply, |s| {
         Reply::Gradients { results } if results.len() > MAX_MICRO_BATCHES => Err(
             ProtocolError::InvalidMessage("too many micro-batch results".into()),
         ),
+        Reply::Files { files } => files.iter().try_for_each(|f| {
+            let ok = !f.name.is_empty()
+                && !f.name.starts_with('.')
+                && !f.name.contains(['/', '\\'])
+                && f.name.len() <= 255;
+            if ok {
+                Ok(())
+            } else {
+                Err(ProtocolError::InvalidMessage(format!(
+                    "exported file name {:?} is not a plain file name",
+                    f.name
+                )))
+            }
+        }),
         _ => Ok(()),
     }
 });

@@ -103,8 +103,13 @@ impl WorkerCore {
                 match self.factory.create(&spec) {
                     Ok(exec) => {
                         debug!(node = %self.node, %job, "job loaded");
+                        let src = exec.sources();
                         self.jobs.insert(job, JobSlot { exec, step: 0 });
-                        Payload::bare(Reply::Ok { step: 0 })
+                        Payload::bare(Reply::Loaded {
+                            examples: src.examples,
+                            base_model: src.base_model,
+                            data: src.data,
+                        })
                     }
                     Err(e) => failed(e.to_string()),
                 }
@@ -179,6 +184,10 @@ impl WorkerCore {
                     step: slot.step,
                     state,
                 }),
+                Err(e) => failed(e.to_string()),
+            },
+            CommandBody::Export => match slot.exec.export() {
+                Ok(files) => Payload::bare(Reply::Files { files }),
                 Err(e) => failed(e.to_string()),
             },
             CommandBody::Restore { step, state } => match slot.exec.restore(&state) {
@@ -259,7 +268,11 @@ mod tests {
                 }
             ))
             .msg,
-            Reply::Ok { step: 0 }
+            Reply::Loaded {
+                examples: crate::toy::EXAMPLES,
+                base_model: tributary_protocol::Digest::of(b"builtin:linear"),
+                data: tributary_protocol::Digest::of(b"builtin:linear examples=1024 seed=0"),
+            }
         );
         let mbs = vec![
             MicroBatch {
@@ -296,6 +309,12 @@ mod tests {
         assert_eq!(core.handle(apply).msg, Reply::Ok { step: 1 });
         let cp = core.handle(cmd(1, CommandBody::Checkpoint));
         assert!(matches!(cp.msg, Reply::Checkpoint { step: 1, .. }));
+        let exported = core.handle(cmd(1, CommandBody::Export));
+        assert!(
+            matches!(&exported.msg, Reply::Files { files } if files.iter().any(|f| f.name == "adapter_model.safetensors")),
+            "{:?}",
+            exported.msg
+        );
         let unknown = core.handle(Payload::bare(Command {
             fencing: 1,
             job: JobId::new("job-2").unwrap(),

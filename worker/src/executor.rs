@@ -2,7 +2,7 @@
 //! micro-batch's gradient, applies a reduced update, and saves/restores its state. The model
 //! crate's LoRA trainer plugs in here; [`crate::toy`] has a small deterministic reference.
 
-use tributary_protocol::{JobSpec, MicroBatch};
+use tributary_protocol::{Digest, JobSpec, MicroBatch, NamedFile};
 
 /// Why an executor could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,17 @@ pub struct MicroGrad {
     pub grads: Vec<f32>,
 }
 
+/// What a job was loaded from: reported to the coordinator when the job starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sources {
+    /// Examples in the dataset (one epoch).
+    pub examples: u64,
+    /// BLAKE3 of the base model's files.
+    pub base_model: Digest,
+    /// BLAKE3 of the training data.
+    pub data: Digest,
+}
+
 /// A job's training state on one worker.
 ///
 /// Contract for data-parallel determinism: `gradients` for a given step and micro-batch must
@@ -48,6 +59,28 @@ pub trait ShardExecutor: Send + 'static {
     fn restore(&mut self, state: &[u8]) -> Result<(), ExecError>;
     /// Number of trainable parameters (the gradient length).
     fn num_params(&self) -> usize;
+    /// The dataset size and the digests of the base model and data.
+    fn sources(&self) -> Sources;
+    /// The trained adapter as files (PEFT's `adapter_config.json` and
+    /// `adapter_model.safetensors` for LoRA jobs).
+    fn export(&self) -> Result<Vec<NamedFile>, ExecError>;
+}
+
+/// Every plain file of `dir` (not recursive), sorted by name.
+pub fn read_dir_files(dir: &std::path::Path) -> std::io::Result<Vec<NamedFile>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(&name))?;
+            Ok(NamedFile { name, bytes })
+        })
+        .collect()
 }
 
 /// Builds an executor for a job spec (the `init` step).

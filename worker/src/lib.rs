@@ -12,6 +12,6 @@ pub mod trainer_exec;
 
 pub use actor::{LocalLinkFactory, LocalWorkerLink, WorkerActor, WorkerMsg, spawn_worker};
 pub use core::WorkerCore;
-pub use executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor};
+pub use executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor, Sources};
 pub use service::WorkerService;
 pub use trainer_exec::{DefaultFactory, TrainerExecutor};

@@ -8,7 +8,9 @@
 
 use tributary_protocol::{JobSpec, MicroBatch};
 
-use crate::executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor};
+use tributary_protocol::{Digest, NamedFile};
+
+use crate::executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor, Sources};
 
 /// The `base_model` value that selects this executor.
 pub const BUILTIN_LINEAR: &str = "builtin:linear";
@@ -166,6 +168,34 @@ impl ShardExecutor for LinearExecutor {
     fn num_params(&self) -> usize {
         self.w.len()
     }
+
+    fn sources(&self) -> Sources {
+        Sources {
+            examples: EXAMPLES,
+            base_model: Digest::of(BUILTIN_LINEAR.as_bytes()),
+            data: Digest::of(format!("{BUILTIN_LINEAR} examples={EXAMPLES} seed={}", self.seed).as_bytes()),
+        }
+    }
+
+    /// The parameters as one safetensors tensor `weight` (weights then bias) and a config
+    /// naming the model; the same two file names a PEFT adapter has.
+    fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
+        let err = |e: &dyn std::fmt::Display| ExecError::Checkpoint(e.to_string());
+        let tmp = tempfile::tempdir().map_err(|e| err(&e))?;
+        let mut tensors = std::collections::BTreeMap::new();
+        tensors.insert(
+            "weight".to_string(),
+            tributary_model::weights::HostTensor {
+                shape: vec![self.w.len()],
+                values: self.w.clone(),
+            },
+        );
+        tributary_model::weights::save_f32(&tmp.path().join("adapter_model.safetensors"), &tensors)
+            .map_err(|e| err(&e))?;
+        let config = format!("{{\"peft_type\":\"{BUILTIN_LINEAR}\",\"dim\":{DIM}}}");
+        std::fs::write(tmp.path().join("adapter_config.json"), config).map_err(|e| err(&e))?;
+        crate::executor::read_dir_files(tmp.path()).map_err(|e| err(&e))
+    }
 }
 
 /// Creates [`LinearExecutor`]s for specs whose `base_model` is [`BUILTIN_LINEAR`].
@@ -210,6 +240,12 @@ impl ShardExecutor for Delayed {
     }
     fn num_params(&self) -> usize {
         self.inner.num_params()
+    }
+    fn sources(&self) -> Sources {
+        self.inner.sources()
+    }
+    fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
+        self.inner.export()
     }
 }
 

@@ -16,9 +16,9 @@ use tributary_model::lora::{LoraConfig, TargetModule};
 use tributary_model::tokenizer::Tokenizer;
 use tributary_model::train::{LoraGradients, TrainConfig, TrainExample, Trainer};
 use tributary_model::weights::HostTensor;
-use tributary_protocol::{JobSpec, MicroBatch};
+use tributary_protocol::{Digest, JobSpec, MicroBatch, NamedFile};
 
-use crate::executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor};
+use crate::executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor, Sources};
 
 /// Longest sequence kept when the model allows more.
 pub const MAX_SEQ_LEN: usize = 512;
@@ -37,6 +37,20 @@ pub struct TrainerExecutor {
     /// `[A, B]` shapes per adapter module, canonical order (the flat gradient layout).
     shapes: Vec<[Vec<usize>; 2]>,
     perms: BTreeMap<u64, Vec<usize>>,
+    sources: Sources,
+}
+
+/// BLAKE3 over a directory's plain files (sorted names; each name, size and contents), so
+/// the digest names the base model whatever the path it was loaded from.
+pub fn digest_dir(dir: &Path) -> std::io::Result<Digest> {
+    let mut h = blake3::Hasher::new();
+    for f in crate::executor::read_dir_files(dir)? {
+        h.update(&(f.name.len() as u64).to_le_bytes());
+        h.update(f.name.as_bytes());
+        h.update(&(f.bytes.len() as u64).to_le_bytes());
+        h.update(&f.bytes);
+    }
+    Ok(h.finalize().into())
 }
 
 impl TrainerExecutor {
@@ -54,10 +68,16 @@ impl TrainerExecutor {
             eos_token_id: eos,
         };
         let data = load_jsonl(Path::new(&spec.data), &tokenizer, &options).map_err(setup)?;
+        let data_digest = std::fs::read(&spec.data)
+            .map(|b| Digest::of(&b))
+            .map_err(|e| setup(format!("data {}: {e}", spec.data)))?;
+        let base_digest =
+            digest_dir(dir).map_err(|e| setup(format!("base_model {}: {e}", spec.base_model)))?;
         let examples: Vec<TrainExample> = data.examples.into_iter().map(|e| e.example).collect();
         if examples.is_empty() {
             return Err(ExecError::Setup(format!("{}: no examples", spec.data)));
         }
+        let examples_len = examples.len() as u64;
         let targets = spec
             .lora
             .target_modules
@@ -99,6 +119,11 @@ impl TrainerExecutor {
             seed: spec.train.seed,
             shapes,
             perms: BTreeMap::new(),
+            sources: Sources {
+                examples: examples_len,
+                base_model: base_digest,
+                data: data_digest,
+            },
         })
     }
 
@@ -196,6 +221,17 @@ impl ShardExecutor for TrainerExecutor {
             .iter()
             .map(|[a, b]| a.iter().product::<usize>() + b.iter().product::<usize>())
             .sum()
+    }
+
+    fn sources(&self) -> Sources {
+        self.sources
+    }
+
+    fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
+        let err = |e: &dyn std::fmt::Display| ExecError::Checkpoint(e.to_string());
+        let tmp = tempfile::tempdir().map_err(|e| err(&e))?;
+        self.trainer.adapter().save(tmp.path()).map_err(|e| err(&e))?;
+        crate::executor::read_dir_files(tmp.path()).map_err(|e| err(&e))
     }
 }
 
