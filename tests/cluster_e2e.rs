@@ -86,6 +86,7 @@ impl Cluster {
             .args(["--name", name, "--lease-ttl", TTL])
             .env("TRIBUTARY_ETCD", self.etcd.url())
             .env("TRIBUTARY_CERTS", self.dir.path().join("certs"))
+            .env("TRIBUTARY_STORE", self.dir.path().join("store"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -172,6 +173,7 @@ async fn embedded_digest(spec: JobSpec) -> Digest {
         }])),
         store: Arc::new(MemoryJobStore::default()),
         links: Arc::new(links),
+        artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-reference").unwrap(),
         tick: Duration::from_millis(20),
     })
     .await

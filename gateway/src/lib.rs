@@ -13,3 +13,5 @@ pub mod ops;
 pub use error::ApiError;
 pub use jobs::job_router;
 pub use ops::{Readiness, ops_router, serve};
+/// The router type the functions above return.
+pub use axum::Router;

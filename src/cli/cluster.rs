@@ -1,7 +1,10 @@
 //! `tributary coordinator` and `tributary worker`: one process per role in cluster mode.
 //! Workers serve QUIC with mutual TLS and register in etcd under a lease; coordinators
 //! campaign in etcd and the leader drives jobs over QUIC with its election revision as the
-//! fencing token. Every flag can also come from a `TRIBUTARY_…` environment variable.
+//! fencing token. Checkpoints and adapters go to the object store named by `--store`. With
+//! `--http`, both roles serve `/healthz`, `/readyz` and `/metrics`, and every coordinator
+//! (leader or standby) also serves the job API, writing submissions and cancels to etcd.
+//! Every flag can also come from a `TRIBUTARY_…` environment variable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,9 +14,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use tributary_coordinator::etcd::{
-    EtcdJobStore, EtcdMembership, campaign, connect, register_worker,
+    ELECTION, EtcdClient, EtcdJobStore, EtcdMembership, campaign, connect, register_worker,
 };
-use tributary_coordinator::{CoordinatorConfig, spawn_coordinator};
+use tributary_coordinator::{Artifacts, CoordinatorConfig, EtcdJobs, spawn_coordinator};
+use tributary_gateway::Readiness;
 use tributary_protocol::link::QuicLinkFactory;
 use tributary_protocol::{NodeId, NodeTls, QuicServer, ShutdownController, WorkerInfo};
 use tributary_worker::toy::DelayedFactory;
@@ -34,6 +38,9 @@ pub struct Common {
     /// Lease time-to-live in seconds (registration, leadership).
     #[arg(long, env = "TRIBUTARY_LEASE_TTL", default_value_t = 5)]
     pub lease_ttl: i64,
+    /// Serve /healthz, /readyz and /metrics (and, on coordinators, the job API) here.
+    #[arg(long, env = "TRIBUTARY_HTTP")]
+    pub http: Option<SocketAddr>,
 }
 
 /// `tributary coordinator`.
@@ -41,6 +48,10 @@ pub struct Common {
 pub struct CoordinatorArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Object store for checkpoints and adapters: `file:///dir`, a path, or
+    /// `s3://bucket/prefix?endpoint=…` (every coordinator of a cluster must name the same).
+    #[arg(long, env = "TRIBUTARY_STORE", default_value = "tributary-data/store")]
+    pub store: String,
 }
 
 /// `tributary worker`.
@@ -70,7 +81,7 @@ pub struct WorkerArgs {
     pub micro_batch_delay_ms: u64,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,7 +89,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn terminate() {
+pub(super) async fn terminate() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -108,11 +119,50 @@ pub fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     runtime()?.block_on(coordinator(args))
 }
 
+/// etcd answers a read.
+async fn etcd_ready(client: &EtcdClient) -> Result<(), String> {
+    let mut c = client.clone();
+    let get = c.get("/tributary/readyz", None);
+    match tokio::time::timeout(Duration::from_secs(2), get).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("etcd: {e}")),
+        Err(_) => Err("etcd: no answer within 2 s".into()),
+    }
+}
+
+/// Serves `app` on `addr` (if given) until SIGTERM/Ctrl-C.
+async fn serve_http(addr: Option<SocketAddr>, app: tributary_gateway::Router) -> anyhow::Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let (bound, _task) = tributary_gateway::serve(addr, app, terminate())
+        .await
+        .with_context(|| format!("listening on --http {addr}"))?;
+    eprintln!("http on {bound}");
+    Ok(())
+}
+
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let (node, tls) = load(&args.common)?;
+    let artifacts = Artifacts::open(&args.store).context("--store")?;
     let client = connect(&args.common.etcd)
         .await
         .with_context(|| format!("connecting to etcd at {}", args.common.etcd))?;
+    let (c, s) = (client.clone(), artifacts.clone());
+    let ready: Readiness = Arc::new(move || {
+        let (c, s) = (c.clone(), s.clone());
+        Box::pin(async move {
+            etcd_ready(&c).await?;
+            let mut c2 = c.clone();
+            let leader = c2.leader(ELECTION);
+            match tokio::time::timeout(Duration::from_secs(2), leader).await {
+                Ok(Ok(_)) => {}
+                _ => return Err("no coordinator leader is known".into()),
+            }
+            s.ping().await.map_err(|e| format!("store: {e}"))
+        })
+    });
+    let app = tributary_gateway::job_router(Arc::new(EtcdJobs(client.clone())))
+        .merge(tributary_gateway::ops_router(ready));
+    serve_http(args.common.http, app).await?;
     let ctl = ShutdownController::new();
     let sd = ctl.subscribe();
     tracing::info!(%node, "campaigning for leadership");
@@ -127,6 +177,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         membership: Arc::new(membership),
         store: Arc::new(EtcdJobStore::new(client.clone(), &lead)),
         links: Arc::new(QuicLinkFactory::new(node.clone(), tls)),
+        artifacts,
         tick: Duration::from_millis(200),
     })
     .await?;
@@ -177,6 +228,12 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         slots: args.slots,
         free_slots: args.slots,
     };
+    let c = client.clone();
+    let ready: Readiness = Arc::new(move || {
+        let c = c.clone();
+        Box::pin(async move { etcd_ready(&c).await })
+    });
+    serve_http(args.common.http, tributary_gateway::ops_router(ready)).await?;
     let reg = register_worker(client, info, args.common.lease_ttl, ctl.subscribe()).await?;
     eprintln!("{node}: serving on {bound}");
     terminate().await;

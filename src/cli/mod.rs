@@ -6,6 +6,8 @@ pub mod certs;
 pub mod cluster;
 pub mod datanet;
 pub mod demo;
+pub mod dev;
+pub mod job;
 pub mod ledger;
 pub mod model;
 pub mod model_finetune;
@@ -40,6 +42,10 @@ pub enum Command {
     /// Development certificates: a cluster CA and node certificates for mutual TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Coordinator, in-process workers and the job API in one process (nothing to install).
+    Dev(dev::DevArgs),
+    /// Fine-tuning jobs: submit, status, cancel, logs (talks to `dev` or a coordinator).
+    Job(job::JobArgs),
     /// Run a coordinator (cluster mode): campaigns in etcd, the leader drives jobs over QUIC.
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease.
@@ -71,6 +77,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Dev(args) => dev::run(args),
+        Command::Job(args) => job::run(args),
         Command::Coordinator(args) => cluster::run_coordinator(args),
         Command::Worker(args) => cluster::run_worker(args),
         Command::Datanet(args) => datanet::run(args),

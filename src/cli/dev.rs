@@ -1,0 +1,94 @@
+//! `tributary dev`: the coordinator, N in-process workers and the job API in one process —
+//! in-memory membership and job records, a `file://` object store under the data directory,
+//! nothing to install. The `job` commands talk to it exactly as to a cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tributary_coordinator::{
+    ActorJobs, Artifacts, CoordinatorConfig, MemoryJobStore, StaticMembership, spawn_coordinator,
+};
+use tributary_protocol::{NodeId, WorkerInfo};
+use tributary_worker::{DefaultFactory, LocalLinkFactory, WorkerCore, spawn_worker};
+
+/// `tributary dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the object store (checkpoints, adapters) lives.
+    #[arg(long, env = "TRIBUTARY_DATA_DIR", default_value = "tributary-data")]
+    pub data_dir: PathBuf,
+    /// In-process workers.
+    #[arg(long, env = "TRIBUTARY_WORKERS", default_value_t = 1)]
+    pub workers: u32,
+    /// Job API, /healthz, /readyz and /metrics.
+    #[arg(long, env = "TRIBUTARY_HTTP", default_value = "127.0.0.1:7400")]
+    pub http: SocketAddr,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    super::cluster::runtime()?.block_on(dev(args))
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    if args.workers == 0 || args.workers > 64 {
+        anyhow::bail!("--workers {} is out of range: must be 1..=64", args.workers);
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    let store_dir = std::fs::canonicalize(&args.data_dir)?.join("store");
+    let artifacts = Artifacts::open(&store_dir.to_string_lossy())
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let mut links = LocalLinkFactory::new();
+    let mut infos = Vec::new();
+    let mut actors = Vec::new();
+    for i in 0..args.workers {
+        let node = NodeId::new(format!("local-{i}"))?;
+        let (a, _) = spawn_worker(WorkerCore::new(node.clone(), Arc::new(DefaultFactory))).await?;
+        links.insert(node.clone(), a.clone());
+        infos.push(WorkerInfo {
+            node,
+            addr: String::new(),
+            device: "cpu".into(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_bytes: 0,
+            slots: 1,
+            free_slots: 1,
+        });
+        actors.push(a);
+    }
+    let (coord, _) = spawn_coordinator(CoordinatorConfig {
+        fencing: 1,
+        membership: Arc::new(StaticMembership::new(infos)),
+        store: Arc::new(MemoryJobStore::default()),
+        links: Arc::new(links),
+        artifacts: artifacts.clone(),
+        tick: Duration::from_millis(100),
+    })
+    .await?;
+    let ready_store = artifacts.clone();
+    let ready: tributary_gateway::Readiness = Arc::new(move || {
+        let s = ready_store.clone();
+        Box::pin(async move { s.ping().await.map_err(|e| format!("store: {e}")) })
+    });
+    let app = tributary_gateway::job_router(Arc::new(ActorJobs(coord.clone())))
+        .merge(tributary_gateway::ops_router(ready));
+    let (bound, server) = tributary_gateway::serve(args.http, app, super::cluster::terminate())
+        .await
+        .with_context(|| format!("listening on --http {}", args.http))?;
+    eprintln!(
+        "tributary dev: {} worker(s), store {}, job API on http://{bound}",
+        args.workers,
+        artifacts.url()
+    );
+    let r = server.await;
+    coord.stop(None);
+    for a in actors {
+        a.stop(None);
+    }
+    r.context("HTTP server")?.context("HTTP server")?;
+    Ok(())
+}
