@@ -1,6 +1,10 @@
 //! End to end with real processes: etcd (Debian's binary, temp dir), `tributary worker` and
 //! `tributary coordinator` processes talking QUIC with mutual TLS on loopback, certificates
-//! made by `tributary certs`. Faults are real: kill -9, SIGSTOP/SIGCONT.
+//! made by `tributary certs`. Faults are real: kill -9, SIGSTOP/SIGCONT. Jobs go in through
+//! the library (etcd) and through `tributary job` against a coordinator's HTTP API; the
+//! object store is a directory or a real S3 API server (moto).
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,6 +37,8 @@ struct Cluster {
     etcd: EtcdServer,
     dir: tempfile::TempDir,
     procs: Vec<Proc>,
+    /// The coordinators' `--store`.
+    store: String,
 }
 
 impl Drop for Cluster {
@@ -71,10 +77,12 @@ impl Cluster {
         for n in ["coord-a", "coord-b", "w1", "w2"] {
             run_ok(&["certs", "issue", "--name", n, "--dir", certs_s]);
         }
+        let store = dir.path().join("store").to_string_lossy().into_owned();
         Self {
             etcd,
             dir,
             procs: Vec::new(),
+            store,
         }
     }
 
@@ -86,7 +94,7 @@ impl Cluster {
             .args(["--name", name, "--lease-ttl", TTL])
             .env("TRIBUTARY_ETCD", self.etcd.url())
             .env("TRIBUTARY_CERTS", self.dir.path().join("certs"))
-            .env("TRIBUTARY_STORE", self.dir.path().join("store"))
+            .env("TRIBUTARY_STORE", &self.store)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -173,7 +181,8 @@ async fn embedded_digest(spec: JobSpec) -> Digest {
         }])),
         store: Arc::new(MemoryJobStore::default()),
         links: Arc::new(links),
-        artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-reference").unwrap(),
+        artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-reference")
+            .unwrap(),
         tick: Duration::from_millis(20),
     })
     .await
@@ -345,4 +354,140 @@ async fn a_leader_paused_past_its_lease_is_refused_and_steps_down() {
     let r = wait_for(&c, &etcd, &id, "the end", 90, |r| r.state.is_terminal()).await;
     assert_eq!(r.state, JobState::Succeeded, "{r:?}\n{}", c.dump_logs());
     assert_eq!(r.adapter_digest, Some(want));
+}
+
+/// Starts a coordinator with the job API on a free port; returns the port once it is ready.
+fn coordinator_with_http(c: &mut Cluster, name: &str) -> u16 {
+    let port = common::free_tcp_port();
+    c.spawn(
+        name,
+        &["coordinator", "--http", &format!("127.0.0.1:{port}")],
+    );
+    common::wait_ready(port, "/healthz", 30, &|| c.dump_logs());
+    port
+}
+
+#[test]
+fn a_lora_job_from_job_submit_on_an_s3_store_matches_dev_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(tmp.path());
+    // The reference: `tributary dev` with one worker.
+    let want = {
+        let dev = common::Dev::start(tmp.path(), 1);
+        common::submit_and_wait(&dev.url(), &common::lora_spec(tmp.path(), &model, 1))
+    };
+    assert_eq!(want["state"], "succeeded", "{want}");
+
+    tributary_ledger::testkit::init_crypto();
+    let moto = tributary_ledger::testkit::MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
+    moto.create_bucket("tributary").unwrap();
+    let mut c = Cluster::new();
+    c.store = moto.url("tributary", "cluster");
+    c.worker("w1", 0);
+    c.worker("w2", 0);
+    let port = coordinator_with_http(&mut c, "coord-a");
+    common::wait_ready(port, "/readyz", 30, &|| c.dump_logs());
+    let url = format!("http://127.0.0.1:{port}");
+    let got = common::submit_and_wait(&url, &common::lora_spec(tmp.path(), &model, 2));
+    assert_eq!(got["state"], "succeeded", "{got}\n{}", c.dump_logs());
+    assert_eq!(got["steps"], 4);
+    assert_eq!(
+        got["adapter_digest"], want["adapter_digest"],
+        "2 workers over QUIC != dev mode with 1 worker"
+    );
+    let adapter = got["adapter"].as_str().unwrap();
+    assert!(
+        adapter.starts_with("s3://tributary/cluster/adapters/"),
+        "{adapter}"
+    );
+
+    // The registry entry and files are in the bucket.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = tributary_ledger::Store::open(&c.store).unwrap();
+    let registry = tributary_ledger::adapters::AdapterRegistry::new(store);
+    let digest = got["adapter_digest"].as_str().unwrap();
+    let entry = rt
+        .block_on(registry.get(digest))
+        .unwrap()
+        .expect("registered");
+    assert_eq!(entry.job_id, got["id"].as_str().unwrap());
+    assert_eq!(entry.location, adapter);
+    let files = rt.block_on(registry.files(&entry)).unwrap();
+    assert_eq!(tributary_ledger::adapters::adapter_digest(&files), digest);
+    // Both workers trained; the record knows where its last checkpoint is.
+    let out = common::job(&url, &["status", got["id"].as_str().unwrap(), "--json"]);
+    let rec: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(rec["workers"].as_array().unwrap().len(), 2, "{rec}");
+    assert!(
+        rec["checkpoint"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("checkpoints/")
+    );
+    // The leader's metrics saw the workers and the steps.
+    let (_, metrics) = common::http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("tributary_worker_heartbeat_age_seconds{node=\"w1\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tributary_train_step_seconds_count 4"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_standby_accepts_submit_and_cancel_and_the_leader_acts_on_them() {
+    let mut c = Cluster::new();
+    c.worker("w1", 3);
+    c.worker("w2", 3);
+    c.coordinator("coord-a");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(wait_log(&c, "coord-a", "leader with fencing token", 20));
+    let port = coordinator_with_http(&mut c, "coord-b");
+    let url = format!("http://127.0.0.1:{port}");
+    let spec = c.dir.path().join("long.toml");
+    std::fs::write(
+        &spec,
+        "base_model = \"builtin:linear\"\ndata = \"synthetic\"\nworkers = 2\n\
+         [train]\nsteps = 100000000\nbatch_size = 8\ngrad_accum = 4\nseed = 1\n",
+    )
+    .unwrap();
+    let out = common::job(&url, &["submit", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let id = common::stdout(&out).trim().to_string();
+    let t0 = Instant::now();
+    loop {
+        let out = common::job(&url, &["status", &id, "--json"]);
+        let rec: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+        if rec["state"] == "running" && rec["progress"]["step"].as_u64() > Some(2) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{rec}\n{}",
+            c.dump_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !log_has(&c, "coord-b", "leader with"),
+        "coord-b must still be a standby"
+    );
+    let out = common::job(&url, &["cancel", &id]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = common::job(&url, &["status", &id, "--watch", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(common::stdout(&out).trim()).unwrap();
+    assert_eq!(v["state"], "cancelled", "{v}\n{}", c.dump_logs());
+    // The list shows it too.
+    let out = common::job(&url, &["status", "--json"]);
+    let all: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str())
+    );
+    let logs = common::stdout(&common::job(&url, &["logs", &id]));
+    assert!(logs.contains("cancel requested"), "{logs}");
 }

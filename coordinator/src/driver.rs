@@ -12,8 +12,8 @@ use std::time::Instant;
 use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
-use tributary_protocol::link::WorkerLink;
 use tributary_ledger::adapters::Provenance;
+use tributary_protocol::link::WorkerLink;
 use tributary_protocol::{
     Command, CommandBody, Digest, JobId, JobSpec, MicroBatch, NodeId, Payload, Reply,
 };
@@ -40,9 +40,15 @@ pub enum JobEvent {
         data: Digest,
     },
     /// A checkpoint object was written: the record's pointer may move to it.
-    Checkpointed { job: JobId, checkpoint: CheckpointRef },
+    Checkpointed {
+        job: JobId,
+        checkpoint: CheckpointRef,
+    },
     /// A line for the job's log.
-    Log { job: JobId, msg: String },
+    Log {
+        job: JobId,
+        msg: String,
+    },
     Progress {
         job: JobId,
         progress: Progress,
@@ -239,7 +245,11 @@ impl JobRun {
             },
             None => None,
         };
-        let resume = self.resume.as_ref().zip(state.as_deref()).map(|(c, s)| (c.step, s));
+        let resume = self
+            .resume
+            .as_ref()
+            .zip(state.as_deref())
+            .map(|(c, s)| (c.step, s));
         let loaded = match self.load(&mut live, resume).await {
             Ok(Some(l)) => l,
             Ok(None) => return JobOutcome::Requeue("every worker was lost".into()),
@@ -259,13 +269,20 @@ impl JobRun {
             self.log(format!("resumed from the checkpoint at step {start_step}"))
                 .await;
         }
-        info!(start_step, total = total_steps, workers = live.len(), "job running");
+        info!(
+            start_step,
+            total = total_steps,
+            workers = live.len(),
+            "job running"
+        );
         let started = Instant::now();
         let mut tokens_total = 0u64;
         let mut last_loss = None;
         for step in start_step..total_steps {
             if *self.cancel.borrow() {
-                let _ = self.broadcast(&mut live, CommandBody::Stop, Vec::new()).await;
+                let _ = self
+                    .broadcast(&mut live, CommandBody::Stop, Vec::new())
+                    .await;
                 return JobOutcome::Cancelled;
             }
             if let Err(o) = self.take_in(&mut live, joins, step).await {
@@ -324,7 +341,9 @@ impl JobRun {
         if let Err(o) = self.save_checkpoint(&mut live).await {
             return o;
         }
-        let outcome = self.register(&mut live, loaded, total_steps, last_loss).await;
+        let outcome = self
+            .register(&mut live, loaded, total_steps, last_loss)
+            .await;
         let _ = self
             .broadcast(&mut live, CommandBody::Stop, Vec::new())
             .await;
@@ -518,7 +537,10 @@ impl JobRun {
     async fn save_checkpoint(&self, live: &mut Live) -> Result<CheckpointRef, JobOutcome> {
         let (step, state) = self.checkpoint_state(live).await?;
         let cp = self
-            .with_retry(|| self.artifacts.save_checkpoint(&self.job, step, state.clone()))
+            .with_retry(|| {
+                self.artifacts
+                    .save_checkpoint(&self.job, step, state.clone())
+            })
             .await?;
         self.log(format!(
             "checkpoint at step {step}: {} ({} bytes)",

@@ -19,9 +19,9 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use api::{ActorJobs, EtcdJobs, JobApi};
 pub use actor::{CoordinatorActor, CoordinatorConfig, CoordinatorMsg, client, spawn_coordinator};
+pub use api::{ActorJobs, EtcdJobs, JobApi};
+pub use artifacts::{Artifacts, CheckpointRef};
 pub use error::CoordError;
 pub use membership::{Membership, StaticMembership};
-pub use artifacts::{Artifacts, CheckpointRef};
 pub use store::{JobRecord, JobState, JobStore, LogLine, MemoryJobStore};

@@ -372,8 +372,17 @@ async fn the_trained_adapter_is_registered_with_its_provenance() {
     // The job's log tells its story.
     let log: Vec<&str> = rec.log.iter().map(|l| l.msg.as_str()).collect();
     assert_eq!(log[0], "queued");
-    assert!(log.iter().any(|l| l.starts_with("placed on workers w0")), "{log:?}");
-    assert!(log.iter().any(|l| l.starts_with("step 12/12 loss")), "{log:?}");
-    assert!(log.iter().any(|l| l.starts_with("checkpoint at step 10")), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.starts_with("placed on workers w0")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.starts_with("step 12/12 loss")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.starts_with("checkpoint at step 10")),
+        "{log:?}"
+    );
     assert_eq!(log.last(), Some(&"succeeded"));
 }

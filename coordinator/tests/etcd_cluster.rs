@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tributary_coordinator::etcd::{
-    EtcdJobStore, EtcdMembership, campaign, connect, list_jobs, register_worker,
-    submit_job,
+    EtcdJobStore, EtcdMembership, campaign, connect, list_jobs, register_worker, submit_job,
 };
 use tributary_coordinator::testkit::EtcdServer;
 use tributary_coordinator::{

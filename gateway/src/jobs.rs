@@ -123,7 +123,9 @@ async fn logs(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Val
         .instrument(info_span!("http_job_logs", job = %id))
         .await?
         .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
-    Ok(Json(json!({ "id": id.to_string(), "lines": to_json(&rec.log)? })))
+    Ok(Json(
+        json!({ "id": id.to_string(), "lines": to_json(&rec.log)? }),
+    ))
 }
 
 /// A spec error's message without the "invalid job spec: " prefix, so it starts with the field.

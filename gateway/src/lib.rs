@@ -10,8 +10,8 @@ pub mod error;
 pub mod jobs;
 pub mod ops;
 
+/// The router type the functions above return.
+pub use axum::Router;
 pub use error::ApiError;
 pub use jobs::job_router;
 pub use ops::{Readiness, ops_router, serve};
-/// The router type the functions above return.
-pub use axum::Router;

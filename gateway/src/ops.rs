@@ -27,7 +27,10 @@ pub fn ops_router(ready: Readiness) -> Router {
 async fn readyz(State(ready): State<Readiness>) -> impl IntoResponse {
     match ready().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

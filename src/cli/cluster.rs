@@ -131,7 +131,10 @@ async fn etcd_ready(client: &EtcdClient) -> Result<(), String> {
 }
 
 /// Serves `app` on `addr` (if given) until SIGTERM/Ctrl-C.
-async fn serve_http(addr: Option<SocketAddr>, app: tributary_gateway::Router) -> anyhow::Result<()> {
+async fn serve_http(
+    addr: Option<SocketAddr>,
+    app: tributary_gateway::Router,
+) -> anyhow::Result<()> {
     let Some(addr) = addr else { return Ok(()) };
     let (bound, _task) = tributary_gateway::serve(addr, app, terminate())
         .await

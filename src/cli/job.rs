@@ -85,7 +85,9 @@ impl Api {
         let text = resp.text().await.context(what.to_string())?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
-            let msg = body["error"].as_str().map_or(body.to_string(), str::to_string);
+            let msg = body["error"]
+                .as_str()
+                .map_or(body.to_string(), str::to_string);
             match body["field"].as_str() {
                 Some(f) => bail!("{what}: {msg} (field `{f}`, HTTP {status})"),
                 None => bail!("{what}: {msg} (HTTP {status})"),
@@ -125,7 +127,10 @@ async fn run_async(args: JobArgs) -> anyhow::Result<()> {
             resolve_paths(&mut spec, &file);
             let body = spec.to_json()?;
             let r = api.post("/v1/jobs", body, "submit").await?;
-            let id = r["id"].as_str().context("submit: no id in the answer")?.to_string();
+            let id = r["id"]
+                .as_str()
+                .context("submit: no id in the answer")?
+                .to_string();
             if !wait {
                 if json {
                     println!("{}", serde_json::json!({ "id": id }));
@@ -220,11 +225,9 @@ async fn follow(api: &Api, id: &str, bar: bool) -> anyhow::Result<Value> {
     let pb = bar.then(|| {
         let pb = ProgressBar::new(0);
         pb.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{bar:30}] {pos}/{len} steps {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} steps {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         pb
     });
@@ -235,7 +238,9 @@ async fn follow(api: &Api, id: &str, bar: bool) -> anyhow::Result<Value> {
             pb.set_length(p["total_steps"].as_u64().unwrap_or(0));
             pb.set_position(p["step"].as_u64().unwrap_or(0));
             let loss = p["loss"].as_f64().map_or("-".into(), |l| format!("{l:.4}"));
-            let eta = p["eta_secs"].as_f64().map_or("-".into(), |e| format!("{e:.0}s"));
+            let eta = p["eta_secs"]
+                .as_f64()
+                .map_or("-".into(), |e| format!("{e:.0}s"));
             pb.set_message(format!(
                 "{} loss {loss} {:.0} tokens/s ETA {eta}",
                 rec["state"].as_str().unwrap_or("?"),
@@ -281,7 +286,10 @@ fn print_record(r: &Value) {
     }
     for key in ["adapter", "adapter_digest", "final_loss", "error"] {
         if !r[key].is_null() {
-            println!("  {key}: {}", r[key].as_str().map_or(r[key].to_string(), str::to_string));
+            println!(
+                "  {key}: {}",
+                r[key].as_str().map_or(r[key].to_string(), str::to_string)
+            );
         }
     }
 }

@@ -173,7 +173,9 @@ impl ShardExecutor for LinearExecutor {
         Sources {
             examples: EXAMPLES,
             base_model: Digest::of(BUILTIN_LINEAR.as_bytes()),
-            data: Digest::of(format!("{BUILTIN_LINEAR} examples={EXAMPLES} seed={}", self.seed).as_bytes()),
+            data: Digest::of(
+                format!("{BUILTIN_LINEAR} examples={EXAMPLES} seed={}", self.seed).as_bytes(),
+            ),
         }
     }
 

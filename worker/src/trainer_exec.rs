@@ -230,7 +230,10 @@ impl ShardExecutor for TrainerExecutor {
     fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
         let err = |e: &dyn std::fmt::Display| ExecError::Checkpoint(e.to_string());
         let tmp = tempfile::tempdir().map_err(|e| err(&e))?;
-        self.trainer.adapter().save(tmp.path()).map_err(|e| err(&e))?;
+        self.trainer
+            .adapter()
+            .save(tmp.path())
+            .map_err(|e| err(&e))?;
         crate::executor::read_dir_files(tmp.path()).map_err(|e| err(&e))
     }
 }
