@@ -179,9 +179,16 @@ async fn run_async(args: JobArgs) -> anyhow::Result<()> {
         }
         JobCommand::Logs { id } => {
             let r = api.get(&format!("/v1/jobs/{id}/logs"), "logs").await?;
-            for l in r["lines"].as_array().into_iter().flatten() {
-                let secs = l["at_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
-                println!("{secs:.3} {}", l["msg"].as_str().unwrap_or(""));
+            let lines = r["lines"].as_array().cloned().unwrap_or_default();
+            // Times relative to the first line kept (the log is bounded; old lines drop).
+            let first = lines.first().and_then(|l| l["at_ms"].as_u64()).unwrap_or(0);
+            for l in &lines {
+                let at = l["at_ms"].as_u64().unwrap_or(first).saturating_sub(first);
+                println!(
+                    "+{:>8.3}s  {}",
+                    at as f64 / 1000.0,
+                    l["msg"].as_str().unwrap_or("")
+                );
             }
             Ok(())
         }
