@@ -13,7 +13,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use tributary_protocol::link::{LinkFactory, WorkerLink};
-use tributary_protocol::spec::Workers;
 use tributary_protocol::{JobId, JobSpec, NodeId};
 
 use crate::artifacts::Artifacts;
@@ -21,7 +20,7 @@ use crate::driver::{JobEvent, JobOutcome, JobRun};
 use crate::error::CoordError;
 use crate::membership::Membership;
 use crate::metrics;
-use crate::placement::{Demand, place};
+use crate::placement::{Demand, demand, place};
 use crate::store::{JobRecord, JobState, JobStore};
 
 /// Least time between two progress writes of one job to the store.
@@ -87,20 +86,6 @@ pub struct CoordinatorState {
 #[derive(Debug, Default)]
 pub struct CoordinatorActor;
 
-/// How many workers a spec wants, as a placement demand.
-pub fn demand(rec: &JobRecord) -> Demand {
-    let micro = rec.spec.micro_batches().max(1);
-    let (min, max) = match rec.spec.workers {
-        Workers::Count(n) => (n.min(micro), n.min(micro)),
-        Workers::Auto => (1, micro),
-    };
-    Demand {
-        job: rec.id.clone(),
-        min,
-        max,
-    }
-}
-
 impl CoordinatorState {
     /// Writes a record; a leadership error is returned, other failures mark it dirty.
     async fn persist(&mut self, rec: &JobRecord) -> Result<(), CoordError> {
@@ -129,18 +114,7 @@ impl CoordinatorState {
     }
 
     fn update_gauges(&self) {
-        for s in [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Failed,
-            JobState::Cancelled,
-        ] {
-            let n = self.jobs.values().filter(|r| r.state == s).count();
-            metrics::JOBS
-                .with_label_values(&[&s.to_string()])
-                .set(n as i64);
-        }
+        metrics::set_jobs_by_state(self.jobs.values().map(|r| r.state));
     }
 
     /// Picks up jobs written to the store by others (cluster submissions, a previous leader).
@@ -620,62 +594,4 @@ pub async fn spawn_coordinator(
     Actor::spawn(None, CoordinatorActor, cfg)
         .await
         .map_err(|e| CoordError::Actor(e.to_string()))
-}
-
-/// Client helpers: submit, status and cancel through the actor.
-pub mod client {
-    use super::*;
-
-    const T: Duration = Duration::from_secs(30);
-
-    fn gone(e: impl std::fmt::Display) -> CoordError {
-        CoordError::Actor(e.to_string())
-    }
-
-    pub async fn submit(c: &ActorRef<CoordinatorMsg>, spec: JobSpec) -> Result<JobId, CoordError> {
-        match c.call(|tx| CoordinatorMsg::Submit(spec, tx), Some(T)).await {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            Ok(other) => Err(gone(format!("{other:?}"))),
-            Err(e) => Err(gone(e)),
-        }
-    }
-
-    pub async fn status(
-        c: &ActorRef<CoordinatorMsg>,
-        job: Option<JobId>,
-    ) -> Result<Vec<JobRecord>, CoordError> {
-        match c.call(|tx| CoordinatorMsg::Status(job, tx), Some(T)).await {
-            Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),
-            Ok(other) => Err(gone(format!("{other:?}"))),
-            Err(e) => Err(gone(e)),
-        }
-    }
-
-    pub async fn cancel(c: &ActorRef<CoordinatorMsg>, job: JobId) -> Result<(), CoordError> {
-        match c.call(|tx| CoordinatorMsg::Cancel(job, tx), Some(T)).await {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            Ok(other) => Err(gone(format!("{other:?}"))),
-            Err(e) => Err(gone(e)),
-        }
-    }
-
-    /// Polls until the job reaches a terminal state or `timeout` passes.
-    pub async fn wait(
-        c: &ActorRef<CoordinatorMsg>,
-        job: &JobId,
-        timeout: Duration,
-    ) -> Result<JobRecord, CoordError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let recs = status(c, Some(job.clone())).await?;
-            if let Some(r) = recs.into_iter().next() {
-                if r.state.is_terminal() || tokio::time::Instant::now() > deadline {
-                    return Ok(r);
-                }
-            } else if tokio::time::Instant::now() > deadline {
-                return Err(CoordError::NoSuchJob(job.to_string()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }

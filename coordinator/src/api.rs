@@ -10,7 +10,8 @@ use ractor::ActorRef;
 use tributary_protocol::link::BoxFuture;
 use tributary_protocol::{JobId, JobSpec};
 
-use crate::actor::{CoordinatorMsg, client};
+use crate::actor::CoordinatorMsg;
+use crate::client;
 use crate::error::CoordError;
 use crate::etcd::{EtcdClient, list_jobs, request_cancel, submit_job};
 use crate::store::{JobRecord, JobState};

@@ -12,18 +12,18 @@ use std::time::Instant;
 use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
-use tributary_ledger::adapters::Provenance;
 use tributary_protocol::link::WorkerLink;
 use tributary_protocol::{
     Command, CommandBody, Digest, JobId, JobSpec, MicroBatch, NodeId, Payload, Reply,
 };
 
 use crate::artifacts::{Artifacts, CheckpointRef};
+
+mod register;
 use crate::metrics;
 use crate::progress::{Progress, progress};
 use crate::reduce::{Contribution, reduce_in_order};
 use crate::sharding::{assign, global_batch};
-use crate::store::now_ms;
 
 /// How long checkpoint and adapter writes are retried while the store is down.
 pub const STORE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
@@ -553,67 +553,5 @@ impl JobRun {
         })
         .await;
         Ok(cp)
-    }
-
-    /// Exports the adapter from a live worker and registers it.
-    async fn register(
-        &self,
-        live: &mut Live,
-        loaded: Loaded,
-        steps: u64,
-        final_loss: Option<f32>,
-    ) -> JobOutcome {
-        let files = loop {
-            let Some((node, link)) = live.first().cloned() else {
-                return JobOutcome::Requeue("every worker was lost".into());
-            };
-            match call(link.as_ref(), self.cmd(CommandBody::Export)).await {
-                Ok(Payload {
-                    msg: Reply::Files { files },
-                    ..
-                }) => break files,
-                Ok(other) => {
-                    return JobOutcome::Failed(format!(
-                        "{node}: unexpected reply to export: {:?}",
-                        other.msg
-                    ));
-                }
-                Err(CallError::Lost(why)) => self.lose(live, &node, why).await,
-                Err(CallError::Failed(why)) => return JobOutcome::Failed(why),
-                Err(CallError::Fenced { token, highest }) => {
-                    return JobOutcome::Fenced { token, highest };
-                }
-            }
-        };
-        let spec = serde_json::to_value(&self.spec).unwrap_or_default();
-        let prov = Provenance {
-            base_model_digest: loaded.base_model.to_hex(),
-            data_digest: loaded.data.to_hex(),
-            job_id: self.job.to_string(),
-            spec,
-            created_unix_ms: now_ms(),
-        };
-        let entry = match self
-            .with_retry(|| self.artifacts.register_adapter(files.clone(), prov.clone()))
-            .await
-        {
-            Ok(e) => e,
-            Err(o) => return o,
-        };
-        let adapter_digest = match entry.adapter_digest.parse::<Digest>() {
-            Ok(d) => d,
-            Err(e) => return JobOutcome::Failed(format!("adapter digest: {e}")),
-        };
-        self.log(format!(
-            "adapter {adapter_digest} registered at {}",
-            entry.location
-        ))
-        .await;
-        JobOutcome::Succeeded {
-            adapter_digest,
-            adapter: entry.location,
-            steps,
-            final_loss,
-        }
     }
 }

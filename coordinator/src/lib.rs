@@ -6,6 +6,7 @@
 pub mod actor;
 pub mod api;
 pub mod artifacts;
+pub mod client;
 pub mod driver;
 pub mod error;
 pub mod etcd;
@@ -19,7 +20,7 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use actor::{CoordinatorActor, CoordinatorConfig, CoordinatorMsg, client, spawn_coordinator};
+pub use actor::{CoordinatorActor, CoordinatorConfig, CoordinatorMsg, spawn_coordinator};
 pub use api::{ActorJobs, EtcdJobs, JobApi};
 pub use artifacts::{Artifacts, CheckpointRef};
 pub use error::CoordError;

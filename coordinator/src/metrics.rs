@@ -47,6 +47,27 @@ pub static WORKER_HEARTBEAT_AGE: LazyLock<prometheus::GaugeVec> = LazyLock::new(
     .unwrap_or_else(|_| unreachable_metric()))
 });
 
+/// Sets `tributary_jobs{state}` to the number of jobs in each state.
+pub fn set_jobs_by_state(states: impl Iterator<Item = crate::store::JobState>) {
+    use crate::store::JobState;
+    let all = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+    let mut counts = [0i64; 5];
+    for s in states {
+        if let Some(i) = all.iter().position(|a| *a == s) {
+            counts[i] += 1;
+        }
+    }
+    for (s, n) in all.iter().zip(counts) {
+        JOBS.with_label_values(&[&s.to_string()]).set(n);
+    }
+}
+
 #[allow(clippy::panic)]
 fn unreachable_metric() -> ! {
     // Only reachable with an invalid metric name or label set, which are constants above.

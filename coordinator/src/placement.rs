@@ -71,6 +71,20 @@ pub fn place(queue: &[Demand], free: &BTreeMap<NodeId, u32>) -> Vec<Placement> {
     out
 }
 
+/// How many workers a spec wants, as a placement demand.
+pub fn demand(rec: &crate::store::JobRecord) -> Demand {
+    let micro = rec.spec.micro_batches().max(1);
+    let (min, max) = match rec.spec.workers {
+        tributary_protocol::spec::Workers::Count(n) => (n.min(micro), n.min(micro)),
+        tributary_protocol::spec::Workers::Auto => (1, micro),
+    };
+    Demand {
+        job: rec.id.clone(),
+        min,
+        max,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

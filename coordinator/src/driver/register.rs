@@ -1,0 +1,72 @@
+//! The end of a successful run: export the trained adapter from a live worker and register
+//! it (files under their content address, then the registry entry) in the job's store.
+
+use tributary_ledger::adapters::Provenance;
+use tributary_protocol::{CommandBody, Digest, Payload, Reply};
+
+use super::{CallError, JobOutcome, JobRun, Live, Loaded, call};
+use crate::store::now_ms;
+
+impl JobRun {
+    /// Exports the adapter from a live worker and registers it.
+    pub(super) async fn register(
+        &self,
+        live: &mut Live,
+        loaded: Loaded,
+        steps: u64,
+        final_loss: Option<f32>,
+    ) -> JobOutcome {
+        let files = loop {
+            let Some((node, link)) = live.first().cloned() else {
+                return JobOutcome::Requeue("every worker was lost".into());
+            };
+            match call(link.as_ref(), self.cmd(CommandBody::Export)).await {
+                Ok(Payload {
+                    msg: Reply::Files { files },
+                    ..
+                }) => break files,
+                Ok(other) => {
+                    return JobOutcome::Failed(format!(
+                        "{node}: unexpected reply to export: {:?}",
+                        other.msg
+                    ));
+                }
+                Err(CallError::Lost(why)) => self.lose(live, &node, why).await,
+                Err(CallError::Failed(why)) => return JobOutcome::Failed(why),
+                Err(CallError::Fenced { token, highest }) => {
+                    return JobOutcome::Fenced { token, highest };
+                }
+            }
+        };
+        let spec = serde_json::to_value(&self.spec).unwrap_or_default();
+        let prov = Provenance {
+            base_model_digest: loaded.base_model.to_hex(),
+            data_digest: loaded.data.to_hex(),
+            job_id: self.job.to_string(),
+            spec,
+            created_unix_ms: now_ms(),
+        };
+        let entry = match self
+            .with_retry(|| self.artifacts.register_adapter(files.clone(), prov.clone()))
+            .await
+        {
+            Ok(e) => e,
+            Err(o) => return o,
+        };
+        let adapter_digest = match entry.adapter_digest.parse::<Digest>() {
+            Ok(d) => d,
+            Err(e) => return JobOutcome::Failed(format!("adapter digest: {e}")),
+        };
+        self.log(format!(
+            "adapter {adapter_digest} registered at {}",
+            entry.location
+        ))
+        .await;
+        JobOutcome::Succeeded {
+            adapter_digest,
+            adapter: entry.location,
+            steps,
+            final_loss,
+        }
+    }
+}
