@@ -74,7 +74,7 @@ impl Cluster {
         let certs = dir.path().join("certs");
         let certs_s = certs.to_str().unwrap();
         run_ok(&["certs", "init", "--out", certs_s]);
-        for n in ["coord-a", "coord-b", "w1", "w2"] {
+        for n in ["coord-a", "coord-b", "w1", "w2", "w3"] {
             run_ok(&["certs", "issue", "--name", n, "--dir", certs_s]);
         }
         let store = dir.path().join("store").to_string_lossy().into_owned();
@@ -490,4 +490,36 @@ fn a_standby_accepts_submit_and_cancel_and_the_leader_acts_on_them() {
     );
     let logs = common::stdout(&common::job(&url, &["logs", &id]));
     assert!(logs.contains("cancel requested"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_worker_and_a_replacement_joins_at_a_step_boundary() {
+    let want = embedded_digest(spec(400)).await;
+    let mut c = Cluster::new();
+    c.worker("w1", 3);
+    c.worker("w2", 3);
+    c.coordinator("coord-a");
+    let etcd = connect(&c.etcd.url()).await.unwrap();
+    let id = submit_job(&etcd, spec(400)).await.unwrap();
+    wait_for(&c, &etcd, &id, "step 20", 60, |r| r.progress.step >= 20).await;
+    c.signal("w2", "-KILL");
+    c.worker("w3", 3);
+    let r = wait_for(&c, &etcd, &id, "the end", 90, |r| r.state.is_terminal()).await;
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}\n{}", c.dump_logs());
+    assert_eq!(
+        r.workers,
+        vec![NodeId::new("w1").unwrap(), NodeId::new("w3").unwrap()],
+        "w3 took w2's place; log: {:?}",
+        r.log
+    );
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l.msg.starts_with("worker w3 joined at step"))
+    );
+    assert_eq!(
+        r.adapter_digest,
+        Some(want),
+        "the replacement changed the adapter"
+    );
 }

@@ -23,6 +23,10 @@ use crate::metrics;
 use crate::placement::{Demand, demand, place};
 use crate::store::{JobRecord, JobState, JobStore};
 
+/// A worker lost by a job is not offered back to running jobs for this long (its
+/// registration may outlive it by up to a lease).
+pub const REJOIN_AFTER: Duration = Duration::from_secs(10);
+
 /// Least time between two progress writes of one job to the store.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -73,6 +77,8 @@ pub struct CoordinatorState {
     links: BTreeMap<NodeId, Arc<dyn WorkerLink>>,
     next_seq: u64,
     last_progress_write: BTreeMap<JobId, std::time::Instant>,
+    /// Workers a job lost, and when.
+    recently_lost: BTreeMap<NodeId, std::time::Instant>,
     /// When each worker was last seen in membership (for the heartbeat-age gauge).
     last_seen: BTreeMap<NodeId, std::time::Instant>,
     /// Records whose last write failed (store down); written again on the next tick.
@@ -202,6 +208,7 @@ impl CoordinatorState {
         members: &[tributary_protocol::WorkerInfo],
         free: &mut BTreeMap<NodeId, u32>,
     ) {
+        self.recently_lost.retain(|_, t| t.elapsed() < REJOIN_AFTER);
         let ids: Vec<JobId> = self.running.keys().cloned().collect();
         for id in ids {
             for info in members {
@@ -210,6 +217,7 @@ impl CoordinatorState {
                 };
                 if run.workers.len() >= run.max
                     || run.workers.contains(&info.node)
+                    || self.recently_lost.contains_key(&info.node)
                     || free.get(&info.node).copied().unwrap_or(0) == 0
                 {
                     continue;
@@ -372,6 +380,8 @@ impl CoordinatorState {
             }
             JobEvent::WorkerLost { job, node, .. } => {
                 self.links.remove(&node);
+                self.recently_lost
+                    .insert(node.clone(), std::time::Instant::now());
                 if let Some(run) = self.running.get_mut(&job) {
                     run.workers.retain(|n| n != &node);
                 }
@@ -479,6 +489,7 @@ impl Actor for CoordinatorActor {
             dirty: Default::default(),
             last_progress_write: BTreeMap::new(),
             last_seen: BTreeMap::new(),
+            recently_lost: BTreeMap::new(),
             events: tx,
             ticker: Some(ticker),
             forwarder: Some(forwarder),
