@@ -358,10 +358,13 @@ impl CoordinatorState {
                     let loss = progress
                         .loss
                         .map_or_else(|| "-".to_string(), |l| format!("{l:.4}"));
-                    rec.log(format!(
-                        "step {}/{} loss {loss}",
-                        progress.step, progress.total_steps
-                    ));
+                    rec.log_step(
+                        progress.step,
+                        format!(
+                            "step {}/{} loss {loss}",
+                            progress.step, progress.total_steps
+                        ),
+                    );
                     rec.progress = progress;
                     rec.workers = workers;
                     let rec = rec.clone();

@@ -83,7 +83,8 @@ pub struct JobRecord {
     pub log: Vec<LogLine>,
 }
 
-/// Most log lines kept per job (older ones are dropped).
+/// Most log lines kept per job. When full, the oldest per-step line is dropped, so events
+/// (placement, checkpoints, lost and joined workers, the end) outlive step lines.
 pub const MAX_LOG_LINES: usize = 200;
 
 /// One event of a job's life (`job logs`).
@@ -91,6 +92,9 @@ pub const MAX_LOG_LINES: usize = 200;
 pub struct LogLine {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// Set on a training step's line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
     pub msg: String,
 }
 
@@ -123,20 +127,32 @@ impl JobRecord {
             examples: None,
             log: vec![LogLine {
                 at_ms: now_ms(),
+                step: None,
                 msg: "queued".into(),
             }],
         }
     }
 
-    /// Appends an event line, dropping the oldest beyond [`MAX_LOG_LINES`].
+    /// Appends an event line (see [`MAX_LOG_LINES`] for what is dropped when full).
     pub fn log(&mut self, msg: impl Into<String>) {
+        self.push_log(None, msg.into());
+    }
+
+    /// Appends a step's line; step lines are the first dropped when the log is full.
+    pub fn log_step(&mut self, step: u64, msg: impl Into<String>) {
+        self.push_log(Some(step), msg.into());
+    }
+
+    fn push_log(&mut self, step: Option<u64>, msg: String) {
         self.log.push(LogLine {
             at_ms: now_ms(),
-            msg: msg.into(),
+            step,
+            msg,
         });
         if self.log.len() > MAX_LOG_LINES {
-            let extra = self.log.len() - MAX_LOG_LINES;
-            self.log.drain(..extra);
+            // Drop the oldest step line; only when there is none, the oldest line.
+            let at = self.log.iter().position(|l| l.step.is_some()).unwrap_or(0);
+            self.log.remove(at);
         }
     }
 }
@@ -203,5 +219,30 @@ impl JobStore for MemoryJobStore {
             c.remove(job);
         });
         Box::pin(async move { r })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_log_drops_step_lines_before_events() {
+        let spec =
+            JobSpec::from_toml_str("base_model = \"m\"\ndata = \"d\"\n[train]\nsteps = 1000\n")
+                .unwrap();
+        let mut rec = JobRecord::queued(JobId::new("job-1").unwrap(), 0, spec);
+        rec.log("placed");
+        for step in 1..=1000 {
+            rec.log_step(step, format!("step {step}"));
+            if step == 500 {
+                rec.log("worker w3 joined");
+            }
+        }
+        assert_eq!(rec.log.len(), MAX_LOG_LINES);
+        let msgs: Vec<&str> = rec.log.iter().map(|l| l.msg.as_str()).collect();
+        assert_eq!(&msgs[..3], ["queued", "placed", "worker w3 joined"]);
+        assert_eq!(msgs.last(), Some(&"step 1000"));
+        assert_eq!(msgs[3], format!("step {}", 1000 - (MAX_LOG_LINES - 4)));
     }
 }
