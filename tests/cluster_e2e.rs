@@ -383,7 +383,18 @@ fn a_lora_job_from_job_submit_on_an_s3_store_matches_dev_mode() {
     moto.create_bucket("tributary").unwrap();
     let mut c = Cluster::new();
     c.store = moto.url("tributary", "cluster");
-    c.worker("w1", 0);
+    let w1_port = common::free_tcp_port();
+    let w1_listen = format!("127.0.0.1:{}", free_port());
+    c.spawn(
+        "w1",
+        &[
+            "worker",
+            "--listen",
+            &w1_listen,
+            "--http",
+            &format!("127.0.0.1:{w1_port}"),
+        ],
+    );
     c.worker("w2", 0);
     let port = coordinator_with_http(&mut c, "coord-a");
     common::wait_ready(port, "/readyz", 30, &|| c.dump_logs());
@@ -432,6 +443,21 @@ fn a_lora_job_from_job_submit_on_an_s3_store_matches_dev_mode() {
     );
     assert!(
         metrics.contains("tributary_train_step_seconds_count 4"),
+        "{metrics}"
+    );
+    // The worker serves its own health and metrics.
+    assert_eq!(common::http_get(w1_port, "/readyz").unwrap().0, 200);
+    let (_, metrics) = common::http_get(w1_port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("tributary_worker_commands_total{command=\"gradients\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tributary_worker_micro_batches_total "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tributary_worker_jobs_loaded 0"),
         "{metrics}"
     );
 }

@@ -76,8 +76,27 @@ impl WorkerCore {
         self.jobs.len()
     }
 
-    /// Handles one command: fencing first, then the body.
+    /// Handles one command: fencing first, then the body. Counts it in the metrics.
     pub fn handle(&mut self, cmd: Payload<Command>) -> Payload<Reply> {
+        let kind = command_name(&cmd.msg.body);
+        let reply = self.handle_inner(cmd);
+        let outcome = match &reply.msg {
+            Reply::Refused { .. } => "refused",
+            Reply::Failed { .. } => "failed",
+            Reply::Gradients { results } => {
+                crate::metrics::MICRO_BATCHES.inc_by(results.len() as u64);
+                "ok"
+            }
+            _ => "ok",
+        };
+        crate::metrics::COMMANDS
+            .with_label_values(&[kind, outcome])
+            .inc();
+        crate::metrics::JOBS_LOADED.set(self.jobs.len() as i64);
+        reply
+    }
+
+    fn handle_inner(&mut self, cmd: Payload<Command>) -> Payload<Reply> {
         let Payload { msg, tensors } = cmd;
         match fence(self.highest, msg.fencing) {
             Ok(h) => self.highest = h,
@@ -201,6 +220,20 @@ impl WorkerCore {
                 failed("internal: job command routed wrongly")
             }
         }
+    }
+}
+
+/// A command's name for the metrics' `command` label.
+fn command_name(body: &CommandBody) -> &'static str {
+    match body {
+        CommandBody::Start { .. } => "start",
+        CommandBody::Gradients { .. } => "gradients",
+        CommandBody::Apply { .. } => "apply",
+        CommandBody::Checkpoint => "checkpoint",
+        CommandBody::Restore { .. } => "restore",
+        CommandBody::Stop => "stop",
+        CommandBody::Ping => "ping",
+        CommandBody::Export => "export",
     }
 }
 

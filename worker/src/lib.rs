@@ -6,6 +6,7 @@
 pub mod actor;
 pub mod core;
 pub mod executor;
+pub mod metrics;
 pub mod service;
 pub mod toy;
 pub mod trainer_exec;
