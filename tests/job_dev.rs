@@ -129,7 +129,28 @@ fn cancel_stops_a_running_job_and_a_bad_spec_names_its_field() {
     let out = job(&dev.url(), &["submit", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("lora.rank"), "{}", stderr(&out));
-    // The API itself answers 400 with the field, for clients other than the CLI.
+    // The API itself answers 400 naming the field, for clients other than the CLI.
+    let (code, body) = http_request(
+        dev.port,
+        "POST",
+        "/v1/jobs",
+        "application/toml",
+        "base_model = \"m\"\ndata = \"d\"\n[train]\nsteps = 1\nlr = 5.0\n",
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["field"], "train.lr", "{body}");
+    let (code, body) = http_request(
+        dev.port,
+        "POST",
+        "/v1/jobs",
+        "application/json",
+        "{\"data\": 1}",
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"field\""), "{body}");
     let (code, _) = http_get(dev.port, "/v1/jobs/not%20an%20id").unwrap();
     assert_eq!(code, 400);
     let (code, body) = http_get(dev.port, "/v1/jobs/job-000000000000").unwrap();

@@ -14,7 +14,7 @@ use crate::actor::CoordinatorMsg;
 use crate::client;
 use crate::error::CoordError;
 use crate::etcd::{EtcdClient, list_jobs, request_cancel, submit_job};
-use crate::store::{JobRecord, JobState};
+use crate::store::JobRecord;
 
 /// Submit, list, look up and cancel jobs.
 pub trait JobApi: Send + Sync + 'static {
@@ -108,7 +108,6 @@ impl JobApi for EtcdJobs {
                     action: "cancelled",
                 });
             }
-            debug_assert!(matches!(rec.state, JobState::Queued | JobState::Running));
             bounded(request_cancel(&self.0, &id)).await
         })
     }
