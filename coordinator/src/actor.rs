@@ -144,7 +144,6 @@ impl CoordinatorState {
 
     async fn schedule(&mut self) -> Result<(), CoordError> {
         let members = self.cfg.membership.workers().await?;
-        let mut free: BTreeMap<NodeId, u32> = BTreeMap::new();
         let now = std::time::Instant::now();
         for w in &members {
             self.last_seen.insert(w.node.clone(), now);
@@ -155,14 +154,7 @@ impl CoordinatorState {
                 .with_label_values(&[node.as_str()])
                 .set(now.duration_since(*seen).as_secs_f64());
         }
-        for w in &members {
-            let used = self
-                .running
-                .values()
-                .filter(|r| r.workers.contains(&w.node))
-                .count() as u32;
-            free.insert(w.node.clone(), w.slots.saturating_sub(used));
-        }
+        let free = self.free_slots(&members);
         let mut queue: Vec<&JobRecord> = self
             .jobs
             .values()
@@ -196,19 +188,32 @@ impl CoordinatorState {
             }
             self.start(rec, links).await?;
         }
-        self.offer_replacements(&members, &mut free).await;
+        self.offer_replacements(&members).await;
         self.update_gauges();
         Ok(())
     }
 
+    /// Free slots per worker, counting the jobs running now (and workers offered to them).
+    fn free_slots(&self, members: &[tributary_protocol::WorkerInfo]) -> BTreeMap<NodeId, u32> {
+        members
+            .iter()
+            .map(|w| {
+                let used = self
+                    .running
+                    .values()
+                    .filter(|r| r.workers.contains(&w.node))
+                    .count() as u32;
+                (w.node.clone(), w.slots.saturating_sub(used))
+            })
+            .collect()
+    }
+
     /// Offers free workers to running jobs that have fewer than they can use (a worker died
-    /// and another registered); the driver takes them in at its next step boundary.
-    async fn offer_replacements(
-        &mut self,
-        members: &[tributary_protocol::WorkerInfo],
-        free: &mut BTreeMap<NodeId, u32>,
-    ) {
+    /// and another registered); the driver takes them in at its next step boundary. Runs
+    /// after placement, so queued jobs get free workers first.
+    async fn offer_replacements(&mut self, members: &[tributary_protocol::WorkerInfo]) {
         self.recently_lost.retain(|_, t| t.elapsed() < REJOIN_AFTER);
+        let mut free = self.free_slots(members);
         let ids: Vec<JobId> = self.running.keys().cloned().collect();
         for id in ids {
             for info in members {
