@@ -59,6 +59,11 @@ impl QuicWorkerLink {
     pub fn bytes(&self) -> (u64, u64) {
         self.client.bytes()
     }
+
+    /// Stream bytes sent and received on the connection (see [`QuicClient::stream_bytes`]).
+    pub fn stream_bytes(&self) -> crate::metrics::BytesTotals {
+        self.client.stream_bytes()
+    }
 }
 
 impl WorkerLink for QuicWorkerLink {
