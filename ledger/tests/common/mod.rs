@@ -48,6 +48,8 @@ impl Backend {
 /// Declares the two tests of an `async fn NAME(b: Backend)` in a module `NAME`: `local_fs`
 /// (a temporary directory) and `s3_moto` (a real moto S3 server). The test file must have
 /// `Backend` in scope at its root.
+// crash.rs shares this module without the macro.
+#[allow(unused_macros)]
 macro_rules! both_backends {
     ($name:ident) => {
         mod $name {
