@@ -353,15 +353,7 @@ async fn in_process_run(spec: JobSpec) -> Result<(JobRecord, Arc<StepLog>), Clus
         .map_err(setup)?;
     let mut links = LocalLinkFactory::new();
     links.insert(me.clone(), worker.clone());
-    let membership = StaticMembership::new(vec![WorkerInfo {
-        node: me,
-        addr: String::new(),
-        device: "cpu".into(),
-        cores: 1,
-        memory_bytes: 0,
-        slots: 1,
-        free_slots: 1,
-    }]);
+    let membership = StaticMembership::new(vec![WorkerInfo::in_process(me)]);
     let run = timed_run(Arc::new(links), Arc::new(membership), spec, IN_PROCESS).await;
     worker.stop(None);
     run

@@ -43,6 +43,21 @@ pub struct WorkerInfo {
     pub free_slots: u32,
 }
 
+impl WorkerInfo {
+    /// A worker in this process (embedded mode): no address, a CPU, one free slot.
+    pub fn in_process(node: NodeId) -> Self {
+        Self {
+            node,
+            addr: String::new(),
+            device: "cpu".into(),
+            cores: 1,
+            memory_bytes: 0,
+            slots: 1,
+            free_slots: 1,
+        }
+    }
+}
+
 /// A link over a QUIC connection with mutual TLS.
 #[derive(Debug, Clone)]
 pub struct QuicWorkerLink {
