@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufReader, Write};
 
-use common::Backend;
+use common::{Backend, both_backends};
 use object_store::path::Path;
 use tributary_ledger::Store;
 use tributary_ledger::datanet::identity::{self, KeyRing, Uploader};
@@ -31,21 +31,6 @@ const LONG: &str = "Photosynthesis converts light energy into chemical energy st
     glucose; chlorophyll in the chloroplasts absorbs mostly blue and red light while the \
     Calvin cycle fixes carbon dioxide from the air into sugars that the plant uses to grow \
     and to store energy for the night and for winter";
-
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn local_fs() {
-                super::$name(super::Backend::local()).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn s3_moto() {
-                super::$name(super::Backend::moto()).await
-            }
-        }
-    };
-}
 
 both_backends!(bad_rows_are_reported_by_line_and_field_and_good_rows_published);
 async fn bad_rows_are_reported_by_line_and_field_and_good_rows_published(b: Backend) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Backend, record};
+use common::{Backend, both_backends, record};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use tributary_ledger::Store;
@@ -33,21 +33,6 @@ async fn seqs_on(store: &Store) -> Vec<String> {
         .list_names(&Path::from("rewards"))
         .await
         .expect("list")
-}
-
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn local_fs() {
-                super::$name(super::Backend::local()).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn s3_moto() {
-                super::$name(super::Backend::moto()).await
-            }
-        }
-    };
 }
 
 both_backends!(old_writer_is_fenced_on_its_first_write_after_the_new_one_opens);

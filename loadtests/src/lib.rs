@@ -1,2 +1,10 @@
-//! Load generator for the gateway: adapter popularity (Zipf), arrival process and lengths;
-//! reports throughput, TTFT, TPOT and SLO attainment.
+//! Benchmarks that drive whole deployments. Now: [`cluster`], the cost of running a training
+//! job as a cluster (coordination overhead per step, gradient bytes per step, and, in
+//! [`failover`], coordinator failover time), timed through [`step_timer`], with its child
+//! processes in [`processes`]. The gateway load generator (Zipf adapter popularity,
+//! arrivals, lengths; throughput, TTFT, TPOT, SLO attainment) comes with the gateway.
+
+pub mod cluster;
+pub mod failover;
+pub mod processes;
+pub mod step_timer;

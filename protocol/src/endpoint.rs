@@ -13,6 +13,7 @@ use crate::error::{ProtocolError, Result};
 use crate::frame::{DEFAULT_MAX_FRAME, read_msg, write_msg};
 use crate::ids::NodeId;
 use crate::messages::{Hello, HelloReply, PROTOCOL_VERSION, Payload, WireMessage};
+use crate::metrics::{ByteCounts, BytesTotals, Counted};
 use crate::shutdown::Shutdown;
 use crate::tensor::{DEFAULT_MAX_TENSOR_ELEMS, read_tensors, write_tensors};
 use crate::tls::NodeTls;
@@ -50,16 +51,23 @@ async fn send_payload<M: WireMessage>(
     send: &mut SendStream,
     p: &Payload<M>,
     limits: Limits,
+    counts: &ByteCounts,
 ) -> Result<()> {
-    write_msg(send, &p.msg, limits.max_frame).await?;
-    write_tensors(send, &p.tensors).await?;
+    let mut w = Counted::new(send, counts);
+    write_msg(&mut w, &p.msg, limits.max_frame).await?;
+    write_tensors(&mut w, &p.tensors).await?;
     send.finish()
         .map_err(|e| ProtocolError::Write(e.to_string()))
 }
 
-async fn recv_payload<M: WireMessage>(recv: &mut RecvStream, limits: Limits) -> Result<Payload<M>> {
-    let msg = read_msg(recv, limits.max_frame).await?;
-    let tensors = read_tensors(recv, limits.max_tensor_elems).await?;
+async fn recv_payload<M: WireMessage>(
+    recv: &mut RecvStream,
+    limits: Limits,
+    counts: &ByteCounts,
+) -> Result<Payload<M>> {
+    let mut r = Counted::new(recv, counts);
+    let msg = read_msg(&mut r, limits.max_frame).await?;
+    let tensors = read_tensors(&mut r, limits.max_tensor_elems).await?;
     Ok(Payload { msg, tensors })
 }
 
@@ -139,11 +147,12 @@ async fn serve_conn<H: Handler>(
     limits: Limits,
     mut shutdown: Shutdown,
 ) -> Result<()> {
+    let counts = Arc::new(ByteCounts::default());
     let (mut send, mut recv) = conn
         .accept_bi()
         .await
         .map_err(|e| ProtocolError::Connection(e.to_string()))?;
-    let hello: Hello = read_msg(&mut recv, limits.max_frame).await?;
+    let hello: Hello = read_msg(&mut Counted::new(&mut recv, &counts), limits.max_frame).await?;
     if hello.version != PROTOCOL_VERSION {
         let reply = HelloReply::Rejected {
             version: PROTOCOL_VERSION,
@@ -152,7 +161,12 @@ async fn serve_conn<H: Handler>(
                 hello.version
             ),
         };
-        write_msg(&mut send, &reply, limits.max_frame).await?;
+        write_msg(
+            &mut Counted::new(&mut send, &counts),
+            &reply,
+            limits.max_frame,
+        )
+        .await?;
         let _ = send.finish();
         let _ = send.stopped().await;
         conn.close(1u32.into(), b"protocol version mismatch");
@@ -165,7 +179,12 @@ async fn serve_conn<H: Handler>(
         version: PROTOCOL_VERSION,
         node,
     };
-    write_msg(&mut send, &reply, limits.max_frame).await?;
+    write_msg(
+        &mut Counted::new(&mut send, &counts),
+        &reply,
+        limits.max_frame,
+    )
+    .await?;
     send.finish()
         .map_err(|e| ProtocolError::Write(e.to_string()))?;
     let peer = hello.node;
@@ -179,8 +198,9 @@ async fn serve_conn<H: Handler>(
         };
         let handler = handler.clone();
         let peer = peer.clone();
+        let counts = counts.clone();
         tokio::spawn(async move {
-            let req = match recv_payload::<H::Req>(&mut recv, limits).await {
+            let req = match recv_payload::<H::Req>(&mut recv, limits, &counts).await {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(%peer, error = %e, "bad request refused");
@@ -189,7 +209,7 @@ async fn serve_conn<H: Handler>(
                 }
             };
             let resp = handler.handle(peer.clone(), req).await;
-            if let Err(e) = send_payload(&mut send, &resp, limits).await {
+            if let Err(e) = send_payload(&mut send, &resp, limits, &counts).await {
                 warn!(%peer, error = %e, "could not send response");
             }
         });
@@ -203,6 +223,7 @@ pub struct QuicClient {
     conn: Connection,
     peer: NodeId,
     limits: Limits,
+    counts: Arc<ByteCounts>,
 }
 
 impl QuicClient {
@@ -242,16 +263,21 @@ impl QuicClient {
             .await
             .map_err(|e| cerr(e.to_string()))?;
         let limits = Limits::default();
+        let counts = Arc::new(ByteCounts::default());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| cerr(e.to_string()))?;
         let hello = Hello {
             version,
             node: me.clone(),
         };
-        write_msg(&mut send, &hello, limits.max_frame)
-            .await
-            .map_err(|e| cerr(e.to_string()))?;
+        write_msg(
+            &mut Counted::new(&mut send, &counts),
+            &hello,
+            limits.max_frame,
+        )
+        .await
+        .map_err(|e| cerr(e.to_string()))?;
         send.finish().map_err(|e| cerr(e.to_string()))?;
-        let reply: HelloReply = read_msg(&mut recv, limits.max_frame)
+        let reply: HelloReply = read_msg(&mut Counted::new(&mut recv, &counts), limits.max_frame)
             .await
             .map_err(|e| cerr(format!("handshake: {e}")))?;
         match reply {
@@ -260,6 +286,7 @@ impl QuicClient {
                 conn,
                 peer: node,
                 limits,
+                counts,
             }),
             HelloReply::Rejected {
                 version: theirs, ..
@@ -295,14 +322,21 @@ impl QuicClient {
             .open_bi()
             .await
             .map_err(|e| ProtocolError::Connection(e.to_string()))?;
-        send_payload(&mut send, req, self.limits).await?;
-        recv_payload(&mut recv, self.limits).await
+        send_payload(&mut send, req, self.limits, &self.counts).await?;
+        recv_payload(&mut recv, self.limits, &self.counts).await
     }
 
     /// Bytes sent and received on this connection so far (UDP payload).
     pub fn bytes(&self) -> (u64, u64) {
         let s = self.conn.stats();
         (s.udp_tx.bytes, s.udp_rx.bytes)
+    }
+
+    /// Stream bytes (frames, tensor chunks and their headers, the handshake included) sent
+    /// and received on this connection so far: what the process-wide
+    /// `tributary_quic_*_bytes_total` counters count, for this connection alone.
+    pub fn stream_bytes(&self) -> BytesTotals {
+        self.counts.totals()
     }
 
     /// True once the connection has failed or been closed.

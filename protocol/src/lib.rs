@@ -9,6 +9,7 @@ pub mod frame;
 pub mod ids;
 pub mod link;
 pub mod messages;
+pub mod metrics;
 pub mod shutdown;
 pub mod spec;
 pub mod tensor;

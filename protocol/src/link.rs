@@ -43,6 +43,21 @@ pub struct WorkerInfo {
     pub free_slots: u32,
 }
 
+impl WorkerInfo {
+    /// A worker in this process (embedded mode): no address, a CPU, one free slot.
+    pub fn in_process(node: NodeId) -> Self {
+        Self {
+            node,
+            addr: String::new(),
+            device: "cpu".into(),
+            cores: 1,
+            memory_bytes: 0,
+            slots: 1,
+            free_slots: 1,
+        }
+    }
+}
+
 /// A link over a QUIC connection with mutual TLS.
 #[derive(Debug, Clone)]
 pub struct QuicWorkerLink {
@@ -58,6 +73,11 @@ impl QuicWorkerLink {
     /// Bytes sent and received on the connection.
     pub fn bytes(&self) -> (u64, u64) {
         self.client.bytes()
+    }
+
+    /// Stream bytes sent and received on the connection (see [`QuicClient::stream_bytes`]).
+    pub fn stream_bytes(&self) -> crate::metrics::BytesTotals {
+        self.client.stream_bytes()
     }
 }
 

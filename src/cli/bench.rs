@@ -10,6 +10,9 @@ pub enum BenchCommand {
     Train(super::bench_model::BenchTrainArgs),
     /// Model: greedy generation with K adapters; tokens/s, GFLOP/s, GEMM peak, peak RSS.
     Generate(super::bench_model::BenchGenerateArgs),
+    /// Cluster: step time with 2 worker processes over QUIC vs 1 in-process worker, gradient
+    /// bytes per step, coordinator failover time (starts a real etcd).
+    Cluster(super::bench_cluster::BenchClusterArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -17,5 +20,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ledger(args) => super::ledger::bench(args),
         BenchCommand::Train(args) => super::bench_model::train(args),
         BenchCommand::Generate(args) => super::bench_model::generate(args),
+        BenchCommand::Cluster(args) => super::bench_cluster::run(args),
     }
 }

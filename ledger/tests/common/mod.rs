@@ -1,5 +1,5 @@
 //! Shared test helpers: backends (a temporary local directory, or a real moto S3 server on
-//! 127.0.0.1) and sample reward records.
+//! 127.0.0.1), the `both_backends!` test declarations, and sample reward records.
 #![allow(dead_code)]
 
 use tributary_ledger::rewards::{RewardRecord, Share};
@@ -44,6 +44,28 @@ impl Backend {
         (0..n).map(|i| self.url(i)).collect()
     }
 }
+
+/// Declares the two tests of an `async fn NAME(b: Backend)` in a module `NAME`: `local_fs`
+/// (a temporary directory) and `s3_moto` (a real moto S3 server). The test file must have
+/// `Backend` in scope at its root.
+// crash.rs shares this module without the macro.
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local_fs() {
+                super::$name(super::Backend::local()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3_moto() {
+                super::$name(super::Backend::moto()).await
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_backends;
 
 pub fn record(id: &str, shares: &[(&str, u64)]) -> RewardRecord {
     let mut shares: Vec<Share> = shares
