@@ -15,8 +15,8 @@ use serde::Serialize;
 use tributary_coordinator::etcd::{EtcdMembership, connect};
 use tributary_coordinator::testkit::EtcdServer;
 use tributary_coordinator::{
-    CoordinatorConfig, JobRecord, JobState, Membership, MemoryJobStore, StaticMembership, client,
-    spawn_coordinator,
+    Artifacts, CoordinatorConfig, JobRecord, JobState, Membership, MemoryJobStore,
+    StaticMembership, client, spawn_coordinator,
 };
 use tributary_protocol::link::{LinkFactory, QuicLinkFactory};
 use tributary_protocol::metrics::BytesTotals;
@@ -202,10 +202,14 @@ impl ClusterBench {
             tributary_protocol::certs::issue(&certs, &node(n)?).map_err(setup)?;
         }
 
+        // Checkpoints and adapters of every run (and of the failover's coordinator process).
+        let store = tmp.path().join("store");
+        let artifacts = Artifacts::open(&store.display().to_string()).map_err(setup)?;
+
         // 1. One in-process worker.
         let lora = (self.rank, self.targets.as_slice());
         let spec1 = self.spec(&model, 1, self.steps, lora, None)?;
-        let (local_rec, local_log) = in_process_run(spec1).await?;
+        let (local_rec, local_log) = in_process_run(&artifacts, spec1).await?;
 
         // 2. Two worker processes over QUIC, found through etcd.
         let etcd = EtcdServer::start().map_err(setup)?;
@@ -228,11 +232,23 @@ impl ClusterBench {
         let quic: Arc<dyn LinkFactory> =
             Arc::new(QuicLinkFactory::new(node("bench")?, bench_tls.clone()));
         let spec_one = self.spec(&model, 1, self.steps, lora, None)?;
-        let (one_rec, one_log) =
-            timed_run(quic.clone(), membership.clone(), spec_one, QUIC_ONE).await?;
+        let (one_rec, one_log) = timed_run(
+            &artifacts,
+            quic.clone(),
+            membership.clone(),
+            spec_one,
+            QUIC_ONE,
+        )
+        .await?;
         let spec_two = self.spec(&model, 2, self.steps, lora, None)?;
-        let (quic_rec, quic_log) =
-            timed_run(quic.clone(), membership.clone(), spec_two, QUIC_TWO).await?;
+        let (quic_rec, quic_log) = timed_run(
+            &artifacts,
+            quic.clone(),
+            membership.clone(),
+            spec_two,
+            QUIC_TWO,
+        )
+        .await?;
 
         let local = figures(1, IN_PROCESS, &local_rec, &local_log, self.warmup)?;
         let one = figures(1, QUIC_ONE, &one_rec, &one_log, self.warmup)?;
@@ -255,7 +271,16 @@ impl ClusterBench {
 
         let failover = if self.failover_steps > 0 {
             let f = self
-                .failover(&model, &certs, &etcd, &client, quic, &mut procs, tmp.path())
+                .failover(
+                    &model,
+                    &certs,
+                    &etcd,
+                    &client,
+                    quic,
+                    &artifacts,
+                    &mut procs,
+                    tmp.path(),
+                )
                 .await;
             Some(f.map_err(|e| {
                 cluster(format!(
@@ -325,6 +350,7 @@ const QUIC_TWO: &str = "2 QUIC worker processes";
 /// Runs `spec` to success on a fresh coordinator (fencing token 1, in-memory store) whose
 /// links are timed.
 async fn timed_run(
+    artifacts: &Artifacts,
     links: Arc<dyn LinkFactory>,
     membership: Arc<dyn Membership>,
     spec: JobSpec,
@@ -336,6 +362,7 @@ async fn timed_run(
         membership,
         store: Arc::new(MemoryJobStore::default()),
         links: Arc::new(TimedLinks::new(links, log.clone())),
+        artifacts: artifacts.clone(),
         tick: TICK,
     })
     .await
@@ -346,7 +373,10 @@ async fn timed_run(
 }
 
 /// The job on one worker actor in this process, with in-memory membership and store.
-async fn in_process_run(spec: JobSpec) -> Result<(JobRecord, Arc<StepLog>), ClusterBenchError> {
+async fn in_process_run(
+    artifacts: &Artifacts,
+    spec: JobSpec,
+) -> Result<(JobRecord, Arc<StepLog>), ClusterBenchError> {
     let me = node("local")?;
     let (worker, _) = spawn_worker(WorkerCore::new(me.clone(), Arc::new(DefaultFactory)))
         .await
@@ -354,7 +384,14 @@ async fn in_process_run(spec: JobSpec) -> Result<(JobRecord, Arc<StepLog>), Clus
     let mut links = LocalLinkFactory::new();
     links.insert(me.clone(), worker.clone());
     let membership = StaticMembership::new(vec![WorkerInfo::in_process(me)]);
-    let run = timed_run(Arc::new(links), Arc::new(membership), spec, IN_PROCESS).await;
+    let run = timed_run(
+        artifacts,
+        Arc::new(links),
+        Arc::new(membership),
+        spec,
+        IN_PROCESS,
+    )
+    .await;
     worker.stop(None);
     run
 }

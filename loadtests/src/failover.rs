@@ -12,7 +12,7 @@ use tributary_coordinator::etcd::{
     EtcdClient, EtcdJobStore, EtcdMembership, campaign, list_jobs, submit_job,
 };
 use tributary_coordinator::testkit::EtcdServer;
-use tributary_coordinator::{CoordinatorConfig, JobRecord, client, spawn_coordinator};
+use tributary_coordinator::{Artifacts, CoordinatorConfig, JobRecord, client, spawn_coordinator};
 use tributary_protocol::link::LinkFactory;
 use tributary_protocol::{JobId, ShutdownController};
 
@@ -56,10 +56,12 @@ impl ClusterBench {
         etcd: &EtcdServer,
         client: &EtcdClient,
         quic: Arc<dyn LinkFactory>,
+        artifacts: &Artifacts,
         procs: &mut Processes,
         dir: &Path,
     ) -> Result<FailoverFigures, ClusterBenchError> {
-        let args = self.process_args("coordinator", "coord-a", &etcd.url(), certs, &[]);
+        let store = ["--store".to_string(), artifacts.url().to_string()];
+        let args = self.process_args("coordinator", "coord-a", &etcd.url(), certs, &store);
         procs.spawn(&self.exe, "coord-a", &args, dir)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !procs.log("coord-a").contains("leader with fencing token") {
@@ -111,6 +113,7 @@ impl ClusterBench {
             membership: Arc::new(EtcdMembership::start(client.clone(), ctl.subscribe())),
             store: Arc::new(EtcdJobStore::new(client.clone(), &lead)),
             links: Arc::new(TimedLinks::new(quic, log.clone())),
+            artifacts: artifacts.clone(),
             tick: Duration::from_millis(200),
         })
         .await
