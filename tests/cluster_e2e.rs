@@ -170,15 +170,7 @@ async fn embedded_digest(spec: JobSpec) -> Digest {
     spec.workers = tributary_protocol::spec::Workers::Count(1);
     let (c, _) = spawn_coordinator(CoordinatorConfig {
         fencing: 1,
-        membership: Arc::new(StaticMembership::new(vec![WorkerInfo {
-            node,
-            addr: String::new(),
-            device: "cpu".into(),
-            cores: 1,
-            memory_bytes: 0,
-            slots: 1,
-            free_slots: 1,
-        }])),
+        membership: Arc::new(StaticMembership::new(vec![WorkerInfo::in_process(node)])),
         store: Arc::new(MemoryJobStore::default()),
         links: Arc::new(links),
         artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-reference")

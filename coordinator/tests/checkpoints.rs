@@ -36,15 +36,7 @@ async fn coordinator(
     links.insert(node.clone(), w);
     let (c, _) = spawn_coordinator(CoordinatorConfig {
         fencing: 1,
-        membership: Arc::new(StaticMembership::new(vec![WorkerInfo {
-            node,
-            addr: String::new(),
-            device: "cpu".into(),
-            cores: 1,
-            memory_bytes: 0,
-            slots: 1,
-            free_slots: 1,
-        }])),
+        membership: Arc::new(StaticMembership::new(vec![WorkerInfo::in_process(node)])),
         store,
         links: Arc::new(links),
         artifacts,

@@ -11,44 +11,18 @@ use tributary_coordinator::{
     Artifacts, CoordinatorConfig, CoordinatorMsg, JobRecord, JobState, JobStore, MemoryJobStore,
     StaticMembership, client, spawn_coordinator,
 };
-use tributary_protocol::{JobSpec, MicroBatch, NamedFile, NodeId, WorkerInfo};
-use tributary_worker::toy::{LinearExecutor, LinearFactory};
+use tributary_protocol::{JobSpec, MicroBatch, NodeId, WorkerInfo};
+use tributary_worker::toy::{DelayedFactory, LinearExecutor, LinearFactory};
 use tributary_worker::{
-    ExecError, ExecutorFactory, LocalLinkFactory, MicroGrad, ShardExecutor, Sources, WorkerCore,
-    WorkerMsg, spawn_worker,
+    ExecutorFactory, LocalLinkFactory, ShardExecutor, WorkerCore, WorkerMsg, spawn_worker,
 };
 
-/// Wraps the linear executor with a delay per micro-batch so a test can act mid-job.
-struct Slow(Box<dyn ShardExecutor>);
-impl ShardExecutor for Slow {
-    fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError> {
-        std::thread::sleep(Duration::from_millis(3));
-        self.0.gradients(step, mb)
-    }
-    fn apply(&mut self, step: u64, g: &[f32], tokens: u64) -> Result<(), ExecError> {
-        self.0.apply(step, g, tokens)
-    }
-    fn checkpoint(&self) -> Result<Vec<u8>, ExecError> {
-        self.0.checkpoint()
-    }
-    fn restore(&mut self, s: &[u8]) -> Result<(), ExecError> {
-        self.0.restore(s)
-    }
-    fn num_params(&self) -> usize {
-        self.0.num_params()
-    }
-    fn sources(&self) -> Sources {
-        self.0.sources()
-    }
-    fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
-        self.0.export()
-    }
-}
-struct SlowFactory;
-impl ExecutorFactory for SlowFactory {
-    fn create(&self, spec: &JobSpec) -> Result<Box<dyn ShardExecutor>, ExecError> {
-        Ok(Box::new(Slow(LinearFactory.create(spec)?)))
-    }
+/// The linear executor with a delay per micro-batch, so a test can act mid-job.
+fn slow() -> Arc<DelayedFactory> {
+    Arc::new(DelayedFactory {
+        inner: Arc::new(LinearFactory),
+        delay: Duration::from_millis(3),
+    })
 }
 
 fn spec(workers: &str, steps: u64) -> JobSpec {
@@ -167,7 +141,7 @@ async fn killed_worker_mid_job_is_resharded_and_matches_a_fault_free_run() {
         .unwrap();
     assert_eq!(want.state, JobState::Succeeded);
 
-    let e = embedded(2, 1, 1, Arc::new(SlowFactory)).await;
+    let e = embedded(2, 1, 1, slow()).await;
     let id = client::submit(&e.coord, spec("2", 60)).await.unwrap();
     // Wait until the job is mid-way, then kill worker w1's actor outright.
     loop {
@@ -222,7 +196,7 @@ async fn worker_refuses_a_stale_leader_and_the_job_is_not_run() {
 
 #[tokio::test]
 async fn cancel_stops_a_running_job_and_queued_jobs_wait_their_turn() {
-    let e = embedded(1, 1, 1, Arc::new(SlowFactory)).await;
+    let e = embedded(1, 1, 1, slow()).await;
     let long = client::submit(&e.coord, spec("1", 100_000)).await.unwrap();
     let next = client::submit(&e.coord, spec("1", 5)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -286,7 +260,7 @@ async fn a_replacement_worker_is_taken_in_and_the_adapter_is_unchanged() {
     assert_eq!(want.state, JobState::Succeeded);
 
     // Three workers; the job uses two, so w2 stays free until w1 dies.
-    let e = embedded(3, 1, 1, Arc::new(SlowFactory)).await;
+    let e = embedded(3, 1, 1, slow()).await;
     let id = client::submit(&e.coord, spec("2", 80)).await.unwrap();
     loop {
         let r = client::status(&e.coord, Some(id.clone())).await.unwrap();

@@ -14,14 +14,9 @@ use tributary_coordinator::{
     CoordError, CoordinatorConfig, JobRecord, JobState, JobStore, Membership, StaticMembership,
     spawn_coordinator,
 };
-use tributary_protocol::{
-    JobId, JobSpec, MicroBatch, NamedFile, NodeId, ShutdownController, WorkerInfo,
-};
-use tributary_worker::toy::LinearFactory;
-use tributary_worker::{
-    ExecError, ExecutorFactory, LocalLinkFactory, MicroGrad, ShardExecutor, Sources, WorkerCore,
-    spawn_worker,
-};
+use tributary_protocol::{JobId, JobSpec, NodeId, ShutdownController, WorkerInfo};
+use tributary_worker::toy::{DelayedFactory, LinearFactory};
+use tributary_worker::{ExecutorFactory, LocalLinkFactory, WorkerCore, spawn_worker};
 
 fn etcd() -> EtcdServer {
     EtcdServer::start().unwrap_or_else(|e| panic!("{e}"))
@@ -141,36 +136,11 @@ async fn election_tokens_increase_and_a_deposed_leader_cannot_write() {
 }
 
 /// The linear executor, slowed down so a test can act mid-job.
-struct Slow(Box<dyn ShardExecutor>);
-impl ShardExecutor for Slow {
-    fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError> {
-        std::thread::sleep(Duration::from_millis(4));
-        self.0.gradients(step, mb)
-    }
-    fn apply(&mut self, step: u64, g: &[f32], tokens: u64) -> Result<(), ExecError> {
-        self.0.apply(step, g, tokens)
-    }
-    fn checkpoint(&self) -> Result<Vec<u8>, ExecError> {
-        self.0.checkpoint()
-    }
-    fn restore(&mut self, s: &[u8]) -> Result<(), ExecError> {
-        self.0.restore(s)
-    }
-    fn num_params(&self) -> usize {
-        self.0.num_params()
-    }
-    fn sources(&self) -> Sources {
-        self.0.sources()
-    }
-    fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
-        self.0.export()
-    }
-}
-struct SlowFactory;
-impl ExecutorFactory for SlowFactory {
-    fn create(&self, spec: &JobSpec) -> Result<Box<dyn ShardExecutor>, ExecError> {
-        Ok(Box::new(Slow(LinearFactory.create(spec)?)))
-    }
+fn slow() -> Arc<DelayedFactory> {
+    Arc::new(DelayedFactory {
+        inner: Arc::new(LinearFactory),
+        delay: Duration::from_millis(4),
+    })
 }
 
 fn job_spec(steps: u64) -> JobSpec {
@@ -235,7 +205,7 @@ async fn a_new_leader_resumes_the_job_from_its_checkpoint() {
     let want = reference_digest(60).await;
     let server = etcd();
     let client = connect(&server.url()).await.unwrap();
-    let (links, membership) = local_workers(Arc::new(SlowFactory)).await;
+    let (links, membership) = local_workers(slow()).await;
     let id = submit_job(&client, job_spec(60)).await.unwrap();
 
     let a_ctl = ShutdownController::new();
@@ -309,7 +279,7 @@ async fn jobs_continue_after_etcd_restarts_under_them() {
     let want = reference_digest(80).await;
     let mut server = etcd();
     let client = connect(&server.url()).await.unwrap();
-    let (links, membership) = local_workers(Arc::new(SlowFactory)).await;
+    let (links, membership) = local_workers(slow()).await;
     let id = submit_job(&client, job_spec(80)).await.unwrap();
     let ctl = ShutdownController::new();
     let lead = campaign(
