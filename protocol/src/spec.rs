@@ -186,7 +186,10 @@ impl JobSpec {
         } else {
             Self::from_toml_str(&text)
         };
-        parsed.map_err(|e| spec_err(format!("{}: {e}", path.display())))
+        parsed.map_err(|e| match e {
+            ProtocolError::Spec(msg) => spec_err(format!("{}: {msg}", path.display())),
+            other => other,
+        })
     }
 
     /// The spec as compact JSON (what travels to workers).
@@ -415,5 +418,6 @@ checkpoint_every = 25
         std::fs::write(&bad, "{").unwrap();
         let e = JobSpec::from_path(&bad).unwrap_err().to_string();
         assert!(e.contains("bad.json"), "{e}");
+        assert_eq!(e.matches("invalid job spec").count(), 1, "said once: {e}");
     }
 }
