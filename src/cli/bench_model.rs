@@ -24,6 +24,16 @@ impl Quantize {
     }
 }
 
+/// How the base's dense weights are stored for generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    /// f32 (burn tensors).
+    F32,
+    /// bf16 in host memory, widened to f32 inside the decode kernels (projections and
+    /// lm_head; embeddings and norms stay f32).
+    Bf16,
+}
+
 /// `tributary bench train`: LoRA training steps (AdamW) on random weights.
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
@@ -71,6 +81,9 @@ pub struct BenchGenerateArgs {
     /// Storage of the base's projections.
     #[arg(long, value_enum, default_value_t = Quantize::None)]
     pub quantize: Quantize,
+    /// Storage of the dense weights (projections not in NF4, and the lm_head).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
 }
 
 pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
@@ -96,6 +109,7 @@ pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         adapters: args.adapters,
         rank: args.rank,
         nf4: args.quantize.is_nf4(),
+        bf16: args.dtype == Dtype::Bf16,
     };
     let report = bench
         .run(&args.config, &default_device())

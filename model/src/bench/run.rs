@@ -79,6 +79,8 @@ pub struct GenerateBench {
     pub rank: usize,
     /// Store the base in NF4.
     pub nf4: bool,
+    /// Store the projections and the lm_head in bf16 (NF4 projections stay NF4).
+    pub bf16: bool,
 }
 
 /// The JSON line of `tributary bench generate`.
@@ -93,6 +95,8 @@ pub struct GenerateReport {
     /// How rows with different adapters run.
     pub adapter_mode: &'static str,
     pub quantize: &'static str,
+    /// Storage of the dense weights: "f32" or "bf16".
+    pub dtype: &'static str,
     pub seconds: f64,
     pub prefill_seconds: f64,
     /// New tokens (all rows) per second, prefill included.
@@ -255,7 +259,10 @@ impl GenerateBench {
             ));
         }
         let peak = gemm_peak_gflops(device, GEMM_N, GEMM_REPS)?;
-        let model = random_model(config, device, self.nf4)?;
+        let mut model = random_model(config, device, self.nf4)?;
+        if self.bf16 {
+            model.to_bf16()?;
+        }
         let cfg = model.config().clone();
         let adapters = (0..self.adapters)
             .map(|k| random_adapter(&cfg, self.rank, 100 + k as u64, device))
@@ -287,6 +294,7 @@ impl GenerateBench {
                 Lora::Single(_) => "single adapter",
             },
             quantize: quant_name(self.nf4),
+            dtype: if self.bf16 { "bf16" } else { "f32" },
             seconds,
             prefill_seconds,
             tokens_per_s: new / seconds,
