@@ -315,16 +315,36 @@ impl CausalLm {
     /// accumulation, norms and embeddings stay f32. NF4 projections are left as they are.
     /// The lm_head keeps an f32 tensor too (holding the rounded values) for many-row calls.
     pub fn to_bf16(&mut self) -> Result<(), ModelError> {
-        let _span = tracing::info_span!("to_bf16").entered();
+        self.pack_for_decode(true)
+    }
+
+    /// Like [`CausalLm::to_bf16`] but keeps f32 values: the projections move from burn
+    /// tensors into the host kernels' packed layout (same numbers, decoded by the host
+    /// kernels for few rows; many-row calls rebuild the f32 matrix, so use this for
+    /// generation, not training).
+    pub fn to_packed_f32(&mut self) -> Result<(), ModelError> {
+        self.pack_for_decode(false)
+    }
+
+    fn pack_for_decode(&mut self, bf16: bool) -> Result<(), ModelError> {
+        let _span = tracing::info_span!("pack_for_decode", bf16).entered();
         for (l, layer) in self.layers.iter_mut().enumerate() {
             for t in TargetModule::ALL {
                 let lin = layer.linear_mut(t);
-                lin.weight_t = lin.weight_t.to_bf16(&format!("{}.weight", t.path(l)))?;
+                lin.weight_t = lin
+                    .weight_t
+                    .to_packed(bf16, &format!("{}.weight", t.path(l)))?;
             }
         }
         let [h, v] = self.head_t.dims();
-        let packed = PackedMatrix::bf16(&read_f32(&self.head_t, "lm_head.weight")?, h, v);
-        self.head_t = Tensor::from_data(TensorData::new(packed.to_f32(), [h, v]), &self.device);
+        let values = read_f32(&self.head_t, "lm_head.weight")?;
+        let packed = if bf16 {
+            let p = PackedMatrix::bf16(&values, h, v);
+            self.head_t = Tensor::from_data(TensorData::new(p.to_f32(), [h, v]), &self.device);
+            p
+        } else {
+            PackedMatrix::f32(&values, h, v)
+        };
         self.head_packed = Some(Arc::new(packed));
         Ok(())
     }

@@ -113,7 +113,7 @@ impl PackedMatrix {
         let mut ytiles = vec![0.0f32; tiles * m * TILE];
         ytiles
             .par_chunks_mut(m * TILE)
-            .with_min_len(2)
+            .with_min_len(tiles_per_task(tiles))
             .enumerate()
             .for_each(|(t, yt)| {
                 for r0 in (0..m).step_by(MR) {
@@ -132,6 +132,12 @@ impl PackedMatrix {
             });
         untile(&ytiles, m, n, TILE)
     }
+}
+
+/// Tiles per rayon task: one task per pool thread (each call is short, so fewer, larger
+/// tasks cost less waking and stealing than many small ones).
+fn tiles_per_task(tiles: usize) -> usize {
+    tiles.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
 fn pack<T: Copy + Default>(wt: &[f32], k: usize, n: usize, f: impl Fn(f32) -> T) -> Vec<T> {
@@ -246,7 +252,7 @@ pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option
     let mut ytiles = vec![0.0f32; tiles * m * NF4_TILE];
     ytiles
         .par_chunks_mut(m * NF4_TILE)
-        .with_min_len(2)
+        .with_min_len(tiles_per_task(tiles))
         .enumerate()
         .for_each(|(t, yt)| {
             for r0 in (0..m).step_by(NF4_MR) {

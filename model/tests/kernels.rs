@@ -108,7 +108,7 @@ fn linear_host_path_equals_dense_path_for_bf16_and_nf4() {
     let (k, n) = (64, 128);
     let w = random(k * n, 6);
     let weights = [
-        LinearWeight::Bf16(Arc::new(PackedMatrix::bf16(&w, k, n))),
+        LinearWeight::Packed(Arc::new(PackedMatrix::bf16(&w, k, n))),
         LinearWeight::Nf4(Arc::new(Nf4Matrix::quantize(&w, [k, n]).expect("quantize"))),
     ];
     let bias: Tensor<1> = Tensor::from_data(TensorData::new(random(n, 7), [n]), &dev);
@@ -148,7 +148,7 @@ fn bf16_model_logits_stay_close_to_f32_and_the_reference() {
             half.layers
                 .iter()
                 .flat_map(|l| TargetModule::ALL.map(|t| l.linear(t).weight_t.clone()))
-                .all(|w| matches!(w, LinearWeight::Bf16(_)))
+                .all(|w| matches!(&w, LinearWeight::Packed(p) if p.is_bf16()))
         );
         let ratio = half.linear_weight_bytes() as f64 / model.linear_weight_bytes() as f64;
         assert!(
@@ -210,5 +210,33 @@ fn bf16_cached_decoding_matches_a_full_forward() {
             .expect("step");
         let diff = max_abs_diff(&values(&step), &full[t * v..(t + 1) * v]);
         assert!(diff <= 1e-4, "{name} position {t}: max abs diff {diff}");
+    }
+}
+
+/// The f32 weights moved into the host kernels' layout give the reference logits (the
+/// same tolerance as the burn path in `fixtures_numerics.rs`).
+#[test]
+fn packed_f32_model_matches_the_reference_logits() {
+    for name in MODELS {
+        let dev = device();
+        let mut model = CausalLm::load(&model_dir(name), &dev).expect("load");
+        let adapter = LoraAdapter::load(&model_dir(name).join("adapter"), model.config(), &dev)
+            .expect("adapter");
+        model.to_packed_f32().expect("pack");
+        assert!(
+            model
+                .layers
+                .iter()
+                .flat_map(|l| TargetModule::ALL.map(|t| l.linear(t).weight_t.clone()))
+                .all(|w| matches!(&w, LinearWeight::Packed(p) if !p.is_bf16()))
+        );
+        let reference = reference(name);
+        let rows = input_rows(name);
+        for (key, lora) in [("base_logits", None), ("lora_logits", Some(&adapter))] {
+            let got = values(&model.forward(ids_tensor(&rows, &dev), &[], lora, None));
+            let (_, want) = reference.get_f32(key).expect(key);
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff <= 1e-4, "{name} {key}: max abs diff {diff} > 1e-4");
+        }
     }
 }

@@ -206,8 +206,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.tokenizer.as_deref(),
         args.quantize.is_nf4(),
     )?;
-    if args.dtype == super::bench_model::Dtype::Bf16 {
-        loaded.model.to_bf16()?;
+    match args.dtype {
+        super::bench_model::Dtype::F32 => {}
+        super::bench_model::Dtype::F32Packed => loaded.model.to_packed_f32()?,
+        super::bench_model::Dtype::Bf16 => loaded.model.to_bf16()?,
     }
     let adapter = args
         .adapter

@@ -79,8 +79,30 @@ pub struct GenerateBench {
     pub rank: usize,
     /// Store the base in NF4.
     pub nf4: bool,
-    /// Store the projections and the lm_head in bf16 (NF4 projections stay NF4).
-    pub bf16: bool,
+    /// Storage of the dense weights (projections not in NF4, and the lm_head).
+    pub dtype: DecodeDtype,
+}
+
+/// How a generation benchmark stores the base's dense weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeDtype {
+    /// f32 burn tensors (burn's GEMM).
+    F32,
+    /// f32 in the host kernels' packed layout ([`CausalLm::to_packed_f32`]).
+    F32Packed,
+    /// bf16 in the host kernels' packed layout ([`CausalLm::to_bf16`]).
+    Bf16,
+}
+
+impl DecodeDtype {
+    /// The name in the JSON line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeDtype::F32 => "f32",
+            DecodeDtype::F32Packed => "f32-packed",
+            DecodeDtype::Bf16 => "bf16",
+        }
+    }
 }
 
 /// The JSON line of `tributary bench generate`.
@@ -260,8 +282,10 @@ impl GenerateBench {
         }
         let peak = gemm_peak_gflops(device, GEMM_N, GEMM_REPS)?;
         let mut model = random_model(config, device, self.nf4)?;
-        if self.bf16 {
-            model.to_bf16()?;
+        match self.dtype {
+            DecodeDtype::F32 => {}
+            DecodeDtype::F32Packed => model.to_packed_f32()?,
+            DecodeDtype::Bf16 => model.to_bf16()?,
         }
         let cfg = model.config().clone();
         let adapters = (0..self.adapters)
@@ -294,7 +318,7 @@ impl GenerateBench {
                 Lora::Single(_) => "single adapter",
             },
             quantize: quant_name(self.nf4),
-            dtype: if self.bf16 { "bf16" } else { "f32" },
+            dtype: self.dtype.name(),
             seconds,
             prefill_seconds,
             tokens_per_s: new / seconds,

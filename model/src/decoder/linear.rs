@@ -40,8 +40,8 @@ pub enum LinearWeight {
     /// 4-bit NormalFloat in host memory, decoded inside the host kernel for few rows and
     /// dequantized for every other use (QLoRA's frozen base).
     Nf4(Arc<Nf4Matrix>),
-    /// bf16 in host memory, packed for the host kernel (`--dtype bf16`).
-    Bf16(Arc<PackedMatrix>),
+    /// bf16 or f32 in host memory, packed for the host kernel (`--dtype bf16|f32-packed`).
+    Packed(Arc<PackedMatrix>),
 }
 
 impl LinearWeight {
@@ -50,7 +50,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(t) => t.dims(),
             LinearWeight::Nf4(q) => q.shape(),
-            LinearWeight::Bf16(p) => p.dims(),
+            LinearWeight::Packed(p) => p.dims(),
         }
     }
 
@@ -59,7 +59,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(t) => t.clone(),
             LinearWeight::Nf4(q) => q.dequantize_tensor(device),
-            LinearWeight::Bf16(p) => {
+            LinearWeight::Packed(p) => {
                 Tensor::from_data(TensorData::new(p.to_f32(), p.dims()), device)
             }
         }
@@ -75,7 +75,7 @@ impl LinearWeight {
         let out = self.dims()[1];
         let y = match self {
             LinearWeight::Dense(_) => return None,
-            LinearWeight::Bf16(p) => p.matmul(&read_f32(x, "activations").ok()?, m),
+            LinearWeight::Packed(p) => p.matmul(&read_f32(x, "activations").ok()?, m),
             LinearWeight::Nf4(q) => {
                 if !crate::kernels::nf4_fusable(q) {
                     return None;
@@ -86,15 +86,19 @@ impl LinearWeight {
         Some(Tensor::from_data(TensorData::new(y, [m, out]), &x.device()))
     }
 
-    /// This weight in bf16 (dense f32 weights are read back and rounded; others unchanged).
-    pub fn to_bf16(&self, name: &str) -> Result<Self, ModelError> {
+    /// This weight packed for the host kernels, in bf16 (rounded to nearest even) or f32;
+    /// dense weights are read back, others are returned unchanged.
+    pub fn to_packed(&self, bf16: bool, name: &str) -> Result<Self, ModelError> {
         match self {
             LinearWeight::Dense(w) => {
                 let [k, n] = w.dims();
                 let values = read_f32(w, name)?;
-                Ok(LinearWeight::Bf16(Arc::new(PackedMatrix::bf16(
-                    &values, k, n,
-                ))))
+                let packed = if bf16 {
+                    PackedMatrix::bf16(&values, k, n)
+                } else {
+                    PackedMatrix::f32(&values, k, n)
+                };
+                Ok(LinearWeight::Packed(Arc::new(packed)))
             }
             other => Ok(other.clone()),
         }
@@ -127,7 +131,7 @@ impl Linear {
         match &self.weight_t {
             LinearWeight::Dense(t) => t.shape().num_elements() * std::mem::size_of::<f32>(),
             LinearWeight::Nf4(q) => q.resident_bytes(),
-            LinearWeight::Bf16(p) => p.resident_bytes(),
+            LinearWeight::Packed(p) => p.resident_bytes(),
         }
     }
 
