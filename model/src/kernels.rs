@@ -305,7 +305,23 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_bf16(w: &[u16], x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
         assert!(w.len() >= k * TILE && x.len() >= mr * k && y.len() >= mr * TILE && mr <= MR);
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        // A constant row count keeps the accumulators in registers.
+        match mr {
+            1 => tile_bf16_rows::<1>(w, x, k, y),
+            2 => tile_bf16_rows::<2>(w, x, k, y),
+            3 => tile_bf16_rows::<3>(w, x, k, y),
+            4 => tile_bf16_rows::<4>(w, x, k, y),
+            5 => tile_bf16_rows::<5>(w, x, k, y),
+            6 => tile_bf16_rows::<6>(w, x, k, y),
+            7 => tile_bf16_rows::<7>(w, x, k, y),
+            _ => tile_bf16_rows::<8>(w, x, k, y),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn tile_bf16_rows<const R: usize>(w: &[u16], x: &[f32], k: usize, y: &mut [f32]) {
+        assert!(w.len() >= k * TILE && x.len() >= R * k && y.len() >= R * TILE);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let wp = w.as_ptr();
         for i in 0..k {
             // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len(); bf16 → f32 is a 16-bit left shift.
@@ -318,20 +334,35 @@ mod avx512 {
                     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(hi)),
                 )
             };
-            for (r, a) in acc.iter_mut().enumerate().take(mr) {
+            for (r, a) in acc.iter_mut().enumerate() {
                 let xv = _mm512_set1_ps(x[r * k + i]);
                 a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
                 a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
             }
         }
-        store(&acc, mr, y);
+        store(&acc, y);
     }
 
     /// One tile of f32 weights: `w` is `[k][TILE]`, `x` `[mr][k]`, `y` `[mr][TILE]`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_f32(w: &[f32], x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
         assert!(w.len() >= k * TILE && x.len() >= mr * k && y.len() >= mr * TILE && mr <= MR);
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        match mr {
+            1 => tile_f32_rows::<1>(w, x, k, y),
+            2 => tile_f32_rows::<2>(w, x, k, y),
+            3 => tile_f32_rows::<3>(w, x, k, y),
+            4 => tile_f32_rows::<4>(w, x, k, y),
+            5 => tile_f32_rows::<5>(w, x, k, y),
+            6 => tile_f32_rows::<6>(w, x, k, y),
+            7 => tile_f32_rows::<7>(w, x, k, y),
+            _ => tile_f32_rows::<8>(w, x, k, y),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn tile_f32_rows<const R: usize>(w: &[f32], x: &[f32], k: usize, y: &mut [f32]) {
+        assert!(w.len() >= k * TILE && x.len() >= R * k && y.len() >= R * TILE);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let wp = w.as_ptr();
         for i in 0..k {
             // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len().
@@ -339,18 +370,18 @@ mod avx512 {
                 let p = wp.add(i * TILE);
                 (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
             };
-            for (r, a) in acc.iter_mut().enumerate().take(mr) {
+            for (r, a) in acc.iter_mut().enumerate() {
                 let xv = _mm512_set1_ps(x[r * k + i]);
                 a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
                 a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
             }
         }
-        store(&acc, mr, y);
+        store(&acc, y);
     }
 
     #[target_feature(enable = "avx512f")]
-    fn store(acc: &[[__m512; 2]; MR], mr: usize, y: &mut [f32]) {
-        for (r, a) in acc.iter().enumerate().take(mr) {
+    fn store<const R: usize>(acc: &[[__m512; 2]; R], y: &mut [f32]) {
+        for (r, a) in acc.iter().enumerate() {
             let out = &mut y[r * TILE..(r + 1) * TILE];
             // SAFETY: `out` holds exactly 32 floats.
             unsafe {
@@ -365,6 +396,17 @@ mod avx512 {
     /// low nibbles of 16 bytes give the even columns, the high ones the odd columns.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32]) {
+        match mr {
+            1 => nf4_tile_rows::<1>(q, c0, x, y),
+            2 => nf4_tile_rows::<2>(q, c0, x, y),
+            3 => nf4_tile_rows::<3>(q, c0, x, y),
+            _ => nf4_tile_rows::<NF4_MR>(q, c0, x, y),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn nf4_tile_rows<const R: usize>(q: &Nf4Matrix, c0: usize, x: &[f32], y: &mut [f32]) {
+        let mr = R;
         let [k, n] = q.shape();
         let (packed, scales) = (q.packed(), q.scales());
         assert!(c0 + NF4_TILE <= n && n.is_multiple_of(NF4_BLOCK) && mr <= NF4_MR);
@@ -373,7 +415,7 @@ mod avx512 {
         // SAFETY: NF4_CODE holds 16 floats.
         let code = unsafe { _mm512_loadu_ps(NF4_CODE.as_ptr()) };
         // acc[r] = [even 0..32, odd 0..32, even 32..64, odd 32..64] column groups.
-        let mut acc = [[_mm512_setzero_ps(); 4]; NF4_MR];
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
         for i in 0..k {
             let start = i * n + c0;
             let scale = scales[start / NF4_BLOCK];
@@ -392,14 +434,14 @@ mod avx512 {
                 _mm512_permutexvar_ps(b1, code),
                 _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b1), code),
             ];
-            for (r, a) in acc.iter_mut().enumerate().take(mr) {
+            for (r, a) in acc.iter_mut().enumerate() {
                 let xv = _mm512_set1_ps(x[r * k + i] * scale);
                 for (aj, vj) in a.iter_mut().zip(&v) {
                     *aj = _mm512_fmadd_ps(xv, *vj, *aj);
                 }
             }
         }
-        for (r, a) in acc.iter().enumerate().take(mr) {
+        for (r, a) in acc.iter().enumerate() {
             let mut lanes = [[0.0f32; 16]; 4];
             for (l, v) in lanes.iter_mut().zip(a) {
                 // SAFETY: each lane array holds 16 floats.
