@@ -8,8 +8,10 @@
 //! - [`Nf4Matrix`]: the 4-bit codes are decoded inside the dot product (a 16-entry
 //!   register lookup per nibble), instead of writing a dequantized f32 matrix first.
 //!
-//! Both split the output columns over the rayon pool (both cores) and use AVX-512 when the
-//! CPU has it (checked at run time); elsewhere a portable loop computes the same sums.
+//! Both split the output columns over the rayon pool (both cores) for large matrices (at
+//! least [`SERIAL_MAX_WEIGHTS`]: the lm_head) and run smaller ones on the calling thread;
+//! they use AVX-512 when the CPU has it (checked at run time); elsewhere a portable loop
+//! computes the same sums.
 //! The decoder checks these against burn's matmul on the dense matrix (`tests/kernels.rs`).
 
 use half::bf16;
@@ -111,9 +113,14 @@ impl PackedMatrix {
         let tiles = n.div_ceil(TILE);
         // Tile-major result [tile][m][TILE]: each task owns whole tiles.
         let mut ytiles = vec![0.0f32; tiles * m * TILE];
+        let per_task = if k * n < SERIAL_MAX_WEIGHTS {
+            tiles
+        } else {
+            tiles_per_task(tiles)
+        };
         ytiles
             .par_chunks_mut(m * TILE)
-            .with_min_len(tiles_per_task(tiles))
+            .with_min_len(per_task)
             .enumerate()
             .for_each(|(t, yt)| {
                 for r0 in (0..m).step_by(MR) {
@@ -133,6 +140,11 @@ impl PackedMatrix {
         untile(&ytiles, m, n, TILE)
     }
 }
+
+/// Matrices with fewer weights than this run on the calling thread alone: waking the other
+/// pool thread for each of a decode step's ~57 small calls cost more than the second core
+/// gave (measured: batch-1 decoding 1.2–1.8× faster serial; see docs/benchmarks.md).
+pub const SERIAL_MAX_WEIGHTS: usize = 1 << 20;
 
 /// Tiles per rayon task: one task per pool thread (each call is short, so fewer, larger
 /// tasks cost less waking and stealing than many small ones).
@@ -250,9 +262,14 @@ pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option
     assert_eq!(x.len(), m * k, "nf4_matmul: x is not [m, in]");
     let tiles = n / NF4_TILE;
     let mut ytiles = vec![0.0f32; tiles * m * NF4_TILE];
+    let per_task = if k * n < SERIAL_MAX_WEIGHTS {
+        tiles
+    } else {
+        tiles_per_task(tiles)
+    };
     ytiles
         .par_chunks_mut(m * NF4_TILE)
-        .with_min_len(tiles_per_task(tiles))
+        .with_min_len(per_task)
         .enumerate()
         .for_each(|(t, yt)| {
             for r0 in (0..m).step_by(NF4_MR) {

@@ -79,6 +79,23 @@ fn packed_matmul_matches_burn_for_every_row_count() {
     }
 }
 
+/// A matrix above `SERIAL_MAX_WEIGHTS` is split over the thread pool; same sums.
+#[test]
+fn packed_matmul_of_a_large_matrix_matches_burn() {
+    let (k, n) = (1024, 1100);
+    assert!(k * n >= tributary_model::kernels::SERIAL_MAX_WEIGHTS);
+    let w = random(k * n, 30);
+    let packed = PackedMatrix::bf16(&w, k, n);
+    let dense = packed.to_f32();
+    for m in [1, 3] {
+        let x = random(m * k, 31 + m as u64);
+        let want = burn_matmul(&x, m, &dense, k, n);
+        let got = packed.matmul(&x, m);
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff <= 1e-3, "m={m}: max abs diff {diff}");
+    }
+}
+
 #[test]
 fn fused_nf4_matmul_matches_the_dequantized_matrix() {
     let (k, n) = (70, 192);
