@@ -1,5 +1,5 @@
-//! `tributary bench train|generate` and `--quantize nf4` end to end through the built binary,
-//! on the tiny fixture config (shapes only; timings are not asserted).
+//! `tributary bench train|generate`, `--quantize nf4` and `--dtype f32-packed|bf16` end to end
+//! through the built binary, on the tiny fixture config (shapes only; timings are not asserted).
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -125,4 +125,68 @@ fn model_generate_accepts_quantize_nf4() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["completion_ids"].as_array().map(Vec::len), Some(4), "{v}");
+}
+
+#[test]
+fn bench_generate_with_bf16_weights_halves_the_projection_bytes() {
+    let config = fixtures().join("tiny-llama/config.json");
+    let config = config.to_str().expect("utf-8 path");
+    let run = |dtype: &str| {
+        json_line(&[
+            "bench",
+            "generate",
+            "--config",
+            config,
+            "--batch",
+            "2",
+            "--prompt-len",
+            "4",
+            "--new-tokens",
+            "3",
+            "--dtype",
+            dtype,
+        ])
+    };
+    let (f32_run, packed, bf16) = (run("f32"), run("f32-packed"), run("bf16"));
+    assert_eq!(f32_run["dtype"], "f32");
+    assert_eq!(packed["dtype"], "f32-packed");
+    assert_eq!(bf16["dtype"], "bf16");
+    assert!(num(&bf16, "tokens_per_s") > 0.0, "{bf16}");
+    let f32_mib = num(&f32_run, "base_linear_mib");
+    // Packing pads the last column tile of each matrix, so at least the f32 bytes.
+    assert!(num(&packed, "base_linear_mib") >= f32_mib, "{packed}");
+    let ratio = num(&bf16, "base_linear_mib") / f32_mib;
+    assert!(ratio <= 0.6, "bf16 projections take {ratio}× the f32 bytes");
+}
+
+/// `model generate --dtype f32-packed` (host kernels, same f32 values) decodes the reference
+/// implementation's greedy tokens; `--dtype bf16` decodes the requested number of tokens.
+#[test]
+fn model_generate_with_packed_weights_gives_the_reference_tokens() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let dir = fixtures().join(name);
+        let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+        let r: Value = serde_json::from_str(&text).expect("reference JSON");
+        let prompt = r["prompt"].as_str().expect("prompt");
+        for dtype in ["f32-packed", "bf16"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+                .args(["model", "generate", "--json", "--max-new-tokens", "16"])
+                .args(["--prompt", prompt, "--dtype", dtype, "--model"])
+                .arg(&dir)
+                .output()
+                .expect("the binary runs");
+            assert!(
+                out.status.success(),
+                "{name} {dtype}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            if dtype == "f32-packed" {
+                assert_eq!(v["completion_ids"], r["greedy_base"], "{name} {dtype}");
+            } else {
+                let n = v["completion_ids"].as_array().map_or(0, Vec::len);
+                assert!(n > 0 && n <= 16, "{name} {dtype}: {v}");
+            }
+        }
+    }
 }

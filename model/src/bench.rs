@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 
-pub use run::{GenerateBench, GenerateReport, TrainBench, TrainReport};
+pub use run::{DecodeDtype, GenerateBench, GenerateReport, TrainBench, TrainReport};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;

@@ -27,10 +27,11 @@ pub use mixed::MixedLora;
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
+use crate::kernels::PackedMatrix;
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::quant::Nf4Matrix;
 use crate::train::dropout::LoraDropout;
-use crate::weights::TensorStore;
+use crate::weights::{TensorStore, read_f32};
 
 /// One decoder layer's weights.
 #[derive(Debug, Clone)]
@@ -98,6 +99,8 @@ pub struct CausalLm {
     /// The output projection transposed, `[hidden, vocab]`: `lm_head.weight`ᵀ, or the
     /// embedding's transpose when tied.
     pub head_t: Tensor<2>,
+    /// `head_t` packed in bf16 for the host kernel, after [`CausalLm::to_bf16`].
+    head_packed: Option<Arc<PackedMatrix>>,
 }
 
 /// Training-only options threaded through the forward pass.
@@ -237,6 +240,7 @@ impl CausalLm {
             layers,
             norm,
             head_t,
+            head_packed: None,
         })
     }
 
@@ -303,6 +307,45 @@ impl CausalLm {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Stores the seven projections of every layer and the lm_head in bf16 (rounded to
+    /// nearest even), for generation with half the weight bytes per token; activations,
+    /// accumulation, norms and embeddings stay f32. NF4 projections are left as they are.
+    /// The lm_head keeps an f32 tensor too (holding the rounded values) for many-row calls.
+    pub fn to_bf16(&mut self) -> Result<(), ModelError> {
+        self.pack_for_decode(true)
+    }
+
+    /// Like [`CausalLm::to_bf16`] but keeps f32 values: the projections move from burn
+    /// tensors into the host kernels' packed layout (same numbers, decoded by the host
+    /// kernels for few rows; many-row calls rebuild the f32 matrix, so use this for
+    /// generation, not training).
+    pub fn to_packed_f32(&mut self) -> Result<(), ModelError> {
+        self.pack_for_decode(false)
+    }
+
+    fn pack_for_decode(&mut self, bf16: bool) -> Result<(), ModelError> {
+        let _span = tracing::info_span!("pack_for_decode", bf16).entered();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            for t in TargetModule::ALL {
+                let lin = layer.linear_mut(t);
+                lin.weight_t = lin
+                    .weight_t
+                    .to_packed(bf16, &format!("{}.weight", t.path(l)))?;
+            }
+        }
+        let [h, v] = self.head_t.dims();
+        let values = read_f32(&self.head_t, "lm_head.weight")?;
+        let packed = if bf16 {
+            let p = PackedMatrix::bf16(&values, h, v);
+            self.head_t = Tensor::from_data(TensorData::new(p.to_f32(), [h, v]), &self.device);
+            p
+        } else {
+            PackedMatrix::f32(&values, h, v)
+        };
+        self.head_packed = Some(Arc::new(packed));
         Ok(())
     }
 
@@ -416,9 +459,19 @@ impl CausalLm {
     /// Applies the final norm's output projection: hidden `[b, s, h]` → logits `[b, s, vocab]`.
     pub(crate) fn lm_head_forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = hidden.dims();
-        hidden
-            .reshape([b * s, h])
-            .matmul(self.head_t.clone())
+        let x = hidden.reshape([b * s, h]);
+        if let Some(p) = &self.head_packed
+            && b * s <= linear::HOST_KERNEL_MAX_ROWS
+            && !x.is_autodiff()
+            && let Ok(xs) = read_f32(&x, "hidden")
+        {
+            let logits = p.matmul(&xs, b * s);
+            return Tensor::from_data(
+                TensorData::new(logits, [b, s, self.cfg.vocab_size]),
+                &self.device,
+            );
+        }
+        x.matmul(self.head_t.clone())
             .reshape([b, s, self.cfg.vocab_size])
     }
 

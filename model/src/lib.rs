@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod init;
+pub mod kernels;
 pub mod lora;
 pub mod peft;
 pub mod plot;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use tributary_model::bench::{GenerateBench, TrainBench};
+use tributary_model::bench::{DecodeDtype, GenerateBench, TrainBench};
 use tributary_model::device::default_device;
 
 /// How the frozen base's projection weights are stored.
@@ -21,6 +21,29 @@ impl Quantize {
     /// Whether the base is stored in NF4.
     pub fn is_nf4(self) -> bool {
         self == Quantize::Nf4
+    }
+}
+
+/// How the base's dense weights are stored for generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    /// f32 (burn tensors, burn's GEMM).
+    F32,
+    /// f32 moved into the host decode kernels' packed layout (same numbers, for generation).
+    F32Packed,
+    /// bf16 in host memory, widened to f32 inside the decode kernels (projections and
+    /// lm_head; embeddings and norms stay f32).
+    Bf16,
+}
+
+impl Dtype {
+    /// The model crate's name for it.
+    pub fn decode_dtype(self) -> DecodeDtype {
+        match self {
+            Dtype::F32 => DecodeDtype::F32,
+            Dtype::F32Packed => DecodeDtype::F32Packed,
+            Dtype::Bf16 => DecodeDtype::Bf16,
+        }
     }
 }
 
@@ -71,6 +94,9 @@ pub struct BenchGenerateArgs {
     /// Storage of the base's projections.
     #[arg(long, value_enum, default_value_t = Quantize::None)]
     pub quantize: Quantize,
+    /// Storage of the dense weights (projections not in NF4, and the lm_head).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
 }
 
 pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
@@ -96,6 +122,7 @@ pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         adapters: args.adapters,
         rank: args.rank,
         nf4: args.quantize.is_nf4(),
+        dtype: args.dtype.decode_dtype(),
     };
     let report = bench
         .run(&args.config, &default_device())

@@ -152,10 +152,11 @@ fn progress(total: u64, done: u64) -> ProgressBar {
 }
 
 pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
-    let mut loaded = load(&args.model, args.tokenizer.as_deref())?;
-    if args.quantize.is_nf4() {
-        loaded.model.quantize_nf4()?;
-    }
+    let loaded = load(
+        &args.model,
+        args.tokenizer.as_deref(),
+        args.quantize.is_nf4(),
+    )?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let max_pos = model.config().max_position_embeddings;
     let max_seq_len = args.max_seq_len.unwrap_or(max_pos.min(512));

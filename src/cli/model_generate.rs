@@ -65,6 +65,10 @@ pub struct GenerateArgs {
     /// Store the base's projection weights in 4-bit NormalFloat (QLoRA).
     #[arg(long, value_enum, default_value_t = super::bench_model::Quantize::None)]
     pub quantize: super::bench_model::Quantize,
+    /// Storage of the dense weights (projections not in NF4, and the lm_head): bf16 halves
+    /// the bytes read per generated token.
+    #[arg(long, value_enum, default_value_t = super::bench_model::Dtype::F32)]
+    pub dtype: super::bench_model::Dtype,
 }
 
 /// A model and its tokenizer, loaded and checked against each other.
@@ -74,11 +78,16 @@ pub struct Loaded {
 }
 
 /// Loads the checkpoint in `model_dir` and the tokenizer in `tokenizer_dir` (default: the
-/// model directory); the tokenizer's vocabulary must fit in the model's.
-pub fn load(model_dir: &Path, tokenizer_dir: Option<&Path>) -> anyhow::Result<Loaded> {
+/// model directory); the tokenizer's vocabulary must fit in the model's. With `nf4` the
+/// projections are quantized as they are read ([`CausalLm::load_nf4`]: no f32 copy of them).
+pub fn load(model_dir: &Path, tokenizer_dir: Option<&Path>, nf4: bool) -> anyhow::Result<Loaded> {
     let device = tributary_model::device::default_device();
-    let model = CausalLm::load(model_dir, &device)
-        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let model = if nf4 {
+        CausalLm::load_nf4(model_dir, &device)
+    } else {
+        CausalLm::load(model_dir, &device)
+    };
+    let model = model.with_context(|| format!("loading the model from {}", model_dir.display()))?;
     let tok_dir = tokenizer_dir.unwrap_or(model_dir);
     let tokenizer = Tokenizer::from_dir(tok_dir).with_context(|| {
         format!(
@@ -192,9 +201,15 @@ pub fn complete(
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let mut loaded = load(&args.model, args.tokenizer.as_deref())?;
-    if args.quantize.is_nf4() {
-        loaded.model.quantize_nf4()?;
+    let mut loaded = load(
+        &args.model,
+        args.tokenizer.as_deref(),
+        args.quantize.is_nf4(),
+    )?;
+    match args.dtype {
+        super::bench_model::Dtype::F32 => {}
+        super::bench_model::Dtype::F32Packed => loaded.model.to_packed_f32()?,
+        super::bench_model::Dtype::Bf16 => loaded.model.to_bf16()?,
     }
     let adapter = args
         .adapter

@@ -79,6 +79,30 @@ pub struct GenerateBench {
     pub rank: usize,
     /// Store the base in NF4.
     pub nf4: bool,
+    /// Storage of the dense weights (projections not in NF4, and the lm_head).
+    pub dtype: DecodeDtype,
+}
+
+/// How a generation benchmark stores the base's dense weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeDtype {
+    /// f32 burn tensors (burn's GEMM).
+    F32,
+    /// f32 in the host kernels' packed layout ([`CausalLm::to_packed_f32`]).
+    F32Packed,
+    /// bf16 in the host kernels' packed layout ([`CausalLm::to_bf16`]).
+    Bf16,
+}
+
+impl DecodeDtype {
+    /// The name in the JSON line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeDtype::F32 => "f32",
+            DecodeDtype::F32Packed => "f32-packed",
+            DecodeDtype::Bf16 => "bf16",
+        }
+    }
 }
 
 /// The JSON line of `tributary bench generate`.
@@ -93,6 +117,8 @@ pub struct GenerateReport {
     /// How rows with different adapters run.
     pub adapter_mode: &'static str,
     pub quantize: &'static str,
+    /// Storage of the dense weights: "f32" or "bf16".
+    pub dtype: &'static str,
     pub seconds: f64,
     pub prefill_seconds: f64,
     /// New tokens (all rows) per second, prefill included.
@@ -255,7 +281,12 @@ impl GenerateBench {
             ));
         }
         let peak = gemm_peak_gflops(device, GEMM_N, GEMM_REPS)?;
-        let model = random_model(config, device, self.nf4)?;
+        let mut model = random_model(config, device, self.nf4)?;
+        match self.dtype {
+            DecodeDtype::F32 => {}
+            DecodeDtype::F32Packed => model.to_packed_f32()?,
+            DecodeDtype::Bf16 => model.to_bf16()?,
+        }
         let cfg = model.config().clone();
         let adapters = (0..self.adapters)
             .map(|k| random_adapter(&cfg, self.rank, 100 + k as u64, device))
@@ -287,6 +318,7 @@ impl GenerateBench {
                 Lora::Single(_) => "single adapter",
             },
             quantize: quant_name(self.nf4),
+            dtype: self.dtype.name(),
             seconds,
             prefill_seconds,
             tokens_per_s: new / seconds,

@@ -1,12 +1,23 @@
-//! A linear projection whose weight is stored dense (f32 on the device) or in NF4.
+//! A linear projection whose weight is stored dense (f32 on the device), in bf16 or in NF4.
+//!
+//! bf16 and NF4 weights live in host memory. With few rows of input (decoding) and no
+//! autodiff, [`Linear::forward`] multiplies them with the host kernels of
+//! [`crate::kernels`] (weights widened or decoded in registers, both cores); otherwise it
+//! builds the f32 matrix on the device and lets burn multiply.
 
 use std::sync::Arc;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::ModelError;
+use crate::kernels::{PackedMatrix, nf4_matmul};
 use crate::quant::Nf4Matrix;
-use crate::weights::{TensorStore, transpose};
+use crate::weights::{TensorStore, read_f32, transpose};
+
+/// Most input rows for which bf16/NF4 projections use the host kernels (a decode step has
+/// one row per sequence, a prefill one per prompt token); above it burn's GEMM on the
+/// dequantized matrix is faster.
+pub const HOST_KERNEL_MAX_ROWS: usize = 256;
 
 /// A linear projection `y = x·Wᵀ + b`. `W` (`[out, in]` in the checkpoint) is kept
 /// transposed, `[in, out]` and contiguous: burn multiplies that layout far faster than a
@@ -26,8 +37,11 @@ pub struct Linear {
 pub enum LinearWeight {
     /// f32 on the model's device.
     Dense(Tensor<2>),
-    /// 4-bit NormalFloat in host memory, dequantized for every use (QLoRA's frozen base).
+    /// 4-bit NormalFloat in host memory, decoded inside the host kernel for few rows and
+    /// dequantized for every other use (QLoRA's frozen base).
     Nf4(Arc<Nf4Matrix>),
+    /// bf16 or f32 in host memory, packed for the host kernel (`--dtype bf16|f32-packed`).
+    Packed(Arc<PackedMatrix>),
 }
 
 impl LinearWeight {
@@ -36,6 +50,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(t) => t.dims(),
             LinearWeight::Nf4(q) => q.shape(),
+            LinearWeight::Packed(p) => p.dims(),
         }
     }
 
@@ -44,6 +59,48 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(t) => t.clone(),
             LinearWeight::Nf4(q) => q.dequantize_tensor(device),
+            LinearWeight::Packed(p) => {
+                Tensor::from_data(TensorData::new(p.to_f32(), p.dims()), device)
+            }
+        }
+    }
+
+    /// `x` `[m, in]` times `Wᵀ` through the host kernels, when the weight is bf16 or (fusable)
+    /// NF4, `x` carries no autodiff graph and has at most [`HOST_KERNEL_MAX_ROWS`] rows.
+    fn host_matmul(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+        let [m, _] = x.dims();
+        if m > HOST_KERNEL_MAX_ROWS || matches!(self, LinearWeight::Dense(_)) || x.is_autodiff() {
+            return None;
+        }
+        let out = self.dims()[1];
+        let y = match self {
+            LinearWeight::Dense(_) => return None,
+            LinearWeight::Packed(p) => p.matmul(&read_f32(x, "activations").ok()?, m),
+            LinearWeight::Nf4(q) => {
+                if !crate::kernels::nf4_fusable(q) {
+                    return None;
+                }
+                nf4_matmul(q, &read_f32(x, "activations").ok()?, m)?
+            }
+        };
+        Some(Tensor::from_data(TensorData::new(y, [m, out]), &x.device()))
+    }
+
+    /// This weight packed for the host kernels, in bf16 (rounded to nearest even) or f32;
+    /// dense weights are read back, others are returned unchanged.
+    pub fn to_packed(&self, bf16: bool, name: &str) -> Result<Self, ModelError> {
+        match self {
+            LinearWeight::Dense(w) => {
+                let [k, n] = w.dims();
+                let values = read_f32(w, name)?;
+                let packed = if bf16 {
+                    PackedMatrix::bf16(&values, k, n)
+                } else {
+                    PackedMatrix::f32(&values, k, n)
+                };
+                Ok(LinearWeight::Packed(Arc::new(packed)))
+            }
+            other => Ok(other.clone()),
         }
     }
 }
@@ -51,8 +108,13 @@ impl LinearWeight {
 impl Linear {
     /// `x` `[n, in]` → `[n, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let w = self.weight_t.dense(&x.device());
-        let y = x.matmul(w);
+        let y = match self.weight_t.host_matmul(&x) {
+            Some(y) => y,
+            None => {
+                let w = self.weight_t.dense(&x.device());
+                x.matmul(w)
+            }
+        };
         match &self.bias {
             Some(b) => y.add(b.clone().unsqueeze_dim(0)),
             None => y,
@@ -69,6 +131,7 @@ impl Linear {
         match &self.weight_t {
             LinearWeight::Dense(t) => t.shape().num_elements() * std::mem::size_of::<f32>(),
             LinearWeight::Nf4(q) => q.resident_bytes(),
+            LinearWeight::Packed(p) => p.resident_bytes(),
         }
     }
 

@@ -1,0 +1,476 @@
+//! Host-side matmul kernels for decoding: `y = x·Wᵀ` with few rows of `x` (a decode step
+//! has one row per sequence), where the cost is reading the weights once, not arithmetic.
+//!
+//! Two weight stores are served:
+//! - [`PackedMatrix`]: `Wᵀ` in bf16 (or f32), packed in column tiles of [`TILE`] so one
+//!   call streams the matrix front to back; values are widened to f32 in registers and
+//!   accumulated in f32 (no bf16 arithmetic, so `x` keeps full precision).
+//! - [`Nf4Matrix`]: the 4-bit codes are decoded inside the dot product (a 16-entry
+//!   register lookup per nibble), instead of writing a dequantized f32 matrix first.
+//!
+//! Both split the output columns over the rayon pool (both cores) for large matrices (at
+//! least [`SERIAL_MAX_WEIGHTS`]: the lm_head) and run smaller ones on the calling thread;
+//! they use AVX-512 when the CPU has it (checked at run time); elsewhere a portable loop
+//! computes the same sums.
+//! The decoder checks these against burn's matmul on the dense matrix (`tests/kernels.rs`).
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix};
+
+/// Output columns per packed tile (two 16-lane f32 vectors).
+pub const TILE: usize = 32;
+
+/// Row chunk of `x` handled by one pass over a weight tile.
+const MR: usize = 8;
+
+/// Element type of a [`PackedMatrix`].
+#[derive(Debug, Clone, PartialEq)]
+enum PackedData {
+    /// bf16 bit patterns.
+    Bf16(Vec<u16>),
+    /// f32 values.
+    F32(Vec<f32>),
+}
+
+/// `Wᵀ` `[in, out]` stored as `[out/TILE][in][TILE]` (the last tile zero-padded), so a
+/// kernel reads each tile's `in × TILE` block contiguously.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMatrix {
+    in_dim: usize,
+    out_dim: usize,
+    data: PackedData,
+}
+
+impl PackedMatrix {
+    /// Packs `wt` (`[in, out]` row-major, `in·out` values) rounded to bf16 (nearest even).
+    pub fn bf16(wt: &[f32], in_dim: usize, out_dim: usize) -> Self {
+        let packed = pack(wt, in_dim, out_dim, |v| bf16::from_f32(v).to_bits());
+        Self {
+            in_dim,
+            out_dim,
+            data: PackedData::Bf16(packed),
+        }
+    }
+
+    /// Packs `wt` (`[in, out]` row-major) as f32.
+    pub fn f32(wt: &[f32], in_dim: usize, out_dim: usize) -> Self {
+        let packed = pack(wt, in_dim, out_dim, |v| v);
+        Self {
+            in_dim,
+            out_dim,
+            data: PackedData::F32(packed),
+        }
+    }
+
+    /// `[in, out]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.in_dim, self.out_dim]
+    }
+
+    /// Whether the values are bf16.
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.data, PackedData::Bf16(_))
+    }
+
+    /// Bytes of the stored values (padding included).
+    pub fn resident_bytes(&self) -> usize {
+        match &self.data {
+            PackedData::Bf16(v) => v.len() * 2,
+            PackedData::F32(v) => v.len() * 4,
+        }
+    }
+
+    /// The stored values as f32, `[in, out]` row-major (bf16 widened exactly).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let (k, n) = (self.in_dim, self.out_dim);
+        let mut out = vec![0.0f32; k * n];
+        for (t, c0) in (0..n).step_by(TILE).enumerate() {
+            let w = (n - c0).min(TILE);
+            for i in 0..k {
+                let src = (t * k + i) * TILE;
+                for j in 0..w {
+                    out[i * n + c0 + j] = match &self.data {
+                        PackedData::Bf16(v) => bf16::from_bits(v[src + j]).to_f32(),
+                        PackedData::F32(v) => v[src + j],
+                    };
+                }
+            }
+        }
+        out
+    }
+
+    /// `x` `[m, in]` row-major times this matrix: `[m, out]` row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(x, m, simd_available())
+    }
+
+    /// [`PackedMatrix::matmul`] choosing the SIMD path or the portable one (tests use both).
+    pub fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
+        let (k, n) = (self.in_dim, self.out_dim);
+        assert_eq!(x.len(), m * k, "PackedMatrix::matmul: x is not [m, in]");
+        let tiles = n.div_ceil(TILE);
+        // Tile-major result [tile][m][TILE]: each task owns whole tiles.
+        let mut ytiles = vec![0.0f32; tiles * m * TILE];
+        let per_task = if k * n < SERIAL_MAX_WEIGHTS {
+            tiles
+        } else {
+            tiles_per_task(tiles)
+        };
+        ytiles
+            .par_chunks_mut(m * TILE)
+            .with_min_len(per_task)
+            .enumerate()
+            .for_each(|(t, yt)| {
+                for r0 in (0..m).step_by(MR) {
+                    let mr = (m - r0).min(MR);
+                    let xs = &x[r0 * k..(r0 + mr) * k];
+                    let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
+                    match &self.data {
+                        PackedData::Bf16(v) => {
+                            tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                        }
+                        PackedData::F32(v) => {
+                            tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                        }
+                    }
+                }
+            });
+        untile(&ytiles, m, n, TILE)
+    }
+}
+
+/// Matrices with fewer weights than this run on the calling thread alone: waking the other
+/// pool thread for each of a decode step's ~57 small calls cost more than the second core
+/// gave (measured: batch-1 decoding 1.2–1.8× faster serial; see docs/benchmarks.md).
+pub const SERIAL_MAX_WEIGHTS: usize = 1 << 20;
+
+/// Tiles per rayon task: one task per pool thread (each call is short, so fewer, larger
+/// tasks cost less waking and stealing than many small ones).
+fn tiles_per_task(tiles: usize) -> usize {
+    tiles.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+fn pack<T: Copy + Default>(wt: &[f32], k: usize, n: usize, f: impl Fn(f32) -> T) -> Vec<T> {
+    assert_eq!(wt.len(), k * n, "pack: values are not [in, out]");
+    let tiles = n.div_ceil(TILE);
+    let mut out = vec![T::default(); tiles * k * TILE];
+    for t in 0..tiles {
+        let c0 = t * TILE;
+        let w = (n - c0).min(TILE);
+        for i in 0..k {
+            let dst = (t * k + i) * TILE;
+            for j in 0..w {
+                out[dst + j] = f(wt[i * n + c0 + j]);
+            }
+        }
+    }
+    out
+}
+
+/// `[tiles][m][tile]` → `[m, n]`.
+fn untile(ytiles: &[f32], m: usize, n: usize, tile: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; m * n];
+    for (t, yt) in ytiles.chunks(m * tile).enumerate() {
+        let c0 = t * tile;
+        let w = (n - c0).min(tile);
+        for r in 0..m {
+            y[r * n + c0..r * n + c0 + w].copy_from_slice(&yt[r * tile..r * tile + w]);
+        }
+    }
+    y
+}
+
+/// Whether the AVX-512 kernels can run on this CPU.
+pub fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn tile_bf16(w: &[u16], x: &[f32], k: usize, mr: usize, y: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && simd_available() {
+        // SAFETY: avx512f was detected; slice lengths are checked inside.
+        unsafe { avx512::tile_bf16(w, x, k, mr, y) };
+        return;
+    }
+    let _ = simd;
+    tile_portable(|idx| bf16::from_bits(w[idx]).to_f32(), x, k, mr, y);
+}
+
+fn tile_f32(w: &[f32], x: &[f32], k: usize, mr: usize, y: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && simd_available() {
+        // SAFETY: avx512f was detected; slice lengths are checked inside.
+        unsafe { avx512::tile_f32(w, x, k, mr, y) };
+        return;
+    }
+    let _ = simd;
+    tile_portable(|idx| w[idx], x, k, mr, y);
+}
+
+/// `y[r][j] = Σ_i x[r][i] · w(i·TILE + j)` for one tile, in plain Rust.
+fn tile_portable(w: impl Fn(usize) -> f32, x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
+    let mut acc = [[0.0f32; TILE]; MR];
+    for i in 0..k {
+        let mut row = [0.0f32; TILE];
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = w(i * TILE + j);
+        }
+        for r in 0..mr {
+            let xv = x[r * k + i];
+            for (a, v) in acc[r].iter_mut().zip(&row) {
+                *a += xv * v;
+            }
+        }
+    }
+    for r in 0..mr {
+        y[r * TILE..(r + 1) * TILE].copy_from_slice(&acc[r]);
+    }
+}
+
+/// Columns per NF4 tile: one quantization block, so each row of a tile has one scale.
+const NF4_TILE: usize = NF4_BLOCK;
+
+/// Row chunk for the NF4 kernel (four accumulators per row).
+const NF4_MR: usize = 4;
+
+/// Whether [`nf4_matmul`] can serve `q`: every block must lie within one row of `Wᵀ`.
+pub fn nf4_fusable(q: &Nf4Matrix) -> bool {
+    q.shape()[1].is_multiple_of(NF4_BLOCK)
+}
+
+/// `x` `[m, in]` times the NF4 matrix `q` (`Wᵀ`, `[in, out]`), decoding the codes inside the
+/// dot products: `[m, out]`. `None` when `q`'s blocks straddle rows ([`nf4_fusable`]).
+pub fn nf4_matmul(q: &Nf4Matrix, x: &[f32], m: usize) -> Option<Vec<f32>> {
+    nf4_matmul_with(q, x, m, simd_available())
+}
+
+/// [`nf4_matmul`] choosing the SIMD path or the portable one (tests use both).
+pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option<Vec<f32>> {
+    if !nf4_fusable(q) {
+        return None;
+    }
+    let [k, n] = q.shape();
+    assert_eq!(x.len(), m * k, "nf4_matmul: x is not [m, in]");
+    let tiles = n / NF4_TILE;
+    let mut ytiles = vec![0.0f32; tiles * m * NF4_TILE];
+    let per_task = if k * n < SERIAL_MAX_WEIGHTS {
+        tiles
+    } else {
+        tiles_per_task(tiles)
+    };
+    ytiles
+        .par_chunks_mut(m * NF4_TILE)
+        .with_min_len(per_task)
+        .enumerate()
+        .for_each(|(t, yt)| {
+            for r0 in (0..m).step_by(NF4_MR) {
+                let mr = (m - r0).min(NF4_MR);
+                let xs = &x[r0 * k..(r0 + mr) * k];
+                let ys = &mut yt[r0 * NF4_TILE..(r0 + mr) * NF4_TILE];
+                nf4_tile(q, t * NF4_TILE, xs, mr, ys, simd);
+            }
+        });
+    Some(untile(&ytiles, m, n, NF4_TILE))
+}
+
+fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && simd_available() {
+        // SAFETY: avx512f was detected; every index is checked against the slices inside.
+        unsafe { avx512::nf4_tile(q, c0, x, mr, y) };
+        return;
+    }
+    let _ = simd;
+    let [k, n] = q.shape();
+    let (packed, scales) = (q.packed(), q.scales());
+    let mut acc = [[0.0f32; NF4_TILE]; NF4_MR];
+    for i in 0..k {
+        let start = i * n + c0;
+        let scale = scales[start / NF4_BLOCK];
+        let bytes = &packed[start / 2..start / 2 + NF4_TILE / 2];
+        for r in 0..mr {
+            let xs = x[r * k + i] * scale;
+            for (j, &b) in bytes.iter().enumerate() {
+                acc[r][2 * j] += xs * NF4_CODE[usize::from(b & 0x0f)];
+                acc[r][2 * j + 1] += xs * NF4_CODE[usize::from(b >> 4)];
+            }
+        }
+    }
+    for r in 0..mr {
+        y[r * NF4_TILE..(r + 1) * NF4_TILE].copy_from_slice(&acc[r]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! The AVX-512F bodies of the tile kernels (callers check the CPU feature first).
+
+    use std::arch::x86_64::*;
+
+    use super::{MR, NF4_BLOCK, NF4_CODE, NF4_MR, NF4_TILE, Nf4Matrix, TILE};
+
+    /// One tile of bf16 weights: `w` is `[k][TILE]`, `x` `[mr][k]`, `y` `[mr][TILE]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_bf16(w: &[u16], x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
+        assert!(w.len() >= k * TILE && x.len() >= mr * k && y.len() >= mr * TILE && mr <= MR);
+        // A constant row count keeps the accumulators in registers.
+        match mr {
+            1 => tile_bf16_rows::<1>(w, x, k, y),
+            2 => tile_bf16_rows::<2>(w, x, k, y),
+            3 => tile_bf16_rows::<3>(w, x, k, y),
+            4 => tile_bf16_rows::<4>(w, x, k, y),
+            5 => tile_bf16_rows::<5>(w, x, k, y),
+            6 => tile_bf16_rows::<6>(w, x, k, y),
+            7 => tile_bf16_rows::<7>(w, x, k, y),
+            _ => tile_bf16_rows::<8>(w, x, k, y),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn tile_bf16_rows<const R: usize>(w: &[u16], x: &[f32], k: usize, y: &mut [f32]) {
+        assert!(w.len() >= k * TILE && x.len() >= R * k && y.len() >= R * TILE);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let wp = w.as_ptr();
+        for i in 0..k {
+            // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len(); bf16 → f32 is a 16-bit left shift.
+            let (w0, w1) = unsafe {
+                let p = wp.add(i * TILE) as *const __m256i;
+                let lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p));
+                let hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(1)));
+                (
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(lo)),
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(hi)),
+                )
+            };
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(x[r * k + i]);
+                a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
+            }
+        }
+        store(&acc, y);
+    }
+
+    /// One tile of f32 weights: `w` is `[k][TILE]`, `x` `[mr][k]`, `y` `[mr][TILE]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_f32(w: &[f32], x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
+        assert!(w.len() >= k * TILE && x.len() >= mr * k && y.len() >= mr * TILE && mr <= MR);
+        match mr {
+            1 => tile_f32_rows::<1>(w, x, k, y),
+            2 => tile_f32_rows::<2>(w, x, k, y),
+            3 => tile_f32_rows::<3>(w, x, k, y),
+            4 => tile_f32_rows::<4>(w, x, k, y),
+            5 => tile_f32_rows::<5>(w, x, k, y),
+            6 => tile_f32_rows::<6>(w, x, k, y),
+            7 => tile_f32_rows::<7>(w, x, k, y),
+            _ => tile_f32_rows::<8>(w, x, k, y),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn tile_f32_rows<const R: usize>(w: &[f32], x: &[f32], k: usize, y: &mut [f32]) {
+        assert!(w.len() >= k * TILE && x.len() >= R * k && y.len() >= R * TILE);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let wp = w.as_ptr();
+        for i in 0..k {
+            // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len().
+            let (w0, w1) = unsafe {
+                let p = wp.add(i * TILE);
+                (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+            };
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(x[r * k + i]);
+                a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
+            }
+        }
+        store(&acc, y);
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn store<const R: usize>(acc: &[[__m512; 2]; R], y: &mut [f32]) {
+        for (r, a) in acc.iter().enumerate() {
+            let out = &mut y[r * TILE..(r + 1) * TILE];
+            // SAFETY: `out` holds exactly 32 floats.
+            unsafe {
+                _mm512_storeu_ps(out.as_mut_ptr(), a[0]);
+                _mm512_storeu_ps(out.as_mut_ptr().add(16), a[1]);
+            }
+        }
+    }
+
+    /// One 64-column tile (one block per row of `Wᵀ`) starting at column `c0` of `q`.
+    /// Byte `b` of a block holds element `2b` (low nibble) and `2b+1` (high nibble): the
+    /// low nibbles of 16 bytes give the even columns, the high ones the odd columns.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32]) {
+        match mr {
+            1 => nf4_tile_rows::<1>(q, c0, x, y),
+            2 => nf4_tile_rows::<2>(q, c0, x, y),
+            3 => nf4_tile_rows::<3>(q, c0, x, y),
+            _ => nf4_tile_rows::<NF4_MR>(q, c0, x, y),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn nf4_tile_rows<const R: usize>(q: &Nf4Matrix, c0: usize, x: &[f32], y: &mut [f32]) {
+        let mr = R;
+        let [k, n] = q.shape();
+        let (packed, scales) = (q.packed(), q.scales());
+        assert!(c0 + NF4_TILE <= n && n.is_multiple_of(NF4_BLOCK) && mr <= NF4_MR);
+        assert!(x.len() >= mr * k && y.len() >= mr * NF4_TILE);
+        assert!(packed.len() * 2 >= k * n && scales.len() * NF4_BLOCK >= k * n);
+        // SAFETY: NF4_CODE holds 16 floats.
+        let code = unsafe { _mm512_loadu_ps(NF4_CODE.as_ptr()) };
+        // acc[r] = [even 0..32, odd 0..32, even 32..64, odd 32..64] column groups.
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for i in 0..k {
+            let start = i * n + c0;
+            let scale = scales[start / NF4_BLOCK];
+            // SAFETY: start/2 + 32 ≤ k·n/2 ≤ packed.len() (checked above).
+            let (b0, b1) = unsafe {
+                let p = packed.as_ptr().add(start / 2) as *const __m128i;
+                (
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(p)),
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(1))),
+                )
+            };
+            // permutexvar reads only the low 4 bits of each index: the low nibble as is.
+            let v = [
+                _mm512_permutexvar_ps(b0, code),
+                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b0), code),
+                _mm512_permutexvar_ps(b1, code),
+                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b1), code),
+            ];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(x[r * k + i] * scale);
+                for (aj, vj) in a.iter_mut().zip(&v) {
+                    *aj = _mm512_fmadd_ps(xv, *vj, *aj);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let mut lanes = [[0.0f32; 16]; 4];
+            for (l, v) in lanes.iter_mut().zip(a) {
+                // SAFETY: each lane array holds 16 floats.
+                unsafe { _mm512_storeu_ps(l.as_mut_ptr(), *v) };
+            }
+            let out = &mut y[r * NF4_TILE..(r + 1) * NF4_TILE];
+            for half in 0..2 {
+                for j in 0..16 {
+                    out[half * 32 + 2 * j] = lanes[2 * half][j];
+                    out[half * 32 + 2 * j + 1] = lanes[2 * half + 1][j];
+                }
+            }
+        }
+    }
+}
