@@ -194,3 +194,40 @@ fn a_jsonl_url_is_fetched_and_digested_like_the_file() {
         .to_string();
     assert!(e.contains("data") && e.contains("missing.jsonl"), "{e}");
 }
+
+#[test]
+fn a_model_on_s3_moto_is_downloaded_and_digests_like_its_path() {
+    use tributary_ledger::testkit::{MotoServer, init_crypto};
+    init_crypto();
+    let moto = MotoServer::start().unwrap_or_else(|e| panic!("{e}"));
+    moto.create_bucket("models").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("local");
+    write_model(&src);
+    let url = moto.url("models", "tiny");
+    let store = Store::open(&url).unwrap();
+    block_on(async {
+        for f in crate::executor::read_dir_files(&src).unwrap() {
+            let key = object_store::path::Path::from(f.name.as_str());
+            store.put(&key, f.bytes.into()).await.unwrap();
+        }
+    })
+    .unwrap();
+    let cfg = SourceConfig {
+        store: None,
+        cache_dir: tmp.path().join("cache"),
+    };
+    let dir = cfg.model_dir(&url).unwrap();
+    assert!(dir.starts_with(&cfg.cache_dir), "{dir:?}");
+    assert_eq!(
+        crate::trainer_exec::digest_dir(&dir).unwrap(),
+        crate::trainer_exec::digest_dir(&src).unwrap()
+    );
+    // An empty prefix in the same bucket has no config.json.
+    let empty = moto.url("models", "nothing-here");
+    let e = cfg.model_dir(&empty).unwrap_err().to_string();
+    assert!(
+        e.contains("base_model") && e.contains("no config.json"),
+        "{e}"
+    );
+}
