@@ -1,8 +1,8 @@
 //! The fine-tuning job spec, in TOML or JSON, with keys a PEFT/axolotl user expects:
 //!
 //! ```toml
-//! base_model = "models/tiny"          # path or object-store URL
-//! data = "data/train.jsonl"           # JSONL file (a datanet version later)
+//! base_model = "models/tiny"          # directory path or object-store URL (s3://…, file:///…)
+//! data = "data/train.jsonl"           # JSONL path or URL, or "datanet://NAME@VERSION"
 //! workers = 2                         # or "auto"
 //! [lora]
 //! rank = 8
@@ -24,6 +24,12 @@
 //! examples; micro-batches are the unit spread over workers, so at most `grad_accum` workers
 //! share one job, and the reduction over micro-batches in index order makes the result
 //! independent of the number of workers. Validation errors name the field and its limit.
+//!
+//! `base_model` URLs are downloaded into the worker's cache; `data = "datanet://NAME@VERSION"`
+//! (VERSION a number, a digest or prefix, or `latest`) is resolved in the worker's `--store`
+//! and exported as JSONL. The registered digests are the model files' BLAKE3 (the same for a
+//! path and a URL with the same files) and the data file's BLAKE3 or the datanet version's
+//! manifest digest. See `worker/src/sources.rs` and docs/cluster.md.
 
 use std::path::Path;
 

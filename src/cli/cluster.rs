@@ -21,7 +21,9 @@ use tributary_gateway::Readiness;
 use tributary_protocol::link::QuicLinkFactory;
 use tributary_protocol::{NodeId, NodeTls, QuicServer, ShutdownController, WorkerInfo};
 use tributary_worker::toy::DelayedFactory;
-use tributary_worker::{DefaultFactory, ExecutorFactory, WorkerCore, WorkerService, spawn_worker};
+use tributary_worker::{
+    ExecutorFactory, SourceConfig, SourcedFactory, WorkerCore, WorkerService, spawn_worker,
+};
 
 /// Flags shared by both roles.
 #[derive(Debug, Args)]
@@ -79,6 +81,17 @@ pub struct WorkerArgs {
         hide = true
     )]
     pub micro_batch_delay_ms: u64,
+    /// Object store that `data = "datanet://NAME@VERSION"` is resolved against (the store
+    /// `tributary datanet` writes to): `file:///dir`, a path or `s3://bucket/prefix?…`.
+    #[arg(long, env = "TRIBUTARY_STORE")]
+    pub store: Option<String>,
+    /// Cache for base models downloaded from URLs and materialised training data.
+    #[arg(
+        long,
+        env = "TRIBUTARY_CACHE_DIR",
+        default_value = "tributary-data/cache"
+    )]
+    pub cache_dir: PathBuf,
 }
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -204,8 +217,14 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let (node, tls) = load(&args.common)?;
-    // `builtin:linear` specs run the reference model; others the LoRA trainer.
-    let mut factory: Arc<dyn ExecutorFactory> = Arc::new(DefaultFactory);
+    // `builtin:linear` specs run the reference model; others the LoRA trainer, fetching
+    // URL models and datanet data through --store and --cache-dir.
+    let mut factory: Arc<dyn ExecutorFactory> = Arc::new(SourcedFactory {
+        sources: SourceConfig {
+            store: args.store.clone(),
+            cache_dir: args.cache_dir.clone(),
+        },
+    });
     if args.micro_batch_delay_ms > 0 {
         factory = Arc::new(DelayedFactory {
             inner: factory,

@@ -1,6 +1,7 @@
 //! `tributary dev`: the coordinator, N in-process workers and the job API in one process —
 //! in-memory membership and job records, a `file://` object store under the data directory,
-//! nothing to install. The `job` commands talk to it exactly as to a cluster.
+//! nothing to install. The `job` commands talk to it exactly as to a cluster. Datanets in
+//! that store (`tributary datanet … --store <data-dir>/store`) are jobs' `datanet://` data.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use tributary_coordinator::{
     ActorJobs, Artifacts, CoordinatorConfig, MemoryJobStore, StaticMembership, spawn_coordinator,
 };
 use tributary_protocol::{NodeId, WorkerInfo};
-use tributary_worker::{DefaultFactory, LocalLinkFactory, WorkerCore, spawn_worker};
+use tributary_worker::{LocalLinkFactory, SourceConfig, SourcedFactory, WorkerCore, spawn_worker};
 
 /// `tributary dev`.
 #[derive(Debug, Args)]
@@ -27,6 +28,10 @@ pub struct DevArgs {
     /// Job API, /healthz, /readyz and /metrics.
     #[arg(long, env = "TRIBUTARY_HTTP", default_value = "127.0.0.1:7400")]
     pub http: SocketAddr,
+    /// Cache for base models downloaded from URLs and materialised training data
+    /// (default: `cache` under the data directory).
+    #[arg(long, env = "TRIBUTARY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -42,12 +47,23 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let store_dir = std::fs::canonicalize(&args.data_dir)?.join("store");
     let artifacts = Artifacts::open(&store_dir.to_string_lossy())
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    // Datanets live in the same store: `tributary datanet upload --store <this store>`, then
+    // `data = "datanet://NAME@latest"` in a job.
+    let factory = Arc::new(SourcedFactory {
+        sources: SourceConfig {
+            store: Some(format!("file://{}", store_dir.display())),
+            cache_dir: args
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| store_dir.with_file_name("cache")),
+        },
+    });
     let mut links = LocalLinkFactory::new();
     let mut infos = Vec::new();
     let mut actors = Vec::new();
     for i in 0..args.workers {
         let node = NodeId::new(format!("local-{i}"))?;
-        let (a, _) = spawn_worker(WorkerCore::new(node.clone(), Arc::new(DefaultFactory))).await?;
+        let (a, _) = spawn_worker(WorkerCore::new(node.clone(), factory.clone())).await?;
         links.insert(node.clone(), a.clone());
         infos.push(WorkerInfo {
             node,

@@ -8,6 +8,7 @@ pub mod core;
 pub mod executor;
 pub mod metrics;
 pub mod service;
+pub mod sources;
 pub mod toy;
 pub mod trainer_exec;
 
@@ -15,4 +16,5 @@ pub use actor::{LocalLinkFactory, LocalWorkerLink, WorkerActor, WorkerMsg, spawn
 pub use core::WorkerCore;
 pub use executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor, Sources};
 pub use service::WorkerService;
-pub use trainer_exec::{DefaultFactory, TrainerExecutor};
+pub use sources::SourceConfig;
+pub use trainer_exec::{DefaultFactory, SourcedFactory, TrainerExecutor};

@@ -19,6 +19,7 @@ use tributary_model::weights::HostTensor;
 use tributary_protocol::{Digest, JobSpec, MicroBatch, NamedFile};
 
 use crate::executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor, Sources};
+use crate::sources::SourceConfig;
 
 /// Longest sequence kept when the model allows more.
 pub const MAX_SEQ_LEN: usize = 512;
@@ -54,9 +55,17 @@ pub fn digest_dir(dir: &Path) -> std::io::Result<Digest> {
 }
 
 impl TrainerExecutor {
-    /// Loads everything the spec names.
+    /// Loads everything the spec names; URLs and datanets resolve with the default
+    /// [`SourceConfig`] (no datanet store, cache under the temp directory).
     pub fn new(spec: &JobSpec) -> Result<Self, ExecError> {
-        let dir = Path::new(&spec.base_model);
+        Self::with_sources(spec, &SourceConfig::default())
+    }
+
+    /// Loads everything the spec names, fetching URLs and datanet versions through `sources`.
+    pub fn with_sources(spec: &JobSpec, sources: &SourceConfig) -> Result<Self, ExecError> {
+        let model_dir = sources.model_dir(&spec.base_model)?;
+        let data_file = sources.data_file(&spec.data)?;
+        let dir = model_dir.as_path();
         let device = tributary_model::device::default_device();
         let model = CausalLm::load(dir, &device).map_err(setup)?;
         let tokenizer = Tokenizer::from_dir(dir).map_err(setup)?;
@@ -67,10 +76,9 @@ impl TrainerExecutor {
             max_seq_len: model.config().max_position_embeddings.min(MAX_SEQ_LEN),
             eos_token_id: eos,
         };
-        let data = load_jsonl(Path::new(&spec.data), &tokenizer, &options).map_err(setup)?;
-        let data_digest = std::fs::read(&spec.data)
-            .map(|b| Digest::of(&b))
-            .map_err(|e| setup(format!("data {}: {e}", spec.data)))?;
+        let data = load_jsonl(&data_file.path, &tokenizer, &options)
+            .map_err(|e| setup(format!("data {:?}: {e}", spec.data)))?;
+        let data_digest = data_file.digest;
         let base_digest =
             digest_dir(dir).map_err(|e| setup(format!("base_model {}: {e}", spec.base_model)))?;
         let examples: Vec<TrainExample> = data.examples.into_iter().map(|e| e.example).collect();
@@ -94,7 +102,9 @@ impl TrainerExecutor {
             &targets,
         );
         lora.lora_dropout = f64::from(spec.lora.dropout);
-        lora.base_model_name_or_path = Some(spec.base_model.clone());
+        // A URL's query may hold credentials: keep it out of the adapter's config.
+        let base_name = spec.base_model.split('?').next().unwrap_or_default();
+        lora.base_model_name_or_path = Some(base_name.to_string());
         let cfg = TrainConfig {
             lr: spec.train.lr,
             warmup_steps: spec.train.warmup,
@@ -282,15 +292,32 @@ fn unpack_dir(mut bytes: &[u8], dir: &Path) -> Result<(), ExecError> {
 }
 
 /// Chooses the executor by `base_model`: `builtin:linear` is the reference model in
-/// [`crate::toy`]; anything else is a checkpoint directory trained with [`TrainerExecutor`].
+/// [`crate::toy`]; anything else is a checkpoint directory (path or URL) trained with
+/// [`TrainerExecutor`], with the default [`SourceConfig`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultFactory;
 
 impl ExecutorFactory for DefaultFactory {
     fn create(&self, spec: &JobSpec) -> Result<Box<dyn ShardExecutor>, ExecError> {
+        SourcedFactory::default().create(spec)
+    }
+}
+
+/// [`DefaultFactory`] with a given [`SourceConfig`]: the datanet store and the cache
+/// directory from `--store` and `--cache-dir`.
+#[derive(Debug, Clone, Default)]
+pub struct SourcedFactory {
+    pub sources: SourceConfig,
+}
+
+impl ExecutorFactory for SourcedFactory {
+    fn create(&self, spec: &JobSpec) -> Result<Box<dyn ShardExecutor>, ExecError> {
         if spec.base_model.starts_with("builtin:") {
             return crate::toy::LinearFactory.create(spec);
         }
-        Ok(Box::new(TrainerExecutor::new(spec)?))
+        Ok(Box::new(TrainerExecutor::with_sources(
+            spec,
+            &self.sources,
+        )?))
     }
 }
