@@ -318,21 +318,29 @@ mod avx512 {
 
     use super::{MR, NF4_BLOCK, NF4_CODE, NF4_MR, NF4_TILE, Nf4Matrix, TILE};
 
+    /// Calls `f::<R>(args)` with `R` the constant equal to `mr` (1..=MR; larger is MR), so the
+    /// accumulators of a tile kernel stay in registers.
+    macro_rules! with_row_count {
+        ($mr:expr, $f:ident($($arg:expr),*)) => {
+            match $mr {
+                1 => $f::<1>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                6 => $f::<6>($($arg),*),
+                7 => $f::<7>($($arg),*),
+                _ => $f::<MR>($($arg),*),
+            }
+        };
+    }
+
     /// One tile of bf16 weights: `w` is `[k][TILE]`, `x` `[mr][k]`, `y` `[mr][TILE]`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_bf16(w: &[u16], x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
         assert!(w.len() >= k * TILE && x.len() >= mr * k && y.len() >= mr * TILE && mr <= MR);
         // A constant row count keeps the accumulators in registers.
-        match mr {
-            1 => tile_bf16_rows::<1>(w, x, k, y),
-            2 => tile_bf16_rows::<2>(w, x, k, y),
-            3 => tile_bf16_rows::<3>(w, x, k, y),
-            4 => tile_bf16_rows::<4>(w, x, k, y),
-            5 => tile_bf16_rows::<5>(w, x, k, y),
-            6 => tile_bf16_rows::<6>(w, x, k, y),
-            7 => tile_bf16_rows::<7>(w, x, k, y),
-            _ => tile_bf16_rows::<8>(w, x, k, y),
-        }
+        with_row_count!(mr, tile_bf16_rows(w, x, k, y))
     }
 
     #[target_feature(enable = "avx512f")]
@@ -364,16 +372,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_f32(w: &[f32], x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
         assert!(w.len() >= k * TILE && x.len() >= mr * k && y.len() >= mr * TILE && mr <= MR);
-        match mr {
-            1 => tile_f32_rows::<1>(w, x, k, y),
-            2 => tile_f32_rows::<2>(w, x, k, y),
-            3 => tile_f32_rows::<3>(w, x, k, y),
-            4 => tile_f32_rows::<4>(w, x, k, y),
-            5 => tile_f32_rows::<5>(w, x, k, y),
-            6 => tile_f32_rows::<6>(w, x, k, y),
-            7 => tile_f32_rows::<7>(w, x, k, y),
-            _ => tile_f32_rows::<8>(w, x, k, y),
-        }
+        with_row_count!(mr, tile_f32_rows(w, x, k, y))
     }
 
     #[target_feature(enable = "avx512f")]
