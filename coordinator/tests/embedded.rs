@@ -11,7 +11,7 @@ use tributary_coordinator::{
     Artifacts, CoordinatorConfig, CoordinatorMsg, JobRecord, JobState, JobStore, MemoryJobStore,
     StaticMembership, client, spawn_coordinator,
 };
-use tributary_protocol::{JobSpec, MicroBatch, NodeId, WorkerInfo};
+use tributary_protocol::{JobId, JobSpec, MicroBatch, NodeId, WorkerInfo};
 use tributary_worker::toy::{DelayedFactory, LinearExecutor, LinearFactory};
 use tributary_worker::{
     ExecutorFactory, LocalLinkFactory, ShardExecutor, WorkerCore, WorkerMsg, spawn_worker,
@@ -134,23 +134,12 @@ async fn one_and_two_workers_train_bit_identical_parameters() {
 
 #[tokio::test]
 async fn killed_worker_mid_job_is_resharded_and_matches_a_fault_free_run() {
-    let clean = embedded(2, 1, 1, Arc::new(LinearFactory)).await;
-    let id = client::submit(&clean.coord, spec("2", 60)).await.unwrap();
-    let want = client::wait(&clean.coord, &id, Duration::from_secs(20))
-        .await
-        .unwrap();
-    assert_eq!(want.state, JobState::Succeeded);
+    let want = fault_free_run(spec("2", 60)).await;
 
     let e = embedded(2, 1, 1, slow()).await;
     let id = client::submit(&e.coord, spec("2", 60)).await.unwrap();
     // Wait until the job is mid-way, then kill worker w1's actor outright.
-    loop {
-        let r = client::status(&e.coord, Some(id.clone())).await.unwrap();
-        if r[0].progress.step >= 15 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_step(&e.coord, &id, 15).await;
     e.workers[1].kill();
     e.membership.remove(&NodeId::new("w1").unwrap());
     let got = client::wait(&e.coord, &id, Duration::from_secs(30))
@@ -243,6 +232,28 @@ async fn several_jobs_share_the_pool_and_all_finish() {
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
 }
 
+/// The job on two unslowed workers, run to success: what a run with faults must equal.
+async fn fault_free_run(spec: JobSpec) -> JobRecord {
+    let clean = embedded(2, 1, 1, Arc::new(LinearFactory)).await;
+    let id = client::submit(&clean.coord, spec).await.unwrap();
+    let rec = client::wait(&clean.coord, &id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, JobState::Succeeded);
+    rec
+}
+
+/// Polls the job until it has reached `step`; returns its record then.
+async fn wait_for_step(coord: &ActorRef<CoordinatorMsg>, id: &JobId, step: u64) -> JobRecord {
+    loop {
+        let r = client::status(coord, Some(id.clone())).await.unwrap();
+        if r[0].progress.step >= step {
+            return r.into_iter().next().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A fresh in-memory object store for checkpoints and adapters.
 fn artifacts() -> tributary_coordinator::Artifacts {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -252,25 +263,14 @@ fn artifacts() -> tributary_coordinator::Artifacts {
 
 #[tokio::test]
 async fn a_replacement_worker_is_taken_in_and_the_adapter_is_unchanged() {
-    let clean = embedded(2, 1, 1, Arc::new(LinearFactory)).await;
-    let id = client::submit(&clean.coord, spec("2", 80)).await.unwrap();
-    let want = client::wait(&clean.coord, &id, Duration::from_secs(20))
-        .await
-        .unwrap();
-    assert_eq!(want.state, JobState::Succeeded);
+    let want = fault_free_run(spec("2", 80)).await;
 
     // Three workers; the job uses two, so w2 stays free until w1 dies.
     let e = embedded(3, 1, 1, slow()).await;
     let id = client::submit(&e.coord, spec("2", 80)).await.unwrap();
-    loop {
-        let r = client::status(&e.coord, Some(id.clone())).await.unwrap();
-        if r[0].progress.step >= 15 {
-            assert_eq!(r[0].workers.len(), 2, "{:?}", r[0].workers);
-            assert!(!r[0].workers.contains(&NodeId::new("w2").unwrap()));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mid = wait_for_step(&e.coord, &id, 15).await;
+    assert_eq!(mid.workers.len(), 2, "{:?}", mid.workers);
+    assert!(!mid.workers.contains(&NodeId::new("w2").unwrap()));
     e.workers[1].kill();
     e.membership.remove(&NodeId::new("w1").unwrap());
     let got = client::wait(&e.coord, &id, Duration::from_secs(30))

@@ -17,13 +17,6 @@ fn load(name: &str) -> (CausalLm, LoraAdapter) {
     (model, adapter)
 }
 
-fn input_rows(name: &str) -> Vec<Vec<u32>> {
-    int_rows(&reference(name), "input_ids")
-        .into_iter()
-        .map(|r| r.into_iter().map(|t| t as u32).collect())
-        .collect()
-}
-
 #[test]
 fn logits_match_reference_base_and_lora() {
     for name in MODELS {

@@ -147,13 +147,6 @@ fn linear_host_path_equals_dense_path_for_bf16_and_nf4() {
     }
 }
 
-fn input_rows(name: &str) -> Vec<Vec<u32>> {
-    int_rows(&reference(name), "input_ids")
-        .into_iter()
-        .map(|r| r.into_iter().map(|t| t as u32).collect())
-        .collect()
-}
-
 #[test]
 fn bf16_model_logits_stay_close_to_f32_and_the_reference() {
     for name in MODELS {

@@ -106,13 +106,6 @@ fn each_block_has_its_own_absmax() {
     assert!(Nf4Matrix::quantize(&[0.0; 3], [2, 2]).is_err());
 }
 
-fn input_rows(name: &str) -> Vec<Vec<u32>> {
-    int_rows(&reference(name), "input_ids")
-        .into_iter()
-        .map(|r| r.into_iter().map(|t| t as u32).collect())
-        .collect()
-}
-
 #[test]
 fn nf4_base_is_small_and_its_logits_stay_close() {
     for name in MODELS {

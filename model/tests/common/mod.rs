@@ -49,6 +49,14 @@ pub fn int_rows(store: &TensorStore, name: &str) -> Vec<Vec<i64>> {
 }
 
 /// Rows of ids as an Int tensor.
+/// The reference's `input_ids` rows as token ids.
+pub fn input_rows(name: &str) -> Vec<Vec<u32>> {
+    int_rows(&reference(name), "input_ids")
+        .into_iter()
+        .map(|r| r.into_iter().map(|t| t as u32).collect())
+        .collect()
+}
+
 pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
     let flat: Vec<i64> = rows.iter().flatten().map(|&t| i64::from(t)).collect();
     Tensor::from_data(TensorData::new(flat, [rows.len(), rows[0].len()]), device)
