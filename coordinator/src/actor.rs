@@ -353,7 +353,7 @@ impl CoordinatorState {
                     let pending: Vec<NodeId> = run
                         .workers
                         .iter()
-                        .filter(|n| !rec_has(&workers, n))
+                        .filter(|n| !workers.contains(n))
                         .cloned()
                         .collect();
                     run.workers = workers.clone();
@@ -451,10 +451,6 @@ impl CoordinatorState {
         }
         Ok(())
     }
-}
-
-fn rec_has(workers: &[NodeId], n: &NodeId) -> bool {
-    workers.contains(n)
 }
 
 impl Actor for CoordinatorActor {

@@ -13,7 +13,7 @@ use tributary_protocol::{JobId, JobSpec};
 use crate::actor::CoordinatorMsg;
 use crate::client;
 use crate::error::CoordError;
-use crate::etcd::{EtcdClient, list_jobs, request_cancel, submit_job};
+use crate::etcd::{EtcdClient, get_job, list_jobs, request_cancel, submit_job};
 use crate::store::JobRecord;
 
 /// Submit, list, look up and cancel jobs.
@@ -87,12 +87,7 @@ impl JobApi for EtcdJobs {
     }
 
     fn get(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobRecord>, CoordError>> {
-        Box::pin(async move {
-            Ok(bounded(list_jobs(&self.0))
-                .await?
-                .into_iter()
-                .find(|r| r.id == id))
-        })
+        Box::pin(async move { bounded(get_job(&self.0, &id)).await })
     }
 
     fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<(), CoordError>> {

@@ -400,6 +400,22 @@ pub async fn request_cancel(client: &Client, job: &JobId) -> Result<(), CoordErr
     Ok(())
 }
 
+/// The job record stored under `id`, if any (one key read, not a listing).
+pub async fn get_job(client: &Client, id: &JobId) -> Result<Option<JobRecord>, CoordError> {
+    let key = format!("{JOBS_PREFIX}{id}");
+    let resp = client.clone().get(key.as_str(), None).await?;
+    Ok(resp
+        .kvs()
+        .first()
+        .and_then(|kv| match serde_json::from_slice::<JobRecord>(kv.value()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(key = %key, error = %e, "unreadable job record");
+                None
+            }
+        }))
+}
+
 /// Every job record in etcd.
 pub async fn list_jobs(client: &Client) -> Result<Vec<JobRecord>, CoordError> {
     let resp = client
