@@ -2,10 +2,12 @@
 //! calls into the library crates; no logic beyond argument parsing and output here.
 
 mod cli;
+mod heap;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    heap::keep_freed_memory();
     // Two rustls crypto providers are linked (quinn's ring, object_store's aws-lc-rs):
     // pick one as the process default before any TLS config is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
