@@ -53,7 +53,7 @@ $PIP install -q --no-deps "torch==2.15.*" \
   nvidia-nvjitlink==13.5.37 nvidia-cusparse==12.7.10.12 nvidia-cusparselt-cu13==0.8.1 \
   nvidia-cusolver==12.2.0.11 nvidia-nccl-cu13==2.30.7 nvidia-nvshmem-cu13==3.7.2 \
   nvidia-cufile==1.17.1.22
-$PIP install -q filelock typing-extensions sympy networkx jinja2 fsspec setuptools
+$PIP install -q filelock typing-extensions sympy networkx jinja2 fsspec "setuptools>=77.0.3"
 $PIP install -q numpy safetensors gguf transformers
 $PIP install -q --no-deps "peft==0.21.*" accelerate
 $PIP install -q psutil pyyaml tqdm packaging huggingface_hub
