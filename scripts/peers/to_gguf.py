@@ -133,8 +133,9 @@ def write_model(cfg, weights, path, f16):
     writer.close()
 
 
-def write_lora(cfg, path, rank, seed):
-    """A rank-`rank` adapter, alpha 2*rank, on all seven projections of every layer."""
+def random_lora(cfg, rank, seed):
+    """{(layer, Hugging Face module): (A (r, in), B (out, r))} of a rank-`rank` adapter on all
+    seven projections of every layer, in PEFT's layout (rows of B not reordered)."""
     rng = np.random.default_rng(seed)
     h, inter = cfg["hidden_size"], cfg["intermediate_size"]
     q = cfg["num_attention_heads"] * cfg["head_dim"]
@@ -148,21 +149,30 @@ def write_lora(cfg, path, rank, seed):
         "mlp.up_proj": (h, inter),
         "mlp.down_proj": (inter, h),
     }
-    writer = gguf.GGUFWriter(path, arch="llama")
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(2 * rank))
+    factors = {}
     for layer in range(cfg["num_hidden_layers"]):
-        for hf, ll in PROJ_NAMES.items():
+        for hf in PROJ_NAMES:
             d_in, d_out = dims[hf]
             bound = 1.0 / np.sqrt(d_in)  # PEFT's kaiming-uniform bound for A
             a = rng.uniform(-bound, bound, size=(rank, d_in)).astype(np.float32)
             b = (rng.standard_normal((d_out, rank)) * 0.02).astype(np.float32)
-            heads = heads_for(cfg, hf)
-            if heads:
-                b = rope_rows_to_interleaved(b, heads)
-            writer.add_tensor(f"blk.{layer}.{ll}.weight.lora_a", a)
-            writer.add_tensor(f"blk.{layer}.{ll}.weight.lora_b", b)
+            factors[(layer, hf)] = (a, b)
+    return factors
+
+
+def write_lora(cfg, path, rank, seed):
+    """random_lora(cfg, rank, seed) as a GGUF LoRA adapter with alpha 2*rank."""
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(2 * rank))
+    for (layer, hf), (a, b) in random_lora(cfg, rank, seed).items():
+        heads = heads_for(cfg, hf)
+        if heads:
+            b = rope_rows_to_interleaved(b, heads)
+        ll = PROJ_NAMES[hf]
+        writer.add_tensor(f"blk.{layer}.{ll}.weight.lora_a", a)
+        writer.add_tensor(f"blk.{layer}.{ll}.weight.lora_b", b)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
