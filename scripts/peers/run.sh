@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Tributary and its peers of issue 3 (PyTorch+PEFT, llama.cpp), interleaved, N rounds; each
+# result is one JSON line appended to OUT: {"tag", "round", "time", "cmd", "result": {...}}
+# (result is the benchmark's own JSON line, or {"error": ...} when the command failed).
+#
+#   scripts/peers/run.sh [--rounds 3] [--out peers.jsonl] [--quick] [--only REGEX]
+#
+#   --quick       few steps/tokens (train T=32 1 step, generate 8 tokens): a smoke test
+#   --only REGEX  run only the benchmarks whose tag matches (e.g. 'g1' or 'train')
+#
+# Environment: TRIBUTARY (the binary; default target/release/tributary), PEERS_VENV (default
+# ~/.cache/tributary/peers-venv, made by setup.sh), CONFIG (default
+# ../shared/bench/bench-llama-30m.json). Run on an idle machine: compare ratios within one
+# round (same minute), never absolute figures across days.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+ROUNDS=3
+OUT=peers.jsonl
+QUICK=0
+ONLY=.
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --only) ONLY=$2; shift 2 ;;
+    *) echo "error: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+case "$ROUNDS" in ''|*[!0-9]*|0) echo "error: --rounds must be a positive integer, got '$ROUNDS'" >&2; exit 2 ;; esac
+
+T=${TRIBUTARY:-$ROOT/target/release/tributary}
+VENV=${PEERS_VENV:-$HOME/.cache/tributary/peers-venv}
+PY=$VENV/bin/python
+CONFIG=${CONFIG:-$ROOT/../shared/bench/bench-llama-30m.json}
+[ -x "$T" ] || { echo "error: no tributary binary at $T (set TRIBUTARY)" >&2; exit 2; }
+[ -x "$PY" ] || { echo "error: no peers venv at $VENV (run scripts/peers/setup.sh)" >&2; exit 2; }
+[ -f "$CONFIG" ] || { echo "error: no model config at $CONFIG (set CONFIG)" >&2; exit 2; }
+export TRIBUTARY=$T
+
+if [ "$QUICK" = 1 ]; then
+  TRAIN="--seq 32 --steps 1"; GEN="--new-tokens 8"
+else
+  TRAIN="--steps 3"; GEN="--new-tokens 128"
+fi
+
+# One model (seed 0) and its GGUF files for the Python peers; Tributary's bench makes the same
+# weights itself.
+WORK=$(mktemp -d -t tributary-peers-XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+"$T" model init --config "$CONFIG" --seed 0 --out "$WORK/model" >/dev/null || exit 1
+"$PY" scripts/peers/to_gguf.py "$WORK/model" "$WORK/gguf" >/dev/null || exit 1
+
+TB="$PY scripts/peers/torch_bench.py --model $WORK/model"
+LB="$PY scripts/peers/llama_cpp_bench.py --model $WORK/model --gguf-dir $WORK/gguf"
+TR="$T bench"
+
+# run TAG COMMAND...: runs it, appends the tagged JSON line to OUT, prints a short summary.
+run() {
+  local tag=$1; shift
+  [[ $tag =~ $ONLY ]] || return 0
+  local line
+  line=$("$@" 2>"$WORK/stderr" | tail -1)
+  if ! "$PY" -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then
+    line=$("$PY" -c 'import json,sys; print(json.dumps({"error": sys.argv[1][-2000:]}))' "$(tail -5 "$WORK/stderr")")
+  fi
+  "$PY" - "$tag" "$round" "$*" "$line" >>"$OUT" <<'PY'
+import json, sys, time
+tag, rnd, cmd, line = sys.argv[1:5]
+print(json.dumps({"tag": tag, "round": int(rnd), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "cmd": cmd, "result": json.loads(line)}))
+PY
+  echo "round $round $(date -u +%T) $tag: $(echo "$line" | grep -o '"tokens_per_s": *[0-9.]*\|"error".\{0,120\}')"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  # LoRA training, B=8, T=256, r=16 on all seven projections, AdamW.
+  run tributary-train        $TR train --config "$CONFIG" $TRAIN
+  run torch-train            $TB train $TRAIN
+  # Batch 1, f32 weights, with and without the adapter.
+  run tributary-g1-f32packed $TR generate --config "$CONFIG" --batch 1 --adapters 1 --dtype f32-packed $GEN
+  run torch-g1               $TB generate --batch 1 --adapters 1 $GEN
+  run llamacpp-g1-f32        $LB --dtype f32 --adapters 1 $GEN
+  run tributary-g1a0-f32packed $TR generate --config "$CONFIG" --batch 1 --adapters 0 --dtype f32-packed $GEN
+  run torch-g1a0             $TB generate --batch 1 --adapters 0 $GEN
+  run llamacpp-g1a0-f32      $LB --dtype f32 --adapters 0 $GEN
+  # Batch 1, 16-bit weights (Tributary bf16, llama.cpp f16).
+  run tributary-g1-bf16      $TR generate --config "$CONFIG" --batch 1 --adapters 1 --dtype bf16 $GEN
+  run llamacpp-g1-f16        $LB --dtype f16 --adapters 1 $GEN
+  run tributary-g1a0-bf16    $TR generate --config "$CONFIG" --batch 1 --adapters 0 --dtype bf16 $GEN
+  run llamacpp-g1a0-f16      $LB --dtype f16 --adapters 0 $GEN
+  # Batch 8: one adapter, none, and 8 different adapters in one batch.
+  run tributary-g8-bf16      $TR generate --config "$CONFIG" --batch 8 --adapters 1 --dtype bf16 $GEN
+  run tributary-g8-f32packed $TR generate --config "$CONFIG" --batch 8 --adapters 1 --dtype f32-packed $GEN
+  run torch-g8               $TB generate --batch 8 --adapters 1 $GEN
+  run torch-g8a0             $TB generate --batch 8 --adapters 0 $GEN
+  run tributary-g8x8-bf16    $TR generate --config "$CONFIG" --batch 8 --adapters 8 --dtype bf16 $GEN
+  run torch-g8x8             $TB generate --batch 8 --adapters 8 $GEN
+done
+echo "appended to $OUT; summary: $PY scripts/peers/summarize.py $OUT"
