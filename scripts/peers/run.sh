@@ -8,7 +8,11 @@
 #   --quick       few steps/tokens (train T=32 1 step, generate 8 tokens): a smoke test
 #   --only REGEX  run only the benchmarks whose tag matches (e.g. 'g1' or 'train')
 #
-# Environment: TRIBUTARY (the binary; default target/release/tributary), PEERS_VENV (default
+# Environment: PEER_THREADS (default "2 1"): the peers run once per thread count, tagged -tN.
+# PyTorch's and llama.cpp's OpenMP-style thread pools spin at barriers, so with another
+# process on the 2 cores their 2-thread runs collapse (seen here at load 5: llama.cpp 28-36
+# tokens/s with 2 threads, 184 with 1); summarize.py compares Tributary with the peer's best
+# thread count of the same round. TRIBUTARY (the binary; default target/release/tributary), PEERS_VENV (default
 # ~/.cache/tributary/peers-venv, made by setup.sh), CONFIG (default
 # ../shared/bench/bench-llama-30m.json). Run on an idle machine: compare ratios within one
 # round (same minute), never absolute figures across days.
@@ -53,8 +57,7 @@ trap 'rm -rf "$WORK"' EXIT
 "$T" model init --config "$CONFIG" --seed 0 --out "$WORK/model" >/dev/null || exit 1
 "$PY" scripts/peers/to_gguf.py "$WORK/model" "$WORK/gguf" >/dev/null || exit 1
 
-TB="$PY scripts/peers/torch_bench.py --model $WORK/model"
-LB="$PY scripts/peers/llama_cpp_bench.py --model $WORK/model --gguf-dir $WORK/gguf"
+PEER_THREADS=${PEER_THREADS:-2 1}
 TR="$T bench"
 
 # run TAG COMMAND...: runs it, appends the tagged JSON line to OUT, prints a short summary.
@@ -75,28 +78,38 @@ PY
   echo "round $round $(date -u +%T) $tag: $(echo "$line" | grep -o '"tokens_per_s": *[0-9.]*\|"error".\{0,120\}')"
 }
 
+# peers TAG ARGS...: the torch ("torch-...") or llama.cpp run once per thread count.
+peers() {
+  local tag=$1; shift
+  local script=torch_bench.py extra=
+  [[ $tag == llamacpp-* ]] && script=llama_cpp_bench.py extra="--gguf-dir $WORK/gguf"
+  for th in $PEER_THREADS; do
+    run "$tag-t$th" "$PY" "scripts/peers/$script" --model "$WORK/model" $extra --threads "$th" "$@"
+  done
+}
+
 for round in $(seq 1 "$ROUNDS"); do
   # LoRA training, B=8, T=256, r=16 on all seven projections, AdamW.
-  run tributary-train        $TR train --config "$CONFIG" $TRAIN
-  run torch-train            $TB train $TRAIN
+  run tributary-train          $TR train --config "$CONFIG" $TRAIN
+  peers torch-train            train $TRAIN
   # Batch 1, f32 weights, with and without the adapter.
-  run tributary-g1-f32packed $TR generate --config "$CONFIG" --batch 1 --adapters 1 --dtype f32-packed $GEN
-  run torch-g1               $TB generate --batch 1 --adapters 1 $GEN
-  run llamacpp-g1-f32        $LB --dtype f32 --adapters 1 $GEN
+  run tributary-g1-f32packed   $TR generate --config "$CONFIG" --batch 1 --adapters 1 --dtype f32-packed $GEN
+  peers torch-g1               generate --batch 1 --adapters 1 $GEN
+  peers llamacpp-g1-f32        --dtype f32 --adapters 1 $GEN
   run tributary-g1a0-f32packed $TR generate --config "$CONFIG" --batch 1 --adapters 0 --dtype f32-packed $GEN
-  run torch-g1a0             $TB generate --batch 1 --adapters 0 $GEN
-  run llamacpp-g1a0-f32      $LB --dtype f32 --adapters 0 $GEN
+  peers torch-g1a0             generate --batch 1 --adapters 0 $GEN
+  peers llamacpp-g1a0-f32      --dtype f32 --adapters 0 $GEN
   # Batch 1, 16-bit weights (Tributary bf16, llama.cpp f16).
-  run tributary-g1-bf16      $TR generate --config "$CONFIG" --batch 1 --adapters 1 --dtype bf16 $GEN
-  run llamacpp-g1-f16        $LB --dtype f16 --adapters 1 $GEN
-  run tributary-g1a0-bf16    $TR generate --config "$CONFIG" --batch 1 --adapters 0 --dtype bf16 $GEN
-  run llamacpp-g1a0-f16      $LB --dtype f16 --adapters 0 $GEN
+  run tributary-g1-bf16        $TR generate --config "$CONFIG" --batch 1 --adapters 1 --dtype bf16 $GEN
+  peers llamacpp-g1-f16        --dtype f16 --adapters 1 $GEN
+  run tributary-g1a0-bf16      $TR generate --config "$CONFIG" --batch 1 --adapters 0 --dtype bf16 $GEN
+  peers llamacpp-g1a0-f16      --dtype f16 --adapters 0 $GEN
   # Batch 8: one adapter, none, and 8 different adapters in one batch.
-  run tributary-g8-bf16      $TR generate --config "$CONFIG" --batch 8 --adapters 1 --dtype bf16 $GEN
-  run tributary-g8-f32packed $TR generate --config "$CONFIG" --batch 8 --adapters 1 --dtype f32-packed $GEN
-  run torch-g8               $TB generate --batch 8 --adapters 1 $GEN
-  run torch-g8a0             $TB generate --batch 8 --adapters 0 $GEN
-  run tributary-g8x8-bf16    $TR generate --config "$CONFIG" --batch 8 --adapters 8 --dtype bf16 $GEN
-  run torch-g8x8             $TB generate --batch 8 --adapters 8 $GEN
+  run tributary-g8-bf16        $TR generate --config "$CONFIG" --batch 8 --adapters 1 --dtype bf16 $GEN
+  run tributary-g8-f32packed   $TR generate --config "$CONFIG" --batch 8 --adapters 1 --dtype f32-packed $GEN
+  peers torch-g8               generate --batch 8 --adapters 1 $GEN
+  peers torch-g8a0             generate --batch 8 --adapters 0 $GEN
+  run tributary-g8x8-bf16      $TR generate --config "$CONFIG" --batch 8 --adapters 8 --dtype bf16 $GEN
+  peers torch-g8x8             generate --batch 8 --adapters 8 $GEN
 done
 echo "appended to $OUT; summary: $PY scripts/peers/summarize.py $OUT"
