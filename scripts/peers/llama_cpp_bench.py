@@ -44,13 +44,18 @@ def parse_args():
 
 
 def gguf_files(args):
-    """(model dir, gguf dir); converts a model init into a temporary directory when needed."""
+    """(model dir, gguf dir); converts into a temporary directory unless --gguf-dir holds the
+    files already."""
     import to_gguf
 
     model = common.model_dir(args)
     if args.gguf_dir and os.path.exists(os.path.join(args.gguf_dir, f"model-{args.dtype}.gguf")):
         return model, args.gguf_dir
-    out = args.gguf_dir or tempfile.mkdtemp(prefix="tributary-gguf-", dir=getattr(args, "_tmp", None) and args._tmp.name)
+    if args.gguf_dir:
+        out = args.gguf_dir
+    else:
+        args._gguf_tmp = tempfile.TemporaryDirectory(prefix="tributary-gguf-")
+        out = args._gguf_tmp.name
     to_gguf.convert(model, out, rank=args.rank)
     return model, out
 

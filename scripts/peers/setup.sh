@@ -69,7 +69,8 @@ fi
 import torch, transformers, peft, llama_cpp, gguf, numpy
 print("torch", torch.__version__, "cuda available:", torch.cuda.is_available())
 print("transformers", transformers.__version__, "peft", peft.__version__)
-print("llama_cpp", llama_cpp.__version__, "gguf", getattr(gguf, "__version__", "?"))
+from importlib.metadata import version
+print("llama_cpp", llama_cpp.__version__, "gguf", version("gguf"))
 PY
 echo "venv size: $(du -sh "$VENV" | cut -f1)"
 echo "disk after:"; df -h "$(dirname "$VENV")"

@@ -90,7 +90,7 @@ def lora_config(rank):
     )
 
 
-def header(torch, args, cfg):
+def header(torch, cfg):
     import peft
     import transformers
 
@@ -224,7 +224,7 @@ def main():
     torch.set_num_threads(args.threads)
     path = common.model_dir(args)
     cfg = common.load_config(path)
-    rec = header(torch, args, cfg)
+    rec = header(torch, cfg)
     peak = gemm_peak_gflops(torch)
     model = load_model(torch, path)
     if args.bench == "train":
