@@ -10,7 +10,8 @@
 # install torch with --no-deps and then only what `import torch` loads: the 13 nvidia-* wheels
 # that torch/__init__.py preloads (cuBLAS, cuDNN, NCCL, ...; ~3 GB), pinned to the versions
 # pip resolves for torch 2.15.0. Left out: triton (~0.5 GB, GPU compiler), cuda-bindings,
-# cuda-toolkit (a meta package), nvtx, cccl. The whole venv is ~4.5 GB.
+# cuda-toolkit (a meta package), nvtx, cccl. The whole venv is ~4.6 GB. pip then warns that
+# torch "requires cuda-bindings, cuda-toolkit, triton, which is not installed": expected.
 # pip also follows the dependencies of an installed torch whenever it resolves a package that
 # needs torch, so peft and accelerate are installed with --no-deps too, their other
 # dependencies by name.
