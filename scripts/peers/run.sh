@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tributary and its peers of issue 3 (PyTorch+PEFT, llama.cpp), interleaved, N rounds; each
-# result is one JSON line appended to OUT: {"tag", "round", "time", "cmd", "result": {...}}
+# result is one JSON line appended to OUT: {"tag", "run", "round", "time", "cmd", "result": {...}}
+# ("run" is this invocation's start time, so several invocations can append to one file)
 # (result is the benchmark's own JSON line, or {"error": ...} when the command failed).
 #
 #   scripts/peers/run.sh [--rounds 3] [--out peers.jsonl] [--quick] [--only REGEX]
@@ -59,6 +60,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 PEER_THREADS=${PEER_THREADS:-2 1}
 TR="$T bench"
+RUN_ID=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # run TAG COMMAND...: runs it, appends the tagged JSON line to OUT, prints a short summary.
 run() {
@@ -69,10 +71,10 @@ run() {
   if ! "$PY" -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then
     line=$("$PY" -c 'import json,sys; print(json.dumps({"error": sys.argv[1][-2000:]}))' "$(tail -5 "$WORK/stderr")")
   fi
-  "$PY" - "$tag" "$round" "$*" "$line" >>"$OUT" <<'PY'
+  "$PY" - "$tag" "$RUN_ID" "$round" "$*" "$line" >>"$OUT" <<'PY'
 import json, sys, time
-tag, rnd, cmd, line = sys.argv[1:5]
-print(json.dumps({"tag": tag, "round": int(rnd), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+tag, run, rnd, cmd, line = sys.argv[1:6]
+print(json.dumps({"tag": tag, "run": run, "round": int(rnd), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "cmd": cmd, "result": json.loads(line)}))
 PY
   echo "round $round $(date -u +%T) $tag: $(echo "$line" | grep -o '"tokens_per_s": *[0-9.]*\|"error".\{0,120\}')"

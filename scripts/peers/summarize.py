@@ -41,8 +41,9 @@ def main():
                 errors.append(f"round {rec['round']} {rec['tag']}: {res['error'][-200:]}")
                 continue
             base = re.sub(r"-t[0-9]+$", "", rec["tag"])
-            best = by_round[rec["round"]].get(base, 0.0)
-            by_round[rec["round"]][base] = max(best, res["tokens_per_s"])
+            key = (rec.get("run", ""), rec["round"])
+            best = by_round[key].get(base, 0.0)
+            by_round[key][base] = max(best, res["tokens_per_s"])
             speeds[rec["tag"]].append(res["tokens_per_s"])
             if res.get("load_avg_1m") is not None:
                 loads.append(res["load_avg_1m"])
