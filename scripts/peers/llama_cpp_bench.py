@@ -7,7 +7,8 @@ Batch 1: a prompt of P random token ids (no text, no BOS), greedy (temperature 0
 NEW tokens with no early stop (an end-of-sequence token is not a stop here), the LoRA adapter
 (rank 16, alpha 32, all seven projections, non-zero B) active or not. As `tributary bench`: a
 2-token warm-up run, then one timed run from an empty cache, prefill included;
-tokens_per_s = NEW / time. One JSON line with the same field names where they apply.
+tokens_per_s = NEW / time; decode_tokens_per_s = (NEW-1) / (time - prefill_seconds), the
+prefill ending when the first new token comes. One JSON line with the same field names where they apply.
 """
 
 import argparse
@@ -61,14 +62,18 @@ def gguf_files(args):
 
 
 def greedy(llm, prompt, n):
-    """n new token ids after `prompt`, greedy, from an empty cache."""
+    """n new token ids after `prompt`, greedy, from an empty cache, and the time the first
+    one came (the prefill's end, time.perf_counter())."""
     llm.reset()
     out = []
+    first_at = None
     for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        if first_at is None:
+            first_at = time.perf_counter()
         out.append(token)
         if len(out) == n:
             break
-    return out
+    return out, first_at
 
 
 def main():
@@ -94,8 +99,9 @@ def main():
     prompt = rng.integers(0, cfg["vocab_size"], size=args.prompt_len).tolist()
     greedy(llm, prompt, 2)  # warm-up
     t = time.perf_counter()
-    out = greedy(llm, prompt, args.new_tokens)
+    out, first_at = greedy(llm, prompt, args.new_tokens)
     seconds = time.perf_counter() - t
+    prefill_seconds = first_at - t
     if len(out) != args.new_tokens:
         sys.exit(f"error: generated {len(out)} tokens, expected {args.new_tokens}")
     r = args.rank if args.adapters else 0
@@ -114,7 +120,9 @@ def main():
         "quantize": "none",
         "dtype": args.dtype,
         "seconds": seconds,
+        "prefill_seconds": prefill_seconds,
         "tokens_per_s": args.new_tokens / seconds,
+        "decode_tokens_per_s": (args.new_tokens - 1) / (seconds - prefill_seconds) if args.new_tokens > 1 else None,
         "gflop": flops / 1e9,
         "achieved_gflops": flops / seconds / 1e9,
         "first_row_tail": out[-8:],

@@ -176,7 +176,25 @@ def run_generate(torch, args, model, cfg, rec):
     if args.adapters > 1:
         extra["adapter_names"] = [f"a{i % args.adapters}" for i in range(args.batch)]
 
-    def generate(n):
+    class PrefillClock:
+        """A generate() streamer that notes when the first new tokens arrive (the prefill's
+        end): generate() hands it the prompt first, then each step's tokens."""
+
+        def __init__(self):
+            self.calls = 0
+            self.first_token_at = None
+
+        def put(self, _value):
+            self.calls += 1
+            if self.calls == 2:
+                self.first_token_at = time.perf_counter()
+
+        def end(self):
+            pass
+
+    clock = PrefillClock()
+
+    def generate(n, streamer=None):
         return model.generate(
             input_ids=prompts,
             attention_mask=mask,
@@ -184,14 +202,16 @@ def run_generate(torch, args, model, cfg, rec):
             min_new_tokens=n,
             do_sample=False,
             use_cache=True,
+            streamer=streamer,
             **extra,
         )
 
     with torch.inference_mode():
         generate(2)  # warm-up
         t = time.perf_counter()
-        out = generate(args.new_tokens)
+        out = generate(args.new_tokens, clock)
         seconds = time.perf_counter() - t
+    prefill_seconds = clock.first_token_at - t
     new = out.shape[1] - args.prompt_len
     if new != args.new_tokens:
         sys.exit(f"error: generated {new} tokens per row, expected {args.new_tokens}")
@@ -209,7 +229,11 @@ def run_generate(torch, args, model, cfg, rec):
         quantize="none",
         dtype="f32",
         seconds=seconds,
+        prefill_seconds=prefill_seconds,
         tokens_per_s=args.batch * args.new_tokens / seconds,
+        decode_tokens_per_s=args.batch * (args.new_tokens - 1) / (seconds - prefill_seconds)
+        if args.new_tokens > 1
+        else None,
         gflop=flops / 1e9,
         achieved_gflops=achieved,
         first_row_tail=out[0, -8:].tolist(),
