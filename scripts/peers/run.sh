@@ -19,6 +19,7 @@
 # round (same minute), never absolute figures across days.
 set -uo pipefail
 
+CALLER_DIR=$PWD
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 ROUNDS=3
@@ -34,6 +35,7 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
+[[ $OUT == /* ]] || OUT=$CALLER_DIR/$OUT
 case "$ROUNDS" in ''|*[!0-9]*|0) echo "error: --rounds must be a positive integer, got '$ROUNDS'" >&2; exit 2 ;; esac
 
 T=${TRIBUTARY:-$ROOT/target/release/tributary}
@@ -113,5 +115,6 @@ for round in $(seq 1 "$ROUNDS"); do
   peers torch-g8a0             generate --batch 8 --adapters 0 $GEN
   run tributary-g8x8-bf16      $TR generate --config "$CONFIG" --batch 8 --adapters 8 --dtype bf16 $GEN
   peers torch-g8x8             generate --batch 8 --adapters 8 $GEN
+  run tributary-g8x8-f32packed $TR generate --config "$CONFIG" --batch 8 --adapters 8 --dtype f32-packed $GEN
 done
-echo "appended to $OUT; summary: $PY scripts/peers/summarize.py $OUT"
+echo "appended to $OUT; summary: $PY $ROOT/scripts/peers/summarize.py $OUT"

@@ -22,6 +22,7 @@ RATIOS = [
     ("batch 1, no adapter, 16-bit: Tributary bf16 / llama.cpp f16", "tributary-g1a0-bf16", "llamacpp-g1a0-f16", ""),
     ("batch 8 + adapter: Tributary bf16 / PyTorch+PEFT", "tributary-g8-bf16", "torch-g8", ""),
     ("8 adapters / 1 adapter, batch 8: Tributary bf16", "tributary-g8x8-bf16", "tributary-g8-bf16", ">= 0.9"),
+    ("8 adapters / 1 adapter, batch 8: Tributary f32-packed", "tributary-g8x8-f32packed", "tributary-g8-f32packed", ">= 0.9"),
     ("8 adapters / 1 adapter, batch 8: PyTorch+PEFT", "torch-g8x8", "torch-g8", ""),
 ]
 
