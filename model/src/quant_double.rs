@@ -5,12 +5,16 @@
 //! as bitsandbytes' offset does). That costs `8/64 + 32/(64·256)` ≈ 0.127 bit per weight
 //! instead of 0.5, so an NF4 matrix goes from 4.5 to about 4.127 bits per weight.
 //!
-//! The code here is the storage and its round trip; the decoder does not use it yet (see
-//! docs/benchmarks.md): the fused NF4 kernel reads f32 scales, so a matrix stored this way
-//! would decode its scales ([`DoubleQuantScales::dequantize`], one `Vec<f32>` of `n/64`
-//! values) before each product.
+//! [`crate::quant::Nf4Matrix::double_quantize`] stores a matrix's scales this way, and
+//! [`double_quantize_model`] does it for every NF4 projection of a model (`--double-quant`).
+//! The fused NF4 kernel reads f32 scales, so a product decodes them first (one f32 per 64
+//! weights, [`crate::quant::Nf4Matrix::with_f32_scales`]).
 
+use std::sync::Arc;
+
+use crate::decoder::{CausalLm, LinearWeight};
 use crate::error::ModelError;
+use crate::lora::TargetModule;
 
 /// Scales per second-level block sharing one f32 step.
 pub const SCALE_BLOCK: usize = 256;
@@ -86,4 +90,26 @@ impl DoubleQuantScales {
     pub fn resident_bytes(&self) -> usize {
         self.codes.len() + (self.steps.len() + 1) * std::mem::size_of::<f32>()
     }
+}
+
+/// Double-quantizes the scales of every NF4 projection of `model`; an error if any of the
+/// seven projections of a layer is not NF4 (quantize the model with `--quantize nf4` first).
+pub fn double_quantize_model(model: &mut CausalLm) -> Result<(), ModelError> {
+    for (l, layer) in model.layers.iter_mut().enumerate() {
+        for t in TargetModule::ALL {
+            let lin = layer.linear_mut(t);
+            match &lin.weight_t {
+                LinearWeight::Nf4(q) => {
+                    lin.weight_t = LinearWeight::Nf4(Arc::new(q.double_quantize()?));
+                }
+                _ => {
+                    return Err(ModelError::Input(format!(
+                        "double quantization needs an NF4 base, but {} is not NF4",
+                        t.path(l)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
