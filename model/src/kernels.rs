@@ -255,6 +255,8 @@ pub fn nf4_matmul(q: &Nf4Matrix, x: &[f32], m: usize) -> Option<Vec<f32>> {
 
 /// [`nf4_matmul`] choosing the SIMD path or the portable one (tests use both).
 pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option<Vec<f32>> {
+    let q_f32 = q.with_f32_scales(); // double-quantized scales decoded once per product
+    let q: &Nf4Matrix = &q_f32;
     if !nf4_fusable(q) {
         return None;
     }

@@ -15,6 +15,8 @@ pub mod lora;
 pub mod peft;
 pub mod plot;
 pub mod quant;
+pub mod quant_double;
+pub mod quant_train;
 pub mod sampling;
 pub mod tokenizer;
 pub mod train;

@@ -4,16 +4,21 @@
 //! order); each block keeps one f32 scale, its absolute maximum, and every value becomes the
 //! 4-bit index of the nearest entry of [`NF4_CODE`] after division by that scale. Two indices
 //! are packed per byte (low nibble first). Dequantization is `NF4_CODE[index] · absmax`.
-//! Double quantization (8-bit scales) is not implemented: the scales cost 4 bytes per 64
-//! values (0.5 bit per value), so a matrix takes 4.5 bits per value, 0.14× its f32 size.
+//! The scales cost 4 bytes per 64 values (0.5 bit per value), so a matrix takes 4.5 bits per
+//! value, 0.14× its f32 size; [`Nf4Matrix::double_quantize`] stores them in 8 bits instead
+//! ([`crate::quant_double`], about 4.127 bits per value).
 //!
 //! The packed bytes stay in host memory; [`Nf4Matrix::dequantize_tensor`] rebuilds the f32
 //! matrix on a device for each use (the decoder does this on every forward pass), so the
 //! full-precision copy only lives for the duration of one matmul.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::ModelError;
+use crate::quant_double::DoubleQuantScales;
 
 /// Values per block sharing one absmax scale.
 pub const NF4_BLOCK: usize = 64;
@@ -58,10 +63,14 @@ pub fn nf4_index(x: f32) -> u8 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4Matrix {
     shape: [usize; 2],
-    /// Two codes per byte, element `2i` in the low nibble of byte `i`.
-    packed: Vec<u8>,
-    /// One absmax per block of [`NF4_BLOCK`] values (the last block may be shorter).
+    /// Two codes per byte, element `2i` in the low nibble of byte `i` (shared with the
+    /// f32-scale view of a double-quantized matrix, [`Nf4Matrix::with_f32_scales`]).
+    packed: Arc<Vec<u8>>,
+    /// One absmax per block of [`NF4_BLOCK`] values (the last block may be shorter); empty
+    /// when the scales are double-quantized.
     scales: Vec<f32>,
+    /// The scales in 8 bits ([`Nf4Matrix::double_quantize`]), instead of `scales`.
+    double: Option<DoubleQuantScales>,
 }
 
 impl Nf4Matrix {
@@ -95,9 +104,43 @@ impl Nf4Matrix {
         }
         Ok(Self {
             shape,
-            packed,
+            packed: Arc::new(packed),
             scales,
+            double: None,
         })
+    }
+
+    /// The same matrix with its absmax scales double-quantized to 8 bits (QLoRA's optional
+    /// scheme, [`crate::quant_double`]); the codes are shared, not copied.
+    pub fn double_quantize(&self) -> Result<Self, ModelError> {
+        if self.double.is_some() {
+            return Ok(self.clone());
+        }
+        Ok(Self {
+            shape: self.shape,
+            packed: Arc::clone(&self.packed),
+            scales: Vec::new(),
+            double: Some(DoubleQuantScales::quantize(&self.scales)?),
+        })
+    }
+
+    /// Whether the scales are stored in 8 bits.
+    pub fn is_double_quantized(&self) -> bool {
+        self.double.is_some()
+    }
+
+    /// This matrix with f32 scales: itself, or for a double-quantized one a view with the
+    /// scales decoded (one f32 per block; the codes are shared). The fused kernel needs it.
+    pub fn with_f32_scales(&self) -> Cow<'_, Self> {
+        match &self.double {
+            None => Cow::Borrowed(self),
+            Some(d) => Cow::Owned(Self {
+                shape: self.shape,
+                packed: Arc::clone(&self.packed),
+                scales: d.dequantize(),
+                double: None,
+            }),
+        }
     }
 
     /// Quantizes a 2-D tensor (read back to the host).
@@ -126,21 +169,30 @@ impl Nf4Matrix {
         &self.packed
     }
 
-    /// The per-block absmax scales.
+    /// The per-block absmax scales in f32 (empty for a double-quantized matrix: see
+    /// [`Nf4Matrix::with_f32_scales`]).
     pub fn scales(&self) -> &[f32] {
         &self.scales
     }
 
     /// Bytes held by the stored representation (codes and scales, not the struct itself).
     pub fn resident_bytes(&self) -> usize {
-        self.packed.len() + self.scales.len() * std::mem::size_of::<f32>()
+        let scales = match &self.double {
+            Some(d) => d.resident_bytes(),
+            None => self.scales.len() * std::mem::size_of::<f32>(),
+        };
+        self.packed.len() + scales
     }
 
     /// The f32 values, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
         let n = self.shape[0] * self.shape[1];
         let mut out = vec![0.0f32; n];
-        for (b, (chunk, &scale)) in out.chunks_mut(NF4_BLOCK).zip(&self.scales).enumerate() {
+        let scales: Cow<'_, [f32]> = match &self.double {
+            Some(d) => Cow::Owned(d.dequantize()),
+            None => Cow::Borrowed(&self.scales),
+        };
+        for (b, (chunk, &scale)) in out.chunks_mut(NF4_BLOCK).zip(scales.iter()).enumerate() {
             // A per-block table turns each nibble into its value with one lookup.
             let table = NF4_CODE.map(|c| c * scale);
             let bytes = &self.packed[b * NF4_BLOCK / 2..];

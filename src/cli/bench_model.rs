@@ -22,6 +22,15 @@ impl Quantize {
     pub fn is_nf4(self) -> bool {
         self == Quantize::Nf4
     }
+
+    /// Checks `--double-quant` against this choice: it needs `--quantize nf4`.
+    pub fn check_double_quant(self, double_quant: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !double_quant || self.is_nf4(),
+            "--double-quant needs --quantize nf4 (it stores NF4's block scales in 8 bits)"
+        );
+        Ok(())
+    }
 }
 
 /// How the base's dense weights are stored for generation.
@@ -68,6 +77,9 @@ pub struct BenchTrainArgs {
     /// Storage of the frozen base's projections.
     #[arg(long, value_enum, default_value_t = Quantize::None)]
     pub quantize: Quantize,
+    /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
+    #[arg(long)]
+    pub double_quant: bool,
 }
 
 /// `tributary bench generate`: greedy generation with LoRA adapters on random weights.
@@ -94,18 +106,23 @@ pub struct BenchGenerateArgs {
     /// Storage of the base's projections.
     #[arg(long, value_enum, default_value_t = Quantize::None)]
     pub quantize: Quantize,
+    /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
+    #[arg(long)]
+    pub double_quant: bool,
     /// Storage of the dense weights (projections not in NF4, and the lm_head).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
 }
 
 pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
+    args.quantize.check_double_quant(args.double_quant)?;
     let bench = TrainBench {
         batch: args.batch,
         seq: args.seq,
         rank: args.rank,
         steps: args.steps,
         nf4: args.quantize.is_nf4(),
+        double_quant: args.double_quant,
     };
     let report = bench
         .run(&args.config, &default_device())
@@ -115,6 +132,7 @@ pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
+    args.quantize.check_double_quant(args.double_quant)?;
     let bench = GenerateBench {
         batch: args.batch,
         prompt_len: args.prompt_len,
@@ -122,6 +140,7 @@ pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         adapters: args.adapters,
         rank: args.rank,
         nf4: args.quantize.is_nf4(),
+        double_quant: args.double_quant,
         dtype: args.dtype.decode_dtype(),
     };
     let report = bench

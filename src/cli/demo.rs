@@ -112,6 +112,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         checkpoint_every: None,
         resume: None,
         quantize: super::bench_model::Quantize::None,
+        double_quant: false,
     })?;
     if let Some(loss) = report.final_train_loss {
         println!("    final train loss {loss:.3}");

@@ -104,6 +104,9 @@ pub struct FinetuneArgs {
     /// Store the frozen base's projection weights in 4-bit NormalFloat (QLoRA).
     #[arg(long, value_enum, default_value_t = super::bench_model::Quantize::None)]
     pub quantize: super::bench_model::Quantize,
+    /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
+    #[arg(long)]
+    pub double_quant: bool,
 }
 
 /// What a fine-tune produced.
@@ -152,11 +155,15 @@ fn progress(total: u64, done: u64) -> ProgressBar {
 }
 
 pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
-    let loaded = load(
+    args.quantize.check_double_quant(args.double_quant)?;
+    let mut loaded = load(
         &args.model,
         args.tokenizer.as_deref(),
         args.quantize.is_nf4(),
     )?;
+    if args.double_quant {
+        tributary_model::quant_double::double_quantize_model(&mut loaded.model)?;
+    }
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let max_pos = model.config().max_position_embeddings;
     let max_seq_len = args.max_seq_len.unwrap_or(max_pos.min(512));

@@ -65,6 +65,9 @@ pub struct GenerateArgs {
     /// Store the base's projection weights in 4-bit NormalFloat (QLoRA).
     #[arg(long, value_enum, default_value_t = super::bench_model::Quantize::None)]
     pub quantize: super::bench_model::Quantize,
+    /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
+    #[arg(long)]
+    pub double_quant: bool,
     /// Storage of the dense weights (projections not in NF4, and the lm_head): f32-packed
     /// (the default) holds the same f32 numbers in the decode kernels' layout; bf16 halves the
     /// bytes read per generated token; f32 keeps burn's tensors and GEMM.
@@ -202,11 +205,15 @@ pub fn complete(
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    args.quantize.check_double_quant(args.double_quant)?;
     let mut loaded = load(
         &args.model,
         args.tokenizer.as_deref(),
         args.quantize.is_nf4(),
     )?;
+    if args.double_quant {
+        tributary_model::quant_double::double_quantize_model(&mut loaded.model)?;
+    }
     match args.dtype {
         super::bench_model::Dtype::F32 => {}
         super::bench_model::Dtype::F32Packed => loaded.model.to_packed_f32()?,

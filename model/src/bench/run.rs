@@ -36,6 +36,8 @@ pub struct TrainBench {
     pub steps: usize,
     /// Store the frozen base in NF4.
     pub nf4: bool,
+    /// Double-quantize the NF4 scales (needs `nf4`).
+    pub double_quant: bool,
 }
 
 /// The JSON line of `tributary bench train`.
@@ -79,6 +81,8 @@ pub struct GenerateBench {
     pub rank: usize,
     /// Store the base in NF4.
     pub nf4: bool,
+    /// Double-quantize the NF4 scales (needs `nf4`).
+    pub double_quant: bool,
     /// Storage of the dense weights (projections not in NF4, and the lm_head).
     pub dtype: DecodeDtype,
 }
@@ -180,8 +184,31 @@ fn random_rows(rows: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>
         .collect()
 }
 
-fn quant_name(nf4: bool) -> &'static str {
-    if nf4 { "nf4" } else { "none" }
+fn quant_name(nf4: bool, double_quant: bool) -> &'static str {
+    match (nf4, double_quant) {
+        (true, true) => "nf4-double-quant",
+        (true, false) => "nf4",
+        _ => "none",
+    }
+}
+
+/// [`random_model`], with the NF4 scales double-quantized when asked.
+fn bench_model(
+    config: &Path,
+    device: &Device,
+    nf4: bool,
+    double_quant: bool,
+) -> Result<CausalLm, ModelError> {
+    if double_quant && !nf4 {
+        return Err(ModelError::Input(
+            "double quantization needs an NF4 base (--quantize nf4)".into(),
+        ));
+    }
+    let mut model = random_model(config, device, nf4)?;
+    if double_quant {
+        crate::quant_double::double_quantize_model(&mut model)?;
+    }
+    Ok(model)
 }
 
 impl TrainBench {
@@ -193,7 +220,7 @@ impl TrainBench {
             ));
         }
         let peak = gemm_peak_gflops(device, GEMM_N, GEMM_REPS)?;
-        let model = random_model(config, device, self.nf4)?;
+        let model = bench_model(config, device, self.nf4, self.double_quant)?;
         let cfg = model.config().clone();
         let lora = LoraConfig::new(self.rank, 2.0 * self.rank as f64, &TargetModule::ALL);
         let tcfg = TrainConfig {
@@ -224,7 +251,7 @@ impl TrainBench {
             seq: self.seq,
             rank: self.rank,
             steps: self.steps,
-            quantize: quant_name(self.nf4),
+            quantize: quant_name(self.nf4, self.double_quant),
             seconds,
             tokens_per_s: (self.batch * self.seq * self.steps) as f64 / seconds,
             gflop_per_step: flops / 1e9,
@@ -281,7 +308,7 @@ impl GenerateBench {
             ));
         }
         let peak = gemm_peak_gflops(device, GEMM_N, GEMM_REPS)?;
-        let mut model = random_model(config, device, self.nf4)?;
+        let mut model = bench_model(config, device, self.nf4, self.double_quant)?;
         match self.dtype {
             DecodeDtype::F32 => {}
             DecodeDtype::F32Packed => model.to_packed_f32()?,
@@ -317,7 +344,7 @@ impl GenerateBench {
                 Lora::Mixed(_) => "mixed batch: base once, x·A·B per adapter on its rows",
                 Lora::Single(_) => "single adapter",
             },
-            quantize: quant_name(self.nf4),
+            quantize: quant_name(self.nf4, self.double_quant),
             dtype: self.dtype.name(),
             seconds,
             prefill_seconds,

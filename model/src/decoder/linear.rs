@@ -3,7 +3,9 @@
 //! bf16 and NF4 weights live in host memory. With few rows of input (decoding) and no
 //! autodiff, [`Linear::forward`] multiplies them with the host kernels of
 //! [`crate::kernels`] (weights widened or decoded in registers, both cores); otherwise it
-//! builds the f32 matrix on the device and lets burn multiply.
+//! builds the f32 matrix on the device and lets burn multiply. Under autodiff a frozen NF4 or
+//! packed weight goes through [`crate::quant_train::frozen_matmul`], which keeps no f32 copy
+//! of it for the backward pass.
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::error::ModelError;
 use crate::kernels::{PackedMatrix, nf4_matmul};
 use crate::quant::Nf4Matrix;
+use crate::quant_train::frozen_matmul;
 use crate::weights::{TensorStore, read_f32, transpose};
 
 /// Most input rows for which bf16/NF4 projections use the host kernels (a decode step has
@@ -110,14 +113,29 @@ impl Linear {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let y = match self.weight_t.host_matmul(&x) {
             Some(y) => y,
-            None => {
-                let w = self.weight_t.dense(&x.device());
-                x.matmul(w)
-            }
+            None => match frozen_matmul(&self.weight_t, &x, |x| self.forward_untracked(x)) {
+                Some(y) => y,
+                None => {
+                    let w = self.weight_t.dense(&x.device());
+                    x.matmul(w)
+                }
+            },
         };
         match &self.bias {
             Some(b) => y.add(b.clone().unsqueeze_dim(0)),
             None => y,
+        }
+    }
+
+    /// `x·Wᵀ` for an `x` without autodiff graph (the forward of [`frozen_matmul`]): host
+    /// kernel or a dequantized copy of `Wᵀ` that is dropped with the product.
+    fn forward_untracked(&self, x: Tensor<2>) -> Tensor<2> {
+        match self.weight_t.host_matmul(&x) {
+            Some(y) => y,
+            None => {
+                let w = self.weight_t.dense(&x.device());
+                x.matmul(w)
+            }
         }
     }
 
