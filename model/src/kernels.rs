@@ -12,12 +12,17 @@
 //! least [`SERIAL_MAX_WEIGHTS`]: the lm_head) and run smaller ones on the calling thread;
 //! they use AVX-512 when the CPU has it (checked at run time); elsewhere a portable loop
 //! computes the same sums.
+//! [`lora`] adds LoRA deltas on the host in the same step.
 //! The decoder checks these against burn's matmul on the dense matrix (`tests/kernels.rs`).
 
 use half::bf16;
 use rayon::prelude::*;
 
 use crate::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix};
+
+pub mod lora;
+
+pub use lora::LoraFactors;
 
 /// Output columns per packed tile (two 16-lane f32 vectors).
 pub const TILE: usize = 32;
