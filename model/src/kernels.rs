@@ -118,37 +118,40 @@ impl PackedMatrix {
         let tiles = n.div_ceil(TILE);
         // Tile-major result [tile][m][TILE]: each task owns whole tiles.
         let mut ytiles = vec![0.0f32; tiles * m * TILE];
-        let per_task = if k * n < SERIAL_MAX_WEIGHTS {
-            tiles
-        } else {
-            tiles_per_task(tiles)
-        };
-        ytiles
-            .par_chunks_mut(m * TILE)
-            .with_min_len(per_task)
-            .enumerate()
-            .for_each(|(t, yt)| {
-                for r0 in (0..m).step_by(MR) {
-                    let mr = (m - r0).min(MR);
-                    let xs = &x[r0 * k..(r0 + mr) * k];
-                    let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
-                    match &self.data {
-                        PackedData::Bf16(v) => {
-                            tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
-                        }
-                        PackedData::F32(v) => {
-                            tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
-                        }
+        let tile = |(t, yt): (usize, &mut [f32])| {
+            for r0 in (0..m).step_by(MR) {
+                let mr = (m - r0).min(MR);
+                let xs = &x[r0 * k..(r0 + mr) * k];
+                let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
+                match &self.data {
+                    PackedData::Bf16(v) => {
+                        tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                    }
+                    PackedData::F32(v) => {
+                        tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
                     }
                 }
-            });
+            }
+        };
+        if k * n < SERIAL_MAX_WEIGHTS {
+            ytiles.chunks_mut(m * TILE).enumerate().for_each(tile);
+        } else {
+            ytiles
+                .par_chunks_mut(m * TILE)
+                .with_min_len(tiles_per_task(tiles))
+                .enumerate()
+                .for_each(tile);
+        }
         untile(&ytiles, m, n, TILE)
     }
 }
 
-/// Matrices with fewer weights than this run on the calling thread alone: waking the other
-/// pool thread for each of a decode step's ~57 small calls cost more than the second core
-/// gave (measured: batch-1 decoding 1.2–1.8× faster serial; see docs/benchmarks.md).
+/// Matrices with fewer weights than this run on the calling thread alone, outside rayon:
+/// waking the other pool thread for each of a decode step's ~57 small calls cost more than
+/// the second core gave (measured: batch-1 decoding 1.2–1.8× faster serial; see
+/// docs/benchmarks.md). Even one rayon task costs a hand-off when the caller is not a pool
+/// thread (rayon injects the job and the caller sleeps until a worker has run it), so the
+/// serial path is a plain loop.
 pub const SERIAL_MAX_WEIGHTS: usize = 1 << 20;
 
 /// Tiles per rayon task: one task per pool thread (each call is short, so fewer, larger
@@ -267,23 +270,23 @@ pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option
     assert_eq!(x.len(), m * k, "nf4_matmul: x is not [m, in]");
     let tiles = n / NF4_TILE;
     let mut ytiles = vec![0.0f32; tiles * m * NF4_TILE];
-    let per_task = if k * n < SERIAL_MAX_WEIGHTS {
-        tiles
-    } else {
-        tiles_per_task(tiles)
+    let tile = |(t, yt): (usize, &mut [f32])| {
+        for r0 in (0..m).step_by(NF4_MR) {
+            let mr = (m - r0).min(NF4_MR);
+            let xs = &x[r0 * k..(r0 + mr) * k];
+            let ys = &mut yt[r0 * NF4_TILE..(r0 + mr) * NF4_TILE];
+            nf4_tile(q, t * NF4_TILE, xs, mr, ys, simd);
+        }
     };
-    ytiles
-        .par_chunks_mut(m * NF4_TILE)
-        .with_min_len(per_task)
-        .enumerate()
-        .for_each(|(t, yt)| {
-            for r0 in (0..m).step_by(NF4_MR) {
-                let mr = (m - r0).min(NF4_MR);
-                let xs = &x[r0 * k..(r0 + mr) * k];
-                let ys = &mut yt[r0 * NF4_TILE..(r0 + mr) * NF4_TILE];
-                nf4_tile(q, t * NF4_TILE, xs, mr, ys, simd);
-            }
-        });
+    if k * n < SERIAL_MAX_WEIGHTS {
+        ytiles.chunks_mut(m * NF4_TILE).enumerate().for_each(tile);
+    } else {
+        ytiles
+            .par_chunks_mut(m * NF4_TILE)
+            .with_min_len(tiles_per_task(tiles))
+            .enumerate()
+            .for_each(tile);
+    }
     Some(untile(&ytiles, m, n, NF4_TILE))
 }
 
