@@ -357,6 +357,7 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let wp = w.as_ptr();
         for i in 0..k {
+            stream_hint(wp.wrapping_add(i * TILE + STREAM_AHEAD / 2).cast());
             // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len(); bf16 → f32 is a 16-bit left shift.
             let (w0, w1) = unsafe {
                 let p = wp.add(i * TILE) as *const __m256i;
@@ -389,6 +390,9 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let wp = w.as_ptr();
         for i in 0..k {
+            let ahead = wp.wrapping_add(i * TILE + STREAM_AHEAD / 4).cast::<i8>();
+            stream_hint(ahead);
+            stream_hint(ahead.wrapping_add(64));
             // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len().
             let (w0, w1) = unsafe {
                 let p = wp.add(i * TILE);
@@ -401,6 +405,21 @@ mod avx512 {
             }
         }
         store(&acc, y);
+    }
+
+    /// Bytes ahead of the weight stream at which [`stream_hint`] asks for lines.
+    const STREAM_AHEAD: usize = 1024;
+
+    /// Asks for the line at `p` as non-temporal data (a hint; never faults): weights are read
+    /// once per step, so they should not push LoRA factors and the KV cache out of L3.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn stream_hint(p: *const i8) {
+        // SAFETY: a prefetch never faults and reads nothing into the program.
+        #[allow(unused_unsafe)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_NTA>(p)
+        };
     }
 
     #[target_feature(enable = "avx512f")]
