@@ -113,6 +113,28 @@ impl PackedMatrix {
 
     /// [`PackedMatrix::matmul`] choosing the SIMD path or the portable one (tests use both).
     pub fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
+        self.matmul_prefetching(x, m, simd, &[])
+    }
+
+    /// The stored values as `(address, bytes)`, for [`PackedMatrix::matmul_prefetching`].
+    pub(crate) fn memory(&self) -> (*const u8, usize) {
+        match &self.data {
+            PackedData::Bf16(v) => (v.as_ptr().cast(), v.len() * 2),
+            PackedData::F32(v) => (v.as_ptr().cast(), v.len() * 4),
+        }
+    }
+
+    /// [`PackedMatrix::matmul_with`] that, on the serial path, also asks the CPU to fetch
+    /// the memory `prefetch` (`(address, bytes)` ranges the caller reads next, e.g. LoRA
+    /// factors) into the core's L2 cache, spread evenly over the tiles, so those reads
+    /// overlap with this product instead of following it.
+    pub(crate) fn matmul_prefetching(
+        &self,
+        x: &[f32],
+        m: usize,
+        simd: bool,
+        prefetch: &[(*const u8, usize)],
+    ) -> Vec<f32> {
         let (k, n) = (self.in_dim, self.out_dim);
         assert_eq!(x.len(), m * k, "PackedMatrix::matmul: x is not [m, in]");
         let tiles = n.div_ceil(TILE);
@@ -134,7 +156,11 @@ impl PackedMatrix {
             }
         };
         if k * n < SERIAL_MAX_WEIGHTS {
-            ytiles.chunks_mut(m * TILE).enumerate().for_each(tile);
+            let mut ahead = Prefetcher::new(prefetch, tiles);
+            for (t, yt) in ytiles.chunks_mut(m * TILE).enumerate() {
+                ahead.step();
+                tile((t, yt));
+            }
         } else {
             ytiles
                 .par_chunks_mut(m * TILE)
@@ -153,6 +179,56 @@ impl PackedMatrix {
 /// thread (rayon injects the job and the caller sleeps until a worker has run it), so the
 /// serial path is a plain loop.
 pub const SERIAL_MAX_WEIGHTS: usize = 1 << 20;
+
+/// Cache lines assumed by [`Prefetcher`].
+const LINE: usize = 64;
+
+/// Walks `(address, bytes)` ranges one cache line at a time, asking for a share of them
+/// to be prefetched into L2 at each of `steps` steps (a hint: nothing is read or checked).
+struct Prefetcher<'a> {
+    ranges: &'a [(*const u8, usize)],
+    per_step: usize,
+    range: usize,
+    offset: usize,
+}
+
+impl<'a> Prefetcher<'a> {
+    fn new(ranges: &'a [(*const u8, usize)], steps: usize) -> Self {
+        let lines: usize = ranges.iter().map(|(_, len)| len.div_ceil(LINE)).sum();
+        Self {
+            ranges,
+            per_step: lines.div_ceil(steps.max(1)),
+            range: 0,
+            offset: 0,
+        }
+    }
+
+    fn step(&mut self) {
+        for _ in 0..self.per_step {
+            let Some(&(base, len)) = self.ranges.get(self.range) else {
+                return;
+            };
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                // wrapping_add: the address is only a hint, never dereferenced here.
+                let p = base.wrapping_add(self.offset).cast::<i8>();
+                // SAFETY: a prefetch never faults and reads nothing into the program.
+                #[allow(unused_unsafe)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T1>(p)
+                };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = base;
+            self.offset += LINE;
+            if self.offset >= len {
+                self.range += 1;
+                self.offset = 0;
+            }
+        }
+    }
+}
 
 /// Tiles per rayon task: one task per pool thread (each call is short, so fewer, larger
 /// tasks cost less waking and stealing than many small ones).

@@ -68,14 +68,16 @@ impl LinearWeight {
     /// `x` `[m, in]` times `Wᵀ` through the host kernels, when the weight is bf16 or (fusable)
     /// NF4, `x` carries no autodiff graph and has at most [`HOST_KERNEL_MAX_ROWS`] rows.
     fn host_matmul(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
-        self.host_matmul_with(x, |_, _| {})
+        self.host_matmul_with(x, &[], |_, _| {})
     }
 
     /// [`LinearWeight::host_matmul`] with `add(x, y)` adding into the product `y` `[m, out]`
-    /// (both host buffers, row-major) before it becomes a tensor.
+    /// (both host buffers, row-major) before it becomes a tensor; the memory `prefetch` that
+    /// `add` reads is fetched into cache while packed weights are multiplied.
     fn host_matmul_with(
         &self,
         x: &Tensor<2>,
+        prefetch: &[(*const u8, usize)],
         add: impl FnOnce(&[f32], &mut [f32]),
     ) -> Option<Tensor<2>> {
         let [m, _] = x.dims();
@@ -90,7 +92,9 @@ impl LinearWeight {
         let xs = read_f32(x, "activations").ok()?;
         let mut y = match self {
             LinearWeight::Dense(_) => return None,
-            LinearWeight::Packed(p) => p.matmul(&xs, m),
+            LinearWeight::Packed(p) => {
+                p.matmul_prefetching(&xs, m, crate::kernels::simd_available(), prefetch)
+            }
             LinearWeight::Nf4(q) => nf4_matmul(q, &xs, m)?,
         };
         add(&xs, &mut y);
@@ -142,13 +146,15 @@ impl Linear {
 
     /// [`Linear::forward`] through the host kernels with `add(x, y)` adding into the product
     /// `y` `[m, out]` (host buffers) before it becomes a tensor and gets the bias; `None` where
-    /// `forward` would let burn multiply. The decode step adds its LoRA deltas this way.
+    /// `forward` would let burn multiply. The decode step adds its LoRA deltas this way
+    /// (`prefetch`: the factors' memory, fetched while the base weights are multiplied).
     pub(crate) fn forward_host_with(
         &self,
         x: &Tensor<2>,
+        prefetch: &[(*const u8, usize)],
         add: impl FnOnce(&[f32], &mut [f32]),
     ) -> Option<Tensor<2>> {
-        let y = self.weight_t.host_matmul_with(x, add)?;
+        let y = self.weight_t.host_matmul_with(x, prefetch, add)?;
         Some(match &self.bias {
             Some(b) => y.add(b.clone().unsqueeze_dim(0)),
             None => y,

@@ -202,6 +202,9 @@ impl<'a> LoraSel<'a> {
         if matches!(linear.weight_t, LinearWeight::Dense(_)) || x.is_autodiff() {
             return None;
         }
+        // bf16 base weights leave memory bandwidth to spare: the factors are then fetched
+        // while the base is multiplied (measured: 8 adapters +12 %); an f32 base has none
+        // to spare, and the same prefetch slowed it (docs/benchmarks.md, speed work 4).
         let bf16 = linear.weight_t.is_host_bf16();
         let [fan_in, fan_out] = linear.weight_t.dims();
         // The factors of adapter `a` for this module; Err(()) when they cannot serve.
@@ -217,7 +220,12 @@ impl<'a> LoraSel<'a> {
             LoraSel::One(a) => {
                 let f = factors(a).ok()?;
                 let rows: Vec<usize> = (0..x.dims()[0]).collect();
-                linear.forward_host_with(x, |xs, y| {
+                let prefetch: Vec<_> = f
+                    .filter(|_| bf16)
+                    .into_iter()
+                    .flat_map(LoraFactors::memory)
+                    .collect();
+                linear.forward_host_with(x, &prefetch, |xs, y| {
                     if let Some(f) = f {
                         f.add_delta(xs, y, &rows);
                     }
@@ -232,7 +240,12 @@ impl<'a> LoraSel<'a> {
                         parts.push((f, rows));
                     }
                 }
-                linear.forward_host_with(x, |xs, y| {
+                let prefetch: Vec<_> = parts
+                    .iter()
+                    .filter(|_| bf16)
+                    .flat_map(|(f, _)| f.memory())
+                    .collect();
+                linear.forward_host_with(x, &prefetch, |xs, y| {
                     for (f, rows) in parts {
                         f.add_delta(xs, y, rows);
                     }

@@ -109,6 +109,16 @@ impl LoraFactors {
         down + self.up.resident_bytes()
     }
 
+    /// The packed factors as `(address, bytes)` ranges, in the order
+    /// [`LoraFactors::add_delta`] reads them (for prefetching).
+    pub(crate) fn memory(&self) -> [(*const u8, usize); 2] {
+        let down = match &self.down {
+            DownData::Bf16(v) => (v.as_ptr().cast(), v.len() * 2),
+            DownData::F32(v) => (v.as_ptr().cast(), v.len() * 4),
+        };
+        [down, self.up.memory()]
+    }
+
     /// Adds the delta of the rows `rows` of `x` (`[m, in]` row-major) into the same rows of
     /// `y` (`[m, out]`): `y[row] += (x[row]·Aᵀ)·(Bᵀ·scale)`.
     pub fn add_delta(&self, x: &[f32], y: &mut [f32], rows: &[usize]) {
