@@ -11,8 +11,10 @@
 //! Both split the output columns over the rayon pool (both cores) for large matrices (at
 //! least [`SERIAL_MAX_WEIGHTS`]: the lm_head) and run smaller ones on the calling thread;
 //! they use AVX-512 when the CPU has it (checked at run time); elsewhere a portable loop
-//! computes the same sums.
-//! [`lora`] adds LoRA deltas on the host in the same step.
+//! computes the same sums. The packed kernels read the weight stream with a non-temporal
+//! hint (weights are read once per step and should not evict what is reused: LoRA factors,
+//! the KV cache), and can prefetch memory the caller reads next
+//! ([`PackedMatrix::matmul_prefetching`]). [`lora`] adds LoRA deltas on the host.
 //! The decoder checks these against burn's matmul on the dense matrix (`tests/kernels.rs`).
 
 use half::bf16;
