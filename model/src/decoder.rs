@@ -539,7 +539,13 @@ impl CausalLm {
 
         for (l, layer) in self.layers.iter().enumerate() {
             let proj = |t: TargetModule, x: Tensor<2>, d: &mut Option<&mut LoraDropout>| {
-                let y = layer.linear(t).forward(x.clone());
+                let linear = layer.linear(t);
+                if d.is_none()
+                    && let Some(y) = lora.host_forward(l, t, linear, &x)
+                {
+                    return y;
+                }
+                let y = linear.forward(x.clone());
                 lora.add_delta(l, t, x, y, d.as_deref_mut())
             };
             let x = rms_norm(hs.clone(), &layer.input_norm, cfg.rms_norm_eps);

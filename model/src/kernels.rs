@@ -11,13 +11,20 @@
 //! Both split the output columns over the rayon pool (both cores) for large matrices (at
 //! least [`SERIAL_MAX_WEIGHTS`]: the lm_head) and run smaller ones on the calling thread;
 //! they use AVX-512 when the CPU has it (checked at run time); elsewhere a portable loop
-//! computes the same sums.
+//! computes the same sums. The packed kernels read the weight stream with a non-temporal
+//! hint (weights are read once per step and should not evict what is reused: LoRA factors,
+//! the KV cache), and can prefetch memory the caller reads next
+//! ([`PackedMatrix::matmul_prefetching`]). [`lora`] adds LoRA deltas on the host.
 //! The decoder checks these against burn's matmul on the dense matrix (`tests/kernels.rs`).
 
 use half::bf16;
 use rayon::prelude::*;
 
 use crate::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix};
+
+pub mod lora;
+
+pub use lora::LoraFactors;
 
 /// Output columns per packed tile (two 16-lane f32 vectors).
 pub const TILE: usize = 32;
@@ -108,43 +115,122 @@ impl PackedMatrix {
 
     /// [`PackedMatrix::matmul`] choosing the SIMD path or the portable one (tests use both).
     pub fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
+        self.matmul_prefetching(x, m, simd, &[])
+    }
+
+    /// The stored values as `(address, bytes)`, for [`PackedMatrix::matmul_prefetching`].
+    pub(crate) fn memory(&self) -> (*const u8, usize) {
+        match &self.data {
+            PackedData::Bf16(v) => (v.as_ptr().cast(), v.len() * 2),
+            PackedData::F32(v) => (v.as_ptr().cast(), v.len() * 4),
+        }
+    }
+
+    /// [`PackedMatrix::matmul_with`] that, on the serial path, also asks the CPU to fetch
+    /// the memory `prefetch` (`(address, bytes)` ranges the caller reads next, e.g. LoRA
+    /// factors) into the core's L2 cache, spread evenly over the tiles, so those reads
+    /// overlap with this product instead of following it.
+    pub(crate) fn matmul_prefetching(
+        &self,
+        x: &[f32],
+        m: usize,
+        simd: bool,
+        prefetch: &[(*const u8, usize)],
+    ) -> Vec<f32> {
         let (k, n) = (self.in_dim, self.out_dim);
         assert_eq!(x.len(), m * k, "PackedMatrix::matmul: x is not [m, in]");
         let tiles = n.div_ceil(TILE);
         // Tile-major result [tile][m][TILE]: each task owns whole tiles.
         let mut ytiles = vec![0.0f32; tiles * m * TILE];
-        let per_task = if k * n < SERIAL_MAX_WEIGHTS {
-            tiles
-        } else {
-            tiles_per_task(tiles)
-        };
-        ytiles
-            .par_chunks_mut(m * TILE)
-            .with_min_len(per_task)
-            .enumerate()
-            .for_each(|(t, yt)| {
-                for r0 in (0..m).step_by(MR) {
-                    let mr = (m - r0).min(MR);
-                    let xs = &x[r0 * k..(r0 + mr) * k];
-                    let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
-                    match &self.data {
-                        PackedData::Bf16(v) => {
-                            tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
-                        }
-                        PackedData::F32(v) => {
-                            tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
-                        }
+        let tile = |(t, yt): (usize, &mut [f32])| {
+            for r0 in (0..m).step_by(MR) {
+                let mr = (m - r0).min(MR);
+                let xs = &x[r0 * k..(r0 + mr) * k];
+                let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
+                match &self.data {
+                    PackedData::Bf16(v) => {
+                        tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                    }
+                    PackedData::F32(v) => {
+                        tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
                     }
                 }
-            });
+            }
+        };
+        if k * n < SERIAL_MAX_WEIGHTS {
+            let mut ahead = Prefetcher::new(prefetch, tiles);
+            for (t, yt) in ytiles.chunks_mut(m * TILE).enumerate() {
+                ahead.step();
+                tile((t, yt));
+            }
+        } else {
+            ytiles
+                .par_chunks_mut(m * TILE)
+                .with_min_len(tiles_per_task(tiles))
+                .enumerate()
+                .for_each(tile);
+        }
         untile(&ytiles, m, n, TILE)
     }
 }
 
-/// Matrices with fewer weights than this run on the calling thread alone: waking the other
-/// pool thread for each of a decode step's ~57 small calls cost more than the second core
-/// gave (measured: batch-1 decoding 1.2–1.8× faster serial; see docs/benchmarks.md).
+/// Matrices with fewer weights than this run on the calling thread alone, outside rayon:
+/// waking the other pool thread for each of a decode step's ~57 small calls cost more than
+/// the second core gave (measured: batch-1 decoding 1.2–1.8× faster serial; see
+/// docs/benchmarks.md). Even one rayon task costs a hand-off when the caller is not a pool
+/// thread (rayon injects the job and the caller sleeps until a worker has run it), so the
+/// serial path is a plain loop.
 pub const SERIAL_MAX_WEIGHTS: usize = 1 << 20;
+
+/// Cache lines assumed by [`Prefetcher`].
+const LINE: usize = 64;
+
+/// Walks `(address, bytes)` ranges one cache line at a time, asking for a share of them
+/// to be prefetched into L2 at each of `steps` steps (a hint: nothing is read or checked).
+struct Prefetcher<'a> {
+    ranges: &'a [(*const u8, usize)],
+    per_step: usize,
+    range: usize,
+    offset: usize,
+}
+
+impl<'a> Prefetcher<'a> {
+    fn new(ranges: &'a [(*const u8, usize)], steps: usize) -> Self {
+        let lines: usize = ranges.iter().map(|(_, len)| len.div_ceil(LINE)).sum();
+        Self {
+            ranges,
+            per_step: lines.div_ceil(steps.max(1)),
+            range: 0,
+            offset: 0,
+        }
+    }
+
+    fn step(&mut self) {
+        for _ in 0..self.per_step {
+            let Some(&(base, len)) = self.ranges.get(self.range) else {
+                return;
+            };
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                // wrapping_add: the address is only a hint, never dereferenced here.
+                let p = base.wrapping_add(self.offset).cast::<i8>();
+                // SAFETY: a prefetch never faults and reads nothing into the program.
+                #[allow(unused_unsafe)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T1>(p)
+                };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = base;
+            self.offset += LINE;
+            if self.offset >= len {
+                self.range += 1;
+                self.offset = 0;
+            }
+        }
+    }
+}
 
 /// Tiles per rayon task: one task per pool thread (each call is short, so fewer, larger
 /// tasks cost less waking and stealing than many small ones).
@@ -264,23 +350,23 @@ pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option
     assert_eq!(x.len(), m * k, "nf4_matmul: x is not [m, in]");
     let tiles = n / NF4_TILE;
     let mut ytiles = vec![0.0f32; tiles * m * NF4_TILE];
-    let per_task = if k * n < SERIAL_MAX_WEIGHTS {
-        tiles
-    } else {
-        tiles_per_task(tiles)
+    let tile = |(t, yt): (usize, &mut [f32])| {
+        for r0 in (0..m).step_by(NF4_MR) {
+            let mr = (m - r0).min(NF4_MR);
+            let xs = &x[r0 * k..(r0 + mr) * k];
+            let ys = &mut yt[r0 * NF4_TILE..(r0 + mr) * NF4_TILE];
+            nf4_tile(q, t * NF4_TILE, xs, mr, ys, simd);
+        }
     };
-    ytiles
-        .par_chunks_mut(m * NF4_TILE)
-        .with_min_len(per_task)
-        .enumerate()
-        .for_each(|(t, yt)| {
-            for r0 in (0..m).step_by(NF4_MR) {
-                let mr = (m - r0).min(NF4_MR);
-                let xs = &x[r0 * k..(r0 + mr) * k];
-                let ys = &mut yt[r0 * NF4_TILE..(r0 + mr) * NF4_TILE];
-                nf4_tile(q, t * NF4_TILE, xs, mr, ys, simd);
-            }
-        });
+    if k * n < SERIAL_MAX_WEIGHTS {
+        ytiles.chunks_mut(m * NF4_TILE).enumerate().for_each(tile);
+    } else {
+        ytiles
+            .par_chunks_mut(m * NF4_TILE)
+            .with_min_len(tiles_per_task(tiles))
+            .enumerate()
+            .for_each(tile);
+    }
     Some(untile(&ytiles, m, n, NF4_TILE))
 }
 
@@ -351,6 +437,7 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let wp = w.as_ptr();
         for i in 0..k {
+            stream_hint(wp.wrapping_add(i * TILE + STREAM_AHEAD / 2).cast());
             // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len(); bf16 → f32 is a 16-bit left shift.
             let (w0, w1) = unsafe {
                 let p = wp.add(i * TILE) as *const __m256i;
@@ -383,6 +470,9 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let wp = w.as_ptr();
         for i in 0..k {
+            let ahead = wp.wrapping_add(i * TILE + STREAM_AHEAD / 4).cast::<i8>();
+            stream_hint(ahead);
+            stream_hint(ahead.wrapping_add(64));
             // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len().
             let (w0, w1) = unsafe {
                 let p = wp.add(i * TILE);
@@ -395,6 +485,21 @@ mod avx512 {
             }
         }
         store(&acc, y);
+    }
+
+    /// Bytes ahead of the weight stream at which [`stream_hint`] asks for lines.
+    const STREAM_AHEAD: usize = 1024;
+
+    /// Asks for the line at `p` as non-temporal data (a hint; never faults): weights are read
+    /// once per step, so they should not push LoRA factors and the KV cache out of L3.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn stream_hint(p: *const i8) {
+        // SAFETY: a prefetch never faults and reads nothing into the program.
+        #[allow(unused_unsafe)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_NTA>(p)
+        };
     }
 
     #[target_feature(enable = "avx512f")]

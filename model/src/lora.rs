@@ -12,6 +12,7 @@
 //! (see [`crate::peft`] for the file format).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -20,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::kernels::LoraFactors;
+use crate::weights::read_f32;
 
 /// The seven linear projections of a decoder layer that LoRA may adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -427,6 +430,17 @@ impl LoraModule {
     }
 }
 
+/// Per layer and [`TargetModule::index`], an adapter's factors packed for the host kernels.
+pub type HostLoraModules = Vec<[Option<LoraFactors>; 7]>;
+
+/// The adapter's factors packed for the host kernels, in f32 and in bf16, each made on
+/// first use and dropped whenever the modules may change (any mutable access).
+#[derive(Debug, Clone, Default)]
+struct HostFactorCache {
+    f32: OnceLock<Arc<HostLoraModules>>,
+    bf16: OnceLock<Arc<HostLoraModules>>,
+}
+
 /// A LoRA adapter for one base model: its config and its modules, layer by layer.
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -434,12 +448,61 @@ pub struct LoraAdapter {
     pub config: LoraConfig,
     /// `modules[layer][TargetModule::index()]`.
     pub(crate) modules: Vec<[Option<LoraModule>; 7]>,
+    host: HostFactorCache,
 }
 
 impl LoraAdapter {
     /// An adapter with the given modules; `modules[layer][TargetModule::index()]`.
     pub fn from_modules(config: LoraConfig, modules: Vec<[Option<LoraModule>; 7]>) -> Self {
-        Self { config, modules }
+        Self {
+            config,
+            modules,
+            host: HostFactorCache::default(),
+        }
+    }
+
+    /// Whether [`LoraAdapter::host_factors`] has packed the factors in this precision (and no
+    /// mutable access has dropped them since): the decode step's host path has used them.
+    pub fn has_host_factors(&self, bf16: bool) -> bool {
+        let cell = if bf16 {
+            &self.host.bf16
+        } else {
+            &self.host.f32
+        };
+        cell.get().is_some()
+    }
+
+    /// Every module's factors packed for the host decode kernels (`Bᵀ` scaled, bf16 or f32),
+    /// packed on the first call for each `bf16` and kept until the adapter is mutated.
+    pub fn host_factors(&self, bf16: bool) -> Result<&HostLoraModules, ModelError> {
+        let cell = if bf16 {
+            &self.host.bf16
+        } else {
+            &self.host.f32
+        };
+        if let Some(h) = cell.get() {
+            return Ok(h);
+        }
+        let mut packed: HostLoraModules = Vec::with_capacity(self.modules.len());
+        for (l, layer) in self.modules.iter().enumerate() {
+            let mut out: [Option<LoraFactors>; 7] = Default::default();
+            for (slot, m) in out.iter_mut().zip(layer) {
+                if let Some(m) = m {
+                    let ([r, fan_in], [fan_out, _]) = (m.a.dims(), m.b.dims());
+                    let a = read_f32(&m.a, &format!("layer {l} lora_A"))?;
+                    let b = read_f32(&m.b, &format!("layer {l} lora_B"))?;
+                    *slot = Some(LoraFactors::new(
+                        &a,
+                        &b,
+                        [r, fan_in, fan_out],
+                        m.scale,
+                        bf16,
+                    ));
+                }
+            }
+            packed.push(out);
+        }
+        Ok(cell.get_or_init(|| Arc::new(packed)))
     }
 
     /// A fresh adapter as PEFT initialises one: `A` kaiming-uniform (bound `1/sqrt(in)`),
@@ -472,7 +535,7 @@ impl LoraAdapter {
                 scale: config.scale_for(r, alpha) as f32,
             });
         }
-        Ok(Self { config, modules })
+        Ok(Self::from_modules(config, modules))
     }
 
     /// The module adapting `target` in `layer`, if any.
@@ -484,6 +547,7 @@ impl LoraAdapter {
 
     /// Mutable access to a module.
     pub fn module_mut(&mut self, layer: usize, target: TargetModule) -> Option<&mut LoraModule> {
+        self.host = HostFactorCache::default();
         self.modules
             .get_mut(layer)
             .and_then(|l| l[target.index()].as_mut())
@@ -505,6 +569,7 @@ impl LoraAdapter {
 
     /// Every adapted module, mutably, in the canonical order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, TargetModule, &mut LoraModule)> {
+        self.host = HostFactorCache::default();
         self.modules.iter_mut().enumerate().flat_map(|(l, ms)| {
             ms.iter_mut()
                 .enumerate()

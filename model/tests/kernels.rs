@@ -12,7 +12,9 @@ use common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tributary_model::decoder::{CausalLm, Linear, LinearWeight};
-use tributary_model::kernels::{PackedMatrix, nf4_fusable, nf4_matmul_with, simd_available};
+use tributary_model::kernels::{
+    LoraFactors, PackedMatrix, nf4_fusable, nf4_matmul_with, simd_available,
+};
 use tributary_model::lora::{LoraAdapter, TargetModule};
 use tributary_model::quant::Nf4Matrix;
 
@@ -249,4 +251,105 @@ fn packed_f32_model_matches_the_reference_logits() {
             assert!(diff <= 1e-4, "{name} {key}: max abs diff {diff} > 1e-4");
         }
     }
+}
+
+/// `y + (x·Aᵀ)·(Bᵀ·scale)` on the rows `rows` of `y`, through burn, from the factors'
+/// values as the kernel stores them (rounded to bf16 first when `bf16`).
+#[allow(clippy::too_many_arguments)]
+fn burn_lora(
+    x: &[f32],
+    y: &[f32],
+    rows: &[usize],
+    a: &[f32],
+    b: &[f32],
+    [r, k, n]: [usize; 3],
+    scale: f32,
+    bf16: bool,
+) -> Vec<f32> {
+    let round = |v: f32| {
+        if bf16 {
+            half::bf16::from_f32(v).to_f32()
+        } else {
+            v
+        }
+    };
+    let at: Vec<f32> = (0..k * r).map(|i| round(a[(i % r) * k + i / r])).collect();
+    let bt: Vec<f32> = (0..r * n)
+        .map(|i| round(b[(i % n) * r + i / n] * scale))
+        .collect();
+    let xs: Vec<f32> = rows
+        .iter()
+        .flat_map(|&row| x[row * k..(row + 1) * k].to_vec())
+        .collect();
+    let t = burn_matmul(&xs, rows.len(), &at, k, r);
+    let d = burn_matmul(&t, rows.len(), &bt, r, n);
+    let mut want = y.to_vec();
+    for (i, &row) in rows.iter().enumerate() {
+        for j in 0..n {
+            want[row * n + j] += d[i * n + j];
+        }
+    }
+    want
+}
+
+/// The host LoRA kernel adds `(x·Aᵀ)·(Bᵀ·scale)` into exactly the given rows, as burn's two
+/// matmuls compute it: ranks that need padding, `in` with a tail past the 16-lane chunks,
+/// 1–20 rows taken contiguously or scattered, f32 and bf16 factors, SIMD and portable.
+#[test]
+fn lora_factors_add_the_delta_burn_computes() {
+    let (k, n, m) = (70, 100, 20);
+    for r in [1, 4, 6, 16] {
+        let a = random(r * k, 40 + r as u64);
+        let b = random(n * r, 50 + r as u64);
+        let scale = 1.5;
+        let x = random(m * k, 60);
+        let y0 = random(m * n, 61);
+        let row_sets: Vec<Vec<usize>> = vec![
+            vec![0],
+            vec![7],
+            (0..3).collect(),
+            (2..10).collect(),
+            (0..m).collect(),
+            vec![1, 4, 5, 11, 19],
+            vec![18, 3],
+        ];
+        for bf16 in [false, true] {
+            let f = LoraFactors::new(&a, &b, [r, k, n], scale, bf16);
+            assert_eq!(f.dims(), [r, k, n]);
+            assert_eq!(f.is_bf16(), bf16);
+            for rows in &row_sets {
+                let want = burn_lora(&x, &y0, rows, &a, &b, [r, k, n], scale, bf16);
+                for simd in simd_modes() {
+                    let mut got = y0.clone();
+                    f.add_delta_with(&x, &mut got, rows, simd);
+                    let diff = max_abs_diff(&got, &want);
+                    assert!(
+                        diff <= 1e-4,
+                        "r={r} bf16={bf16} rows={rows:?} simd={simd}: max abs diff {diff}"
+                    );
+                    // Rows outside the group are untouched.
+                    for row in (0..m).filter(|row| !rows.contains(row)) {
+                        assert_eq!(got[row * n..(row + 1) * n], y0[row * n..(row + 1) * n]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// bf16 factors take half the bytes of f32 ones and round them.
+#[test]
+fn bf16_lora_factors_are_half_the_size() {
+    let (r, k, n) = (16, 64, 96);
+    let (a, b) = (random(r * k, 70), random(n * r, 71));
+    let f32s = LoraFactors::new(&a, &b, [r, k, n], 2.0, false);
+    let bf16s = LoraFactors::new(&a, &b, [r, k, n], 2.0, true);
+    assert_eq!(f32s.resident_bytes(), (r * k + r * n) * 4);
+    assert_eq!(bf16s.resident_bytes() * 2, f32s.resident_bytes());
+    let x = random(k, 72);
+    let (mut y32, mut y16) = (vec![0.0; n], vec![0.0; n]);
+    f32s.add_delta(&x, &mut y32, &[0]);
+    bf16s.add_delta(&x, &mut y16, &[0]);
+    let diff = max_abs_diff(&y32, &y16);
+    assert!(diff > 0.0 && diff < 0.05 * y32.iter().fold(0f32, |a, v| a.max(v.abs())));
 }

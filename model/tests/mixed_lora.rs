@@ -140,3 +140,98 @@ fn mixed_batch_rejects_bad_assignments() {
             .is_err()
     );
 }
+
+/// Which adapters a batch uses: one for every row, or one per row.
+#[derive(Clone, Copy)]
+enum Adapters<'a> {
+    One(&'a LoraAdapter),
+    Mixed(&'a MixedLora<'a>),
+}
+
+/// The last-position logits of a prefill over `rows` and of `steps` cached decode calls
+/// fed fixed tokens (the same for every model, so two models see the same inputs).
+fn run_fixed(model: &CausalLm, lora: Adapters<'_>, rows: &[Vec<u32>], steps: usize) -> Vec<f32> {
+    let dev = model.device();
+    let mut cache = model.new_cache(rows.len());
+    let mut out = Vec::new();
+    let mut ids = rows.to_vec();
+    for step in 0..=steps {
+        let logits = match lora {
+            Adapters::One(a) => {
+                model.forward_last(ids_tensor(&ids, dev), &[], Some(a), Some(&mut cache))
+            }
+            Adapters::Mixed(m) => {
+                model.forward_last_mixed(ids_tensor(&ids, dev), &[], m, Some(&mut cache))
+            }
+        };
+        out.extend(values(&logits.expect("forward")));
+        ids = (0..rows.len())
+            .map(|r| vec![((step * 7 + r * 3) % 60 + 3) as u32])
+            .collect();
+    }
+    out
+}
+
+/// The host LoRA path (f32-packed base: projections and deltas on the host kernels) gives
+/// what burn's path gives on the dense model, for 1–20 rows: one adapter on every row, and
+/// mixed batches with different ranks and rows without an adapter (prefill and cached steps).
+#[test]
+fn host_lora_path_matches_burn_path() {
+    let dev = device();
+    let dense = CausalLm::load(&model_dir("tiny-llama"), &dev).expect("load");
+    let mut packed = dense.clone();
+    packed.to_packed_f32().expect("pack");
+    let fixture = LoraAdapter::load(
+        &model_dir("tiny-llama").join("adapter"),
+        dense.config(),
+        &dev,
+    )
+    .expect("adapter");
+    let adapters = vec![
+        fixture,
+        random_adapter(&dense, 8, &TargetModule::ALL, 5),
+        second_adapter(&dense),
+    ];
+    let pattern = [Some(0), None, Some(1), Some(2), Some(1)];
+    for batch in [1, 2, 5, 9, 20] {
+        let rows: Vec<Vec<u32>> = (0..batch)
+            .map(|r| (0..6).map(|i| ((i * 5 + r * 11) % 60 + 3) as u32).collect())
+            .collect();
+        let row_adapter: Vec<Option<usize>> = (0..batch).map(|i| pattern[i % 5]).collect();
+        let mixed = MixedLora::new(&adapters, &row_adapter).expect("mixed");
+        let cases = [
+            ("mixed", Adapters::Mixed(&mixed)),
+            ("one", Adapters::One(&adapters[1])),
+        ];
+        for (what, lora) in cases {
+            let want = run_fixed(&dense, lora, &rows, 2);
+            let got = run_fixed(&packed, lora, &rows, 2);
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-4, "{what}, {batch} rows: max abs diff {diff}");
+        }
+    }
+    // The packed model took the host path: every adapter's factors were packed for it.
+    assert!(adapters.iter().all(|a| a.has_host_factors(false)));
+    assert!(!adapters.iter().any(|a| a.has_host_factors(true)));
+}
+
+/// Changing an adapter drops its packed factors, so the host path uses the new values.
+#[test]
+fn host_factors_follow_changes_to_the_adapter() {
+    let dev = device();
+    let dense = CausalLm::load(&model_dir("tiny-llama"), &dev).expect("load");
+    let mut packed = dense.clone();
+    packed.to_packed_f32().expect("pack");
+    let mut adapter = random_adapter(&dense, 4, &TargetModule::ALL, 9);
+    let rows = vec![vec![5u32, 9, 14], vec![7, 3, 21]];
+    let before = run_fixed(&packed, Adapters::One(&adapter), &rows, 1);
+    assert!(adapter.has_host_factors(false));
+    for (_, _, m) in adapter.iter_mut() {
+        m.b = m.b.clone().mul_scalar(-2.0);
+    }
+    assert!(!adapter.has_host_factors(false));
+    let after = run_fixed(&packed, Adapters::One(&adapter), &rows, 1);
+    let want = run_fixed(&dense, Adapters::One(&adapter), &rows, 1);
+    assert!(max_abs_diff(&after, &want) < 1e-4);
+    assert!(max_abs_diff(&after, &before) > 1e-3);
+}

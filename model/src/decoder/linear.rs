@@ -71,22 +71,45 @@ impl LinearWeight {
     /// `x` `[m, in]` times `Wᵀ` through the host kernels, when the weight is bf16 or (fusable)
     /// NF4, `x` carries no autodiff graph and has at most [`HOST_KERNEL_MAX_ROWS`] rows.
     fn host_matmul(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+        self.host_matmul_with(x, &[], |_, _| {})
+    }
+
+    /// [`LinearWeight::host_matmul`] with `add(x, y)` adding into the product `y` `[m, out]`
+    /// (both host buffers, row-major) before it becomes a tensor; the memory `prefetch` that
+    /// `add` reads is fetched into cache while packed weights are multiplied.
+    fn host_matmul_with(
+        &self,
+        x: &Tensor<2>,
+        prefetch: &[(*const u8, usize)],
+        add: impl FnOnce(&[f32], &mut [f32]),
+    ) -> Option<Tensor<2>> {
         let [m, _] = x.dims();
-        if m > HOST_KERNEL_MAX_ROWS || matches!(self, LinearWeight::Dense(_)) || x.is_autodiff() {
+        if m > HOST_KERNEL_MAX_ROWS || x.is_autodiff() {
             return None;
         }
-        let out = self.dims()[1];
-        let y = match self {
+        match self {
             LinearWeight::Dense(_) => return None,
-            LinearWeight::Packed(p) => p.matmul(&read_f32(x, "activations").ok()?, m),
-            LinearWeight::Nf4(q) => {
-                if !crate::kernels::nf4_fusable(q) {
-                    return None;
-                }
-                nf4_matmul(q, &read_f32(x, "activations").ok()?, m)?
+            LinearWeight::Nf4(q) if !crate::kernels::nf4_fusable(q) => return None,
+            _ => {}
+        }
+        let xs = read_f32(x, "activations").ok()?;
+        let mut y = match self {
+            LinearWeight::Dense(_) => return None,
+            LinearWeight::Packed(p) => {
+                p.matmul_prefetching(&xs, m, crate::kernels::simd_available(), prefetch)
             }
+            LinearWeight::Nf4(q) => nf4_matmul(q, &xs, m)?,
         };
-        Some(Tensor::from_data(TensorData::new(y, [m, out]), &x.device()))
+        add(&xs, &mut y);
+        Some(Tensor::from_data(
+            TensorData::new(y, [m, self.dims()[1]]),
+            &x.device(),
+        ))
+    }
+
+    /// Whether the host kernels read this weight in bf16.
+    pub(crate) fn is_host_bf16(&self) -> bool {
+        matches!(self, LinearWeight::Packed(p) if p.is_bf16())
     }
 
     /// This weight packed for the host kernels, in bf16 (rounded to nearest even) or f32;
@@ -137,6 +160,23 @@ impl Linear {
                 x.matmul(w)
             }
         }
+    }
+
+    /// [`Linear::forward`] through the host kernels with `add(x, y)` adding into the product
+    /// `y` `[m, out]` (host buffers) before it becomes a tensor and gets the bias; `None` where
+    /// `forward` would let burn multiply. The decode step adds its LoRA deltas this way
+    /// (`prefetch`: the factors' memory, fetched while the base weights are multiplied).
+    pub(crate) fn forward_host_with(
+        &self,
+        x: &Tensor<2>,
+        prefetch: &[(*const u8, usize)],
+        add: impl FnOnce(&[f32], &mut [f32]),
+    ) -> Option<Tensor<2>> {
+        let y = self.weight_t.host_matmul_with(x, prefetch, add)?;
+        Some(match &self.bias {
+            Some(b) => y.add(b.clone().unsqueeze_dim(0)),
+            None => y,
+        })
     }
 
     /// `W` as the checkpoint stores it, `[out, in]` (a transposed view; dequantized for NF4).

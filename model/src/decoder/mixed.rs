@@ -3,15 +3,28 @@
 //!
 //! A mixed batch runs the base projection once for all rows (the base weights, the expensive
 //! part, are read once per step whatever the number of adapters), then adds each row's own
-//! LoRA delta. When every adapter that adapts a module uses the same rank there, the row
+//! LoRA delta.
+//!
+//! Where the base projection runs on the host kernels (packed or NF4 weights, few rows, no
+//! autodiff, no dropout), the deltas do too ([`LoraSel::host_forward`]): each adapter's
+//! factors are packed once ([`LoraAdapter::host_factors`], bf16 when the base is bf16) and
+//! its rows' deltas are added into the base output before it becomes a tensor, the rows of
+//! one adapter sharing one pass over its factors.
+//!
+//! Otherwise burn computes them. When every adapter that adapts a module uses the same rank there, the row
 //! factors are stacked once, at [`MixedLora::new`], into `Aᵀ` `[rows, in, r]` and
 //! `Bᵀ·scale` `[rows, r, out]` (zeros for rows without that adapter), and the deltas of all
 //! rows are two batched matmuls per module. Otherwise each adapter's rows are gathered and
 //! its `x·Aᵀ·Bᵀ·scale` computed on them alone, then added back (four operations per adapter).
 
+use std::cell::OnceCell;
+use std::sync::OnceLock;
+
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
+use super::linear::{Linear, LinearWeight};
 use crate::error::ModelError;
+use crate::kernels::LoraFactors;
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::train::dropout::LoraDropout;
 
@@ -23,7 +36,8 @@ type Stacked = Vec<[Option<(Tensor<3>, Tensor<3>)>; 7]>;
 pub struct MixedLora<'a> {
     adapters: &'a [LoraAdapter],
     row_adapter: &'a [Option<usize>],
-    stacked: Stacked,
+    /// Made on the first burn-path call (the host path never needs it).
+    stacked: OnceLock<Stacked>,
 }
 
 impl<'a> MixedLora<'a> {
@@ -38,15 +52,39 @@ impl<'a> MixedLora<'a> {
                 adapters.len()
             )));
         }
-        let layers = adapters.first().map_or(0, LoraAdapter::num_layers);
-        let stacked = (0..layers)
-            .map(|l| TargetModule::ALL.map(|t| stack_rows(adapters, row_adapter, l, t)))
-            .collect();
         Ok(Self {
             adapters,
             row_adapter,
-            stacked,
+            stacked: OnceLock::new(),
         })
+    }
+
+    fn stacked(&self) -> &Stacked {
+        self.stacked.get_or_init(|| {
+            let layers = self.adapters.first().map_or(0, LoraAdapter::num_layers);
+            (0..layers)
+                .map(|l| {
+                    TargetModule::ALL.map(|t| stack_rows(self.adapters, self.row_adapter, l, t))
+                })
+                .collect()
+        })
+    }
+
+    /// For a call with `s` positions per row: each used adapter's index with its rows in
+    /// the flattened `[rows·s]` activations.
+    fn host_groups(&self, s: usize) -> Vec<(usize, Vec<usize>)> {
+        (0..self.adapters.len())
+            .filter_map(|k| {
+                let rows: Vec<usize> = self
+                    .row_adapter
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| **a == Some(k))
+                    .flat_map(|(r, _)| r * s..(r + 1) * s)
+                    .collect();
+                (!rows.is_empty()).then_some((k, rows))
+            })
+            .collect()
     }
 
     /// Number of rows.
@@ -127,8 +165,12 @@ pub(crate) enum LoraSel<'a> {
     /// [`MixedLora::groups`]) for the other modules.
     Mixed {
         lora: &'a MixedLora<'a>,
-        groups: Vec<(&'a LoraAdapter, Tensor<1, Int>)>,
+        /// Made on the first burn-path call that needs them.
+        groups: OnceCell<Vec<(&'a LoraAdapter, Tensor<1, Int>)>>,
+        /// Each used adapter's index and rows, for the host path.
+        host_groups: Vec<(usize, Vec<usize>)>,
         seq: usize,
+        device: Device,
     },
 }
 
@@ -140,8 +182,75 @@ impl<'a> LoraSel<'a> {
     pub(crate) fn mixed(lora: &'a MixedLora<'a>, seq: usize, device: &Device) -> Self {
         LoraSel::Mixed {
             lora,
-            groups: lora.groups(seq, device),
+            groups: OnceCell::new(),
+            host_groups: lora.host_groups(seq),
             seq,
+            device: device.clone(),
+        }
+    }
+
+    /// `linear`'s projection of `x` plus the LoRA delta of layer `l`, module `t`, both on the
+    /// host kernels (see the module docs); `None` where burn must compute them (dense or
+    /// non-fusable base weights, many rows, autodiff, factors that do not fit the weight).
+    pub(crate) fn host_forward(
+        &self,
+        l: usize,
+        t: TargetModule,
+        linear: &Linear,
+        x: &Tensor<2>,
+    ) -> Option<Tensor<2>> {
+        if matches!(linear.weight_t, LinearWeight::Dense(_)) || x.is_autodiff() {
+            return None;
+        }
+        // bf16 base weights leave memory bandwidth to spare: the factors are then fetched
+        // while the base is multiplied (measured: 8 adapters +12 %); an f32 base has none
+        // to spare, and the same prefetch slowed it (docs/benchmarks.md, speed work 4).
+        let bf16 = linear.weight_t.is_host_bf16();
+        let [fan_in, fan_out] = linear.weight_t.dims();
+        // The factors of adapter `a` for this module; Err(()) when they cannot serve.
+        let factors = |a: &'a LoraAdapter| -> Result<Option<&'a LoraFactors>, ()> {
+            let host = a.host_factors(bf16).map_err(|_| ())?;
+            match host.get(l).and_then(|m| m[t.index()].as_ref()) {
+                Some(f) if f.dims()[1..] != [fan_in, fan_out] => Err(()),
+                f => Ok(f),
+            }
+        };
+        match self {
+            LoraSel::None => None,
+            LoraSel::One(a) => {
+                let f = factors(a).ok()?;
+                let rows: Vec<usize> = (0..x.dims()[0]).collect();
+                let prefetch: Vec<_> = f
+                    .filter(|_| bf16)
+                    .into_iter()
+                    .flat_map(LoraFactors::memory)
+                    .collect();
+                linear.forward_host_with(x, &prefetch, |xs, y| {
+                    if let Some(f) = f {
+                        f.add_delta(xs, y, &rows);
+                    }
+                })
+            }
+            LoraSel::Mixed {
+                lora, host_groups, ..
+            } => {
+                let mut parts = Vec::with_capacity(host_groups.len());
+                for (k, rows) in host_groups {
+                    if let Some(f) = factors(&lora.adapters[*k]).ok()? {
+                        parts.push((f, rows));
+                    }
+                }
+                let prefetch: Vec<_> = parts
+                    .iter()
+                    .filter(|_| bf16)
+                    .flat_map(|(f, _)| f.memory())
+                    .collect();
+                linear.forward_host_with(x, &prefetch, |xs, y| {
+                    for (f, rows) in parts {
+                        f.add_delta(xs, y, rows);
+                    }
+                })
+            }
         }
     }
 
@@ -186,7 +295,7 @@ impl<'a> LoraSel<'a> {
                 None => y,
             },
             LoraSel::Mixed { lora, seq, .. }
-                if let Some(Some((a, b))) = lora.stacked.get(l).map(|m| &m[t.index()]) =>
+                if let Some(Some((a, b))) = lora.stacked().get(l).map(|m| &m[t.index()]) =>
             {
                 let [n, fan_in] = x.dims();
                 let rows = n / seq;
@@ -197,9 +306,15 @@ impl<'a> LoraSel<'a> {
                 let [_, _, fan_out] = d.dims();
                 y.add(d.reshape([n, fan_out]))
             }
-            LoraSel::Mixed { groups, .. } => {
+            LoraSel::Mixed {
+                lora,
+                groups,
+                seq,
+                device,
+                ..
+            } => {
                 let mut y = y;
-                for (a, idx) in groups {
+                for (a, idx) in groups.get_or_init(|| lora.groups(*seq, device)) {
                     if let Some(m) = a.module(l, t) {
                         let d = m.delta(x.clone().select(0, idx.clone()));
                         y = y.select_assign(0, idx.clone(), d, IndexingUpdateOp::Add);
