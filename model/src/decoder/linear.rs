@@ -134,15 +134,11 @@ impl LinearWeight {
 impl Linear {
     /// `x` `[n, in]` → `[n, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = match self.weight_t.host_matmul(&x) {
+        // An autodiff input over a host-stored weight takes the frozen step; everything else
+        // (and that step's own forward) the untracked product.
+        let y = match frozen_matmul(&self.weight_t, &x, |x| self.forward_untracked(x)) {
             Some(y) => y,
-            None => match frozen_matmul(&self.weight_t, &x, |x| self.forward_untracked(x)) {
-                Some(y) => y,
-                None => {
-                    let w = self.weight_t.dense(&x.device());
-                    x.matmul(w)
-                }
-            },
+            None => self.forward_untracked(x),
         };
         match &self.bias {
             Some(b) => y.add(b.clone().unsqueeze_dim(0)),
