@@ -97,31 +97,24 @@ impl<'a> MixedLora<'a> {
         self.adapters
     }
 
-    /// For a call with `s` positions per row: each used adapter with the indices of its
-    /// rows in the flattened `[rows·s]` activations.
-    pub(crate) fn groups(
+    /// [`MixedLora::host_groups`] as index tensors on `device`, for the burn path: each used
+    /// adapter with the indices of its rows in the flattened `[rows·s]` activations.
+    fn group_tensors(
         &self,
-        s: usize,
+        host_groups: &[(usize, Vec<usize>)],
         device: &Device,
     ) -> Vec<(&'a LoraAdapter, Tensor<1, Int>)> {
-        let mut out = Vec::new();
-        for (k, adapter) in self.adapters.iter().enumerate() {
-            let idx: Vec<i64> = self
-                .row_adapter
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| **a == Some(k))
-                .flat_map(|(r, _)| (r * s..(r + 1) * s).map(|i| i as i64))
-                .collect();
-            if !idx.is_empty() {
+        host_groups
+            .iter()
+            .map(|(k, rows)| {
+                let idx: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
                 let n = idx.len();
-                out.push((
-                    adapter,
+                (
+                    &self.adapters[*k],
                     Tensor::from_data(TensorData::new(idx, [n]), device),
-                ));
-            }
-        }
-        out
+                )
+            })
+            .collect()
     }
 }
 
@@ -162,12 +155,13 @@ pub(crate) enum LoraSel<'a> {
     None,
     One(&'a LoraAdapter),
     /// Row-stacked factors where possible, per-adapter row groups (see
-    /// [`MixedLora::groups`]) for the other modules.
+    /// [`MixedLora::group_tensors`]) for the other modules.
     Mixed {
         lora: &'a MixedLora<'a>,
         /// Made on the first burn-path call that needs them.
         groups: OnceCell<Vec<(&'a LoraAdapter, Tensor<1, Int>)>>,
-        /// Each used adapter's index and rows, for the host path.
+        /// Each used adapter's index and rows (the host path reads them; the burn path's
+        /// `groups` are made from them).
         host_groups: Vec<(usize, Vec<usize>)>,
         seq: usize,
         device: Device,
@@ -309,12 +303,12 @@ impl<'a> LoraSel<'a> {
             LoraSel::Mixed {
                 lora,
                 groups,
-                seq,
+                host_groups,
                 device,
                 ..
             } => {
                 let mut y = y;
-                for (a, idx) in groups.get_or_init(|| lora.groups(*seq, device)) {
+                for (a, idx) in groups.get_or_init(|| lora.group_tensors(host_groups, device)) {
                     if let Some(m) = a.module(l, t) {
                         let d = m.delta(x.clone().select(0, idx.clone()));
                         y = y.select_assign(0, idx.clone(), d, IndexingUpdateOp::Add);
