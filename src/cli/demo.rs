@@ -123,7 +123,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     );
 
     println!("3/3 answering (greedy, at most 40 tokens), base model vs. with the adapter");
-    let loaded = load(&base, None, false)?;
+    let loaded = load(&base, None, super::bench_model::Quantize::None, false)?;
     let adapter = load_adapter(&adapter_dir, &loaded.model)?;
     let params = GenerationParams::greedy(40, eos_ids(&loaded));
     let all = questions(&report.eval_lines)?;

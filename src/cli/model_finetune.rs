@@ -155,15 +155,12 @@ fn progress(total: u64, done: u64) -> ProgressBar {
 }
 
 pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
-    args.quantize.check_double_quant(args.double_quant)?;
-    let mut loaded = load(
+    let loaded = load(
         &args.model,
         args.tokenizer.as_deref(),
-        args.quantize.is_nf4(),
+        args.quantize,
+        args.double_quant,
     )?;
-    if args.double_quant {
-        tributary_model::quant_double::double_quantize_model(&mut loaded.model)?;
-    }
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let max_pos = model.config().max_position_embeddings;
     let max_seq_len = args.max_seq_len.unwrap_or(max_pos.min(512));

@@ -12,6 +12,8 @@ use clap::Args;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use super::bench_model::Quantize;
 use tributary_model::decoder::CausalLm;
 use tributary_model::generate::{Completion, GenerationParams, ModelSource, StreamEvent, generate};
 use tributary_model::lora::LoraAdapter;
@@ -82,16 +84,28 @@ pub struct Loaded {
 }
 
 /// Loads the checkpoint in `model_dir` and the tokenizer in `tokenizer_dir` (default: the
-/// model directory); the tokenizer's vocabulary must fit in the model's. With `nf4` the
-/// projections are quantized as they are read ([`CausalLm::load_nf4`]: no f32 copy of them).
-pub fn load(model_dir: &Path, tokenizer_dir: Option<&Path>, nf4: bool) -> anyhow::Result<Loaded> {
+/// model directory); the tokenizer's vocabulary must fit in the model's. With
+/// `--quantize nf4` the projections are quantized as they are read ([`CausalLm::load_nf4`]:
+/// no f32 copy of them), and with `double_quant` their block scales are then stored in 8 bits
+/// (refused without NF4).
+pub fn load(
+    model_dir: &Path,
+    tokenizer_dir: Option<&Path>,
+    quantize: Quantize,
+    double_quant: bool,
+) -> anyhow::Result<Loaded> {
+    quantize.check_double_quant(double_quant)?;
     let device = tributary_model::device::default_device();
-    let model = if nf4 {
+    let model = if quantize.is_nf4() {
         CausalLm::load_nf4(model_dir, &device)
     } else {
         CausalLm::load(model_dir, &device)
     };
-    let model = model.with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let mut model =
+        model.with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    if double_quant {
+        tributary_model::quant_double::double_quantize_model(&mut model)?;
+    }
     let tok_dir = tokenizer_dir.unwrap_or(model_dir);
     let tokenizer = Tokenizer::from_dir(tok_dir).with_context(|| {
         format!(
@@ -205,15 +219,12 @@ pub fn complete(
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    args.quantize.check_double_quant(args.double_quant)?;
     let mut loaded = load(
         &args.model,
         args.tokenizer.as_deref(),
-        args.quantize.is_nf4(),
+        args.quantize,
+        args.double_quant,
     )?;
-    if args.double_quant {
-        tributary_model::quant_double::double_quantize_model(&mut loaded.model)?;
-    }
     match args.dtype {
         super::bench_model::Dtype::F32 => {}
         super::bench_model::Dtype::F32Packed => loaded.model.to_packed_f32()?,
