@@ -157,6 +157,25 @@ fn bench_generate_with_bf16_weights_halves_the_projection_bytes() {
     assert!(num(&packed, "base_linear_mib") >= f32_mib, "{packed}");
     let ratio = num(&bf16, "base_linear_mib") / f32_mib;
     assert!(ratio <= 0.6, "bf16 projections take {ratio}× the f32 bytes");
+    // The bytes a decode step streams follow the store (projections and lm_head halve), and
+    // the bandwidth they were read at is set against the rate measured in the same process.
+    let step_ratio = num(&bf16, "decode_step_mb") / num(&f32_run, "decode_step_mb");
+    assert!(
+        step_ratio > 0.4 && step_ratio < 0.6,
+        "bf16 step bytes {step_ratio}× f32"
+    );
+    for run in [&f32_run, &packed, &bf16] {
+        for key in [
+            "read_gb_per_s",
+            "read_gb_per_s_one_thread",
+            "decode_gb_per_s",
+            "mbu",
+        ] {
+            assert!(num(run, key) > 0.0, "{key}: {run}");
+        }
+        let mbu = num(run, "decode_gb_per_s") / num(run, "read_gb_per_s");
+        assert!((mbu - num(run, "mbu")).abs() < 1e-9, "{run}");
+    }
 }
 
 /// `model generate --dtype f32-packed` (host kernels, same f32 values) decodes the reference

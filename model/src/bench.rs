@@ -1,5 +1,6 @@
-//! Measurement helpers for `tributary bench train|generate`: the f32 GEMM peak on the spot,
-//! FLOP counts of the decoder's matmuls, peak resident memory, and the two benchmark runs.
+//! Measurement helpers for `tributary bench train|generate`: the f32 GEMM peak and the DRAM
+//! read bandwidth on the spot, FLOP and byte counts of the decoder, peak resident memory, and
+//! the two benchmark runs.
 //!
 //! What is counted (2 FLOPs per multiply-add, matmuls only; norms, RoPE, softmax, SiLU and
 //! the optimizer are left out):
@@ -13,12 +14,14 @@
 //!   GEMM); LoRA factors cost twice their forward (`dX` and `dA`/`dB`); attention twice its
 //!   forward (four matmuls). Training ≈ 2× forward plus the LoRA weight gradients.
 
+mod bandwidth;
 mod run;
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 
+pub use bandwidth::{ReadBandwidth, read_bandwidth};
 pub use run::{DecodeDtype, GenerateBench, GenerateReport, TrainBench, TrainReport};
 
 use crate::config::ModelConfig;
@@ -139,4 +142,23 @@ pub fn generate_flops(
         .map(|i| body + head_macs(cfg) + attention_macs(cfg, prompt + i))
         .sum();
     2.0 * rows as f64 * (prefill + decode)
+}
+
+/// Bytes one decode step must read at least for `rows` rows: every projection's stored
+/// weights (`linear_bytes`), the lm_head (`head_bytes_per_weight` bytes per weight), the LoRA
+/// factors of `distinct_adapters` adapters of rank `r` (`factor_bytes_per_weight` each), and the
+/// KV cache's keys and values over `keys` positions per row, in f32.
+pub fn decode_step_bytes(
+    cfg: &ModelConfig,
+    linear_bytes: usize,
+    head_bytes_per_weight: usize,
+    lora: (usize, usize, usize),
+    rows: usize,
+    keys: usize,
+) -> f64 {
+    let (distinct_adapters, r, factor_bytes_per_weight) = lora;
+    let head = cfg.hidden_size * cfg.vocab_size * head_bytes_per_weight;
+    let factors = distinct_adapters as f64 * lora_macs(cfg, r) * factor_bytes_per_weight as f64;
+    let kv = 2 * cfg.num_key_value_heads * cfg.head_dim * cfg.num_hidden_layers * 4;
+    (linear_bytes + head) as f64 + factors + (rows * keys * kv) as f64
 }

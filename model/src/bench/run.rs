@@ -9,7 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::{
-    gemm_peak_gflops, generate_flops, load_average, peak_rss_bytes, rss_bytes, train_step_flops,
+    decode_step_bytes, gemm_peak_gflops, generate_flops, load_average, peak_rss_bytes,
+    read_bandwidth, rss_bytes, train_step_flops,
 };
 use crate::config::ModelConfig;
 use crate::decoder::{CausalLm, MixedLora};
@@ -134,6 +135,17 @@ pub struct GenerateReport {
     pub gemm_peak_gflops: f64,
     pub mfu: f64,
     pub base_linear_mib: f64,
+    /// Bytes one decode step reads at least (weights, lm_head, the distinct adapters'
+    /// factors, the KV cache at the mean decode length), in MB (10⁶ bytes).
+    pub decode_step_mb: f64,
+    /// `decode_step_mb` times decode steps per second.
+    pub decode_gb_per_s: f64,
+    /// DRAM read rate measured on the spot with one thread and with one per core.
+    pub read_gb_per_s_one_thread: f64,
+    pub read_gb_per_s: f64,
+    /// `decode_gb_per_s / read_gb_per_s`: the share of the machine's read bandwidth the decode
+    /// used (batch 1 is bound by it; MFU is the figure for batches that are compute-bound).
+    pub mbu: f64,
     /// Peak resident memory (VmHWM): an NF4 run loads the f32 checkpoint first.
     pub peak_rss_mib: f64,
     /// Resident memory at the end (VmRSS).
@@ -333,6 +345,22 @@ impl GenerateBench {
         let flops = generate_flops(&cfg, self.batch, self.prompt_len, self.new_tokens, r);
         let achieved = flops / seconds / 1e9;
         let new = (self.batch * self.new_tokens) as f64;
+        let decode_steps_per_s = (self.new_tokens - 1) as f64 / (seconds - prefill_seconds);
+        let bf16 = self.dtype == DecodeDtype::Bf16;
+        let step_bytes = decode_step_bytes(
+            &cfg,
+            model.linear_weight_bytes(),
+            if bf16 { 2 } else { 4 },
+            // bf16 factors on a bf16 base, f32 otherwise (`LoraAdapter::host_factors`).
+            (self.adapters.min(self.batch), r, if bf16 { 2 } else { 4 }),
+            self.batch,
+            self.prompt_len + self.new_tokens / 2,
+        );
+        let decode_gb_per_s = step_bytes * decode_steps_per_s / 1e9;
+        // Memory figures first: the bandwidth probe's buffer would raise them.
+        let peak_rss_mib = peak_rss_bytes().map_or(f64::NAN, |b| mib(b as f64));
+        let rss_mib = rss_bytes().map_or(f64::NAN, |b| mib(b as f64));
+        let bandwidth = read_bandwidth();
         Ok(GenerateReport {
             bench: "generate",
             params: param_count(&cfg),
@@ -356,8 +384,13 @@ impl GenerateBench {
             gemm_peak_gflops: peak,
             mfu: achieved / peak,
             base_linear_mib: mib(model.linear_weight_bytes() as f64),
-            peak_rss_mib: peak_rss_bytes().map_or(f64::NAN, |b| mib(b as f64)),
-            rss_mib: rss_bytes().map_or(f64::NAN, |b| mib(b as f64)),
+            decode_step_mb: step_bytes / 1e6,
+            decode_gb_per_s,
+            read_gb_per_s_one_thread: bandwidth.one_thread,
+            read_gb_per_s: bandwidth.all_threads,
+            mbu: decode_gb_per_s / bandwidth.all_threads,
+            peak_rss_mib,
+            rss_mib,
             load_avg_1m: load_average(),
         })
     }
