@@ -1,10 +1,10 @@
 //! RoPE and grouped-query attention, as transformers computes them in float32.
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::cache::Plan;
 use crate::config::ModelConfig;
+use crate::fused::{CausalMask, causal_softmax, causal_softmax_composite};
 
 /// `cos` and `sin` tables `[b, 1, s, head_dim]` for the given RoPE positions (`b*s`,
 /// row-major), computed as transformers does: `inv_freq = 1/θ^(2i/d)` in f32, angle =
@@ -73,7 +73,9 @@ fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
 }
 
 /// Self-attention for `q` `[b*s, heads*d]`, `k`/`v` `[b*s, kv_heads*d]`; appends the new
-/// keys/values to `cache` when given. Returns `[b*s, heads*d]`.
+/// keys/values to `cache` when given. Returns `[b*s, heads*d]`. Under autodiff on burn-flex,
+/// `causal` (the same mask as `mask`, as key ranges) lets the softmax run as one fused op
+/// ([`crate::fused::causal_softmax`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: Tensor<2>,
@@ -82,6 +84,7 @@ pub(crate) fn attend(
     cos: &Tensor<4>,
     sin: &Tensor<4>,
     mask: &Tensor<4>,
+    causal: Option<&CausalMask>,
     cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     b: usize,
     s: usize,
@@ -112,9 +115,12 @@ pub(crate) fn attend(
     let scale = (d as f64).powf(-0.5);
     // Query heads h = kv·g + j share key/value head kv: fold the group into the rows.
     let qg = q.reshape([b, kvh, g * s, d]);
-    let scores = qg.matmul(kt).mul_scalar(scale);
-    let scores = scores.reshape([b, nh, s, total]).add(mask.clone());
-    let probs = softmax(scores, 3).reshape([b, kvh, g * s, total]);
+    let scores = qg.matmul(kt).reshape([b, nh, s, total]);
+    let probs = match causal.and_then(|c| causal_softmax(&scores, scale, c)) {
+        Some(p) => p,
+        None => causal_softmax_composite(scores, scale, mask),
+    };
+    let probs = probs.reshape([b, kvh, g * s, total]);
     let out = probs.matmul(v).reshape([b, nh, s, d]);
     out.swap_dims(1, 2).reshape([b * s, nh * d])
 }
