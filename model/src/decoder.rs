@@ -26,7 +26,7 @@ pub use mixed::MixedLora;
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
-use crate::fused::{self, CausalMask};
+use crate::fused::{self, CausalMask, FusedAttention, RopeTables};
 use crate::kernels::PackedMatrix;
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::quant::Nf4Matrix;
@@ -536,12 +536,15 @@ impl CausalLm {
         };
         let (cos, sin) = attention::rope_tables(&plan.positions, b, s, cfg, &self.device);
         let mask = attention::mask(&plan, b, s, &self.device);
-        // Training (autodiff) runs the masked softmax as one fused op over these key ranges.
-        let causal = if hs.is_autodiff() {
-            CausalMask::from_key_valid(&plan.key_valid, plan.past, s)
-        } else {
-            None
-        };
+        // Training (autodiff) runs RoPE and the masked softmax as fused ops, which take the
+        // mask as key ranges and the RoPE tables as host values.
+        let fused_attn = hs.is_autodiff().then(|| {
+            let (c, si) = attention::rope_values(&plan.positions, cfg);
+            FusedAttention {
+                mask: CausalMask::from_key_valid(&plan.key_valid, plan.past, s),
+                rope: RopeTables::new(c, si, b, s, cfg.head_dim),
+            }
+        });
 
         for (l, layer) in self.layers.iter().enumerate() {
             let proj = |t: TargetModule, x: Tensor<2>, d: &mut Option<&mut LoraDropout>| {
@@ -566,7 +569,7 @@ impl CausalLm {
                 &cos,
                 &sin,
                 &mask,
-                causal.as_ref(),
+                fused_attn.as_ref(),
                 layer_cache,
                 b,
                 s,

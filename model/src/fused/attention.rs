@@ -98,6 +98,16 @@ impl CausalMask {
     }
 }
 
+/// What the fused attention ops of one forward call need: the key ranges of the causal
+/// mask and RoPE's tables (each `None` where that op cannot serve the call).
+#[derive(Debug, Clone)]
+pub struct FusedAttention {
+    /// The mask as key ranges, for [`causal_softmax`].
+    pub mask: Option<CausalMask>,
+    /// RoPE's tables, for [`super::rope_heads`].
+    pub rope: Option<super::RopeTables>,
+}
+
 /// State of the backward step: the probabilities, the mask and the scale.
 #[derive(Debug, Clone)]
 struct SoftmaxState {

@@ -10,6 +10,8 @@
 //! - [`causal_softmax`]: `softmax(scale·S + causal/padding mask)` over attention scores,
 //!   masked keys skipped (not exponentiated); saves the probabilities;
 //! - [`swiglu`]: `silu(gate)·up`; saves its two inputs;
+//! - [`rope_heads`]: RoPE fused with the split of a projection output into heads; saves
+//!   only the shared `cos`/`sin` tables;
 //! - [`rms_norm`]: RMSNorm with a frozen weight; saves the input and one scale per row;
 //! - [`token_nll_sum`]: the summed negative log-likelihood of target tokens from logits;
 //!   saves the logits and one log-sum-exp per row.
@@ -21,6 +23,7 @@
 mod attention;
 mod loss;
 mod norm;
+mod rope;
 pub mod simd;
 
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
@@ -30,9 +33,10 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Autodiff, Bytes, DType, Flex, FloatDType, Shape, TensorMetadata};
 use burn::tensor::Tensor;
 
-pub use attention::{CausalMask, causal_softmax, causal_softmax_composite};
+pub use attention::{CausalMask, FusedAttention, causal_softmax, causal_softmax_composite};
 pub use loss::{token_nll_sum, token_nll_sum_composite};
 pub use norm::{rms_norm, rms_norm_composite, swiglu, swiglu_composite};
+pub use rope::{RopeTables, rope_heads, rope_heads_composite};
 pub use simd::with_portable_kernels;
 
 /// Rows handed to one rayon task.

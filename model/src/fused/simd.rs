@@ -184,7 +184,8 @@ mod avx512 {
     pub(super) fn exp16(x: __m512) -> __m512 {
         // max/min return their second operand when one is NaN: keep `x` second.
         let x = _mm512_max_ps(_mm512_set1_ps(-104.0), x);
-        let x = _mm512_min_ps(_mm512_set1_ps(88.72), x);
+        // Above ln(f32::MAX) ≈ 88.7228 the scaling by 2ⁿ (n = 128) overflows to +inf, as it should.
+        let x = _mm512_min_ps(_mm512_set1_ps(89.0), x);
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
