@@ -42,7 +42,7 @@ impl RopeTables {
         head_dim: usize,
     ) -> Option<Self> {
         let n = batch * seq * head_dim;
-        (cos.len() == n && sin.len() == n && head_dim % 2 == 0 && n > 0).then(|| Self {
+        (cos.len() == n && sin.len() == n && head_dim.is_multiple_of(2) && n > 0).then(|| Self {
             cos: Arc::new(cos),
             sin: Arc::new(sin),
             batch,
