@@ -417,12 +417,11 @@ pub struct LoraModule {
 }
 
 impl LoraModule {
-    /// The LoRA delta for `x` `[n, in]`: `x·Aᵀ·Bᵀ·scale`, shape `[n, out]`. The scale is
-    /// applied to `Bᵀ` (`[r, out]`) rather than to the `[n, out]` product: one small pass
-    /// instead of a pass over the activations, forward and backward.
+    /// The LoRA delta for `x` `[n, in]`: `x·Aᵀ·Bᵀ·scale`, shape `[n, out]`.
     pub fn delta(&self, x: Tensor<2>) -> Tensor<2> {
         x.matmul(self.a.clone().transpose())
-            .matmul(self.b.clone().transpose().mul_scalar(self.scale))
+            .matmul(self.b.clone().transpose())
+            .mul_scalar(self.scale)
     }
 
     /// The merged weight delta `scale·B·A`, shape `[out, in]`.
