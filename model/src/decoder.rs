@@ -17,7 +17,6 @@ mod mixed;
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use cache::KvCache;
@@ -27,6 +26,7 @@ pub use mixed::MixedLora;
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
+use crate::fused::{self, CausalMask, FusedAttention, RopeTables};
 use crate::kernels::PackedMatrix;
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::quant::Nf4Matrix;
@@ -536,6 +536,15 @@ impl CausalLm {
         };
         let (cos, sin) = attention::rope_tables(&plan.positions, b, s, cfg, &self.device);
         let mask = attention::mask(&plan, b, s, &self.device);
+        // Training (autodiff) runs RoPE and the masked softmax as fused ops, which take the
+        // mask as key ranges and the RoPE tables as host values.
+        let fused_attn = hs.is_autodiff().then(|| {
+            let (c, si) = attention::rope_values(&plan.positions, cfg);
+            FusedAttention {
+                mask: CausalMask::from_key_valid(&plan.key_valid, plan.past, s),
+                rope: RopeTables::new(c, si, b, s, cfg.head_dim),
+            }
+        });
 
         for (l, layer) in self.layers.iter().enumerate() {
             let proj = |t: TargetModule, x: Tensor<2>, d: &mut Option<&mut LoraDropout>| {
@@ -553,13 +562,29 @@ impl CausalLm {
             let k = proj(TargetModule::K, x.clone(), &mut dropout);
             let v = proj(TargetModule::V, x, &mut dropout);
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(l));
-            let attn = attention::attend(q, k, v, &cos, &sin, &mask, layer_cache, b, s, cfg);
+            let attn = attention::attend(
+                q,
+                k,
+                v,
+                &cos,
+                &sin,
+                &mask,
+                fused_attn.as_ref(),
+                layer_cache,
+                b,
+                s,
+                cfg,
+            );
             let o = proj(TargetModule::O, attn, &mut dropout);
             hs = hs.add(o);
             let x = rms_norm(hs.clone(), &layer.post_norm, cfg.rms_norm_eps);
             let g = proj(TargetModule::Gate, x.clone(), &mut dropout);
             let u = proj(TargetModule::Up, x, &mut dropout);
-            let m = proj(TargetModule::Down, silu(g).mul(u), &mut dropout);
+            let h = match fused::swiglu(&g, &u) {
+                Some(h) => h,
+                None => fused::swiglu_composite(g, u),
+            };
+            let m = proj(TargetModule::Down, h, &mut dropout);
             hs = hs.add(m);
         }
         if let Some(c) = cache {
@@ -570,14 +595,11 @@ impl CausalLm {
     }
 }
 
-/// RMSNorm over the last dimension of `x` `[n, h]`, as transformers computes it in float32.
+/// RMSNorm over the last dimension of `x` `[n, h]`, as transformers computes it in float32
+/// (one fused op under autodiff on burn-flex, [`fused::rms_norm`]).
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
-    let inv = x
-        .clone()
-        .square()
-        .mean_dim(1)
-        .add_scalar(eps)
-        .sqrt()
-        .recip();
-    weight.clone().unsqueeze_dim(0).mul(x.mul(inv))
+    match fused::rms_norm(&x, weight, eps) {
+        Some(y) => y,
+        None => fused::rms_norm_composite(x, weight, eps),
+    }
 }

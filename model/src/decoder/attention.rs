@@ -1,10 +1,10 @@
 //! RoPE and grouped-query attention, as transformers computes them in float32.
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::cache::Plan;
 use crate::config::ModelConfig;
+use crate::fused::{FusedAttention, causal_softmax, causal_softmax_composite, rope_heads};
 
 /// `cos` and `sin` tables `[b, 1, s, head_dim]` for the given RoPE positions (`b*s`,
 /// row-major), computed as transformers does: `inv_freq = 1/θ^(2i/d)` in f32, angle =
@@ -16,6 +16,15 @@ pub(crate) fn rope_tables(
     cfg: &ModelConfig,
     device: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
+    let d = cfg.head_dim;
+    let (cos, sin) = rope_values(positions, cfg);
+    let cos = Tensor::from_data(TensorData::new(cos, [b, 1, s, d]), device);
+    let sin = Tensor::from_data(TensorData::new(sin, [b, 1, s, d]), device);
+    (cos, sin)
+}
+
+/// The values of [`rope_tables`]: `cos` and `sin` `[positions, head_dim]`, row-major.
+pub(crate) fn rope_values(positions: &[usize], cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
     let d = cfg.head_dim;
     let half = d / 2;
     let base = cfg.rope_theta as f32;
@@ -35,8 +44,6 @@ pub(crate) fn rope_tables(
         cos.extend_from_within(start..start + half);
         sin.extend_from_within(start..start + half);
     }
-    let cos = Tensor::from_data(TensorData::new(cos, [b, 1, s, d]), device);
-    let sin = Tensor::from_data(TensorData::new(sin, [b, 1, s, d]), device);
     (cos, sin)
 }
 
@@ -73,7 +80,9 @@ fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
 }
 
 /// Self-attention for `q` `[b*s, heads*d]`, `k`/`v` `[b*s, kv_heads*d]`; appends the new
-/// keys/values to `cache` when given. Returns `[b*s, heads*d]`.
+/// keys/values to `cache` when given. Returns `[b*s, heads*d]`. Under autodiff on burn-flex,
+/// `fused` (the same mask as `mask` as key ranges, the same RoPE tables) lets RoPE and the
+/// masked softmax run as fused ops ([`crate::fused`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: Tensor<2>,
@@ -82,6 +91,7 @@ pub(crate) fn attend(
     cos: &Tensor<4>,
     sin: &Tensor<4>,
     mask: &Tensor<4>,
+    fused: Option<&FusedAttention>,
     cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     b: usize,
     s: usize,
@@ -93,13 +103,18 @@ pub(crate) fn attend(
         cfg.head_dim,
     );
     let g = nh / kvh;
-    let q = q.reshape([b, s, nh, d]).swap_dims(1, 2);
-    let k = k.reshape([b, s, kvh, d]).swap_dims(1, 2);
+    let rope = |x: Tensor<2>, heads: usize| match fused
+        .and_then(|f| f.rope.as_ref())
+        .and_then(|r| rope_heads(&x, r))
+    {
+        Some(y) => y,
+        None => apply_rope(x.reshape([b, s, heads, d]).swap_dims(1, 2), cos, sin),
+    };
     let v = v.reshape([b, s, kvh, d]).swap_dims(1, 2);
-    let q = apply_rope(q, cos, sin);
+    let q = rope(q, nh);
     // Keys are kept transposed, [b, kv, d, T]: decoding multiplies by them with few query
     // rows, where burn is much faster on a contiguous right-hand side than on a view.
-    let mut kt = apply_rope(k, cos, sin).swap_dims(2, 3);
+    let mut kt = rope(k, kvh).swap_dims(2, 3);
     let mut v = v;
     if let Some(slot) = cache {
         if let Some((pkt, pv)) = slot.take() {
@@ -112,9 +127,15 @@ pub(crate) fn attend(
     let scale = (d as f64).powf(-0.5);
     // Query heads h = kv·g + j share key/value head kv: fold the group into the rows.
     let qg = q.reshape([b, kvh, g * s, d]);
-    let scores = qg.matmul(kt).mul_scalar(scale);
-    let scores = scores.reshape([b, nh, s, total]).add(mask.clone());
-    let probs = softmax(scores, 3).reshape([b, kvh, g * s, total]);
+    let scores = qg.matmul(kt).reshape([b, nh, s, total]);
+    let probs = match fused
+        .and_then(|f| f.mask.as_ref())
+        .and_then(|m| causal_softmax(&scores, scale, m))
+    {
+        Some(p) => p,
+        None => causal_softmax_composite(scores, scale, mask),
+    };
+    let probs = probs.reshape([b, kvh, g * s, total]);
     let out = probs.matmul(v).reshape([b, nh, s, d]);
     out.swap_dims(1, 2).reshape([b * s, nh * d])
 }

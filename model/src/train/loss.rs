@@ -1,12 +1,12 @@
 //! Batching examples (left padding) and the causal-LM loss: labels shifted by one, `-100`
 //! ignored, summed here and divided by the step's supervised-token count by the trainer.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::{IGNORE_INDEX, TrainExample};
 use crate::decoder::CausalLm;
 use crate::error::ModelError;
+use crate::fused;
 
 /// A micro-batch laid out for the decoder.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,7 +105,8 @@ pub(crate) fn nll_sum(model: &CausalLm, hidden: Tensor<3>, c: &Collated) -> Tens
     let logits = model
         .lm_head_forward(rows.reshape([1, n, h]))
         .reshape([n, model.config().vocab_size]);
-    let logp = log_softmax(logits, 1);
-    let tgt = Tensor::<2, Int>::from_data(TensorData::new(c.targets.clone(), [n, 1]), &device);
-    logp.gather(1, tgt).sum().neg()
+    match fused::token_nll_sum(&logits, &c.targets) {
+        Some(loss) => loss,
+        None => fused::token_nll_sum_composite(logits, &c.targets),
+    }
 }
