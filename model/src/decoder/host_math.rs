@@ -100,23 +100,58 @@ pub(crate) fn attend(
             let n = i * s + t;
             for h in 0..query {
                 let (kbuf, vbuf) = kv.head(layer, i, h / group.max(1));
+                let head = Head {
+                    keys: kbuf,
+                    values: vbuf,
+                    dim,
+                    scale,
+                };
                 let qh = &q[n * width + h * dim..][..dim];
-                scores.clear();
-                scores.extend(
-                    keys.iter()
-                        .map(|&j| dot(qh, &kbuf[j * dim..][..dim], simd) * scale),
-                );
-                let sum = exp_normalise(&mut scores, simd);
                 let o = &mut out[n * width + h * dim..][..dim];
-                for (&j, &p) in keys.iter().zip(&scores) {
-                    axpy(o, p, &vbuf[j * dim..][..dim], simd);
-                }
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|v| *v *= inv);
+                attend_head(qh, &head, &keys, &mut scores, o, simd);
             }
         }
     }
     out
+}
+
+/// One key/value head's cached buffers (`[capacity, dim]` each) and the score scale.
+struct Head<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    dim: usize,
+    scale: f32,
+}
+
+/// One query head `q` over the key positions `keys` of `head`: softmax-weighted sum of
+/// their values into `out` (`scores`: scratch space).
+fn attend_head(
+    q: &[f32],
+    head: &Head<'_>,
+    keys: &[usize],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    simd: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && crate::kernels::simd_available() {
+        // SAFETY: avx512f was detected; the whole head runs in one AVX-512 function so
+        // that its loops inline (one call per head, not per key).
+        unsafe { avx512::attend_head(q, head, keys, scores, out) };
+        return;
+    }
+    let dim = head.dim;
+    scores.clear();
+    scores.extend(
+        keys.iter()
+            .map(|&j| dot(q, &head.keys[j * dim..][..dim], false) * head.scale),
+    );
+    let sum = exp_normalise(scores, false);
+    for (&j, &p) in keys.iter().zip(scores.iter()) {
+        axpy(out, p, &head.values[j * dim..][..dim], false);
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// `Σ aᵢ·bᵢ`.
@@ -165,7 +200,90 @@ mod avx512 {
 
     use std::arch::x86_64::*;
 
+    use super::Head;
+
     const LANES: usize = 16;
+
+    /// [`super::attend_head`]: scores four keys at a time (independent accumulators), `exp`
+    /// 16 lanes at a time, and the weighted sum of values with the output in registers
+    /// (64 values per pass over the keys).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn attend_head(
+        q: &[f32],
+        head: &Head<'_>,
+        keys: &[usize],
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let d = head.dim;
+        let full = d / LANES * LANES;
+        scores.clear();
+        let mut quads = keys.chunks_exact(4);
+        for quad in &mut quads {
+            let rows = [0, 1, 2, 3].map(|r| &head.keys[quad[r] * d..][..d]);
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for c in (0..full).step_by(LANES) {
+                // SAFETY: c + 16 ≤ full ≤ d = every slice's length.
+                let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add(c)) };
+                for (a, row) in acc.iter_mut().zip(&rows) {
+                    *a = _mm512_fmadd_ps(qv, unsafe { _mm512_loadu_ps(row.as_ptr().add(c)) }, *a);
+                }
+            }
+            for (a, row) in acc.iter().zip(&rows) {
+                let tail: f32 = q[full..d]
+                    .iter()
+                    .zip(&row[full..d])
+                    .map(|(x, y)| x * y)
+                    .sum();
+                scores.push((_mm512_reduce_add_ps(*a) + tail) * head.scale);
+            }
+        }
+        for &j in quads.remainder() {
+            // SAFETY: avx512f is enabled here.
+            scores.push(unsafe { dot(q, &head.keys[j * d..][..d]) } * head.scale);
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // SAFETY: as above.
+        let inv = 1.0 / unsafe { exp_sub(scores, max) };
+        let mut c = 0;
+        while c + 4 * LANES <= full {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (&j, &p) in keys.iter().zip(scores.iter()) {
+                let (pv, row) = (_mm512_set1_ps(p), &head.values[j * d + c..][..4 * LANES]);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: r·16 + 16 ≤ 64 = row's length.
+                    let x = unsafe { _mm512_loadu_ps(row.as_ptr().add(r * LANES)) };
+                    *a = _mm512_fmadd_ps(pv, x, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let v = _mm512_mul_ps(*a, _mm512_set1_ps(inv));
+                // SAFETY: c + 64 ≤ full ≤ out.len().
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c + r * LANES), v) };
+            }
+            c += 4 * LANES;
+        }
+        while c + LANES <= full {
+            let mut acc = _mm512_setzero_ps();
+            for (&j, &p) in keys.iter().zip(scores.iter()) {
+                // SAFETY: c + 16 ≤ full ≤ d.
+                let x = unsafe { _mm512_loadu_ps(head.values.as_ptr().add(j * d + c)) };
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(p), x, acc);
+            }
+            let v = _mm512_mul_ps(acc, _mm512_set1_ps(inv));
+            // SAFETY: c + 16 ≤ out.len().
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c), v) };
+            c += LANES;
+        }
+        for (i, o) in out.iter_mut().enumerate().take(d).skip(full) {
+            let sum: f32 = keys
+                .iter()
+                .zip(scores.iter())
+                .map(|(&j, &p)| p * head.values[j * d + i])
+                .sum();
+            *o = sum * inv;
+        }
+    }
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {

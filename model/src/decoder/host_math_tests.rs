@@ -65,14 +65,21 @@ fn simd_loops_match_portable_loops() {
 
 /// Attention with padding (row 1 starts with 2 padding keys), a cached prefix of 3 and 2
 /// new queries per row, 4 query heads over 2 key/value heads, against f64 computed from
-/// the mask directly; SIMD and portable.
+/// the mask directly; SIMD and portable; head widths that exercise the SIMD path's 64-wide
+/// and 16-wide passes and its scalar tail.
 #[test]
 fn attention_skips_masked_keys_and_matches_f64() {
+    for dim in [20, 64, 88] {
+        check_attention(dim);
+    }
+}
+
+fn check_attention(dim: usize) {
     let (b, past, s) = (2, 3, 2);
     let heads = Heads {
         query: 4,
         kv: 2,
-        dim: 20,
+        dim,
     };
     let total = past + s;
     let valid = vec![vec![true; total], vec![false, false, true, true, true]];
@@ -128,7 +135,7 @@ fn attention_skips_masked_keys_and_matches_f64() {
                         let got = out[((i * s + t) * heads.query + h) * heads.dim + c];
                         assert!(
                             (f64::from(got) - want).abs() < 1e-5,
-                            "row {i} query {t} head {h} col {c} simd {simd}: {got} vs {want}"
+                            "dim {dim} row {i} query {t} head {h} col {c} simd {simd}: {got} vs {want}"
                         );
                     }
                 }
