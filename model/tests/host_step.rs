@@ -308,3 +308,35 @@ fn cache_changes_path_once_and_keeps_its_contents() {
         assert!(d < 1e-4, "call {s}: {d}");
     }
 }
+
+/// A prefill of more than 256 rows (two prompts of 150, within the fixture's 256 positions)
+/// runs on burn (the host kernels' row limit); the decode steps after it convert the cache
+/// and run on the host step.
+#[test]
+fn long_prompt_prefills_on_burn_then_decodes_on_the_host() {
+    let (host, burn) = host_and_burn(packed("tiny-qwen2", true), HostStep::Auto);
+    let rows: Vec<Vec<u32>> = (0..2)
+        .map(|r| (0..150).map(|i| (i * 7 + r * 13 + 3) % 500).collect())
+        .collect();
+    let mut hc = host.new_cache(2);
+    let mut bc = burn.new_cache(2);
+    let h = decode(&host, Adapters::One(None), &rows, &[0, 0], 0, &mut hc);
+    assert!(!hc.is_on_host(), "300 rows took the host step");
+    let b = decode(&burn, Adapters::One(None), &rows, &[0, 0], 0, &mut bc);
+    assert!(max_abs_diff(&h[0], &b[0]) < 1e-4);
+    for step in 0..3 {
+        let ids = vec![vec![(step * 5 + 9) as u32]; 2];
+        let x = host
+            .forward_last(ids_tensor(&ids, host.device()), &[], None, Some(&mut hc))
+            .expect("host");
+        assert!(
+            hc.is_on_host(),
+            "the decode step did not take the host step"
+        );
+        let y = burn
+            .forward_last(ids_tensor(&ids, burn.device()), &[], None, Some(&mut bc))
+            .expect("burn");
+        let d = max_abs_diff(&values(&x), &values(&y));
+        assert!(d < 1e-4, "step {step}: {d}");
+    }
+}
