@@ -11,15 +11,20 @@
 
 mod attention;
 mod cache;
+mod host_math;
+mod host_step;
 mod linear;
+mod load;
 mod mixed;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use cache::KvCache;
+pub use host_step::HostStep;
+use host_step::HostWeights;
 pub use linear::{Linear, LinearWeight};
 use mixed::LoraSel;
 pub use mixed::MixedLora;
@@ -101,6 +106,12 @@ pub struct CausalLm {
     pub head_t: Tensor<2>,
     /// `head_t` packed in bf16 for the host kernel, after [`CausalLm::to_bf16`].
     head_packed: Option<Arc<PackedMatrix>>,
+    /// Whether decode calls may take the host step (`host_step.rs`).
+    host_step: HostStep,
+    /// The host step's copies of norms and biases, made on its first call and dropped by
+    /// every `&mut self` method here. (Replacing `norm`, a layer's norms or a bias through
+    /// the public fields directly is not seen: call [`CausalLm::set_host_step`] after.)
+    host_weights: OnceLock<HostWeights>,
 }
 
 /// Training-only options threaded through the forward pass.
@@ -142,106 +153,17 @@ impl CausalLm {
         Self::from_store_with(cfg, gen_cfg, store, false, device)
     }
 
-    fn from_store_with(
-        cfg: ModelConfig,
-        gen_cfg: GenerationConfig,
-        store: &TensorStore,
-        nf4: bool,
-        device: &Device,
-    ) -> Result<Self, ModelError> {
-        let h = cfg.hidden_size;
-        let qd = cfg.num_attention_heads * cfg.head_dim;
-        let kvd = cfg.num_key_value_heads * cfg.head_dim;
-        let im = cfg.intermediate_size;
-        let embed = store.tensor("model.embed_tokens.weight", [cfg.vocab_size, h], device)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let ab = cfg.attention_bias;
-            let qkv_bias = ab;
-            // Llama's attention_bias also covers o_proj; Qwen2 has biases on q/k/v only.
-            let o_bias = ab && cfg.architecture == crate::config::Architecture::Llama;
-            layers.push(DecoderLayer {
-                input_norm: store.tensor(&format!("{p}.input_layernorm.weight"), [h], device)?,
-                q: Linear::load(
-                    store,
-                    &format!("{p}.self_attn.q_proj"),
-                    [qd, h],
-                    qkv_bias,
-                    nf4,
-                    device,
-                )?,
-                k: Linear::load(
-                    store,
-                    &format!("{p}.self_attn.k_proj"),
-                    [kvd, h],
-                    qkv_bias,
-                    nf4,
-                    device,
-                )?,
-                v: Linear::load(
-                    store,
-                    &format!("{p}.self_attn.v_proj"),
-                    [kvd, h],
-                    qkv_bias,
-                    nf4,
-                    device,
-                )?,
-                o: Linear::load(
-                    store,
-                    &format!("{p}.self_attn.o_proj"),
-                    [h, qd],
-                    o_bias,
-                    nf4,
-                    device,
-                )?,
-                post_norm: store.tensor(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    [h],
-                    device,
-                )?,
-                gate: Linear::load(
-                    store,
-                    &format!("{p}.mlp.gate_proj"),
-                    [im, h],
-                    cfg.mlp_bias,
-                    nf4,
-                    device,
-                )?,
-                up: Linear::load(
-                    store,
-                    &format!("{p}.mlp.up_proj"),
-                    [im, h],
-                    cfg.mlp_bias,
-                    nf4,
-                    device,
-                )?,
-                down: Linear::load(
-                    store,
-                    &format!("{p}.mlp.down_proj"),
-                    [h, im],
-                    cfg.mlp_bias,
-                    nf4,
-                    device,
-                )?,
-            });
-        }
-        let norm = store.tensor("model.norm.weight", [h], device)?;
-        let head_t = if cfg.tie_word_embeddings {
-            store.tensor_transposed("model.embed_tokens.weight", [cfg.vocab_size, h], device)?
-        } else {
-            store.tensor_transposed("lm_head.weight", [cfg.vocab_size, h], device)?
-        };
-        Ok(Self {
-            cfg,
-            gen_cfg,
-            device: device.clone(),
-            embed,
-            layers,
-            norm,
-            head_t,
-            head_packed: None,
-        })
+    /// Chooses whether decode calls that the host kernels can serve run the host step
+    /// (the default, [`HostStep::Auto`]) or burn's operations; also drops the host step's
+    /// copies of norms and biases.
+    pub fn set_host_step(&mut self, mode: HostStep) {
+        self.host_step = mode;
+        self.host_weights = OnceLock::new();
+    }
+
+    /// The path decode calls take where the host step could serve them.
+    pub fn host_step(&self) -> HostStep {
+        self.host_step
     }
 
     /// The model's hyper-parameters.
@@ -278,6 +200,7 @@ impl CausalLm {
         f2: impl Fn(Tensor<2>) -> Tensor<2>,
         f1: impl Fn(Tensor<1>) -> Tensor<1>,
     ) {
+        self.host_weights = OnceLock::new();
         self.embed = f2(self.embed.clone());
         self.norm = f1(self.norm.clone());
         self.head_t = f2(self.head_t.clone());
@@ -298,6 +221,7 @@ impl CausalLm {
     /// [`crate::quant`]). Embeddings, norms, biases and the lm_head stay f32. Idempotent.
     pub fn quantize_nf4(&mut self) -> Result<(), ModelError> {
         let _span = tracing::info_span!("quantize_nf4").entered();
+        self.host_weights = OnceLock::new();
         for (l, layer) in self.layers.iter_mut().enumerate() {
             for t in TargetModule::ALL {
                 let lin = layer.linear_mut(t);
@@ -328,6 +252,7 @@ impl CausalLm {
 
     fn pack_for_decode(&mut self, bf16: bool) -> Result<(), ModelError> {
         let _span = tracing::info_span!("pack_for_decode", bf16).entered();
+        self.host_weights = OnceLock::new();
         for (l, layer) in self.layers.iter_mut().enumerate() {
             for t in TargetModule::ALL {
                 let lin = layer.linear_mut(t);
@@ -422,16 +347,8 @@ impl CausalLm {
         lora: Option<&LoraAdapter>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor<2>, ModelError> {
-        let hidden = self.forward_hidden(
-            input_ids,
-            left_pad,
-            lora,
-            cache,
-            TrainOpts { dropout: None },
-        )?;
-        let [b, s, h] = hidden.dims();
-        let last = hidden.slice([0..b, s - 1..s, 0..h]);
-        Ok(self.lm_head_forward(last).reshape([b, self.cfg.vocab_size]))
+        let sel = LoraSel::single(lora);
+        self.last_logits(input_ids, left_pad, &sel, cache)
     }
 
     /// [`CausalLm::forward_last`] for a batch whose rows use different adapters: the base
@@ -451,9 +368,42 @@ impl CausalLm {
             )));
         }
         let sel = LoraSel::mixed(lora, s, &self.device);
-        let hidden = self.forward_hidden_sel(input_ids, left_pad, &sel, cache, None)?;
-        let last = hidden.slice([0..b, s - 1..s, 0..self.cfg.hidden_size]);
-        Ok(self.lm_head_forward(last).reshape([b, self.cfg.vocab_size]))
+        self.last_logits(input_ids, left_pad, &sel, cache)
+    }
+
+    /// The last position's logits `[b, vocab]`; after the host step, straight from its
+    /// host buffer (through the packed lm_head when there is one).
+    fn last_logits(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: &LoraSel<'_>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>, ModelError> {
+        let [b, s] = input_ids.dims();
+        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        match self.forward_hidden_any(input_ids, left_pad, lora, cache, None)? {
+            Hidden::Host(hs) => {
+                let last: Vec<f32> = (0..b)
+                    .flat_map(|i| &hs[(i * s + s - 1) * h..][..h])
+                    .copied()
+                    .collect();
+                if let Some(p) = &self.head_packed {
+                    let simd = self.host_step == HostStep::Auto;
+                    let logits = p.matmul_with(&last, b, simd);
+                    return Ok(Tensor::from_data(
+                        TensorData::new(logits, [b, vocab]),
+                        &self.device,
+                    ));
+                }
+                let x = Tensor::from_data(TensorData::new(last, [b, 1, h]), &self.device);
+                Ok(self.lm_head_forward(x).reshape([b, vocab]))
+            }
+            Hidden::Burn(hidden) => {
+                let last = hidden.slice([0..b, s - 1..s, 0..h]);
+                Ok(self.lm_head_forward(last).reshape([b, vocab]))
+            }
+        }
     }
 
     /// Applies the final norm's output projection: hidden `[b, s, h]` → logits `[b, s, vocab]`.
@@ -493,9 +443,31 @@ impl CausalLm {
         input_ids: Tensor<2, Int>,
         left_pad: &[usize],
         lora: &LoraSel<'_>,
+        cache: Option<&mut KvCache>,
+        dropout: Option<&mut LoraDropout>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [b, s] = input_ids.dims();
+        Ok(
+            match self.forward_hidden_any(input_ids, left_pad, lora, cache, dropout)? {
+                Hidden::Host(hs) => Tensor::from_data(
+                    TensorData::new(hs, [b, s, self.cfg.hidden_size]),
+                    &self.device,
+                ),
+                Hidden::Burn(t) => t,
+            },
+        )
+    }
+
+    /// The decoder without the lm_head, on the host step where it can serve the call
+    /// (`host_step.rs`), otherwise on burn.
+    fn forward_hidden_any(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: &LoraSel<'_>,
         mut cache: Option<&mut KvCache>,
         mut dropout: Option<&mut LoraDropout>,
-    ) -> Result<Tensor<3>, ModelError> {
+    ) -> Result<Hidden, ModelError> {
         let [b, s] = input_ids.dims();
         let cfg = &self.cfg;
         if s == 0 || b == 0 {
@@ -519,21 +491,40 @@ impl CausalLm {
         }
         lora.check_layers(cfg.num_hidden_layers)?;
         if let Some(c) = cache.as_deref()
-            && c.batch() != b
+            && (c.batch() != b || c.layer_count() != cfg.num_hidden_layers)
         {
             return Err(ModelError::Input(format!(
-                "cache is for {} rows, input has {b}",
-                c.batch()
+                "cache is for {} rows and {} layers, the call has {b} rows and the model {} layers",
+                c.batch(),
+                c.layer_count(),
+                cfg.num_hidden_layers
             )));
         }
-        let ids = input_ids.reshape([b * s]);
-        let mut hs = self.embed.clone().select(0, ids);
-
-        // Positions, key validity and the additive mask for this call.
+        // Positions and key validity for this call.
         let plan = match cache.as_deref_mut() {
             Some(c) => c.plan(&pads, s)?,
             None => cache::Plan::fresh(&pads, s),
         };
+        if dropout.is_none() && host_step::eligible(self, b * s) {
+            let weights = match self.host_weights.get() {
+                Some(w) => w,
+                None => {
+                    let w = HostWeights::read(self)?;
+                    self.host_weights.get_or_init(|| w)
+                }
+            };
+            let ids = input_ids.clone();
+            if let Some(hs) = host_step::run(self, weights, ids, &plan, lora, cache.as_deref_mut())?
+            {
+                if let Some(c) = cache {
+                    c.commit(plan);
+                }
+                return Ok(Hidden::Host(hs));
+            }
+        }
+
+        let ids = input_ids.reshape([b * s]);
+        let mut hs = self.embed.clone().select(0, ids);
         let (cos, sin) = attention::rope_tables(&plan.positions, b, s, cfg, &self.device);
         let mask = attention::mask(&plan, b, s, &self.device);
         // Training (autodiff) runs RoPE and the masked softmax as fused ops, which take the
@@ -545,6 +536,10 @@ impl CausalLm {
                 rope: RopeTables::new(c, si, b, s, cfg.head_dim),
             }
         });
+        let mut burn_layers = match cache.as_deref_mut() {
+            Some(c) => Some(c.burn_layers(&self.device)?),
+            None => None,
+        };
 
         for (l, layer) in self.layers.iter().enumerate() {
             let proj = |t: TargetModule, x: Tensor<2>, d: &mut Option<&mut LoraDropout>| {
@@ -561,7 +556,7 @@ impl CausalLm {
             let q = proj(TargetModule::Q, x.clone(), &mut dropout);
             let k = proj(TargetModule::K, x.clone(), &mut dropout);
             let v = proj(TargetModule::V, x, &mut dropout);
-            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(l));
+            let layer_cache = burn_layers.as_deref_mut().and_then(|c| c.get_mut(l));
             let attn = attention::attend(
                 q,
                 k,
@@ -591,8 +586,16 @@ impl CausalLm {
             c.commit(plan);
         }
         let hs = rms_norm(hs, &self.norm, cfg.rms_norm_eps);
-        Ok(hs.reshape([b, s, cfg.hidden_size]))
+        Ok(Hidden::Burn(hs.reshape([b, s, cfg.hidden_size])))
     }
+}
+
+/// Hidden states from the host step (`[b·s, hidden]` row-major) or from burn (`[b, s, hidden]`).
+/// (Made once per forward call and matched at once: boxing the tensor would buy nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Hidden {
+    Host(Vec<f32>),
+    Burn(Tensor<3>),
 }
 
 /// RMSNorm over the last dimension of `x` `[n, h]`, as transformers computes it in float32

@@ -6,6 +6,18 @@ use super::cache::Plan;
 use crate::config::ModelConfig;
 use crate::fused::{FusedAttention, causal_softmax, causal_softmax_composite, rope_heads};
 
+/// RoPE's `inv_freq = 1/θ^(2i/d)` (`head_dim/2` values, in f32 as transformers computes
+/// them), with the config's `rope_scaling` applied.
+pub(crate) fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let base = cfg.rope_theta as f32;
+    let mut inv_freq: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0f32 / base.powf((2 * i) as f32 / d as f32))
+        .collect();
+    cfg.rope_scaling.apply(&mut inv_freq);
+    inv_freq
+}
+
 /// `cos` and `sin` tables `[b, 1, s, head_dim]` for the given RoPE positions (`b*s`,
 /// row-major), computed as transformers does: `inv_freq = 1/θ^(2i/d)` in f32, angle =
 /// position·inv_freq in f32, both halves of the head sharing one frequency.
@@ -27,11 +39,7 @@ pub(crate) fn rope_tables(
 pub(crate) fn rope_values(positions: &[usize], cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
     let d = cfg.head_dim;
     let half = d / 2;
-    let base = cfg.rope_theta as f32;
-    let mut inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0f32 / base.powf((2 * i) as f32 / d as f32))
-        .collect();
-    cfg.rope_scaling.apply(&mut inv_freq);
+    let inv_freq = inv_freq(cfg);
     let mut cos = Vec::with_capacity(positions.len() * d);
     let mut sin = Vec::with_capacity(positions.len() * d);
     for &p in positions {

@@ -107,6 +107,41 @@ impl LinearWeight {
         ))
     }
 
+    /// Whether [`LinearWeight::host_matmul_slice`] can multiply by this weight (packed, or
+    /// NF4 the fused kernel reads).
+    pub(crate) fn is_host_capable(&self) -> bool {
+        match self {
+            LinearWeight::Dense(_) => false,
+            LinearWeight::Packed(_) => true,
+            LinearWeight::Nf4(q) => crate::kernels::nf4_fusable(q),
+        }
+    }
+
+    /// [`LinearWeight::host_matmul_with`] on host buffers, for the host decode step: `x`
+    /// `[m, in]` row-major in, `[m, out]` row-major out, no tensor made; `simd` picks the
+    /// kernels' AVX-512 path (when the CPU has it) or the portable one. `None` where the
+    /// weight is not [`LinearWeight::is_host_capable`] or `m` exceeds
+    /// [`HOST_KERNEL_MAX_ROWS`].
+    pub(crate) fn host_matmul_slice(
+        &self,
+        x: &[f32],
+        m: usize,
+        simd: bool,
+        prefetch: &[(*const u8, usize)],
+        add: impl FnOnce(&[f32], &mut [f32]),
+    ) -> Option<Vec<f32>> {
+        if m > HOST_KERNEL_MAX_ROWS || x.len() != m * self.dims()[0] {
+            return None;
+        }
+        let mut y = match self {
+            LinearWeight::Dense(_) => return None,
+            LinearWeight::Packed(p) => p.matmul_prefetching(x, m, simd, prefetch),
+            LinearWeight::Nf4(q) => crate::kernels::nf4_matmul_with(q, x, m, simd)?,
+        };
+        add(x, &mut y);
+        Some(y)
+    }
+
     /// Whether the host kernels read this weight in bf16.
     pub(crate) fn is_host_bf16(&self) -> bool {
         matches!(self, LinearWeight::Packed(p) if p.is_bf16())

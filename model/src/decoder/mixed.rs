@@ -248,6 +248,77 @@ impl<'a> LoraSel<'a> {
         }
     }
 
+    /// [`LoraSel::host_forward`] on host buffers, for the host decode step: `x` `[m, in]`
+    /// row-major → `linear`'s projection plus the LoRA delta of layer `l`, module `t`, plus
+    /// `bias`, `[m, out]` row-major, no tensor made (`simd`: AVX-512 or portable kernels).
+    /// Also serves calls without adapter. `None` where the weight is not host-capable or the
+    /// factors do not fit it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn host_forward_slice(
+        &self,
+        l: usize,
+        t: TargetModule,
+        linear: &Linear,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        simd: bool,
+    ) -> Option<Vec<f32>> {
+        let bf16 = linear.weight_t.is_host_bf16();
+        let [fan_in, fan_out] = linear.weight_t.dims();
+        let factors = |a: &'a LoraAdapter| -> Result<Option<&'a LoraFactors>, ()> {
+            let host = a.host_factors(bf16).map_err(|_| ())?;
+            match host.get(l).and_then(|m| m[t.index()].as_ref()) {
+                Some(f) if f.dims()[1..] != [fan_in, fan_out] => Err(()),
+                f => Ok(f),
+            }
+        };
+        let weight = &linear.weight_t;
+        let mut y = match self {
+            LoraSel::None => weight.host_matmul_slice(x, m, simd, &[], |_, _| {})?,
+            LoraSel::One(a) => {
+                let f = factors(a).ok()?;
+                let prefetch: Vec<_> = f
+                    .filter(|_| bf16)
+                    .into_iter()
+                    .flat_map(LoraFactors::memory)
+                    .collect();
+                weight.host_matmul_slice(x, m, simd, &prefetch, |xs, y| {
+                    if let Some(f) = f {
+                        let rows: Vec<usize> = (0..m).collect();
+                        f.add_delta_with(xs, y, &rows, simd);
+                    }
+                })?
+            }
+            LoraSel::Mixed {
+                lora, host_groups, ..
+            } => {
+                let mut parts = Vec::with_capacity(host_groups.len());
+                for (k, rows) in host_groups {
+                    if let Some(f) = factors(&lora.adapters[*k]).ok()? {
+                        parts.push((f, rows));
+                    }
+                }
+                let prefetch: Vec<_> = parts
+                    .iter()
+                    .filter(|_| bf16)
+                    .flat_map(|(f, _)| f.memory())
+                    .collect();
+                weight.host_matmul_slice(x, m, simd, &prefetch, |xs, y| {
+                    for (f, rows) in parts {
+                        f.add_delta_with(xs, y, rows, simd);
+                    }
+                })?
+            }
+        };
+        if let Some(b) = bias {
+            for row in y.chunks_mut(fan_out) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+        Some(y)
+    }
+
     /// Every adapter involved has `layers` layers.
     pub(crate) fn check_layers(&self, layers: usize) -> Result<(), ModelError> {
         let bad = match self {

@@ -1,0 +1,384 @@
+//! The host decode step's arithmetic between projections, on row-major `Vec<f32>` buffers:
+//! RMSNorm, RoPE, SiLU·up, and grouped-query attention over a [`HostKv`] store.
+//!
+//! Each follows what the burn path (and transformers) computes in float32: RMSNorm as
+//! `w·(x·1/√(mean(x²)+ε))`, RoPE as `x·cos + rotate_half(x)·sin`, softmax with the maximum
+//! subtracted. Masked keys (padding, or positions after the query) are skipped rather than
+//! given `f32::MIN` scores, so no `exp` of a huge negative number is taken.
+//!
+//! Attention's dot products, `exp` and weighted sums of values use AVX-512 when the CPU has
+//! it (and `simd` is asked for); the portable loops compute the same sums in scalar code.
+
+use super::cache::{HostKv, Plan};
+
+/// RMSNorm of every `weight.len()`-wide row of `x`.
+pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let h = weight.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(h) {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let inv = 1.0 / (mean + eps).sqrt();
+        out.extend(row.iter().zip(weight).map(|(v, w)| w * (v * inv)));
+    }
+    out
+}
+
+/// RoPE in place on `x` `[n, heads·dim]` with `cos`/`sin` `[n, dim/2]` (both halves of a
+/// head share one frequency): `x₁' = x₁·cos − x₂·sin`, `x₂' = x₂·cos + x₁·sin`.
+pub(crate) fn rope(x: &mut [f32], dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = dim / 2;
+    let n = cos.len() / half.max(1);
+    let width = x.len() / n.max(1);
+    for (r, row) in x.chunks_mut(width).enumerate() {
+        let (c, s) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+        for head in row.chunks_mut(dim) {
+            let (x1, x2) = head.split_at_mut(half);
+            for ((p, q), (c, s)) in x1.iter_mut().zip(x2.iter_mut()).zip(c.iter().zip(s)) {
+                let (a, b) = (*p, *q);
+                *p = a * c - b * s;
+                *q = b * c + a * s;
+            }
+        }
+    }
+}
+
+/// `gate ← silu(gate)·up`, elementwise.
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `acc ← acc + x`, elementwise (residual connections).
+pub(crate) fn add_into(acc: &mut [f32], x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, v)| *a += v);
+}
+
+/// The attention heads' layout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heads {
+    /// Query heads.
+    pub query: usize,
+    /// Key/value heads (each shared by `query / kv` query heads).
+    pub kv: usize,
+    /// Values per head.
+    pub dim: usize,
+}
+
+/// Attention of the queries `q` `[b·s, heads·dim]` (RoPE applied) over `layer` of `kv`,
+/// whose positions `0..plan.past + s` are filled: query `t` of row `i` sees key `j` when
+/// `j ≤ past + t` and `plan.key_valid[i][j]`. Returns `[b·s, heads·dim]` (zeros for a query
+/// that sees no key, as only padding queries do).
+pub(crate) fn attend(
+    q: &[f32],
+    kv: &HostKv,
+    layer: usize,
+    plan: &Plan,
+    s: usize,
+    heads: Heads,
+    simd: bool,
+) -> Vec<f32> {
+    let Heads {
+        query,
+        kv: kvh,
+        dim,
+    } = heads;
+    let group = query / kvh.max(1);
+    let scale = (dim as f64).powf(-0.5) as f32;
+    let width = query * dim;
+    let mut out = vec![0.0f32; q.len()];
+    let mut keys: Vec<usize> = Vec::new();
+    let mut scores: Vec<f32> = Vec::new();
+    for (i, valid) in plan.key_valid.iter().enumerate() {
+        for t in 0..s {
+            let limit = (plan.past + t + 1).min(valid.len());
+            keys.clear();
+            keys.extend((0..limit).filter(|&j| valid[j]));
+            if keys.is_empty() {
+                continue;
+            }
+            let n = i * s + t;
+            for h in 0..query {
+                let (kbuf, vbuf) = kv.head(layer, i, h / group.max(1));
+                let head = Head {
+                    keys: kbuf,
+                    values: vbuf,
+                    dim,
+                    scale,
+                };
+                let qh = &q[n * width + h * dim..][..dim];
+                let o = &mut out[n * width + h * dim..][..dim];
+                attend_head(qh, &head, &keys, &mut scores, o, simd);
+            }
+        }
+    }
+    out
+}
+
+/// One key/value head's cached buffers (`[capacity, dim]` each) and the score scale.
+struct Head<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    dim: usize,
+    scale: f32,
+}
+
+/// One query head `q` over the key positions `keys` of `head`: softmax-weighted sum of
+/// their values into `out` (`scores`: scratch space).
+fn attend_head(
+    q: &[f32],
+    head: &Head<'_>,
+    keys: &[usize],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    simd: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && crate::kernels::simd_available() {
+        // SAFETY: avx512f was detected; the whole head runs in one AVX-512 function so
+        // that its loops inline (one call per head, not per key).
+        unsafe { avx512::attend_head(q, head, keys, scores, out) };
+        return;
+    }
+    let dim = head.dim;
+    scores.clear();
+    scores.extend(
+        keys.iter()
+            .map(|&j| dot(q, &head.keys[j * dim..][..dim], false) * head.scale),
+    );
+    let sum = exp_normalise(scores, false);
+    for (&j, &p) in keys.iter().zip(scores.iter()) {
+        axpy(out, p, &head.values[j * dim..][..dim], false);
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `Σ aᵢ·bᵢ`.
+pub(crate) fn dot(a: &[f32], b: &[f32], simd: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd && crate::kernels::simd_available() {
+        // SAFETY: avx512f was detected.
+        return unsafe { avx512::dot(a, b) };
+    }
+    let _ = simd;
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y ← y + a·x`.
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && crate::kernels::simd_available() {
+        // SAFETY: avx512f was detected.
+        unsafe { avx512::axpy(y, a, x) };
+        return;
+    }
+    let _ = simd;
+    y.iter_mut().zip(x).for_each(|(v, x)| *v += a * x);
+}
+
+/// `xᵢ ← exp(xᵢ − max x)` in place; returns `Σ xᵢ` afterwards (softmax's denominator).
+pub(crate) fn exp_normalise(x: &mut [f32], simd: bool) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    #[cfg(target_arch = "x86_64")]
+    if simd && crate::kernels::simd_available() {
+        // SAFETY: avx512f was detected.
+        return unsafe { avx512::exp_sub(x, max) };
+    }
+    let _ = simd;
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! AVX-512 versions of the attention loops (16 lanes; the tails in scalar code).
+
+    use std::arch::x86_64::*;
+
+    use super::Head;
+
+    const LANES: usize = 16;
+
+    /// [`super::attend_head`]: scores four keys at a time (independent accumulators), `exp`
+    /// 16 lanes at a time, and the weighted sum of values with the output in registers
+    /// (64 values per pass over the keys).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn attend_head(
+        q: &[f32],
+        head: &Head<'_>,
+        keys: &[usize],
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let d = head.dim;
+        let full = d / LANES * LANES;
+        scores.clear();
+        let mut quads = keys.chunks_exact(4);
+        for quad in &mut quads {
+            let rows = [0, 1, 2, 3].map(|r| &head.keys[quad[r] * d..][..d]);
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for c in (0..full).step_by(LANES) {
+                // SAFETY: c + 16 ≤ full ≤ d = every slice's length.
+                let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add(c)) };
+                for (a, row) in acc.iter_mut().zip(&rows) {
+                    *a = _mm512_fmadd_ps(qv, unsafe { _mm512_loadu_ps(row.as_ptr().add(c)) }, *a);
+                }
+            }
+            for (a, row) in acc.iter().zip(&rows) {
+                let tail: f32 = q[full..d]
+                    .iter()
+                    .zip(&row[full..d])
+                    .map(|(x, y)| x * y)
+                    .sum();
+                scores.push((_mm512_reduce_add_ps(*a) + tail) * head.scale);
+            }
+        }
+        for &j in quads.remainder() {
+            // SAFETY: avx512f is enabled here.
+            scores.push(unsafe { dot(q, &head.keys[j * d..][..d]) } * head.scale);
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // SAFETY: as above.
+        let inv = 1.0 / unsafe { exp_sub(scores, max) };
+        let mut c = 0;
+        while c + 4 * LANES <= full {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (&j, &p) in keys.iter().zip(scores.iter()) {
+                let (pv, row) = (_mm512_set1_ps(p), &head.values[j * d + c..][..4 * LANES]);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: r·16 + 16 ≤ 64 = row's length.
+                    let x = unsafe { _mm512_loadu_ps(row.as_ptr().add(r * LANES)) };
+                    *a = _mm512_fmadd_ps(pv, x, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let v = _mm512_mul_ps(*a, _mm512_set1_ps(inv));
+                // SAFETY: c + 64 ≤ full ≤ out.len().
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c + r * LANES), v) };
+            }
+            c += 4 * LANES;
+        }
+        while c + LANES <= full {
+            let mut acc = _mm512_setzero_ps();
+            for (&j, &p) in keys.iter().zip(scores.iter()) {
+                // SAFETY: c + 16 ≤ full ≤ d.
+                let x = unsafe { _mm512_loadu_ps(head.values.as_ptr().add(j * d + c)) };
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(p), x, acc);
+            }
+            let v = _mm512_mul_ps(acc, _mm512_set1_ps(inv));
+            // SAFETY: c + 16 ≤ out.len().
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c), v) };
+            c += LANES;
+        }
+        for (i, o) in out.iter_mut().enumerate().take(d).skip(full) {
+            let sum: f32 = keys
+                .iter()
+                .zip(scores.iter())
+                .map(|(&j, &p)| p * head.values[j * d + i])
+                .sum();
+            *o = sum * inv;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let full = n / LANES * LANES;
+        let mut acc = _mm512_setzero_ps();
+        for i in (0..full).step_by(LANES) {
+            // SAFETY: i + 16 ≤ full ≤ both lengths.
+            let (x, y) = unsafe {
+                (
+                    _mm512_loadu_ps(a.as_ptr().add(i)),
+                    _mm512_loadu_ps(b.as_ptr().add(i)),
+                )
+            };
+            acc = _mm512_fmadd_ps(x, y, acc);
+        }
+        let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
+        _mm512_reduce_add_ps(acc) + tail
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let full = n / LANES * LANES;
+        let av = _mm512_set1_ps(a);
+        for i in (0..full).step_by(LANES) {
+            // SAFETY: i + 16 ≤ full ≤ both lengths.
+            unsafe {
+                let yp = y.as_mut_ptr().add(i);
+                let v =
+                    _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(yp));
+                _mm512_storeu_ps(yp, v);
+            }
+        }
+        for (v, x) in y[full..n].iter_mut().zip(&x[full..n]) {
+            *v += a * x;
+        }
+    }
+
+    /// `exp(x)` for 16 lanes with `x ≤ 0`: `x = k·ln2 + r`, `|r| ≤ ln2/2`, `exp(r)` by its
+    /// degree-7 Taylor polynomial (relative error below 1e-8 there), times `2^k`.
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // ln 2 split in two so that k·ln2 is subtracted without rounding loss.
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, k)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_sub(x: &mut [f32], max: f32) -> f32 {
+        let n = x.len();
+        let full = n / LANES * LANES;
+        let m = _mm512_set1_ps(max);
+        let mut acc = _mm512_setzero_ps();
+        for i in (0..full).step_by(LANES) {
+            // SAFETY: i + 16 ≤ full ≤ x.len().
+            unsafe {
+                let p = x.as_mut_ptr().add(i);
+                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p), m));
+                _mm512_storeu_ps(p, e);
+                acc = _mm512_add_ps(acc, e);
+            }
+        }
+        let mut sum = _mm512_reduce_add_ps(acc);
+        if full < n {
+            let mut tail = [f32::NEG_INFINITY; LANES];
+            tail[..n - full].copy_from_slice(&x[full..]);
+            // SAFETY: `tail` holds 16 values.
+            let e = exp16(_mm512_sub_ps(unsafe { _mm512_loadu_ps(tail.as_ptr()) }, m));
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_ps(tail.as_mut_ptr(), e) };
+            x[full..].copy_from_slice(&tail[..n - full]);
+            sum += tail[..n - full].iter().sum::<f32>();
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+#[path = "host_math_tests.rs"]
+mod tests;
