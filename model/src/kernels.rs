@@ -8,21 +8,22 @@
 //! - [`Nf4Matrix`]: the 4-bit codes are decoded inside the dot product (a 16-entry
 //!   register lookup per nibble), instead of writing a dequantized f32 matrix first.
 //!
-//! Both split the output columns over the rayon pool (both cores) for large matrices (at
-//! least [`SERIAL_MAX_WEIGHTS`]: the lm_head) and run smaller ones on the calling thread;
-//! they use AVX-512 when the CPU has it (checked at run time); elsewhere a portable loop
-//! computes the same sums. The packed kernels read the weight stream with a non-temporal
-//! hint (weights are read once per step and should not evict what is reused: LoRA factors,
+//! Both split the output columns (by tiles) over the calling thread and the persistent
+//! decode pool's helper ([`pool`]) for matrices of at least [`SERIAL_MAX_WEIGHTS`] weights and
+//! run smaller ones on the calling thread; every output column is computed by one tile kernel
+//! call either way, so the split changes no value. They use AVX-512 when the CPU has it
+//! (checked at run time); elsewhere a portable loop computes the same sums. The packed
+//! kernels read the weight stream with a non-temporal hint (weights are read once per step and
+//! should not evict what is reused: LoRA factors,
 //! the KV cache), and can prefetch memory the caller reads next
 //! ([`PackedMatrix::matmul_prefetching`]). [`lora`] adds LoRA deltas on the host.
 //! The decoder checks these against burn's matmul on the dense matrix (`tests/kernels.rs`).
 
-use half::bf16;
-use rayon::prelude::*;
-
 use crate::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix};
+use half::bf16;
 
 pub mod lora;
+pub mod pool;
 
 pub use lora::LoraFactors;
 
@@ -31,6 +32,28 @@ pub const TILE: usize = 32;
 
 /// Row chunk of `x` handled by one pass over a weight tile.
 const MR: usize = 8;
+
+/// How one kernel call uses the decode pool ([`pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The pool for matrices of at least [`SERIAL_MAX_WEIGHTS`] weights, else this thread.
+    Auto,
+    /// This thread only.
+    Serial,
+    /// The pool whatever the size (tests compare it with [`Split::Serial`]).
+    Pool,
+}
+
+impl Split {
+    /// Whether a product over `weights` weights goes to the pool.
+    fn pooled(self, weights: usize) -> bool {
+        match self {
+            Split::Auto => weights >= SERIAL_MAX_WEIGHTS,
+            Split::Serial => false,
+            Split::Pool => true,
+        }
+    }
+}
 
 /// Element type of a [`PackedMatrix`].
 #[derive(Debug, Clone, PartialEq)]
@@ -126,10 +149,10 @@ impl PackedMatrix {
         }
     }
 
-    /// [`PackedMatrix::matmul_with`] that, on the serial path, also asks the CPU to fetch
-    /// the memory `prefetch` (`(address, bytes)` ranges the caller reads next, e.g. LoRA
-    /// factors) into the core's L2 cache, spread evenly over the tiles, so those reads
-    /// overlap with this product instead of following it.
+    /// [`PackedMatrix::matmul_with`] that also asks the CPU to fetch the memory `prefetch`
+    /// (`(address, bytes)` ranges the caller reads next, e.g. LoRA factors) into L2 cache,
+    /// spread evenly over the tiles, so those reads overlap with this product instead of
+    /// following it.
     pub(crate) fn matmul_prefetching(
         &self,
         x: &[f32],
@@ -137,12 +160,31 @@ impl PackedMatrix {
         simd: bool,
         prefetch: &[(*const u8, usize)],
     ) -> Vec<f32> {
+        self.matmul_split_prefetching(x, m, simd, Split::Auto, prefetch)
+    }
+
+    /// [`PackedMatrix::matmul_with`] with the pool use chosen by `split` (every choice gives
+    /// the same values, bit for bit).
+    pub fn matmul_split(&self, x: &[f32], m: usize, simd: bool, split: Split) -> Vec<f32> {
+        self.matmul_split_prefetching(x, m, simd, split, &[])
+    }
+
+    fn matmul_split_prefetching(
+        &self,
+        x: &[f32],
+        m: usize,
+        simd: bool,
+        split: Split,
+        prefetch: &[(*const u8, usize)],
+    ) -> Vec<f32> {
         let (k, n) = (self.in_dim, self.out_dim);
         assert_eq!(x.len(), m * k, "PackedMatrix::matmul: x is not [m, in]");
         let tiles = n.div_ceil(TILE);
-        // Tile-major result [tile][m][TILE]: each task owns whole tiles.
+        // Tile-major result [tile][m][TILE]: each part owns whole tiles.
         let mut ytiles = vec![0.0f32; tiles * m * TILE];
-        let tile = |(t, yt): (usize, &mut [f32])| {
+        let ahead = Prefetcher::new(prefetch, tiles);
+        let tile = |t: usize, yt: &mut [f32]| {
+            ahead.tile(t);
             for r0 in (0..m).step_by(MR) {
                 let mr = (m - r0).min(MR);
                 let xs = &x[r0 * k..(r0 + mr) * k];
@@ -157,42 +199,58 @@ impl PackedMatrix {
                 }
             }
         };
-        if k * n < SERIAL_MAX_WEIGHTS {
-            let mut ahead = Prefetcher::new(prefetch, tiles);
-            for (t, yt) in ytiles.chunks_mut(m * TILE).enumerate() {
-                ahead.step();
-                tile((t, yt));
-            }
-        } else {
-            ytiles
-                .par_chunks_mut(m * TILE)
-                .with_min_len(tiles_per_task(tiles))
-                .enumerate()
-                .for_each(tile);
-        }
+        for_each_tile(&mut ytiles, m * TILE, split.pooled(k * n), &tile);
         untile(&ytiles, m, n, TILE)
     }
 }
 
-/// Matrices with fewer weights than this run on the calling thread alone, outside rayon:
-/// waking the other pool thread for each of a decode step's ~57 small calls cost more than
-/// the second core gave (measured: batch-1 decoding 1.2–1.8× faster serial; see
-/// docs/benchmarks.md). Even one rayon task costs a hand-off when the caller is not a pool
-/// thread (rayon injects the job and the caller sleeps until a worker has run it), so the
-/// serial path is a plain loop.
-pub const SERIAL_MAX_WEIGHTS: usize = 1 << 20;
+/// Calls `tile(t, ytiles[t])` for every tile slot of `ytiles` (`slot` values each): on this
+/// thread, or over the pool in parts of whole tiles (one part at a time per thread).
+fn for_each_tile(
+    ytiles: &mut [f32],
+    slot: usize,
+    pooled: bool,
+    tile: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let tiles = ytiles.len() / slot.max(1);
+    if !pooled || tiles < 2 {
+        for (t, yt) in ytiles.chunks_mut(slot.max(1)).enumerate() {
+            tile(t, yt);
+        }
+        return;
+    }
+    let per_part = tiles_per_part(tiles);
+    pool::for_each_chunk_mut(ytiles, per_part * slot, &|p, part| {
+        for (j, yt) in part.chunks_mut(slot).enumerate() {
+            tile(p * per_part + j, yt);
+        }
+    });
+}
+
+/// Tiles per pool part: parts are claimed one at a time (an atomic operation each), so a
+/// part should be a few µs of work; about 8 parts per thread balance a late helper.
+fn tiles_per_part(tiles: usize) -> usize {
+    tiles.div_ceil(pool::threads() * 8).max(1)
+}
+
+/// Matrices with fewer weights than this run on the calling thread alone; larger ones are
+/// split over the persistent decode pool ([`pool`]), which costs an atomic store and a spin
+/// per call, not a thread wake-up. (With rayon the hand-off cost more than the second core
+/// gave below 2²⁰ weights; see docs/benchmarks.md, speed work 3 and 5.)
+pub const SERIAL_MAX_WEIGHTS: usize = 1 << 16;
 
 /// Cache lines assumed by [`Prefetcher`].
 const LINE: usize = 64;
 
-/// Walks `(address, bytes)` ranges one cache line at a time, asking for a share of them
-/// to be prefetched into L2 at each of `steps` steps (a hint: nothing is read or checked).
+/// Spreads `(address, bytes)` ranges over `steps` steps, asking at step `t` for the `t`-th
+/// share of their cache lines to be prefetched into L2 (a hint: nothing is read or checked).
 struct Prefetcher<'a> {
     ranges: &'a [(*const u8, usize)],
     per_step: usize,
-    range: usize,
-    offset: usize,
 }
+
+// SAFETY: the addresses are only handed to prefetch instructions, never dereferenced.
+unsafe impl Sync for Prefetcher<'_> {}
 
 impl<'a> Prefetcher<'a> {
     fn new(ranges: &'a [(*const u8, usize)], steps: usize) -> Self {
@@ -200,21 +258,35 @@ impl<'a> Prefetcher<'a> {
         Self {
             ranges,
             per_step: lines.div_ceil(steps.max(1)),
-            range: 0,
-            offset: 0,
         }
     }
 
-    fn step(&mut self) {
+    /// Prefetches the lines of step `t`.
+    fn tile(&self, t: usize) {
+        if self.per_step == 0 {
+            return;
+        }
+        // Find the range and offset of line t·per_step.
+        let mut skip = t * self.per_step;
+        let mut range = 0;
+        while let Some(&(_, len)) = self.ranges.get(range) {
+            let lines = len.div_ceil(LINE);
+            if skip < lines {
+                break;
+            }
+            skip -= lines;
+            range += 1;
+        }
+        let mut offset = skip * LINE;
         for _ in 0..self.per_step {
-            let Some(&(base, len)) = self.ranges.get(self.range) else {
+            let Some(&(base, len)) = self.ranges.get(range) else {
                 return;
             };
             #[cfg(target_arch = "x86_64")]
             {
                 use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
                 // wrapping_add: the address is only a hint, never dereferenced here.
-                let p = base.wrapping_add(self.offset).cast::<i8>();
+                let p = base.wrapping_add(offset).cast::<i8>();
                 // SAFETY: a prefetch never faults and reads nothing into the program.
                 #[allow(unused_unsafe)]
                 unsafe {
@@ -223,19 +295,13 @@ impl<'a> Prefetcher<'a> {
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = base;
-            self.offset += LINE;
-            if self.offset >= len {
-                self.range += 1;
-                self.offset = 0;
+            offset += LINE;
+            if offset >= len {
+                range += 1;
+                offset = 0;
             }
         }
     }
-}
-
-/// Tiles per rayon task: one task per pool thread (each call is short, so fewer, larger
-/// tasks cost less waking and stealing than many small ones).
-fn tiles_per_task(tiles: usize) -> usize {
-    tiles.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
 fn pack<T: Copy + Default>(wt: &[f32], k: usize, n: usize, f: impl Fn(f32) -> T) -> Vec<T> {
@@ -341,6 +407,17 @@ pub fn nf4_matmul(q: &Nf4Matrix, x: &[f32], m: usize) -> Option<Vec<f32>> {
 
 /// [`nf4_matmul`] choosing the SIMD path or the portable one (tests use both).
 pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option<Vec<f32>> {
+    nf4_matmul_split(q, x, m, simd, Split::Auto)
+}
+
+/// [`nf4_matmul_with`] with the pool use chosen by `split` (same values for every choice).
+pub fn nf4_matmul_split(
+    q: &Nf4Matrix,
+    x: &[f32],
+    m: usize,
+    simd: bool,
+    split: Split,
+) -> Option<Vec<f32>> {
     let q_f32 = q.with_f32_scales(); // double-quantized scales decoded once per product
     let q: &Nf4Matrix = &q_f32;
     if !nf4_fusable(q) {
@@ -350,7 +427,7 @@ pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option
     assert_eq!(x.len(), m * k, "nf4_matmul: x is not [m, in]");
     let tiles = n / NF4_TILE;
     let mut ytiles = vec![0.0f32; tiles * m * NF4_TILE];
-    let tile = |(t, yt): (usize, &mut [f32])| {
+    let tile = |t: usize, yt: &mut [f32]| {
         for r0 in (0..m).step_by(NF4_MR) {
             let mr = (m - r0).min(NF4_MR);
             let xs = &x[r0 * k..(r0 + mr) * k];
@@ -358,15 +435,7 @@ pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option
             nf4_tile(q, t * NF4_TILE, xs, mr, ys, simd);
         }
     };
-    if k * n < SERIAL_MAX_WEIGHTS {
-        ytiles.chunks_mut(m * NF4_TILE).enumerate().for_each(tile);
-    } else {
-        ytiles
-            .par_chunks_mut(m * NF4_TILE)
-            .with_min_len(tiles_per_task(tiles))
-            .enumerate()
-            .for_each(tile);
-    }
+    for_each_tile(&mut ytiles, m * NF4_TILE, split.pooled(k * n), &tile);
     Some(untile(&ytiles, m, n, NF4_TILE))
 }
 

@@ -231,7 +231,7 @@ impl<'a> LoraSel<'a> {
                 let mut parts = Vec::with_capacity(host_groups.len());
                 for (k, rows) in host_groups {
                     if let Some(f) = factors(&lora.adapters[*k]).ok()? {
-                        parts.push((f, rows));
+                        parts.push((f, rows.as_slice()));
                     }
                 }
                 let prefetch: Vec<_> = parts
@@ -239,11 +239,8 @@ impl<'a> LoraSel<'a> {
                     .filter(|_| bf16)
                     .flat_map(|(f, _)| f.memory())
                     .collect();
-                linear.forward_host_with(x, &prefetch, |xs, y| {
-                    for (f, rows) in parts {
-                        f.add_delta(xs, y, rows);
-                    }
-                })
+                linear
+                    .forward_host_with(x, &prefetch, |xs, y| LoraFactors::add_deltas(&parts, xs, y))
             }
         }
     }
