@@ -228,9 +228,9 @@ fn for_each_tile(
 }
 
 /// Tiles per pool part: parts are claimed one at a time (an atomic operation each), so a
-/// part should be a few µs of work; about 8 parts per thread balance a late helper.
+/// part should be a few µs of work; about 4 parts per thread balance a late helper.
 fn tiles_per_part(tiles: usize) -> usize {
-    tiles.div_ceil(pool::threads() * 8).max(1)
+    tiles.div_ceil(pool::threads() * 4).max(1)
 }
 
 /// Matrices with fewer weights than this run on the calling thread alone; larger ones are

@@ -35,8 +35,9 @@ pub const MAX_HELPERS: usize = 3;
 /// step's first ops).
 pub const DEFAULT_SPIN_US: u64 = 300;
 
-/// Most parts of one job (the claim word holds the part count in [`FIELD_BITS`] bits).
-pub const MAX_PARTS: usize = (1 << FIELD_BITS) - 1;
+/// Most parts of one job (the claim word holds the part count and the next part in
+/// [`FIELD_BITS`] bits each, and `next` may overshoot the count by one per thread).
+pub const MAX_PARTS: usize = (1 << FIELD_BITS) - 16;
 
 /// How long (at most [`spin_time`]) a helper spins without yielding its core.
 pub const PURE_SPIN: Duration = Duration::from_micros(50);
@@ -47,25 +48,30 @@ const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
 /// One job, on the caller's stack for the duration of [`run`].
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
-    /// Parts finished (run, or skipped after a panic).
+    /// Parts finished (run, or skipped after a panic), counted once per thread per job.
     done: AtomicUsize,
     panicked: AtomicBool,
     payload: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl Job<'_> {
-    /// Runs part `i` (unless an earlier part panicked), then counts it as done. After the
-    /// count the job may be gone: nothing touches it afterwards.
+    /// Runs part `i` unless an earlier part panicked (then it is skipped).
     fn execute(&self, i: usize) {
-        if !self.panicked.load(Ordering::Relaxed) {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| (self.f)(i))) {
-                if let Ok(mut slot) = self.payload.lock() {
-                    slot.get_or_insert(p);
-                }
-                self.panicked.store(true, Ordering::Relaxed);
-            }
+        if self.panicked.load(Ordering::Relaxed) {
+            return;
         }
-        self.done.fetch_add(1, Ordering::Release);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| (self.f)(i))) {
+            if let Ok(mut slot) = self.payload.lock() {
+                slot.get_or_insert(p);
+            }
+            self.panicked.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `n` parts as finished. After the count the job may be gone: the thread that
+    /// counts touches it no more.
+    fn finish(&self, n: usize) {
+        self.done.fetch_add(n, Ordering::Release);
     }
 }
 
@@ -73,8 +79,8 @@ impl Job<'_> {
 struct Pool {
     /// Held by the thread whose job is published.
     busy: AtomicBool,
-    /// `(job id, parts, next part)`, 16/24/24 bits: a part `next < parts` is claimed by a CAS
-    /// to `next + 1`. The id tells one job's word from the next one's.
+    /// `(job id, parts, next part)`, 16/24/24 bits: a part is claimed by incrementing `next`
+    /// (the claim succeeds when the old `next` was below `parts`).
     claim: AtomicU64,
     /// The published [`Job`] (valid while its word has unclaimed or unfinished parts).
     job: AtomicPtr<()>,
@@ -145,22 +151,12 @@ impl Pool {
         })
     }
 
-    /// Claims the next part of the published job, if any is left.
+    /// Claims the next part of the published job, if any is left. (Each thread stops at its
+    /// first failed claim, so the `next` field overshoots `parts` by at most the thread count
+    /// and never reaches the other fields.)
     fn claim_part(&self) -> Option<usize> {
-        let mut w = self.claim.load(Ordering::Acquire);
-        loop {
-            let (_, parts, next) = unpack(w);
-            if next >= parts {
-                return None;
-            }
-            match self
-                .claim
-                .compare_exchange_weak(w, w + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(next),
-                Err(now) => w = now,
-            }
-        }
+        let (_, parts, next) = unpack(self.claim.fetch_add(1, Ordering::AcqRel));
+        (next < parts).then_some(next)
     }
 
     /// Whether the published job has unclaimed parts.
@@ -170,15 +166,26 @@ impl Pool {
     }
 
     fn helper_loop(&'static self, h: usize) {
-        let mut last_job = Instant::now();
+        let mut last_job;
         loop {
             let mut spins = 0u32;
-            while let Some(i) = self.claim_part() {
+            // A job was published (the loop below ended): the pool is in use, whether or not
+            // this helper gets a part of it, so the spin time restarts.
+            last_job = Instant::now();
+            if self.has_work()
+                && let Some(first) = self.claim_part()
+            {
                 // SAFETY: a part was claimed from the current word, so its job is still
-                // published (the caller waits until every part is done) and the pointer
+                // published (the caller waits until every part is counted) and the pointer
                 // was stored before the word (Release/Acquire through `claim`).
                 let job = unsafe { &*self.job.load(Ordering::Acquire).cast::<Job<'_>>() };
-                job.execute(i);
+                job.execute(first);
+                let mut ran = 1;
+                while let Some(i) = self.claim_part() {
+                    job.execute(i);
+                    ran += 1;
+                }
+                job.finish(ran);
                 last_job = Instant::now();
             }
             // Nothing to claim: spin a while (yielding the core after PURE_SPIN), then park.
@@ -250,9 +257,12 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
             thread.unpark();
         }
     }
+    let mut ran = 0;
     while let Some(i) = pool.claim_part() {
         job.execute(i);
+        ran += 1;
     }
+    job.finish(ran);
     // Parts claimed by helpers may still be running: they borrow `f` and `job`.
     let mut spins = 0u32;
     while job.done.load(Ordering::Acquire) < parts {
