@@ -12,6 +12,8 @@
 //! a helper has already started.
 //!
 //! Correctness rules:
+//! - a caller that waited [`STALL`] for a helper's part (a helper that lost its core on a
+//!   loaded machine) makes the calls of the next [`BACKOFF`] run serially;
 //! - one job at a time: a call made while the pool is busy (another thread's call, or a call
 //!   from inside a job) runs all its parts on the calling thread ([`run`] still computes
 //!   everything, in the same per-part way);
@@ -38,6 +40,14 @@ pub const DEFAULT_SPIN_US: u64 = 300;
 /// Most parts of one job (the claim word holds the part count and the next part in
 /// [`FIELD_BITS`] bits each, and `next` may overshoot the count by one per thread).
 pub const MAX_PARTS: usize = (1 << FIELD_BITS) - 16;
+
+/// A caller that waits this long for a helper's part (the helper lost its core to another
+/// process mid-part: a kernel part takes tens of µs) runs its calls serially for [`BACKOFF`],
+/// so an oversubscribed machine costs one stall per [`BACKOFF`], not one per kernel call.
+pub const STALL: Duration = Duration::from_micros(500);
+
+/// How long calls run serially after a [`STALL`].
+pub const BACKOFF: Duration = Duration::from_millis(20);
 
 /// How long (at most [`spin_time`]) a helper spins without yielding its core.
 pub const PURE_SPIN: Duration = Duration::from_micros(50);
@@ -88,6 +98,11 @@ struct Pool {
     sleeping: [AtomicBool; MAX_HELPERS],
     helpers: OnceLock<Vec<Thread>>,
     spin: Duration,
+    /// When the pool was created (the clock of `serial_until_us`).
+    start: Instant,
+    /// Until this many µs after `start`, calls run serially: set after a caller waited
+    /// [`STALL`] for a helper's part (a helper descheduled on a loaded machine).
+    serial_until_us: AtomicU64,
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -100,6 +115,8 @@ fn pool() -> &'static Pool {
         sleeping: [const { AtomicBool::new(false) }; MAX_HELPERS],
         helpers: OnceLock::new(),
         spin: spin_time(),
+        start: Instant::now(),
+        serial_until_us: AtomicU64::new(0),
     })
 }
 
@@ -157,6 +174,11 @@ impl Pool {
     fn claim_part(&self) -> Option<usize> {
         let (_, parts, next) = unpack(self.claim.fetch_add(1, Ordering::AcqRel));
         (next < parts).then_some(next)
+    }
+
+    /// µs since the pool was created.
+    fn micros(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
     }
 
     /// Whether the published job has unclaimed parts.
@@ -232,6 +254,7 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     let pool = pool();
     let helpers = pool.helpers();
     if helpers.is_empty()
+        || pool.micros() < pool.serial_until_us.load(Ordering::Relaxed)
         || pool
             .busy
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -265,13 +288,19 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     job.finish(ran);
     // Parts claimed by helpers may still be running: they borrow `f` and `job`.
     let mut spins = 0u32;
+    let mut waiting_since = None;
     while job.done.load(Ordering::Acquire) < parts {
-        // A helper descheduled in the middle of a part (a loaded machine) may need this core.
         spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(1024) {
-            thread::yield_now();
-        } else {
+        if !spins.is_multiple_of(1024) {
             std::hint::spin_loop();
+            continue;
+        }
+        // A helper descheduled in the middle of a part (a loaded machine) may need this core.
+        thread::yield_now();
+        let since = *waiting_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > STALL {
+            let until = pool.micros() + BACKOFF.as_micros() as u64;
+            pool.serial_until_us.store(until, Ordering::Relaxed);
         }
     }
     pool.job.store(std::ptr::null_mut(), Ordering::Relaxed);
