@@ -14,9 +14,10 @@
 //! call either way, so the split changes no value. They use AVX-512 when the CPU has it
 //! (checked at run time); elsewhere a portable loop computes the same sums. The packed
 //! kernels read the weight stream with a non-temporal hint (weights are read once per step and
-//! should not evict what is reused: LoRA factors,
-//! the KV cache), and can prefetch memory the caller reads next
-//! ([`PackedMatrix::matmul_prefetching`]). [`lora`] adds LoRA deltas on the host.
+//! should not evict what is reused: LoRA factors, the KV cache), and can prefetch memory the
+//! caller reads next ([`PackedMatrix::matmul_prefetching`]). [`matmul_many`] multiplies one
+//! `x` by several matrices (q, k, v; gate, up) in one pool dispatch. [`lora`] adds LoRA
+//! deltas on the host.
 //! The decoder checks these against burn's matmul on the dense matrix (`tests/kernels.rs`).
 
 use crate::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix};
@@ -185,23 +186,78 @@ impl PackedMatrix {
         let ahead = Prefetcher::new(prefetch, tiles);
         let tile = |t: usize, yt: &mut [f32]| {
             ahead.tile(t);
-            for r0 in (0..m).step_by(MR) {
-                let mr = (m - r0).min(MR);
-                let xs = &x[r0 * k..(r0 + mr) * k];
-                let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
-                match &self.data {
-                    PackedData::Bf16(v) => {
-                        tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
-                    }
-                    PackedData::F32(v) => {
-                        tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
-                    }
-                }
-            }
+            self.tile_into(t, x, m, simd, yt);
         };
         for_each_tile(&mut ytiles, m * TILE, split.pooled(k * n), &tile);
         untile(&ytiles, m, n, TILE)
     }
+
+    /// Column tile `t` of `x·Wᵀ` into `yt` (`[m][TILE]`).
+    fn tile_into(&self, t: usize, x: &[f32], m: usize, simd: bool, yt: &mut [f32]) {
+        let k = self.in_dim;
+        for r0 in (0..m).step_by(MR) {
+            let mr = (m - r0).min(MR);
+            let xs = &x[r0 * k..(r0 + mr) * k];
+            let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
+            match &self.data {
+                PackedData::Bf16(v) => {
+                    tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                }
+                PackedData::F32(v) => {
+                    tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                }
+            }
+        }
+    }
+}
+
+/// `x` `[m, in]` times each of `matrices` (all with the same `in`), in one pass over the
+/// decode pool (one dispatch for the tiles of all of them: q, k and v, or gate and up, of a
+/// layer): the products `[m, out_i]`, bit for bit what [`PackedMatrix::matmul`] gives for
+/// each.
+pub fn matmul_many(matrices: &[&PackedMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    matmul_many_split(matrices, x, m, simd_available(), Split::Auto)
+}
+
+/// [`matmul_many`] choosing SIMD and the pool use (`Auto`: the pool when the matrices hold
+/// at least [`SERIAL_MAX_WEIGHTS`] weights together).
+pub fn matmul_many_split(
+    matrices: &[&PackedMatrix],
+    x: &[f32],
+    m: usize,
+    simd: bool,
+    split: Split,
+) -> Vec<Vec<f32>> {
+    let Some(first) = matrices.first() else {
+        return Vec::new();
+    };
+    let k = first.in_dim;
+    assert!(
+        matrices.iter().all(|p| p.in_dim == k) && x.len() == m * k,
+        "matmul_many: the matrices' in differ or x is not [m, in]"
+    );
+    // The tiles of all matrices in one buffer: matrix i owns tiles starting[i]..starting[i+1].
+    let mut starting = Vec::with_capacity(matrices.len() + 1);
+    starting.push(0);
+    for p in matrices {
+        starting.push(starting[starting.len() - 1] + p.out_dim.div_ceil(TILE));
+    }
+    let tiles = starting[matrices.len()];
+    let weights: usize = matrices.iter().map(|p| k * p.out_dim).sum();
+    let mut ytiles = vec![0.0f32; tiles * m * TILE];
+    let tile = |t: usize, yt: &mut [f32]| {
+        let i = starting.partition_point(|&s| s <= t) - 1;
+        matrices[i].tile_into(t - starting[i], x, m, simd, yt);
+    };
+    for_each_tile(&mut ytiles, m * TILE, split.pooled(weights), &tile);
+    matrices
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let region = &ytiles[starting[i] * m * TILE..starting[i + 1] * m * TILE];
+            untile(region, m, p.out_dim, TILE)
+        })
+        .collect()
 }
 
 /// Calls `tile(t, ytiles[t])` for every tile slot of `ytiles` (`slot` values each): on this

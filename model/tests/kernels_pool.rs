@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tributary_model::kernels::{
-    LoraFactors, PackedMatrix, Split, nf4_matmul_split, pool, simd_available,
+    LoraFactors, PackedMatrix, Split, matmul_many_split, nf4_matmul_split, pool, simd_available,
 };
 use tributary_model::quant::Nf4Matrix;
 
@@ -102,6 +102,37 @@ fn packed_matmul_over_the_pool_is_bit_identical_to_serial() {
             }
         }
     }
+}
+
+/// q, k, v (or gate, up) in one dispatch: each product as its own call gives it.
+#[test]
+fn several_matrices_in_one_dispatch_match_one_call_each() {
+    let k = 70;
+    let mats = [
+        PackedMatrix::f32(&random(k * 160, 90), k, 160),
+        PackedMatrix::bf16(&random(k * 70, 91), k, 70),
+        PackedMatrix::f32(&random(k * 33, 92), k, 33),
+        PackedMatrix::bf16(&random(k * 224, 93), k, 224),
+    ];
+    let refs: Vec<&PackedMatrix> = mats.iter().collect();
+    for m in [1, 3, 8, 9, 20] {
+        let x = random(m * k, 95 + m as u64);
+        for simd in simd_modes() {
+            for split in [Split::Pool, Split::Serial, Split::Auto] {
+                let got = matmul_many_split(&refs, &x, m, simd, split);
+                assert_eq!(got.len(), mats.len());
+                for (i, (g, p)) in got.iter().zip(&mats).enumerate() {
+                    let want = p.matmul_split(&x, m, simd, Split::Serial);
+                    assert_eq!(
+                        bits(g),
+                        bits(&want),
+                        "matrix {i} m={m} simd={simd} {split:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(matmul_many_split(&[], &[], 1, false, Split::Pool).is_empty());
 }
 
 #[test]
