@@ -13,7 +13,8 @@
 //!
 //! Correctness rules:
 //! - a caller that waited [`STALL`] for a helper's part (a helper that lost its core on a
-//!   loaded machine) makes the calls of the next [`BACKOFF`] run serially;
+//!   loaded machine) makes the calls of the next [`BACKOFF`] (longer after repeated stalls)
+//!   run serially;
 //! - one job at a time: a call made while the pool is busy (another thread's call, or a call
 //!   from inside a job) runs all its parts on the calling thread ([`run`] still computes
 //!   everything, in the same per-part way);
@@ -42,12 +43,16 @@ pub const DEFAULT_SPIN_US: u64 = 300;
 pub const MAX_PARTS: usize = (1 << FIELD_BITS) - 16;
 
 /// A caller that waits this long for a helper's part (the helper lost its core to another
-/// process mid-part: a kernel part takes tens of µs) runs its calls serially for [`BACKOFF`],
-/// so an oversubscribed machine costs one stall per [`BACKOFF`], not one per kernel call.
+/// process mid-part: a kernel part takes tens of µs) makes calls run serially for a while
+/// ([`BACKOFF`], doubled for each further stall within [`STALL_MEMORY`] of the previous one,
+/// up to 32×), so an oversubscribed machine costs a stall now and then, not one per call.
 pub const STALL: Duration = Duration::from_micros(500);
 
-/// How long calls run serially after a [`STALL`].
+/// How long calls run serially after a first [`STALL`].
 pub const BACKOFF: Duration = Duration::from_millis(20);
+
+/// Stalls closer together than this count as one run of stalls (longer back-offs).
+pub const STALL_MEMORY: Duration = Duration::from_secs(2);
 
 /// How long (at most [`spin_time`]) a helper spins without yielding its core.
 pub const PURE_SPIN: Duration = Duration::from_micros(50);
@@ -103,6 +108,10 @@ struct Pool {
     /// Until this many µs after `start`, calls run serially: set after a caller waited
     /// [`STALL`] for a helper's part (a helper descheduled on a loaded machine).
     serial_until_us: AtomicU64,
+    /// When the last stall was seen (µs after `start`) and how many came in a row (each
+    /// less than [`STALL_MEMORY`] after the previous one).
+    last_stall_us: AtomicU64,
+    stalls_in_a_row: AtomicU64,
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -117,6 +126,8 @@ fn pool() -> &'static Pool {
         spin: spin_time(),
         start: Instant::now(),
         serial_until_us: AtomicU64::new(0),
+        last_stall_us: AtomicU64::new(0),
+        stalls_in_a_row: AtomicU64::new(0),
     })
 }
 
@@ -174,6 +185,20 @@ impl Pool {
     fn claim_part(&self) -> Option<usize> {
         let (_, parts, next) = unpack(self.claim.fetch_add(1, Ordering::AcqRel));
         (next < parts).then_some(next)
+    }
+
+    /// Makes calls serial for a while after a stall (see [`STALL`]).
+    fn back_off(&self) {
+        let now = self.micros();
+        let previous = self.last_stall_us.swap(now, Ordering::Relaxed);
+        let in_a_row = if now.saturating_sub(previous) > STALL_MEMORY.as_micros() as u64 {
+            self.stalls_in_a_row.store(1, Ordering::Relaxed);
+            0
+        } else {
+            self.stalls_in_a_row.fetch_add(1, Ordering::Relaxed)
+        };
+        let backoff = (BACKOFF.as_micros() as u64) << in_a_row.min(5);
+        self.serial_until_us.store(now + backoff, Ordering::Relaxed);
     }
 
     /// µs since the pool was created.
@@ -299,8 +324,8 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         thread::yield_now();
         let since = *waiting_since.get_or_insert_with(Instant::now);
         if since.elapsed() > STALL {
-            let until = pool.micros() + BACKOFF.as_micros() as u64;
-            pool.serial_until_us.store(until, Ordering::Relaxed);
+            pool.back_off();
+            waiting_since = Some(Instant::now());
         }
     }
     pool.job.store(std::ptr::null_mut(), Ordering::Relaxed);
