@@ -8,21 +8,23 @@
 //! - [`Nf4Matrix`]: the 4-bit codes are decoded inside the dot product (a 16-entry
 //!   register lookup per nibble), instead of writing a dequantized f32 matrix first.
 //!
-//! Both split the output columns over the rayon pool (both cores) for large matrices (at
-//! least [`SERIAL_MAX_WEIGHTS`]: the lm_head) and run smaller ones on the calling thread;
-//! they use AVX-512 when the CPU has it (checked at run time); elsewhere a portable loop
-//! computes the same sums. The packed kernels read the weight stream with a non-temporal
-//! hint (weights are read once per step and should not evict what is reused: LoRA factors,
-//! the KV cache), and can prefetch memory the caller reads next
-//! ([`PackedMatrix::matmul_prefetching`]). [`lora`] adds LoRA deltas on the host.
+//! Both split the output columns (by tiles) over the calling thread and the persistent
+//! decode pool's helper ([`pool`]) for matrices of at least [`SERIAL_MAX_WEIGHTS`] weights and
+//! run smaller ones on the calling thread; every output column is computed by one tile kernel
+//! call either way, so the split changes no value. They use AVX-512 when the CPU has it
+//! (checked at run time); elsewhere a portable loop computes the same sums. The packed
+//! kernels read the weight stream with a non-temporal hint (weights are read once per step and
+//! should not evict what is reused: LoRA factors, the KV cache), and can prefetch memory the
+//! caller reads next ([`PackedMatrix::matmul_prefetching`]). [`matmul_many`] multiplies one
+//! `x` by several matrices (q, k, v; gate, up) in one pool dispatch. [`lora`] adds LoRA
+//! deltas on the host.
 //! The decoder checks these against burn's matmul on the dense matrix (`tests/kernels.rs`).
 
-use half::bf16;
-use rayon::prelude::*;
-
 use crate::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix};
+use half::bf16;
 
 pub mod lora;
+pub mod pool;
 
 pub use lora::LoraFactors;
 
@@ -31,6 +33,28 @@ pub const TILE: usize = 32;
 
 /// Row chunk of `x` handled by one pass over a weight tile.
 const MR: usize = 8;
+
+/// How one kernel call uses the decode pool ([`pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The pool for matrices of at least [`SERIAL_MAX_WEIGHTS`] weights, else this thread.
+    Auto,
+    /// This thread only.
+    Serial,
+    /// The pool whatever the size (tests compare it with [`Split::Serial`]).
+    Pool,
+}
+
+impl Split {
+    /// Whether a product over `weights` weights goes to the pool.
+    fn pooled(self, weights: usize) -> bool {
+        match self {
+            Split::Auto => weights >= SERIAL_MAX_WEIGHTS,
+            Split::Serial => false,
+            Split::Pool => true,
+        }
+    }
+}
 
 /// Element type of a [`PackedMatrix`].
 #[derive(Debug, Clone, PartialEq)]
@@ -126,10 +150,10 @@ impl PackedMatrix {
         }
     }
 
-    /// [`PackedMatrix::matmul_with`] that, on the serial path, also asks the CPU to fetch
-    /// the memory `prefetch` (`(address, bytes)` ranges the caller reads next, e.g. LoRA
-    /// factors) into the core's L2 cache, spread evenly over the tiles, so those reads
-    /// overlap with this product instead of following it.
+    /// [`PackedMatrix::matmul_with`] that also asks the CPU to fetch the memory `prefetch`
+    /// (`(address, bytes)` ranges the caller reads next, e.g. LoRA factors) into L2 cache,
+    /// spread evenly over the tiles, so those reads overlap with this product instead of
+    /// following it.
     pub(crate) fn matmul_prefetching(
         &self,
         x: &[f32],
@@ -137,62 +161,152 @@ impl PackedMatrix {
         simd: bool,
         prefetch: &[(*const u8, usize)],
     ) -> Vec<f32> {
+        self.matmul_split_prefetching(x, m, simd, Split::Auto, prefetch)
+    }
+
+    /// [`PackedMatrix::matmul_with`] with the pool use chosen by `split` (every choice gives
+    /// the same values, bit for bit).
+    pub fn matmul_split(&self, x: &[f32], m: usize, simd: bool, split: Split) -> Vec<f32> {
+        self.matmul_split_prefetching(x, m, simd, split, &[])
+    }
+
+    fn matmul_split_prefetching(
+        &self,
+        x: &[f32],
+        m: usize,
+        simd: bool,
+        split: Split,
+        prefetch: &[(*const u8, usize)],
+    ) -> Vec<f32> {
         let (k, n) = (self.in_dim, self.out_dim);
         assert_eq!(x.len(), m * k, "PackedMatrix::matmul: x is not [m, in]");
         let tiles = n.div_ceil(TILE);
-        // Tile-major result [tile][m][TILE]: each task owns whole tiles.
+        // Tile-major result [tile][m][TILE]: each part owns whole tiles.
         let mut ytiles = vec![0.0f32; tiles * m * TILE];
-        let tile = |(t, yt): (usize, &mut [f32])| {
-            for r0 in (0..m).step_by(MR) {
-                let mr = (m - r0).min(MR);
-                let xs = &x[r0 * k..(r0 + mr) * k];
-                let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
-                match &self.data {
-                    PackedData::Bf16(v) => {
-                        tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
-                    }
-                    PackedData::F32(v) => {
-                        tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
-                    }
+        let ahead = Prefetcher::new(prefetch, tiles);
+        let tile = |t: usize, yt: &mut [f32]| {
+            ahead.tile(t);
+            self.tile_into(t, x, m, simd, yt);
+        };
+        for_each_tile(&mut ytiles, m * TILE, split.pooled(k * n), &tile);
+        untile(&ytiles, m, n, TILE)
+    }
+
+    /// Column tile `t` of `x·Wᵀ` into `yt` (`[m][TILE]`).
+    fn tile_into(&self, t: usize, x: &[f32], m: usize, simd: bool, yt: &mut [f32]) {
+        let k = self.in_dim;
+        for r0 in (0..m).step_by(MR) {
+            let mr = (m - r0).min(MR);
+            let xs = &x[r0 * k..(r0 + mr) * k];
+            let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
+            match &self.data {
+                PackedData::Bf16(v) => {
+                    tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                }
+                PackedData::F32(v) => {
+                    tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
                 }
             }
-        };
-        if k * n < SERIAL_MAX_WEIGHTS {
-            let mut ahead = Prefetcher::new(prefetch, tiles);
-            for (t, yt) in ytiles.chunks_mut(m * TILE).enumerate() {
-                ahead.step();
-                tile((t, yt));
-            }
-        } else {
-            ytiles
-                .par_chunks_mut(m * TILE)
-                .with_min_len(tiles_per_task(tiles))
-                .enumerate()
-                .for_each(tile);
         }
-        untile(&ytiles, m, n, TILE)
     }
 }
 
-/// Matrices with fewer weights than this run on the calling thread alone, outside rayon:
-/// waking the other pool thread for each of a decode step's ~57 small calls cost more than
-/// the second core gave (measured: batch-1 decoding 1.2–1.8× faster serial; see
-/// docs/benchmarks.md). Even one rayon task costs a hand-off when the caller is not a pool
-/// thread (rayon injects the job and the caller sleeps until a worker has run it), so the
-/// serial path is a plain loop.
-pub const SERIAL_MAX_WEIGHTS: usize = 1 << 20;
+/// `x` `[m, in]` times each of `matrices` (all with the same `in`), in one pass over the
+/// decode pool (one dispatch for the tiles of all of them: q, k and v, or gate and up, of a
+/// layer): the products `[m, out_i]`, bit for bit what [`PackedMatrix::matmul`] gives for
+/// each.
+pub fn matmul_many(matrices: &[&PackedMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    matmul_many_split(matrices, x, m, simd_available(), Split::Auto)
+}
+
+/// [`matmul_many`] choosing SIMD and the pool use (`Auto`: the pool when the matrices hold
+/// at least [`SERIAL_MAX_WEIGHTS`] weights together).
+pub fn matmul_many_split(
+    matrices: &[&PackedMatrix],
+    x: &[f32],
+    m: usize,
+    simd: bool,
+    split: Split,
+) -> Vec<Vec<f32>> {
+    let Some(first) = matrices.first() else {
+        return Vec::new();
+    };
+    let k = first.in_dim;
+    assert!(
+        matrices.iter().all(|p| p.in_dim == k) && x.len() == m * k,
+        "matmul_many: the matrices' in differ or x is not [m, in]"
+    );
+    // The tiles of all matrices in one buffer: matrix i owns tiles starting[i]..starting[i+1].
+    let mut starting = Vec::with_capacity(matrices.len() + 1);
+    starting.push(0);
+    for p in matrices {
+        starting.push(starting[starting.len() - 1] + p.out_dim.div_ceil(TILE));
+    }
+    let tiles = starting[matrices.len()];
+    let weights: usize = matrices.iter().map(|p| k * p.out_dim).sum();
+    let mut ytiles = vec![0.0f32; tiles * m * TILE];
+    let tile = |t: usize, yt: &mut [f32]| {
+        let i = starting.partition_point(|&s| s <= t) - 1;
+        matrices[i].tile_into(t - starting[i], x, m, simd, yt);
+    };
+    for_each_tile(&mut ytiles, m * TILE, split.pooled(weights), &tile);
+    matrices
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let region = &ytiles[starting[i] * m * TILE..starting[i + 1] * m * TILE];
+            untile(region, m, p.out_dim, TILE)
+        })
+        .collect()
+}
+
+/// Calls `tile(t, ytiles[t])` for every tile slot of `ytiles` (`slot` values each): on this
+/// thread, or over the pool in parts of whole tiles (one part at a time per thread).
+fn for_each_tile(
+    ytiles: &mut [f32],
+    slot: usize,
+    pooled: bool,
+    tile: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let tiles = ytiles.len() / slot.max(1);
+    if !pooled || tiles < 2 {
+        for (t, yt) in ytiles.chunks_mut(slot.max(1)).enumerate() {
+            tile(t, yt);
+        }
+        return;
+    }
+    let per_part = tiles_per_part(tiles);
+    pool::for_each_chunk_mut(ytiles, per_part * slot, &|p, part| {
+        for (j, yt) in part.chunks_mut(slot).enumerate() {
+            tile(p * per_part + j, yt);
+        }
+    });
+}
+
+/// Tiles per pool part: parts are claimed one at a time (an atomic operation each), so a
+/// part should be a few µs of work; about 4 parts per thread balance a late helper.
+fn tiles_per_part(tiles: usize) -> usize {
+    tiles.div_ceil(pool::threads() * 4).max(1)
+}
+
+/// Matrices with fewer weights than this run on the calling thread alone; larger ones are
+/// split over the persistent decode pool ([`pool`]), which costs an atomic store and a spin
+/// per call, not a thread wake-up. (With rayon the hand-off cost more than the second core
+/// gave below 2²⁰ weights; see docs/benchmarks.md, speed work 3 and 5.)
+pub const SERIAL_MAX_WEIGHTS: usize = 1 << 16;
 
 /// Cache lines assumed by [`Prefetcher`].
 const LINE: usize = 64;
 
-/// Walks `(address, bytes)` ranges one cache line at a time, asking for a share of them
-/// to be prefetched into L2 at each of `steps` steps (a hint: nothing is read or checked).
+/// Spreads `(address, bytes)` ranges over `steps` steps, asking at step `t` for the `t`-th
+/// share of their cache lines to be prefetched into L2 (a hint: nothing is read or checked).
 struct Prefetcher<'a> {
     ranges: &'a [(*const u8, usize)],
     per_step: usize,
-    range: usize,
-    offset: usize,
 }
+
+// SAFETY: the addresses are only handed to prefetch instructions, never dereferenced.
+unsafe impl Sync for Prefetcher<'_> {}
 
 impl<'a> Prefetcher<'a> {
     fn new(ranges: &'a [(*const u8, usize)], steps: usize) -> Self {
@@ -200,21 +314,35 @@ impl<'a> Prefetcher<'a> {
         Self {
             ranges,
             per_step: lines.div_ceil(steps.max(1)),
-            range: 0,
-            offset: 0,
         }
     }
 
-    fn step(&mut self) {
+    /// Prefetches the lines of step `t`.
+    fn tile(&self, t: usize) {
+        if self.per_step == 0 {
+            return;
+        }
+        // Find the range and offset of line t·per_step.
+        let mut skip = t * self.per_step;
+        let mut range = 0;
+        while let Some(&(_, len)) = self.ranges.get(range) {
+            let lines = len.div_ceil(LINE);
+            if skip < lines {
+                break;
+            }
+            skip -= lines;
+            range += 1;
+        }
+        let mut offset = skip * LINE;
         for _ in 0..self.per_step {
-            let Some(&(base, len)) = self.ranges.get(self.range) else {
+            let Some(&(base, len)) = self.ranges.get(range) else {
                 return;
             };
             #[cfg(target_arch = "x86_64")]
             {
                 use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
                 // wrapping_add: the address is only a hint, never dereferenced here.
-                let p = base.wrapping_add(self.offset).cast::<i8>();
+                let p = base.wrapping_add(offset).cast::<i8>();
                 // SAFETY: a prefetch never faults and reads nothing into the program.
                 #[allow(unused_unsafe)]
                 unsafe {
@@ -223,19 +351,13 @@ impl<'a> Prefetcher<'a> {
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = base;
-            self.offset += LINE;
-            if self.offset >= len {
-                self.range += 1;
-                self.offset = 0;
+            offset += LINE;
+            if offset >= len {
+                range += 1;
+                offset = 0;
             }
         }
     }
-}
-
-/// Tiles per rayon task: one task per pool thread (each call is short, so fewer, larger
-/// tasks cost less waking and stealing than many small ones).
-fn tiles_per_task(tiles: usize) -> usize {
-    tiles.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
 fn pack<T: Copy + Default>(wt: &[f32], k: usize, n: usize, f: impl Fn(f32) -> T) -> Vec<T> {
@@ -341,6 +463,17 @@ pub fn nf4_matmul(q: &Nf4Matrix, x: &[f32], m: usize) -> Option<Vec<f32>> {
 
 /// [`nf4_matmul`] choosing the SIMD path or the portable one (tests use both).
 pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option<Vec<f32>> {
+    nf4_matmul_split(q, x, m, simd, Split::Auto)
+}
+
+/// [`nf4_matmul_with`] with the pool use chosen by `split` (same values for every choice).
+pub fn nf4_matmul_split(
+    q: &Nf4Matrix,
+    x: &[f32],
+    m: usize,
+    simd: bool,
+    split: Split,
+) -> Option<Vec<f32>> {
     let q_f32 = q.with_f32_scales(); // double-quantized scales decoded once per product
     let q: &Nf4Matrix = &q_f32;
     if !nf4_fusable(q) {
@@ -350,7 +483,7 @@ pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option
     assert_eq!(x.len(), m * k, "nf4_matmul: x is not [m, in]");
     let tiles = n / NF4_TILE;
     let mut ytiles = vec![0.0f32; tiles * m * NF4_TILE];
-    let tile = |(t, yt): (usize, &mut [f32])| {
+    let tile = |t: usize, yt: &mut [f32]| {
         for r0 in (0..m).step_by(NF4_MR) {
             let mr = (m - r0).min(NF4_MR);
             let xs = &x[r0 * k..(r0 + mr) * k];
@@ -358,15 +491,7 @@ pub fn nf4_matmul_with(q: &Nf4Matrix, x: &[f32], m: usize, simd: bool) -> Option
             nf4_tile(q, t * NF4_TILE, xs, mr, ys, simd);
         }
     };
-    if k * n < SERIAL_MAX_WEIGHTS {
-        ytiles.chunks_mut(m * NF4_TILE).enumerate().for_each(tile);
-    } else {
-        ytiles
-            .par_chunks_mut(m * NF4_TILE)
-            .with_min_len(tiles_per_task(tiles))
-            .enumerate()
-            .for_each(tile);
-    }
+    for_each_tile(&mut ytiles, m * NF4_TILE, split.pooled(k * n), &tile);
     Some(untile(&ytiles, m, n, NF4_TILE))
 }
 
@@ -399,184 +524,4 @@ fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32], simd:
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    //! The AVX-512F bodies of the tile kernels (callers check the CPU feature first).
-
-    use std::arch::x86_64::*;
-
-    use super::{MR, NF4_BLOCK, NF4_CODE, NF4_MR, NF4_TILE, Nf4Matrix, TILE};
-
-    /// Calls `f::<R>(args)` with `R` the constant equal to `mr` (1..=MR; larger is MR), so the
-    /// accumulators of a tile kernel stay in registers.
-    macro_rules! with_row_count {
-        ($mr:expr, $f:ident($($arg:expr),*)) => {
-            match $mr {
-                1 => $f::<1>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                4 => $f::<4>($($arg),*),
-                5 => $f::<5>($($arg),*),
-                6 => $f::<6>($($arg),*),
-                7 => $f::<7>($($arg),*),
-                _ => $f::<MR>($($arg),*),
-            }
-        };
-    }
-
-    /// One tile of bf16 weights: `w` is `[k][TILE]`, `x` `[mr][k]`, `y` `[mr][TILE]`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_bf16(w: &[u16], x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
-        assert!(w.len() >= k * TILE && x.len() >= mr * k && y.len() >= mr * TILE && mr <= MR);
-        // A constant row count keeps the accumulators in registers.
-        with_row_count!(mr, tile_bf16_rows(w, x, k, y))
-    }
-
-    #[target_feature(enable = "avx512f")]
-    fn tile_bf16_rows<const R: usize>(w: &[u16], x: &[f32], k: usize, y: &mut [f32]) {
-        assert!(w.len() >= k * TILE && x.len() >= R * k && y.len() >= R * TILE);
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let wp = w.as_ptr();
-        for i in 0..k {
-            stream_hint(wp.wrapping_add(i * TILE + STREAM_AHEAD / 2).cast());
-            // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len(); bf16 → f32 is a 16-bit left shift.
-            let (w0, w1) = unsafe {
-                let p = wp.add(i * TILE) as *const __m256i;
-                let lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p));
-                let hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(1)));
-                (
-                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(lo)),
-                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(hi)),
-                )
-            };
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(x[r * k + i]);
-                a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
-                a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
-            }
-        }
-        store(&acc, y);
-    }
-
-    /// One tile of f32 weights: `w` is `[k][TILE]`, `x` `[mr][k]`, `y` `[mr][TILE]`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_f32(w: &[f32], x: &[f32], k: usize, mr: usize, y: &mut [f32]) {
-        assert!(w.len() >= k * TILE && x.len() >= mr * k && y.len() >= mr * TILE && mr <= MR);
-        with_row_count!(mr, tile_f32_rows(w, x, k, y))
-    }
-
-    #[target_feature(enable = "avx512f")]
-    fn tile_f32_rows<const R: usize>(w: &[f32], x: &[f32], k: usize, y: &mut [f32]) {
-        assert!(w.len() >= k * TILE && x.len() >= R * k && y.len() >= R * TILE);
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let wp = w.as_ptr();
-        for i in 0..k {
-            let ahead = wp.wrapping_add(i * TILE + STREAM_AHEAD / 4).cast::<i8>();
-            stream_hint(ahead);
-            stream_hint(ahead.wrapping_add(64));
-            // SAFETY: i·TILE + 32 ≤ k·TILE ≤ w.len().
-            let (w0, w1) = unsafe {
-                let p = wp.add(i * TILE);
-                (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
-            };
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(x[r * k + i]);
-                a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
-                a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
-            }
-        }
-        store(&acc, y);
-    }
-
-    /// Bytes ahead of the weight stream at which [`stream_hint`] asks for lines.
-    const STREAM_AHEAD: usize = 1024;
-
-    /// Asks for the line at `p` as non-temporal data (a hint; never faults): weights are read
-    /// once per step, so they should not push LoRA factors and the KV cache out of L3.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn stream_hint(p: *const i8) {
-        // SAFETY: a prefetch never faults and reads nothing into the program.
-        #[allow(unused_unsafe)]
-        unsafe {
-            _mm_prefetch::<_MM_HINT_NTA>(p)
-        };
-    }
-
-    #[target_feature(enable = "avx512f")]
-    fn store<const R: usize>(acc: &[[__m512; 2]; R], y: &mut [f32]) {
-        for (r, a) in acc.iter().enumerate() {
-            let out = &mut y[r * TILE..(r + 1) * TILE];
-            // SAFETY: `out` holds exactly 32 floats.
-            unsafe {
-                _mm512_storeu_ps(out.as_mut_ptr(), a[0]);
-                _mm512_storeu_ps(out.as_mut_ptr().add(16), a[1]);
-            }
-        }
-    }
-
-    /// One 64-column tile (one block per row of `Wᵀ`) starting at column `c0` of `q`.
-    /// Byte `b` of a block holds element `2b` (low nibble) and `2b+1` (high nibble): the
-    /// low nibbles of 16 bytes give the even columns, the high ones the odd columns.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32]) {
-        match mr {
-            1 => nf4_tile_rows::<1>(q, c0, x, y),
-            2 => nf4_tile_rows::<2>(q, c0, x, y),
-            3 => nf4_tile_rows::<3>(q, c0, x, y),
-            _ => nf4_tile_rows::<NF4_MR>(q, c0, x, y),
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    fn nf4_tile_rows<const R: usize>(q: &Nf4Matrix, c0: usize, x: &[f32], y: &mut [f32]) {
-        let mr = R;
-        let [k, n] = q.shape();
-        let (packed, scales) = (q.packed(), q.scales());
-        assert!(c0 + NF4_TILE <= n && n.is_multiple_of(NF4_BLOCK) && mr <= NF4_MR);
-        assert!(x.len() >= mr * k && y.len() >= mr * NF4_TILE);
-        assert!(packed.len() * 2 >= k * n && scales.len() * NF4_BLOCK >= k * n);
-        // SAFETY: NF4_CODE holds 16 floats.
-        let code = unsafe { _mm512_loadu_ps(NF4_CODE.as_ptr()) };
-        // acc[r] = [even 0..32, odd 0..32, even 32..64, odd 32..64] column groups.
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for i in 0..k {
-            let start = i * n + c0;
-            let scale = scales[start / NF4_BLOCK];
-            // SAFETY: start/2 + 32 ≤ k·n/2 ≤ packed.len() (checked above).
-            let (b0, b1) = unsafe {
-                let p = packed.as_ptr().add(start / 2) as *const __m128i;
-                (
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128(p)),
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(1))),
-                )
-            };
-            // permutexvar reads only the low 4 bits of each index: the low nibble as is.
-            let v = [
-                _mm512_permutexvar_ps(b0, code),
-                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b0), code),
-                _mm512_permutexvar_ps(b1, code),
-                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b1), code),
-            ];
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(x[r * k + i] * scale);
-                for (aj, vj) in a.iter_mut().zip(&v) {
-                    *aj = _mm512_fmadd_ps(xv, *vj, *aj);
-                }
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            let mut lanes = [[0.0f32; 16]; 4];
-            for (l, v) in lanes.iter_mut().zip(a) {
-                // SAFETY: each lane array holds 16 floats.
-                unsafe { _mm512_storeu_ps(l.as_mut_ptr(), *v) };
-            }
-            let out = &mut y[r * NF4_TILE..(r + 1) * NF4_TILE];
-            for half in 0..2 {
-                for j in 0..16 {
-                    out[half * 32 + 2 * j] = lanes[2 * half][j];
-                    out[half * 32 + 2 * j + 1] = lanes[2 * half + 1][j];
-                }
-            }
-        }
-    }
-}
+mod avx512;

@@ -24,7 +24,7 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::linear::{Linear, LinearWeight};
 use crate::error::ModelError;
-use crate::kernels::LoraFactors;
+use crate::kernels::{LoraFactors, Split};
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::train::dropout::LoraDropout;
 
@@ -231,7 +231,7 @@ impl<'a> LoraSel<'a> {
                 let mut parts = Vec::with_capacity(host_groups.len());
                 for (k, rows) in host_groups {
                     if let Some(f) = factors(&lora.adapters[*k]).ok()? {
-                        parts.push((f, rows));
+                        parts.push((f, rows.as_slice()));
                     }
                 }
                 let prefetch: Vec<_> = parts
@@ -239,11 +239,8 @@ impl<'a> LoraSel<'a> {
                     .filter(|_| bf16)
                     .flat_map(|(f, _)| f.memory())
                     .collect();
-                linear.forward_host_with(x, &prefetch, |xs, y| {
-                    for (f, rows) in parts {
-                        f.add_delta(xs, y, rows);
-                    }
-                })
+                linear
+                    .forward_host_with(x, &prefetch, |xs, y| LoraFactors::add_deltas(&parts, xs, y))
             }
         }
     }
@@ -296,7 +293,7 @@ impl<'a> LoraSel<'a> {
                 let mut parts = Vec::with_capacity(host_groups.len());
                 for (k, rows) in host_groups {
                     if let Some(f) = factors(&lora.adapters[*k]).ok()? {
-                        parts.push((f, rows));
+                        parts.push((f, rows.as_slice()));
                     }
                 }
                 let prefetch: Vec<_> = parts
@@ -305,9 +302,7 @@ impl<'a> LoraSel<'a> {
                     .flat_map(|(f, _)| f.memory())
                     .collect();
                 weight.host_matmul_slice(x, m, simd, &prefetch, |xs, y| {
-                    for (f, rows) in parts {
-                        f.add_delta_with(xs, y, rows, simd);
-                    }
+                    LoraFactors::add_deltas_split(&parts, xs, y, simd, Split::Auto)
                 })?
             }
         };

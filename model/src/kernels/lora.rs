@@ -11,13 +11,16 @@
 //!   `k = r`).
 //!
 //! Rows that share an adapter share one pass over its factors ([`LoraFactors::add_delta`]
-//! takes the rows of one adapter). Everything runs on the calling thread: these products are
-//! small, and waking the pool for each costs more than it gives (docs/benchmarks.md, speed
-//! work 3). AVX-512 when the CPU has it, a portable loop otherwise.
+//! takes the rows of one adapter). One adapter's pass runs on the calling thread (its
+//! factors are small); the passes of several adapters in one batch
+//! ([`LoraFactors::add_deltas`]) are shared out over the decode pool ([`super::pool`]), one
+//! adapter per part, when their factors together are large enough to pay. AVX-512 when the
+//! CPU has it, a portable loop otherwise.
 
 use half::bf16;
 
-use super::{PackedMatrix, simd_available};
+use super::pool::{self, SharedMut};
+use super::{PackedMatrix, Split, simd_available};
 
 /// Ranks of `A` handled together by the down kernel (independent accumulator chains).
 pub const DOWN_RANKS: usize = 4;
@@ -128,21 +131,25 @@ impl LoraFactors {
     /// [`LoraFactors::add_delta`] choosing the SIMD path or the portable one (tests use both).
     pub fn add_delta_with(&self, x: &[f32], y: &mut [f32], rows: &[usize], simd: bool) {
         let [_, k, n] = self.dims();
-        let Some(&first) = rows.first() else {
+        if rows.is_empty() {
             return;
-        };
-        assert!(
-            x.len().is_multiple_of(k) && y.len() == x.len() / k * n,
-            "LoraFactors::add_delta: x is not [m, in] or y not [m, out]"
-        );
-        let m = x.len() / k;
-        assert!(
-            rows.iter().all(|&r| r < m),
-            "LoraFactors::add_delta: row out of range"
-        );
+        }
+        check_rows(x, y, k, n, rows);
+        let d = self.delta(x, rows, simd);
+        for (i, &r) in rows.iter().enumerate() {
+            for (yv, dv) in y[r * n..(r + 1) * n].iter_mut().zip(&d[i * n..(i + 1) * n]) {
+                *yv += dv;
+            }
+        }
+    }
+
+    /// The delta `(x[row]·Aᵀ)·(Bᵀ·scale)` of the rows `rows`, `[rows.len(), out]`.
+    fn delta(&self, x: &[f32], rows: &[usize], simd: bool) -> Vec<f32> {
+        let k = self.in_dim;
         let g = rows.len();
         // The group's rows contiguous: a slice of x when they already are, else a copy.
         let gathered: Vec<f32>;
+        let first = rows.first().copied().unwrap_or(0);
         let xs: &[f32] = if rows.iter().enumerate().all(|(i, &r)| r == first + i) {
             &x[first * k..(first + g) * k]
         } else {
@@ -165,13 +172,88 @@ impl LoraFactors {
                 }
             }
         }
-        let d = self.up.matmul_with(&t, g, simd);
-        for (i, &r) in rows.iter().enumerate() {
-            for (yv, dv) in y[r * n..(r + 1) * n].iter_mut().zip(&d[i * n..(i + 1) * n]) {
-                *yv += dv;
+        self.up.matmul_split(&t, g, simd, Split::Serial)
+    }
+
+    /// The deltas of several adapters in one batch: for each `(factors, rows)` of `groups`,
+    /// [`LoraFactors::add_delta`] of those rows. The groups share out over the decode pool
+    /// (one group per part) when no row is in two groups and their factors hold at least
+    /// [`super::SERIAL_MAX_WEIGHTS`] values together; the values are the same either way.
+    pub fn add_deltas(groups: &[(&LoraFactors, &[usize])], x: &[f32], y: &mut [f32]) {
+        Self::add_deltas_split(groups, x, y, simd_available(), Split::Auto);
+    }
+
+    /// [`LoraFactors::add_deltas`] choosing SIMD and the pool use (tests compare them).
+    pub fn add_deltas_split(
+        groups: &[(&LoraFactors, &[usize])],
+        x: &[f32],
+        y: &mut [f32],
+        simd: bool,
+        split: Split,
+    ) {
+        for (f, rows) in groups {
+            let [_, k, n] = f.dims();
+            check_rows(x, y, k, n, rows);
+        }
+        let weights: usize = groups.iter().map(|(f, _)| f.weights()).sum();
+        let m = groups.first().map_or(0, |(f, _)| x.len() / f.in_dim);
+        if groups.len() < 2 || !split.pooled(weights) || !rows_disjoint(groups, m) {
+            for (f, rows) in groups {
+                f.add_delta_with(x, y, rows, simd);
+            }
+            return;
+        }
+        let out = SharedMut::new(y.as_mut_ptr());
+        pool::run(groups.len(), &|p| {
+            let (f, rows) = groups[p];
+            if rows.is_empty() {
+                return;
+            }
+            let n = f.dims()[2];
+            let d = f.delta(x, rows, simd);
+            for (i, &r) in rows.iter().enumerate() {
+                // SAFETY: `check_rows` put row r inside `y`, and `rows_disjoint` gave each
+                // row to one group, i.e. to one part of this run; `y` outlives the run.
+                let yr = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n), n) };
+                for (yv, dv) in yr.iter_mut().zip(&d[i * n..(i + 1) * n]) {
+                    *yv += dv;
+                }
+            }
+        });
+    }
+
+    /// Stored values of both factors (padding included).
+    fn weights(&self) -> usize {
+        let [_, k, n] = self.dims();
+        self.rank_pad * (k + n)
+    }
+}
+
+/// Panics unless `x` is `[m, k]`, `y` is `[m, n]` and every row is below `m`.
+fn check_rows(x: &[f32], y: &[f32], k: usize, n: usize, rows: &[usize]) {
+    assert!(
+        k > 0 && x.len().is_multiple_of(k) && y.len() == x.len() / k * n,
+        "LoraFactors::add_delta: x is not [m, in] or y not [m, out]"
+    );
+    let m = x.len() / k;
+    assert!(
+        rows.iter().all(|&r| r < m),
+        "LoraFactors::add_delta: row out of range"
+    );
+}
+
+/// Whether no row index (each below `m`) appears twice across `groups`.
+fn rows_disjoint(groups: &[(&LoraFactors, &[usize])], m: usize) -> bool {
+    let mut seen = vec![false; m];
+    for (_, rows) in groups {
+        for &r in rows.iter() {
+            match seen.get_mut(r) {
+                Some(s) if !*s => *s = true,
+                _ => return false,
             }
         }
     }
+    true
 }
 
 /// `t[row][j0 + q] = Σ_i x[row][i] · a[q][i]` for `q < DOWN_RANKS` and `row < mr`, where `a`
