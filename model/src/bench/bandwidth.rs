@@ -14,7 +14,7 @@ use std::time::Instant;
 const BUFFER_BYTES: usize = 128 << 20;
 
 /// Timed passes over the buffer (after one untimed pass that faults the pages in).
-const PASSES: usize = 4;
+const PASSES: usize = 8;
 
 /// Read bandwidths in GB/s (10⁹ bytes per second).
 #[derive(Debug, Clone, Copy, PartialEq)]
