@@ -17,6 +17,7 @@
 //! rows are two batched matmuls per module. Otherwise each adapter's rows are gathered and
 //! its `x·Aᵀ·Bᵀ·scale` computed on them alone, then added back (four operations per adapter).
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::sync::OnceLock;
 
@@ -30,6 +31,25 @@ use crate::train::dropout::LoraDropout;
 
 /// Per layer and module: the row-stacked factors, when the ranks allow stacking.
 type Stacked = Vec<[Option<(Tensor<3>, Tensor<3>)>; 7]>;
+
+/// What the host kernels add to one module's base product: each adapter's factors with the
+/// rows it serves, and the factors' memory to prefetch during the base product.
+struct HostLora<'a> {
+    groups: Vec<(&'a LoraFactors, Cow<'a, [usize]>)>,
+    prefetch: Vec<(*const u8, usize)>,
+}
+
+impl HostLora<'_> {
+    /// Adds every group's delta into `y` (`[m, out]`), over the decode pool when it pays.
+    fn add_deltas(&self, x: &[f32], y: &mut [f32], simd: bool) {
+        let groups: Vec<(&LoraFactors, &[usize])> = self
+            .groups
+            .iter()
+            .map(|(f, rows)| (*f, rows.as_ref()))
+            .collect();
+        LoraFactors::add_deltas_split(&groups, x, y, simd, Split::Auto);
+    }
+}
 
 /// A batch whose row `i` uses `adapters[row_adapter[i]]`, or no adapter when `None`.
 #[derive(Debug, Clone)]
@@ -183,19 +203,16 @@ impl<'a> LoraSel<'a> {
         }
     }
 
-    /// `linear`'s projection of `x` plus the LoRA delta of layer `l`, module `t`, both on the
-    /// host kernels (see the module docs); `None` where burn must compute them (dense or
-    /// non-fusable base weights, many rows, autodiff, factors that do not fit the weight).
-    pub(crate) fn host_forward(
-        &self,
+    /// The host factors of layer `l`, module `t` for a call of `m` rows (each adapter with
+    /// the rows it serves) and the memory to prefetch while the base is multiplied; `None`
+    /// where an adapter's factors cannot serve (they do not fit the weight).
+    fn host_lora<'s>(
+        &'s self,
         l: usize,
         t: TargetModule,
         linear: &Linear,
-        x: &Tensor<2>,
-    ) -> Option<Tensor<2>> {
-        if matches!(linear.weight_t, LinearWeight::Dense(_)) || x.is_autodiff() {
-            return None;
-        }
+        m: usize,
+    ) -> Option<HostLora<'s>> {
         // bf16 base weights leave memory bandwidth to spare: the factors are then fetched
         // while the base is multiplied (measured: 8 adapters +12 %); an f32 base has none
         // to spare, and the same prefetch slowed it (docs/benchmarks.md, speed work 4).
@@ -209,40 +226,53 @@ impl<'a> LoraSel<'a> {
                 f => Ok(f),
             }
         };
+        let mut groups = Vec::new();
         match self {
-            LoraSel::None => None,
+            LoraSel::None => {}
             LoraSel::One(a) => {
-                let f = factors(a).ok()?;
-                let rows: Vec<usize> = (0..x.dims()[0]).collect();
-                let prefetch: Vec<_> = f
-                    .filter(|_| bf16)
-                    .into_iter()
-                    .flat_map(LoraFactors::memory)
-                    .collect();
-                linear.forward_host_with(x, &prefetch, |xs, y| {
-                    if let Some(f) = f {
-                        f.add_delta(xs, y, &rows);
-                    }
-                })
+                if let Some(f) = factors(a).ok()? {
+                    groups.push((f, Cow::Owned((0..m).collect())));
+                }
             }
             LoraSel::Mixed {
                 lora, host_groups, ..
             } => {
-                let mut parts = Vec::with_capacity(host_groups.len());
                 for (k, rows) in host_groups {
                     if let Some(f) = factors(&lora.adapters[*k]).ok()? {
-                        parts.push((f, rows.as_slice()));
+                        groups.push((f, Cow::Borrowed(rows.as_slice())));
                     }
                 }
-                let prefetch: Vec<_> = parts
-                    .iter()
-                    .filter(|_| bf16)
-                    .flat_map(|(f, _)| f.memory())
-                    .collect();
-                linear
-                    .forward_host_with(x, &prefetch, |xs, y| LoraFactors::add_deltas(&parts, xs, y))
             }
         }
+        let prefetch = groups
+            .iter()
+            .filter(|_| bf16)
+            .flat_map(|(f, _)| f.memory())
+            .collect();
+        Some(HostLora { groups, prefetch })
+    }
+
+    /// `linear`'s projection of `x` plus the LoRA delta of layer `l`, module `t`, both on the
+    /// host kernels (see the module docs); `None` where burn must compute them (no adapter,
+    /// dense or non-fusable base weights, many rows, autodiff, factors that do not fit the
+    /// weight).
+    pub(crate) fn host_forward(
+        &self,
+        l: usize,
+        t: TargetModule,
+        linear: &Linear,
+        x: &Tensor<2>,
+    ) -> Option<Tensor<2>> {
+        if matches!(self, LoraSel::None)
+            || matches!(linear.weight_t, LinearWeight::Dense(_))
+            || x.is_autodiff()
+        {
+            return None;
+        }
+        let lora = self.host_lora(l, t, linear, x.dims()[0])?;
+        linear.forward_host_with(x, &lora.prefetch, |xs, y| {
+            lora.add_deltas(xs, y, crate::kernels::simd_available())
+        })
     }
 
     /// [`LoraSel::host_forward`] on host buffers, for the host decode step: `x` `[m, in]`
@@ -261,53 +291,14 @@ impl<'a> LoraSel<'a> {
         bias: Option<&[f32]>,
         simd: bool,
     ) -> Option<Vec<f32>> {
-        let bf16 = linear.weight_t.is_host_bf16();
-        let [fan_in, fan_out] = linear.weight_t.dims();
-        let factors = |a: &'a LoraAdapter| -> Result<Option<&'a LoraFactors>, ()> {
-            let host = a.host_factors(bf16).map_err(|_| ())?;
-            match host.get(l).and_then(|m| m[t.index()].as_ref()) {
-                Some(f) if f.dims()[1..] != [fan_in, fan_out] => Err(()),
-                f => Ok(f),
-            }
-        };
-        let weight = &linear.weight_t;
-        let mut y = match self {
-            LoraSel::None => weight.host_matmul_slice(x, m, simd, &[], |_, _| {})?,
-            LoraSel::One(a) => {
-                let f = factors(a).ok()?;
-                let prefetch: Vec<_> = f
-                    .filter(|_| bf16)
-                    .into_iter()
-                    .flat_map(LoraFactors::memory)
-                    .collect();
-                weight.host_matmul_slice(x, m, simd, &prefetch, |xs, y| {
-                    if let Some(f) = f {
-                        let rows: Vec<usize> = (0..m).collect();
-                        f.add_delta_with(xs, y, &rows, simd);
-                    }
-                })?
-            }
-            LoraSel::Mixed {
-                lora, host_groups, ..
-            } => {
-                let mut parts = Vec::with_capacity(host_groups.len());
-                for (k, rows) in host_groups {
-                    if let Some(f) = factors(&lora.adapters[*k]).ok()? {
-                        parts.push((f, rows.as_slice()));
-                    }
-                }
-                let prefetch: Vec<_> = parts
-                    .iter()
-                    .filter(|_| bf16)
-                    .flat_map(|(f, _)| f.memory())
-                    .collect();
-                weight.host_matmul_slice(x, m, simd, &prefetch, |xs, y| {
-                    LoraFactors::add_deltas_split(&parts, xs, y, simd, Split::Auto)
-                })?
-            }
-        };
+        let lora = self.host_lora(l, t, linear, m)?;
+        let mut y = linear
+            .weight_t
+            .host_matmul_slice(x, m, simd, &lora.prefetch, |xs, y| {
+                lora.add_deltas(xs, y, simd)
+            })?;
         if let Some(b) = bias {
-            for row in y.chunks_mut(fan_out) {
+            for row in y.chunks_mut(linear.weight_t.dims()[1]) {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
         }
