@@ -444,19 +444,24 @@ fn tile_portable(w: impl Fn(usize) -> f32, x: &[f32], k: usize, mr: usize, y: &m
     }
 }
 
-/// Columns per NF4 tile: one quantization block, so each row of a tile has one scale.
+/// Columns per NF4 tile: one quantization block's length. Each 32-column half of a tile lies
+/// within one block; the halves share a block when `Wᵀ`'s rows are a multiple of 64 long.
 const NF4_TILE: usize = NF4_BLOCK;
 
 /// Row chunk for the NF4 kernel (four accumulators per row).
 const NF4_MR: usize = 4;
 
-/// Whether [`nf4_matmul`] can serve `q`: every block must lie within one row of `Wᵀ`.
+/// Whether [`nf4_matmul`] can serve `q`: every 32-column half tile of `Wᵀ` must lie within
+/// one quantization block, i.e. `out` a multiple of 32 (blocks are 64 values of the
+/// row-major `Wᵀ`, so every row then starts at a multiple of 32). True for the projections of
+/// Llama-style models (e.g. 1376 = 43·32), not for odd widths such as 100.
 pub fn nf4_fusable(q: &Nf4Matrix) -> bool {
-    q.shape()[1].is_multiple_of(NF4_BLOCK)
+    q.shape()[1].is_multiple_of(NF4_TILE / 2)
 }
 
 /// `x` `[m, in]` times the NF4 matrix `q` (`Wᵀ`, `[in, out]`), decoding the codes inside the
-/// dot products: `[m, out]`. `None` when `q`'s blocks straddle rows ([`nf4_fusable`]).
+/// dot products: `[m, out]`. `None` when a half tile of `q` would straddle two blocks
+/// ([`nf4_fusable`]).
 pub fn nf4_matmul(q: &Nf4Matrix, x: &[f32], m: usize) -> Option<Vec<f32>> {
     nf4_matmul_with(q, x, m, simd_available())
 }
@@ -481,7 +486,7 @@ pub fn nf4_matmul_split(
     }
     let [k, n] = q.shape();
     assert_eq!(x.len(), m * k, "nf4_matmul: x is not [m, in]");
-    let tiles = n / NF4_TILE;
+    let tiles = n.div_ceil(NF4_TILE);
     let mut ytiles = vec![0.0f32; tiles * m * NF4_TILE];
     let tile = |t: usize, yt: &mut [f32]| {
         for r0 in (0..m).step_by(NF4_MR) {
@@ -505,16 +510,21 @@ fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32], simd:
     let _ = simd;
     let [k, n] = q.shape();
     let (packed, scales) = (q.packed(), q.scales());
+    // The last tile of a row may hold one 32-column half; each half has one block's scale.
+    let cols = (n - c0).min(NF4_TILE);
     let mut acc = [[0.0f32; NF4_TILE]; NF4_MR];
     for i in 0..k {
         let start = i * n + c0;
-        let scale = scales[start / NF4_BLOCK];
-        let bytes = &packed[start / 2..start / 2 + NF4_TILE / 2];
-        for r in 0..mr {
-            let xs = x[r * k + i] * scale;
-            for (j, &b) in bytes.iter().enumerate() {
-                acc[r][2 * j] += xs * NF4_CODE[usize::from(b & 0x0f)];
-                acc[r][2 * j + 1] += xs * NF4_CODE[usize::from(b >> 4)];
+        let bytes = &packed[start / 2..(start + cols) / 2];
+        for (h, half) in bytes.chunks(NF4_TILE / 4).enumerate() {
+            let scale = scales[(start + h * NF4_TILE / 2) / NF4_BLOCK];
+            for r in 0..mr {
+                let xs = x[r * k + i] * scale;
+                for (j, &b) in half.iter().enumerate() {
+                    let c = h * NF4_TILE / 2 + 2 * j;
+                    acc[r][c] += xs * NF4_CODE[usize::from(b & 0x0f)];
+                    acc[r][c + 1] += xs * NF4_CODE[usize::from(b >> 4)];
+                }
             }
         }
     }

@@ -100,20 +100,24 @@ fn packed_matmul_of_a_large_matrix_matches_burn() {
 
 #[test]
 fn fused_nf4_matmul_matches_the_dequantized_matrix() {
-    let (k, n) = (70, 192);
-    let q = Nf4Matrix::quantize(&random(k * n, 3), [k, n]).expect("quantize");
-    assert!(nf4_fusable(&q));
-    let dense = q.dequantize();
-    for m in [1, 4, 5, 11] {
-        let x = random(m * k, 20 + m as u64);
-        let want = burn_matmul(&x, m, &dense, k, n);
-        for simd in simd_modes() {
-            let got = nf4_matmul_with(&q, &x, m, simd).expect("fusable");
-            let diff = max_abs_diff(&got, &want);
-            assert!(diff <= 1e-4, "m={m} simd={simd}: max abs diff {diff}");
+    // Whole tiles (192), and rows of 2.5 and 1.5 tiles whose blocks straddle rows of Wᵀ
+    // (each 32-column half tile still within one block) with a half tile at the end.
+    for (k, n, seed) in [(70, 192, 3), (70, 160, 30), (37, 96, 31)] {
+        let q = Nf4Matrix::quantize(&random(k * n, seed), [k, n]).expect("quantize");
+        assert!(nf4_fusable(&q));
+        let dense = q.dequantize();
+        for m in [1, 4, 5, 11] {
+            let x = random(m * k, 20 + m as u64);
+            let want = burn_matmul(&x, m, &dense, k, n);
+            for simd in simd_modes() {
+                let got = nf4_matmul_with(&q, &x, m, simd).expect("fusable");
+                let diff = max_abs_diff(&got, &want);
+                assert!(diff <= 1e-4, "n={n} m={m} simd={simd}: max abs diff {diff}");
+            }
         }
     }
-    // Blocks that straddle rows of Wᵀ (100 columns) are left to the dequantizing path.
+    // Half tiles that would straddle two blocks (rows of 100 columns) are left to the
+    // dequantizing path.
     let odd = Nf4Matrix::quantize(&random(70 * 100, 4), [70, 100]).expect("quantize");
     assert!(!nf4_fusable(&odd));
     assert!(nf4_matmul_with(&odd, &random(70, 5), 1, false).is_none());

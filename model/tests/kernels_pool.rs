@@ -137,8 +137,9 @@ fn several_matrices_in_one_dispatch_match_one_call_each() {
 
 #[test]
 fn fused_nf4_over_the_pool_is_bit_identical_to_serial() {
-    // 1, 5 and 7 tiles of 64 columns; plain and double-quantized scales.
-    for (k, n) in [(70, 64), (96, 320), (33, 448)] {
+    // 1, 5 and 7 tiles of 64 columns, and rows of 2.5 and 21.5 tiles (a half tile at the
+    // end, blocks straddling rows); plain and double-quantized scales.
+    for (k, n) in [(70, 64), (96, 320), (33, 448), (40, 160), (8, 1376)] {
         let w = random(k * n, 7 + (k * n) as u64);
         let q = Nf4Matrix::quantize(&w, [k, n]).expect("quantize");
         let mut stores = vec![q.clone()];

@@ -112,25 +112,52 @@ fn store<const R: usize>(acc: &[[__m512; 2]; R], y: &mut [f32]) {
     }
 }
 
-/// One 64-column tile (one block per row of `Wᵀ`) starting at column `c0` of `q`.
-/// Byte `b` of a block holds element `2b` (low nibble) and `2b+1` (high nibble): the
-/// low nibbles of 16 bytes give the even columns, the high ones the odd columns.
+/// One 64-column tile starting at column `c0` of `q` (the last tile of a row may have only
+/// 32 columns). Byte `b` of a half tile holds its element `2b` (low nibble) and `2b+1` (high
+/// nibble): the low nibbles of 16 bytes give the even columns, the high ones the odd columns.
+/// Each 32-column half lies within one block ([`super::nf4_fusable`]); when `Wᵀ`'s rows are
+/// not a multiple of 64 long, the two halves of a tile may belong to different blocks.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32]) {
-    match mr {
-        1 => nf4_tile_rows::<1>(q, c0, x, y),
-        2 => nf4_tile_rows::<2>(q, c0, x, y),
-        3 => nf4_tile_rows::<3>(q, c0, x, y),
-        _ => nf4_tile_rows::<NF4_MR>(q, c0, x, y),
+    let n = q.shape()[1];
+    let half = NF4_TILE / 2;
+    let (halves, split) = if c0 + NF4_TILE <= n {
+        (2, !n.is_multiple_of(NF4_BLOCK))
+    } else {
+        (1, false)
+    };
+    macro_rules! rows {
+        ($h:literal, $s:literal) => {
+            match mr {
+                1 => nf4_tile_rows::<1, $h, $s>(q, c0, x, y),
+                2 => nf4_tile_rows::<2, $h, $s>(q, c0, x, y),
+                3 => nf4_tile_rows::<3, $h, $s>(q, c0, x, y),
+                _ => nf4_tile_rows::<NF4_MR, $h, $s>(q, c0, x, y),
+            }
+        };
+    }
+    assert!(c0 + half <= n && n.is_multiple_of(half));
+    match (halves, split) {
+        (2, false) => rows!(2, false),
+        (2, true) => rows!(2, true),
+        _ => rows!(1, false),
     }
 }
 
+/// [`nf4_tile`] for `R` rows and `H` halves (1 or 2); `SPLIT`: the second half has its own
+/// block scale.
 #[target_feature(enable = "avx512f")]
-fn nf4_tile_rows<const R: usize>(q: &Nf4Matrix, c0: usize, x: &[f32], y: &mut [f32]) {
+fn nf4_tile_rows<const R: usize, const H: usize, const SPLIT: bool>(
+    q: &Nf4Matrix,
+    c0: usize,
+    x: &[f32],
+    y: &mut [f32],
+) {
     let mr = R;
+    let half = NF4_TILE / 2;
     let [k, n] = q.shape();
     let (packed, scales) = (q.packed(), q.scales());
-    assert!(c0 + NF4_TILE <= n && n.is_multiple_of(NF4_BLOCK) && mr <= NF4_MR);
+    assert!((H == 1 || H == 2) && c0 + H * half <= n && mr <= NF4_MR);
     assert!(x.len() >= mr * k && y.len() >= mr * NF4_TILE);
     assert!(packed.len() * 2 >= k * n && scales.len() * NF4_BLOCK >= k * n);
     // SAFETY: NF4_CODE holds 16 floats.
@@ -140,25 +167,42 @@ fn nf4_tile_rows<const R: usize>(q: &Nf4Matrix, c0: usize, x: &[f32], y: &mut [f
     for i in 0..k {
         let start = i * n + c0;
         let scale = scales[start / NF4_BLOCK];
-        // SAFETY: start/2 + 32 ≤ k·n/2 ≤ packed.len() (checked above).
-        let (b0, b1) = unsafe {
-            let p = packed.as_ptr().add(start / 2) as *const __m128i;
-            (
-                _mm512_cvtepu8_epi32(_mm_loadu_si128(p)),
-                _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(1))),
-            )
+        let scale_hi = if SPLIT {
+            scales[(start + half) / NF4_BLOCK]
+        } else {
+            scale
         };
+        // Half h's 16 bytes start at byte start/2 + 16·h; start/2 + 16·H ≤ (i·n + c0 + 32·H)/2
+        // ≤ k·n/2 ≤ packed.len() (checked above).
+        let p = packed[start / 2..start / 2 + 16 * H].as_ptr() as *const __m128i;
+        // SAFETY: the slice just taken holds the 16·H bytes read here.
+        let b0 = unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(p)) };
         // permutexvar reads only the low 4 bits of each index: the low nibble as is.
-        let v = [
-            _mm512_permutexvar_ps(b0, code),
-            _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b0), code),
-            _mm512_permutexvar_ps(b1, code),
-            _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b1), code),
-        ];
-        for (r, a) in acc.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(x[r * k + i] * scale);
-            for (aj, vj) in a.iter_mut().zip(&v) {
-                *aj = _mm512_fmadd_ps(xv, *vj, *aj);
+        let v0 = _mm512_permutexvar_ps(b0, code);
+        let v1 = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b0), code);
+        if H == 2 {
+            // SAFETY: as above (H = 2: the slice holds 32 bytes).
+            let b1 = unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(1))) };
+            let v2 = _mm512_permutexvar_ps(b1, code);
+            let v3 = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b1), code);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xr = x[r * k + i];
+                let xv = _mm512_set1_ps(xr * scale);
+                let xh = if SPLIT {
+                    _mm512_set1_ps(xr * scale_hi)
+                } else {
+                    xv
+                };
+                a[0] = _mm512_fmadd_ps(xv, v0, a[0]);
+                a[1] = _mm512_fmadd_ps(xv, v1, a[1]);
+                a[2] = _mm512_fmadd_ps(xh, v2, a[2]);
+                a[3] = _mm512_fmadd_ps(xh, v3, a[3]);
+            }
+        } else {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(x[r * k + i] * scale);
+                a[0] = _mm512_fmadd_ps(xv, v0, a[0]);
+                a[1] = _mm512_fmadd_ps(xv, v1, a[1]);
             }
         }
     }
@@ -169,10 +213,10 @@ fn nf4_tile_rows<const R: usize>(q: &Nf4Matrix, c0: usize, x: &[f32], y: &mut [f
             unsafe { _mm512_storeu_ps(l.as_mut_ptr(), *v) };
         }
         let out = &mut y[r * NF4_TILE..(r + 1) * NF4_TILE];
-        for half in 0..2 {
+        for h in 0..H {
             for j in 0..16 {
-                out[half * 32 + 2 * j] = lanes[2 * half][j];
-                out[half * 32 + 2 * j + 1] = lanes[2 * half + 1][j];
+                out[h * 32 + 2 * j] = lanes[2 * h][j];
+                out[h * 32 + 2 * j + 1] = lanes[2 * h + 1][j];
             }
         }
     }
