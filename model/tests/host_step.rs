@@ -158,27 +158,30 @@ fn host_step_matches_burn_path_with_mixed_adapters() {
     );
 }
 
-/// NF4 needs output widths that are multiples of 64 for the fused kernel (the fixtures' k/v
-/// are 32 wide): a random model with head_dim 32 and 2 key/value heads.
+/// NF4 on the host step, on random models: an MLP 256 wide (whole 64-column NF4 tiles) and
+/// 160 wide (rows of `Wᵀ` 2.5 tiles long: quantization blocks straddle rows and the last
+/// tile is a half, as in the bench model's 1376-wide gate/up).
 #[test]
 fn host_step_matches_burn_path_on_nf4() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let cfg_file = tmp.path().join("cfg.json");
-    std::fs::write(
-        &cfg_file,
-        serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 512,
-            "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 1e4,
-            "tie_word_embeddings": false, "eos_token_id": 2})
-        .to_string(),
-    )
-    .expect("write cfg");
-    let dir = tmp.path().join("model");
-    init_random_checkpoint(&cfg_file, 21, &dir).expect("init");
-    let model = CausalLm::load_nf4(&dir, &device()).expect("load nf4");
-    let (host, burn) = host_and_burn(model, HostStep::Auto);
-    let (rows, pads) = padded_rows();
-    check_same(&host, &burn, Adapters::One(None), &rows, &pads, 1e-4);
+    for intermediate in [256, 160] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg_file = tmp.path().join("cfg.json");
+        std::fs::write(
+            &cfg_file,
+            serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 512,
+                "hidden_size": 128, "intermediate_size": intermediate, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 1e4,
+                "tie_word_embeddings": false, "eos_token_id": 2})
+            .to_string(),
+        )
+        .expect("write cfg");
+        let dir = tmp.path().join("model");
+        init_random_checkpoint(&cfg_file, 21, &dir).expect("init");
+        let model = CausalLm::load_nf4(&dir, &device()).expect("load nf4");
+        let (host, burn) = host_and_burn(model, HostStep::Auto);
+        let (rows, pads) = padded_rows();
+        check_same(&host, &burn, Adapters::One(None), &rows, &pads, 1e-4);
+    }
 }
 
 /// The portable loops (kernels included) against AVX-512 (where the CPU has it).
