@@ -1,0 +1,80 @@
+//! How a loaded model stores its projections: NF4 (QLoRA's frozen base), bf16 or packed f32
+//! for the host decode kernels, and the bytes they take.
+
+use std::sync::{Arc, OnceLock};
+
+use burn::tensor::{Tensor, TensorData};
+
+use super::{CausalLm, LinearWeight};
+use crate::error::ModelError;
+use crate::kernels::PackedMatrix;
+use crate::lora::TargetModule;
+use crate::quant::Nf4Matrix;
+use crate::weights::read_f32;
+
+impl CausalLm {
+    /// Stores the seven projections of every layer in NF4 (QLoRA's frozen base; see
+    /// [`crate::quant`]). Embeddings, norms, biases and the lm_head stay f32. Idempotent.
+    pub fn quantize_nf4(&mut self) -> Result<(), ModelError> {
+        let _span = tracing::info_span!("quantize_nf4").entered();
+        self.host_weights = OnceLock::new();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            for t in TargetModule::ALL {
+                let lin = layer.linear_mut(t);
+                if let LinearWeight::Dense(w) = &lin.weight_t {
+                    let q = Nf4Matrix::from_tensor(w, &format!("{}.weight", t.path(l)))?;
+                    lin.weight_t = LinearWeight::Nf4(Arc::new(q));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the seven projections of every layer and the lm_head in bf16 (rounded to
+    /// nearest even), for generation with half the weight bytes per token; activations,
+    /// accumulation, norms and embeddings stay f32. NF4 projections are left as they are.
+    /// The lm_head keeps an f32 tensor too (holding the rounded values) for many-row calls.
+    pub fn to_bf16(&mut self) -> Result<(), ModelError> {
+        self.pack_for_decode(true)
+    }
+
+    /// Like [`CausalLm::to_bf16`] but keeps f32 values: the projections move from burn
+    /// tensors into the host kernels' packed layout (same numbers, decoded by the host
+    /// kernels for few rows; many-row calls rebuild the f32 matrix, so use this for
+    /// generation, not training).
+    pub fn to_packed_f32(&mut self) -> Result<(), ModelError> {
+        self.pack_for_decode(false)
+    }
+
+    fn pack_for_decode(&mut self, bf16: bool) -> Result<(), ModelError> {
+        let _span = tracing::info_span!("pack_for_decode", bf16).entered();
+        self.host_weights = OnceLock::new();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            for t in TargetModule::ALL {
+                let lin = layer.linear_mut(t);
+                lin.weight_t = lin
+                    .weight_t
+                    .to_packed(bf16, &format!("{}.weight", t.path(l)))?;
+            }
+        }
+        let [h, v] = self.head_t.dims();
+        let values = read_f32(&self.head_t, "lm_head.weight")?;
+        let packed = if bf16 {
+            let p = PackedMatrix::bf16(&values, h, v);
+            self.head_t = Tensor::from_data(TensorData::new(p.to_f32(), [h, v]), &self.device);
+            p
+        } else {
+            PackedMatrix::f32(&values, h, v)
+        };
+        self.head_packed = Some(Arc::new(packed));
+        Ok(())
+    }
+
+    /// Bytes held by the seven projections' weights of every layer (the part NF4 shrinks).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| TargetModule::ALL.map(|t| l.linear(t).weight_bytes()))
+            .sum()
+    }
+}
