@@ -10,15 +10,13 @@
 //! it (and `simd` is asked for); the portable loops compute the same sums in scalar code.
 
 use super::cache::{HostKv, Plan};
+use crate::fused::simd::{rms_norm_row, swiglu};
 
-/// RMSNorm of every `weight.len()`-wide row of `x`.
+/// RMSNorm of every `weight.len()`-wide row of `x` (the training op's row kernel).
 pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
-    let h = weight.len();
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks(h) {
-        let mean = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
-        let inv = 1.0 / (mean + eps).sqrt();
-        out.extend(row.iter().zip(weight).map(|(v, w)| w * (v * inv)));
+    let mut out = vec![0.0f32; x.len()];
+    for (o, row) in out.chunks_mut(weight.len()).zip(x.chunks(weight.len())) {
+        rms_norm_row(row, weight, eps, o);
     }
     out
 }
@@ -42,11 +40,12 @@ pub(crate) fn rope(x: &mut [f32], dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// `gate ← silu(gate)·up`, elementwise.
-pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+/// `silu(gate)·up`, elementwise (the training op's row kernel; `simd`: AVX-512 where the
+/// CPU has it).
+pub(crate) fn silu_mul(gate: &[f32], up: &[f32], simd: bool) -> Vec<f32> {
+    let mut out = vec![0.0f32; gate.len()];
+    swiglu(gate, up, &mut out, simd && crate::kernels::simd_available());
+    out
 }
 
 /// `acc ← acc + x`, elementwise (residual connections).
@@ -201,6 +200,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::Head;
+    use crate::fused::simd::avx512::exp16;
 
     const LANES: usize = 16;
 
@@ -321,32 +321,6 @@ mod avx512 {
         for (v, x) in y[full..n].iter_mut().zip(&x[full..n]) {
             *v += a * x;
         }
-    }
-
-    /// `exp(x)` for 16 lanes with `x ≤ 0`: `x = k·ln2 + r`, `|r| ≤ ln2/2`, `exp(r)` by its
-    /// degree-7 Taylor polynomial (relative error below 1e-8 there), times `2^k`.
-    #[target_feature(enable = "avx512f")]
-    fn exp16(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
-        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        // ln 2 split in two so that k·ln2 is subtracted without rounding loss.
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.0 / 5040.0);
-        for c in [
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        _mm512_scalef_ps(p, k)
     }
 
     #[target_feature(enable = "avx512f")]

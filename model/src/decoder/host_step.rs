@@ -147,12 +147,10 @@ pub(crate) fn run(
         };
         add_into(&mut hs, &o);
         let x = rms_norm(&hs, &host.post_norm, eps);
-        let (Some(mut g), Some(u)) = (proj(TargetModule::Gate, &x), proj(TargetModule::Up, &x))
-        else {
+        let (Some(g), Some(u)) = (proj(TargetModule::Gate, &x), proj(TargetModule::Up, &x)) else {
             return Ok(None);
         };
-        silu_mul(&mut g, &u);
-        let Some(down) = proj(TargetModule::Down, &g) else {
+        let Some(down) = proj(TargetModule::Down, &silu_mul(&g, &u, simd)) else {
             return Ok(None);
         };
         add_into(&mut hs, &down);

@@ -18,7 +18,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use rayon::prelude::*;
 
-use super::simd::{swiglu as swiglu_kernel, swiglu_backward, use_simd};
+use super::simd::{rms_norm_row, swiglu as swiglu_kernel, swiglu_backward, use_simd};
 use super::{ROWS_PER_TASK, dense_f32, lift, owned_f32, tensor_of, values, values_mut};
 
 /// Elements handed to one rayon task by the elementwise SwiGLU kernels.
@@ -90,11 +90,7 @@ pub fn rms_norm(x: &Tensor<2>, weight: &Tensor<1>, eps: f64) -> Option<Tensor<2>
             .zip(inv.par_chunks_mut(ROWS_PER_TASK))
             .for_each(|((o, x), inv)| {
                 for ((o, x), r) in o.chunks_mut(h).zip(x.chunks(h)).zip(inv) {
-                    let ms = x.iter().map(|v| v * v).sum::<f32>() / h as f32;
-                    *r = 1.0 / (ms + eps as f32).sqrt();
-                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(weight.iter()) {
-                        *o = w * (x * *r);
-                    }
+                    *r = rms_norm_row(x, &weight, eps as f32, o);
                 }
             });
         let state = RmsState {

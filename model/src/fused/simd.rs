@@ -102,6 +102,17 @@ pub(crate) fn softmax_backward_range(
     }
 }
 
+/// RMSNorm of one row: `out = w·(x·r)` with `r = 1/√(mean(x²)+eps)`, which it returns (the
+/// backward needs it).
+pub(crate) fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, &x), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (x * r);
+    }
+    r
+}
+
 /// `silu(g)·u` elementwise into `out`.
 pub(crate) fn swiglu(g: &[f32], u: &[f32], out: &mut [f32], simd: bool) {
     #[cfg(target_arch = "x86_64")]
@@ -173,7 +184,9 @@ pub(crate) fn scaled_exp_shifted(x: &[f32], shift: f32, scale: f32, out: &mut [f
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
+    //! The AVX-512F row kernels; [`exp16`] also serves the host decode step's attention.
+
     use std::arch::x86_64::*;
 
     const LANES: usize = 16;
@@ -181,7 +194,7 @@ mod avx512 {
     /// `eˣ` for 16 lanes (see the module docs); NaN stays NaN.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    pub(super) fn exp16(x: __m512) -> __m512 {
+    pub(crate) fn exp16(x: __m512) -> __m512 {
         // max/min return their second operand when one is NaN: keep `x` second.
         let x = _mm512_max_ps(_mm512_set1_ps(-104.0), x);
         // Above ln(f32::MAX) ≈ 88.7228 the scaling by 2ⁿ (n = 128) overflows to +inf, as it should.
