@@ -35,22 +35,30 @@ pub(crate) fn rope_tables(
     (cos, sin)
 }
 
-/// The values of [`rope_tables`]: `cos` and `sin` `[positions, head_dim]`, row-major.
+/// The values of [`rope_tables`]: `cos` and `sin` `[positions, head_dim]`, row-major (each
+/// row's half-width angles twice: both halves of a head share one frequency).
 pub(crate) fn rope_values(positions: &[usize], cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
-    let d = cfg.head_dim;
-    let half = d / 2;
-    let inv_freq = inv_freq(cfg);
-    let mut cos = Vec::with_capacity(positions.len() * d);
-    let mut sin = Vec::with_capacity(positions.len() * d);
+    let (cos, sin) = rope_angles(positions, &inv_freq(cfg));
+    let half = cfg.head_dim / 2;
+    let widen = |v: Vec<f32>| -> Vec<f32> {
+        v.chunks(half.max(1))
+            .flat_map(|row| row.iter().chain(row).copied())
+            .collect()
+    };
+    (widen(cos), widen(sin))
+}
+
+/// `cos` and `sin` `[positions, inv_freq.len()]` of RoPE's angles `position·inv_freq`, in
+/// f32 as transformers computes them.
+pub(crate) fn rope_angles(positions: &[usize], inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::with_capacity(positions.len() * inv_freq.len());
+    let mut sin = Vec::with_capacity(positions.len() * inv_freq.len());
     for &p in positions {
-        let start = cos.len();
-        for &f in &inv_freq {
+        for &f in inv_freq {
             let a = p as f32 * f;
             cos.push(a.cos());
             sin.push(a.sin());
         }
-        cos.extend_from_within(start..start + half);
-        sin.extend_from_within(start..start + half);
     }
     (cos, sin)
 }

@@ -123,7 +123,7 @@ pub(crate) fn run(
 
     let embedded = model.embed.clone().select(0, input_ids.reshape([n]));
     let mut hs = read_f32(&embedded, "embedded tokens")?;
-    let (cos, sin) = rope_angles(&plan.positions, &weights.inv_freq);
+    let (cos, sin) = attention::rope_angles(&plan.positions, &weights.inv_freq);
 
     for (l, (layer, host)) in model.layers.iter().zip(&weights.layers).enumerate() {
         let proj = |t: TargetModule, x: &[f32]| {
@@ -156,21 +156,6 @@ pub(crate) fn run(
         add_into(&mut hs, &down);
     }
     Ok(Some(rms_norm(&hs, &weights.norm, eps)))
-}
-
-/// `cos` and `sin` `[positions, dim/2]` of RoPE's angles `position·inv_freq` (f32, as
-/// [`attention::rope_tables`] computes them).
-fn rope_angles(positions: &[usize], inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut cos = Vec::with_capacity(positions.len() * inv_freq.len());
-    let mut sin = Vec::with_capacity(positions.len() * inv_freq.len());
-    for &p in positions {
-        for &f in inv_freq {
-            let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
-    }
-    (cos, sin)
 }
 
 /// Writes the keys and values `[b·s, kv·dim]` of this call at positions `past..past+s`.
