@@ -166,10 +166,7 @@ impl LoraFactors {
                 let mr = (g - r0).min(DOWN_ROWS);
                 let xr = &xs[r0 * k..(r0 + mr) * k];
                 let tr = &mut t[r0 * rp..(r0 + mr) * rp];
-                match &self.down {
-                    DownData::Bf16(a) => down_bf16(&a[j0 * k..], xr, k, mr, rp, j0, tr, simd),
-                    DownData::F32(a) => down_f32(&a[j0 * k..], xr, k, mr, rp, j0, tr, simd),
-                }
+                down(&self.down, xr, k, mr, rp, j0, tr, simd);
             }
         }
         self.up.matmul_split(&t, g, simd, Split::Serial)
@@ -256,11 +253,12 @@ fn rows_disjoint(groups: &[(&LoraFactors, &[usize])], m: usize) -> bool {
     true
 }
 
-/// `t[row][j0 + q] = Σ_i x[row][i] · a[q][i]` for `q < DOWN_RANKS` and `row < mr`, where `a`
-/// starts at rank `j0` (`[DOWN_RANKS][k]`), `x` is `[mr][k]` and `t` `[mr][rp]`.
+/// `t[row][j0 + q] = Σ_i x[row][i] · a[j0 + q][i]` for `q < DOWN_RANKS` and `row < mr`,
+/// where `a` is the stored `A` `[r_pad, k]` (bf16 or f32), `x` is `[mr][k]` and `t`
+/// `[mr][rp]`.
 #[allow(clippy::too_many_arguments)]
-fn down_f32(
-    a: &[f32],
+fn down(
+    a: &DownData,
     x: &[f32],
     k: usize,
     mr: usize,
@@ -272,33 +270,25 @@ fn down_f32(
     #[cfg(target_arch = "x86_64")]
     if simd && simd_available() {
         // SAFETY: avx512f was detected; slice lengths are checked inside.
-        unsafe { avx512::down_f32(a, x, k, mr, rp, j0, t) };
+        unsafe {
+            match a {
+                DownData::Bf16(a) => avx512::down_bf16(&a[j0 * k..], x, k, mr, rp, j0, t),
+                DownData::F32(a) => avx512::down_f32(&a[j0 * k..], x, k, mr, rp, j0, t),
+            }
+        }
         return;
     }
     let _ = simd;
-    down_portable(|idx| a[idx], x, k, mr, rp, j0, t);
-}
-
-/// [`down_f32`] for bf16 factors.
-#[allow(clippy::too_many_arguments)]
-fn down_bf16(
-    a: &[u16],
-    x: &[f32],
-    k: usize,
-    mr: usize,
-    rp: usize,
-    j0: usize,
-    t: &mut [f32],
-    simd: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && simd_available() {
-        // SAFETY: avx512f was detected; slice lengths are checked inside.
-        unsafe { avx512::down_bf16(a, x, k, mr, rp, j0, t) };
-        return;
+    match a {
+        DownData::Bf16(a) => {
+            let a = &a[j0 * k..];
+            down_portable(|idx| bf16::from_bits(a[idx]).to_f32(), x, k, mr, rp, j0, t)
+        }
+        DownData::F32(a) => {
+            let a = &a[j0 * k..];
+            down_portable(|idx| a[idx], x, k, mr, rp, j0, t)
+        }
     }
-    let _ = simd;
-    down_portable(|idx| bf16::from_bits(a[idx]).to_f32(), x, k, mr, rp, j0, t);
 }
 
 fn down_portable(
