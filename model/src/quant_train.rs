@@ -16,13 +16,12 @@
 
 use std::sync::Arc;
 
+use burn::backend::Flex;
 use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::ops::FloatTensorOps;
-use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::decoder::LinearWeight;
@@ -73,28 +72,6 @@ impl Backward<Flex, 1> for FrozenMatmulBackward {
     }
 }
 
-/// Returns from [`frozen_matmul`] with the product when `x` is an autodiff flex tensor with
-/// checkpointing strategy `$strategy`; falls through otherwise (nothing consumed).
-macro_rules! try_strategy {
-    ($strategy:ty, $weight:expr, $x:expr, $forward:expr) => {
-        if let Ok(x) = $x.clone().try_into_primitive::<Autodiff<Flex, $strategy>>() {
-            let (x, guard) = x.into_parts();
-            let y = $forward(Tensor::from_primitive::<Flex>(x))
-                .try_into_primitive::<Flex>()
-                .ok()?;
-            let out = match FrozenMatmulBackward
-                .prepare::<$strategy>([guard])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish($weight, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            };
-            return Some(Tensor::from_primitive::<Autodiff<Flex, $strategy>>(out));
-        }
-    };
-}
-
 /// `x·Wᵀ` for a frozen host-stored weight when `x` is an autodiff tensor on burn-flex, with
 /// an autodiff step that keeps no f32 copy of `W` (see the module docs). `forward` computes the
 /// product of an untracked `x` (the caller's non-autodiff path). `None` when `weight_t` is a
@@ -105,11 +82,10 @@ pub fn frozen_matmul(
     forward: impl FnOnce(Tensor<2>) -> Tensor<2>,
 ) -> Option<Tensor<2>> {
     let weight = FrozenWeight::of(weight_t)?;
-    if !x.is_autodiff() {
-        return None;
-    }
-    // The dispatch layer names the checkpointing strategy in the type: try both.
-    try_strategy!(NoCheckpointing, weight, x, forward);
-    try_strategy!(BalancedCheckpointing, weight, x, forward);
-    None
+    crate::fused::lift(FrozenMatmulBackward, [x], |[x]| {
+        let y = forward(Tensor::from_primitive::<Flex>(x))
+            .try_into_primitive::<Flex>()
+            .ok()?;
+        Some((y, weight))
+    })
 }

@@ -45,8 +45,8 @@ const ROWS_PER_TASK: usize = 16;
 /// Runs `compute` on the flex values inside autodiff tensors `inputs` and wraps its output in
 /// a new autodiff tensor whose backward step is `op` with the state `compute` returned.
 /// `None` (nothing registered) when an input is not an autodiff flex tensor or `compute`
-/// declines.
-fn lift<Op, const N: usize, const DI: usize, const DO: usize>(
+/// declines. (Also [`crate::quant_train::frozen_matmul`]'s autodiff step.)
+pub(crate) fn lift<Op, const N: usize, const DI: usize, const DO: usize>(
     op: Op,
     inputs: [&Tensor<DI>; N],
     compute: impl FnOnce([FlexTensor; N]) -> Option<(FlexTensor, Op::State)>,
