@@ -1,12 +1,14 @@
 //! Everything that crosses a process boundary: digest and id newtypes, rkyv messages,
 //! length-prefixed framing on QUIC streams, chunked tensors, mutual TLS, certificates, the
-//! job spec, and the protocol version. No business logic lives here.
+//! job spec, the inference request/stream contract between gateway and engine, and the
+//! protocol version. No business logic lives here.
 
 pub mod certs;
 pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod inference;
 pub mod link;
 pub mod messages;
 pub mod metrics;
@@ -18,6 +20,10 @@ pub mod tls;
 pub use endpoint::{Handler, Limits, QuicClient, QuicServer};
 pub use error::{ProtocolError, Result};
 pub use ids::{Digest, FencingToken, JobId, NodeId};
+pub use inference::{
+    ChatMessage, EngineInfo, EventStream, InferenceError, InferenceEvent, InferenceRequest,
+    InferenceService, ModelChoice, Prompt, SamplingParams, SharedInference,
+};
 pub use link::{BoxFuture, LinkFactory, QuicLinkFactory, QuicWorkerLink, WorkerInfo, WorkerLink};
 pub use messages::{
     Command, CommandBody, MicroBatch, MicroResult, NamedFile, PROTOCOL_VERSION, Payload, Reply,
