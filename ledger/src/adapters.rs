@@ -56,6 +56,10 @@ pub struct AdapterEntry {
     pub files: Vec<String>,
     /// Where the files are: the store URL (without query) joined with `adapters/<digest>`.
     pub location: String,
+    /// The licences of the data version it was trained on, when that is a datanet version
+    /// in the same store (see [`crate::datanet::license::licenses_for_data`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_licenses: Vec<crate::datanet::DataLicense>,
 }
 
 /// What a registration needs besides the files.
@@ -154,6 +158,13 @@ impl AdapterRegistry {
         }
         let mut names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
         names.sort();
+        let data_licenses =
+            crate::datanet::license::licenses_for_data(&self.store, &prov.data_digest)
+                .await
+                .map_err(|e| AdapterError::BadEntry {
+                    digest: digest.clone(),
+                    reason: format!("reading the licences of data {}: {e}", prov.data_digest),
+                })?;
         let entry = AdapterEntry {
             adapter_digest: digest.clone(),
             base_model_digest: prov.base_model_digest,
@@ -163,6 +174,7 @@ impl AdapterRegistry {
             created_unix_ms: prov.created_unix_ms,
             files: names,
             location: self.location(&digest),
+            data_licenses,
         };
         let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| AdapterError::BadEntry {
             digest: digest.clone(),
