@@ -25,14 +25,18 @@
 //! datanet (or `takedown --resume`) completes it first. Re-uploading an erased text is
 //! refused at ingestion.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+mod plan;
+
+pub use plan::WithdrawnIndex;
+use plan::{plan, without};
 
 use bytes::Bytes;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::identity::Actor;
-use super::manifest::{Event, Kind, Manifest, UploadInfo, Withdrawal};
 use super::{DatanetError, Datanets};
 use crate::adapters::AdapterRegistry;
 use crate::store::{Created, Store};
@@ -187,225 +191,6 @@ pub async fn adapter_marks(
         }
     }
     Ok(out)
-}
-
-/// Which entries attribution may still pay: built from a datanet's head. An entry stops
-/// earning from its withdrawal time on; rewards paid before stay as they were.
-#[derive(Debug, Clone, Default)]
-pub struct WithdrawnIndex {
-    /// id → (contributor, withdrawal time, erased).
-    by_id: HashMap<String, Vec<(String, u64, bool)>>,
-}
-
-impl WithdrawnIndex {
-    pub fn from_manifest(m: &Manifest) -> Self {
-        let mut by_id: HashMap<String, Vec<(String, u64, bool)>> = HashMap::new();
-        for w in &m.withdrawn {
-            by_id.entry(w.id.clone()).or_default().push((
-                w.contributor.clone(),
-                w.time_ms,
-                w.erased,
-            ));
-        }
-        Self { by_id }
-    }
-
-    /// Whether `contributor` may be paid for example `id` for a request at `at_ms`: false
-    /// once their entry was withdrawn, or the text erased, at or before `at_ms`.
-    pub fn pays(&self, id: &str, contributor: &str, at_ms: u64) -> bool {
-        !self.by_id.get(id).is_some_and(|ws| {
-            ws.iter()
-                .any(|(c, t, erased)| *t <= at_ms && (*erased || c == contributor))
-        })
-    }
-
-    /// When example `id` was erased, if it was.
-    pub fn erased_at(&self, id: &str) -> Option<u64> {
-        self.by_id
-            .get(id)?
-            .iter()
-            .filter(|(_, _, e)| *e)
-            .map(|(_, t, _)| *t)
-            .min()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-}
-
-/// The plan of a takedown against one head.
-struct Plan {
-    withdrawn: Vec<Withdrawn>,
-    /// id → credited owner (for tombstones).
-    owners: BTreeMap<String, String>,
-}
-
-fn plan(
-    name: &str,
-    m: &Manifest,
-    actor: &Actor,
-    scope: &Scope,
-    elsewhere: &BTreeSet<String>,
-) -> Result<Plan, DatanetError> {
-    let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
-    match scope {
-        Scope::Examples(ids) => {
-            if ids.is_empty() {
-                return Err(DatanetError::BadRequest("no example ids given".into()));
-            }
-            for id in ids {
-                let here: Vec<&super::manifest::Entry> =
-                    m.examples.iter().filter(|e| &e.id == id).collect();
-                if here.is_empty() {
-                    if let Some(w) = m.withdrawn.iter().find(|w| &w.id == id) {
-                        return Err(DatanetError::BadRequest(format!(
-                            "example `{id}` was already withdrawn from `{name}` by takedown {}",
-                            w.seq
-                        )));
-                    }
-                    return Err(DatanetError::UnknownExample {
-                        name: name.to_string(),
-                        id: id.clone(),
-                    });
-                }
-                match actor {
-                    Actor::Admin => {
-                        pairs.extend(here.iter().map(|e| (e.id.clone(), e.contributor.clone())));
-                    }
-                    Actor::Contributor(c) => {
-                        if !here.iter().any(|e| &e.contributor == c) {
-                            let owner = here
-                                .iter()
-                                .find(|e| e.weight > 0)
-                                .or(here.first())
-                                .map(|e| e.contributor.clone())
-                                .unwrap_or_default();
-                            return Err(DatanetError::Forbidden(format!(
-                                "example `{id}` in `{name}` was contributed by `{owner}`, not `{c}`; \
-                                 only its contributor or an admin may take it down"
-                            )));
-                        }
-                        pairs.insert((id.clone(), c.clone()));
-                    }
-                }
-            }
-        }
-        Scope::Contributor(who) => {
-            if let Actor::Contributor(c) = actor
-                && c != who
-            {
-                return Err(DatanetError::Forbidden(format!(
-                    "`{c}` may not take down the examples of `{who}`; only they or an admin may"
-                )));
-            }
-            pairs.extend(
-                m.examples
-                    .iter()
-                    .filter(|e| &e.contributor == who)
-                    .map(|e| (e.id.clone(), e.contributor.clone())),
-            );
-            if pairs.is_empty() {
-                return Err(DatanetError::BadRequest(format!(
-                    "contributor `{who}` has no examples in the head of `{name}`"
-                )));
-            }
-        }
-    }
-    let remaining: BTreeSet<&str> = m
-        .examples
-        .iter()
-        .filter(|e| !pairs.contains(&(e.id.clone(), e.contributor.clone())))
-        .map(|e| e.id.as_str())
-        .collect();
-    let mut owners = BTreeMap::new();
-    for e in m.examples.iter() {
-        if pairs.contains(&(e.id.clone(), e.contributor.clone())) {
-            let o = owners
-                .entry(e.id.clone())
-                .or_insert_with(|| e.contributor.clone());
-            if e.weight > 0 {
-                *o = e.contributor.clone();
-            }
-        }
-    }
-    let withdrawn = pairs
-        .into_iter()
-        .map(|(id, contributor)| Withdrawn {
-            erased: !remaining.contains(id.as_str()) && !elsewhere.contains(&id),
-            id,
-            contributor,
-        })
-        .collect();
-    Ok(Plan { withdrawn, owners })
-}
-
-/// The head manifest with the withdrawn entries removed (clusters re-credited).
-fn without(m: &Manifest, entry: &LogEntry, now_ms: u64) -> Manifest {
-    // The planned entries, and any entry of an erased text that landed since the plan.
-    let erased: BTreeSet<&str> = entry
-        .withdrawn
-        .iter()
-        .filter(|w| w.erased)
-        .map(|w| w.id.as_str())
-        .collect();
-    let mut withdrawn = entry.withdrawn.clone();
-    for e in &m.examples {
-        if erased.contains(e.id.as_str())
-            && !withdrawn
-                .iter()
-                .any(|w| w.id == e.id && w.contributor == e.contributor)
-        {
-            withdrawn.push(Withdrawn {
-                id: e.id.clone(),
-                contributor: e.contributor.clone(),
-                erased: true,
-            });
-        }
-    }
-    let gone: BTreeSet<(&str, &str)> = withdrawn
-        .iter()
-        .map(|w| (w.id.as_str(), w.contributor.as_str()))
-        .collect();
-    let mut next = m.clone();
-    next.examples
-        .retain(|e| !gone.contains(&(e.id.as_str(), e.contributor.as_str())));
-    // A cluster whose credited entry left is credited to its earliest remaining member.
-    let credited: BTreeSet<String> = next
-        .examples
-        .iter()
-        .filter(|e| e.weight > 0)
-        .map(|e| e.cluster.clone())
-        .collect();
-    let mut promoted: BTreeSet<String> = BTreeSet::new();
-    for e in next.examples.iter_mut() {
-        if !credited.contains(&e.cluster) && !promoted.contains(&e.cluster) {
-            promoted.insert(e.cluster.clone());
-            e.weight = 1;
-            e.kind = Kind::Original;
-        }
-    }
-    let admin = entry.actor == "admin";
-    for w in &withdrawn {
-        let s = next.contributors.entry(w.contributor.clone()).or_default();
-        s.withdrawn += 1;
-        if admin {
-            s.removed += 1;
-        }
-        next.withdrawn.push(Withdrawal {
-            id: w.id.clone(),
-            contributor: w.contributor.clone(),
-            time_ms: entry.time_ms,
-            seq: entry.seq,
-            erased: w.erased,
-        });
-    }
-    next.parent = None;
-    next.number = m.number + 1;
-    next.created_ms = now_ms;
-    next.upload = UploadInfo::default();
-    next.event = Some(Event::Takedown { seq: entry.seq });
-    next
 }
 
 impl Datanets {
