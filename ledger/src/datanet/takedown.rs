@@ -442,7 +442,7 @@ impl Datanets {
                 published = Some((head, m.number));
                 break;
             }
-            let mut next = without(&m, entry, self.clock.now_ms());
+            let mut next = without(&m, entry, self.clock.now_ms(), &self.quarantine);
             next.parent = Some(head);
             if let Some(v) = self.commit_version(name, &next).await? {
                 published = Some((v, next.number));

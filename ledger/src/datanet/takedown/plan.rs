@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::{LogEntry, Scope, Withdrawn};
 use crate::datanet::DatanetError;
 use crate::datanet::identity::Actor;
+use crate::datanet::ingest::QuarantineRule;
 use crate::datanet::manifest::{Entry, Event, Kind, Manifest, UploadInfo, Withdrawal};
+use crate::datanet::reputation::crosses;
 
 /// Which entries attribution may still pay: built from a datanet's head. An entry stops
 /// earning from its withdrawal time on; rewards paid before stay as they were.
@@ -160,7 +162,13 @@ pub(super) fn plan(
 }
 
 /// The head manifest with the withdrawn entries removed (clusters re-credited).
-pub(super) fn without(m: &Manifest, entry: &LogEntry, now_ms: u64) -> Manifest {
+/// An admin's removals count against the contributor, so they can reach quarantine.
+pub(super) fn without(
+    m: &Manifest,
+    entry: &LogEntry,
+    now_ms: u64,
+    rule: &QuarantineRule,
+) -> Manifest {
     // The planned entries, and any entry of an erased text that landed since the plan.
     let erased: BTreeSet<&str> = entry
         .withdrawn
@@ -210,6 +218,9 @@ pub(super) fn without(m: &Manifest, entry: &LogEntry, now_ms: u64) -> Manifest {
         s.withdrawn += 1;
         if admin {
             s.removed += 1;
+            if crosses(rule, s, 0, 0) {
+                s.quarantined = true;
+            }
         }
         next.withdrawn.push(Withdrawal {
             id: w.id.clone(),
@@ -225,4 +236,162 @@ pub(super) fn without(m: &Manifest, entry: &LogEntry, now_ms: u64) -> Manifest {
     next.upload = UploadInfo::default();
     next.event = Some(Event::Takedown { seq: entry.seq });
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::datanet::manifest::ContributorStats;
+
+    fn entry(id: &str, who: &str, weight: u32, cluster: &str) -> Entry {
+        Entry {
+            id: id.repeat(64),
+            contributor: who.into(),
+            weight,
+            kind: if weight > 0 {
+                Kind::Original
+            } else {
+                Kind::NearDuplicate
+            },
+            cluster: cluster.repeat(64),
+            lsh: String::new(),
+            terms: 0,
+        }
+    }
+
+    fn manifest(examples: Vec<Entry>, stats: &[(&str, u64)]) -> Manifest {
+        Manifest {
+            format: 1,
+            datanet: "d".into(),
+            parent: None,
+            number: 1,
+            created_ms: 0,
+            upload: UploadInfo::default(),
+            examples,
+            contributors: stats
+                .iter()
+                .map(|(c, n)| {
+                    (
+                        c.to_string(),
+                        ContributorStats {
+                            accepted: *n,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            terms: 0,
+            event: None,
+            withdrawn: Vec::new(),
+            reviewed: Vec::new(),
+        }
+    }
+
+    fn log(actor: &str, p: &Plan) -> LogEntry {
+        LogEntry {
+            seq: 1,
+            prev: None,
+            datanet: "d".into(),
+            time_ms: 5,
+            actor: actor.into(),
+            scope: Scope::Examples(vec![]),
+            reason: "r".into(),
+            based_on: None,
+            withdrawn: p.withdrawn.clone(),
+            adapters: vec![],
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_recredited_and_admin_removals_can_quarantine() {
+        // alice owns cluster a; bob's near-duplicate b joins it.
+        let m = manifest(
+            vec![entry("a", "alice", 1, "a"), entry("b", "bob", 0, "a")],
+            &[("alice", 20), ("bob", 1)],
+        );
+        let p = plan(
+            "d",
+            &m,
+            &Actor::Admin,
+            &Scope::Contributor("alice".into()),
+            &BTreeSet::new(),
+        )
+        .unwrap();
+        assert!(p.withdrawn.iter().all(|w| w.erased));
+        let next = without(&m, &log("admin", &p), 9, &QuarantineRule::default());
+        assert_eq!(next.examples.len(), 1);
+        assert_eq!(
+            (next.examples[0].weight, next.examples[0].kind),
+            (1, Kind::Original),
+            "bob's near-duplicate is credited once alice's original is gone"
+        );
+        assert_eq!(next.withdrawn.len(), 1);
+        assert_eq!(next.contributors["alice"].removed, 1);
+        assert!(
+            !next.contributors["alice"].quarantined,
+            "1 of 20 is under the rate"
+        );
+        // The same by alice herself is not a removal.
+        let own = without(&m, &log("alice", &p), 9, &QuarantineRule::default());
+        assert_eq!(own.contributors["alice"].removed, 0);
+        // Ten admin removals out of twenty rows reach the 50% rule.
+        let many: Vec<Entry> = (0..10)
+            .map(|i| entry(&format!("{i:x}"), "carol", 1, &format!("{i:x}")))
+            .collect();
+        let m = manifest(many, &[("carol", 20)]);
+        let p = plan(
+            "d",
+            &m,
+            &Actor::Admin,
+            &Scope::Contributor("carol".into()),
+            &BTreeSet::new(),
+        )
+        .unwrap();
+        let next = without(&m, &log("admin", &p), 9, &QuarantineRule::default());
+        assert!(next.contributors["carol"].quarantined);
+        // Text another datanet still references is not erased.
+        let m = manifest(vec![entry("a", "alice", 1, "a")], &[("alice", 1)]);
+        let elsewhere: BTreeSet<String> = ["a".repeat(64)].into();
+        let p = plan(
+            "d",
+            &m,
+            &Actor::Contributor("alice".into()),
+            &Scope::Examples(vec!["a".repeat(64)]),
+            &elsewhere,
+        )
+        .unwrap();
+        assert!(!p.withdrawn[0].erased);
+    }
+
+    #[test]
+    fn the_index_stops_payment_from_the_withdrawal_on() {
+        let mut m = manifest(vec![], &[]);
+        m.withdrawn = vec![
+            Withdrawal {
+                id: "x".into(),
+                contributor: "alice".into(),
+                time_ms: 100,
+                seq: 1,
+                erased: false,
+            },
+            Withdrawal {
+                id: "y".into(),
+                contributor: "bob".into(),
+                time_ms: 200,
+                seq: 2,
+                erased: true,
+            },
+        ];
+        let idx = WithdrawnIndex::from_manifest(&m);
+        assert!(idx.pays("x", "alice", 99) && !idx.pays("x", "alice", 100));
+        assert!(
+            idx.pays("x", "bob", 1000),
+            "only alice's entry of x was withdrawn"
+        );
+        assert!(!idx.pays("y", "carol", 200), "an erased text pays no one");
+        assert_eq!(idx.erased_at("y"), Some(200));
+        assert_eq!(idx.erased_at("x"), None);
+    }
 }
