@@ -135,3 +135,39 @@ fn scanner_precision_and_recall_on_the_held_out_corpus() {
         "precision {precision:.3}, recall {recall:.3}"
     );
 }
+
+/// The scanner's share of ingestion: parses a JSONL file (`TRIBUTARY_SCAN_BENCH_FILE`,
+/// e.g. from `ledger/scripts/gen_rows.py`) with `parse_upload` (validation + scanning),
+/// then times the scanner alone over the same texts. Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn scanner_share_of_ingestion() {
+    use tributary_ledger::datanet::ingest::parse_upload;
+    use tributary_ledger::datanet::record::Limits;
+    let Ok(path) = std::env::var("TRIBUTARY_SCAN_BENCH_FILE") else {
+        panic!("set TRIBUTARY_SCAN_BENCH_FILE to a JSONL file");
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let t0 = std::time::Instant::now();
+    let parsed = parse_upload(std::io::BufReader::new(&bytes[..]), &Limits::default()).unwrap();
+    let parse = t0.elapsed().as_secs_f64();
+    let texts: Vec<&str> = parsed
+        .valid
+        .iter()
+        .flat_map(|r| r.messages.iter().map(|(_, c)| c.as_str()))
+        .collect();
+    let chars: usize = texts.iter().map(|t| t.len()).sum();
+    let t1 = std::time::Instant::now();
+    let found: usize = texts.iter().map(|t| scan::scan(t).len()).sum();
+    let scan_s = t1.elapsed().as_secs_f64();
+    println!(
+        "{} rows, {:.1} MB of text: parse_upload {:.2} s ({:.0} rows/s); scanner alone {:.2} s ({:.1} MB/s, {:.0}% of parse_upload); {found} findings",
+        parsed.rows,
+        chars as f64 / 1e6,
+        parse,
+        parsed.rows as f64 / parse,
+        scan_s,
+        chars as f64 / 1e6 / scan_s,
+        100.0 * scan_s / parse
+    );
+}
