@@ -286,7 +286,7 @@ async fn scanner_policies_reject_redact_and_hold_without_echoing_secrets() {
         "{text}"
     );
     // The held row is in the review queue; a policy change applies to later uploads only.
-    assert_eq!(d.pending("pii").await.unwrap().len(), 1);
+    assert_eq!(d.pending("pii", &Actor::Admin).await.unwrap().len(), 1);
     d.amend(
         "pii",
         &Actor::Admin,
@@ -643,7 +643,21 @@ async fn review_queue_and_reputation(b: Backend) {
         d.head("rev").await.unwrap().is_none(),
         "only accepted rows enter a version"
     );
-    let pending = d.pending("rev").await.unwrap();
+    let pending = d.pending("rev", &Actor::Admin).await.unwrap();
+    // A contributor sees only their own pending rows; the owner sees all.
+    assert!(
+        d.pending("rev", &Actor::Contributor("bob".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        d.pending("rev", &Actor::Contributor("olivia".into()))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(pending.len(), 3);
     let items: Vec<String> = pending.iter().map(|p| p.item.clone()).collect();
     // Only the owner or admin reviews; a rejection needs a reason; unknown items are named.
@@ -703,7 +717,7 @@ async fn review_queue_and_reputation(b: Backend) {
     let (_, head) = d.head("rev").await.unwrap().unwrap();
     let m = d.manifest("rev", &head).await.unwrap();
     assert_eq!((m.number, m.examples.len()), (2, 1));
-    assert_eq!(d.pending("rev").await.unwrap().len(), 1);
+    assert_eq!(d.pending("rev", &Actor::Admin).await.unwrap().len(), 1);
     // Reputation and the leaderboard.
     upload(
         &d,
@@ -713,7 +727,7 @@ async fn review_queue_and_reputation(b: Backend) {
     )
     .await;
     let bob_item = d
-        .pending("rev")
+        .pending("rev", &Actor::Admin)
         .await
         .unwrap()
         .into_iter()

@@ -93,9 +93,11 @@ pub enum DatanetCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Rows waiting for the owner's review.
+    /// Rows waiting for the owner's review (a contributor sees only their own).
     Pending {
         name: String,
+        #[command(flatten)]
+        actor: govern::ActorArgs,
         #[arg(long)]
         json: bool,
     },

@@ -285,8 +285,8 @@ pub async fn run(d: &Datanets, cmd: DatanetCommand) -> anyhow::Result<()> {
                 anyhow::bail!("datanet `{name}` has {} faults", r.faults.len());
             }
         }
-        DatanetCommand::Pending { name, json } => {
-            let items = d.pending(&name).await?;
+        DatanetCommand::Pending { name, actor, json } => {
+            let items = d.pending(&name, &actor.actor()?).await?;
             if json {
                 return print_json(&items);
             }

@@ -82,7 +82,7 @@ impl Datanets {
             None => BTreeMap::new(),
         };
         let mut pending: BTreeMap<String, u64> = BTreeMap::new();
-        for item in self.pending(name).await? {
+        for item in self.pending_all(name).await? {
             *pending.entry(item.contributor).or_default() += 1;
         }
         let mut out: Vec<Reputation> = stats

@@ -141,8 +141,25 @@ impl Datanets {
             })
     }
 
-    /// Rows waiting for review, oldest first.
-    pub async fn pending(&self, name: &str) -> Result<Vec<PendingItem>, DatanetError> {
+    /// Rows waiting for review, oldest first, as `actor` may see them: the owner and an
+    /// admin see every row (with its text), a contributor only their own.
+    pub async fn pending(
+        &self,
+        name: &str,
+        actor: &Actor,
+    ) -> Result<Vec<PendingItem>, DatanetError> {
+        let owner = self.meta(name).await?.owner;
+        let all = self.pending_all(name).await?;
+        Ok(match actor {
+            Actor::Contributor(c) if owner.as_deref() != Some(c.as_str()) => {
+                all.into_iter().filter(|p| &p.contributor == c).collect()
+            }
+            _ => all,
+        })
+    }
+
+    /// Every pending row (no access check: for internal counts).
+    pub(super) async fn pending_all(&self, name: &str) -> Result<Vec<PendingItem>, DatanetError> {
         self.meta(name).await?;
         let reviewed: HashSet<String> = match self.head(name).await? {
             Some((_, v)) => self

@@ -82,6 +82,9 @@ pub struct LogEntry {
     pub time_ms: u64,
     /// `admin` or the contributor who asked.
     pub actor: String,
+    /// Whether an admin did it (an admin's removals count against the contributor).
+    #[serde(default)]
+    pub by_admin: bool,
     pub scope: Scope,
     pub reason: String,
     /// The head the plan was made against.
@@ -340,6 +343,7 @@ impl Datanets {
                 datanet: name.to_string(),
                 time_ms: self.clock.now_ms(),
                 actor: actor.label(),
+                by_admin: *actor == Actor::Admin,
                 scope: scope.clone(),
                 reason: reason.to_string(),
                 based_on: Some(head.clone()),

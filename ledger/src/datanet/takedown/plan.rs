@@ -212,7 +212,7 @@ pub(super) fn without(
             e.kind = Kind::Original;
         }
     }
-    let admin = entry.actor == "admin";
+    let admin = entry.by_admin;
     for w in &withdrawn {
         let s = next.contributors.entry(w.contributor.clone()).or_default();
         s.withdrawn += 1;
@@ -296,6 +296,7 @@ mod tests {
             datanet: "d".into(),
             time_ms: 5,
             actor: actor.into(),
+            by_admin: actor == "admin",
             scope: Scope::Examples(vec![]),
             reason: "r".into(),
             based_on: None,
