@@ -746,3 +746,68 @@ async fn review_queue_and_reputation(b: Backend) {
     let e = d.reputation("nope", "alice").await.unwrap_err();
     assert!(matches!(e, DatanetError::NotFound(_)));
 }
+
+both_backends!(concurrent_takedowns_and_uploads_serialize);
+async fn concurrent_takedowns_and_uploads_serialize(b: Backend) {
+    let d = Datanets::new(Store::open(&b.url(0)).unwrap());
+    d.create("race", "").await.unwrap();
+    let rows: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            (
+                format!("Question number {i} about rivers"),
+                format!("Answer {i} about rivers"),
+            )
+        })
+        .collect();
+    let body: String = rows.iter().map(|(q, a)| chat(q, a) + "\n").collect();
+    upload(&d, "race", &body, &op("alice")).await;
+    // Four takedowns of different examples and two uploads, all at once.
+    let mut tasks = Vec::new();
+    for (q, a) in rows.iter().take(4) {
+        let d = d.clone();
+        let id = id_of(q, a);
+        tasks.push(tokio::spawn(async move {
+            d.takedown("race", &Actor::Admin, &Scope::Examples(vec![id]), "request")
+                .await
+                .map(|r| r.seq)
+        }));
+    }
+    let mut ups = Vec::new();
+    for u in 0..2 {
+        let d = d.clone();
+        ups.push(tokio::spawn(async move {
+            let body = lines(&[(
+                &format!("Uploader {u} asks about lakes"),
+                "Lakes are still water.",
+            )]);
+            d.upload(
+                "race",
+                BufReader::new(body.as_bytes()),
+                &op(&format!("u{u}")),
+                None,
+            )
+            .await
+            .map(|r| r.accepted)
+        }));
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap());
+    }
+    for u in ups {
+        assert_eq!(u.await.unwrap().unwrap(), 1);
+    }
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4],
+        "each takedown got its own log entry"
+    );
+    let (number, head) = d.head("race").await.unwrap().unwrap();
+    assert_eq!(number, 1 + 4 + 2);
+    let m = d.manifest("race", &head).await.unwrap();
+    assert_eq!((m.examples.len(), m.withdrawn.len()), (2 + 2, 4));
+    let audit = d.verify("race").await.unwrap();
+    assert!(audit.ok(), "{:?}", audit.faults);
+    assert_eq!((audit.erased, audit.takedowns), (4, 4));
+}

@@ -375,38 +375,44 @@ impl Datanets {
         })
     }
 
-    /// Completes the last logged takedown if a crash left it unapplied; returns its report.
+    /// Completes every logged takedown a crash left unapplied (normally at most the last);
+    /// returns the report of the last one completed.
     pub async fn resume_takedown(
         &self,
         name: &str,
     ) -> Result<Option<TakedownReport>, DatanetError> {
         let log = self.takedown_log(name).await?;
-        let Some((entry, digest)) = log.last() else {
+        if log.is_empty() {
             return Ok(None);
-        };
+        }
         let Some((_, head)) = self.head(name).await? else {
             return Ok(None);
         };
         let m = self.manifest(name, &head).await?;
-        if m.withdrawn.iter().any(|w| w.seq == entry.seq) {
-            return Ok(None);
+        let applied: BTreeSet<u64> = m.withdrawn.iter().map(|w| w.seq).collect();
+        // Normally only the last entry can be unapplied; a takedown that crashed while a
+        // later one went through leaves an earlier one: complete every such entry in order.
+        let mut last = None;
+        for (entry, digest) in log
+            .iter()
+            .filter(|(e, _)| !e.withdrawn.is_empty() && !applied.contains(&e.seq))
+        {
+            let mut owners = BTreeMap::new();
+            for w in &entry.withdrawn {
+                owners
+                    .entry(w.id.clone())
+                    .or_insert_with(|| w.contributor.clone());
+            }
+            let ids: BTreeSet<&str> = entry.withdrawn.iter().map(|w| w.id.as_str()).collect();
+            let affected = self.affected_adapters(name, &ids).await?;
+            tracing::warn!(
+                datanet = name,
+                seq = entry.seq,
+                "completing an unapplied takedown"
+            );
+            last = Some(self.apply(name, entry, digest, &owners, &affected).await?);
         }
-        let mut owners = BTreeMap::new();
-        for w in &entry.withdrawn {
-            owners
-                .entry(w.id.clone())
-                .or_insert_with(|| w.contributor.clone());
-        }
-        let ids: BTreeSet<&str> = entry.withdrawn.iter().map(|w| w.id.as_str()).collect();
-        let affected = self.affected_adapters(name, &ids).await?;
-        tracing::warn!(
-            datanet = name,
-            seq = entry.seq,
-            "completing an unapplied takedown"
-        );
-        self.apply(name, entry, digest, &owners, &affected)
-            .await
-            .map(Some)
+        Ok(last)
     }
 
     async fn apply(
