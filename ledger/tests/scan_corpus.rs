@@ -19,9 +19,12 @@ struct Counts {
     fn_: u64,
 }
 
+/// (kind, precision, recall).
+type KindScore = (Kind, f64, f64);
+
 /// Scans every row of a corpus; prints the table; returns (kind, precision, recall) and
 /// the micro-averaged (precision, recall).
-fn evaluate(file: &str) -> (Vec<(Kind, f64, f64)>, (f64, f64)) {
+fn evaluate(file: &str) -> (Vec<KindScore>, (f64, f64)) {
     let path = format!("{}/data/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path).unwrap();
     let mut counts: BTreeMap<Kind, Counts> =

@@ -186,7 +186,7 @@ impl Datanets {
                 out.push(p);
             }
         }
-        out.sort_by(|a, b| (a.created_ms, a.line).cmp(&(b.created_ms, b.line)));
+        out.sort_by_key(|p| (p.created_ms, p.line));
         Ok(out)
     }
 

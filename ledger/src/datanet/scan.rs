@@ -129,22 +129,26 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy(pub BTreeMap<Kind, Action>);
 
+/// The default action for a kind: contact details and addresses are redacted; card
+/// numbers, IBANs, national ids, private keys and known tokens reject the row; unexplained
+/// high-entropy strings are held for the owner's review.
+pub fn default_action(kind: Kind) -> Action {
+    match kind {
+        Kind::Email | Kind::Phone | Kind::IpAddress => Action::Redact,
+        Kind::HighEntropy => Action::Hold,
+        Kind::PrivateKey | Kind::ApiToken | Kind::Card | Kind::Iban | Kind::NationalId => {
+            Action::Reject
+        }
+    }
+}
+
 impl Default for Policy {
-    /// Contact details and addresses are redacted; card numbers, IBANs, national ids,
-    /// private keys and known tokens reject the row; unexplained high-entropy strings are
-    /// held for the owner's review.
+    /// Every kind at its [`default_action`].
     fn default() -> Self {
         Policy(
             Kind::ALL
                 .into_iter()
-                .map(|k| {
-                    let a = match k {
-                        Kind::Email | Kind::Phone | Kind::IpAddress => Action::Redact,
-                        Kind::HighEntropy => Action::Hold,
-                        _ => Action::Reject,
-                    };
-                    (k, a)
-                })
+                .map(|k| (k, default_action(k)))
                 .collect(),
         )
     }
@@ -155,7 +159,7 @@ impl Policy {
         self.0
             .get(&kind)
             .copied()
-            .unwrap_or_else(|| Policy::default().0[&kind])
+            .unwrap_or_else(|| default_action(kind))
     }
 
     /// Parses `kind=action[,kind=action…]` over the default policy; errors name the

@@ -66,7 +66,7 @@ pub fn luhn(d: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// IBAN lengths for the countries checked (ISO 13616 registry).
