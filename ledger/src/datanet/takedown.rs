@@ -219,6 +219,17 @@ impl Datanets {
         Ok(out)
     }
 
+    /// How many takedowns the datanet's log holds: a cached export of any version made
+    /// when this was lower may hold erased texts (the worker's cache re-exports then).
+    pub async fn takedown_count(&self, name: &str) -> Result<u64, DatanetError> {
+        self.meta(name).await?;
+        Ok(self
+            .store
+            .list_names(&Path::from(format!("datanets/{name}/takedowns")))
+            .await?
+            .len() as u64)
+    }
+
     /// Attribution's view of withdrawals in a datanet (from its head).
     pub async fn withdrawn_index(&self, name: &str) -> Result<WithdrawnIndex, DatanetError> {
         match self.head(name).await? {
