@@ -69,6 +69,8 @@ fn governance_through_the_cli() {
         err.contains("`CC-BY-5.0` is not an SPDX licence identifier"),
         "{err}"
     );
+    let err = fails(&store, &["create", "docs", "--policy", "emails=reject"]);
+    assert!(err.contains("unknown kind `emails`"), "{err}");
     ok(
         &store,
         &[

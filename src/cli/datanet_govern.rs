@@ -204,7 +204,11 @@ pub async fn run(d: &Datanets, cmd: DatanetCommand) -> anyhow::Result<()> {
                     &serde_json::json!({"datanet": name, "terms": number, "terms_digest": digest, "version": version}),
                 );
             }
-            println!("{name}: terms {number} ({digest}) in force; version {version}");
+            if version.is_empty() {
+                println!("{name}: terms {number} ({digest}) in force (no version yet)");
+            } else {
+                println!("{name}: terms {number} ({digest}) in force; version {version}");
+            }
         }
         DatanetCommand::Takedown {
             name,
