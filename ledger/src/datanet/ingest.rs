@@ -11,10 +11,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 
-use super::DatanetError;
-use super::identity::Identity;
 use serde::Serialize;
 
+use super::DatanetError;
+use super::identity::Identity;
 use super::manifest::{Consent, ContributorStats, Entry, Event, Kind, Manifest, UploadInfo};
 use super::minhash::{self, BANDS};
 use super::record::{self, Limits, Lines, Row, RowError};
