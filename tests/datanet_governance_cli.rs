@@ -122,6 +122,9 @@ fn governance_through_the_cli() {
         terms_digest.as_str()
     );
     assert_eq!(shown["upload"]["consent"]["method"], "signature");
+    let lic = json(&store, &["licenses", "docs", "--json"]);
+    assert_eq!(lic[0]["license"], "CC-BY-4.0");
+    assert_eq!(lic[0]["examples"], 3);
     let sig = json(&store, &["sign", &data, "--key", &key, "--datanet", "docs"]);
     assert_eq!(sig["signature"], shown["upload"]["consent"]["signature"]);
 

@@ -50,6 +50,15 @@ pub enum DatanetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The licences of a version's credited examples (one per terms record they came
+    /// under): what an adapter trained on it inherits.
+    Licenses {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Change the licence, terms, scanner policy or review setting: a new terms record and
     /// a new version; earlier uploads keep the terms they were made under.
     Amend {

@@ -189,6 +189,24 @@ pub async fn run(d: &Datanets, cmd: DatanetCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        DatanetCommand::Licenses {
+            name,
+            version,
+            json,
+        } => {
+            let v = d.resolve_version(&name, version.as_deref()).await?;
+            let m = d.manifest(&name, &v).await?;
+            let list = d.licenses_of(&m, &v).await?;
+            if json {
+                return print_json(&list);
+            }
+            for l in list {
+                println!(
+                    "{}	terms {}	{} credited examples",
+                    l.license, l.terms, l.examples
+                );
+            }
+        }
         DatanetCommand::Amend {
             name,
             terms,
