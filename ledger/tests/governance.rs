@@ -743,6 +743,25 @@ async fn review_queue_and_reputation(b: Backend) {
     let board = d.leaderboard("rev", 10).await.unwrap();
     let order: Vec<&str> = board.iter().map(|r| r.contributor.as_str()).collect();
     assert_eq!(order, vec!["bob", "alice"]);
+    // Alice withdraws everything: her accepted entry leaves the head, her pending row the
+    // queue.
+    let r = d
+        .takedown(
+            "rev",
+            &Actor::Contributor("alice".into()),
+            &Scope::Contributor("alice".into()),
+            "leaving",
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.withdrawn.len(), r.pending_dropped), (1, 1));
+    assert!(
+        d.pending("rev", &Actor::Admin)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.contributor != "alice")
+    );
     let e = d.reputation("nope", "alice").await.unwrap_err();
     assert!(matches!(e, DatanetError::NotFound(_)));
 }

@@ -158,6 +158,24 @@ impl Datanets {
         })
     }
 
+    /// Deletes every pending row of `contributor` (their takedown); returns how many.
+    pub(super) async fn drop_pending_of(
+        &self,
+        name: &str,
+        contributor: &str,
+    ) -> Result<usize, DatanetError> {
+        let mine: Vec<PendingItem> = self
+            .pending_all(name)
+            .await?
+            .into_iter()
+            .filter(|p| p.contributor == contributor)
+            .collect();
+        for p in &mine {
+            self.store.delete(&item_key(name, &p.item)).await?;
+        }
+        Ok(mine.len())
+    }
+
     /// Every pending row (no access check: for internal counts).
     pub(super) async fn pending_all(&self, name: &str) -> Result<Vec<PendingItem>, DatanetError> {
         self.meta(name).await?;

@@ -133,6 +133,8 @@ pub struct TakedownReport {
     pub adapters: Vec<AffectedAdapter>,
     /// Hex BLAKE3 of the log entry's bytes.
     pub log_entry: String,
+    /// Review-queue rows of the contributor dropped (contributor takedowns).
+    pub pending_dropped: usize,
 }
 
 fn log_key(name: &str, seq: u64) -> Path {
@@ -480,6 +482,11 @@ impl Datanets {
         for w in entry.withdrawn.iter().filter(|w| w.erased) {
             self.store.delete(&super::example_key(&w.id)).await?;
         }
+        // A contributor who withdraws everything also leaves the review queue.
+        let pending_dropped = match &entry.scope {
+            Scope::Contributor(who) => self.drop_pending_of(name, who).await?,
+            Scope::Examples(_) => 0,
+        };
         for (a, held) in affected {
             let mark = AdapterMark {
                 adapter_digest: a.adapter_digest.clone(),
@@ -509,6 +516,7 @@ impl Datanets {
             withdrawn: entry.withdrawn.clone(),
             adapters: affected.iter().map(|(a, _)| a.clone()).collect(),
             log_entry: digest.to_string(),
+            pending_dropped,
         })
     }
 }
