@@ -718,6 +718,29 @@ async fn review_queue_and_reputation(b: Backend) {
     let m = d.manifest("rev", &head).await.unwrap();
     assert_eq!((m.number, m.examples.len()), (2, 1));
     assert_eq!(d.pending("rev", &Actor::Admin).await.unwrap().len(), 1);
+    // The same bytes uploaded again: decided lines are not queued again.
+    let again = upload(
+        &d,
+        "rev",
+        &lines(&[
+            ("Good question one", "Good answer one"),
+            ("Weak question", "meh"),
+            ("Third question here", "Third answer"),
+        ]),
+        &op("alice"),
+    )
+    .await;
+    assert!(
+        again.pending[0].reasons[0].starts_with("already reviewed"),
+        "{:?}",
+        again.pending
+    );
+    assert!(again.pending[1].reasons[0].starts_with("already reviewed"));
+    assert_eq!(
+        again.pending[2].item, items[2],
+        "the undecided line is the same item"
+    );
+    assert_eq!(d.pending("rev", &Actor::Admin).await.unwrap().len(), 1);
     // Reputation and the leaderboard.
     upload(
         &d,

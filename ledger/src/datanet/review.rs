@@ -89,6 +89,18 @@ impl Datanets {
         consent: Option<&Consent>,
     ) -> Result<Vec<PendingRow>, DatanetError> {
         let mut out = Vec::with_capacity(held.len());
+        if held.is_empty() {
+            return Ok(out);
+        }
+        let reviewed: HashSet<String> = match self.head(name).await? {
+            Some((_, v)) => self
+                .manifest(name, &v)
+                .await?
+                .reviewed
+                .into_iter()
+                .collect(),
+            None => HashSet::new(),
+        };
         for h in held {
             let c = &h.candidate;
             let mut hasher = blake3::Hasher::new();
@@ -97,6 +109,19 @@ impl Datanets {
                 hasher.update(&[0]);
             }
             let item = hasher.finalize().to_hex()[..32].to_string();
+            if reviewed.contains(&item) {
+                // The same line of the same bytes was uploaded and decided before.
+                out.push(PendingRow {
+                    line: c.line,
+                    item,
+                    reasons: vec![
+                        "already reviewed: this line of these exact bytes was decided before; \
+                         not queued again"
+                            .into(),
+                    ],
+                });
+                continue;
+            }
             let body = PendingItem {
                 item: item.clone(),
                 datanet: name.to_string(),
