@@ -83,7 +83,7 @@ pub fn wire_message(data: &[u8]) {
     }
 }
 
-/// The length-prefixed frame decoder and the message reader over it.
+/// The length-prefixed frame decoder, the message reader over it, and chunked tensors.
 pub fn frame(data: &[u8]) {
     runtime().block_on(async {
         let mut r = data;
@@ -94,6 +94,11 @@ pub fn frame(data: &[u8]) {
         let _ = tributary_protocol::frame::read_msg::<_, Command>(&mut r, MAX_FRAME).await;
         let mut r = data;
         let _ = tributary_protocol::frame::read_msg::<_, Reply>(&mut r, MAX_FRAME).await;
+        // Chunked tensors (gradients, updates) behind a message.
+        let mut r = data;
+        if let Ok(ts) = tributary_protocol::tensor::read_tensors(&mut r, 1 << 20).await {
+            assert!(ts.iter().all(|t| t.len() <= 1 << 20));
+        }
     });
 }
 
