@@ -47,8 +47,11 @@ pub fn job_spec(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    for parsed in [JobSpec::from_json_str(text), JobSpec::from_toml_str(text)] {
-        if let Ok(spec) = parsed {
+    for spec in [JobSpec::from_json_str(text), JobSpec::from_toml_str(text)]
+        .into_iter()
+        .flatten()
+    {
+        {
             spec.validate().expect("an accepted spec validates");
             let json = spec.to_json().expect("an accepted spec encodes");
             let again = JobSpec::from_json_str(&json).expect("its JSON parses back");
@@ -194,8 +197,11 @@ pub fn reward_entry(data: &[u8]) {
     }
 }
 
-/// Every target, by name (the replay test walks `fuzz/corpus/<name>/`).
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+/// A target's name (its corpus is `fuzz/corpus/<name>/`) and function.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target, by name.
+pub const TARGETS: [Target; 7] = [
     ("job_spec", job_spec),
     ("wire_message", wire_message),
     ("frame", frame),

@@ -82,7 +82,7 @@ pub fn new_job(spec: JobSpec, seq: u64, now_ms: u64) -> Result<JobRecord, CoordE
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Write this record to the store.
-    Persist(JobRecord),
+    Persist(Box<JobRecord>),
     /// Tell the job's running driver to stop at its next step boundary.
     StopRun(JobId),
 }
@@ -187,7 +187,7 @@ impl Jobs {
                 rec.state = JobState::Cancelled;
                 rec.not_before_ms = None;
                 rec.log_at(now_ms, "cancelled while queued");
-                Ok(Effect::Persist(rec.clone()))
+                Ok(Effect::Persist(Box::new(rec.clone())))
             }
             JobState::Running => {
                 rec.cancel_requested = true;

@@ -32,7 +32,7 @@ pub fn assign(micro: &[MicroBatch], workers: usize) -> Vec<Vec<MicroBatch>> {
     let mut at = 0;
     for rank in 0..workers {
         let take = base + usize::from(rank < extra);
-        out.push(micro[at..at + take].to_vec());
+        out.push(micro.get(at..at + take).unwrap_or_default().to_vec());
         at += take;
     }
     out

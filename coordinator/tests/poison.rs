@@ -4,6 +4,14 @@
 //! back-off and then fails it with the reason, and the good job, submitted after it,
 //! finishes. Also measures what the poison job costs the good one (docs/benchmarks.md).
 
+// A panic in a test is a failed test: unwrap and indexing are fine here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -339,7 +339,7 @@ impl Observer<Session> for Shown {
         );
         self.bar.set_message(msg.clone());
         self.bar.set_position(p.step);
-        if self.plain && (p.step % self.every == 0 || p.step == p.total_steps) {
+        if self.plain && (p.step.is_multiple_of(self.every) || p.step == p.total_steps) {
             eprintln!("step {}/{}: {msg}", p.step, p.total_steps);
         }
         Ok(())
