@@ -470,6 +470,8 @@ fn a_lora_job_from_job_submit_on_an_s3_store_matches_dev_mode() {
     c.store = moto.url("tributary", "cluster");
     let w1_port = common::free_tcp_port();
     let w1_listen = format!("127.0.0.1:{}", free_port());
+    let demo = common::repo().join("assets/demo");
+    let (tmp_s, demo_s) = (tmp.path().display().to_string(), demo.display().to_string());
     c.spawn(
         "w1",
         &[
@@ -478,9 +480,13 @@ fn a_lora_job_from_job_submit_on_an_s3_store_matches_dev_mode() {
             &w1_listen,
             "--http",
             &format!("127.0.0.1:{w1_port}"),
+            "--allow-path",
+            &tmp_s,
+            "--allow-path",
+            &demo_s,
         ],
     );
-    c.worker("w2", 0);
+    c.worker_allowing("w2", 0, &[tmp.path(), demo.as_path()]);
     let port = coordinator_with_http(&mut c, "coord-a");
     common::wait_ready(port, "/readyz", 30, &|| c.dump_logs());
     let url = format!("http://127.0.0.1:{port}");
