@@ -4,11 +4,13 @@
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
+#[path = "../fuzz/harness_model.rs"]
+mod harness_model;
 
 #[test]
 fn every_committed_fuzz_input_is_handled_without_a_panic() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-    for (name, run) in harness::TARGETS {
+    for (name, run) in harness::TARGETS.into_iter().chain(harness_model::TARGETS) {
         let dir = root.join(name);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
