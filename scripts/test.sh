@@ -5,28 +5,47 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each stage prints how long it took, so the CI budget is visible.
+stage_start=$SECONDS
+stage() {
+  local now=$SECONDS
+  if [ -n "${stage_name:-}" ]; then
+    echo "== ${stage_name}: $((now - stage_start)) s"
+  fi
+  stage_name=$1
+  stage_start=$now
+  [ -n "$1" ] && echo "== $1"
+  return 0
+}
+
+stage "setup"
 scripts/setup-test-deps.sh
 TRIBUTARY_MOTO_SERVER=$(cat "${XDG_CACHE_HOME:-$HOME/.cache}/tributary/moto_server_path")
 export TRIBUTARY_MOTO_SERVER
 
-echo "== cargo fmt --check"
+stage "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+stage "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 if [ "${TRIBUTARY_SKIP_WGPU_CHECK:-0}" != "1" ]; then
-  echo "== cargo check --features wgpu"
+  stage "cargo check --features wgpu"
   cargo check --workspace --features wgpu
 fi
 
-echo "== cargo test"
+stage "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+stage ""
+# Per test binary: the time its tests took (compile time is in the stage above).
+awk '/^     Running /{name=$2} /^   Doc-tests /{name="doc-tests " $2}
+     /^test result: /{for (i=1;i<=NF;i++) if ($i=="in") t=$(i+1); printf "   %8s  %s\n", t, name}' "$log" |
+  sort -rn | head -40 || true
 passed=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
 echo "$passed passed, $failed failed"

@@ -123,6 +123,31 @@ impl Cluster {
         );
     }
 
+    /// A worker that may read `allow` (base models and data outside its cache and store).
+    fn worker_allowing(&mut self, name: &str, delay_ms: u64, allow: &[&std::path::Path]) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let delay = delay_ms.to_string();
+        let mut args = vec![
+            "worker".to_string(),
+            "--listen".into(),
+            listen,
+            "--micro-batch-delay-ms".into(),
+            delay,
+            "--cache-dir".into(),
+            self.dir
+                .path()
+                .join(format!("{name}-cache"))
+                .display()
+                .to_string(),
+        ];
+        for a in allow {
+            args.push("--allow-path".into());
+            args.push(a.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(name, &args);
+    }
+
     fn coordinator(&mut self, name: &str) {
         self.spawn(name, &["coordinator"]);
     }
@@ -185,6 +210,39 @@ async fn embedded_digest(spec: JobSpec) -> Digest {
         .unwrap();
     c.stop(None);
     assert_eq!(r.state, JobState::Succeeded);
+    r.adapter_digest.unwrap()
+}
+
+/// The same LoRA job in embedded mode with one in-process worker running the real trainer.
+async fn embedded_lora_digest(spec: JobSpec) -> Digest {
+    let node = NodeId::new("local").unwrap();
+    let (w, _) = spawn_worker(WorkerCore::new(
+        node.clone(),
+        Arc::new(tributary_worker::DefaultFactory),
+    ))
+    .await
+    .unwrap();
+    let mut links = LocalLinkFactory::new();
+    links.insert(node.clone(), w);
+    let mut spec = spec;
+    spec.workers = tributary_protocol::spec::Workers::Count(1);
+    let (c, _) = spawn_coordinator(CoordinatorConfig {
+        fencing: 1,
+        membership: Arc::new(StaticMembership::new(vec![WorkerInfo::in_process(node)])),
+        store: Arc::new(MemoryJobStore::default()),
+        links: Arc::new(links),
+        artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-lora-reference")
+            .unwrap(),
+        tick: Duration::from_millis(20),
+    })
+    .await
+    .unwrap();
+    let id = client::submit(&c, spec).await.unwrap();
+    let r = client::wait(&c, &id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    c.stop(None);
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
     r.adapter_digest.unwrap()
 }
 
@@ -273,6 +331,41 @@ async fn kill_9_a_worker_mid_job_and_the_job_finishes_on_the_other() {
     assert_eq!(r.state, JobState::Succeeded, "{r:?}\n{}", c.dump_logs());
     assert_eq!(r.workers, vec![NodeId::new("w1").unwrap()], "{r:?}");
     assert_eq!(r.adapter_digest, Some(want));
+}
+
+/// The same fault as above on a real LoRA job (the tiny model and the demo data): the
+/// adapter trained through a worker's death is the one a fault-free single worker trains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_worker_mid_lora_job_and_the_adapter_matches_a_fault_free_run() {
+    let mut c = Cluster::new();
+    let model = common::tiny_model(c.dir.path());
+    let data = common::repo().join("assets/demo/train.jsonl");
+    let spec = JobSpec::from_toml_str(&format!(
+        "base_model = {:?}\ndata = {:?}\nworkers = 2\n\
+         [lora]\nrank = 4\nalpha = 8.0\ndropout = 0.1\ntarget_modules = [\"q_proj\", \"v_proj\"]\n\
+         [train]\nsteps = 24\nbatch_size = 4\ngrad_accum = 2\nlr = 1e-3\nseed = 7\ncheckpoint_every = 4\n",
+        model.display().to_string(),
+        data.display().to_string(),
+    ))
+    .unwrap();
+    let want = embedded_lora_digest(spec.clone()).await;
+    let allow = [model.as_path(), data.parent().unwrap()];
+    c.worker_allowing("w1", 80, &allow);
+    c.worker_allowing("w2", 80, &allow);
+    c.coordinator("coord-a");
+    let etcd = connect(&c.etcd.url()).await.unwrap();
+    let id = submit_job(&etcd, spec).await.unwrap();
+    wait_for(&c, &etcd, &id, "step 4", 120, |r| r.progress.step >= 4).await;
+    c.signal("w2", "-KILL");
+    let r = wait_for(&c, &etcd, &id, "the end", 180, |r| r.state.is_terminal()).await;
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}\n{}", c.dump_logs());
+    assert_eq!(r.workers, vec![NodeId::new("w1").unwrap()], "{r:?}");
+    assert_eq!(r.progress.step, 24);
+    assert_eq!(
+        r.adapter_digest,
+        Some(want),
+        "LoRA adapter after a worker's kill -9 != fault-free run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,6 +470,8 @@ fn a_lora_job_from_job_submit_on_an_s3_store_matches_dev_mode() {
     c.store = moto.url("tributary", "cluster");
     let w1_port = common::free_tcp_port();
     let w1_listen = format!("127.0.0.1:{}", free_port());
+    let demo = common::repo().join("assets/demo");
+    let (tmp_s, demo_s) = (tmp.path().display().to_string(), demo.display().to_string());
     c.spawn(
         "w1",
         &[
@@ -385,9 +480,13 @@ fn a_lora_job_from_job_submit_on_an_s3_store_matches_dev_mode() {
             &w1_listen,
             "--http",
             &format!("127.0.0.1:{w1_port}"),
+            "--allow-path",
+            &tmp_s,
+            "--allow-path",
+            &demo_s,
         ],
     );
-    c.worker("w2", 0);
+    c.worker_allowing("w2", 0, &[tmp.path(), demo.as_path()]);
     let port = coordinator_with_http(&mut c, "coord-a");
     common::wait_ready(port, "/readyz", 30, &|| c.dump_logs());
     let url = format!("http://127.0.0.1:{port}");

@@ -1,6 +1,7 @@
 //! The coordinator actor (ractor): the job queue and its state machine (queued → running →
 //! succeeded / failed / cancelled), placement onto workers, and one driver task per running
-//! job. It is a thin shell: placement is [`crate::placement::place`], the step loop is
+//! job. It is a thin shell: the state machine is [`crate::jobs_state::Jobs`] (pure, with an
+//! injected clock), placement is [`crate::placement::place`], the step loop is
 //! [`crate::driver::JobRun`], persistence is a [`JobStore`], membership a [`Membership`].
 //! Embedded and cluster mode run this same actor; only the links, store and membership
 //! differ.
@@ -18,17 +19,22 @@ use tributary_protocol::{JobId, JobSpec, NodeId};
 use crate::artifacts::Artifacts;
 use crate::driver::{JobEvent, JobOutcome, JobRun};
 use crate::error::CoordError;
+use crate::jobs_state::{Clock, Effect, Jobs, RetryPolicy, SystemClock};
 use crate::membership::Membership;
 use crate::metrics;
 use crate::placement::{Demand, demand, place};
-use crate::store::{JobRecord, JobState, JobStore};
+use crate::store::{JobRecord, JobStore};
 
 /// A worker lost by a job is not offered back to running jobs for this long (its
 /// registration may outlive it by up to a lease).
 pub const REJOIN_AFTER: Duration = Duration::from_secs(10);
 
 /// Least time between two progress writes of one job to the store.
-pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(crate::jobs_state::PROGRESS_EVERY_MS);
+
+/// Most messages waiting in the coordinator's mailbox from outside (HTTP submissions,
+/// status and cancel requests); beyond it callers get [`CoordError::Busy`].
+pub const MAILBOX_BOUND: usize = 1024;
 
 /// Messages the coordinator accepts.
 #[derive(Debug)]
@@ -59,6 +65,23 @@ pub struct CoordinatorConfig {
     pub tick: Duration,
 }
 
+/// The coordinator's policies and clock (defaults: [`RetryPolicy::default`], the system
+/// clock).
+#[derive(Clone)]
+pub struct CoordinatorOptions {
+    pub retry: RetryPolicy,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
 struct Running {
     cancel: watch::Sender<bool>,
     /// Workers the job holds a slot on (its live workers and those offered to it).
@@ -72,11 +95,10 @@ struct Running {
 /// The actor's state.
 pub struct CoordinatorState {
     cfg: CoordinatorConfig,
-    jobs: BTreeMap<JobId, JobRecord>,
+    clock: Arc<dyn Clock>,
+    jobs: Jobs,
     running: BTreeMap<JobId, Running>,
     links: BTreeMap<NodeId, Arc<dyn WorkerLink>>,
-    next_seq: u64,
-    last_progress_write: BTreeMap<JobId, std::time::Instant>,
     /// Workers a job lost, and when.
     recently_lost: BTreeMap<NodeId, std::time::Instant>,
     /// When each worker was last seen in membership (for the heartbeat-age gauge).
@@ -109,6 +131,13 @@ impl CoordinatorState {
         }
     }
 
+    async fn persist_all(&mut self, recs: Vec<JobRecord>) -> Result<(), CoordError> {
+        for rec in recs {
+            self.persist(&rec).await?;
+        }
+        Ok(())
+    }
+
     async fn flush_dirty(&mut self) -> Result<(), CoordError> {
         let ids: Vec<JobId> = self.dirty.iter().cloned().collect();
         for id in ids {
@@ -120,26 +149,14 @@ impl CoordinatorState {
     }
 
     fn update_gauges(&self) {
-        metrics::set_jobs_by_state(self.jobs.values().map(|r| r.state));
+        metrics::set_jobs_by_state(self.jobs.all().map(|r| r.state));
     }
 
     /// Picks up jobs written to the store by others (cluster submissions, a previous leader).
     async fn sync_store(&mut self) -> Result<(), CoordError> {
-        for mut rec in self.cfg.store.list().await? {
-            self.next_seq = self.next_seq.max(rec.seq + 1);
-            if self.jobs.contains_key(&rec.id) {
-                continue;
-            }
-            if rec.state == JobState::Running {
-                // A previous leader was running it: queue it again; it resumes from its
-                // last checkpoint.
-                rec.state = JobState::Queued;
-                rec.workers.clear();
-                self.persist(&rec).await?;
-            }
-            self.jobs.insert(rec.id.clone(), rec);
-        }
-        Ok(())
+        let found = self.cfg.store.list().await?;
+        let changed = self.jobs.adopt(found, self.clock.now_ms());
+        self.persist_all(changed).await
     }
 
     async fn schedule(&mut self) -> Result<(), CoordError> {
@@ -155,12 +172,7 @@ impl CoordinatorState {
                 .set(now.duration_since(*seen).as_secs_f64());
         }
         let free = self.free_slots(&members);
-        let mut queue: Vec<&JobRecord> = self
-            .jobs
-            .values()
-            .filter(|r| r.state == JobState::Queued)
-            .collect();
-        queue.sort_by_key(|r| r.seq);
+        let queue = self.jobs.placeable(self.clock.now_ms());
         let demands: Vec<Demand> = queue.iter().map(|r| demand(r)).collect();
         for p in place(&demands, &free) {
             let mut links = Vec::new();
@@ -255,25 +267,13 @@ impl CoordinatorState {
 
     async fn start(
         &mut self,
-        mut rec: JobRecord,
+        rec: JobRecord,
         links: Vec<(NodeId, Arc<dyn WorkerLink>)>,
     ) -> Result<(), CoordError> {
-        rec.state = JobState::Running;
-        rec.workers = links.iter().map(|(n, _)| n.clone()).collect();
-        // Epoch-based specs: known once the workers report the dataset size.
-        rec.progress.total_steps = match (rec.spec.train.steps, rec.examples) {
-            (Some(s), _) => s,
-            (None, Some(n)) => rec.spec.total_steps(n),
-            (None, None) => 0,
+        let workers = links.iter().map(|(n, _)| n.clone()).collect();
+        let Some(rec) = self.jobs.start(&rec.id, workers, self.clock.now_ms()) else {
+            return Ok(());
         };
-        rec.log(format!(
-            "placed on workers {}",
-            rec.workers
-                .iter()
-                .map(NodeId::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
         self.persist(&rec).await?;
         info!(job = %rec.id, workers = ?rec.workers, "job placed");
         let (cancel, cancel_rx) = watch::channel(false);
@@ -298,7 +298,6 @@ impl CoordinatorState {
             cancel: cancel_rx,
             joins: joins_rx,
         };
-        self.jobs.insert(rec.id.clone(), rec);
         let events = self.events.clone();
         tokio::spawn(async move {
             let job = run.job.clone();
@@ -310,45 +309,10 @@ impl CoordinatorState {
 
     /// Applies a driver event; returns an error when this leader has been fenced out.
     async fn on_event(&mut self, ev: JobEvent) -> Result<(), CoordError> {
-        match ev {
-            JobEvent::Loaded {
-                job,
-                total_steps,
-                examples,
-                base_model,
-                data,
-            } => {
-                if let Some(rec) = self.jobs.get_mut(&job) {
-                    rec.progress.total_steps = total_steps;
-                    rec.examples = Some(examples);
-                    rec.base_model_digest = Some(base_model);
-                    rec.data_digest = Some(data);
-                    rec.log(format!(
-                        "loaded: {examples} examples, {total_steps} steps; base model {base_model}, data {data}"
-                    ));
-                    let rec = rec.clone();
-                    self.persist(&rec).await?;
-                }
-            }
-            JobEvent::Checkpointed { job, checkpoint } => {
-                // The object is written; now move the record's pointer to it.
-                if let Some(rec) = self.jobs.get_mut(&job) {
-                    rec.checkpoint = Some(checkpoint);
-                    let rec = rec.clone();
-                    self.persist(&rec).await?;
-                }
-            }
-            JobEvent::Log { job, msg } => {
-                if let Some(rec) = self.jobs.get_mut(&job) {
-                    rec.log(msg);
-                }
-            }
-            JobEvent::Progress {
-                job,
-                progress,
-                workers,
-            } => {
-                if let Some(run) = self.running.get_mut(&job) {
+        // The runtime side: which workers each running job holds, which links are dead.
+        match &ev {
+            JobEvent::Progress { job, workers, .. } => {
+                if let Some(run) = self.running.get_mut(job) {
                     // Offered workers not yet taken in keep their place.
                     let pending: Vec<NodeId> = run
                         .workers
@@ -359,83 +323,28 @@ impl CoordinatorState {
                     run.workers = workers.clone();
                     run.workers.extend(pending);
                 }
-                if let Some(rec) = self.jobs.get_mut(&job) {
-                    let loss = progress
-                        .loss
-                        .map_or_else(|| "-".to_string(), |l| format!("{l:.4}"));
-                    rec.log_step(
-                        progress.step,
-                        format!(
-                            "step {}/{} loss {loss}",
-                            progress.step, progress.total_steps
-                        ),
-                    );
-                    rec.progress = progress;
-                    rec.workers = workers;
-                    let rec = rec.clone();
-                    // Progress is written at most every PROGRESS_EVERY per job; state
-                    // changes are always written.
-                    let due = self
-                        .last_progress_write
-                        .get(&job)
-                        .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
-                    if due {
-                        self.last_progress_write
-                            .insert(job, std::time::Instant::now());
-                        self.persist(&rec).await?;
-                    }
-                }
             }
             JobEvent::WorkerLost { job, node, .. } => {
-                self.links.remove(&node);
+                self.links.remove(node);
                 self.recently_lost
                     .insert(node.clone(), std::time::Instant::now());
-                if let Some(run) = self.running.get_mut(&job) {
-                    run.workers.retain(|n| n != &node);
+                if let Some(run) = self.running.get_mut(job) {
+                    run.workers.retain(|n| n != node);
                 }
             }
             JobEvent::Done { job, outcome } => {
-                self.running.remove(&job);
-                let Some(rec) = self.jobs.get_mut(&job) else {
-                    return Ok(());
-                };
-                match outcome {
-                    JobOutcome::Succeeded {
-                        adapter_digest,
-                        adapter,
-                        steps,
-                        final_loss,
-                    } => {
-                        rec.state = JobState::Succeeded;
-                        rec.adapter_digest = Some(adapter_digest);
-                        rec.adapter = Some(adapter);
-                        rec.final_loss = final_loss;
-                        rec.progress.step = steps;
-                        rec.progress.eta_secs = Some(0.0);
-                    }
-                    JobOutcome::Failed(e) => {
-                        rec.state = JobState::Failed;
-                        rec.error = Some(e);
-                    }
-                    JobOutcome::Cancelled => rec.state = JobState::Cancelled,
-                    JobOutcome::Requeue(why) => {
-                        warn!(%job, reason = %why, "job queued again");
-                        rec.state = JobState::Queued;
-                        rec.workers.clear();
-                        rec.log(format!("queued again: {why}"));
-                    }
-                    JobOutcome::Fenced { token, highest } => {
-                        return Err(CoordError::Fenced { token, highest });
-                    }
+                self.running.remove(job);
+                if let JobOutcome::Requeue(why) | JobOutcome::Failed(why) = outcome {
+                    warn!(%job, reason = %why, "job run ended without success");
                 }
-                if rec.state.is_terminal() {
-                    let detail = rec.error.clone().unwrap_or_default();
-                    rec.log(format!("{} {detail}", rec.state).trim_end().to_string());
-                }
-                let rec = rec.clone();
-                self.persist(&rec).await?;
-                self.update_gauges();
             }
+            _ => {}
+        }
+        let done = matches!(ev, JobEvent::Done { .. });
+        let recs = self.jobs.on_event(ev, self.clock.now_ms())?;
+        self.persist_all(recs).await?;
+        if done {
+            self.update_gauges();
         }
         Ok(())
     }
@@ -456,12 +365,12 @@ impl CoordinatorState {
 impl Actor for CoordinatorActor {
     type Msg = CoordinatorMsg;
     type State = CoordinatorState;
-    type Arguments = CoordinatorConfig;
+    type Arguments = (CoordinatorConfig, CoordinatorOptions);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        cfg: CoordinatorConfig,
+        (cfg, opts): (CoordinatorConfig, CoordinatorOptions),
     ) -> Result<Self::State, ActorProcessingErr> {
         let (tx, mut rx) = mpsc::channel::<JobEvent>(256);
         let me = myself.clone();
@@ -486,12 +395,11 @@ impl Actor for CoordinatorActor {
         });
         Ok(CoordinatorState {
             cfg,
-            jobs: BTreeMap::new(),
+            clock: opts.clock,
+            jobs: Jobs::new(opts.retry),
             running: BTreeMap::new(),
             links: BTreeMap::new(),
-            next_seq: 0,
             dirty: Default::default(),
-            last_progress_write: BTreeMap::new(),
             last_seen: BTreeMap::new(),
             recently_lost: BTreeMap::new(),
             events: tx,
@@ -532,7 +440,7 @@ impl Actor for CoordinatorActor {
             CoordinatorMsg::Status(job, reply) => {
                 let recs = match job {
                     Some(id) => state.jobs.get(&id).cloned().into_iter().collect(),
-                    None => state.jobs.values().cloned().collect(),
+                    None => state.jobs.all().cloned().collect(),
                 };
                 let _ = reply.send(recs);
                 Ok(())
@@ -564,41 +472,20 @@ impl Actor for CoordinatorActor {
 }
 
 async fn submit(state: &mut CoordinatorState, spec: JobSpec) -> Result<JobId, CoordError> {
-    spec.validate()?;
-    let seq = state.next_seq;
-    state.next_seq += 1;
-    let id = JobId::derive(spec.to_json()?.as_bytes(), seq);
-    let rec = JobRecord::queued(id.clone(), seq, spec);
+    let rec = state.jobs.submit(spec, state.clock.now_ms())?;
     state.persist(&rec).await?;
-    state.jobs.insert(id.clone(), rec);
-    Ok(id)
+    Ok(rec.id)
 }
 
 async fn cancel(state: &mut CoordinatorState, job: &JobId) -> Result<(), CoordError> {
-    let rec = state
-        .jobs
-        .get_mut(job)
-        .ok_or_else(|| CoordError::NoSuchJob(job.to_string()))?;
-    match rec.state {
-        JobState::Queued => {
-            rec.state = JobState::Cancelled;
-            rec.log("cancelled while queued");
-            let rec = rec.clone();
-            state.persist(&rec).await
-        }
-        JobState::Running => {
-            rec.cancel_requested = true;
-            rec.log("cancel requested; stopping at the next step boundary");
-            if let Some(r) = state.running.get(job) {
+    match state.jobs.cancel(job, state.clock.now_ms())? {
+        Effect::Persist(rec) => state.persist(&rec).await,
+        Effect::StopRun(id) => {
+            if let Some(r) = state.running.get(&id) {
                 let _ = r.cancel.send(true);
             }
             Ok(())
         }
-        s => Err(CoordError::BadState {
-            job: job.to_string(),
-            state: s.to_string(),
-            action: "cancelled",
-        }),
     }
 }
 
@@ -606,7 +493,15 @@ async fn cancel(state: &mut CoordinatorState, job: &JobId) -> Result<(), CoordEr
 pub async fn spawn_coordinator(
     cfg: CoordinatorConfig,
 ) -> Result<(ActorRef<CoordinatorMsg>, tokio::task::JoinHandle<()>), CoordError> {
-    Actor::spawn(None, CoordinatorActor, cfg)
+    spawn_coordinator_with(cfg, CoordinatorOptions::default()).await
+}
+
+/// Spawns a coordinator actor with the given retry policy and clock.
+pub async fn spawn_coordinator_with(
+    cfg: CoordinatorConfig,
+    opts: CoordinatorOptions,
+) -> Result<(ActorRef<CoordinatorMsg>, tokio::task::JoinHandle<()>), CoordError> {
+    Actor::spawn(None, CoordinatorActor, (cfg, opts))
         .await
         .map_err(|e| CoordError::Actor(e.to_string()))
 }

@@ -1,22 +1,36 @@
 //! Client helpers for code in the same process as the coordinator actor: submit, status,
 //! cancel and wait, as calls to the actor with a timeout.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use ractor::ActorRef;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tributary_protocol::{JobId, JobSpec};
 
-use crate::actor::CoordinatorMsg;
+use crate::actor::{CoordinatorMsg, MAILBOX_BOUND};
 use crate::error::CoordError;
 use crate::store::JobRecord;
 
 const T: Duration = Duration::from_secs(30);
+
+/// The bound in front of the coordinator's mailbox (ractor mailboxes are unbounded): at
+/// most [`MAILBOX_BOUND`] calls from this module wait on the actor at once; more are
+/// refused with [`CoordError::Busy`] (HTTP 503 with Retry-After).
+static IN_FLIGHT: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(MAILBOX_BOUND));
+
+fn admit() -> Result<SemaphorePermit<'static>, CoordError> {
+    IN_FLIGHT
+        .try_acquire()
+        .map_err(|_| CoordError::Busy(MAILBOX_BOUND))
+}
 
 fn gone(e: impl std::fmt::Display) -> CoordError {
     CoordError::Actor(e.to_string())
 }
 
 pub async fn submit(c: &ActorRef<CoordinatorMsg>, spec: JobSpec) -> Result<JobId, CoordError> {
+    let _permit = admit()?;
     match c.call(|tx| CoordinatorMsg::Submit(spec, tx), Some(T)).await {
         Ok(ractor::rpc::CallResult::Success(r)) => r,
         Ok(other) => Err(gone(format!("{other:?}"))),
@@ -28,6 +42,7 @@ pub async fn status(
     c: &ActorRef<CoordinatorMsg>,
     job: Option<JobId>,
 ) -> Result<Vec<JobRecord>, CoordError> {
+    let _permit = admit()?;
     match c.call(|tx| CoordinatorMsg::Status(job, tx), Some(T)).await {
         Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),
         Ok(other) => Err(gone(format!("{other:?}"))),
@@ -36,6 +51,7 @@ pub async fn status(
 }
 
 pub async fn cancel(c: &ActorRef<CoordinatorMsg>, job: JobId) -> Result<(), CoordError> {
+    let _permit = admit()?;
     match c.call(|tx| CoordinatorMsg::Cancel(job, tx), Some(T)).await {
         Ok(ractor::rpc::CallResult::Success(r)) => r,
         Ok(other) => Err(gone(format!("{other:?}"))),

@@ -21,9 +21,10 @@ use crate::artifacts::{Artifacts, CheckpointRef};
 
 mod register;
 use crate::metrics;
-use crate::progress::{Progress, progress};
+use crate::progress::Progress;
 use crate::reduce::{Contribution, reduce_in_order};
-use crate::sharding::{assign, global_batch};
+use crate::sharding::assign;
+use tributary_model::train::driver::{Action, Driver, RunPlan, StepOutput, Steps};
 
 /// How long checkpoint and adapter writes are retried while the store is down.
 pub const STORE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
@@ -255,7 +256,21 @@ impl JobRun {
             Ok(None) => return JobOutcome::Requeue("every worker was lost".into()),
             Err(o) => return o,
         };
-        let total_steps = self.spec.total_steps(loaded.examples);
+        let steps = match (self.spec.train.steps, self.spec.train.epochs) {
+            (Some(s), _) => Steps::Fixed(s),
+            (None, e) => Steps::Epochs(u64::from(e.unwrap_or(1))),
+        };
+        let mut plan = match RunPlan::new(
+            loaded.examples,
+            self.spec.micro_batch_size(),
+            self.spec.micro_batches(),
+            steps,
+        ) {
+            Ok(p) => p,
+            Err(e) => return JobOutcome::Failed(e.to_string()),
+        };
+        plan.checkpoint_every = self.spec.train.checkpoint_every;
+        let total_steps = plan.total_steps;
         self.emit(JobEvent::Loaded {
             job: self.job.clone(),
             total_steps,
@@ -275,10 +290,25 @@ impl JobRun {
             workers = live.len(),
             "job running"
         );
-        let started = Instant::now();
-        let mut tokens_total = 0u64;
-        let mut last_loss = None;
-        for step in start_step..total_steps {
+        // The one training loop's decisions (tributary_model::train::driver); this loop only
+        // carries them out over the network.
+        let mut driver = Driver::new(plan, start_step);
+        loop {
+            let (step, micro) = match driver.next_action() {
+                Action::Finish => break,
+                // Jobs have no held-out split.
+                Action::Eval { .. } => {
+                    driver.eval_done(None);
+                    continue;
+                }
+                Action::Checkpoint { .. } => {
+                    if let Err(o) = self.save_checkpoint(&mut live).await {
+                        return o;
+                    }
+                    continue;
+                }
+                Action::Step { step, micro } => (step, micro),
+            };
             if *self.cancel.borrow() {
                 let _ = self
                     .broadcast(&mut live, CommandBody::Stop, Vec::new())
@@ -289,7 +319,14 @@ impl JobRun {
                 return o;
             }
             let t0 = Instant::now();
-            let batch = global_batch(&self.spec, step);
+            let batch: Vec<MicroBatch> = micro
+                .iter()
+                .map(|m| MicroBatch {
+                    index: m.index,
+                    start: m.start,
+                    len: m.len,
+                })
+                .collect();
             let parts = match self.gather(&mut live, step, &batch).await {
                 Ok(p) => p,
                 Err(o) => return o,
@@ -311,26 +348,15 @@ impl JobRun {
             {
                 return o;
             }
-            tokens_total += reduced.tokens;
-            last_loss = Some(reduced.loss);
             metrics::TRAIN_TOKENS.inc_by(reduced.tokens);
-            metrics::STEP_SECONDS.observe(t0.elapsed().as_secs_f64());
-            let done = step + 1;
-            let every = self.spec.train.checkpoint_every.unwrap_or(u64::MAX);
-            if done % every == 0
-                && done < total_steps
-                && let Err(o) = self.save_checkpoint(&mut live).await
-            {
-                return o;
-            }
-            let p = progress(
-                done,
-                total_steps,
-                start_step,
-                last_loss,
-                tokens_total,
-                started.elapsed().as_secs_f64(),
-            );
+            let secs = t0.elapsed().as_secs_f64();
+            metrics::STEP_SECONDS.observe(secs);
+            let out = StepOutput {
+                loss: reduced.loss,
+                tokens: reduced.tokens,
+                ..StepOutput::default()
+            };
+            let p = Progress::from(driver.step_done(&out, secs));
             self.emit(JobEvent::Progress {
                 job: self.job.clone(),
                 progress: p,
@@ -338,6 +364,7 @@ impl JobRun {
             })
             .await;
         }
+        let last_loss = driver.summary().final_loss;
         if let Err(o) = self.save_checkpoint(&mut live).await {
             return o;
         }

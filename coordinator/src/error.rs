@@ -25,6 +25,8 @@ pub enum CoordError {
         state: String,
         action: &'static str,
     },
+    #[error("the coordinator is busy: {0} requests are waiting; retry shortly")]
+    Busy(usize),
     #[error("the coordinator actor is not running: {0}")]
     Actor(String),
     #[error("etcd test harness: {0}")]

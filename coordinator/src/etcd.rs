@@ -437,13 +437,14 @@ pub async fn list_jobs(client: &Client) -> Result<Vec<JobRecord>, CoordError> {
 /// Queues a job for whichever coordinator leads: writes a `queued` record that must not
 /// exist yet. Queue order is submission time.
 pub async fn submit_job(client: &Client, spec: JobSpec) -> Result<JobId, CoordError> {
-    spec.validate()?;
+    // The one job-id scheme (crate::jobs_state): seq is the submission time in µs.
+    let now = crate::store::now_ms();
     let seq = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let id = JobId::derive(spec.to_json()?.as_bytes(), seq);
-    let rec = JobRecord::queued(id.clone(), seq, spec);
+    let rec = crate::jobs_state::new_job(spec, seq, now)?;
+    let id = rec.id.clone();
     let key = format!("{JOBS_PREFIX}{id}");
     let txn = Txn::new()
         .when([Compare::version(key.clone(), CompareOp::Equal, 0)])

@@ -59,8 +59,12 @@ pub fn set_jobs_by_state(states: impl Iterator<Item = crate::store::JobState>) {
     ];
     let mut counts = [0i64; 5];
     for s in states {
-        if let Some(i) = all.iter().position(|a| *a == s) {
-            counts[i] += 1;
+        if let Some(c) = all
+            .iter()
+            .position(|a| *a == s)
+            .and_then(|i| counts.get_mut(i))
+        {
+            *c += 1;
         }
     }
     for (s, n) in all.iter().zip(counts) {

@@ -1,6 +1,8 @@
-//! Job progress arithmetic: throughput and ETA from step times.
+//! Job progress as records keep it; the arithmetic (throughput, ETA) is the training
+//! driver's (`tributary_model::train::driver::progress`).
 
 use serde::{Deserialize, Serialize};
+use tributary_model::train::driver::RunProgress;
 
 /// A job's progress as shown by `job status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -13,8 +15,21 @@ pub struct Progress {
     pub eta_secs: Option<f64>,
 }
 
+impl From<RunProgress> for Progress {
+    fn from(p: RunProgress) -> Self {
+        Self {
+            step: p.step,
+            total_steps: p.total_steps,
+            loss: p.loss,
+            tokens: p.tokens,
+            tokens_per_sec: p.tokens_per_sec,
+            eta_secs: p.eta_secs,
+        }
+    }
+}
+
 /// Progress after `step` steps (of `total`) that took `elapsed_secs` and saw `tokens` tokens
-/// since this run of the job started at `start_step`.
+/// since this run of the job started at `start_step` (the training driver's arithmetic).
 pub fn progress(
     step: u64,
     total: u64,
@@ -23,24 +38,8 @@ pub fn progress(
     tokens: u64,
     elapsed_secs: f64,
 ) -> Progress {
-    let done = step.saturating_sub(start_step);
-    let (tps, eta) = if elapsed_secs > 0.0 && done > 0 {
-        let per_step = elapsed_secs / done as f64;
-        (
-            tokens as f64 / elapsed_secs,
-            Some(per_step * total.saturating_sub(step) as f64),
-        )
-    } else {
-        (0.0, None)
-    };
-    Progress {
-        step,
-        total_steps: total,
-        loss,
-        tokens,
-        tokens_per_sec: tps,
-        eta_secs: eta,
-    }
+    tributary_model::train::driver::progress(step, total, start_step, loss, tokens, elapsed_secs)
+        .into()
 }
 
 #[cfg(test)]

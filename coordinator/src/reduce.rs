@@ -1,95 +1,9 @@
 //! Fixed-order gradient reduction: micro-batch gradients are summed in micro-batch index
 //! order, whatever order they arrived in and whichever worker computed them, so the update
-//! is bit-identical for any number of workers.
+//! is bit-identical for any number of workers. The function is the training driver's
+//! (`tributary_model::train::driver`), the one the CLI's single-process step also uses.
 
-/// One micro-batch's contribution.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Contribution {
-    pub index: u32,
-    /// Summed loss over the micro-batch.
-    pub loss_sum: f64,
-    pub tokens: u64,
-    /// Gradient of the summed loss.
-    pub grads: Vec<f32>,
-}
-
-/// The reduced step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reduced {
-    /// Sum of the micro-batch gradients, in index order.
-    pub grads: Vec<f32>,
-    /// Mean loss per token over the step.
-    pub loss: f32,
-    pub tokens: u64,
-}
-
-/// Why a set of contributions cannot be reduced.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ReduceError {
-    #[error("micro-batch {0} is missing")]
-    Missing(u32),
-    #[error("micro-batch {0} was contributed twice")]
-    Duplicate(u32),
-    #[error("micro-batch {index} has {len} gradient values, expected {expected}")]
-    Length {
-        index: u32,
-        len: usize,
-        expected: usize,
-    },
-    #[error("nothing to reduce")]
-    Empty,
-}
-
-/// Reduces exactly the micro-batches `0..expected`, in index order.
-pub fn reduce_in_order(
-    mut parts: Vec<Contribution>,
-    expected: u32,
-) -> Result<Reduced, ReduceError> {
-    if expected == 0 {
-        return Err(ReduceError::Empty);
-    }
-    parts.sort_by_key(|c| c.index);
-    for (i, c) in parts.iter().enumerate() {
-        if i > 0 && parts[i - 1].index == c.index {
-            return Err(ReduceError::Duplicate(c.index));
-        }
-    }
-    for i in 0..expected {
-        if parts.get(i as usize).map(|c| c.index) != Some(i) {
-            return Err(ReduceError::Missing(i));
-        }
-    }
-    if let Some(extra) = parts.get(expected as usize) {
-        return Err(ReduceError::Duplicate(extra.index));
-    }
-    let len = parts[0].grads.len();
-    let mut grads = vec![0f32; len];
-    let mut loss = 0f64;
-    let mut tokens = 0u64;
-    for c in &parts {
-        if c.grads.len() != len {
-            return Err(ReduceError::Length {
-                index: c.index,
-                len: c.grads.len(),
-                expected: len,
-            });
-        }
-        for (acc, g) in grads.iter_mut().zip(&c.grads) {
-            *acc += g;
-        }
-        loss += c.loss_sum;
-        tokens += c.tokens;
-    }
-    Ok(Reduced {
-        grads,
-        loss: if tokens > 0 {
-            (loss / tokens as f64) as f32
-        } else {
-            0.0
-        },
-        tokens,
-    })
-}
+pub use tributary_model::train::driver::{Contribution, ReduceError, Reduced, reduce_in_order};
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! micro-batches (fixed by the spec, not by the number of workers), and the micro-batches
 //! are dealt to workers in contiguous, balanced blocks by rank.
 
+use tributary_model::train::driver::micro_ranges;
 use tributary_protocol::{JobSpec, MicroBatch};
 
 /// The micro-batches of `step`'s global batch. Example positions run on across steps; the
@@ -9,12 +10,12 @@ use tributary_protocol::{JobSpec, MicroBatch};
 pub fn global_batch(spec: &JobSpec, step: u64) -> Vec<MicroBatch> {
     let m = spec.micro_batches().max(1);
     let mb = spec.micro_batch_size().max(1);
-    let base = step * u64::from(spec.train.batch_size);
-    (0..m)
-        .map(|i| MicroBatch {
-            index: i,
-            start: base + u64::from(i) * u64::from(mb),
-            len: mb,
+    micro_ranges(step, mb, m)
+        .into_iter()
+        .map(|r| MicroBatch {
+            index: r.index,
+            start: r.start,
+            len: r.len,
         })
         .collect()
 }
@@ -31,7 +32,7 @@ pub fn assign(micro: &[MicroBatch], workers: usize) -> Vec<Vec<MicroBatch>> {
     let mut at = 0;
     for rank in 0..workers {
         let take = base + usize::from(rank < extra);
-        out.push(micro[at..at + take].to_vec());
+        out.push(micro.get(at..at + take).unwrap_or_default().to_vec());
         at += take;
     }
     out

@@ -81,6 +81,14 @@ pub struct JobRecord {
     /// The job's event lines, oldest first, at most [`MAX_LOG_LINES`].
     #[serde(default)]
     pub log: Vec<LogLine>,
+    /// Runs of the job that ended in a failure or lost every worker (see
+    /// [`crate::jobs_state::RetryPolicy`]).
+    #[serde(default)]
+    pub attempts: u32,
+    /// A queued job waiting out its back-off is not placed before this time (ms since the
+    /// Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
 }
 
 /// Most log lines kept per job. When full, the oldest per-step line is dropped, so events
@@ -109,6 +117,11 @@ pub fn now_ms() -> u64 {
 impl JobRecord {
     /// A freshly queued job.
     pub fn queued(id: JobId, seq: u64, spec: JobSpec) -> Self {
+        Self::queued_at(id, seq, spec, now_ms())
+    }
+
+    /// A freshly queued job, at `at_ms`.
+    pub fn queued_at(id: JobId, seq: u64, spec: JobSpec, at_ms: u64) -> Self {
         Self {
             id,
             seq,
@@ -126,29 +139,37 @@ impl JobRecord {
             data_digest: None,
             examples: None,
             log: vec![LogLine {
-                at_ms: now_ms(),
+                at_ms,
                 step: None,
                 msg: "queued".into(),
             }],
+            attempts: 0,
+            not_before_ms: None,
         }
     }
 
     /// Appends an event line (see [`MAX_LOG_LINES`] for what is dropped when full).
     pub fn log(&mut self, msg: impl Into<String>) {
-        self.push_log(None, msg.into());
+        self.push_log(now_ms(), None, msg.into());
+    }
+
+    /// Appends an event line dated `at_ms`.
+    pub fn log_at(&mut self, at_ms: u64, msg: impl Into<String>) {
+        self.push_log(at_ms, None, msg.into());
     }
 
     /// Appends a step's line; step lines are the first dropped when the log is full.
     pub fn log_step(&mut self, step: u64, msg: impl Into<String>) {
-        self.push_log(Some(step), msg.into());
+        self.push_log(now_ms(), Some(step), msg.into());
     }
 
-    fn push_log(&mut self, step: Option<u64>, msg: String) {
-        self.log.push(LogLine {
-            at_ms: now_ms(),
-            step,
-            msg,
-        });
+    /// Appends a step's line dated `at_ms`.
+    pub fn log_step_at(&mut self, at_ms: u64, step: u64, msg: impl Into<String>) {
+        self.push_log(at_ms, Some(step), msg.into());
+    }
+
+    fn push_log(&mut self, at_ms: u64, step: Option<u64>, msg: String) {
+        self.log.push(LogLine { at_ms, step, msg });
         if self.log.len() > MAX_LOG_LINES {
             // Drop the oldest step line; only when there is none, the oldest line.
             let at = self.log.iter().position(|l| l.step.is_some()).unwrap_or(0);

@@ -3,6 +3,14 @@
 //! a job from it and ends with the same adapter as a fault-free run, and a checkpoint whose
 //! bytes do not match the record's digest is refused.
 
+// A panic in a test is a failed test: unwrap and indexing are fine here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,6 +3,14 @@
 //! a new leader resumes, and an etcd restart under a running job. Workers here are real
 //! worker actors reached in-process; the QUIC path is covered by the end-to-end tests.
 
+// A panic in a test is a failed test: unwrap and indexing are fine here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,9 +5,11 @@
 //! - [`jobs`]: the job API (`/v1/jobs…`) over [`tributary_coordinator::JobApi`].
 //! - [`ops`]: `/healthz`, `/readyz` and `/metrics` for every process.
 //! - [`error`]: every API error mapped to an HTTP status and a JSON body in one place.
+//! - [`limits`]: body limit, request timeout and in-flight bound, applied by [`serve`].
 
 pub mod error;
 pub mod jobs;
+pub mod limits;
 pub mod ops;
 
 /// The router type the functions above return.

@@ -47,13 +47,14 @@ async fn metrics() -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` and serves `app` until `shutdown` resolves; returns the bound address and
-/// the server task.
+/// Binds `addr` and serves `app`, behind the default [`crate::limits`], until `shutdown`
+/// resolves; returns the bound address and the server task.
 pub async fn serve(
     addr: SocketAddr,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let app = crate::limits::apply(app, crate::limits::Limits::default());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {

@@ -88,6 +88,25 @@ fn memory_stores() -> &'static Mutex<HashMap<String, Arc<dyn ObjectStore>>> {
 /// Request timeout for remote stores unless the URL sets `timeout=`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Shortest and longest `timeout=` a store URL may set, in seconds.
+pub const TIMEOUT_RANGE_SECS: (f64, f64) = (0.05, 3600.0);
+
+/// Parses a store URL's `timeout=` value (seconds, an optional trailing `s`): a finite
+/// number within [`TIMEOUT_RANGE_SECS`]; anything else is an error naming the parameter.
+pub fn parse_timeout(v: &str) -> Result<Duration, String> {
+    let (lo, hi) = TIMEOUT_RANGE_SECS;
+    let secs: f64 = v
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("query parameter `timeout={v}` is not a number of seconds"))?;
+    if !secs.is_finite() || !(lo..=hi).contains(&secs) {
+        return Err(format!(
+            "query parameter `timeout={v}` is out of range: must be {lo} to {hi} seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("query parameter `timeout={v}`: {e}"))
+}
+
 impl Store {
     /// Wraps an existing object store (injected storage, e.g. a fault-injecting wrapper).
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, label: impl Into<String>) -> Self {
@@ -173,11 +192,7 @@ impl Store {
                 .split_once('=')
                 .ok_or_else(|| bad(format!("query parameter `{pair}` has no `=`")))?;
             if k == "timeout" {
-                let secs: f64 = v
-                    .trim_end_matches('s')
-                    .parse()
-                    .map_err(|_| bad(format!("timeout `{v}` is not a number of seconds")))?;
-                timeout = Duration::from_secs_f64(secs.max(0.05));
+                timeout = parse_timeout(v).map_err(bad)?;
                 continue;
             }
             let key: AmazonS3ConfigKey = k
@@ -437,6 +452,15 @@ fn names_under(prefix: &Path, metas: Vec<object_store::ObjectMeta>) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_timeouts_are_errors_not_panics() {
+        for bad in ["inf", "-inf", "NaN", "1e300", "-1", "0", "abc", ""] {
+            let err = Store::open(&format!("s3://b/p?timeout={bad}")).unwrap_err();
+            assert!(err.to_string().contains("timeout"), "{bad}: {err}");
+        }
+        assert_eq!(parse_timeout("2.5s"), Ok(Duration::from_millis(2500)));
+    }
 
     #[tokio::test]
     async fn memory_and_local_stores_pass_the_self_test() {

@@ -221,7 +221,18 @@ impl ClusterBench {
                 w,
                 &etcd.url(),
                 &certs,
-                &["--listen".into(), format!("127.0.0.1:{}", free_udp_port()?)],
+                &[
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", free_udp_port()?),
+                    // The model is made in `tmp`; the data is the bench's own file.
+                    "--allow-path".into(),
+                    tmp.path().display().to_string(),
+                    "--allow-path".into(),
+                    absolute(&self.data)?
+                        .parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                ],
             );
             procs.spawn(&self.exe, w, &args, tmp.path())?;
         }

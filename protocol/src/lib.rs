@@ -14,6 +14,7 @@ pub mod messages;
 pub mod metrics;
 pub mod shutdown;
 pub mod spec;
+pub mod spec_check;
 pub mod tensor;
 pub mod tls;
 

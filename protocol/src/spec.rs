@@ -219,7 +219,7 @@ impl JobSpec {
             (Some(s), _) => s,
             (None, Some(e)) => {
                 let per_epoch = dataset_len.div_ceil(u64::from(self.train.batch_size.max(1)));
-                per_epoch.max(1) * u64::from(e)
+                per_epoch.max(1).saturating_mul(u64::from(e))
             }
             (None, None) => 0,
         }
@@ -228,12 +228,9 @@ impl JobSpec {
     /// Checks every field against its limit; the error names the field.
     pub fn validate(&self) -> Result<()> {
         use limits::*;
-        if self.base_model.trim().is_empty() {
-            return Err(spec_err("base_model must not be empty".into()));
-        }
-        if self.data.trim().is_empty() {
-            return Err(spec_err("data must not be empty".into()));
-        }
+        crate::spec_check::check_location("base_model", &self.base_model, false)
+            .map_err(spec_err)?;
+        crate::spec_check::check_location("data", &self.data, true).map_err(spec_err)?;
         if let Workers::Count(n) = self.workers
             && (n == 0 || n > MAX_WORKERS)
         {

@@ -92,6 +92,14 @@ pub struct WorkerArgs {
         default_value = "tributary-data/cache"
     )]
     pub cache_dir: PathBuf,
+    /// A directory jobs may read base models and data from (repeatable; default: the
+    /// cache directory and a local --store). Any other local path is refused.
+    #[arg(
+        long = "allow-path",
+        env = "TRIBUTARY_ALLOW_PATHS",
+        value_delimiter = ','
+    )]
+    pub allow_path: Vec<PathBuf>,
 }
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -219,10 +227,18 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let (node, tls) = load(&args.common)?;
     // `builtin:linear` specs run the reference model; others the LoRA trainer, fetching
     // URL models and datanet data through --store and --cache-dir.
+    let mut roots = vec![args.cache_dir.clone()];
+    roots.extend(
+        args.store
+            .as_deref()
+            .and_then(super::allow::local_store_dir),
+    );
+    roots.extend(args.allow_path.iter().cloned());
     let mut factory: Arc<dyn ExecutorFactory> = Arc::new(SourcedFactory {
         sources: SourceConfig {
             store: args.store.clone(),
             cache_dir: args.cache_dir.clone(),
+            allow: super::allow::allow_paths(roots)?,
         },
     });
     if args.micro_batch_delay_ms > 0 {
@@ -253,7 +269,10 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let c = client.clone();
     let ready: Readiness = Arc::new(move || {
         let c = c.clone();
-        Box::pin(async move { etcd_ready(&c).await })
+        Box::pin(async move {
+            tributary_worker::metrics::actors_ready()?;
+            etcd_ready(&c).await
+        })
     });
     serve_http(args.common.http, tributary_gateway::ops_router(ready)).await?;
     let reg = register_worker(client, info, args.common.lease_ttl, ctl.subscribe()).await?;

@@ -32,6 +32,14 @@ pub struct DevArgs {
     /// (default: `cache` under the data directory).
     #[arg(long, env = "TRIBUTARY_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// A directory jobs may read base models and data from (repeatable; default: the
+    /// directory `dev` was started in and the data directory). Any other path is refused.
+    #[arg(
+        long = "allow-path",
+        env = "TRIBUTARY_ALLOW_PATHS",
+        value_delimiter = ','
+    )]
+    pub allow_path: Vec<PathBuf>,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -56,6 +64,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 .cache_dir
                 .clone()
                 .unwrap_or_else(|| store_dir.with_file_name("cache")),
+            allow: super::allow::allow_paths(
+                [std::env::current_dir()?, args.data_dir.clone()]
+                    .into_iter()
+                    .chain(args.cache_dir.clone())
+                    .chain(args.allow_path.iter().cloned()),
+            )?,
         },
     });
     let mut links = LocalLinkFactory::new();
@@ -88,7 +102,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let ready_store = artifacts.clone();
     let ready: tributary_gateway::Readiness = Arc::new(move || {
         let s = ready_store.clone();
-        Box::pin(async move { s.ping().await.map_err(|e| format!("store: {e}")) })
+        Box::pin(async move {
+            tributary_worker::metrics::actors_ready()?;
+            s.ping().await.map_err(|e| format!("store: {e}"))
+        })
     });
     let app = tributary_gateway::job_router(Arc::new(ActorJobs(coord.clone())))
         .merge(tributary_gateway::ops_router(ready));

@@ -1,5 +1,6 @@
 //! Top-level command tree. One file per command family, each owning its clap types.
 
+pub mod allow;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_model;

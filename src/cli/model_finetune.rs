@@ -13,9 +13,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tributary_model::data::{BatchPlan, DataOptions, Example, load_jsonl, split_eval};
+use tributary_model::data::{DataOptions, Example, load_jsonl, split_eval};
+use tributary_model::error::ModelError;
 use tributary_model::lora::{LoraConfig, TargetModule};
 use tributary_model::plot::LossCurve;
+use tributary_model::train::driver::{
+    Driver, Observer, RunPlan, Session, StepEvent, Steps, run as run_driver,
+};
 use tributary_model::train::{Schedule, TrainConfig, TrainExample, Trainer};
 
 use super::model_generate::load;
@@ -190,22 +194,24 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         max_seq_len
     );
 
-    let mut trainer = match &args.resume {
+    let trainer = match &args.resume {
         Some(dir) => Trainer::resume(dir, model)
             .with_context(|| format!("resuming from {}", dir.display()))?,
         None => {
             let mut lora = LoraConfig::new(args.rank, args.alpha, &targets(&args.target_modules)?);
             lora.lora_dropout = args.dropout;
             lora.base_model_name_or_path = Some(args.model.display().to_string());
-            let per_step = args.batch_size * args.grad_accum;
-            let steps = match args.steps {
-                Some(s) => s,
-                None => (args.epochs * train.len()).div_ceil(per_step.max(1)) as u64,
-            };
-            anyhow::ensure!(
-                steps > 0,
-                "nothing to train: --steps or --epochs gives 0 steps"
+            let (mb, accum) = (
+                to_u32("--batch-size", args.batch_size)?,
+                to_u32("--grad-accum", args.grad_accum)?,
             );
+            let steps = match args.steps {
+                Some(s) => Steps::Fixed(s),
+                None => Steps::Epochs(args.epochs as u64),
+            };
+            let steps = RunPlan::new(train.len() as u64, mb, accum, steps)
+                .context("--steps/--epochs/--batch-size/--grad-accum")?
+                .total_steps;
             let cfg = TrainConfig {
                 lr: args.lr,
                 weight_decay: args.weight_decay,
@@ -226,7 +232,14 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         }
     };
     let cfg = trainer.config().clone();
-    let plan = BatchPlan::new(train.len(), cfg.batch_size, cfg.grad_accum_steps, cfg.seed)?;
+    let mut plan = RunPlan::new(
+        train.len() as u64,
+        to_u32("batch_size", cfg.batch_size)?,
+        to_u32("grad_accum", cfg.grad_accum_steps)?,
+        Steps::Fixed(cfg.total_steps),
+    )?;
+    plan.checkpoint_every = args.checkpoint_every.filter(|&n| n > 0);
+    plan.eval = !eval.is_empty();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -237,73 +250,25 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         curve.train = serde_json::from_str(&text).unwrap_or_default();
     }
     let start_step = trainer.step();
-    let eval_before = if eval.is_empty() {
-        None
-    } else {
-        let loss = trainer
-            .eval_loss(&eval)
-            .context("eval loss before training")?;
-        eprintln!("held-out eval loss before: {loss:.4}");
-        curve.eval.push((start_step as f64, f64::from(loss)));
-        Some(loss)
+    let mut session = Session::new(trainer, train.clone(), eval.clone())?
+        .with_checkpoint_root(args.out.join("checkpoints"));
+    let mut driver = Driver::new(plan, start_step);
+    let mut shown = Shown {
+        bar: progress(cfg.total_steps, start_step),
+        plain: !std::io::stderr().is_terminal(),
+        every: (cfg.total_steps / 10).max(1),
+        curve,
     };
-
-    let bar = progress(cfg.total_steps, start_step);
-    let plain = !std::io::stderr().is_terminal();
-    let every = (cfg.total_steps / 10).max(1);
-    let (mut tokens, mut seconds, mut last_loss) = (0usize, 0f64, None);
-    for step in start_step..cfg.total_steps {
-        let micro: Vec<Vec<TrainExample>> = plan
-            .step(step as usize)
-            .iter()
-            .map(|m| m.iter().map(|&i| train[i].clone()).collect())
-            .collect();
-        let t0 = Instant::now();
-        let stats = trainer
-            .train_step(&micro)
-            .with_context(|| format!("training step {}", step + 1))?;
-        seconds += t0.elapsed().as_secs_f64();
-        tokens += stats.input_tokens;
-        last_loss = Some(stats.loss);
-        curve.train.push((stats.step as f64, f64::from(stats.loss)));
-        let rate = tokens as f64 / seconds.max(1e-9);
-        let msg = format!(
-            "loss {:.4} · lr {:.2e} · grad norm {:.3} · {rate:.0} tokens/s",
-            stats.loss, stats.lr, stats.grad_norm
-        );
-        bar.set_message(msg.clone());
-        bar.set_position(stats.step);
-        if plain && (stats.step % every == 0 || stats.step == cfg.total_steps) {
-            eprintln!("step {}/{}: {msg}", stats.step, cfg.total_steps);
-        }
-        if let Some(n) = args.checkpoint_every
-            && n > 0
-            && stats.step % n == 0
-            && stats.step < cfg.total_steps
-        {
-            let dir = args
-                .out
-                .join("checkpoints")
-                .join(format!("step-{}", stats.step));
-            trainer
-                .save_checkpoint(&dir)
-                .with_context(|| format!("saving {}", dir.display()))?;
-            let log = serde_json::to_string(&curve.train)?;
-            std::fs::write(dir.join(LOSS_LOG), log)
-                .with_context(|| format!("writing {}/{LOSS_LOG}", dir.display()))?;
-        }
-    }
-    bar.finish();
-
-    let eval_after = if eval.is_empty() {
-        None
-    } else {
-        let loss = trainer
-            .eval_loss(&eval)
-            .context("eval loss after training")?;
-        curve.eval.push((cfg.total_steps as f64, f64::from(loss)));
-        Some(loss)
-    };
+    let started = Instant::now();
+    let clock = move || started.elapsed().as_secs_f64();
+    let summary = run_driver(&mut driver, &mut session, &mut shown, &clock)?;
+    shown.bar.finish();
+    let (eval_before, eval_after, seconds) =
+        (summary.eval_before, summary.eval_after, summary.seconds);
+    let tokens = summary.input_tokens;
+    let last_loss = summary.final_loss;
+    let curve = shown.curve;
+    let trainer = session.trainer();
     trainer
         .adapter()
         .save(&args.out)
@@ -345,4 +310,64 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn to_u32(flag: &str, v: usize) -> anyhow::Result<u32> {
+    u32::try_from(v).with_context(|| format!("{flag} = {v} is out of range (at most {})", u32::MAX))
+}
+
+/// What the CLI shows and keeps while the driver runs: the progress bar (or plain lines
+/// when stderr is not a terminal) and the loss curve, written beside each checkpoint.
+struct Shown {
+    bar: ProgressBar,
+    plain: bool,
+    every: u64,
+    curve: LossCurve,
+}
+
+impl Observer<Session> for Shown {
+    fn after_step(&mut self, _: &mut Session, ev: &StepEvent<'_>) -> Result<(), ModelError> {
+        let p = &ev.progress;
+        let out = ev.output;
+        self.curve.train.push((p.step as f64, f64::from(out.loss)));
+        let msg = format!(
+            "loss {:.4} · lr {:.2e} · grad norm {:.3} · {:.0} tokens/s",
+            out.loss,
+            out.lr.unwrap_or(0.0),
+            out.grad_norm.unwrap_or(0.0),
+            p.tokens_per_sec
+        );
+        self.bar.set_message(msg.clone());
+        self.bar.set_position(p.step);
+        if self.plain && (p.step.is_multiple_of(self.every) || p.step == p.total_steps) {
+            eprintln!("step {}/{}: {msg}", p.step, p.total_steps);
+        }
+        Ok(())
+    }
+
+    fn after_eval(
+        &mut self,
+        _: &mut Session,
+        at_step: u64,
+        loss: Option<f32>,
+    ) -> Result<(), ModelError> {
+        if let Some(loss) = loss {
+            if self.curve.eval.is_empty() {
+                eprintln!("held-out eval loss before: {loss:.4}");
+            }
+            self.curve.eval.push((at_step as f64, f64::from(loss)));
+        }
+        Ok(())
+    }
+
+    fn after_checkpoint(&mut self, s: &mut Session, done: u64) -> Result<(), ModelError> {
+        let Some(dir) = s.checkpoint_dir(done) else {
+            return Ok(());
+        };
+        let log = serde_json::to_string(&self.curve.train).map_err(|e| ModelError::Json {
+            path: dir.join(LOSS_LOG),
+            source: e,
+        })?;
+        std::fs::write(dir.join(LOSS_LOG), log).map_err(|e| ModelError::io(dir.join(LOSS_LOG), e))
+    }
 }

@@ -142,6 +142,10 @@ impl Dev {
             .arg("--data-dir")
             .arg(&data)
             .args(["--http", &format!("127.0.0.1:{port}")])
+            // Models made by the tests live in `dir`; the demo data is under the repo (the
+            // directory dev starts in, allowed by default).
+            .arg("--allow-path")
+            .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -68,8 +68,16 @@ impl Actor for WorkerActor {
     }
 }
 
-/// Spawns a worker actor around `core`.
+/// Spawns a worker actor around `core`, under a supervisor that restarts it when it dies
+/// ([`crate::supervisor`]); the reference is the supervisor's and takes the same messages.
 pub async fn spawn_worker(
+    core: WorkerCore,
+) -> Result<(ActorRef<WorkerMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+    crate::supervisor::spawn_supervised(core, Default::default()).await
+}
+
+/// Spawns a worker actor without a supervisor.
+pub async fn spawn_unsupervised(
     core: WorkerCore,
 ) -> Result<(ActorRef<WorkerMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
     Actor::spawn(None, WorkerActor, core).await

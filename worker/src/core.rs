@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::{debug, warn};
 use tributary_protocol::{
@@ -30,6 +31,9 @@ struct JobSlot {
 /// A worker's jobs and the highest fencing token it has seen.
 pub struct WorkerCore {
     node: NodeId,
+    /// Shared with the cores a supervisor restarts in this one's place, so a restart never
+    /// forgets the highest fencing token seen.
+    highest_seen: Arc<AtomicU64>,
     highest: u64,
     factory: Arc<dyn ExecutorFactory>,
     jobs: BTreeMap<JobId, JobSlot>,
@@ -55,8 +59,22 @@ impl WorkerCore {
     pub fn new(node: NodeId, factory: Arc<dyn ExecutorFactory>) -> Self {
         Self {
             node,
+            highest_seen: Arc::new(AtomicU64::new(0)),
             highest: 0,
             factory,
+            jobs: BTreeMap::new(),
+        }
+    }
+
+    /// A core for the same node with no jobs, the same factory and the same fencing
+    /// high-water mark (what a supervisor restarts after a crash).
+    pub fn fresh(&self) -> Self {
+        let highest = self.highest_seen.load(Ordering::SeqCst);
+        Self {
+            node: self.node.clone(),
+            highest_seen: self.highest_seen.clone(),
+            highest,
+            factory: self.factory.clone(),
             jobs: BTreeMap::new(),
         }
     }
@@ -98,8 +116,12 @@ impl WorkerCore {
 
     fn handle_inner(&mut self, cmd: Payload<Command>) -> Payload<Reply> {
         let Payload { msg, tensors } = cmd;
+        self.highest = self.highest.max(self.highest_seen.load(Ordering::SeqCst));
         match fence(self.highest, msg.fencing) {
-            Ok(h) => self.highest = h,
+            Ok(h) => {
+                self.highest = h;
+                self.highest_seen.fetch_max(h, Ordering::SeqCst);
+            }
             Err(highest) => {
                 warn!(node = %self.node, token = msg.fencing, highest, job = %msg.job, "refused a stale leader's command");
                 return Payload::bare(Reply::Refused {

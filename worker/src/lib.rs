@@ -9,12 +9,16 @@ pub mod executor;
 pub mod metrics;
 pub mod service;
 pub mod sources;
+pub mod supervisor;
 pub mod toy;
 pub mod trainer_exec;
 
-pub use actor::{LocalLinkFactory, LocalWorkerLink, WorkerActor, WorkerMsg, spawn_worker};
+pub use actor::{
+    LocalLinkFactory, LocalWorkerLink, WorkerActor, WorkerMsg, spawn_unsupervised, spawn_worker,
+};
 pub use core::WorkerCore;
 pub use executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor, Sources};
 pub use service::WorkerService;
-pub use sources::SourceConfig;
+pub use sources::{AllowPaths, SourceConfig};
+pub use supervisor::{WorkerHealth, spawn_supervised};
 pub use trainer_exec::{DefaultFactory, SourcedFactory, TrainerExecutor};

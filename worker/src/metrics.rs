@@ -41,6 +41,35 @@ pub static JOBS_LOADED: LazyLock<IntGauge> = LazyLock::new(|| {
     .unwrap_or_else(|_| unreachable_metric()))
 });
 
+/// Worker actors of this process that died and are not running again yet.
+pub static ACTORS_DOWN: LazyLock<IntGauge> = LazyLock::new(|| {
+    reg(IntGauge::new(
+        "tributary_worker_actors_down",
+        "Worker actors that died and have not been restarted yet",
+    )
+    .unwrap_or_else(|_| unreachable_metric()))
+});
+
+/// Worker actor restarts by the supervisor.
+pub static ACTOR_RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    reg(IntCounter::new(
+        "tributary_worker_actor_restarts_total",
+        "Worker actors restarted by their supervisor after dying",
+    )
+    .unwrap_or_else(|_| unreachable_metric()))
+});
+
+/// Readiness of this process's worker actors: an error naming how many are down.
+pub fn actors_ready() -> Result<(), String> {
+    match ACTORS_DOWN.get() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} worker actor(s) died and are restarting ({} restarts so far)",
+            ACTOR_RESTARTS.get()
+        )),
+    }
+}
+
 #[allow(clippy::panic)]
 fn unreachable_metric() -> ! {
     // Only reachable with an invalid metric name or label set, which are constants above.

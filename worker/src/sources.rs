@@ -40,15 +40,69 @@ pub struct SourceConfig {
     pub store: Option<String>,
     /// Local cache for downloaded models and materialised data (`--cache-dir`).
     pub cache_dir: PathBuf,
+    /// Which local paths a job may read (`--allow-path`).
+    pub allow: AllowPaths,
 }
 
 impl Default for SourceConfig {
-    /// No datanet store; the cache under the system temp directory.
+    /// No datanet store; the cache under the system temp directory; any local path (the
+    /// binary's `dev` and `worker` always set an [`AllowPaths::Only`] list).
     fn default() -> Self {
         Self {
             store: None,
             cache_dir: std::env::temp_dir().join("tributary-cache"),
+            allow: AllowPaths::Any,
         }
+    }
+}
+
+/// Which local paths (base models, data files, `file://` URLs) a worker reads for a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AllowPaths {
+    /// Any path (library default, for tests and embedding).
+    #[default]
+    Any,
+    /// Only paths under these directories (after resolving `..` and symbolic links).
+    Only(Vec<PathBuf>),
+}
+
+impl AllowPaths {
+    /// Only under `roots`; each is resolved now (a root that does not exist yet is created,
+    /// so a data directory named before its first use still counts).
+    pub fn only(roots: impl IntoIterator<Item = PathBuf>) -> std::io::Result<Self> {
+        let mut out = Vec::new();
+        for r in roots {
+            std::fs::create_dir_all(&r)?;
+            out.push(std::fs::canonicalize(&r)?);
+        }
+        Ok(Self::Only(out))
+    }
+
+    /// `path` resolved, if it may be read; otherwise an error naming `field` and the path.
+    pub fn check(&self, field: &str, path: &Path) -> Result<PathBuf, ExecError> {
+        let Self::Only(roots) = self else {
+            return Ok(path.to_path_buf());
+        };
+        let shown = path.display().to_string();
+        let real = std::fs::canonicalize(path).map_err(|e| err(field, &shown, e))?;
+        match self {
+            Self::Any => Ok(real),
+            Self::Only(_) if roots.iter().any(|r| real.starts_with(r)) => Ok(real),
+            Self::Only(_) => Err(err(
+                field,
+                &shown,
+                "is outside the directories this worker may read (its --allow-path list)",
+            )),
+        }
+    }
+
+    /// For a `file://` store URL: its directory, checked. Other URLs pass.
+    fn check_url(&self, field: &str, url: &str) -> Result<(), ExecError> {
+        if let Some(p) = url.strip_prefix("file://") {
+            let dir = p.split('?').next().unwrap_or_default();
+            self.check(field, Path::new(dir))?;
+        }
+        Ok(())
     }
 }
 
@@ -187,8 +241,9 @@ impl SourceConfig {
                     "unknown scheme: use a directory path, s3://bucket/prefix?endpoint=… or file:///dir",
                 ));
             }
-            return Ok(PathBuf::from(base_model));
+            return self.allow.check("base_model", Path::new(base_model));
         }
+        self.allow.check_url("base_model", base_model)?;
         let store = open_store("base_model", base_model)?;
         block_on(self.fetch_model(base_model, &store))?
     }
@@ -267,6 +322,7 @@ impl SourceConfig {
     pub fn data_file(&self, data: &str) -> Result<LocalData, ExecError> {
         match parse_data(data)? {
             DataSource::Path(path) => {
+                let path = self.allow.check("data", &path)?;
                 let bytes = std::fs::read(&path).map_err(|e| err("data", data, e))?;
                 Ok(LocalData {
                     path,
@@ -274,6 +330,10 @@ impl SourceConfig {
                 })
             }
             DataSource::Object { store, key } => {
+                if store.starts_with("file://") {
+                    let file = format!("{store}/{key}");
+                    self.allow.check_url("data", &file)?;
+                }
                 let s = Store::open(&store).map_err(|e| err("data", data, e))?;
                 let loc = object_store::path::Path::from(key.as_str());
                 let bytes = block_on(async { s.get(&loc).await })?

@@ -53,6 +53,7 @@ fn a_model_url_is_downloaded_once_and_digests_like_its_path() {
     let src = tmp.path().join("remote");
     write_model(&src);
     let cfg = SourceConfig {
+        allow: AllowPaths::Any,
         store: None,
         cache_dir: tmp.path().join("cache"),
     };
@@ -91,6 +92,7 @@ fn a_model_url_without_config_json_is_a_clear_error() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("model.safetensors"), b"x").unwrap();
     let cfg = SourceConfig {
+        allow: AllowPaths::Any,
         store: None,
         cache_dir: tmp.path().join("cache"),
     };
@@ -128,6 +130,7 @@ fn datanet_versions_export_to_the_cache_under_their_manifest_digest() {
     })
     .unwrap();
     let cfg = SourceConfig {
+        allow: AllowPaths::Any,
         store: Some(store_url.clone()),
         cache_dir: tmp.path().join("cache"),
     };
@@ -170,6 +173,7 @@ fn datanet_versions_export_to_the_cache_under_their_manifest_digest() {
         "{e}"
     );
     let no_store = SourceConfig {
+        allow: AllowPaths::Any,
         store: None,
         ..cfg.clone()
     };
@@ -191,6 +195,7 @@ fn a_jsonl_url_is_fetched_and_digested_like_the_file() {
     )
     .unwrap();
     let cfg = SourceConfig {
+        allow: AllowPaths::Any,
         store: None,
         cache_dir: tmp.path().join("cache"),
     };
@@ -232,6 +237,7 @@ fn a_model_on_s3_moto_is_downloaded_and_digests_like_its_path() {
     })
     .unwrap();
     let cfg = SourceConfig {
+        allow: AllowPaths::Any,
         store: None,
         cache_dir: tmp.path().join("cache"),
     };
@@ -248,4 +254,45 @@ fn a_model_on_s3_moto_is_downloaded_and_digests_like_its_path() {
         e.contains("base_model") && e.contains("no config.json"),
         "{e}"
     );
+}
+
+#[test]
+fn only_allowed_paths_are_read_whatever_the_spelling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    std::fs::write(allowed.join("x.jsonl"), "{}\n").unwrap();
+    std::fs::write(tmp.path().join("secret.jsonl"), "{}\n").unwrap();
+    let cfg = SourceConfig {
+        store: None,
+        cache_dir: tmp.path().join("cache"),
+        allow: AllowPaths::only([allowed.clone()]).unwrap(),
+    };
+    cfg.data_file(allowed.join("x.jsonl").to_str().unwrap())
+        .unwrap();
+    for bad in [
+        "/etc/passwd".to_string(),
+        format!("{}/../secret.jsonl", allowed.display()),
+        format!("file://{}/secret.jsonl", tmp.path().display()),
+    ] {
+        let e = cfg.data_file(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("data") && e.contains("--allow-path"),
+            "{bad}: {e}"
+        );
+    }
+    let e = cfg.model_dir("/etc").unwrap_err().to_string();
+    assert!(e.contains("base_model \"/etc\""), "{e}");
+    let e = cfg.model_dir("file:///etc").unwrap_err().to_string();
+    assert!(e.contains("--allow-path"), "{e}");
+    #[cfg(unix)]
+    {
+        let link = allowed.join("link.jsonl");
+        std::os::unix::fs::symlink(tmp.path().join("secret.jsonl"), &link).unwrap();
+        let e = cfg
+            .data_file(link.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--allow-path"), "symlink out: {e}");
+    }
 }

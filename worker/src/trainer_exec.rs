@@ -3,19 +3,19 @@
 //! loss for its micro-batches, and applies the fixed-order sum exactly as
 //! [`Trainer::train_step`] would (divide by the step's tokens, clip, AdamW).
 //!
-//! Example order: position `p` of the global order is example `perm_e[p mod n]` of epoch
-//! `e = p div n`, with `perm_e = permutation(n, seed + e)`. LoRA dropout masks depend on the
-//! example's index within its step, so any split over workers draws the same masks.
+//! The run's state is a [`Session`] of the model crate's training driver, the same one
+//! `tributary model finetune` drives in one process: the example order, the micro-batch
+//! gradient and the update are its, so a job trains the same adapter on any number of
+//! workers and in the CLI.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use tributary_model::data::{DataOptions, load_jsonl, permutation};
+use tributary_model::data::{DataOptions, load_jsonl};
 use tributary_model::decoder::CausalLm;
 use tributary_model::lora::{LoraConfig, TargetModule};
 use tributary_model::tokenizer::Tokenizer;
-use tributary_model::train::{LoraGradients, TrainConfig, TrainExample, Trainer};
-use tributary_model::weights::HostTensor;
+use tributary_model::train::driver::{MicroRange, Session};
+use tributary_model::train::{TrainConfig, TrainExample, Trainer};
 use tributary_protocol::{Digest, JobSpec, MicroBatch, NamedFile};
 
 use crate::executor::{ExecError, ExecutorFactory, MicroGrad, ShardExecutor, Sources};
@@ -31,13 +31,10 @@ fn setup(e: impl std::fmt::Display) -> ExecError {
 /// LoRA fine-tuning of a Hugging Face checkpoint directory.
 pub struct TrainerExecutor {
     model: CausalLm,
-    trainer: Trainer,
-    examples: Vec<TrainExample>,
+    /// The run's state: the same [`Session`] `model finetune` drives in one process.
+    session: Session,
+    /// Examples per optimizer step (the global batch).
     batch_size: u64,
-    seed: u64,
-    /// `[A, B]` shapes per adapter module, canonical order (the flat gradient layout).
-    shapes: Vec<[Vec<usize>; 2]>,
-    perms: BTreeMap<u64, Vec<usize>>,
     sources: Sources,
 }
 
@@ -116,19 +113,11 @@ impl TrainerExecutor {
             ..TrainConfig::default()
         };
         let trainer = Trainer::new(&model, lora, cfg).map_err(setup)?;
-        let shapes = trainer
-            .adapter()
-            .iter()
-            .map(|(_, _, m)| [m.a.dims().to_vec(), m.b.dims().to_vec()])
-            .collect();
+        let session = Session::new(trainer, examples, Vec::new()).map_err(setup)?;
         Ok(Self {
             model,
-            trainer,
-            examples,
+            session,
             batch_size: u64::from(spec.train.batch_size),
-            seed: spec.train.seed,
-            shapes,
-            perms: BTreeMap::new(),
             sources: Sources {
                 examples: examples_len,
                 base_model: base_digest,
@@ -139,72 +128,44 @@ impl TrainerExecutor {
 
     /// The example at position `pos` of the job's global example order.
     pub fn example_at(&mut self, pos: u64) -> TrainExample {
-        let n = self.examples.len() as u64;
-        let epoch = pos / n;
-        let seed = self.seed.wrapping_add(epoch);
-        let perm = self
-            .perms
-            .entry(epoch)
-            .or_insert_with(|| permutation(n as usize, seed));
-        let idx = perm.get((pos % n) as usize).copied().unwrap_or(0);
-        self.examples[idx].clone()
+        let r = MicroRange {
+            index: 0,
+            start: pos,
+            len: 1,
+        };
+        self.session
+            .micro_examples(&r)
+            .pop()
+            .unwrap_or_else(|| TrainExample::causal(Vec::new()))
     }
 
     /// The trained adapter so far.
     pub fn trainer(&self) -> &Trainer {
-        &self.trainer
+        self.session.trainer()
     }
 }
 
 impl ShardExecutor for TrainerExecutor {
     fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError> {
-        let exs: Vec<TrainExample> = (0..u64::from(mb.len))
-            .map(|k| self.example_at(mb.start + k))
-            .collect();
-        let first = mb.start.saturating_sub(step * self.batch_size);
-        let g = self
-            .trainer
-            .compute_gradients(&exs, first)
+        let r = MicroRange {
+            index: mb.index,
+            start: mb.start,
+            len: mb.len,
+        };
+        let c = self
+            .session
+            .micro_gradients(step, self.batch_size, &r)
             .map_err(|e| ExecError::Compute(e.to_string()))?;
-        let host = g.to_host().map_err(|e| ExecError::Compute(e.to_string()))?;
-        let mut flat = Vec::with_capacity(self.num_params());
-        for [a, b] in host {
-            flat.extend_from_slice(&a.values);
-            flat.extend_from_slice(&b.values);
-        }
         Ok(MicroGrad {
-            loss_sum: g.loss_sum,
-            tokens: g.tokens as u64,
-            grads: flat,
+            loss_sum: c.loss_sum,
+            tokens: c.tokens,
+            grads: c.grads,
         })
     }
 
     fn apply(&mut self, _step: u64, summed: &[f32], tokens: u64) -> Result<(), ExecError> {
-        if summed.len() != self.num_params() {
-            return Err(ExecError::Update(format!(
-                "gradient has {} values, the adapter has {}",
-                summed.len(),
-                self.num_params()
-            )));
-        }
-        let mut at = 0;
-        let mut host = Vec::with_capacity(self.shapes.len());
-        for [sa, sb] in &self.shapes {
-            let mut take = |shape: &Vec<usize>| {
-                let n: usize = shape.iter().product();
-                let t = HostTensor {
-                    shape: shape.clone(),
-                    values: summed[at..at + n].to_vec(),
-                };
-                at += n;
-                t
-            };
-            host.push([take(sa), take(sb)]);
-        }
-        let grads = LoraGradients::from_host(0.0, tokens as usize, 0, &host, self.model.device())
-            .map_err(|e| ExecError::Update(e.to_string()))?;
-        self.trainer
-            .apply_gradients(grads)
+        self.session
+            .apply_summed(summed, 0.0, tokens)
             .map(|_| ())
             .map_err(|e| ExecError::Update(e.to_string()))
     }
@@ -213,7 +174,10 @@ impl ShardExecutor for TrainerExecutor {
         let cp = |e: &dyn std::fmt::Display| ExecError::Checkpoint(e.to_string());
         let tmp = tempfile::tempdir().map_err(|e| cp(&e))?;
         let dir = tmp.path().join("cp");
-        self.trainer.save_checkpoint(&dir).map_err(|e| cp(&e))?;
+        self.session
+            .trainer()
+            .save_checkpoint(&dir)
+            .map_err(|e| cp(&e))?;
         pack_dir(&dir).map_err(|e| cp(&e))
     }
 
@@ -222,15 +186,13 @@ impl ShardExecutor for TrainerExecutor {
         let tmp = tempfile::tempdir().map_err(|e| cp(&e))?;
         let dir = tmp.path().join("cp");
         unpack_dir(state, &dir)?;
-        self.trainer = Trainer::resume(&dir, &self.model).map_err(|e| cp(&e))?;
+        self.session
+            .set_trainer(Trainer::resume(&dir, &self.model).map_err(|e| cp(&e))?);
         Ok(())
     }
 
     fn num_params(&self) -> usize {
-        self.shapes
-            .iter()
-            .map(|[a, b]| a.iter().product::<usize>() + b.iter().product::<usize>())
-            .sum()
+        self.session.num_params()
     }
 
     fn sources(&self) -> Sources {
@@ -240,7 +202,8 @@ impl ShardExecutor for TrainerExecutor {
     fn export(&self) -> Result<Vec<NamedFile>, ExecError> {
         let err = |e: &dyn std::fmt::Display| ExecError::Checkpoint(e.to_string());
         let tmp = tempfile::tempdir().map_err(|e| err(&e))?;
-        self.trainer
+        self.session
+            .trainer()
             .adapter()
             .save(tmp.path())
             .map_err(|e| err(&e))?;

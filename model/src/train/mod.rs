@@ -6,9 +6,11 @@
 //! `-100` ignored), so accumulating micro-batches computes what one big batch would.
 //! For data-parallel training the same step splits into [`Trainer::compute_gradients`]
 //! (run on each worker), [`LoraGradients::accumulate`] (summed in a fixed order) and
-//! [`Trainer::apply_gradients`] (the one identical update).
+//! [`Trainer::apply_gradients`] (the one identical update). [`driver`] is the one training
+//! loop every caller runs (batching, accumulation, evaluation, checkpoints, progress).
 
 mod checkpoint;
+pub mod driver;
 pub(crate) mod dropout;
 mod loss;
 mod optim;

@@ -1,0 +1,7 @@
+#![no_main]
+//! libFuzzer target: see `harness_model::jsonl_row`.
+
+#[path = "../harness_model.rs"]
+mod harness_model;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness_model::jsonl_row(data));

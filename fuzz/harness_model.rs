@@ -1,0 +1,100 @@
+//! The fuzz targets that need the model crate: JSONL ingestion, safetensors + PEFT adapter
+//! loading, chat-template rendering. Like `harness.rs`: arbitrary bytes in, no panic out.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn repo() -> PathBuf {
+    // The fuzz crate's manifest is `fuzz/`; the replay test's is the repository root.
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if here.join("assets/demo").is_dir() {
+        here
+    } else {
+        here.join("..")
+    }
+}
+
+fn demo_tokenizer() -> &'static tributary_model::tokenizer::Tokenizer {
+    static T: OnceLock<tributary_model::tokenizer::Tokenizer> = OnceLock::new();
+    T.get_or_init(|| {
+        tributary_model::tokenizer::Tokenizer::from_dir(&repo().join("assets/demo"))
+            .expect("the demo tokenizer")
+    })
+}
+
+/// JSONL training rows (alpaca, prompt/completion, OpenAI messages) through ingestion.
+pub fn jsonl_row(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let options = tributary_model::data::DataOptions {
+        max_seq_len: 64,
+        eos_token_id: Some(2),
+    };
+    if let Ok(ds) = tributary_model::data::parse_jsonl(text, "fuzz", demo_tokenizer(), &options) {
+        for e in &ds.examples {
+            assert_eq!(e.example.input_ids.len(), e.example.labels.len());
+            assert!(e.example.input_ids.len() <= 64);
+        }
+    }
+}
+
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("a scratch directory"))
+        .path()
+}
+
+/// A PEFT adapter directory: the first two bytes give the length of `adapter_config.json`,
+/// the rest is `adapter_model.safetensors`. Loaded against the demo model's config.
+pub fn safetensors_peft(data: &[u8]) {
+    let (len, rest) = match data {
+        [a, b, rest @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), rest),
+        _ => return,
+    };
+    let (cfg, weights) = rest.split_at(len.min(rest.len()));
+    let dir = scratch();
+    std::fs::write(dir.join("adapter_config.json"), cfg).expect("write config");
+    std::fs::write(dir.join("adapter_model.safetensors"), weights).expect("write weights");
+    let model = tributary_model::config::ModelConfig::load(&repo().join("assets/demo"))
+        .expect("the demo model config");
+    let device = tributary_model::device::default_device();
+    let _ = tributary_model::lora::LoraAdapter::load(dir, &model, &device);
+    let _ =
+        tributary_model::weights::TensorStore::open_file(&dir.join("adapter_model.safetensors"))
+            .map(|s| {
+                for name in s.names() {
+                    let _ = s.get_f32(&name);
+                }
+            });
+}
+
+/// The demo chat template over hostile messages: NUL-separated fields, the first byte of
+/// each picking the role (including roles the template does not expect).
+pub fn chat_template(data: &[u8]) {
+    const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "{{ evil }}"];
+    let text = String::from_utf8_lossy(data);
+    let messages: Vec<tributary_model::tokenizer::ChatMessage> = text
+        .split('\0')
+        .take(64)
+        .map(|m| {
+            let role = ROLES[m.bytes().next().map_or(0, |b| usize::from(b) % ROLES.len())];
+            tributary_model::tokenizer::ChatMessage::new(role, m)
+        })
+        .collect();
+    for add in [false, true] {
+        let _ = demo_tokenizer().render_chat(&messages, add);
+    }
+}
+
+/// A target's name (its corpus is `fuzz/corpus/<name>/`) and function.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target here, by name.
+pub const TARGETS: [Target; 3] = [
+    ("jsonl_row", jsonl_row),
+    ("safetensors_peft", safetensors_peft),
+    ("chat_template", chat_template),
+];
