@@ -31,6 +31,12 @@ pub enum AdapterError {
     MissingFile { digest: String, name: String },
     #[error("adapter {digest}: stored files hash to {found}")]
     DigestMismatch { digest: String, found: String },
+    #[error("adapter name {name:?} is not allowed: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error("adapter name {name:?} is owned by {owner}; only its owner may add versions")]
+    NameOwned { name: String, owner: String },
+    #[error("adapter name {name:?}: too many concurrent claims, try again")]
+    Contended { name: String },
 }
 
 /// One file of an adapter (`adapter_config.json`, `adapter_model.safetensors`).
@@ -56,6 +62,9 @@ pub struct AdapterEntry {
     pub files: Vec<String>,
     /// Where the files are: the store URL (without query) joined with `adapters/<digest>`.
     pub location: String,
+    /// The identity (API key owner) that trained or registered it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// What a registration needs besides the files.
@@ -66,6 +75,8 @@ pub struct Provenance {
     pub job_id: String,
     pub spec: serde_json::Value,
     pub created_unix_ms: u64,
+    /// The identity that made it (recorded in the entry; the first registration wins).
+    pub owner: Option<String>,
 }
 
 fn check_name(name: &str) -> Result<(), AdapterError> {
@@ -163,6 +174,7 @@ impl AdapterRegistry {
             created_unix_ms: prov.created_unix_ms,
             files: names,
             location: self.location(&digest),
+            owner: prov.owner,
         };
         let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| AdapterError::BadEntry {
             digest: digest.clone(),

@@ -13,6 +13,9 @@ use clap::Args;
 use tributary_coordinator::{
     ActorJobs, Artifacts, CoordinatorConfig, MemoryJobStore, StaticMembership, spawn_coordinator,
 };
+use tributary_gateway::{Auth, Parts, ServeConfig};
+use tributary_ledger::keys::KeyStore;
+use tributary_ledger::store::Store;
 use tributary_protocol::{NodeId, WorkerInfo};
 use tributary_worker::{LocalLinkFactory, SourceConfig, SourcedFactory, WorkerCore, spawn_worker};
 
@@ -32,6 +35,10 @@ pub struct DevArgs {
     /// (default: `cache` under the data directory).
     #[arg(long, env = "TRIBUTARY_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Serve every route without API keys (anyone who can reach --http may run jobs and
+    /// inference). Without it, an admin key is printed and written to <data-dir>/admin.key.
+    #[arg(long, env = "TRIBUTARY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -90,8 +97,30 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let s = ready_store.clone();
         Box::pin(async move { s.ping().await.map_err(|e| format!("store: {e}")) })
     });
-    let app = tributary_gateway::job_router(Arc::new(ActorJobs(coord.clone())))
-        .merge(tributary_gateway::ops_router(ready));
+    let store = Store::open(&store_dir.to_string_lossy())?;
+    let url = format!("http://{}", args.http);
+    let auth = if args.insecure_no_auth {
+        eprintln!(
+            "WARNING: --insecure-no-auth: no API keys; anyone who can reach {url} can run jobs and inference"
+        );
+        Auth::open()
+    } else {
+        let keys = KeyStore::new(store.clone());
+        let key = super::api_key::dev_admin_key(&keys, &args.data_dir, &url).await?;
+        eprintln!(
+            "tributary dev: admin API key {key} (in {})",
+            args.data_dir.join(super::api_key::ADMIN_KEY_FILE).display()
+        );
+        Auth::keys(keys)
+    };
+    let app = tributary_gateway::app(Parts {
+        auth,
+        store,
+        engine: None,
+        jobs: Some(Arc::new(ActorJobs(coord.clone()))),
+        ready,
+        config: ServeConfig::default(),
+    });
     let (bound, server) = tributary_gateway::serve(args.http, app, super::cluster::terminate())
         .await
         .with_context(|| format!("listening on --http {}", args.http))?;

@@ -1,5 +1,7 @@
 //! Top-level command tree. One file per command family, each owning its clap types.
 
+pub mod adapter;
+pub mod api_key;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_model;
@@ -47,6 +49,8 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Fine-tuning jobs: submit, status, cancel, logs (talks to `dev` or a coordinator).
     Job(job::JobArgs),
+    /// Served adapters: list, show, register, delete (talks to `dev`'s gateway).
+    Adapter(adapter::AdapterArgs),
     /// Run a coordinator (cluster mode): campaigns in etcd, the leader drives jobs over QUIC.
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease.
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Dev(args) => dev::run(args),
         Command::Job(args) => job::run(args),
+        Command::Adapter(args) => adapter::run(args),
         Command::Coordinator(args) => cluster::run_coordinator(args),
         Command::Worker(args) => cluster::run_worker(args),
         Command::Datanet(args) => datanet::run(args),
