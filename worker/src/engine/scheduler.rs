@@ -1,0 +1,303 @@
+//! The engine's scheduler: which sequences run in the next step, and how many of their
+//! tokens, under a token budget and the paged KV cache's blocks. A pure state machine
+//! (no model, no threads, no clock), tested on its own; the engine's loop calls
+//! [`Scheduler::schedule`] once per step and reports back what happened.
+//!
+//! It follows vLLM v1's scheduler. A sequence has `known` tokens (prompt, then every token
+//! sampled) of which `computed` are in the KV cache; a step computes some of the rest for
+//! each scheduled sequence: one token for a decoding sequence, a chunk of the prompt for a
+//! prefilling one (chunked prefill, so a long prompt never stalls the decoding sequences
+//! for more than one step's budget). Running sequences are served first, oldest first; then
+//! waiting ones are admitted in arrival order while budget, batch slots and blocks remain
+//! (a waiting sequence whose adapter is still loading is passed over, not waited for).
+//!
+//! Blocks are allocated as sequences grow. When a running sequence needs a block and none
+//! is free, the newest running sequence is preempted: its blocks are freed and it goes back
+//! to the front of the queue with `computed = 0`, to be recomputed from its known tokens
+//! later (vLLM's recompute preemption), so the KV memory never exceeds its configured pool
+//! and no sequence waits for memory another will never free.
+
+use std::collections::{HashMap, VecDeque};
+
+/// A sequence's id (the engine numbers them).
+pub type SeqId = u64;
+
+/// Limits of one scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Most tokens computed in one step (all sequences together).
+    pub token_budget: usize,
+    /// Most sequences in the running batch.
+    pub max_running: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Blocks in the KV pool.
+    pub blocks: usize,
+}
+
+impl SchedulerConfig {
+    /// Most positions (prompt plus generated tokens) one sequence can ever hold.
+    pub fn max_positions(&self) -> usize {
+        self.blocks * self.block_size
+    }
+}
+
+/// One sequence's part of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub seq: SeqId,
+    /// First position computed (= tokens already cached).
+    pub start: usize,
+    /// Tokens computed.
+    pub len: usize,
+    /// Whether this chunk reaches the last known token, so a token is sampled after it.
+    pub sample: bool,
+}
+
+/// What one step runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    pub chunks: Vec<Chunk>,
+    /// Sequences preempted while planning this step (their KV was dropped).
+    pub preempted: Vec<SeqId>,
+}
+
+impl Step {
+    /// Tokens computed in all.
+    pub fn tokens(&self) -> usize {
+        self.chunks.iter().map(|c| c.len).sum()
+    }
+}
+
+/// Why a sequence cannot be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    #[error("sequence {0} is already scheduled")]
+    Duplicate(SeqId),
+    #[error("{needed} positions never fit the KV cache's {capacity}")]
+    TooLong { needed: usize, capacity: usize },
+}
+
+#[derive(Debug, Clone)]
+struct Seq {
+    known: usize,
+    computed: usize,
+    blocks: Vec<u32>,
+}
+
+/// The scheduler's state: every sequence, the queue, the running batch and free blocks.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    free: Vec<u32>,
+    seqs: HashMap<SeqId, Seq>,
+    waiting: VecDeque<SeqId>,
+    running: Vec<SeqId>,
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        Self {
+            cfg,
+            // Popped from the end: block 0 first.
+            free: (0..cfg.blocks as u32).rev().collect(),
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    /// Queues a sequence with `prompt` known tokens that may grow to `limit` positions
+    /// (refused when that can never fit the pool).
+    pub fn add(&mut self, seq: SeqId, prompt: usize, limit: usize) -> Result<(), AddError> {
+        if self.seqs.contains_key(&seq) {
+            return Err(AddError::Duplicate(seq));
+        }
+        let capacity = self.cfg.max_positions();
+        if limit.max(prompt) > capacity {
+            return Err(AddError::TooLong {
+                needed: limit.max(prompt),
+                capacity,
+            });
+        }
+        self.seqs.insert(
+            seq,
+            Seq {
+                known: prompt,
+                computed: 0,
+                blocks: Vec::new(),
+            },
+        );
+        self.waiting.push_back(seq);
+        Ok(())
+    }
+
+    /// A token was sampled for `seq` after its last chunk: one more known token.
+    pub fn append_token(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.get_mut(&seq) {
+            s.known += 1;
+        }
+    }
+
+    /// `seq` has finished or was cancelled: its blocks are freed.
+    pub fn remove(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.remove(&seq) {
+            self.free.extend(s.blocks.into_iter().rev());
+        }
+        self.running.retain(|&r| r != seq);
+        self.waiting.retain(|&w| w != seq);
+    }
+
+    /// `seq`'s blocks, in position order.
+    pub fn blocks(&self, seq: SeqId) -> &[u32] {
+        self.seqs.get(&seq).map_or(&[], |s| s.blocks.as_slice())
+    }
+
+    /// Sequences waiting for admission.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences in the running batch.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Blocks in use.
+    pub fn used_blocks(&self) -> usize {
+        self.cfg.blocks - self.free.len()
+    }
+
+    /// Whether nothing is scheduled.
+    pub fn is_idle(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Plans the next step; `ready(seq)` says whether a waiting sequence may start (its
+    /// adapter is resident). Chunks are returned running sequences first, then admitted
+    /// ones, each in its queue's order.
+    pub fn schedule(&mut self, ready: &dyn Fn(SeqId) -> bool) -> Step {
+        let mut step = Step::default();
+        let mut budget = self.cfg.token_budget;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let Some(s) = self.seqs.get(&id) else {
+                self.running.remove(i);
+                continue;
+            };
+            let len = (s.known - s.computed).min(budget);
+            if len == 0 {
+                i += 1;
+                continue;
+            }
+            let needed = self.blocks_for(s.computed + len);
+            // Preempt the newest running sequences until this one's blocks fit.
+            let mut preempted_self = false;
+            while self.blocks_missing(id, needed) > 0 {
+                let Some(&victim) = self.running.last() else {
+                    break;
+                };
+                self.preempt(victim);
+                step.preempted.push(victim);
+                if victim == id {
+                    preempted_self = true;
+                    break;
+                }
+            }
+            if preempted_self {
+                break;
+            }
+            self.grow(id, needed);
+            let Some(s) = self.seqs.get_mut(&id) else {
+                break;
+            };
+            step.chunks.push(Chunk {
+                seq: id,
+                start: s.computed,
+                len,
+                sample: s.computed + len == s.known,
+            });
+            s.computed += len;
+            budget -= len;
+            i += 1;
+        }
+        if !step.preempted.is_empty() {
+            return step;
+        }
+        let mut passed = Vec::new();
+        while budget > 0 && self.running.len() < self.cfg.max_running {
+            let Some(id) = self.waiting.pop_front() else {
+                break;
+            };
+            let Some(s) = self.seqs.get(&id) else {
+                continue;
+            };
+            if !ready(id) {
+                passed.push(id);
+                continue;
+            }
+            let len = (s.known - s.computed).min(budget);
+            let needed = self.blocks_for(s.computed + len);
+            if self.blocks_missing(id, needed) > 0 {
+                // First come, first served: nothing behind it starts before it.
+                self.waiting.push_front(id);
+                break;
+            }
+            self.grow(id, needed);
+            let Some(s) = self.seqs.get_mut(&id) else {
+                continue;
+            };
+            step.chunks.push(Chunk {
+                seq: id,
+                start: s.computed,
+                len,
+                sample: s.computed + len == s.known,
+            });
+            s.computed += len;
+            budget -= len;
+            self.running.push(id);
+        }
+        for id in passed.into_iter().rev() {
+            self.waiting.push_front(id);
+        }
+        step
+    }
+
+    fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.cfg.block_size)
+    }
+
+    fn blocks_missing(&self, id: SeqId, needed: usize) -> usize {
+        let have = self.seqs.get(&id).map_or(0, |s| s.blocks.len());
+        needed.saturating_sub(have).saturating_sub(self.free.len())
+    }
+
+    fn grow(&mut self, id: SeqId, needed: usize) {
+        if let Some(s) = self.seqs.get_mut(&id) {
+            while s.blocks.len() < needed {
+                match self.free.pop() {
+                    Some(b) => s.blocks.push(b),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    fn preempt(&mut self, id: SeqId) {
+        self.running.retain(|&r| r != id);
+        if let Some(s) = self.seqs.get_mut(&id) {
+            self.free.extend(s.blocks.drain(..).rev());
+            s.computed = 0;
+        }
+        self.waiting.push_front(id);
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

@@ -1,0 +1,175 @@
+//! The scheduler on its own: budgets, chunked prefill, joining and leaving, adapters not
+//! ready, block accounting and preemption.
+
+use super::*;
+
+fn cfg(token_budget: usize, max_running: usize, blocks: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        token_budget,
+        max_running,
+        block_size: 4,
+        blocks,
+    }
+}
+
+fn always(_: SeqId) -> bool {
+    true
+}
+
+/// Runs a step and does what the engine does after it: one token per sampled chunk.
+fn step(s: &mut Scheduler) -> Step {
+    let st = s.schedule(&always);
+    for c in &st.chunks {
+        if c.sample {
+            s.append_token(c.seq);
+        }
+    }
+    st
+}
+
+fn chunk(seq: SeqId, start: usize, len: usize, sample: bool) -> Chunk {
+    Chunk {
+        seq,
+        start,
+        len,
+        sample,
+    }
+}
+
+#[test]
+fn a_long_prompt_is_prefilled_in_chunks_beside_running_decodes() {
+    let mut s = Scheduler::new(cfg(8, 8, 64));
+    s.add(1, 3, 20).unwrap();
+    assert_eq!(step(&mut s).chunks, vec![chunk(1, 0, 3, true)]);
+    s.add(2, 20, 40).unwrap();
+    // Sequence 1 decodes one token each step; 2's prompt fills the rest of the budget.
+    assert_eq!(
+        step(&mut s).chunks,
+        vec![chunk(1, 3, 1, true), chunk(2, 0, 7, false)]
+    );
+    assert_eq!(
+        step(&mut s).chunks,
+        vec![chunk(1, 4, 1, true), chunk(2, 7, 7, false)]
+    );
+    assert_eq!(
+        step(&mut s).chunks,
+        vec![chunk(1, 5, 1, true), chunk(2, 14, 6, true)]
+    );
+    assert_eq!(
+        step(&mut s).chunks,
+        vec![chunk(1, 6, 1, true), chunk(2, 20, 1, true)]
+    );
+    // Every step stays within the budget.
+    for _ in 0..5 {
+        assert!(step(&mut s).tokens() <= 8);
+    }
+}
+
+#[test]
+fn sequences_join_and_leave_at_step_boundaries() {
+    let mut s = Scheduler::new(cfg(64, 2, 64));
+    s.add(1, 2, 10).unwrap();
+    s.add(2, 2, 10).unwrap();
+    s.add(3, 2, 10).unwrap();
+    // Two slots: 3 waits.
+    let st = step(&mut s);
+    assert_eq!(st.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(s.waiting(), 1);
+    s.remove(1);
+    let st = step(&mut s);
+    assert_eq!(
+        st.chunks,
+        vec![chunk(2, 2, 1, true), chunk(3, 0, 2, true)],
+        "3 joins the step after 1 left"
+    );
+    assert_eq!(s.running(), 2);
+}
+
+#[test]
+fn a_sequence_whose_adapter_is_loading_is_passed_over_not_waited_for() {
+    let mut s = Scheduler::new(cfg(64, 8, 64));
+    s.add(1, 4, 10).unwrap();
+    s.add(2, 4, 10).unwrap();
+    let st = s.schedule(&|id| id != 1);
+    assert_eq!(st.chunks, vec![chunk(2, 0, 4, true)]);
+    assert_eq!(s.waiting(), 1);
+    s.append_token(2);
+    let st = s.schedule(&|_| true);
+    assert_eq!(st.chunks, vec![chunk(2, 4, 1, true), chunk(1, 0, 4, true)]);
+}
+
+#[test]
+fn blocks_are_allocated_as_sequences_grow_and_freed_on_removal() {
+    let mut s = Scheduler::new(cfg(64, 8, 8));
+    s.add(1, 5, 12).unwrap();
+    step(&mut s);
+    assert_eq!(s.blocks(1).len(), 2, "5 positions in blocks of 4");
+    for _ in 0..3 {
+        step(&mut s);
+    }
+    // 8 positions computed (5 + 3 decodes), the 9th needs a third block.
+    assert_eq!(s.blocks(1).len(), 2);
+    step(&mut s);
+    assert_eq!(s.blocks(1).len(), 3);
+    assert_eq!(s.used_blocks(), 3);
+    s.remove(1);
+    assert_eq!(s.used_blocks(), 0);
+    assert!(s.is_idle());
+}
+
+#[test]
+fn a_sequence_that_can_never_fit_is_refused_and_one_that_cannot_fit_now_waits() {
+    let mut s = Scheduler::new(cfg(64, 8, 4));
+    assert_eq!(
+        s.add(1, 10, 17),
+        Err(AddError::TooLong {
+            needed: 17,
+            capacity: 16
+        })
+    );
+    s.add(2, 12, 16).unwrap();
+    s.add(3, 6, 8).unwrap();
+    let st = step(&mut s);
+    assert_eq!(st.chunks, vec![chunk(2, 0, 12, true)]);
+    assert_eq!(s.waiting(), 1, "3 needs 2 blocks, 1 is free");
+    assert!(s.used_blocks() <= 4);
+    s.remove(2);
+    assert_eq!(step(&mut s).chunks, vec![chunk(3, 0, 6, true)]);
+}
+
+#[test]
+fn when_blocks_run_out_the_newest_sequence_is_preempted_and_recomputed_later() {
+    let mut s = Scheduler::new(cfg(64, 8, 4));
+    s.add(1, 4, 16).unwrap();
+    s.add(2, 4, 16).unwrap();
+    s.add(3, 4, 16).unwrap();
+    s.add(4, 4, 16).unwrap();
+    step(&mut s);
+    assert_eq!(s.used_blocks(), 4);
+    // Every sequence now needs a fifth position: 1 preempts 4, 2 preempts 3.
+    let st = s.schedule(&always);
+    assert_eq!(st.preempted, vec![4, 3]);
+    assert_eq!(st.chunks, vec![chunk(1, 4, 1, true), chunk(2, 4, 1, true)]);
+    assert!(s.used_blocks() <= 4);
+    assert_eq!(s.waiting(), 2);
+    s.append_token(1);
+    s.append_token(2);
+    s.remove(1);
+    // 3 comes back first with its prompt and sampled token recomputed from position 0.
+    let st = s.schedule(&always);
+    assert_eq!(st.chunks[0], chunk(2, 5, 1, true));
+    assert_eq!(st.chunks[1], chunk(3, 0, 5, true));
+}
+
+#[test]
+fn the_last_running_sequence_preempts_itself_rather_than_overrun_the_pool() {
+    let mut s = Scheduler::new(cfg(64, 8, 2));
+    s.add(1, 4, 8).unwrap();
+    s.add(2, 4, 8).unwrap();
+    step(&mut s);
+    let st = s.schedule(&always);
+    // 1 takes 2's block; 2 has none left and waits.
+    assert_eq!(st.preempted, vec![2]);
+    assert_eq!(st.chunks, vec![chunk(1, 4, 1, true)]);
+    assert_eq!(s.used_blocks(), 2);
+}

@@ -1,0 +1,258 @@
+//! Served output equals offline generation: the same prompt, adapter and greedy settings
+//! give the same completion through the engine as through `tributary_model::generate`
+//! (what `tributary model generate` runs), whatever else shares the batch: other adapters,
+//! other lengths, requests joining mid-way, prompts prefilled in chunks, and sequences
+//! preempted for lack of KV blocks and recomputed.
+
+mod engine_common;
+
+use std::sync::Arc;
+
+use engine_common::*;
+use tributary_protocol::inference::{
+    ChatMessage, InferenceEvent, InferenceService, ModelChoice, Prompt,
+};
+use tributary_worker::engine::{AdapterStore, Engine, EngineConfig};
+
+/// Prompts of different lengths, chat and text.
+fn prompts() -> Vec<Prompt> {
+    vec![
+        Prompt::Text("The clinic records".into()),
+        Prompt::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: "Summarise the clinic's records for the last week, please.".into(),
+        }]),
+        Prompt::Text("A".into()),
+        Prompt::Text(
+            "Once upon a time, in a village between two rivers, there lived a miller who \
+             counted every grain twice"
+                .into(),
+        ),
+        Prompt::Chat(vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "You are terse.".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "Hello".into(),
+            },
+        ]),
+    ]
+}
+
+fn prompt_ids(tok: &tributary_model::tokenizer::Tokenizer, p: &Prompt) -> Vec<u32> {
+    match p {
+        Prompt::Text(t) => tok.encode_prompt(t).expect("encode"),
+        Prompt::Chat(m) => tok.encode_chat(m, true).expect("chat"),
+    }
+}
+
+/// Runs `cases` (prompt index, adapter index or base) through an engine built from
+/// `config`, the second half submitted after the first half has started streaming, and
+/// compares each with offline generation.
+async fn served_equals_offline(config: EngineConfig, max_tokens: u32) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, tok) = offline_model();
+    let dirs = vec![
+        fixture_adapter(),
+        random_adapter(&model, 8, 11, tmp.path()),
+        random_adapter(&model, 4, 12, tmp.path()),
+    ];
+    let store = Arc::new(AdapterStore::new());
+    let digests: Vec<_> = dirs
+        .iter()
+        .map(|d| store.register_dir(d).expect("register"))
+        .collect();
+    let engine = Engine::start(config, store).expect("engine");
+    let prompts = prompts();
+    let cases: Vec<(usize, Option<usize>)> = vec![
+        (0, Some(0)),
+        (1, None),
+        (2, Some(1)),
+        (3, Some(2)),
+        (4, Some(0)),
+        (0, None),
+        (3, Some(1)),
+        (1, Some(2)),
+        (2, None),
+        (4, Some(1)),
+    ];
+    let submit = |i: usize| {
+        let (p, a) = cases[i];
+        let model = a.map_or(ModelChoice::Base, |a| ModelChoice::Adapter(digests[a]));
+        request(&format!("cmpl-{i}"), model, prompts[p].clone(), max_tokens)
+    };
+    let half = cases.len() / 2;
+    let mut first = Vec::new();
+    for i in 0..half {
+        first.push(engine.submit(submit(i)).await.expect("admitted"));
+    }
+    // Wait until the first request streams, then let the rest join the running batch.
+    let head = first.remove(0);
+    let mut head = head;
+    let mut head_events = Vec::new();
+    loop {
+        let ev = head.recv().await.expect("event");
+        let text = matches!(ev, InferenceEvent::Text { .. });
+        head_events.push(ev);
+        if text {
+            break;
+        }
+    }
+    let mut second = Vec::new();
+    for i in half..cases.len() {
+        second.push(engine.submit(submit(i)).await.expect("admitted"));
+    }
+    // The head's remaining events, then everyone else's.
+    let (tx, rx) = tokio::sync::mpsc::channel(head_events.len() + max_tokens as usize + 4);
+    for ev in head_events {
+        tx.send(ev).await.expect("requeue");
+    }
+    let forward = tokio::spawn(async move {
+        while let Some(ev) = head.recv().await {
+            if tx.send(ev).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut streams = vec![rx];
+    streams.extend(first);
+    streams.extend(second);
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|s| tokio::spawn(collect(s)))
+        .collect();
+    let mut served = Vec::new();
+    for h in handles {
+        served.push(h.await.expect("collect"));
+    }
+    forward.await.expect("forward");
+    for (i, ((p, a), got)) in cases.iter().zip(&served).enumerate() {
+        let ids = prompt_ids(&tok, &prompts[*p]);
+        let (text, n, reason) = offline(
+            &model,
+            &tok,
+            a.map(|a| dirs[a].as_path()),
+            &ids,
+            max_tokens as usize,
+        );
+        assert_eq!(
+            got.prompt_tokens as usize,
+            ids.len(),
+            "case {i}: prompt tokens"
+        );
+        assert_eq!(got.text, text, "case {i}: text (prompt {p}, adapter {a:?})");
+        assert_eq!(
+            got.completion_tokens as usize, n,
+            "case {i}: completion tokens"
+        );
+        assert_eq!(got.reason, reason, "case {i}: finish reason");
+    }
+    // The engine forgets a request right after its last event.
+    let start = std::time::Instant::now();
+    while engine.status().in_flight > 0 {
+        assert!(start.elapsed().as_secs() < 2, "requests still in flight");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let status = engine.status();
+    assert_eq!(status.kv_blocks_used, 0, "every block freed");
+    assert!(status.peak_batch > 1, "requests shared the batch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_greedy_output_equals_offline_generation_in_a_mixed_batch() {
+    served_equals_offline(config(), 40).await;
+}
+
+/// A step budget of 8 tokens: every prompt is prefilled in chunks beside the decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_prefill_gives_the_same_output() {
+    let mut c = config();
+    c.max_batch_tokens = 8;
+    served_equals_offline(c, 24).await;
+}
+
+/// A KV pool of 40 blocks of 4 positions for ten requests of up to ~110 positions: the
+/// scheduler preempts and recomputes, and the outputs do not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preemption_for_kv_blocks_gives_the_same_output() {
+    let mut c = config();
+    c.kv_block_size = 4;
+    let block =
+        tributary_model::decoder::PagedKvCache::bytes_per_block(offline_model().0.config(), 4)
+            as u64;
+    c.kv_cache_bytes = 40 * block;
+    let preempted = tributary_worker::engine::metrics::PREEMPTIONS.get();
+    served_equals_offline(c, 30).await;
+    assert!(
+        tributary_worker::engine::metrics::PREEMPTIONS.get() > preempted,
+        "sequences were preempted"
+    );
+}
+
+/// Stop strings cut the text before them, and the streamed pieces concatenate to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_string_ends_the_choice_and_is_cut() {
+    let (model, tok) = offline_model();
+    let engine = Engine::start(config(), Arc::new(AdapterStore::new())).expect("engine");
+    let prompt = Prompt::Text("The clinic records".into());
+    let ids = prompt_ids(&tok, &prompt);
+    let (full, _, _) = offline(&model, &tok, None, &ids, 30);
+    // A stop string from the middle of the greedy completion.
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() > 8, "the completion is long enough: {full:?}");
+    let stop: String = chars[5..8].iter().collect();
+    let cut = &full[..full.find(&stop).expect("stop inside")];
+    let mut req = request("cmpl-stop", ModelChoice::Base, prompt, 30);
+    req.params.stop = vec![stop.clone()];
+    let got = collect(engine.submit(req).await.expect("admitted")).await;
+    assert_eq!(got.text, cut, "cut before {stop:?}");
+    assert_eq!(
+        got.reason,
+        tributary_protocol::inference::FinishReason::Stop
+    );
+}
+
+/// `n` choices with a seed: each choice is reproducible (same seed, same text), and
+/// greedy choices are identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_each_finish_and_seeded_sampling_repeats() {
+    let engine = Engine::start(config(), Arc::new(AdapterStore::new())).expect("engine");
+    let run = |seed: u64| {
+        let mut r = request(
+            "cmpl-n",
+            ModelChoice::Base,
+            Prompt::Text("The clinic".into()),
+            12,
+        );
+        r.params.n = 3;
+        r.params.temperature = 1.0;
+        r.params.seed = Some(seed);
+        r
+    };
+    let texts = |mut s: tributary_protocol::inference::EventStream| async move {
+        let mut t = vec![String::new(); 3];
+        let mut finished = 0;
+        while let Some(ev) = s.recv().await {
+            match ev {
+                InferenceEvent::Text { choice, text, .. } => t[choice as usize].push_str(&text),
+                InferenceEvent::Finished { .. } => finished += 1,
+                InferenceEvent::Failed(e) => panic!("{e}"),
+                InferenceEvent::Started { .. } => {}
+            }
+            if finished == 3 {
+                break;
+            }
+        }
+        assert_eq!(finished, 3);
+        t
+    };
+    let a = texts(engine.submit(run(7)).await.expect("admitted")).await;
+    let b = texts(engine.submit(run(7)).await.expect("admitted")).await;
+    assert_eq!(a, b, "same seed, same choices");
+    assert!(
+        a[0] != a[1] || a[1] != a[2],
+        "choices draw their own streams: {a:?}"
+    );
+}
