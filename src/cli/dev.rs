@@ -1,4 +1,5 @@
-//! `tributary dev`: the coordinator, N in-process workers and the job API in one process —
+//! `tributary dev`: the coordinator, N in-process workers, the job API and (with
+//! `--base-model`) the OpenAI-compatible inference API in one process —
 //! in-memory membership and job records, a `file://` object store under the data directory,
 //! nothing to install. The `job` commands talk to it exactly as to a cluster. Datanets in
 //! that store (`tributary datanet … --store <data-dir>/store`) are jobs' `datanet://` data.
@@ -39,6 +40,8 @@ pub struct DevArgs {
     /// inference). Without it, an admin key is printed and written to <data-dir>/admin.key.
     #[arg(long, env = "TRIBUTARY_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub serve: super::serve_engine::ServeArgs,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -113,13 +116,33 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         );
         Auth::keys(keys)
     };
+    let engine: Option<tributary_protocol::SharedInference> = match &args.serve.base_model {
+        Some(dir) => {
+            let (serve, dir, store, rt) = (
+                args.serve.clone(),
+                dir.clone(),
+                store.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            let e = tokio::task::spawn_blocking(move || {
+                super::serve_engine::DevEngine::start(&serve, &dir, store, rt)
+            })
+            .await??;
+            Some(Arc::new(e))
+        }
+        None => None,
+    };
+    let serving = engine.as_ref().map(|e| e.info());
     let app = tributary_gateway::app(Parts {
         auth,
         store,
-        engine: None,
+        engine,
         jobs: Some(Arc::new(ActorJobs(coord.clone()))),
         ready,
-        config: ServeConfig::default(),
+        config: ServeConfig {
+            max_in_flight: args.serve.max_in_flight,
+            ..ServeConfig::default()
+        },
     });
     let (bound, server) = tributary_gateway::serve(args.http, app, super::cluster::terminate())
         .await
@@ -129,6 +152,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         args.workers,
         artifacts.url()
     );
+    if let Some(info) = serving {
+        eprintln!(
+            "tributary dev: serving {} ({}) with the OpenAI API at http://{bound}/v1",
+            info.base_name, info.base_digest
+        );
+    }
     let r = server.await;
     coord.stop(None);
     for a in actors {

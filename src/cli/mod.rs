@@ -17,6 +17,7 @@ pub mod model_finetune;
 pub mod model_generate;
 pub mod model_init;
 pub mod model_merge;
+pub mod serve_engine;
 
 use clap::{Parser, Subcommand};
 

@@ -18,7 +18,7 @@ pub struct ServeMetrics {
     pub tpot: HistogramVec,
     /// `tributary_request_e2e_seconds{class}`.
     pub e2e: HistogramVec,
-    /// `tributary_queue_depth`: requests admitted by the gateway whose first event has not
+    /// `tributary_gateway_queue_depth`: requests admitted by the gateway whose first event has not
     /// come back from the engine yet.
     pub queue_depth: IntGauge,
     /// `tributary_requests_in_flight`: requests holding an admission slot.
@@ -59,7 +59,7 @@ fn build() -> Result<ServeMetrics, prometheus::Error> {
             0.001,
         )?,
         queue_depth: IntGauge::new(
-            "tributary_queue_depth",
+            "tributary_gateway_queue_depth",
             "Requests admitted by the gateway and waiting for the engine to start them",
         )?,
         in_flight: IntGauge::new(

@@ -608,7 +608,7 @@ async fn keys_and_scopes_guard_the_routes_and_usage_is_metered_per_key() {
         "tributary_request_ttft_seconds_bucket{class=\"base\"",
         "tributary_request_tpot_seconds_bucket{class=\"base\"",
         "tributary_request_e2e_seconds_bucket{class=\"base\"",
-        "tributary_queue_depth",
+        "tributary_gateway_queue_depth",
     ] {
         assert!(text.contains(name), "{name} missing");
     }
