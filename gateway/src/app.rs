@@ -18,6 +18,7 @@ use crate::auth::Auth;
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::jobs::job_router;
+use crate::keys_api::keys_router;
 use crate::openai::validate::Limits;
 use crate::openai::{ServeState, openai_router};
 use crate::openapi::openapi_router;
@@ -97,6 +98,9 @@ pub fn app(parts: Parts) -> Router {
             Some(AdapterNames::new(parts.store.clone())),
             &parts.auth,
         ));
+    }
+    if let Some(keys) = parts.auth.key_store() {
+        r = r.merge(keys_router(keys.clone(), &parts.auth));
     }
     let inner = parts.ready;
     let ready: Readiness = Arc::new(move || {

@@ -81,7 +81,10 @@ async fn send(
 
 #[tokio::test]
 async fn every_documented_operation_is_routed_and_nothing_else_on_its_path() {
-    let app = app(parts(Auth::open(), mem(), Arc::default()));
+    let store = mem();
+    let keys = KeyStore::new(store.clone());
+    let (admin, _) = keys.create("ops", &[Scope::Admin], 0).await.unwrap();
+    let app = app(parts(Auth::keys(keys), store, Arc::default()));
     let (s, doc) = send(&app, Method::GET, "/openapi.json", None, "").await;
     assert_eq!(s, 200);
     assert_eq!(doc["openapi"], "3.1.0");
@@ -98,7 +101,7 @@ async fn every_documented_operation_is_routed_and_nothing_else_on_its_path() {
         let concrete = path.replace("{id}", "job-000000000009");
         for m in &all {
             let documented = item.get(m.as_str().to_lowercase()).is_some();
-            let (s, body) = send(&app, m.clone(), &concrete, None, "{}").await;
+            let (s, body) = send(&app, m.clone(), &concrete, Some(&admin), "{}").await;
             if documented {
                 assert_ne!(s, 405, "{m} {path} is documented but not routed");
                 assert_ne!(
@@ -113,6 +116,69 @@ async fn every_documented_operation_is_routed_and_nothing_else_on_its_path() {
     let (s, v) = send(&app, Method::GET, "/v1/nothing", None, "").await;
     assert_eq!(s, 404);
     assert_eq!(v["error"]["code"], "no_route");
+}
+
+#[tokio::test]
+async fn admins_make_and_revoke_keys_and_others_cannot() {
+    let store = mem();
+    let keys = KeyStore::new(store.clone());
+    let (admin, _) = keys.create("ops", &[Scope::Admin], 0).await.unwrap();
+    let (build, _) = keys.create("b", &[Scope::Build], 0).await.unwrap();
+    let app = app(parts(Auth::keys(keys), store, Arc::default()));
+    let body = r#"{"owner":"carol","scopes":["inference"]}"#;
+    assert_eq!(
+        send(&app, Method::POST, "/v1/keys", Some(&build), body)
+            .await
+            .0,
+        403
+    );
+    let (s, v) = send(&app, Method::POST, "/v1/keys", Some(&admin), body).await;
+    assert_eq!(s, 201, "{v}");
+    let carol = v["key"].as_str().unwrap().to_string();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        send(&app, Method::GET, "/v1/models", Some(&carol), "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        send(&app, Method::GET, "/v1/adapters", Some(&carol), "")
+            .await
+            .0,
+        403
+    );
+    let (_, v) = send(&app, Method::GET, "/v1/keys", Some(&admin), "").await;
+    assert!(!v.to_string().contains(&carol), "no secrets in the list");
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+    let (s, v) = send(
+        &app,
+        Method::POST,
+        "/v1/keys",
+        Some(&admin),
+        r#"{"owner":"x","scopes":["root"]}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("root"));
+    assert_eq!(
+        send(
+            &app,
+            Method::DELETE,
+            &format!("/v1/keys/{id}"),
+            Some(&admin),
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        send(&app, Method::GET, "/v1/models", Some(&carol), "")
+            .await
+            .0,
+        401
+    );
 }
 
 #[tokio::test]

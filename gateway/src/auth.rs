@@ -65,6 +65,11 @@ impl Auth {
         self.keys.is_none()
     }
 
+    /// The key store, when auth is on.
+    pub fn key_store(&self) -> Option<&KeyStore> {
+        self.keys.as_ref()
+    }
+
     /// Checks a request's headers for a key with `scope`.
     pub async fn authenticate(
         &self,

@@ -7,6 +7,7 @@
 //! - [`adapters`]: the adapter API (`/v1/adapters…`: register, list, show, delete).
 //! - [`catalog`]: what `model` can name (base model, adapter names and digests).
 //! - [`jobs`]: the job API (`/v1/jobs…`) over [`tributary_coordinator::JobApi`].
+//! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
 //! - [`auth`]: API keys (`Authorization: Bearer`) and scopes per route.
 //! - [`admission`]: the bounded number of inference requests in flight.
 //! - [`ops`]: `/healthz`, `/readyz` and `/metrics` for every process.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod jobs;
+pub mod keys_api;
 pub mod openai;
 pub mod openapi;
 pub mod ops;

@@ -133,6 +133,13 @@ pub fn document() -> Value {
             "/v1/jobs/{id}": {"parameters": id_param, "get": op("one job", build, None, "200", &["400", "401", "403", "404"])},
             "/v1/jobs/{id}/cancel": {"parameters": id_param, "post": op("cancel a job", build, None, "202", &["400", "401", "403", "404", "409"])},
             "/v1/jobs/{id}/logs": {"parameters": id_param, "get": op("a job's event lines", build, None, "200", &["400", "401", "403", "404"])},
+            "/v1/keys": {
+                "post": op("create an API key {owner, scopes}; the secret is in the answer, once", Some("admin"),
+                    Some(json!({"type": "object", "required": ["owner", "scopes"], "additionalProperties": false, "properties": {
+                        "owner": {"type": "string"}, "scopes": {"type": "array", "items": {"enum": ["inference", "build", "contribute", "admin"]}}}})),
+                    "201", &["400", "401", "403"]),
+                "get": op("every live key (no secrets)", Some("admin"), None, "200", &["401", "403"])},
+            "/v1/keys/{id}": {"parameters": id_param, "delete": op("revoke a key", Some("admin"), None, "200", &["401", "403", "404"])},
             "/healthz": {"get": op("the process is up", None, None, "200", &[])},
             "/readyz": {"get": op("ready to serve (a base model is loaded, not overloaded)", None, None, "200", &["503"])},
             "/metrics": {"get": op("Prometheus metrics", None, None, "200", &[])},
