@@ -147,6 +147,11 @@ pub struct Dev {
 
 impl Dev {
     pub fn start(dir: &Path, workers: u32) -> Self {
+        Self::start_with(dir, workers, &[])
+    }
+
+    /// `tributary dev` with extra flags (e.g. `--base-model DIR` to serve inference).
+    pub fn start_with(dir: &Path, workers: u32, extra: &[&str]) -> Self {
         let port = free_tcp_port();
         let data = dir.join(format!("dev-data-{port}"));
         let log = dir.join(format!("dev-{port}.log"));
@@ -155,6 +160,7 @@ impl Dev {
             .arg("--data-dir")
             .arg(&data)
             .args(["--http", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
