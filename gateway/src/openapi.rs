@@ -119,6 +119,7 @@ pub fn document() -> Value {
                 Some(json!({"$ref": "#/components/schemas/CompletionRequest"})), "200", &["400", "401", "403", "404", "413", "429", "500", "503"])},
             "/v1/models": {"get": op("the base model and every adapter (OpenAI list shape, with digest, base, residency)", infer, None, "200", &["401", "403"])},
             "/v1/models/{id}": {"parameters": id_param, "get": op("one model", infer, None, "200", &["401", "403", "404"])},
+            "/v1/usage": {"get": op("requests and tokens per API key since start (admins see every key, others their own)", infer, None, "200", &["401", "403"])},
             "/v1/adapters": {
                 "post": op("register an adapter (url, registry digest, or upload), optionally under a name", build,
                     Some(json!({"$ref": "#/components/schemas/AdapterRegistration"})), "201", &["400", "401", "403", "404", "413"]),

@@ -11,6 +11,7 @@ pub mod datanet;
 pub mod demo;
 pub mod dev;
 pub mod job;
+pub mod keys;
 pub mod ledger;
 pub mod model;
 pub mod model_finetune;
@@ -52,6 +53,8 @@ pub enum Command {
     Job(job::JobArgs),
     /// Served adapters: list, show, register, delete (talks to `dev`'s gateway).
     Adapter(adapter::AdapterArgs),
+    /// API keys in a store (operator access): create, list, revoke.
+    Keys(keys::KeysArgs),
     /// Run a coordinator (cluster mode): campaigns in etcd, the leader drives jobs over QUIC.
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args),
         Command::Job(args) => job::run(args),
         Command::Adapter(args) => adapter::run(args),
+        Command::Keys(args) => keys::run(args),
         Command::Coordinator(args) => cluster::run_coordinator(args),
         Command::Worker(args) => cluster::run_worker(args),
         Command::Datanet(args) => datanet::run(args),

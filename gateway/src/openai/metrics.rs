@@ -4,7 +4,8 @@
 //! `adapter`, never per adapter: the label set stays bounded), keeps the queue-depth gauge
 //! honest, and meters tokens per API key.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
@@ -110,6 +111,42 @@ fn build() -> Result<ServeMetrics, prometheus::Error> {
 pub fn metrics() -> Option<&'static ServeMetrics> {
     static M: OnceLock<Option<ServeMetrics>> = OnceLock::new();
     M.get_or_init(|| build().ok()).as_ref()
+}
+
+/// Tokens and requests per API key id since the process started (`GET /v1/usage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUsage {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+fn usage_book() -> &'static Mutex<HashMap<String, KeyUsage>> {
+    static BOOK: OnceLock<Mutex<HashMap<String, KeyUsage>>> = OnceLock::new();
+    BOOK.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn record_usage(key: &str, u: Usage) {
+    if let Ok(mut book) = usage_book().lock() {
+        let row = book.entry(key.to_string()).or_default();
+        row.requests += 1;
+        row.prompt_tokens += u64::from(u.prompt_tokens);
+        row.completion_tokens += u64::from(u.completion_tokens);
+    }
+}
+
+/// The usage of every key (`None`) or one key.
+pub fn usage_of(key: Option<&str>) -> Vec<(String, KeyUsage)> {
+    let Ok(book) = usage_book().lock() else {
+        return Vec::new();
+    };
+    let mut rows: Vec<(String, KeyUsage)> = book
+        .iter()
+        .filter(|(k, _)| key.is_none_or(|want| want == k.as_str()))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows
 }
 
 /// Counts a refusal.
@@ -227,6 +264,7 @@ impl Tracker {
     }
 
     fn meter(&self, m: &ServeMetrics) {
+        record_usage(&self.key, self.usage);
         m.usage_tokens
             .with_label_values(&[&self.key, "in"])
             .inc_by(u64::from(self.usage.prompt_tokens));

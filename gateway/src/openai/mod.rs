@@ -7,6 +7,7 @@
 //! | `POST /v1/completions` | continue a text prompt; `stream: true` for SSE |
 //! | `GET /v1/models` | the base model and every adapter served here |
 //! | `GET /v1/models/{id}` | one of them |
+//! | `GET /v1/usage` | requests and tokens per API key (an admin sees every key) |
 //!
 //! One request's path: admission (a slot, or 429 at once) → the body, bounded (413) →
 //! [`validate`] (400 naming the field) → the [`Catalog`] resolves `model` to a digest
@@ -57,7 +58,8 @@ pub fn openai_router(state: ServeState, auth: &Auth) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models::list))
-        .route("/v1/models/{id}", get(models::show));
+        .route("/v1/models/{id}", get(models::show))
+        .route("/v1/usage", get(models::usage));
     auth.guard(r, Scope::Inference).with_state(state)
 }
 

@@ -64,3 +64,21 @@ pub async fn show(
     v["id"] = json!(id);
     Ok(Json(v))
 }
+
+/// `GET /v1/usage`: requests and tokens per API key since the process started; an admin
+/// sees every key, anyone else their own.
+pub async fn usage(axum::Extension(caller): axum::Extension<crate::auth::Caller>) -> Json<Value> {
+    let only = (!caller.admin).then(|| caller.metering_key().to_string());
+    let data: Vec<Value> = super::metrics::usage_of(only.as_deref())
+        .into_iter()
+        .map(|(key, u)| {
+            json!({
+                "key": key,
+                "requests": u.requests,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}

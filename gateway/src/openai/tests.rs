@@ -601,6 +601,17 @@ async fn keys_and_scopes_guard_the_routes_and_usage_is_metered_per_key() {
     let m = super::metrics::metrics().unwrap();
     assert_eq!(m.usage_tokens.with_label_values(&[&rec.id, "in"]).get(), 3);
     assert_eq!(m.usage_tokens.with_label_values(&[&rec.id, "out"]).get(), 2);
+    // GET /v1/usage: this key's row only (not an admin).
+    let req = Request::get("/v1/usage")
+        .header(header::AUTHORIZATION, format!("Bearer {infer}"))
+        .body(Body::empty())
+        .unwrap();
+    let (s, v) = call_json(&f.app, req).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["data"][0]["key"], rec.id);
+    assert_eq!(v["data"][0]["prompt_tokens"], 3);
+    assert_eq!(v["data"][0]["completion_tokens"], 2);
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&prometheus::gather())
         .unwrap();
