@@ -107,6 +107,20 @@ pub fn client_key(flag: Option<&str>, url: &str) -> Option<String> {
     read_key(&data.join(ADMIN_KEY_FILE))
 }
 
+/// A datanet key ring holding `key`'s record from the key store in `store`, if it is a live
+/// key (the ring then maps it to its owner when it has the `contribute` scope).
+pub async fn store_ring(
+    store: &str,
+    key: &str,
+) -> anyhow::Result<tributary_ledger::datanet::KeyRing> {
+    let keys = KeyStore::new(tributary_ledger::store::Store::open(store).context("--store")?);
+    let mut set = tributary_ledger::keys::KeySet::default();
+    if let Some(rec) = keys.resolve(key).await.context("reading the key store")? {
+        set.insert(rec);
+    }
+    Ok(tributary_ledger::datanet::KeyRing::from_keys(set))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
