@@ -130,6 +130,53 @@ fn the_openai_client_passes_against_dev_and_a_job_trained_adapter_is_served_by_n
     let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(shown["owner"], "admin");
     assert_eq!(chat(&dev, "fixture-lora").0, 200);
+    // Served output equals offline generation: greedy, same prompt, same adapter.
+    for (endpoint, body, args) in [
+        (
+            "/v1/completions",
+            serde_json::json!({"model": "tiny-llama", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}),
+            vec!["--prompt", "Once upon a time"],
+        ),
+        (
+            "/v1/chat/completions",
+            serde_json::json!({"model": "fixture-lora", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}),
+            vec![
+                "--chat",
+                r#"[{"role":"user","content":"Say hello."}]"#,
+                "--adapter",
+                fixture_adapter.to_str().unwrap(),
+            ],
+        ),
+    ] {
+        let (code, text) = dev.request("POST", endpoint, "application/json", &body.to_string());
+        assert_eq!(code, 200, "{text}");
+        let served: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let served = served["choices"][0]["text"]
+            .as_str()
+            .or_else(|| served["choices"][0]["message"]["content"].as_str())
+            .unwrap()
+            .to_string();
+        let out = Command::new(bin())
+            .args([
+                "model",
+                "generate",
+                "--model",
+                base.to_str().unwrap(),
+                "--max-new-tokens",
+                "8",
+                "--json",
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let offline: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        assert_eq!(
+            served,
+            offline["text"].as_str().unwrap(),
+            "{endpoint}: API vs model generate"
+        );
+    }
     let out = adapter_cli(&dev, &["delete", "fixture-lora"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (code, v) = chat(&dev, "fixture-lora");
