@@ -54,7 +54,7 @@ fn prompt_ids(tok: &tributary_model::tokenizer::Tokenizer, p: &Prompt) -> Vec<u3
 async fn served_equals_offline(config: EngineConfig, max_tokens: u32) {
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, tok) = offline_model();
-    let dirs = vec![
+    let dirs = [
         fixture_adapter(),
         random_adapter(&model, 8, 11, tmp.path()),
         random_adapter(&model, 4, 12, tmp.path()),
