@@ -1,7 +1,8 @@
 //! The paged forward call (`decoder/paged.rs`) against the generation path's KV cache:
 //! sequences of different lengths, prefilled in chunks or whole, each with its own adapter,
 //! scattered over non-contiguous blocks, decoding side by side, give the same logits as
-//! each sequence run alone through `forward_last` with a `KvCache`.
+//! each sequence run alone through `forward_last` with a `KvCache` (attention split over
+//! the decode pool or not).
 
 mod common;
 
@@ -74,7 +75,7 @@ fn paged_steps_match_each_sequence_alone() {
     let adapters = adapters(&model);
     let refs: Vec<&LoraAdapter> = adapters.iter().collect();
     let block = 4;
-    let mut cache = PagedKvCache::new(model.config(), block, 32).expect("pool");
+    let mut cache = PagedKvCache::new(model.config(), block, 64).expect("pool");
     let tokens = |n: usize, k: usize| -> Vec<u32> {
         (0..n)
             .map(|i| ((i * 7 + k * 13) % 400 + 3) as u32)
@@ -105,6 +106,16 @@ fn paged_steps_match_each_sequence_alone() {
             blocks: vec![2, 5, 8, 10],
             chunk: 5,
             joins: 3,
+        },
+        // A 120-token prompt in one chunk: enough attention work to split it over the
+        // decode pool's threads.
+        Seq {
+            prompt: tokens(120, 6),
+            feed: tokens(3, 7),
+            adapter: Some(0),
+            blocks: (20..51).rev().collect(),
+            chunk: 120,
+            joins: 1,
         },
     ];
     let expected: Vec<Vec<Vec<f32>>> = seqs

@@ -54,7 +54,7 @@ fn prompt_ids(tok: &tributary_model::tokenizer::Tokenizer, p: &Prompt) -> Vec<u3
 async fn served_equals_offline(config: EngineConfig, max_tokens: u32) {
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, tok) = offline_model();
-    let dirs = vec![
+    let dirs = [
         fixture_adapter(),
         random_adapter(&model, 8, 11, tmp.path()),
         random_adapter(&model, 4, 12, tmp.path()),
@@ -255,4 +255,62 @@ async fn n_choices_each_finish_and_seeded_sampling_repeats() {
         a[0] != a[1] || a[1] != a[2],
         "choices draw their own streams: {a:?}"
     );
+}
+
+/// Seeded sampling (temperature and nucleus) through the engine draws the same tokens as
+/// offline generation with the same seed, with other requests in the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_equals_offline_sampling() {
+    let (model, tok) = offline_model();
+    let store = Arc::new(AdapterStore::new());
+    let a = store.register_dir(&fixture_adapter()).expect("a");
+    let engine = Engine::start(config(), store).expect("engine");
+    let prompt = Prompt::Text("The clinic records".into());
+    let ids = prompt_ids(&tok, &prompt);
+    let mut streams = Vec::new();
+    for seed in [3u64, 4, 5] {
+        let mut r = request(
+            &format!("cmpl-{seed}"),
+            ModelChoice::Adapter(a),
+            prompt.clone(),
+            20,
+        );
+        r.params.temperature = 0.9;
+        r.params.top_p = 0.8;
+        r.params.seed = Some(seed);
+        streams.push((seed, engine.submit(r).await.expect("admitted")));
+    }
+    // Company in the batch.
+    let other = engine
+        .submit(request(
+            "cmpl-base",
+            ModelChoice::Base,
+            prompts()[3].clone(),
+            20,
+        ))
+        .await
+        .expect("admitted");
+    let mut texts = Vec::new();
+    for (seed, s) in streams {
+        let got = collect(s).await;
+        let sampling = tributary_model::sampling::SamplingConfig {
+            temperature: 0.9,
+            top_p: 0.8,
+            seed,
+            ..tributary_model::sampling::SamplingConfig::greedy()
+        };
+        let (text, n, _) =
+            offline_sampled(&model, &tok, Some(&fixture_adapter()), &ids, 20, sampling);
+        assert_eq!(
+            (got.text.as_str(), got.completion_tokens as usize),
+            (text.as_str(), n),
+            "seed {seed}"
+        );
+        texts.push(got.text);
+    }
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "the seeds drew different text"
+    );
+    collect(other).await;
 }

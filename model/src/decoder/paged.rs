@@ -26,6 +26,7 @@ use super::linear::HOST_KERNEL_MAX_ROWS;
 use super::mixed::{LoraSel, MixedLora};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::kernels::pool;
 use crate::lora::LoraAdapter;
 
 /// Keys and values of many sequences in blocks of `block_size` positions: per layer and
@@ -152,32 +153,49 @@ impl HostAttention for PagedAttention<'_> {
         let scale = (dim as f64).powf(-0.5) as f32;
         let width = query * dim;
         let mut out = vec![0.0f32; q.len()];
-        let mut scores = Vec::new();
         let heads = &self.cache.layers[layer];
-        for (i, &(seq, visible)) in self.reads.iter().enumerate() {
-            let keys = &self.seq_slots[seq][..visible];
-            for h in 0..query {
-                let (kb, vb) = &heads[h / group];
-                let head = Head {
-                    keys: kb,
-                    values: vb,
-                    dim,
-                    scale,
-                };
-                let at = i * width + h * dim;
-                attend_head(
-                    &q[at..at + dim],
-                    &head,
-                    keys,
-                    &mut scores,
-                    &mut out[at..at + dim],
-                    simd,
-                );
+        let n = self.reads.len();
+        // Split the tokens over the decode pool when there is enough to share.
+        let keys: usize = self.reads.iter().map(|r| r.1).sum();
+        let parts = if keys * width < PARALLEL_ATTENTION {
+            1
+        } else {
+            pool::threads().min(n).max(1)
+        };
+        let rows = n.div_ceil(parts).max(1);
+        pool::for_each_chunk_mut(&mut out, rows * width, &|part, chunk| {
+            let mut scores = Vec::new();
+            for (r, o) in chunk.chunks_mut(width).enumerate() {
+                let i = part * rows + r;
+                let (seq, visible) = self.reads[i];
+                let keys = &self.seq_slots[seq][..visible];
+                for h in 0..query {
+                    let (kb, vb) = &heads[h / group];
+                    let head = Head {
+                        keys: kb,
+                        values: vb,
+                        dim,
+                        scale,
+                    };
+                    let at = i * width + h * dim;
+                    attend_head(
+                        &q[at..at + dim],
+                        &head,
+                        keys,
+                        &mut scores,
+                        &mut o[h * dim..(h + 1) * dim],
+                        simd,
+                    );
+                }
             }
-        }
+        });
         out
     }
 }
+
+/// Keys × query width of one attention call above which its tokens are split over the
+/// decode pool's threads.
+const PARALLEL_ATTENTION: usize = 1 << 16;
 
 impl CausalLm {
     /// One serving step: runs every sequence's new tokens after its cached positions in

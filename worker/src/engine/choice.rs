@@ -87,10 +87,7 @@ impl Choice {
         logits: &mut [f32],
         tokenizer: &Tokenizer,
     ) -> Result<Emitted, String> {
-        let lp = match self.logprobs {
-            Some(k) => Some(log_softmax(logits, k as usize)),
-            None => None,
-        };
+        let lp = self.logprobs.map(|k| log_softmax(logits, k as usize));
         let token = self
             .sampler
             .next_token(logits, &self.tokens)

@@ -122,7 +122,9 @@ impl Runner {
     /// Runs until told to stop or the engine is dropped.
     pub(crate) fn run(mut self) {
         loop {
-            if self.sched.is_idle() && self.parked.is_empty() && self.load_backlog.is_empty() {
+            // Nothing scheduled: only a command can change that (a request, a loaded
+            // adapter, a pin), so wait for one.
+            if self.sched.is_idle() {
                 match self.commands.recv() {
                     Ok(c) => {
                         if !self.handle(c) {
@@ -157,7 +159,8 @@ impl Runner {
             let ran = self.step();
             self.publish();
             if !ran && !self.sched.is_idle() {
-                // Everything scheduled waits for an adapter: wait for the loader.
+                // Everything scheduled waits for an adapter (or a parked one for room):
+                // wait for the loader, but not past the next look at cancellations.
                 match self.commands.recv_timeout(Duration::from_millis(20)) {
                     Ok(c) => {
                         if !self.handle(c) {

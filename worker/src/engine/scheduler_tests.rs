@@ -1,6 +1,8 @@
 //! The scheduler on its own: budgets, chunked prefill, joining and leaving, adapters not
 //! ready, block accounting and preemption.
 
+use std::collections::HashMap;
+
 use super::*;
 
 fn cfg(token_budget: usize, max_running: usize, blocks: usize) -> SchedulerConfig {
@@ -172,4 +174,104 @@ fn the_last_running_sequence_preempts_itself_rather_than_overrun_the_pool() {
     assert_eq!(st.preempted, vec![2]);
     assert_eq!(st.chunks, vec![chunk(1, 4, 1, true)]);
     assert_eq!(s.used_blocks(), 2);
+}
+
+/// Deterministic xorshift for the randomized test.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// Random arrivals, lengths, cancellations and adapters that become ready late, through
+/// many steps: every step stays within the token budget, the batch size and the pool; each
+/// chunk starts where the sequence's cache ends and covers only known tokens; no block is
+/// held twice; and every sequence finishes.
+#[test]
+fn random_workloads_keep_every_invariant_and_finish() {
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let c = SchedulerConfig {
+            token_budget: 1 + rng.below(40),
+            max_running: 1 + rng.below(8),
+            block_size: 1 + rng.below(8),
+            blocks: 16 + rng.below(48),
+        };
+        let mut s = Scheduler::new(c);
+        // Per sequence: (prompt, max new tokens, generated, computed, ready at step).
+        let mut seqs: HashMap<SeqId, (usize, usize, usize, usize, usize)> = HashMap::new();
+        let mut next = 0;
+        let mut finished = 0;
+        for step_no in 0..5000 {
+            if next < 40 && rng.below(3) == 0 {
+                let prompt = 1 + rng.below(30);
+                let max_new = 1 + rng.below(20);
+                if s.add(next, prompt, prompt + max_new).is_ok() {
+                    seqs.insert(next, (prompt, max_new, 0, 0, step_no + rng.below(10)));
+                } else {
+                    assert!(prompt + max_new > c.max_positions());
+                }
+                next += 1;
+            }
+            if rng.below(50) == 0
+                && let Some(&id) = seqs.keys().min()
+            {
+                s.remove(id);
+                seqs.remove(&id);
+                finished += 1;
+            }
+            let st = s.schedule(&|id| seqs.get(&id).is_some_and(|q| q.4 <= step_no));
+            assert!(st.tokens() <= c.token_budget, "seed {seed}: budget");
+            assert!(st.chunks.len() <= c.max_running, "seed {seed}: batch");
+            assert!(s.used_blocks() <= c.blocks, "seed {seed}: pool");
+            for id in &st.preempted {
+                if let Some(q) = seqs.get_mut(id) {
+                    q.3 = 0;
+                }
+            }
+            let mut held: Vec<u32> = seqs.keys().flat_map(|&id| s.blocks(id).to_vec()).collect();
+            let n = held.len();
+            held.sort_unstable();
+            held.dedup();
+            assert_eq!(held.len(), n, "seed {seed}: a block held twice");
+            assert_eq!(n, s.used_blocks(), "seed {seed}: blocks accounted");
+            for ch in &st.chunks {
+                let q = seqs.get_mut(&ch.seq).expect("known sequence");
+                let known = q.0 + q.2;
+                assert_eq!(
+                    ch.start, q.3,
+                    "seed {seed}: chunk starts at the cache's end"
+                );
+                assert!(ch.start + ch.len <= known, "seed {seed}: only known tokens");
+                assert_eq!(ch.sample, ch.start + ch.len == known);
+                assert!(s.blocks(ch.seq).len() * c.block_size >= ch.start + ch.len);
+                q.3 += ch.len;
+                if ch.sample {
+                    q.2 += 1;
+                    if q.2 == q.1 {
+                        s.remove(ch.seq);
+                        seqs.remove(&ch.seq);
+                        finished += 1;
+                    } else {
+                        s.append_token(ch.seq);
+                    }
+                }
+            }
+            if next >= 40 && seqs.is_empty() {
+                break;
+            }
+        }
+        assert!(
+            seqs.is_empty(),
+            "seed {seed}: {} sequences never finished",
+            seqs.len()
+        );
+        assert!(s.is_idle() && s.used_blocks() == 0);
+        assert!(finished > 0);
+    }
 }

@@ -11,6 +11,7 @@ use burn::tensor::{Distribution, Tensor};
 use tributary_model::decoder::CausalLm;
 use tributary_model::generate::{GenerationParams, ModelSource, generate};
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
+use tributary_model::sampling::SamplingConfig;
 use tributary_model::tokenizer::Tokenizer;
 use tributary_protocol::inference::{
     EventStream, FinishReason, InferenceEvent, InferenceRequest, ModelChoice, Prompt,
@@ -69,14 +70,34 @@ pub fn offline(
     prompt: &[u32],
     max_tokens: usize,
 ) -> (String, usize, FinishReason) {
+    offline_sampled(
+        model,
+        tok,
+        adapter,
+        prompt,
+        max_tokens,
+        SamplingConfig::greedy(),
+    )
+}
+
+/// Offline generation with `sampling` (as `model generate --temperature --top-p --seed`).
+pub fn offline_sampled(
+    model: &CausalLm,
+    tok: &Tokenizer,
+    adapter: Option<&Path>,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: SamplingConfig,
+) -> (String, usize, FinishReason) {
     let lora =
         adapter.map(|d| LoraAdapter::load(d, model.config(), model.device()).expect("adapter"));
     let source = ModelSource {
         model,
         adapter: lora.as_ref(),
     };
-    let params =
+    let mut params =
         GenerationParams::greedy(max_tokens, model.generation_config().eos_token_ids.clone());
+    params.sampling = sampling;
     let out = generate(&source, tok, &[prompt.to_vec()], &params, &mut |_| {}).expect("generate");
     let c = &out[0];
     let reason = match c.finish_reason {
