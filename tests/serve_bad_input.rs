@@ -46,6 +46,10 @@ fn raw(port: u16, path: &str, key: Option<&str>, body: &[u8]) -> (u16, String) {
     (code, body)
 }
 
+/// What is wrong, the path, the body, the key, the status expected, and a word the error
+/// message must contain.
+type Case<'a> = (&'a str, &'a str, Vec<u8>, Option<&'a str>, u16, &'a str);
+
 fn chat_with(extra: &str) -> String {
     format!(r#"{{"model":"tiny-llama","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#)
 }
@@ -74,7 +78,7 @@ fn every_bad_input_gets_a_4xx_naming_it_and_the_server_keeps_serving() {
         r#"{{"model":"tiny-llama","prompt":"{}","max_tokens":200}}"#,
         "word ".repeat(200)
     );
-    let cases: Vec<(&str, &str, Vec<u8>, Option<&str>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("empty body", chat, b"".to_vec(), k, 400, "empty"),
         (
             "truncated JSON",

@@ -140,6 +140,7 @@ impl Artifacts {
         &self,
         files: Vec<NamedFile>,
         prov: Provenance,
+        owner: Option<String>,
     ) -> Result<AdapterEntry, CoordError> {
         let files: Vec<AdapterFile> = files
             .into_iter()
@@ -149,7 +150,7 @@ impl Artifacts {
             })
             .collect();
         self.registry()
-            .register(&files, prov)
+            .register_owned(&files, prov, owner)
             .await
             .map_err(store_err)
     }

@@ -191,11 +191,10 @@ async fn register(
             job_id: String::new(),
             spec: json!({ "registered": source }),
             created_unix_ms: unix_ms(),
-            owner: Some(caller.owner.clone()),
         };
         st.catalog
             .registry
-            .register(&files, prov)
+            .register_owned(&files, prov, Some(caller.owner.clone()))
             .await
             .map_err(store_error)?
     };

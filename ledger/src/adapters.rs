@@ -75,8 +75,6 @@ pub struct Provenance {
     pub job_id: String,
     pub spec: serde_json::Value,
     pub created_unix_ms: u64,
-    /// The identity that made it (recorded in the entry; the first registration wins).
-    pub owner: Option<String>,
 }
 
 fn check_name(name: &str) -> Result<(), AdapterError> {
@@ -145,6 +143,17 @@ impl AdapterRegistry {
         files: &[AdapterFile],
         prov: Provenance,
     ) -> Result<AdapterEntry, AdapterError> {
+        self.register_owned(files, prov, None).await
+    }
+
+    /// [`AdapterRegistry::register`], recording `owner` (the identity that trained or
+    /// registered it) in the entry; the first registration's owner stays.
+    pub async fn register_owned(
+        &self,
+        files: &[AdapterFile],
+        prov: Provenance,
+        owner: Option<String>,
+    ) -> Result<AdapterEntry, AdapterError> {
         if files.is_empty() {
             return Err(AdapterError::NoFiles);
         }
@@ -174,7 +183,7 @@ impl AdapterRegistry {
             created_unix_ms: prov.created_unix_ms,
             files: names,
             location: self.location(&digest),
-            owner: prov.owner,
+            owner,
         };
         let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| AdapterError::BadEntry {
             digest: digest.clone(),

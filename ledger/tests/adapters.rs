@@ -31,7 +31,6 @@ fn prov(job: &str, at: u64) -> Provenance {
         job_id: job.into(),
         spec: serde_json::json!({"train": {"steps": 4}}),
         created_unix_ms: at,
-        owner: None,
     }
 }
 

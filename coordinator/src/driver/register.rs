@@ -49,10 +49,15 @@ impl JobRun {
             job_id: self.job.to_string(),
             spec,
             created_unix_ms: now_ms(),
-            owner: self.spec.owner.clone(),
         };
         let entry = match self
-            .with_retry(|| self.artifacts.register_adapter(files.clone(), prov.clone()))
+            .with_retry(|| {
+                self.artifacts.register_adapter(
+                    files.clone(),
+                    prov.clone(),
+                    self.spec.owner.clone(),
+                )
+            })
             .await
         {
             Ok(e) => e,

@@ -14,8 +14,8 @@
 //! (404 naming it) → the engine's `submit` → [`respond`] (whole) or [`stream`] (SSE),
 //! both shaped by [`answer`]; [`metrics::Tracker`] times it and meters usage per key.
 //!
-//! - [`wire`]: request bodies as sent. [`ids`]: `chatcmpl-…` / `cmpl-…` ids.
-//! - [`models`]: `/v1/models`.
+//! - Request bodies as sent are in [`wire`]; `chatcmpl-…` / `cmpl-…` ids in [`ids`].
+//! - `/v1/models` and `/v1/usage` are in [`models`].
 
 pub mod answer;
 pub mod ids;

@@ -440,9 +440,11 @@ async fn register(store: &Store, weights: &[u8], base: Digest, owner: &str) -> S
         job_id: String::new(),
         spec: Value::Null,
         created_unix_ms: 1,
-        owner: Some(owner.into()),
     };
-    reg.register(&files, prov).await.unwrap().adapter_digest
+    reg.register_owned(&files, prov, Some(owner.into()))
+        .await
+        .unwrap()
+        .adapter_digest
 }
 
 #[tokio::test]
