@@ -5,6 +5,7 @@ pub mod api_key;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_model;
+pub mod bench_serve;
 pub mod certs;
 pub mod cluster;
 pub mod datanet;
