@@ -199,6 +199,29 @@ fn the_openai_client_passes_against_dev_and_a_job_trained_adapter_is_served_by_n
         stderr(&out)
     );
 
+    // The load generator, at CI size: every request answered, figures reported.
+    let out = Command::new(bin())
+        .args([
+            "bench",
+            "serve",
+            "--adapters",
+            "1",
+            "--requests",
+            "6",
+            "--rate",
+            "20",
+        ])
+        .args(["--output-tokens", "4..8", "--prompt-words", "2..6"])
+        .env("TRIBUTARY_COORDINATOR", dev.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(r["ok"], 6, "{r}");
+    assert_eq!(r["models"], 1);
+    assert!(r["output_tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["ttft_s"]["p99"].as_f64().unwrap() >= r["ttft_s"]["p50"].as_f64().unwrap());
+
     // Serving metrics by adapter class, usage per key.
     let (_, metrics) = http_get(dev.port, "/metrics").unwrap();
     for needle in [
