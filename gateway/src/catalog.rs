@@ -152,13 +152,9 @@ impl Catalog {
     pub async fn view(&self, entry: AdapterEntry) -> Result<AdapterView, ApiError> {
         let names = self
             .names
-            .list()
+            .names_of(&entry.adapter_digest)
             .await
-            .map_err(store_error)?
-            .into_iter()
-            .filter(|p| p.adapter_digest == entry.adapter_digest)
-            .map(|p| p.name)
-            .collect();
+            .map_err(store_error)?;
         let deleted = self
             .names
             .tombstone_of(&entry.adapter_digest)

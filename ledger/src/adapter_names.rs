@@ -107,6 +107,31 @@ impl AdapterNames {
         Path::from(format!("names/{name}/{seq:020}.json"))
     }
 
+    fn index_key(digest: &str, name: &str) -> Path {
+        Path::from(format!("names-by-digest/{digest}/{name}"))
+    }
+
+    /// The names whose newest version points at `digest` (through the index by digest, so
+    /// the cost does not grow with the number of names).
+    pub async fn names_of(&self, digest: &str) -> Result<Vec<String>, AdapterError> {
+        let mut out = Vec::new();
+        for name in self
+            .store
+            .list_names(&Path::from(format!("names-by-digest/{digest}")))
+            .await?
+        {
+            if check_name(&name).is_ok()
+                && self
+                    .latest(&name)
+                    .await?
+                    .is_some_and(|p| p.adapter_digest == digest)
+            {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
     fn tombstone_key(digest: &str) -> Path {
         Path::from(format!("tombstones/{digest}.json"))
     }
@@ -160,6 +185,10 @@ impl AdapterNames {
                     });
                 }
                 if p.adapter_digest == digest {
+                    // A retried claim: make sure the index marker is there too.
+                    self.store
+                        .create(&Self::index_key(digest, name), Bytes::new())
+                        .await?;
                     return Ok(p.clone());
                 }
             }
@@ -172,7 +201,12 @@ impl AdapterNames {
             };
             let key = Self::version_key(name, ptr.seq);
             match self.store.create(&key, to_bytes(name, &ptr)?).await? {
-                Created::New => return Ok(ptr),
+                Created::New => {
+                    // The index by digest (a marker; a stale one is filtered on read).
+                    let marker = Self::index_key(digest, name);
+                    self.store.create(&marker, Bytes::new()).await?;
+                    return Ok(ptr);
+                }
                 // Another writer took this version: re-read and decide again.
                 Created::Existing(_) => continue,
             }
@@ -275,6 +309,12 @@ mod tests {
         let e = n.claim("support-bot", D1, "mallory", 4).await.unwrap_err();
         assert!(e.to_string().contains("owned by alice"), "{e}");
         assert_eq!(n.list().await.unwrap(), vec![p2]);
+        // The index by digest follows the newest versions only.
+        assert_eq!(
+            n.names_of(D2).await.unwrap(),
+            vec!["support-bot".to_string()]
+        );
+        assert!(n.names_of(D1).await.unwrap().is_empty());
     }
 
     #[tokio::test]
