@@ -9,6 +9,7 @@
 //! - [`jobs`]: the job API (`/v1/jobs…`) over [`tributary_coordinator::JobApi`].
 //! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
 //! - [`auth`]: API keys (`Authorization: Bearer`) and scopes per route.
+//! - [`routing`]: the cluster routing choice (rendezvous hashing with bounded load), pure.
 //! - [`admission`]: the bounded number of inference requests in flight.
 //! - [`ops`]: `/healthz`, `/readyz` and `/metrics` for every process.
 //! - [`app`]: all of the above as one router. [`openapi`]: `/openapi.json`.
@@ -25,6 +26,7 @@ pub mod keys_api;
 pub mod openai;
 pub mod openapi;
 pub mod ops;
+pub mod routing;
 
 pub use app::{Parts, ServeConfig, app};
 pub use auth::{Auth, Caller};
