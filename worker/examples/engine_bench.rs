@@ -203,7 +203,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             seed: Some(0),
                             stop: Vec::new(),
                             n: 1,
-                            logprobs: None,
+                            // Every token then has an event, even one whose text
+                            // is empty (the random model's ids beyond the tokenizer's).
+                            logprobs: Some(0),
                         },
                         identity: None,
                     };
@@ -217,15 +219,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                     };
                     let (mut ttft, mut last, mut gaps, mut tokens) = (0.0, sent, Vec::new(), 0);
+                    let mut tokens_seen = 0usize;
                     while let Some(ev) = stream.recv().await {
                         match ev {
-                            InferenceEvent::Text { .. } => {
+                            InferenceEvent::Started { .. } => {
+                                ttft = sent.elapsed().as_secs_f64();
+                                last = Instant::now();
+                            }
+                            InferenceEvent::Text { logprobs, .. } => {
+                                // The first token's event comes with Started.
                                 let now = Instant::now();
-                                if ttft == 0.0 {
-                                    ttft = (now - sent).as_secs_f64();
-                                } else {
-                                    gaps.push((now - last).as_secs_f64());
+                                let n = logprobs.len().max(1);
+                                if now > last && tokens_seen > 0 {
+                                    gaps.push((now - last).as_secs_f64() / n as f64);
                                 }
+                                tokens_seen += n;
                                 last = now;
                             }
                             InferenceEvent::Finished {
@@ -238,7 +246,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 eprintln!("failed: {e}");
                                 break;
                             }
-                            InferenceEvent::Started { .. } => {}
                         }
                     }
                     out.push((is_long, ttft, gaps, tokens));

@@ -314,3 +314,43 @@ async fn seeded_sampling_equals_offline_sampling() {
     );
     collect(other).await;
 }
+
+/// With `logprobs`, every generated token has one entry (the greedy token is the most
+/// likely one), in the `Text` events that stream its text or right after it when it adds
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_cover_every_token_and_rank_the_greedy_one_first() {
+    let engine = Engine::start(config(), Arc::new(AdapterStore::new())).expect("engine");
+    let mut r = request(
+        "cmpl-lp",
+        ModelChoice::Base,
+        Prompt::Text("The clinic records".into()),
+        24,
+    );
+    r.params.logprobs = Some(3);
+    let mut s = engine.submit(r).await.expect("admitted");
+    let mut entries = Vec::new();
+    let completion = loop {
+        match s.recv().await.expect("event") {
+            InferenceEvent::Text { logprobs, .. } => entries.extend(logprobs),
+            InferenceEvent::Finished {
+                completion_tokens, ..
+            } => break completion_tokens,
+            InferenceEvent::Failed(e) => panic!("{e}"),
+            InferenceEvent::Started { .. } => {}
+        }
+    };
+    assert_eq!(entries.len(), completion as usize, "one entry per token");
+    for e in &entries {
+        assert_eq!(e.top.len(), 3);
+        assert!(
+            e.top.windows(2).all(|w| w[0].1 >= w[1].1),
+            "most likely first"
+        );
+        assert!(
+            (e.logprob - e.top[0].1).abs() < 1e-6,
+            "greedy takes the top token"
+        );
+        assert!(e.logprob <= 0.0);
+    }
+}

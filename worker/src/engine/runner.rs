@@ -441,8 +441,12 @@ impl Runner {
         }
         self.steps += 1;
         self.peak_batch = self.peak_batch.max(step.chunks.len());
+        let started = std::time::Instant::now();
         match self.forward(&step) {
-            Ok(logits) => self.sample(&step, logits),
+            Ok(logits) => {
+                self.sample(&step, logits);
+                m::STEP_SECONDS.observe(started.elapsed().as_secs_f64());
+            }
             Err(e) => {
                 tracing::error!(error = %e, "engine step failed");
                 let keys: HashSet<u64> = step
