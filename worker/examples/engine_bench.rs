@@ -160,6 +160,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             WeightDtype::F32Packed
         };
         let engine = Arc::new(Engine::start(config, Arc::new(source))?);
+        let loads = &tributary_worker::engine::metrics::ADAPTER_LOAD_SECONDS;
+        let (loads0, load_secs0) = (loads.get_sample_count(), loads.get_sample_sum());
         let cdf: Vec<f64> = (0..n_adapters.max(1))
             .scan(0.0, |acc, i| {
                 *acc += 1.0 / ((i + 1) as f64).powf(alpha);
@@ -267,6 +269,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         let mut long_ttft: Vec<f64> = results.iter().filter(|r| r.0).map(|r| r.1).collect();
         let status = engine.status();
+        let loaded = loads.get_sample_count() - loads0;
+        let load_ms = (loads.get_sample_sum() - load_secs0) * 1e3 / loaded.max(1) as f64;
+        let adapter_mib = status
+            .resident
+            .first()
+            .map_or(0.0, |r| r.bytes as f64 / 1048576.0);
         println!(
             "{}",
             serde_json::json!({
@@ -283,10 +291,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "long_ttft_p50_ms": percentile(&mut long_ttft, 0.5) * 1e3,
                 "steps": status.steps, "peak_batch": status.peak_batch,
                 "resident_adapters": status.resident.len(),
-                "adapter_misses_total": tributary_worker::engine::metrics::ADAPTER_MISSES.get(),
+                "adapters_loaded": loaded, "adapter_load_mean_ms": load_ms,
+                "mib_per_resident_adapter": adapter_mib, "rss_mib": rss_mib(),
             })
         );
         drop(engine);
     }
     Ok(())
+}
+
+/// Resident memory of this process (Linux), in MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
