@@ -120,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rank: usize = arg(&args, "rank", 16);
     let long: usize = arg(&args, "long", 0);
     let every: usize = arg(&args, "every", 0);
-    let budget: usize = arg(&args, "max_batch_tokens", 256);
+    let budget: usize = arg(&args, "max_batch_tokens", 128);
     let cache_mib: u64 = arg(&args, "adapter_cache_mib", 1024);
     let bf16 = args.get("dtype").is_some_and(|d| d == "bf16");
 
@@ -153,6 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut config = EngineConfig::new(&model_dir, "bench");
         config.tokenizer_dir = tokenizer.clone();
         config.max_batch_tokens = budget;
+        config.max_batch_seqs = config.max_batch_seqs.min(budget);
         config.adapter_cache_bytes = cache_mib << 20;
         config.dtype = if bf16 {
             WeightDtype::Bf16

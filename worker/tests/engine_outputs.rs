@@ -170,6 +170,7 @@ async fn served_greedy_output_equals_offline_generation_in_a_mixed_batch() {
 async fn chunked_prefill_gives_the_same_output() {
     let mut c = config();
     c.max_batch_tokens = 8;
+    c.max_batch_seqs = 8;
     served_equals_offline(c, 24).await;
 }
 

@@ -71,7 +71,10 @@ pub struct EngineConfig {
     pub kv_cache_bytes: u64,
     /// Positions per KV block.
     pub kv_block_size: usize,
-    /// Most tokens computed per step, prefill chunks and decodes together (at most 256).
+    /// Most tokens computed per step, prefill chunks and decodes together (at most 256, at
+    /// least `max_batch_seqs`). A step's duration, which every decoding sequence waits for
+    /// its next token, grows with it: smaller keeps decodes smooth while prompts are
+    /// prefilled, larger prefills faster (docs/benchmarks.md, "Inference engine").
     pub max_batch_tokens: usize,
     /// Most sequences (choices) in the running batch.
     pub max_batch_seqs: usize,
@@ -97,7 +100,7 @@ impl EngineConfig {
             adapter_cache_bytes: 1 << 30,
             kv_cache_bytes: 512 << 20,
             kv_block_size: 16,
-            max_batch_tokens: 256,
+            max_batch_tokens: 128,
             max_batch_seqs: 64,
             max_in_flight: 256,
             context_window: None,
@@ -448,6 +451,15 @@ fn check_config(c: &EngineConfig) -> Result<(), EngineError> {
             format!(
                 "{} is outside 1..={max_tokens} (the host step's rows)",
                 c.max_batch_tokens
+            ),
+        );
+    }
+    if c.max_batch_seqs > c.max_batch_tokens {
+        return bad(
+            "max_batch_seqs",
+            format!(
+                "{} sequences cannot all decode within max_batch_tokens {}",
+                c.max_batch_seqs, c.max_batch_tokens
             ),
         );
     }

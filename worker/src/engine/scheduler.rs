@@ -7,7 +7,8 @@
 //! sampled) of which `computed` are in the KV cache; a step computes some of the rest for
 //! each scheduled sequence: one token for a decoding sequence, a chunk of the prompt for a
 //! prefilling one (chunked prefill, so a long prompt never stalls the decoding sequences
-//! for more than one step's budget). Running sequences are served first, oldest first; then
+//! for more than one step's budget). Running sequences are served first (decoding ones
+//! before prefilling ones, each in admission order); then
 //! waiting ones are admitted in arrival order while budget, batch slots and blocks remain
 //! (a waiting sequence whose adapter is still loading is passed over, not waited for).
 //!
@@ -183,23 +184,33 @@ impl Scheduler {
     pub fn schedule(&mut self, ready: &dyn Fn(SeqId) -> bool) -> Step {
         let mut step = Step::default();
         let mut budget = self.cfg.token_budget;
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let id = self.running[i];
+        // Decoding sequences first (one token each), then prefilling ones (chunks), each in
+        // admission order: a long prompt never takes the budget a decode needs.
+        let mut order: Vec<SeqId> = self.running.clone();
+        order.sort_by_key(|id| self.seqs.get(id).is_none_or(|s| s.known - s.computed > 1));
+        let mut scheduled: Vec<SeqId> = Vec::new();
+        for id in order {
+            if budget == 0 {
+                break;
+            }
+            if !self.running.contains(&id) {
+                continue; // preempted earlier in this step
+            }
             let Some(s) = self.seqs.get(&id) else {
-                self.running.remove(i);
+                self.running.retain(|&r| r != id);
                 continue;
             };
             let len = (s.known - s.computed).min(budget);
             if len == 0 {
-                i += 1;
                 continue;
             }
             let needed = self.blocks_for(s.computed + len);
-            // Preempt the newest running sequences until this one's blocks fit.
+            // Preempt the newest running sequences not yet in this step until this one's
+            // blocks fit (itself, if it is the newest).
             let mut preempted_self = false;
             while self.blocks_missing(id, needed) > 0 {
-                let Some(&victim) = self.running.last() else {
+                let Some(&victim) = self.running.iter().rev().find(|v| !scheduled.contains(v))
+                else {
                     break;
                 };
                 self.preempt(victim);
@@ -209,12 +220,12 @@ impl Scheduler {
                     break;
                 }
             }
-            if preempted_self {
-                break;
+            if preempted_self || self.blocks_missing(id, needed) > 0 {
+                continue;
             }
             self.grow(id, needed);
             let Some(s) = self.seqs.get_mut(&id) else {
-                break;
+                continue;
             };
             step.chunks.push(Chunk {
                 seq: id,
@@ -224,7 +235,7 @@ impl Scheduler {
             });
             s.computed += len;
             budget -= len;
-            i += 1;
+            scheduled.push(id);
         }
         if !step.preempted.is_empty() {
             return step;

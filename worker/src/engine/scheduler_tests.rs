@@ -241,6 +241,10 @@ fn random_workloads_keep_every_invariant_and_finish() {
             assert_eq!(held.len(), n, "seed {seed}: a block held twice");
             assert_eq!(n, s.used_blocks(), "seed {seed}: blocks accounted");
             for ch in &st.chunks {
+                assert!(
+                    !st.preempted.contains(&ch.seq),
+                    "seed {seed}: a sequence preempted after its chunk was planned"
+                );
                 let q = seqs.get_mut(&ch.seq).expect("known sequence");
                 let known = q.0 + q.2;
                 assert_eq!(
