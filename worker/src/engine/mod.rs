@@ -302,8 +302,8 @@ impl Engine {
         self.send(Command::Pin(digest, false))
     }
 
-    /// Drops a resident adapter that no request uses and that is not pinned (after a
-    /// delete); requests still using it keep it until they finish.
+    /// Unloads a resident adapter (after a delete): at once if no request uses it, else
+    /// as soon as the last one finishes. A pinned adapter stays (unpin it first).
     pub fn evict(&self, digest: Digest) -> Result<(), InferenceError> {
         self.send(Command::Evict(digest))
     }

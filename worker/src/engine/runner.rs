@@ -71,6 +71,8 @@ pub(crate) struct Runner {
     parked: HashMap<Digest, Loaded>,
     /// Pins asked for adapters not resident yet.
     pins: HashSet<Digest>,
+    /// Adapters to drop as soon as no request uses them (deleted while in use).
+    doomed: HashSet<Digest>,
     commands: Receiver<Command>,
     load_tx: SyncSender<Digest>,
     load_backlog: VecDeque<Digest>,
@@ -109,6 +111,7 @@ impl Runner {
             loading: HashSet::new(),
             parked: HashMap::new(),
             pins: HashSet::new(),
+            doomed: HashSet::new(),
             commands,
             load_tx,
             load_backlog: VecDeque::new(),
@@ -196,11 +199,15 @@ impl Runner {
                 } else {
                     self.pins.remove(&d);
                     self.cache.set_pinned(&d, false);
+                    if self.doomed.contains(&d) && self.drop_adapter(d) {
+                        self.doomed.remove(&d);
+                    }
                 }
             }
             Command::Evict(d) => {
-                if self.cache.remove(&d) {
-                    let _ = m::ADAPTER_RESIDENT.remove_label_values(&[&d.to_hex(), &self.worker]);
+                self.parked.remove(&d);
+                if self.cache.contains(&d) && !self.drop_adapter(d) {
+                    self.doomed.insert(d);
                 }
             }
             Command::Shutdown => return false,
@@ -233,6 +240,7 @@ impl Runner {
             ModelChoice::Adapter(d) => {
                 if self.cache.acquire(&d) {
                     m::ADAPTER_HITS.inc();
+                    self.doomed.remove(&d);
                     true
                 } else {
                     m::ADAPTER_MISSES.inc();
@@ -404,7 +412,21 @@ impl Runner {
             && let ModelChoice::Adapter(d) = r.model
         {
             self.cache.release(&d);
+            if self.doomed.contains(&d) && self.drop_adapter(d) {
+                self.doomed.remove(&d);
+            }
         }
+    }
+
+    /// Drops a resident adapter nobody uses and nobody pinned; false otherwise.
+    fn drop_adapter(&mut self, d: Digest) -> bool {
+        let dropped = self.cache.contains(&d) && self.cache.remove(&d);
+        if dropped {
+            let _ = m::ADAPTER_RESIDENT.remove_label_values(&[&d.to_hex(), &self.worker]);
+            m::ADAPTER_CACHE_BYTES.set(self.cache.used().min(i64::MAX as u64) as i64);
+            tracing::info!(adapter = %d, "adapter unloaded");
+        }
+        dropped
     }
 
     /// Drops requests whose stream receiver is gone (the client went away).
