@@ -309,3 +309,40 @@ async fn drain(mut s: tributary_protocol::inference::EventStream) -> usize {
     }
     n
 }
+
+/// A request waiting for its adapter to load is cancelled like a running one: dropping its
+/// stream frees its slot well before the load ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_adapter_can_be_cancelled() {
+    let slow = Arc::new(Slow {
+        inner: AdapterStore::new(),
+        delay: Duration::from_millis(1500),
+    });
+    let a = slow.inner.register_dir(&fixture_adapter()).expect("a");
+    let mut c = config();
+    c.max_in_flight = 1;
+    let e = Engine::start(c, slow).expect("engine");
+    let s = e
+        .submit(request("cmpl-a", ModelChoice::Adapter(a), prompt(), 4))
+        .await
+        .expect("admitted");
+    assert_eq!(e.status().in_flight, 1);
+    let start = Instant::now();
+    drop(s);
+    while e.status().in_flight > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the slot is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "freed before the load ended"
+    );
+    let base = e
+        .submit(request("cmpl-b", ModelChoice::Base, prompt(), 4))
+        .await
+        .expect("the slot is free again");
+    assert_eq!(collect(base).await.completion_tokens, 4);
+}

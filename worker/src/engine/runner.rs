@@ -527,7 +527,21 @@ impl Runner {
                     .ok_or_else(|| ModelError::Input(format!("adapter {d} is not resident")))
             })
             .collect::<Result<_, _>>()?;
-        self.model.forward_paged(&chunks, &adapters, &mut self.kv)
+        // A fault in the model code fails this step's requests, not the engine.
+        let (model, kv) = (&self.model, &mut self.kv);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.forward_paged(&chunks, &adapters, kv)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(ModelError::Input(format!(
+                "the model step panicked: {what}"
+            )))
+        })
     }
 
     fn sample(&mut self, step: &Step, logits: Vec<Vec<f32>>) {
