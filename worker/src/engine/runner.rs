@@ -17,12 +17,15 @@ use tributary_model::tokenizer::Tokenizer;
 use tributary_protocol::ids::Digest;
 use tributary_protocol::inference::{InferenceError, InferenceEvent, ModelChoice};
 
-use super::adapter_cache::{AdapterCache, Inserted};
+use super::adapter_cache::AdapterCache;
 use super::choice::{Choice, ChoiceParams};
 use super::loader::Loaded;
 use super::metrics as m;
 use super::scheduler::{Scheduler, SchedulerConfig, SeqId, Step};
 use super::{EngineConfig, EngineStatus, InFlight};
+
+#[path = "residency.rs"]
+mod residency;
 
 /// What the loop is told.
 pub(crate) enum Command {
@@ -283,113 +286,6 @@ impl Runner {
         );
     }
 
-    fn request_load(&mut self, d: Digest) {
-        if self.cache.contains(&d) || self.loading.contains(&d) || self.parked.contains_key(&d) {
-            return;
-        }
-        self.loading.insert(d);
-        self.load_backlog.push_back(d);
-        self.flush_loads();
-    }
-
-    fn flush_loads(&mut self) {
-        while let Some(d) = self.load_backlog.pop_front() {
-            if let Err(e) = self.load_tx.try_send(d) {
-                if let std::sync::mpsc::TrySendError::Full(d) = e {
-                    self.load_backlog.push_front(d);
-                }
-                return;
-            }
-        }
-    }
-
-    fn loaded(&mut self, d: Digest, result: Result<Loaded, InferenceError>) {
-        self.loading.remove(&d);
-        match result {
-            Ok(l) => {
-                m::ADAPTER_LOAD_SECONDS.observe(l.seconds);
-                tracing::info!(adapter = %d, bytes = l.bytes, seconds = l.seconds, "adapter loaded");
-                self.install(d, l);
-            }
-            Err(e) => {
-                tracing::warn!(adapter = %d, error = %e, "adapter load failed");
-                self.pins.remove(&d);
-                self.fail_waiting_for(d, e);
-            }
-        }
-    }
-
-    /// Makes a loaded adapter resident if there is room, else parks it.
-    fn install(&mut self, d: Digest, l: Loaded) {
-        let bytes = l.bytes;
-        let (outcome, back) = self.cache.insert(d, Arc::clone(&l.adapter), bytes);
-        match outcome {
-            Inserted::Resident { evicted } => {
-                for e in evicted {
-                    m::ADAPTER_EVICTIONS.inc();
-                    let _ = m::ADAPTER_RESIDENT.remove_label_values(&[&e.to_hex(), &self.worker]);
-                    tracing::info!(adapter = %e, "adapter evicted");
-                }
-                m::ADAPTER_RESIDENT
-                    .with_label_values(&[&d.to_hex(), &self.worker])
-                    .set(1);
-                if self.pins.remove(&d) {
-                    self.cache.set_pinned(&d, true);
-                }
-                for r in self.requests.values_mut() {
-                    if !r.ready && r.model == ModelChoice::Adapter(d) && self.cache.acquire(&d) {
-                        r.ready = true;
-                    }
-                }
-            }
-            Inserted::NoRoomNow => {
-                drop(back);
-                self.parked.insert(d, l);
-            }
-            Inserted::TooLarge { bytes, room } => {
-                drop(back);
-                self.pins.remove(&d);
-                self.fail_waiting_for(
-                    d,
-                    InferenceError::Unavailable(format!(
-                        "adapter {d} takes {bytes} bytes; the adapter cache has {room} bytes besides pinned adapters"
-                    )),
-                );
-            }
-        }
-        m::ADAPTER_CACHE_BYTES.set(self.cache.used().min(i64::MAX as u64) as i64);
-    }
-
-    fn retry_parked(&mut self) {
-        if self.parked.is_empty() {
-            return;
-        }
-        let parked: Vec<Digest> = self.parked.keys().copied().collect();
-        for d in parked {
-            if let Some(l) = self.parked.remove(&d) {
-                let waiting = self
-                    .requests
-                    .values()
-                    .any(|r| !r.ready && r.model == ModelChoice::Adapter(d));
-                if waiting || self.pins.contains(&d) {
-                    self.install(d, l);
-                }
-            }
-        }
-    }
-
-    fn fail_waiting_for(&mut self, d: Digest, e: InferenceError) {
-        let keys: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| !r.ready && r.model == ModelChoice::Adapter(d))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            self.fail(k, e.clone());
-        }
-    }
-
     /// Ends a request with `Failed`.
     fn fail(&mut self, key: u64, e: InferenceError) {
         if let Some(r) = self.requests.get(&key) {
@@ -416,17 +312,6 @@ impl Runner {
                 self.doomed.remove(&d);
             }
         }
-    }
-
-    /// Drops a resident adapter nobody uses and nobody pinned; false otherwise.
-    fn drop_adapter(&mut self, d: Digest) -> bool {
-        let dropped = self.cache.contains(&d) && self.cache.remove(&d);
-        if dropped {
-            let _ = m::ADAPTER_RESIDENT.remove_label_values(&[&d.to_hex(), &self.worker]);
-            m::ADAPTER_CACHE_BYTES.set(self.cache.used().min(i64::MAX as u64) as i64);
-            tracing::info!(adapter = %d, "adapter unloaded");
-        }
-        dropped
     }
 
     /// Drops requests whose stream receiver is gone (the client went away).
