@@ -114,3 +114,12 @@ pub static STEP_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     ))
     .unwrap_or_else(|_| unreachable_metric()))
 });
+
+/// Prompt tokens whose keys and values came from the prefix cache.
+pub static PREFIX_HIT_TOKENS: LazyLock<IntCounter> = LazyLock::new(|| {
+    reg(IntCounter::new(
+        "tributary_prefix_cache_hit_tokens_total",
+        "Prompt tokens whose keys and values were shared from the prefix cache",
+    )
+    .unwrap_or_else(|_| unreachable_metric()))
+});

@@ -85,6 +85,9 @@ pub struct EngineConfig {
     pub context_window: Option<u32>,
     /// This worker's name in `tributary_adapter_resident{worker}`.
     pub worker_name: String,
+    /// Share the keys and values of equal prompt prefixes (whole KV blocks, same adapter)
+    /// between requests instead of computing them again.
+    pub prefix_caching: bool,
 }
 
 impl EngineConfig {
@@ -105,6 +108,7 @@ impl EngineConfig {
             max_in_flight: 256,
             context_window: None,
             worker_name: "local".to_owned(),
+            prefix_caching: true,
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct EngineStatus {
     pub steps: u64,
     /// Most sequences computed in one step since the start.
     pub peak_batch: usize,
+    /// Prompt tokens found in the prefix cache instead of computed, since the start.
+    pub prefix_hit_tokens: u64,
 }
 
 /// Decrements the in-flight count when a request is done (however it ends).

@@ -21,7 +21,7 @@ use super::adapter_cache::AdapterCache;
 use super::choice::{Choice, ChoiceParams};
 use super::loader::Loaded;
 use super::metrics as m;
-use super::scheduler::{Scheduler, SchedulerConfig, SeqId, Step};
+use super::scheduler::{Scheduler, SchedulerConfig, SeqId, Step, block_hashes};
 use super::{EngineConfig, EngineStatus, InFlight};
 
 #[path = "residency.rs"]
@@ -83,6 +83,9 @@ pub(crate) struct Runner {
     worker: String,
     steps: u64,
     peak_batch: usize,
+    prefix_caching: bool,
+    /// Prefix-cache hits already counted in the metric.
+    hits_counted: u64,
 }
 
 impl Runner {
@@ -122,6 +125,8 @@ impl Runner {
             worker: config.worker_name.clone(),
             steps: 0,
             peak_batch: 0,
+            prefix_caching: config.prefix_caching,
+            hits_counted: 0,
         })
     }
 
@@ -253,8 +258,21 @@ impl Runner {
             }
         };
         let limit = s.prompt.len() + s.params.max_tokens;
+        // The keys and values of a prompt depend on its tokens and the adapter.
+        let hashes = if self.prefix_caching {
+            let salt = match s.model {
+                ModelChoice::Base => [0u8; 32],
+                ModelChoice::Adapter(d) => d.0,
+            };
+            block_hashes(&salt, &s.prompt, self.sched.config().block_size)
+        } else {
+            Vec::new()
+        };
         for (i, c) in choices.iter().enumerate() {
-            if let Err(e) = self.sched.add(c.seq, s.prompt.len(), limit) {
+            let added = self
+                .sched
+                .add_with_prefix(c.seq, s.prompt.len(), limit, hashes.clone());
+            if let Err(e) = added {
                 for done in &choices[..i] {
                     self.sched.remove(done.seq);
                 }
@@ -356,6 +374,8 @@ impl Runner {
             }
             Err(e) => {
                 tracing::error!(error = %e, "engine step failed");
+                // Blocks this step should have filled may hold anything.
+                self.sched.forget_prefixes();
                 let keys: HashSet<u64> = step
                     .chunks
                     .iter()
@@ -482,7 +502,10 @@ impl Runner {
     }
 
     /// Publishes the status and gauges.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        let hits = self.sched.prefix_hit_tokens();
+        m::PREFIX_HIT_TOKENS.inc_by(hits - self.hits_counted);
+        self.hits_counted = hits;
         let used = self.sched.used_blocks();
         let blocks = self.sched.config().blocks;
         m::KV_CACHE_USAGE.set(used as f64 / blocks.max(1) as f64);
@@ -496,6 +519,7 @@ impl Runner {
             s.kv_blocks = blocks;
             s.steps = self.steps;
             s.peak_batch = self.peak_batch;
+            s.prefix_hit_tokens = hits;
         }
     }
 }
