@@ -13,7 +13,9 @@
 //! rank-16 adapters on disk, so a thousand adapters do not need a thousand files. With
 //! `long=N every=K`, every K-th request has an N-token prompt instead: the decode gaps of
 //! the other requests then show what prefilling it costs them (`max_batch_tokens=` sets
-//! the step budget, i.e. the prefill chunk). One JSON line per setting goes to stdout.
+//! the step budget, i.e. the prefill chunk). With `shared_prefix=N`, every prompt starts
+//! with the same N words (a system prompt); `prefix_caching=0` turns the reuse of its keys
+//! and values off. One JSON line per setting goes to stdout.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -123,6 +125,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let budget: usize = arg(&args, "max_batch_tokens", 128);
     let cache_mib: u64 = arg(&args, "adapter_cache_mib", 1024);
     let bf16 = args.get("dtype").is_some_and(|d| d == "bf16");
+    // Words every prompt starts with (a shared system prompt), and whether the engine may
+    // reuse their keys and values.
+    let shared: usize = arg(&args, "shared_prefix", 0);
+    let prefix_caching = arg::<u8>(&args, "prefix_caching", 1) == 1;
 
     let device = tributary_model::device::default_device();
     let base = CausalLm::load(&model_dir, &device)?;
@@ -155,6 +161,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.max_batch_tokens = budget;
         config.max_batch_seqs = config.max_batch_seqs.min(budget);
         config.adapter_cache_bytes = cache_mib << 20;
+        config.prefix_caching = prefix_caching;
         config.dtype = if bf16 {
             WeightDtype::Bf16
         } else {
@@ -178,7 +185,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     prompt_words
                 };
-                (adapter, prompt_text(words, i))
+                let text = match shared {
+                    0 => prompt_text(words, i),
+                    n => format!(
+                        "{} request {i}: {}",
+                        prompt_text(n, 0),
+                        prompt_text(words, i)
+                    ),
+                };
+                (adapter, text)
             })
             .collect();
         let plan = Arc::new(std::sync::Mutex::new(plan.into_iter().enumerate()));
@@ -291,6 +306,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "gap_max_ms": percentile(&mut gaps, 1.0) * 1e3,
                 "long_ttft_p50_ms": percentile(&mut long_ttft, 0.5) * 1e3,
                 "steps": status.steps, "peak_batch": status.peak_batch,
+                "shared_prefix_words": shared, "prefix_caching": prefix_caching,
+                "prefix_hit_tokens": status.prefix_hit_tokens,
                 "resident_adapters": status.resident.len(),
                 "adapters_loaded": loaded, "adapter_load_mean_ms": load_ms,
                 "mib_per_resident_adapter": adapter_mib, "rss_mib": rss_mib(),
