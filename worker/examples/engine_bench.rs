@@ -13,7 +13,9 @@
 //! rank-16 adapters on disk, so a thousand adapters do not need a thousand files. With
 //! `long=N every=K`, every K-th request has an N-token prompt instead: the decode gaps of
 //! the other requests then show what prefilling it costs them (`max_batch_tokens=` sets
-//! the step budget, i.e. the prefill chunk). One JSON line per setting goes to stdout.
+//! the step budget, i.e. the prefill chunk). With `shared_prefix=N`, every prompt starts
+//! with the same N words (a system prompt); `prefix_caching=0` turns the reuse of its keys
+//! and values off. One JSON line per setting goes to stdout.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -120,9 +122,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rank: usize = arg(&args, "rank", 16);
     let long: usize = arg(&args, "long", 0);
     let every: usize = arg(&args, "every", 0);
-    let budget: usize = arg(&args, "max_batch_tokens", 256);
+    let budget: usize = arg(&args, "max_batch_tokens", 128);
     let cache_mib: u64 = arg(&args, "adapter_cache_mib", 1024);
     let bf16 = args.get("dtype").is_some_and(|d| d == "bf16");
+    // Words every prompt starts with (a shared system prompt), and whether the engine may
+    // reuse their keys and values.
+    let shared: usize = arg(&args, "shared_prefix", 0);
+    let prefix_caching = arg::<u8>(&args, "prefix_caching", 1) == 1;
 
     let device = tributary_model::device::default_device();
     let base = CausalLm::load(&model_dir, &device)?;
@@ -153,13 +159,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut config = EngineConfig::new(&model_dir, "bench");
         config.tokenizer_dir = tokenizer.clone();
         config.max_batch_tokens = budget;
+        config.max_batch_seqs = config.max_batch_seqs.min(budget);
         config.adapter_cache_bytes = cache_mib << 20;
+        config.prefix_caching = prefix_caching;
         config.dtype = if bf16 {
             WeightDtype::Bf16
         } else {
             WeightDtype::F32Packed
         };
         let engine = Arc::new(Engine::start(config, Arc::new(source))?);
+        let loads = &tributary_worker::engine::metrics::ADAPTER_LOAD_SECONDS;
+        let (loads0, load_secs0) = (loads.get_sample_count(), loads.get_sample_sum());
         let cdf: Vec<f64> = (0..n_adapters.max(1))
             .scan(0.0, |acc, i| {
                 *acc += 1.0 / ((i + 1) as f64).powf(alpha);
@@ -175,7 +185,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     prompt_words
                 };
-                (adapter, prompt_text(words, i))
+                let text = match shared {
+                    0 => prompt_text(words, i),
+                    n => format!(
+                        "{} request {i}: {}",
+                        prompt_text(n, 0),
+                        prompt_text(words, i)
+                    ),
+                };
+                (adapter, text)
             })
             .collect();
         let plan = Arc::new(std::sync::Mutex::new(plan.into_iter().enumerate()));
@@ -203,7 +221,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             seed: Some(0),
                             stop: Vec::new(),
                             n: 1,
-                            logprobs: None,
+                            // Every token then has an event, even one whose text
+                            // is empty (the random model's ids beyond the tokenizer's).
+                            logprobs: Some(0),
                         },
                         identity: None,
                     };
@@ -217,15 +237,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                     };
                     let (mut ttft, mut last, mut gaps, mut tokens) = (0.0, sent, Vec::new(), 0);
+                    let mut tokens_seen = 0usize;
                     while let Some(ev) = stream.recv().await {
                         match ev {
-                            InferenceEvent::Text { .. } => {
+                            InferenceEvent::Started { .. } => {
+                                ttft = sent.elapsed().as_secs_f64();
+                                last = Instant::now();
+                            }
+                            InferenceEvent::Text { logprobs, .. } => {
+                                // The first token's event comes with Started.
                                 let now = Instant::now();
-                                if ttft == 0.0 {
-                                    ttft = (now - sent).as_secs_f64();
-                                } else {
-                                    gaps.push((now - last).as_secs_f64());
+                                let n = logprobs.len().max(1);
+                                if now > last && tokens_seen > 0 {
+                                    gaps.push((now - last).as_secs_f64() / n as f64);
                                 }
+                                tokens_seen += n;
                                 last = now;
                             }
                             InferenceEvent::Finished {
@@ -238,7 +264,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 eprintln!("failed: {e}");
                                 break;
                             }
-                            InferenceEvent::Started { .. } => {}
                         }
                     }
                     out.push((is_long, ttft, gaps, tokens));
@@ -260,6 +285,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         let mut long_ttft: Vec<f64> = results.iter().filter(|r| r.0).map(|r| r.1).collect();
         let status = engine.status();
+        let loaded = loads.get_sample_count() - loads0;
+        let load_ms = (loads.get_sample_sum() - load_secs0) * 1e3 / loaded.max(1) as f64;
+        let adapter_mib = status
+            .resident
+            .first()
+            .map_or(0.0, |r| r.bytes as f64 / 1048576.0);
         println!(
             "{}",
             serde_json::json!({
@@ -275,11 +306,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "gap_max_ms": percentile(&mut gaps, 1.0) * 1e3,
                 "long_ttft_p50_ms": percentile(&mut long_ttft, 0.5) * 1e3,
                 "steps": status.steps, "peak_batch": status.peak_batch,
+                "shared_prefix_words": shared, "prefix_caching": prefix_caching,
+                "prefix_hit_tokens": status.prefix_hit_tokens,
                 "resident_adapters": status.resident.len(),
-                "adapter_misses_total": tributary_worker::engine::metrics::ADAPTER_MISSES.get(),
+                "adapters_loaded": loaded, "adapter_load_mean_ms": load_ms,
+                "mib_per_resident_adapter": adapter_mib, "rss_mib": rss_mib(),
             })
         );
         drop(engine);
     }
     Ok(())
+}
+
+/// Resident memory of this process (Linux), in MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

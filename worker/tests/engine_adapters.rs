@@ -12,7 +12,9 @@ use engine_common::*;
 use tributary_ledger::adapters::{AdapterFile, AdapterRegistry, Provenance};
 use tributary_ledger::store::Store;
 use tributary_protocol::ids::Digest;
-use tributary_protocol::inference::{InferenceError, InferenceService, ModelChoice, Prompt};
+use tributary_protocol::inference::{
+    InferenceError, InferenceEvent, InferenceService, ModelChoice, Prompt,
+};
 use tributary_worker::engine::{
     AdapterFiles, AdapterSource, AdapterStore, Engine, EngineError, metrics,
 };
@@ -243,4 +245,104 @@ fn reference_lora_text(tok: &tributary_model::tokenizer::Tokenizer) -> String {
         .collect();
     assert_eq!(ids.len(), 16);
     tok.decode(&ids, true).expect("decode")
+}
+
+/// Unloading (after a delete) waits for the requests using the adapter, then frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unloaded_adapter_leaves_once_its_requests_finish() {
+    let store = Arc::new(AdapterStore::new());
+    let a = store.register_dir(&fixture_adapter()).expect("a");
+    let e = Engine::start(config(), store).expect("engine");
+    // Enough work to outlast the checks below: 8 requests × 4 sampled choices × 200 tokens.
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let mut r = request(&format!("cmpl-{i}"), ModelChoice::Adapter(a), prompt(), 200);
+        r.params.n = 4;
+        r.params.temperature = 1.0;
+        r.params.seed = Some(i);
+        streams.push(e.submit(r).await.expect("admitted"));
+    }
+    // Streaming: the adapter is resident and in use.
+    loop {
+        if let Some(InferenceEvent::Text { .. }) = streams[0].recv().await {
+            break;
+        }
+    }
+    e.evict(a).expect("evict");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(resident(&e), vec![a], "still in use");
+    for s in streams {
+        assert!(drain(s).await > 0);
+    }
+    let start = Instant::now();
+    while !resident(&e).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "not unloaded after its requests"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Idle: unloaded at once. (Loaded again on the next request.)
+    let b = e
+        .submit(request("cmpl-b", ModelChoice::Adapter(a), prompt(), 4))
+        .await
+        .expect("b");
+    collect(b).await;
+    assert_eq!(resident(&e), vec![a]);
+    e.evict(a).expect("evict");
+    let start = Instant::now();
+    while !resident(&e).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "idle adapter not unloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Reads a stream to its end; the number of events read.
+async fn drain(mut s: tributary_protocol::inference::EventStream) -> usize {
+    let mut n = 0;
+    while let Some(ev) = s.recv().await {
+        n += 1;
+        assert!(!matches!(ev, InferenceEvent::Failed(_)), "{ev:?}");
+    }
+    n
+}
+
+/// A request waiting for its adapter to load is cancelled like a running one: dropping its
+/// stream frees its slot well before the load ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_adapter_can_be_cancelled() {
+    let slow = Arc::new(Slow {
+        inner: AdapterStore::new(),
+        delay: Duration::from_millis(1500),
+    });
+    let a = slow.inner.register_dir(&fixture_adapter()).expect("a");
+    let mut c = config();
+    c.max_in_flight = 1;
+    let e = Engine::start(c, slow).expect("engine");
+    let s = e
+        .submit(request("cmpl-a", ModelChoice::Adapter(a), prompt(), 4))
+        .await
+        .expect("admitted");
+    assert_eq!(e.status().in_flight, 1);
+    let start = Instant::now();
+    drop(s);
+    while e.status().in_flight > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the slot is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "freed before the load ended"
+    );
+    let base = e
+        .submit(request("cmpl-b", ModelChoice::Base, prompt(), 4))
+        .await
+        .expect("the slot is free again");
+    assert_eq!(collect(base).await.completion_tokens, 4);
 }

@@ -170,6 +170,7 @@ async fn served_greedy_output_equals_offline_generation_in_a_mixed_batch() {
 async fn chunked_prefill_gives_the_same_output() {
     let mut c = config();
     c.max_batch_tokens = 8;
+    c.max_batch_seqs = 8;
     served_equals_offline(c, 24).await;
 }
 
@@ -313,4 +314,109 @@ async fn seeded_sampling_equals_offline_sampling() {
         "the seeds drew different text"
     );
     collect(other).await;
+}
+
+/// With `logprobs`, every generated token has one entry (the greedy token is the most
+/// likely one), in the `Text` events that stream its text or right after it when it adds
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_cover_every_token_and_rank_the_greedy_one_first() {
+    let engine = Engine::start(config(), Arc::new(AdapterStore::new())).expect("engine");
+    let mut r = request(
+        "cmpl-lp",
+        ModelChoice::Base,
+        Prompt::Text("The clinic records".into()),
+        24,
+    );
+    r.params.logprobs = Some(3);
+    let mut s = engine.submit(r).await.expect("admitted");
+    let mut entries = Vec::new();
+    let completion = loop {
+        match s.recv().await.expect("event") {
+            InferenceEvent::Text { logprobs, .. } => entries.extend(logprobs),
+            InferenceEvent::Finished {
+                completion_tokens, ..
+            } => break completion_tokens,
+            InferenceEvent::Failed(e) => panic!("{e}"),
+            InferenceEvent::Started { .. } => {}
+        }
+    };
+    assert_eq!(entries.len(), completion as usize, "one entry per token");
+    for e in &entries {
+        assert_eq!(e.top.len(), 3);
+        assert!(
+            e.top.windows(2).all(|w| w[0].1 >= w[1].1),
+            "most likely first"
+        );
+        assert!(
+            (e.logprob - e.top[0].1).abs() < 1e-6,
+            "greedy takes the top token"
+        );
+        assert!(e.logprob <= 0.0);
+    }
+}
+
+/// Requests with the same prompt and adapter share the prompt's cached KV blocks (prefix
+/// caching), and their output is still that of offline generation; another adapter's
+/// blocks are never shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_prompt_prefixes_are_reused_with_the_same_output() {
+    let (model, tok) = offline_model();
+    let store = Arc::new(AdapterStore::new());
+    let a = store.register_dir(&fixture_adapter()).expect("a");
+    let mut c = config();
+    c.kv_block_size = 4;
+    let engine = Engine::start(c, store).expect("engine");
+    let prompt = prompts()[3].clone();
+    let ids = prompt_ids(&tok, &prompt);
+    assert!(ids.len() > 12, "a prompt of several blocks");
+    let expected_a = offline(&model, &tok, Some(&fixture_adapter()), &ids, 16);
+    let expected_base = offline(&model, &tok, None, &ids, 16);
+    // One first (fills the cache), then several at once, with both models.
+    let first = engine
+        .submit(request(
+            "cmpl-0",
+            ModelChoice::Adapter(a),
+            prompt.clone(),
+            16,
+        ))
+        .await
+        .expect("admitted");
+    let got = collect(first).await;
+    assert_eq!(got.text, expected_a.0);
+    assert_eq!(engine.status().prefix_hit_tokens, 0);
+    let mut streams = Vec::new();
+    for i in 1..5 {
+        let model = if i % 2 == 0 {
+            ModelChoice::Base
+        } else {
+            ModelChoice::Adapter(a)
+        };
+        let s = engine
+            .submit(request(&format!("cmpl-{i}"), model, prompt.clone(), 16))
+            .await
+            .expect("admitted");
+        streams.push((model, s));
+    }
+    for (model, s) in streams {
+        let got = collect(s).await;
+        let want = if model == ModelChoice::Base {
+            &expected_base
+        } else {
+            &expected_a
+        };
+        assert_eq!(
+            (got.text.as_str(), got.completion_tokens as usize),
+            (want.0.as_str(), want.1),
+            "{model:?}"
+        );
+    }
+    let hits = engine.status().prefix_hit_tokens;
+    let whole_blocks = ((ids.len() - 1) / 4 * 4) as u64;
+    // The two adapter requests hit the first one's blocks; of the two base requests, the
+    // second may hit the first's (admitted in the same step or after).
+    assert!(
+        hits >= 2 * whole_blocks,
+        "{hits} tokens shared, {whole_blocks} per request"
+    );
 }

@@ -134,7 +134,10 @@ impl Choice {
                 logprobs: std::mem::take(&mut self.pending_logprobs),
             });
             self.emitted = safe;
-        } else if reason.is_some() && !self.pending_logprobs.is_empty() {
+        } else if !self.pending_logprobs.is_empty()
+            && (reason.is_some() || (safe == self.text.len() && self.emitted == safe))
+        {
+            // Tokens that add no text (nothing is held back): their logprobs go out now.
             text = Some(InferenceEvent::Text {
                 choice: self.index,
                 text: String::new(),

@@ -103,3 +103,23 @@ pub static PREEMPTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap_or_else(|_| unreachable_metric()))
 });
+
+/// Duration of each engine step (one forward pass over the batch, sampling included): a
+/// decoding sequence waits this long for its next token.
+pub static STEP_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    reg(Histogram::with_opts(histogram_opts!(
+        "tributary_engine_step_seconds",
+        "Duration of each engine step (batched forward pass and sampling)",
+        prometheus::exponential_buckets(0.0005, 1.5, 24).unwrap_or_default()
+    ))
+    .unwrap_or_else(|_| unreachable_metric()))
+});
+
+/// Prompt tokens whose keys and values came from the prefix cache.
+pub static PREFIX_HIT_TOKENS: LazyLock<IntCounter> = LazyLock::new(|| {
+    reg(IntCounter::new(
+        "tributary_prefix_cache_hit_tokens_total",
+        "Prompt tokens whose keys and values were shared from the prefix cache",
+    )
+    .unwrap_or_else(|_| unreachable_metric()))
+});

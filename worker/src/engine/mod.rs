@@ -71,7 +71,10 @@ pub struct EngineConfig {
     pub kv_cache_bytes: u64,
     /// Positions per KV block.
     pub kv_block_size: usize,
-    /// Most tokens computed per step, prefill chunks and decodes together (at most 256).
+    /// Most tokens computed per step, prefill chunks and decodes together (at most 256, at
+    /// least `max_batch_seqs`). A step's duration, which every decoding sequence waits for
+    /// its next token, grows with it: smaller keeps decodes smooth while prompts are
+    /// prefilled, larger prefills faster (docs/benchmarks.md, "Inference engine").
     pub max_batch_tokens: usize,
     /// Most sequences (choices) in the running batch.
     pub max_batch_seqs: usize,
@@ -82,6 +85,9 @@ pub struct EngineConfig {
     pub context_window: Option<u32>,
     /// This worker's name in `tributary_adapter_resident{worker}`.
     pub worker_name: String,
+    /// Share the keys and values of equal prompt prefixes (whole KV blocks, same adapter)
+    /// between requests instead of computing them again.
+    pub prefix_caching: bool,
 }
 
 impl EngineConfig {
@@ -97,11 +103,12 @@ impl EngineConfig {
             adapter_cache_bytes: 1 << 30,
             kv_cache_bytes: 512 << 20,
             kv_block_size: 16,
-            max_batch_tokens: 256,
+            max_batch_tokens: 128,
             max_batch_seqs: 64,
             max_in_flight: 256,
             context_window: None,
             worker_name: "local".to_owned(),
+            prefix_caching: true,
         }
     }
 }
@@ -140,6 +147,8 @@ pub struct EngineStatus {
     pub steps: u64,
     /// Most sequences computed in one step since the start.
     pub peak_batch: usize,
+    /// Prompt tokens found in the prefix cache instead of computed, since the start.
+    pub prefix_hit_tokens: u64,
 }
 
 /// Decrements the in-flight count when a request is done (however it ends).
@@ -299,8 +308,8 @@ impl Engine {
         self.send(Command::Pin(digest, false))
     }
 
-    /// Drops a resident adapter that no request uses and that is not pinned (after a
-    /// delete); requests still using it keep it until they finish.
+    /// Unloads a resident adapter (after a delete): at once if no request uses it, else
+    /// as soon as the last one finishes. A pinned adapter stays (unpin it first).
     pub fn evict(&self, digest: Digest) -> Result<(), InferenceError> {
         self.send(Command::Evict(digest))
     }
@@ -448,6 +457,15 @@ fn check_config(c: &EngineConfig) -> Result<(), EngineError> {
             format!(
                 "{} is outside 1..={max_tokens} (the host step's rows)",
                 c.max_batch_tokens
+            ),
+        );
+    }
+    if c.max_batch_seqs > c.max_batch_tokens {
+        return bad(
+            "max_batch_seqs",
+            format!(
+                "{} sequences cannot all decode within max_batch_tokens {}",
+                c.max_batch_seqs, c.max_batch_tokens
             ),
         );
     }

@@ -17,12 +17,15 @@ use tributary_model::tokenizer::Tokenizer;
 use tributary_protocol::ids::Digest;
 use tributary_protocol::inference::{InferenceError, InferenceEvent, ModelChoice};
 
-use super::adapter_cache::{AdapterCache, Inserted};
+use super::adapter_cache::AdapterCache;
 use super::choice::{Choice, ChoiceParams};
 use super::loader::Loaded;
 use super::metrics as m;
-use super::scheduler::{Scheduler, SchedulerConfig, SeqId, Step};
+use super::scheduler::{Scheduler, SchedulerConfig, SeqId, Step, block_hashes};
 use super::{EngineConfig, EngineStatus, InFlight};
+
+#[path = "residency.rs"]
+mod residency;
 
 /// What the loop is told.
 pub(crate) enum Command {
@@ -71,6 +74,8 @@ pub(crate) struct Runner {
     parked: HashMap<Digest, Loaded>,
     /// Pins asked for adapters not resident yet.
     pins: HashSet<Digest>,
+    /// Adapters to drop as soon as no request uses them (deleted while in use).
+    doomed: HashSet<Digest>,
     commands: Receiver<Command>,
     load_tx: SyncSender<Digest>,
     load_backlog: VecDeque<Digest>,
@@ -78,6 +83,9 @@ pub(crate) struct Runner {
     worker: String,
     steps: u64,
     peak_batch: usize,
+    prefix_caching: bool,
+    /// Prefix-cache hits already counted in the metric.
+    hits_counted: u64,
 }
 
 impl Runner {
@@ -109,6 +117,7 @@ impl Runner {
             loading: HashSet::new(),
             parked: HashMap::new(),
             pins: HashSet::new(),
+            doomed: HashSet::new(),
             commands,
             load_tx,
             load_backlog: VecDeque::new(),
@@ -116,6 +125,8 @@ impl Runner {
             worker: config.worker_name.clone(),
             steps: 0,
             peak_batch: 0,
+            prefix_caching: config.prefix_caching,
+            hits_counted: 0,
         })
     }
 
@@ -196,11 +207,15 @@ impl Runner {
                 } else {
                     self.pins.remove(&d);
                     self.cache.set_pinned(&d, false);
+                    if self.doomed.contains(&d) && self.drop_adapter(d) {
+                        self.doomed.remove(&d);
+                    }
                 }
             }
             Command::Evict(d) => {
-                if self.cache.remove(&d) {
-                    let _ = m::ADAPTER_RESIDENT.remove_label_values(&[&d.to_hex(), &self.worker]);
+                self.parked.remove(&d);
+                if self.cache.contains(&d) && !self.drop_adapter(d) {
+                    self.doomed.insert(d);
                 }
             }
             Command::Shutdown => return false,
@@ -233,6 +248,7 @@ impl Runner {
             ModelChoice::Adapter(d) => {
                 if self.cache.acquire(&d) {
                     m::ADAPTER_HITS.inc();
+                    self.doomed.remove(&d);
                     true
                 } else {
                     m::ADAPTER_MISSES.inc();
@@ -242,8 +258,21 @@ impl Runner {
             }
         };
         let limit = s.prompt.len() + s.params.max_tokens;
+        // The keys and values of a prompt depend on its tokens and the adapter.
+        let hashes = if self.prefix_caching {
+            let salt = match s.model {
+                ModelChoice::Base => [0u8; 32],
+                ModelChoice::Adapter(d) => d.0,
+            };
+            block_hashes(&salt, &s.prompt, self.sched.config().block_size)
+        } else {
+            Vec::new()
+        };
         for (i, c) in choices.iter().enumerate() {
-            if let Err(e) = self.sched.add(c.seq, s.prompt.len(), limit) {
+            let added = self
+                .sched
+                .add_with_prefix(c.seq, s.prompt.len(), limit, hashes.clone());
+            if let Err(e) = added {
                 for done in &choices[..i] {
                     self.sched.remove(done.seq);
                 }
@@ -275,113 +304,6 @@ impl Runner {
         );
     }
 
-    fn request_load(&mut self, d: Digest) {
-        if self.cache.contains(&d) || self.loading.contains(&d) || self.parked.contains_key(&d) {
-            return;
-        }
-        self.loading.insert(d);
-        self.load_backlog.push_back(d);
-        self.flush_loads();
-    }
-
-    fn flush_loads(&mut self) {
-        while let Some(d) = self.load_backlog.pop_front() {
-            if let Err(e) = self.load_tx.try_send(d) {
-                if let std::sync::mpsc::TrySendError::Full(d) = e {
-                    self.load_backlog.push_front(d);
-                }
-                return;
-            }
-        }
-    }
-
-    fn loaded(&mut self, d: Digest, result: Result<Loaded, InferenceError>) {
-        self.loading.remove(&d);
-        match result {
-            Ok(l) => {
-                m::ADAPTER_LOAD_SECONDS.observe(l.seconds);
-                tracing::info!(adapter = %d, bytes = l.bytes, seconds = l.seconds, "adapter loaded");
-                self.install(d, l);
-            }
-            Err(e) => {
-                tracing::warn!(adapter = %d, error = %e, "adapter load failed");
-                self.pins.remove(&d);
-                self.fail_waiting_for(d, e);
-            }
-        }
-    }
-
-    /// Makes a loaded adapter resident if there is room, else parks it.
-    fn install(&mut self, d: Digest, l: Loaded) {
-        let bytes = l.bytes;
-        let (outcome, back) = self.cache.insert(d, Arc::clone(&l.adapter), bytes);
-        match outcome {
-            Inserted::Resident { evicted } => {
-                for e in evicted {
-                    m::ADAPTER_EVICTIONS.inc();
-                    let _ = m::ADAPTER_RESIDENT.remove_label_values(&[&e.to_hex(), &self.worker]);
-                    tracing::info!(adapter = %e, "adapter evicted");
-                }
-                m::ADAPTER_RESIDENT
-                    .with_label_values(&[&d.to_hex(), &self.worker])
-                    .set(1);
-                if self.pins.remove(&d) {
-                    self.cache.set_pinned(&d, true);
-                }
-                for r in self.requests.values_mut() {
-                    if !r.ready && r.model == ModelChoice::Adapter(d) && self.cache.acquire(&d) {
-                        r.ready = true;
-                    }
-                }
-            }
-            Inserted::NoRoomNow => {
-                drop(back);
-                self.parked.insert(d, l);
-            }
-            Inserted::TooLarge { bytes, room } => {
-                drop(back);
-                self.pins.remove(&d);
-                self.fail_waiting_for(
-                    d,
-                    InferenceError::Unavailable(format!(
-                        "adapter {d} takes {bytes} bytes; the adapter cache has {room} bytes besides pinned adapters"
-                    )),
-                );
-            }
-        }
-        m::ADAPTER_CACHE_BYTES.set(self.cache.used().min(i64::MAX as u64) as i64);
-    }
-
-    fn retry_parked(&mut self) {
-        if self.parked.is_empty() {
-            return;
-        }
-        let parked: Vec<Digest> = self.parked.keys().copied().collect();
-        for d in parked {
-            if let Some(l) = self.parked.remove(&d) {
-                let waiting = self
-                    .requests
-                    .values()
-                    .any(|r| !r.ready && r.model == ModelChoice::Adapter(d));
-                if waiting || self.pins.contains(&d) {
-                    self.install(d, l);
-                }
-            }
-        }
-    }
-
-    fn fail_waiting_for(&mut self, d: Digest, e: InferenceError) {
-        let keys: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| !r.ready && r.model == ModelChoice::Adapter(d))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            self.fail(k, e.clone());
-        }
-    }
-
     /// Ends a request with `Failed`.
     fn fail(&mut self, key: u64, e: InferenceError) {
         if let Some(r) = self.requests.get(&key) {
@@ -404,6 +326,9 @@ impl Runner {
             && let ModelChoice::Adapter(d) = r.model
         {
             self.cache.release(&d);
+            if self.doomed.contains(&d) && self.drop_adapter(d) {
+                self.doomed.remove(&d);
+            }
         }
     }
 
@@ -441,10 +366,16 @@ impl Runner {
         }
         self.steps += 1;
         self.peak_batch = self.peak_batch.max(step.chunks.len());
+        let started = std::time::Instant::now();
         match self.forward(&step) {
-            Ok(logits) => self.sample(&step, logits),
+            Ok(logits) => {
+                self.sample(&step, logits);
+                m::STEP_SECONDS.observe(started.elapsed().as_secs_f64());
+            }
             Err(e) => {
                 tracing::error!(error = %e, "engine step failed");
+                // Blocks this step should have filled may hold anything.
+                self.sched.forget_prefixes();
                 let keys: HashSet<u64> = step
                     .chunks
                     .iter()
@@ -501,7 +432,21 @@ impl Runner {
                     .ok_or_else(|| ModelError::Input(format!("adapter {d} is not resident")))
             })
             .collect::<Result<_, _>>()?;
-        self.model.forward_paged(&chunks, &adapters, &mut self.kv)
+        // A fault in the model code fails this step's requests, not the engine.
+        let (model, kv) = (&self.model, &mut self.kv);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.forward_paged(&chunks, &adapters, kv)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(ModelError::Input(format!(
+                "the model step panicked: {what}"
+            )))
+        })
     }
 
     fn sample(&mut self, step: &Step, logits: Vec<Vec<f32>>) {
@@ -557,7 +502,10 @@ impl Runner {
     }
 
     /// Publishes the status and gauges.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        let hits = self.sched.prefix_hit_tokens();
+        m::PREFIX_HIT_TOKENS.inc_by(hits - self.hits_counted);
+        self.hits_counted = hits;
         let used = self.sched.used_blocks();
         let blocks = self.sched.config().blocks;
         m::KV_CACHE_USAGE.set(used as f64 / blocks.max(1) as f64);
@@ -571,6 +519,7 @@ impl Runner {
             s.kv_blocks = blocks;
             s.steps = self.steps;
             s.peak_batch = self.peak_batch;
+            s.prefix_hit_tokens = hits;
         }
     }
 }

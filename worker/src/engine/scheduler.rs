@@ -7,7 +7,8 @@
 //! sampled) of which `computed` are in the KV cache; a step computes some of the rest for
 //! each scheduled sequence: one token for a decoding sequence, a chunk of the prompt for a
 //! prefilling one (chunked prefill, so a long prompt never stalls the decoding sequences
-//! for more than one step's budget). Running sequences are served first, oldest first; then
+//! for more than one step's budget). Running sequences are served first (decoding ones
+//! before prefilling ones, each in admission order); then
 //! waiting ones are admitted in arrival order while budget, batch slots and blocks remain
 //! (a waiting sequence whose adapter is still loading is passed over, not waited for).
 //!
@@ -83,27 +84,123 @@ struct Seq {
     known: usize,
     computed: usize,
     blocks: Vec<u32>,
+    /// Content hashes of the prompt's full blocks (see [`block_hashes`]); empty: no
+    /// prefix caching for this sequence.
+    hashes: Vec<u64>,
+    /// How many of its leading blocks have been offered to the prefix cache.
+    registered: usize,
+}
+
+/// The KV blocks: reference counts (a block of a cached prefix may be shared), the free
+/// list (least recently freed first), and the prefix cache (full prompt blocks by content
+/// hash; a cached block whose count drops to 0 stays cached until it is allocated anew).
+#[derive(Debug, Clone)]
+struct Pool {
+    free: VecDeque<u32>,
+    refs: Vec<u32>,
+    hash_of: Vec<Option<u64>>,
+    cached: HashMap<u64, u32>,
+}
+
+impl Pool {
+    fn new(blocks: usize) -> Self {
+        Self {
+            free: (0..blocks as u32).collect(),
+            refs: vec![0; blocks],
+            hash_of: vec![None; blocks],
+            cached: HashMap::new(),
+        }
+    }
+
+    /// A free block (evicting its cached prefix, if any).
+    fn alloc(&mut self) -> Option<u32> {
+        let b = self.free.pop_front()?;
+        if let Some(h) = self.hash_of[b as usize].take() {
+            self.cached.remove(&h);
+        }
+        self.refs[b as usize] = 1;
+        Some(b)
+    }
+
+    fn release(&mut self, b: u32) {
+        let r = &mut self.refs[b as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.free.push_back(b);
+        }
+    }
+
+    /// The cached block with content `h`, now shared with one more sequence.
+    fn lookup(&mut self, h: u64) -> Option<u32> {
+        let b = *self.cached.get(&h)?;
+        if self.refs[b as usize] == 0
+            && let Some(at) = self.free.iter().position(|&f| f == b)
+        {
+            self.free.remove(at);
+        }
+        self.refs[b as usize] += 1;
+        Some(b)
+    }
+
+    /// Offers a full block with content `h` to the cache (the first block with a content
+    /// keeps it).
+    fn register(&mut self, h: u64, b: u32) {
+        if self.hash_of[b as usize].is_none() && !self.cached.contains_key(&h) {
+            self.cached.insert(h, b);
+            self.hash_of[b as usize] = Some(h);
+        }
+    }
+
+    /// Forgets every cached prefix (after a step whose writes may not have happened).
+    fn forget(&mut self) {
+        self.cached.clear();
+        self.hash_of.iter_mut().for_each(|h| *h = None);
+    }
+}
+
+/// Content hashes of the full `block_size`-token blocks of `tokens`, each chained on the
+/// one before and on `salt` (what else the keys and values depend on: the adapter), so
+/// equal hashes mean equal prefixes under the same weights.
+pub fn block_hashes(salt: &[u8], tokens: &[u32], block_size: usize) -> Vec<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut prev = {
+        let mut h = DefaultHasher::new();
+        salt.hash(&mut h);
+        h.finish()
+    };
+    tokens
+        .chunks_exact(block_size.max(1))
+        .map(|block| {
+            let mut h = DefaultHasher::new();
+            prev.hash(&mut h);
+            block.hash(&mut h);
+            prev = h.finish();
+            prev
+        })
+        .collect()
 }
 
 /// The scheduler's state: every sequence, the queue, the running batch and free blocks.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     cfg: SchedulerConfig,
-    free: Vec<u32>,
+    pool: Pool,
     seqs: HashMap<SeqId, Seq>,
     waiting: VecDeque<SeqId>,
     running: Vec<SeqId>,
+    /// Prompt tokens found in the prefix cache at admission, in all.
+    hit_tokens: u64,
 }
 
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Self {
         Self {
             cfg,
-            // Popped from the end: block 0 first.
-            free: (0..cfg.blocks as u32).rev().collect(),
+            pool: Pool::new(cfg.blocks),
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            hit_tokens: 0,
         }
     }
 
@@ -114,6 +211,19 @@ impl Scheduler {
     /// Queues a sequence with `prompt` known tokens that may grow to `limit` positions
     /// (refused when that can never fit the pool).
     pub fn add(&mut self, seq: SeqId, prompt: usize, limit: usize) -> Result<(), AddError> {
+        self.add_with_prefix(seq, prompt, limit, Vec::new())
+    }
+
+    /// [`Scheduler::add`] with the content hashes of the prompt's full blocks
+    /// ([`block_hashes`]): at admission its longest cached prefix is shared instead of
+    /// computed (all but its last token), and its own full prompt blocks are cached.
+    pub fn add_with_prefix(
+        &mut self,
+        seq: SeqId,
+        prompt: usize,
+        limit: usize,
+        hashes: Vec<u64>,
+    ) -> Result<(), AddError> {
         if self.seqs.contains_key(&seq) {
             return Err(AddError::Duplicate(seq));
         }
@@ -130,6 +240,8 @@ impl Scheduler {
                 known: prompt,
                 computed: 0,
                 blocks: Vec::new(),
+                hashes,
+                registered: 0,
             },
         );
         self.waiting.push_back(seq);
@@ -146,7 +258,9 @@ impl Scheduler {
     /// `seq` has finished or was cancelled: its blocks are freed.
     pub fn remove(&mut self, seq: SeqId) {
         if let Some(s) = self.seqs.remove(&seq) {
-            self.free.extend(s.blocks.into_iter().rev());
+            for b in s.blocks {
+                self.pool.release(b);
+            }
         }
         self.running.retain(|&r| r != seq);
         self.waiting.retain(|&w| w != seq);
@@ -169,7 +283,21 @@ impl Scheduler {
 
     /// Blocks in use.
     pub fn used_blocks(&self) -> usize {
-        self.cfg.blocks - self.free.len()
+        self.cfg.blocks - self.pool.free.len()
+    }
+
+    /// Prompt tokens taken from the prefix cache instead of computed, since the start.
+    pub fn prefix_hit_tokens(&self) -> u64 {
+        self.hit_tokens
+    }
+
+    /// Forgets every cached prefix: after a step that failed, whose blocks may not hold
+    /// what their hashes say.
+    pub fn forget_prefixes(&mut self) {
+        self.pool.forget();
+        for s in self.seqs.values_mut() {
+            s.registered = s.blocks.len().max(s.registered);
+        }
     }
 
     /// Whether nothing is scheduled.
@@ -183,23 +311,33 @@ impl Scheduler {
     pub fn schedule(&mut self, ready: &dyn Fn(SeqId) -> bool) -> Step {
         let mut step = Step::default();
         let mut budget = self.cfg.token_budget;
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let id = self.running[i];
+        // Decoding sequences first (one token each), then prefilling ones (chunks), each in
+        // admission order: a long prompt never takes the budget a decode needs.
+        let mut order: Vec<SeqId> = self.running.clone();
+        order.sort_by_key(|id| self.seqs.get(id).is_none_or(|s| s.known - s.computed > 1));
+        let mut scheduled: Vec<SeqId> = Vec::new();
+        for id in order {
+            if budget == 0 {
+                break;
+            }
+            if !self.running.contains(&id) {
+                continue; // preempted earlier in this step
+            }
             let Some(s) = self.seqs.get(&id) else {
-                self.running.remove(i);
+                self.running.retain(|&r| r != id);
                 continue;
             };
             let len = (s.known - s.computed).min(budget);
             if len == 0 {
-                i += 1;
                 continue;
             }
             let needed = self.blocks_for(s.computed + len);
-            // Preempt the newest running sequences until this one's blocks fit.
+            // Preempt the newest running sequences not yet in this step until this one's
+            // blocks fit (itself, if it is the newest).
             let mut preempted_self = false;
             while self.blocks_missing(id, needed) > 0 {
-                let Some(&victim) = self.running.last() else {
+                let Some(&victim) = self.running.iter().rev().find(|v| !scheduled.contains(v))
+                else {
                     break;
                 };
                 self.preempt(victim);
@@ -209,12 +347,12 @@ impl Scheduler {
                     break;
                 }
             }
-            if preempted_self {
-                break;
+            if preempted_self || self.blocks_missing(id, needed) > 0 {
+                continue;
             }
             self.grow(id, needed);
             let Some(s) = self.seqs.get_mut(&id) else {
-                break;
+                continue;
             };
             step.chunks.push(Chunk {
                 seq: id,
@@ -224,7 +362,8 @@ impl Scheduler {
             });
             s.computed += len;
             budget -= len;
-            i += 1;
+            scheduled.push(id);
+            self.register_full(id);
         }
         if !step.preempted.is_empty() {
             return step;
@@ -234,20 +373,26 @@ impl Scheduler {
             let Some(id) = self.waiting.pop_front() else {
                 break;
             };
-            let Some(s) = self.seqs.get(&id) else {
+            if !self.seqs.contains_key(&id) {
                 continue;
-            };
+            }
             if !ready(id) {
                 passed.push(id);
                 continue;
             }
+            let hit = self.share_prefix(id);
+            let Some(s) = self.seqs.get(&id) else {
+                continue;
+            };
             let len = (s.known - s.computed).min(budget);
             let needed = self.blocks_for(s.computed + len);
             if self.blocks_missing(id, needed) > 0 {
                 // First come, first served: nothing behind it starts before it.
+                self.unshare(id);
                 self.waiting.push_front(id);
                 break;
             }
+            self.hit_tokens += hit as u64;
             self.grow(id, needed);
             let Some(s) = self.seqs.get_mut(&id) else {
                 continue;
@@ -261,6 +406,7 @@ impl Scheduler {
             s.computed += len;
             budget -= len;
             self.running.push(id);
+            self.register_full(id);
         }
         for id in passed.into_iter().rev() {
             self.waiting.push_front(id);
@@ -274,13 +420,15 @@ impl Scheduler {
 
     fn blocks_missing(&self, id: SeqId, needed: usize) -> usize {
         let have = self.seqs.get(&id).map_or(0, |s| s.blocks.len());
-        needed.saturating_sub(have).saturating_sub(self.free.len())
+        needed
+            .saturating_sub(have)
+            .saturating_sub(self.pool.free.len())
     }
 
     fn grow(&mut self, id: SeqId, needed: usize) {
         if let Some(s) = self.seqs.get_mut(&id) {
             while s.blocks.len() < needed {
-                match self.free.pop() {
+                match self.pool.alloc() {
                     Some(b) => s.blocks.push(b),
                     None => break,
                 }
@@ -291,10 +439,63 @@ impl Scheduler {
     fn preempt(&mut self, id: SeqId) {
         self.running.retain(|&r| r != id);
         if let Some(s) = self.seqs.get_mut(&id) {
-            self.free.extend(s.blocks.drain(..).rev());
+            for b in s.blocks.drain(..) {
+                self.pool.release(b);
+            }
             s.computed = 0;
+            s.registered = 0;
         }
         self.waiting.push_front(id);
+    }
+
+    /// At admission of a sequence with nothing cached: takes the longest run of its
+    /// prompt's leading blocks found in the prefix cache (never its last token, whose
+    /// logits are needed); returns the positions taken.
+    fn share_prefix(&mut self, id: SeqId) -> usize {
+        let bs = self.cfg.block_size;
+        let Some(s) = self.seqs.get_mut(&id) else {
+            return 0;
+        };
+        if s.computed > 0 || !s.blocks.is_empty() {
+            return 0;
+        }
+        let most = s.known.saturating_sub(1) / bs;
+        for &h in s.hashes.iter().take(most) {
+            match self.pool.lookup(h) {
+                Some(b) => s.blocks.push(b),
+                None => break,
+            }
+        }
+        s.computed = s.blocks.len() * bs;
+        s.registered = s.blocks.len();
+        s.computed
+    }
+
+    /// Gives back what [`Scheduler::share_prefix`] took (the sequence waits after all).
+    fn unshare(&mut self, id: SeqId) {
+        if let Some(s) = self.seqs.get_mut(&id) {
+            for b in s.blocks.drain(..) {
+                self.pool.release(b);
+            }
+            s.computed = 0;
+            s.registered = 0;
+        }
+    }
+
+    /// Offers the sequence's prompt blocks that are now full to the prefix cache. (Its
+    /// keys and values are written by the step being planned, before any later step, and
+    /// within a step every token's keys are stored before any attention reads them.)
+    fn register_full(&mut self, id: SeqId) {
+        let bs = self.cfg.block_size;
+        let Some(s) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        let full = (s.computed / bs).min(s.hashes.len()).min(s.blocks.len());
+        while s.registered < full {
+            self.pool
+                .register(s.hashes[s.registered], s.blocks[s.registered]);
+            s.registered += 1;
+        }
     }
 }
 

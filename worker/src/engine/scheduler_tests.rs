@@ -211,7 +211,13 @@ fn random_workloads_keep_every_invariant_and_finish() {
             if next < 40 && rng.below(3) == 0 {
                 let prompt = 1 + rng.below(30);
                 let max_new = 1 + rng.below(20);
-                if s.add(next, prompt, prompt + max_new).is_ok() {
+                // Prompts from three templates: their prefixes are shared.
+                let t = rng.below(3) as u32;
+                let tokens: Vec<u32> = (0..prompt as u32).map(|i| t * 1000 + i).collect();
+                let hashes = block_hashes(&[t as u8 % 2], &tokens, c.block_size);
+                if s.add_with_prefix(next, prompt, prompt + max_new, hashes)
+                    .is_ok()
+                {
                     seqs.insert(next, (prompt, max_new, 0, 0, step_no + rng.below(10)));
                 } else {
                     assert!(prompt + max_new > c.max_positions());
@@ -234,15 +240,38 @@ fn random_workloads_keep_every_invariant_and_finish() {
                     q.3 = 0;
                 }
             }
-            let mut held: Vec<u32> = seqs.keys().flat_map(|&id| s.blocks(id).to_vec()).collect();
-            let n = held.len();
-            held.sort_unstable();
-            held.dedup();
-            assert_eq!(held.len(), n, "seed {seed}: a block held twice");
-            assert_eq!(n, s.used_blocks(), "seed {seed}: blocks accounted");
+            // Every block's count is the number of sequences holding it; only cached
+            // (full prompt) blocks are shared; the pool accounts for each once.
+            let mut holders: HashMap<u32, u32> = HashMap::new();
+            for &id in seqs.keys() {
+                for &b in s.blocks(id) {
+                    *holders.entry(b).or_default() += 1;
+                }
+            }
+            for (&b, &n) in &holders {
+                assert_eq!(s.pool.refs[b as usize], n, "seed {seed}: block {b} count");
+                assert!(
+                    n == 1 || s.pool.hash_of[b as usize].is_some(),
+                    "seed {seed}"
+                );
+            }
+            assert_eq!(
+                holders.len(),
+                s.used_blocks(),
+                "seed {seed}: blocks accounted"
+            );
             for ch in &st.chunks {
+                assert!(
+                    !st.preempted.contains(&ch.seq),
+                    "seed {seed}: a sequence preempted after its chunk was planned"
+                );
                 let q = seqs.get_mut(&ch.seq).expect("known sequence");
                 let known = q.0 + q.2;
+                if q.3 == 0 {
+                    // Admitted: a shared prefix of whole blocks may be skipped.
+                    assert_eq!(ch.start % c.block_size, 0, "seed {seed}");
+                    q.3 = ch.start;
+                }
                 assert_eq!(
                     ch.start, q.3,
                     "seed {seed}: chunk starts at the cache's end"
@@ -274,4 +303,43 @@ fn random_workloads_keep_every_invariant_and_finish() {
         assert!(s.is_idle() && s.used_blocks() == 0);
         assert!(finished > 0);
     }
+}
+
+#[test]
+fn a_cached_prompt_prefix_is_shared_instead_of_recomputed() {
+    let mut s = Scheduler::new(cfg(64, 8, 16));
+    let prompt: Vec<u32> = (0..10).collect();
+    let h = |salt: &[u8]| block_hashes(salt, &prompt, 4);
+    s.add_with_prefix(1, 10, 20, h(b"a")).unwrap();
+    assert_eq!(step(&mut s).chunks, vec![chunk(1, 0, 10, true)]);
+    // Same prompt, same adapter: its two full blocks are shared, 2 tokens computed.
+    s.add_with_prefix(2, 10, 20, h(b"a")).unwrap();
+    let st = step(&mut s);
+    assert_eq!(st.chunks[1], chunk(2, 8, 2, true));
+    assert_eq!(s.blocks(1)[..2], s.blocks(2)[..2]);
+    assert_ne!(s.blocks(1)[2], s.blocks(2)[2]);
+    assert_eq!(s.prefix_hit_tokens(), 8);
+    // Another adapter: nothing shared.
+    s.add_with_prefix(3, 10, 20, h(b"b")).unwrap();
+    assert_eq!(step(&mut s).chunks[2], chunk(3, 0, 10, true));
+    // The cached blocks outlive their sequences, until the pool needs them.
+    s.remove(1);
+    s.remove(2);
+    s.remove(3);
+    assert_eq!(s.used_blocks(), 0);
+    s.add_with_prefix(4, 10, 20, h(b"a")).unwrap();
+    assert_eq!(step(&mut s).chunks, vec![chunk(4, 8, 2, true)]);
+    s.remove(4);
+    // A prompt of exactly two blocks still computes its last token.
+    let exact: Vec<u32> = (0..8).collect();
+    s.add_with_prefix(5, 8, 20, block_hashes(b"a", &exact, 4))
+        .unwrap();
+    assert_eq!(step(&mut s).chunks, vec![chunk(5, 4, 4, true)]);
+    s.remove(5);
+    // Filling the pool evicts them.
+    s.add(6, 60, 64).unwrap();
+    step(&mut s);
+    s.remove(6);
+    s.add_with_prefix(7, 10, 20, h(b"a")).unwrap();
+    assert_eq!(step(&mut s).chunks, vec![chunk(7, 0, 10, true)]);
 }
