@@ -626,3 +626,37 @@ async fn keys_and_scopes_guard_the_routes_and_usage_is_metered_per_key() {
         assert!(text.contains(name), "{name} missing");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_a_non_streaming_request_cancels_it() {
+    use tokio::io::AsyncWriteExt;
+    let f = fixture();
+    let (addr, _task) = crate::ops::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        f.app.clone(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let body = chat_body("tiny", "hold", json!({}));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Wait until the engine has the request, then leave.
+    let t0 = std::time::Instant::now();
+    while f.engine.requests.lock().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(1), f.engine.cancelled.notified())
+        .await
+        .expect("the engine saw the non-streaming request cancelled within 1 s");
+}
