@@ -2,6 +2,8 @@
 //! `tributary datanet upload --api-key` resolves it there (no keys file): a key with the
 //! `contribute` scope uploads as its owner; a key without it, or a revoked one, is refused.
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
@@ -113,4 +115,25 @@ fn store_keys_authenticate_datanet_uploads_by_scope() {
         store,
     ]);
     assert!(!out.status.success(), "a revoked key uploads nothing");
+}
+
+#[test]
+fn dev_without_auth_warns_and_serves_anyone_and_with_auth_refuses_strangers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let open = common::Dev::start_with(tmp.path(), 1, &["--insecure-no-auth"]);
+    assert!(
+        open.logs().contains("WARNING: --insecure-no-auth"),
+        "{}",
+        open.logs()
+    );
+    assert!(!open.data.join("admin.key").exists());
+    let (code, body) = common::http_get(open.port, "/v1/jobs").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let guarded = common::Dev::start(tmp.path(), 1);
+    let (code, _) = common::http_get(guarded.port, "/v1/jobs").unwrap();
+    assert_eq!(code, 401);
+    assert_eq!(guarded.request("GET", "/v1/jobs", "text/plain", "").0, 200);
+    // The key printed on start is the one written to the data directory.
+    let key = guarded.key();
+    assert!(guarded.logs().contains(&key));
 }
