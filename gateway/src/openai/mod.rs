@@ -185,4 +185,6 @@ async fn serve(
 }
 
 #[cfg(test)]
+pub(crate) mod scripted;
+#[cfg(test)]
 pub(crate) mod tests;
