@@ -65,6 +65,10 @@ pub struct AdapterEntry {
     /// The identity (API key owner) that trained or registered it, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The licences of the data version it was trained on, when that is a datanet version
+    /// in the same store (see [`crate::datanet::license::licenses_for_data`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_licenses: Vec<crate::datanet::DataLicense>,
 }
 
 /// What a registration needs besides the files.
@@ -174,6 +178,13 @@ impl AdapterRegistry {
         }
         let mut names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
         names.sort();
+        let data_licenses =
+            crate::datanet::license::licenses_for_data(&self.store, &prov.data_digest)
+                .await
+                .map_err(|e| AdapterError::BadEntry {
+                    digest: digest.clone(),
+                    reason: format!("reading the licences of data {}: {e}", prov.data_digest),
+                })?;
         let entry = AdapterEntry {
             adapter_digest: digest.clone(),
             base_model_digest: prov.base_model_digest,
@@ -184,6 +195,7 @@ impl AdapterRegistry {
             files: names,
             location: self.location(&digest),
             owner,
+            data_licenses,
         };
         let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| AdapterError::BadEntry {
             digest: digest.clone(),

@@ -1,5 +1,9 @@
 //! `tributary datanet …`: create, upload, list, show, diff, export, keygen — community
-//! datasets in an object store (`--store URL`, default `./tributary-data`).
+//! datasets in an object store (`--store URL`, default `./tributary-data`). Governance
+//! (terms, takedown, review, reputation, verify) is in `datanet_govern.rs`.
+
+#[path = "datanet_govern.rs"]
+mod govern;
 
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
@@ -26,11 +30,112 @@ pub struct DatanetArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DatanetCommand {
-    /// Create an empty datanet.
+    /// Create an empty datanet with a licence and contribution terms.
     Create {
         name: String,
         #[arg(long, default_value = "")]
         description: String,
+        #[command(flatten)]
+        terms: govern::TermsArgs,
+        /// The owning contributor (reviews uploads, changes terms); default: admin only.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Show the terms in force (licence, terms text, policy, review) and their digest.
+    Terms {
+        name: String,
+        /// Every terms record, oldest first.
+        #[arg(long)]
+        history: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The licences of a version's credited examples (one per terms record they came
+    /// under): what an adapter trained on it inherits.
+    Licenses {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the licence, terms, scanner policy or review setting: a new terms record and
+    /// a new version; earlier uploads keep the terms they were made under.
+    Amend {
+        name: String,
+        #[command(flatten)]
+        terms: govern::TermsArgs,
+        #[command(flatten)]
+        actor: govern::ActorArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw examples and erase their text from every version (new version, tombstones,
+    /// takedown log entry, affected adapters listed and marked).
+    Takedown {
+        name: String,
+        /// Example content ids (64 hex).
+        #[arg(long = "example", num_args = 1.., conflicts_with = "contributor")]
+        examples: Vec<String>,
+        /// Every example of this contributor.
+        #[arg(long)]
+        contributor: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Complete a takedown a crash left unapplied (no new takedown).
+        #[arg(long, conflicts_with_all = ["examples", "contributor"])]
+        resume: bool,
+        #[command(flatten)]
+        actor: govern::ActorArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The takedown log (append-only, hash-chained).
+    Takedowns {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify versions, texts, tombstones and the takedown log; non-zero exit on a fault.
+    Verify {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rows waiting for the owner's review (a contributor sees only their own).
+    Pending {
+        name: String,
+        #[command(flatten)]
+        actor: govern::ActorArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept or reject pending rows (owner or admin); a rejection needs --reason.
+    Review {
+        name: String,
+        /// Item ids from `datanet pending`.
+        #[arg(required = true)]
+        items: Vec<String>,
+        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        accept: bool,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        actor: govern::ActorArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Contributor reputation: the leaderboard, or one contributor.
+    Reputation {
+        name: String,
+        #[arg(long)]
+        contributor: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Upload a JSONL file (alpaca, prompt/completion or OpenAI messages) as a new version.
     Upload {
@@ -99,11 +204,14 @@ pub enum DatanetCommand {
         out: PathBuf,
     },
     /// Print the BLAKE3 digest of a file and, with --key, its signature (for signed
-    /// uploads over HTTP).
+    /// uploads over HTTP); with --datanet, the signature covers the file's digest and the
+    /// datanet's terms digest (the consent a signed upload to it needs).
     Sign {
         file: PathBuf,
         #[arg(long)]
         key: PathBuf,
+        #[arg(long)]
+        datanet: Option<String>,
     },
 }
 
@@ -148,6 +256,25 @@ fn print_report(r: &UploadReport, json: bool) -> anyhow::Result<()> {
     for q in &r.quarantined {
         println!("  contributor {q} is now quarantined");
     }
+    for f in &r.scan {
+        println!(
+            "  line {}: {}: {} at characters {}..{} ({:?})",
+            f.line,
+            f.field,
+            f.kind.name(),
+            f.start,
+            f.end,
+            f.action
+        );
+    }
+    for p in &r.pending {
+        println!(
+            "  line {}: pending review as item {} ({})",
+            p.line,
+            p.item,
+            p.reasons.join("; ")
+        );
+    }
     Ok(())
 }
 
@@ -160,9 +287,21 @@ async fn run_async(args: DatanetArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.store).context("--store")?;
     let d = Datanets::new(store);
     match args.command {
-        DatanetCommand::Create { name, description } => {
-            d.create(&name, &description).await?;
-            println!("created datanet {name} in {}", args.store);
+        DatanetCommand::Create {
+            name,
+            description,
+            terms,
+            owner,
+        } => {
+            let change = terms.change(true)?;
+            d.create_governed(&name, &description, owner.as_deref(), change)
+                .await?;
+            let (t, digest) = d.terms(&name).await?.context("terms were just written")?;
+            println!(
+                "created datanet {name} in {} (licence {}, terms {digest})",
+                args.store,
+                t.license.label()
+            );
         }
         DatanetCommand::Upload {
             name,
@@ -178,7 +317,8 @@ async fn run_async(args: DatanetArgs) -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let uploader = if let Some(key) = key {
                 let digest = file_digest(&file)?;
-                let (pk, sig) = identity::sign_digest(&read_secret(&key)?, &digest)?;
+                let (pk, sig) =
+                    govern::sign_upload(&d, &name, &read_secret(&key)?, &digest).await?;
                 Uploader::Signed {
                     public_key: pk,
                     signature: sig,
@@ -316,9 +456,12 @@ async fn run_async(args: DatanetArgs) -> anyhow::Result<()> {
             writeln!(f, "{}", kp.secret_hex)?;
             println!("{}", kp.contributor);
         }
-        DatanetCommand::Sign { file, key } => {
+        DatanetCommand::Sign { file, key, datanet } => {
             let digest = file_digest(&file)?;
-            let (pk, sig) = identity::sign_digest(&read_secret(&key)?, &digest)?;
+            let (pk, sig) = match &datanet {
+                Some(n) => govern::sign_upload(&d, n, &read_secret(&key)?, &digest).await?,
+                None => identity::sign_digest(&read_secret(&key)?, &digest)?,
+            };
             println!(
                 "{}",
                 serde_json::json!({
@@ -329,6 +472,7 @@ async fn run_async(args: DatanetArgs) -> anyhow::Result<()> {
                 })
             );
         }
+        other => govern::run(&d, other).await?,
     }
     Ok(())
 }

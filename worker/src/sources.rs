@@ -338,7 +338,15 @@ impl SourceConfig {
             .parse()
             .map_err(|e| err("data", data, format!("version digest {digest_hex}: {e}")))?;
         let target = self.data_path(&digest);
-        if target.is_file() {
+        // A takedown since the export erased texts the cached file may still hold: the
+        // sidecar records the datanet's takedown count at export time.
+        let takedowns = block_on(nets.takedown_count(name))?.map_err(described)?;
+        let sidecar = target.with_extension("takedowns");
+        let cached_at = std::fs::read_to_string(&sidecar)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if target.is_file() && cached_at == takedowns {
             return Ok(LocalData {
                 path: target,
                 digest,
@@ -355,6 +363,13 @@ impl SourceConfig {
             ));
         }
         let path = self.cache_write(data, &digest, |f| std::io::Write::write_all(f, &buf))?;
+        std::fs::write(&sidecar, takedowns.to_string()).map_err(|e| {
+            err(
+                "data",
+                data,
+                format!("caching in {}: {e}", sidecar.display()),
+            )
+        })?;
         Ok(LocalData { path, digest })
     }
 

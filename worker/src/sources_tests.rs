@@ -137,6 +137,24 @@ fn datanet_versions_export_to_the_cache_under_their_manifest_digest() {
     let text = std::fs::read_to_string(&got.path).unwrap();
     assert_eq!(text.lines().count(), 2);
     assert!(text.contains("hello there"));
+    // A takedown erases the text from the cached export of that version too.
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let id = first["id"].as_str().unwrap().to_string();
+    block_on(nets.takedown(
+        "demo",
+        &tributary_ledger::datanet::Actor::Admin,
+        &tributary_ledger::datanet::Scope::Examples(vec![id]),
+        "erasure request",
+    ))
+    .unwrap()
+    .unwrap();
+    let again = cfg
+        .data_file(&format!("datanet://demo@{}", head.1))
+        .unwrap();
+    assert_eq!(again.path, got.path);
+    let text = std::fs::read_to_string(&again.path).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    assert!(!text.contains("hello there"));
 
     let e = cfg
         .data_file("datanet://nope@latest")

@@ -3,6 +3,13 @@
 //! contributor id is `ed25519:<hex public key>`. An unsigned upload needs an API key that a
 //! keys file maps to a contributor. The local operator (direct access to the store) may
 //! name contributors directly.
+//!
+//! When a datanet has terms, a signed upload's signature covers the upload digest and the
+//! terms digest together ([`super::license::consent_message`]), so the signature is also
+//! the contributor's consent to those terms.
+//!
+//! [`Actor`] is who performs a governance action (takedown, review, terms change): the
+//! caller (CLI or HTTP layer) authenticates it and passes it in.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
@@ -20,6 +27,9 @@ pub enum Uploader {
     },
     /// An API key, resolved through a [`KeyRing`].
     ApiKey(String),
+    /// Already authenticated by the caller (the HTTP layer's API keys): the contributor and
+    /// the key's identity (never the key itself), recorded as consent.
+    Authenticated { contributor: String, key_id: String },
     /// The local operator, trusted to name the contributor (rows may name others).
     Operator(Option<String>),
 }
@@ -82,6 +92,14 @@ pub fn sign_digest(
     let seed: [u8; 32] = parse_hex(secret_hex, "secret key")?;
     let sk = SigningKey::from_bytes(&seed);
     Ok((sk.verifying_key().to_bytes(), sk.sign(digest).to_bytes()))
+}
+
+/// Signs arbitrary bytes (e.g. [`super::license::consent_message`]) with a hex secret key;
+/// returns (public key, signature).
+pub fn sign_bytes(secret_hex: &str, message: &[u8]) -> Result<([u8; 32], [u8; 64]), DatanetError> {
+    let seed: [u8; 32] = parse_hex(secret_hex, "secret key")?;
+    let sk = SigningKey::from_bytes(&seed);
+    Ok((sk.verifying_key().to_bytes(), sk.sign(message).to_bytes()))
 }
 
 /// API key → contributor, loaded from a keys file: one `API_KEY CONTRIBUTOR` pair a line,
@@ -148,13 +166,19 @@ pub struct Identity {
     /// Whether rows may name other contributors (operator only).
     pub may_name_others: bool,
     pub signed: bool,
+    /// The public key (hex) of a signed upload, or the API key's identity.
+    pub key: Option<String>,
+    /// The signature (hex) of a signed upload.
+    pub signature: Option<String>,
 }
 
-/// Checks the uploader's proof against the upload digest.
+/// Checks the uploader's proof against the upload digest; when the datanet has terms, a
+/// signature must cover `upload digest ‖ terms digest`.
 pub fn authenticate(
     uploader: &Uploader,
     keys: Option<&KeyRing>,
     digest: &[u8; 32],
+    terms_digest: Option<&[u8; 32]>,
 ) -> Result<Identity, DatanetError> {
     match uploader {
         Uploader::Signed {
@@ -163,17 +187,29 @@ pub fn authenticate(
         } => {
             let vk = VerifyingKey::from_bytes(public_key)
                 .map_err(|e| DatanetError::Auth(format!("public key: {e}")))?;
-            vk.verify(digest, &Signature::from_bytes(signature))
-                .map_err(|_| {
+            let sig = Signature::from_bytes(signature);
+            match terms_digest {
+                Some(t) => vk
+                    .verify(&super::license::consent_message(digest, t), &sig)
+                    .map_err(|_| {
+                        DatanetError::Auth(
+                            "signature does not verify over the upload's BLAKE3 digest followed by                              the terms digest in force (`tributary datanet terms NAME`; sign with                              `tributary datanet sign FILE --key K --datanet NAME`)"
+                                .into(),
+                        )
+                    })?,
+                None => vk.verify(digest, &sig).map_err(|_| {
                     DatanetError::Auth(
                         "signature does not verify over the BLAKE3 digest of the uploaded bytes"
                             .into(),
                     )
-                })?;
+                })?,
+            }
             Ok(Identity {
                 contributor: Some(contributor_id(public_key)),
                 may_name_others: false,
                 signed: true,
+                key: Some(hex(public_key)),
+                signature: Some(hex(signature)),
             })
         }
         Uploader::ApiKey(key) => {
@@ -184,6 +220,25 @@ pub fn authenticate(
                 contributor: Some(who.to_string()),
                 may_name_others: false,
                 signed: false,
+                key: Some(super::license::api_key_identity(key)),
+                signature: None,
+            })
+        }
+        Uploader::Authenticated {
+            contributor,
+            key_id,
+        } => {
+            if !valid_contributor(contributor) {
+                return Err(DatanetError::Auth(format!(
+                    "contributor `{contributor}` must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"
+                )));
+            }
+            Ok(Identity {
+                contributor: Some(contributor.clone()),
+                may_name_others: false,
+                signed: false,
+                key: Some(key_id.clone()),
+                signature: None,
             })
         }
         Uploader::Operator(who) => {
@@ -198,7 +253,41 @@ pub fn authenticate(
                 contributor: who.clone(),
                 may_name_others: true,
                 signed: false,
+                key: None,
+                signature: None,
             })
+        }
+    }
+}
+
+/// Who performs a governance action, as authenticated by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The local operator, or an API key with the `admin` scope: may act on anything.
+    Admin,
+    /// A contributor (an API key with the `contribute` scope, or an ed25519 key holder):
+    /// may act on their own examples, and as owner on datanets they own.
+    Contributor(String),
+}
+
+impl Actor {
+    /// `admin` or the contributor id (recorded in logs and decisions).
+    pub fn label(&self) -> String {
+        match self {
+            Actor::Admin => "admin".into(),
+            Actor::Contributor(c) => c.clone(),
+        }
+    }
+
+    /// Allows the admin and the datanet's owner.
+    pub fn require_owner(&self, datanet: &str, owner: Option<&str>) -> Result<(), DatanetError> {
+        match self {
+            Actor::Admin => Ok(()),
+            Actor::Contributor(c) if owner == Some(c.as_str()) => Ok(()),
+            Actor::Contributor(c) => Err(DatanetError::Forbidden(format!(
+                "`{c}` is not the owner of datanet `{datanet}` (owner: {})",
+                owner.unwrap_or("none; only an admin may")
+            ))),
         }
     }
 }
@@ -216,11 +305,13 @@ mod tests {
             public_key: pk,
             signature: sig,
         };
-        let id = authenticate(&up, None, &digest).unwrap();
+        let id = authenticate(&up, None, &digest, None).unwrap();
         assert_eq!(id.contributor.as_deref(), Some(kp.contributor.as_str()));
         assert!(id.signed && !id.may_name_others);
         let other = *blake3::hash(b"rows!").as_bytes();
-        let e = authenticate(&up, None, &other).unwrap_err().to_string();
+        let e = authenticate(&up, None, &other, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not verify"), "{e}");
     }
 
@@ -232,10 +323,11 @@ mod tests {
             &Uploader::ApiKey("key-0123456789abcdef".into()),
             Some(&ring),
             &d,
+            None,
         )
         .unwrap();
         assert_eq!(id.contributor.as_deref(), Some("alice"));
-        assert!(authenticate(&Uploader::ApiKey("nope".into()), Some(&ring), &d).is_err());
+        assert!(authenticate(&Uploader::ApiKey("nope".into()), Some(&ring), &d, None).is_err());
         let e = KeyRing::parse("short alice").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("minimum 16"), "{e}");
     }

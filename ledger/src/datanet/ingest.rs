@@ -3,15 +3,22 @@
 //! duplicate clusters. Merging is pure apart from reading existing examples' text to
 //! confirm LSH candidates, so it can be re-run against a newer head after losing a publish
 //! race.
+//!
+//! Between the two, [`resolve`] applies the datanet's scanner policy to each row's
+//! findings (reject, redact, hold for review) and, when the datanet requires review, sends
+//! every remaining row to the review queue instead of the merge.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 
+use serde::Serialize;
+
 use super::DatanetError;
 use super::identity::Identity;
-use super::manifest::{ContributorStats, Entry, Kind, Manifest, UploadInfo};
+use super::manifest::{Consent, ContributorStats, Entry, Event, Kind, Manifest, UploadInfo};
 use super::minhash::{self, BANDS};
 use super::record::{self, Limits, Lines, Row, RowError};
+use super::scan::{self, Action, Policy};
 use super::text;
 
 /// Quarantine thresholds: a contributor with at least `min_rows` rows whose rejection
@@ -88,6 +95,53 @@ pub struct Candidate {
     pub id: String,
     pub shingles: HashSet<u64>,
     pub bands: [u32; BANDS],
+    /// The terms record the row was contributed under.
+    pub terms: u64,
+}
+
+impl Candidate {
+    /// Builds a candidate from (possibly redacted) messages.
+    pub fn new(
+        line: u64,
+        contributor: String,
+        messages: Vec<(String, String)>,
+        terms: u64,
+    ) -> Self {
+        let normalized = text::normalized(&messages);
+        let id = blake3::hash(normalized.as_bytes()).to_hex().to_string();
+        let body: Vec<&str> = normalized.lines().collect();
+        let shingles = minhash::shingles(&body.join(" "));
+        let bands = minhash::band_keys(&shingles);
+        Candidate {
+            line,
+            contributor,
+            messages,
+            id,
+            shingles,
+            bands,
+            terms,
+        }
+    }
+}
+
+/// One scanner finding as reported to the uploader: never the matched text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScanReport {
+    pub line: u64,
+    pub field: String,
+    pub kind: scan::Kind,
+    /// Span in characters within the field.
+    pub start: usize,
+    pub end: usize,
+    pub action: Action,
+}
+
+/// A row sent to the owner's review queue.
+#[derive(Debug, Clone)]
+pub struct HeldRow {
+    pub candidate: Candidate,
+    /// Why it is held (review required, or scanner kinds and spans).
+    pub reasons: Vec<String>,
 }
 
 /// Rows with contributors resolved against the uploader's identity.
@@ -96,11 +150,41 @@ pub struct Resolved {
     pub candidates: Vec<Candidate>,
     /// (row error, contributor charged with it).
     pub rejected: Vec<(RowError, Option<String>)>,
+    /// Rows for the review queue.
+    pub held: Vec<HeldRow>,
+    /// Every scanner finding with the action taken.
+    pub scan: Vec<ScanReport>,
 }
 
-/// Applies the uploader's identity: rows get the uploader's contributor unless they name
-/// one; only the operator may name someone else.
-pub fn resolve(parsed: ParsedUpload, who: &Identity) -> Resolved {
+/// How [`resolve`] treats rows: the scanner policy, whether review is required, and the
+/// terms record in force.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    pub policy: Policy,
+    pub review: bool,
+    pub terms: u64,
+}
+
+fn spans(findings: &[&record::RowFinding]) -> String {
+    findings
+        .iter()
+        .map(|f| {
+            format!(
+                "{} at {} chars {}..{}",
+                f.kind.name(),
+                f.field,
+                f.start,
+                f.end
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Applies the uploader's identity (rows get the uploader's contributor unless they name
+/// one; only the operator may name someone else), then the scanner policy and the review
+/// setting.
+pub fn resolve(parsed: ParsedUpload, who: &Identity, gate: &Gate) -> Resolved {
     let mut rejected: Vec<(RowError, Option<String>)> = parsed
         .rejected
         .into_iter()
@@ -114,6 +198,8 @@ pub fn resolve(parsed: ParsedUpload, who: &Identity) -> Resolved {
         })
         .collect();
     let mut candidates = Vec::with_capacity(parsed.valid.len());
+    let mut held_rows = Vec::new();
+    let mut scan_report = Vec::new();
     for row in parsed.valid {
         let contributor = match (&row.contributor, &who.contributor) {
             (Some(c), Some(u)) if c != u && !who.may_name_others => {
@@ -143,24 +229,75 @@ pub fn resolve(parsed: ParsedUpload, who: &Identity) -> Resolved {
                 continue;
             }
         };
-        let normalized = text::normalized(&row.messages);
-        let id = blake3::hash(normalized.as_bytes()).to_hex().to_string();
-        let body: Vec<&str> = normalized.lines().collect();
-        let shingles = minhash::shingles(&body.join(" "));
-        let bands = minhash::band_keys(&shingles);
-        candidates.push(Candidate {
-            line: row.line,
-            contributor,
-            messages: row.messages,
-            id,
-            shingles,
-            bands,
-        });
+        let action_of = |f: &record::RowFinding| gate.policy.action(f.kind);
+        for f in &row.findings {
+            scan_report.push(ScanReport {
+                line: row.line,
+                field: f.field.clone(),
+                kind: f.kind,
+                start: f.start,
+                end: f.end,
+                action: action_of(f),
+            });
+        }
+        let worst = row.findings.iter().map(action_of).max();
+        if worst == Some(Action::Reject) {
+            let bad: Vec<&record::RowFinding> = row
+                .findings
+                .iter()
+                .filter(|f| action_of(f) == Action::Reject)
+                .collect();
+            rejected.push((
+                RowError {
+                    line: row.line,
+                    field: bad.first().map(|f| f.field.clone()).unwrap_or_default(),
+                    reason: format!("personal data or secret ({}); policy: reject", spans(&bad)),
+                },
+                Some(contributor),
+            ));
+            continue;
+        }
+        let mut messages = row.messages;
+        for (mi, (_, content)) in messages.iter_mut().enumerate() {
+            let here: Vec<scan::Finding> = row
+                .findings
+                .iter()
+                .filter(|f| f.message == mi && action_of(f) == Action::Redact)
+                .map(|f| scan::Finding {
+                    kind: f.kind,
+                    start: f.message_start,
+                    end: f.message_end,
+                })
+                .collect();
+            if !here.is_empty() {
+                *content = scan::redact(content, &here, |_| true);
+            }
+        }
+        let candidate = Candidate::new(row.line, contributor, messages, gate.terms);
+        let held: Vec<&record::RowFinding> = row
+            .findings
+            .iter()
+            .filter(|f| action_of(f) == Action::Hold)
+            .collect();
+        let mut reasons = Vec::new();
+        if !held.is_empty() {
+            reasons.push(format!("held by the scanner policy: {}", spans(&held)));
+        }
+        if gate.review {
+            reasons.push("the datanet requires review".to_string());
+        }
+        if reasons.is_empty() {
+            candidates.push(candidate);
+        } else {
+            held_rows.push(HeldRow { candidate, reasons });
+        }
     }
     rejected.sort_by_key(|(e, _)| e.line);
     Resolved {
         candidates,
         rejected,
+        held: held_rows,
+        scan: scan_report,
     }
 }
 
@@ -195,6 +332,13 @@ pub struct MergeInput<'a> {
     pub who: &'a Identity,
     pub rule: QuarantineRule,
     pub now_ms: u64,
+    /// The terms in force and the upload's consent to them.
+    pub terms: u64,
+    pub consent: Option<Consent>,
+    /// Set for versions made by review decisions.
+    pub event: Option<Event>,
+    /// Review items this merge applies.
+    pub reviewed: &'a [String],
 }
 
 /// Merges resolved rows into `base` (the current head, if any).
@@ -207,6 +351,15 @@ pub async fn merge(
         .map(|(m, _)| m.contributors.clone())
         .unwrap_or_default();
     let mut examples: Vec<Entry> = base.map(|(m, _)| m.examples.clone()).unwrap_or_default();
+    let withdrawn: HashMap<&str, u64> = base
+        .map(|(m, _)| {
+            m.withdrawn
+                .iter()
+                .filter(|w| w.erased)
+                .map(|w| (w.id.as_str(), w.seq))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut rejected: Vec<RowError> = Vec::new();
     // Quarantine first, from validation results alone, so it never depends on merge order.
     let mut this_rows: HashMap<&str, (u64, u64)> = HashMap::new();
@@ -228,9 +381,7 @@ pub async fn merge(
             blocked.insert(c.to_string());
             continue;
         }
-        let total = stats.rows() + rows;
-        let bad = stats.rejected + rej;
-        if total >= input.rule.min_rows && bad as f64 >= input.rule.rate * total as f64 {
+        if super::reputation::crosses(&input.rule, stats, *rows, *rej) {
             stats.quarantined = true;
             quarantined_now.push(c.to_string());
             blocked.insert(c.to_string());
@@ -277,6 +428,17 @@ pub async fn merge(
             continue;
         }
         let stats = contributors.entry(c.contributor.clone()).or_default();
+        if let Some(seq) = withdrawn.get(c.id.as_str()) {
+            stats.rejected += 1;
+            rejected.push(RowError {
+                line: c.line,
+                field: String::new(),
+                reason: format!(
+                    "this example was withdrawn and erased by takedown {seq}; it may not be uploaded again"
+                ),
+            });
+            continue;
+        }
         if let Some(cluster) = ids.get(&c.id) {
             stats.duplicates += 1;
             duplicates += 1;
@@ -287,6 +449,7 @@ pub async fn merge(
                 kind: Kind::Duplicate,
                 cluster: cluster.clone(),
                 lsh: String::new(),
+                terms: c.terms,
             });
             continue;
         }
@@ -339,6 +502,7 @@ pub async fn merge(
             kind,
             cluster: cluster.clone(),
             lsh: minhash::encode_keys(&c.bands),
+            terms: c.terms,
         });
         for (b, k) in c.bands.iter().enumerate() {
             buckets.entry((b, *k)).or_default().push(index);
@@ -363,9 +527,20 @@ pub async fn merge(
             duplicates,
             near_duplicates: near,
             rejected: rejected.len() as u64,
+            consent: input.consent.clone(),
         },
         examples,
         contributors,
+        terms: input.terms,
+        event: input.event.clone(),
+        withdrawn: base.map(|(m, _)| m.withdrawn.clone()).unwrap_or_default(),
+        reviewed: {
+            let mut r: Vec<String> = base.map(|(m, _)| m.reviewed.clone()).unwrap_or_default();
+            r.extend(input.reviewed.iter().cloned());
+            r.sort();
+            r.dedup();
+            r
+        },
     };
     Ok(Merged {
         manifest,

@@ -1,7 +1,11 @@
 //! Manifests: the immutable description of one datanet version, named by the BLAKE3 digest
 //! of its JSON bytes. A manifest lists every example entry (id, contributor, weight, kind,
 //! cluster, LSH band keys), cumulative per-contributor statistics (used for quarantine), and
-//! the upload that produced it.
+//! the upload (or takedown, review or terms change) that produced it, the consent recorded
+//! for the upload, and the cumulative list of withdrawn entries (takedowns).
+//!
+//! Manifests reference examples by content id only; the texts live in `examples/<id>.json`
+//! and can be erased by a takedown without changing any manifest's bytes or digest.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +40,13 @@ pub struct Entry {
     /// LSH band keys (hex), absent for exact duplicates.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub lsh: String,
+    /// The terms record this entry was contributed under (0: before terms existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub terms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Cumulative per-contributor counts.
@@ -46,6 +57,13 @@ pub struct ContributorStats {
     pub near_duplicates: u64,
     pub rejected: u64,
     pub quarantined: bool,
+    /// Entries withdrawn by takedowns (any actor).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub withdrawn: u64,
+    /// Of those, entries removed by someone else (the operator or an admin): counted
+    /// against the contributor like rejections.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub removed: u64,
 }
 
 impl ContributorStats {
@@ -66,6 +84,66 @@ pub struct UploadInfo {
     pub duplicates: u64,
     pub near_duplicates: u64,
     pub rejected: u64,
+    /// The contributor's consent to the terms in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<Consent>,
+}
+
+/// How an upload's consent to the terms was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// Terms record number and its digest (hex BLAKE3 of the record's bytes).
+    pub terms: u64,
+    pub terms_digest: String,
+    /// `signature`, `api_key` or `operator`.
+    pub method: String,
+    /// The ed25519 public key (hex) or the API key's identity (`key:<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For signed uploads: the signature (hex) over `upload digest ‖ terms digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    pub time_ms: u64,
+}
+
+/// What produced a version other than an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// Licence, terms, policy or review setting changed to terms record `terms`.
+    Amend { terms: u64 },
+    /// Takedown log entry `seq` removed entries.
+    Takedown { seq: u64 },
+    /// The owner decided pending rows.
+    Review { decisions: Vec<ReviewDecision> },
+}
+
+/// One review decision recorded in the version that applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewDecision {
+    pub item: String,
+    pub contributor: String,
+    pub accepted: bool,
+    pub reason: String,
+    pub by: String,
+    /// Content id of the row (after redaction).
+    pub id: String,
+    /// The upload the row came from, and its consent.
+    pub upload_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<Consent>,
+}
+
+/// An entry withdrawn by a takedown (kept in every later manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    pub id: String,
+    pub contributor: String,
+    pub time_ms: u64,
+    /// Takedown log sequence number.
+    pub seq: u64,
+    /// Whether the text was erased from the store.
+    pub erased: bool,
 }
 
 /// One immutable datanet version.
@@ -81,6 +159,18 @@ pub struct Manifest {
     pub upload: UploadInfo,
     pub examples: Vec<Entry>,
     pub contributors: BTreeMap<String, ContributorStats>,
+    /// The terms record in force when this version was made (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub terms: u64,
+    /// Set for versions made by a takedown, review or terms change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+    /// Every entry withdrawn so far, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn: Vec<Withdrawal>,
+    /// Review items applied so far (sorted), so a decision is applied once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviewed: Vec<String>,
 }
 
 impl Manifest {
@@ -109,6 +199,10 @@ pub struct VersionSummary {
     pub contributors: usize,
     pub quarantined: Vec<String>,
     pub upload: UploadInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+    pub terms: u64,
+    pub withdrawn: usize,
 }
 
 impl VersionSummary {
@@ -128,6 +222,9 @@ impl VersionSummary {
                 .map(|(c, _)| c.clone())
                 .collect(),
             upload: m.upload.clone(),
+            event: m.event.clone(),
+            terms: m.terms,
+            withdrawn: m.withdrawn.len(),
         }
     }
 }

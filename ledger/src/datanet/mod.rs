@@ -13,30 +13,45 @@
 //! digest of its bytes, or an API key), merged, and only then are its examples, its
 //! manifest and finally the head written: a reader sees the previous version or the new
 //! one, never part of an upload.
+//!
+//! Governance: [`license`] (licences, terms, consent), [`scan`] (personal data and secrets
+//! at ingestion), [`review`] (the owner's queue), [`reputation`] (per-contributor standing
+//! and the leaderboard), [`takedown`] (withdrawal that erases, with lineage and an
+//! append-only log) and [`audit`] (verifying a datanet after erasures).
 
+pub mod audit;
 pub mod identity;
 pub mod ingest;
+pub mod license;
 pub mod manifest;
 pub mod minhash;
+mod publish;
 pub mod record;
+pub mod reputation;
+pub mod review;
+pub mod scan;
+pub mod takedown;
 pub mod text;
 
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
-pub use identity::{KeyRing, Uploader};
-pub use ingest::QuarantineRule;
+pub use identity::{Actor, KeyRing, Uploader};
+pub use ingest::{QuarantineRule, ScanReport};
+pub use license::{DataLicense, License, Terms, TermsChange};
 pub use manifest::{Diff, Manifest, VersionSummary};
 pub use record::{Limits, RowError};
+pub use reputation::Reputation;
+pub use review::{PendingItem, PendingRow, ReviewReport};
+pub use takedown::{Scope, TakedownReport, WithdrawnIndex};
 
 use crate::clock::{self, Clock};
-use crate::metrics::metrics;
 use crate::store::{Created, Store, StoreError};
 
 /// Errors from datanet operations.
@@ -70,6 +85,22 @@ pub enum DatanetError {
         "publishing to `{name}` lost {attempts} races to concurrent uploads; nothing was published, retry"
     )]
     Contended { name: String, attempts: usize },
+    #[error("licence: {0}")]
+    BadLicense(String),
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(
+        "datanet `{name}` has no example `{id}` (ids are the 64-hex content ids shown by `datanet export`)"
+    )]
+    UnknownExample { name: String, id: String },
+    #[error(
+        "datanet `{name}` has no pending review item `{item}` (see `tributary datanet pending {name}`)"
+    )]
+    UnknownItem { name: String, item: String },
+    #[error("adapter registry: {0}")]
+    Registry(String),
 }
 
 /// The JSON report of one upload.
@@ -92,6 +123,14 @@ pub struct UploadReport {
     pub quarantined: Vec<String>,
     /// Times the publish lost a race and was re-merged.
     pub retries: usize,
+    /// The terms record consented to (0: the datanet has none).
+    pub terms: u64,
+    /// Scanner findings (line, field, kind, span, action), never the matched text.
+    pub scan: Vec<ScanReport>,
+    /// Rows sent to the owner's review queue.
+    pub pending: Vec<PendingRow>,
+    /// False when every row went to review: no version was made (`version` is the head).
+    pub published: bool,
 }
 
 /// Summary of a datanet for `list`.
@@ -108,6 +147,9 @@ struct Meta {
     name: String,
     description: String,
     created_ms: u64,
+    /// The contributor who owns the datanet (reviews, terms); `None`: admin only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +171,12 @@ struct StoredMessage {
 
 const PUBLISH_ATTEMPTS: usize = 64;
 
+/// Jittered sleep after losing a publish race.
+async fn backoff(attempt: usize) {
+    let ms = rand::random_range(1..(5 + 10 * attempt as u64).min(200));
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
 /// Checks a datanet name.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -147,7 +195,7 @@ pub struct Datanets {
     pub quarantine: QuarantineRule,
 }
 
-struct StoreSource<'a>(&'a Store);
+pub(super) struct StoreSource<'a>(&'a Store);
 
 impl ingest::ExampleSource for StoreSource<'_> {
     async fn shingles(&self, id: &str) -> Result<HashSet<u64>, DatanetError> {
@@ -163,7 +211,7 @@ impl ingest::ExampleSource for StoreSource<'_> {
     }
 }
 
-fn example_key(id: &str) -> Path {
+pub(super) fn example_key(id: &str) -> Path {
     Path::from(format!("examples/{id}.json"))
 }
 
@@ -180,6 +228,30 @@ async fn read_example(store: &Store, id: &str) -> Result<StoredExample, DatanetE
         key: key.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// Reads an example, or `None` when a takedown erased it (its tombstone exists); a text
+/// missing without a tombstone is corruption.
+async fn read_example_or_tombstone(
+    store: &Store,
+    id: &str,
+) -> Result<Option<StoredExample>, DatanetError> {
+    let key = example_key(id);
+    match store.get(&key).await? {
+        Some(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| DatanetError::Corrupt {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })
+        }
+        None if takedown::tombstone(store, id).await?.is_some() => Ok(None),
+        None => Err(DatanetError::Corrupt {
+            key: key.to_string(),
+            reason: "missing, and no takedown tombstone explains it".into(),
+        }),
+    }
 }
 
 impl Datanets {
@@ -212,15 +284,27 @@ impl Datanets {
         Path::from(format!("datanets/{name}/datanet.json"))
     }
 
-    /// Creates a datanet (fails if it exists).
+    /// Creates a datanet without terms (fails if it exists): uploads record no consent and
+    /// signatures cover the upload digest alone. [`Datanets::create_governed`] sets an
+    /// owner, a licence, terms, a scanner policy and review.
     #[tracing::instrument(skip(self))]
     pub async fn create(&self, name: &str, description: &str) -> Result<(), DatanetError> {
+        self.create_meta(name, description, None).await
+    }
+
+    async fn create_meta(
+        &self,
+        name: &str,
+        description: &str,
+        owner: Option<&str>,
+    ) -> Result<(), DatanetError> {
         Self::check_name(name)?;
         self.store.ensure_conditional_create().await?;
         let meta = Meta {
             name: name.to_string(),
             description: description.to_string(),
             created_ms: self.clock.now_ms(),
+            owner: owner.map(str::to_string),
         };
         let bytes = serde_json::to_vec(&meta).map_err(|e| DatanetError::Corrupt {
             key: name.into(),
@@ -234,6 +318,11 @@ impl Datanets {
             Created::New => Ok(()),
             Created::Existing(_) => Err(DatanetError::Exists(name.to_string())),
         }
+    }
+
+    /// The datanet's owner, if it has one.
+    pub async fn owner(&self, name: &str) -> Result<Option<String>, DatanetError> {
+        Ok(self.meta(name).await?.owner)
     }
 
     async fn meta(&self, name: &str) -> Result<Meta, DatanetError> {
@@ -373,172 +462,6 @@ impl Datanets {
         Ok(out)
     }
 
-    /// Reads, validates, authenticates, merges and publishes one upload.
-    pub async fn upload(
-        &self,
-        name: &str,
-        reader: impl BufRead,
-        uploader: &Uploader,
-        keys: Option<&KeyRing>,
-    ) -> Result<UploadReport, DatanetError> {
-        let parsed = ingest::parse_upload(reader, &self.limits)?;
-        self.publish(name, parsed, uploader, keys).await
-    }
-
-    /// Publishes a parsed upload (see [`ingest::parse_upload`]).
-    #[tracing::instrument(skip(self, parsed, uploader, keys), fields(rows = parsed.rows))]
-    pub async fn publish(
-        &self,
-        name: &str,
-        parsed: ingest::ParsedUpload,
-        uploader: &Uploader,
-        keys: Option<&KeyRing>,
-    ) -> Result<UploadReport, DatanetError> {
-        self.meta(name).await?;
-        if parsed.rows == 0 {
-            return Err(DatanetError::EmptyUpload {
-                bytes: parsed.bytes,
-            });
-        }
-        let who = identity::authenticate(uploader, keys, &parsed.digest)?;
-        self.store.ensure_conditional_create().await?;
-        let digest = parsed.digest;
-        let rows = parsed.rows;
-        let resolved = ingest::resolve(parsed, &who);
-        let input = ingest::MergeInput {
-            datanet: name,
-            resolved: &resolved,
-            digest,
-            rows,
-            who: &who,
-            rule: self.quarantine,
-            now_ms: self.clock.now_ms(),
-        };
-        let mut written: HashSet<String> = HashSet::new();
-        for attempt in 0..PUBLISH_ATTEMPTS {
-            let head = self.head(name).await?;
-            let base = match &head {
-                Some((_, v)) => Some((self.manifest(name, v).await?, v.clone())),
-                None => None,
-            };
-            let merged = ingest::merge(
-                &input,
-                base.as_ref().map(|(m, v)| (m, v.as_str())),
-                &StoreSource(&self.store),
-            )
-            .await?;
-            self.write_examples(&resolved, &merged.new_examples, &mut written)
-                .await?;
-            let (bytes, version) = merged
-                .manifest
-                .encode()
-                .map_err(|e| DatanetError::Corrupt {
-                    key: name.into(),
-                    reason: e.to_string(),
-                })?;
-            let vkey = Path::from(format!("datanets/{name}/versions/{version}.json"));
-            self.store.create(&vkey, Bytes::from(bytes)).await?;
-            let number = merged.manifest.number;
-            let head_body = serde_json::to_vec(&Head {
-                number,
-                version: version.clone(),
-            })
-            .map_err(|e| DatanetError::Corrupt {
-                key: name.into(),
-                reason: e.to_string(),
-            })?;
-            let hkey = Path::from(format!("datanets/{name}/heads/{number:020}"));
-            match self
-                .store
-                .create(&hkey, Bytes::from(head_body.clone()))
-                .await?
-            {
-                Created::Existing(b) if b != head_body => {
-                    // Another upload published version `number` first: merge again on it.
-                    let ms = rand::random_range(1..(5 + 10 * attempt as u64).min(200));
-                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                    continue;
-                }
-                _ => {}
-            }
-            if let Some(m) = metrics() {
-                m.rows
-                    .with_label_values(&["accepted"])
-                    .inc_by(merged.accepted);
-                m.rows
-                    .with_label_values(&["duplicate"])
-                    .inc_by(merged.duplicates);
-                m.rows
-                    .with_label_values(&["near_duplicate"])
-                    .inc_by(merged.near_duplicates);
-                m.rows
-                    .with_label_values(&["rejected"])
-                    .inc_by(merged.rejected.len() as u64);
-            }
-            tracing::info!(%version, number, accepted = merged.accepted, "published datanet version");
-            return Ok(UploadReport {
-                datanet: name.to_string(),
-                version,
-                parent: merged.manifest.parent.clone(),
-                number,
-                upload_digest: blake3::Hash::from(digest).to_hex().to_string(),
-                uploader: who.contributor.clone(),
-                signed: who.signed,
-                rows,
-                accepted: merged.accepted,
-                duplicates: merged.duplicates,
-                near_duplicates: merged.near_duplicates,
-                rejected: merged.rejected,
-                quarantined: merged.quarantined,
-                retries: attempt,
-            });
-        }
-        Err(DatanetError::Contended {
-            name: name.to_string(),
-            attempts: PUBLISH_ATTEMPTS,
-        })
-    }
-
-    async fn write_examples(
-        &self,
-        resolved: &ingest::Resolved,
-        which: &[usize],
-        written: &mut HashSet<String>,
-    ) -> Result<(), DatanetError> {
-        let todo: Vec<&ingest::Candidate> = which
-            .iter()
-            .filter_map(|i| resolved.candidates.get(*i))
-            .filter(|c| !written.contains(&c.id))
-            .collect();
-        let mut writes = Vec::with_capacity(todo.len());
-        for c in &todo {
-            let body = StoredExample {
-                messages: c
-                    .messages
-                    .iter()
-                    .map(|(role, content)| StoredMessage {
-                        role: role.clone(),
-                        content: content.clone(),
-                    })
-                    .collect(),
-            };
-            let bytes = serde_json::to_vec(&body).map_err(|e| DatanetError::Corrupt {
-                key: c.id.clone(),
-                reason: e.to_string(),
-            })?;
-            let store = self.store.clone();
-            let key = example_key(&c.id);
-            // Content-addressed: an existing object holds the same normalized text.
-            writes.push(async move { store.create(&key, Bytes::from(bytes)).await.map(|_| ()) });
-        }
-        futures::stream::iter(writes)
-            .buffer_unordered(32)
-            .try_collect::<Vec<()>>()
-            .await?;
-        written.extend(todo.iter().map(|c| c.id.clone()));
-        Ok(())
-    }
-
     /// Differences between two versions.
     pub async fn diff(&self, name: &str, from: &str, to: &str) -> Result<Diff, DatanetError> {
         let a = self.resolve_version(name, Some(from)).await?;
@@ -571,16 +494,19 @@ impl Datanets {
             .map(|e| {
                 let store = self.store.clone();
                 let id = e.id.clone();
-                async move { read_example(&store, &id).await }
+                async move { read_example_or_tombstone(&store, &id).await }
             })
             .collect();
         let mut reads = futures::stream::iter(reads).buffered(32);
         let mut n = 0u64;
         let mut i = 0usize;
         while let Some(ex) = reads.next().await {
-            let ex = ex?;
             let e = entries[i];
             i += 1;
+            // An erased text (takedown) is left out of every export.
+            let Some(ex) = ex? else {
+                continue;
+            };
             let line = serde_json::json!({
                 "messages": ex.messages.iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
                 "contributor": e.contributor,

@@ -53,6 +53,53 @@ pub struct Row {
     pub contributor: Option<String>,
     /// (role, content) with content in NFC, spacing as given.
     pub messages: Vec<(String, String)>,
+    /// What the personal-data and secrets scanner found (see [`super::scan`]).
+    pub findings: Vec<RowFinding>,
+}
+
+/// One scanner finding in a row: the field as uploaded and the span in characters within
+/// that field, plus where it sits in the canonical message (for redaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowFinding {
+    pub field: String,
+    pub kind: super::scan::Kind,
+    /// Span in characters within the field.
+    pub start: usize,
+    pub end: usize,
+    /// Message index and span in characters within its content.
+    pub message: usize,
+    pub message_start: usize,
+    pub message_end: usize,
+}
+
+/// Scans every message; `fields` maps (field name, message index, character offset of the
+/// field in the message content).
+fn scan_fields(
+    messages: &[(String, String)],
+    fields: &[(String, usize, usize)],
+) -> Vec<RowFinding> {
+    let mut out = Vec::new();
+    for (mi, (_, content)) in messages.iter().enumerate() {
+        for f in super::scan::scan(content) {
+            let Some((name, _, offset)) = fields
+                .iter()
+                .filter(|(_, m, off)| *m == mi && *off <= f.start)
+                .max_by_key(|(_, _, off)| *off)
+            else {
+                continue;
+            };
+            out.push(RowFinding {
+                field: name.clone(),
+                kind: f.kind,
+                start: f.start - offset,
+                end: f.end - offset,
+                message: mi,
+                message_start: f.start,
+                message_end: f.end,
+            });
+        }
+    }
+    out
 }
 
 /// One line of input, capped at `max + 1` bytes; `len` is its true length.
@@ -255,8 +302,11 @@ pub fn parse_line(line: &Line, limits: &Limits) -> Result<Option<Row>, RowError>
             ));
         }
     };
+    let mut fields: Vec<(String, usize, usize)> = Vec::new();
     let messages = if let Some(v) = obj.get("messages") {
-        parse_messages(&ctx, v)?
+        let m = parse_messages(&ctx, v)?;
+        fields.extend((0..m.len()).map(|i| (format!("messages[{i}].content"), i, 0)));
+        m
     } else if obj.contains_key("instruction") || obj.contains_key("output") {
         let instruction = ctx.text(&obj, "instruction", true)?.unwrap_or_default();
         let input = match obj.get("input") {
@@ -264,8 +314,13 @@ pub fn parse_line(line: &Line, limits: &Limits) -> Result<Option<Row>, RowError>
             Some(v) => Some(ctx.check_text(v, "input", false)?),
         };
         let output = ctx.text(&obj, "output", true)?.unwrap_or_default();
+        fields.push(("instruction".into(), 0, 0));
+        fields.push(("output".into(), 1, 0));
         let user = match input {
-            Some(i) if !i.trim().is_empty() => format!("{instruction}\n\n{i}"),
+            Some(i) if !i.trim().is_empty() => {
+                fields.push(("input".into(), 0, instruction.chars().count() + 2));
+                format!("{instruction}\n\n{i}")
+            }
             _ => instruction,
         };
         vec![
@@ -275,6 +330,8 @@ pub fn parse_line(line: &Line, limits: &Limits) -> Result<Option<Row>, RowError>
     } else if obj.contains_key("prompt") || obj.contains_key("completion") {
         let prompt = ctx.text(&obj, "prompt", true)?.unwrap_or_default();
         let completion = ctx.text(&obj, "completion", true)?.unwrap_or_default();
+        fields.push(("prompt".into(), 0, 0));
+        fields.push(("completion".into(), 1, 0));
         vec![
             ("user".to_string(), prompt),
             ("assistant".to_string(), completion),
@@ -287,10 +344,12 @@ pub fn parse_line(line: &Line, limits: &Limits) -> Result<Option<Row>, RowError>
              or `prompt` + `completion`",
         ));
     };
+    let findings = scan_fields(&messages, &fields);
     Ok(Some(Row {
         line: n,
         contributor,
         messages,
+        findings,
     }))
 }
 

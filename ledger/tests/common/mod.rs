@@ -2,6 +2,8 @@
 //! 127.0.0.1), the `both_backends!` test declarations, and sample reward records.
 #![allow(dead_code)]
 
+pub mod govern;
+
 use tributary_ledger::rewards::{RewardRecord, Share};
 use tributary_ledger::testkit::{MotoServer, init_crypto};
 
