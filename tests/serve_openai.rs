@@ -177,6 +177,34 @@ fn the_openai_client_passes_against_dev_and_a_job_trained_adapter_is_served_by_n
             "{endpoint}: API vs model generate"
         );
     }
+    // Pinned: resident, and not deletable (409) until unpinned.
+    let out = adapter_cli(&dev, &["pin", "fixture-lora"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t0 = std::time::Instant::now();
+    loop {
+        let shown: serde_json::Value =
+            serde_json::from_str(&stdout(&adapter_cli(&dev, &["show", "fixture-lora"]))).unwrap();
+        if shown["residency"] == "pinned" {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "never pinned: {shown}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, body) = dev.request("DELETE", "/v1/adapters/fixture-lora", "text/plain", "");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("pinned"), "{body}");
+    let out = adapter_cli(&dev, &["unpin", "fixture-lora"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t0 = std::time::Instant::now();
+    loop {
+        let shown: serde_json::Value =
+            serde_json::from_str(&stdout(&adapter_cli(&dev, &["show", "fixture-lora"]))).unwrap();
+        if shown["residency"] != "pinned" {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "never unpinned: {shown}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let out = adapter_cli(&dev, &["delete", "fixture-lora"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (code, v) = chat(&dev, "fixture-lora");

@@ -6,6 +6,7 @@
 //! | `GET /v1/adapters` | every live adapter for this base model, with residency |
 //! | `GET /v1/adapters/{id}` | one, by name or digest (a deleted one shows `deleted_unix_ms`) |
 //! | `DELETE /v1/adapters/{id}` | tombstone it and unload it after draining; 409 while pinned |
+//! | `POST /v1/adapters/{id}/pin`, `DELETE …/pin` | keep it resident in the engine (never evicted, not deletable) / let it go |
 //!
 //! An adapter for another base model is refused at registration: the engine checks the
 //! files against its base (shapes, rank), and a registry entry's base digest must be the
@@ -49,7 +50,8 @@ pub struct AdaptersState {
 pub fn adapter_router(state: AdaptersState, auth: &Auth) -> Router {
     let r = Router::new()
         .route("/v1/adapters", post(register).get(list))
-        .route("/v1/adapters/{id}", get(show).delete(delete));
+        .route("/v1/adapters/{id}", get(show).delete(delete))
+        .route("/v1/adapters/{id}/pin", post(pin).delete(unpin));
     auth.guard(r, Scope::Build).with_state(state)
 }
 
@@ -283,6 +285,49 @@ async fn delete(
         "deleted": true,
         "deleted_unix_ms": t.deleted_unix_ms,
     })))
+}
+
+async fn set_pin(
+    st: &AdaptersState,
+    caller: &Caller,
+    id: &str,
+    pinned: bool,
+) -> Result<Json<Value>, ApiError> {
+    let view = entry_of(st, id).await?;
+    if view.deleted_unix_ms.is_some() {
+        return Err(ApiError::not_found(format!("adapter {id} was deleted")));
+    }
+    if view.owner.as_deref() != Some(caller.owner.as_str()) && !caller.admin {
+        return Err(ApiError::Forbidden(format!(
+            "adapter {} belongs to {}; only its owner or an admin may pin it",
+            view.digest,
+            view.owner.as_deref().unwrap_or("the operator")
+        )));
+    }
+    let digest = view
+        .digest
+        .parse()
+        .map_err(|e| ApiError::Internal(format!("registry digest: {e}")))?;
+    st.catalog.engine.set_pinned(digest, pinned).await?;
+    Ok(Json(
+        json!({ "id": id, "digest": view.digest, "pinned": pinned }),
+    ))
+}
+
+async fn pin(
+    State(st): State<AdaptersState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_pin(&st, &caller, &id, true).await
+}
+
+async fn unpin(
+    State(st): State<AdaptersState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_pin(&st, &caller, &id, false).await
 }
 
 #[cfg(test)]

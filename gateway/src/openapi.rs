@@ -127,6 +127,9 @@ pub fn document() -> Value {
             "/v1/adapters/{id}": {"parameters": id_param,
                 "get": op("one adapter, by name or digest", build, None, "200", &["401", "403", "404"]),
                 "delete": op("tombstone an adapter (files stay); 409 while pinned", build, None, "200", &["401", "403", "404", "409"])},
+            "/v1/adapters/{id}/pin": {"parameters": id_param,
+                "post": op("pin an adapter in the engine (kept resident, not deletable)", build, None, "200", &["401", "403", "404", "503"]),
+                "delete": op("unpin an adapter", build, None, "200", &["401", "403", "404", "503"])},
             "/v1/jobs": {
                 "post": op("submit a job spec (JSON, or TOML with Content-Type: application/toml)", build,
                     Some(json!({"type": "object"})), "201", &["400", "401", "403"]),

@@ -199,6 +199,19 @@ pub trait InferenceService: Send + Sync + 'static {
     fn unload(&self, _adapter: Digest) -> BoxFuture<'_, Result<(), InferenceError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Keeps an adapter resident (loading it now if needed) until unpinned; a pinned adapter
+    /// is never evicted and cannot be deleted. Default: this engine does not pin.
+    fn set_pinned(
+        &self,
+        _adapter: Digest,
+        _pinned: bool,
+    ) -> BoxFuture<'_, Result<(), InferenceError>> {
+        Box::pin(async {
+            Err(InferenceError::Unavailable(
+                "this engine does not pin adapters".into(),
+            ))
+        })
+    }
     /// Checks that an adapter fits this engine's base model (module shapes, rank at most
     /// `max_lora_rank`) before it is registered: `Invalid` names what does not fit.
     /// Default: accepted (the engine then checks when it loads the adapter).

@@ -43,6 +43,10 @@ pub enum AdapterCommand {
     },
     /// Delete (tombstone) an adapter: no longer listed or served; its files stay.
     Delete { id: String },
+    /// Keep an adapter resident in the engine (never evicted; not deletable while pinned).
+    Pin { id: String },
+    /// Let a pinned adapter be evicted (and deleted) again.
+    Unpin { id: String },
 }
 
 pub fn run(args: AdapterArgs) -> anyhow::Result<()> {
@@ -124,6 +128,20 @@ async fn run_async(args: AdapterArgs) -> anyhow::Result<()> {
                 .post("/v1/adapters", body.to_string(), "adapter register")
                 .await?;
             println!("{}", row(&v));
+        }
+        AdapterCommand::Pin { id } => {
+            api.post(
+                &format!("/v1/adapters/{id}/pin"),
+                String::new(),
+                "adapter pin",
+            )
+            .await?;
+            println!("pinned {id}");
+        }
+        AdapterCommand::Unpin { id } => {
+            api.delete(&format!("/v1/adapters/{id}/pin"), "adapter unpin")
+                .await?;
+            println!("unpinned {id}");
         }
         AdapterCommand::Delete { id } => {
             let v = api

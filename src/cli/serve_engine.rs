@@ -153,6 +153,19 @@ impl InferenceService for DevEngine {
         Box::pin(async move { r })
     }
 
+    fn set_pinned(
+        &self,
+        adapter: Digest,
+        pinned: bool,
+    ) -> BoxFuture<'_, Result<(), InferenceError>> {
+        let r = if pinned {
+            self.engine.pin(adapter)
+        } else {
+            self.engine.unpin(adapter)
+        };
+        Box::pin(async move { r })
+    }
+
     fn check_adapter(&self, files: AdapterFiles) -> BoxFuture<'_, Result<(), InferenceError>> {
         let model = self.model.clone();
         let max_rank = self.max_rank;
