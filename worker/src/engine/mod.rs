@@ -88,7 +88,9 @@ pub struct EngineConfig {
     /// Share the keys and values of equal prompt prefixes (whole KV blocks, same adapter)
     /// between requests instead of computing them again.
     pub prefix_caching: bool,
-    /// Threads loading adapters on cache misses (each load: fetch, parse, pack).
+    /// Threads loading adapters on cache misses (each load: fetch, parse, pack). More help
+    /// where fetches wait on a remote store; on a busy 2-core machine two gave nothing
+    /// (docs/benchmarks.md).
     pub adapter_loaders: usize,
 }
 
@@ -111,7 +113,7 @@ impl EngineConfig {
             context_window: None,
             worker_name: "local".to_owned(),
             prefix_caching: true,
-            adapter_loaders: 2,
+            adapter_loaders: 1,
         }
     }
 }
