@@ -420,3 +420,32 @@ async fn shared_prompt_prefixes_are_reused_with_the_same_output() {
         "{hits} tokens shared, {whole_blocks} per request"
     );
 }
+
+/// `n` greedy choices of one request compute their prompt once: the later choices share
+/// the first one's blocks, and every choice equals offline generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_share_their_prompt_blocks() {
+    let (model, tok) = offline_model();
+    let mut c = config();
+    c.kv_block_size = 4;
+    let engine = Engine::start(c, Arc::new(AdapterStore::new())).expect("engine");
+    let prompt = prompts()[3].clone();
+    let ids = prompt_ids(&tok, &prompt);
+    let (want, _, _) = offline(&model, &tok, None, &ids, 12);
+    let mut r = request("cmpl-n3", ModelChoice::Base, prompt, 12);
+    r.params.n = 3;
+    let mut s = engine.submit(r).await.expect("admitted");
+    let mut texts = vec![String::new(); 3];
+    let mut finished = 0;
+    while finished < 3 {
+        match s.recv().await.expect("event") {
+            InferenceEvent::Text { choice, text, .. } => texts[choice as usize].push_str(&text),
+            InferenceEvent::Finished { .. } => finished += 1,
+            InferenceEvent::Failed(e) => panic!("{e}"),
+            InferenceEvent::Started { .. } => {}
+        }
+    }
+    assert_eq!(texts, vec![want; 3]);
+    let whole_blocks = ((ids.len() - 1) / 4 * 4) as u64;
+    assert_eq!(engine.status().prefix_hit_tokens, 2 * whole_blocks);
+}

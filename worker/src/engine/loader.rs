@@ -1,10 +1,10 @@
-//! The adapter loader thread: on a cache miss it fetches an adapter's files from the
+//! The adapter loader threads: on a cache miss one fetches an adapter's files from the
 //! [`AdapterSource`] (possibly a store download), parses them for the base model, checks the
 //! rank, packs the host kernels' factors, and hands the adapter to the engine loop, which
 //! meanwhile keeps stepping the requests whose adapters are resident.
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tributary_model::config::ModelConfig;
@@ -35,9 +35,15 @@ pub(crate) struct Loader {
 }
 
 impl Loader {
-    /// Loads each digest asked for until the engine goes away.
-    pub fn run(self, jobs: Receiver<Digest>) {
-        while let Ok(digest) = jobs.recv() {
+    /// Loads each digest asked for until the engine goes away (several loaders share
+    /// one queue).
+    pub fn run(self, jobs: &Mutex<Receiver<Digest>>) {
+        loop {
+            let next = match jobs.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok(digest) = next else { return };
             let started = Instant::now();
             let result = self.load(&digest).map(|(adapter, bytes)| Loaded {
                 adapter: Arc::new(adapter),

@@ -88,6 +88,10 @@ pub struct EngineConfig {
     /// Share the keys and values of equal prompt prefixes (whole KV blocks, same adapter)
     /// between requests instead of computing them again.
     pub prefix_caching: bool,
+    /// Threads loading adapters on cache misses (each load: fetch, parse, pack). More help
+    /// where fetches wait on a remote store; on a busy 2-core machine two gave nothing
+    /// (docs/benchmarks.md).
+    pub adapter_loaders: usize,
 }
 
 impl EngineConfig {
@@ -109,6 +113,7 @@ impl EngineConfig {
             context_window: None,
             worker_name: "local".to_owned(),
             prefix_caching: true,
+            adapter_loaders: 1,
         }
     }
 }
@@ -143,6 +148,8 @@ pub struct EngineStatus {
     /// KV blocks in use and in all.
     pub kv_blocks_used: usize,
     pub kv_blocks: usize,
+    /// Most KV blocks in use after any step since the start.
+    pub kv_blocks_peak: usize,
     /// Steps run since the start.
     pub steps: u64,
     /// Most sequences computed in one step since the start.
@@ -253,18 +260,25 @@ impl Engine {
         }));
         let (commands, command_rx) = std_mpsc::sync_channel(config.max_in_flight + 64);
         let (load_tx, load_rx) = std_mpsc::sync_channel(config.max_in_flight + 16);
-        let loader = loader::Loader {
-            source: adapters,
-            model_config: model.config().clone(),
-            device: device.clone(),
-            bf16: config.dtype == WeightDtype::Bf16,
-            max_rank: config.max_lora_rank as usize,
-            replies: commands.clone(),
-        };
-        let loader_thread = std::thread::Builder::new()
-            .name("tributary-adapter-loader".into())
-            .spawn(move || loader.run(load_rx))
-            .map_err(|e| EngineError::Thread(e.to_string()))?;
+        let load_rx = Arc::new(Mutex::new(load_rx));
+        let mut threads = Vec::new();
+        for i in 0..config.adapter_loaders {
+            let loader = loader::Loader {
+                source: Arc::clone(&adapters),
+                model_config: model.config().clone(),
+                device: device.clone(),
+                bf16: config.dtype == WeightDtype::Bf16,
+                max_rank: config.max_lora_rank as usize,
+                replies: commands.clone(),
+            };
+            let jobs = Arc::clone(&load_rx);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tributary-adapter-loader-{i}"))
+                    .spawn(move || loader.run(&jobs))
+                    .map_err(|e| EngineError::Thread(e.to_string()))?,
+            );
+        }
         let runner = runner::Runner::new(
             model,
             Arc::clone(&tokenizer),
@@ -287,7 +301,7 @@ impl Engine {
             commands,
             in_flight: Arc::new(AtomicUsize::new(0)),
             status,
-            threads: vec![runner_thread, loader_thread],
+            threads: std::iter::once(runner_thread).chain(threads).collect(),
         })
     }
 
@@ -477,6 +491,9 @@ fn check_config(c: &EngineConfig) -> Result<(), EngineError> {
     }
     if c.max_in_flight == 0 {
         return bad("max_in_flight", "must be at least 1".into());
+    }
+    if c.adapter_loaders == 0 {
+        return bad("adapter_loaders", "must be at least 1".into());
     }
     if c.max_lora_rank == 0 {
         return bad("max_lora_rank", "must be at least 1".into());

@@ -83,6 +83,7 @@ pub(crate) struct Runner {
     worker: String,
     steps: u64,
     peak_batch: usize,
+    peak_blocks: usize,
     prefix_caching: bool,
     /// Prefix-cache hits already counted in the metric.
     hits_counted: u64,
@@ -125,6 +126,7 @@ impl Runner {
             worker: config.worker_name.clone(),
             steps: 0,
             peak_batch: 0,
+            peak_blocks: 0,
             prefix_caching: config.prefix_caching,
             hits_counted: 0,
         })
@@ -366,6 +368,7 @@ impl Runner {
         }
         self.steps += 1;
         self.peak_batch = self.peak_batch.max(step.chunks.len());
+        self.peak_blocks = self.peak_blocks.max(self.sched.used_blocks());
         let started = std::time::Instant::now();
         match self.forward(&step) {
             Ok(logits) => {
@@ -519,6 +522,7 @@ impl Runner {
             s.kv_blocks = blocks;
             s.steps = self.steps;
             s.peak_batch = self.peak_batch;
+            s.kv_blocks_peak = self.peak_blocks;
             s.prefix_hit_tokens = hits;
         }
     }
