@@ -53,4 +53,13 @@ else
 fi
 [ -x "$moto_bin" ] || { echo "moto_server could not be installed" >&2; exit 1; }
 printf '%s\n' "$moto_bin" > "$cache/moto_server_path"
+# The official openai Python client, for the serving end-to-end test (tests/serve_openai.rs),
+# in its own cached virtual environment (~20 s the first time).
+openai_py="$cache/openai-venv/bin/python"
+if ! "$openai_py" -c 'import openai' >/dev/null 2>&1; then
+  python3 -m venv "$cache/openai-venv"
+  "$cache/openai-venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<4'
+fi
+"$openai_py" -c 'import openai' || { echo "the openai client could not be installed" >&2; exit 1; }
+printf '%s\n' "$openai_py" > "$cache/openai_python_path"
 echo "test dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), moto_server at $moto_bin"

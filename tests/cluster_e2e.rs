@@ -446,7 +446,12 @@ fn coordinator_with_http(c: &mut Cluster, name: &str) -> u16 {
     let port = common::free_tcp_port();
     c.spawn(
         name,
-        &["coordinator", "--http", &format!("127.0.0.1:{port}")],
+        &[
+            "coordinator",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--insecure-no-auth",
+        ],
     );
     common::wait_ready(port, "/healthz", 30, &|| c.dump_logs());
     port

@@ -136,30 +136,25 @@ fn cancel_stops_a_running_job_and_a_bad_spec_names_its_field() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("lora.rank"), "{}", stderr(&out));
     // The API itself answers 400 naming the field, for clients other than the CLI.
-    let (code, body) = http_request(
-        dev.port,
+    let (code, body) = dev.request(
         "POST",
         "/v1/jobs",
         "application/toml",
         "base_model = \"m\"\ndata = \"d\"\n[train]\nsteps = 1\nlr = 5.0\n",
-    )
-    .unwrap();
+    );
     assert_eq!(code, 400, "{body}");
     let err: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(err["field"], "train.lr", "{body}");
-    let (code, body) = http_request(
-        dev.port,
-        "POST",
-        "/v1/jobs",
-        "application/json",
-        "{\"data\": 1}",
-    )
-    .unwrap();
+    assert_eq!(err["error"]["param"], "train.lr", "{body}");
+    let (code, body) = dev.request("POST", "/v1/jobs", "application/json", "{\"data\": 1}");
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("\"field\""), "{body}");
-    let (code, _) = http_get(dev.port, "/v1/jobs/not%20an%20id").unwrap();
+    assert!(body.contains("\"param\""), "{body}");
+    let (code, _) = dev.request("GET", "/v1/jobs/not%20an%20id", "text/plain", "");
     assert_eq!(code, 400);
-    let (code, body) = http_get(dev.port, "/v1/jobs/job-000000000000").unwrap();
+    let (code, body) = dev.request("GET", "/v1/jobs/job-000000000000", "text/plain", "");
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("\"error\""), "{body}");
+    // Without a key: 401 in OpenAI's error shape.
+    let (code, body) = http_get(dev.port, "/v1/jobs").unwrap();
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("authentication_error"), "{body}");
 }

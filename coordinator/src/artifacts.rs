@@ -114,11 +114,33 @@ impl Artifacts {
         AdapterRegistry::new(self.store.clone())
     }
 
+    /// Adapter names and tombstones in this store.
+    pub fn names(&self) -> tributary_ledger::adapter_names::AdapterNames {
+        tributary_ledger::adapter_names::AdapterNames::new(self.store.clone())
+    }
+
+    /// Points `name` at a registered adapter for `owner` (see
+    /// [`tributary_ledger::adapter_names`]); returns the name's new version.
+    pub async fn claim_name(
+        &self,
+        name: &str,
+        digest: &str,
+        owner: &str,
+        now_unix_ms: u64,
+    ) -> Result<u64, CoordError> {
+        self.names()
+            .claim(name, digest, owner, now_unix_ms)
+            .await
+            .map(|p| p.seq)
+            .map_err(store_err)
+    }
+
     /// Stores and registers a trained adapter.
     pub async fn register_adapter(
         &self,
         files: Vec<NamedFile>,
         prov: Provenance,
+        owner: Option<String>,
     ) -> Result<AdapterEntry, CoordError> {
         let files: Vec<AdapterFile> = files
             .into_iter()
@@ -128,7 +150,7 @@ impl Artifacts {
             })
             .collect();
         self.registry()
-            .register(&files, prov)
+            .register_owned(&files, prov, owner)
             .await
             .map_err(store_err)
     }

@@ -8,6 +8,11 @@
 //! | `POST /v1/jobs/{id}/cancel` | cancel a queued or running job; 202 |
 //! | `GET /v1/jobs/{id}/logs` | the job's event lines |
 //!
+//! Every route needs the `build` scope ([`crate::auth`]). A submitted spec's `owner` is set
+//! to the caller's identity (whatever the body said); a job may be cancelled by its owner
+//! or an admin. A spec's `name` must be free or already the caller's (checked at submit, so
+//! a job does not train for hours to find its name taken).
+//!
 //! Each request runs in a `tracing` span; errors come back as JSON (see [`crate::error`]).
 
 use std::sync::Arc;
@@ -15,28 +20,40 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tracing::{Instrument, info_span};
 use tributary_coordinator::JobApi;
 use tributary_protocol::{JobId, JobSpec};
 
+use tributary_ledger::adapter_names::{AdapterNames, check_name};
+use tributary_ledger::keys::Scope;
+
+use crate::auth::{Auth, Caller};
+use crate::catalog::store_error;
 use crate::error::ApiError;
 
 /// Largest spec body accepted.
 pub const MAX_SPEC_BYTES: usize = 1 << 20;
 
-type Api = Arc<dyn JobApi>;
+/// What the job routes share.
+#[derive(Clone)]
+pub struct JobsState {
+    pub api: Arc<dyn JobApi>,
+    /// Adapter names in the store the jobs register into (for the spec's `name`).
+    pub names: Option<AdapterNames>,
+}
 
-/// The `/v1/jobs` routes over `api`.
-pub fn job_router(api: Api) -> Router {
-    Router::new()
+/// The `/v1/jobs` routes over `api`, each needing the `build` scope.
+pub fn job_router(api: Arc<dyn JobApi>, names: Option<AdapterNames>, auth: &Auth) -> Router {
+    let r = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(show))
         .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/logs", get(logs))
-        .with_state(api)
+        .route("/v1/jobs/{id}/logs", get(logs));
+    auth.guard(r, Scope::Build)
+        .with_state(JobsState { api, names })
 }
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
@@ -51,7 +68,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
 }
 
 async fn submit(
-    State(api): State<Api>,
+    State(st): State<JobsState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -79,35 +97,72 @@ async fn submit(
             JobSpec::from_json_str(text)
         }
         .map_err(|e| ApiError::spec(spec_message(&e)))?;
-        let id = api.submit(spec).await?;
-        tracing::info!(%id, "job submitted");
+        let mut spec = spec;
+        spec.owner = Some(caller.owner.clone());
+        if let Some(name) = &spec.name {
+            check_name(name).map_err(store_error)?;
+            if let Some(names) = &st.names
+                && let Some(p) = names.latest(name).await.map_err(store_error)?
+                && p.owner != caller.owner
+            {
+                return Err(ApiError::Forbidden(format!(
+                    "name: adapter name {name:?} is owned by {}; choose another name",
+                    p.owner
+                )));
+            }
+        }
+        let id = st.api.submit(spec).await?;
+        tracing::info!(%id, owner = %caller.owner, "job submitted");
         Ok((StatusCode::CREATED, Json(json!({ "id": id.to_string() }))))
     }
     .instrument(info_span!("http_submit_job"))
     .await
 }
 
-async fn list(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let recs = api.list().instrument(info_span!("http_list_jobs")).await?;
+async fn list(State(st): State<JobsState>) -> Result<Json<Value>, ApiError> {
+    let recs = st
+        .api
+        .list()
+        .instrument(info_span!("http_list_jobs"))
+        .await?;
     Ok(Json(to_json(&recs)?))
 }
 
-async fn show(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(st): State<JobsState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = job_id(&id)?;
-    let rec = api
+    let rec = st
+        .api
         .get(id.clone())
         .instrument(info_span!("http_get_job", job = %id))
         .await?
-        .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+        .ok_or_else(|| ApiError::not_found(format!("no such job {id}")))?;
     Ok(Json(to_json(&rec)?))
 }
 
 async fn cancel(
-    State(api): State<Api>,
+    State(st): State<JobsState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = job_id(&id)?;
-    api.cancel(id.clone())
+    let rec = st
+        .api
+        .get(id.clone())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no such job {id}")))?;
+    if let Some(owner) = &rec.spec.owner
+        && *owner != caller.owner
+        && !caller.admin
+    {
+        return Err(ApiError::Forbidden(format!(
+            "job {id} belongs to {owner}; only its owner or an admin may cancel it"
+        )));
+    }
+    st.api
+        .cancel(id.clone())
         .instrument(info_span!("http_cancel_job", job = %id))
         .await?;
     Ok((
@@ -116,13 +171,17 @@ async fn cancel(
     ))
 }
 
-async fn logs(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn logs(
+    State(st): State<JobsState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = job_id(&id)?;
-    let rec = api
+    let rec = st
+        .api
         .get(id.clone())
         .instrument(info_span!("http_job_logs", job = %id))
         .await?
-        .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+        .ok_or_else(|| ApiError::not_found(format!("no such job {id}")))?;
     Ok(Json(
         json!({ "id": id.to_string(), "lines": to_json(&rec.log)? }),
     ))

@@ -2,16 +2,36 @@
 //! adapter-affinity router, admission control, auth, metrics and the web dashboard.
 //! No model math here.
 //!
+//! - [`openai`]: `/v1/chat/completions`, `/v1/completions`, `/v1/models` over an
+//!   [`tributary_protocol::InferenceService`].
+//! - [`adapters`]: the adapter API (`/v1/adapters…`: register, list, show, delete).
+//! - [`catalog`]: what `model` can name (base model, adapter names and digests).
 //! - [`jobs`]: the job API (`/v1/jobs…`) over [`tributary_coordinator::JobApi`].
+//! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
+//! - [`auth`]: API keys (`Authorization: Bearer`) and scopes per route.
+//! - [`routing`]: the cluster routing choice (rendezvous hashing with bounded load), pure.
+//! - [`admission`]: the bounded number of inference requests in flight.
 //! - [`ops`]: `/healthz`, `/readyz` and `/metrics` for every process.
+//! - [`app`]: all of the above as one router. [`openapi`]: `/openapi.json`.
 //! - [`error`]: every API error mapped to an HTTP status and a JSON body in one place.
 //! - [`limits`]: body limit, request timeout and in-flight bound, applied by [`serve`].
 
+pub mod adapters;
+pub mod admission;
+pub mod app;
+pub mod auth;
+pub mod catalog;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod keys_api;
+pub mod openai;
+pub mod openapi;
 pub mod ops;
+pub mod routing;
 
+pub use app::{Parts, ServeConfig, app};
+pub use auth::{Auth, Caller};
 /// The router type the functions above return.
 pub use axum::Router;
 pub use error::ApiError;

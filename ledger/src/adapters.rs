@@ -31,6 +31,12 @@ pub enum AdapterError {
     MissingFile { digest: String, name: String },
     #[error("adapter {digest}: stored files hash to {found}")]
     DigestMismatch { digest: String, found: String },
+    #[error("adapter name {name:?} is not allowed: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error("adapter name {name:?} is owned by {owner}; only its owner may add versions")]
+    NameOwned { name: String, owner: String },
+    #[error("adapter name {name:?}: too many concurrent claims, try again")]
+    Contended { name: String },
 }
 
 /// One file of an adapter (`adapter_config.json`, `adapter_model.safetensors`).
@@ -56,6 +62,9 @@ pub struct AdapterEntry {
     pub files: Vec<String>,
     /// Where the files are: the store URL (without query) joined with `adapters/<digest>`.
     pub location: String,
+    /// The identity (API key owner) that trained or registered it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The licences of the data version it was trained on, when that is a datanet version
     /// in the same store (see [`crate::datanet::license::licenses_for_data`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -138,6 +147,17 @@ impl AdapterRegistry {
         files: &[AdapterFile],
         prov: Provenance,
     ) -> Result<AdapterEntry, AdapterError> {
+        self.register_owned(files, prov, None).await
+    }
+
+    /// [`AdapterRegistry::register`], recording `owner` (the identity that trained or
+    /// registered it) in the entry; the first registration's owner stays.
+    pub async fn register_owned(
+        &self,
+        files: &[AdapterFile],
+        prov: Provenance,
+        owner: Option<String>,
+    ) -> Result<AdapterEntry, AdapterError> {
         if files.is_empty() {
             return Err(AdapterError::NoFiles);
         }
@@ -174,6 +194,7 @@ impl AdapterRegistry {
             created_unix_ms: prov.created_unix_ms,
             files: names,
             location: self.location(&digest),
+            owner,
             data_licenses,
         };
         let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| AdapterError::BadEntry {

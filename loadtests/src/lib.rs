@@ -1,10 +1,11 @@
 //! Benchmarks that drive whole deployments. Now: [`cluster`], the cost of running a training
 //! job as a cluster (coordination overhead per step, gradient bytes per step, and, in
 //! [`failover`], coordinator failover time), timed through [`step_timer`], with its child
-//! processes in [`processes`]. The gateway load generator (Zipf adapter popularity,
-//! arrivals, lengths; throughput, TTFT, TPOT, SLO attainment) comes with the gateway.
+//! processes in [`processes`]. [`serve_load`]: the gateway load generator (power-law adapter
+//! popularity, Gamma arrivals, lengths; throughput, TTFT, TPOT, SLO attainment).
 
 pub mod cluster;
 pub mod failover;
 pub mod processes;
+pub mod serve_load;
 pub mod step_timer;

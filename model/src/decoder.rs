@@ -16,6 +16,7 @@ mod host_step;
 mod linear;
 mod load;
 mod mixed;
+mod paged;
 mod storage;
 
 use std::path::Path;
@@ -26,9 +27,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 pub use cache::KvCache;
 pub use host_step::HostStep;
 use host_step::HostWeights;
-pub use linear::{Linear, LinearWeight};
+pub use linear::{HOST_KERNEL_MAX_ROWS, Linear, LinearWeight};
 use mixed::LoraSel;
 pub use mixed::MixedLora;
+pub use paged::{PagedKvCache, SeqChunk};
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
@@ -164,6 +166,17 @@ impl CausalLm {
     /// The path decode calls take where the host step could serve them.
     pub fn host_step(&self) -> HostStep {
         self.host_step
+    }
+
+    /// The host step's copies of norms, biases and RoPE frequencies (read on first use).
+    fn host_weights(&self) -> Result<&HostWeights, ModelError> {
+        Ok(match self.host_weights.get() {
+            Some(w) => w,
+            None => {
+                let w = HostWeights::read(self)?;
+                self.host_weights.get_or_init(|| w)
+            }
+        })
     }
 
     /// The model's hyper-parameters.
@@ -441,13 +454,7 @@ impl CausalLm {
             None => cache::Plan::fresh(&pads, s),
         };
         if dropout.is_none() && host_step::eligible(self, b * s) {
-            let weights = match self.host_weights.get() {
-                Some(w) => w,
-                None => {
-                    let w = HostWeights::read(self)?;
-                    self.host_weights.get_or_init(|| w)
-                }
-            };
+            let weights = self.host_weights()?;
             let ids = input_ids.clone();
             if let Some(hs) = host_step::run(self, weights, ids, &plan, lora, cache.as_deref_mut())?
             {

@@ -5,7 +5,8 @@
 //! feature `wgpu`, [`default_device`] returns the default wgpu device instead (a GPU when
 //! one is present). `TRIBUTARY_DEVICE=cpu` forces the CPU even in a wgpu build.
 
-use burn::tensor::Device;
+/// The device type (re-exported so crates above the model need not depend on burn).
+pub use burn::tensor::Device;
 
 /// The device Tributary computes on unless told otherwise.
 pub fn default_device() -> Device {

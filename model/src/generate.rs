@@ -177,7 +177,7 @@ impl Row {
 
 /// Length of `text` that is safe to stream: no trailing U+FFFD (a UTF-8 sequence still
 /// being completed) and no suffix that is a proper prefix of a stop string.
-fn stable_len(text: &str, stop: &[String]) -> usize {
+pub fn stable_len(text: &str, stop: &[String]) -> usize {
     let mut end = text.trim_end_matches('\u{FFFD}').len();
     let mut hold = 0;
     for s in stop {
@@ -192,7 +192,7 @@ fn stable_len(text: &str, stop: &[String]) -> usize {
 }
 
 /// The first stop string's position in `text`, if any.
-fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
+pub fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
     stop.iter().filter_map(|s| text.find(s.as_str())).min()
 }
 

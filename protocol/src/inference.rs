@@ -164,6 +164,23 @@ pub struct EngineInfo {
     pub max_lora_rank: u32,
 }
 
+/// One adapter an engine holds in memory (for `/v1/models` and `/v1/adapters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidentAdapter {
+    pub digest: Digest,
+    /// Bytes it takes in the adapter cache.
+    pub bytes: u64,
+    /// Pinned adapters are never evicted, and cannot be deleted while pinned.
+    pub pinned: bool,
+}
+
+/// An adapter's PEFT files as the gateway received them (`adapter_config.json`,
+/// `adapter_model.safetensors`), for [`InferenceService::check_adapter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterFiles {
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
 /// An inference engine as the gateway sees it: in-process, or a client to remote workers.
 pub trait InferenceService: Send + Sync + 'static {
     /// Admits a request or refuses it at once (never waits for capacity).
@@ -173,6 +190,34 @@ pub trait InferenceService: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<EventStream, InferenceError>>;
     /// The base model and limits.
     fn info(&self) -> EngineInfo;
+    /// The adapters resident now. Default: none reported.
+    fn resident(&self) -> Vec<ResidentAdapter> {
+        Vec::new()
+    }
+    /// Drops an adapter from memory once its running requests have drained (after a
+    /// delete). Default: nothing to drop.
+    fn unload(&self, _adapter: Digest) -> BoxFuture<'_, Result<(), InferenceError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Keeps an adapter resident (loading it now if needed) until unpinned; a pinned adapter
+    /// is never evicted and cannot be deleted. Default: this engine does not pin.
+    fn set_pinned(
+        &self,
+        _adapter: Digest,
+        _pinned: bool,
+    ) -> BoxFuture<'_, Result<(), InferenceError>> {
+        Box::pin(async {
+            Err(InferenceError::Unavailable(
+                "this engine does not pin adapters".into(),
+            ))
+        })
+    }
+    /// Checks that an adapter fits this engine's base model (module shapes, rank at most
+    /// `max_lora_rank`) before it is registered: `Invalid` names what does not fit.
+    /// Default: accepted (the engine then checks when it loads the adapter).
+    fn check_adapter(&self, _files: AdapterFiles) -> BoxFuture<'_, Result<(), InferenceError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A shared engine.

@@ -22,8 +22,9 @@ pub use endpoint::{Handler, Limits, QuicClient, QuicServer};
 pub use error::{ProtocolError, Result};
 pub use ids::{Digest, FencingToken, JobId, NodeId};
 pub use inference::{
-    ChatMessage, EngineInfo, EventStream, InferenceError, InferenceEvent, InferenceRequest,
-    InferenceService, ModelChoice, Prompt, SamplingParams, SharedInference,
+    AdapterFiles, ChatMessage, EngineInfo, EventStream, InferenceError, InferenceEvent,
+    InferenceRequest, InferenceService, ModelChoice, Prompt, ResidentAdapter, SamplingParams,
+    SharedInference,
 };
 pub use link::{BoxFuture, LinkFactory, QuicLinkFactory, QuicWorkerLink, WorkerInfo, WorkerLink};
 pub use messages::{

@@ -147,6 +147,14 @@ pub struct JobSpec {
     #[serde(default)]
     pub lora: LoraSpec,
     pub train: TrainSpec,
+    /// The adapter name the trained adapter is served under (`model` in the OpenAI API)
+    /// once the job succeeds; optional (the adapter is always servable by its digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The identity that submitted the job: set by the gateway from the caller's API key (a
+    /// value in a submitted spec is replaced); it owns the job's adapter and its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Limits checked by [`JobSpec::validate`].

@@ -13,6 +13,9 @@ pub enum BenchCommand {
     /// Cluster: step time with 2 worker processes over QUIC vs 1 in-process worker, gradient
     /// bytes per step, coordinator failover time (starts a real etcd).
     Cluster(super::bench_cluster::BenchClusterArgs),
+    /// Serving: S-LoRA-style load (power-law adapters, Gamma arrivals) against a live
+    /// gateway; throughput, TTFT/TPOT p50/p90/p99, SLO attainment.
+    Serve(super::bench_serve::BenchServeArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -21,5 +24,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train(args) => super::bench_model::train(args),
         BenchCommand::Generate(args) => super::bench_model::generate(args),
         BenchCommand::Cluster(args) => super::bench_cluster::run(args),
+        BenchCommand::Serve(args) => super::bench_serve::run(args),
     }
 }

@@ -54,6 +54,11 @@ pub struct CoordinatorArgs {
     /// `s3://bucket/prefix?endpoint=…` (every coordinator of a cluster must name the same).
     #[arg(long, env = "TRIBUTARY_STORE", default_value = "tributary-data/store")]
     pub store: String,
+    /// Serve the job API without API keys (anyone who can reach --http may submit or cancel
+    /// jobs). Without it, callers need a `build` key from the store's key store
+    /// (`tributary keys create --store …`).
+    #[arg(long, env = "TRIBUTARY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 /// `tributary worker`.
@@ -184,8 +189,21 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             s.ping().await.map_err(|e| format!("store: {e}"))
         })
     });
-    let app = tributary_gateway::job_router(Arc::new(EtcdJobs(client.clone())))
-        .merge(tributary_gateway::ops_router(ready));
+    let store = tributary_ledger::store::Store::open(&args.store).context("--store")?;
+    let auth = if args.insecure_no_auth {
+        eprintln!("WARNING: --insecure-no-auth: the job API takes requests without API keys");
+        tributary_gateway::Auth::open()
+    } else {
+        tributary_gateway::Auth::keys(tributary_ledger::keys::KeyStore::new(store.clone()))
+    };
+    let app = tributary_gateway::app(tributary_gateway::Parts {
+        auth,
+        store,
+        engine: None,
+        jobs: Some(Arc::new(EtcdJobs(client.clone()))),
+        ready,
+        config: tributary_gateway::ServeConfig::default(),
+    });
     serve_http(args.common.http, app).await?;
     let ctl = ShutdownController::new();
     let sd = ctl.subscribe();

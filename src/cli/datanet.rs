@@ -153,8 +153,9 @@ pub enum DatanetCommand {
         /// The signer's ed25519 public key (hex).
         #[arg(long, requires = "signature")]
         public_key: Option<String>,
-        /// An API key, mapped to a contributor by --keys.
-        #[arg(long, requires = "keys", conflicts_with = "contributor")]
+        /// An API key, mapped to a contributor by --keys, or else by the store's key store
+        /// (a key with the `contribute` scope; see docs/api.md).
+        #[arg(long, conflicts_with = "contributor")]
         api_key: Option<String>,
         /// Keys file: one `API_KEY CONTRIBUTOR` a line.
         #[arg(long)]
@@ -332,12 +333,15 @@ async fn run_async(args: DatanetArgs) -> anyhow::Result<()> {
             } else {
                 Uploader::Operator(contributor)
             };
-            let ring = match keys {
-                Some(p) => Some(KeyRing::parse(
+            let ring = match (keys, &uploader) {
+                (Some(p), _) => Some(KeyRing::parse(
                     &std::fs::read_to_string(&p)
                         .with_context(|| format!("reading keys file {}", p.display()))?,
                 )?),
-                None => None,
+                (None, Uploader::ApiKey(k)) => {
+                    Some(super::api_key::store_ring(&args.store, k).await?)
+                }
+                (None, _) => None,
             };
             let f = std::fs::File::open(&file)
                 .with_context(|| format!("opening {}", file.display()))?;

@@ -1,4 +1,5 @@
-//! `tributary dev`: the coordinator, N in-process workers and the job API in one process —
+//! `tributary dev`: the coordinator, N in-process workers, the job API and (with
+//! `--base-model`) the OpenAI-compatible inference API in one process —
 //! in-memory membership and job records, a `file://` object store under the data directory,
 //! nothing to install. The `job` commands talk to it exactly as to a cluster. Datanets in
 //! that store (`tributary datanet … --store <data-dir>/store`) are jobs' `datanet://` data.
@@ -13,6 +14,9 @@ use clap::Args;
 use tributary_coordinator::{
     ActorJobs, Artifacts, CoordinatorConfig, MemoryJobStore, StaticMembership, spawn_coordinator,
 };
+use tributary_gateway::{Auth, Parts, ServeConfig};
+use tributary_ledger::keys::KeyStore;
+use tributary_ledger::store::Store;
 use tributary_protocol::{NodeId, WorkerInfo};
 use tributary_worker::{LocalLinkFactory, SourceConfig, SourcedFactory, WorkerCore, spawn_worker};
 
@@ -40,6 +44,12 @@ pub struct DevArgs {
         value_delimiter = ','
     )]
     pub allow_path: Vec<PathBuf>,
+    /// Serve every route without API keys (anyone who can reach --http may run jobs and
+    /// inference). Without it, an admin key is printed and written to <data-dir>/admin.key.
+    #[arg(long, env = "TRIBUTARY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub serve: super::serve_engine::ServeArgs,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -107,8 +117,50 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             s.ping().await.map_err(|e| format!("store: {e}"))
         })
     });
-    let app = tributary_gateway::job_router(Arc::new(ActorJobs(coord.clone())))
-        .merge(tributary_gateway::ops_router(ready));
+    let store = Store::open(&store_dir.to_string_lossy())?;
+    let url = format!("http://{}", args.http);
+    let auth = if args.insecure_no_auth {
+        eprintln!(
+            "WARNING: --insecure-no-auth: no API keys; anyone who can reach {url} can run jobs and inference"
+        );
+        Auth::open()
+    } else {
+        let keys = KeyStore::new(store.clone());
+        let key = super::api_key::dev_admin_key(&keys, &args.data_dir, &url).await?;
+        eprintln!(
+            "tributary dev: admin API key {key} (in {})",
+            args.data_dir.join(super::api_key::ADMIN_KEY_FILE).display()
+        );
+        Auth::keys(keys)
+    };
+    let engine: Option<tributary_protocol::SharedInference> = match &args.serve.base_model {
+        Some(dir) => {
+            let (serve, dir, store, rt) = (
+                args.serve.clone(),
+                dir.clone(),
+                store.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            let e = tokio::task::spawn_blocking(move || {
+                super::serve_engine::DevEngine::start(&serve, &dir, store, rt)
+            })
+            .await??;
+            Some(Arc::new(e))
+        }
+        None => None,
+    };
+    let serving = engine.as_ref().map(|e| e.info());
+    let app = tributary_gateway::app(Parts {
+        auth,
+        store,
+        engine,
+        jobs: Some(Arc::new(ActorJobs(coord.clone()))),
+        ready,
+        config: ServeConfig {
+            max_in_flight: args.serve.max_in_flight,
+            ..ServeConfig::default()
+        },
+    });
     let (bound, server) = tributary_gateway::serve(args.http, app, super::cluster::terminate())
         .await
         .with_context(|| format!("listening on --http {}", args.http))?;
@@ -117,6 +169,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         args.workers,
         artifacts.url()
     );
+    if let Some(info) = serving {
+        eprintln!(
+            "tributary dev: serving {} ({}) with the OpenAI API at http://{bound}/v1",
+            info.base_name, info.base_digest
+        );
+    }
     let r = server.await;
     coord.stop(None);
     for a in actors {

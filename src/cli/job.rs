@@ -21,6 +21,10 @@ pub struct Endpoint {
         global = true
     )]
     pub coordinator: String,
+    /// API key (`Authorization: Bearer`); default: a local `tributary dev`'s admin key,
+    /// found by itself.
+    #[arg(long, env = "TRIBUTARY_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// `tributary job …`.
@@ -59,24 +63,32 @@ pub enum JobCommand {
     Logs { id: String },
 }
 
-struct Api {
-    base: String,
+/// A thin JSON client of the gateway's APIs (`job`, `adapter`).
+pub struct Api {
+    pub base: String,
     http: reqwest::Client,
+    key: Option<String>,
 }
 
 impl Api {
-    fn new(base: &str) -> anyhow::Result<Self> {
+    pub fn new(endpoint: &Endpoint) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(300))
             .build()
             .context("building the HTTP client")?;
+        let base = endpoint.coordinator.trim_end_matches('/').to_string();
         Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
+            key: super::api_key::client_key(endpoint.api_key.as_deref(), &base),
+            base,
             http,
         })
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+    pub async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+        let req = match &self.key {
+            Some(k) => req.header("authorization", format!("Bearer {k}")),
+            None => req,
+        };
         let resp = req
             .send()
             .await
@@ -85,10 +97,19 @@ impl Api {
         let text = resp.text().await.context(what.to_string())?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
-            let msg = body["error"]
+            // `{"error": {"message", "param", …}}` (OpenAI's shape, every gateway route).
+            let err = &body["error"];
+            let msg = err["message"]
                 .as_str()
+                .or_else(|| err.as_str())
                 .map_or(body.to_string(), str::to_string);
-            match body["field"].as_str() {
+            let hint = if status.as_u16() == 401 && self.key.is_none() {
+                " (give --api-key or TRIBUTARY_API_KEY; `tributary dev` prints its admin key)"
+            } else {
+                ""
+            };
+            let msg = format!("{msg}{hint}");
+            match err["param"].as_str() {
                 Some(f) => bail!("{what}: {msg} (field `{f}`, HTTP {status})"),
                 None => bail!("{what}: {msg} (HTTP {status})"),
             }
@@ -96,18 +117,23 @@ impl Api {
         Ok(body)
     }
 
-    async fn get(&self, path: &str, what: &str) -> anyhow::Result<Value> {
+    pub async fn get(&self, path: &str, what: &str) -> anyhow::Result<Value> {
         self.send(self.http.get(format!("{}{path}", self.base)), what)
             .await
     }
 
-    async fn post(&self, path: &str, body: String, what: &str) -> anyhow::Result<Value> {
+    pub async fn post(&self, path: &str, body: String, what: &str) -> anyhow::Result<Value> {
         let req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body);
         self.send(req, what).await
+    }
+
+    pub async fn delete(&self, path: &str, what: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(format!("{}{path}", self.base)), what)
+            .await
     }
 }
 
@@ -120,7 +146,7 @@ pub fn run(args: JobArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: JobArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.endpoint.coordinator)?;
+    let api = Api::new(&args.endpoint)?;
     match args.command {
         JobCommand::Submit { file, wait, json } => {
             let mut spec = JobSpec::from_path(&file)?;

@@ -1,21 +1,26 @@
 //! Top-level command tree. One file per command family, each owning its clap types.
 
 pub mod allow;
+pub mod adapter;
+pub mod api_key;
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_model;
+pub mod bench_serve;
 pub mod certs;
 pub mod cluster;
 pub mod datanet;
 pub mod demo;
 pub mod dev;
 pub mod job;
+pub mod keys;
 pub mod ledger;
 pub mod model;
 pub mod model_finetune;
 pub mod model_generate;
 pub mod model_init;
 pub mod model_merge;
+pub mod serve_engine;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +53,10 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Fine-tuning jobs: submit, status, cancel, logs (talks to `dev` or a coordinator).
     Job(job::JobArgs),
+    /// Served adapters: list, show, register, delete (talks to `dev`'s gateway).
+    Adapter(adapter::AdapterArgs),
+    /// API keys in a store (operator access): create, list, revoke.
+    Keys(keys::KeysArgs),
     /// Run a coordinator (cluster mode): campaigns in etcd, the leader drives jobs over QUIC.
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease.
@@ -81,6 +90,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Dev(args) => dev::run(args),
         Command::Job(args) => job::run(args),
+        Command::Adapter(args) => adapter::run(args),
+        Command::Keys(args) => keys::run(args),
         Command::Coordinator(args) => cluster::run_coordinator(args),
         Command::Worker(args) => cluster::run_worker(args),
         Command::Datanet(args) => datanet::run(args),

@@ -90,12 +90,25 @@ pub fn http_request(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_request_key(port, method, path, content_type, body, None)
+}
+
+/// A plain HTTP/1.1 request with `Authorization: Bearer KEY` when a key is given.
+pub fn http_request_key(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    key: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+         {auth}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut buf = String::new();
@@ -134,6 +147,11 @@ pub struct Dev {
 
 impl Dev {
     pub fn start(dir: &Path, workers: u32) -> Self {
+        Self::start_with(dir, workers, &[])
+    }
+
+    /// `tributary dev` with extra flags (e.g. `--base-model DIR` to serve inference).
+    pub fn start_with(dir: &Path, workers: u32, extra: &[&str]) -> Self {
         let port = free_tcp_port();
         let data = dir.join(format!("dev-data-{port}"));
         let log = dir.join(format!("dev-{port}.log"));
@@ -146,6 +164,7 @@ impl Dev {
             // directory dev starts in, allowed by default).
             .arg("--allow-path")
             .arg(dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -167,6 +186,33 @@ impl Dev {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The admin API key this dev process printed and wrote to its data directory.
+    pub fn key(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.key"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// An authenticated HTTP/1.1 request to this dev process.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, String) {
+        http_request_key(
+            self.port,
+            method,
+            path,
+            content_type,
+            body,
+            Some(&self.key()),
+        )
+        .unwrap()
     }
 }
 

@@ -1,10 +1,11 @@
 //! The worker actor: a training executor for job shards (the [`ShardExecutor`] trait, which
-//! the model crate's trainer implements) and, later, the inference engine. Placement is
+//! the model crate's trainer implements) and the inference engine ([`engine::Engine`]). Placement is
 //! decided elsewhere. Embedded mode reaches the actor through [`LocalWorkerLink`]; cluster
 //! mode through QUIC via [`WorkerService`] — both end in the same actor.
 
 pub mod actor;
 pub mod core;
+pub mod engine;
 pub mod executor;
 pub mod metrics;
 pub mod service;

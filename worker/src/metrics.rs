@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, opts};
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
+pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
     // A second registration (several workers in one test process) is harmless.
     let _ = prometheus::register(Box::new(c.clone()));
     c
@@ -71,7 +71,7 @@ pub fn actors_ready() -> Result<(), String> {
 }
 
 #[allow(clippy::panic)]
-fn unreachable_metric() -> ! {
+pub(crate) fn unreachable_metric() -> ! {
     // Only reachable with an invalid metric name or label set, which are constants above.
     panic!("invalid metric definition")
 }

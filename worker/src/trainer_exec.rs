@@ -8,6 +8,7 @@
 //! gradient and the update are its, so a job trains the same adapter on any number of
 //! workers and in the CLI.
 
+use std::io::Read as _;
 use std::path::Path;
 
 use tributary_model::data::{DataOptions, load_jsonl};
@@ -40,13 +41,29 @@ pub struct TrainerExecutor {
 
 /// BLAKE3 over a directory's plain files (sorted names; each name, size and contents), so
 /// the digest names the base model whatever the path it was loaded from.
+/// Each file is streamed through the hasher, never held in memory whole (a base model's
+/// weights can be gigabytes).
 pub fn digest_dir(dir: &Path) -> std::io::Result<Digest> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
     let mut h = blake3::Hasher::new();
-    for f in crate::executor::read_dir_files(dir)? {
-        h.update(&(f.name.len() as u64).to_le_bytes());
-        h.update(f.name.as_bytes());
-        h.update(&(f.bytes.len() as u64).to_le_bytes());
-        h.update(&f.bytes);
+    for name in names {
+        let mut file = std::fs::File::open(dir.join(&name))?;
+        let size = file.metadata()?.len();
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&size.to_le_bytes());
+        let copied = std::io::copy(&mut (&mut file).take(size), &mut h)?;
+        if copied != size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{name} changed while it was being digested"),
+            ));
+        }
     }
     Ok(h.finalize().into())
 }
@@ -282,5 +299,26 @@ impl ExecutorFactory for SourcedFactory {
             spec,
             &self.sources,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The streamed digest is the one over the files read whole (names, sizes, contents).
+    #[test]
+    fn digest_dir_streams_the_same_digest_as_the_files_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.bin"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(dir.path().join("a.json"), b"{}").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut h = blake3::Hasher::new();
+        for f in crate::executor::read_dir_files(dir.path()).unwrap() {
+            h.update(&(f.name.len() as u64).to_le_bytes());
+            h.update(f.name.as_bytes());
+            h.update(&(f.bytes.len() as u64).to_le_bytes());
+            h.update(&f.bytes);
+        }
+        let whole: tributary_protocol::ids::Digest = h.finalize().into();
+        assert_eq!(super::digest_dir(dir.path()).unwrap(), whole);
     }
 }

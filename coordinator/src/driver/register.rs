@@ -5,6 +5,10 @@ use tributary_ledger::adapters::Provenance;
 use tributary_protocol::{CommandBody, Digest, Payload, Reply};
 
 use super::{CallError, JobOutcome, JobRun, Live, Loaded, call};
+
+/// The owner recorded for names claimed by jobs submitted without an identity (a gateway
+/// running with `--insecure-no-auth`, or a job submitted straight to etcd).
+pub const ANONYMOUS: &str = "anonymous";
 use crate::store::now_ms;
 
 impl JobRun {
@@ -47,7 +51,13 @@ impl JobRun {
             created_unix_ms: now_ms(),
         };
         let entry = match self
-            .with_retry(|| self.artifacts.register_adapter(files.clone(), prov.clone()))
+            .with_retry(|| {
+                self.artifacts.register_adapter(
+                    files.clone(),
+                    prov.clone(),
+                    self.spec.owner.clone(),
+                )
+            })
             .await
         {
             Ok(e) => e,
@@ -62,6 +72,27 @@ impl JobRun {
             entry.location
         ))
         .await;
+        // The spec's name points at the adapter before the job reports success, so the
+        // adapter is servable by name the moment the job is seen to succeed.
+        if let Some(name) = &self.spec.name {
+            let owner = self.spec.owner.as_deref().unwrap_or(ANONYMOUS);
+            match self
+                .with_retry(|| {
+                    self.artifacts
+                        .claim_name(name, &entry.adapter_digest, owner, now_ms())
+                })
+                .await
+            {
+                Ok(seq) => {
+                    self.log(format!("adapter name {name} v{seq} points at it"))
+                        .await
+                }
+                Err(JobOutcome::Failed(why)) => {
+                    return JobOutcome::Failed(format!("adapter name {name}: {why}"));
+                }
+                Err(o) => return o,
+            }
+        }
         JobOutcome::Succeeded {
             adapter_digest,
             adapter: entry.location,

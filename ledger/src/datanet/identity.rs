@@ -11,12 +11,11 @@
 //! [`Actor`] is who performs a governance action (takedown, review, terms change): the
 //! caller (CLI or HTTP layer) authenticates it and passes it in.
 
-use std::collections::HashMap;
-
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use super::DatanetError;
 use super::record::valid_contributor;
+use crate::keys::{KeySet, Scope};
 
 /// Who is uploading, and how they prove it.
 #[derive(Debug, Clone)]
@@ -104,13 +103,15 @@ pub fn sign_bytes(secret_hex: &str, message: &[u8]) -> Result<([u8; 32], [u8; 64
 }
 
 /// API key → contributor, loaded from a keys file: one `API_KEY CONTRIBUTOR` pair a line,
-/// `#` comments and blank lines ignored.
+/// `#` comments and blank lines ignored. Keys are held hashed in a [`KeySet`], the product's
+/// one key scheme ([`crate::keys`]): a keys file's keys carry the `contribute` scope, and
+/// [`KeyRing::from_keys`] accepts keys from the gateway's key store as well.
 #[derive(Debug, Clone, Default)]
-pub struct KeyRing(HashMap<String, String>);
+pub struct KeyRing(KeySet);
 
 impl KeyRing {
     pub fn parse(text: &str) -> Result<Self, DatanetError> {
-        let mut map = HashMap::new();
+        let mut ring = Self::default();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -123,30 +124,37 @@ impl KeyRing {
                     i + 1
                 )));
             };
-            if key.len() < 16 {
-                return Err(DatanetError::Auth(format!(
-                    "keys file line {}: API key is {} characters, minimum 16",
-                    i + 1,
-                    key.len()
-                )));
-            }
             if !valid_contributor(who) {
                 return Err(DatanetError::Auth(format!(
                     "keys file line {}: contributor `{who}` must be 1-128 characters of A-Z a-z 0-9 . _ : @ -",
                     i + 1
                 )));
             }
-            map.insert(key.to_string(), who.to_string());
+            ring.0
+                .insert_secret(key, who, &[Scope::Contribute])
+                .map_err(|e| DatanetError::Auth(format!("keys file line {}: {e}", i + 1)))?;
         }
-        Ok(Self(map))
+        Ok(ring)
+    }
+
+    /// A ring over keys from the key store (those with the `contribute` scope count).
+    pub fn from_keys(keys: KeySet) -> Self {
+        Self(keys)
     }
 
     pub fn insert(&mut self, key: impl Into<String>, contributor: impl Into<String>) {
-        self.0.insert(key.into(), contributor.into());
+        // Keys too short for the key scheme are not added (`parse` reports them).
+        let _ = self
+            .0
+            .insert_secret(&key.into(), &contributor.into(), &[Scope::Contribute]);
     }
 
+    /// The contributor a key speaks for, if it may upload.
     pub fn lookup(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0
+            .resolve(key)
+            .filter(|r| r.allows(Scope::Contribute))
+            .map(|r| r.owner.as_str())
     }
 }
 

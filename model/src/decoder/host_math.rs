@@ -115,16 +115,17 @@ pub(crate) fn attend(
 }
 
 /// One key/value head's cached buffers (`[capacity, dim]` each) and the score scale.
-struct Head<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
-    dim: usize,
-    scale: f32,
+pub(crate) struct Head<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub dim: usize,
+    pub scale: f32,
 }
 
 /// One query head `q` over the key positions `keys` of `head`: softmax-weighted sum of
-/// their values into `out` (`scores`: scratch space).
-fn attend_head(
+/// their values into `out` (`scores`: scratch space). A key position `j` is the `j`-th
+/// `dim`-wide row of the buffers (a paged pool passes its slots).
+pub(crate) fn attend_head(
     q: &[f32],
     head: &Head<'_>,
     keys: &[usize],

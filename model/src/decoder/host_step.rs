@@ -88,6 +88,56 @@ pub(crate) fn eligible(model: &CausalLm, rows: usize) -> bool {
         })
 }
 
+/// Where a host step's keys and values go and how its queries attend to them: the KV
+/// cache's host store for a batch of equal-length rows ([`KvCache`], the generation loop's
+/// path), or a paged pool where every sequence has its own length (`paged.rs`, serving).
+pub(crate) trait HostAttention {
+    /// Stores the keys and values `[n, kv·dim]` of this call's `n` positions in `layer`.
+    fn append(&mut self, layer: usize, k: &[f32], v: &[f32]);
+    /// Attention of the queries `[n, heads·dim]` (RoPE applied) in `layer` over the keys
+    /// each may see (appended ones included): `[n, heads·dim]`.
+    fn attend(&self, layer: usize, q: &[f32], simd: bool) -> Vec<f32>;
+}
+
+/// The KV cache's host store (or a scratch one) with one call's plan: rows of `s` positions
+/// after `plan.past` cached ones.
+struct Contiguous<'a> {
+    kv: &'a mut HostKv,
+    plan: &'a Plan,
+    b: usize,
+    s: usize,
+    heads: Heads,
+}
+
+impl HostAttention for Contiguous<'_> {
+    fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
+        append(
+            self.kv,
+            layer,
+            k,
+            v,
+            self.plan.past,
+            self.b,
+            self.s,
+            self.heads,
+        );
+    }
+
+    fn attend(&self, layer: usize, q: &[f32], simd: bool) -> Vec<f32> {
+        attend(q, self.kv, layer, self.plan, self.s, self.heads, simd)
+    }
+}
+
+/// The key/value head layout of `model`.
+pub(crate) fn heads_of(model: &CausalLm) -> Heads {
+    let cfg = model.config();
+    Heads {
+        query: cfg.num_attention_heads,
+        kv: cfg.num_key_value_heads,
+        dim: cfg.head_dim,
+    }
+}
+
 /// Runs the layer stack for `input_ids` `[b, s]` on the host and returns the final-normed
 /// hidden states `[b·s, hidden]` row-major; keys and values go to `cache` (its host store)
 /// or to a scratch store. The caller commits `plan` to the cache afterwards. `Ok(None)`
@@ -101,17 +151,8 @@ pub(crate) fn run(
     lora: &LoraSel<'_>,
     cache: Option<&mut KvCache>,
 ) -> Result<Option<Vec<f32>>, ModelError> {
-    let cfg = model.config();
     let [b, s] = input_ids.dims();
-    let n = b * s;
-    let simd = model.host_step == HostStep::Auto;
-    let heads = Heads {
-        query: cfg.num_attention_heads,
-        kv: cfg.num_key_value_heads,
-        dim: cfg.head_dim,
-    };
-    let eps = cfg.rms_norm_eps as f32;
-
+    let heads = heads_of(model);
     let mut scratch: HostKv;
     let kv = match cache {
         Some(c) => c.host_store(heads.kv, heads.dim, s)?,
@@ -120,10 +161,43 @@ pub(crate) fn run(
             &mut scratch
         }
     };
+    let mut attention = Contiguous {
+        kv,
+        plan,
+        b,
+        s,
+        heads,
+    };
+    run_layers(
+        model,
+        weights,
+        input_ids.reshape([b * s]),
+        &plan.positions,
+        lora,
+        &mut attention,
+    )
+}
 
-    let embedded = model.embed.clone().select(0, input_ids.reshape([n]));
+/// The layer stack on the host for the tokens `ids` `[n]` at RoPE `positions` (one each),
+/// keys and values kept by `attention`: final-normed hidden states `[n, hidden]`, or
+/// `Ok(None)` where a projection cannot run on the host (see [`run`]).
+pub(crate) fn run_layers(
+    model: &CausalLm,
+    weights: &HostWeights,
+    ids: Tensor<1, Int>,
+    positions: &[usize],
+    lora: &LoraSel<'_>,
+    attention: &mut dyn HostAttention,
+) -> Result<Option<Vec<f32>>, ModelError> {
+    let cfg = model.config();
+    let n = ids.dims()[0];
+    let simd = model.host_step == HostStep::Auto;
+    let eps = cfg.rms_norm_eps as f32;
+
+    let embedded = model.embed.clone().select(0, ids);
     let mut hs = read_f32(&embedded, "embedded tokens")?;
-    let (cos, sin) = attention::rope_angles(&plan.positions, &weights.inv_freq);
+    let (cos, sin) = attention::rope_angles(positions, &weights.inv_freq);
+    let dim = cfg.head_dim;
 
     for (l, (layer, host)) in model.layers.iter().zip(&weights.layers).enumerate() {
         let proj = |t: TargetModule, x: &[f32]| {
@@ -138,10 +212,10 @@ pub(crate) fn run(
         ) else {
             return Ok(None);
         };
-        rope(&mut q, heads.dim, &cos, &sin);
-        rope(&mut k, heads.dim, &cos, &sin);
-        append(kv, l, &k, &v, plan.past, b, s, heads);
-        let attn = attend(&q, kv, l, plan, s, heads, simd);
+        rope(&mut q, dim, &cos, &sin);
+        rope(&mut k, dim, &cos, &sin);
+        attention.append(l, &k, &v);
+        let attn = attention.attend(l, &q, simd);
         let Some(o) = proj(TargetModule::O, &attn) else {
             return Ok(None);
         };

@@ -54,7 +54,7 @@ impl HostLora<'_> {
 /// A batch whose row `i` uses `adapters[row_adapter[i]]`, or no adapter when `None`.
 #[derive(Debug, Clone)]
 pub struct MixedLora<'a> {
-    adapters: &'a [LoraAdapter],
+    adapters: Vec<&'a LoraAdapter>,
     row_adapter: &'a [Option<usize>],
     /// Made on the first burn-path call (the host path never needs it).
     stacked: OnceLock<Stacked>,
@@ -64,6 +64,14 @@ impl<'a> MixedLora<'a> {
     /// Checks that every row's adapter index exists.
     pub fn new(
         adapters: &'a [LoraAdapter],
+        row_adapter: &'a [Option<usize>],
+    ) -> Result<Self, ModelError> {
+        Self::from_refs(adapters.iter().collect(), row_adapter)
+    }
+
+    /// [`MixedLora::new`] over adapters held elsewhere (an adapter cache's entries).
+    pub fn from_refs(
+        adapters: Vec<&'a LoraAdapter>,
         row_adapter: &'a [Option<usize>],
     ) -> Result<Self, ModelError> {
         if let Some(bad) = row_adapter.iter().flatten().find(|&&k| k >= adapters.len()) {
@@ -81,10 +89,10 @@ impl<'a> MixedLora<'a> {
 
     fn stacked(&self) -> &Stacked {
         self.stacked.get_or_init(|| {
-            let layers = self.adapters.first().map_or(0, LoraAdapter::num_layers);
+            let layers = self.adapters.first().map_or(0, |a| a.num_layers());
             (0..layers)
                 .map(|l| {
-                    TargetModule::ALL.map(|t| stack_rows(self.adapters, self.row_adapter, l, t))
+                    TargetModule::ALL.map(|t| stack_rows(&self.adapters, self.row_adapter, l, t))
                 })
                 .collect()
         })
@@ -113,8 +121,8 @@ impl<'a> MixedLora<'a> {
     }
 
     /// The adapters.
-    pub fn adapters(&self) -> &'a [LoraAdapter] {
-        self.adapters
+    pub fn adapters(&self) -> &[&'a LoraAdapter] {
+        &self.adapters
     }
 
     /// [`MixedLora::host_groups`] as index tensors on `device`, for the burn path: each used
@@ -130,7 +138,7 @@ impl<'a> MixedLora<'a> {
                 let idx: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
                 let n = idx.len();
                 (
-                    &self.adapters[*k],
+                    self.adapters[*k],
                     Tensor::from_data(TensorData::new(idx, [n]), device),
                 )
             })
@@ -141,7 +149,7 @@ impl<'a> MixedLora<'a> {
 /// `Aᵀ` `[rows, in, r]` and `Bᵀ·scale` `[rows, r, out]` of module `t` in layer `l` for every
 /// row, or `None` when no adapter adapts it or the adapters' ranks differ there.
 fn stack_rows(
-    adapters: &[LoraAdapter],
+    adapters: &[&LoraAdapter],
     row_adapter: &[Option<usize>],
     l: usize,
     t: TargetModule,
@@ -238,7 +246,7 @@ impl<'a> LoraSel<'a> {
                 lora, host_groups, ..
             } => {
                 for (k, rows) in host_groups {
-                    if let Some(f) = factors(&lora.adapters[*k]).ok()? {
+                    if let Some(f) = factors(lora.adapters[*k]).ok()? {
                         groups.push((f, Cow::Borrowed(rows.as_slice())));
                     }
                 }
@@ -313,7 +321,7 @@ impl<'a> LoraSel<'a> {
             LoraSel::Mixed { lora, .. } => lora
                 .adapters
                 .iter()
-                .map(LoraAdapter::num_layers)
+                .map(|a| a.num_layers())
                 .find(|&n| n != layers),
         };
         match bad {

@@ -1,0 +1,158 @@
+//! `/openapi.json`: the OpenAPI 3.1 document of every route the gateway serves, written by
+//! hand beside the code and checked against the router by a test (every documented
+//! operation is routed; no other method is routed on a documented path), so the hardening
+//! issue's fuzzer can generate requests from it.
+
+use axum::Json;
+use axum::Router;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+fn err_responses(codes: &[&str]) -> Value {
+    let mut m = serde_json::Map::new();
+    for c in codes {
+        m.insert(
+            (*c).to_string(),
+            json!({"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+    }
+    Value::Object(m)
+}
+
+fn op(summary: &str, scope: Option<&str>, body: Option<Value>, ok: &str, errors: &[&str]) -> Value {
+    let mut responses = err_responses(errors);
+    responses[ok] = json!({"description": "success", "content": {"application/json": {}}});
+    let mut o = json!({ "summary": summary, "responses": responses });
+    if let Some(s) = scope {
+        o["security"] = json!([{ "bearer": [s] }]);
+        o["x-scope"] = json!(s);
+    }
+    if let Some(schema) = body {
+        o["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": schema}}});
+    }
+    o
+}
+
+fn sampling_props() -> serde_json::Map<String, Value> {
+    let v = json!({
+        "model": {"type": "string", "description": "base model name or digest, adapter name, or adapter digest"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "seed": {"type": "integer"},
+        "stop": {"oneOf": [{"type": "string", "maxLength": 256}, {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 256}}]},
+        "n": {"type": "integer", "minimum": 1, "maximum": 16},
+        "presence_penalty": {"type": "number", "enum": [0], "description": "only 0 is supported"},
+        "frequency_penalty": {"type": "number", "enum": [0], "description": "only 0 is supported"},
+        "user": {"type": "string", "maxLength": 256},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "additionalProperties": false, "properties": {"include_usage": {"type": "boolean"}}},
+    });
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn chat_schema() -> Value {
+    let mut props = sampling_props();
+    props.insert("messages".into(), json!({"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["role", "content"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]},
+            "name": {"type": "string"}
+        }}}));
+    props.insert(
+        "max_completion_tokens".into(),
+        json!({"type": "integer", "minimum": 1}),
+    );
+    props.insert("logprobs".into(), json!({"type": "boolean"}));
+    props.insert(
+        "top_logprobs".into(),
+        json!({"type": "integer", "minimum": 0, "maximum": 20}),
+    );
+    json!({"type": "object", "required": ["model", "messages"], "additionalProperties": false, "properties": props})
+}
+
+fn completion_schema() -> Value {
+    let mut props = sampling_props();
+    props.insert("prompt".into(), json!({"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string"}}]}));
+    props.insert(
+        "logprobs".into(),
+        json!({"type": "integer", "minimum": 0, "maximum": 5}),
+    );
+    json!({"type": "object", "required": ["model", "prompt"], "additionalProperties": false, "properties": props})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let infer = Some("inference");
+    let build = Some("build");
+    let id_param =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Tributary gateway", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "OpenAI-compatible inference over one base model and many LoRA adapters; adapters and jobs; operations."},
+        "servers": [{"url": "/"}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
+                    "required": ["message", "type", "param", "code"],
+                    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
+                "ChatCompletionRequest": chat_schema(),
+                "CompletionRequest": completion_schema(),
+                "AdapterRegistration": {"type": "object", "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},
+                    "url": {"type": "string"},
+                    "digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "files": {"type": "object", "properties": {
+                        "adapter_config.json": {"type": "string", "contentEncoding": "base64"},
+                        "adapter_model.safetensors": {"type": "string", "contentEncoding": "base64"}}}}}
+            }
+        },
+        "paths": {
+            "/v1/chat/completions": {"post": op("chat completion (stream: true for server-sent events)", infer,
+                Some(json!({"$ref": "#/components/schemas/ChatCompletionRequest"})), "200", &["400", "401", "403", "404", "413", "429", "500", "503"])},
+            "/v1/completions": {"post": op("text completion (stream: true for server-sent events)", infer,
+                Some(json!({"$ref": "#/components/schemas/CompletionRequest"})), "200", &["400", "401", "403", "404", "413", "429", "500", "503"])},
+            "/v1/models": {"get": op("the base model and every adapter (OpenAI list shape, with digest, base, residency)", infer, None, "200", &["401", "403"])},
+            "/v1/models/{id}": {"parameters": id_param, "get": op("one model", infer, None, "200", &["401", "403", "404"])},
+            "/v1/usage": {"get": op("requests and tokens per API key since start (admins see every key, others their own)", infer, None, "200", &["401", "403"])},
+            "/v1/adapters": {
+                "post": op("register an adapter (url, registry digest, or upload), optionally under a name", build,
+                    Some(json!({"$ref": "#/components/schemas/AdapterRegistration"})), "201", &["400", "401", "403", "404", "413"]),
+                "get": op("every live adapter for this base model", build, None, "200", &["401", "403"])},
+            "/v1/adapters/{id}": {"parameters": id_param,
+                "get": op("one adapter, by name or digest", build, None, "200", &["401", "403", "404"]),
+                "delete": op("tombstone an adapter (files stay); 409 while pinned", build, None, "200", &["401", "403", "404", "409"])},
+            "/v1/adapters/{id}/pin": {"parameters": id_param,
+                "post": op("pin an adapter in the engine (kept resident, not deletable)", build, None, "200", &["401", "403", "404", "503"]),
+                "delete": op("unpin an adapter", build, None, "200", &["401", "403", "404", "503"])},
+            "/v1/jobs": {
+                "post": op("submit a job spec (JSON, or TOML with Content-Type: application/toml)", build,
+                    Some(json!({"type": "object"})), "201", &["400", "401", "403"]),
+                "get": op("every job", build, None, "200", &["401", "403"])},
+            "/v1/jobs/{id}": {"parameters": id_param, "get": op("one job", build, None, "200", &["400", "401", "403", "404"])},
+            "/v1/jobs/{id}/cancel": {"parameters": id_param, "post": op("cancel a job", build, None, "202", &["400", "401", "403", "404", "409"])},
+            "/v1/jobs/{id}/logs": {"parameters": id_param, "get": op("a job's event lines", build, None, "200", &["400", "401", "403", "404"])},
+            "/v1/keys": {
+                "post": op("create an API key {owner, scopes}; the secret is in the answer, once", Some("admin"),
+                    Some(json!({"type": "object", "required": ["owner", "scopes"], "additionalProperties": false, "properties": {
+                        "owner": {"type": "string"}, "scopes": {"type": "array", "items": {"enum": ["inference", "build", "contribute", "admin"]}}}})),
+                    "201", &["400", "401", "403"]),
+                "get": op("every live key (no secrets)", Some("admin"), None, "200", &["401", "403"])},
+            "/v1/keys/{id}": {"parameters": id_param, "delete": op("revoke a key", Some("admin"), None, "200", &["401", "403", "404"])},
+            "/healthz": {"get": op("the process is up", None, None, "200", &[])},
+            "/readyz": {"get": op("ready to serve (a base model is loaded, not overloaded)", None, None, "200", &["503"])},
+            "/metrics": {"get": op("Prometheus metrics", None, None, "200", &[])},
+            "/openapi.json": {"get": op("this document", None, None, "200", &[])},
+        }
+    })
+}
+
+/// `GET /openapi.json`.
+pub fn openapi_router() -> Router {
+    Router::new().route("/openapi.json", get(|| async { Json(document()) }))
+}

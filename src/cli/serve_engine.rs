@@ -1,0 +1,178 @@
+//! `tributary dev --base-model DIR`: the worker's inference engine over the dev store's
+//! adapter registry, seen by the gateway through the [`InferenceService`] contract,
+//! including the parts that need the engine: which adapters are resident (and pinned),
+//! unloading a deleted one, and checking an uploaded adapter against the base model's
+//! shapes before it is registered.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tributary_ledger::adapters::AdapterRegistry;
+use tributary_ledger::store::Store;
+use tributary_model::config::ModelConfig;
+use tributary_protocol::{
+    AdapterFiles, BoxFuture, Digest, EngineInfo, EventStream, InferenceError, InferenceRequest,
+    InferenceService, ResidentAdapter,
+};
+use tributary_worker::engine::{AdapterStore, Engine, EngineConfig};
+
+/// Serving flags of `tributary dev`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Serve the OpenAI API over this base model (a Hugging Face checkpoint directory); the
+    /// adapters its jobs train are served by name and digest as soon as the jobs succeed.
+    #[arg(long, env = "TRIBUTARY_BASE_MODEL")]
+    pub base_model: Option<PathBuf>,
+    /// The base model's name in `model` (default: the directory's name).
+    #[arg(long, env = "TRIBUTARY_SERVED_NAME")]
+    pub served_name: Option<String>,
+    /// Largest LoRA rank served.
+    #[arg(long, env = "TRIBUTARY_MAX_LORA_RANK", default_value_t = 64)]
+    pub max_lora_rank: u32,
+    /// Byte budget of resident adapters, in MiB.
+    #[arg(long, env = "TRIBUTARY_ADAPTER_CACHE_MB", default_value_t = 1024)]
+    pub adapter_cache_mb: u64,
+    /// Byte budget of the KV cache, in MiB.
+    #[arg(long, env = "TRIBUTARY_KV_CACHE_MB", default_value_t = 512)]
+    pub kv_cache_mb: u64,
+    /// Inference requests in flight at once (429 with Retry-After beyond).
+    #[arg(long, env = "TRIBUTARY_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+}
+
+/// The engine with what the gateway contract asks beyond `submit`.
+pub struct DevEngine {
+    engine: Engine,
+    model: ModelConfig,
+    max_rank: u32,
+}
+
+impl DevEngine {
+    /// Loads the base model (blocking: call it off the async threads).
+    pub fn start(
+        args: &ServeArgs,
+        dir: &Path,
+        store: Store,
+        runtime: tokio::runtime::Handle,
+    ) -> anyhow::Result<Self> {
+        let name = args.served_name.clone().unwrap_or_else(|| {
+            dir.file_name()
+                .map_or("base".into(), |n| n.to_string_lossy().into_owned())
+        });
+        let model =
+            ModelConfig::load(dir).with_context(|| format!("--base-model {}", dir.display()))?;
+        let mut config = EngineConfig::new(dir, name);
+        config.max_lora_rank = args.max_lora_rank;
+        config.adapter_cache_bytes = args.adapter_cache_mb << 20;
+        config.kv_cache_bytes = args.kv_cache_mb << 20;
+        config.max_in_flight = args.max_in_flight;
+        let adapters = AdapterStore::with_registry(AdapterRegistry::new(store), runtime);
+        let engine = Engine::start(config, Arc::new(adapters))
+            .with_context(|| format!("starting the engine on {}", dir.display()))?;
+        Ok(Self {
+            engine,
+            model,
+            max_rank: args.max_lora_rank,
+        })
+    }
+}
+
+fn check_files(
+    files: &AdapterFiles,
+    model: &ModelConfig,
+    max_rank: u32,
+) -> Result<(), InferenceError> {
+    let invalid = |message: String| InferenceError::Invalid {
+        field: "files".into(),
+        message,
+    };
+    let dir = std::env::temp_dir().join(format!("tributary-adapter-check-{:016x}", rand_u64()));
+    std::fs::create_dir_all(&dir).map_err(|e| InferenceError::Internal(e.to_string()))?;
+    let result = (|| {
+        for (name, bytes) in &files.files {
+            std::fs::write(dir.join(name), bytes)
+                .map_err(|e| InferenceError::Internal(e.to_string()))?;
+        }
+        let cfg =
+            tributary_model::lora::LoraConfig::load(&dir).map_err(|e| invalid(e.to_string()))?;
+        if cfg.r as u64 > u64::from(max_rank) {
+            return Err(invalid(format!(
+                "the adapter's rank is {}; this server loads ranks up to {max_rank} (--max-lora-rank)",
+                cfg.r
+            )));
+        }
+        let device = tributary_model::device::default_device();
+        tributary_model::lora::LoraAdapter::load(&dir, model, &device)
+            .map(|_| ())
+            .map_err(|e| invalid(format!("the adapter does not fit this base model: {e}")))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+impl InferenceService for DevEngine {
+    fn submit(
+        &self,
+        request: InferenceRequest,
+    ) -> BoxFuture<'_, Result<EventStream, InferenceError>> {
+        self.engine.submit(request)
+    }
+
+    fn info(&self) -> EngineInfo {
+        self.engine.info()
+    }
+
+    fn resident(&self) -> Vec<ResidentAdapter> {
+        self.engine
+            .status()
+            .resident
+            .into_iter()
+            .map(|r| ResidentAdapter {
+                digest: r.digest,
+                bytes: r.bytes,
+                pinned: r.pinned,
+            })
+            .collect()
+    }
+
+    fn unload(&self, adapter: Digest) -> BoxFuture<'_, Result<(), InferenceError>> {
+        let r = self.engine.evict(adapter);
+        Box::pin(async move { r })
+    }
+
+    fn set_pinned(
+        &self,
+        adapter: Digest,
+        pinned: bool,
+    ) -> BoxFuture<'_, Result<(), InferenceError>> {
+        let r = if pinned {
+            self.engine.pin(adapter)
+        } else {
+            self.engine.unpin(adapter)
+        };
+        Box::pin(async move { r })
+    }
+
+    fn check_adapter(&self, files: AdapterFiles) -> BoxFuture<'_, Result<(), InferenceError>> {
+        let model = self.model.clone();
+        let max_rank = self.max_rank;
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || check_files(&files, &model, max_rank))
+                .await
+                .map_err(|e| InferenceError::Internal(e.to_string()))?
+        })
+    }
+}
