@@ -2,7 +2,9 @@
 //! `deploy/tests/check_deploy.py` with the Python of the cached venv that
 //! `scripts/setup-test-deps.sh` makes (helm-python-sdk renders the chart offline,
 //! kubernetes-validate, check-jsonschema, yamllint) and `kubectl kustomize`. The `binary`
-//! check runs this build's `tributary` (its `--help`, a live `tributary dev`, `tributary certs`).
+//! check runs this build's `tributary` (its `--help`, a live `tributary dev`, `tributary certs`);
+//! `mtls` runs etcd, a coordinator and two workers with certificates laid out by the
+//! manifests' init script from a cert-manager-shaped Secret (openssl), and a job on them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -72,4 +74,9 @@ fn manifests_use_the_ports_env_and_paths_the_binary_serves() {
 #[test]
 fn dashboard_queries_only_metrics_the_code_exports() {
     check("dashboard", &[]);
+}
+
+#[test]
+fn a_job_runs_over_mtls_with_certs_from_a_cert_manager_shaped_secret() {
+    check("mtls", &["--binary", env!("CARGO_BIN_EXE_tributary")]);
 }
