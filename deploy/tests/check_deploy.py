@@ -182,6 +182,11 @@ def check_chart() -> str:
     bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
     if report.get("errors") or bad:
         fail(f"helm lint --strict: {report}")
+    cargo = (ROOT / "Cargo.toml").read_text()
+    version = re.search(r'\[workspace\.package\][^\[]*?\nversion = "([^"]+)"', cargo)
+    chart_meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    if not version or chart_meta["appVersion"] != version.group(1):
+        fail(f"Chart.yaml appVersion {chart_meta['appVersion']} is not the workspace version {version and version.group(1)}")
     schema = CHART / "values.schema.json"
     cj = str(VENV_BIN / "check-jsonschema")
     files = [CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml"))]
@@ -223,7 +228,7 @@ def _env(container: dict, configmaps: dict) -> dict:
 
 def _container(c: dict, configmaps: dict) -> dict:
     return {
-        "image": c["image"].rsplit(":", 1)[0],
+        "image": c["image"],
         "command": c.get("command"),
         "args": c.get("args"),
         "env": _env(c, configmaps),
