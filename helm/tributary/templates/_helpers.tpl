@@ -148,6 +148,8 @@ capabilities:
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
+- name: tmp
+  emptyDir: {}
 {{- if .Values.etcd.tls.enabled }}
 - name: etcd-tls
   secret:
@@ -167,6 +169,9 @@ capabilities:
 - name: certs
   mountPath: /certs
   readOnly: true
+# The root filesystem is read-only; checkpoints are staged in temporary directories.
+- name: tmp
+  mountPath: /tmp
 {{- if .Values.etcd.tls.enabled }}
 - name: etcd-tls
   mountPath: /etcd-tls
