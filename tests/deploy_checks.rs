@@ -31,6 +31,7 @@ fn python() -> PathBuf {
 fn check(name: &str, extra: &[&str]) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/tests/check_deploy.py");
     let out = Command::new(python())
+        .env("PYTHONDONTWRITEBYTECODE", "1") // no __pycache__ in the work tree
         .arg(&script)
         .arg(name)
         .args(extra)
