@@ -15,6 +15,8 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 if [ $build_only -eq 0 ]; then
   command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
+  # openssl makes the cert-manager-shaped certificates of tests/deploy_checks.rs.
+  command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
@@ -62,4 +64,16 @@ if ! "$openai_py" -c 'import openai' >/dev/null 2>&1; then
 fi
 "$openai_py" -c 'import openai' || { echo "the openai client could not be installed" >&2; exit 1; }
 printf '%s\n' "$openai_py" > "$cache/openai_python_path"
+# The deployment checks (tests/deploy_checks.rs): helm-python-sdk renders the Helm chart
+# offline (helm-sdkpy cannot: no `template`), kubernetes-validate, check-jsonschema, yamllint,
+# in their own cached virtual environment (~75 MB wheel, ~20 s the first time).
+deploy_py="$cache/deploy-venv/bin/python"
+if ! "$deploy_py" -c 'import helm_python, kubernetes_validate, yaml' >/dev/null 2>&1 \
+   || [ ! -x "$cache/deploy-venv/bin/check-jsonschema" ] || [ ! -x "$cache/deploy-venv/bin/yamllint" ]; then
+  python3 -m venv "$cache/deploy-venv"
+  "$cache/deploy-venv/bin/pip" install --quiet --disable-pip-version-check \
+    'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' 'check-jsonschema==0.39.0' 'yamllint==1.38.0'
+fi
+"$deploy_py" -c 'import helm_python, kubernetes_validate, yaml' || { echo "the deploy-check venv could not be made" >&2; exit 1; }
+printf '%s\n' "$deploy_py" > "$cache/deploy_python_path"
 echo "test dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), moto_server at $moto_bin"

@@ -1,0 +1,335 @@
+"""The manifests against the binary: ports, env variable names and probe/metrics paths from
+its --help and source, served by a live `tributary dev`; version skew of job specs; the certs
+init script on both Secret layouts; and a job over mTLS with a cert-manager-shaped Secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from deploycheck_common import (
+    OVERLAYS,
+    ROOT,
+    certs_init_script,
+    chart_values_files,
+    fail,
+    free_port,
+    help_text,
+    http_get,
+    kustomize,
+    render_chart,
+    run,
+    run_certs_init,
+)
+
+# Environment variables the manifests set that the binary does not read yet: etcd client TLS
+# (values etcd.tls.*). Empty this once `--etcd-ca/--etcd-cert/--etcd-key` exist.
+EXPECTED_ENV_FROM_OPEN_WORK = {"TRIBUTARY_ETCD_CA", "TRIBUTARY_ETCD_CERT", "TRIBUTARY_ETCD_KEY"}
+
+
+def _default_port(help_text: str, flag: str) -> int:
+    m = re.search(rf"--{flag} <[A-Z_]+>.*?\[default: [^\]]*:(\d+)\]", help_text, re.S)
+    if not m:
+        fail(f"no default port for --{flag} in:\n{help_text}")
+    return int(m.group(1))
+
+
+def _routes() -> set[str]:
+    """The operator routes every process serves, from the source (gateway/src/ops.rs)."""
+    src = (ROOT / "gateway" / "src" / "ops.rs").read_text()
+    routes = set(re.findall(r'\.route\("(/[a-z]+)"', src))
+    if not {"/healthz", "/readyz", "/metrics"} <= routes:
+        fail(f"gateway/src/ops.rs serves {routes}")
+    return routes
+
+
+def check_binary(binary: str) -> str:
+    helps = {r: help_text(binary, r) for r in ("dev", "coordinator", "worker", "gateway")}
+    for r in ("dev", "coordinator", "worker"):
+        if helps[r] is None:
+            fail(f"{binary} {r} --help failed")
+    http_port = _default_port(helps["dev"], "http")
+    quic_port = _default_port(helps["worker"], "listen")
+    routes = _routes()
+    renders = {o: kustomize(o) for o in OVERLAYS}
+    renders |= {f"chart {vf.name if vf else 'defaults'}": render_chart(vf) for vf in chart_values_files()}
+    probe_paths, metric_paths = set(), set()
+    for what, docs in renders.items():
+        for d in docs:
+            if d["kind"] == "ServiceMonitor":
+                metric_paths |= {e["path"] for e in d["spec"]["endpoints"]}
+            if d["kind"] not in ("StatefulSet", "Deployment"):
+                continue
+            meta = d["spec"]["template"]["metadata"]
+            role = meta["labels"].get("app.kubernetes.io/component")
+            if role not in ("coordinator", "worker", "gateway"):
+                continue
+            ann = meta.get("annotations") or {}
+            if "prometheus.io/path" in ann:
+                metric_paths.add(ann["prometheus.io/path"])
+                if ann.get("prometheus.io/port") != str(http_port):
+                    fail(f"{what}: {d['metadata']['name']} scrapes port {ann.get('prometheus.io/port')}, HTTP is {http_port}")
+            c = d["spec"]["template"]["spec"]["containers"][0]
+            ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in c["ports"]}
+            if ports.get("http") != (http_port, "TCP"):
+                fail(f"{what}: {role} http port {ports.get('http')}, the binary's default is {http_port}/TCP")
+            if role == "worker" and ports.get("quic") != (quic_port, "UDP"):
+                fail(f"{what}: worker quic port {ports.get('quic')}, --listen defaults to {quic_port}/UDP")
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            if env.get("TRIBUTARY_HTTP", "").rsplit(":", 1)[-1] != str(http_port):
+                fail(f"{what}: {role} TRIBUTARY_HTTP={env.get('TRIBUTARY_HTTP')}")
+            if helps[role] is None:
+                # `tributary gateway` does not exist yet: the chart must keep it off by default.
+                if what == "chart defaults":
+                    fail("the chart enables the gateway by default, but the binary has no `gateway` role")
+                continue
+            if c["args"] != [role]:
+                fail(f"{what}: {role} runs {c['args']}")
+            known = set(re.findall(r"\[env: (TRIBUTARY_[A-Z_]+)=", helps[role]))
+            unknown = {k for k in env if k.startswith("TRIBUTARY_")} - known - EXPECTED_ENV_FROM_OPEN_WORK
+            if unknown:
+                fail(f"{what}: {role} sets {sorted(unknown)}, which `tributary {role}` does not read ({sorted(known)})")
+            for kind, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                got = c[kind]["httpGet"]
+                if got["path"] != path or got["port"] != "http":
+                    fail(f"{what}: {role} {kind} is {got}, want {path} on port http")
+                probe_paths.add(got["path"])
+    # The shared ConfigMap's keys reach both roles.
+    both = set(re.findall(r"\[env: (TRIBUTARY_[A-Z_]+)=", helps["coordinator"])) & set(
+        re.findall(r"\[env: (TRIBUTARY_[A-Z_]+)=", helps["worker"])
+    )
+    for what, docs in renders.items():
+        for d in docs:
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("tributary-config"):
+                if not set(d.get("data", {})) <= both:
+                    fail(f"{what}: ConfigMap keys {sorted(set(d['data']) - both)} are not read by both roles")
+    stale = EXPECTED_ENV_FROM_OPEN_WORK & set(re.findall(r"\[env: (TRIBUTARY_[A-Z_]+)=", helps["coordinator"]))
+    if stale:
+        fail(f"the binary now reads {sorted(stale)}: remove them from EXPECTED_ENV_FROM_OPEN_WORK")
+    if not (probe_paths | metric_paths) <= routes:
+        fail(f"manifests use {sorted(probe_paths | metric_paths)}, the code serves {sorted(routes)}")
+
+    # The paths answer on a running process.
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        proc = subprocess.Popen(
+            [binary, "dev", "--data-dir", tmp, "--workers", "1", "--http", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    fail(f"tributary dev did not come up: {proc.stderr.read() if proc.stderr else ''}")
+                time.sleep(0.2)
+            # Version skew: a spec with a key this release does not know is refused cleanly,
+            # naming the key (docs/operations.md, Upgrading).
+            headers = {"Content-Type": "application/toml"}
+            admin_key = Path(tmp) / "admin.key"  # dev makes one once API keys exist
+            if admin_key.exists():
+                headers["Authorization"] = f"Bearer {admin_key.read_text().strip()}"
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/jobs",
+                data=b'base_model = "builtin:linear"\ndata = "synthetic"\npriority = 3\n',
+                method="POST",
+                headers=headers,
+            )
+            try:
+                urllib.request.urlopen(req, timeout=10)
+                fail("a spec with an unknown key was accepted")
+            except urllib.error.HTTPError as e:
+                body = json.loads(e.read())
+                if e.code != 400 or body.get("field") != "priority":
+                    fail(f"a spec with an unknown key: {e.code} {body}")
+            for path in sorted(probe_paths | metric_paths):
+                status, body = http_get(f"http://127.0.0.1:{port}{path}")
+                if status != 200:
+                    fail(f"GET {path} on tributary dev: {status} {body[:200]}")
+                if path in metric_paths and "# TYPE tributary_" not in body:
+                    fail(f"GET {path} is not Prometheus text with tributary_ metrics: {body[:200]}")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                fail("tributary dev did not exit within 20 s of SIGTERM")
+
+        # Both Secret layouts become what `--certs DIR` reads.
+        script = certs_init_script(renders["base"])
+        src = Path(tmp) / "tributary-certs"
+        name = "tributary-worker-0"
+        for args in (["certs", "init", "--out", str(src)], ["certs", "issue", "--name", name, "--dir", str(src)]):
+            p = run([binary, *args])
+            if p.returncode != 0:
+                fail(f"tributary {' '.join(args)}: {p.stderr}")
+        (src / "ca.key").unlink()  # never in the Secret
+        cm = Path(tmp) / "cert-manager"
+        cm.mkdir()
+        shutil.copy(src / "ca.pem", cm / "ca.crt")
+        shutil.copy(src / f"{name}.pem", cm / "tls.crt")
+        shutil.copy(src / f"{name}.key", cm / "tls.key")
+        for layout in (src, cm):
+            out = Path(tmp) / f"out-{layout.name}"
+            out.mkdir()
+            run_certs_init(script, layout, out, name)
+            got = sorted(f.name for f in out.iterdir())
+            want = sorted(["ca.pem", f"{name}.pem", f"{name}.key"])
+            if got != want:
+                fail(f"certs init from {layout.name}: {got}, `--certs DIR` reads {want}")
+            if (out / f"{name}.pem").read_bytes() != (src / f"{name}.pem").read_bytes():
+                fail(f"certs init from {layout.name}: the certificate was not copied as it is")
+            if (out / f"{name}.key").stat().st_mode & 0o077:
+                fail(f"certs init from {layout.name}: the key is readable by others")
+    return (
+        f"HTTP {http_port}/tcp and QUIC {quic_port}/udp as the binary's defaults; paths "
+        f"{sorted(probe_paths | metric_paths)} served by tributary dev; env names known to each role; "
+        "a spec with an unknown key refused with 400 naming it; "
+        "certs init maps both Secret layouts"
+    )
+
+
+def _openssl(*args: str) -> None:
+    p = run(["openssl", *args])
+    if p.returncode != 0:
+        fail(f"openssl {' '.join(args)}: {p.stderr}")
+
+
+def cert_manager_secret(out: Path, names: list[str]) -> None:
+    """Writes what cert-manager puts in the Secret for components/cert-manager's Certificate:
+    ca.crt (an ECDSA P-256 CA), tls.crt (one certificate naming every pod, server and client
+    auth) and tls.key (PKCS#8)."""
+    out.mkdir(parents=True)
+    ca_key, ca = out / "ca-private.key", out / "ca.crt"
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(ca_key))
+    _openssl(
+        "req", "-x509", "-new", "-key", str(ca_key), "-out", str(ca), "-days", "2",
+        "-subj", "/CN=Tributary cluster CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+    )
+    key, csr = out / "tls.key", out / "tls.csr"
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
+    _openssl("req", "-new", "-key", str(key), "-out", str(csr), "-subj", "/CN=tributary")
+    ext = out / "ext.cnf"
+    ext.write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        f"subjectAltName={','.join('DNS:' + n for n in names)}\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(out / "tls.crt"), "-days", "2", "-extfile", str(ext),
+    )
+    for f in (ca_key, csr, ext, out / "ca.srl"):
+        f.unlink(missing_ok=True)
+
+
+def check_mtls(binary: str) -> str:
+    """A coordinator and two workers on loopback, each with --certs laid out by the manifests'
+    init script from a cert-manager-shaped Secret, run a job over QUIC with mutual TLS."""
+    etcd = shutil.which("etcd") or "/usr/bin/etcd"
+    if not Path(etcd).exists():
+        fail("etcd is not installed (scripts/setup-test-deps.sh installs it)")
+    script = certs_init_script(kustomize("base"))
+    coord, workers = "tributary-coordinator-0", ["tributary-worker-0", "tributary-worker-1"]
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        secret = t / "tributary-tls"
+        cert_manager_secret(secret, [coord, "tributary-coordinator-1", *workers])
+        dirs = {}
+        for n in (coord, *workers):
+            dirs[n] = t / "certs" / n
+            dirs[n].mkdir(parents=True)
+            run_certs_init(script, secret, dirs[n], n)
+        client, peer = free_port(), free_port()
+        http = {n: free_port() for n in (coord, *workers)}
+        logs = {}
+
+        def start(name: str, args: list[str], env: dict) -> None:
+            logs[name] = open(t / f"{name}.log", "w")
+            procs.append(subprocess.Popen(args, stdout=logs[name], stderr=subprocess.STDOUT, env={**os.environ, **env}))
+
+        def log(name: str) -> str:
+            return (t / f"{name}.log").read_text()[-2000:]
+
+        try:
+            start("etcd", [
+                etcd, "--name", "default", "--data-dir", str(t / "etcd"),
+                "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", f"default=http://127.0.0.1:{peer}",
+            ], {})
+            deadline = time.monotonic() + 90
+            while True:  # the roles exit if etcd does not answer when they start
+                try:
+                    if http_get(f"http://127.0.0.1:{client}/health")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    fail(f"etcd did not start: {log('etcd')}")
+                time.sleep(0.2)
+            common = {"TRIBUTARY_ETCD": f"http://127.0.0.1:{client}", "TRIBUTARY_STORE": str(t / "store"), "TRIBUTARY_LEASE_TTL": "5"}
+            for n in workers:
+                quic = free_port()
+                start(n, [binary, "worker"], {**common, "TRIBUTARY_NAME": n, "TRIBUTARY_CERTS": str(dirs[n]),
+                      "TRIBUTARY_HTTP": f"127.0.0.1:{http[n]}", "TRIBUTARY_LISTEN": f"127.0.0.1:{quic}",
+                      "TRIBUTARY_CACHE_DIR": str(t / n)})
+            # Once the job API takes API keys, this test runs it without (the check is mTLS).
+            no_auth = ["--insecure-no-auth"] if "--insecure-no-auth" in (help_text(binary, "coordinator") or "") else []
+            start(coord, [binary, "coordinator", *no_auth], {**common, "TRIBUTARY_NAME": coord, "TRIBUTARY_CERTS": str(dirs[coord]),
+                  "TRIBUTARY_HTTP": f"127.0.0.1:{http[coord]}"})
+            base = f"http://127.0.0.1:{http[coord]}"
+            while True:
+                try:
+                    if all(http_get(f"http://127.0.0.1:{http[n]}/readyz")[0] == 200 for n in (coord, *workers)):
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    fail("the cluster did not become ready:\n" + "\n".join(f"{n}: {log(n)}" for n in logs))
+                time.sleep(0.3)
+            spec = ('base_model = "builtin:linear"\ndata = "synthetic"\nworkers = 2\n[train]\n'
+                    "steps = 6\nbatch_size = 8\ngrad_accum = 4\nlr = 0.05\nseed = 5\ncheckpoint_every = 3\n")
+            req = urllib.request.Request(f"{base}/v1/jobs", data=spec.encode(), method="POST",
+                                         headers={"Content-Type": "application/toml"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                job = json.loads(r.read())["id"]
+            while True:
+                status, body = http_get(f"{base}/v1/jobs/{job}")
+                rec = json.loads(body) if status == 200 else {}
+                if rec.get("state") in ("succeeded", "failed", "cancelled"):
+                    break
+                if time.monotonic() > deadline + 60:
+                    fail(f"job {job} did not finish: {body}\n" + "\n".join(f"{n}: {log(n)}" for n in logs))
+                time.sleep(0.3)
+            if rec["state"] != "succeeded" or sorted(rec.get("workers", [])) != workers:
+                fail(f"job {job}: {rec}\n" + "\n".join(f"{n}: {log(n)}" for n in logs))
+        finally:
+            for p in reversed(procs):
+                p.terminate()
+            for p in reversed(procs):
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            for f in logs.values():
+                f.close()
+    return f"job {job} succeeded on {workers} over mTLS with certs from a cert-manager-shaped Secret"
