@@ -35,6 +35,10 @@ while [ $# -gt 0 ]; do
 done
 
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+# One build at a time per machine (tests start clusters in parallel).
+mkdir -p "$cache"
+exec 9>"$cache/build.lock"
+flock 9
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 step() { printf '== %s (%s)\n' "$*" "$(date +%T)"; }
 

@@ -14,8 +14,13 @@ use super::common;
 /// Lease TTL the test clusters run with (seconds).
 pub const TTL: u64 = 3;
 
+/// One container cluster at a time in a test run: eight containers each, and failover
+/// deadlines measured in seconds, on two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct ContainerCluster {
     pub prefix: String,
+    _turn: std::sync::MutexGuard<'static, ()>,
     state: tempfile::TempDir,
     env: HashMap<String, String>,
 }
@@ -48,6 +53,7 @@ impl ContainerCluster {
     /// read-only at the same path inside the coordinators and workers.
     pub fn up(mount: &Path, workers: u32) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let prefix = format!(
             "tt{}x{}",
             std::process::id(),
@@ -65,6 +71,7 @@ impl ContainerCluster {
             .unwrap();
         let mut cluster = Self {
             prefix,
+            _turn: turn,
             state,
             env: HashMap::new(),
         };
@@ -124,25 +131,26 @@ impl ContainerCluster {
         s
     }
 
-    fn docker(&self, args: &[&str]) {
-        let out = Command::new("docker").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// Cuts a node off the cluster network: every packet to and from it is lost.
     pub fn partition(&self, node: &str) {
         let net = format!("{}-net", self.prefix);
-        self.docker(&["network", "disconnect", &net, &self.container(node)]);
+        docker(&["network", "disconnect", &net, &self.container(node)]);
+    }
+
+    /// Stops a node's container (SIGKILL): node loss.
+    pub fn kill(&self, node: &str) {
+        docker(&["kill", &self.container(node)]);
+    }
+
+    /// Starts a stopped node's container again, with its data.
+    pub fn start(&self, node: &str) {
+        docker(&["start", &self.container(node)]);
     }
 
     /// Heals [`partition`](Self::partition), keeping the node's name on the network.
     pub fn heal(&self, node: &str) {
         let net = format!("{}-net", self.prefix);
-        self.docker(&[
+        docker(&[
             "network",
             "connect",
             "--alias",
@@ -184,4 +192,139 @@ impl Drop for ContainerCluster {
             .env("TRIBUTARY_CLUSTER_DIR", self.state.path())
             .output();
     }
+}
+
+/// Moto S3 servers in containers on a network of their own, for the reward log's replicas.
+pub struct S3Replicas {
+    pub prefix: String,
+    pub ips: Vec<String>,
+}
+
+impl S3Replicas {
+    pub fn up(n: usize) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "ts{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        // The images (built once, cached) come from the same script the cluster uses.
+        let out = Command::new(common::repo().join("deploy/images/build.sh"))
+            .arg("s3")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "build.sh s3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut me = Self {
+            prefix,
+            ips: Vec::new(),
+        };
+        let net = format!("{}-net", me.prefix);
+        // A subnet of our own, so a healed replica gets its address back.
+        let subnet = format!(
+            "10.213.{}.0/24",
+            (std::process::id() as usize * 7 + N.load(Ordering::Relaxed) as usize) % 250
+        );
+        docker(&["network", "create", "--subnet", &subnet, &net]);
+        for i in 0..n {
+            let name = format!("{}-s3-{i}", me.prefix);
+            docker(&[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                &net,
+                "--label",
+                &format!("tributary.cluster={}", me.prefix),
+                "tributary-s3:dev",
+            ]);
+            let ip = Command::new("docker")
+                .args([
+                    "inspect",
+                    "-f",
+                    &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+                    &name,
+                ])
+                .output()
+                .unwrap();
+            me.ips
+                .push(String::from_utf8_lossy(&ip.stdout).trim().to_string());
+        }
+        for ip in &me.ips {
+            let start = Instant::now();
+            // Make the bucket once the server answers.
+            while !Command::new("curl")
+                .args(["-fsS", "-o", "/dev/null", "--max-time", "2", "-X", "PUT"])
+                .arg(format!("http://{ip}:9000/ledger"))
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "S3 server at {ip} never answered"
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        me
+    }
+
+    /// The store URL of replica `i`, with a short timeout so an unreachable one is given
+    /// up on quickly.
+    pub fn url(&self, i: usize) -> String {
+        format!(
+            "s3://ledger/rewards?endpoint=http://{}:9000&region=us-east-1&timeout=5",
+            self.ips[i]
+        )
+    }
+
+    pub fn partition(&self, i: usize) {
+        let net = format!("{}-net", self.prefix);
+        docker(&[
+            "network",
+            "disconnect",
+            &net,
+            &format!("{}-s3-{i}", self.prefix),
+        ]);
+    }
+
+    pub fn heal(&self, i: usize) {
+        let net = format!("{}-net", self.prefix);
+        let name = format!("{}-s3-{i}", self.prefix);
+        docker(&["network", "connect", "--ip", &self.ips[i], &net, &name]);
+    }
+}
+
+impl Drop for S3Replicas {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=tributary.cluster={}", self.prefix),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("{}-net", self.prefix)])
+            .output();
+    }
+}
+
+fn docker(args: &[&str]) {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
