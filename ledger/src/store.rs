@@ -49,6 +49,14 @@ pub enum StoreError {
          use the local filesystem, S3, or an S3-compatible server that honours If-None-Match"
     )]
     UnsafeConditionalCreate { store: String, reason: String },
+    #[error(
+        "store {store}: {op} not answered within {waited_ms} ms of a majority of replicas answering; counted as unreachable"
+    )]
+    Unanswered {
+        store: String,
+        op: &'static str,
+        waited_ms: u64,
+    },
 }
 
 /// Outcome of a conditional create.

@@ -109,13 +109,9 @@ pub(crate) async fn claim(
 pub(crate) async fn newer_than(replicas: &Replicas, mine: u64) -> Option<u64> {
     let prefix = Path::from("epochs");
     let after = format!("{mine:020}");
-    let listed = futures::future::join_all(
-        replicas
-            .stores()
-            .iter()
-            .map(|s| s.list_names_after(&prefix, &after)),
-    )
-    .await;
+    let listed = replicas
+        .on_every("list", |s| s.list_names_after(&prefix, &after))
+        .await;
     listed
         .into_iter()
         .flatten()

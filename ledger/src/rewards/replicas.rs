@@ -1,7 +1,12 @@
 //! The replica set: conditional create of one key on every store, acknowledged once a
 //! majority holds our bytes. Slow replicas finish in the background, bounded per replica.
+//! Reads and self-tests fan out to every replica too, and a replica that is still silent
+//! [`STRAGGLER_GRACE`] after a majority has answered counts as unreachable for that call, so
+//! one partitioned replica costs the writer a grace period, not its whole retry timeout.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -15,6 +20,11 @@ use crate::store::{Created, Store, StoreError};
 /// Default bound on background writes per replica; beyond it a slow replica is skipped for
 /// an append and caught up later by repair.
 pub const DEFAULT_MAX_INFLIGHT: usize = 64;
+
+/// How long the other replicas are waited for once a majority has answered a read or a
+/// self-test successfully; a replica silent past it counts as unreachable for that call
+/// ([`StoreError::Unanswered`]), exactly as if its request had timed out.
+pub const STRAGGLER_GRACE: Duration = Duration::from_millis(1500);
 
 /// An ordered set of replica stores.
 #[derive(Clone, Debug)]
@@ -142,20 +152,79 @@ impl Replicas {
 
     /// Reads `key` from every replica concurrently: `Ok(None)` when absent there.
     pub async fn get_all(&self, key: &Path) -> Vec<Result<Option<Bytes>, StoreError>> {
-        futures::future::join_all(self.stores.iter().map(|s| s.get(key))).await
+        self.on_every("get", |s| s.get(key)).await
     }
 
     /// Lists names under `prefix` on every replica concurrently.
     pub async fn list_all(&self, prefix: &Path) -> Vec<Result<Vec<String>, StoreError>> {
-        futures::future::join_all(self.stores.iter().map(|s| s.list_names(prefix))).await
+        self.on_every("list", |s| s.list_names(prefix)).await
+    }
+
+    /// Runs `call` on every replica concurrently and returns each one's answer, in replica
+    /// order. Once a majority has answered `Ok`, the others get [`STRAGGLER_GRACE`] more;
+    /// one still silent then is [`StoreError::Unanswered`].
+    pub(crate) async fn on_every<'a, T, F, Fut>(
+        &'a self,
+        op: &'static str,
+        call: F,
+    ) -> Vec<Result<T, StoreError>>
+    where
+        F: Fn(&'a Store) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + 'a,
+    {
+        let mut answers: Vec<Option<Result<T, StoreError>>> =
+            self.stores.iter().map(|_| None).collect();
+        let mut pending: FuturesUnordered<_> = self
+            .stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let fut = call(store);
+                async move { (i, fut.await) }
+            })
+            .collect();
+        let mut ok = 0;
+        let mut deadline = None;
+        loop {
+            let next = match deadline {
+                None => pending.next().await,
+                Some(at) => match tokio::time::timeout_at(at, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((i, answer)) = next else { break };
+            ok += usize::from(answer.is_ok());
+            if let Some(slot) = answers.get_mut(i) {
+                *slot = Some(answer);
+            }
+            if ok >= self.majority() && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + STRAGGLER_GRACE);
+            }
+        }
+        answers
+            .into_iter()
+            .zip(&self.stores)
+            .map(|(answer, store)| {
+                answer.unwrap_or_else(|| {
+                    Err(StoreError::Unanswered {
+                        store: store.label().to_string(),
+                        op,
+                        waited_ms: STRAGGLER_GRACE.as_millis() as u64,
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Runs the conditional-create self-test on every replica. Unreachable replicas are
     /// tolerated while a majority passes; a store that ignores conditional create is refused.
     pub async fn self_test(&self) -> Result<(), LogError> {
-        let results =
-            futures::future::join_all(self.stores.iter().map(|s| s.ensure_conditional_create()))
-                .await;
+        let results = self
+            .on_every("conditional-create self-test", |s| {
+                s.ensure_conditional_create()
+            })
+            .await;
         let mut ok = 0;
         let mut errors = Vec::new();
         for r in results {
