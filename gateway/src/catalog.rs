@@ -16,6 +16,7 @@ use crate::error::ApiError;
 /// The catalog over one store and one engine.
 #[derive(Clone)]
 pub struct Catalog {
+    pub store: Store,
     pub registry: AdapterRegistry,
     pub names: AdapterNames,
     pub engine: SharedInference,
@@ -46,6 +47,13 @@ pub struct AdapterView {
     pub created_unix_ms: u64,
     pub location: String,
     pub files: Vec<String>,
+    /// The licences of the datanet version it was trained on (issue 18).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data_licenses: Vec<tributary_ledger::datanet::DataLicense>,
+    /// Takedowns that withdrew examples from its training data since it was trained: its
+    /// builder should retrain (only on `GET /v1/adapters/{id}`, not in lists).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn_data: Vec<tributary_ledger::datanet::takedown::AdapterMark>,
     /// Set once deleted (tombstoned adapters are not served and not listed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_unix_ms: Option<u64>,
@@ -68,7 +76,8 @@ impl Catalog {
     pub fn new(store: Store, engine: SharedInference) -> Self {
         Self {
             registry: AdapterRegistry::new(store.clone()),
-            names: AdapterNames::new(store),
+            names: AdapterNames::new(store.clone()),
+            store,
             engine,
         }
     }
@@ -161,7 +170,13 @@ impl Catalog {
             .await
             .map_err(store_error)?
             .map(|t| t.deleted_unix_ms);
+        let withdrawn_data =
+            tributary_ledger::datanet::takedown::adapter_marks(&self.store, &entry.adapter_digest)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("lineage marks: {e}")))?;
         Ok(AdapterView {
+            data_licenses: entry.data_licenses,
+            withdrawn_data,
             residency: self.residency(&entry.adapter_digest),
             digest: entry.adapter_digest,
             names,
@@ -205,6 +220,8 @@ impl Catalog {
                 created_unix_ms: e.created_unix_ms,
                 location: e.location,
                 files: e.files,
+                data_licenses: e.data_licenses,
+                withdrawn_data: Vec::new(),
                 deleted_unix_ms: None,
             });
         }
