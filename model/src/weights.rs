@@ -26,6 +26,8 @@ pub struct TensorStore {
     /// (path, whole file bytes, offset of the data section).
     files: Vec<(PathBuf, Vec<u8>, usize)>,
     entries: HashMap<String, Entry>,
+    /// Tensors already decoded to f32 in memory (a dequantized GGUF file).
+    host: HashMap<String, HostTensor>,
     location: String,
 }
 
@@ -109,24 +111,44 @@ impl TensorStore {
         Ok(Self {
             files,
             entries,
+            host: HashMap::new(),
             location: location.to_string(),
         })
     }
 
+    /// A store over tensors already in memory as f32 (for example a dequantized GGUF file
+    /// under Hugging Face names); `location` names where they came from in errors.
+    pub fn from_host(tensors: HashMap<String, HostTensor>, location: &str) -> Self {
+        Self {
+            files: Vec::new(),
+            entries: HashMap::new(),
+            host: tensors,
+            location: location.to_string(),
+        }
+    }
+
     /// All tensor names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut n: Vec<String> = self.entries.keys().cloned().collect();
+        let mut n: Vec<String> = self
+            .entries
+            .keys()
+            .chain(self.host.keys())
+            .cloned()
+            .collect();
         n.sort();
         n
     }
 
     /// Whether a tensor is present.
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        self.entries.contains_key(name) || self.host.contains_key(name)
     }
 
     /// A tensor's shape, if present.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(t) = self.host.get(name) {
+            return Some(t.shape.clone());
+        }
         self.entries.get(name).map(|e| e.info.shape.clone())
     }
 
@@ -142,6 +164,9 @@ impl TensorStore {
 
     /// A tensor's values as f32 (f16, bf16 and f64 are converted), with its shape.
     pub fn get_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+        if let Some(t) = self.host.get(name) {
+            return Ok((t.shape.clone(), t.values.clone()));
+        }
         let entry = self.entry(name)?;
         let (path, bytes, base) = &self.files[entry.file];
         let (start, end) = entry.info.data_offsets;

@@ -7,12 +7,15 @@ pub mod certs;
 pub mod cluster;
 pub mod datanet;
 pub mod demo;
+pub mod demo_data;
+pub mod demo_smollm2;
 pub mod dev;
 pub mod job;
 pub mod ledger;
 pub mod model;
 pub mod model_finetune;
 pub mod model_generate;
+pub mod model_import;
 pub mod model_init;
 pub mod model_merge;
 
