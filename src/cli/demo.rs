@@ -41,7 +41,7 @@ pub struct DemoArgs {
     /// Where the base model, data, adapter and loss curve are written.
     #[arg(long, default_value = "tributary-demo")]
     pub out: PathBuf,
-    /// Optimizer steps of the fine-tune [default: 60 on SmolLM2, 250 with --random].
+    /// Optimizer steps of the fine-tune [default: 30 on SmolLM2, 250 with --random].
     #[arg(long)]
     pub steps: Option<u64>,
     /// Seed for the random base model and the fine-tune.
@@ -69,7 +69,7 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !args.random {
         let args = DemoArgs {
-            steps: Some(args.steps.unwrap_or(60)),
+            steps: Some(args.steps.unwrap_or(30)),
             ..args.clone()
         };
         return super::demo_smollm2::run(&args);

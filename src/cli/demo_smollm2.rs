@@ -234,7 +234,7 @@ fn finetune(run: &mut DemoRun) -> anyhow::Result<()> {
         batch_size: 8,
         grad_accum: 1,
         lr: 2e-3,
-        warmup: 5,
+        warmup: 3,
         schedule: ScheduleArg::Cosine,
         weight_decay: 0.0,
         max_grad_norm: 1.0,
@@ -277,7 +277,7 @@ fn summary(run: &DemoRun) -> anyhow::Result<()> {
         .step_by((run.before.answers.len() / 4).max(1))
     {
         println!("Q: {q}   (expected: {want})");
-        println!("  base   : {}", one_line(base));
+        println!("  base   : {}  [cut at 12 tokens]", one_line(base));
         println!("  adapter: {}", one_line(tuned));
     }
     println!(

@@ -296,6 +296,24 @@ pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) ->
     out
 }
 
+/// llama.cpp's converter permutation (the inverse of [`unpermute_rows`]): GGUF row
+/// `h·d + 2i + j` takes Hugging Face row `h·d + j·d/2 + i`.
+pub fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let d = rows / heads;
+    let mut out = vec![0.0f32; values.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let dst = h * d + 2 * i + j;
+                let src = h * d + j * (d / 2) + i;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
 fn hf_tensor(file: &GgufFile, info: &TensorInfo, perm: Permute) -> Result<HostTensor, GgufError> {
     let (shape, values) = file.tensor_f32(info)?;
     let values = match perm {

@@ -9,14 +9,17 @@
 //! - [`tokenizer`]: `tokenizer.ggml.*` as a Hugging Face `tokenizer.json` (for the
 //!   `tokenizers` crate) and `tokenizer_config.json` with the chat template.
 //! - [`import`]: a GGUF file written out as a Hugging Face checkpoint directory.
+//! - [`writer`], [`lora_export`]: LoRA adapters written as GGUF LoRA adapters for llama.cpp.
 //!
 //! Anywhere a model directory is accepted, a `.gguf` file is too ([`is_gguf`]).
 
 pub mod dequant;
 pub mod import;
+pub mod lora_export;
 pub mod mapping;
 pub mod reader;
 pub mod tokenizer;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
