@@ -206,3 +206,52 @@ fn import_writes_a_directory_with_the_same_base_digest_and_logits() {
         base_model_digest(&gguf("tiny-llama")).expect("f32 digest")
     );
 }
+
+#[test]
+fn lora_adapter_exports_in_llama_cpps_layout() {
+    use tributary_model::gguf::mapping::permute_rows;
+    use tributary_model::lora::LoraAdapter;
+    let dev = device();
+    let model = CausalLm::load(&gguf("tiny-llama"), &dev).expect("load");
+    let cfg = model.config().clone();
+    let adapter =
+        LoraAdapter::load(&model_dir("tiny-llama").join("adapter"), &cfg, &dev).expect("adapter");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("lora.gguf");
+    let n = tributary_model::gguf::lora_export::export_lora(&adapter, &cfg, &path).expect("export");
+    assert_eq!(n, 2 * 7 * cfg.num_hidden_layers);
+    let file = tributary_model::gguf::GgufFile::open(&path).expect("reads back");
+    let s = |k: &str| file.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    assert_eq!(s("general.architecture").as_deref(), Some("llama"));
+    assert_eq!(s("general.type").as_deref(), Some("adapter"));
+    assert_eq!(s("adapter.type").as_deref(), Some("lora"));
+    let alpha = file.get("adapter.lora.alpha").and_then(|v| v.as_f64());
+    assert_eq!(alpha, Some(8.0));
+    let peft = tributary_model::weights::TensorStore::open_file(
+        &model_dir("tiny-llama").join("adapter/adapter_model.safetensors"),
+    )
+    .expect("peft file");
+    for (gguf_name, peft_name, heads) in [
+        ("blk.1.attn_q.weight", "self_attn.q_proj", Some(4)),
+        ("blk.1.attn_k.weight", "self_attn.k_proj", Some(2)),
+        ("blk.0.ffn_down.weight", "mlp.down_proj", None),
+    ] {
+        let layer = &gguf_name[4..5];
+        let key = |ab: &str| {
+            format!("base_model.model.model.layers.{layer}.{peft_name}.lora_{ab}.weight")
+        };
+        let (a_shape, a) = peft.get_f32(&key("A")).expect("A");
+        let (b_shape, b) = peft.get_f32(&key("B")).expect("B");
+        let ga = file.tensor(&format!("{gguf_name}.lora_a")).expect("lora_a");
+        let gb = file.tensor(&format!("{gguf_name}.lora_b")).expect("lora_b");
+        // ggml lists dimensions fastest first: A is ne [in, r], B is ne [r, out].
+        assert_eq!(ga.dims, vec![a_shape[1] as u64, a_shape[0] as u64]);
+        assert_eq!(gb.dims, vec![b_shape[1] as u64, b_shape[0] as u64]);
+        assert_eq!(file.tensor_f32(ga).expect("a").1, a);
+        let want_b = match heads {
+            Some(h) => permute_rows(&b, b_shape[0], b_shape[1], h),
+            None => b,
+        };
+        assert_eq!(file.tensor_f32(gb).expect("b").1, want_b, "{gguf_name}");
+    }
+}

@@ -13,6 +13,7 @@ pub mod dev;
 pub mod job;
 pub mod ledger;
 pub mod model;
+pub mod model_export_lora;
 pub mod model_finetune;
 pub mod model_generate;
 pub mod model_import;
