@@ -201,3 +201,49 @@ fn teacher_forced_top1_and_perplexity_match_llama_cpp() {
         );
     }
 }
+
+/// Greedy chat answers: identical ids to llama.cpp on the same weights in F32; printed
+/// beside llama.cpp's answers on the Q4_1 file (for docs/benchmarks.md).
+#[test]
+fn greedy_answers_equal_llama_cpp_on_the_same_weights() {
+    use tributary_model::generate::{GenerationParams, ModelSource, generate};
+    let full = std::env::var("TRIBUTARY_LLAMA_CPP_FULL").is_ok_and(|v| v == "1");
+    let (prompts, max_new) = if full { (usize::MAX, 48) } else { (2, 16) };
+    let path = model_path();
+    let device = tributary_model::device::cpu_device();
+    let model = CausalLm::load(&path, &device).expect("load gguf");
+    let tok = Tokenizer::from_dir(&path).expect("tokenizer");
+    let f32_ref = reference_file("llama_cpp_f32.json");
+    let q4_ref = reference();
+    let answers = f32_ref["answers"].as_array().expect("answers");
+    let q4_answers = q4_ref["answers"].as_array().expect("answers");
+    let source = ModelSource {
+        model: &model,
+        adapter: None,
+    };
+    let params = GenerationParams::greedy(max_new, vec![2]);
+    for (a, q4) in answers.iter().zip(q4_answers).take(prompts) {
+        let prompt = u32s(&a["prompt_ids"]);
+        let messages: Vec<serde_json::Value> = a["messages"].as_array().expect("messages").to_vec();
+        assert_eq!(tok.encode_chat(&messages, true).expect("chat"), prompt);
+        let out = generate(&source, &tok, &[prompt], &params, &mut |_| {}).expect("generate");
+        let ours: Vec<u32> = out[0]
+            .completion_ids
+            .iter()
+            .copied()
+            .filter(|&t| t != 2)
+            .collect();
+        let want: Vec<u32> = u32s(&a["ids"]).into_iter().take(max_new).collect();
+        let question = messages
+            .last()
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("");
+        eprintln!(
+            "| {} | {} | {} |",
+            question.replace('\n', " "),
+            out[0].text.replace('\n', " ⏎ "),
+            q4["text"].as_str().unwrap_or("").replace('\n', " ⏎ ")
+        );
+        assert_eq!(ours, want, "greedy answer to {question:?}");
+    }
+}
