@@ -30,11 +30,14 @@ pub struct Checkpoint {
 /// Opens `path`: a `.gguf` file (dequantized as it is read) or a Hugging Face directory.
 pub fn open_checkpoint(path: &Path) -> Result<Checkpoint, ModelError> {
     if gguf::is_gguf(path) {
-        let m = gguf::mapping::load(path)?;
-        let store = TensorStore::from_host(m.tensors, &path.display().to_string());
+        let file = std::sync::Arc::new(gguf::GgufFile::open(path)?);
+        let config = gguf::mapping::model_config(&file)?;
+        let generation = gguf::mapping::generation_config(&file, &config);
+        let tensors = gguf::mapping::lazy_tensors(file, &config)?;
+        let store = TensorStore::from_lazy(tensors, &path.display().to_string());
         return Ok(Checkpoint {
-            config: m.config,
-            generation: m.generation,
+            config,
+            generation,
             store,
         });
     }

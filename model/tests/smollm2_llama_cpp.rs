@@ -134,7 +134,7 @@ fn agreement(model: &CausalLm, reference: &serde_json::Value, budget: usize) -> 
         let x: Tensor<2, Int> = Tensor::from_data(TensorData::new(input, [1, n]), model.device());
         let logits = model.forward(x, &[], None, None);
         let v = model.config().vocab_size;
-        let values = logits.into_data().into_vec::<f32>().expect("logits");
+        let values = logits.into_data().try_into_vec::<f32>().expect("logits");
         for i in 0..n {
             let row = log_softmax(&values[i * v..(i + 1) * v]);
             let best = row

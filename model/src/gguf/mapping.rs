@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::reader::{GgufFile, Value};
 use super::{GgufError, TensorInfo};
 use crate::config::{Architecture, GenerationConfig, ModelConfig, RopeScaling};
-use crate::weights::HostTensor;
+use crate::weights::{HostTensor, LazyTensor};
 
 /// A GGUF model read into Tributary's terms: config, decoding defaults, and f32 tensors
 /// under Hugging Face names with the Q/K permutation undone.
@@ -125,7 +126,7 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig, GgufError> {
     let hidden_size = req_usize(file, &key("embedding_length"))?;
     let heads = req_usize(file, &key("attention.head_count"))?;
     let kv_heads = opt_u64(file, &key("attention.head_count_kv"))?.map_or(heads, |v| v as usize);
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(GgufError::metadata(
             path,
             &key("attention.head_count_kv"),
@@ -321,7 +322,7 @@ fn hf_tensor(file: &GgufFile, info: &TensorInfo, perm: Permute) -> Result<HostTe
         Permute::Heads(heads) => {
             let rows = shape[0];
             let cols: usize = shape[1..].iter().product();
-            if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+            if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
                 return Err(GgufError::tensor(
                     file.path(),
                     &info.name,
@@ -332,6 +333,44 @@ fn hf_tensor(file: &GgufFile, info: &TensorInfo, perm: Permute) -> Result<HostTe
         }
     };
     Ok(HostTensor { shape, values })
+}
+
+/// Every tensor under its Hugging Face name, dequantized only when read (names, types and
+/// bounds are checked now), so building a model never holds the whole file in f32.
+pub fn lazy_tensors(
+    file: Arc<GgufFile>,
+    cfg: &ModelConfig,
+) -> Result<HashMap<String, LazyTensor>, GgufError> {
+    let mut out = HashMap::with_capacity(file.tensors.len());
+    for (index, info) in file.tensors.iter().enumerate() {
+        file.ggml_type(info)?;
+        let Some((hf, perm)) = hf_name(&info.name, cfg) else {
+            return Err(unknown_tensor(&file, info, cfg));
+        };
+        let f = Arc::clone(&file);
+        let load = move || -> Result<Vec<f32>, crate::error::ModelError> {
+            Ok(hf_tensor(&f, &f.tensors[index], perm)?.values)
+        };
+        out.insert(
+            hf,
+            LazyTensor {
+                shape: info.shape(),
+                load: Box::new(load),
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn unknown_tensor(file: &GgufFile, info: &TensorInfo, cfg: &ModelConfig) -> GgufError {
+    GgufError::tensor(
+        file.path(),
+        &info.name,
+        format!(
+            "not a tensor of the {} architecture Tributary implements",
+            cfg.architecture.model_type()
+        ),
+    )
 }
 
 /// Every tensor, dequantized, under its Hugging Face name. A tensor this mapping does not
@@ -347,14 +386,7 @@ pub fn hf_tensors(
     }
     for info in &file.tensors {
         let Some((hf, perm)) = hf_name(&info.name, cfg) else {
-            return Err(GgufError::tensor(
-                file.path(),
-                &info.name,
-                format!(
-                    "not a tensor of the {} architecture Tributary implements",
-                    cfg.architecture.model_type()
-                ),
-            ));
+            return Err(unknown_tensor(file, info, cfg));
         };
         out.insert(hf, hf_tensor(file, info, perm)?);
     }

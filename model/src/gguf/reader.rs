@@ -334,7 +334,7 @@ impl GgufFile {
             }
             let type_id = c.u32(&name)?;
             let offset = c.u64(&name)?;
-            if offset % alignment != 0 {
+            if !offset.is_multiple_of(alignment) {
                 return Err(GgufError::tensor(
                     path,
                     &name,
@@ -405,7 +405,7 @@ impl GgufFile {
         let ty = self.ggml_type(info)?;
         let numel = info.numel();
         let block = ty.block_size() as u64;
-        if numel % block != 0 || info.dims[0] % block != 0 {
+        if !numel.is_multiple_of(block) || !info.dims[0].is_multiple_of(block) {
             return Err(GgufError::tensor(
                 &self.path,
                 &info.name,
