@@ -91,6 +91,19 @@ fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<(), M
     std::fs::write(&path, text + "\n").map_err(|e| ModelError::io(&path, e))
 }
 
+/// Writes the tokenizer files of a GGUF file (`tokenizer.json`, `tokenizer_config.json`
+/// with the chat template) into the existing directory `dir`; returns their names.
+pub fn write_tokenizer_files(
+    gguf_path: &Path,
+    dir: &Path,
+) -> Result<Vec<&'static str>, ModelError> {
+    let file = GgufFile::open(gguf_path)?;
+    let tok = tokenizer_files(&file)?;
+    write_json(dir, "tokenizer.json", &tok.tokenizer_json)?;
+    write_json(dir, "tokenizer_config.json", &tok.tokenizer_config)?;
+    Ok(vec!["tokenizer.json", "tokenizer_config.json"])
+}
+
 /// Imports `gguf_path` into the directory `out` (which must not exist yet).
 pub fn import(
     gguf_path: &Path,
