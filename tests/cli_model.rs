@@ -335,7 +335,7 @@ fn demo_runs_end_to_end_without_external_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("demo");
     let out = run(bin()
-        .args(["demo", "--steps", "3", "--out"])
+        .args(["demo", "--random", "--steps", "3", "--out"])
         .arg(&out_dir)
         .current_dir(tmp.path())
         .env("TRIBUTARY_FIXTURES", "/nonexistent"));

@@ -89,7 +89,8 @@ fn dev_trains_a_url_model_on_a_datanet_version() {
     let digest = v["adapter_digest"].as_str().unwrap();
     let entry = std::fs::read(Path::new(&store).join(format!("registry/{digest}.json"))).unwrap();
     let entry: serde_json::Value = serde_json::from_slice(&entry).unwrap();
-    let local = tributary_worker::trainer_exec::digest_dir(&model).unwrap();
+    let local = tributary_model::source::base_model_digest(&model).unwrap();
+    let local = tributary_protocol::Digest(local);
     assert_eq!(entry["base_model_digest"], local.to_hex(), "{entry}");
     assert_eq!(entry["data_digest"], version.as_str(), "{entry}");
     // The model was downloaded into the dev cache, not read in place.

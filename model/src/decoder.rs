@@ -125,13 +125,12 @@ pub(crate) struct TrainOpts<'a> {
 impl CausalLm {
     /// Loads a Hugging Face checkpoint directory: `config.json`, `generation_config.json`
     /// (optional) and `model.safetensors` or a sharded `model.safetensors.index.json`.
-    /// f16/bf16 weights are upcast to f32.
+    /// f16/bf16 weights are upcast to f32. A `.gguf` file is loaded too (dequantized to
+    /// f32, see [`crate::gguf`]).
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let _span = tracing::info_span!("model_load", dir = %dir.display()).entered();
-        let cfg = ModelConfig::load(dir)?;
-        let gen_cfg = GenerationConfig::load_or_default(dir, &cfg)?;
-        let store = TensorStore::open_checkpoint(dir)?;
-        Self::from_store(cfg, gen_cfg, &store, device)
+        let c = crate::source::open_checkpoint(dir)?;
+        Self::from_store(c.config, c.generation, &c.store, device)
     }
 
     /// [`CausalLm::load`] with the seven projections of every layer stored in NF4 as they are
@@ -139,10 +138,8 @@ impl CausalLm {
     /// result as `load` followed by [`CausalLm::quantize_nf4`].
     pub fn load_nf4(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let _span = tracing::info_span!("model_load_nf4", dir = %dir.display()).entered();
-        let cfg = ModelConfig::load(dir)?;
-        let gen_cfg = GenerationConfig::load_or_default(dir, &cfg)?;
-        let store = TensorStore::open_checkpoint(dir)?;
-        Self::from_store_with(cfg, gen_cfg, &store, true, device)
+        let c = crate::source::open_checkpoint(dir)?;
+        Self::from_store_with(c.config, c.generation, &c.store, true, device)
     }
 
     /// Builds the model from already opened tensors.

@@ -81,6 +81,9 @@ pub enum ModelError {
     /// Bad input to a forward pass, a training step or another call.
     #[error("invalid input: {0}")]
     Input(String),
+    /// A GGUF file could not be read or mapped.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
     /// A tensor could not be read back from the device.
     #[error("reading tensor `{name}` from the device: {reason}")]
     Readback {

@@ -70,6 +70,12 @@ pub enum TokenizerError {
         #[source]
         source: tokenizers::Error,
     },
+    /// A GGUF file's tokenizer metadata could not be read.
+    #[error("cannot build the tokenizer from a GGUF file")]
+    Gguf {
+        #[source]
+        source: crate::gguf::GgufError,
+    },
     /// Decoding ids failed (for example an id outside the vocabulary).
     #[error("cannot decode ids (vocabulary has {vocab_size} tokens)")]
     Decode {
@@ -188,7 +194,12 @@ fn template_field(
 impl Tokenizer {
     /// Loads `tokenizer.json`, `tokenizer_config.json` (optional) and `chat_template.jinja`
     /// (optional) from a model directory.
+    /// A `.gguf` file is accepted too: its tokenizer metadata is built into the same
+    /// files ([`crate::gguf::tokenizer`]).
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
+        if crate::gguf::is_gguf(dir) {
+            return Self::from_gguf(dir);
+        }
         let json_path = dir.join("tokenizer.json");
         let json = std::fs::read_to_string(&json_path).map_err(|source| TokenizerError::Io {
             path: json_path.clone(),
@@ -254,6 +265,19 @@ impl Tokenizer {
             chat_template,
             origin: origin.to_owned(),
         })
+    }
+
+    /// The tokenizer and chat template inside a GGUF file.
+    pub fn from_gguf(path: &Path) -> Result<Self, TokenizerError> {
+        let gguf = |source| TokenizerError::Gguf { source };
+        let file = crate::gguf::GgufFile::open(path).map_err(gguf)?;
+        let files = crate::gguf::tokenizer::tokenizer_files(&file).map_err(gguf)?;
+        Self::from_parts(
+            &files.tokenizer_json.to_string(),
+            Some(&files.tokenizer_config.to_string()),
+            None,
+            &path.display().to_string(),
+        )
     }
 
     /// Where this tokenizer was loaded from (a directory, or a name for embedded ones).

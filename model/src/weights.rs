@@ -26,7 +26,29 @@ pub struct TensorStore {
     /// (path, whole file bytes, offset of the data section).
     files: Vec<(PathBuf, Vec<u8>, usize)>,
     entries: HashMap<String, Entry>,
+    /// Tensors decoded on demand (a GGUF file dequantized tensor by tensor).
+    host: HashMap<String, LazyTensor>,
     location: String,
+}
+
+/// Decodes one tensor's f32 values when called.
+pub type TensorLoader = Box<dyn Fn() -> Result<Vec<f32>, ModelError> + Send + Sync>;
+
+/// A tensor decoded to f32 only when asked for, so a quantized checkpoint (GGUF) is never
+/// held in f32 all at once while a model is built from it.
+pub struct LazyTensor {
+    /// Its row-major shape.
+    pub shape: Vec<usize>,
+    /// Produces its values.
+    pub load: TensorLoader,
+}
+
+impl std::fmt::Debug for LazyTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyTensor")
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TensorStore {
@@ -109,24 +131,58 @@ impl TensorStore {
         Ok(Self {
             files,
             entries,
+            host: HashMap::new(),
             location: location.to_string(),
         })
     }
 
+    /// A store over tensors already in memory as f32; `location` names where they came
+    /// from in errors.
+    pub fn from_host(tensors: HashMap<String, HostTensor>, location: &str) -> Self {
+        let lazy = tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let shape = t.shape.clone();
+                let load: TensorLoader = Box::new(move || Ok(t.values.clone()));
+                (name, LazyTensor { shape, load })
+            })
+            .collect();
+        Self::from_lazy(lazy, location)
+    }
+
+    /// A store over tensors decoded on demand (for example a GGUF file's, dequantized
+    /// under Hugging Face names); `location` names where they came from in errors.
+    pub fn from_lazy(tensors: HashMap<String, LazyTensor>, location: &str) -> Self {
+        Self {
+            files: Vec::new(),
+            entries: HashMap::new(),
+            host: tensors,
+            location: location.to_string(),
+        }
+    }
+
     /// All tensor names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut n: Vec<String> = self.entries.keys().cloned().collect();
+        let mut n: Vec<String> = self
+            .entries
+            .keys()
+            .chain(self.host.keys())
+            .cloned()
+            .collect();
         n.sort();
         n
     }
 
     /// Whether a tensor is present.
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        self.entries.contains_key(name) || self.host.contains_key(name)
     }
 
     /// A tensor's shape, if present.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(t) = self.host.get(name) {
+            return Some(t.shape.clone());
+        }
         self.entries.get(name).map(|e| e.info.shape.clone())
     }
 
@@ -142,6 +198,9 @@ impl TensorStore {
 
     /// A tensor's values as f32 (f16, bf16 and f64 are converted), with its shape.
     pub fn get_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+        if let Some(t) = self.host.get(name) {
+            return Ok((t.shape.clone(), (t.load)()?));
+        }
         let entry = self.entry(name)?;
         let (path, bytes, base) = &self.files[entry.file];
         let (start, end) = entry.info.data_offsets;

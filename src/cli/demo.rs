@@ -1,7 +1,8 @@
 //! `tributary demo`: the README's first command, on the embedded default with nothing to
-//! install and no files needed.
+//! install.
 //!
-//! It makes a small random Llama (config and tokenizer embedded from `assets/demo/`),
+//! By default it runs on SmolLM2-135M-Instruct (`demo_smollm2`). With `--random` it makes
+//! a small random Llama (config and tokenizer embedded from `assets/demo/`),
 //! fine-tunes a LoRA adapter on a built-in instruction set (progress bar, held-out loss
 //! before and after, loss curve), then answers a few questions with and without the
 //! adapter. Everything lands in `--out`. Later the cluster path plugs in here.
@@ -40,12 +41,25 @@ pub struct DemoArgs {
     /// Where the base model, data, adapter and loss curve are written.
     #[arg(long, default_value = "tributary-demo")]
     pub out: PathBuf,
-    /// Optimizer steps of the fine-tune.
-    #[arg(long, default_value_t = 250)]
-    pub steps: u64,
+    /// Optimizer steps of the fine-tune [default: 30 on SmolLM2, 250 with --random].
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Seed for the random base model and the fine-tune.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Run on a small random model made on the spot instead of SmolLM2.
+    #[arg(long)]
+    pub random: bool,
+    /// The base model: a .gguf file or a Hugging Face directory [default: SmolLM2 in
+    /// ~/.cache/tributary/smollm2, fetched by scripts/fetch-smollm2.sh].
+    #[arg(long, conflicts_with = "random")]
+    pub model: Option<PathBuf>,
+    /// Training examples per contributor of the built-in datanet.
+    #[arg(long, default_value_t = 60)]
+    pub examples: usize,
+    /// Held-out examples per contributor (exact match before and after).
+    #[arg(long, default_value_t = 10)]
+    pub held_out: usize,
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -53,6 +67,14 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    if !args.random {
+        let args = DemoArgs {
+            steps: Some(args.steps.unwrap_or(30)),
+            ..args.clone()
+        };
+        return super::demo_smollm2::run(&args);
+    }
+    let steps = args.steps.unwrap_or(250);
     let base = args.out.join("base-model");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let config = args.out.join("base-model.config.json");
@@ -76,7 +98,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!(
         "2/3 fine-tuning a LoRA adapter on {} ({} steps)",
         data.display(),
-        args.steps
+        steps
     );
     let report = model_finetune::run(&FinetuneArgs {
         model: base.clone(),
@@ -97,7 +119,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         ]
         .map(String::from)
         .to_vec(),
-        steps: Some(args.steps),
+        steps: Some(steps),
         epochs: 1,
         batch_size: 8,
         grad_accum: 1,

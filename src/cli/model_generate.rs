@@ -22,7 +22,7 @@ use tributary_model::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
-    /// Hugging Face checkpoint directory (config.json, model.safetensors).
+    /// Hugging Face checkpoint directory (config.json, model.safetensors), or a .gguf file.
     #[arg(long)]
     pub model: PathBuf,
     /// Directory with tokenizer.json (and chat template); default: the model directory.

@@ -10,7 +10,7 @@ use tributary_model::lora::LoraAdapter;
 /// Arguments of `tributary model merge`.
 #[derive(Debug, clap::Args)]
 pub struct MergeArgs {
-    /// The base checkpoint directory.
+    /// The base checkpoint directory (or a .gguf file).
     #[arg(long)]
     pub model: PathBuf,
     /// The PEFT adapter directory.
@@ -31,7 +31,11 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     model
         .save_pretrained(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    let copied = super::model_init::copy_tokenizer_files(&args.model, &args.out)?;
+    let copied = if tributary_model::gguf::is_gguf(&args.model) {
+        tributary_model::gguf::import::write_tokenizer_files(&args.model, &args.out)?
+    } else {
+        super::model_init::copy_tokenizer_files(&args.model, &args.out)?
+    };
     println!(
         "{}",
         serde_json::json!({

@@ -93,8 +93,11 @@ impl TrainerExecutor {
         let data = load_jsonl(&data_file.path, &tokenizer, &options)
             .map_err(|e| setup(format!("data {:?}: {e}", spec.data)))?;
         let data_digest = data_file.digest;
-        let base_digest =
-            digest_dir(dir).map_err(|e| setup(format!("base_model {}: {e}", spec.base_model)))?;
+        // The canonical digest of the loaded base (tensors and config, not file bytes): a
+        // GGUF file and the directory imported from it name the same base.
+        let base_digest = tributary_model::source::base_model_digest(dir)
+            .map(Digest)
+            .map_err(|e| setup(format!("base_model {}: {e}", spec.base_model)))?;
         let examples: Vec<TrainExample> = data.examples.into_iter().map(|e| e.example).collect();
         if examples.is_empty() {
             return Err(ExecError::Setup(format!("{}: no examples", spec.data)));
