@@ -1,7 +1,7 @@
 //! Top-level command tree. One file per command family, each owning its clap types.
 
-pub mod allow;
 pub mod adapter;
+pub mod allow;
 pub mod api_key;
 pub mod bench;
 pub mod bench_cluster;
