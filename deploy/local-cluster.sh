@@ -14,7 +14,8 @@
 # exactly what `up` started. Images come from deploy/images/build.sh (built if missing).
 # Environment: TRIBUTARY_CLUSTER_PREFIX (container/network name prefix, default trib),
 # TRIBUTARY_CLUSTER_MOUNT (a host directory mounted read-only at the same path in the
-# coordinators and workers, for base models and data given as paths), TRIBUTARY_LEASE_TTL.
+# coordinators and workers, and allowed there with --allow-path, for base models and data
+# given as paths), TRIBUTARY_LEASE_TTL.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -103,12 +104,19 @@ docker_up() {
   wait_http "http://$(ip_of s3):9000/" 60
   curl -fsS -X PUT "http://$(ip_of s3):9000/$bucket" -o /dev/null
   for e in "${etcd_members[@]}"; do wait_http "http://$(ip_of "$e"):2379/health" 60; done
+  # The job API needs a key: an admin key in the cluster's store, printed in cluster.env.
+  local api_key
+  api_key=$(AWS_ACCESS_KEY_ID=tributary AWS_SECRET_ACCESS_KEY=tributary "$binary" keys create \
+    --store "s3://$bucket/cluster?endpoint=http://$(ip_of s3):9000&region=us-east-1" \
+    --owner operator --scope admin 2>/dev/null)
   local common=(--network "$net" --label tributary.cluster="$prefix"
     -v "$state/certs:/certs:ro"
     -e TRIBUTARY_ETCD="$etcd_urls" -e TRIBUTARY_CERTS=/certs -e TRIBUTARY_STORE="$store"
     -e TRIBUTARY_LEASE_TTL="$lease_ttl" -e AWS_ACCESS_KEY_ID=tributary -e AWS_SECRET_ACCESS_KEY=tributary
     -e RUST_LOG="${RUST_LOG:-info}")
-  if [ -n "${TRIBUTARY_CLUSTER_MOUNT:-}" ]; then common+=(-v "$TRIBUTARY_CLUSTER_MOUNT:$TRIBUTARY_CLUSTER_MOUNT:ro"); fi
+  if [ -n "${TRIBUTARY_CLUSTER_MOUNT:-}" ]; then
+    common+=(-v "$TRIBUTARY_CLUSTER_MOUNT:$TRIBUTARY_CLUSTER_MOUNT:ro" -e TRIBUTARY_ALLOW_PATHS="$TRIBUTARY_CLUSTER_MOUNT")
+  fi
   for w in "${worker_names[@]}"; do
     docker run -d --name "$(c "$w")" --hostname "$w" --network-alias "$w" "${common[@]}" \
       "tributary:$tag" worker --name "$w" --listen 0.0.0.0:7401 --advertise "$w:7401" \
@@ -129,6 +137,7 @@ docker_up() {
     for e in "${etcd_members[@]}"; do echo "TRIBUTARY_URL_${e//-/_}=http://$(ip_of "$e"):2379"; done
     echo "TRIBUTARY_URL_s3=http://$(ip_of s3):9000"
     echo "TRIBUTARY_COORDINATOR=http://$(ip_of coord-a):7400"
+    echo "TRIBUTARY_API_KEY=$api_key"
     echo "TRIBUTARY_STORE_HOST=s3://$bucket/cluster?endpoint=http://$(ip_of s3):9000&region=us-east-1"
   } > "$state/cluster.env"
 }
@@ -172,6 +181,9 @@ process_up() {
   wait_http "http://127.0.0.1:$((base + 90))/" 60
   curl -fsS -X PUT "http://127.0.0.1:$((base + 90))/$bucket" -o /dev/null
   local store="s3://$bucket/cluster?endpoint=http://127.0.0.1:$((base + 90))&region=us-east-1"
+  local api_key
+  api_key=$(AWS_ACCESS_KEY_ID=tributary AWS_SECRET_ACCESS_KEY=tributary "$binary" keys create \
+    --store "$store" --owner operator --scope admin 2>/dev/null)
   export TRIBUTARY_ETCD="$etcd_urls" TRIBUTARY_CERTS="$state/certs" TRIBUTARY_STORE="$store" \
     TRIBUTARY_LEASE_TTL="$lease_ttl" AWS_ACCESS_KEY_ID=tributary AWS_SECRET_ACCESS_KEY=tributary
   i=0
@@ -191,6 +203,7 @@ process_up() {
     echo "TRIBUTARY_URL_coord_a=http://127.0.0.1:$base"
     echo "TRIBUTARY_URL_coord_b=http://127.0.0.1:$((base + 100))"
     echo "TRIBUTARY_COORDINATOR=http://127.0.0.1:$base"
+    echo "TRIBUTARY_API_KEY=$api_key"
     echo "TRIBUTARY_URL_s3=http://127.0.0.1:$((base + 90))"
     echo "TRIBUTARY_STORE_HOST=$store"
   } > "$state/cluster.env"

@@ -47,8 +47,19 @@ fn shared_dir() -> (tempfile::TempDir, PathBuf) {
     (tmp, model)
 }
 
-fn status(url: &str, id: &str) -> serde_json::Value {
-    let out = common::job(url, &["status", id, "--json"]);
+/// `tributary job ARGS` against `url` with the cluster's admin key.
+fn job(c: &ContainerCluster, url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::bin())
+        .arg("job")
+        .args(args)
+        .env("TRIBUTARY_COORDINATOR", url)
+        .env("TRIBUTARY_API_KEY", c.api_key())
+        .output()
+        .unwrap()
+}
+
+fn status(c: &ContainerCluster, url: &str, id: &str) -> serde_json::Value {
+    let out = job(c, url, &["status", id, "--json"]);
     serde_json::from_str(common::stdout(&out).trim()).unwrap_or(serde_json::Value::Null)
 }
 
@@ -62,7 +73,7 @@ fn wait_job(
 ) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let rec = status(url, id);
+        let rec = status(c, url, id);
         if done(&rec) {
             return rec;
         }
@@ -114,7 +125,8 @@ fn leader_partitioned_from_etcd_loses_to_the_standby_and_the_job_ends_with_the_s
         std::thread::sleep(Duration::from_millis(100));
     };
     let api = c.url(standby);
-    let out = common::job(
+    let out = job(
+        &c,
         &api,
         &[
             "submit",
@@ -138,7 +150,9 @@ fn leader_partitioned_from_etcd_loses_to_the_standby_and_the_job_ends_with_the_s
         "failover took {took:?} (lease TTL {TTL} s)"
     );
     // The new leader makes progress before the old one comes back.
-    let step = status(&api, &id)["progress"]["step"].as_u64().unwrap_or(0);
+    let step = status(&c, &api, &id)["progress"]["step"]
+        .as_u64()
+        .unwrap_or(0);
     wait_job(&c, &api, &id, "progress under the new leader", 60, |r| {
         r["progress"]["step"].as_u64().unwrap_or(0) > step + 5 || terminal(r)
     });
@@ -180,7 +194,8 @@ fn a_worker_partitioned_mid_job_is_dropped_and_the_job_ends_with_the_same_adapte
     assert_eq!(want["state"], "succeeded", "{want}");
     let c = ContainerCluster::up(tmp.path(), 2);
     let api = c.url("coord-a");
-    let out = common::job(
+    let out = job(
+        &c,
         &api,
         &[
             "submit",
@@ -199,7 +214,9 @@ fn a_worker_partitioned_mid_job_is_dropped_and_the_job_ends_with_the_same_adapte
     assert!(!terminal(&at), "the job ended before the partition: {at}");
     c.partition("w2");
     // The job goes on without w2, then w2 comes back while it still runs.
-    let step = status(&api, &id)["progress"]["step"].as_u64().unwrap_or(0);
+    let step = status(&c, &api, &id)["progress"]["step"]
+        .as_u64()
+        .unwrap_or(0);
     wait_job(&c, &api, &id, "progress without w2", 90, |r| {
         r["progress"]["step"].as_u64().unwrap_or(0) > step + 10 || terminal(r)
     });
@@ -211,7 +228,7 @@ fn a_worker_partitioned_mid_job_is_dropped_and_the_job_ends_with_the_same_adapte
         rec["adapter_digest"], want["adapter_digest"],
         "the run with a partitioned worker differs from the fault-free one"
     );
-    let logs = common::job(&api, &["logs", &id]);
+    let logs = job(&c, &api, &["logs", &id]);
     let logs = common::stdout(&logs);
     assert!(
         logs.contains("w2") && (logs.contains("lost") || logs.contains("dropped")),
@@ -232,7 +249,8 @@ fn etcd_survives_one_member_lost_and_stops_safely_without_quorum() {
     };
     let c = ContainerCluster::up(tmp.path(), 2);
     let api = c.url("coord-a");
-    let out = common::job(
+    let out = job(
+        &c,
         &api,
         &[
             "submit",
@@ -248,7 +266,9 @@ fn etcd_survives_one_member_lost_and_stops_safely_without_quorum() {
     });
     // One member of three lost: the job keeps making progress.
     c.kill("etcd-3");
-    let step = status(&api, &id)["progress"]["step"].as_u64().unwrap_or(0);
+    let step = status(&c, &api, &id)["progress"]["step"]
+        .as_u64()
+        .unwrap_or(0);
     let rec = wait_job(
         &c,
         &api,
@@ -262,9 +282,9 @@ fn etcd_survives_one_member_lost_and_stops_safely_without_quorum() {
     // record, never a second leader's progress).
     c.kill("etcd-2");
     std::thread::sleep(Duration::from_secs(TTL + 3));
-    let frozen = status(&api, &id)["progress"]["step"].as_u64();
+    let frozen = status(&c, &api, &id)["progress"]["step"].as_u64();
     std::thread::sleep(Duration::from_secs(3));
-    let later = status(&api, &id)["progress"]["step"].as_u64();
+    let later = status(&c, &api, &id)["progress"]["step"].as_u64();
     assert!(
         frozen.is_none() || later.is_none() || frozen == later,
         "the job moved without an etcd quorum: {frozen:?} -> {later:?}"

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn post_json(port: u16, body: &str) -> (u16, serde_json::Value) {
-    let (code, text) = http_request(port, "POST", "/v1/jobs", "application/json", body).unwrap();
+fn post_json(dev: &Dev, body: &str) -> (u16, serde_json::Value) {
+    let (code, text) = dev.request("POST", "/v1/jobs", "application/json", body);
     let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (code, v)
 }
 
 fn record(dev: &Dev, id: &str) -> serde_json::Value {
-    let (code, body) = http_get(dev.port, &format!("/v1/jobs/{id}")).unwrap();
+    let (code, body) = dev.request("GET", &format!("/v1/jobs/{id}"), "application/json", "");
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -44,12 +44,18 @@ fn the_issue_request_is_refused_naming_the_field_and_the_node_keeps_serving() {
     // The exact request from the issue: it used to panic the worker actor
     // (Duration::from_secs_f64(inf)) and requeue the job in a hot loop forever.
     let (code, v) = post_json(
-        dev.port,
+        &dev,
         r#"{"base_model": "s3://b/p?timeout=inf", "data": "x.jsonl", "train": {"steps": 1}}"#,
     );
     assert_eq!(code, 400, "{v}");
-    assert_eq!(v["field"], "base_model", "{v}");
-    assert!(v["error"].as_str().unwrap().contains("timeout=inf"), "{v}");
+    assert_eq!(v["error"]["param"], "base_model", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timeout=inf"),
+        "{v}"
+    );
     for (body, field) in [
         (
             r#"{"base_model": "s3://b/p?timeout=NaN", "data": "x", "train": {"steps": 1}}"#,
@@ -80,9 +86,9 @@ fn the_issue_request_is_refused_naming_the_field_and_the_node_keeps_serving() {
             "train.batch_size",
         ),
     ] {
-        let (code, v) = post_json(dev.port, body);
+        let (code, v) = post_json(&dev, body);
         assert_eq!(code, 400, "{body}: {v}");
-        assert_eq!(v["field"], field, "{body}: {v}");
+        assert_eq!(v["error"]["param"], field, "{body}: {v}");
     }
     // Too large a body: 413, and the server is still there.
     let big = format!("{{\"base_model\": \"{}\"}}", "x".repeat(3 << 20));
@@ -98,7 +104,7 @@ fn the_issue_request_is_refused_naming_the_field_and_the_node_keeps_serving() {
 
     // A job after all that still runs.
     let (code, v) = post_json(
-        dev.port,
+        &dev,
         r#"{"base_model": "builtin:linear", "data": "synthetic", "train": {"steps": 3, "batch_size": 2}}"#,
     );
     assert_eq!(code, 201, "{v}");
@@ -114,13 +120,13 @@ fn paths_outside_allow_path_are_refused_and_a_failing_job_does_not_starve_a_good
     // Passes validation (a plain path), fails on the worker: outside --allow-path. It is
     // retried a bounded number of times with back-off, then fails naming the path.
     let (code, v) = post_json(
-        dev.port,
+        &dev,
         r#"{"base_model": "/etc", "data": "/etc/passwd", "train": {"steps": 1}}"#,
     );
     assert_eq!(code, 201, "{v}");
     let poison = v["id"].as_str().unwrap().to_string();
     let (code, v) = post_json(
-        dev.port,
+        &dev,
         r#"{"base_model": "builtin:linear", "data": "synthetic", "train": {"steps": 20, "batch_size": 2}}"#,
     );
     assert_eq!(code, 201, "{v}");

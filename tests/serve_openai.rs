@@ -67,7 +67,17 @@ fn chat(dev: &Dev, model: &str) -> (u16, serde_json::Value) {
 fn the_openai_client_passes_against_dev_and_a_job_trained_adapter_is_served_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let base = fixtures().join("tiny-llama");
-    let dev = Dev::start_with(tmp.path(), 1, &["--base-model", base.to_str().unwrap()]);
+    // Jobs train on the fixture, outside the directories dev allows by default.
+    let dev = Dev::start_with(
+        tmp.path(),
+        1,
+        &[
+            "--base-model",
+            base.to_str().unwrap(),
+            "--allow-path",
+            base.to_str().unwrap(),
+        ],
+    );
     assert!(dev.logs().contains("admin API key trib_"), "{}", dev.logs());
 
     // A job names its adapter; the name serves as soon as the job succeeds.

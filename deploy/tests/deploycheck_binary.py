@@ -154,7 +154,7 @@ def check_binary(binary: str) -> str:
                 fail("a spec with an unknown key was accepted")
             except urllib.error.HTTPError as e:
                 body = json.loads(e.read())
-                if e.code != 400 or body.get("field") != "priority":
+                if e.code != 400 or body.get("error", {}).get("param") != "priority":
                     fail(f"a spec with an unknown key: {e.code} {body}")
             for path in sorted(probe_paths | metric_paths):
                 status, body = http_get(f"http://127.0.0.1:{port}{path}")

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::ApiError;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tokio::sync::Semaphore;
 
 /// The limits; [`Limits::default`] is what `serve` uses.
@@ -78,8 +78,9 @@ pub fn apply(router: Router, limits: Limits) -> Router {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
 }
 
-fn refuse(status: StatusCode, message: String, retry_after: Option<u64>) -> Response {
-    let mut r = (status, axum::Json(json!({ "error": message }))).into_response();
+/// A refusal in the API's one error shape ([`ApiError`]), with `Retry-After` where given.
+fn refuse(error: ApiError, retry_after: Option<u64>) -> Response {
+    let mut r = error.into_response();
     if let Some(secs) = retry_after {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -96,19 +97,19 @@ async fn limit(State(g): State<Guard>, req: Request, next: Next) -> Response {
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > l.max_body_bytes as u64) {
         return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {} bytes", l.max_body_bytes),
+            ApiError::PayloadTooLarge {
+                limit: l.max_body_bytes,
+            },
             None,
         );
     }
     let Ok(_permit) = g.in_flight.clone().try_acquire_owned() else {
         REFUSED.with_label_values(&["busy"]).inc();
         return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
+            ApiError::Unavailable(format!(
                 "server busy: {} requests in flight; retry after {} s",
                 l.max_in_flight, l.retry_after_secs
-            ),
+            )),
             Some(l.retry_after_secs),
         );
     };
@@ -126,11 +127,10 @@ async fn limit(State(g): State<Guard>, req: Request, next: Next) -> Response {
         Err(_) => {
             REFUSED.with_label_values(&["timeout"]).inc();
             refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
+                ApiError::Unavailable(format!(
                     "request timed out after {} s",
                     l.request_timeout.as_secs_f64()
-                ),
+                )),
                 Some(l.retry_after_secs),
             )
         }

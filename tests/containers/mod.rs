@@ -99,6 +99,14 @@ impl ContainerCluster {
             .clone()
     }
 
+    /// The admin API key `up` made in the cluster's store.
+    pub fn api_key(&self) -> String {
+        self.env
+            .get("TRIBUTARY_API_KEY")
+            .cloned()
+            .unwrap_or_else(|| panic!("no TRIBUTARY_API_KEY in cluster.env: {:?}", self.env))
+    }
+
     pub fn container(&self, node: &str) -> String {
         format!("{}-{node}", self.prefix)
     }

@@ -60,7 +60,8 @@ pub struct EngineConfig {
     pub tokenizer_dir: Option<PathBuf>,
     /// The base model's name as clients give it in `model`.
     pub base_name: String,
-    /// The base model's digest (default: [`crate::trainer_exec::digest_dir`] of `model_dir`).
+    /// The base model's digest (default: the canonical
+    /// [`tributary_model::source::base_model_digest`] of `model_dir`, as jobs record it).
     pub base_digest: Option<Digest>,
     pub dtype: WeightDtype,
     /// Largest LoRA rank loaded; an adapter above it fails its requests.
@@ -219,9 +220,13 @@ impl Engine {
         }
         let base_digest = match config.base_digest {
             Some(d) => d,
-            None => crate::trainer_exec::digest_dir(&config.model_dir).map_err(|e| {
-                EngineError::Model(format!("digest of {}: {e}", config.model_dir.display()))
-            })?,
+            // The canonical digest jobs record too (tensors and config, not file bytes), so
+            // adapters trained by jobs match the base this engine serves.
+            None => tributary_model::source::base_model_digest(&config.model_dir)
+                .map(Digest)
+                .map_err(|e| {
+                    EngineError::Model(format!("digest of {}: {e}", config.model_dir.display()))
+                })?,
         };
         let eos = match &model.generation_config().eos_token_ids {
             ids if !ids.is_empty() => ids.clone(),
