@@ -86,6 +86,23 @@ fn wait_job(
     }
 }
 
+/// The adapter a fault-free `tributary dev` run of the same job trains: the reference.
+fn fault_free(dir: &Path, model: &Path, steps: u32) -> serde_json::Value {
+    let dev = common::Dev::start(dir, 1);
+    let want = common::submit_and_wait(&dev.url(), &long_spec(dir, model, steps, 1));
+    assert_eq!(want["state"], "succeeded", "{want}");
+    want
+}
+
+/// Submits the two-worker job to the coordinator at `api`; returns its id.
+fn submit(c: &ContainerCluster, api: &str, dir: &Path, model: &Path, steps: u32) -> String {
+    let spec = long_spec(dir, model, steps, 2);
+    let out = job(c, api, &["submit", spec.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let id: serde_json::Value = serde_json::from_str(common::stdout(&out).trim()).unwrap();
+    id["id"].as_str().unwrap().to_string()
+}
+
 fn terminal(rec: &serde_json::Value) -> bool {
     matches!(
         rec["state"].as_str(),
@@ -101,11 +118,7 @@ fn leader_partitioned_from_etcd_loses_to_the_standby_and_the_job_ends_with_the_s
     let (tmp, model) = shared_dir();
     let steps = 200;
     // The reference: a fault-free run in one process.
-    let want = {
-        let dev = common::Dev::start(tmp.path(), 1);
-        common::submit_and_wait(&dev.url(), &long_spec(tmp.path(), &model, steps, 1))
-    };
-    assert_eq!(want["state"], "succeeded", "{want}");
+    let want = fault_free(tmp.path(), &model, steps);
 
     let c = ContainerCluster::up(tmp.path(), 2);
     // coord-a starts first; wait until one of the two leads.
@@ -125,18 +138,7 @@ fn leader_partitioned_from_etcd_loses_to_the_standby_and_the_job_ends_with_the_s
         std::thread::sleep(Duration::from_millis(100));
     };
     let api = c.url(standby);
-    let out = job(
-        &c,
-        &api,
-        &[
-            "submit",
-            long_spec(tmp.path(), &model, steps, 2).to_str().unwrap(),
-            "--json",
-        ],
-    );
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let id: serde_json::Value = serde_json::from_str(common::stdout(&out).trim()).unwrap();
-    let id = id["id"].as_str().unwrap().to_string();
+    let id = submit(&c, &api, tmp.path(), &model, steps);
     let at = wait_job(&c, &api, &id, "step 20", 120, |r| {
         r["progress"]["step"].as_u64().unwrap_or(0) >= 20 || terminal(r)
     });
@@ -187,25 +189,10 @@ fn a_worker_partitioned_mid_job_is_dropped_and_the_job_ends_with_the_same_adapte
     }
     let (tmp, model) = shared_dir();
     let steps = 200;
-    let want = {
-        let dev = common::Dev::start(tmp.path(), 1);
-        common::submit_and_wait(&dev.url(), &long_spec(tmp.path(), &model, steps, 1))
-    };
-    assert_eq!(want["state"], "succeeded", "{want}");
+    let want = fault_free(tmp.path(), &model, steps);
     let c = ContainerCluster::up(tmp.path(), 2);
     let api = c.url("coord-a");
-    let out = job(
-        &c,
-        &api,
-        &[
-            "submit",
-            long_spec(tmp.path(), &model, steps, 2).to_str().unwrap(),
-            "--json",
-        ],
-    );
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let id: serde_json::Value = serde_json::from_str(common::stdout(&out).trim()).unwrap();
-    let id = id["id"].as_str().unwrap().to_string();
+    let id = submit(&c, &api, tmp.path(), &model, steps);
     let at = wait_job(&c, &api, &id, "two workers at step 20", 120, |r| {
         (r["progress"]["step"].as_u64().unwrap_or(0) >= 20
             && r["workers"].as_array().is_some_and(|w| w.len() == 2))
@@ -243,24 +230,10 @@ fn etcd_survives_one_member_lost_and_stops_safely_without_quorum() {
     }
     let (tmp, model) = shared_dir();
     let steps = 300;
-    let want = {
-        let dev = common::Dev::start(tmp.path(), 1);
-        common::submit_and_wait(&dev.url(), &long_spec(tmp.path(), &model, steps, 1))
-    };
+    let want = fault_free(tmp.path(), &model, steps);
     let c = ContainerCluster::up(tmp.path(), 2);
     let api = c.url("coord-a");
-    let out = job(
-        &c,
-        &api,
-        &[
-            "submit",
-            long_spec(tmp.path(), &model, steps, 2).to_str().unwrap(),
-            "--json",
-        ],
-    );
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let id: serde_json::Value = serde_json::from_str(common::stdout(&out).trim()).unwrap();
-    let id = id["id"].as_str().unwrap().to_string();
+    let id = submit(&c, &api, tmp.path(), &model, steps);
     wait_job(&c, &api, &id, "step 10", 120, |r| {
         r["progress"]["step"].as_u64().unwrap_or(0) >= 10 || terminal(r)
     });
