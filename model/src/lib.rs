@@ -8,6 +8,7 @@ pub mod data;
 pub mod decoder;
 pub mod device;
 pub mod error;
+pub mod features;
 pub mod fused;
 pub mod generate;
 pub mod init;
