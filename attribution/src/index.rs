@@ -132,6 +132,24 @@ impl AttributionIndex {
         ab / (aa.sqrt() * bb.sqrt())
     }
 
+    /// A copy with each checkpoint's mean feature subtracted from every example: what
+    /// [`AttributionIndex::cosine`] on it compares is what is specific to each example (the
+    /// gradient-cluster rule in [`crate::shares`] uses this).
+    pub fn centered(&self) -> Self {
+        let (n, d) = (self.len(), self.dims());
+        let mut out = self.clone();
+        for c in 0..self.checkpoints() {
+            let mean = crate::score::mean_feature(self, c);
+            for i in 0..n {
+                let at = (c * n + i) * d;
+                for (x, m) in out.features[at..at + d].iter_mut().zip(&mean) {
+                    *x -= m;
+                }
+            }
+        }
+        out
+    }
+
     /// The index as bytes (see the module docs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, AttributionError> {
         let header = serde_json::to_vec(&self.header)
@@ -224,6 +242,13 @@ pub(crate) mod tests {
         assert!((idx.cosine(0, 0) - 1.0).abs() < 1e-12);
         // a·b = (0 + 0 - 2) + (0 + 0 + 2) = 0
         assert!(idx.cosine(0, 1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn centering_subtracts_the_mean_per_checkpoint() {
+        let c = small_index().centered();
+        assert_eq!(c.feature(0, 0), &[0.5, -0.5, 1.5]);
+        assert_eq!(c.feature(1, 1), &[-1.0, 1.5, -1.75]);
     }
 
     #[test]

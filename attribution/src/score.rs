@@ -6,6 +6,10 @@
 //! - **TracIn-cos**: the same with both gradients unit-normalised per checkpoint, so an
 //!   example with a large loss (a large gradient) does not outrank better-matching ones
 //!   merely by its size.
+//! - **TracIn-ccos**: TracIn-cos after subtracting, at each checkpoint, the mean training
+//!   feature from the answer's and every example's features. The mean is what every
+//!   example pushes the adapter towards (the output format, the end-of-sequence token, the
+//!   base model's bias); without it the cosine compares what is specific to each example.
 //! - **DataInf** (Kwon et al. 2023): per layer `l`, the inverse damped Gauss–Newton matrix
 //!   `(G_l + λ_l I)⁻¹` replaced by DataInf's closed form
 //!   `(1/(nλ_l)) Σ_j (I − g_j g_jᵀ / (λ_l + ‖g_j‖²))`, giving
@@ -29,6 +33,8 @@ pub enum Method {
     Tracin,
     /// Σ lr × cosine.
     TracinCos,
+    /// Σ lr × cosine of mean-centred features.
+    TracinCcos,
     /// DataInf's damped per-layer preconditioned score.
     Datainf { damping: f64 },
 }
@@ -39,6 +45,7 @@ impl Method {
         match self {
             Method::Tracin => "tracin",
             Method::TracinCos => "tracin_cos",
+            Method::TracinCcos => "tracin_ccos",
             Method::Datainf { .. } => "datainf",
         }
     }
@@ -91,6 +98,24 @@ pub fn scores(
     let n = index.len();
     let mut out = vec![0.0f64; n];
     match method {
+        Method::TracinCcos => {
+            for (c, qc) in q.iter().enumerate() {
+                let lr = index.header.checkpoints[c].lr;
+                let mean = mean_feature(index, c);
+                let qv: Vec<f32> = qc.iter().zip(&mean).map(|(a, m)| a - m).collect();
+                let qn = dot(&qv, &qv).sqrt();
+                let mut g = vec![0.0f32; mean.len()];
+                for (i, o) in out.iter_mut().enumerate() {
+                    for ((x, f), m) in g.iter_mut().zip(index.feature(c, i)).zip(&mean) {
+                        *x = f - m;
+                    }
+                    let gn = dot(&g, &g).sqrt();
+                    if gn > 0.0 && qn > 0.0 {
+                        *o += lr * dot(&qv, &g) / (gn * qn);
+                    }
+                }
+            }
+        }
         Method::Tracin | Method::TracinCos => {
             for (c, qc) in q.iter().enumerate() {
                 let lr = index.header.checkpoints[c].lr;
@@ -156,6 +181,18 @@ pub fn scores(
         }
     }
     Ok(out)
+}
+
+/// The mean training feature at checkpoint `c`.
+pub fn mean_feature(index: &AttributionIndex, c: usize) -> Vec<f32> {
+    let mut sum = vec![0.0f64; index.dims()];
+    for i in 0..index.len() {
+        for (s, x) in sum.iter_mut().zip(index.feature(c, i)) {
+            *s += f64::from(*x);
+        }
+    }
+    let n = index.len().max(1) as f64;
+    sum.into_iter().map(|s| (s / n) as f32).collect()
 }
 
 /// TracIn self-influence of every example, `Σ_c lr_c ‖g_ic‖²`: large for examples the model
@@ -243,6 +280,26 @@ mod tests {
             );
         }
         assert!(scores(&idx, &q, Method::Datainf { damping: 0.0 }).is_err());
+    }
+
+    #[test]
+    fn centring_removes_the_direction_every_example_shares() {
+        // Every example = common + its own direction; the query is example 1's own
+        // direction plus the common part. Plain cosine is dominated by the common part.
+        let lay = BlockLayout::new(vec![("l".into(), 3)]);
+        let idx = index(
+            vec![
+                vec![10.0, 1.0, 0.0],
+                vec![10.0, 0.0, 1.0],
+                vec![10.0, -1.0, -1.0],
+            ],
+            lay,
+        );
+        let q = vec![vec![10.0f32, 0.0, 1.0]];
+        let c = scores(&idx, &q, Method::TracinCcos).unwrap();
+        assert!(c[1] > 0.0 && c[0] < c[1] && c[2] < c[1], "{c:?}");
+        let mean = mean_feature(&idx, 0);
+        assert_eq!(mean, vec![10.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! 1. Negative scores are clipped to zero: an example that made the answer *less* likely
 //!    earns nothing (and costs its contributor nothing).
 //! 2. Clusters count once. Examples in the same duplicate cluster (the datanet's exact and
-//!    near-duplicate clusters, given as `dup_key`) and examples whose gradient features are
-//!    near-identical (cosine ≥ `cosine_threshold`, default [`COSINE_THRESHOLD`]) form one
+//!    near-duplicate clusters, given as `dup_key`) and examples whose mean-centred gradient
+//!    features are near-identical (cosine ≥ `cosine_threshold`, default
+//!    [`COSINE_THRESHOLD`]; see [`crate::AttributionIndex::centered`]) form one
 //!    cluster; its score is its best member's score and it is credited to the member
 //!    accepted first (lowest `order`), whoever uploaded the others. So a copy, exact or
 //!    paraphrased, adds nothing and earns nothing. Clustering looks at the best
@@ -26,10 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::AttributionError;
 
-/// Gradient cosine at or above which two examples are treated as one (see
-/// `docs/attribution.md`: paraphrased copies measured 0.97–1.0 on the benchmark, distinct
-/// examples of one skill up to about 0.9).
-pub const COSINE_THRESHOLD: f64 = 0.95;
+/// Cosine of mean-centred gradient features at or above which two examples are treated as
+/// one. Chosen on the benchmark (`docs/attribution.md`): distinct examples of one skill
+/// stay below it (99th percentile of same-contributor pairs), paraphrased copies (same
+/// completion, prompt reworded) mostly above it.
+pub const COSINE_THRESHOLD: f64 = 0.8;
 
 /// One scored training example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,7 +106,7 @@ impl Shares {
 }
 
 /// Computes shares. `similar(i, j)` is the gradient cosine of index positions `i` and `j`
-/// (e.g. [`crate::AttributionIndex::cosine`]).
+/// (e.g. [`crate::AttributionIndex::cosine`] on [`crate::AttributionIndex::centered`]).
 pub fn shares(
     candidates: &[Candidate],
     params: &ShareParams,

@@ -2,6 +2,7 @@
 //! template, the Llama/Qwen2 decoder, LoRA, KV-cache generation and sampling, and the
 //! training step. No networking, async or storage here.
 
+pub mod attribution_bench;
 pub mod bench;
 pub mod config;
 pub mod data;

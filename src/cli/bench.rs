@@ -13,6 +13,8 @@ pub enum BenchCommand {
     /// Cluster: step time with 2 worker processes over QUIC vs 1 in-process worker, gradient
     /// bytes per step, coordinator failover time (starts a real etcd).
     Cluster(super::bench_cluster::BenchClusterArgs),
+    /// Attribution: planted contributors' skills, AUC/recall/top-1 per method, attacks, cost.
+    Attribution(super::bench_attribution::BenchAttributionArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -21,5 +23,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train(args) => super::bench_model::train(args),
         BenchCommand::Generate(args) => super::bench_model::generate(args),
         BenchCommand::Cluster(args) => super::bench_cluster::run(args),
+        BenchCommand::Attribution(args) => super::bench_attribution::run_bench(args),
     }
 }

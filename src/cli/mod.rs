@@ -1,6 +1,7 @@
 //! Top-level command tree. One file per command family, each owning its clap types.
 
 pub mod bench;
+pub mod bench_attribution;
 pub mod bench_cluster;
 pub mod bench_model;
 pub mod certs;
