@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn finds_spans_with_documents_and_offsets() {
         // word starts are even token ids
-        let ws = |t: u32| t % 2 == 0;
+        let ws = |t: u32| t.is_multiple_of(2);
         let docs = vec![
             vec![10, 11, 12, 14, 16, 18],
             vec![2, 4, 12, 14, 16, 7],
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn spans_stop_at_word_boundaries_and_never_cross_documents() {
-        let ws = |t: u32| t % 2 == 0;
+        let ws = |t: u32| t.is_multiple_of(2);
         let idx = SuffixIndex::new(&[vec![2, 4, 5], vec![6, 8]]);
         // "2 4 5" matches but the answer's word "4 5 7" goes on: only "2" is a whole word
         let s = idx.spans(&[2, 4, 5, 7], 1, 10, ws);

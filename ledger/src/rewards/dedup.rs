@@ -87,7 +87,7 @@ async fn read_committed(replicas: &Replicas, seq: u64) -> Result<RewardEntry, Lo
             None => counts.push((b, 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     for (b, _) in counts {
         if let Ok(e) = RewardEntry::decode(&b)
             && e.seq == seq
