@@ -162,7 +162,15 @@ fn projected_index_ranks_like_the_exact_one() {
     let (exact, _) =
         build_index(&model, &ck, &exs, Projection::Exact, meta.clone()).expect("exact");
     // a quarter of each layer's block
-    let k = exact.header.gradient_layout.blocks.iter().map(|b| b.1).min().expect("blocks") / 4;
+    let k = exact
+        .header
+        .gradient_layout
+        .blocks
+        .iter()
+        .map(|b| b.1)
+        .min()
+        .expect("blocks")
+        / 4;
     let (proj, cost) = build_index(
         &model,
         &ck,
