@@ -2,12 +2,14 @@
 //! template, the Llama/Qwen2 decoder, LoRA, KV-cache generation and sampling, and the
 //! training step. No networking, async or storage here.
 
+pub mod attribution_bench;
 pub mod bench;
 pub mod config;
 pub mod data;
 pub mod decoder;
 pub mod device;
 pub mod error;
+pub mod features;
 pub mod fused;
 pub mod generate;
 pub mod gguf;

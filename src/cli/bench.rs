@@ -16,6 +16,8 @@ pub enum BenchCommand {
     /// Serving: S-LoRA-style load (power-law adapters, Gamma arrivals) against a live
     /// gateway; throughput, TTFT/TPOT p50/p90/p99, SLO attainment.
     Serve(super::bench_serve::BenchServeArgs),
+    /// Attribution: planted contributors' skills, AUC/recall/top-1 per method, attacks, cost.
+    Attribution(super::bench_attribution::BenchAttributionArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -25,5 +27,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Generate(args) => super::bench_model::generate(args),
         BenchCommand::Cluster(args) => super::bench_cluster::run(args),
         BenchCommand::Serve(args) => super::bench_serve::run(args),
+        BenchCommand::Attribution(args) => super::bench_attribution::run_bench(args),
     }
 }

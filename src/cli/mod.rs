@@ -4,6 +4,7 @@ pub mod adapter;
 pub mod allow;
 pub mod api_key;
 pub mod bench;
+pub mod bench_attribution;
 pub mod bench_cluster;
 pub mod bench_model;
 pub mod bench_serve;

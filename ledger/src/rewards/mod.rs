@@ -8,6 +8,7 @@
 //! - [`reconcile`]: choosing the committed chain from the replicas after a crash, and
 //!   copying missing entries to replicas that were down (repair).
 //! - [`writer`]: [`LogWriter`], the fenced single writer.
+//! - `dedup`: exactly once per request id (the committed ids, read back from the chain).
 //! - [`verify`]: the verifier and balances.
 //!
 //! Fencing works through the sequence slots themselves: every entry carries its writer's
@@ -15,6 +16,7 @@
 //! entry at the next free slot. An older writer's next create then meets an entry with a
 //! higher epoch on a majority and stops with [`LogError::Fenced`].
 
+mod dedup;
 pub mod entry;
 pub mod epoch;
 pub mod reconcile;
@@ -27,7 +29,7 @@ pub use epoch::Fencing;
 pub use reconcile::{RepairReport, repair};
 pub use replicas::Replicas;
 pub use verify::{Fault, FaultKind, VerifyReport, balances, verify};
-pub use writer::{Appended, LogWriter, WriterOptions};
+pub use writer::{AppendOutcome, Appended, LogWriter, WriterOptions};
 
 use crate::store::StoreError;
 
@@ -71,6 +73,8 @@ pub enum LogError {
     Unresolved { seq: u64, reason: String },
     #[error("invalid reward record: {0}")]
     Invalid(#[from] EntryError),
+    #[error("every record of the batch is already in the log (request ids {request_ids:?})")]
+    AlreadyRecorded { request_ids: Vec<String> },
     #[error("gave up after {attempts} attempts: {reason}")]
     Contended { attempts: usize, reason: String },
 }

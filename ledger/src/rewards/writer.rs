@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::LogError;
+use super::dedup::RequestIds;
 use super::entry::{RewardEntry, RewardRecord, chain_hash, entry_key};
 use super::epoch::{self, Fencing};
 use super::reconcile::{self, Mode, RepairReport, Tip};
@@ -34,6 +35,15 @@ impl Default for WriterOptions {
             clock: clock::system(),
         }
     }
+}
+
+/// What [`LogWriter::append_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The entry written, or `None` when every record was already in the log.
+    pub appended: Option<Appended>,
+    /// Request ids left out because the log already holds them (or the batch repeated them).
+    pub already_recorded: Vec<String>,
 }
 
 /// An acknowledged append.
@@ -72,6 +82,7 @@ pub struct LogWriter {
     clock: Arc<dyn Clock>,
     background: Vec<tokio::task::JoinHandle<()>>,
     last_epoch_check: Instant,
+    ids: RequestIds,
 }
 
 impl LogWriter {
@@ -93,6 +104,7 @@ impl LogWriter {
             clock: opts.clock,
             background: Vec::new(),
             last_epoch_check: Instant::now(),
+            ids: RequestIds::default(),
         };
         w.append_inner(Vec::new()).await?;
         tracing::info!(epoch, next_seq = w.tip.next_seq, "reward-log writer open");
@@ -119,13 +131,47 @@ impl LogWriter {
     }
 
     /// Appends one batch of reward records. Returns once a majority of replicas holds it.
+    /// Records whose request id the log already holds are left out (see
+    /// [`LogWriter::append_once`]); a batch of nothing but such records is
+    /// [`LogError::AlreadyRecorded`].
     ///
     /// On [`LogError::NoQuorum`] the outcome is unknown: the entry may be completed by a
-    /// later reconciliation. Callers that retry should use the same `request_id`s so a
-    /// duplicate can be recognised.
+    /// later reconciliation. Retry with the same `request_id`s: the retry writes only what
+    /// the log does not hold by then.
     pub async fn append(&mut self, batch: Vec<RewardRecord>) -> Result<Appended, LogError> {
+        // An empty batch is written as an empty entry, as it always was.
+        let out = if batch.is_empty() {
+            self.append_inner(batch).await?
+        } else {
+            self.append_once(batch).await?
+        };
+        out.appended.ok_or(LogError::AlreadyRecorded {
+            request_ids: out.already_recorded,
+        })
+    }
+
+    /// Appends the records of `batch` whose request ids are not in the log yet, exactly
+    /// once per request id across retries, writer restarts and appends whose outcome was
+    /// unknown (`rewards::dedup`). An empty batch writes nothing.
+    pub async fn append_once(
+        &mut self,
+        batch: Vec<RewardRecord>,
+    ) -> Result<AppendOutcome, LogError> {
         for r in &batch {
             r.check()?;
+        }
+        if batch.is_empty() {
+            if let Some((seq, found_epoch)) = self.fenced {
+                return Err(LogError::Fenced {
+                    epoch: self.epoch,
+                    seq,
+                    found_epoch,
+                });
+            }
+            return Ok(AppendOutcome {
+                appended: None,
+                already_recorded: Vec::new(),
+            });
         }
         self.append_inner(batch).await
     }
@@ -148,7 +194,10 @@ impl LogWriter {
         Ok(report)
     }
 
-    async fn append_inner(&mut self, batch: Vec<RewardRecord>) -> Result<Appended, LogError> {
+    /// Writes `batch` (minus what the log already holds) at the next free slot; an empty
+    /// `batch` is a fence entry and is always written.
+    async fn append_inner(&mut self, batch: Vec<RewardRecord>) -> Result<AppendOutcome, LogError> {
+        let fence = batch.is_empty();
         if let Some((seq, found_epoch)) = self.fenced {
             return Err(LogError::Fenced {
                 epoch: self.epoch,
@@ -173,8 +222,24 @@ impl LogWriter {
                 self.tip = tip;
                 self.needs_reconcile = false;
             }
-            match self.write(&batch).await {
-                Ok(a) => return Ok(a),
+            // The tip may have moved (reconciliation, an adopted entry): read the new
+            // entries' request ids and leave out what they already hold.
+            self.ids.catch_up(&self.replicas, self.tip.next_seq).await?;
+            let (fresh, already_recorded) = self.ids.filter(&batch);
+            if fresh.is_empty() && !fence {
+                return Ok(AppendOutcome {
+                    appended: None,
+                    already_recorded,
+                });
+            }
+            match self.write(&fresh).await {
+                Ok(a) => {
+                    self.ids.committed(a.seq, &fresh);
+                    return Ok(AppendOutcome {
+                        appended: Some(a),
+                        already_recorded,
+                    });
+                }
                 Err(WriteError::LostSlot) => {
                     lost += 1;
                     if lost > 4 {

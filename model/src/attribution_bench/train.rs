@@ -1,0 +1,118 @@
+//! Tokenizing planted rows and training the one adapter on their union, keeping the
+//! adapter at K evenly spaced checkpoints with the learning rate each stands for.
+
+use std::time::Instant;
+
+use crate::data::{BatchPlan, DataOptions, parse_jsonl};
+use crate::decoder::CausalLm;
+use crate::error::ModelError;
+use crate::features::CheckpointAdapter;
+use crate::lora::{LoraConfig, TargetModule};
+use crate::tokenizer::Tokenizer;
+use crate::train::{Schedule, TrainConfig, TrainExample, Trainer};
+
+use super::BenchOptions;
+use super::planted::PlantedRow;
+
+/// Tokenizes `(prompt, completion)` pairs exactly as `model finetune` reads a
+/// prompt/completion JSONL file (prompt masked, completion and eos trained).
+pub fn tokenize(
+    pairs: &[(&str, &str)],
+    tokenizer: &Tokenizer,
+    max_seq_len: usize,
+    eos: Option<u32>,
+) -> Result<Vec<TrainExample>, ModelError> {
+    let mut text = String::new();
+    for (p, c) in pairs {
+        let line = serde_json::json!({ "prompt": p, "completion": c });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let opts = DataOptions {
+        max_seq_len,
+        eos_token_id: eos,
+    };
+    let ds = parse_jsonl(&text, "planted data", tokenizer, &opts)
+        .map_err(|e| ModelError::Input(e.to_string()))?;
+    Ok(ds.examples.into_iter().map(|e| e.example).collect())
+}
+
+/// The rows as training examples.
+pub fn tokenize_rows(
+    rows: &[PlantedRow],
+    tokenizer: &Tokenizer,
+    opts: &BenchOptions,
+    eos: Option<u32>,
+) -> Result<Vec<TrainExample>, ModelError> {
+    let pairs: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.prompt.as_str(), r.completion.as_str()))
+        .collect();
+    tokenize(&pairs, tokenizer, opts.max_seq_len, eos)
+}
+
+/// A trained adapter's checkpoints and what training cost.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The adapter at each checkpoint (the last is the final adapter).
+    pub checkpoints: Vec<CheckpointAdapter>,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Seconds in training steps.
+    pub seconds: f64,
+    /// Final training loss.
+    pub final_loss: f32,
+}
+
+/// Trains one adapter on `examples` (LoRA on all seven projections, AdamW, linear decay),
+/// as `tributary model finetune` does.
+pub fn train(
+    model: &CausalLm,
+    examples: &[TrainExample],
+    opts: &BenchOptions,
+) -> Result<Trained, ModelError> {
+    let mut lora = LoraConfig::new(opts.rank, opts.alpha, &TargetModule::ALL);
+    lora.lora_dropout = 0.0;
+    let plan = BatchPlan::new(examples.len(), opts.batch_size, 1, opts.seed)
+        .map_err(|e| ModelError::Input(e.to_string()))?;
+    let steps = plan.steps_for_epochs(opts.epochs) as u64;
+    let cfg = TrainConfig {
+        lr: opts.lr,
+        schedule: Schedule::Linear,
+        total_steps: steps,
+        batch_size: opts.batch_size,
+        seed: opts.seed,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, lora, cfg.clone())?;
+    let k = opts.checkpoints.clamp(1, steps.max(1) as usize) as u64;
+    let marks: Vec<u64> = (1..=k).map(|i| (i * steps).div_ceil(k)).collect();
+    let mut checkpoints = Vec::new();
+    let (mut seconds, mut lr_sum, mut final_loss) = (0.0, 0.0, f32::NAN);
+    for step in 0..steps {
+        let micro: Vec<Vec<TrainExample>> = plan
+            .step(step as usize)
+            .iter()
+            .map(|m| m.iter().map(|&i| examples[i].clone()).collect())
+            .collect();
+        let t0 = Instant::now();
+        let stats = trainer.train_step(&micro)?;
+        seconds += t0.elapsed().as_secs_f64();
+        lr_sum += stats.lr;
+        final_loss = stats.loss;
+        if marks.contains(&stats.step) {
+            checkpoints.push(CheckpointAdapter {
+                step: stats.step,
+                lr: lr_sum,
+                adapter: trainer.adapter(),
+            });
+            lr_sum = 0.0;
+        }
+    }
+    Ok(Trained {
+        checkpoints,
+        steps,
+        seconds,
+        final_loss,
+    })
+}

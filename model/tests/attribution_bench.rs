@@ -1,0 +1,91 @@
+//! `tributary bench attribution` at CI size: the built-in planted datanets (eight
+//! contributors, 12–40 examples each) on the tiny Llama fixture, with all four attacks.
+//! Full-size runs on the bench model are documented commands (docs/benchmarks.md).
+
+mod common;
+
+use common::*;
+use tributary_attribution::{Projection, ShareParams};
+use tributary_model::attribution_bench::planted::builtin;
+use tributary_model::attribution_bench::run::{Setup, run};
+use tributary_model::attribution_bench::{BenchOptions, BenchReport};
+use tributary_model::decoder::CausalLm;
+use tributary_model::tokenizer::Tokenizer;
+
+fn small_run() -> BenchReport {
+    let dir = model_dir("tiny-llama");
+    let model = CausalLm::load(&dir, &device()).expect("model");
+    let tok = Tokenizer::from_dir(&dir).expect("tokenizer");
+    let set = builtin(12, 90, 2, 0);
+    let opts = BenchOptions {
+        epochs: 4,
+        lr: 3e-3,
+        rank: 8,
+        alpha: 16.0,
+        checkpoints: 2,
+        projection: Projection::CountSketch { k: 512, seed: 0 },
+        shares: ShareParams {
+            top_k: 16,
+            ..ShareParams::default()
+        },
+        timed_generations: 2,
+        ..BenchOptions::default()
+    };
+    let setup = Setup {
+        model: &model,
+        tokenizer: &tok,
+        eos: tok.eos_token_id(),
+    };
+    run(setup, &set, &opts).expect("bench")
+}
+
+#[test]
+fn planted_contributors_are_found_and_attacks_do_not_pay() {
+    let r = small_run();
+    eprintln!("{}", serde_json::to_string_pretty(&r).expect("json"));
+    assert_eq!((r.contributors, r.queries), (8, 16));
+    let method = |name: &str| {
+        r.methods
+            .iter()
+            .find(|m| m.method == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    for m in &r.methods {
+        assert!(m.auc > 0.5 && m.auc <= 1.0, "{m:?}");
+    }
+    assert!(method("tracin_ccos").top1 >= 0.5, "{:?}", r.methods);
+    let attack = |name: &str| {
+        r.attacks
+            .iter()
+            .find(|a| a.attack == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    // A sybil split never gains beyond integer rounding (one unit in 10^6 per identity).
+    assert!(
+        attack("sybil_split").gain_pct <= 2e-4,
+        "{:?}",
+        attack("sybil_split")
+    );
+    // An exact copy is tied to its original by its duplicate key: it earns nothing.
+    assert!(
+        attack("exact_copier").attack_share <= 0.05,
+        "{:?}",
+        attack("exact_copier")
+    );
+    // A paraphrased copy (same completion, reworded prompt) lands in its original's
+    // gradient cluster and earns (almost) nothing.
+    assert!(
+        attack("paraphrase_copier").attack_share <= 0.05,
+        "{:?}",
+        attack("paraphrase_copier")
+    );
+    // Garbage outputs stand out by self-influence and cost the spammer share.
+    let garbage = attack("spammer_garbage");
+    assert!(
+        garbage.detection_auc.is_some_and(|a| a >= 0.85),
+        "{garbage:?}"
+    );
+    assert!(garbage.gain_pct < 0.0, "{garbage:?}");
+    assert!(attack("spammer_swapped").detection_auc.is_some());
+    assert!(r.cost.index_bytes_per_example > 0 && r.cost.attribution_ms_per_answer > 0.0);
+}

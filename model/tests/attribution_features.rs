@@ -1,0 +1,198 @@
+//! Per-example LoRA gradient features (`tributary_model::features`) on the fixture models:
+//! the per-example gradients add up to the reference (PyTorch) batch gradient, match a
+//! finite difference of the loss, equal a one-example `Trainer::compute_gradients`, and the
+//! projected index scores like the exact one.
+
+mod common;
+
+use common::*;
+use tributary_attribution::score::{Method, scores};
+use tributary_attribution::{Projection, metrics};
+use tributary_model::decoder::CausalLm;
+use tributary_model::features::{CheckpointAdapter, GradientFeaturizer, build_index};
+use tributary_model::lora::LoraAdapter;
+use tributary_model::peft::peft_key;
+use tributary_model::train::{TrainConfig, TrainExample, Trainer};
+
+fn setup(name: &str) -> (CausalLm, LoraAdapter, Vec<TrainExample>) {
+    let dev = device();
+    let model = CausalLm::load(&model_dir(name), &dev).expect("load model");
+    let mut adapter = LoraAdapter::load(&model_dir(name).join("adapter"), model.config(), &dev)
+        .expect("load adapter");
+    adapter.config.lora_dropout = 0.0;
+    let r = reference(name);
+    let ids = int_rows(&r, "input_ids");
+    let labels = int_rows(&r, "labels");
+    let examples = ids
+        .into_iter()
+        .zip(labels)
+        .map(|(i, l)| TrainExample {
+            input_ids: i.into_iter().map(|t| t as u32).collect(),
+            labels: l,
+        })
+        .collect();
+    (model, adapter, examples)
+}
+
+/// The reference's batch-mean gradient, flattened in the features' order.
+fn reference_gradient(name: &str, adapter: &LoraAdapter) -> Vec<f32> {
+    let r = reference(name);
+    let _ = peft_key; // the reference keys follow PEFT's module paths
+    let mut out = Vec::new();
+    for (layer, t, _) in adapter.iter() {
+        for which in ['A', 'B'] {
+            let key = format!("grad.{}.lora_{which}.default.weight", t.path(layer));
+            out.extend(r.get_f32(&key).expect("grad key").1);
+        }
+    }
+    out
+}
+
+#[test]
+fn per_example_gradients_sum_to_the_reference_batch_gradient() {
+    for name in MODELS {
+        let (model, adapter, examples) = setup(name);
+        let f = GradientFeaturizer::new(&model, &adapter).expect("featurizer");
+        let want = reference_gradient(name, &adapter);
+        assert_eq!(f.layout().len(), want.len(), "{name}: layout");
+        let mut total = vec![0.0f32; want.len()];
+        let mut tokens = 0usize;
+        for ex in &examples {
+            let g = f.gradient(ex).expect("gradient");
+            let n = ex.supervised_tokens();
+            for (t, x) in total.iter_mut().zip(&g) {
+                *t += x * n as f32;
+            }
+            tokens += n;
+        }
+        for t in &mut total {
+            *t /= tokens as f32;
+        }
+        let e = rel_err(&total, &want);
+        assert!(e < 1e-4, "{name}: relative error {e} against the reference");
+    }
+}
+
+#[test]
+fn one_example_gradient_equals_compute_gradients_and_a_finite_difference() {
+    let name = "tiny-llama";
+    let (model, adapter, examples) = setup(name);
+    let ex = &examples[0];
+    let f = GradientFeaturizer::new(&model, &adapter).expect("featurizer");
+    let g = f.gradient(ex).expect("gradient");
+
+    let cfg = TrainConfig {
+        batch_size: 1,
+        ..TrainConfig::default()
+    };
+    let trainer = Trainer::from_adapter(&model, adapter.clone(), cfg).expect("trainer");
+    let batch = trainer
+        .compute_gradients(std::slice::from_ref(ex), 0)
+        .expect("grads");
+    let mut flat = Vec::new();
+    for [a, b] in &batch.grads {
+        flat.extend(values(a).into_iter().map(|x| x / batch.tokens as f32));
+        flat.extend(values(b).into_iter().map(|x| x / batch.tokens as f32));
+    }
+    assert_eq!(g, flat, "one-example batch must give the same bits");
+
+    // Central differences on the largest A and B entries of the first module.
+    let first = adapter.iter().next().expect("a module").2.clone();
+    let na = first.a.shape().num_elements();
+    let nb = first.b.shape().num_elements();
+    let argmax_abs = |s: &[f32]| {
+        (0..s.len())
+            .max_by(|&i, &j| s[i].abs().total_cmp(&s[j].abs()))
+            .expect("nonempty")
+    };
+    let ia = argmax_abs(&g[..na]);
+    let ib = argmax_abs(&g[na..na + nb]);
+    for (which, i, analytic) in [('A', ia, g[ia]), ('B', ib, g[na + ib])] {
+        let eps = 1e-2f32;
+        let loss_with = |delta: f32| {
+            let mut ad = adapter.clone();
+            let (l, t, _) = {
+                let (l, t, m) = ad.iter().next().expect("module");
+                (l, t, m.clone())
+            };
+            let m = ad.module_mut(l, t).expect("module");
+            let tensor = if which == 'A' { &mut m.a } else { &mut m.b };
+            let mut v = values(tensor);
+            v[i] += delta;
+            let dims = tensor.dims();
+            *tensor =
+                burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(v, dims), &device());
+            GradientFeaturizer::new(&model, &ad)
+                .expect("featurizer")
+                .loss(ex)
+                .expect("loss")
+        };
+        let numeric = (loss_with(eps) - loss_with(-eps)) / (2.0 * eps);
+        let err = (numeric - analytic).abs() / analytic.abs().max(1e-6);
+        assert!(
+            err < 0.05,
+            "{which}[{i}]: finite difference {numeric} vs gradient {analytic}"
+        );
+    }
+}
+
+#[test]
+fn projected_index_ranks_like_the_exact_one() {
+    let name = "tiny-qwen2";
+    let (model, adapter, examples) = setup(name);
+    // More examples: the reference rows and their halves.
+    let mut exs: Vec<(String, TrainExample)> = Vec::new();
+    for (i, ex) in examples.iter().enumerate() {
+        exs.push((format!("full{i}"), ex.clone()));
+        let half = ex.input_ids.len() / 2 + 2;
+        let cut = TrainExample {
+            input_ids: ex.input_ids[..half].to_vec(),
+            labels: ex.labels[..half].to_vec(),
+        };
+        if cut.supervised_tokens() > 0 {
+            exs.push((format!("half{i}"), cut));
+        }
+    }
+    let ck = vec![CheckpointAdapter {
+        step: 1,
+        lr: 1e-3,
+        adapter: adapter.clone(),
+    }];
+    let meta = serde_json::Value::Null;
+    let (exact, _) =
+        build_index(&model, &ck, &exs, Projection::Exact, meta.clone()).expect("exact");
+    // a quarter of each layer's block
+    let k = exact
+        .header
+        .gradient_layout
+        .blocks
+        .iter()
+        .map(|b| b.1)
+        .min()
+        .expect("blocks")
+        / 4;
+    let (proj, cost) = build_index(
+        &model,
+        &ck,
+        &exs,
+        Projection::CountSketch { k, seed: 3 },
+        meta,
+    )
+    .expect("proj");
+    assert_eq!(cost.gradients, exs.len());
+    assert!(proj.dims() < exact.dims());
+    let q = exs[0].1.clone();
+    let qe = tributary_model::features::query_features(&model, &[&adapter], &q, &exact).expect("q");
+    let qp = tributary_model::features::query_features(&model, &[&adapter], &q, &proj).expect("q");
+    let se = scores(&exact, &qe, Method::Tracin).expect("scores");
+    let sp = scores(&proj, &qp, Method::Tracin).expect("scores");
+    let rho = metrics::spearman(&se, &sp).expect("spearman");
+    assert!(rho > 0.8, "rank correlation {rho}: {se:?} vs {sp:?}");
+    // the query is example 0 itself: by cosine it is its own best match
+    let cos = scores(&exact, &qe, Method::TracinCos).expect("scores");
+    let best = (0..cos.len())
+        .max_by(|&a, &b| cos[a].total_cmp(&cos[b]))
+        .expect("some");
+    assert_eq!(best, 0, "{cos:?}");
+    assert!((cos[0] - 1e-3).abs() < 1e-6, "{}", cos[0]);
+}
