@@ -1,5 +1,5 @@
 //! The whole gateway as one router: the OpenAI API and the adapter API (when an engine is
-//! given), the job API (when a coordinator is), `/healthz`, `/readyz`, `/metrics` and
+//! given), the job API (when a coordinator is), the datanet API (over the store), `/healthz`, `/readyz`, `/metrics` and
 //! `/openapi.json`, behind one [`Auth`], with a JSON 404 for unknown paths. Processes
 //! (`tributary dev`, `tributary coordinator --http`) only choose the parts.
 
@@ -9,6 +9,7 @@ use axum::Router;
 use axum::http::Uri;
 use tributary_coordinator::JobApi;
 use tributary_ledger::adapter_names::AdapterNames;
+use tributary_ledger::datanet::Datanets;
 use tributary_ledger::store::Store;
 use tributary_protocol::SharedInference;
 
@@ -16,6 +17,7 @@ use crate::adapters::{AdaptersState, adapter_router};
 use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::catalog::Catalog;
+use crate::datanets::{DatanetsState, datanet_router};
 use crate::error::ApiError;
 use crate::jobs::job_router;
 use crate::keys_api::keys_router;
@@ -34,6 +36,8 @@ pub struct ServeConfig {
     pub retry_after_ms: u64,
     /// Largest adapter registration body (uploads carry the weights).
     pub max_adapter_body_bytes: usize,
+    /// Largest datanet upload body (JSONL).
+    pub max_datanet_upload_bytes: usize,
 }
 
 impl Default for ServeConfig {
@@ -43,6 +47,7 @@ impl Default for ServeConfig {
             max_in_flight: 256,
             retry_after_ms: 1000,
             max_adapter_body_bytes: 512 << 20,
+            max_datanet_upload_bytes: 64 << 20,
         }
     }
 }
@@ -99,6 +104,13 @@ pub fn app(parts: Parts) -> Router {
             &parts.auth,
         ));
     }
+    r = r.merge(datanet_router(
+        DatanetsState {
+            datanets: Datanets::new(parts.store.clone()),
+            max_upload_bytes: parts.config.max_datanet_upload_bytes,
+        },
+        &parts.auth,
+    ));
     if let Some(keys) = parts.auth.key_store() {
         r = r.merge(keys_router(keys.clone(), &parts.auth));
     }

@@ -98,7 +98,11 @@ async fn every_documented_operation_is_routed_and_nothing_else_on_its_path() {
         Method::PATCH,
     ];
     for (path, item) in paths {
-        let concrete = path.replace("{id}", "job-000000000009");
+        let concrete = path
+            .replace("{id}", "job-000000000009")
+            .replace("{name}", "nodata")
+            .replace("{v}", "latest")
+            .replace("{item}", "item-1");
         for m in &all {
             let documented = item.get(m.as_str().to_lowercase()).is_some();
             let (s, body) = send(&app, m.clone(), &concrete, Some(&admin), "{}").await;

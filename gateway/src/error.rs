@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tributary_coordinator::CoordError;
+use tributary_ledger::datanet::DatanetError;
 use tributary_protocol::{InferenceError, ProtocolError};
 
 /// What an API call can fail with.
@@ -177,6 +178,35 @@ impl From<CoordError> for ApiError {
             CoordError::NoSuchJob(id) => Self::not_found(format!("no such job {id}")),
             e @ CoordError::BadState { .. } => Self::Conflict(e.to_string()),
             e => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<DatanetError> for ApiError {
+    fn from(e: DatanetError) -> Self {
+        let msg = e.to_string();
+        let nf = |field: &str| Self::NotFound {
+            field: Some(field.into()),
+            message: msg.clone(),
+            code: "not_found",
+        };
+        match e {
+            DatanetError::Store(_) | DatanetError::Registry(_) => Self::Unavailable(msg),
+            DatanetError::BadName(_) => Self::invalid("name", msg),
+            DatanetError::Exists(_) | DatanetError::Contended { .. } => Self::Conflict(msg),
+            DatanetError::NotFound(_) => nf("name"),
+            DatanetError::NoVersion { .. } | DatanetError::Empty(_) => nf("version"),
+            DatanetError::UnknownExample { .. } => nf("examples"),
+            DatanetError::UnknownItem { .. } => nf("item"),
+            DatanetError::EmptyUpload { .. } | DatanetError::Read(_) => Self::invalid("body", msg),
+            DatanetError::BadLicense(_) => Self::invalid("license", msg),
+            DatanetError::Auth(_) => Self::Forbidden(msg),
+            DatanetError::Forbidden(_) => Self::Forbidden(msg),
+            DatanetError::BadRequest(_) => Self::BadRequest {
+                field: field_of(&msg),
+                message: msg,
+            },
+            DatanetError::Write(_) | DatanetError::Corrupt { .. } => Self::Internal(msg),
         }
     }
 }

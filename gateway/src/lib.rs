@@ -7,6 +7,8 @@
 //! - [`adapters`]: the adapter API (`/v1/adapters…`: register, list, show, delete).
 //! - [`catalog`]: what `model` can name (base model, adapter names and digests).
 //! - [`jobs`]: the job API (`/v1/jobs…`) over [`tributary_coordinator::JobApi`].
+//! - [`datanets`] (and [`datanets_govern`]): the datanet API (`/v1/datanets…`: create,
+//!   upload with the row-level report, preview, diff, export, takedowns, review, reputation).
 //! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
 //! - [`auth`]: API keys (`Authorization: Bearer`) and scopes per route.
 //! - [`routing`]: the cluster routing choice (rendezvous hashing with bounded load), pure.
@@ -21,6 +23,8 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod datanets;
+pub mod datanets_govern;
 pub mod error;
 pub mod jobs;
 pub mod keys_api;

@@ -87,12 +87,18 @@ fn completion_schema() -> Value {
 pub fn document() -> Value {
     let infer = Some("inference");
     let build = Some("build");
+    let contribute = Some("contribute");
     let id_param =
         json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let path_param =
+        |n: &str| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}});
+    let name_param = json!([path_param("name")]);
+    let version_params = json!([path_param("name"), path_param("v")]);
+    let item_params = json!([path_param("name"), path_param("item")]);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Tributary gateway", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "OpenAI-compatible inference over one base model and many LoRA adapters; adapters and jobs; operations."},
+                 "description": "OpenAI-compatible inference over one base model and many LoRA adapters; adapters, jobs and datanets; operations."},
         "servers": [{"url": "/"}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -103,6 +109,15 @@ pub fn document() -> Value {
                                    "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
                 "ChatCompletionRequest": chat_schema(),
                 "CompletionRequest": completion_schema(),
+                "NewDatanet": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},
+                    "description": {"type": "string"},
+                    "license": {"type": "string", "description": "an SPDX licence identifier"},
+                    "license_text": {"type": "string", "description": "a custom licence text (instead of license)"},
+                    "terms": {"type": "string", "description": "contribution terms text"},
+                    "policy": {"type": "string", "description": "scanner policy, e.g. email=reject,phone=redact"},
+                    "review": {"type": "boolean"},
+                    "owner": {"type": "string", "description": "admins only"}}},
                 "AdapterRegistration": {"type": "object", "additionalProperties": false, "properties": {
                     "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},
                     "url": {"type": "string"},
@@ -144,6 +159,37 @@ pub fn document() -> Value {
                     "201", &["400", "401", "403"]),
                 "get": op("every live key (no secrets)", Some("admin"), None, "200", &["401", "403"])},
             "/v1/keys/{id}": {"parameters": id_param, "delete": op("revoke a key", Some("admin"), None, "200", &["401", "403", "404"])},
+            "/v1/datanets": {
+                "post": op("create a datanet (licence, terms, scanner policy, review; a contributor owns what they create)", contribute,
+                    Some(json!({"$ref": "#/components/schemas/NewDatanet"})), "201", &["400", "401", "403", "409", "413"]),
+                "get": op("every datanet (name, description, versions, head)", contribute, None, "200", &["401", "403"])},
+            "/v1/datanets/{name}": {"parameters": name_param,
+                "get": op("one datanet: owner, licence, terms in force, versions", contribute, None, "200", &["400", "401", "403", "404"])},
+            "/v1/datanets/{name}/versions/{v}/examples": {"parameters": version_params,
+                "get": op("a page of a version's credited examples (?offset, ?limit up to 200; v: digest, prefix, number or latest)", contribute, None, "200", &["400", "401", "403", "404"])},
+            "/v1/datanets/{name}/versions/{v}/export": {"parameters": version_params,
+                "get": op("a version as JSONL (application/x-ndjson)", contribute, None, "200", &["400", "401", "403", "404"])},
+            "/v1/datanets/{name}/diff": {"parameters": name_param,
+                "get": op("entries added and removed between ?from and ?to", contribute, None, "200", &["400", "401", "403", "404"])},
+            "/v1/datanets/{name}/uploads": {"parameters": name_param,
+                "post": op("upload JSONL rows (the body); the row-level report: accepted, duplicates, near-duplicates, rejected rows (line, field, reason), scanner findings without the matched text, rows sent to review; 201 published, 202 all pending", contribute,
+                    None, "201", &["400", "401", "403", "404", "409", "413"])},
+            "/v1/datanets/{name}/takedowns": {"parameters": name_param,
+                "post": op("withdraw and erase examples ({examples} or {contributor}, reason): one's own, or anyone's with admin", contribute,
+                    Some(json!({"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {
+                        "examples": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                        "contributor": {"type": "string"}, "reason": {"type": "string", "maxLength": 1000}}})),
+                    "200", &["400", "401", "403", "404", "409"]),
+                "get": op("the append-only takedown log", contribute, None, "200", &["400", "401", "403", "404"])},
+            "/v1/datanets/{name}/pending": {"parameters": name_param,
+                "get": op("the review queue (owner and admins: every row; contributors: their own)", contribute, None, "200", &["400", "401", "403", "404"])},
+            "/v1/datanets/{name}/pending/{item}": {"parameters": item_params,
+                "post": op("accept or reject a pending row (owner or admin)", contribute,
+                    Some(json!({"type": "object", "required": ["decision"], "additionalProperties": false, "properties": {
+                        "decision": {"enum": ["accept", "reject"]}, "reason": {"type": "string", "maxLength": 1000}}})),
+                    "200", &["400", "401", "403", "404", "409"])},
+            "/v1/datanets/{name}/reputation": {"parameters": name_param,
+                "get": op("the contributor leaderboard (?limit up to 1000), or one contributor (?contributor)", contribute, None, "200", &["400", "401", "403", "404"])},
             "/healthz": {"get": op("the process is up", None, None, "200", &[])},
             "/readyz": {"get": op("ready to serve (a base model is loaded, not overloaded)", None, None, "200", &["503"])},
             "/metrics": {"get": op("Prometheus metrics", None, None, "200", &[])},
