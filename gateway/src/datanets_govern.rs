@@ -16,7 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::{Instrument, info_span};
 use tributary_ledger::datanet::Scope as TakedownScope;
 
