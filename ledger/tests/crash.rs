@@ -68,8 +68,10 @@ fn run_and_kill(urls: &[String], rng: &mut impl Rng) -> Vec<(u64, String)> {
     }
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
+    // Drain until the reader ends (the killed writer's pipe closes): joining first could wait
+    // forever on a reader blocked on a full channel.
+    lines.extend(rx.iter());
     reader.join().expect("reader");
-    lines.extend(rx.try_iter());
     if std::os::unix::process::ExitStatusExt::signal(&status) != Some(9) {
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {
