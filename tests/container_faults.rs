@@ -333,13 +333,14 @@ fn reward_log_appends_go_on_with_a_replica_partitioned_and_repair_catches_it_up(
     }
     s3.partition(2);
     // A majority (2 of 3) still acknowledges: appends go on, and the silent replica costs
-    // each one a grace period and the background write's timeout, not a wait on every
-    // request to it in turn (75 s per append before `Replicas::on_every`).
+    // each one a grace period and the background write's timeout (15–32 s measured, the
+    // upper end with the whole suite running), not a wait on every request to it in turn
+    // (74–75 s per append before `Replicas::on_every`).
     for i in 3..5 {
         let start = Instant::now();
         append(i);
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < Duration::from_secs(50),
             "append {i} with a partitioned replica took {:?}",
             start.elapsed()
         );
