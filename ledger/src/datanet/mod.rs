@@ -54,6 +54,9 @@ pub use takedown::{Scope, TakedownReport, WithdrawnIndex};
 use crate::clock::{self, Clock};
 use crate::store::{Created, Store, StoreError};
 
+/// The shortest digest prefix that names a version (git's default abbreviation length is 7).
+pub const MIN_DIGEST_PREFIX: usize = 8;
+
 /// Errors from datanet operations.
 #[derive(Debug, thiserror::Error)]
 pub enum DatanetError {
@@ -406,8 +409,10 @@ impl Datanets {
         })
     }
 
-    /// Resolves `version` (a digest, a unique digest prefix, a version number, or `None`
-    /// for the head) to a digest.
+    /// Resolves `version` (a digest, a unique digest prefix of at least
+    /// [`MIN_DIGEST_PREFIX`] characters, a version number, or `None` for the head) to a
+    /// digest. A short string is never a prefix: `9` means version 9, not whichever digest
+    /// happens to start with a 9.
     pub async fn resolve_version(
         &self,
         name: &str,
@@ -425,10 +430,14 @@ impl Datanets {
         if let Some(by_number) = versions.iter().find(|s| s.number.to_string() == v) {
             return Ok(by_number.version.clone());
         }
-        let hits: Vec<&VersionSummary> = versions
-            .iter()
-            .filter(|s| s.version.starts_with(v))
-            .collect();
+        let hits: Vec<&VersionSummary> = if v.len() >= MIN_DIGEST_PREFIX {
+            versions
+                .iter()
+                .filter(|s| s.version.starts_with(v))
+                .collect()
+        } else {
+            Vec::new()
+        };
         match hits.as_slice() {
             [one] => Ok(one.version.clone()),
             _ => Err(DatanetError::NoVersion {
