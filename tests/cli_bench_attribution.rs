@@ -1,5 +1,13 @@
 //! `tributary bench attribution` through the built binary with planted sets given as JSONL
 //! (`--data/--queries`): one JSON line on stdout, the table on stderr, and bad input named.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use serde_json::Value;
 use std::path::PathBuf;

@@ -1,6 +1,14 @@
 //! `tributary bench cluster` end to end through the built binary: a real etcd, two
 //! `tributary worker` processes over QUIC with mutual TLS, a `tributary coordinator` killed
 //! with SIGKILL mid-job. Shapes and byte counts are asserted, never timings.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use serde_json::Value;
 use std::process::Command;

@@ -1,5 +1,13 @@
 //! `tributary bench train|generate`, `--quantize nf4` and `--dtype f32-packed|bf16` end to end
 //! through the built binary, on the tiny fixture config (shapes only; timings are not asserted).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use serde_json::Value;
 use std::path::PathBuf;

@@ -1,6 +1,14 @@
 //! End to end through the built `tributary` binary: `model generate` against the reference
 //! fixtures' greedy tokens, `model finetune` on every data format (outputs, eval losses,
 //! exact resume, errors), `model init` + `--tokenizer`, and `demo`.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

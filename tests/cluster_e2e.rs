@@ -3,6 +3,14 @@
 //! made by `tributary certs`. Faults are real: kill -9, SIGSTOP/SIGCONT. Jobs go in through
 //! the library (etcd) and through `tributary job` against a coordinator's HTTP API; the
 //! object store is a directory or a real S3 API server (moto).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 
@@ -12,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tributary_coordinator::etcd::{connect, list_jobs, submit_job};
-use tributary_coordinator::testkit::EtcdServer;
+use tributary_coordinator::local_etcd::EtcdServer;
 use tributary_coordinator::{
     CoordinatorConfig, JobRecord, JobState, MemoryJobStore, StaticMembership, client,
     spawn_coordinator,

@@ -2,6 +2,14 @@
 //! node has its own address on a private Docker network, so a partition is real packet
 //! loss, not a paused process on 127.0.0.1. The jobs train a real LoRA adapter on a tiny
 //! Llama model and must end with the same adapter digest as a fault-free `tributary dev`.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 mod containers;

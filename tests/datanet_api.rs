@@ -3,6 +3,14 @@
 //! comes back escaped; previews page and are bounded; a takedown of someone else's
 //! example is a 403 naming it, one's own goes through and is logged; the owner reviews a
 //! queue; the leaderboard counts; unknown names and licences are 400/404s naming them.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -2,6 +2,14 @@
 //! local filesystem and on a real S3 API server (moto on 127.0.0.1): the `--json` upload
 //! report, rejected rows with reasons, dedup across contributors, signed and API-key
 //! uploads, list/show/diff/export, and clear failures for an empty file.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::path::Path;
 use std::process::{Command, Output};

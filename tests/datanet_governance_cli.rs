@@ -3,6 +3,14 @@
 //! to the terms, the scanner's report, the review queue, a takedown whose `--json` lists
 //! the adapters trained on the data, takedown refusals (unknown id, someone else's key),
 //! verify, and the reputation leaderboard.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -5,6 +5,14 @@
 //! check runs this build's `tributary` (its `--help`, a live `tributary dev`, `tributary certs`);
 //! `mtls` runs etcd, a coordinator and two workers with certificates laid out by the
 //! manifests' init script from a cert-manager-shaped Secret (openssl), and a job on them.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,6 +1,14 @@
 //! Replays every committed fuzz input (`fuzz/corpus/<target>/*`, crashes found and fixed
 //! included) through the same harness functions the libFuzzer targets run: an ordinary
 //! test, no sanitizer build. Fuzzing itself: see `fuzz/Cargo.toml` and docs/benchmarks.md.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 #[path = "../fuzz/harness.rs"]
 mod harness;

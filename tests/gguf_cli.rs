@@ -2,6 +2,14 @@
 //! llama.cpp's converter does (JSON report, digest, the directory generates the same greedy
 //! tokens as the `.gguf` file given straight to `--model`), `model export-lora`, and
 //! `demo` on SmolLM2 at a small size (the model from `scripts/fetch-smollm2.sh`).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

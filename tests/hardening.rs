@@ -1,6 +1,14 @@
 //! No single input takes `tributary dev` down (issue 12), against the real binary: the
 //! request that used to panic the worker actor and hot-loop the coordinator, hostile URLs
 //! and paths, oversize bodies, a job that keeps failing beside a good one.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -1,6 +1,14 @@
 //! `tributary dev` end to end with real processes: a LoRA job submitted with `tributary job
 //! submit --wait --json` (the JSON line, the adapter files, loading them with the model
 //! crate), status, logs, /metrics, cancel, and a bad spec.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -3,6 +3,14 @@
 //! training data a datanet version (`datanet://demo@latest`) made with `tributary datanet`
 //! in the dev store. The registry entry's digests must equal the local-path model digest and
 //! the datanet version's manifest digest; a bad datanet name fails the job naming `data`.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

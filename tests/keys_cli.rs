@@ -1,6 +1,14 @@
 //! One key scheme: `tributary keys create` writes a hashed key into a store's key store, and
 //! `tributary datanet upload --api-key` resolves it there (no keys file): a key with the
 //! `contribute` scope uploads as its owner; a key without it, or a revoked one, is refused.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -1,6 +1,14 @@
 //! End-to-end: the real `tributary` binary appends to the reward log, verifies it, sums
 //! balances, names the first bad seq after tampering (exit non-zero), repairs a replica,
 //! and benchmarks appends — on the local filesystem and on moto's S3 API.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::process::{Command, Output};
 

@@ -1,6 +1,14 @@
 //! The bad-input list against a live `tributary dev --base-model`: each request gets
 //! a 4xx in OpenAI's error shape naming the problem, and the server keeps serving (a
 //! valid request after each one is answered; an abandoned stream frees its slot).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -3,6 +3,14 @@
 //! completions, streaming and not, an adapter trained by a dev job served by the name its
 //! spec gives as soon as the job succeeds, and the `tributary adapter` commands (register
 //! an upload, list, show, delete) over the same API, with keys found by the CLI itself.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -159,6 +159,7 @@ impl CoordinatorState {
         self.persist_all(changed).await
     }
 
+    #[allow(clippy::disallowed_methods)] // the actor is the shell: it reads the clock and hands it to the pure state machine
     async fn schedule(&mut self) -> Result<(), CoordError> {
         let members = self.cfg.membership.workers().await?;
         let now = std::time::Instant::now();
@@ -308,6 +309,7 @@ impl CoordinatorState {
     }
 
     /// Applies a driver event; returns an error when this leader has been fenced out.
+    #[allow(clippy::disallowed_methods)] // the actor is the shell: it reads the clock and hands it to the pure state machine
     async fn on_event(&mut self, ev: JobEvent) -> Result<(), CoordError> {
         // The runtime side: which workers each running job holds, which links are dead.
         match &ev {

@@ -60,6 +60,7 @@ pub async fn cancel(c: &ActorRef<CoordinatorMsg>, job: JobId) -> Result<(), Coor
 }
 
 /// Polls until the job reaches a terminal state or `timeout` passes.
+#[allow(clippy::disallowed_methods)] // waits until a real deadline
 pub async fn wait(
     c: &ActorRef<CoordinatorMsg>,
     job: &JobId,

@@ -234,6 +234,7 @@ impl JobRun {
         Ok(loaded)
     }
 
+    #[allow(clippy::disallowed_methods)] // times steps and bounds store retries in real time
     async fn run_inner(
         &self,
         joins: &mut mpsc::Receiver<(NodeId, Arc<dyn WorkerLink>)>,
@@ -517,6 +518,7 @@ impl JobRun {
     }
 
     /// Retries a store operation while the store is unreachable, up to [`STORE_RETRY_FOR`].
+    #[allow(clippy::disallowed_methods)] // times steps and bounds store retries in real time
     async fn with_retry<T, F, Fut>(&self, mut op: F) -> Result<T, JobOutcome>
     where
         F: FnMut() -> Fut,

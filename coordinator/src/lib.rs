@@ -22,6 +22,7 @@ pub mod driver;
 pub mod error;
 pub mod etcd;
 pub mod jobs_state;
+pub mod local_etcd;
 pub mod membership;
 pub mod metrics;
 pub mod placement;
@@ -29,8 +30,6 @@ pub mod progress;
 pub mod reduce;
 pub mod sharding;
 pub mod store;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 
 pub use actor::{
     CoordinatorActor, CoordinatorConfig, CoordinatorMsg, CoordinatorOptions, spawn_coordinator,

@@ -2,13 +2,13 @@
 //! server (moto): the record holds only the pointer (key, digest), a new coordinator resumes
 //! a job from it and ends with the same adapter as a fault-free run, and a checkpoint whose
 //! bytes do not match the record's digest is refused.
-
-// A panic in a test is a failed test: unwrap and indexing are fine here.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
 )]
 
 use std::sync::Arc;

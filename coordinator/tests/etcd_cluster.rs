@@ -2,13 +2,13 @@
 //! membership with leases and watch, leader election with fencing tokens, job records that
 //! a new leader resumes, and an etcd restart under a running job. Workers here are real
 //! worker actors reached in-process; the QUIC path is covered by the end-to-end tests.
-
-// A panic in a test is a failed test: unwrap and indexing are fine here.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
 )]
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use tributary_coordinator::etcd::{
     EtcdJobStore, EtcdMembership, campaign, connect, list_jobs, register_worker, submit_job,
 };
-use tributary_coordinator::testkit::EtcdServer;
+use tributary_coordinator::local_etcd::EtcdServer;
 use tributary_coordinator::{
     CoordError, CoordinatorConfig, JobRecord, JobState, JobStore, Membership, StaticMembership,
     spawn_coordinator,

@@ -3,13 +3,13 @@
 //! restarts the actor, the coordinator retries the job a bounded number of times with
 //! back-off and then fails it with the reason, and the good job, submitted after it,
 //! finishes. Also measures what the poison job costs the good one (docs/benchmarks.md).
-
-// A panic in a test is a failed test: unwrap and indexing are fine here.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
 )]
 
 use std::sync::Arc;

@@ -1,13 +1,13 @@
 //! Property tests of the coordinator's pure parts: placement never exceeds a worker's free
 //! slots and starves no job; sharding deals every micro-batch exactly once, in order; the
 //! reduction is the same bit for bit whatever order contributions arrive in.
-
-// A panic in a test is a failed test: unwrap and indexing are fine here.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
 )]
 
 use std::collections::BTreeMap;

@@ -1,4 +1,6 @@
 //! The adapter API over a memory store and the test-only `ScriptedEngine`.
+// Tests use fresh store names and real time.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::Arc;
 

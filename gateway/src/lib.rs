@@ -27,6 +27,7 @@ pub mod datanets;
 pub mod datanets_govern;
 pub mod error;
 pub mod jobs;
+mod json;
 pub mod keys_api;
 pub mod limits;
 pub mod openai;

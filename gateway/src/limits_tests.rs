@@ -1,4 +1,6 @@
 //! The limits against a real server on loopback.
+// Tests use fresh store names and real time.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::Duration;
 

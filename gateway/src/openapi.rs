@@ -21,15 +21,22 @@ fn err_responses(codes: &[&str]) -> Value {
 
 fn op(summary: &str, scope: Option<&str>, body: Option<Value>, ok: &str, errors: &[&str]) -> Value {
     let mut responses = err_responses(errors);
-    responses[ok] = json!({"description": "success", "content": {"application/json": {}}});
+    crate::json::set(
+        &mut responses,
+        ok,
+        json!({"description": "success", "content": {"application/json": {}}}),
+    );
     let mut o = json!({ "summary": summary, "responses": responses });
     if let Some(s) = scope {
-        o["security"] = json!([{ "bearer": [s] }]);
-        o["x-scope"] = json!(s);
+        crate::json::set(&mut o, "security", json!([{ "bearer": [s] }]));
+        crate::json::set(&mut o, "x-scope", json!(s));
     }
     if let Some(schema) = body {
-        o["requestBody"] =
-            json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        crate::json::set(
+            &mut o,
+            "requestBody",
+            json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+        );
     }
     o
 }

@@ -46,32 +46,25 @@ fn key_of(model: &ModelChoice) -> Vec<u8> {
 /// at capacity.
 pub fn route(model: &ModelChoice, workers: &[WorkerLoad], c: f64) -> Option<usize> {
     let key = key_of(model);
-    let open: Vec<usize> = (0..workers.len())
-        .filter(|&i| workers[i].in_flight < workers[i].capacity)
+    let open: Vec<(usize, &WorkerLoad)> = workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.in_flight < w.capacity)
         .collect();
     if open.is_empty() {
         return None;
     }
     let total: u64 = workers.iter().map(|w| u64::from(w.in_flight)).sum::<u64>() + 1;
     let bound = (c.max(1.0) * total as f64 / workers.len() as f64).ceil() as u64;
-    let mut holders: Vec<usize> = open
-        .iter()
-        .copied()
-        .filter(|&i| workers[i].resident)
-        .collect();
-    holders.sort_by_key(|&i| std::cmp::Reverse(weight(&key, &workers[i].id)));
-    if let Some(&i) = holders
-        .iter()
-        .find(|&&i| u64::from(workers[i].in_flight) < bound)
-    {
+    let mut holders: Vec<(usize, &WorkerLoad)> =
+        open.iter().copied().filter(|(_, w)| w.resident).collect();
+    holders.sort_by_key(|(_, w)| std::cmp::Reverse(weight(&key, &w.id)));
+    if let Some(&(i, _)) = holders.iter().find(|(_, w)| u64::from(w.in_flight) < bound) {
         return Some(i);
     }
-    open.into_iter().min_by_key(|&i| {
-        (
-            workers[i].in_flight,
-            std::cmp::Reverse(weight(&key, &workers[i].id)),
-        )
-    })
+    open.into_iter()
+        .min_by_key(|(_, w)| (w.in_flight, std::cmp::Reverse(weight(&key, &w.id))))
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]

@@ -63,7 +63,11 @@ pub fn check_name(name: &str) -> Result<(), AdapterError> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
     {
         "only a-z 0-9 . _ - are allowed"
-    } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
+    } else if !name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+    {
         "it must start with a letter or digit"
     } else if looks_like_digest(name) {
         "64 hex characters would be read as a digest"
@@ -272,6 +276,7 @@ impl AdapterNames {
 mod tests {
     use super::*;
 
+    #[allow(clippy::disallowed_methods)] // tests use fresh store names
     fn names() -> AdapterNames {
         AdapterNames::new(
             Store::open(&format!("memory://names-{}", rand::random::<u64>())).unwrap(),

@@ -153,6 +153,7 @@ pub fn hash_key(secret: &str) -> String {
 }
 
 /// A new random secret: `trib_` and 48 hex characters (192 bits).
+#[allow(clippy::disallowed_methods)] // secrets need fresh, OS-seeded entropy
 pub fn new_secret() -> String {
     let bytes: [u8; 24] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -325,6 +326,7 @@ fn parse(hash: &str, bytes: &[u8]) -> Result<KeyRecord, KeyError> {
 mod tests {
     use super::*;
 
+    #[allow(clippy::disallowed_methods)] // secrets need fresh, OS-seeded entropy
     fn store() -> KeyStore {
         KeyStore::new(Store::open(&format!("memory://keys-{}", rand::random::<u64>())).unwrap())
     }

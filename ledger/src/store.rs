@@ -384,6 +384,7 @@ impl Store {
     }
 
     #[tracing::instrument(skip(self), fields(store = %self.label))]
+    #[allow(clippy::disallowed_methods)] // a nonce must never repeat across processes
     async fn self_test_conditional_create(&self) -> Result<(), StoreError> {
         let nonce = format!("{:016x}", rand::random::<u64>());
         let first = Path::from(format!("_selftest/{nonce}/once"));

@@ -7,6 +7,8 @@
 //!   overwrites, for the one fault that cannot be made real here (a store ignoring
 //!   `If-None-Match`).
 //! - [`init_crypto`]: installs rustls' ring provider as the process default.
+// Test harness: waits in real time on real processes.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

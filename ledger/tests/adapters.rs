@@ -1,6 +1,14 @@
 //! The adapter registry on a local directory and on a real S3 API server (moto): files under
 //! their content address, immutable entries, a second registration returning the first,
 //! tampering detected on read, bad file names refused.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

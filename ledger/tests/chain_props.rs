@@ -3,6 +3,14 @@
 //! epoch) and replica faults (a replica's directory replaced by a file, then restored)
 //! ends, after the replicas come back and a writer repairs them, in a log that verifies,
 //! holds every acknowledged entry, and holds nothing beyond what was attempted.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -5,6 +5,14 @@
 //!
 //! The suite kills the writer 200 times in total (55 + 65 + 35 + 45). For a soak, set
 //! `TRIBUTARY_LEDGER_SOAK_KILLS=N` to kill N times per configuration.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

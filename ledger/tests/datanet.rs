@@ -1,6 +1,14 @@
 //! Datanets against real stores (a local directory, and moto's S3 API on 127.0.0.1):
 //! every bad row kind, a 100 MB line, an empty file, dedup across contributors, near-dup
 //! clusters, quarantine, signed and API-key uploads, concurrent uploads, diff and export.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

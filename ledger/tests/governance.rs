@@ -2,6 +2,14 @@
 //! 127.0.0.1): licences, terms and consent; the scanner's policies end to end; the owner's
 //! review queue and reputation; bad input (unknown licence id, someone else's key, not the
 //! owner). Takedown is in takedown.rs.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

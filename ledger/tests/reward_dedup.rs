@@ -2,6 +2,14 @@
 //! and moto's S3 API on 127.0.0.1): retries of the same batch, a retry inside a batch, a
 //! writer that crashes and a new one that retries its work, and an append whose outcome
 //! was unknown (the entry reached only a minority of replicas, or none).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -1,6 +1,14 @@
 //! Reward log against real stores (a local directory, and moto's S3 API on 127.0.0.1):
 //! fencing between two writers, external fencing tokens, tampering named by the first bad
 //! seq, a replica down then repaired, and refusal of a store that ignores conditional create.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

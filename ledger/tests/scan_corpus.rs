@@ -7,6 +7,14 @@
 //! look-alikes) are false positives. Prints the tables reported in docs/benchmarks.md
 //! (`cargo test --workspace -p tributary-ledger --test scan_corpus -- --nocapture
 //! --test-threads 1`).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::collections::BTreeMap;
 

@@ -3,6 +3,14 @@
 //! log and every verifier still green, an edited log entry caught, a crashed takedown
 //! completed, concurrent takedowns and uploads; bad input (an unknown id, someone else's
 //! example, no reason).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

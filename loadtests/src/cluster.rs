@@ -5,6 +5,8 @@
 //! the median step times is the coordination overhead, and the QUIC byte counters give the
 //! traffic per step. A run on one worker process separates the transport's cost from the
 //! gain of two processes computing in parallel. Then the failover ([`crate::failover`]).
+// A load generator measures real latency and waits on real deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tributary_coordinator::etcd::{EtcdMembership, connect};
-use tributary_coordinator::testkit::EtcdServer;
+use tributary_coordinator::local_etcd::EtcdServer;
 use tributary_coordinator::{
     Artifacts, CoordinatorConfig, JobRecord, JobState, Membership, MemoryJobStore,
     StaticMembership, client, spawn_coordinator,

@@ -2,6 +2,8 @@
 //! job, is killed with SIGKILL a third of the way in, and a standby coordinator in this
 //! process, campaigning in the same etcd election, is timed until it is elected and until
 //! it has applied a step on the workers.
+// A load generator measures real latency and waits on real deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use serde::Serialize;
 use tributary_coordinator::etcd::{
     EtcdClient, EtcdJobStore, EtcdMembership, campaign, list_jobs, submit_job,
 };
-use tributary_coordinator::testkit::EtcdServer;
+use tributary_coordinator::local_etcd::EtcdServer;
 use tributary_coordinator::{Artifacts, CoordinatorConfig, JobRecord, client, spawn_coordinator};
 use tributary_protocol::link::LinkFactory;
 use tributary_protocol::{JobId, ShutdownController};

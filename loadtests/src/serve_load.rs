@@ -6,6 +6,8 @@
 //! generator itself unbounded). Every request streams, so time to first token and time per
 //! output token are measured at the client. The pure parts (sampling, percentiles, the
 //! report) are tested without a server.
+// A load generator measures real latency and waits on real deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

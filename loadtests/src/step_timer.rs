@@ -3,6 +3,8 @@
 //! when the last `Apply` reply came back, plus the gradient tensor bytes the workers
 //! returned. The same wrapper times an in-process worker and workers over QUIC, so the two
 //! figures differ only by what lies behind the links.
+// A load generator measures real latency and waits on real deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,14 @@
 //! each, min and median in µs. The matrices stay in cache between calls, so this measures
 //! what the second core adds to the arithmetic and what a call's hand-off costs, not DRAM
 //! bandwidth. `cargo run --release -p tributary-model --example pool_probe`.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::time::Instant;
 

@@ -252,6 +252,9 @@ impl CausalLm {
     /// positions too (a later call continues the same rows). `lora` adds an adapter's
     /// unmerged deltas. Panics only on inconsistent shapes; use [`CausalLm::try_forward`]
     /// for a checked call.
+    // Panicking on bad shapes is this convenience's contract (tests and examples); every
+    // serving and training path calls `try_forward` and gets an error instead.
+    #[allow(clippy::panic)]
     pub fn forward(
         &self,
         input_ids: Tensor<2, Int>,

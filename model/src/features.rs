@@ -123,6 +123,7 @@ pub struct IndexCost {
 /// Builds the attribution index of `examples` (`(id, example)`) over `checkpoints`,
 /// projected by `projection`. The function a training driver calls once the checkpoints
 /// exist (keep `Trainer::adapter()` copies at each checkpoint step: they are small).
+#[allow(clippy::disallowed_methods)] // reports how long feature extraction took
 pub fn build_index(
     model: &CausalLm,
     checkpoints: &[CheckpointAdapter],

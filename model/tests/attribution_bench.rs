@@ -1,6 +1,14 @@
 //! `tributary bench attribution` at CI size: the built-in planted datanets (eight
 //! contributors, 12–40 examples each) on the tiny Llama fixture, with all four attacks.
 //! Full-size runs on the bench model are documented commands (docs/benchmarks.md).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

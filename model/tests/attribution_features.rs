@@ -2,6 +2,14 @@
 //! the per-example gradients add up to the reference (PyTorch) batch gradient, match a
 //! finite difference of the loss, equal a one-example `Trainer::compute_gradients`, and the
 //! projected index scores like the exact one.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

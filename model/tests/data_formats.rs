@@ -1,6 +1,14 @@
 //! JSONL instruction data in the three formats, tokenized with the fixture tokenizer:
 //! which tokens are trained, truncation, errors naming line and field, and the seeded
 //! held-out split and batch order.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -1,6 +1,14 @@
 //! The decoder and LoRA against the reference implementation's numbers in
 //! `shared/fixtures` (both tiny-llama and tiny-qwen2): logits, greedy decoding with the
 //! KV cache, left padding, cached decoding.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

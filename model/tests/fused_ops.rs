@@ -2,6 +2,14 @@
 //! replace: forward values and input gradients, with the AVX-512 and the portable kernels,
 //! for short and long rows, fully padded rows and extreme inputs; and the vectorized `exp`
 //! against f64.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

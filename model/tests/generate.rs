@@ -1,6 +1,14 @@
 //! The generation loop: against a scripted fake model (batching, left padding, per-row
 //! stopping, stop strings, streaming), and greedy decoding of the fixture models against
 //! the reference implementation's tokens, base and with the adapter.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

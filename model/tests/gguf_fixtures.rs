@@ -3,6 +3,14 @@
 //! vocabulary, chat template) load into the same model: the fixture's reference logits,
 //! the fixture tokenizer's ids, the same chat rendering, and the same canonical base digest
 //! as the fixture directory and as the directory `import` writes.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -2,6 +2,14 @@
 //! (written by `scripts/gguf/make_test_data.py` with the `gguf` Python package) holds, for
 //! every supported type, a tensor in that type and the values `gguf.quants.dequantize`
 //! gives for it; plus metadata of every value type and a non-default alignment.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::path::PathBuf;
 

@@ -2,6 +2,14 @@
 //! prefill and cached decoding, with left padding, single and mixed adapters, f32-packed,
 //! bf16 and NF4 stores, a KV cache that grows and one that changes path; and the fixtures'
 //! reference logits through the host step.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

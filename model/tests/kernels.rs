@@ -2,6 +2,14 @@
 //! values, both the AVX-512 path (when this CPU has it) and the portable one; the bf16 model
 //! against the f32 model and the reference logits on the fixtures; the NF4 fused kernel
 //! against the dequantized matrix.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

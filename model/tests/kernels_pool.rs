@@ -4,6 +4,14 @@
 //! pool runs every part exactly once, on more than one thread when it has helpers, stays
 //! correct when many threads call at once or a part calls it again, and survives a part that
 //! panics.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -1,5 +1,13 @@
 //! A batch whose rows use different adapters computes, row by row, what each row computes
 //! alone with its own adapter (prefill and cached decoding).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -3,6 +3,14 @@
 //! scattered over non-contiguous blocks, decoding side by side, give the same logits as
 //! each sequence run alone through `forward_last` with a `KvCache` (attention split over
 //! the decode pool or not).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -1,6 +1,14 @@
 //! PEFT adapter IO: round trips keep logits and PEFT's names and shapes; rank/alpha
 //! patterns and rsLoRA are honoured; unsupported adapters are refused with clear errors;
 //! merging folds an adapter into the base.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

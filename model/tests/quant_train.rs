@@ -1,6 +1,14 @@
 //! Training on an NF4 base through the autodiff step that keeps no f32 copy of the weights
 //! (`quant_train::frozen_matmul`): its input gradient is `dY·W` with `W` dequantized, and the
 //! LoRA gradients of a training step equal those of the same base held as dense f32 tensors.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

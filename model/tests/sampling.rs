@@ -1,4 +1,12 @@
 //! Sampling processors with Hugging Face semantics, and seeded reproducibility.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use tributary_model::sampling::{
     Sampler, SamplingConfig, SamplingError, apply_repetition_penalty, apply_temperature,

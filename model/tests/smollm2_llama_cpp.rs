@@ -6,6 +6,14 @@
 //! The model comes from `scripts/fetch-smollm2.sh` (which `scripts/setup-test-deps.sh`
 //! runs); `TRIBUTARY_SMOLLM2` overrides its path. By default the logits tests run on the
 //! first 320 positions (CI); `TRIBUTARY_LLAMA_CPP_FULL=1` runs all of them (2,425).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::path::PathBuf;
 

@@ -2,6 +2,14 @@
 //! `tokenizer_cases.json`, and the chat rendering with its ids, for both fixture models
 //! (tiny-llama's template comes from `chat_template.jinja`, tiny-qwen2's from
 //! `tokenizer_config.json`).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

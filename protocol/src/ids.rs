@@ -38,14 +38,13 @@ impl Digest {
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(64);
         for b in self.0 {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 0xf)]));
+            for nibble in [b >> 4, b & 0xf] {
+                s.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+            }
         }
         s
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 impl From<blake3::Hash> for Digest {
     fn from(h: blake3::Hash) -> Self {
@@ -79,10 +78,10 @@ impl FromStr for Digest {
             return Err(err("expected 64 hex digits"));
         }
         let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks_exact(2).enumerate() {
-            let hi = hex_val(pair[0]).ok_or_else(|| err("not a hex digit"))?;
-            let lo = hex_val(pair[1]).ok_or_else(|| err("not a hex digit"))?;
-            out[i] = (hi << 4) | lo;
+        for (byte, &[hi, lo]) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
+            let hi = hex_val(hi).ok_or_else(|| err("not a hex digit"))?;
+            let lo = hex_val(lo).ok_or_else(|| err("not a hex digit"))?;
+            *byte = (hi << 4) | lo;
         }
         Ok(Self(out))
     }

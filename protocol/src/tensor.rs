@@ -74,8 +74,10 @@ pub async fn read_tensor<R: AsyncRead + Unpin>(r: &mut R, max_elems: u64) -> Res
         hasher.update(&chunk);
         out.extend(
             chunk
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|b| f32::from_le_bytes(*b)),
         );
     }
     let mut expected = [0u8; 32];

@@ -1,5 +1,13 @@
 //! Real QUIC with mutual TLS on loopback: certificates from `certs`, a server that requires
 //! client certificates, and clients with good, missing and foreign certificates.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -16,6 +16,14 @@
 //! the step budget, i.e. the prefill chunk). With `shared_prefix=N`, every prompt starts
 //! with the same N words (a system prompt); `prefix_caching=0` turns the reuse of its keys
 //! and values off. One JSON line per setting goes to stdout.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;

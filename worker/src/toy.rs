@@ -81,13 +81,19 @@ impl LinearExecutor {
                 state.len()
             )));
         }
-        let mut step = [0u8; 8];
-        step.copy_from_slice(&state[..8]);
-        let w = state[8..]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let Some((step, weights)) = state.split_first_chunk::<8>() else {
+            return Err(ExecError::Checkpoint(format!(
+                "checkpoint of {} bytes is malformed",
+                state.len()
+            )));
+        };
+        let w = weights
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|b| f32::from_le_bytes(*b))
             .collect();
-        Ok((u64::from_le_bytes(step), w))
+        Ok((u64::from_le_bytes(*step), w))
     }
 }
 
@@ -100,16 +106,20 @@ impl ShardExecutor for LinearExecutor {
         let mut loss = 0f64;
         for k in 0..u64::from(mb.len) {
             let (x, y) = example(self.seed, mb.start + k);
-            let mut pred = self.w[DIM];
-            for (w, xj) in self.w.iter().zip(&x) {
+            // Weights then bias: DIM + 1 values, the bias last.
+            let (bias, weights) = self.w.split_last().unwrap_or((&0.0, &[]));
+            let mut pred = *bias;
+            for (w, xj) in weights.iter().zip(&x) {
                 pred += w * xj;
             }
             let err = pred - y;
             loss += f64::from(err * err);
-            for (gj, xj) in g.iter_mut().zip(&x) {
-                *gj += 2.0 * err * xj;
+            if let Some((g_bias, g_weights)) = g.split_last_mut() {
+                for (gj, xj) in g_weights.iter_mut().zip(&x) {
+                    *gj += 2.0 * err * xj;
+                }
+                *g_bias += 2.0 * err;
             }
-            g[DIM] += 2.0 * err;
         }
         Ok(MicroGrad {
             loss_sum: loss,

@@ -255,9 +255,9 @@ fn unpack_dir(mut bytes: &[u8], dir: &Path) -> Result<(), ExecError> {
     std::fs::create_dir_all(dir).map_err(|e| ExecError::Checkpoint(e.to_string()))?;
     while !bytes.is_empty() {
         let (len, rest) = bytes
-            .split_at_checked(4)
+            .split_first_chunk::<4>()
             .ok_or_else(|| bad("name length"))?;
-        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let len = u32::from_le_bytes(*len) as usize;
         let (name, rest) = rest.split_at_checked(len).ok_or_else(|| bad("name"))?;
         let name = std::str::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
         if name.contains('/') || name.contains('\\') || name.starts_with('.') || name.is_empty() {

@@ -2,6 +2,14 @@
 //! registry, resident under a byte budget with LRU eviction and pinning, refused above
 //! `max_lora_rank`, unknown digests failing their request only, and a miss that waits for
 //! a load without holding up requests whose adapters are resident.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod engine_common;
 

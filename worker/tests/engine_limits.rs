@@ -1,6 +1,14 @@
 //! The engine's limits: a dropped stream frees its slot and KV blocks within a second,
 //! admission beyond `max_in_flight` is refused at once, a prompt that does not fit the
 //! context is refused naming both numbers, and the KV pool is never exceeded.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod engine_common;
 

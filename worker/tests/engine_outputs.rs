@@ -3,6 +3,14 @@
 //! (what `tributary model generate` runs), whatever else shares the batch: other adapters,
 //! other lengths, requests joining mid-way, prompts prefilled in chunks, and sequences
 //! preempted for lack of KV blocks and recomputed.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod engine_common;
 

@@ -2,6 +2,14 @@
 //! step split over two executors (as two workers would) and summed in micro-batch order
 //! gives the same adapter as one executor, and the same as `Trainer::train_step`; a
 //! checkpoint restores exactly.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 use std::path::PathBuf;
 

@@ -50,7 +50,11 @@ fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
         .iter()
         .map(|t| {
             let mut e = entry(&t.text, t.logprob);
-            e["top_logprobs"] = t.top.iter().map(|(s, lp)| entry(s, *lp)).collect();
+            crate::json::set(
+                &mut e,
+                "top_logprobs",
+                t.top.iter().map(|(s, lp)| entry(s, *lp)).collect(),
+            );
             e
         })
         .collect();
@@ -134,7 +138,7 @@ impl Head {
             "choices": choices,
         });
         if with_usage_null {
-            v["usage"] = Value::Null;
+            crate::json::set(&mut v, "usage", Value::Null);
         }
         v
     }
@@ -161,10 +165,10 @@ impl Head {
             Endpoint::Chat => {
                 let mut delta = json!({});
                 if first {
-                    delta["role"] = json!("assistant");
+                    crate::json::set(&mut delta, "role", json!("assistant"));
                 }
                 if finish.is_none() || !text.is_empty() {
-                    delta["content"] = json!(text);
+                    crate::json::set(&mut delta, "content", json!(text));
                 }
                 json!({
                     "index": choice,
@@ -186,7 +190,7 @@ impl Head {
     /// The last chunk when `stream_options.include_usage`: no choices, the usage.
     pub fn usage_chunk(&self, usage: Usage) -> Value {
         let mut v = self.chunk(Vec::new(), false);
-        v["usage"] = usage_json(usage);
+        crate::json::set(&mut v, "usage", usage_json(usage));
         v
     }
 }

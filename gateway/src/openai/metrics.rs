@@ -210,6 +210,7 @@ impl Tracker {
     }
 
     /// Observes one event from the engine.
+    #[allow(clippy::disallowed_methods)] // latency metrics measure real time
     pub fn on_event(&mut self, ev: &InferenceEvent) {
         match ev {
             InferenceEvent::Started { prompt_tokens } => {
@@ -239,6 +240,7 @@ impl Tracker {
     }
 
     /// The request ended (`ok`: every choice finished); records latency and usage.
+    #[allow(clippy::disallowed_methods)] // latency metrics measure real time
     pub fn finish(mut self, ok: bool) -> Usage {
         self.dequeue();
         self.finished = true;

@@ -99,6 +99,7 @@ async fn completions(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+#[allow(clippy::disallowed_methods)] // latency metrics measure real time
 async fn serve(
     st: ServeState,
     caller: Caller,

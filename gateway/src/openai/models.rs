@@ -61,7 +61,7 @@ pub async fn show(
         .filter(|e| e.base_model_digest == info.base_digest.to_hex())
         .ok_or_else(|| ApiError::unknown_model(&id))?;
     let mut v = adapter_model(&st.catalog.view(entry).await?);
-    v["id"] = json!(id);
+    crate::json::set(&mut v, "id", json!(id));
     Ok(Json(v))
 }
 

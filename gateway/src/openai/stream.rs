@@ -77,41 +77,47 @@ impl State {
                 logprobs,
             } => {
                 let i = choice as usize;
-                if i >= self.sent.len() {
+                let (Some(opened), Some(sent)) = (self.opened.get_mut(i), self.sent.get_mut(i))
+                else {
                     return self.close(Some(ApiError::Internal(format!(
                         "the engine sent text for choice {choice}"
                     ))));
-                }
-                let first = !std::mem::replace(&mut self.opened[i], true);
+                };
+                let first = !std::mem::replace(opened, true);
+                let offset = *sent;
+                *sent += text.len();
                 let v = self.head.delta(
                     choice,
                     first,
                     &text,
                     &logprobs,
-                    self.sent[i],
+                    offset,
                     None,
                     self.include_usage,
                 );
-                self.sent[i] += text.len();
                 self.pending.push_back(data(v));
             }
             InferenceEvent::Finished { choice, reason, .. } => {
                 let i = choice as usize;
-                if i >= self.sent.len() {
+                let (Some(finished), Some(opened), Some(&offset)) = (
+                    self.finished.get_mut(i),
+                    self.opened.get_mut(i),
+                    self.sent.get(i),
+                ) else {
                     return self.close(Some(ApiError::Internal(format!(
                         "the engine finished choice {choice}"
                     ))));
-                }
-                if std::mem::replace(&mut self.finished[i], true) {
+                };
+                if std::mem::replace(finished, true) {
                     return;
                 }
-                let first = !std::mem::replace(&mut self.opened[i], true);
+                let first = !std::mem::replace(opened, true);
                 let v = self.head.delta(
                     choice,
                     first,
                     "",
                     &[],
-                    self.sent[i],
+                    offset,
                     Some(reason),
                     self.include_usage,
                 );

@@ -2,6 +2,8 @@
 //! prompt (`hold` keeps a request open until its client leaves, `fail` fails after the
 //! first token, `overload` is refused at submit). The real engine is exercised end to end
 //! in the repository's `tests/serve_*.rs`.
+// Tests use fresh store names and real time.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -73,6 +73,7 @@ pub struct KeyPair {
 }
 
 /// Generates a key pair from 32 random bytes.
+#[allow(clippy::disallowed_methods)] // secrets need fresh, OS-seeded entropy
 pub fn generate() -> KeyPair {
     let seed: [u8; 32] = rand::random();
     let sk = SigningKey::from_bytes(&seed);

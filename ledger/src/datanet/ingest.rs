@@ -463,7 +463,9 @@ pub async fn merge(
                 if !seen.insert(i) {
                     continue;
                 }
-                let other = &examples[i];
+                let Some(other) = examples.get(i) else {
+                    continue;
+                };
                 let sim = if let Some(s) = local.get(&other.id) {
                     minhash::jaccard(&c.shingles, s)
                 } else {

@@ -78,7 +78,7 @@ pub fn band_keys(shingles: &HashSet<u64>) -> [u32; BANDS] {
     let mut keys = [0u32; BANDS];
     for (b, key) in keys.iter_mut().enumerate() {
         let mut h = b as u64;
-        for v in &sig[b * ROWS..(b + 1) * ROWS] {
+        for v in sig.iter().skip(b * ROWS).take(ROWS) {
             h = splitmix(h ^ v);
         }
         *key = (h >> 32) as u32;

@@ -183,7 +183,10 @@ async fn backoff(attempt: usize) {
 /// Checks a datanet name.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
@@ -508,10 +511,10 @@ impl Datanets {
             .collect();
         let mut reads = futures::stream::iter(reads).buffered(32);
         let mut n = 0u64;
-        let mut i = 0usize;
+        let mut in_order = entries.iter();
         while let Some(ex) = reads.next().await {
-            let e = entries[i];
-            i += 1;
+            // `buffered` yields in submission order: one answer per entry.
+            let Some(e) = in_order.next() else { break };
             // An erased text (takedown) is left out of every export.
             let Some(ex) = ex? else {
                 continue;

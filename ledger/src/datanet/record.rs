@@ -148,14 +148,19 @@ impl<R: BufRead> Lines<R> {
                 }
                 break;
             }
-            let (chunk, consumed, newline) = match buf.iter().position(|b| *b == b'\n') {
-                Some(i) => (&buf[..i], i + 1, true),
-                None => (buf, buf.len(), false),
+            let (chunk, line_end, newline) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (
+                    buf.get(..i).unwrap_or(buf),
+                    buf.get(..=i).unwrap_or(buf),
+                    true,
+                ),
+                None => (buf, buf, false),
             };
+            let consumed = line_end.len();
             let room = (self.max + 1).saturating_sub(bytes.len());
-            bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            bytes.extend(chunk.iter().take(room));
             len += chunk.len() as u64;
-            self.hasher.update(&buf[..consumed]);
+            self.hasher.update(line_end);
             self.total_bytes += consumed as u64;
             self.reader.consume(consumed);
             if newline {

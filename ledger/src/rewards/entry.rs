@@ -86,7 +86,7 @@ impl RewardRecord {
         if self
             .shares
             .windows(2)
-            .any(|w| w[0].contributor >= w[1].contributor)
+            .any(|w| matches!(w, [a, b] if a.contributor >= b.contributor))
         {
             return Err(EntryError::UnsortedShares {
                 request_id: self.request_id.clone(),
@@ -120,17 +120,17 @@ impl RewardEntry {
         }
         let (framed, trailer) = bytes.split_at(bytes.len() - TRAILER);
         if blake3::hash(framed).as_bytes() != trailer {
-            return Err(if &framed[..MAGIC.len()] != MAGIC {
+            return Err(if !framed.starts_with(MAGIC) {
                 EntryError::BadMagic
             } else {
                 EntryError::Checksum
             });
         }
-        if &framed[..MAGIC.len()] != MAGIC {
+        let Some(body) = framed.strip_prefix(MAGIC) else {
             return Err(EntryError::BadMagic);
-        }
+        };
         let mut aligned = rkyv::util::AlignedVec::<16>::new();
-        aligned.extend_from_slice(&framed[MAGIC.len()..]);
+        aligned.extend_from_slice(body);
         rkyv::from_bytes::<RewardEntry, rkyv::rancor::Error>(&aligned)
             .map_err(|e| EntryError::Decode(e.to_string()))
     }

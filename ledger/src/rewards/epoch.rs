@@ -60,6 +60,7 @@ pub(crate) async fn highest_epoch(replicas: &Replicas) -> Result<u64, LogError> 
 
 /// Claims an epoch on a majority of replicas.
 #[tracing::instrument(skip(replicas))]
+#[allow(clippy::disallowed_methods)] // a fencing nonce must never repeat across processes
 pub(crate) async fn claim(
     replicas: &Replicas,
     fencing: Fencing,

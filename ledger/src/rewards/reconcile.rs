@@ -79,9 +79,7 @@ pub(crate) async fn reconcile(
             )),
             Err(e) => {
                 errors.push(e.to_string());
-                report
-                    .unreachable
-                    .push(replicas.stores()[i].label().to_string());
+                report.unreachable.push(label_of(replicas, i));
                 seqs.push(None);
             }
         }
@@ -176,7 +174,7 @@ pub(crate) async fn reconcile(
         });
         let Some((chosen, _, entry)) = valid.first().cloned() else {
             let (replica, reason) = match corrupt.first() {
-                Some((i, r)) => (replicas.stores()[*i].label().to_string(), r.clone()),
+                Some((i, r)) => (label_of(replicas, *i), r.clone()),
                 None => (
                     "every reachable replica".to_string(),
                     format!("missing, but later entries up to seq {top} exist (a hole)"),
@@ -201,7 +199,9 @@ pub(crate) async fn reconcile(
             }
         }
         for i in missing {
-            let store = &replicas.stores()[i];
+            let Some(store) = replicas.stores().get(i) else {
+                continue;
+            };
             match store.create(&key, chosen.clone()).await {
                 Ok(Created::New) => report.copied += 1,
                 Ok(Created::Existing(b)) if b == chosen => {}
@@ -222,12 +222,14 @@ pub(crate) async fn reconcile(
             to_replace.extend(corrupt.iter().map(|(i, _)| *i));
         } else {
             for (i, reason) in &corrupt {
-                tracing::warn!(seq = s, replica = %replicas.stores()[*i], %reason,
+                tracing::warn!(seq = s, replica = %label_of(replicas, *i), %reason,
                     "corrupt entry left for `tributary ledger repair`");
             }
         }
         for i in to_replace {
-            let store = &replicas.stores()[i];
+            let Some(store) = replicas.stores().get(i) else {
+                continue;
+            };
             let fixed = async {
                 store.delete(&key).await?;
                 store.create(&key, chosen.clone()).await
@@ -261,4 +263,12 @@ pub(crate) async fn reconcile(
         },
         report,
     ))
+}
+
+/// The label of replica `i` (indices come from iterating the same replica list).
+fn label_of(replicas: &Replicas, i: usize) -> String {
+    replicas
+        .stores()
+        .get(i)
+        .map_or_else(|| format!("replica #{i}"), |s| s.label().to_string())
 }

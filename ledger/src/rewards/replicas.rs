@@ -109,8 +109,8 @@ impl Replicas {
     pub async fn create_on_majority(&self, key: &Path, bytes: &Bytes) -> MajorityCreate {
         let mut handles = Vec::new();
         let mut out = MajorityCreate::default();
-        for (i, store) in self.stores.iter().enumerate() {
-            let permit = match self.inflight[i].clone().try_acquire_owned() {
+        for (i, (store, inflight)) in self.stores.iter().zip(&self.inflight).enumerate() {
+            let permit = match inflight.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
                     out.failed
@@ -163,6 +163,7 @@ impl Replicas {
     /// Runs `call` on every replica concurrently and returns each one's answer, in replica
     /// order. Once a majority has answered `Ok`, the others get [`STRAGGLER_GRACE`] more;
     /// one still silent then is [`StoreError::Unanswered`].
+    #[allow(clippy::disallowed_methods)] // bounds the wait for straggling replicas in real time
     pub(crate) async fn on_every<'a, T, F, Fut>(
         &'a self,
         op: &'static str,

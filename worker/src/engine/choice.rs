@@ -97,7 +97,10 @@ impl Choice {
             let text = |id: u32| tokenizer.decode(&[id], false).unwrap_or_default();
             self.pending_logprobs.push(TokenLogprob {
                 text: text(token),
-                logprob: all[token as usize],
+                logprob: all
+                    .get(token as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY),
                 top: top.into_iter().map(|(id, p)| (text(id), p)).collect(),
             });
         }
@@ -106,7 +109,7 @@ impl Choice {
             reason = Some(FinishReason::Stop);
         }
         let decoded = tokenizer
-            .decode(&self.tokens[self.prompt_len..], true)
+            .decode(self.tokens.get(self.prompt_len..).unwrap_or_default(), true)
             .map_err(|e| e.to_string())?;
         let mut safe = stable_len(&decoded, &self.stop);
         match find_stop(&decoded, &self.stop) {
@@ -165,10 +168,11 @@ fn log_softmax(logits: &[f32], k: usize) -> (Vec<f32>, Vec<(u32, f32)>) {
     let all: Vec<f32> = logits.iter().map(|&x| (x as f64 - log_z) as f32).collect();
     let mut order: Vec<u32> = (0..all.len() as u32).collect();
     let k = k.min(all.len());
+    let at = |i: u32| all.get(i as usize).copied().unwrap_or(f32::NEG_INFINITY);
     if k > 0 {
-        order.select_nth_unstable_by(k - 1, |&a, &b| all[b as usize].total_cmp(&all[a as usize]));
+        order.select_nth_unstable_by(k - 1, |&a, &b| at(b).total_cmp(&at(a)));
     }
-    let mut top: Vec<(u32, f32)> = order[..k].iter().map(|&i| (i, all[i as usize])).collect();
+    let mut top: Vec<(u32, f32)> = order.iter().take(k).map(|&i| (i, at(i))).collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     (all, top)
 }

@@ -37,6 +37,7 @@ pub(crate) struct Loader {
 impl Loader {
     /// Loads each digest asked for until the engine goes away (several loaders share
     /// one queue).
+    #[allow(clippy::disallowed_methods)] // measures adapter load seconds
     pub fn run(self, jobs: &Mutex<Receiver<Digest>>) {
         loop {
             let next = match jobs.lock() {

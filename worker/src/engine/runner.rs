@@ -275,7 +275,7 @@ impl Runner {
                 .sched
                 .add_with_prefix(c.seq, s.prompt.len(), limit, hashes.clone());
             if let Err(e) = added {
-                for done in &choices[..i] {
+                for done in choices.iter().take(i) {
                     self.sched.remove(done.seq);
                 }
                 let _ = s
@@ -351,6 +351,7 @@ impl Runner {
     }
 
     /// Plans and runs one step; false when nothing could run.
+    #[allow(clippy::disallowed_methods)] // measures step time
     fn step(&mut self) -> bool {
         let step = {
             let (requests, owner) = (&self.requests, &self.owner);
@@ -414,9 +415,10 @@ impl Runner {
                     }
                 }),
             };
-            let tokens = r.choices[ci]
-                .tokens
-                .get(c.start..c.start + c.len)
+            let tokens = r
+                .choices
+                .get(ci)
+                .and_then(|choice| choice.tokens.get(c.start..c.start + c.len))
                 .ok_or_else(|| ModelError::Input(format!("sequence {} tokens", c.seq)))?;
             chunks.push(SeqChunk {
                 tokens,
@@ -474,7 +476,9 @@ impl Runner {
                     })
                     .is_ok();
             }
-            let choice = &mut r.choices[ci];
+            let Some(choice) = r.choices.get_mut(ci) else {
+                continue;
+            };
             match choice.on_logits(&mut row, &self.tokenizer) {
                 Ok(e) => {
                     for ev in [e.text, e.finished].into_iter().flatten() {

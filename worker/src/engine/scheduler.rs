@@ -115,15 +115,17 @@ impl Pool {
     /// A free block (evicting its cached prefix, if any).
     fn alloc(&mut self) -> Option<u32> {
         let b = self.free.pop_front()?;
-        if let Some(h) = self.hash_of[b as usize].take() {
+        if let Some(h) = self.hash_of.get_mut(b as usize).and_then(Option::take) {
             self.cached.remove(&h);
         }
-        self.refs[b as usize] = 1;
+        *self.refs.get_mut(b as usize)? = 1;
         Some(b)
     }
 
     fn release(&mut self, b: u32) {
-        let r = &mut self.refs[b as usize];
+        let Some(r) = self.refs.get_mut(b as usize) else {
+            return;
+        };
         *r = r.saturating_sub(1);
         if *r == 0 {
             self.free.push_back(b);
@@ -133,21 +135,24 @@ impl Pool {
     /// The cached block with content `h`, now shared with one more sequence.
     fn lookup(&mut self, h: u64) -> Option<u32> {
         let b = *self.cached.get(&h)?;
-        if self.refs[b as usize] == 0
+        let refs = self.refs.get_mut(b as usize)?;
+        if *refs == 0
             && let Some(at) = self.free.iter().position(|&f| f == b)
         {
             self.free.remove(at);
         }
-        self.refs[b as usize] += 1;
+        *refs += 1;
         Some(b)
     }
 
     /// Offers a full block with content `h` to the cache (the first block with a content
     /// keeps it).
     fn register(&mut self, h: u64, b: u32) {
-        if self.hash_of[b as usize].is_none() && !self.cached.contains_key(&h) {
+        if let Some(slot @ None) = self.hash_of.get_mut(b as usize)
+            && !self.cached.contains_key(&h)
+        {
             self.cached.insert(h, b);
-            self.hash_of[b as usize] = Some(h);
+            *slot = Some(h);
         }
     }
 
@@ -492,8 +497,11 @@ impl Scheduler {
         };
         let full = (s.computed / bs).min(s.hashes.len()).min(s.blocks.len());
         while s.registered < full {
-            self.pool
-                .register(s.hashes[s.registered], s.blocks[s.registered]);
+            let (Some(&h), Some(&b)) = (s.hashes.get(s.registered), s.blocks.get(s.registered))
+            else {
+                break;
+            };
+            self.pool.register(h, b);
             s.registered += 1;
         }
     }

@@ -33,9 +33,12 @@ pub(super) fn is_card(s: &str) -> bool {
     if !(13..=19).contains(&d.len()) {
         return false;
     }
-    let n2 = d[0] * 10 + d[1];
-    let n4 = u32::from(n2) * 100 + u32::from(d[2]) * 10 + u32::from(d[3]);
-    let brand = match d[0] {
+    let [d0, d1, d2, d3, ..] = d[..] else {
+        return false;
+    };
+    let n2 = d0 * 10 + d1;
+    let n4 = u32::from(n2) * 100 + u32::from(d2) * 10 + u32::from(d3);
+    let brand = match d0 {
         4 => [13, 16, 19].contains(&d.len()),
         5 => (51..=55).contains(&n2) && d.len() == 16,
         2 => (2221..=2720).contains(&n4) && d.len() == 16,
@@ -142,9 +145,12 @@ pub(super) fn trim_to_chars(text: &str, start: usize, chars: usize) -> usize {
 
 pub(super) fn valid_ssn(s: &str) -> bool {
     let d = digits_of(s);
-    let area = u32::from(d[0]) * 100 + u32::from(d[1]) * 10 + u32::from(d[2]);
-    let group = d[3] * 10 + d[4];
-    let serial = d[5..].iter().any(|x| *x != 0);
+    let [a0, a1, a2, g0, g1, ref serial @ ..] = d[..] else {
+        return false;
+    };
+    let area = u32::from(a0) * 100 + u32::from(a1) * 10 + u32::from(a2);
+    let group = g0 * 10 + g1;
+    let serial = serial.iter().any(|x| *x != 0);
     area != 0 && area != 666 && area < 900 && group != 0 && serial
 }
 
@@ -182,7 +188,11 @@ pub(super) fn verhoeff_valid(d: &[u8]) -> bool {
     ];
     let mut c = 0u8;
     for (i, &x) in d.iter().rev().enumerate() {
-        c = M[c as usize][P[i % 8][x as usize] as usize];
+        let permuted = P.get(i % 8).and_then(|row| row.get(usize::from(x)));
+        match permuted.and_then(|&p| M.get(usize::from(c))?.get(usize::from(p))) {
+            Some(&next) => c = next,
+            None => return false, // not a digit
+        }
     }
     c == 0 && d.len() == 12
 }
@@ -256,13 +266,18 @@ pub(super) fn looks_generated(s: &str) -> bool {
             3
         }
     };
-    let changes = b.windows(2).filter(|w| class(w[0]) != class(w[1])).count();
+    let changes = b
+        .windows(2)
+        .filter(|w| matches!(w, [x, y] if class(*x) != class(*y)))
+        .count();
     if (changes as f64) < 0.3 * b.len() as f64 {
         return false;
     }
     let mut counts = [0u32; 256];
     for &c in b {
-        counts[c as usize] += 1;
+        if let Some(n) = counts.get_mut(usize::from(c)) {
+            *n += 1;
+        }
     }
     let n = b.len() as f64;
     let entropy: f64 = counts

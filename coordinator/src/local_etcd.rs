@@ -1,9 +1,12 @@
-//! Test harness: a real etcd (Debian's `etcd` binary) on free loopback ports with a
+//! A throwaway single-node etcd (Debian's `etcd` binary) on free loopback ports with a
 //! temporary data dir; waits until healthy, kills on drop, and can be stopped and restarted
-//! on the same ports and data (for "etcd restarted under the cluster" tests).
+//! on the same ports and data. `tributary bench cluster` runs its cluster on one, and the
+//! tests use it for "etcd restarted under the cluster" faults.
 //!
 //! If no etcd binary is found this returns an error that says how to install one; tests
 //! must fail on it, never skip. `TRIBUTARY_ETCD_BIN` overrides the binary.
+// Waits in real time for a real etcd process to become healthy.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
