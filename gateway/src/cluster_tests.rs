@@ -208,7 +208,7 @@ async fn each_adapter_sticks_to_one_worker_and_both_workers_serve() {
 
 #[tokio::test]
 async fn a_worker_lost_before_streaming_is_retried_and_after_is_a_failure() {
-    let r = rig([false, false]).await;
+    let mut r = rig([false, false]).await;
     // Find an adapter whose home is w0, then hold a request there and kill w0's endpoint.
     let mut home0 = None;
     for i in 0..64 {
