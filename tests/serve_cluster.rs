@@ -325,7 +325,12 @@ fn a_gateway_routes_by_affinity_and_survives_a_worker_killed_under_load() {
         "no request was retried after the kill (the test did not exercise the retry)\n{metrics}"
     );
     // The dead worker left the gateway's view; every adapter is now served by the survivor.
-    assert!(!metrics.contains(&format!("worker=\"{victim}\"")), "{metrics}");
+    let gone = format!("tributary_worker_queue_depth{{worker=\"{victim}\"}}");
+    assert!(!metrics.contains(&gone), "{metrics}");
+    assert!(
+        adapters.iter().all(|(_, d)| !holders(&metrics, d).contains(&victim)),
+        "{metrics}"
+    );
     for (name, _) in &adapters {
         let (code, body) = chat(rig.gateway_port, &rig.key, name, false, 4);
         assert_eq!(code, 200, "{body}");
