@@ -46,7 +46,11 @@ impl Drop for Rig {
 }
 
 fn run_ok(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(bin()).args(args).envs(env.iter().copied()).output().unwrap();
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "tributary {args:?}: {}",
@@ -83,7 +87,10 @@ impl Rig {
             .map(|(n, p)| {
                 let text = std::fs::read_to_string(&p.log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                format!("--- {n}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "--- {n}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -96,8 +103,15 @@ impl Rig {
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        http_request_key(self.gateway_port, "GET", path, "text/plain", "", Some(&self.key))
-            .unwrap_or((0, String::new()))
+        http_request_key(
+            self.gateway_port,
+            "GET",
+            path,
+            "text/plain",
+            "",
+            Some(&self.key),
+        )
+        .unwrap_or((0, String::new()))
     }
 
     fn url(&self) -> String {
@@ -116,7 +130,9 @@ fn start(workers: &[&str]) -> Rig {
     }
     let store = dir.path().join("store").display().to_string();
     let key = run_ok(
-        &["keys", "create", "--store", &store, "--owner", "tester", "--scope", "admin"],
+        &[
+            "keys", "create", "--store", &store, "--owner", "tester", "--scope", "admin",
+        ],
         &[],
     )
     .trim()
@@ -167,7 +183,11 @@ fn register_adapters(rig: &Rig, copies: usize) -> Vec<(String, String)> {
             let dir = rig.dir.path().join(format!("adapter-{i}"));
             std::fs::create_dir_all(&dir).unwrap();
             let config = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
-            std::fs::write(dir.join("adapter_config.json"), config + &"\n".repeat(i + 1)).unwrap();
+            std::fs::write(
+                dir.join("adapter_config.json"),
+                config + &"\n".repeat(i + 1),
+            )
+            .unwrap();
             std::fs::copy(
                 src.join("adapter_model.safetensors"),
                 dir.join("adapter_model.safetensors"),
@@ -175,8 +195,17 @@ fn register_adapters(rig: &Rig, copies: usize) -> Vec<(String, String)> {
             .unwrap();
             let name = format!("lora-{i}");
             run_ok(
-                &["adapter", "register", dir.to_str().unwrap(), "--name", &name],
-                &[("TRIBUTARY_COORDINATOR", &rig.url()), ("TRIBUTARY_API_KEY", &rig.key)],
+                &[
+                    "adapter",
+                    "register",
+                    dir.to_str().unwrap(),
+                    "--name",
+                    &name,
+                ],
+                &[
+                    ("TRIBUTARY_COORDINATOR", &rig.url()),
+                    ("TRIBUTARY_API_KEY", &rig.key),
+                ],
             );
             let (code, shown) = rig.get(&format!("/v1/adapters/{name}"));
             assert_eq!(code, 200, "{shown}");
@@ -288,7 +317,10 @@ fn a_gateway_routes_by_affinity_and_survives_a_worker_killed_under_load() {
                     let (code, body) = chat(port, &key, &names[i % names.len()], true, 24);
                     let started = code == 200 && body.contains("\"content\":\"");
                     let finished = code == 200 && body.contains("data: [DONE]");
-                    outcomes.lock().unwrap().push((started, finished, format!("{code} {body}")));
+                    outcomes
+                        .lock()
+                        .unwrap()
+                        .push((started, finished, format!("{code} {body}")));
                     i += 1;
                 }
             })
@@ -316,19 +348,30 @@ fn a_gateway_routes_by_affinity_and_survives_a_worker_killed_under_load() {
         unstarted_failures.iter().take(3).collect::<Vec<_>>(),
         rig.logs()
     );
-    assert!(before_kill > 8, "too little load before the kill: {before_kill}");
+    assert!(
+        before_kill > 8,
+        "too little load before the kill: {before_kill}"
+    );
     let after = outcomes.len() - before_kill;
-    assert!(after > 8, "the survivor served only {after} requests after the kill");
+    assert!(
+        after > 8,
+        "the survivor served only {after} requests after the kill"
+    );
     let (_, metrics) = rig.get("/metrics");
     assert!(
-        metric(&metrics, "tributary_gateway_retries_total{reason=\"worker_lost\"}") >= 1.0,
+        metric(
+            &metrics,
+            "tributary_gateway_retries_total{reason=\"worker_lost\"}"
+        ) >= 1.0,
         "no request was retried after the kill (the test did not exercise the retry)\n{metrics}"
     );
     // The dead worker left the gateway's view; every adapter is now served by the survivor.
     let gone = format!("tributary_worker_queue_depth{{worker=\"{victim}\"}}");
     assert!(!metrics.contains(&gone), "{metrics}");
     assert!(
-        adapters.iter().all(|(_, d)| !holders(&metrics, d).contains(&victim)),
+        adapters
+            .iter()
+            .all(|(_, d)| !holders(&metrics, d).contains(&victim)),
         "{metrics}"
     );
     for (name, _) in &adapters {
@@ -376,8 +419,8 @@ fn gateway_added_latency() {
         SamplingParams,
     };
     let rig = start(&["w1"]);
-    let log = std::fs::read_to_string(&rig.procs.iter().find(|(n, _)| n == "w1").unwrap().1.log)
-        .unwrap();
+    let log =
+        std::fs::read_to_string(&rig.procs.iter().find(|(n, _)| n == "w1").unwrap().1.log).unwrap();
     let addr: std::net::SocketAddr = log
         .lines()
         .find_map(|l| l.split("for inference on ").nth(1))
@@ -390,7 +433,12 @@ fn gateway_added_latency() {
     let tls = NodeTls::load(&rig.dir.path().join("certs"), &me).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let conn = rt
-        .block_on(InferenceConn::connect(addr, &NodeId::new("w1").unwrap(), &me, &tls))
+        .block_on(InferenceConn::connect(
+            addr,
+            &NodeId::new("w1").unwrap(),
+            &me,
+            &tls,
+        ))
         .unwrap();
     let request = |i: usize| InferenceRequest {
         request_id: format!("chatcmpl-bench{i}"),

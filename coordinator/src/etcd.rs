@@ -123,7 +123,8 @@ pub async fn register_worker_live(
 ) -> Result<tokio::task::JoinHandle<()>, CoordError> {
     let first = info.borrow_and_update().clone();
     let key = format!("{WORKERS_PREFIX}{}", first.node);
-    let encode = |i: &WorkerInfo| serde_json::to_vec(i).map_err(|e| CoordError::Store(e.to_string()));
+    let encode =
+        |i: &WorkerInfo| serde_json::to_vec(i).map_err(|e| CoordError::Store(e.to_string()));
     let mut value = encode(&first)?;
     let mut c = client.clone();
     let lease = c.lease_grant(ttl, None).await?.id();

@@ -202,13 +202,11 @@ impl ClusterInference {
         for w in t.workers.values_mut() {
             w.routed.retain(|_, at| at.elapsed() < ttl);
         }
-        cm::publish(t.workers.iter().map(|(n, w)| {
-            (
-                n.as_str(),
-                &w.serving,
-                w.in_flight.load(Ordering::Relaxed),
-            )
-        }));
+        cm::publish(
+            t.workers
+                .iter()
+                .map(|(n, w)| (n.as_str(), &w.serving, w.in_flight.load(Ordering::Relaxed))),
+        );
     }
 
     /// Ready once some worker serves the base model.
@@ -311,7 +309,12 @@ impl ClusterInference {
         let connect = InferenceConn::connect(sock, node, &self.inner.me, &self.inner.tls);
         let conn = tokio::time::timeout(self.inner.config.connect_timeout, connect)
             .await
-            .map_err(|_| format!("no answer from {addr} within {:?}", self.inner.config.connect_timeout))?
+            .map_err(|_| {
+                format!(
+                    "no answer from {addr} within {:?}",
+                    self.inner.config.connect_timeout
+                )
+            })?
             .map_err(|e| e.to_string())?;
         if let Ok(mut t) = self.inner.table.write()
             && let Some(w) = t.workers.get_mut(node)
@@ -346,7 +349,10 @@ impl ClusterInference {
         }
     }
 
-    async fn submit_routed(&self, request: InferenceRequest) -> Result<EventStream, InferenceError> {
+    async fn submit_routed(
+        &self,
+        request: InferenceRequest,
+    ) -> Result<EventStream, InferenceError> {
         let mut excluded = HashSet::new();
         let mut overloaded: Option<InferenceError> = None;
         while let Some((node, guard)) = self.pick(&request.model, &excluded) {
@@ -426,9 +432,9 @@ fn forward(
                 Err(e) => {
                     cm::retried("lost_mid_answer");
                     let _ = tx
-                        .send(InferenceEvent::Failed(InferenceError::Unavailable(format!(
-                            "worker {node} was lost in the middle of the answer: {e}"
-                        ))))
+                        .send(InferenceEvent::Failed(InferenceError::Unavailable(
+                            format!("worker {node} was lost in the middle of the answer: {e}"),
+                        )))
                         .await;
                     return;
                 }

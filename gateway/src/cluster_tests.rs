@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use tokio::sync::mpsc;
 use tributary_coordinator::StaticMembership;
-use tributary_protocol::serving::serve_inference;
 use tributary_protocol::inference::FinishReason;
+use tributary_protocol::serving::serve_inference;
 use tributary_protocol::{
     Prompt, QuicServer, SamplingParams, ShutdownController, WorkerInfo, certs,
 };
@@ -199,7 +199,10 @@ async fn each_adapter_sticks_to_one_worker_and_both_workers_serve() {
     for a in 0..8 {
         let first = answer(&r.cluster, request(adapter(a), "x")).await.unwrap();
         for _ in 0..4 {
-            assert_eq!(answer(&r.cluster, request(adapter(a), "x")).await.unwrap(), first);
+            assert_eq!(
+                answer(&r.cluster, request(adapter(a), "x")).await.unwrap(),
+                first
+            );
         }
         homes.insert(first);
     }
@@ -239,7 +242,12 @@ async fn a_worker_lost_before_streaming_is_retried_and_after_is_a_failure() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let moved = r.engines[1].held.lock().unwrap().pop().expect("retried on w1");
+    let moved = r.engines[1]
+        .held
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("retried on w1");
     moved
         .send(InferenceEvent::Text {
             choice: 0,
@@ -262,9 +270,14 @@ async fn a_worker_lost_before_streaming_is_retried_and_after_is_a_failure() {
 async fn overload_moves_a_request_on_and_everywhere_is_a_429() {
     let r = rig([true, false]).await;
     for a in 0..6 {
-        assert_eq!(answer(&r.cluster, request(adapter(a), "x")).await.unwrap(), "w1");
+        assert_eq!(
+            answer(&r.cluster, request(adapter(a), "x")).await.unwrap(),
+            "w1"
+        );
     }
     let all = rig([true, true]).await;
-    let err = answer(&all.cluster, request(adapter(0), "x")).await.unwrap_err();
+    let err = answer(&all.cluster, request(adapter(0), "x"))
+        .await
+        .unwrap_err();
     assert_eq!(err, InferenceError::Overloaded { retry_after_ms: 70 });
 }

@@ -231,7 +231,12 @@ async fn accept_hello(
                 hello.version
             ),
         };
-        write_msg(&mut Counted::new(&mut send, counts), &reply, limits.max_frame).await?;
+        write_msg(
+            &mut Counted::new(&mut send, counts),
+            &reply,
+            limits.max_frame,
+        )
+        .await?;
         let _ = send.finish();
         let _ = send.stopped().await;
         conn.close(1u32.into(), b"protocol version mismatch");
@@ -241,7 +246,12 @@ async fn accept_hello(
         });
     }
     let reply = HelloReply::Accepted { version, node };
-    write_msg(&mut Counted::new(&mut send, counts), &reply, limits.max_frame).await?;
+    write_msg(
+        &mut Counted::new(&mut send, counts),
+        &reply,
+        limits.max_frame,
+    )
+    .await?;
     send.finish()
         .map_err(|e| ProtocolError::Write(e.to_string()))?;
     Ok(hello.node)

@@ -23,9 +23,7 @@ use crate::endpoint::{Limits, QuicClient, StreamHandler};
 use crate::error::{ProtocolError, Result};
 use crate::frame::{read_msg, write_msg};
 use crate::ids::NodeId;
-use crate::inference::{
-    InferenceError, InferenceEvent, InferenceRequest, Prompt, SharedInference,
-};
+use crate::inference::{InferenceError, InferenceEvent, InferenceRequest, Prompt, SharedInference};
 use crate::messages::{WireMessage, wire};
 use crate::tls::NodeTls;
 
@@ -95,7 +93,13 @@ async fn send_reply(send: &mut SendStream, reply: &InferReply, limits: Limits) -
 }
 
 impl StreamHandler for InferenceHandler {
-    async fn serve(&self, peer: NodeId, mut send: SendStream, mut recv: RecvStream, limits: Limits) {
+    async fn serve(
+        &self,
+        peer: NodeId,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        limits: Limits,
+    ) {
         let request: InferenceRequest = match read_msg(&mut recv, limits.max_frame).await {
             Ok(r) => r,
             Err(e) => {
