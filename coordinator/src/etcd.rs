@@ -106,10 +106,26 @@ pub async fn register_worker(
     client: Client,
     info: WorkerInfo,
     ttl: i64,
+    shutdown: Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, CoordError> {
+    let (_fixed, rx) = watch::channel(info);
+    register_worker_live(client, rx, ttl, shutdown).await
+}
+
+/// [`register_worker`] with a record that changes while the worker runs (a serving worker's
+/// resident adapters and load): each new value is put under the same lease. Callers
+/// should rate-limit their updates (every put is a watch event for every gateway).
+pub async fn register_worker_live(
+    client: Client,
+    mut info: watch::Receiver<WorkerInfo>,
+    ttl: i64,
     mut shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, CoordError> {
-    let key = format!("{WORKERS_PREFIX}{}", info.node);
-    let value = serde_json::to_vec(&info).map_err(|e| CoordError::Store(e.to_string()))?;
+    let first = info.borrow_and_update().clone();
+    let key = format!("{WORKERS_PREFIX}{}", first.node);
+    let encode =
+        |i: &WorkerInfo| serde_json::to_vec(i).map_err(|e| CoordError::Store(e.to_string()));
+    let mut value = encode(&first)?;
     let mut c = client.clone();
     let lease = c.lease_grant(ttl, None).await?.id();
     c.put(
@@ -118,9 +134,11 @@ pub async fn register_worker(
         Some(PutOptions::new().with_lease(lease)),
     )
     .await?;
-    info!(node = %info.node, lease, "worker registered");
+    info!(node = %first.node, lease, "worker registered");
     Ok(tokio::spawn(async move {
         let mut lease = lease;
+        // False once the sender is gone: the record stays as it is.
+        let mut live = true;
         loop {
             let (tx, mut lost) = watch::channel(false);
             let mut ka = AbortOnDrop(tokio::spawn(keep_alive(
@@ -130,11 +148,27 @@ pub async fn register_worker(
                 tx,
                 shutdown.resubscribe(),
             )));
-            tokio::select! {
-                _ = lost.changed() => {}
-                _ = shutdown.recv() => {
-                    let _ = (&mut ka.0).await;
-                    return;
+            loop {
+                tokio::select! {
+                    _ = lost.changed() => break,
+                    _ = shutdown.recv() => {
+                        let _ = (&mut ka.0).await;
+                        return;
+                    }
+                    changed = info.changed(), if live => {
+                        if changed.is_err() {
+                            live = false;
+                            continue;
+                        }
+                        let Ok(v) = encode(&info.borrow_and_update()) else { continue };
+                        value = v;
+                        let put = c
+                            .put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))
+                            .await;
+                        if let Err(e) = put {
+                            debug!(error = %e, "refreshing the worker record");
+                        }
+                    }
                 }
             }
             // Lease gone (e.g. we were paused past it): register again.

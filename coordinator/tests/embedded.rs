@@ -72,6 +72,7 @@ async fn embedded(
             memory_bytes: 1 << 30,
             slots,
             free_slots: slots,
+            serving: None,
         });
         workers.push(a);
     }

@@ -39,6 +39,7 @@ fn info(n: &str) -> WorkerInfo {
         memory_bytes: 1 << 30,
         slots: 1,
         free_slots: 1,
+        serving: None,
     }
 }
 

@@ -103,6 +103,7 @@ async fn cluster() -> (
         memory_bytes: 0,
         slots: 1,
         free_slots: 1,
+        serving: None,
     };
     let (c, _) = spawn_coordinator_with(
         CoordinatorConfig {

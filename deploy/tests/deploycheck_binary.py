@@ -87,7 +87,7 @@ def check_binary(binary: str) -> str:
             if env.get("TRIBUTARY_HTTP", "").rsplit(":", 1)[-1] != str(http_port):
                 fail(f"{what}: {role} TRIBUTARY_HTTP={env.get('TRIBUTARY_HTTP')}")
             if helps[role] is None:
-                # `tributary gateway` does not exist yet: the chart must keep it off by default.
+                # A role this binary lacks: the chart must keep it off by default.
                 if what == "chart defaults":
                     fail("the chart enables the gateway by default, but the binary has no `gateway` role")
                 continue

@@ -12,6 +12,9 @@
 //! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
 //! - [`auth`]: API keys (`Authorization: Bearer`) and scopes per route.
 //! - [`routing`]: the cluster routing choice (rendezvous hashing with bounded load), pure.
+//! - [`cluster`]: the cluster's workers as one engine (`tributary gateway`): routing by
+//!   [`routing`], inference over QUIC, retry of requests not yet streaming;
+//!   [`cluster_metrics`] exports residency and per-worker load.
 //! - [`admission`]: the bounded number of inference requests in flight.
 //! - [`ops`]: `/healthz`, `/readyz` and `/metrics` for every process.
 //! - [`app`]: all of the above as one router. [`openapi`]: `/openapi.json`.
@@ -23,6 +26,8 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod cluster;
+pub mod cluster_metrics;
 pub mod datanets;
 pub mod datanets_govern;
 pub mod error;

@@ -5,8 +5,8 @@
 //! capacity is never chosen; when every worker is, there is no choice (the gateway answers
 //! 429). Removing a worker moves only the requests that hashed to it.
 //!
-//! Not wired yet: the cluster gateway (`tributary gateway --etcd …`) that reads workers'
-//! residency and load from membership is the next step.
+//! [`crate::cluster`] calls it for every request of `tributary gateway`, with residency and
+//! load from the workers' membership records.
 
 use tributary_protocol::ModelChoice;
 

@@ -47,6 +47,19 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Payload<Self::Resp>> + Send;
 }
 
+/// Serves whole streams arriving on a [`QuicServer`] started with
+/// [`QuicServer::run_streams`]: the handler reads the request and writes as many frames
+/// as it likes (a streamed answer), then finishes the stream.
+pub trait StreamHandler: Send + Sync + 'static {
+    fn serve(
+        &self,
+        peer: NodeId,
+        send: SendStream,
+        recv: RecvStream,
+        limits: Limits,
+    ) -> impl Future<Output = ()> + Send;
+}
+
 async fn send_payload<M: WireMessage>(
     send: &mut SendStream,
     p: &Payload<M>,
@@ -138,6 +151,110 @@ impl QuicServer {
         }
         self.endpoint.close(0u32.into(), b"shutdown");
     }
+
+    /// Accepts connections until shutdown like [`Self::run`], but for a streaming service
+    /// whose handshake speaks `version`: after it, every bidirectional stream the peer
+    /// opens is handed whole to `handler` on its own task.
+    pub async fn run_streams<H: StreamHandler>(
+        self,
+        handler: Arc<H>,
+        version: u32,
+        mut shutdown: Shutdown,
+    ) {
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => i,
+                _ = shutdown.recv() => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let (handler, node, limits) = (handler.clone(), self.node.clone(), self.limits);
+            let mut sd = shutdown.resubscribe();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        warn!(%remote, error = %e, "incoming connection refused");
+                        return;
+                    }
+                };
+                let counts = ByteCounts::default();
+                let peer = match accept_hello(&conn, node, limits, &counts, version).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        debug!(%remote, error = %e, "handshake failed");
+                        return;
+                    }
+                };
+                loop {
+                    let (send, recv) = tokio::select! {
+                        s = conn.accept_bi() => match s {
+                            Ok(s) => s,
+                            Err(e) => {
+                                debug!(%remote, error = %e, "connection ended");
+                                return;
+                            }
+                        },
+                        _ = sd.recv() => {
+                            conn.close(0u32.into(), b"shutdown");
+                            return;
+                        }
+                    };
+                    let (handler, peer) = (handler.clone(), peer.clone());
+                    tokio::spawn(async move { handler.serve(peer, send, recv, limits).await });
+                }
+            });
+        }
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// Runs the server side of the version handshake on a new connection's first stream:
+/// refuses (and closes) a peer that speaks another `version`, else returns its node name.
+async fn accept_hello(
+    conn: &Connection,
+    node: NodeId,
+    limits: Limits,
+    counts: &ByteCounts,
+    version: u32,
+) -> Result<NodeId> {
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| ProtocolError::Connection(e.to_string()))?;
+    let hello: Hello = read_msg(&mut Counted::new(&mut recv, counts), limits.max_frame).await?;
+    if hello.version != version {
+        let reply = HelloReply::Rejected {
+            version,
+            reason: format!(
+                "protocol version {} is not supported; this node speaks {version}",
+                hello.version
+            ),
+        };
+        write_msg(
+            &mut Counted::new(&mut send, counts),
+            &reply,
+            limits.max_frame,
+        )
+        .await?;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        conn.close(1u32.into(), b"protocol version mismatch");
+        return Err(ProtocolError::VersionMismatch {
+            ours: version,
+            theirs: hello.version,
+        });
+    }
+    let reply = HelloReply::Accepted { version, node };
+    write_msg(
+        &mut Counted::new(&mut send, counts),
+        &reply,
+        limits.max_frame,
+    )
+    .await?;
+    send.finish()
+        .map_err(|e| ProtocolError::Write(e.to_string()))?;
+    Ok(hello.node)
 }
 
 async fn serve_conn<H: Handler>(
@@ -148,46 +265,7 @@ async fn serve_conn<H: Handler>(
     mut shutdown: Shutdown,
 ) -> Result<()> {
     let counts = Arc::new(ByteCounts::default());
-    let (mut send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| ProtocolError::Connection(e.to_string()))?;
-    let hello: Hello = read_msg(&mut Counted::new(&mut recv, &counts), limits.max_frame).await?;
-    if hello.version != PROTOCOL_VERSION {
-        let reply = HelloReply::Rejected {
-            version: PROTOCOL_VERSION,
-            reason: format!(
-                "protocol version {} is not supported; this node speaks {PROTOCOL_VERSION}",
-                hello.version
-            ),
-        };
-        write_msg(
-            &mut Counted::new(&mut send, &counts),
-            &reply,
-            limits.max_frame,
-        )
-        .await?;
-        let _ = send.finish();
-        let _ = send.stopped().await;
-        conn.close(1u32.into(), b"protocol version mismatch");
-        return Err(ProtocolError::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs: hello.version,
-        });
-    }
-    let reply = HelloReply::Accepted {
-        version: PROTOCOL_VERSION,
-        node,
-    };
-    write_msg(
-        &mut Counted::new(&mut send, &counts),
-        &reply,
-        limits.max_frame,
-    )
-    .await?;
-    send.finish()
-        .map_err(|e| ProtocolError::Write(e.to_string()))?;
-    let peer = hello.node;
+    let peer = accept_hello(&conn, node, limits, &counts, PROTOCOL_VERSION).await?;
     loop {
         let (mut send, mut recv) = tokio::select! {
             s = conn.accept_bi() => s.map_err(|e| ProtocolError::Connection(e.to_string()))?,
@@ -324,6 +402,23 @@ impl QuicClient {
             .map_err(|e| ProtocolError::Connection(e.to_string()))?;
         send_payload(&mut send, req, self.limits, &self.counts).await?;
         recv_payload(&mut recv, self.limits, &self.counts).await
+    }
+
+    /// Opens a new bidirectional stream for a streamed exchange (see
+    /// [`QuicServer::run_streams`]), with this connection's receive limits.
+    pub async fn open_stream(&self) -> Result<(SendStream, RecvStream, Limits)> {
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| ProtocolError::Connection(e.to_string()))?;
+        Ok((send, recv, self.limits))
+    }
+
+    /// Resolves when the connection fails or is closed (a peer killed with -9 is noticed
+    /// after [`crate::tls::IDLE_TIMEOUT`]).
+    pub async fn closed(&self) {
+        self.conn.closed().await;
     }
 
     /// Bytes sent and received on this connection so far (UDP payload).

@@ -17,7 +17,17 @@ use crate::ids::Digest;
 use crate::link::BoxFuture;
 
 /// One chat message as the OpenAI API gives it (contents already flattened to text).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` (or `tool`, where a template knows it).
     pub role: String,
@@ -25,7 +35,17 @@ pub struct ChatMessage {
 }
 
 /// What to continue: a chat to render with the base model's template, or raw text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub enum Prompt {
     /// `/v1/chat/completions`: rendered with the chat template, generation prompt added.
     Chat(Vec<ChatMessage>),
@@ -36,14 +56,35 @@ pub enum Prompt {
 /// Which weights answer: the base alone, or the base with one adapter (by digest; names
 /// are resolved to digests before a request reaches an engine, so a new version under the
 /// same name is never answered from the old weights).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub enum ModelChoice {
     Base,
     Adapter(Digest),
 }
 
 /// Token choice and stopping, already checked against the gateway's limits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct SamplingParams {
     /// Most generated tokens per choice (at least 1).
     pub max_tokens: u32,
@@ -62,7 +103,16 @@ pub struct SamplingParams {
 }
 
 /// One request, validated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct InferenceRequest {
     /// `chatcmpl-…` / `cmpl-…`: unique, and the request's id in every log, attribution and
     /// reward record after.
@@ -75,7 +125,18 @@ pub struct InferenceRequest {
 }
 
 /// Why a choice stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// An end-of-sequence token or a stop string.
@@ -85,7 +146,16 @@ pub enum FinishReason {
 }
 
 /// A token's log-probability, and the most likely alternatives at its position.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct TokenLogprob {
     pub text: String,
     pub logprob: f32,
@@ -96,7 +166,16 @@ pub struct TokenLogprob {
 /// What an engine streams back for one request. Every request's stream starts with one
 /// `Started`, then `Text` events, and ends with exactly one `Finished` per choice, or one
 /// `Failed`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub enum InferenceEvent {
     /// Admitted and prefilled; the prompt's length in tokens.
     Started { prompt_tokens: u32 },
@@ -119,7 +198,17 @@ pub enum InferenceEvent {
 }
 
 /// Why an engine refused or failed a request. The gateway maps each to one HTTP status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    thiserror::Error,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub enum InferenceError {
     /// Too much in flight: 429 with `Retry-After`.
     #[error("overloaded: retry after {retry_after_ms} ms")]

@@ -12,13 +12,14 @@ pub mod inference;
 pub mod link;
 pub mod messages;
 pub mod metrics;
+pub mod serving;
 pub mod shutdown;
 pub mod spec;
 pub mod spec_check;
 pub mod tensor;
 pub mod tls;
 
-pub use endpoint::{Handler, Limits, QuicClient, QuicServer};
+pub use endpoint::{Handler, Limits, QuicClient, QuicServer, StreamHandler};
 pub use error::{ProtocolError, Result};
 pub use ids::{Digest, FencingToken, JobId, NodeId};
 pub use inference::{
@@ -26,7 +27,9 @@ pub use inference::{
     InferenceRequest, InferenceService, ModelChoice, Prompt, ResidentAdapter, SamplingParams,
     SharedInference,
 };
-pub use link::{BoxFuture, LinkFactory, QuicLinkFactory, QuicWorkerLink, WorkerInfo, WorkerLink};
+pub use link::{
+    BoxFuture, LinkFactory, QuicLinkFactory, QuicWorkerLink, ServingInfo, WorkerInfo, WorkerLink,
+};
 pub use messages::{
     Command, CommandBody, MicroBatch, MicroResult, NamedFile, PROTOCOL_VERSION, Payload, Reply,
     WireMessage,

@@ -41,6 +41,37 @@ pub struct WorkerInfo {
     /// Job slots in total and free now.
     pub slots: u32,
     pub free_slots: u32,
+    /// What it serves for inference, when it does (`tributary worker --base-model`):
+    /// refreshed while it runs, so gateways route by residency and load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<ServingInfo>,
+}
+
+/// A serving worker's inference endpoint, base model, resident adapters and load, as it
+/// publishes them in its membership record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServingInfo {
+    /// QUIC address of the inference endpoint (`host:port`).
+    pub addr: String,
+    /// The base model's name in `model`.
+    pub base_name: String,
+    /// The base model's canonical digest.
+    pub base_digest: crate::ids::Digest,
+    /// Context window in tokens.
+    pub context_window: u32,
+    /// Largest LoRA rank it loads.
+    pub max_lora_rank: u32,
+    /// Digests of the adapters resident now.
+    pub resident: Vec<crate::ids::Digest>,
+    /// Requests admitted and not finished (queued or running).
+    pub in_flight: u32,
+    /// Requests waiting for a batch slot.
+    pub queue_depth: u32,
+    /// Most requests it admits at once (beyond: an overload refusal).
+    pub max_in_flight: u32,
+    /// KV-cache blocks in use and in total.
+    pub kv_blocks_used: u64,
+    pub kv_blocks: u64,
 }
 
 impl WorkerInfo {
@@ -54,6 +85,7 @@ impl WorkerInfo {
             memory_bytes: 0,
             slots: 1,
             free_slots: 1,
+            serving: None,
         }
     }
 }

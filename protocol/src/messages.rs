@@ -176,6 +176,8 @@ macro_rules! wire {
     };
 }
 
+pub(crate) use wire;
+
 fn revalidate_node(n: &NodeId) -> Result<()> {
     NodeId::new(n.as_str()).map(|_| ())
 }

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tributary_coordinator::etcd::{
     ELECTION, EtcdClient, EtcdJobStore, EtcdMembership, campaign, connect, register_worker,
+    register_worker_live,
 };
 use tributary_coordinator::{Artifacts, CoordinatorConfig, EtcdJobs, spawn_coordinator};
 use tributary_gateway::Readiness;
@@ -105,6 +106,16 @@ pub struct WorkerArgs {
         value_delimiter = ','
     )]
     pub allow_path: Vec<PathBuf>,
+    /// Serving (with --base-model): the QUIC address gateways send inference to.
+    #[arg(long, env = "TRIBUTARY_SERVE_LISTEN", default_value = "127.0.0.1:7451")]
+    pub serve_listen: SocketAddr,
+    /// Serving: the inference address to advertise in etcd (default: the bound one).
+    #[arg(long, env = "TRIBUTARY_SERVE_ADVERTISE")]
+    pub serve_advertise: Option<String>,
+    /// Serving flags: --base-model (one per worker), --max-lora-rank, --adapter-cache-mb,
+    /// --kv-cache-mb, --max-in-flight (an overload refusal beyond, 429 at the gateway).
+    #[command(flatten)]
+    pub serve: super::serve_engine::ServeArgs,
 }
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -130,7 +141,7 @@ pub(super) async fn terminate() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn load(common: &Common) -> anyhow::Result<(NodeId, NodeTls)> {
+pub(super) fn load(common: &Common) -> anyhow::Result<(NodeId, NodeTls)> {
     let node = NodeId::new(common.name.clone()).context("--name")?;
     let tls = NodeTls::load(&common.certs, &node).with_context(|| {
         format!(
@@ -146,7 +157,7 @@ pub fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 }
 
 /// etcd answers a read.
-async fn etcd_ready(client: &EtcdClient) -> Result<(), String> {
+pub(super) async fn etcd_ready(client: &EtcdClient) -> Result<(), String> {
     let mut c = client.clone();
     let get = c.get("/tributary/readyz", None);
     match tokio::time::timeout(Duration::from_secs(2), get).await {
@@ -272,6 +283,21 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let ctl = ShutdownController::new();
     let serving =
         tokio::spawn(server.run(Arc::new(WorkerService::new(actor.clone())), ctl.subscribe()));
+    let inference = match &args.serve.base_model {
+        Some(_) => Some(Arc::new(
+            super::worker_serve::Serving::start(
+                &args.serve,
+                args.serve_listen,
+                args.serve_advertise.clone(),
+                args.store.as_deref(),
+                &node,
+                &tls,
+                ctl.subscribe(),
+            )
+            .await?,
+        )),
+        None => None,
+    };
     let client = connect(&args.common.etcd)
         .await
         .with_context(|| format!("connecting to etcd at {}", args.common.etcd))?;
@@ -283,6 +309,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         memory_bytes: 0,
         slots: args.slots,
         free_slots: args.slots,
+        serving: None,
     };
     let c = client.clone();
     let ready: Readiness = Arc::new(move || {
@@ -293,7 +320,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         })
     });
     serve_http(args.common.http, tributary_gateway::ops_router(ready)).await?;
-    let reg = register_worker(client, info, args.common.lease_ttl, ctl.subscribe()).await?;
+    let reg = match inference {
+        Some(s) => {
+            let live = s.publish(info, ctl.subscribe());
+            register_worker_live(client, live, args.common.lease_ttl, ctl.subscribe()).await?
+        }
+        None => register_worker(client, info, args.common.lease_ttl, ctl.subscribe()).await?,
+    };
     eprintln!("{node}: serving on {bound}");
     terminate().await;
     ctl.shutdown().await;

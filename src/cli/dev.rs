@@ -97,6 +97,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             memory_bytes: 0,
             slots: 1,
             free_slots: 1,
+            serving: None,
         });
         actors.push(a);
     }

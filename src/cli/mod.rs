@@ -17,6 +17,7 @@ pub mod demo;
 pub mod demo_data;
 pub mod demo_smollm2;
 pub mod dev;
+pub mod gateway;
 pub mod job;
 pub mod keys;
 pub mod ledger;
@@ -28,6 +29,7 @@ pub mod model_import;
 pub mod model_init;
 pub mod model_merge;
 pub mod serve_engine;
+pub mod worker_serve;
 
 use clap::{Parser, Subcommand};
 
@@ -66,8 +68,11 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// Run a coordinator (cluster mode): campaigns in etcd, the leader drives jobs over QUIC.
     Coordinator(cluster::CoordinatorArgs),
-    /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease.
+    /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease;
+    /// with `--base-model`, also serves inference to gateways.
     Worker(cluster::WorkerArgs),
+    /// Run a gateway (cluster mode): the OpenAI API over the serving workers in etcd.
+    Gateway(gateway::GatewayArgs),
     /// Datanets: community datasets (create, upload, list, show, diff, export).
     Datanet(datanet::DatanetArgs),
     /// The reward log: verify, balances, repair, append.
@@ -101,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(args) => keys::run(args),
         Command::Coordinator(args) => cluster::run_coordinator(args),
         Command::Worker(args) => cluster::run_worker(args),
+        Command::Gateway(args) => gateway::run(args),
         Command::Datanet(args) => datanet::run(args),
         Command::Ledger(args) => ledger::run(args),
     }

@@ -57,6 +57,17 @@ impl DevEngine {
         store: Store,
         runtime: tokio::runtime::Handle,
     ) -> anyhow::Result<Self> {
+        Self::start_named(args, dir, store, runtime, "local")
+    }
+
+    /// [`Self::start`] naming the worker in the engine's metrics (cluster workers).
+    pub fn start_named(
+        args: &ServeArgs,
+        dir: &Path,
+        store: Store,
+        runtime: tokio::runtime::Handle,
+        worker_name: &str,
+    ) -> anyhow::Result<Self> {
         let name = args.served_name.clone().unwrap_or_else(|| {
             dir.file_name()
                 .map_or("base".into(), |n| n.to_string_lossy().into_owned())
@@ -68,6 +79,7 @@ impl DevEngine {
         config.adapter_cache_bytes = args.adapter_cache_mb << 20;
         config.kv_cache_bytes = args.kv_cache_mb << 20;
         config.max_in_flight = args.max_in_flight;
+        config.worker_name = worker_name.to_owned();
         let adapters = AdapterStore::with_registry(AdapterRegistry::new(store), runtime);
         let engine = Engine::start(config, Arc::new(adapters))
             .with_context(|| format!("starting the engine on {}", dir.display()))?;
@@ -76,6 +88,13 @@ impl DevEngine {
             model,
             max_rank: args.max_lora_rank,
         })
+    }
+}
+
+impl DevEngine {
+    /// What the engine holds and does now (membership reports).
+    pub fn status(&self) -> tributary_worker::engine::EngineStatus {
+        self.engine.status()
     }
 }
 

@@ -1,0 +1,488 @@
+//! The cluster gateway's engine: an [`InferenceService`] over the serving workers found in
+//! membership (etcd), reached over QUIC with mutual TLS ([`tributary_protocol::serving`]).
+//! `tributary gateway` puts the OpenAI edge ([`crate::openai`]) on top of it.
+//!
+//! Each request goes to the worker [`crate::routing::route`] picks: rendezvous hashing with
+//! bounded load among the workers that hold its adapter, else the least loaded. Residency
+//! and load come from the workers' membership records (refreshed by them a few times a
+//! second); the load counts this gateway's own requests too, exactly, and an adapter just
+//! sent to a worker counts as resident there until the worker's record says otherwise.
+//!
+//! A request that has not started streaming is retried on another worker when its worker
+//! cannot be reached, its connection breaks (a worker killed with -9 is noticed when its
+//! membership lease expires or its QUIC connection times out, whichever comes first), or
+//! it refuses with overload. "Started streaming" means the first text (or the end) has come
+//! back: the engine's `Started` event is held until then, so a worker that dies during
+//! prefill costs the client only time. Overload everywhere is a 429 with `Retry-After`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use tributary_coordinator::Membership;
+use tributary_protocol::serving::{InferenceConn, RemoteEvents};
+use tributary_protocol::{
+    BoxFuture, Digest, EngineInfo, EventStream, InferenceError, InferenceEvent, InferenceRequest,
+    InferenceService, ModelChoice, NodeId, NodeTls, ResidentAdapter, ServingInfo, Shutdown,
+};
+
+use crate::cluster_metrics as cm;
+use crate::routing::{WorkerLoad, route};
+
+/// How the gateway finds and talks to workers.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The routing bound's load factor ([`crate::routing::DEFAULT_BOUND`]).
+    pub bound: f64,
+    /// How often membership is re-read.
+    pub refresh: Duration,
+    /// Longest wait for a QUIC connection to a worker.
+    pub connect_timeout: Duration,
+    /// A worker that could not be reached is passed over for this long.
+    pub down_for: Duration,
+    /// An adapter just routed to a worker counts as resident there for this long.
+    pub routed_ttl: Duration,
+    /// What a 429 asks when every worker is overloaded and none said how long.
+    pub retry_after_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            bound: crate::routing::DEFAULT_BOUND,
+            refresh: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(1),
+            down_for: Duration::from_secs(2),
+            routed_ttl: Duration::from_secs(10),
+            retry_after_ms: 1000,
+        }
+    }
+}
+
+struct Worker {
+    serving: ServingInfo,
+    /// This gateway's requests on it now.
+    in_flight: Arc<AtomicU32>,
+    conn: Option<InferenceConn>,
+    /// Serializes connection attempts.
+    connecting: Arc<tokio::sync::Mutex<()>>,
+    down_until: Option<Instant>,
+    routed: HashMap<Digest, Instant>,
+}
+
+#[derive(Default)]
+struct Table {
+    workers: BTreeMap<NodeId, Worker>,
+    /// The served base model (the first serving worker's, by name order).
+    info: Option<EngineInfo>,
+}
+
+struct Inner {
+    me: NodeId,
+    tls: NodeTls,
+    config: ClusterConfig,
+    table: RwLock<Table>,
+}
+
+/// The cluster as one inference engine.
+#[derive(Clone)]
+pub struct ClusterInference {
+    inner: Arc<Inner>,
+}
+
+/// Counts a request against its worker while it lives.
+struct InFlight(Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Attempt {
+    /// Admitted and streaming: the events held back so far, and the rest.
+    Streaming(Vec<InferenceEvent>, RemoteEvents),
+    Refused(InferenceError),
+}
+
+impl ClusterInference {
+    /// Starts following `membership` (until shutdown); connects to workers as `me`.
+    pub fn start(
+        me: NodeId,
+        tls: NodeTls,
+        membership: Arc<dyn Membership>,
+        config: ClusterConfig,
+        shutdown: Shutdown,
+    ) -> Self {
+        let this = Self {
+            inner: Arc::new(Inner {
+                me,
+                tls,
+                config,
+                table: RwLock::new(Table::default()),
+            }),
+        };
+        tokio::spawn(this.clone().follow(membership, shutdown));
+        this
+    }
+
+    async fn follow(self, membership: Arc<dyn Membership>, mut shutdown: Shutdown) {
+        loop {
+            match membership.workers().await {
+                Ok(ws) => self.update(
+                    ws.into_iter()
+                        .filter_map(|w| w.serving.map(|s| (w.node, s)))
+                        .collect(),
+                ),
+                Err(e) => debug!(error = %e, "reading membership"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.config.refresh) => {}
+                _ = shutdown.recv() => break,
+            }
+        }
+    }
+
+    /// Replaces the serving workers with `now` (keeping connections and counters of the
+    /// ones that stay; closing those of the ones gone, which fails their open answers).
+    pub fn update(&self, now: BTreeMap<NodeId, ServingInfo>) {
+        let Ok(mut t) = self.inner.table.write() else {
+            return;
+        };
+        let gone: Vec<NodeId> = t
+            .workers
+            .keys()
+            .filter(|n| !now.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            if let Some(w) = t.workers.remove(&n) {
+                info!(worker = %n, "worker left membership");
+                if let Some(c) = w.conn {
+                    c.close();
+                }
+            }
+        }
+        for (node, serving) in now {
+            match t.workers.get_mut(&node) {
+                Some(w) => {
+                    if w.serving.addr != serving.addr
+                        && let Some(c) = w.conn.take()
+                    {
+                        c.close();
+                    }
+                    w.serving = serving;
+                }
+                None => {
+                    info!(worker = %node, addr = %serving.addr, "serving worker joined");
+                    t.workers.insert(
+                        node,
+                        Worker {
+                            serving,
+                            in_flight: Arc::new(AtomicU32::new(0)),
+                            conn: None,
+                            connecting: Arc::new(tokio::sync::Mutex::new(())),
+                            down_until: None,
+                            routed: HashMap::new(),
+                        },
+                    );
+                }
+            }
+        }
+        t.info = t.workers.values().next().map(|w| EngineInfo {
+            base_name: w.serving.base_name.clone(),
+            base_digest: w.serving.base_digest,
+            context_window: w.serving.context_window,
+            max_lora_rank: w.serving.max_lora_rank,
+        });
+        let ttl = self.inner.config.routed_ttl;
+        for w in t.workers.values_mut() {
+            w.routed.retain(|_, at| at.elapsed() < ttl);
+        }
+        cm::publish(
+            t.workers
+                .iter()
+                .map(|(n, w)| (n.as_str(), &w.serving, w.in_flight.load(Ordering::Relaxed))),
+        );
+    }
+
+    /// Ready once some worker serves the base model.
+    pub fn ready(&self) -> Result<(), String> {
+        let t = self
+            .inner
+            .table
+            .read()
+            .map_err(|_| "the worker table is poisoned".to_string())?;
+        match &t.info {
+            Some(_) => Ok(()),
+            None => Err("no serving worker holds the base model yet".into()),
+        }
+    }
+
+    /// Serving workers known now.
+    pub fn workers(&self) -> usize {
+        self.inner.table.read().map_or(0, |t| t.workers.len())
+    }
+
+    /// The worker for `model` now, skipping `excluded`; counts the request against it.
+    fn pick(&self, model: &ModelChoice, excluded: &HashSet<NodeId>) -> Option<(NodeId, InFlight)> {
+        let mut t = self.inner.table.write().ok()?;
+        let base = t.info.as_ref()?.base_digest;
+        let now = Instant::now();
+        let ttl = self.inner.config.routed_ttl;
+        let candidates: Vec<&NodeId> = t
+            .workers
+            .iter()
+            .filter(|(n, w)| {
+                !excluded.contains(*n)
+                    && w.serving.base_digest == base
+                    && w.down_until.is_none_or(|d| d <= now)
+            })
+            .map(|(n, _)| n)
+            .collect();
+        let loads: Vec<WorkerLoad> = candidates
+            .iter()
+            .map(|n| {
+                let w = &t.workers[*n];
+                let mine = w.in_flight.load(Ordering::Relaxed);
+                WorkerLoad {
+                    id: n.to_string(),
+                    in_flight: mine.max(w.serving.in_flight),
+                    capacity: w.serving.max_in_flight.max(1),
+                    resident: match model {
+                        ModelChoice::Base => true,
+                        ModelChoice::Adapter(d) => {
+                            w.serving.resident.contains(d)
+                                || w.routed.get(d).is_some_and(|at| now - *at < ttl)
+                        }
+                    },
+                }
+            })
+            .collect();
+        let node = candidates[route(model, &loads, self.inner.config.bound)?].clone();
+        let w = t.workers.get_mut(&node)?;
+        if let ModelChoice::Adapter(d) = model {
+            w.routed.insert(*d, now);
+        }
+        w.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some((node, InFlight(w.in_flight.clone())))
+    }
+
+    fn mark_down(&self, node: &NodeId) {
+        if let Ok(mut t) = self.inner.table.write()
+            && let Some(w) = t.workers.get_mut(node)
+        {
+            if let Some(c) = w.conn.take() {
+                c.close();
+            }
+            w.down_until = Some(Instant::now() + self.inner.config.down_for);
+        }
+    }
+
+    /// The worker's connection, made if needed.
+    async fn conn(&self, node: &NodeId) -> Result<InferenceConn, String> {
+        let (addr, lock) = {
+            let t = self.inner.table.read().map_err(|_| "table poisoned")?;
+            let w = t.workers.get(node).ok_or("the worker left")?;
+            if let Some(c) = &w.conn
+                && !c.is_closed()
+            {
+                return Ok(c.clone());
+            }
+            (w.serving.addr.clone(), w.connecting.clone())
+        };
+        let _one = lock.lock().await;
+        if let Ok(t) = self.inner.table.read()
+            && let Some(c) = t.workers.get(node).and_then(|w| w.conn.clone())
+            && !c.is_closed()
+        {
+            return Ok(c);
+        }
+        let sock = tokio::net::lookup_host(&addr)
+            .await
+            .map_err(|e| format!("resolving {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr} did not resolve"))?;
+        let connect = InferenceConn::connect(sock, node, &self.inner.me, &self.inner.tls);
+        let conn = tokio::time::timeout(self.inner.config.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer from {addr} within {:?}",
+                    self.inner.config.connect_timeout
+                )
+            })?
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut t) = self.inner.table.write()
+            && let Some(w) = t.workers.get_mut(node)
+        {
+            w.conn = Some(conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// One try on one worker: `Err` means the worker was not reached or broke before the
+    /// answer started streaming (try another).
+    async fn attempt(&self, node: &NodeId, request: &InferenceRequest) -> Result<Attempt, String> {
+        let conn = self.conn(node).await?;
+        let mut events = match conn.submit(request).await {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(refused)) => return Ok(Attempt::Refused(refused)),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut held = Vec::new();
+        loop {
+            match events.next().await {
+                Ok(Some(ev)) => {
+                    let started = matches!(ev, InferenceEvent::Started { .. });
+                    held.push(ev);
+                    if !started {
+                        return Ok(Attempt::Streaming(held, events));
+                    }
+                }
+                Ok(None) => return Ok(Attempt::Streaming(held, events)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    async fn submit_routed(
+        &self,
+        request: InferenceRequest,
+    ) -> Result<EventStream, InferenceError> {
+        let mut excluded = HashSet::new();
+        let mut overloaded: Option<InferenceError> = None;
+        while let Some((node, guard)) = self.pick(&request.model, &excluded) {
+            match self.attempt(&node, &request).await {
+                Ok(Attempt::Streaming(held, events)) => {
+                    cm::routed(node.as_str(), "ok");
+                    return Ok(forward(node, held, events, guard));
+                }
+                Ok(Attempt::Refused(e @ InferenceError::Overloaded { .. })) => {
+                    cm::routed(node.as_str(), "overloaded");
+                    cm::retried("overloaded");
+                    overloaded = Some(e);
+                }
+                Ok(Attempt::Refused(e)) => {
+                    cm::routed(node.as_str(), "refused");
+                    return Err(e);
+                }
+                Err(why) => {
+                    warn!(worker = %node, request_id = %request.request_id, %why,
+                          "worker lost before the answer started: retrying elsewhere");
+                    cm::routed(node.as_str(), "lost");
+                    cm::retried("worker_lost");
+                    self.mark_down(&node);
+                }
+            }
+            excluded.insert(node);
+        }
+        if let Some(e) = overloaded {
+            return Err(e);
+        }
+        if self.workers() == 0 {
+            return Err(InferenceError::Unavailable(
+                "no serving worker is registered".into(),
+            ));
+        }
+        if excluded.is_empty() {
+            // Every worker at its capacity as this gateway counts it.
+            return Err(InferenceError::Overloaded {
+                retry_after_ms: self.inner.config.retry_after_ms,
+            });
+        }
+        Err(InferenceError::Unavailable(format!(
+            "no serving worker could take the request ({} tried)",
+            excluded.len()
+        )))
+    }
+}
+
+/// Streams the held events then the rest to the gateway; stops the worker's stream when
+/// the gateway's side goes away.
+fn forward(
+    node: NodeId,
+    held: Vec<InferenceEvent>,
+    mut events: RemoteEvents,
+    guard: InFlight,
+) -> EventStream {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let _guard = guard;
+        for ev in held {
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                n = events.next() => n,
+                _ = tx.closed() => return,
+            };
+            match next {
+                Ok(Some(ev)) => {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    cm::retried("lost_mid_answer");
+                    let _ = tx
+                        .send(InferenceEvent::Failed(InferenceError::Unavailable(
+                            format!("worker {node} was lost in the middle of the answer: {e}"),
+                        )))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+impl InferenceService for ClusterInference {
+    fn submit(
+        &self,
+        request: InferenceRequest,
+    ) -> BoxFuture<'_, Result<EventStream, InferenceError>> {
+        Box::pin(self.submit_routed(request))
+    }
+
+    fn info(&self) -> EngineInfo {
+        let t = self.inner.table.read().ok();
+        t.and_then(|t| t.info.clone()).unwrap_or(EngineInfo {
+            // No worker yet: every request is refused as unavailable by `submit`, after
+            // validation, which must not refuse it for a context window it cannot know.
+            base_name: String::new(),
+            base_digest: Digest([0; 32]),
+            context_window: u32::MAX,
+            max_lora_rank: 0,
+        })
+    }
+
+    fn resident(&self) -> Vec<ResidentAdapter> {
+        let Ok(t) = self.inner.table.read() else {
+            return Vec::new();
+        };
+        let all: std::collections::BTreeSet<Digest> = t
+            .workers
+            .values()
+            .flat_map(|w| w.serving.resident.iter().copied())
+            .collect();
+        all.into_iter()
+            .map(|digest| ResidentAdapter {
+                digest,
+                bytes: 0,
+                pinned: false,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;

@@ -1,0 +1,287 @@
+//! Inference over QUIC: a worker serves its engine ([`InferenceService`]) to gateways, one
+//! request per bidirectional stream. The gateway writes one [`InferenceRequest`] frame and
+//! finishes its side; the worker answers [`InferReply::Admitted`] then one
+//! [`InferReply::Event`] per engine event and a closing [`InferReply::End`], or a single
+//! [`InferReply::Refused`] (overload is `Refused(Overloaded { retry_after_ms })`, which the
+//! gateway maps to 429 with `Retry-After`). A gateway that stops reading (its client went
+//! away) stops the stream; the worker notices at once and drops the request, which frees
+//! its engine slot at the next token boundary.
+//!
+//! The connection's handshake is the cluster's [`crate::messages::Hello`], with
+//! [`SERVING_PROTOCOL_VERSION`]: a peer speaking another serving version (or the training
+//! protocol) is refused before any request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::{RecvStream, SendStream};
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use tracing::{Instrument, debug, info_span};
+
+use crate::endpoint::{Limits, QuicClient, StreamHandler};
+use crate::error::{ProtocolError, Result};
+use crate::frame::{read_msg, write_msg};
+use crate::ids::NodeId;
+use crate::inference::{InferenceError, InferenceEvent, InferenceRequest, Prompt, SharedInference};
+use crate::messages::{WireMessage, wire};
+use crate::tls::NodeTls;
+
+/// The serving protocol's version, sent in the handshake. Its numbers are disjoint from
+/// [`crate::PROTOCOL_VERSION`]'s (the training protocol) so that neither side can mistake
+/// one service for the other.
+pub const SERVING_PROTOCOL_VERSION: u32 = 1001;
+
+/// Most chat messages, stop strings or choices a request may carry on the wire (the
+/// gateway's own limits are far lower; these only bound what a receiver allocates).
+pub const MAX_WIRE_ITEMS: usize = 1 << 16;
+
+/// One frame of a worker's answer.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum InferReply {
+    /// The engine admitted the request; events follow.
+    Admitted,
+    /// The engine refused it at once (the stream ends here).
+    Refused(InferenceError),
+    /// One engine event.
+    Event(InferenceEvent),
+    /// The engine's event stream ended (the last frame of an admitted request).
+    End,
+}
+
+fn too_many(what: &str, n: usize) -> ProtocolError {
+    ProtocolError::InvalidMessage(format!(
+        "{n} {what} exceeds the maximum of {MAX_WIRE_ITEMS}"
+    ))
+}
+
+wire!(InferenceRequest, |s| {
+    if s.request_id.is_empty() || s.request_id.len() > 256 {
+        return Err(ProtocolError::InvalidMessage(format!(
+            "request id of {} bytes: must be 1..=256",
+            s.request_id.len()
+        )));
+    }
+    if let Prompt::Chat(m) = &s.prompt
+        && m.len() > MAX_WIRE_ITEMS
+    {
+        return Err(too_many("chat messages", m.len()));
+    }
+    if s.params.stop.len() > MAX_WIRE_ITEMS {
+        return Err(too_many("stop strings", s.params.stop.len()));
+    }
+    if s.params.n as usize > MAX_WIRE_ITEMS {
+        return Err(too_many("choices", s.params.n as usize));
+    }
+    Ok(())
+});
+wire!(InferReply, |_s| { Ok(()) });
+
+/// Serves an engine to gateways: the worker side of [`InferenceConn`].
+pub struct InferenceHandler {
+    engine: SharedInference,
+}
+
+impl InferenceHandler {
+    pub fn new(engine: SharedInference) -> Self {
+        Self { engine }
+    }
+}
+
+async fn send_reply(send: &mut SendStream, reply: &InferReply, limits: Limits) -> Result<()> {
+    write_msg(send, reply, limits.max_frame).await
+}
+
+impl StreamHandler for InferenceHandler {
+    async fn serve(
+        &self,
+        peer: NodeId,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        limits: Limits,
+    ) {
+        let request: InferenceRequest = match read_msg(&mut recv, limits.max_frame).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%peer, error = %e, "bad inference request refused");
+                let _ = send.reset(2u32.into());
+                return;
+            }
+        };
+        let span = info_span!("serve_remote", %peer, request_id = %request.request_id);
+        async move {
+            let mut events = match self.engine.submit(request).await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let _ = send_reply(&mut send, &InferReply::Refused(e), limits).await;
+                    let _ = send.finish();
+                    return;
+                }
+            };
+            if send_reply(&mut send, &InferReply::Admitted, limits)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // The gateway stopping its side (its client left) ends the request at once:
+            // dropping `events` cancels it in the engine.
+            let stopped = send.stopped();
+            tokio::pin!(stopped);
+            loop {
+                let ev = tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = &mut stopped => {
+                        debug!("the gateway stopped reading: request cancelled");
+                        return;
+                    }
+                };
+                let reply = match ev {
+                    Some(ev) => InferReply::Event(ev),
+                    None => InferReply::End,
+                };
+                let end = reply == InferReply::End;
+                if let Err(e) = send_reply(&mut send, &reply, limits).await {
+                    debug!(error = %e, "the gateway went away");
+                    return;
+                }
+                if end {
+                    let _ = send.finish();
+                    return;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// A gateway's connection to one worker's inference endpoint.
+#[derive(Debug, Clone)]
+pub struct InferenceConn {
+    client: QuicClient,
+}
+
+/// An admitted request's answer as it arrives.
+#[derive(Debug)]
+pub struct RemoteEvents {
+    recv: RecvStream,
+    limits: Limits,
+    done: bool,
+}
+
+impl RemoteEvents {
+    /// The next event; `Ok(None)` after the worker's [`InferReply::End`]. An error means the
+    /// stream or the connection broke before the end (the worker died or reset it).
+    pub async fn next(&mut self) -> Result<Option<InferenceEvent>> {
+        if self.done {
+            return Ok(None);
+        }
+        match read_msg::<_, InferReply>(&mut self.recv, self.limits.max_frame).await? {
+            InferReply::Event(ev) => Ok(Some(ev)),
+            InferReply::End => {
+                self.done = true;
+                Ok(None)
+            }
+            other => Err(ProtocolError::Unexpected(format!(
+                "{other:?} in the middle of an answer"
+            ))),
+        }
+    }
+}
+
+impl Drop for RemoteEvents {
+    fn drop(&mut self) {
+        if !self.done {
+            // Tell the worker to drop the request now rather than at its next write.
+            let _ = self.recv.stop(0u32.into());
+        }
+    }
+}
+
+impl InferenceConn {
+    /// Connects to a worker's inference endpoint at `addr`, verifying that its certificate
+    /// names `worker`, as `me`.
+    pub async fn connect(
+        addr: SocketAddr,
+        worker: &NodeId,
+        me: &NodeId,
+        tls: &NodeTls,
+    ) -> Result<Self> {
+        let client = QuicClient::connect_with_version(
+            addr,
+            worker.as_str(),
+            me,
+            tls.client_config()?,
+            SERVING_PROTOCOL_VERSION,
+        )
+        .await?;
+        Ok(Self { client })
+    }
+
+    /// The worker's node name from the handshake.
+    pub fn peer(&self) -> &NodeId {
+        self.client.peer()
+    }
+
+    /// True once the connection has failed or been closed.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Resolves when the connection fails or is closed.
+    pub async fn closed(&self) {
+        self.client.closed().await;
+    }
+
+    /// Closes the connection (every open answer on it fails at once).
+    pub fn close(&self) {
+        self.client.close();
+    }
+
+    /// Sends `request`: `Ok(Ok(events))` once the worker admitted it, `Ok(Err(e))` when the
+    /// worker refused it (overload, unknown adapter, …), `Err(_)` when the worker could not
+    /// be reached or the connection broke before its answer.
+    pub async fn submit(
+        &self,
+        request: &InferenceRequest,
+    ) -> Result<std::result::Result<RemoteEvents, InferenceError>> {
+        if self.client.is_closed() {
+            return Err(ProtocolError::Connection("connection closed".into()));
+        }
+        let (mut send, mut recv, limits) = self.client.open_stream().await?;
+        write_msg(&mut send, request, limits.max_frame).await?;
+        send.finish()
+            .map_err(|e| ProtocolError::Write(e.to_string()))?;
+        match read_msg::<_, InferReply>(&mut recv, limits.max_frame).await? {
+            InferReply::Admitted => Ok(Ok(RemoteEvents {
+                recv,
+                limits,
+                done: false,
+            })),
+            InferReply::Refused(e) => Ok(Err(e)),
+            other => Err(ProtocolError::Unexpected(format!(
+                "{other:?} before the worker admitted the request"
+            ))),
+        }
+    }
+}
+
+/// Serves `engine` on an already bound server until shutdown (a worker's inference port).
+pub async fn serve_inference(
+    server: crate::endpoint::QuicServer,
+    engine: SharedInference,
+    shutdown: crate::shutdown::Shutdown,
+) {
+    server
+        .run_streams(
+            Arc::new(InferenceHandler::new(engine)),
+            SERVING_PROTOCOL_VERSION,
+            shutdown,
+        )
+        .await;
+}
+
+#[cfg(test)]
+#[path = "serving_tests.rs"]
+mod tests;
