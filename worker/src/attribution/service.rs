@@ -1,0 +1,252 @@
+//! Starting online attribution: the bounded queue and its durable overflow
+//! ([`AttributionSink`]), the attribution thread, and the reward actor.
+//!
+//! The attribution thread takes answers from the queue one at a time; when the queue is
+//! empty it takes up the durable backlog (`attribution/backlog/`). At start it also
+//! re-sends the reward of every stored record that has no receipt yet (a crash between
+//! storing a record and the log's acknowledgement): the log's dedup by request id pays
+//! each once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path as Key;
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+use tributary_ledger::rewards::Replicas;
+use tributary_ledger::store::Store;
+
+use super::actor::{Pending, RewardArgs, RewardMsg};
+use super::compute::{AnswerJob, Attributor, Pricing};
+use super::metrics::{BACKLOG, OUTCOMES, SECONDS, SPILLED};
+use super::record::{
+    AttributionRecord, Params, backlog_key, receipt_key, record_key, reward_record,
+    valid_request_id,
+};
+use super::{AttrError, metrics};
+
+/// Online attribution settings.
+#[derive(Debug, Clone)]
+pub struct AttributionConfig {
+    /// The base model the engine serves (the attribution thread loads its own copy).
+    pub base_model: PathBuf,
+    pub params: Params,
+    pub pricing: Pricing,
+    /// In-memory queue of finished answers; beyond it answers go to the durable backlog.
+    pub queue: usize,
+    /// The reward actor's aggregation window.
+    pub window: Duration,
+    /// Records per reward-log append at most.
+    pub max_batch: usize,
+}
+
+/// Where finished answers go. Never blocks and never drops: a full queue spills to the
+/// store.
+#[derive(Clone)]
+pub struct AttributionSink {
+    tx: mpsc::Sender<AnswerJob>,
+    store: Store,
+}
+
+impl AttributionSink {
+    /// Hands over a finished answer (returns at once).
+    pub fn submit(&self, job: AnswerJob) {
+        if !valid_request_id(&job.request_id) {
+            tracing::warn!(request_id = %job.request_id, "attribution: request id not usable as a key; skipped");
+            return;
+        }
+        BACKLOG.inc();
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                SPILLED.inc();
+                tracing::warn!(request_id = %job.request_id, "attribution queue full: answer written to the durable backlog");
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    let key = Key::from(backlog_key(&job.request_id));
+                    match serde_json::to_vec(&job) {
+                        Ok(b) => {
+                            if let Err(e) = store.put(&key, Bytes::from(b)).await {
+                                tracing::error!(error = %e, request_id = %job.request_id, "attribution backlog write failed: the answer is not attributed");
+                                BACKLOG.dec();
+                                OUTCOMES.with_label_values(&["failed"]).inc();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "attribution backlog encode failed");
+                            BACKLOG.dec();
+                            OUTCOMES.with_label_values(&["failed"]).inc();
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Starts the reward actor (over `ledger`) and the attribution thread; returns the sink.
+pub async fn start(
+    cfg: AttributionConfig,
+    store: Store,
+    ledger: Replicas,
+) -> Result<(AttributionSink, ActorRef<RewardMsg>), AttrError> {
+    metrics::init();
+    let actor = super::actor::spawn(RewardArgs {
+        replicas: ledger,
+        store: store.clone(),
+        window: cfg.window,
+        max_batch: cfg.max_batch,
+    })
+    .await
+    .map_err(|e| AttrError::Log(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+    let rt = tokio::runtime::Handle::current();
+    let (s, a) = (store.clone(), actor.clone());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("attribution".into())
+        .spawn(move || {
+            let attributor = Attributor::new(&cfg.base_model, s.clone(), rt.clone(), cfg.params, cfg.pricing.clone());
+            match attributor {
+                Ok(at) => {
+                    let _ = ready_tx.send(Ok(()));
+                    run(at, rx, a, s, rt);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(AttrError::io)?;
+    ready_rx
+        .await
+        .map_err(|_| AttrError::Model("the attribution thread stopped".into()))??;
+    Ok((AttributionSink { tx, store }, actor))
+}
+
+fn run(
+    mut at: Attributor,
+    mut rx: mpsc::Receiver<AnswerJob>,
+    actor: ActorRef<RewardMsg>,
+    store: Store,
+    rt: tokio::runtime::Handle,
+) {
+    recover(&store, &rt, &actor);
+    loop {
+        let next = rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), rx.recv()).await });
+        match next {
+            Ok(Some(job)) => handle(&mut at, &job, &actor, &store, &rt),
+            Ok(None) => return,
+            Err(_) => {
+                // Idle: take up the durable backlog, oldest name first.
+                let names = rt
+                    .block_on(store.list_names(&Key::from("attribution/backlog")))
+                    .unwrap_or_default();
+                for name in names {
+                    if !rx.is_empty() {
+                        break;
+                    }
+                    let key = Key::from(format!("attribution/backlog/{name}"));
+                    let Ok(Some(bytes)) = rt.block_on(store.get(&key)) else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<AnswerJob>(&bytes) {
+                        Ok(job) => handle(&mut at, &job, &actor, &store, &rt),
+                        Err(e) => tracing::error!(error = %e, %name, "unreadable backlog entry"),
+                    }
+                    let _ = rt.block_on(store.delete(&key));
+                }
+            }
+        }
+    }
+}
+
+/// Re-sends the rewards of stored records without a receipt, and counts the durable
+/// backlog left by an earlier process.
+fn recover(store: &Store, rt: &tokio::runtime::Handle, actor: &ActorRef<RewardMsg>) {
+    let backlog = rt
+        .block_on(store.list_names(&Key::from("attribution/backlog")))
+        .unwrap_or_default();
+    BACKLOG.add(backlog.len() as i64);
+    let records = rt
+        .block_on(store.list_names(&Key::from("attribution/records")))
+        .unwrap_or_default();
+    for name in records {
+        let Some(rid) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if matches!(rt.block_on(store.get(&Key::from(receipt_key(rid)))), Ok(Some(_))) {
+            continue;
+        }
+        let Ok(Some(bytes)) = rt.block_on(store.get(&Key::from(record_key(rid)))) else {
+            continue;
+        };
+        if let Ok(rec) = serde_json::from_slice::<AttributionRecord>(&bytes) {
+            tracing::info!(request_id = rid, "re-sending the reward of a record without receipt");
+            BACKLOG.inc();
+            send(actor, &rec, &bytes);
+        }
+    }
+}
+
+fn send(actor: &ActorRef<RewardMsg>, rec: &AttributionRecord, bytes: &[u8]) {
+    let reward = reward_record(rec, bytes);
+    if let Err(e) = actor.cast(RewardMsg::Attributed(Pending {
+        reward,
+        adapter: rec.adapter.clone(),
+        builder: rec.builder.clone(),
+    })) {
+        tracing::error!(error = %e, request_id = %rec.request_id, "reward actor gone; the record stays without receipt and is re-sent at the next start");
+    }
+}
+
+fn handle(
+    at: &mut Attributor,
+    job: &AnswerJob,
+    actor: &ActorRef<RewardMsg>,
+    store: &Store,
+    rt: &tokio::runtime::Handle,
+) {
+    let span = tracing::info_span!("attribute", request_id = %job.request_id, adapter = %job.adapter);
+    let _g = span.enter();
+    let t0 = std::time::Instant::now();
+    // A record stored already (a backlog entry processed twice) is not recomputed.
+    if let Ok(Some(bytes)) = rt.block_on(store.get(&Key::from(record_key(&job.request_id))))
+        && let Ok(rec) = serde_json::from_slice::<AttributionRecord>(&bytes)
+    {
+        send(actor, &rec, &bytes);
+        return;
+    }
+    let result = at.attribute(job).and_then(|r| {
+        let Some((rec, objects)) = r else {
+            return Ok(None);
+        };
+        let bytes = serde_json::to_vec_pretty(&rec).map_err(AttrError::io)?;
+        for (k, b) in objects {
+            rt.block_on(store.put(&Key::from(k), Bytes::from(b)))
+                .map_err(AttrError::store)?;
+        }
+        rt.block_on(store.put(&Key::from(record_key(&rec.request_id)), Bytes::from(bytes.clone())))
+            .map_err(AttrError::store)?;
+        Ok(Some((rec, bytes)))
+    });
+    SECONDS.observe(t0.elapsed().as_secs_f64());
+    match result {
+        Ok(Some((rec, bytes))) => {
+            OUTCOMES.with_label_values(&["recorded"]).inc();
+            tracing::info!(seconds = rec.seconds, "attribution recorded");
+            send(actor, &rec, &bytes);
+        }
+        Ok(None) => {
+            OUTCOMES.with_label_values(&["no_index"]).inc();
+            BACKLOG.dec();
+            tracing::info!("the adapter has no attribution index: answer not attributed");
+        }
+        Err(e) => {
+            OUTCOMES.with_label_values(&["failed"]).inc();
+            BACKLOG.dec();
+            tracing::error!(error = %e, "attribution failed");
+        }
+    }
+}
