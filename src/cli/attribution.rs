@@ -148,7 +148,7 @@ pub fn run(args: AttributionArgs) -> anyhow::Result<()> {
                 None => {
                     let rec = attribute_pair(&mut at, &pair)?;
                     let again = attribute_pair(&mut at, &pair)?;
-                    let same = rec.choices.iter().zip(&again.choices).all(|(a, b)| a.bits == b.bits);
+                    let same = rec.choices.iter().zip(&again.choices).all(|(a, b)| a.bits.same_bits(&b.bits));
                     println!(
                         "{}",
                         serde_json::json!({"pair": true, "bits_equal": same, "method": rec.method})
@@ -162,7 +162,7 @@ pub fn run(args: AttributionArgs) -> anyhow::Result<()> {
             let bits = at.rerun_bits(&rec, &features)?;
             let mut differ = Vec::new();
             for (c, b) in rec.choices.iter().zip(&bits) {
-                if c.bits != *b {
+                if !c.bits.same_bits(b) {
                     differ.push(serde_json::json!({
                         "choice": c.index, "stored": c.bits, "recomputed": b,
                     }));

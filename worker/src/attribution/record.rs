@@ -90,6 +90,9 @@ pub struct TopExample {
     pub id: String,
     pub contributor: String,
     pub score: f64,
+    /// `score`'s IEEE-754 bits (JSON does not round-trip every f64 exactly; reruns
+    /// compare these).
+    pub score_bits: u64,
     /// Whether it may be paid (false: withdrawn before the answer).
     pub paid: bool,
 }
@@ -115,6 +118,20 @@ pub struct Bits {
     pub fee: FeeSplit,
     /// Example ids left out because they were withdrawn at or before the answer.
     pub withdrawn: Vec<String>,
+}
+
+impl Bits {
+    /// Whether `other` has the same bits: every field, scores by their IEEE-754 bits.
+    pub fn same_bits(&self, other: &Bits) -> bool {
+        let strip = |b: &Bits| {
+            let mut b = b.clone();
+            for t in &mut b.top {
+                t.score = 0.0;
+            }
+            b
+        };
+        strip(self) == strip(other)
+    }
 }
 
 /// One choice of an answer (`n > 1` attributes and bills each choice as its own answer).
@@ -222,6 +239,7 @@ pub fn compute_bits(
             id: ids[i].clone(),
             contributor: ctx.contributors[i].clone(),
             score: scores[i],
+            score_bits: scores[i].to_bits(),
             paid: pays(i),
         })
         .collect();
