@@ -38,7 +38,7 @@ fn ok(args: &[&str]) -> String {
 }
 
 /// `tributary dev` on a given data directory (so a restart keeps its store and log).
-fn dev_on(dir: &Path, data: &Path, base: &Path) -> Dev {
+fn dev_on(dir: &Path, data: &Path, base: &Path, extra: &[&str]) -> Dev {
     let port = free_tcp_port();
     let log = dir.join(format!("dev-{port}.log"));
     let child = Command::new(bin())
@@ -53,6 +53,7 @@ fn dev_on(dir: &Path, data: &Path, base: &Path) -> Dev {
         .arg(base)
         .args(["--price-per-token", "1000", "--builder-share", "0.25"])
         .args(["--reward-window-ms", "100"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -135,7 +136,7 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     ok(&["datanet", "upload", "clinic", a.to_str().unwrap(), "--contributor", "alice", "--store", s]);
     ok(&["datanet", "upload", "clinic", b.to_str().unwrap(), "--contributor", "bob", "--store", s]);
 
-    let dev = dev_on(tmp.path(), &data, &base);
+    let dev = dev_on(tmp.path(), &data, &base, &[]);
     let spec = tmp.path().join("job.toml");
     std::fs::write(
         &spec,
@@ -237,7 +238,9 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     // leaves it out.
     drop(dev);
     std::fs::remove_file(store.join(format!("attribution/rewards/{id}.json"))).unwrap();
-    let dev = dev_on(tmp.path(), &data, &base);
+    // (The restarted process has a one-answer queue: answers beyond it wait in the durable
+    // backlog, below.)
+    let dev = dev_on(tmp.path(), &data, &base, &["--attribution-queue", "1"]);
     let again = attribution(&dev, &id);
     assert!(again["reward"]["seq"].is_null(), "re-sent, already in the log: {again}");
     assert_eq!(balances(&data), first_balances, "a retry must not pay twice");
@@ -274,6 +277,39 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         "attribution", "rerun", &id, "--store", s, "--base-model", base.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    // A burst against the one-answer queue: answers beyond it wait in the store's backlog,
+    // and every one is attributed and paid.
+    let ids: Vec<String> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let dev = &dev;
+                sc.spawn(move || {
+                    let a = complete(dev, "clinic-bot", &format!("What does the clinic keep {i}?"));
+                    a["id"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for id in &ids {
+        let r = attribution(&dev, id);
+        assert!(!r["reward"].is_null());
+    }
+    assert_eq!(verified(&data)["records"], 2 + ids.len() as u64);
+    let (_, metrics) = http_get(dev.port, "/metrics").unwrap();
+    let spilled: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tributary_attribution_spilled_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(spilled > 0.0, "the burst should overflow a one-answer queue:\n{metrics}");
+    assert!(
+        std::fs::read_dir(store.join("attribution/backlog"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "the backlog is empty once everything is attributed"
+    );
     // /metrics lists the backlog and the reward lag.
     let (_, metrics) = http_get(dev.port, "/metrics").unwrap();
     assert!(metrics.contains("tributary_attribution_backlog"), "{metrics}");

@@ -5,10 +5,12 @@
 //! 1. [`tap::tap`] sits between the engine and the gateway: it forwards every event at once
 //!    and, when the answer is over (finished, failed or cancelled by the client), hands an
 //!    [`AnswerJob`] to the [`AttributionSink`]. Nothing waits for attribution.
-//! 2. The sink's queue is bounded. When it is full the job is written to object storage
-//!    (`attribution/backlog/<request id>.json`) instead, counted in
-//!    `tributary_attribution_spilled_total`, and taken up when the queue drains (and after a
-//!    restart): nothing is dropped, and the backlog is measured
+//! 2. Every finished answer is written to object storage first
+//!    (`attribution/backlog/<request id>.json`, removed once attributed), so a crash or a
+//!    restart loses nothing. The in-memory queue is bounded: when it is full the answer
+//!    waits in the backlog, counted in `tributary_attribution_spilled_total`, and is taken up
+//!    when the queue drains (and after a restart): nothing is dropped, and the backlog is
+//!    measured
 //!    (`tributary_attribution_backlog`: answers not yet acknowledged by the reward log).
 //! 3. The attribution thread ([`service`]) computes each answer's features, scores, shares
 //!    and fee split ([`compute::Attributor`]), stores the features and the

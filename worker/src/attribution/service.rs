@@ -1,8 +1,11 @@
 //! Starting online attribution: the bounded queue and its durable overflow
 //! ([`AttributionSink`]), the attribution thread, and the reward actor.
 //!
-//! The attribution thread takes answers from the queue one at a time; when the queue is
-//! empty it takes up the durable backlog (`attribution/backlog/`). At start it also
+//! Every finished answer is first written to the durable backlog
+//! (`attribution/backlog/<request id>.json`) and removed once its record is stored (or its
+//! attribution failed, logged and counted). The attribution thread takes answers from the
+//! queue one at a time; when the queue is empty it takes up what waits in the backlog
+//! (answers that did not fit the queue, and an earlier process's). At start it also
 //! re-sends the reward of every stored record that has no receipt yet (a crash between
 //! storing a record and the log's acknowledgement): the log's dedup by request id pays
 //! each once.
@@ -50,38 +53,41 @@ pub struct AttributionSink {
 }
 
 impl AttributionSink {
-    /// Hands over a finished answer (returns at once).
+    /// Hands over a finished answer (returns at once). The answer is first written to the
+    /// durable backlog (`attribution/backlog/<request id>.json`, off the serving path), so a
+    /// crash or a restart loses nothing; it then goes to the in-memory queue, or, when the
+    /// queue is full, waits in the backlog until the queue drains.
     pub fn submit(&self, job: AnswerJob) {
         if !valid_request_id(&job.request_id) {
             tracing::warn!(request_id = %job.request_id, "attribution: request id not usable as a key; skipped");
             return;
         }
         BACKLOG.inc();
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
-                SPILLED.inc();
-                tracing::warn!(request_id = %job.request_id, "attribution queue full: answer written to the durable backlog");
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    let key = Key::from(backlog_key(&job.request_id));
-                    match serde_json::to_vec(&job) {
-                        Ok(b) => {
-                            if let Err(e) = store.put(&key, Bytes::from(b)).await {
-                                tracing::error!(error = %e, request_id = %job.request_id, "attribution backlog write failed: the answer is not attributed");
-                                BACKLOG.dec();
-                                OUTCOMES.with_label_values(&["failed"]).inc();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "attribution backlog encode failed");
-                            BACKLOG.dec();
-                            OUTCOMES.with_label_values(&["failed"]).inc();
-                        }
-                    }
-                });
+        let (tx, store) = (self.tx.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let key = Key::from(backlog_key(&job.request_id));
+            let written = match serde_json::to_vec(&job) {
+                Ok(b) => store.put(&key, Bytes::from(b)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = &written {
+                tracing::error!(error = %e, request_id = %job.request_id, "attribution backlog write failed: the answer waits in memory only");
             }
-        }
+            match tx.try_send(job) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                    SPILLED.inc();
+                    if written.is_ok() {
+                        tracing::warn!(request_id = %job.request_id, "attribution queue full: the answer waits in the durable backlog");
+                    } else {
+                        // Neither queued nor stored: counted and logged, never silent.
+                        BACKLOG.dec();
+                        OUTCOMES.with_label_values(&["failed"]).inc();
+                        tracing::error!(request_id = %job.request_id, "attribution queue full and backlog unwritable: the answer is not attributed");
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -153,9 +159,13 @@ fn run(
                     };
                     match serde_json::from_slice::<AnswerJob>(&bytes) {
                         Ok(job) => handle(&mut at, &job, &actor, &store, &rt),
-                        Err(e) => tracing::error!(error = %e, %name, "unreadable backlog entry"),
+                        Err(e) => {
+                            tracing::error!(error = %e, %name, "unreadable backlog entry: removed, the answer is not attributed");
+                            OUTCOMES.with_label_values(&["failed"]).inc();
+                            BACKLOG.dec();
+                            let _ = rt.block_on(store.delete(&key));
+                        }
                     }
-                    let _ = rt.block_on(store.delete(&key));
                 }
             }
         }
@@ -168,7 +178,16 @@ fn recover(store: &Store, rt: &tokio::runtime::Handle, actor: &ActorRef<RewardMs
     let backlog = rt
         .block_on(store.list_names(&Key::from("attribution/backlog")))
         .unwrap_or_default();
-    BACKLOG.add(backlog.len() as i64);
+    for name in backlog {
+        let Some(rid) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if matches!(rt.block_on(store.get(&Key::from(record_key(rid)))), Ok(Some(_))) {
+            let _ = rt.block_on(store.delete(&Key::from(backlog_key(rid))));
+        } else {
+            BACKLOG.inc();
+        }
+    }
     let records = rt
         .block_on(store.list_names(&Key::from("attribution/records")))
         .unwrap_or_default();
@@ -211,11 +230,11 @@ fn handle(
     let span = tracing::info_span!("attribute", request_id = %job.request_id, adapter = %job.adapter);
     let _g = span.enter();
     let t0 = std::time::Instant::now();
-    // A record stored already (a backlog entry processed twice) is not recomputed.
-    if let Ok(Some(bytes)) = rt.block_on(store.get(&Key::from(record_key(&job.request_id))))
-        && let Ok(rec) = serde_json::from_slice::<AttributionRecord>(&bytes)
-    {
-        send(actor, &rec, &bytes);
+    let backlog = Key::from(backlog_key(&job.request_id));
+    // Already attributed (the answer was taken from the backlog before the queue delivered
+    // it): its reward is on its way, or re-sent at the next start if it has no receipt.
+    if matches!(rt.block_on(store.get(&Key::from(record_key(&job.request_id)))), Ok(Some(_))) {
+        let _ = rt.block_on(store.delete(&backlog));
         return;
     }
     let result = at.attribute(job).and_then(|r| {
@@ -232,6 +251,8 @@ fn handle(
         Ok(Some((rec, bytes)))
     });
     SECONDS.observe(t0.elapsed().as_secs_f64());
+    // Attributed, or failed for good (logged and counted): out of the durable backlog.
+    let _ = rt.block_on(store.delete(&backlog));
     match result {
         Ok(Some((rec, bytes))) => {
             OUTCOMES.with_label_values(&["recorded"]).inc();
