@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// The reward actor's aggregation window, in milliseconds.
     #[arg(long, env = "TRIBUTARY_REWARD_WINDOW_MS", default_value_t = 500)]
     pub reward_window_ms: u64,
+    /// Before each answer's attribution, wait up to this many milliseconds for the answers
+    /// being generated to finish (attribution yields the CPU to serving; 0: never wait).
+    #[arg(long, env = "TRIBUTARY_ATTRIBUTION_DEFER_MS", default_value_t = 2000)]
+    pub attribution_defer_ms: u64,
 }
 
 /// Starts online attribution for `tributary dev` (see `tributary_worker::attribution`):
@@ -102,6 +106,7 @@ pub async fn start_attribution(
         queue: args.attribution_queue.max(1),
         window: std::time::Duration::from_millis(args.reward_window_ms.max(10)),
         max_batch: 256,
+        defer: std::time::Duration::from_millis(args.attribution_defer_ms),
     };
     let (sink, _actor) = tributary_worker::attribution::start(cfg, store, replicas)
         .await

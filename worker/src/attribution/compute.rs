@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tributary_attribution::AttributionIndex;
+use tributary_attribution::{AttributionIndex, Projector};
+use tributary_model::features::GradientFeaturizer;
 use tributary_attribution::fees::FeeConfig;
 use tributary_attribution::verbatim::SuffixIndex;
 use tributary_ledger::adapters::{AdapterEntry, AdapterRegistry};
@@ -88,6 +89,9 @@ pub struct Loaded {
     pub data_version: String,
     /// Suffix array over the training texts and its documents' example ids.
     pub suffix: Option<(SuffixIndex, Vec<String>)>,
+    /// The served adapter's per-example gradient and the index's projection, built once.
+    pub featurizer: GradientFeaturizer,
+    pub projector: Projector,
 }
 
 /// Loads adapters, indexes and data context, and attributes answers.
@@ -276,7 +280,15 @@ impl Attributor {
             Some((SuffixIndex::new(&docs), ids))
         };
         let centered = index.centered();
+        let featurizer = GradientFeaturizer::new(&self.model, &lora).map_err(AttrError::model)?;
+        let projector = Projector::new(
+            index.header.projection,
+            index.header.gradient_layout.clone(),
+        )
+        .map_err(AttrError::math)?;
         let loaded = Arc::new(Loaded {
+            featurizer,
+            projector,
             entry,
             adapter: lora,
             index,
@@ -344,13 +356,10 @@ impl Attributor {
         let mut labels = vec![IGNORE_INDEX; prompt.len()];
         labels.extend(answer.iter().map(|&t| i64::from(t)));
         let ex = TrainExample { input_ids, labels };
-        tributary_model::features::query_features(
-            &self.model,
-            &[&loaded.adapter],
-            &ex,
-            &loaded.index,
-        )
-        .map_err(AttrError::model)
+        // The same computation as `tributary_model::features::query_features`, with the
+        // featurizer and projector built once per adapter.
+        let g = loaded.featurizer.gradient(&ex).map_err(AttrError::model)?;
+        Ok(vec![loaded.projector.project(&g).map_err(AttrError::math)?])
     }
 
     /// Attributes `job`: the record and the objects to store (features, then the record).

@@ -11,6 +11,8 @@
 //! each once.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +44,9 @@ pub struct AttributionConfig {
     pub window: Duration,
     /// Records per reward-log append at most.
     pub max_batch: usize,
+    /// How long the attribution thread waits, before each answer, for the answers in
+    /// flight to finish (attribution yields the CPU to serving; 0: never waits).
+    pub defer: Duration,
 }
 
 /// Where finished answers go. Never blocks and never drops: a full queue spills to the
@@ -50,9 +55,17 @@ pub struct AttributionConfig {
 pub struct AttributionSink {
     tx: mpsc::Sender<AnswerJob>,
     store: Store,
+    /// Answers being generated now (taps in flight).
+    active: Arc<AtomicUsize>,
 }
 
 impl AttributionSink {
+    /// An answer started streaming; the guard marks its end when dropped.
+    pub fn answer_started(&self) -> ActiveAnswer {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveAnswer(self.active.clone())
+    }
+
     /// Hands over a finished answer (returns at once). The answer is first written to the
     /// durable backlog (`attribution/backlog/<request id>.json`, off the serving path), so a
     /// crash or a restart loses nothing; it then goes to the in-memory queue, or, when the
@@ -91,6 +104,15 @@ impl AttributionSink {
     }
 }
 
+/// One answer in flight (see [`AttributionSink::answer_started`]).
+pub struct ActiveAnswer(Arc<AtomicUsize>);
+
+impl Drop for ActiveAnswer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Starts the reward actor (over `ledger`) and the attribution thread; returns the sink.
 pub async fn start(
     cfg: AttributionConfig,
@@ -110,6 +132,8 @@ pub async fn start(
     let rt = tokio::runtime::Handle::current();
     let (s, a) = (store.clone(), actor.clone());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let active = Arc::new(AtomicUsize::new(0));
+    let (busy, defer) = (active.clone(), cfg.defer);
     std::thread::Builder::new()
         .name("attribution".into())
         .spawn(move || {
@@ -117,7 +141,7 @@ pub async fn start(
             match attributor {
                 Ok(at) => {
                     let _ = ready_tx.send(Ok(()));
-                    run(at, rx, a, s, rt);
+                    run(at, rx, a, s, rt, &busy, defer);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -128,7 +152,7 @@ pub async fn start(
     ready_rx
         .await
         .map_err(|_| AttrError::Model("the attribution thread stopped".into()))??;
-    Ok((AttributionSink { tx, store }, actor))
+    Ok((AttributionSink { tx, store, active }, actor))
 }
 
 fn run(
@@ -137,12 +161,24 @@ fn run(
     actor: ActorRef<RewardMsg>,
     store: Store,
     rt: tokio::runtime::Handle,
+    busy: &AtomicUsize,
+    defer: Duration,
 ) {
     recover(&store, &rt, &actor);
+    // Yields to serving: waits (at most `defer`) while answers are being generated.
+    let yield_to_serving = || {
+        let t0 = std::time::Instant::now();
+        while busy.load(Ordering::Relaxed) > 0 && t0.elapsed() < defer {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     loop {
         let next = rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), rx.recv()).await });
         match next {
-            Ok(Some(job)) => handle(&mut at, &job, &actor, &store, &rt),
+            Ok(Some(job)) => {
+                yield_to_serving();
+                handle(&mut at, &job, &actor, &store, &rt)
+            }
             Ok(None) => return,
             Err(_) => {
                 // Idle: take up the durable backlog, oldest name first.
@@ -158,7 +194,10 @@ fn run(
                         continue;
                     };
                     match serde_json::from_slice::<AnswerJob>(&bytes) {
-                        Ok(job) => handle(&mut at, &job, &actor, &store, &rt),
+                        Ok(job) => {
+                            yield_to_serving();
+                            handle(&mut at, &job, &actor, &store, &rt)
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, %name, "unreadable backlog entry: removed, the answer is not attributed");
                             OUTCOMES.with_label_values(&["failed"]).inc();

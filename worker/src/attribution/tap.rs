@@ -24,6 +24,7 @@ pub fn tap(request: &InferenceRequest, mut events: EventStream, sink: &Attributi
     };
     let (tx, rx) = mpsc::channel(64);
     let sink = sink.clone();
+    let active = sink.answer_started();
     let mut job = AnswerJob {
         request_id: request.request_id.clone(),
         adapter: adapter.to_hex(),
@@ -80,6 +81,7 @@ pub fn tap(request: &InferenceRequest, mut events: EventStream, sink: &Attributi
                 break;
             }
         }
+        drop(active);
         if failed && texts.values().all(|c| c.text.is_empty()) {
             return;
         }
