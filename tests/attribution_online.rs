@@ -73,7 +73,12 @@ fn complete(dev: &Dev, model: &str, prompt: &str) -> Value {
     let body = serde_json::json!({
         "model": model, "prompt": prompt, "max_tokens": 12, "temperature": 0,
     });
-    let (code, text) = dev.request("POST", "/v1/completions", "application/json", &body.to_string());
+    let (code, text) = dev.request(
+        "POST",
+        "/v1/completions",
+        "application/json",
+        &body.to_string(),
+    );
     assert_eq!(code, 200, "{text}\n{}", dev.logs());
     serde_json::from_str(&text).unwrap()
 }
@@ -102,14 +107,26 @@ fn attribution(dev: &Dev, id: &str) -> Value {
 
 fn balances(data: &Path) -> Value {
     let ledger = data.join("ledger");
-    let out = ok(&["ledger", "--replicas", ledger.to_str().unwrap(), "balances", "--json"]);
+    let out = ok(&[
+        "ledger",
+        "--replicas",
+        ledger.to_str().unwrap(),
+        "balances",
+        "--json",
+    ]);
     serde_json::from_str(out.trim()).unwrap()
 }
 
 /// `ledger verify --json`: the chain's check, its record count and balances.
 fn verified(data: &Path) -> Value {
     let ledger = data.join("ledger");
-    let out = ok(&["ledger", "--replicas", ledger.to_str().unwrap(), "verify", "--json"]);
+    let out = ok(&[
+        "ledger",
+        "--replicas",
+        ledger.to_str().unwrap(),
+        "verify",
+        "--json",
+    ]);
     serde_json::from_str(out.trim()).unwrap()
 }
 
@@ -133,8 +150,26 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     std::fs::write(&a, lines[..half].join("\n") + "\n").unwrap();
     std::fs::write(&b, lines[half..].join("\n") + "\n").unwrap();
     ok(&["datanet", "create", "clinic", "--store", s]);
-    ok(&["datanet", "upload", "clinic", a.to_str().unwrap(), "--contributor", "alice", "--store", s]);
-    ok(&["datanet", "upload", "clinic", b.to_str().unwrap(), "--contributor", "bob", "--store", s]);
+    ok(&[
+        "datanet",
+        "upload",
+        "clinic",
+        a.to_str().unwrap(),
+        "--contributor",
+        "alice",
+        "--store",
+        s,
+    ]);
+    ok(&[
+        "datanet",
+        "upload",
+        "clinic",
+        b.to_str().unwrap(),
+        "--contributor",
+        "bob",
+        "--store",
+        s,
+    ]);
 
     let dev = dev_on(tmp.path(), &data, &base, &[]);
     let spec = tmp.path().join("job.toml");
@@ -152,11 +187,18 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
 
     // The index was recorded where the job trained and stored beside the adapter.
     let idx_dir = store.join("attribution/index").join(&digest);
-    assert!(idx_dir.join("attribution.index").is_file(), "{}", dev.logs());
+    assert!(
+        idx_dir.join("attribution.index").is_file(),
+        "{}",
+        dev.logs()
+    );
     let summary: Value =
         serde_json::from_slice(&std::fs::read(idx_dir.join("attribution.json")).unwrap()).unwrap();
     assert_eq!(summary["examples"], lines.len(), "{summary}");
-    assert!(summary["bytes_per_example"].as_u64().unwrap() > 0, "{summary}");
+    assert!(
+        summary["bytes_per_example"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
     let logs = stdout(&job_cli(&dev, &["logs", job["id"].as_str().unwrap()]));
     assert!(logs.contains("attribution index stored"), "{logs}");
 
@@ -170,13 +212,20 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     assert_eq!(rec["method"], "tracin_ccos");
     let c0 = &rec["choices"][0];
     let tokens = c0["completion_tokens"].as_u64().unwrap();
-    assert_eq!(tokens, answer["usage"]["completion_tokens"].as_u64().unwrap(), "{rec}");
+    assert_eq!(
+        tokens,
+        answer["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{rec}"
+    );
     assert_eq!(c0["bits"]["fee"]["total"].as_u64().unwrap(), tokens * 1000);
     assert_eq!(c0["bits"]["fee"]["builder"].as_u64().unwrap(), tokens * 250);
     let shares = c0["bits"]["shares"].as_object().unwrap().clone();
     assert!(!shares.is_empty(), "{rec}");
     assert!(shares.keys().all(|k| k == "alice" || k == "bob"), "{rec}");
-    assert_eq!(shares.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 1_000_000);
+    assert_eq!(
+        shares.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        1_000_000
+    );
     assert!(!c0["bits"]["top"].as_array().unwrap().is_empty());
     assert_eq!(rec["reward"]["total"].as_u64().unwrap(), tokens * 1000);
     let first_balances = balances(&data);
@@ -194,12 +243,22 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         .max_by_key(|(k, v)| (v.as_u64().unwrap(), std::cmp::Reverse((*k).clone())))
         .map(|(k, _)| k.clone())
         .unwrap();
-    let (code, text) = dev.request("GET", &format!("/v1/contributors/{top}/rewards"), "text/plain", "");
+    let (code, text) = dev.request(
+        "GET",
+        &format!("/v1/contributors/{top}/rewards"),
+        "text/plain",
+        "",
+    );
     assert_eq!(code, 200, "{text}");
     let r: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(r["rewards"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(r["total"], first_balances[&top], "{r}");
-    let (code, text) = dev.request("GET", "/v1/adapters/clinic-bot/contributors", "text/plain", "");
+    let (code, text) = dev.request(
+        "GET",
+        "/v1/adapters/clinic-bot/contributors",
+        "text/plain",
+        "",
+    );
     assert_eq!(code, 200, "{text}");
     let a: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(a["adapter"], digest);
@@ -214,9 +273,19 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     let explained: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(explained["choices"][0]["bits"], c0["bits"]);
     let out = tributary(&["attribution", "explain", &id, "--store", s]);
-    assert!(out.status.success() && stdout(&out).contains("shares"), "{}", stderr(&out));
+    assert!(
+        out.status.success() && stdout(&out).contains("shares"),
+        "{}",
+        stderr(&out)
+    );
     let out = tributary(&[
-        "attribution", "rerun", &id, "--store", s, "--base-model", base.to_str().unwrap(),
+        "attribution",
+        "rerun",
+        &id,
+        "--store",
+        s,
+        "--base-model",
+        base.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let rerun: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
@@ -228,9 +297,19 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     altered["choices"][0]["bits"]["fee"]["builder"] = serde_json::json!(tokens * 250 + 1);
     std::fs::write(&rec_path, serde_json::to_vec(&altered).unwrap()).unwrap();
     let out = tributary(&[
-        "attribution", "rerun", &id, "--store", s, "--base-model", base.to_str().unwrap(),
+        "attribution",
+        "rerun",
+        &id,
+        "--store",
+        s,
+        "--base-model",
+        base.to_str().unwrap(),
     ]);
-    assert!(!out.status.success(), "an altered record must fail: {}", stdout(&out));
+    assert!(
+        !out.status.success(),
+        "an altered record must fail: {}",
+        stdout(&out)
+    );
     std::fs::write(&rec_path, &original).unwrap();
 
     // Exactly once: the process stops after the log acknowledged but (as if it crashed
@@ -242,23 +321,44 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     // backlog, below.)
     let dev = dev_on(tmp.path(), &data, &base, &["--attribution-queue", "1"]);
     let again = attribution(&dev, &id);
-    assert!(again["reward"]["seq"].is_null(), "re-sent, already in the log: {again}");
-    assert_eq!(balances(&data), first_balances, "a retry must not pay twice");
+    assert!(
+        again["reward"]["seq"].is_null(),
+        "re-sent, already in the log: {again}"
+    );
+    assert_eq!(
+        balances(&data),
+        first_balances,
+        "a retry must not pay twice"
+    );
     let report = verified(&data);
     assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(report["records"], 1, "one record for one request id: {report}");
+    assert_eq!(
+        report["records"], 1,
+        "one record for one request id: {report}"
+    );
 
     // Withdrawal: the top contributor takes all their data back; the same question answered
     // after the takedown (greedy: the same answer) pays them nothing.
     ok(&[
-        "datanet", "takedown", "clinic", "--contributor", &top, "--reason", "withdrawn", "--store", s,
+        "datanet",
+        "takedown",
+        "clinic",
+        "--contributor",
+        &top,
+        "--reason",
+        "withdrawn",
+        "--store",
+        s,
     ]);
     let answer2 = complete(&dev, "clinic-bot", "Who records blood pressure?");
     assert_eq!(answer2["choices"][0]["text"], answer["choices"][0]["text"]);
     let id2 = answer2["id"].as_str().unwrap().to_string();
     let rec2 = attribution(&dev, &id2);
     let b2 = &rec2["choices"][0]["bits"];
-    assert!(b2["shares"].get(&top).is_none(), "{top} withdrew before the answer: {rec2}");
+    assert!(
+        b2["shares"].get(&top).is_none(),
+        "{top} withdrew before the answer: {rec2}"
+    );
     assert!(!b2["withdrawn"].as_array().unwrap().is_empty(), "{rec2}");
     assert!(
         b2["top"]
@@ -270,11 +370,20 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         "{rec2}"
     );
     let after = balances(&data);
-    assert_eq!(after[&top], first_balances[&top], "no new reward for {top}: {after}");
+    assert_eq!(
+        after[&top], first_balances[&top],
+        "no new reward for {top}: {after}"
+    );
     assert_eq!(verified(&data)["records"], 2);
     // The first answer still reruns to the same bits (it came before the takedown).
     let out = tributary(&[
-        "attribution", "rerun", &id, "--store", s, "--base-model", base.to_str().unwrap(),
+        "attribution",
+        "rerun",
+        &id,
+        "--store",
+        s,
+        "--base-model",
+        base.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     // A burst against the one-answer queue: answers beyond it wait in the store's backlog,
@@ -284,7 +393,11 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
             .map(|i| {
                 let dev = &dev;
                 sc.spawn(move || {
-                    let a = complete(dev, "clinic-bot", &format!("What does the clinic keep {i}?"));
+                    let a = complete(
+                        dev,
+                        "clinic-bot",
+                        &format!("What does the clinic keep {i}?"),
+                    );
                     a["id"].as_str().unwrap().to_string()
                 })
             })
@@ -302,7 +415,10 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         .find_map(|l| l.strip_prefix("tributary_attribution_spilled_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    assert!(spilled > 0.0, "the burst should overflow a one-answer queue:\n{metrics}");
+    assert!(
+        spilled > 0.0,
+        "the burst should overflow a one-answer queue:\n{metrics}"
+    );
     assert!(
         std::fs::read_dir(store.join("attribution/backlog"))
             .map(|d| d.count())
@@ -312,8 +428,14 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     );
     // /metrics lists the backlog and the reward lag.
     let (_, metrics) = http_get(dev.port, "/metrics").unwrap();
-    assert!(metrics.contains("tributary_attribution_backlog"), "{metrics}");
-    assert!(metrics.contains("tributary_reward_lag_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("tributary_attribution_backlog"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tributary_reward_lag_seconds_count"),
+        "{metrics}"
+    );
 }
 
 fn job_cli(dev: &Dev, args: &[&str]) -> std::process::Output {

@@ -23,7 +23,7 @@ use tributary_ledger::adapter_names::{AdapterNames, looks_like_digest};
 use tributary_ledger::keys::Scope;
 use tributary_ledger::store::Store;
 use tributary_worker::attribution::RewardReceipt;
-use tributary_worker::attribution::record::{record_key, receipt_key, valid_request_id};
+use tributary_worker::attribution::record::{receipt_key, record_key, valid_request_id};
 
 use crate::auth::{Auth, Caller};
 use crate::error::ApiError;
@@ -58,7 +58,11 @@ async fn receipts(store: &Store) -> Result<Vec<RewardReceipt>, ApiError> {
             out.push(r);
         }
     }
-    out.sort_by(|a, b| a.time_ms.cmp(&b.time_ms).then(a.request_id.cmp(&b.request_id)));
+    out.sort_by(|a, b| {
+        a.time_ms
+            .cmp(&b.time_ms)
+            .then(a.request_id.cmp(&b.request_id))
+    });
     Ok(out)
 }
 
@@ -95,12 +99,16 @@ async fn attribution(
     if !valid_request_id(&rid) {
         return Err(missing());
     }
-    let mut rec = get_json(&store, &record_key(&rid)).await?.ok_or_else(missing)?;
+    let mut rec = get_json(&store, &record_key(&rid))
+        .await?
+        .ok_or_else(missing)?;
     let requester = rec.get("requester").and_then(|v| v.as_str());
     if !caller.admin && requester != caller.key_id.as_deref() {
         return Err(missing());
     }
-    rec["reward"] = get_json(&store, &receipt_key(&rid)).await?.unwrap_or(Value::Null);
+    rec["reward"] = get_json(&store, &receipt_key(&rid))
+        .await?
+        .unwrap_or(Value::Null);
     Ok(Json(rec))
 }
 
@@ -130,7 +138,9 @@ async fn contributor_rewards(
             }));
         }
     }
-    Ok(Json(json!({ "contributor": id, "total": total, "rewards": rows })))
+    Ok(Json(
+        json!({ "contributor": id, "total": total, "rewards": rows }),
+    ))
 }
 
 async fn adapter_contributors(

@@ -122,14 +122,18 @@ pub fn run(args: AttributionArgs) -> anyhow::Result<()> {
                     let rec = read_record(&rt, &store, &rid)?;
                     let dims = at
                         .load(&rec.adapter)?
-                        .with_context(|| format!("no attribution index for adapter {}", rec.adapter))?
+                        .with_context(|| {
+                            format!("no attribution index for adapter {}", rec.adapter)
+                        })?
                         .index
                         .dims();
                     let mut features = Vec::new();
                     for c in &rec.choices {
                         let b = rt
                             .block_on(store.get(&Key::from(c.features_key.as_str())))?
-                            .with_context(|| format!("the stored features {} are missing", c.features_key))?;
+                            .with_context(|| {
+                                format!("the stored features {} are missing", c.features_key)
+                            })?;
                         let found = blake3::hash(&b).to_hex().to_string();
                         if found != c.features_blake3 {
                             bail!(
@@ -138,17 +142,20 @@ pub fn run(args: AttributionArgs) -> anyhow::Result<()> {
                                 c.features_blake3
                             );
                         }
-                        features.push(
-                            features_from_bytes(&b, dims)
-                                .with_context(|| format!("{}: not {dims}-dimensional features", c.features_key))?,
-                        );
+                        features.push(features_from_bytes(&b, dims).with_context(|| {
+                            format!("{}: not {dims}-dimensional features", c.features_key)
+                        })?);
                     }
                     (rec, features)
                 }
                 None => {
                     let rec = attribute_pair(&mut at, &pair)?;
                     let again = attribute_pair(&mut at, &pair)?;
-                    let same = rec.choices.iter().zip(&again.choices).all(|(a, b)| a.bits.same_bits(&b.bits));
+                    let same = rec
+                        .choices
+                        .iter()
+                        .zip(&again.choices)
+                        .all(|(a, b)| a.bits.same_bits(&b.bits));
                     println!(
                         "{}",
                         serde_json::json!({"pair": true, "bits_equal": same, "method": rec.method})
@@ -173,16 +180,22 @@ pub fn run(args: AttributionArgs) -> anyhow::Result<()> {
             if let Some(loaded) = at.load(&rec.adapter)? {
                 let prompt = stored_prompt(&rt, &store, &rec);
                 for (c, q) in rec.choices.iter().zip(&features) {
-                    let (Some(p), Ok(a)) = (prompt.as_ref(), at.answer_tokens(&c.answer, &c.finish)) else {
+                    let (Some(p), Ok(a)) =
+                        (prompt.as_ref(), at.answer_tokens(&c.answer, &c.finish))
+                    else {
                         continue;
                     };
-                    let Ok(ptoks) = at.prompt_tokens(p) else { continue };
+                    let Ok(ptoks) = at.prompt_tokens(p) else {
+                        continue;
+                    };
                     if a.is_empty() {
                         continue;
                     }
                     if let Ok(f) = at.features(&loaded, &ptoks, &a) {
                         let d = max_rel_diff(q, &f);
-                        gradient.push(serde_json::json!({"choice": c.index, "max_relative_difference": d}));
+                        gradient.push(
+                            serde_json::json!({"choice": c.index, "max_relative_difference": d}),
+                        );
                     }
                 }
             }
@@ -303,7 +316,11 @@ fn print_explain(rec: &AttributionRecord, reward: Option<&serde_json::Value>) {
             c.bits.fee.total,
             c.bits.fee.builder,
             c.bits.fee.contributors.values().sum::<u64>(),
-            if c.bits.fee.unattributed { " (nothing scored: all to the builder)" } else { "" }
+            if c.bits.fee.unattributed {
+                " (nothing scored: all to the builder)"
+            } else {
+                ""
+            }
         );
         println!("  answer: {:?}", c.answer);
         println!("  top examples (positive: made this answer more likely):");
@@ -313,7 +330,11 @@ fn print_explain(rec: &AttributionRecord, reward: Option<&serde_json::Value>) {
                 t.score,
                 t.contributor,
                 t.id.get(..16).unwrap_or(&t.id),
-                if t.paid { "" } else { "  (withdrawn: not paid)" }
+                if t.paid {
+                    ""
+                } else {
+                    "  (withdrawn: not paid)"
+                }
             );
         }
         println!("  shares (of {}):", rec.params.shares.units);

@@ -148,9 +148,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             .await??;
             if args.serve.attribution == "on" {
                 let ledger = std::fs::canonicalize(&args.data_dir)?.join("ledger");
-                let sink =
-                    super::serve_engine::start_attribution(&args.serve, &base_dir, attr_store, &ledger)
-                        .await?;
+                let sink = super::serve_engine::start_attribution(
+                    &args.serve,
+                    &base_dir,
+                    attr_store,
+                    &ledger,
+                )
+                .await?;
                 e = e.with_attribution(sink);
             }
             Some(Arc::new(e))

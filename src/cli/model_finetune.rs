@@ -350,7 +350,9 @@ fn write_index(
         "loss": "mean over completion tokens",
     });
     let (index, cost) = rec.build(model, trainer, &pairs, DEFAULT_PROJECTION, provenance)?;
-    let bytes = index.to_bytes().map_err(|e| anyhow::anyhow!("attribution index: {e}"))?;
+    let bytes = index
+        .to_bytes()
+        .map_err(|e| anyhow::anyhow!("attribution index: {e}"))?;
     let path = args.out.join("attribution.index");
     std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
     let seconds = t0.elapsed().as_secs_f64();

@@ -153,7 +153,10 @@ impl DevEngine {
     }
 
     /// Attributes every adapter answer through `sink` once it has been sent.
-    pub fn with_attribution(mut self, sink: tributary_worker::attribution::AttributionSink) -> Self {
+    pub fn with_attribution(
+        mut self,
+        sink: tributary_worker::attribution::AttributionSink,
+    ) -> Self {
         self.attribution = Some(sink);
         self
     }

@@ -118,12 +118,16 @@ async fn flush(state: &mut RewardState) {
 
 async fn append(state: &mut RewardState, n: usize) -> Result<(), LogError> {
     if state.writer.is_none() {
-        state.writer = Some(LogWriter::open(state.replicas.clone(), WriterOptions::default()).await?);
+        state.writer =
+            Some(LogWriter::open(state.replicas.clone(), WriterOptions::default()).await?);
     }
     let Some(writer) = state.writer.as_mut() else {
         return Ok(());
     };
-    let batch: Vec<RewardRecord> = state.pending[..n].iter().map(|p| p.reward.clone()).collect();
+    let batch: Vec<RewardRecord> = state.pending[..n]
+        .iter()
+        .map(|p| p.reward.clone())
+        .collect();
     let span = tracing::info_span!("reward_append", records = n);
     let outcome = match tracing::Instrument::instrument(writer.append_once(batch), span).await {
         Ok(o) => o,

@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tributary_attribution::{AttributionIndex, Projector};
-use tributary_model::features::GradientFeaturizer;
 use tributary_attribution::fees::FeeConfig;
 use tributary_attribution::verbatim::SuffixIndex;
+use tributary_attribution::{AttributionIndex, Projector};
 use tributary_ledger::adapters::{AdapterEntry, AdapterRegistry};
 use tributary_ledger::datanet::{Datanets, WithdrawnIndex};
 use tributary_ledger::store::Store;
 use tributary_model::data::IGNORE_INDEX;
 use tributary_model::decoder::CausalLm;
+use tributary_model::features::GradientFeaturizer;
 use tributary_model::lora::LoraAdapter;
 use tributary_model::tokenizer::Tokenizer;
 use tributary_model::train::TrainExample;
@@ -29,6 +29,9 @@ use super::record::{
     AttributionRecord, ChoiceRecord, DataContext, FORMAT, Params, compute_bits, evidence,
     features_key, features_to_bytes, index_key,
 };
+
+/// Objects to store for a record: `(key, bytes)`.
+pub type Objects = Vec<(String, Vec<u8>)>;
 
 /// One choice of a finished answer, as the client received it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,7 +119,14 @@ fn text_of_row(v: &serde_json::Value) -> String {
             }
         }
     }
-    for k in ["prompt", "completion", "instruction", "input", "output", "text"] {
+    for k in [
+        "prompt",
+        "completion",
+        "instruction",
+        "input",
+        "output",
+        "text",
+    ] {
         if let Some(s) = v.get(k).and_then(|s| s.as_str()) {
             parts.push(s.to_owned());
         }
@@ -157,7 +167,9 @@ impl Attributor {
 
     fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, AttrError> {
         let k = object_store::path::Path::from(key);
-        self.rt.block_on(self.store.get(&k)).map_err(AttrError::store)
+        self.rt
+            .block_on(self.store.get(&k))
+            .map_err(AttrError::store)
     }
 
     /// The adapter's attribution state (cached); `None` when it has no index (adapters
@@ -367,7 +379,7 @@ impl Attributor {
     pub fn attribute(
         &mut self,
         job: &AnswerJob,
-    ) -> Result<Option<(AttributionRecord, Vec<(String, Vec<u8>)>)>, AttrError> {
+    ) -> Result<Option<(AttributionRecord, Objects)>, AttrError> {
         let t0 = Instant::now();
         let Some(loaded) = self.load(&job.adapter)? else {
             return Ok(None);
@@ -483,9 +495,9 @@ impl Attributor {
         rec: &AttributionRecord,
         features: &[Vec<Vec<f32>>],
     ) -> Result<Vec<super::record::Bits>, AttrError> {
-        let loaded = self
-            .load(&rec.adapter)?
-            .ok_or_else(|| AttrError::Missing(format!("no attribution index for adapter {}", rec.adapter)))?;
+        let loaded = self.load(&rec.adapter)?.ok_or_else(|| {
+            AttrError::Missing(format!("no attribution index for adapter {}", rec.adapter))
+        })?;
         let mut ctx = loaded.ctx.clone();
         ctx.withdrawn = self.withdrawn(&loaded)?;
         rec.choices

@@ -312,7 +312,7 @@ pub fn features_to_bytes(q: &[Vec<f32>]) -> Vec<u8> {
 
 /// The inverse of [`features_to_bytes`] for vectors of `dims`.
 pub fn features_from_bytes(bytes: &[u8], dims: usize) -> Option<Vec<Vec<f32>>> {
-    if dims == 0 || bytes.len() % (dims * 4) != 0 {
+    if dims == 0 || !bytes.len().is_multiple_of(dims * 4) {
         return None;
     }
     let flat: Vec<f32> = bytes
@@ -323,7 +323,11 @@ pub fn features_from_bytes(bytes: &[u8], dims: usize) -> Option<Vec<Vec<f32>>> {
 }
 
 /// Spans as evidence, with the example ids of `doc_ids` (suffix-index document → example id).
-pub fn evidence(spans: &[Span], doc_ids: &[String], text_of: impl Fn(usize, usize) -> String) -> Vec<Evidence> {
+pub fn evidence(
+    spans: &[Span],
+    doc_ids: &[String],
+    text_of: impl Fn(usize, usize) -> String,
+) -> Vec<Evidence> {
     spans
         .iter()
         .map(|s| Evidence {
@@ -395,7 +399,10 @@ mod tests {
         let b = compute_bits(&idx, &idx.centered(), &ctx(), &q, &params(), &PRICE, 5, 100).unwrap();
         assert_eq!(b.shares["alice"], 666_667);
         assert_eq!(b.shares["bob"], 333_333);
-        assert!(!b.shares.contains_key("carol"), "a negative score earns nothing");
+        assert!(
+            !b.shares.contains_key("carol"),
+            "a negative score earns nothing"
+        );
         assert_eq!(b.fee.total, 50);
         assert_eq!(b.fee.builder, 10);
         assert_eq!(b.top[0].id, "a");
@@ -431,8 +438,18 @@ mod tests {
         r.check().unwrap();
         assert_eq!(r.total, 50);
         // bob is the builder (10) and a contributor (40 × 1/3, rounded).
-        let bob = r.shares.iter().find(|s| s.contributor == "bob").unwrap().amount;
-        let alice = r.shares.iter().find(|s| s.contributor == "alice").unwrap().amount;
+        let bob = r
+            .shares
+            .iter()
+            .find(|s| s.contributor == "bob")
+            .unwrap()
+            .amount;
+        let alice = r
+            .shares
+            .iter()
+            .find(|s| s.contributor == "alice")
+            .unwrap()
+            .amount;
         assert_eq!(bob + alice, 50);
         assert_eq!(alice, 27);
     }
@@ -456,7 +473,10 @@ mod tests {
         assert_eq!(after.withdrawn, vec!["a".to_string()]);
         assert!(!after.top[0].paid);
         let before = compute_bits(&idx, &idx.centered(), &c, &q, &params(), &PRICE, 5, 49).unwrap();
-        assert!(before.shares["alice"] > 0, "answers before the takedown keep their shares");
+        assert!(
+            before.shares["alice"] > 0,
+            "answers before the takedown keep their shares"
+        );
     }
 
     #[test]

@@ -80,7 +80,10 @@ impl AttributionSink {
         tokio::spawn(async move {
             let key = Key::from(backlog_key(&job.request_id));
             let written = match serde_json::to_vec(&job) {
-                Ok(b) => store.put(&key, Bytes::from(b)).await.map_err(|e| e.to_string()),
+                Ok(b) => store
+                    .put(&key, Bytes::from(b))
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = &written {
@@ -88,7 +91,9 @@ impl AttributionSink {
             }
             match tx.try_send(job) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) => {
                     SPILLED.inc();
                     if written.is_ok() {
                         tracing::warn!(request_id = %job.request_id, "attribution queue full: the answer waits in the durable backlog");
@@ -137,7 +142,13 @@ pub async fn start(
     std::thread::Builder::new()
         .name("attribution".into())
         .spawn(move || {
-            let attributor = Attributor::new(&cfg.base_model, s.clone(), rt.clone(), cfg.params, cfg.pricing.clone());
+            let attributor = Attributor::new(
+                &cfg.base_model,
+                s.clone(),
+                rt.clone(),
+                cfg.params,
+                cfg.pricing.clone(),
+            );
             match attributor {
                 Ok(at) => {
                     let _ = ready_tx.send(Ok(()));
@@ -173,7 +184,8 @@ fn run(
         }
     };
     loop {
-        let next = rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), rx.recv()).await });
+        let next = rt
+            .block_on(async { tokio::time::timeout(Duration::from_millis(500), rx.recv()).await });
         match next {
             Ok(Some(job)) => {
                 yield_to_serving();
@@ -221,7 +233,10 @@ fn recover(store: &Store, rt: &tokio::runtime::Handle, actor: &ActorRef<RewardMs
         let Some(rid) = name.strip_suffix(".json") else {
             continue;
         };
-        if matches!(rt.block_on(store.get(&Key::from(record_key(rid)))), Ok(Some(_))) {
+        if matches!(
+            rt.block_on(store.get(&Key::from(record_key(rid)))),
+            Ok(Some(_))
+        ) {
             let _ = rt.block_on(store.delete(&Key::from(backlog_key(rid))));
         } else {
             BACKLOG.inc();
@@ -234,14 +249,20 @@ fn recover(store: &Store, rt: &tokio::runtime::Handle, actor: &ActorRef<RewardMs
         let Some(rid) = name.strip_suffix(".json") else {
             continue;
         };
-        if matches!(rt.block_on(store.get(&Key::from(receipt_key(rid)))), Ok(Some(_))) {
+        if matches!(
+            rt.block_on(store.get(&Key::from(receipt_key(rid)))),
+            Ok(Some(_))
+        ) {
             continue;
         }
         let Ok(Some(bytes)) = rt.block_on(store.get(&Key::from(record_key(rid)))) else {
             continue;
         };
         if let Ok(rec) = serde_json::from_slice::<AttributionRecord>(&bytes) {
-            tracing::info!(request_id = rid, "re-sending the reward of a record without receipt");
+            tracing::info!(
+                request_id = rid,
+                "re-sending the reward of a record without receipt"
+            );
             BACKLOG.inc();
             send(actor, &rec, &bytes);
         }
@@ -266,13 +287,17 @@ fn handle(
     store: &Store,
     rt: &tokio::runtime::Handle,
 ) {
-    let span = tracing::info_span!("attribute", request_id = %job.request_id, adapter = %job.adapter);
+    let span =
+        tracing::info_span!("attribute", request_id = %job.request_id, adapter = %job.adapter);
     let _g = span.enter();
     let t0 = std::time::Instant::now();
     let backlog = Key::from(backlog_key(&job.request_id));
     // Already attributed (the answer was taken from the backlog before the queue delivered
     // it): its reward is on its way, or re-sent at the next start if it has no receipt.
-    if matches!(rt.block_on(store.get(&Key::from(record_key(&job.request_id)))), Ok(Some(_))) {
+    if matches!(
+        rt.block_on(store.get(&Key::from(record_key(&job.request_id)))),
+        Ok(Some(_))
+    ) {
         let _ = rt.block_on(store.delete(&backlog));
         return;
     }
@@ -285,8 +310,11 @@ fn handle(
             rt.block_on(store.put(&Key::from(k), Bytes::from(b)))
                 .map_err(AttrError::store)?;
         }
-        rt.block_on(store.put(&Key::from(record_key(&rec.request_id)), Bytes::from(bytes.clone())))
-            .map_err(AttrError::store)?;
+        rt.block_on(store.put(
+            &Key::from(record_key(&rec.request_id)),
+            Bytes::from(bytes.clone()),
+        ))
+        .map_err(AttrError::store)?;
         Ok(Some((rec, bytes)))
     });
     SECONDS.observe(t0.elapsed().as_secs_f64());

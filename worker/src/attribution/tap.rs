@@ -11,14 +11,18 @@
 use std::collections::BTreeMap;
 
 use tokio::sync::mpsc;
-use tributary_protocol::inference::{FinishReason, InferenceEvent, InferenceRequest, ModelChoice};
 use tributary_protocol::EventStream;
+use tributary_protocol::inference::{FinishReason, InferenceEvent, InferenceRequest, ModelChoice};
 
 use super::compute::{AnswerChoice, AnswerJob};
 use super::service::AttributionSink;
 
 /// Wraps `events` of `request`; answers of the base model alone are not attributed.
-pub fn tap(request: &InferenceRequest, mut events: EventStream, sink: &AttributionSink) -> EventStream {
+pub fn tap(
+    request: &InferenceRequest,
+    mut events: EventStream,
+    sink: &AttributionSink,
+) -> EventStream {
     let ModelChoice::Adapter(adapter) = request.model else {
         return events;
     };
@@ -39,7 +43,9 @@ pub fn tap(request: &InferenceRequest, mut events: EventStream, sink: &Attributi
         let mut failed = false;
         while let Some(ev) = events.recv().await {
             let seen = match &ev {
-                InferenceEvent::Text { choice, text, .. } => Some((*choice, Some(text.clone()), None)),
+                InferenceEvent::Text { choice, text, .. } => {
+                    Some((*choice, Some(text.clone()), None))
+                }
                 InferenceEvent::Finished {
                     choice,
                     reason,
