@@ -154,4 +154,25 @@ impl Artifacts {
             .await
             .map_err(store_err)
     }
+
+    /// Stores a trained adapter's attribution index files (`attribution.index`,
+    /// `attribution.json`, as the exporting worker built them) under
+    /// `attribution/index/<adapter digest>/`: beside the adapter, not among its files.
+    pub async fn put_attribution_index(
+        &self,
+        adapter_digest: &str,
+        files: &[NamedFile],
+    ) -> Result<(), CoordError> {
+        for f in files {
+            let key = object_store::path::Path::from(format!(
+                "attribution/index/{adapter_digest}/{}",
+                f.name
+            ));
+            self.store
+                .put(&key, Bytes::from(f.bytes.clone()))
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
 }

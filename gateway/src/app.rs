@@ -104,6 +104,10 @@ pub fn app(parts: Parts) -> Router {
             &parts.auth,
         ));
     }
+    r = r.merge(crate::attributions::attribution_router(
+        parts.store.clone(),
+        &parts.auth,
+    ));
     r = r.merge(datanet_router(
         DatanetsState {
             datanets: Datanets::new(parts.store.clone()),

@@ -9,6 +9,8 @@
 //! - [`jobs`]: the job API (`/v1/jobs…`) over [`tributary_coordinator::JobApi`].
 //! - [`datanets`] (and [`datanets_govern`]): the datanet API (`/v1/datanets…`: create,
 //!   upload with the row-level report, preview, diff, export, takedowns, review, reputation).
+//! - [`attributions`]: `/v1/attributions/{request_id}`, `/v1/contributors/{id}/rewards`,
+//!   `/v1/adapters/{id}/contributors` (online attribution's records and rewards).
 //! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
 //! - [`auth`]: API keys (`Authorization: Bearer`) and scopes per route.
 //! - [`routing`]: the cluster routing choice (rendezvous hashing with bounded load), pure.
@@ -24,6 +26,7 @@
 pub mod adapters;
 pub mod admission;
 pub mod app;
+pub mod attributions;
 pub mod auth;
 pub mod catalog;
 pub mod cluster;

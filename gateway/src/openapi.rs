@@ -102,7 +102,7 @@ pub fn document() -> Value {
     let name_param = json!([path_param("name")]);
     let version_params = json!([path_param("name"), path_param("v")]);
     let item_params = json!([path_param("name"), path_param("item")]);
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "Tributary gateway", "version": env!("CARGO_PKG_VERSION"),
                  "description": "OpenAI-compatible inference over one base model and many LoRA adapters; adapters, jobs and datanets; operations."},
@@ -202,7 +202,20 @@ pub fn document() -> Value {
             "/metrics": {"get": op("Prometheus metrics", None, None, "200", &[])},
             "/openapi.json": {"get": op("this document", None, None, "200", &[])},
         }
-    })
+    });
+    attribution_paths(&mut doc, &path_param);
+    doc
+}
+
+/// The attribution read API (`crate::attributions`; shapes in docs/api.md).
+fn attribution_paths(doc: &mut Value, path_param: &dyn Fn(&str) -> Value) {
+    let paths = &mut doc["paths"];
+    paths["/v1/attributions/{request_id}"] = json!({"parameters": [path_param("request_id")],
+        "get": op("an answer's attribution record (scores, evidence, shares, fee split) and its reward once acknowledged; the requesting key or an admin", Some("inference"), None, "200", &["401", "403", "404", "503"])});
+    paths["/v1/contributors/{id}/rewards"] = json!({"parameters": [path_param("id")],
+        "get": op("an identity's rewards from attributed answers (that identity or an admin)", Some("contribute"), None, "200", &["401", "403", "503"])});
+    paths["/v1/adapters/{id}/contributors"] = json!({"parameters": [path_param("id")],
+        "get": op("who made an adapter useful, all time: fees and parts per identity", Some("build"), None, "200", &["401", "403", "404", "503"])});
 }
 
 /// `GET /openapi.json`.

@@ -207,3 +207,121 @@ pub fn query_features(
 fn attr_err(e: tributary_attribution::AttributionError) -> ModelError {
     ModelError::Input(format!("attribution: {e}"))
 }
+
+/// The projection every index built during training uses unless told otherwise: a count
+/// sketch to 2048 numbers per layer with a fixed, recorded seed (so anyone can rebuild it).
+pub const DEFAULT_PROJECTION: Projection = Projection::CountSketch {
+    k: 2048,
+    seed: 0x7472_6962_7574_6172,
+};
+
+/// How many checkpoints an index keeps for a run of `epochs` passes over the data: one per
+/// two epochs (each costs about one epoch of backward passes, so the index stays within
+/// half the training time), at least 1 and at most 4.
+pub fn default_checkpoints(epochs: f64) -> usize {
+    ((epochs / 2.0).floor() as usize).clamp(1, 4)
+}
+
+/// Records, while training runs, what the attribution index needs: a copy of the adapter
+/// at `k` evenly spaced steps (the last one at the end of training) and the summed learning
+/// rate of the steps each stands for. The training driver calls it after every step (as an
+/// [`Observer`](crate::train::driver::Observer) of a [`Session`], or by hand where the
+/// steps run elsewhere: the workers of a data-parallel job call
+/// [`IndexRecorder::record`] after each update); [`IndexRecorder::build`] then computes the
+/// features once training is done.
+#[derive(Debug, Clone)]
+pub struct IndexRecorder {
+    marks: Vec<u64>,
+    lr_since: f64,
+    checkpoints: Vec<CheckpointAdapter>,
+}
+
+impl IndexRecorder {
+    /// Snapshots at `k` evenly spaced steps of a `total_steps` run (at least one: the end).
+    pub fn new(total_steps: u64, k: usize) -> Self {
+        let k = k.max(1) as u64;
+        let mut marks: Vec<u64> = (1..=k)
+            .map(|j| (total_steps.saturating_mul(j) / k).max(1))
+            .collect();
+        marks.dedup();
+        Self {
+            marks,
+            lr_since: 0.0,
+            checkpoints: Vec::new(),
+        }
+    }
+
+    /// After step `done` (steps completed) trained with learning rate `lr`.
+    pub fn record(&mut self, done: u64, lr: f64, trainer: &Trainer) {
+        self.lr_since += lr;
+        if self.marks.contains(&done) && self.checkpoints.last().is_none_or(|c| c.step < done) {
+            self.checkpoints.push(CheckpointAdapter {
+                step: done,
+                lr: std::mem::take(&mut self.lr_since),
+                adapter: trainer.adapter(),
+            });
+        }
+    }
+
+    /// The steps at which adapters are kept.
+    pub fn marks(&self) -> &[u64] {
+        &self.marks
+    }
+
+    /// The adapters kept so far.
+    pub fn checkpoints(&self) -> &[CheckpointAdapter] {
+        &self.checkpoints
+    }
+
+    /// Builds the index over `examples` from the kept adapters; when none was kept (a run
+    /// resumed after its last mark) the final adapter `trainer` stands alone, weighted by
+    /// the learning rate summed since.
+    pub fn build(
+        &self,
+        model: &CausalLm,
+        trainer: &Trainer,
+        examples: &[(String, TrainExample)],
+        projection: Projection,
+        provenance: serde_json::Value,
+    ) -> Result<(AttributionIndex, IndexCost), ModelError> {
+        let mut cks = self.checkpoints.clone();
+        if cks.is_empty() {
+            cks.push(CheckpointAdapter {
+                step: 0,
+                lr: self.lr_since.max(f64::MIN_POSITIVE),
+                adapter: trainer.adapter(),
+            });
+        }
+        build_index(model, &cks, examples, projection, provenance)
+    }
+}
+
+impl crate::train::driver::Observer<crate::train::driver::Session> for IndexRecorder {
+    fn after_step(
+        &mut self,
+        backend: &mut crate::train::driver::Session,
+        ev: &crate::train::driver::StepEvent<'_>,
+    ) -> Result<(), ModelError> {
+        self.record(
+            ev.step.saturating_add(1),
+            ev.output.lr.unwrap_or(0.0),
+            backend.trainer(),
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod recorder_tests {
+    use super::*;
+
+    #[test]
+    fn marks_are_evenly_spaced_and_end_at_the_last_step() {
+        assert_eq!(IndexRecorder::new(10, 2).marks(), &[5, 10]);
+        assert_eq!(IndexRecorder::new(3, 4).marks(), &[1, 2, 3]);
+        assert_eq!(IndexRecorder::new(7, 1).marks(), &[7]);
+        assert_eq!(default_checkpoints(0.4), 1);
+        assert_eq!(default_checkpoints(5.0), 2);
+        assert_eq!(default_checkpoints(100.0), 4);
+    }
+}

@@ -136,16 +136,28 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     let engine: Option<tributary_protocol::SharedInference> = match &args.serve.base_model {
         Some(dir) => {
+            let (base_dir, attr_store) = (dir.clone(), store.clone());
             let (serve, dir, store, rt) = (
                 args.serve.clone(),
                 dir.clone(),
                 store.clone(),
                 tokio::runtime::Handle::current(),
             );
-            let e = tokio::task::spawn_blocking(move || {
+            let mut e = tokio::task::spawn_blocking(move || {
                 super::serve_engine::DevEngine::start(&serve, &dir, store, rt)
             })
             .await??;
+            if args.serve.attribution == "on" {
+                let ledger = std::fs::canonicalize(&args.data_dir)?.join("ledger");
+                let sink = super::serve_engine::start_attribution(
+                    &args.serve,
+                    &base_dir,
+                    attr_store,
+                    &ledger,
+                )
+                .await?;
+                e = e.with_attribution(sink);
+            }
             Some(Arc::new(e))
         }
         None => None,

@@ -5,6 +5,7 @@
 pub mod adapter;
 pub mod allow;
 pub mod api_key;
+pub mod attribution;
 pub mod bench;
 pub mod bench_attribution;
 pub mod bench_cluster;
@@ -77,6 +78,8 @@ pub enum Command {
     Datanet(datanet::DatanetArgs),
     /// The reward log: verify, balances, repair, append.
     Ledger(ledger::LedgerArgs),
+    /// Attributions of served answers: explain one, or rerun it and check the bits.
+    Attribution(attribution::AttributionArgs),
 }
 
 pub fn init_tracing(verbose: u8) {
@@ -109,5 +112,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => gateway::run(args),
         Command::Datanet(args) => datanet::run(args),
         Command::Ledger(args) => ledger::run(args),
+        Command::Attribution(args) => attribution::run(args),
     }
 }

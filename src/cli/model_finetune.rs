@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tributary_model::data::{DataOptions, Example, load_jsonl, split_eval};
 use tributary_model::error::ModelError;
+use tributary_model::features::{DEFAULT_PROJECTION, IndexRecorder, default_checkpoints};
 use tributary_model::lora::{LoraConfig, TargetModule};
 use tributary_model::plot::LossCurve;
 use tributary_model::train::driver::{
@@ -111,6 +112,11 @@ pub struct FinetuneArgs {
     /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
     #[arg(long)]
     pub double_quant: bool,
+    /// Record the attribution index while training (adapter snapshots at evenly spaced
+    /// steps, one per two epochs, up to 4) and write it to OUT/attribution.index with its
+    /// size and cost in OUT/attribution.json.
+    #[arg(long)]
+    pub attribution_index: bool,
 }
 
 /// What a fine-tune produced.
@@ -182,6 +188,12 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
     let data = load_jsonl(&args.data, tokenizer, &options)?;
     let (train, eval) = split_eval(&data.examples, args.eval_fraction, args.seed)?;
     let eval_lines: Vec<usize> = eval.iter().map(|e| e.line).collect();
+    let train_rows = if args.attribution_index {
+        tributary_worker::attribution_index::row_ids(&args.data, &train)
+            .map_err(|e| anyhow::anyhow!("--data: {e}"))?
+    } else {
+        Vec::new()
+    };
     let (train, eval) = (examples(&train), examples(&eval));
     let (total_tokens, trained_tokens) = data.token_counts();
     eprintln!(
@@ -258,6 +270,11 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         plain: !std::io::stderr().is_terminal(),
         every: (cfg.total_steps / 10).max(1),
         curve,
+        index: args.attribution_index.then(|| {
+            let epochs = (cfg.total_steps as f64 * (cfg.batch_size * cfg.grad_accum_steps) as f64)
+                / train.len().max(1) as f64;
+            IndexRecorder::new(cfg.total_steps, default_checkpoints(epochs))
+        }),
     };
     let started = Instant::now();
     let clock = move || started.elapsed().as_secs_f64();
@@ -267,7 +284,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         (summary.eval_before, summary.eval_after, summary.seconds);
     let tokens = summary.input_tokens;
     let last_loss = summary.final_loss;
-    let curve = shown.curve;
+    let curve = shown.curve.clone();
     let trainer = session.trainer();
     trainer
         .adapter()
@@ -275,6 +292,9 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         .with_context(|| format!("saving the adapter in {}", args.out.display()))?;
     write_json(&args.out.join("training_config.json"), &cfg)?;
     curve.write_svg(&args.out.join("loss_curve.svg"))?;
+    if let Some(rec) = &shown.index {
+        write_index(args, model, trainer, rec, &train_rows, &train, seconds)?;
+    }
     let report = FinetuneReport {
         steps: cfg.total_steps,
         train_examples: train.len(),
@@ -307,6 +327,59 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
     Ok(report)
 }
 
+/// Builds the attribution index from the recorded snapshots and writes it beside the
+/// adapter: `attribution.index` and `attribution.json` (size per example, cost).
+fn write_index(
+    args: &FinetuneArgs,
+    model: &tributary_model::decoder::CausalLm,
+    trainer: &Trainer,
+    rec: &IndexRecorder,
+    rows: &[(String, String)],
+    train: &[TrainExample],
+    train_seconds: f64,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let pairs: Vec<(String, TrainExample)> = rows
+        .iter()
+        .map(|(id, _)| id.clone())
+        .zip(train.iter().cloned())
+        .collect();
+    let provenance = serde_json::json!({
+        "data": args.data,
+        "contributors": rows.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(),
+        "loss": "mean over completion tokens",
+    });
+    let (index, cost) = rec.build(model, trainer, &pairs, DEFAULT_PROJECTION, provenance)?;
+    let bytes = index
+        .to_bytes()
+        .map_err(|e| anyhow::anyhow!("attribution index: {e}"))?;
+    let path = args.out.join("attribution.index");
+    std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    let seconds = t0.elapsed().as_secs_f64();
+    write_json(
+        &args.out.join("attribution.json"),
+        &serde_json::json!({
+            "examples": index.len(),
+            "checkpoints": index.header.checkpoints,
+            "bytes_per_example": index.bytes_per_example(),
+            "index_bytes": bytes.len(),
+            "build_seconds": seconds,
+            "gradient_seconds": cost.gradient_seconds,
+            "training_seconds": train_seconds,
+            "cost_ratio": seconds / train_seconds.max(1e-9),
+        }),
+    )?;
+    eprintln!(
+        "attribution index: {} examples x {} checkpoints, {} bytes per example, {seconds:.2} s ({:.2}x the training time) in {}",
+        index.len(),
+        index.checkpoints(),
+        index.bytes_per_example(),
+        seconds / train_seconds.max(1e-9),
+        path.display()
+    );
+    Ok(())
+}
+
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
@@ -323,10 +396,15 @@ struct Shown {
     plain: bool,
     every: u64,
     curve: LossCurve,
+    /// Adapter snapshots for the attribution index (`--attribution-index`).
+    index: Option<IndexRecorder>,
 }
 
 impl Observer<Session> for Shown {
-    fn after_step(&mut self, _: &mut Session, ev: &StepEvent<'_>) -> Result<(), ModelError> {
+    fn after_step(&mut self, s: &mut Session, ev: &StepEvent<'_>) -> Result<(), ModelError> {
+        if let Some(rec) = self.index.as_mut() {
+            rec.after_step(s, ev)?;
+        }
         let p = &ev.progress;
         let out = ev.output;
         self.curve.train.push((p.step as f64, f64::from(out.loss)));

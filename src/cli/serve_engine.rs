@@ -40,6 +40,78 @@ pub struct ServeArgs {
     /// Inference requests in flight at once (429 with Retry-After beyond).
     #[arg(long, env = "TRIBUTARY_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
+    /// Attribute every answer of an adapter and pay its fee into the reward log
+    /// (`<data-dir>/ledger`), after the answer has been sent.
+    #[arg(long, env = "TRIBUTARY_ATTRIBUTION", default_value = "on", value_parser = ["on", "off"])]
+    pub attribution: String,
+    /// Price of one generated token, in the reward log's smallest unit (all adapters).
+    #[arg(long, env = "TRIBUTARY_PRICE_PER_TOKEN", default_value_t = 1000)]
+    pub price_per_token: u64,
+    /// The price for one adapter: `DIGEST=PRICE` (repeatable).
+    #[arg(long = "adapter-price", value_name = "DIGEST=PRICE")]
+    pub adapter_price: Vec<String>,
+    /// The adapter builder's part of each fee (0 to 1); the contributors get the rest.
+    #[arg(long, env = "TRIBUTARY_BUILDER_SHARE", default_value_t = 0.2)]
+    pub builder_share: f64,
+    /// Finished answers queued in memory for attribution; beyond, they go to the durable
+    /// backlog in the store.
+    #[arg(long, env = "TRIBUTARY_ATTRIBUTION_QUEUE", default_value_t = 1024)]
+    pub attribution_queue: usize,
+    /// The reward actor's aggregation window, in milliseconds.
+    #[arg(long, env = "TRIBUTARY_REWARD_WINDOW_MS", default_value_t = 500)]
+    pub reward_window_ms: u64,
+    /// Before each answer's attribution, wait up to this many milliseconds for the answers
+    /// being generated to finish (attribution yields the CPU to serving; 0: never wait).
+    #[arg(long, env = "TRIBUTARY_ATTRIBUTION_DEFER_MS", default_value_t = 2000)]
+    pub attribution_defer_ms: u64,
+}
+
+/// Starts online attribution for `tributary dev` (see `tributary_worker::attribution`):
+/// the attribution thread over its own copy of `base`, and the reward actor writing the
+/// reward log in `ledger_dir`.
+pub async fn start_attribution(
+    args: &ServeArgs,
+    base: &Path,
+    store: Store,
+    ledger_dir: &Path,
+) -> anyhow::Result<tributary_worker::attribution::AttributionSink> {
+    use tributary_worker::attribution::{AttributionConfig, Params, Pricing};
+    if !(0.0..=1.0).contains(&args.builder_share) {
+        anyhow::bail!(
+            "--builder-share {} is out of range: must be 0..=1",
+            args.builder_share
+        );
+    }
+    let mut per_adapter = std::collections::HashMap::new();
+    for p in &args.adapter_price {
+        let (d, v) = p
+            .split_once('=')
+            .with_context(|| format!("--adapter-price {p:?}: expected DIGEST=PRICE"))?;
+        let v: u64 = v
+            .parse()
+            .with_context(|| format!("--adapter-price {p:?}: the price is not an integer"))?;
+        per_adapter.insert(d.to_string(), v);
+    }
+    std::fs::create_dir_all(ledger_dir)
+        .with_context(|| format!("creating the reward log in {}", ledger_dir.display()))?;
+    let replicas = tributary_ledger::rewards::Replicas::open(&[ledger_dir.display().to_string()])?;
+    let cfg = AttributionConfig {
+        base_model: base.to_path_buf(),
+        params: Params::default(),
+        pricing: Pricing {
+            price_per_token: args.price_per_token,
+            per_adapter,
+            builder_ppm: (args.builder_share * 1e6).round() as u32,
+        },
+        queue: args.attribution_queue.max(1),
+        window: std::time::Duration::from_millis(args.reward_window_ms.max(10)),
+        max_batch: 256,
+        defer: std::time::Duration::from_millis(args.attribution_defer_ms),
+    };
+    let (sink, _actor) = tributary_worker::attribution::start(cfg, store, replicas)
+        .await
+        .context("starting attribution")?;
+    Ok(sink)
 }
 
 /// The engine with what the gateway contract asks beyond `submit`.
@@ -47,6 +119,7 @@ pub struct DevEngine {
     engine: Engine,
     model: ModelConfig,
     max_rank: u32,
+    attribution: Option<tributary_worker::attribution::AttributionSink>,
 }
 
 impl DevEngine {
@@ -87,7 +160,17 @@ impl DevEngine {
             engine,
             model,
             max_rank: args.max_lora_rank,
+            attribution: None,
         })
+    }
+
+    /// Attributes every adapter answer through `sink` once it has been sent.
+    pub fn with_attribution(
+        mut self,
+        sink: tributary_worker::attribution::AttributionSink,
+    ) -> Self {
+        self.attribution = Some(sink);
+        self
     }
 }
 
@@ -147,7 +230,16 @@ impl InferenceService for DevEngine {
         &self,
         request: InferenceRequest,
     ) -> BoxFuture<'_, Result<EventStream, InferenceError>> {
-        self.engine.submit(request)
+        let Some(sink) = self.attribution.clone() else {
+            return self.engine.submit(request);
+        };
+        let tapped = request.clone();
+        let submitted = self.engine.submit(request);
+        Box::pin(async move {
+            submitted
+                .await
+                .map(|events| tributary_worker::attribution::tap::tap(&tapped, events, &sink))
+        })
     }
 
     fn info(&self) -> EngineInfo {

@@ -4,6 +4,8 @@
 //! mode through QUIC via [`WorkerService`] — both end in the same actor.
 
 pub mod actor;
+pub mod attribution;
+pub mod attribution_index;
 pub mod core;
 pub mod engine;
 pub mod executor;

@@ -37,6 +37,8 @@ pub struct TrainerExecutor {
     /// Examples per optimizer step (the global batch).
     batch_size: u64,
     sources: Sources,
+    /// Adapter snapshots for the attribution index (see [`crate::attribution_index`]).
+    index: crate::attribution_index::Recording,
 }
 
 /// BLAKE3 over a directory's plain files (sorted names; each name, size and contents), so
@@ -92,6 +94,8 @@ impl TrainerExecutor {
         };
         let data = load_jsonl(&data_file.path, &tokenizer, &options)
             .map_err(|e| setup(format!("data {:?}: {e}", spec.data)))?;
+        let rows = crate::attribution_index::row_ids(&data_file.path, &data.examples)
+            .map_err(|e| setup(format!("data {:?}: {e}", spec.data)))?;
         let data_digest = data_file.digest;
         // The canonical digest of the loaded base (tensors and config, not file bytes): a
         // GGUF file and the directory imported from it name the same base.
@@ -132,6 +136,14 @@ impl TrainerExecutor {
             seed: spec.train.seed,
             ..TrainConfig::default()
         };
+        let index = crate::attribution_index::Recording::new(
+            spec,
+            rows,
+            cfg.total_steps,
+            examples.len() as u64,
+            base_digest,
+            data_digest,
+        );
         let trainer = Trainer::new(&model, lora, cfg).map_err(setup)?;
         let session = Session::new(trainer, examples, Vec::new()).map_err(setup)?;
         Ok(Self {
@@ -143,6 +155,7 @@ impl TrainerExecutor {
                 base_model: base_digest,
                 data: data_digest,
             },
+            index,
         })
     }
 
@@ -167,6 +180,7 @@ impl TrainerExecutor {
 
 impl ShardExecutor for TrainerExecutor {
     fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError> {
+        let t0 = std::time::Instant::now();
         let r = MicroRange {
             index: mb.index,
             start: mb.start,
@@ -176,6 +190,7 @@ impl ShardExecutor for TrainerExecutor {
             .session
             .micro_gradients(step, self.batch_size, &r)
             .map_err(|e| ExecError::Compute(e.to_string()))?;
+        self.index.add_training_time(t0.elapsed());
         Ok(MicroGrad {
             loss_sum: c.loss_sum,
             tokens: c.tokens,
@@ -183,11 +198,15 @@ impl ShardExecutor for TrainerExecutor {
         })
     }
 
-    fn apply(&mut self, _step: u64, summed: &[f32], tokens: u64) -> Result<(), ExecError> {
-        self.session
+    fn apply(&mut self, step: u64, summed: &[f32], tokens: u64) -> Result<(), ExecError> {
+        let t0 = std::time::Instant::now();
+        let stats = self
+            .session
             .apply_summed(summed, 0.0, tokens)
-            .map(|_| ())
-            .map_err(|e| ExecError::Update(e.to_string()))
+            .map_err(|e| ExecError::Update(e.to_string()))?;
+        self.index
+            .after_update(step, stats.lr, self.session.trainer(), t0.elapsed());
+        Ok(())
     }
 
     fn checkpoint(&self) -> Result<Vec<u8>, ExecError> {
@@ -227,7 +246,15 @@ impl ShardExecutor for TrainerExecutor {
             .adapter()
             .save(tmp.path())
             .map_err(|e| err(&e))?;
-        crate::executor::read_dir_files(tmp.path()).map_err(|e| err(&e))
+        let mut files = crate::executor::read_dir_files(tmp.path()).map_err(|e| err(&e))?;
+        // The attribution index, built once here where training happened; the coordinator
+        // stores it beside the adapter (it is not one of the adapter's files).
+        files.extend(
+            self.index
+                .build(&self.model, self.session.trainer(), self.session.examples())
+                .map_err(|e| err(&e))?,
+        );
+        Ok(files)
     }
 }
 

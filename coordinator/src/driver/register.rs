@@ -42,6 +42,11 @@ impl JobRun {
                 }
             }
         };
+        // The attribution index the exporting worker built is stored beside the adapter,
+        // not among its files (it does not change the adapter's digest).
+        let (index_files, files): (Vec<_>, Vec<_>) = files
+            .into_iter()
+            .partition(|f| f.name.starts_with("attribution."));
         let spec = serde_json::to_value(&self.spec).unwrap_or_default();
         let prov = Provenance {
             base_model_digest: loaded.base_model.to_hex(),
@@ -72,6 +77,30 @@ impl JobRun {
             entry.location
         ))
         .await;
+        if !index_files.is_empty() {
+            let digest = entry.adapter_digest.clone();
+            match self
+                .with_retry(|| self.artifacts.put_attribution_index(&digest, &index_files))
+                .await
+            {
+                Ok(()) => {
+                    let summary = index_files
+                        .iter()
+                        .find(|f| f.name == "attribution.json")
+                        .and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.bytes).ok())
+                        .unwrap_or_default();
+                    self.log(format!(
+                        "attribution index stored: {} examples, {} bytes per example, built in {:.2} s ({:.2}x the training time)",
+                        summary.get("examples").cloned().unwrap_or_default(),
+                        summary.get("bytes_per_example").cloned().unwrap_or_default(),
+                        summary.get("build_seconds").and_then(|v| v.as_f64()).unwrap_or(0.0),
+                        summary.get("cost_ratio").and_then(|v| v.as_f64()).unwrap_or(0.0),
+                    ))
+                    .await
+                }
+                Err(o) => return o,
+            }
+        }
         // The spec's name points at the adapter before the job reports success, so the
         // adapter is servable by name the moment the job is seen to succeed.
         if let Some(name) = &self.spec.name {
