@@ -22,6 +22,7 @@ pub mod driver;
 pub mod error;
 pub mod etcd;
 pub mod jobs_state;
+pub mod loss_history;
 pub mod membership;
 pub mod metrics;
 pub mod placement;

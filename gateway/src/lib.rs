@@ -9,6 +9,11 @@
 //! - [`jobs`]: the job API (`/v1/jobs…`) over [`tributary_coordinator::JobApi`].
 //! - [`datanets`] (and [`datanets_govern`]): the datanet API (`/v1/datanets…`: create,
 //!   upload with the row-level report, preview, diff, export, takedowns, review, reputation).
+//! - [`datanet_uploads`]: stored upload reports and their rejected rows.
+//! - [`job_metrics`]: `/v1/jobs/{id}/metrics`, a job's train and eval loss series.
+//! - [`adapter_files`]: PEFT download of an adapter's files.
+//! - [`rewards_api`]: `/v1/rewards`, the reward log verified, balances, recent records.
+//! - [`dashboard`]: the web pages at `/` (server-rendered, a view of the API above).
 //! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
 //! - [`auth`]: API keys (`Authorization: Bearer`) and scopes per route.
 //! - [`routing`]: the cluster routing choice (rendezvous hashing with bounded load), pure.
@@ -18,19 +23,24 @@
 //! - [`error`]: every API error mapped to an HTTP status and a JSON body in one place.
 //! - [`limits`]: body limit, request timeout and in-flight bound, applied by [`serve`].
 
+pub mod adapter_files;
 pub mod adapters;
 pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod dashboard;
+pub mod datanet_uploads;
 pub mod datanets;
 pub mod datanets_govern;
 pub mod error;
+pub mod job_metrics;
 pub mod jobs;
 pub mod keys_api;
 pub mod limits;
 pub mod openai;
 pub mod openapi;
+pub mod rewards_api;
 pub mod ops;
 pub mod routing;
 

@@ -125,7 +125,8 @@ impl TrainerExecutor {
         let cfg = TrainConfig {
             lr: spec.train.lr,
             warmup_steps: spec.train.warmup,
-            total_steps: spec.total_steps(examples.len() as u64),
+            // The schedule spans the steps over the train split (the eval tail is held out).
+            total_steps: spec.total_steps(spec.eval_split(examples.len() as u64).0),
             grad_accum_steps: spec.micro_batches() as usize,
             max_grad_norm: spec.train.max_grad_norm.map(f64::from),
             batch_size: spec.micro_batch_size() as usize,
