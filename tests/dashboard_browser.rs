@@ -84,7 +84,10 @@ fn the_dashboard_works_in_chromium_against_dev() {
 
     // The same facts through the JSON twins.
     let uploads = get(&dev, "/v1/datanets/clinic/uploads");
-    let id = uploads["data"][0]["upload_id"].as_str().unwrap().to_string();
+    let id = uploads["data"][0]["upload_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let rejected = get(&dev, &format!("/v1/datanets/clinic/uploads/{id}/rejected"));
     let lines: Vec<u64> = rejected["data"]
         .as_array()

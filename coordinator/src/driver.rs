@@ -296,7 +296,7 @@ impl JobRun {
         // carries them out over the network.
         let mut driver = Driver::new(plan, start_step);
         let mut history = self
-            .start_history(start_step, train_examples, eval_examples, total_steps)
+            .start_history(start_step, eval_examples, total_steps)
             .await;
         if let Err(o) = self.maybe_eval(&mut live, &mut history, start_step).await {
             return o;

@@ -75,7 +75,10 @@ pub async fn load(store: &Store, job: &JobId) -> Result<Option<LossHistory>, Coo
 pub async fn save(store: &Store, job: &JobId, h: &LossHistory) -> Result<(), CoordError> {
     let bytes = serde_json::to_vec(h).map_err(|e| CoordError::Store(e.to_string()))?;
     store
-        .put(&object_store::path::Path::from(key(job)), Bytes::from(bytes))
+        .put(
+            &object_store::path::Path::from(key(job)),
+            Bytes::from(bytes),
+        )
         .await
         .map_err(|e| CoordError::Store(e.to_string()))
 }
@@ -95,7 +98,10 @@ mod tests {
             ..LossHistory::default()
         };
         for s in 1..=6 {
-            h.train.push(LossPoint { step: s, loss: 1.0 / s as f32 });
+            h.train.push(LossPoint {
+                step: s,
+                loss: 1.0 / s as f32,
+            });
         }
         h.eval.push(LossPoint { step: 0, loss: 2.0 });
         h.eval.push(LossPoint { step: 5, loss: 0.5 });

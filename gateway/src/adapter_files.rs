@@ -2,11 +2,11 @@
 //! directory (`adapter_config.json` or `adapter_model.safetensors`), so a browser or `curl`
 //! downloads the adapter as PEFT. Merged into [`crate::adapters::adapter_router`].
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 use crate::adapters::{AdaptersState, PEFT_FILES};
 use crate::catalog::store_error;
@@ -24,7 +24,10 @@ async fn file(
     if !PEFT_FILES.contains(&name.as_str()) {
         return Err(ApiError::invalid(
             "file",
-            format!("file = {name:?}: an adapter has {}", PEFT_FILES.join(" and ")),
+            format!(
+                "file = {name:?}: an adapter has {}",
+                PEFT_FILES.join(" and ")
+            ),
         ));
     }
     let entry = st

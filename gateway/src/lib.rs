@@ -40,8 +40,8 @@ pub mod keys_api;
 pub mod limits;
 pub mod openai;
 pub mod openapi;
-pub mod rewards_api;
 pub mod ops;
+pub mod rewards_api;
 pub mod routing;
 
 pub use app::{Parts, ServeConfig, app};

@@ -95,7 +95,7 @@ pub fn document() -> Value {
     let name_param = json!([path_param("name")]);
     let version_params = json!([path_param("name"), path_param("v")]);
     let item_params = json!([path_param("name"), path_param("item")]);
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "Tributary gateway", "version": env!("CARGO_PKG_VERSION"),
                  "description": "OpenAI-compatible inference over one base model and many LoRA adapters; adapters, jobs and datanets; operations."},
@@ -195,7 +195,28 @@ pub fn document() -> Value {
             "/metrics": {"get": op("Prometheus metrics", None, None, "200", &[])},
             "/openapi.json": {"get": op("this document", None, None, "200", &[])},
         }
-    })
+    });
+    let paths = &mut doc["paths"];
+    paths["/v1/datanets/{name}/uploads"]["get"] = op(
+        "the uploads the caller may read, newest first (id, uploader, counts)",
+        contribute,
+        None,
+        "200",
+        &["400", "401", "403", "404"],
+    );
+    let upload_params = json!([path_param("name"), path_param("id")]);
+    paths["/v1/datanets/{name}/uploads/{id}"] = json!({"parameters": upload_params,
+        "get": op("one upload's stored report", contribute, None, "200", &["401", "403", "404"])});
+    paths["/v1/datanets/{name}/uploads/{id}/rejected"] = json!({"parameters": upload_params,
+        "get": op("one upload's rejected rows (line, field, reason)", contribute, None, "200", &["401", "403", "404"])});
+    paths["/v1/jobs/{id}/metrics"] = json!({"parameters": id_param,
+        "get": op("a job's train and eval loss series (from object storage)", build, None, "200", &["400", "401", "403", "404", "503"])});
+    paths["/v1/adapters/{id}/files/{file}"] = json!({"parameters": [path_param("id"), path_param("file")],
+        "get": op("one PEFT file of an adapter (adapter_config.json or adapter_model.safetensors)", build, None, "200", &["400", "401", "403", "404"])});
+    paths["/v1/rewards"] = json!({"get": op(
+        "the reward log in the gateway's store, verified: per-replica result, balances, fees per adapter, recent records (?recent up to 500)",
+        contribute, None, "200", &["400", "401", "403", "503"])});
+    doc
 }
 
 /// `GET /openapi.json`.

@@ -243,7 +243,9 @@ impl JobSpec {
         let Some(f) = self.train.eval_fraction else {
             return (n, 0);
         };
-        let eval = ((n as f64 * f).round() as u64).max(1).min(n.saturating_sub(1));
+        let eval = ((n as f64 * f).round() as u64)
+            .max(1)
+            .min(n.saturating_sub(1));
         (n - eval, eval)
     }
 
@@ -392,7 +394,10 @@ checkpoint_every = 25
         let spec = JobSpec::from_toml_str(&ok).unwrap();
         assert_eq!(spec.eval_split(40), (30, 10));
         assert_eq!(spec.eval_split(2), (1, 1));
-        assert_eq!(JobSpec::from_toml_str(TOML).unwrap().eval_split(40), (40, 0));
+        assert_eq!(
+            JobSpec::from_toml_str(TOML).unwrap().eval_split(40),
+            (40, 0)
+        );
     }
 
     #[test]

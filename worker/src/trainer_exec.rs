@@ -134,7 +134,10 @@ impl TrainerExecutor {
             ..TrainConfig::default()
         };
         let trainer = Trainer::new(&model, lora, cfg).map_err(setup)?;
-        let session = Session::new(trainer, examples, Vec::new()).map_err(setup)?;
+        // The last `train.eval_fraction` of the examples are held out for the eval loss.
+        let mut examples = examples;
+        let held_out = examples.split_off(spec.eval_split(examples_len).0 as usize);
+        let session = Session::new(trainer, examples, held_out).map_err(setup)?;
         Ok(Self {
             model,
             session,
@@ -229,6 +232,19 @@ impl ShardExecutor for TrainerExecutor {
             .save(tmp.path())
             .map_err(|e| err(&e))?;
         crate::executor::read_dir_files(tmp.path()).map_err(|e| err(&e))
+    }
+
+    fn eval_loss(&mut self) -> Result<Option<(f32, u64)>, ExecError> {
+        let eval = self.session.eval_examples();
+        if eval.is_empty() {
+            return Ok(None);
+        }
+        let loss = self
+            .session
+            .trainer()
+            .eval_loss(eval)
+            .map_err(|e| ExecError::Compute(e.to_string()))?;
+        Ok(Some((loss, eval.len() as u64)))
     }
 }
 

@@ -71,7 +71,9 @@ fn names(a: &Value) -> String {
     a["names"]
         .as_array()
         .filter(|n| !n.is_empty())
-        .map_or("—".into(), |n| n.iter().map(text).collect::<Vec<_>>().join(", "))
+        .map_or("—".into(), |n| {
+            n.iter().map(text).collect::<Vec<_>>().join(", ")
+        })
 }
 
 async fn list(State(st): State<Dash>, h: HeaderMap) -> Response {
@@ -205,7 +207,11 @@ async fn models(st: &Dash, sess: &super::session::Session) -> Vec<(String, Strin
             d.iter()
                 .map(|m| {
                     let id = text(&m["id"]);
-                    let kind = if m["base"].is_null() { "base" } else { "adapter" };
+                    let kind = if m["base"].is_null() {
+                        "base"
+                    } else {
+                        "adapter"
+                    };
                     (id.clone(), format!("{id} ({kind})"))
                 })
                 .collect()
@@ -213,7 +219,12 @@ async fn models(st: &Dash, sess: &super::session::Session) -> Vec<(String, Strin
         .unwrap_or_default()
 }
 
-fn pane(side: &str, models: &[(String, String)], chosen: Option<&str>, answer: Option<(&str, &str)>) -> Markup {
+fn pane(
+    side: &str,
+    models: &[(String, String)],
+    chosen: Option<&str>,
+    answer: Option<(&str, &str)>,
+) -> Markup {
     html! {
         section.pane aria-labelledby={"pane-" (side)} data-side=(side) {
             h2 id={"pane-" (side)} { "Model " (side.to_uppercase()) }
@@ -242,7 +253,10 @@ fn render_playground(
     f: &BTreeMap<String, String>,
     answers: [Option<(String, String)>; 2],
 ) -> Response {
-    let a = f.get("model_a").map(String::as_str).or(models.first().map(|m| m.0.as_str()));
+    let a = f
+        .get("model_a")
+        .map(String::as_str)
+        .or(models.first().map(|m| m.0.as_str()));
     let b = f.get("model_b").map(String::as_str);
     let body = html! {
         @if models.is_empty() { p.error { "No model is served here (start " code { "tributary dev --base-model DIR" } ")." } }
@@ -283,7 +297,10 @@ async fn playground_post(
         return r;
     }
     let prompt = f.get("prompt").cloned().unwrap_or_default();
-    let max: u64 = f.get("max_tokens").and_then(|m| m.parse().ok()).unwrap_or(32);
+    let max: u64 = f
+        .get("max_tokens")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(32);
     let mut answers = [None, None];
     for (slot, side) in answers.iter_mut().zip(["model_a", "model_b"]) {
         let Some(model) = f.get(side).filter(|m| !m.is_empty()) else {
@@ -291,10 +308,17 @@ async fn playground_post(
         };
         let a = st
             .api
-            .post_json(&sess, "/v1/chat/completions", &chat_body(model, &prompt, max, false))
+            .post_json(
+                &sess,
+                "/v1/chat/completions",
+                &chat_body(model, &prompt, max, false),
+            )
             .await;
         *slot = Some(if a.ok() {
-            (text(&a.body["choices"][0]["message"]["content"]), text(&a.body["id"]))
+            (
+                text(&a.body["choices"][0]["message"]["content"]),
+                text(&a.body["id"]),
+            )
         } else {
             (format!("error: {}", a.message()), String::new())
         });
@@ -315,13 +339,19 @@ async fn stream(State(st): State<Dash>, h: HeaderMap, body: Bytes) -> Response {
         return r;
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return page_error(StatusCode::BAD_REQUEST, "body: expected {model, prompt, max_tokens}");
+        return page_error(
+            StatusCode::BAD_REQUEST,
+            "body: expected {model, prompt, max_tokens}",
+        );
     };
     let prompt = text(&req["prompt"]);
     if prompt.len() > MAX_PROMPT {
         return page_error(
             StatusCode::BAD_REQUEST,
-            &format!("prompt is {} bytes; the limit is {MAX_PROMPT}", prompt.len()),
+            &format!(
+                "prompt is {} bytes; the limit is {MAX_PROMPT}",
+                prompt.len()
+            ),
         );
     }
     let max = req["max_tokens"].as_u64().unwrap_or(32);
@@ -336,8 +366,10 @@ async fn stream(State(st): State<Dash>, h: HeaderMap, body: Bytes) -> Response {
             Bytes::from(chat.to_string()),
         )
         .await;
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     r
 }
 

@@ -147,7 +147,10 @@ async fn show(State(st): State<Dash>, h: HeaderMap, Path(name): Path<String>) ->
         .api
         .get(&sess, &format!("/v1/datanets/{n}/reputation"))
         .await;
-    let uploads = st.api.get(&sess, &format!("/v1/datanets/{n}/uploads")).await;
+    let uploads = st
+        .api
+        .get(&sess, &format!("/v1/datanets/{n}/uploads"))
+        .await;
     let vlabel = |v: &Value| format!("v{} · {}", text(&v["number"]), short(&v["version"]));
     let body = html! {
         p { (text(&d["description"])) }
@@ -185,7 +188,7 @@ async fn show(State(st): State<Dash>, h: HeaderMap, Path(name): Path<String>) ->
         }
         section aria-labelledby="c-h" {
             h2 id="c-h" { "Contributors" }
-            @if board.ok() { (counts_table(board.body["data"].as_array().map_or(&[][..], |v| v))) }
+            @if board.ok() { (counts_table(board.body["data"].as_array().map_or(&[][..], Vec::as_slice))) }
             @else { p.error { (board.message()) } }
             p.note { "Rewards earned per contributor are on the " a href="/rewards" { "Rewards" } " page." }
         }

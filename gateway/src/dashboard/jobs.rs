@@ -47,7 +47,11 @@ const FIELDS: [(&str, &str, &str); 15] = [
     ("rank", "LoRA rank", "8"),
     ("alpha", "LoRA alpha", "16"),
     ("dropout", "LoRA dropout", "0"),
-    ("target_modules", "Target modules (comma-separated)", "q_proj,v_proj"),
+    (
+        "target_modules",
+        "Target modules (comma-separated)",
+        "q_proj,v_proj",
+    ),
     ("steps", "Steps", "20"),
     ("batch_size", "Batch size", "4"),
     ("grad_accum", "Micro-batches per batch (optional)", ""),
@@ -260,7 +264,11 @@ fn live_part(id: &str, rec: &Value, m: &Value) -> Markup {
     }
 }
 
-async fn fetch(st: &Dash, sess: &super::session::Session, id: &str) -> Result<(Value, Value), Response> {
+async fn fetch(
+    st: &Dash,
+    sess: &super::session::Session,
+    id: &str,
+) -> Result<(Value, Value), Response> {
     let i = enc(id);
     let a = st.api.get(sess, &format!("/v1/jobs/{i}")).await;
     if !a.ok() {

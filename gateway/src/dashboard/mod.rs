@@ -438,3 +438,6 @@ pub type Pairs = Query<Vec<(String, String)>>;
 pub fn raw(s: String) -> PreEscaped<String> {
     PreEscaped(s)
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,7 +17,8 @@ use serde_json::Value;
 use super::{Dash, api_error, page, session_or_login, short, text};
 
 pub(super) fn routes(r: Router<Dash>) -> Router<Dash> {
-    r.route("/rewards", get(rewards)).route("/cluster", get(cluster))
+    r.route("/rewards", get(rewards))
+        .route("/cluster", get(cluster))
 }
 
 macro_rules! session {

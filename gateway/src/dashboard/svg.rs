@@ -77,14 +77,14 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     let mut out = String::new();
     let _ = write!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="{t}" class="chart"><title>{t}</title><rect width="{W}" height="{H}" fill="#fff"/><text x="{cx}" y="22" text-anchor="middle" font-size="15" font-family="sans-serif">{t}</text>"#,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="{t}" class="chart"><title>{t}</title><rect width="{W}" height="{H}" fill="#fff"/><text x="{cx}" y="22" text-anchor="middle" font-size="15" font-family="sans-serif">{t}</text>"##,
         t = escape(title),
         cx = W / 2.0
     );
     if x0 > x1 {
         let _ = write!(
             out,
-            r#"<text x="{}" y="{}" text-anchor="middle" font-size="14" font-family="sans-serif" fill="#555">no points yet</text></svg>"#,
+            r##"<text x="{}" y="{}" text-anchor="middle" font-size="14" font-family="sans-serif" fill="#555">no points yet</text></svg>"##,
             W / 2.0,
             H / 2.0
         );
