@@ -218,7 +218,7 @@ fn points(v: &Value) -> Vec<(f64, f64)> {
 }
 
 /// The live part of a job page (progress, curves, workers, checkpoint, log).
-fn live_part(id: &str, rec: &Value, m: &Value) -> Markup {
+fn live_part(id: &str, rec: &Value, m: &Value, csrf: &str) -> Markup {
     let state = state_of(rec);
     let p = &rec["progress"];
     let mut series = vec![Series {
@@ -256,6 +256,12 @@ fn live_part(id: &str, rec: &Value, m: &Value) -> Markup {
                 figcaption { "Train loss (solid) per step; eval loss (dashed) on the held-out "
                     (text(&m["eval_examples"])) " examples. JSON: " a href={"/v1/jobs/" (enc(id)) "/metrics"} { "metrics" } }
             }
+            @if !terminal {
+                form method="post" action={"/jobs/" (enc(id)) "/cancel"} {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button.danger type="submit" { "Cancel job" }
+                }
+            }
             details {
                 summary { "Log (" (logs.len()) " lines)" }
                 pre.log { @for l in logs.iter().rev().take(200).collect::<Vec<_>>().into_iter().rev() { (text(&l["msg"])) "\n" } }
@@ -290,12 +296,8 @@ async fn show(State(st): State<Dash>, h: HeaderMap, Path(id): Path<String>) -> R
         .is_some_and(|s| matches!(s, "succeeded" | "failed" | "cancelled"));
     let body = html! {
         p { a href="/jobs" { "← Jobs" } }
-        (live_part(&id, &rec, &m))
+        (live_part(&id, &rec, &m, &sess.csrf))
         @if !terminal {
-            form method="post" action={"/jobs/" (enc(&id)) "/cancel"} {
-                (csrf_input(&sess))
-                button.danger type="submit" { "Cancel job" }
-            }
             noscript { p { a href={"/jobs/" (enc(&id))} { "Refresh" } " to see progress (the page updates itself with JavaScript)." } }
         }
         @if let Some(spec) = spec {
@@ -322,7 +324,7 @@ async fn live(State(st): State<Dash>, h: HeaderMap, Path(id): Path<String>) -> R
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-store"),
             ],
-            live_part(&id, &rec, &m).0,
+            live_part(&id, &rec, &m, &sess.csrf).0,
         )
             .into_response(),
         Err(r) => r,
