@@ -118,7 +118,7 @@ with sync_playwright() as p:
     page.fill("#f-base_model", base_model)
     page.fill("#f-data", "datanet://clinic@latest")
     page.fill("#f-name", "clinic-bot")
-    page.fill("#f-steps", "120")
+    page.fill("#f-steps", "300")
     page.fill("#f-batch_size", "4")
     page.fill("#f-lr", "0.01")
     page.fill("#f-eval_fraction", "0.2")
@@ -145,7 +145,7 @@ with sync_playwright() as p:
     seen["job1"] = {"eval_points": int(page.get_attribute("#loss-chart", "data-eval-points")),
                     "train_points": int(page.get_attribute("#loss-chart", "data-train-points")),
                     "steps_seen_live": [before, after]}
-    check(seen["job1"]["train_points"] == 120, "120 train points")
+    check(seen["job1"]["train_points"] == 300, "300 train points")
     check(seen["job1"]["eval_points"] >= 3, "eval curve")
     shot(page, "job-done")
     job1 = job_url.rsplit("/", 1)[1]

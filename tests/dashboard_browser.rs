@@ -107,7 +107,7 @@ fn the_dashboard_works_in_chromium_against_dev() {
     let jobs = get(&dev, "/v1/jobs");
     let first = jobs[0]["id"].as_str().unwrap();
     let m = get(&dev, &format!("/v1/jobs/{first}/metrics"));
-    assert_eq!(m["train"].as_array().unwrap().len(), 120, "{m}");
+    assert_eq!(m["train"].as_array().unwrap().len(), 300, "{m}");
     let eval = m["eval"].as_array().unwrap();
     assert!(eval.len() >= 3 && eval[0]["step"] == 0, "{m}");
     assert!(m["eval_examples"].as_u64().unwrap() >= 1, "{m}");
