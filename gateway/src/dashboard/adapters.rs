@@ -40,7 +40,7 @@ macro_rules! session {
     ($st:expr, $h:expr) => {
         match session_or_login(&$st, &$h) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     };
 }
@@ -163,7 +163,7 @@ async fn delete(
 ) -> Response {
     let sess = session!(st, h);
     if let Err(r) = check_csrf(&sess, f.get("csrf").map_or("", |s| s.as_str())) {
-        return r;
+        return *r;
     }
     let a = st
         .api
@@ -294,7 +294,7 @@ async fn playground_post(
 ) -> Response {
     let sess = session!(st, h);
     if let Err(r) = check_csrf(&sess, f.get("csrf").map_or("", |s| s.as_str())) {
-        return r;
+        return *r;
     }
     let prompt = f.get("prompt").cloned().unwrap_or_default();
     let max: u64 = f
@@ -336,7 +336,7 @@ async fn stream(State(st): State<Dash>, h: HeaderMap, body: Bytes) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if let Err(r) = check_csrf(&sess, token) {
-        return r;
+        return *r;
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return page_error(

@@ -37,7 +37,7 @@ macro_rules! session {
     ($st:expr, $h:expr) => {
         match session_or_login(&$st, &$h) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     };
 }
@@ -93,7 +93,7 @@ struct CreateForm {
 async fn create(State(st): State<Dash>, h: HeaderMap, Form(f): Form<CreateForm>) -> Response {
     let sess = session!(st, h);
     if let Err(r) = check_csrf(&sess, &f.csrf) {
-        return r;
+        return *r;
     }
     let mut req = json!({"name": f.name.trim(), "description": f.description});
     if !f.license.trim().is_empty() {
@@ -258,7 +258,7 @@ async fn upload(
         }
     }
     if let Err(r) = check_csrf(&sess, &csrf) {
-        return r;
+        return *r;
     }
     let n = enc(&name);
     let a = st

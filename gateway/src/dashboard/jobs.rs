@@ -33,7 +33,7 @@ macro_rules! session {
     ($st:expr, $h:expr) => {
         match session_or_login(&$st, &$h) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     };
 }
@@ -181,7 +181,7 @@ async fn submit(
 ) -> Response {
     let sess = session!(st, h);
     if let Err(r) = check_csrf(&sess, f.get("csrf").map_or("", |s| s.as_str())) {
-        return r;
+        return *r;
     }
     let spec = spec_of(&f);
     if let (Ok(spec), Some("submit")) = (&spec, f.get("action").map(|s| s.as_str())) {
@@ -339,7 +339,7 @@ async fn cancel(
 ) -> Response {
     let sess = session!(st, h);
     if let Err(r) = check_csrf(&sess, f.get("csrf").map_or("", |s| s.as_str())) {
-        return r;
+        return *r;
     }
     let i = enc(&id);
     let a = st

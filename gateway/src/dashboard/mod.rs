@@ -156,21 +156,21 @@ pub fn dashboard_router(api: Router, auth: &Auth) -> Router {
 }
 
 /// The session a page request carries, or a redirect to the login page.
-pub fn session_or_login(st: &Dash, headers: &HeaderMap) -> Result<Session, Response> {
+pub fn session_or_login(st: &Dash, headers: &HeaderMap) -> Result<Session, Box<Response>> {
     st.sessions
         .of(headers)
-        .ok_or_else(|| Redirect::to("/login").into_response())
+        .ok_or_else(|| Box::new(Redirect::to("/login").into_response()))
 }
 
 /// Checks a form's CSRF token against the session's.
-pub fn check_csrf(sess: &Session, given: &str) -> Result<(), Response> {
+pub fn check_csrf(sess: &Session, given: &str) -> Result<(), Box<Response>> {
     if same(&sess.csrf, given) {
         Ok(())
     } else {
-        Err(page_error(
+        Err(Box::new(page_error(
             StatusCode::FORBIDDEN,
             "The form's CSRF token does not match this session: reload the page and submit again.",
-        ))
+        )))
     }
 }
 
@@ -418,10 +418,10 @@ struct CsrfForm {
 async fn logout(State(st): State<Dash>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     let sess = match session_or_login(&st, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = check_csrf(&sess, &f.csrf) {
-        return r;
+        return *r;
     }
     st.sessions.remove(&sess.id);
     let mut r = Redirect::to("/login").into_response();

@@ -25,7 +25,7 @@ macro_rules! session {
     ($st:expr, $h:expr) => {
         match session_or_login(&$st, &$h) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     };
 }
