@@ -80,4 +80,6 @@ if ! "$deploy_py" -c 'import helm_python, kubernetes_validate, yaml' >/dev/null 
 fi
 "$deploy_py" -c 'import helm_python, kubernetes_validate, yaml' || { echo "the deploy-check venv could not be made" >&2; exit 1; }
 printf '%s\n' "$deploy_py" > "$cache/deploy_python_path"
+# Debian's chromium and Playwright for Python, for the dashboard's browser tests.
+"$(dirname "$0")/setup-browser-deps.sh" >/dev/null
 echo "test dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), moto_server at $moto_bin"

@@ -43,6 +43,11 @@ impl Artifacts {
         Store::open(url).map(Self::new).map_err(store_err)
     }
 
+    /// The object store itself (job loss histories live there too).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The store's URL.
     pub fn url(&self) -> &str {
         self.store.label()

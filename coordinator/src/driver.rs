@@ -19,6 +19,7 @@ use tributary_protocol::{
 
 use crate::artifacts::{Artifacts, CheckpointRef};
 
+mod history;
 mod register;
 use crate::metrics;
 use crate::progress::Progress;
@@ -261,8 +262,9 @@ impl JobRun {
             (Some(s), _) => Steps::Fixed(s),
             (None, e) => Steps::Epochs(u64::from(e.unwrap_or(1))),
         };
+        let (train_examples, eval_examples) = self.spec.eval_split(loaded.examples);
         let mut plan = match RunPlan::new(
-            loaded.examples,
+            train_examples,
             self.spec.micro_batch_size(),
             self.spec.micro_batches(),
             steps,
@@ -294,6 +296,12 @@ impl JobRun {
         // The one training loop's decisions (tributary_model::train::driver); this loop only
         // carries them out over the network.
         let mut driver = Driver::new(plan, start_step);
+        let mut history = self
+            .start_history(start_step, eval_examples, total_steps)
+            .await;
+        if let Err(o) = self.maybe_eval(&mut live, &mut history, start_step).await {
+            return o;
+        }
         loop {
             let (step, micro) = match driver.next_action() {
                 Action::Finish => break,
@@ -358,6 +366,11 @@ impl JobRun {
                 ..StepOutput::default()
             };
             let p = Progress::from(driver.step_done(&out, secs));
+            self.record_train(&mut history, step + 1, reduced.loss)
+                .await;
+            if let Err(o) = self.maybe_eval(&mut live, &mut history, step + 1).await {
+                return o;
+            }
             self.emit(JobEvent::Progress {
                 job: self.job.clone(),
                 progress: p,
@@ -366,6 +379,7 @@ impl JobRun {
             .await;
         }
         let last_loss = driver.summary().final_loss;
+        self.flush_history(&mut history, true).await;
         if let Err(o) = self.save_checkpoint(&mut live).await {
             return o;
         }

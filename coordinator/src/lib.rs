@@ -23,6 +23,7 @@ pub mod error;
 pub mod etcd;
 pub mod jobs_state;
 pub mod local_etcd;
+pub mod loss_history;
 pub mod membership;
 pub mod metrics;
 pub mod placement;

@@ -6,6 +6,7 @@
 //! | `GET /v1/adapters` | every live adapter for this base model, with residency |
 //! | `GET /v1/adapters/{id}` | one, by name or digest (a deleted one shows `deleted_unix_ms`) |
 //! | `DELETE /v1/adapters/{id}` | tombstone it and unload it after draining; 409 while pinned |
+//! | `GET /v1/adapters/{id}/files/{file}` | download one PEFT file ([`crate::adapter_files`]) |
 //! | `POST /v1/adapters/{id}/pin`, `DELETE …/pin` | keep it resident in the engine (never evicted, not deletable) / let it go |
 //!
 //! An adapter for another base model is refused at registration: the engine checks the
@@ -52,6 +53,7 @@ pub fn adapter_router(state: AdaptersState, auth: &Auth) -> Router {
         .route("/v1/adapters", post(register).get(list))
         .route("/v1/adapters/{id}", get(show).delete(delete))
         .route("/v1/adapters/{id}/pin", post(pin).delete(unpin));
+    let r = crate::adapter_files::routes(r);
     auth.guard(r, Scope::Build).with_state(state)
 }
 

@@ -1,6 +1,7 @@
 //! The whole gateway as one router: the OpenAI API and the adapter API (when an engine is
 //! given), the job API (when a coordinator is), the datanet API (over the store), `/healthz`, `/readyz`, `/metrics` and
-//! `/openapi.json`, behind one [`Auth`], with a JSON 404 for unknown paths. Processes
+//! `/openapi.json`, the reward log (`/v1/rewards`) and the web dashboard at `/`
+//! ([`crate::dashboard`]), behind one [`Auth`], with a JSON 404 for unknown paths. Processes
 //! (`tributary dev`, `tributary coordinator --http`) only choose the parts.
 
 use std::sync::Arc;
@@ -98,6 +99,13 @@ pub fn app(parts: Parts) -> Router {
             ));
     }
     if let Some(jobs) = parts.jobs {
+        r = r.merge(crate::job_metrics::job_metrics_router(
+            crate::job_metrics::MetricsState {
+                api: jobs.clone(),
+                store: parts.store.clone(),
+            },
+            &parts.auth,
+        ));
         r = r.merge(job_router(
             jobs,
             Some(AdapterNames::new(parts.store.clone())),
@@ -113,6 +121,10 @@ pub fn app(parts: Parts) -> Router {
             datanets: Datanets::new(parts.store.clone()),
             max_upload_bytes: parts.config.max_datanet_upload_bytes,
         },
+        &parts.auth,
+    ));
+    r = r.merge(crate::rewards_api::rewards_router(
+        parts.store.clone(),
         &parts.auth,
     ));
     if let Some(keys) = parts.auth.key_store() {
@@ -131,7 +143,10 @@ pub fn app(parts: Parts) -> Router {
             inner().await
         })
     });
-    r.merge(ops_router(ready)).fallback(no_route)
+    let api = r.merge(ops_router(ready));
+    // The dashboard's pages call the API above in-process (with the session's key).
+    let dash = crate::dashboard::dashboard_router(api.clone().fallback(no_route), &parts.auth);
+    api.merge(dash).fallback(no_route)
 }
 
 #[cfg(test)]

@@ -104,7 +104,8 @@ async fn every_documented_operation_is_routed_and_nothing_else_on_its_path() {
             .replace("{id}", "job-000000000009")
             .replace("{name}", "nodata")
             .replace("{v}", "latest")
-            .replace("{item}", "item-1");
+            .replace("{item}", "item-1")
+            .replace("{file}", "adapter_config.json");
         for m in &all {
             let documented = item.get(m.as_str().to_lowercase()).is_some();
             let (s, body) = send(&app, m.clone(), &concrete, Some(&admin), "{}").await;

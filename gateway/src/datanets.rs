@@ -11,7 +11,9 @@
 //! | `GET /v1/datanets/{name}/diff?from&to` | entries added and removed between two versions |
 //! | `POST /v1/datanets/{name}/uploads` | a JSONL body; the row-level report (accepted, duplicates, near-duplicates, rejected rows with line/field/reason, scanner findings without the matched text, rows sent to review) |
 //!
-//! Governance routes (takedowns, review, reputation) are in [`crate::datanets_govern`].
+//! Governance routes (takedowns, review, reputation) are in [`crate::datanets_govern`];
+//! every upload's report is stored and served again by [`crate::datanet_uploads`] (the
+//! upload answer carries its `upload_id`).
 //!
 //! Every route needs the `contribute` scope ([`crate::auth`]). The caller acts as
 //! [`Actor::Admin`] with the `admin` scope and as [`Actor::Contributor`] (the key's owner)
@@ -65,6 +67,7 @@ pub fn datanet_router(state: DatanetsState, auth: &Auth) -> Router {
         .route("/v1/datanets/{name}/diff", get(diff))
         .route("/v1/datanets/{name}/uploads", post(upload));
     let r = crate::datanets_govern::routes(r);
+    let r = crate::datanet_uploads::routes(r);
     auth.guard(r, Scope::Contribute).with_state(state)
 }
 
@@ -375,7 +378,13 @@ async fn upload(
         } else {
             StatusCode::ACCEPTED
         };
-        Ok((status, SafeJson(to_json(&report)?)))
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let id = crate::datanet_uploads::record(&st.datanets, &report, now_ms).await?;
+        let mut body = to_json(&report)?;
+        body["upload_id"] = json!(id);
+        Ok((status, SafeJson(body)))
     }
     .instrument(info_span!("http_datanet_upload"))
     .await

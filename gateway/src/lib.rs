@@ -11,6 +11,11 @@
 //!   upload with the row-level report, preview, diff, export, takedowns, review, reputation).
 //! - [`attributions`]: `/v1/attributions/{request_id}`, `/v1/contributors/{id}/rewards`,
 //!   `/v1/adapters/{id}/contributors` (online attribution's records and rewards).
+//! - [`datanet_uploads`]: stored upload reports and their rejected rows.
+//! - [`job_metrics`]: `/v1/jobs/{id}/metrics`, a job's train and eval loss series.
+//! - [`adapter_files`]: PEFT download of an adapter's files.
+//! - [`rewards_api`]: `/v1/rewards`, the reward log verified, balances, recent records.
+//! - [`dashboard`]: the web pages at `/` (server-rendered, a view of the API above).
 //! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
 //! - [`auth`]: API keys (`Authorization: Bearer`) and scopes per route.
 //! - [`routing`]: the cluster routing choice (rendezvous hashing with bounded load), pure.
@@ -23,6 +28,7 @@
 //! - [`error`]: every API error mapped to an HTTP status and a JSON body in one place.
 //! - [`limits`]: body limit, request timeout and in-flight bound, applied by [`serve`].
 
+pub mod adapter_files;
 pub mod adapters;
 pub mod admission;
 pub mod app;
@@ -31,9 +37,12 @@ pub mod auth;
 pub mod catalog;
 pub mod cluster;
 pub mod cluster_metrics;
+pub mod dashboard;
+pub mod datanet_uploads;
 pub mod datanets;
 pub mod datanets_govern;
 pub mod error;
+pub mod job_metrics;
 pub mod jobs;
 mod json;
 pub mod keys_api;
@@ -41,6 +50,7 @@ pub mod limits;
 pub mod openai;
 pub mod openapi;
 pub mod ops;
+pub mod rewards_api;
 pub mod routing;
 
 pub use app::{Parts, ServeConfig, app};

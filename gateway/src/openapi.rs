@@ -91,6 +91,8 @@ fn completion_schema() -> Value {
 }
 
 /// The document.
+// Indexing the constant document built just above: every indexed value is an object here.
+#[allow(clippy::indexing_slicing)]
 pub fn document() -> Value {
     let infer = Some("inference");
     let build = Some("build");
@@ -203,11 +205,32 @@ pub fn document() -> Value {
             "/openapi.json": {"get": op("this document", None, None, "200", &[])},
         }
     });
+    let paths = &mut doc["paths"];
+    paths["/v1/datanets/{name}/uploads"]["get"] = op(
+        "the uploads the caller may read, newest first (id, uploader, counts)",
+        contribute,
+        None,
+        "200",
+        &["400", "401", "403", "404"],
+    );
+    let upload_params = json!([path_param("name"), path_param("id")]);
+    paths["/v1/datanets/{name}/uploads/{id}"] = json!({"parameters": upload_params,
+        "get": op("one upload's stored report", contribute, None, "200", &["401", "403", "404"])});
+    paths["/v1/datanets/{name}/uploads/{id}/rejected"] = json!({"parameters": upload_params,
+        "get": op("one upload's rejected rows (line, field, reason)", contribute, None, "200", &["401", "403", "404"])});
+    paths["/v1/jobs/{id}/metrics"] = json!({"parameters": id_param,
+        "get": op("a job's train and eval loss series (from object storage)", build, None, "200", &["400", "401", "403", "404", "503"])});
+    paths["/v1/adapters/{id}/files/{file}"] = json!({"parameters": [path_param("id"), path_param("file")],
+        "get": op("one PEFT file of an adapter (adapter_config.json or adapter_model.safetensors)", build, None, "200", &["400", "401", "403", "404"])});
+    paths["/v1/rewards"] = json!({"get": op(
+        "the reward log in the gateway's store, verified: per-replica result, balances, fees per adapter, recent records (?recent up to 500)",
+        contribute, None, "200", &["400", "401", "403", "503"])});
     attribution_paths(&mut doc, &path_param);
     doc
 }
 
 /// The attribution read API (`crate::attributions`; shapes in docs/api.md).
+#[allow(clippy::indexing_slicing)] // `doc["paths"]` is the object built in `document`
 fn attribution_paths(doc: &mut Value, path_param: &dyn Fn(&str) -> Value) {
     let paths = &mut doc["paths"];
     paths["/v1/attributions/{request_id}"] = json!({"parameters": [path_param("request_id")],

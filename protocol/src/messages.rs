@@ -88,6 +88,9 @@ pub enum CommandBody {
     Ping,
     /// Return the trained adapter as files (PEFT layout for LoRA jobs).
     Export,
+    /// The mean loss on the job's held-out examples (`train.eval_fraction`) with the
+    /// current state: no gradients, no dropout, nothing applied.
+    EvalLoss,
 }
 
 /// One file of an exported adapter.
@@ -143,6 +146,9 @@ pub enum Reply {
     },
     /// Answer to [`CommandBody::Export`].
     Files { files: Vec<NamedFile> },
+    /// Answer to [`CommandBody::EvalLoss`]: the mean loss per token over `examples`
+    /// held-out examples (`None`: the job has no eval split).
+    EvalLoss { loss: Option<f32>, examples: u64 },
 }
 
 /// Encoding, validated decoding and semantic validation of one wire type.

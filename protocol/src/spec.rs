@@ -125,6 +125,10 @@ pub struct TrainSpec {
     /// Checkpoint every this many steps (default: never, except at the end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<u64>,
+    /// Share of the examples held out for the eval loss (the last ones, in dataset order);
+    /// `(0, 0.5]`. None: no eval split, only the train loss is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_fraction: Option<f64>,
 }
 
 fn default_batch() -> u32 {
@@ -233,9 +237,28 @@ impl JobSpec {
         }
     }
 
+    /// `(train, eval)` example counts of a dataset of `n` examples under `train.eval_fraction`
+    /// (the eval examples are the last `eval` ones; at least one is trained on).
+    pub fn eval_split(&self, n: u64) -> (u64, u64) {
+        let Some(f) = self.train.eval_fraction else {
+            return (n, 0);
+        };
+        let eval = ((n as f64 * f).round() as u64)
+            .max(1)
+            .min(n.saturating_sub(1));
+        (n - eval, eval)
+    }
+
     /// Checks every field against its limit; the error names the field.
     pub fn validate(&self) -> Result<()> {
         use limits::*;
+        if let Some(f) = self.train.eval_fraction
+            && !(f > 0.0 && f <= 0.5)
+        {
+            return Err(spec_err(format!(
+                "train.eval_fraction = {f} is out of range: must be in (0, 0.5]"
+            )));
+        }
         crate::spec_check::check_location("base_model", &self.base_model, false)
             .map_err(spec_err)?;
         crate::spec_check::check_location("data", &self.data, true).map_err(spec_err)?;
@@ -359,6 +382,23 @@ seed = 7
 max_grad_norm = 1.0
 checkpoint_every = 25
 "#;
+
+    #[test]
+    fn eval_fraction_is_validated_naming_the_field_and_splits_the_tail() {
+        let bad = TOML.replace("seed = 7", "seed = 7\neval_fraction = 0.9");
+        let e = JobSpec::from_toml_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("train.eval_fraction = 0.9"), "{e}");
+        let zero = TOML.replace("seed = 7", "seed = 7\neval_fraction = 0.0");
+        assert!(JobSpec::from_toml_str(&zero).is_err());
+        let ok = TOML.replace("seed = 7", "seed = 7\neval_fraction = 0.25");
+        let spec = JobSpec::from_toml_str(&ok).unwrap();
+        assert_eq!(spec.eval_split(40), (30, 10));
+        assert_eq!(spec.eval_split(2), (1, 1));
+        assert_eq!(
+            JobSpec::from_toml_str(TOML).unwrap().eval_split(40),
+            (40, 0)
+        );
+    }
 
     #[test]
     fn toml_and_json_give_the_same_spec() {

@@ -227,6 +227,17 @@ impl WorkerCore {
                 }),
                 Err(e) => failed(e.to_string()),
             },
+            CommandBody::EvalLoss => match slot.exec.eval_loss() {
+                Ok(Some((loss, examples))) => Payload::bare(Reply::EvalLoss {
+                    loss: Some(loss),
+                    examples,
+                }),
+                Ok(None) => Payload::bare(Reply::EvalLoss {
+                    loss: None,
+                    examples: 0,
+                }),
+                Err(e) => failed(e.to_string()),
+            },
             CommandBody::Export => match slot.exec.export() {
                 Ok(files) => Payload::bare(Reply::Files { files }),
                 Err(e) => failed(e.to_string()),
@@ -256,6 +267,7 @@ fn command_name(body: &CommandBody) -> &'static str {
         CommandBody::Stop => "stop",
         CommandBody::Ping => "ping",
         CommandBody::Export => "export",
+        CommandBody::EvalLoss => "eval_loss",
     }
 }
 

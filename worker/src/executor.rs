@@ -64,6 +64,11 @@ pub trait ShardExecutor: Send + 'static {
     /// The trained adapter as files (PEFT's `adapter_config.json` and
     /// `adapter_model.safetensors` for LoRA jobs).
     fn export(&self) -> Result<Vec<NamedFile>, ExecError>;
+    /// Mean loss per token on the held-out examples and their count; `None` when the job
+    /// holds none out (the default).
+    fn eval_loss(&mut self) -> Result<Option<(f32, u64)>, ExecError> {
+        Ok(None)
+    }
 }
 
 /// Every plain file of `dir` (not recursive), sorted by name.

@@ -129,7 +129,8 @@ impl TrainerExecutor {
         let cfg = TrainConfig {
             lr: spec.train.lr,
             warmup_steps: spec.train.warmup,
-            total_steps: spec.total_steps(examples.len() as u64),
+            // The schedule spans the steps over the train split (the eval tail is held out).
+            total_steps: spec.total_steps(spec.eval_split(examples.len() as u64).0),
             grad_accum_steps: spec.micro_batches() as usize,
             max_grad_norm: spec.train.max_grad_norm.map(f64::from),
             batch_size: spec.micro_batch_size() as usize,
@@ -145,7 +146,10 @@ impl TrainerExecutor {
             data_digest,
         );
         let trainer = Trainer::new(&model, lora, cfg).map_err(setup)?;
-        let session = Session::new(trainer, examples, Vec::new()).map_err(setup)?;
+        // The last `train.eval_fraction` of the examples are held out for the eval loss.
+        let mut examples = examples;
+        let held_out = examples.split_off(spec.eval_split(examples_len).0 as usize);
+        let session = Session::new(trainer, examples, held_out).map_err(setup)?;
         Ok(Self {
             model,
             session,
@@ -255,6 +259,19 @@ impl ShardExecutor for TrainerExecutor {
                 .map_err(|e| err(&e))?,
         );
         Ok(files)
+    }
+
+    fn eval_loss(&mut self) -> Result<Option<(f32, u64)>, ExecError> {
+        let eval = self.session.eval_examples();
+        if eval.is_empty() {
+            return Ok(None);
+        }
+        let loss = self
+            .session
+            .trainer()
+            .eval_loss(eval)
+            .map_err(|e| ExecError::Compute(e.to_string()))?;
+        Ok(Some((loss, eval.len() as u64)))
     }
 }
 

@@ -1,0 +1,128 @@
+//! The web dashboard end to end: a real `tributary dev` serving the tiny fixture model, and
+//! Debian's Chromium (headless) driven by Playwright for Python (tests/dashboard_browser.py,
+//! from the cached virtual environment scripts/setup-browser-deps.sh makes). The browser
+//! logs in, uploads a datanet with bad rows and a `<script>` row, submits jobs from the form,
+//! reloads mid-job, overlays runs, downloads an adapter and chats in the playground; this
+//! side then checks the same facts through the JSON API the pages are views of (the stored
+//! upload report's rejected rows, the job's train and eval loss series in object storage).
+//! Screenshots go to `target/dashboard-screenshots/` (and to docs/screenshots/ with
+//! `TRIBUTARY_UPDATE_SCREENSHOTS=1`).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    match std::env::var("TRIBUTARY_FIXTURES") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => repo().join("../shared/fixtures"),
+    }
+}
+
+/// The Python with Playwright installed (scripts/setup-browser-deps.sh).
+fn browser_python() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
+        .join("tributary");
+    let py = std::fs::read_to_string(cache.join("browser_python_path"))
+        .map(|s| PathBuf::from(s.trim()))
+        .unwrap_or_else(|_| cache.join("browser-venv/bin/python"));
+    assert!(
+        py.exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "{} or /usr/bin/chromium is missing: run scripts/setup-browser-deps.sh",
+        py.display()
+    );
+    py
+}
+
+fn get(dev: &Dev, path: &str) -> Value {
+    let (code, body) = dev.request("GET", path, "application/json", "");
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn the_dashboard_works_in_chromium_against_dev() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixtures().join("tiny-llama");
+    let dev = Dev::start_with(
+        tmp.path(),
+        1,
+        &[
+            "--base-model",
+            base.to_str().unwrap(),
+            "--allow-path",
+            base.to_str().unwrap(),
+        ],
+    );
+    let shots = repo().join("target/dashboard-screenshots");
+    let t0 = std::time::Instant::now();
+    let out = Command::new(browser_python())
+        .arg(repo().join("tests/dashboard_browser.py"))
+        .args([&dev.url(), &dev.key()])
+        .arg(&base)
+        .arg(repo().join("assets/demo/train.jsonl"))
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.contains("\"ok\": true"),
+        "{printed}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dev.logs()
+    );
+    eprintln!(
+        "browser run: {:.1} s: {printed}",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // The same facts through the JSON twins.
+    let uploads = get(&dev, "/v1/datanets/clinic/uploads");
+    let id = uploads["data"][0]["upload_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rejected = get(&dev, &format!("/v1/datanets/clinic/uploads/{id}/rejected"));
+    let lines: Vec<u64> = rejected["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [44, 45], "{rejected}");
+    assert!(
+        rejected["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !r["reason"].as_str().unwrap().is_empty()),
+        "{rejected}"
+    );
+    let jobs = get(&dev, "/v1/jobs");
+    let first = jobs[0]["id"].as_str().unwrap();
+    let m = get(&dev, &format!("/v1/jobs/{first}/metrics"));
+    assert_eq!(m["train"].as_array().unwrap().len(), 300, "{m}");
+    let eval = m["eval"].as_array().unwrap();
+    assert!(eval.len() >= 3 && eval[0]["step"] == 0, "{m}");
+    assert!(m["eval_examples"].as_u64().unwrap() >= 1, "{m}");
+    // The series live in object storage, not in the job record.
+    let rec = get(&dev, &format!("/v1/jobs/{first}"));
+    assert!(rec.get("train").is_none() && rec.to_string().len() < 64 << 10);
+    let stored = dev.data.join(format!("store/metrics/{first}/loss.json"));
+    assert!(stored.exists(), "{} is missing", stored.display());
+
+    if std::env::var("TRIBUTARY_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        let docs = repo().join("docs/screenshots");
+        std::fs::create_dir_all(&docs).unwrap();
+        for e in std::fs::read_dir(&shots).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, docs.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
