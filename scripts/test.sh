@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it and as CI runs it: installs the real servers
-# the tests start (etcd, an S3 API server), checks formatting and lints, type-checks the GPU
-# feature, then runs every test in the workspace. Fails if no test ran.
+# the tests start (etcd, an S3 API server), checks formatting and lints, runs the GPU
+# feature's fixture tests on software Vulkan, then every test in the workspace. Fails if no
+# test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +31,10 @@ stage "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 if [ "${TRIBUTARY_SKIP_WGPU_CHECK:-0}" != "1" ]; then
-  stage "cargo check --features wgpu"
-  cargo check --workspace --features wgpu
+  # The GPU path executed: the fixture checks on burn-wgpu (model/tests/wgpu_fixtures.rs), on
+  # Mesa's lavapipe where there is no GPU. This is the `wgpu` feature's one build.
+  stage "wgpu fixture tests (lavapipe)"
+  cargo test -p tributary-model --features wgpu --test wgpu_fixtures -- --show-output
 fi
 
 stage "cargo test"
