@@ -218,7 +218,7 @@ fn bench_device_flag_is_reported_and_refuses_what_the_build_lacks() {
         "bench", "train", "--config", config, "--batch", "1", "--seq", "4", "--rank", "2",
         "--steps", "1",
     ];
-    let cpu = json_line(&[&base[..], &["--device", "cpu"]].concat());
+    let cpu = json_line(&[&base[..], &["--device", "cpu"][..]].concat());
     assert_eq!(cpu["device"], "cpu (burn-flex)", "{cpu}");
     let run = |device: &str| {
         Command::new(env!("CARGO_BIN_EXE_tributary"))
@@ -236,7 +236,7 @@ fn bench_device_flag_is_reported_and_refuses_what_the_build_lacks() {
     );
     // This test binary is built without the `wgpu` feature (CI's `cargo test --workspace`):
     // `auto` is the CPU and an explicit `wgpu` is refused by name.
-    let auto = json_line(&[&base[..], &["--device", "auto"]].concat());
+    let auto = json_line(&[&base[..], &["--device", "auto"][..]].concat());
     assert_eq!(auto["device"], "cpu (burn-flex)", "{auto}");
     let wgpu = run("wgpu");
     assert!(!wgpu.status.success());

@@ -69,7 +69,7 @@ fn the_device_is_a_wgpu_adapter_of_the_expected_kind() {
     let dev = wgpu();
     assert_ne!(*dev, device::cpu_device(), "--device wgpu gave the CPU");
     let s = device::select(DeviceRequest::Wgpu).expect("select again");
-    let Choice::Wgpu(adapter) = s.choice else {
+    let Choice::Wgpu(adapter) = &s.choice else {
         panic!("--device wgpu chose {}", s.choice)
     };
     match std::env::var("TRIBUTARY_WGPU_EXPECT").as_deref() {

@@ -25,7 +25,7 @@ def main():
 
     fixtures_log = read("fixtures.log")
     adapter = re.search(r"wgpu fixtures on (.*)", fixtures_log)
-    diffs = re.findall(r"^(wgpu .*)$", fixtures_log, re.M)
+    diffs = re.findall(r"^wgpu (tiny-.*)$", fixtures_log, re.M)
     seconds = dict(re.findall(r"^(device check|logits|greedy|train step): ([0-9.]+) s$", fixtures_log, re.M))
     result = re.search(r"^test result: (.*)$", fixtures_log, re.M)
     runs = [json.loads(line) for line in read("bench.jsonl").splitlines() if line.strip()]
