@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use common::*;
 use tributary_model::decoder::CausalLm;
-use tributary_model::device::{self, Choice, DeviceRequest, Device, Selected};
+use tributary_model::device::{self, Choice, Device, DeviceRequest, Selected};
 use tributary_model::lora::{LoraAdapter, TargetModule};
 use tributary_model::peft::peft_key;
 use tributary_model::train::{Schedule, TrainConfig, TrainExample, Trainer};

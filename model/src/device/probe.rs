@@ -17,7 +17,11 @@ fn candidates() -> Vec<wgpu::Backend> {
     if cfg!(target_os = "macos") {
         vec![wgpu::Backend::Metal]
     } else {
-        vec![wgpu::Backend::Vulkan, wgpu::Backend::Dx12, wgpu::Backend::Gl]
+        vec![
+            wgpu::Backend::Vulkan,
+            wgpu::Backend::Dx12,
+            wgpu::Backend::Gl,
+        ]
     }
 }
 

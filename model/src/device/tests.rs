@@ -87,8 +87,9 @@ fn discrete_beats_integrated_beats_virtual_and_ties_go_to_the_first() {
             .expect("choice"),
         );
         assert_eq!(c.info, h100(), "{request}");
-        let c =
-            wgpu_on(choose(request, true, &[other.clone(), vgpu.clone(), igpu.clone()]).expect("c"));
+        let c = wgpu_on(
+            choose(request, true, &[other.clone(), vgpu.clone(), igpu.clone()]).expect("c"),
+        );
         assert_eq!(&c.info, &igpu, "{request}");
         let c = wgpu_on(choose(request, true, &[other.clone(), vgpu.clone()]).expect("c"));
         assert_eq!(&c.info, &vgpu, "{request}");
@@ -119,7 +120,10 @@ fn cpu_is_always_the_cpu_and_wgpu_needs_the_feature() {
         choose(DeviceRequest::Cpu, true, &[h100(), lavapipe()]),
         Ok(Choice::Cpu)
     );
-    assert_eq!(choose(DeviceRequest::Auto, false, &[h100()]), Ok(Choice::Cpu));
+    assert_eq!(
+        choose(DeviceRequest::Auto, false, &[h100()]),
+        Ok(Choice::Cpu)
+    );
     assert_eq!(
         choose(DeviceRequest::Wgpu, false, &[h100()]),
         Err(DeviceError::NotBuilt)
@@ -132,8 +136,13 @@ fn requests_parse_and_unknown_names_are_refused_by_name() {
     assert_eq!("".parse::<DeviceRequest>(), Ok(DeviceRequest::Auto));
     assert_eq!(" CPU ".parse::<DeviceRequest>(), Ok(DeviceRequest::Cpu));
     assert_eq!("wgpu".parse::<DeviceRequest>(), Ok(DeviceRequest::Wgpu));
-    let err = "cuda:0".parse::<DeviceRequest>().expect_err("cuda is not built");
-    assert_eq!(err.to_string(), "device `cuda:0`: expected one of auto, cpu, wgpu");
+    let err = "cuda:0"
+        .parse::<DeviceRequest>()
+        .expect_err("cuda is not built");
+    assert_eq!(
+        err.to_string(),
+        "device `cuda:0`: expected one of auto, cpu, wgpu"
+    );
     for r in [DeviceRequest::Auto, DeviceRequest::Cpu, DeviceRequest::Wgpu] {
         assert_eq!(r.to_string().parse::<DeviceRequest>(), Ok(r));
     }
