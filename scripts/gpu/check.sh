@@ -32,7 +32,10 @@ failures=0
 [ -f "$B/bin/tributary.xz" ] || { say "no bundle in $B: run scripts/gpu/bundle.sh first, carry .gpu"; exit 2; }
 work=$(mktemp -d /tmp/gpu-check.XXXXXX)
 for b in tributary wgpu_fixtures; do
-  xz -dc "$B/bin/$b.xz" > "$work/$b" && chmod +x "$work/$b"
+  if command -v xz >/dev/null; then xz -dc "$B/bin/$b.xz" > "$work/$b"
+  else "$PYTHON" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    "$B/bin/$b.xz" "$work/$b"; fi
+  chmod +x "$work/$b"
 done
 TRIBUTARY="$work/tributary"
 
