@@ -21,7 +21,7 @@ if [ $build_only -eq 0 ]; then
   # Mesa's software Vulkan driver (lavapipe) and the Vulkan loader: the wgpu tests
   # (model/tests/wgpu_fixtures.rs) run the GPU kernels' code path on it.
   compgen -G '/usr/share/vulkan/icd.d/lvp_icd.*.json' >/dev/null || need_apt+=(mesa-vulkan-drivers)
-  ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 ' || need_apt+=(libvulkan1)
+  ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1 ' >/dev/null || need_apt+=(libvulkan1)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""

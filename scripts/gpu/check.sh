@@ -41,7 +41,7 @@ TRIBUTARY="$work/tributary"
 
 # The Vulkan loader, where the image has none (Debian's, unpacked from the bundle), and the
 # NVIDIA ICD where the loader does not find it on its own.
-if ! ldconfig -p | grep -q 'libvulkan\.so\.1 '; then
+if ! ldconfig -p | grep 'libvulkan\.so\.1 ' >/dev/null; then  # no -q: pipefail and SIGPIPE
   for f in "$B"/gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
   say "unpacked the Vulkan loader: $(ldconfig -p | grep -c 'libvulkan\.so\.1 ') found"
