@@ -32,9 +32,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 if [ "${TRIBUTARY_SKIP_WGPU_CHECK:-0}" != "1" ]; then
   # The GPU path executed: the fixture checks on burn-wgpu (model/tests/wgpu_fixtures.rs), on
-  # Mesa's lavapipe where there is no GPU. This is the `wgpu` feature's one build.
+  # Mesa's lavapipe where there is no GPU. This is the `wgpu` feature's one build; `--workspace`
+  # unifies features as the `cargo test` stage below does, so only the crates the feature
+  # changes (burn's wgpu stack and the model) are built twice.
   stage "wgpu fixture tests (lavapipe)"
-  cargo test -p tributary-model --features wgpu --test wgpu_fixtures -- --show-output
+  cargo test --workspace --features wgpu --test wgpu_fixtures -- --show-output
 fi
 
 stage "cargo test"
