@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine with Rust: protoc (etcd-client
-# builds need it), Debian's etcd-server (real etcd on loopback), and moto's S3 API server
-# (real conditional writes on loopback). Idempotent: skips what is already there.
+# builds need it), Debian's etcd-server (real etcd on loopback), moto's S3 API server
+# (real conditional writes on loopback), and Mesa's lavapipe (software Vulkan, for the wgpu
+# tests). Idempotent: skips what is already there.
 set -euo pipefail
 
 # --build-only: just what compiling needs (protoc), for the demo on a fresh machine.
@@ -17,6 +18,10 @@ if [ $build_only -eq 0 ]; then
   command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
   # openssl makes the cert-manager-shaped certificates of tests/deploy_checks.rs.
   command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+  # Mesa's software Vulkan driver (lavapipe) and the Vulkan loader: the wgpu tests
+  # (model/tests/wgpu_fixtures.rs) run the GPU kernels' code path on it.
+  compgen -G '/usr/share/vulkan/icd.d/lvp_icd.*.json' >/dev/null || need_apt+=(mesa-vulkan-drivers)
+  ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1 ' >/dev/null || need_apt+=(libvulkan1)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""

@@ -217,3 +217,40 @@ fn model_generate_with_packed_weights_gives_the_reference_tokens() {
         }
     }
 }
+
+#[test]
+fn bench_device_flag_is_reported_and_refuses_what_the_build_lacks() {
+    let config = fixtures().join("tiny-llama/config.json");
+    let config = config.to_str().expect("utf-8 path");
+    let base = [
+        "bench", "train", "--config", config, "--batch", "1", "--seq", "4", "--rank", "2",
+        "--steps", "1",
+    ];
+    let cpu = json_line(&[&base[..], &["--device", "cpu"][..]].concat());
+    assert_eq!(cpu["device"], "cpu (burn-flex)", "{cpu}");
+    let run = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(base)
+            .args(["--device", device])
+            .output()
+            .expect("the binary runs")
+    };
+    let unknown = run("tpu");
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("device `tpu`: expected one of auto, cpu, wgpu"),
+        "{err}"
+    );
+    // This test binary is built without the `wgpu` feature (CI's `cargo test --workspace`):
+    // `auto` is the CPU and an explicit `wgpu` is refused by name.
+    let auto = json_line(&[&base[..], &["--device", "auto"][..]].concat());
+    assert_eq!(auto["device"], "cpu (burn-flex)", "{auto}");
+    let wgpu = run("wgpu");
+    assert!(!wgpu.status.success());
+    let err = String::from_utf8_lossy(&wgpu.stderr);
+    assert!(
+        err.contains("built without the `wgpu` cargo feature"),
+        "{err}"
+    );
+}

@@ -1,25 +1,313 @@
-//! Device selection: the fastest CPU backend measured here by default, burn-wgpu behind the `wgpu` feature.
+//! Device selection: `--device auto|cpu|wgpu` (env `TRIBUTARY_DEVICE`) onto a burn device.
 //!
 //! On this machine burn-flex and burn-ndarray reach the same f32 GEMM speed (see
-//! `shared/STACK.md`); flex is the maintained one, so it is the CPU default. With the cargo
-//! feature `wgpu`, [`default_device`] returns the default wgpu device instead (a GPU when
-//! one is present). `TRIBUTARY_DEVICE=cpu` forces the CPU even in a wgpu build.
+//! `shared/STACK.md`); flex is the maintained one, so it is the CPU. With the cargo feature
+//! `wgpu` the GPU path (burn-wgpu) is built in as well, and the request decides:
+//!
+//! - `auto` (the default): a hardware GPU adapter if wgpu finds one, else the CPU. A
+//!   software adapter (Mesa's lavapipe or llvmpipe, SwiftShader, WARP) is never picked
+//!   automatically: it runs the GPU kernels on the CPU, far slower than burn-flex.
+//! - `cpu`: burn-flex, whatever the build.
+//! - `wgpu`: wgpu explicitly, on the best adapter found, software included (that is how CI
+//!   runs the GPU code path, on lavapipe). An error without the feature or without any
+//!   adapter.
+//!
+//! The choice is the pure function [`choose`] over [`AdapterInfo`]s, so it is tested without
+//! a GPU. The adapters come from the graphics API that burn's wgpu runtime itself settles on
+//! (see [`probe`]), and the chosen one is addressed the way that runtime addresses adapters:
+//! by type and index among the adapters of that type.
+
+#[cfg(feature = "wgpu")]
+mod probe;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
 
 /// The device type (re-exported so crates above the model need not depend on burn).
 pub use burn::tensor::Device;
 
-/// The device Tributary computes on unless told otherwise.
-pub fn default_device() -> Device {
-    #[cfg(feature = "wgpu")]
-    {
-        if std::env::var("TRIBUTARY_DEVICE").as_deref() != Ok("cpu") {
-            return Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+/// The environment variable that `--device` reads.
+pub const DEVICE_ENV: &str = "TRIBUTARY_DEVICE";
+
+/// Failures choosing a device; each names the request and what is missing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The request is not one of the accepted names.
+    #[error("device `{value}`: expected one of auto, cpu, wgpu")]
+    Unknown {
+        /// What was asked for.
+        value: String,
+    },
+    /// `wgpu` was asked for in a build without the `wgpu` cargo feature.
+    #[error("device `wgpu`: this binary was built without the `wgpu` cargo feature")]
+    NotBuilt,
+    /// `wgpu` was asked for and wgpu found no adapter at all.
+    #[error(
+        "device `wgpu`: no adapter found (no GPU driver and no software Vulkan driver such as \
+         Mesa's lavapipe; on Debian: apt-get install mesa-vulkan-drivers libvulkan1)"
+    )]
+    NoAdapter,
+    /// Enumerating the adapters failed.
+    #[error("device `wgpu`: enumerating adapters: {0}")]
+    Probe(String),
+}
+
+/// What was asked for, by `--device` or `TRIBUTARY_DEVICE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceRequest {
+    /// A hardware GPU if there is one, else the CPU.
+    #[default]
+    Auto,
+    /// burn-flex on the CPU.
+    Cpu,
+    /// wgpu on its best adapter, software included.
+    Wgpu,
+}
+
+impl FromStr for DeviceRequest {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            _ => Err(DeviceError::Unknown {
+                value: s.to_string(),
+            }),
         }
     }
-    Device::flex()
+}
+
+impl fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+        })
+    }
+}
+
+/// The kind of adapter, as the graphics API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdapterType {
+    /// A discrete GPU.
+    DiscreteGpu,
+    /// A GPU sharing the CPU's package and memory.
+    IntegratedGpu,
+    /// A virtualised GPU (a VM's passthrough or vGPU).
+    VirtualGpu,
+    /// A CPU implementation of the API (lavapipe, llvmpipe, SwiftShader).
+    Cpu,
+    /// Anything else the API reports.
+    Other,
+}
+
+/// One adapter, as much of wgpu's `AdapterInfo` as the choice needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    /// The adapter's name ("NVIDIA H100 80GB HBM3", "llvmpipe (LLVM 15.0.6, 256 bits)").
+    pub name: String,
+    /// Its kind.
+    pub adapter_type: AdapterType,
+    /// The driver's name ("NVIDIA", "llvmpipe").
+    pub driver: String,
+    /// The graphics API it was found on ("Vulkan", "Gl").
+    pub api: String,
+}
+
+/// Names that only software implementations of a graphics API carry.
+const SOFTWARE_NAMES: [&str; 6] = [
+    "llvmpipe",
+    "lavapipe",
+    "softpipe",
+    "swiftshader",
+    "microsoft basic render",
+    "mesa offscreen",
+];
+
+impl AdapterInfo {
+    /// Whether this adapter computes on the CPU: reported as a CPU device, or named as one
+    /// of the known software implementations (some APIs report those as `Other`).
+    pub fn is_software(&self) -> bool {
+        if self.adapter_type == AdapterType::Cpu {
+            return true;
+        }
+        let name = self.name.to_ascii_lowercase();
+        let driver = self.driver.to_ascii_lowercase();
+        SOFTWARE_NAMES
+            .iter()
+            .any(|s| name.contains(s) || driver.contains(s))
+    }
+
+    /// Preference among adapters, lower first: discrete, integrated, virtual, other, software.
+    fn rank(&self) -> u8 {
+        if self.is_software() {
+            return 4;
+        }
+        match self.adapter_type {
+            AdapterType::DiscreteGpu => 0,
+            AdapterType::IntegratedGpu => 1,
+            AdapterType::VirtualGpu => 2,
+            AdapterType::Other | AdapterType::Cpu => 3,
+        }
+    }
+}
+
+impl fmt::Display for AdapterInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}, {:?}", self.name, self.api, self.adapter_type)?;
+        if self.is_software() {
+            f.write_str(", software")?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// A chosen wgpu adapter, addressed as burn's wgpu runtime addresses adapters: its type and
+/// its index among the adapters of that type, in enumeration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterChoice {
+    /// The adapter's type.
+    pub adapter_type: AdapterType,
+    /// Its index among the adapters of its type.
+    pub index: usize,
+    /// The adapter.
+    pub info: AdapterInfo,
+}
+
+/// Where to compute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// burn-flex on the CPU.
+    Cpu,
+    /// burn-wgpu on this adapter.
+    Wgpu(AdapterChoice),
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu (burn-flex)"),
+            Self::Wgpu(c) => write!(f, "wgpu: {}", c.info),
+        }
+    }
+}
+
+/// The device for `request`, given whether the binary has the `wgpu` feature and the adapters
+/// wgpu found (in enumeration order). `auto` never takes a software adapter; `wgpu` takes the
+/// best adapter there is, software included. Ties go to the first enumerated.
+pub fn choose(
+    request: DeviceRequest,
+    wgpu_built: bool,
+    adapters: &[AdapterInfo],
+) -> Result<Choice, DeviceError> {
+    let best = |allow_software: bool| {
+        adapters
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| allow_software || !a.is_software())
+            .min_by_key(|(i, a)| (a.rank(), *i))
+            .map(|(i, a)| AdapterChoice {
+                adapter_type: a.adapter_type,
+                index: adapters[..i]
+                    .iter()
+                    .filter(|b| b.adapter_type == a.adapter_type)
+                    .count(),
+                info: a.clone(),
+            })
+    };
+    match request {
+        DeviceRequest::Cpu => Ok(Choice::Cpu),
+        DeviceRequest::Auto if !wgpu_built => Ok(Choice::Cpu),
+        DeviceRequest::Auto => Ok(best(false).map_or(Choice::Cpu, Choice::Wgpu)),
+        DeviceRequest::Wgpu if !wgpu_built => Err(DeviceError::NotBuilt),
+        DeviceRequest::Wgpu => best(true).map(Choice::Wgpu).ok_or(DeviceError::NoAdapter),
+    }
+}
+
+/// A device and why it was chosen.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    /// The burn device.
+    pub device: Device,
+    /// What was chosen.
+    pub choice: Choice,
+}
+
+/// Whether this binary was built with the `wgpu` feature.
+pub const fn wgpu_built() -> bool {
+    cfg!(feature = "wgpu")
+}
+
+/// The adapters wgpu offers on the graphics API its runtime settles on, probed once per
+/// process (empty without the `wgpu` feature).
+pub fn adapters() -> Result<Vec<AdapterInfo>, DeviceError> {
+    #[cfg(feature = "wgpu")]
+    {
+        static ADAPTERS: OnceLock<Result<Vec<AdapterInfo>, DeviceError>> = OnceLock::new();
+        ADAPTERS.get_or_init(probe::settled_adapters).clone()
+    }
+    #[cfg(not(feature = "wgpu"))]
+    Ok(Vec::new())
+}
+
+/// The device for `request`: [`choose`] over [`adapters`], then the burn device. Probes the
+/// adapters only when the request could use one.
+pub fn select(request: DeviceRequest) -> Result<Selected, DeviceError> {
+    let found = if request == DeviceRequest::Cpu || !wgpu_built() {
+        Vec::new()
+    } else {
+        adapters()?
+    };
+    let choice = choose(request, wgpu_built(), &found)?;
+    let device = match &choice {
+        Choice::Cpu => cpu_device(),
+        #[cfg(feature = "wgpu")]
+        Choice::Wgpu(c) => probe::wgpu_device(c),
+        #[cfg(not(feature = "wgpu"))]
+        Choice::Wgpu(_) => return Err(DeviceError::NotBuilt),
+    };
+    tracing::info!(%request, device = %choice, adapters = found.len(), "compute device chosen");
+    Ok(Selected { device, choice })
+}
+
+/// The request in `TRIBUTARY_DEVICE` (`auto` when unset).
+pub fn request_from_env() -> Result<DeviceRequest, DeviceError> {
+    match std::env::var(DEVICE_ENV) {
+        Ok(v) => v.parse(),
+        Err(_) => Ok(DeviceRequest::Auto),
+    }
+}
+
+/// The device `TRIBUTARY_DEVICE` asks for, chosen once per process.
+pub fn device_from_env() -> Result<Selected, DeviceError> {
+    static FROM_ENV: OnceLock<Result<Selected, DeviceError>> = OnceLock::new();
+    FROM_ENV
+        .get_or_init(|| request_from_env().and_then(select))
+        .clone()
+}
+
+/// The device Tributary computes on unless told otherwise: [`device_from_env`]. Where that
+/// request cannot be met (an unknown name, `wgpu` without the feature or without an
+/// adapter) this logs the error and returns the CPU; commands that take `--device` call
+/// [`select`] and fail instead.
+pub fn default_device() -> Device {
+    match device_from_env() {
+        Ok(s) => s.device,
+        Err(e) => {
+            tracing::error!(error = %e, "falling back to the CPU");
+            cpu_device()
+        }
+    }
 }
 
 /// The CPU device (burn-flex), whatever features are enabled.
 pub fn cpu_device() -> Device {
     Device::flex()
 }
+
+#[cfg(test)]
+mod tests;

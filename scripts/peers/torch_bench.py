@@ -2,6 +2,7 @@
 
     python torch_bench.py train    [--batch 8 --seq 256 --rank 16 --steps 3]
     python torch_bench.py generate [--batch 1 --prompt-len 32 --new-tokens 128 --adapters 1]
+    python torch_bench.py train --device cuda     # on a GPU (scripts/gpu/check.sh)
 
 Loads the weights that `tributary model init --seed 0` writes for the same config (or
 --model DIR) into transformers' LlamaForCausalLM (f32), and prints one JSON line with the
@@ -38,6 +39,7 @@ def parse_args():
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--adapters", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:N]")
     p.add_argument("--out", help="also append the JSON line to this file")
     args = p.parse_args()
     if args.batch is None:
@@ -53,14 +55,22 @@ def parse_args():
     return args
 
 
-def gemm_peak_gflops(torch, n=1024, reps=5):
+def sync(torch, device):
+    """Waits for the GPU's queued work, so that wall-clock times cover it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_peak_gflops(torch, device, n=1024, reps=5):
     """Best of `reps` n³ f32 matmuls after one warm-up, as `tributary bench` measures it."""
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
     best = float("inf")
     for i in range(reps + 1):
+        sync(torch, device)
         t = time.perf_counter()
         torch.mm(a, b)
+        sync(torch, device)
         s = time.perf_counter() - t
         if i > 0:
             best = min(best, s)
@@ -90,11 +100,13 @@ def lora_config(rank):
     )
 
 
-def header(torch, cfg):
+def header(torch, cfg, device):
     import peft
     import transformers
 
     return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "allow_tf32": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
         "peer": "pytorch+peft",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -115,7 +127,7 @@ def run_train(torch, args, model, cfg, rec):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, cfg["vocab_size"], (args.batch, args.seq), generator=g)
+    ids = torch.randint(0, cfg["vocab_size"], (args.batch, args.seq), generator=g).to(args.dev)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -125,10 +137,12 @@ def run_train(torch, args, model, cfg, rec):
         return float(loss.detach())
 
     first_loss = step()  # warm-up
+    sync(torch, args.dev)
     t = time.perf_counter()
     last_loss = first_loss
     for _ in range(args.steps):
         last_loss = step()
+    sync(torch, args.dev)
     seconds = time.perf_counter() - t
     flops = common.train_step_flops(cfg, args.batch, args.seq, args.rank)
     achieved = flops * args.steps / seconds / 1e9
@@ -171,6 +185,7 @@ def run_generate(torch, args, model, cfg, rec):
     rec["attn_implementation"] = model.config._attn_implementation
     g = torch.Generator().manual_seed(2)
     prompts = torch.randint(0, cfg["vocab_size"], (args.batch, args.prompt_len), generator=g)
+    prompts = prompts.to(args.dev)
     mask = torch.ones_like(prompts)
     extra = {}
     if args.adapters > 1:
@@ -208,8 +223,10 @@ def run_generate(torch, args, model, cfg, rec):
 
     with torch.inference_mode():
         generate(2)  # warm-up
+        sync(torch, args.dev)
         t = time.perf_counter()
         out = generate(args.new_tokens, clock)
+        sync(torch, args.dev)
         seconds = time.perf_counter() - t
     prefill_seconds = clock.first_token_at - t
     new = out.shape[1] - args.prompt_len
@@ -246,11 +263,12 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
+    args.dev = torch.device(args.device)
     path = common.model_dir(args)
     cfg = common.load_config(path)
-    rec = header(torch, cfg)
-    peak = gemm_peak_gflops(torch)
-    model = load_model(torch, path)
+    rec = header(torch, cfg, args.dev)
+    peak = gemm_peak_gflops(torch, args.dev)
+    model = load_model(torch, path).to(args.dev)
     if args.bench == "train":
         achieved = run_train(torch, args, model, cfg, rec)
     else:

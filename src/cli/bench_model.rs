@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tributary_model::bench::{DecodeDtype, GenerateBench, TrainBench};
-use tributary_model::device::default_device;
+use tributary_model::device::{DeviceError, DeviceRequest, Selected, select};
 
 /// How the frozen base's projection weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,6 +80,10 @@ pub struct BenchTrainArgs {
     /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
     #[arg(long)]
     pub double_quant: bool,
+    /// Where to compute: auto (a hardware GPU if the build has `wgpu` and one is found, else
+    /// the CPU; never a software adapter), cpu, or wgpu (its best adapter, software included).
+    #[arg(long, env = "TRIBUTARY_DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceRequest,
 }
 
 /// `tributary bench generate`: greedy generation with LoRA adapters on random weights.
@@ -112,6 +116,24 @@ pub struct BenchGenerateArgs {
     /// Storage of the dense weights (projections not in NF4, and the lm_head).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
+    /// Where to compute: auto (a hardware GPU if the build has `wgpu` and one is found, else
+    /// the CPU; never a software adapter), cpu, or wgpu (its best adapter, software included).
+    #[arg(long, env = "TRIBUTARY_DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceRequest,
+}
+
+fn parse_device(s: &str) -> Result<DeviceRequest, DeviceError> {
+    s.parse()
+}
+
+/// The report as one JSON line, with the device it ran on (`"device": "wgpu: NVIDIA …"`).
+fn print_report(report: &impl serde::Serialize, selected: &Selected) -> anyhow::Result<()> {
+    let mut line = serde_json::to_value(report)?;
+    if let Some(obj) = line.as_object_mut() {
+        obj.insert("device".into(), selected.choice.to_string().into());
+    }
+    println!("{line}");
+    Ok(())
 }
 
 pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
@@ -124,11 +146,11 @@ pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         nf4: args.quantize.is_nf4(),
         double_quant: args.double_quant,
     };
+    let selected = select(args.device)?;
     let report = bench
-        .run(&args.config, &default_device())
+        .run(&args.config, &selected.device)
         .with_context(|| format!("bench train on {}", args.config.display()))?;
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    print_report(&report, &selected)
 }
 
 pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
@@ -143,9 +165,9 @@ pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         double_quant: args.double_quant,
         dtype: args.dtype.decode_dtype(),
     };
+    let selected = select(args.device)?;
     let report = bench
-        .run(&args.config, &default_device())
+        .run(&args.config, &selected.device)
         .with_context(|| format!("bench generate on {}", args.config.display()))?;
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    print_report(&report, &selected)
 }

@@ -1,0 +1,166 @@
+//! The device choice as a pure function over adapter lists: what CI (lavapipe only), an
+//! H100 host (GPU beside lavapipe) and mixed machines get for each request.
+
+use super::*;
+
+fn adapter(name: &str, adapter_type: AdapterType) -> AdapterInfo {
+    AdapterInfo {
+        name: name.into(),
+        adapter_type,
+        driver: String::new(),
+        api: "Vulkan".into(),
+    }
+}
+
+fn lavapipe() -> AdapterInfo {
+    AdapterInfo {
+        driver: "llvmpipe (Mesa 22.3.6 (LLVM 15.0.6))".into(),
+        ..adapter("llvmpipe (LLVM 15.0.6, 256 bits)", AdapterType::Cpu)
+    }
+}
+
+fn h100() -> AdapterInfo {
+    adapter("NVIDIA H100 80GB HBM3", AdapterType::DiscreteGpu)
+}
+
+fn wgpu_on(c: Choice) -> AdapterChoice {
+    match c {
+        Choice::Wgpu(a) => a,
+        Choice::Cpu => panic!("expected a wgpu adapter, got the CPU"),
+    }
+}
+
+#[test]
+fn auto_never_picks_a_software_adapter() {
+    // CI: lavapipe is the only adapter.
+    assert_eq!(
+        choose(DeviceRequest::Auto, true, &[lavapipe()]),
+        Ok(Choice::Cpu)
+    );
+    // An OpenGL llvmpipe reported as `Other` is still software.
+    let gl = AdapterInfo {
+        api: "Gl".into(),
+        ..adapter("llvmpipe (LLVM 15.0.6, 256 bits)", AdapterType::Other)
+    };
+    assert!(gl.is_software());
+    assert_eq!(choose(DeviceRequest::Auto, true, &[gl]), Ok(Choice::Cpu));
+    let swiftshader = adapter("SwiftShader Device (Subzero)", AdapterType::Other);
+    assert_eq!(
+        choose(DeviceRequest::Auto, true, &[swiftshader]),
+        Ok(Choice::Cpu)
+    );
+    assert_eq!(choose(DeviceRequest::Auto, true, &[]), Ok(Choice::Cpu));
+}
+
+#[test]
+fn auto_takes_the_gpu_even_when_lavapipe_is_enumerated_first() {
+    let c = wgpu_on(choose(DeviceRequest::Auto, true, &[lavapipe(), h100()]).expect("choice"));
+    assert_eq!(c.info, h100());
+    assert_eq!((c.adapter_type, c.index), (AdapterType::DiscreteGpu, 0));
+}
+
+#[test]
+fn explicit_wgpu_takes_the_best_adapter_software_included() {
+    let c = wgpu_on(choose(DeviceRequest::Wgpu, true, &[lavapipe()]).expect("choice"));
+    assert_eq!((c.adapter_type, c.index), (AdapterType::Cpu, 0));
+    assert_eq!(c.info, lavapipe());
+    let c = wgpu_on(choose(DeviceRequest::Wgpu, true, &[lavapipe(), h100()]).expect("choice"));
+    assert_eq!(c.info, h100());
+    assert_eq!(
+        choose(DeviceRequest::Wgpu, true, &[]),
+        Err(DeviceError::NoAdapter)
+    );
+}
+
+#[test]
+fn discrete_beats_integrated_beats_virtual_and_ties_go_to_the_first() {
+    let igpu = adapter("Intel(R) UHD Graphics 770", AdapterType::IntegratedGpu);
+    let vgpu = adapter("GRID A100-4C", AdapterType::VirtualGpu);
+    let other = adapter("Some Other Device", AdapterType::Other);
+    for request in [DeviceRequest::Auto, DeviceRequest::Wgpu] {
+        let c = wgpu_on(
+            choose(
+                request,
+                true,
+                &[other.clone(), vgpu.clone(), igpu.clone(), h100()],
+            )
+            .expect("choice"),
+        );
+        assert_eq!(c.info, h100(), "{request}");
+        let c = wgpu_on(
+            choose(request, true, &[other.clone(), vgpu.clone(), igpu.clone()]).expect("c"),
+        );
+        assert_eq!(&c.info, &igpu, "{request}");
+        let c = wgpu_on(choose(request, true, &[other.clone(), vgpu.clone()]).expect("c"));
+        assert_eq!(&c.info, &vgpu, "{request}");
+        let c = wgpu_on(choose(request, true, &[lavapipe(), other.clone()]).expect("c"));
+        assert_eq!(&c.info, &other, "{request}");
+    }
+}
+
+#[test]
+fn the_index_counts_only_adapters_of_the_same_type() {
+    // Two cards and an integrated GPU in between: the first card is DiscreteGpu(0), and with
+    // the order reversed the chosen first card is still addressed among discrete ones.
+    let a = adapter("NVIDIA H100 80GB HBM3 (0)", AdapterType::DiscreteGpu);
+    let b = adapter("NVIDIA H100 80GB HBM3 (1)", AdapterType::DiscreteGpu);
+    let igpu = adapter("AMD Radeon Graphics", AdapterType::IntegratedGpu);
+    let c = wgpu_on(choose(DeviceRequest::Auto, true, &[igpu.clone(), a.clone(), b]).expect("c"));
+    assert_eq!((c.index, c.info), (0, a.clone()));
+    let c = wgpu_on(choose(DeviceRequest::Wgpu, true, &[lavapipe(), igpu]).expect("c"));
+    assert_eq!((c.adapter_type, c.index), (AdapterType::IntegratedGpu, 0));
+    // Two lavapipes (two Vulkan ICD files): the CPU type carries no index.
+    let c = wgpu_on(choose(DeviceRequest::Wgpu, true, &[lavapipe(), lavapipe()]).expect("c"));
+    assert_eq!((c.adapter_type, c.index), (AdapterType::Cpu, 0));
+}
+
+#[test]
+fn cpu_is_always_the_cpu_and_wgpu_needs_the_feature() {
+    assert_eq!(
+        choose(DeviceRequest::Cpu, true, &[h100(), lavapipe()]),
+        Ok(Choice::Cpu)
+    );
+    assert_eq!(
+        choose(DeviceRequest::Auto, false, &[h100()]),
+        Ok(Choice::Cpu)
+    );
+    assert_eq!(
+        choose(DeviceRequest::Wgpu, false, &[h100()]),
+        Err(DeviceError::NotBuilt)
+    );
+}
+
+#[test]
+fn requests_parse_and_unknown_names_are_refused_by_name() {
+    assert_eq!("auto".parse::<DeviceRequest>(), Ok(DeviceRequest::Auto));
+    assert_eq!("".parse::<DeviceRequest>(), Ok(DeviceRequest::Auto));
+    assert_eq!(" CPU ".parse::<DeviceRequest>(), Ok(DeviceRequest::Cpu));
+    assert_eq!("wgpu".parse::<DeviceRequest>(), Ok(DeviceRequest::Wgpu));
+    let err = "cuda:0"
+        .parse::<DeviceRequest>()
+        .expect_err("cuda is not built");
+    assert_eq!(
+        err.to_string(),
+        "device `cuda:0`: expected one of auto, cpu, wgpu"
+    );
+    for r in [DeviceRequest::Auto, DeviceRequest::Cpu, DeviceRequest::Wgpu] {
+        assert_eq!(r.to_string().parse::<DeviceRequest>(), Ok(r));
+    }
+}
+
+#[test]
+fn select_cpu_gives_burn_flex_and_wgpu_without_the_feature_fails() {
+    let s = select(DeviceRequest::Cpu).expect("cpu");
+    assert_eq!(s.choice, Choice::Cpu);
+    assert_eq!(s.device, cpu_device());
+    if !wgpu_built() {
+        assert_eq!(
+            select(DeviceRequest::Wgpu).map(|s| s.choice),
+            Err(DeviceError::NotBuilt)
+        );
+        assert_eq!(
+            select(DeviceRequest::Auto).map(|s| s.choice),
+            Ok(Choice::Cpu)
+        );
+    }
+}
