@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tributary_model::bench::{DecodeDtype, GenerateBench, TrainBench};
 use tributary_model::device::default_device;
+use tributary_model::precision::Precision;
 
 /// How the frozen base's projection weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,6 +57,26 @@ impl Dtype {
     }
 }
 
+/// Arithmetic of the frozen base's products in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 throughout.
+    F32,
+    /// bf16 mixed precision: base and lm_head in bf16, products accumulated in f32, LoRA
+    /// weights, optimizer, norms, softmax and loss in f32.
+    Bf16,
+}
+
+/// The precision asked for, or the fastest whose quality holds on this machine (bf16 where
+/// the CPU has AVX-512 BF16, else f32).
+pub fn resolve_precision(arg: Option<PrecisionArg>) -> Precision {
+    match arg {
+        Some(PrecisionArg::F32) => Precision::F32,
+        Some(PrecisionArg::Bf16) => Precision::Bf16,
+        None => Precision::fastest(),
+    }
+}
+
 /// `tributary bench train`: LoRA training steps (AdamW) on random weights.
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
@@ -80,6 +101,10 @@ pub struct BenchTrainArgs {
     /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
     #[arg(long)]
     pub double_quant: bool,
+    /// Arithmetic of the base's products [default: bf16 where the CPU has AVX-512 BF16,
+    /// else f32; what `model finetune` uses].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
 }
 
 /// `tributary bench generate`: greedy generation with LoRA adapters on random weights.
@@ -109,8 +134,9 @@ pub struct BenchGenerateArgs {
     /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
     #[arg(long)]
     pub double_quant: bool,
-    /// Storage of the dense weights (projections not in NF4, and the lm_head).
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    /// Storage of the dense weights (projections not in NF4, and the lm_head); the default is
+    /// `model generate`'s.
+    #[arg(long, value_enum, default_value_t = Dtype::F32Packed)]
     pub dtype: Dtype,
 }
 
@@ -123,6 +149,7 @@ pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         steps: args.steps,
         nf4: args.quantize.is_nf4(),
         double_quant: args.double_quant,
+        precision: resolve_precision(args.precision),
     };
     let report = bench
         .run(&args.config, &default_device())

@@ -135,6 +135,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         resume: None,
         quantize: super::bench_model::Quantize::None,
         double_quant: false,
+        precision: None,
     })?;
     if let Some(loss) = report.final_train_loss {
         println!("    final train loss {loss:.3}");

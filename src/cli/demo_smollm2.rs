@@ -245,6 +245,7 @@ fn finetune(run: &mut DemoRun) -> anyhow::Result<()> {
         resume: None,
         quantize: super::bench_model::Quantize::None,
         double_quant: false,
+        precision: None,
     })?;
     println!(
         "    {} steps in {:.0} s ({:.0} tokens/s); adapter and loss curve in {}",
