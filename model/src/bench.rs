@@ -82,7 +82,9 @@ pub fn gemm_peak_gflops(device: &Device, n: usize, reps: usize) -> Result<f64, M
 /// `reps` after one warm-up, in GFLOP/s.
 pub fn bf16_gemm_peak_gflops(n: usize, reps: usize) -> f64 {
     use crate::kernels::bf16_gemm::{Bf16Panel, gemm};
-    let a: Vec<f32> = (0..n * n).map(|i| ((i % 97) as f32 - 48.0) / 64.0).collect();
+    let a: Vec<f32> = (0..n * n)
+        .map(|i| ((i % 97) as f32 - 48.0) / 64.0)
+        .collect();
     let b = Bf16Panel::from_rows(&a, n, n);
     let mut best = f64::INFINITY;
     for i in 0..=reps {

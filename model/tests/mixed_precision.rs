@@ -55,7 +55,13 @@ fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> (Vec<f64>, V
 #[test]
 fn bf16_gemm_matches_f64_on_the_rounded_inputs() {
     // Odd k (a zero-padded pair), n not a multiple of the tile, m over one row block.
-    for (m, k, n) in [(1, 1, 1), (5, 7, 33), (13, 64, 70), (200, 130, 96), (97, 258, 31)] {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (5, 7, 33),
+        (13, 64, 70),
+        (200, 130, 96),
+        (97, 258, 31),
+    ] {
         let a = wave(m * k, 1);
         let b = wave(k * n, 2);
         let panel = Bf16Panel::from_rows(&b, k, n);
@@ -166,16 +172,23 @@ fn bf16_gradients_match_the_f32_reference_fixtures() {
         let want_loss = reference_json(name)["train_step"]["loss"]
             .as_f64()
             .expect("loss") as f32;
-        let trainer = Trainer::from_adapter(&model, adapter.clone(), fixture_config(Precision::Bf16))
-            .expect("trainer");
+        let trainer =
+            Trainer::from_adapter(&model, adapter.clone(), fixture_config(Precision::Bf16))
+                .expect("trainer");
         assert!(
-            trainer.model().linear_weight_bytes() < model.linear_weight_bytes(),
+            matches!(
+                trainer.model().layers[0].q.weight_t,
+                tributary_model::decoder::LinearWeight::Bf16(_)
+            ),
             "the bf16 trainer holds its own bf16 base"
         );
         let grads = trainer.compute_gradients(&examples, 0).expect("gradients");
         let loss = (grads.loss_sum / grads.tokens as f64) as f32;
         let loss_err = ((loss - want_loss) / want_loss).abs();
-        assert!(loss_err < 2e-3, "{name}: bf16 loss {loss} vs f32 {want_loss}");
+        assert!(
+            loss_err < 2e-3,
+            "{name}: bf16 loss {loss} vs f32 {want_loss}"
+        );
         let mean = grads.mean_as_adapter(&adapter);
         let mut worst = 0.0f32;
         for (layer, t, m) in mean.iter() {
@@ -266,7 +279,11 @@ fn bf16_loss_curve_and_eval_loss_stay_within_one_percent_of_f32_on_the_demo_data
     for (i, (a, b)) in f32_losses.iter().zip(&bf16_losses).enumerate().skip(3) {
         let rel = ((b - a) / a).abs();
         worst = worst.max(rel);
-        assert!(rel < 0.01, "step {}: bf16 loss {b} vs f32 {a} ({rel:e})", i + 1);
+        assert!(
+            rel < 0.01,
+            "step {}: bf16 loss {b} vs f32 {a} ({rel:e})",
+            i + 1
+        );
     }
     let rel_eval = ((bf16_eval - f32_eval) / f32_eval).abs();
     eprintln!(
@@ -275,7 +292,10 @@ fn bf16_loss_curve_and_eval_loss_stay_within_one_percent_of_f32_on_the_demo_data
         f32_losses.last(),
         bf16_losses.last()
     );
-    assert!(rel_eval < 0.01, "held-out loss bf16 {bf16_eval} vs f32 {f32_eval}");
+    assert!(
+        rel_eval < 0.01,
+        "held-out loss bf16 {bf16_eval} vs f32 {f32_eval}"
+    );
 }
 
 #[test]
@@ -294,4 +314,36 @@ fn precision_is_recorded_and_old_configs_read_as_f32() {
     assert_eq!(Precision::parse("fp16"), None);
     let fastest = Precision::fastest();
     assert_eq!(fastest == Precision::Bf16, bf16_dot_available());
+}
+
+/// `bench train` at both precisions in one process (one JSON line each), for same-run
+/// ratios: `cargo test -p tributary-model --test mixed_precision -- --ignored --nocapture`
+/// (`BENCH_STEPS`, default 3; the config is `bench train`'s default).
+#[test]
+#[ignore = "a benchmark: minutes, and only meaningful on an idle machine"]
+fn bench_train_both_precisions() {
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/bench-llama-30m.json");
+    let steps = std::env::var("BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let order: Vec<Precision> = match std::env::var("BENCH_PRECISIONS").as_deref() {
+        Ok("f32") => vec![Precision::F32],
+        Ok("bf16") => vec![Precision::Bf16],
+        _ => vec![Precision::Bf16, Precision::F32],
+    };
+    for precision in order {
+        let bench = tributary_model::bench::TrainBench {
+            batch: 8,
+            seq: 256,
+            rank: 16,
+            steps,
+            nf4: false,
+            double_quant: false,
+            precision,
+        };
+        let report = bench.run(&config, &device()).expect("bench train");
+        println!("{}", serde_json::to_string(&report).expect("json"));
+    }
 }

@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::{
-    bf16_gemm_peak_gflops, decode_step_bytes, gemm_peak_gflops, generate_flops, load_average, peak_rss_bytes,
-    read_bandwidth, rss_bytes, train_step_flops,
+    bf16_gemm_peak_gflops, decode_step_bytes, gemm_peak_gflops, generate_flops, load_average,
+    peak_rss_bytes, read_bandwidth, rss_bytes, train_step_flops,
 };
 use crate::config::ModelConfig;
 use crate::decoder::{CausalLm, MixedLora};

@@ -70,7 +70,9 @@ impl LinearWeight {
             LinearWeight::Packed(p) => {
                 Tensor::from_data(TensorData::new(p.to_f32(), p.dims()), device)
             }
-            LinearWeight::Bf16(w) => Tensor::from_data(TensorData::new(w.to_f32(), w.dims()), device),
+            LinearWeight::Bf16(w) => {
+                Tensor::from_data(TensorData::new(w.to_f32(), w.dims()), device)
+            }
         }
     }
 
@@ -162,7 +164,9 @@ impl LinearWeight {
             LinearWeight::Packed(p) => p.to_f32(),
             LinearWeight::Nf4(_) | LinearWeight::Bf16(_) => return Ok(self.clone()),
         };
-        Ok(LinearWeight::Bf16(Arc::new(Bf16Weight::from_wt(&values, k, n))))
+        Ok(LinearWeight::Bf16(Arc::new(Bf16Weight::from_wt(
+            &values, k, n,
+        ))))
     }
 
     /// This weight packed for the host kernels, in bf16 (rounded to nearest even) or f32;

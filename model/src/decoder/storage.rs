@@ -8,8 +8,8 @@ use burn::tensor::{Tensor, TensorData};
 use super::{CausalLm, LinearWeight};
 use crate::error::ModelError;
 use crate::kernels::PackedMatrix;
-use crate::precision::Bf16Weight;
 use crate::lora::TargetModule;
+use crate::precision::Bf16Weight;
 use crate::quant::Nf4Matrix;
 use crate::weights::read_f32;
 

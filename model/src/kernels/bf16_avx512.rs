@@ -89,8 +89,7 @@ fn micro_rows<const R: usize>(
         // SAFETY: (p + 1)·NR ≤ pairs·NR ≤ b.len(); r·pairs + p < R·pairs ≤ a.len().
         unsafe {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR).cast()));
-            let b1: __m512bh =
-                std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR + 16).cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR + 16).cast()));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let av: __m512bh =
                     std::mem::transmute(_mm512_set1_epi32(*ap.add(r * pairs + p) as i32));
@@ -99,7 +98,11 @@ fn micro_rows<const R: usize>(
             }
         }
     }
-    let m0: __mmask16 = if cols >= 16 { 0xffff } else { (1u16 << cols) - 1 };
+    let m0: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
     let m1: __mmask16 = if cols >= 32 {
         0xffff
     } else if cols > 16 {

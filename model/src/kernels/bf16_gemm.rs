@@ -82,7 +82,11 @@ impl Bf16Panel {
 
     /// Packs the transpose of `bt` (`bt` is `[n, k]` row-major; the panel is `[k, n]`).
     pub fn from_transposed(bt: &[f32], k: usize, n: usize) -> Self {
-        assert_eq!(bt.len(), k * n, "Bf16Panel::from_transposed: bt is not [n, k]");
+        assert_eq!(
+            bt.len(),
+            k * n,
+            "Bf16Panel::from_transposed: bt is not [n, k]"
+        );
         Self::from_fn(k, n, |r, c| bt[c * k + r])
     }
 
