@@ -23,10 +23,15 @@ use crate::kernels::bf16_gemm::{self, Bf16Panel};
 use crate::weights::read_f32;
 
 /// The arithmetic of a training run's matrix products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// The default is f32: a configuration that does not name a precision (an adapter trained
+/// before precision was recorded, a fixture check) means f32. Callers that pick the fast
+/// path ask [`Precision::fastest`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Everything in f32 (what the reference fixtures check).
+    #[default]
     F32,
     /// Frozen base and lm_head in bf16, products bf16 × bf16 with f32 accumulation; the
     /// rest f32.
@@ -60,15 +65,6 @@ impl Precision {
         } else {
             Precision::F32
         }
-    }
-}
-
-impl Default for Precision {
-    /// f32: a configuration that does not name a precision (an adapter trained before
-    /// precision was recorded, a fixture check) means f32. Callers that pick the fast path
-    /// ask [`Precision::fastest`].
-    fn default() -> Self {
-        Precision::F32
     }
 }
 

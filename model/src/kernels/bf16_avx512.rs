@@ -42,7 +42,7 @@ pub(super) unsafe fn pack_rows(a: &[f32], rows: usize, k: usize, out: &mut [u32]
                 let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
                 // Element j of the result is `lo[j]` for j < 16, `hi[j-16]` after: 32
                 // consecutive values, i.e. 16 pairs in order.
-                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
                 _mm512_storeu_si512(dst.as_mut_ptr().add(i / 2).cast(), v);
             }
             i += 32;
@@ -88,11 +88,15 @@ fn micro_rows<const R: usize>(
     for p in 0..pairs {
         // SAFETY: (p + 1)·NR ≤ pairs·NR ≤ b.len(); r·pairs + p < R·pairs ≤ a.len().
         unsafe {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR).cast()));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR + 16).cast()));
+            let b0 =
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(p * NR).cast()));
+            let b1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                bp.add(p * NR + 16).cast(),
+            ));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*ap.add(r * pairs + p) as i32));
+                let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                    *ap.add(r * pairs + p) as i32,
+                ));
                 acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
                 acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
             }
