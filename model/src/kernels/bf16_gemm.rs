@@ -99,7 +99,11 @@ impl Bf16Panel {
     pub fn get(&self, row: usize, col: usize) -> f32 {
         let (t, j, p) = (col / NR, col % NR, row / 2);
         let w = self.data[(t * self.pairs + p) * NR + j];
-        let h = if row % 2 == 0 { w & 0xffff } else { w >> 16 };
+        let h = if row.is_multiple_of(2) {
+            w & 0xffff
+        } else {
+            w >> 16
+        };
         bf16::from_bits(h as u16).to_f32()
     }
 
