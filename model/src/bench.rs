@@ -79,6 +79,28 @@ pub fn gemm_peak_gflops(device: &Device, n: usize, reps: usize) -> Result<f64, M
     Ok(2.0 * (n as f64).powi(3) / best / 1e9)
 }
 
+/// The rate of an `n`³ bf16 × bf16 → f32 product through [`crate::kernels::bf16_gemm`]
+/// (the kernel mixed-precision training uses; AVX-512 BF16 where the CPU has it), best of
+/// `reps` after one warm-up, in GFLOP/s.
+pub fn bf16_gemm_peak_gflops(n: usize, reps: usize) -> f64 {
+    use crate::kernels::bf16_gemm::{Bf16Panel, gemm};
+    let a: Vec<f32> = (0..n * n)
+        .map(|i| ((i % 97) as f32 - 48.0) / 64.0)
+        .collect();
+    let b = Bf16Panel::from_rows(&a, n, n);
+    let mut best = f64::INFINITY;
+    for i in 0..=reps {
+        let t = Instant::now();
+        let c = gemm(&a, n, &b);
+        std::hint::black_box(&c);
+        let s = t.elapsed().as_secs_f64();
+        if i > 0 {
+            best = best.min(s);
+        }
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
 /// Multiply-adds per token of the seven base projections of all layers.
 pub fn base_linear_macs(cfg: &ModelConfig) -> f64 {
     let per_layer: usize = TargetModule::ALL

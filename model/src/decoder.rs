@@ -37,6 +37,7 @@ use crate::error::ModelError;
 use crate::fused::{self, CausalMask, FusedAttention, RopeTables};
 use crate::kernels::PackedMatrix;
 use crate::lora::{LoraAdapter, TargetModule};
+use crate::precision::{Bf16Weight, bf16_matmul, frozen_bf16_matmul};
 use crate::train::dropout::LoraDropout;
 use crate::weights::{TensorStore, read_f32};
 
@@ -108,6 +109,9 @@ pub struct CausalLm {
     pub head_t: Tensor<2>,
     /// `head_t` packed in bf16 for the host kernel, after [`CausalLm::to_bf16`].
     head_packed: Option<Arc<PackedMatrix>>,
+    /// `head_t` in bf16 for mixed-precision training, after [`CausalLm::to_train_bf16`]
+    /// (used for every many-row lm_head product then).
+    head_bf16: Option<Arc<Bf16Weight>>,
     /// Whether decode calls may take the host step (`host_step.rs`).
     host_step: HostStep,
     /// The host step's copies of norms and biases, made on its first call and dropped by
@@ -368,6 +372,13 @@ impl CausalLm {
                 TensorData::new(logits, [b, s, self.cfg.vocab_size]),
                 &self.device,
             );
+        }
+        if let Some(w) = &self.head_bf16 {
+            let y = match frozen_bf16_matmul(w, &x) {
+                Some(y) => y,
+                None => bf16_matmul(x, w),
+            };
+            return y.reshape([b, s, self.cfg.vocab_size]);
         }
         x.matmul(self.head_t.clone())
             .reshape([b, s, self.cfg.vocab_size])

@@ -23,6 +23,7 @@
 use crate::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix};
 use half::bf16;
 
+pub mod bf16_gemm;
 pub mod lora;
 pub mod pool;
 
@@ -535,3 +536,5 @@ fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32], simd:
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod bf16_avx512;

@@ -23,6 +23,7 @@ pub mod kernels;
 pub mod lora;
 pub mod peft;
 pub mod plot;
+pub mod precision;
 pub mod quant;
 pub mod quant_double;
 pub mod quant_train;

@@ -38,7 +38,7 @@ enum FrozenWeight {
 impl FrozenWeight {
     fn of(weight_t: &LinearWeight) -> Option<Self> {
         match weight_t {
-            LinearWeight::Dense(_) => None,
+            LinearWeight::Dense(_) | LinearWeight::Bf16(_) => None,
             LinearWeight::Nf4(q) => Some(FrozenWeight::Nf4(Arc::clone(q))),
             LinearWeight::Packed(p) => Some(FrozenWeight::Packed(Arc::clone(p))),
         }

@@ -15,6 +15,7 @@ use common::*;
 use tributary_model::decoder::CausalLm;
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
 use tributary_model::peft::peft_key;
+use tributary_model::precision::Precision;
 use tributary_model::train::{Schedule, TrainConfig, TrainExample, Trainer};
 
 fn setup(name: &str) -> (CausalLm, LoraAdapter, Vec<TrainExample>) {
@@ -49,6 +50,7 @@ fn fixture_config() -> TrainConfig {
         max_grad_norm: None,
         batch_size: 2,
         seed: 0,
+        precision: Precision::F32,
     }
 }
 

@@ -18,12 +18,19 @@
 //! seed = 42
 //! max_grad_norm = 1.0
 //! checkpoint_every = 50
+//! precision = "bf16"                  # or "f32" (default: the worker's fastest, see below)
 //! ```
 //!
 //! The global batch is cut into `grad_accum` micro-batches of `batch_size / grad_accum`
 //! examples; micro-batches are the unit spread over workers, so at most `grad_accum` workers
 //! share one job, and the reduction over micro-batches in index order makes the result
 //! independent of the number of workers. Validation errors name the field and its limit.
+//!
+//! `train.precision` is the arithmetic of the frozen base's products (`tributary_model::
+//! precision`): "f32", or "bf16" (mixed precision, f32 accumulation, LoRA weights and
+//! optimizer in f32). Without it each worker takes the fastest precision whose quality holds
+//! on its CPU (bf16 where it has AVX-512 BF16): name it when the workers' CPUs differ, since
+//! the worker-count invariance holds at one precision.
 //!
 //! `base_model` URLs are downloaded into the worker's cache; `data = "datanet://NAME@VERSION"`
 //! (VERSION a number, a digest or prefix, or `latest`) is resolved in the worker's `--store`
@@ -129,7 +136,13 @@ pub struct TrainSpec {
     /// `(0, 0.5]`. None: no eval split, only the train loss is recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_fraction: Option<f64>,
+    /// "f32" or "bf16" (default: the worker's fastest; see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
+
+/// The values `train.precision` may take.
+pub const PRECISIONS: [&str; 2] = ["f32", "bf16"];
 
 fn default_batch() -> u32 {
     8
@@ -350,6 +363,14 @@ impl JobSpec {
                 "train.max_grad_norm = {n} is out of range: must be a positive number"
             )));
         }
+        if let Some(p) = &t.precision
+            && !PRECISIONS.contains(&p.as_str())
+        {
+            return Err(spec_err(format!(
+                "train.precision = {p:?} is not supported: must be one of {}",
+                PRECISIONS.join(", ")
+            )));
+        }
         if t.checkpoint_every == Some(0) {
             return Err(spec_err(
                 "train.checkpoint_every = 0 is out of range: must be at least 1".into(),
@@ -381,6 +402,7 @@ warmup = 10
 seed = 7
 max_grad_norm = 1.0
 checkpoint_every = 25
+precision = "bf16"
 "#;
 
     #[test]
@@ -407,6 +429,7 @@ checkpoint_every = 25
         assert_eq!(spec.workers, Workers::Auto);
         assert_eq!(spec.micro_batches(), 4);
         assert_eq!(spec.micro_batch_size(), 2);
+        assert_eq!(spec.train.precision.as_deref(), Some("bf16"));
         let json = spec.to_json().unwrap();
         assert!(json.contains("\"workers\":\"auto\""), "{json}");
         assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
@@ -453,6 +476,11 @@ checkpoint_every = 25
         let e = err_of(&base("", "steps = 5\nwarmup = 6", ""));
         assert!(
             e.contains("train.warmup = 6 exceeds train.steps = 5"),
+            "{e}"
+        );
+        let e = err_of(&base("", "steps = 1\nprecision = \"fp16\"", ""));
+        assert!(
+            e.contains("train.precision = \"fp16\"") && e.contains("f32, bf16"),
             "{e}"
         );
         let e = err_of(&base("", "stepz = 5", ""));

@@ -94,8 +94,12 @@ peers() {
 
 for round in $(seq 1 "$ROUNDS"); do
   # LoRA training, B=8, T=256, r=16 on all seven projections, AdamW.
-  run tributary-train          $TR train --config "$CONFIG" $TRAIN
+  # Ours in bf16 mixed precision (the default where the CPU has AVX-512 BF16) and in f32;
+  # PyTorch+PEFT in f32 and under torch.autocast bf16 (issue 19).
+  run tributary-train          $TR train --config "$CONFIG" --precision bf16 $TRAIN
+  run tributary-train-f32      $TR train --config "$CONFIG" --precision f32 $TRAIN
   peers torch-train            train $TRAIN
+  peers torch-train-autocast   train --autocast bf16 $TRAIN
   # Batch 1, f32 weights, with and without the adapter.
   run tributary-g1-f32packed   $TR generate --config "$CONFIG" --batch 1 --adapters 1 --dtype f32-packed $GEN
   peers torch-g1               generate --batch 1 --adapters 1 $GEN

@@ -14,7 +14,10 @@ from collections import defaultdict
 
 # (label, numerator tag, denominator tag, issue 3's target)
 RATIOS = [
-    ("training: Tributary / PyTorch+PEFT", "tributary-train", "torch-train", ">= 1.25"),
+    ("training: Tributary bf16 / PyTorch+PEFT f32", "tributary-train", "torch-train", ">= 2.5 (issue 19)"),
+    ("training: Tributary bf16 / PyTorch+PEFT autocast bf16", "tributary-train", "torch-train-autocast", ">= 1.25 (issue 19)"),
+    ("training: Tributary f32 / PyTorch+PEFT f32", "tributary-train-f32", "torch-train", ">= 1.25"),
+    ("training: Tributary bf16 / Tributary f32", "tributary-train", "tributary-train-f32", ""),
     ("batch 1 + adapter, f32: Tributary f32-packed / llama.cpp f32", "tributary-g1-f32packed", "llamacpp-g1-f32", ">= 1.1"),
     ("batch 1 + adapter, 16-bit: Tributary bf16 / llama.cpp f16", "tributary-g1-bf16", "llamacpp-g1-f16", ">= 1.0"),
     ("batch 1 + adapter: Tributary f32-packed / PyTorch+PEFT", "tributary-g1-f32packed", "torch-g1", ""),

@@ -1,6 +1,6 @@
 """PyTorch + PEFT on the model of `tributary bench`: LoRA training and greedy generation.
 
-    python torch_bench.py train    [--batch 8 --seq 256 --rank 16 --steps 3]
+    python torch_bench.py train    [--batch 8 --seq 256 --rank 16 --steps 3] [--autocast bf16]
     python torch_bench.py generate [--batch 1 --prompt-len 32 --new-tokens 128 --adapters 1]
     python torch_bench.py train --device cuda     # on a GPU (scripts/gpu/check.sh)
 
@@ -11,7 +11,11 @@ threads. What each run does matches `tributary bench` (model/src/bench/run.rs):
 
 - train: PEFT LoRA r=RANK, alpha=2*RANK, no dropout, on q/k/v/o/gate/up/down; AdamW over the
   LoRA factors; causal-LM loss over all positions of B random rows of T tokens; one warm-up
-  step, then STEPS timed steps; tokens_per_s = B*T*STEPS / time.
+  step, then STEPS timed steps; tokens_per_s = B*T*STEPS / time. `--autocast bf16` runs the
+  forward and loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (PyTorch's CPU mixed
+  precision: matmuls in bf16 with f32 accumulation through oneDNN, AMX/AVX-512 BF16 where the
+  CPU has them; weights, LoRA factors, gradients and AdamW stay f32), as a PEFT user would
+  turn it on; the JSON line then has `precision: "bf16-autocast"` and the bf16 GEMM peak.
 - generate: B random prompts of P tokens, greedy, KV cache, NEW tokens per row (no early
   stop); adapters K (rank RANK, random non-zero B, unmerged, active); K > 1 gives rows
   round-robin to K adapters in one mixed batch (PEFT's adapter_names); a 2-token warm-up run
@@ -41,6 +45,8 @@ def parse_args():
     p.add_argument("--adapters", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:N]")
     p.add_argument("--out", help="also append the JSON line to this file")
+    p.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                   help="train under torch.autocast('cpu', dtype=torch.bfloat16)")
     args = p.parse_args()
     if args.batch is None:
         args.batch = 8 if args.bench == "train" else 1
@@ -71,6 +77,20 @@ def gemm_peak_gflops(torch, device, n=1024, reps=5):
         t = time.perf_counter()
         torch.mm(a, b)
         sync(torch, device)
+        s = time.perf_counter() - t
+        if i > 0:
+            best = min(best, s)
+    return 2.0 * n**3 / best / 1e9
+
+
+def bf16_gemm_peak_gflops(torch, n=1024, reps=5):
+    """The same in bf16 (oneDNN's bf16 GEMM, f32 accumulation): what autocast's matmuls get."""
+    a = torch.randn(n, n).to(torch.bfloat16)
+    b = torch.randn(n, n).to(torch.bfloat16)
+    best = float("inf")
+    for i in range(reps + 1):
+        t = time.perf_counter()
+        torch.mm(a, b)
         s = time.perf_counter() - t
         if i > 0:
             best = min(best, s)
@@ -129,9 +149,12 @@ def run_train(torch, args, model, cfg, rec):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, cfg["vocab_size"], (args.batch, args.seq), generator=g).to(args.dev)
 
+    autocast = args.autocast == "bf16"
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=ids).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         return float(loss.detach())
@@ -153,6 +176,7 @@ def run_train(torch, args, model, cfg, rec):
         rank=args.rank,
         steps=args.steps,
         quantize="none",
+        precision="bf16-autocast" if autocast else "f32",
         seconds=seconds,
         tokens_per_s=args.batch * args.seq * args.steps / seconds,
         gflop_per_step=flops / 1e9,
@@ -274,6 +298,9 @@ def main():
     else:
         achieved = run_generate(torch, args, model, cfg, rec)
     rec.update(gemm_peak_gflops=peak, mfu=achieved / peak)
+    if args.bench == "train" and args.autocast == "bf16":
+        bf16_peak = bf16_gemm_peak_gflops(torch)
+        rec.update(bf16_gemm_peak_gflops=bf16_peak, mfu=achieved / bf16_peak)
     rec.update(common.memory_fields())
     rec["load_avg_1m"] = common.load_avg_1m()
     common.emit(rec, args.out)

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tributary_model::bench::{DecodeDtype, GenerateBench, TrainBench};
 use tributary_model::device::{DeviceError, DeviceRequest, Selected, select};
+use tributary_model::precision::Precision;
 
 /// How the frozen base's projection weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,6 +57,26 @@ impl Dtype {
     }
 }
 
+/// Arithmetic of the frozen base's products in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 throughout.
+    F32,
+    /// bf16 mixed precision: base and lm_head in bf16, products accumulated in f32, LoRA
+    /// weights, optimizer, norms, softmax and loss in f32.
+    Bf16,
+}
+
+/// The precision asked for, or the fastest whose quality holds on this machine (bf16 where
+/// the CPU has AVX-512 BF16, else f32).
+pub fn resolve_precision(arg: Option<PrecisionArg>) -> Precision {
+    match arg {
+        Some(PrecisionArg::F32) => Precision::F32,
+        Some(PrecisionArg::Bf16) => Precision::Bf16,
+        None => Precision::fastest(),
+    }
+}
+
 /// `tributary bench train`: LoRA training steps (AdamW) on random weights.
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
@@ -84,6 +105,10 @@ pub struct BenchTrainArgs {
     /// the CPU; never a software adapter), cpu, or wgpu (its best adapter, software included).
     #[arg(long, env = "TRIBUTARY_DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: DeviceRequest,
+    /// Arithmetic of the base's products [default: bf16 where the CPU has AVX-512 BF16,
+    /// else f32; what `model finetune` uses].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
 }
 
 /// `tributary bench generate`: greedy generation with LoRA adapters on random weights.
@@ -113,8 +138,9 @@ pub struct BenchGenerateArgs {
     /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
     #[arg(long)]
     pub double_quant: bool,
-    /// Storage of the dense weights (projections not in NF4, and the lm_head).
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    /// Storage of the dense weights (projections not in NF4, and the lm_head); the default is
+    /// `model generate`'s.
+    #[arg(long, value_enum, default_value_t = Dtype::F32Packed)]
     pub dtype: Dtype,
     /// Where to compute: auto (a hardware GPU if the build has `wgpu` and one is found, else
     /// the CPU; never a software adapter), cpu, or wgpu (its best adapter, software included).
@@ -145,6 +171,7 @@ pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         steps: args.steps,
         nf4: args.quantize.is_nf4(),
         double_quant: args.double_quant,
+        precision: resolve_precision(args.precision),
     };
     let selected = select(args.device)?;
     let report = bench

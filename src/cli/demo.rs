@@ -136,6 +136,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         quantize: super::bench_model::Quantize::None,
         double_quant: false,
         attribution_index: false,
+        precision: None,
     })?;
     if let Some(loss) = report.final_train_loss {
         println!("    final train loss {loss:.3}");

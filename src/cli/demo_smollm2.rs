@@ -246,6 +246,7 @@ fn finetune(run: &mut DemoRun) -> anyhow::Result<()> {
         quantize: super::bench_model::Quantize::None,
         double_quant: false,
         attribution_index: false,
+        precision: None,
     })?;
     println!(
         "    {} steps in {:.0} s ({:.0} tokens/s); adapter and loss curve in {}",

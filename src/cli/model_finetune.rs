@@ -117,6 +117,10 @@ pub struct FinetuneArgs {
     /// size and cost in OUT/attribution.json.
     #[arg(long)]
     pub attribution_index: bool,
+    /// Arithmetic of the frozen base's products [default: bf16 where the CPU has AVX-512
+    /// BF16, else f32]; recorded in OUT/training_config.json.
+    #[arg(long, value_enum)]
+    pub precision: Option<super::bench_model::PrecisionArg>,
 }
 
 /// What a fine-tune produced.
@@ -238,6 +242,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
                 max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
                 batch_size: args.batch_size,
                 seed: args.seed,
+                precision: super::bench_model::resolve_precision(args.precision),
                 ..TrainConfig::default()
             };
             Trainer::new(model, lora, cfg).context("setting up the trainer")?

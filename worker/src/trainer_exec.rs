@@ -14,6 +14,7 @@ use std::path::Path;
 use tributary_model::data::{DataOptions, load_jsonl};
 use tributary_model::decoder::CausalLm;
 use tributary_model::lora::{LoraConfig, TargetModule};
+use tributary_model::precision::Precision;
 use tributary_model::tokenizer::Tokenizer;
 use tributary_model::train::driver::{MicroRange, Session};
 use tributary_model::train::{TrainConfig, TrainExample, Trainer};
@@ -135,6 +136,14 @@ impl TrainerExecutor {
             max_grad_norm: spec.train.max_grad_norm.map(f64::from),
             batch_size: spec.micro_batch_size() as usize,
             seed: spec.train.seed,
+            precision: match spec.train.precision.as_deref() {
+                None => Precision::fastest(),
+                Some(name) => Precision::parse(name).ok_or_else(|| {
+                    ExecError::Setup(format!(
+                        "train.precision: unknown precision {name:?} (f32 or bf16)"
+                    ))
+                })?,
+            },
             ..TrainConfig::default()
         };
         let index = crate::attribution_index::Recording::new(

@@ -1,7 +1,8 @@
 //! The model crate's LoRA trainer behind `ShardExecutor`, on the tiny Llama fixture: a
 //! step split over two executors (as two workers would) and summed in micro-batch order
 //! gives the same adapter as one executor, and the same as `Trainer::train_step`; a
-//! checkpoint restores exactly.
+//! checkpoint restores exactly. The invariance is checked at both precisions
+//! (`train.precision`: f32, and bf16 mixed precision).
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
@@ -22,6 +23,11 @@ fn fixture() -> PathBuf {
 }
 
 fn spec(dir: &tempfile::TempDir) -> JobSpec {
+    spec_at(dir, None)
+}
+
+/// The job, with `train.precision` set when `precision` is given.
+fn spec_at(dir: &tempfile::TempDir, precision: Option<&str>) -> JobSpec {
     let data = dir.path().join("train.jsonl");
     let lines: Vec<String> = (0..12)
         .map(|i| {
@@ -35,9 +41,10 @@ fn spec(dir: &tempfile::TempDir) -> JobSpec {
     JobSpec::from_toml_str(&format!(
         "base_model = {:?}\ndata = {:?}\n[lora]\nrank = 4\nalpha = 8\ndropout = 0.1\n\
          target_modules = [\"q_proj\", \"v_proj\"]\n[train]\nsteps = 3\nbatch_size = 4\n\
-         grad_accum = 4\nlr = 0.01\nseed = 9\nmax_grad_norm = 1.0\n",
+         grad_accum = 4\nlr = 0.01\nseed = 9\nmax_grad_norm = 1.0\n{}",
         fixture().display().to_string(),
-        data.display().to_string()
+        data.display().to_string(),
+        precision.map_or(String::new(), |p| format!("precision = {p:?}\n"))
     ))
     .unwrap()
 }
@@ -92,8 +99,14 @@ fn adapter_values(ex: &TrainerExecutor) -> Vec<f32> {
 
 #[test]
 fn two_executors_train_the_same_adapter_as_one_and_as_train_step() {
+    for precision in ["f32", "bf16"] {
+        same_adapter_for_any_worker_count(precision);
+    }
+}
+
+fn same_adapter_for_any_worker_count(precision: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(&dir);
+    let spec = spec_at(&dir, Some(precision));
     let mut one = [TrainerExecutor::new(&spec).unwrap()];
     let mut two = [
         TrainerExecutor::new(&spec).unwrap(),
@@ -107,9 +120,14 @@ fn two_executors_train_the_same_adapter_as_one_and_as_train_step() {
         adapter_values(&two[0]),
         adapter_values(&two[1]),
     );
-    assert_ne!(a, before, "training changed nothing");
-    assert_eq!(a, b, "2 workers differ from 1");
-    assert_eq!(b, c, "the two workers diverged");
+    assert_ne!(a, before, "{precision}: training changed nothing");
+    assert_eq!(a, b, "{precision}: 2 workers differ from 1");
+    assert_eq!(b, c, "{precision}: the two workers diverged");
+    assert_eq!(
+        reference_precision(&one[0]),
+        precision,
+        "the executor trains at the spec's precision"
+    );
 
     // The model crate's own loop over the same examples gives the same adapter.
     let mut reference = TrainerExecutor::new(&spec).unwrap();
@@ -132,8 +150,15 @@ fn two_executors_train_the_same_adapter_as_one_and_as_train_step() {
         })
         .collect();
     for (x, y) in a.iter().zip(&want) {
-        assert!((x - y).abs() <= 1e-5 * y.abs().max(1e-3), "{x} vs {y}");
+        assert!(
+            (x - y).abs() <= 1e-5 * y.abs().max(1e-3),
+            "{precision}: {x} vs {y}"
+        );
     }
+}
+
+fn reference_precision(ex: &TrainerExecutor) -> &'static str {
+    ex.trainer().config().precision.name()
 }
 
 #[test]

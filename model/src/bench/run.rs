@@ -9,14 +9,15 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::{
-    decode_step_bytes, gemm_peak_gflops, generate_flops, load_average, peak_rss_bytes,
-    read_bandwidth, rss_bytes, train_step_flops,
+    bf16_gemm_peak_gflops, decode_step_bytes, gemm_peak_gflops, generate_flops, load_average,
+    peak_rss_bytes, read_bandwidth, rss_bytes, train_step_flops,
 };
 use crate::config::ModelConfig;
 use crate::decoder::{CausalLm, MixedLora};
 use crate::error::ModelError;
 use crate::init::init_random_checkpoint;
 use crate::lora::{LoraAdapter, LoraConfig, TargetModule};
+use crate::precision::Precision;
 use crate::train::{TrainConfig, TrainExample, Trainer};
 use crate::weights::read_f32;
 
@@ -39,6 +40,8 @@ pub struct TrainBench {
     pub nf4: bool,
     /// Double-quantize the NF4 scales (needs `nf4`).
     pub double_quant: bool,
+    /// Arithmetic of the base's products.
+    pub precision: Precision,
 }
 
 /// The JSON line of `tributary bench train`.
@@ -51,11 +54,18 @@ pub struct TrainReport {
     pub rank: usize,
     pub steps: usize,
     pub quantize: &'static str,
+    /// "f32" or "bf16" (mixed precision).
+    pub precision: &'static str,
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub gflop_per_step: f64,
     pub achieved_gflops: f64,
+    /// burn's f32 GEMM, 1024³, measured just before the run.
     pub gemm_peak_gflops: f64,
+    /// The bf16 GEMM kernel (`kernels::bf16_gemm`), 1024³, measured just before the run.
+    pub bf16_gemm_peak_gflops: f64,
+    /// Achieved over the peak of the run's precision (f32: `gemm_peak_gflops`, bf16:
+    /// `bf16_gemm_peak_gflops`).
     pub mfu: f64,
     pub first_loss: f32,
     pub last_loss: f32,
@@ -232,6 +242,7 @@ impl TrainBench {
             ));
         }
         let peak = gemm_peak_gflops(device, GEMM_N, GEMM_REPS)?;
+        let bf16_peak = bf16_gemm_peak_gflops(GEMM_N, GEMM_REPS);
         let model = bench_model(config, device, self.nf4, self.double_quant)?;
         let cfg = model.config().clone();
         let lora = LoraConfig::new(self.rank, 2.0 * self.rank as f64, &TargetModule::ALL);
@@ -239,9 +250,13 @@ impl TrainBench {
             lr: 1e-3,
             total_steps: self.steps as u64 + 1,
             batch_size: self.batch,
+            precision: self.precision,
             ..TrainConfig::default()
         };
         let mut trainer = Trainer::new(&model, lora, tcfg)?;
+        // The trainer holds the base as it trains on it (bf16 copies in bf16 mode): the f32
+        // model it was made from is not needed any more.
+        drop(model);
         let batch: Vec<TrainExample> = random_rows(self.batch, self.seq, cfg.vocab_size, 1)
             .into_iter()
             .map(TrainExample::causal)
@@ -264,15 +279,21 @@ impl TrainBench {
             rank: self.rank,
             steps: self.steps,
             quantize: quant_name(self.nf4, self.double_quant),
+            precision: self.precision.name(),
             seconds,
             tokens_per_s: (self.batch * self.seq * self.steps) as f64 / seconds,
             gflop_per_step: flops / 1e9,
             achieved_gflops: achieved,
             gemm_peak_gflops: peak,
-            mfu: achieved / peak,
+            bf16_gemm_peak_gflops: bf16_peak,
+            mfu: achieved
+                / match self.precision {
+                    Precision::F32 => peak,
+                    Precision::Bf16 => bf16_peak,
+                },
             first_loss,
             last_loss,
-            base_linear_mib: mib(model.linear_weight_bytes() as f64),
+            base_linear_mib: mib(trainer.model().linear_weight_bytes() as f64),
             peak_rss_mib: peak_rss_bytes().map_or(f64::NAN, |b| mib(b as f64)),
             rss_mib: rss_bytes().map_or(f64::NAN, |b| mib(b as f64)),
             load_avg_1m: load_average(),

@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::ModelError;
 use crate::kernels::{PackedMatrix, nf4_matmul};
+use crate::precision::{Bf16Weight, bf16_matmul, frozen_bf16_matmul};
 use crate::quant::Nf4Matrix;
 use crate::quant_train::frozen_matmul;
 use crate::weights::{TensorStore, read_f32, transpose};
@@ -45,6 +46,9 @@ pub enum LinearWeight {
     Nf4(Arc<Nf4Matrix>),
     /// bf16 or f32 in host memory, packed for the host kernel (`--dtype bf16|f32-packed`).
     Packed(Arc<PackedMatrix>),
+    /// bf16 for mixed-precision training ([`crate::precision`]): `Wᵀ` and `W` packed for the
+    /// bf16 GEMM, used for every product (forward, input gradient, evaluation).
+    Bf16(Arc<Bf16Weight>),
 }
 
 impl LinearWeight {
@@ -54,6 +58,7 @@ impl LinearWeight {
             LinearWeight::Dense(t) => t.dims(),
             LinearWeight::Nf4(q) => q.shape(),
             LinearWeight::Packed(p) => p.dims(),
+            LinearWeight::Bf16(w) => w.dims(),
         }
     }
 
@@ -64,6 +69,9 @@ impl LinearWeight {
             LinearWeight::Nf4(q) => q.dequantize_tensor(device),
             LinearWeight::Packed(p) => {
                 Tensor::from_data(TensorData::new(p.to_f32(), p.dims()), device)
+            }
+            LinearWeight::Bf16(w) => {
+                Tensor::from_data(TensorData::new(w.to_f32(), w.dims()), device)
             }
         }
     }
@@ -88,13 +96,13 @@ impl LinearWeight {
             return None;
         }
         match self {
-            LinearWeight::Dense(_) => return None,
+            LinearWeight::Dense(_) | LinearWeight::Bf16(_) => return None,
             LinearWeight::Nf4(q) if !crate::kernels::nf4_fusable(q) => return None,
             _ => {}
         }
         let xs = read_f32(x, "activations").ok()?;
         let mut y = match self {
-            LinearWeight::Dense(_) => return None,
+            LinearWeight::Dense(_) | LinearWeight::Bf16(_) => return None,
             LinearWeight::Packed(p) => {
                 p.matmul_prefetching(&xs, m, crate::kernels::simd_available(), prefetch)
             }
@@ -111,7 +119,7 @@ impl LinearWeight {
     /// NF4 the fused kernel reads).
     pub(crate) fn is_host_capable(&self) -> bool {
         match self {
-            LinearWeight::Dense(_) => false,
+            LinearWeight::Dense(_) | LinearWeight::Bf16(_) => false,
             LinearWeight::Packed(_) => true,
             LinearWeight::Nf4(q) => crate::kernels::nf4_fusable(q),
         }
@@ -134,7 +142,7 @@ impl LinearWeight {
             return None;
         }
         let mut y = match self {
-            LinearWeight::Dense(_) => return None,
+            LinearWeight::Dense(_) | LinearWeight::Bf16(_) => return None,
             LinearWeight::Packed(p) => p.matmul_prefetching(x, m, simd, prefetch),
             LinearWeight::Nf4(q) => crate::kernels::nf4_matmul_with(q, x, m, simd)?,
         };
@@ -145,6 +153,20 @@ impl LinearWeight {
     /// Whether the host kernels read this weight in bf16.
     pub(crate) fn is_host_bf16(&self) -> bool {
         matches!(self, LinearWeight::Packed(p) if p.is_bf16())
+    }
+
+    /// This weight in bf16 for mixed-precision training (dense and packed weights are read
+    /// back and rounded; NF4 and bf16 ones are returned unchanged).
+    pub fn to_train_bf16(&self, name: &str) -> Result<Self, ModelError> {
+        let [k, n] = self.dims();
+        let values = match self {
+            LinearWeight::Dense(w) => read_f32(w, name)?,
+            LinearWeight::Packed(p) => p.to_f32(),
+            LinearWeight::Nf4(_) | LinearWeight::Bf16(_) => return Ok(self.clone()),
+        };
+        Ok(LinearWeight::Bf16(Arc::new(Bf16Weight::from_wt(
+            &values, k, n,
+        ))))
     }
 
     /// This weight packed for the host kernels, in bf16 (rounded to nearest even) or f32;
@@ -171,7 +193,11 @@ impl Linear {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         // An autodiff input over a host-stored weight takes the frozen step; everything else
         // (and that step's own forward) the untracked product.
-        let y = match frozen_matmul(&self.weight_t, &x, |x| self.forward_untracked(x)) {
+        let frozen = match &self.weight_t {
+            LinearWeight::Bf16(w) => frozen_bf16_matmul(w, &x),
+            other => frozen_matmul(other, &x, |x| self.forward_untracked(x)),
+        };
+        let y = match frozen {
             Some(y) => y,
             None => self.forward_untracked(x),
         };
@@ -184,6 +210,9 @@ impl Linear {
     /// `x·Wᵀ` for an `x` without autodiff graph (the forward of [`frozen_matmul`]): host
     /// kernel or a dequantized copy of `Wᵀ` that is dropped with the product.
     fn forward_untracked(&self, x: Tensor<2>) -> Tensor<2> {
+        if let LinearWeight::Bf16(w) = &self.weight_t {
+            return bf16_matmul(x, w);
+        }
         match self.weight_t.host_matmul(&x) {
             Some(y) => y,
             None => {
@@ -221,6 +250,7 @@ impl Linear {
             LinearWeight::Dense(t) => t.shape().num_elements() * std::mem::size_of::<f32>(),
             LinearWeight::Nf4(q) => q.resident_bytes(),
             LinearWeight::Packed(p) => p.resident_bytes(),
+            LinearWeight::Bf16(w) => w.resident_bytes(),
         }
     }
 

@@ -110,6 +110,7 @@ impl CausalLm {
             norm,
             head_t,
             head_packed: None,
+            head_bf16: None,
             host_step: HostStep::default(),
             host_weights: OnceLock::new(),
         })

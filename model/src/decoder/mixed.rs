@@ -272,7 +272,10 @@ impl<'a> LoraSel<'a> {
         x: &Tensor<2>,
     ) -> Option<Tensor<2>> {
         if matches!(self, LoraSel::None)
-            || matches!(linear.weight_t, LinearWeight::Dense(_))
+            || matches!(
+                linear.weight_t,
+                LinearWeight::Dense(_) | LinearWeight::Bf16(_)
+            )
             || x.is_autodiff()
         {
             return None;

@@ -9,6 +9,7 @@ use super::{CausalLm, LinearWeight};
 use crate::error::ModelError;
 use crate::kernels::PackedMatrix;
 use crate::lora::TargetModule;
+use crate::precision::Bf16Weight;
 use crate::quant::Nf4Matrix;
 use crate::weights::read_f32;
 
@@ -67,6 +68,28 @@ impl CausalLm {
             PackedMatrix::f32(&values, h, v)
         };
         self.head_packed = Some(Arc::new(packed));
+        Ok(())
+    }
+
+    /// Stores the seven projections of every layer and the lm_head in bf16 for
+    /// mixed-precision training ([`crate::precision`]); NF4 projections stay NF4. The
+    /// lm_head's f32 tensor stays for calls that are not on burn-flex.
+    pub fn to_train_bf16(&mut self) -> Result<(), ModelError> {
+        let _span = tracing::info_span!("to_train_bf16").entered();
+        self.host_weights = OnceLock::new();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            for t in TargetModule::ALL {
+                let lin = layer.linear_mut(t);
+                lin.weight_t = lin
+                    .weight_t
+                    .to_train_bf16(&format!("{}.weight", t.path(l)))?;
+            }
+        }
+        if self.head_bf16.is_none() {
+            let [h, v] = self.head_t.dims();
+            let values = read_f32(&self.head_t, "lm_head.weight")?;
+            self.head_bf16 = Some(Arc::new(Bf16Weight::from_wt(&values, h, v)));
+        }
         Ok(())
     }
 

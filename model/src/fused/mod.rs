@@ -112,7 +112,7 @@ lift_as!(lift_balanced_checkpointing, BalancedCheckpointing);
 
 /// `t` as a dense row-major f32 tensor whose storage is exactly its elements (copied only
 /// when it is a strided view, an offset slice or another float type).
-fn dense_f32(t: FlexTensor) -> FlexTensor {
+pub(crate) fn dense_f32(t: FlexTensor) -> FlexTensor {
     let t = if t.dtype() == DType::F32 {
         t
     } else {
@@ -124,12 +124,12 @@ fn dense_f32(t: FlexTensor) -> FlexTensor {
 }
 
 /// The values of a tensor made by [`dense_f32`] or [`tensor_of`].
-fn values(t: &FlexTensor) -> &[f32] {
+pub(crate) fn values(t: &FlexTensor) -> &[f32] {
     t.storage::<f32>()
 }
 
 /// A new f32 tensor of `shape` holding `data`.
-fn tensor_of(data: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(crate) fn tensor_of(data: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(data),
         Layout::contiguous(shape),

@@ -19,6 +19,8 @@ mod trainer;
 
 use serde::{Deserialize, Serialize};
 
+use crate::precision::Precision;
+
 pub use checkpoint::TRAIN_CONFIG_FILE;
 pub use loss::{Collated, collate};
 pub use optim::{AdamW, AdamWParams};
@@ -82,6 +84,9 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Seed for adapter initialisation, LoRA dropout and data order.
     pub seed: u64,
+    /// Arithmetic of the frozen base's products ([`Precision`]); absent in configs saved
+    /// before it existed, which were f32.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +103,7 @@ impl Default for TrainConfig {
             max_grad_norm: Some(1.0),
             batch_size: 4,
             seed: 0,
+            precision: Precision::F32,
         }
     }
 }

@@ -10,6 +10,7 @@ use super::{TrainConfig, TrainExample};
 use crate::decoder::{CausalLm, TrainOpts};
 use crate::error::ModelError;
 use crate::lora::{LoraAdapter, LoraConfig};
+use crate::precision::Precision;
 use crate::weights::{HostTensor, read_f32};
 
 /// What one optimizer step did.
@@ -155,9 +156,14 @@ impl Trainer {
         }
         let adapter = adapter.to_device(model.device());
         let optim = AdamW::new(&adapter, model.device());
+        let mut base = model.clone();
+        if cfg.precision == Precision::Bf16 {
+            base.to_train_bf16()?;
+        }
+        let base_ad = base.to_autodiff();
         Ok(Self {
-            base: model.clone(),
-            base_ad: model.to_autodiff(),
+            base,
+            base_ad,
             adapter,
             optim,
             cfg,

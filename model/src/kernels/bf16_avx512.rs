@@ -1,0 +1,125 @@
+//! The AVX-512 BF16 bodies of [`super::bf16_gemm`] (callers check the CPU features first).
+
+use std::arch::x86_64::*;
+
+use super::bf16_gemm::{MR, NR};
+
+/// Calls `f::<R>(args)` with `R` the constant equal to `mr` (1..=MR), so the accumulators
+/// stay in registers.
+macro_rules! with_rows {
+    ($mr:expr, $f:ident($($arg:expr),*)) => {
+        match $mr {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            9 => $f::<9>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            11 => $f::<11>($($arg),*),
+            _ => $f::<MR>($($arg),*),
+        }
+    };
+}
+
+/// `rows` rows of `a` (`[rows, k]`, `k` even) rounded to bf16 (nearest even) into `out`
+/// (`[rows][k/2]` pairs, the even column in the low half).
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn pack_rows(a: &[f32], rows: usize, k: usize, out: &mut [u32]) {
+    assert!(k.is_multiple_of(2) && a.len() >= rows * k && out.len() >= rows * k / 2);
+    let pairs = k / 2;
+    for r in 0..rows {
+        let src = &a[r * k..(r + 1) * k];
+        let dst = &mut out[r * pairs..(r + 1) * pairs];
+        let mut i = 0;
+        while i + 32 <= k {
+            // SAFETY: i + 32 ≤ k = src.len(); i/2 + 16 ≤ pairs = dst.len().
+            unsafe {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(i));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
+                // Element j of the result is `lo[j]` for j < 16, `hi[j-16]` after: 32
+                // consecutive values, i.e. 16 pairs in order.
+                let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(i / 2).cast(), v);
+            }
+            i += 32;
+        }
+        while i < k {
+            let lo = u32::from(half::bf16::from_f32(src[i]).to_bits());
+            let hi = u32::from(half::bf16::from_f32(src[i + 1]).to_bits());
+            dst[i / 2] = lo | (hi << 16);
+            i += 2;
+        }
+    }
+}
+
+/// `mr` packed rows of `A` times one tile of `B` into `c` (row stride `ldc`, `cols` columns).
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn micro(
+    a: &[u32],
+    pairs: usize,
+    b: &[u32],
+    mr: usize,
+    c: &mut [f32],
+    ldc: usize,
+    cols: usize,
+) {
+    assert!(a.len() >= mr * pairs && b.len() >= pairs * NR && (1..=MR).contains(&mr));
+    assert!(cols <= NR && c.len() >= (mr - 1) * ldc + cols);
+    with_rows!(mr, micro_rows(a, pairs, b, c, ldc, cols))
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn micro_rows<const R: usize>(
+    a: &[u32],
+    pairs: usize,
+    b: &[u32],
+    c: &mut [f32],
+    ldc: usize,
+    cols: usize,
+) {
+    assert!(a.len() >= R * pairs && b.len() >= pairs * NR && cols <= NR);
+    assert!(c.len() >= (R - 1) * ldc + cols);
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for p in 0..pairs {
+        // SAFETY: (p + 1)·NR ≤ pairs·NR ≤ b.len(); r·pairs + p < R·pairs ≤ a.len().
+        unsafe {
+            let b0 =
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(p * NR).cast()));
+            let b1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                bp.add(p * NR + 16).cast(),
+            ));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                    *ap.add(r * pairs + p) as i32,
+                ));
+                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+            }
+        }
+    }
+    let m0: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    let m1: __mmask16 = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        (1u16 << (cols - 16)) - 1
+    } else {
+        0
+    };
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: the masks cover only the first `cols` columns of row r, inside `c`.
+        unsafe {
+            let row = c.as_mut_ptr().add(r * ldc);
+            _mm512_mask_storeu_ps(row, m0, acc[0]);
+            _mm512_mask_storeu_ps(row.add(16), m1, acc[1]);
+        }
+    }
+}

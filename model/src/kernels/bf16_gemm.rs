@@ -1,0 +1,243 @@
+//! bf16 × bf16 → f32 GEMM for mixed-precision training: `C = A·B` with `A` `[m, k]` f32
+//! (activations or incoming gradients, rounded to bf16 as they are packed), `B` `[k, n]` a
+//! frozen weight stored in bf16 ([`Bf16Panel`]), `C` `[m, n]` f32. Products of two bf16
+//! values are exact in f32 and every sum is kept in f32: only the inputs are rounded.
+//!
+//! Where the CPU has AVX-512 BF16 (`VDPBF16PS`: 32 bf16 products per instruction, summed in
+//! pairs into 16 f32 lanes, twice the f32 FMA rate) the kernel uses it ([`bf16_dot_available`],
+//! checked at run time); elsewhere a portable loop widens both operands to f32 and computes
+//! the same sums (differing only in the order of the two terms of each pair and in
+//! `VDPBF16PS`'s flushing of subnormals to zero).
+//!
+//! Layout: `B` is cut into column tiles of [`NR`]; a tile stores, for every pair of rows
+//! `(2p, 2p+1)` of `B`, its [`NR`] columns as `u32`s holding the two bf16 values (row `2p` in
+//! the low half), which is the operand layout of `VDPBF16PS`. `A` is packed per block of rows
+//! into the same pairs (`[rows][k/2]` `u32`), so one 32-bit broadcast gives a row's pair.
+//! Row blocks of [`MC`] rows are spread over rayon's pool; within a block every tile of `B`
+//! is multiplied by [`MR`] rows at a time with `2·MR` accumulator registers.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Output columns per tile of `B` (two 16-lane vectors).
+pub const NR: usize = 32;
+
+/// Rows of `A` per micro-kernel call (24 accumulator registers of 32).
+pub const MR: usize = 12;
+
+/// Rows of `A` per rayon task (a multiple of [`MR`]): its packed rows (`MC·k` bf16) stay in
+/// L2 while every tile of `B` passes by.
+pub const MC: usize = 96;
+
+/// A `[k, n]` matrix in bf16, packed in column tiles for [`gemm`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bf16Panel {
+    k: usize,
+    n: usize,
+    /// `k` rounded up to even, halved.
+    pairs: usize,
+    /// `[tiles][pairs][NR]`, each `u32` = bf16 of row `2p` (low) and `2p+1` (high).
+    data: Vec<u32>,
+}
+
+/// bf16 bits of `v`, rounded to nearest even (NaN stays NaN).
+#[inline]
+fn bits(v: f32) -> u32 {
+    u32::from(bf16::from_f32(v).to_bits())
+}
+
+impl Bf16Panel {
+    /// Packs the `[k, n]` matrix whose element `(row, col)` is `at(row, col)`, rounded to
+    /// bf16 (nearest even).
+    pub fn from_fn(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
+        let pairs = k.div_ceil(2);
+        let tiles = n.div_ceil(NR);
+        let mut data = vec![0u32; tiles * pairs * NR];
+        for t in 0..tiles {
+            for p in 0..pairs {
+                let base = (t * pairs + p) * NR;
+                for j in 0..NR {
+                    let c = t * NR + j;
+                    if c >= n {
+                        break;
+                    }
+                    let lo = bits(at(2 * p, c));
+                    let hi = if 2 * p + 1 < k {
+                        bits(at(2 * p + 1, c))
+                    } else {
+                        0
+                    };
+                    data[base + j] = lo | (hi << 16);
+                }
+            }
+        }
+        Self { k, n, pairs, data }
+    }
+
+    /// Packs `b`, `[k, n]` row-major.
+    pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(b.len(), k * n, "Bf16Panel::from_rows: b is not [k, n]");
+        Self::from_fn(k, n, |r, c| b[r * n + c])
+    }
+
+    /// Packs the transpose of `bt` (`bt` is `[n, k]` row-major; the panel is `[k, n]`).
+    pub fn from_transposed(bt: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(
+            bt.len(),
+            k * n,
+            "Bf16Panel::from_transposed: bt is not [n, k]"
+        );
+        Self::from_fn(k, n, |r, c| bt[c * k + r])
+    }
+
+    /// `[k, n]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.k, self.n]
+    }
+
+    /// Element `(row, col)` widened to f32.
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        let (t, j, p) = (col / NR, col % NR, row / 2);
+        let w = self.data[(t * self.pairs + p) * NR + j];
+        let h = if row.is_multiple_of(2) {
+            w & 0xffff
+        } else {
+            w >> 16
+        };
+        bf16::from_bits(h as u16).to_f32()
+    }
+
+    /// The matrix widened to f32, `[k, n]` row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.k * self.n);
+        for r in 0..self.k {
+            for c in 0..self.n {
+                out.push(self.get(r, c));
+            }
+        }
+        out
+    }
+
+    /// Bytes held.
+    pub fn resident_bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<u32>()
+    }
+
+    fn tile(&self, t: usize) -> &[u32] {
+        &self.data[t * self.pairs * NR..(t + 1) * self.pairs * NR]
+    }
+}
+
+/// Whether the CPU has AVX-512 BF16 (`VDPBF16PS`), which [`gemm`] then uses.
+pub fn bf16_dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `A·B`: `a` is `[m, k]` row-major f32 (rounded to bf16 here), the result `[m, n]` row-major.
+pub fn gemm(a: &[f32], m: usize, b: &Bf16Panel) -> Vec<f32> {
+    gemm_with(a, m, b, bf16_dot_available())
+}
+
+/// [`gemm`] choosing the AVX-512 BF16 kernel (when `simd` and the CPU has it) or the portable
+/// one (tests compare them).
+pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, simd: bool) -> Vec<f32> {
+    let (k, n) = (b.k, b.n);
+    assert_eq!(a.len(), m * k, "bf16 gemm: a is not [m, k]");
+    let simd = simd && bf16_dot_available();
+    let mut c = vec![0.0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return c;
+    }
+    let block = |(a_rows, c_rows): (&[f32], &mut [f32])| {
+        let rows = a_rows.len() / k;
+        let packed = pack_rows(a_rows, rows, k, b.pairs, simd);
+        for t in 0..n.div_ceil(NR) {
+            let cols = (n - t * NR).min(NR);
+            let bt = b.tile(t);
+            for r0 in (0..rows).step_by(MR) {
+                let mr = (rows - r0).min(MR);
+                let ap = &packed[r0 * b.pairs..(r0 + mr) * b.pairs];
+                let out = &mut c_rows[r0 * n + t * NR..];
+                micro(ap, b.pairs, bt, mr, out, n, cols, simd);
+            }
+        }
+    };
+    if m <= MC {
+        block((a, &mut c));
+    } else {
+        a.par_chunks(MC * k)
+            .zip(c.par_chunks_mut(MC * n))
+            .for_each(block);
+    }
+    c
+}
+
+/// `rows` rows of `a` (`[rows, k]`) as bf16 pairs, `[rows][pairs]` (a zero high half past an
+/// odd `k`).
+fn pack_rows(a: &[f32], rows: usize, k: usize, pairs: usize, simd: bool) -> Vec<u32> {
+    let mut out = vec![0u32; rows * pairs];
+    #[cfg(target_arch = "x86_64")]
+    if simd && k.is_multiple_of(2) {
+        // SAFETY: avx512f and avx512bf16 were detected by the caller (`simd`).
+        unsafe { super::bf16_avx512::pack_rows(a, rows, k, &mut out) };
+        return out;
+    }
+    let _ = simd;
+    for r in 0..rows {
+        let row = &a[r * k..(r + 1) * k];
+        let dst = &mut out[r * pairs..(r + 1) * pairs];
+        for (p, d) in dst.iter_mut().enumerate() {
+            let lo = bits(row[2 * p]);
+            let hi = row.get(2 * p + 1).map_or(0, |&v| bits(v));
+            *d = lo | (hi << 16);
+        }
+    }
+    out
+}
+
+/// `mr` rows of packed `A` times one tile of `B`, written into `c` (row stride `ldc`, the
+/// first `cols` columns).
+#[allow(clippy::too_many_arguments)]
+fn micro(
+    a: &[u32],
+    pairs: usize,
+    b: &[u32],
+    mr: usize,
+    c: &mut [f32],
+    ldc: usize,
+    cols: usize,
+    simd: bool,
+) {
+    assert!(a.len() >= mr * pairs && b.len() >= pairs * NR && mr <= MR && cols <= NR);
+    assert!(mr == 0 || c.len() >= (mr - 1) * ldc + cols);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the features were detected (`simd`); bounds are asserted above.
+        unsafe { super::bf16_avx512::micro(a, pairs, b, mr, c, ldc, cols) };
+        return;
+    }
+    let _ = simd;
+    let widen = |h: u32| f32::from_bits(h << 16);
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..pairs {
+        let bp = &b[p * NR..(p + 1) * NR];
+        for r in 0..mr {
+            let av = a[r * pairs + p];
+            let (a0, a1) = (widen(av & 0xffff), widen(av >> 16));
+            for (acc, &bv) in acc[r].iter_mut().zip(bp) {
+                *acc += a0 * widen(bv & 0xffff) + a1 * widen(bv >> 16);
+            }
+        }
+    }
+    for r in 0..mr {
+        c[r * ldc..r * ldc + cols].copy_from_slice(&acc[r][..cols]);
+    }
+}
