@@ -5,6 +5,14 @@
 //! once (a restart that re-sends an acknowledged reward does not pay twice),
 //! `tributary attribution explain` and `rerun`, and a contributor withdrawn before an
 //! answer earning nothing from it.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

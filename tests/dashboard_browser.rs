@@ -7,6 +7,14 @@
 //! upload report's rejected rows, the job's train and eval loss series in object storage).
 //! Screenshots go to `target/dashboard-screenshots/` (and to docs/screenshots/ with
 //! `TRIBUTARY_UPDATE_SCREENSHOTS=1`).
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -4,6 +4,14 @@
 //! registry, the tiny fixture model. Requests go through the gateway's HTTP API (and the
 //! official `openai` client); adapters stick to one worker each; a worker killed with -9
 //! under streaming load fails no request that had not started streaming.
+// Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 mod common;
 
@@ -14,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tributary_coordinator::testkit::EtcdServer;
+use tributary_coordinator::local_etcd::EtcdServer;
 
 fn fixtures() -> PathBuf {
     match std::env::var("TRIBUTARY_FIXTURES") {

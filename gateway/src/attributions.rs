@@ -106,9 +106,10 @@ async fn attribution(
     if !caller.admin && requester != caller.key_id.as_deref() {
         return Err(missing());
     }
-    rec["reward"] = get_json(&store, &receipt_key(&rid))
+    let reward = get_json(&store, &receipt_key(&rid))
         .await?
         .unwrap_or(Value::Null);
+    crate::json::set(&mut rec, "reward", reward);
     Ok(Json(rec))
 }
 

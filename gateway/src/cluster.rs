@@ -228,6 +228,7 @@ impl ClusterInference {
     }
 
     /// The worker for `model` now, skipping `excluded`; counts the request against it.
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
     fn pick(&self, model: &ModelChoice, excluded: &HashSet<NodeId>) -> Option<(NodeId, InFlight)> {
         let mut t = self.inner.table.write().ok()?;
         let base = t.info.as_ref()?.base_digest;
@@ -245,8 +246,8 @@ impl ClusterInference {
             .collect();
         let loads: Vec<WorkerLoad> = candidates
             .iter()
-            .map(|n| {
-                let w = &t.workers[*n];
+            .filter_map(|n| Some((n, t.workers.get(*n)?)))
+            .map(|(n, w)| {
                 let mine = w.in_flight.load(Ordering::Relaxed);
                 WorkerLoad {
                     id: n.to_string(),
@@ -262,7 +263,7 @@ impl ClusterInference {
                 }
             })
             .collect();
-        let node = candidates[route(model, &loads, self.inner.config.bound)?].clone();
+        let node = (*candidates.get(route(model, &loads, self.inner.config.bound)?)?).clone();
         let w = t.workers.get_mut(&node)?;
         if let ModelChoice::Adapter(d) = model {
             w.routed.insert(*d, now);
@@ -271,6 +272,7 @@ impl ClusterInference {
         Some((node, InFlight(w.in_flight.clone())))
     }
 
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
     fn mark_down(&self, node: &NodeId) {
         if let Ok(mut t) = self.inner.table.write()
             && let Some(w) = t.workers.get_mut(node)

@@ -350,6 +350,7 @@ async fn diff(
     Ok(SafeJson(to_json(&d)?))
 }
 
+#[allow(clippy::disallowed_methods)] // reads the wall clock for timestamps
 async fn upload(
     State(st): State<DatanetsState>,
     Extension(caller): Extension<Caller>,
@@ -383,7 +384,7 @@ async fn upload(
             .map_or(0, |d| d.as_millis() as u64);
         let id = crate::datanet_uploads::record(&st.datanets, &report, now_ms).await?;
         let mut body = to_json(&report)?;
-        body["upload_id"] = json!(id);
+        crate::json::set(&mut body, "upload_id", json!(id));
         Ok((status, SafeJson(body)))
     }
     .instrument(info_span!("http_datanet_upload"))

@@ -71,7 +71,7 @@ pub enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker (cluster mode): serves QUIC with mTLS, registers in etcd under a lease;
     /// with `--base-model`, also serves inference to gateways.
-    Worker(cluster::WorkerArgs),
+    Worker(Box<cluster::WorkerArgs>),
     /// Run a gateway (cluster mode): the OpenAI API over the serving workers in etcd.
     Gateway(gateway::GatewayArgs),
     /// Datanets: community datasets (create, upload, list, show, diff, export).
@@ -108,7 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Adapter(args) => adapter::run(args),
         Command::Keys(args) => keys::run(args),
         Command::Coordinator(args) => cluster::run_coordinator(args),
-        Command::Worker(args) => cluster::run_worker(args),
+        Command::Worker(args) => cluster::run_worker(*args),
         Command::Gateway(args) => gateway::run(args),
         Command::Datanet(args) => datanet::run(args),
         Command::Ledger(args) => ledger::run(args),

@@ -101,6 +101,7 @@ impl Recording {
     }
 
     /// The index files of the trained adapter (none when turned off).
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
     pub fn build(
         &self,
         model: &CausalLm,

@@ -192,6 +192,7 @@ impl TrainerExecutor {
 }
 
 impl ShardExecutor for TrainerExecutor {
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
     fn gradients(&mut self, step: u64, mb: &MicroBatch) -> Result<MicroGrad, ExecError> {
         let t0 = std::time::Instant::now();
         let r = MicroRange {
@@ -211,6 +212,7 @@ impl ShardExecutor for TrainerExecutor {
         })
     }
 
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
     fn apply(&mut self, step: u64, summed: &[f32], tokens: u64) -> Result<(), ExecError> {
         let t0 = std::time::Instant::now();
         let stats = self

@@ -105,6 +105,7 @@ impl JobRun {
     }
 
     /// Writes the history when `force`d or [`FLUSH_EVERY`] has passed since the last write.
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
     pub(super) async fn flush_history(&self, rec: &mut Recorder, force: bool) {
         if !force && rec.last_flush.is_some_and(|t| t.elapsed() < FLUSH_EVERY) {
             return;

@@ -41,6 +41,7 @@ pub struct Sessions {
 }
 
 /// A random token: 32 bytes from the thread's CSPRNG, hex.
+#[allow(clippy::disallowed_methods)] // takes fresh entropy
 pub fn token() -> String {
     let bytes: [u8; 32] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -77,6 +78,7 @@ pub fn set_cookie(name: &str, value: &str, max_age: Duration) -> String {
 
 impl Sessions {
     /// A new session for `key` (owned by `owner`); `None` when the table is full.
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
     pub fn create(&self, key: Option<String>, owner: String) -> Option<Session> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_SESSIONS {

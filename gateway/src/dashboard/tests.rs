@@ -76,6 +76,7 @@ fn meta_csrf(html: &str) -> String {
 }
 
 #[tokio::test]
+#[allow(clippy::disallowed_methods)] // takes fresh entropy
 async fn login_csrf_escaping_scopes_and_logout() {
     let store = Store::open(&format!("memory://dash-{}", rand::random::<u64>())).unwrap();
     let keys = KeyStore::new(store.clone());

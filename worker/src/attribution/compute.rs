@@ -376,6 +376,7 @@ impl Attributor {
 
     /// Attributes `job`: the record and the objects to store (features, then the record).
     /// `None` when its adapter has no index.
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
     pub fn attribute(
         &mut self,
         job: &AnswerJob,

@@ -166,6 +166,7 @@ pub async fn start(
     Ok((AttributionSink { tx, store, active }, actor))
 }
 
+#[allow(clippy::disallowed_methods)] // measures elapsed time
 fn run(
     mut at: Attributor,
     mut rx: mpsc::Receiver<AnswerJob>,
@@ -280,6 +281,7 @@ fn send(actor: &ActorRef<RewardMsg>, rec: &AttributionRecord, bytes: &[u8]) {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // measures elapsed time
 fn handle(
     at: &mut Attributor,
     job: &AnswerJob,
