@@ -185,6 +185,8 @@ fn fixture_config() -> TrainConfig {
         max_grad_norm: None,
         batch_size: 2,
         seed: 0,
+        // The fixtures are f32 references.
+        precision: tributary_model::precision::Precision::F32,
     }
 }
 
