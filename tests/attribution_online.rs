@@ -16,19 +16,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => repo().join("../shared/fixtures"),
-    }
-}
 
 fn tributary(args: &[&str]) -> std::process::Output {
     Command::new(bin()).args(args).output().unwrap()

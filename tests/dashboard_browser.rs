@@ -24,13 +24,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => repo().join("../shared/fixtures"),
-    }
-}
-
 /// The Python with Playwright installed (scripts/setup-browser-deps.sh).
 fn browser_python() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")

@@ -24,13 +24,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use tributary_coordinator::local_etcd::EtcdServer;
 
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => repo().join("../shared/fixtures"),
-    }
-}
-
 struct Proc {
     child: Child,
     log: PathBuf,

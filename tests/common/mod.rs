@@ -17,6 +17,14 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The shared fixtures (`TRIBUTARY_FIXTURES`, else `../shared/fixtures` beside the repo).
+pub fn fixtures() -> PathBuf {
+    match std::env::var("TRIBUTARY_FIXTURES") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => repo().join("../shared/fixtures"),
+    }
+}
+
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
