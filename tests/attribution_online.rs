@@ -337,6 +337,13 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         report["records"], 1,
         "one record for one request id: {report}"
     );
+    // The API (and the dashboard's Rewards page) read the same log.
+    let (code, body) = dev.request("GET", "/v1/rewards", "text/plain", "");
+    assert_eq!(code, 200, "{body}");
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(api["ok"], true, "{api}");
+    assert_eq!(api["records"], 1, "{api}");
+    assert_eq!(api["balances"], first_balances, "{api}");
 
     // Withdrawal: the top contributor takes all their data back; the same question answered
     // after the takedown (greedy: the same answer) pays them nothing.

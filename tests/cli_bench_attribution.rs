@@ -9,16 +9,12 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+
+use common::fixtures;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
-
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    }
-}
 
 fn write_sets(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let mut data = String::new();

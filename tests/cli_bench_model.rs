@@ -9,16 +9,11 @@
     clippy::disallowed_methods
 )]
 
-use serde_json::Value;
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    }
-}
+use common::fixtures;
+use serde_json::Value;
+use std::process::Command;
 
 fn json_line(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_tributary"))

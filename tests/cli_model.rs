@@ -10,19 +10,15 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+
+use common::fixtures;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tributary"))
-}
-
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    }
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -339,22 +335,57 @@ fn init_model_trains_with_a_fixture_tokenizer() {
 }
 
 #[test]
-fn demo_runs_end_to_end_without_external_files() {
+fn demo_runs_the_whole_loop_without_external_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("demo");
     let out = run(bin()
-        .args(["demo", "--random", "--steps", "3", "--out"])
+        .args(["demo", "--random", "--steps", "3", "--examples", "10"])
+        .args(["--held-out", "1", "--out"])
         .arg(&out_dir)
         .current_dir(tmp.path())
         .env("TRIBUTARY_FIXTURES", "/nonexistent"));
     let text = stdout(&out);
-    assert!(text.contains("held-out eval loss"), "{text}");
-    assert_eq!(text.matches("adapter:").count(), 3, "{text}");
+    for want in [
+        "1/6 platform",
+        "6/6 attribution and rewards",
+        "reward log verified: true",
+        "dashboard: http://127.0.0.1:",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in\n{text}");
+    }
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("demo.json")).unwrap()).unwrap();
+    // The copier's rows were all refused: copies of a rival's rows and two broken rows.
+    let eve = &record["uploads"]["eve"];
+    assert_eq!(eve["accepted"], 0, "{eve}");
+    assert_eq!(eve["duplicates"], 10, "{eve}");
+    assert_eq!(eve["rejected"].as_array().unwrap().len(), 2, "{eve}");
+    assert_eq!(record["uploads"]["ana"]["accepted"], 10, "{record}");
+    // Every adapter answer (one per contributor) was attributed and paid, the log
+    // verifies, and what was paid out is what the answers cost.
+    assert_eq!(record["attributions"], 4, "{record}");
+    assert_eq!(record["rewards"]["ok"], true, "{record}");
+    let balances = record["rewards"]["balances"].as_object().unwrap();
+    let paid: u64 = balances.values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(
+        paid > 0 && paid == record["fees"].as_u64().unwrap(),
+        "{record}"
+    );
+    assert!(
+        balances.get("studio").and_then(Value::as_u64).unwrap_or(0) > 0,
+        "{record}"
+    );
+    assert_eq!(
+        balances.get("eve").and_then(Value::as_u64).unwrap_or(0),
+        0,
+        "{record}"
+    );
     for f in [
         "adapter/adapter_model.safetensors",
-        "adapter/loss_curve.svg",
+        "adapter/adapter_config.json",
         "base-model/model.safetensors",
-        "base-model/tokenizer.json",
+        "platform/admin.key",
+        "datanet/eve.jsonl",
     ] {
         assert!(out_dir.join(f).is_file(), "{f} missing");
     }

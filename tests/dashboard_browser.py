@@ -11,6 +11,7 @@ Writes a screenshot of each page; prints one JSON line of what it saw; exits non
 first failed check."""
 
 import json
+import re
 import os
 import sys
 import time
@@ -195,15 +196,22 @@ with sync_playwright() as p:
              and page.get_attribute("#answer-b", "aria-busy") == "false", 120, "answers streamed")
     seen["answers"] = [page.inner_text("#answer-a"), page.inner_text("#answer-b")]
     check(all(a and not a.startswith("error") for a in seen["answers"]), "two answers")
-    wait_for(lambda: "Attribution" in page.inner_text("#attr-a")
-             and "loading" not in page.inner_text("#attr-a"), 30, "attribution panel")
-    seen["attribution"] = page.inner_text("#attr-a")[:200]
+    # The record (shares, fee) and then its reward-log entry appear under the answer.
+    wait_for(lambda: "Reward-log entry" in page.inner_text("#attr-a"), 90, "attribution and reward")
+    panel = page.inner_text("#attr-a")
+    check("Fee " in panel and ("Whose data" in panel or "No contributor scored" in panel), "attribution panel: " + panel[:300])
+    seen["attribution"] = panel[:300]
     shot(page, "playground")
 
+    # The same request's entry on the Rewards page (the panel links to it).
+    rid = re.search(r"attribution rerun (\S+)", panel)
+    check(rid is not None, "request id in the panel")
     for name in ["rewards", "cluster"]:
         page.goto(base + "/" + name)
         check(page.locator("main h1").inner_text().lower() == name, name + " page")
         shot(page, name)
+        if name == "rewards":
+            check(page.locator("[id='req-%s']" % rid.group(1)).count() == 1, "reward entry of " + rid.group(1))
     check(page.inner_text("#readiness") == "ready", "cluster ready")
 
     # Phone width: the datanet page without horizontal page scroll.

@@ -48,7 +48,6 @@ fn get(dev: &Dev, path: &str) -> Value {
 }
 
 #[test]
-#[ignore = "failed in the session-6 cold CI run: job 1 (300 steps) did not succeed in time after the mid-job reload (passed 3 times on its branch); run with --ignored until fixed"]
 fn the_dashboard_works_in_chromium_against_dev() {
     let tmp = tempfile::tempdir().unwrap();
     let base = fixtures().join("tiny-llama");

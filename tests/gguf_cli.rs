@@ -11,6 +11,9 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+
+use common::fixtures;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -37,13 +40,6 @@ fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("model/tests/data/gguf")
         .join(name)
-}
-
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    }
 }
 
 fn greedy(model: &std::path::Path) -> serde_json::Value {
@@ -165,10 +161,12 @@ fn demo_on_smollm2_at_a_small_size() {
         .arg(&out_dir));
     let text = stdout(&out);
     for want in [
-        "base model digest",
+        "0/6 base model",
         "exact match",
-        "4/5 fine-tune",
+        "4/6 fine-tune",
+        "6/6 attribution and rewards",
         "held-out questions",
+        "reward log verified: true",
     ] {
         assert!(text.contains(want), "{want:?} missing in\n{text}");
     }
@@ -177,7 +175,8 @@ fn demo_on_smollm2_at_a_small_size() {
     assert_eq!(record["held_out"], 4);
     assert_eq!(record["contributors"].as_array().map(Vec::len), Some(4));
     assert_eq!(record["exact_match_before"]["total"], 4);
-    for name in ["ana", "bo", "chen", "dara"] {
+    assert_eq!(record["attributions"], 4, "{record}");
+    for name in ["ana", "bo", "chen", "dara", "eve"] {
         assert!(out_dir.join(format!("datanet/{name}.jsonl")).is_file());
     }
     assert!(out_dir.join("adapter/adapter_model.safetensors").is_file());

@@ -14,17 +14,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => repo().join("../shared/fixtures"),
-    }
-}
 
 /// One raw HTTP/1.1 request (body as bytes, so invalid UTF-8 can be sent).
 fn raw(port: u16, path: &str, key: Option<&str>, body: &[u8]) -> (u16, String) {

@@ -19,13 +19,6 @@ use std::process::Command;
 
 use common::*;
 
-fn fixtures() -> PathBuf {
-    match std::env::var("TRIBUTARY_FIXTURES") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => repo().join("../shared/fixtures"),
-    }
-}
-
 /// The Python with `openai` installed (scripts/setup-test-deps.sh).
 fn openai_python() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")

@@ -58,6 +58,9 @@ pub struct Parts {
     pub auth: Auth,
     /// The store holding the adapter registry, names and keys.
     pub store: Store,
+    /// Where the reward log that `/v1/rewards` reads lives, when not in `store` (`dev`
+    /// keeps it in `<data-dir>/ledger`).
+    pub reward_log: Option<Store>,
     /// The inference engine (none: no OpenAI or adapter routes).
     pub engine: Option<SharedInference>,
     pub jobs: Option<Arc<dyn JobApi>>,
@@ -124,7 +127,10 @@ pub fn app(parts: Parts) -> Router {
         &parts.auth,
     ));
     r = r.merge(crate::rewards_api::rewards_router(
-        parts.store.clone(),
+        parts
+            .reward_log
+            .clone()
+            .unwrap_or_else(|| parts.store.clone()),
         &parts.auth,
     ));
     if let Some(keys) = parts.auth.key_store() {

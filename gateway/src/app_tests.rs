@@ -39,6 +39,7 @@ impl JobApi for RecordingJobs {
 
 fn parts(auth: Auth, store: Store, jobs: Arc<RecordingJobs>) -> Parts {
     Parts {
+        reward_log: None,
         auth,
         store,
         engine: Some(Arc::new(ScriptedEngine::default())),

@@ -126,6 +126,7 @@ fn the_gateway_adds_well_under_a_millisecond_at_the_median() {
         .unwrap();
     let engine: Arc<dyn InferenceService> = Arc::new(InstantEngine);
     let app = tributary_gateway::app(Parts {
+        reward_log: None,
         auth: Auth::keys(keys),
         store,
         engine: Some(engine.clone()),

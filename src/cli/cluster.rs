@@ -208,6 +208,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         tributary_gateway::Auth::keys(tributary_ledger::keys::KeyStore::new(store.clone()))
     };
     let app = tributary_gateway::app(tributary_gateway::Parts {
+        reward_log: None,
         auth,
         store,
         engine: None,

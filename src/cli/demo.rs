@@ -1,47 +1,33 @@
-//! `tributary demo`: the README's first command, on the embedded default with nothing to
-//! install.
+//! `tributary demo`: the README's first command, the whole product in one process.
 //!
-//! By default it runs on SmolLM2-135M-Instruct (`demo_smollm2`). With `--random` it makes
-//! a small random Llama (config and tokenizer embedded from `assets/demo/`),
-//! fine-tunes a LoRA adapter on a built-in instruction set (progress bar, held-out loss
-//! before and after, loss curve), then answers a few questions with and without the
-//! adapter. Everything lands in `--out`. Later the cluster path plugs in here.
+//! It prepares a base model, then runs [`super::demo_loop`] on it: contributors upload to a
+//! datanet, a job fine-tunes a LoRA adapter, the platform serves it over the OpenAI API,
+//! every answer is attributed to the contributors behind it and paid into the reward log.
+//!
+//! By default the base model is SmolLM2-135M-Instruct (the GGUF that
+//! `scripts/fetch-smollm2.sh` caches, imported once into a checkpoint directory under
+//! `--out`). With `--random` it is a small random Llama (config and tokenizer embedded from
+//! `assets/demo/`): the loop runs the same, in seconds, on answers that mean nothing.
 
 use anyhow::Context as _;
 use clap::Args;
 use std::path::{Path, PathBuf};
-use tributary_model::generate::GenerationParams;
+use std::time::Instant;
 
-use super::model_finetune::{self, FinetuneArgs, ScheduleArg};
-use super::model_generate::{self, complete, eos_ids, load, load_adapter};
+use super::demo_loop::{self, Base};
 
 const TOKENIZER_JSON: &str = include_str!("../../assets/demo/tokenizer.json");
 const TOKENIZER_CONFIG: &str = include_str!("../../assets/demo/tokenizer_config.json");
 const CHAT_TEMPLATE: &str = include_str!("../../assets/demo/chat_template.jinja");
 const MODEL_CONFIG: &str = include_str!("../../assets/demo/config.json");
-const TRAIN_JSONL: &str = include_str!("../../assets/demo/train.jsonl");
-
-/// The user question of each line of the built-in data, with whether it was held out.
-fn questions(eval_lines: &[usize]) -> anyhow::Result<Vec<(String, bool)>> {
-    TRAIN_JSONL
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            let q = v["messages"][0]["content"]
-                .as_str()
-                .context("demo data: no question")?;
-            Ok((q.to_owned(), eval_lines.contains(&(i + 1))))
-        })
-        .collect()
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Where the base model, data, adapter and loss curve are written.
+    /// Where the base model, the platform's data (store, reward log, admin key), the
+    /// datanet files, the downloaded adapter and `demo.json` are written.
     #[arg(long, default_value = "tributary-demo")]
     pub out: PathBuf,
-    /// Optimizer steps of the fine-tune [default: 30 on SmolLM2, 250 with --random].
+    /// Optimizer steps of the fine-tune.
     #[arg(long)]
     pub steps: Option<u64>,
     /// Seed for the random base model and the fine-tune.
@@ -57,9 +43,25 @@ pub struct DemoArgs {
     /// Training examples per contributor of the built-in datanet.
     #[arg(long, default_value_t = 60)]
     pub examples: usize,
-    /// Held-out examples per contributor (exact match before and after).
-    #[arg(long, default_value_t = 10)]
+    /// Held-out examples per contributor (exact match before and after; each adapter
+    /// answer is attributed and paid).
+    #[arg(long, default_value_t = 4)]
     pub held_out: usize,
+    /// Keep the platform (API and dashboard) running after the loop, until Ctrl-C.
+    #[arg(long)]
+    pub serve: bool,
+    /// The platform's HTTP port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+/// Where SmolLM2 is cached by `scripts/fetch-smollm2.sh`.
+pub fn default_model_path() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("tributary/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -67,105 +69,95 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    if !args.random {
-        let args = DemoArgs {
-            steps: Some(args.steps.unwrap_or(30)),
-            ..args.clone()
-        };
-        return super::demo_smollm2::run(&args);
+    let started = Instant::now();
+    if args.steps == Some(0) {
+        anyhow::bail!("--steps must be at least 1");
     }
-    let steps = args.steps.unwrap_or(250);
-    let base = args.out.join("base-model");
-    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    if args.held_out == 0 || args.examples == 0 {
+        anyhow::bail!("--examples and --held-out must be at least 1");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let base = if args.random {
+        random_base(args)?
+    } else {
+        real_base(args)?
+    };
+    let mut args = args.clone();
+    if args.random && args.steps.is_none() {
+        args.steps = Some(100);
+    }
+    super::cluster::runtime()?.block_on(demo_loop::run(args, base, started))
+}
+
+/// A small random Llama with the demo tokenizer, in `<out>/base-model`.
+fn random_base(args: &DemoArgs) -> anyhow::Result<Base> {
+    let dir = args.out.join("base-model");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = args.out.join("base-model.config.json");
     write(&config, MODEL_CONFIG)?;
-    let cfg = tributary_model::init::init_random_checkpoint(&config, args.seed, &base)
+    let cfg = tributary_model::init::init_random_checkpoint(&config, args.seed, &dir)
         .context("making the random base model")?;
-    write(&base.join("tokenizer.json"), TOKENIZER_JSON)?;
-    write(&base.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
-    write(&base.join("chat_template.jinja"), CHAT_TEMPLATE)?;
-    let data = args.out.join("train.jsonl");
-    write(&data, TRAIN_JSONL)?;
+    write(&dir.join("tokenizer.json"), TOKENIZER_JSON)?;
+    write(&dir.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
+    write(&dir.join("chat_template.jinja"), CHAT_TEMPLATE)?;
     println!(
-        "1/3 base model: random Llama, {} layers, hidden {}, vocab {} in {}",
+        "0/6 base model: random Llama, {} layers, hidden {}, vocab {} in {}",
         cfg.num_hidden_layers,
         cfg.hidden_size,
         cfg.vocab_size,
-        base.display()
+        dir.display()
     );
+    Ok(Base {
+        dir: std::fs::canonicalize(&dir)?,
+        name: "random-llama".into(),
+    })
+}
 
-    let adapter_dir = args.out.join("adapter");
-    println!(
-        "2/3 fine-tuning a LoRA adapter on {} ({} steps)",
-        data.display(),
-        steps
+/// SmolLM2 (or `--model`): a GGUF file is imported once into `<out>/base-model` (f32, the
+/// same base digest as the file); a directory is used as it is.
+fn real_base(args: &DemoArgs) -> anyhow::Result<Base> {
+    let file = args.model.clone().unwrap_or_else(default_model_path);
+    anyhow::ensure!(
+        file.exists(),
+        "{} is missing: run scripts/fetch-smollm2.sh (scripts/demo.sh does), pass --model, or use --random for random weights",
+        file.display()
     );
-    let report = model_finetune::run(&FinetuneArgs {
-        model: base.clone(),
-        tokenizer: None,
-        data,
-        out: adapter_dir.clone(),
-        rank: 32,
-        alpha: 64.0,
-        dropout: 0.0,
-        target_modules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
-        steps: Some(steps),
-        epochs: 1,
-        batch_size: 8,
-        grad_accum: 1,
-        lr: 3e-3,
-        warmup: 5,
-        schedule: ScheduleArg::Cosine,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
-        seed: args.seed,
-        eval_fraction: 0.1,
-        max_seq_len: Some(256),
-        checkpoint_every: None,
-        resume: None,
-        quantize: super::bench_model::Quantize::None,
-        double_quant: false,
-        attribution_index: false,
-        precision: None,
-    })?;
-    if let Some(loss) = report.final_train_loss {
-        println!("    final train loss {loss:.3}");
-    }
-    println!(
-        "    adapter and loss curve: {}",
-        adapter_dir.join("loss_curve.svg").display()
-    );
-
-    println!("3/3 answering (greedy, at most 40 tokens), base model vs. with the adapter");
-    let loaded = load(&base, None, super::bench_model::Quantize::None, false)?;
-    let adapter = load_adapter(&adapter_dir, &loaded.model)?;
-    let params = GenerationParams::greedy(40, eos_ids(&loaded));
-    let all = questions(&report.eval_lines)?;
-    let seen = all.iter().filter(|(_, held_out)| !held_out).take(2);
-    let unseen = all.iter().filter(|(_, held_out)| *held_out).take(1);
-    for (q, held_out) in seen.chain(unseen) {
-        let chat = serde_json::json!([{"role": "user", "content": q}]).to_string();
-        let note = if *held_out {
-            "held out from training"
-        } else {
-            "seen in training"
-        };
-        println!("\nQ ({note}): {q}");
-        for (label, a) in [("base   ", None), ("adapter", Some(&adapter))] {
-            let prompt = model_generate::prompt_ids(&loaded.tokenizer, None, Some(&chat))?;
-            let out = complete(&loaded, a, prompt, &params, false, false)?;
-            println!("  {label}: {}", out.text.trim());
+    let t0 = Instant::now();
+    let dir = if tributary_model::gguf::is_gguf(&file) {
+        let dir = args.out.join("base-model");
+        if !dir.join("config.json").is_file() {
+            // A half-written import from an interrupted run is redone.
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            tributary_model::gguf::import::import(
+                &file,
+                &dir,
+                tributary_model::gguf::import::ImportDtype::F32,
+            )
+            .with_context(|| format!("importing {}", file.display()))?;
         }
-    }
-    Ok(())
+        dir
+    } else {
+        file.clone()
+    };
+    let digest = tributary_model::source::base_model_digest(&dir)?;
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(|s| s.split('.').next().unwrap_or(s).to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "base".into());
+    println!(
+        "0/6 base model: {} as {name}, digest {} ({:.1} s)",
+        file.display(),
+        tributary_model::source::hex(&digest),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(Base {
+        dir: std::fs::canonicalize(&dir)?,
+        name,
+    })
 }

@@ -118,3 +118,28 @@ pub fn datanet(per_contributor: usize, held_out: usize) -> (Vec<Example>, Vec<Ex
     }
     (train, eval)
 }
+
+/// The copier's upload: the first `copies` rows of the first contributor, word for word
+/// but without their owner's name (so they would count as the copier's own), then two
+/// broken rows (a cut-off line and a chat without an answer).
+pub fn copier_upload(train: &[Example], copies: usize) -> String {
+    let mut lines: Vec<String> = train
+        .iter()
+        .filter(|e| Some(e.contributor) == CONTRIBUTORS.first().map(|c| c.name))
+        .take(copies)
+        .map(|e| {
+            json!({"messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": e.question},
+                {"role": "assistant", "content": e.answer},
+            ]})
+            .to_string()
+        })
+        .collect();
+    lines.push(r#"{"messages": [{"role": "user", "content": "Convert 5 km to me"#.to_string());
+    lines.push(
+        json!({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Convert 9 km to metres."}]})
+            .to_string(),
+    );
+    lines.join("\n") + "\n"
+}

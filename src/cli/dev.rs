@@ -57,6 +57,63 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let workers = args.workers;
+    let server = start(&args, super::cluster::terminate()).await?;
+    if let Some(key) = &server.admin_key {
+        eprintln!(
+            "tributary dev: admin API key {key} (in {})",
+            args.data_dir.join(super::api_key::ADMIN_KEY_FILE).display()
+        );
+    }
+    eprintln!(
+        "tributary dev: {workers} worker(s), store {}, job API on {}",
+        server.store_url, server.url
+    );
+    if let Some(info) = &server.serving {
+        eprintln!(
+            "tributary dev: serving {} ({}) with the OpenAI API at {}/v1",
+            info.base_name, info.base_digest, server.url
+        );
+    }
+    server.wait().await
+}
+
+/// A running `dev`: its HTTP server, coordinator and workers, until the shutdown future
+/// given to [`start`] resolves.
+pub struct DevServer {
+    /// `http://ADDR` of the bound HTTP server.
+    pub url: String,
+    /// The admin API key (none with `--insecure-no-auth`).
+    pub admin_key: Option<String>,
+    /// The object store's URL.
+    pub store_url: String,
+    /// The served base model, with `--base-model`.
+    pub serving: Option<tributary_protocol::EngineInfo>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    coordinator: ractor::ActorRef<tributary_coordinator::CoordinatorMsg>,
+    workers: Vec<ractor::ActorRef<tributary_worker::WorkerMsg>>,
+}
+
+impl DevServer {
+    /// Waits for the HTTP server to stop (after the shutdown future resolved), then stops
+    /// the coordinator and the workers.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let r = self.server.await;
+        self.coordinator.stop(None);
+        for a in self.workers {
+            a.stop(None);
+        }
+        r.context("HTTP server")?.context("HTTP server")?;
+        Ok(())
+    }
+}
+
+/// Starts everything `tributary dev` runs, serving until `shutdown` resolves. `--http`
+/// may name port 0; [`DevServer::url`] is the bound address.
+pub async fn start(
+    args: &DevArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<DevServer> {
     if args.workers == 0 || args.workers > 64 {
         anyhow::bail!("--workers {} is out of range: must be 1..=64", args.workers);
     }
@@ -119,20 +176,18 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         })
     });
     let store = Store::open(&store_dir.to_string_lossy())?;
-    let url = format!("http://{}", args.http);
-    let auth = if args.insecure_no_auth {
-        eprintln!(
-            "WARNING: --insecure-no-auth: no API keys; anyone who can reach {url} can run jobs and inference"
-        );
-        Auth::open()
-    } else {
-        let keys = KeyStore::new(store.clone());
-        let key = super::api_key::dev_admin_key(&keys, &args.data_dir, &url).await?;
-        eprintln!(
-            "tributary dev: admin API key {key} (in {})",
-            args.data_dir.join(super::api_key::ADMIN_KEY_FILE).display()
-        );
-        Auth::keys(keys)
+    // The reward log: `tributary ledger` reads it here by default (./tributary-data/ledger).
+    let ledger = std::fs::canonicalize(&args.data_dir)?.join("ledger");
+    let keys = (!args.insecure_no_auth).then(|| KeyStore::new(store.clone()));
+    let auth = match &keys {
+        None => {
+            eprintln!(
+                "WARNING: --insecure-no-auth: no API keys; anyone who can reach {} can run jobs and inference",
+                args.http
+            );
+            Auth::open()
+        }
+        Some(keys) => Auth::keys(keys.clone()),
     };
     let engine: Option<tributary_protocol::SharedInference> = match &args.serve.base_model {
         Some(dir) => {
@@ -148,7 +203,6 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             })
             .await??;
             if args.serve.attribution == "on" {
-                let ledger = std::fs::canonicalize(&args.data_dir)?.join("ledger");
                 let sink = super::serve_engine::start_attribution(
                     &args.serve,
                     &base_dir,
@@ -163,7 +217,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         None => None,
     };
     let serving = engine.as_ref().map(|e| e.info());
+    std::fs::create_dir_all(&ledger)
+        .with_context(|| format!("creating the reward log in {}", ledger.display()))?;
     let app = tributary_gateway::app(Parts {
+        reward_log: Some(Store::open(&ledger.to_string_lossy())?),
         auth,
         store,
         engine,
@@ -174,25 +231,21 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             ..ServeConfig::default()
         },
     });
-    let (bound, server) = tributary_gateway::serve(args.http, app, super::cluster::terminate())
+    let (bound, server) = tributary_gateway::serve(args.http, app, shutdown)
         .await
         .with_context(|| format!("listening on --http {}", args.http))?;
-    eprintln!(
-        "tributary dev: {} worker(s), store {}, job API on http://{bound}",
-        args.workers,
-        artifacts.url()
-    );
-    if let Some(info) = serving {
-        eprintln!(
-            "tributary dev: serving {} ({}) with the OpenAI API at http://{bound}/v1",
-            info.base_name, info.base_digest
-        );
-    }
-    let r = server.await;
-    coord.stop(None);
-    for a in actors {
-        a.stop(None);
-    }
-    r.context("HTTP server")?.context("HTTP server")?;
-    Ok(())
+    let url = format!("http://{bound}");
+    let admin_key = match &keys {
+        Some(keys) => Some(super::api_key::dev_admin_key(keys, &args.data_dir, &url).await?),
+        None => None,
+    };
+    Ok(DevServer {
+        url,
+        admin_key,
+        store_url: artifacts.url().to_string(),
+        serving,
+        server,
+        coordinator: coord,
+        workers: actors,
+    })
 }

@@ -90,6 +90,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         })
     });
     let app = tributary_gateway::app(Parts {
+        reward_log: None,
         auth,
         store,
         engine: Some(Arc::new(cluster.clone())),

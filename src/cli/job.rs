@@ -131,6 +131,40 @@ impl Api {
         self.send(req, what).await
     }
 
+    /// The body of a GET as bytes (file downloads), failing on a non-2xx status.
+    pub async fn get_bytes(&self, path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{what}: cannot reach {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context(what.to_string())?;
+        if !status.is_success() {
+            bail!("{what}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// POSTs `body` as it is, with `content_type` (datanet uploads are JSONL).
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        what: &str,
+    ) -> anyhow::Result<Value> {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        self.send(req, what).await
+    }
+
     pub async fn delete(&self, path: &str, what: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(format!("{}{path}", self.base)), what)
             .await
@@ -254,7 +288,7 @@ fn finish(rec: &Value, json: bool) -> anyhow::Result<()> {
 }
 
 /// Polls the job until it ends, with a progress bar when `bar`.
-async fn follow(api: &Api, id: &str, bar: bool) -> anyhow::Result<Value> {
+pub(super) async fn follow(api: &Api, id: &str, bar: bool) -> anyhow::Result<Value> {
     let pb = bar.then(|| {
         let pb = ProgressBar::new(0);
         pb.set_style(

@@ -16,7 +16,7 @@ pub mod cluster;
 pub mod datanet;
 pub mod demo;
 pub mod demo_data;
-pub mod demo_smollm2;
+pub mod demo_loop;
 pub mod dev;
 pub mod gateway;
 pub mod job;

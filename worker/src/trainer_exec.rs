@@ -146,18 +146,22 @@ impl TrainerExecutor {
             },
             ..TrainConfig::default()
         };
+        // The last `train.eval_fraction` of the examples are held out for the eval loss;
+        // the attribution index covers the training part only.
+        let train_len = spec.eval_split(examples_len).0 as usize;
+        let mut rows = rows;
+        rows.truncate(train_len);
         let index = crate::attribution_index::Recording::new(
             spec,
             rows,
             cfg.total_steps,
-            examples.len() as u64,
+            train_len as u64,
             base_digest,
             data_digest,
         );
         let trainer = Trainer::new(&model, lora, cfg).map_err(setup)?;
-        // The last `train.eval_fraction` of the examples are held out for the eval loss.
         let mut examples = examples;
-        let held_out = examples.split_off(spec.eval_split(examples_len).0 as usize);
+        let held_out = examples.split_off(train_len);
         let session = Session::new(trainer, examples, held_out).map_err(setup)?;
         Ok(Self {
             model,

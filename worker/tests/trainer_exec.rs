@@ -174,3 +174,25 @@ fn checkpoint_restores_the_trainer_exactly() {
     assert_eq!(b.trainer().step(), 2);
     assert!(b.restore(&state[..state.len() / 2]).is_err());
 }
+
+/// With `train.eval_fraction` the tail of the data is held out, and the attribution index
+/// the export builds covers exactly the training part (it used to take every row's id and
+/// fail the export: "9 examples but 12 row ids").
+#[test]
+fn export_with_an_eval_split_indexes_the_training_examples_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(&dir);
+    spec.train.eval_fraction = Some(0.25);
+    let mut ex = [TrainerExecutor::new(&spec).unwrap()];
+    train(&mut ex, 2);
+    let (loss, held_out) = ex[0].eval_loss().unwrap().unwrap();
+    assert!(loss.is_finite());
+    assert_eq!(held_out, 3);
+    let files = ex[0].export().unwrap();
+    let summary = files
+        .iter()
+        .find(|f| f.name == tributary_worker::attribution_index::SUMMARY_FILE)
+        .expect("the index summary is exported");
+    let summary: serde_json::Value = serde_json::from_slice(&summary.bytes).unwrap();
+    assert_eq!(summary["examples"], 9, "{summary}");
+}

@@ -373,29 +373,83 @@ async fn stream(State(st): State<Dash>, h: HeaderMap, body: Bytes) -> Response {
     r
 }
 
-/// An attribution as HTML: contributors' shares and top examples when the answer has them,
-/// else the JSON (escaped) as it came.
+/// An attribution record (`GET /v1/attributions/{id}`) as HTML, per choice: the
+/// contributors' shares, the top examples with their scores (withdrawn ones marked unpaid),
+/// the verbatim evidence spans highlighted inside the answer, the fee split, and the
+/// reward-log entry once the log acknowledged it. Everything a contributor wrote is escaped.
 fn attribution_view(v: &Value) -> Markup {
-    let contributors = v["contributors"].as_array().cloned().unwrap_or_default();
-    let examples = v["examples"]
-        .as_array()
-        .or(v["top_examples"].as_array())
-        .cloned()
-        .unwrap_or_default();
+    let units = v["params"]["shares"]["units"].as_u64().unwrap_or(1).max(1);
+    let choices = v["choices"].as_array().cloned().unwrap_or_default();
+    let percent = |u: &Value| format!("{:.1} %", u.as_f64().unwrap_or(0.0) * 100.0 / units as f64);
     html! {
         h3 { "Attribution" }
-        @if !contributors.is_empty() {
-            table { thead { tr { th scope="col" { "Contributor" } th scope="col" { "Share" } } }
-                tbody { @for c in &contributors { tr { td { (text(&c["contributor"])) } td { (text(&c["share"])) } } } } }
+        p.note { "Method " code { (text(&v["method"])) } " over " (text(&v["data"])) "; adapter " code { (short(&v["adapter"])) } ", built by " (text(&v["builder"])) "." }
+        @for c in &choices {
+            @let bits = &c["bits"];
+            @let shares = bits["shares"].as_object().cloned().unwrap_or_default();
+            @let top = bits["top"].as_array().cloned().unwrap_or_default();
+            @let evidence = c["evidence"].as_array().cloned().unwrap_or_default();
+            @if choices.len() > 1 { h4 { "Choice " (text(&c["index"])) } }
+            p.answer { (highlighted(c["answer"].as_str().unwrap_or_default(), &evidence)) }
+            @if shares.is_empty() { p { "No contributor scored: the whole fee goes to the builder." } } @else {
+                table.shares {
+                    caption { "Whose data made this answer likely" }
+                    thead { tr { th scope="col" { "Contributor" } th scope="col" { "Share" } th scope="col" { "Paid" } } }
+                    tbody { @for (who, u) in &shares { tr {
+                        td { (who) } td { (percent(u)) } td { (text(&bits["fee"]["contributors"][who.as_str()])) }
+                    } } }
+                }
+            }
+            @if !top.is_empty() {
+                details open {
+                    summary { "Top training examples (positive: made this answer more likely)" }
+                    ol.examples { @for t in &top { li {
+                        code { (short(&t["id"])) } " " (text(&t["contributor"])) " "
+                        (t["score"].as_f64().map_or("—".into(), |s| format!("{s:.5}")))
+                        @if t["paid"] == false { " " strong.bad { "withdrawn: not paid" } }
+                    } } }
+                }
+            }
+            @for e in &evidence {
+                blockquote.evidence { "Verbatim in training data: " mark { (text(&e["text"])) }
+                    " (" (e["examples"].as_array().map_or(0, Vec::len)) " example(s))" }
+            }
+            p.fee { "Fee " (text(&bits["fee"]["total"])) " for " (text(&c["completion_tokens"])) " tokens: builder "
+                (text(&bits["fee"]["builder"])) ", contributors "
+                (bits["fee"]["contributors"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>())) "." }
         }
-        @if !examples.is_empty() {
-            ol.examples { @for e in &examples { li {
-                code { (short(&e["id"])) } " " (text(&e["score"]))
-                @if !e["evidence"].is_null() { blockquote { mark { (text(&e["evidence"])) } } }
-            } } }
+        @if v["reward"].is_null() { p.note { "Reward: pending (not acknowledged by the reward log yet)." } } @else {
+            p { "Reward-log entry " a href={"/rewards#req-" (enc(&text(&v["request_id"])))} { "#" (text(&v["reward"]["seq"])) }
+                " (" (text(&v["reward"]["total"])) " paid). Recompute it: " code { "tributary attribution rerun " (text(&v["request_id"])) } }
         }
         details { summary { "As JSON" } (json_block(v)) }
     }
+}
+
+/// `answer` with each evidence span (by first occurrence of its text) wrapped in `<mark>`;
+/// every piece is escaped.
+fn highlighted(answer: &str, evidence: &[Value]) -> Markup {
+    let mut spans: Vec<(usize, usize)> = evidence
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| answer.find(t).map(|at| (at, at + t.len())))
+        .collect();
+    spans.sort_unstable();
+    let mut pieces: Vec<(bool, &str)> = Vec::new();
+    let mut at = 0;
+    for (start, end) in spans {
+        if start < at {
+            continue;
+        }
+        if let (Some(before), Some(span)) = (answer.get(at..start), answer.get(start..end)) {
+            pieces.push((false, before));
+            pieces.push((true, span));
+            at = end;
+        }
+    }
+    pieces.push((false, answer.get(at..).unwrap_or_default()));
+    html! { @for (marked, piece) in pieces { @if marked { mark { (piece) } } @else { (piece) } } }
 }
 
 async fn attribution(State(st): State<Dash>, h: HeaderMap, Path(id): Path<String>) -> Response {

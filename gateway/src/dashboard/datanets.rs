@@ -106,7 +106,9 @@ async fn create(State(st): State<Dash>, h: HeaderMap, Form(f): Form<CreateForm>)
     Redirect::to(&format!("/datanets/{}", enc(f.name.trim()))).into_response()
 }
 
-fn counts_table(board: &[Value]) -> Markup {
+/// The leaderboard: each contributor's counts in this datanet and, where the caller may read
+/// the reward log, the rewards they have earned (all datanets; `balances` of `/v1/rewards`).
+fn counts_table(board: &[Value], balances: &Value) -> Markup {
     html! {
         div.scroll { table {
             caption { "Contributors, most accepted first (the leaderboard)" }
@@ -115,6 +117,7 @@ fn counts_table(board: &[Value]) -> Markup {
                 th scope="col" { "Duplicates" } th scope="col" { "Near-duplicates" }
                 th scope="col" { "Rejected" } th scope="col" { "Withdrawn" } th scope="col" { "Pending" }
                 th scope="col" { "Acceptance" } th scope="col" { "Status" }
+                th scope="col" { "Rewards earned" }
             } }
             tbody { @for (i, r) in board.iter().enumerate() {
                 tr {
@@ -128,6 +131,7 @@ fn counts_table(board: &[Value]) -> Markup {
                     td { (text(&r["pending"])) }
                     td { (format!("{:.0}%", r["acceptance_rate"].as_f64().unwrap_or(0.0) * 100.0)) }
                     td { @if r["quarantined"].as_bool() == Some(true) { strong.bad { "quarantined" } } @else { "ok" } }
+                    td { (r["contributor"].as_str().and_then(|c| balances.get(c)).map_or("—".into(), text)) }
                 }
             } }
         } }
@@ -151,6 +155,13 @@ async fn show(State(st): State<Dash>, h: HeaderMap, Path(name): Path<String>) ->
         .api
         .get(&sess, &format!("/v1/datanets/{n}/uploads"))
         .await;
+    // Keys without access to the reward log see the counts only.
+    let rewards = st.api.get(&sess, "/v1/rewards?recent=0").await;
+    let balances = if rewards.ok() {
+        rewards.body["balances"].clone()
+    } else {
+        Value::Null
+    };
     let vlabel = |v: &Value| format!("v{} · {}", text(&v["number"]), short(&v["version"]));
     let body = html! {
         p { (text(&d["description"])) }
@@ -188,9 +199,9 @@ async fn show(State(st): State<Dash>, h: HeaderMap, Path(name): Path<String>) ->
         }
         section aria-labelledby="c-h" {
             h2 id="c-h" { "Contributors" }
-            @if board.ok() { (counts_table(board.body["data"].as_array().map_or(&[][..], Vec::as_slice))) }
+            @if board.ok() { (counts_table(board.body["data"].as_array().map_or(&[][..], Vec::as_slice), &balances)) }
             @else { p.error { (board.message()) } }
-            p.note { "Rewards earned per contributor are on the " a href="/rewards" { "Rewards" } " page." }
+            p.note { "Rewards are all-time totals from the reward log; per adapter and per entry on the " a href="/rewards" { "Rewards" } " page." }
         }
         section aria-labelledby="u-h" {
             h2 id="u-h" { "Uploads" }

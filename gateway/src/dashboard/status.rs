@@ -84,7 +84,7 @@ async fn rewards(State(st): State<Dash>, h: HeaderMap) -> Response {
             @if recent.is_empty() { p { "The log is empty." } } @else {
                 div.scroll { table {
                     thead { tr { th scope="col" { "Seq" } th scope="col" { "Request" } th scope="col" { "Adapter" } th scope="col" { "Fee" } th scope="col" { "Shares" } } }
-                    tbody { @for e in &recent { tr {
+                    tbody { @for e in &recent { tr id={"req-" (text(&e["request_id"]))} {
                         td { (text(&e["seq"])) } td { code { (text(&e["request_id"])) } } td { code { (short(&e["adapter"])) } }
                         td { (text(&e["total"])) }
                         td { (e["shares"].as_array().map_or(String::new(), |s| s.iter().map(|x| format!("{} {}", text(&x["contributor"]), text(&x["amount"]))).collect::<Vec<_>>().join(", "))) }

@@ -82,6 +82,7 @@ async fn login_csrf_escaping_scopes_and_logout() {
     let keys = KeyStore::new(store.clone());
     let (alice, _) = keys.create("alice", &[Scope::Contribute], 0).await.unwrap();
     let app = app(Parts {
+        reward_log: None,
         auth: Auth::keys(keys),
         store,
         engine: None,

@@ -238,12 +238,12 @@ impl Attributor {
                 .rt
                 .block_on(nets.manifest(name, version))
                 .map_err(AttrError::store)?;
-            let pos: HashMap<&str, usize> = m
-                .examples
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.id.as_str(), i))
-                .collect();
+            // An exact copy has its original's content id: the first entry (acceptance
+            // order) is the original, and its owner is credited, never the copier.
+            let mut pos: HashMap<&str, usize> = HashMap::new();
+            for (i, e) in m.examples.iter().enumerate() {
+                pos.entry(e.id.as_str()).or_insert(i);
+            }
             for (i, id) in index.header.example_ids.iter().enumerate() {
                 if let Some(&p) = pos.get(id.as_str()) {
                     ctx.order[i] = p as u64;

@@ -97,13 +97,13 @@ async function streamInto(side, model, prompt, maxTokens) {
     out.dataset.request = id;
   }
   panel.textContent = "Attribution: loading…";
-  loadAttribution(panel, id, 5);
+  loadAttribution(panel, id, 45);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-poll]").forEach(poll);
   document.querySelectorAll(".attribution[data-request]").forEach((p) =>
-    loadAttribution(p, p.dataset.request, 5));
+    loadAttribution(p, p.dataset.request, 45));
   const chat = document.getElementById("chat");
   if (chat) {
     chat.addEventListener("submit", (ev) => {
