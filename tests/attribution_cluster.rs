@@ -495,9 +495,11 @@ fn a_cluster_answer_is_attributed_on_its_worker_and_paid_once_by_the_leader_afte
         2.0,
         "{metrics}"
     );
+    // (Each worker's backlog is its own.)
+    assert!(store.join("attribution/backlog/w1").is_dir());
     assert!(
         !store
-            .join(format!("attribution/backlog/{id3}.json"))
+            .join(format!("attribution/backlog/w1/{id3}.json"))
             .exists()
     );
     assert_eq!(ledger(&rig, "verify")["records"], 2);

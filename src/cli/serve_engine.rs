@@ -79,7 +79,8 @@ pub async fn start_attribution(
     store: Store,
     ledger_dir: &Path,
 ) -> anyhow::Result<tributary_worker::attribution::AttributionSink> {
-    let cfg = attribution_config(args, base)?;
+    let backlog = tributary_worker::attribution::record::DEV_BACKLOG.to_string();
+    let cfg = attribution_config(args, base, backlog)?;
     std::fs::create_dir_all(ledger_dir)
         .with_context(|| format!("creating the reward log in {}", ledger_dir.display()))?;
     let replicas = tributary_ledger::rewards::Replicas::open(&[ledger_dir.display().to_string()])?;
@@ -91,13 +92,16 @@ pub async fn start_attribution(
 }
 
 /// Starts online attribution on a cluster's serving worker: records and pending rewards in
-/// `store`, paid by the coordinator leader's reward actor.
+/// `store`, paid by the coordinator leader's reward actor. The worker's durable backlog is
+/// its own (`attribution/backlog/<node>/`).
 pub async fn start_worker_attribution(
     args: &ServeArgs,
     base: &Path,
     store: Store,
+    node: &str,
 ) -> anyhow::Result<tributary_worker::attribution::AttributionSink> {
-    let cfg = attribution_config(args, base)?;
+    let backlog = tributary_worker::attribution::record::worker_backlog(node);
+    let cfg = attribution_config(args, base, backlog)?;
     let rewards = tributary_worker::attribution::Rewards::Leader;
     let (sink, _) = tributary_worker::attribution::start(cfg, store, rewards)
         .await
@@ -108,6 +112,7 @@ pub async fn start_worker_attribution(
 fn attribution_config(
     args: &ServeArgs,
     base: &Path,
+    backlog: String,
 ) -> anyhow::Result<tributary_worker::attribution::AttributionConfig> {
     use tributary_worker::attribution::{AttributionConfig, Params, Pricing};
     if !(0.0..=1.0).contains(&args.builder_share) {
@@ -146,6 +151,7 @@ fn attribution_config(
         defer: std::time::Duration::from_millis(args.attribution_defer_ms),
         retries: args.attribution_retries,
         retry_backoff: std::time::Duration::from_secs(1),
+        backlog,
     })
 }
 

@@ -63,8 +63,13 @@ impl Serving {
         .await??;
         if serve.attribution == "on" {
             // Answers are attributed here, after they are sent; the coordinator leader pays.
-            let sink =
-                super::serve_engine::start_worker_attribution(serve, &base, attr_store).await?;
+            let sink = super::serve_engine::start_worker_attribution(
+                serve,
+                &base,
+                attr_store,
+                node.as_str(),
+            )
+            .await?;
             engine = engine.with_attribution(sink);
         }
         let engine = Arc::new(engine);

@@ -6,8 +6,9 @@
 //!    and, when the answer is over (finished, failed or cancelled by the client), hands an
 //!    [`AnswerJob`] to the [`AttributionSink`]. Nothing waits for attribution.
 //! 2. Every finished answer is written to object storage first
-//!    (`attribution/backlog/<request id>.json`, removed once attributed), so a crash or a
-//!    restart loses nothing. The in-memory queue is bounded: when it is full the answer
+//!    (`attribution/backlog/<request id>.json` in `dev`, `attribution/backlog/<worker>/…`
+//!    on a cluster's serving worker: each takes up only its own; removed once attributed),
+//!    so a crash or a restart loses nothing. The in-memory queue is bounded: when it is full the answer
 //!    waits in the backlog, counted in `tributary_attribution_spilled_total`, and is taken up
 //!    when the queue drains (and after a restart): nothing is dropped, and the backlog is
 //!    measured

@@ -35,10 +35,20 @@ pub fn features_key(request_id: &str, choice: u32) -> String {
 pub fn receipt_key(request_id: &str) -> String {
     format!("attribution/rewards/{request_id}.json")
 }
-/// `attribution/backlog/<request id>.json`: an answer waiting for attribution that did not
-/// fit the in-memory queue (durable; taken up when the queue drains, and after a restart).
-pub fn backlog_key(request_id: &str) -> String {
-    format!("attribution/backlog/{request_id}.json")
+/// The durable backlog of `tributary dev`: `attribution/backlog/<request id>.json`.
+pub const DEV_BACKLOG: &str = "attribution/backlog";
+
+/// The durable backlog of a cluster's serving worker `node`:
+/// `attribution/backlog/<node>/<request id>.json`. Each worker takes up only its own (the
+/// answers it served), so two workers never attribute the same answer.
+pub fn worker_backlog(node: &str) -> String {
+    format!("{DEV_BACKLOG}/{node}")
+}
+
+/// `<backlog>/<request id>.json`: an answer waiting for attribution (durable; taken up
+/// when the queue drains, when its retry is due, and after a restart).
+pub fn backlog_key(backlog: &str, request_id: &str) -> String {
+    format!("{backlog}/{request_id}.json")
 }
 
 /// `attribution/pending/<request id>.json`: a stored record whose reward the log has not

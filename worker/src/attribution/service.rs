@@ -60,6 +60,9 @@ pub struct AttributionConfig {
     pub retries: u32,
     /// Back-off before the first retry; it doubles for each further one (at most a minute).
     pub retry_backoff: Duration,
+    /// The durable backlog's prefix ([`super::record::DEV_BACKLOG`], or
+    /// [`super::record::worker_backlog`] on a cluster's serving worker).
+    pub backlog: String,
 }
 
 /// Where the rewards of the records go.
@@ -78,6 +81,8 @@ pub enum Rewards {
 pub struct AttributionSink {
     tx: mpsc::Sender<AnswerJob>,
     store: Store,
+    /// The durable backlog's prefix.
+    backlog: Arc<str>,
     /// Answers being generated now (taps in flight).
     active: Arc<AtomicUsize>,
 }
@@ -90,7 +95,7 @@ impl AttributionSink {
     }
 
     /// Hands over a finished answer (returns at once). The answer is first written to the
-    /// durable backlog (`attribution/backlog/<request id>.json`, off the serving path), so a
+    /// durable backlog (`<backlog>/<request id>.json`, off the serving path), so a
     /// crash or a restart loses nothing; it then goes to the in-memory queue, or, when the
     /// queue is full, waits in the backlog until the queue drains.
     pub fn submit(&self, job: AnswerJob) {
@@ -100,8 +105,8 @@ impl AttributionSink {
         }
         BACKLOG.inc();
         let (tx, store) = (self.tx.clone(), self.store.clone());
+        let key = Key::from(backlog_key(&self.backlog, &job.request_id));
         tokio::spawn(async move {
-            let key = Key::from(backlog_key(&job.request_id));
             let written = match serde_json::to_vec(&job) {
                 Ok(b) => store
                     .put(&key, Bytes::from(b))
@@ -170,6 +175,7 @@ pub async fn start(
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let active = Arc::new(AtomicUsize::new(0));
     let busy = active.clone();
+    let backlog: Arc<str> = Arc::from(cfg.backlog.as_str());
     std::thread::Builder::new()
         .name("attribution".into())
         .spawn(move || {
@@ -190,6 +196,7 @@ pub async fn start(
                         rt,
                         retries: cfg.retries,
                         backoff: cfg.retry_backoff,
+                        backlog: cfg.backlog,
                     };
                     t.run(rx, &busy, cfg.defer);
                 }
@@ -202,7 +209,15 @@ pub async fn start(
     ready_rx
         .await
         .map_err(|_| AttrError::Model("the attribution thread stopped".into()))??;
-    Ok((AttributionSink { tx, store, active }, actor))
+    Ok((
+        AttributionSink {
+            tx,
+            store,
+            backlog,
+            active,
+        },
+        actor,
+    ))
 }
 
 /// The attribution thread's state.
@@ -213,6 +228,8 @@ struct Thread {
     rt: tokio::runtime::Handle,
     retries: u32,
     backoff: Duration,
+    /// The durable backlog's prefix (only this worker's answers).
+    backlog: String,
 }
 
 /// The back-off before retry number `attempt` (1-based): doubling, at most a minute.
@@ -245,15 +262,11 @@ impl Thread {
                 Err(_) => {
                     // Idle: take up the durable backlog, oldest name first (answers waiting
                     // for a retry when their back-off is over).
-                    let names = self
-                        .rt
-                        .block_on(self.store.list_names(&Key::from("attribution/backlog")))
-                        .unwrap_or_default();
-                    for name in names {
+                    for name in self.backlog_names() {
                         if !rx.is_empty() {
                             break;
                         }
-                        let key = Key::from(format!("attribution/backlog/{name}"));
+                        let key = Key::from(format!("{}/{name}", self.backlog));
                         let Ok(Some(bytes)) = self.rt.block_on(self.store.get(&key)) else {
                             continue;
                         };
@@ -274,6 +287,16 @@ impl Thread {
                 }
             }
         }
+    }
+
+    /// The answers in this backlog (not those of other workers' backlogs under it).
+    fn backlog_names(&self) -> Vec<String> {
+        self.rt
+            .block_on(self.store.list_names(&Key::from(self.backlog.as_str())))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !n.contains('/'))
+            .collect()
     }
 
     fn exists(&self, key: String) -> bool {
@@ -304,20 +327,17 @@ impl Thread {
     /// Counts the durable backlog left by an earlier process; an answer whose record was
     /// stored before the crash gets its pending marker and leaves the backlog.
     fn recover(&self) {
-        let backlog = self
-            .rt
-            .block_on(self.store.list_names(&Key::from("attribution/backlog")))
-            .unwrap_or_default();
-        for name in backlog {
+        for name in self.backlog_names() {
             let Some(rid) = name.strip_suffix(".json") else {
                 continue;
             };
             if self.exists(record_key(rid)) {
                 match self.mark_pending(rid, now_ms()) {
                     Ok(()) => {
-                        let _ = self
-                            .rt
-                            .block_on(self.store.delete(&Key::from(backlog_key(rid))));
+                        let _ = self.rt.block_on(
+                            self.store
+                                .delete(&Key::from(backlog_key(&self.backlog, rid))),
+                        );
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, request_id = rid, "marking a recovered record's reward pending");
@@ -353,7 +373,7 @@ impl Thread {
             tracing::info_span!("attribute", request_id = %job.request_id, adapter = %job.adapter);
         let _g = span.enter();
         let t0 = std::time::Instant::now();
-        let backlog = Key::from(backlog_key(&job.request_id));
+        let backlog = Key::from(backlog_key(&self.backlog, &job.request_id));
         // Already attributed (the answer was taken from the backlog before the queue
         // delivered it, or the marker could not be written): its reward is pending.
         if self.exists(record_key(&job.request_id)) {
@@ -414,7 +434,7 @@ impl Thread {
     /// one, records it as failed.
     fn retry_or_fail(&self, job: &AnswerJob, e: &AttrError) {
         let attempts = job.attempts.saturating_add(1);
-        let backlog = Key::from(backlog_key(&job.request_id));
+        let backlog = Key::from(backlog_key(&self.backlog, &job.request_id));
         if attempts <= self.retries {
             let wait = backoff(self.backoff, attempts);
             let mut next = job.clone();
