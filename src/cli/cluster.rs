@@ -273,8 +273,10 @@ async fn start_rewards(
         Some(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
         None => vec![args.store.clone()],
     };
-    let opened = tributary_ledger::rewards::Replicas::open(&urls).map_err(anyhow::Error::from);
-    let store = tributary_ledger::store::Store::open(&args.store).map_err(anyhow::Error::from);
+    let opened = tributary_ledger::rewards::Replicas::open(&urls)
+        .map_err(|e| anyhow::anyhow!("--reward-log {}: {e}", urls.join(",")));
+    let store = tributary_ledger::store::Store::open(&args.store)
+        .map_err(|e| anyhow::anyhow!("--store {}: {e}", args.store));
     let window = Duration::from_millis(args.reward_window_ms.max(10));
     let spawned = match (opened, store) {
         (Ok(replicas), Ok(store)) => {
