@@ -57,7 +57,8 @@ pub struct ServeArgs {
     /// backlog in the store.
     #[arg(long, env = "TRIBUTARY_ATTRIBUTION_QUEUE", default_value_t = 1024)]
     pub attribution_queue: usize,
-    /// The reward actor's aggregation window, in milliseconds.
+    /// The reward actor's aggregation window, in milliseconds (`tributary dev`; a cluster's
+    /// workers leave paying to the coordinator leader, which has its own flag).
     #[arg(long, env = "TRIBUTARY_REWARD_WINDOW_MS", default_value_t = 500)]
     pub reward_window_ms: u64,
     /// Before each answer's attribution, wait up to this many milliseconds for the answers
