@@ -314,10 +314,15 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     std::fs::write(&rec_path, &original).unwrap();
 
     // Exactly once: the process stops after the log acknowledged but (as if it crashed
-    // before) without the receipt; the restarted process re-sends the reward, and the log
-    // leaves it out.
+    // before) without the receipt, so the reward's pending marker is still there; the
+    // restarted process re-sends the reward, and the log leaves it out.
     drop(dev);
     std::fs::remove_file(store.join(format!("attribution/rewards/{id}.json"))).unwrap();
+    std::fs::write(
+        store.join(format!("attribution/pending/{id}.json")),
+        serde_json::json!({"request_id": id, "answered_ms": 0}).to_string(),
+    )
+    .unwrap();
     // (The restarted process has a one-answer queue: answers beyond it wait in the durable
     // backlog, below.)
     let dev = dev_on(tmp.path(), &data, &base, &["--attribution-queue", "1"]);
@@ -434,6 +439,19 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
             == 0,
         "the backlog is empty once everything is attributed"
     );
+    // (Each marker goes right after its receipt.)
+    let t = Instant::now();
+    while std::fs::read_dir(store.join("attribution/pending"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no reward is pending once every receipt is written"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // /metrics lists the backlog and the reward lag.
     let (_, metrics) = http_get(dev.port, "/metrics").unwrap();
     assert!(

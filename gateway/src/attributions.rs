@@ -3,7 +3,7 @@
 //!
 //! | method and path | scope | does |
 //! | --- | --- | --- |
-//! | `GET /v1/attributions/{request_id}` | `inference` | an answer's attribution record, and its reward once the log acknowledged it |
+//! | `GET /v1/attributions/{request_id}` | `inference` | an answer's attribution record, and its reward once the log acknowledged it (or, when attribution failed on every attempt, `"status": "failed"` with the error) |
 //! | `GET /v1/contributors/{id}/rewards` | `contribute` | what an identity was paid, answer by answer |
 //! | `GET /v1/adapters/{id}/contributors` | `build` | who made an adapter useful, all time |
 //!
@@ -23,7 +23,9 @@ use tributary_ledger::adapter_names::{AdapterNames, looks_like_digest};
 use tributary_ledger::keys::Scope;
 use tributary_ledger::store::Store;
 use tributary_worker::attribution::RewardReceipt;
-use tributary_worker::attribution::record::{receipt_key, record_key, valid_request_id};
+use tributary_worker::attribution::record::{
+    failed_key, receipt_key, record_key, valid_request_id,
+};
 
 use crate::auth::{Auth, Caller};
 use crate::error::ApiError;
@@ -99,9 +101,19 @@ async fn attribution(
     if !valid_request_id(&rid) {
         return Err(missing());
     }
-    let mut rec = get_json(&store, &record_key(&rid))
-        .await?
-        .ok_or_else(missing)?;
+    let Some(mut rec) = get_json(&store, &record_key(&rid)).await? else {
+        // Attribution failed on every attempt: the error, for the key that asked.
+        let mut failed = get_json(&store, &failed_key(&rid))
+            .await?
+            .ok_or_else(missing)?;
+        let requester = failed.get("requester").and_then(|v| v.as_str());
+        if !caller.admin && requester != caller.key_id.as_deref() {
+            return Err(missing());
+        }
+        crate::json::set(&mut failed, "status", json!("failed"));
+        crate::json::set(&mut failed, "reward", Value::Null);
+        return Ok(Json(failed));
+    };
     let requester = rec.get("requester").and_then(|v| v.as_str());
     if !caller.admin && requester != caller.key_id.as_deref() {
         return Err(missing());

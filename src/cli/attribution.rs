@@ -290,6 +290,8 @@ fn attribute_pair(at: &mut Attributor, pair: &Pair) -> anyhow::Result<Attributio
         }],
         requester: None,
         answered_ms: tributary_worker::attribution::now_ms(),
+        attempts: 0,
+        retry_at_ms: 0,
     };
     let (rec, _) = at
         .attribute(&job)?

@@ -60,6 +60,15 @@ pub struct CoordinatorArgs {
     /// (`tributary keys create --store …`).
     #[arg(long, env = "TRIBUTARY_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// The reward log the leader pays attributed answers into: its replicas, comma-separated
+    /// (`file:///dir`, paths or `s3://…`; default: the --store itself, where the gateway's
+    /// `/v1/rewards` reads it); `off`: the leader pays nothing.
+    #[arg(long, env = "TRIBUTARY_REWARD_LOG")]
+    pub reward_log: Option<String>,
+    /// The leader's reward window in milliseconds: how often it takes up the answers the
+    /// serving workers attributed and appends their rewards as one batch.
+    #[arg(long, env = "TRIBUTARY_REWARD_WINDOW_MS", default_value_t = 1000)]
+    pub reward_window_ms: u64,
 }
 
 /// `tributary worker`.
@@ -225,6 +234,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         _ = terminate() => { ctl.shutdown().await; return Ok(()); }
     };
     eprintln!("{node}: leader with fencing token {}", lead.token);
+    let rewards = start_rewards(&args, lead.token).await;
     let membership = EtcdMembership::start(client.clone(), ctl.subscribe());
     let (actor, handle) = spawn_coordinator(CoordinatorConfig {
         fencing: lead.token,
@@ -241,11 +251,54 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         _ = handle => Err("fenced out: a worker refused this leader's token"),
     };
     actor.stop(None);
+    if let Some(r) = rewards {
+        r.stop();
+    }
     drop(sd);
     ctl.shutdown().await;
     match outcome {
         Ok(()) => Ok(()),
         Err(why) => bail!("{node}: {why}"),
+    }
+}
+
+/// The leader's reward actor (`tributary_worker::attribution::actor`): it pays the answers
+/// the serving workers attributed into the reward log, under this leader's fencing token.
+/// A log that cannot be opened now is retried every window; jobs are led meanwhile.
+async fn start_rewards(
+    args: &CoordinatorArgs,
+    token: u64,
+) -> Option<tributary_worker::attribution::actor::LeaderRewards> {
+    let urls: Vec<String> = match args.reward_log.as_deref() {
+        Some("off") => return None,
+        Some(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
+        None => vec![args.store.clone()],
+    };
+    let opened = tributary_ledger::rewards::Replicas::open(&urls)
+        .map_err(|e| anyhow::anyhow!("--reward-log {}: {e}", urls.join(",")));
+    let store = tributary_ledger::store::Store::open(&args.store)
+        .map_err(|e| anyhow::anyhow!("--store {}: {e}", args.store));
+    let window = Duration::from_millis(args.reward_window_ms.max(10));
+    let spawned = match (opened, store) {
+        (Ok(replicas), Ok(store)) => {
+            tributary_worker::attribution::actor::spawn_leader(replicas, store, token, window)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match spawned {
+        Ok(a) => {
+            eprintln!(
+                "reward actor: paying attributed answers into {} under fencing token {token}",
+                urls.join(",")
+            );
+            Some(a)
+        }
+        Err(e) => {
+            eprintln!("WARNING: reward actor not started (attributed answers wait unpaid): {e:#}");
+            None
+        }
     }
 }
 

@@ -57,13 +57,18 @@ pub struct ServeArgs {
     /// backlog in the store.
     #[arg(long, env = "TRIBUTARY_ATTRIBUTION_QUEUE", default_value_t = 1024)]
     pub attribution_queue: usize,
-    /// The reward actor's aggregation window, in milliseconds.
+    /// The reward actor's aggregation window, in milliseconds (`tributary dev`; a cluster's
+    /// workers leave paying to the coordinator leader, which has its own flag).
     #[arg(long, env = "TRIBUTARY_REWARD_WINDOW_MS", default_value_t = 500)]
     pub reward_window_ms: u64,
     /// Before each answer's attribution, wait up to this many milliseconds for the answers
     /// being generated to finish (attribution yields the CPU to serving; 0: never wait).
     #[arg(long, env = "TRIBUTARY_ATTRIBUTION_DEFER_MS", default_value_t = 2000)]
     pub attribution_defer_ms: u64,
+    /// Attempts after the first for a failed attribution (back-off from 1 s, doubling);
+    /// after them it is recorded as failed with its error.
+    #[arg(long, env = "TRIBUTARY_ATTRIBUTION_RETRIES", default_value_t = 3)]
+    pub attribution_retries: u32,
 }
 
 /// Starts online attribution for `tributary dev` (see `tributary_worker::attribution`):
@@ -75,6 +80,41 @@ pub async fn start_attribution(
     store: Store,
     ledger_dir: &Path,
 ) -> anyhow::Result<tributary_worker::attribution::AttributionSink> {
+    let backlog = tributary_worker::attribution::record::DEV_BACKLOG.to_string();
+    let cfg = attribution_config(args, base, backlog)?;
+    std::fs::create_dir_all(ledger_dir)
+        .with_context(|| format!("creating the reward log in {}", ledger_dir.display()))?;
+    let replicas = tributary_ledger::rewards::Replicas::open(&[ledger_dir.display().to_string()])?;
+    let rewards = tributary_worker::attribution::Rewards::Actor(replicas);
+    let (sink, _actor) = tributary_worker::attribution::start(cfg, store, rewards)
+        .await
+        .context("starting attribution")?;
+    Ok(sink)
+}
+
+/// Starts online attribution on a cluster's serving worker: records and pending rewards in
+/// `store`, paid by the coordinator leader's reward actor. The worker's durable backlog is
+/// its own (`attribution/backlog/<node>/`).
+pub async fn start_worker_attribution(
+    args: &ServeArgs,
+    base: &Path,
+    store: Store,
+    node: &str,
+) -> anyhow::Result<tributary_worker::attribution::AttributionSink> {
+    let backlog = tributary_worker::attribution::record::worker_backlog(node);
+    let cfg = attribution_config(args, base, backlog)?;
+    let rewards = tributary_worker::attribution::Rewards::Leader;
+    let (sink, _) = tributary_worker::attribution::start(cfg, store, rewards)
+        .await
+        .context("starting attribution")?;
+    Ok(sink)
+}
+
+fn attribution_config(
+    args: &ServeArgs,
+    base: &Path,
+    backlog: String,
+) -> anyhow::Result<tributary_worker::attribution::AttributionConfig> {
     use tributary_worker::attribution::{AttributionConfig, Params, Pricing};
     if !(0.0..=1.0).contains(&args.builder_share) {
         anyhow::bail!(
@@ -92,10 +132,13 @@ pub async fn start_attribution(
             .with_context(|| format!("--adapter-price {p:?}: the price is not an integer"))?;
         per_adapter.insert(d.to_string(), v);
     }
-    std::fs::create_dir_all(ledger_dir)
-        .with_context(|| format!("creating the reward log in {}", ledger_dir.display()))?;
-    let replicas = tributary_ledger::rewards::Replicas::open(&[ledger_dir.display().to_string()])?;
-    let cfg = AttributionConfig {
+    if args.attribution_retries > 10 {
+        anyhow::bail!(
+            "--attribution-retries {} is too many: at most 10",
+            args.attribution_retries
+        );
+    }
+    Ok(AttributionConfig {
         base_model: base.to_path_buf(),
         params: Params::default(),
         pricing: Pricing {
@@ -107,11 +150,10 @@ pub async fn start_attribution(
         window: std::time::Duration::from_millis(args.reward_window_ms.max(10)),
         max_batch: 256,
         defer: std::time::Duration::from_millis(args.attribution_defer_ms),
-    };
-    let (sink, _actor) = tributary_worker::attribution::start(cfg, store, replicas)
-        .await
-        .context("starting attribution")?;
-    Ok(sink)
+        retries: args.attribution_retries,
+        retry_backoff: std::time::Duration::from_secs(1),
+        backlog,
+    })
 }
 
 /// The engine with what the gateway contract asks beyond `submit`.

@@ -3,7 +3,9 @@
 //! digest from `--store`'s registry) answers on its own QUIC endpoint (`--serve-listen`,
 //! mutual TLS, [`tributary_protocol::serving`]), and the worker's membership record carries
 //! where that is, the resident adapters, queue depth and KV usage, refreshed a few times a
-//! second under the worker's lease.
+//! second under the worker's lease. Every adapter answer is attributed on this worker after
+//! it was sent (`--attribution on`, the default): its record and a pending reward go to the
+//! store, and the coordinator leader's reward actor pays it into the reward log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,10 +56,22 @@ impl Serving {
             tokio::runtime::Handle::current(),
             node.to_string(),
         );
-        let engine = tokio::task::spawn_blocking(move || {
+        let (base, attr_store) = (dir.clone(), store.clone());
+        let mut engine = tokio::task::spawn_blocking(move || {
             DevEngine::start_named(&args, &dir, store, rt, &name)
         })
         .await??;
+        if serve.attribution == "on" {
+            // Answers are attributed here, after they are sent; the coordinator leader pays.
+            let sink = super::serve_engine::start_worker_attribution(
+                serve,
+                &base,
+                attr_store,
+                node.as_str(),
+            )
+            .await?;
+            engine = engine.with_attribution(sink);
+        }
         let engine = Arc::new(engine);
         let server = QuicServer::bind(listen, node.clone(), tls)
             .with_context(|| format!("--serve-listen {listen}"))?;

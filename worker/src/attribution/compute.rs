@@ -55,6 +55,12 @@ pub struct AnswerJob {
     pub choices: Vec<AnswerChoice>,
     pub requester: Option<String>,
     pub answered_ms: u64,
+    /// Failed attempts so far (a failed attribution is retried with back-off).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not before this time (ms since the Unix epoch): the back-off of the next attempt.
+    #[serde(default)]
+    pub retry_at_ms: u64,
 }
 
 /// Prices: a default per token, per-adapter overrides, the builder's ratio.

@@ -37,6 +37,15 @@ pub static OUTCOMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .unwrap_or_else(|_| unreachable_metric()))
 });
 
+/// Failed attributions put back for another attempt (with back-off).
+pub static RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    reg(IntCounter::new(
+        "tributary_attribution_retries_total",
+        "Failed attributions retried (after a back-off); given up after --attribution-retries",
+    )
+    .unwrap_or_else(|_| unreachable_metric()))
+});
+
 /// Seconds computing one answer's attribution.
 pub static SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     reg(Histogram::with_opts(
@@ -65,6 +74,7 @@ pub static REWARD_LAG: LazyLock<Histogram> = LazyLock::new(|| {
 pub fn init() {
     BACKLOG.set(BACKLOG.get());
     SPILLED.inc_by(0);
+    RETRIES.inc_by(0);
     for o in ["recorded", "no_index", "failed"] {
         OUTCOMES.with_label_values(&[o]).inc_by(0);
     }

@@ -6,25 +6,30 @@
 //!    and, when the answer is over (finished, failed or cancelled by the client), hands an
 //!    [`AnswerJob`] to the [`AttributionSink`]. Nothing waits for attribution.
 //! 2. Every finished answer is written to object storage first
-//!    (`attribution/backlog/<request id>.json`, removed once attributed), so a crash or a
-//!    restart loses nothing. The in-memory queue is bounded: when it is full the answer
+//!    (`attribution/backlog/<request id>.json` in `dev`, `attribution/backlog/<worker>/…`
+//!    on a cluster's serving worker: each takes up only its own; removed once attributed),
+//!    so a crash or a restart loses nothing. The in-memory queue is bounded: when it is full the answer
 //!    waits in the backlog, counted in `tributary_attribution_spilled_total`, and is taken up
 //!    when the queue drains (and after a restart): nothing is dropped, and the backlog is
 //!    measured
 //!    (`tributary_attribution_backlog`: answers not yet acknowledged by the reward log).
 //! 3. The attribution thread ([`service`]) computes each answer's features, scores, shares
-//!    and fee split ([`compute::Attributor`]), stores the features and the
-//!    [`record::AttributionRecord`], and sends the reward record to the actor.
-//! 4. The reward actor ([`actor::RewardActor`], ractor) aggregates per window and appends
-//!    each window's batch with [`tributary_ledger::rewards::LogWriter::append_once`]: a
-//!    request id already in the log is left out, so retries, unknown-outcome appends and a
-//!    restart's re-sent records pay once. After the acknowledgement it writes each request's
-//!    [`record::RewardReceipt`] (what `GET /v1/contributors/{id}/rewards` reads) and observes
+//!    and fee split ([`compute::Attributor`]), stores the features, the
+//!    [`record::AttributionRecord`] and a pending marker (`attribution/pending/<request
+//!    id>.json`). A failed attribution is retried with back-off, then recorded as failed
+//!    with its error.
+//! 4. The reward actor ([`actor::RewardActor`], ractor) takes up the pending markers every
+//!    window, aggregates and appends each window's batch with
+//!    [`tributary_ledger::rewards::LogWriter::append_once`]: a request id already in the log
+//!    is left out, so retries, unknown-outcome appends, a restart and a new leader pay once.
+//!    After the acknowledgement it writes each request's [`record::RewardReceipt`] (what
+//!    `GET /v1/contributors/{id}/rewards` reads), deletes the marker and observes
 //!    `tributary_reward_lag_seconds` from answer to acknowledgement.
 //!
-//! In `tributary dev` there is one actor with the reward log's embedded fencing. In a
-//! cluster it is planned as one actor per coordinator leader writing under the leader's
-//! fencing token (not wired yet).
+//! In `tributary dev` the actor runs in the same process with the reward log's embedded
+//! fencing ([`service::Rewards::Actor`]). In a cluster the serving workers attribute
+//! ([`service::Rewards::Leader`]) and the coordinator leader runs the one actor, writing
+//! under its fencing token ([`actor::spawn_leader`]).
 // Attribution indexes the features it loaded against the index header, whose lengths are
 // checked when the index and the answer's features are read (record.rs, compute.rs): the
 // indices below come from those checked headers.
@@ -39,7 +44,7 @@ pub mod tap;
 
 pub use compute::{AnswerChoice, AnswerJob, Attributor, Pricing};
 pub use record::{AttributionRecord, Params, RewardReceipt};
-pub use service::{AttributionConfig, AttributionSink, start};
+pub use service::{AttributionConfig, AttributionSink, Rewards, start};
 
 /// Errors of the online attribution path.
 #[derive(Debug, thiserror::Error)]

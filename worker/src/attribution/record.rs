@@ -35,10 +35,57 @@ pub fn features_key(request_id: &str, choice: u32) -> String {
 pub fn receipt_key(request_id: &str) -> String {
     format!("attribution/rewards/{request_id}.json")
 }
-/// `attribution/backlog/<request id>.json`: an answer waiting for attribution that did not
-/// fit the in-memory queue (durable; taken up when the queue drains, and after a restart).
-pub fn backlog_key(request_id: &str) -> String {
-    format!("attribution/backlog/{request_id}.json")
+/// The durable backlog of `tributary dev`: `attribution/backlog/<request id>.json`.
+pub const DEV_BACKLOG: &str = "attribution/backlog";
+
+/// The durable backlog of a cluster's serving worker `node`:
+/// `attribution/backlog/<node>/<request id>.json`. Each worker takes up only its own (the
+/// answers it served), so two workers never attribute the same answer.
+pub fn worker_backlog(node: &str) -> String {
+    format!("{DEV_BACKLOG}/{node}")
+}
+
+/// `<backlog>/<request id>.json`: an answer waiting for attribution (durable; taken up
+/// when the queue drains, when its retry is due, and after a restart).
+pub fn backlog_key(backlog: &str, request_id: &str) -> String {
+    format!("{backlog}/{request_id}.json")
+}
+
+/// `attribution/pending/<request id>.json`: a stored record whose reward the log has not
+/// acknowledged yet. Written after the record, deleted after the receipt: the reward actor
+/// (in `dev`, or the coordinator leader's in a cluster) lists this prefix every window, so
+/// nothing scans every record or receipt.
+pub fn pending_key(request_id: &str) -> String {
+    format!("attribution/pending/{request_id}.json")
+}
+/// `attribution/failed/<request id>.json`: an answer whose attribution failed every attempt.
+pub fn failed_key(request_id: &str) -> String {
+    format!("attribution/failed/{request_id}.json")
+}
+
+/// The marker under [`pending_key`] (the record itself is the truth; this only says where
+/// to look).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingMarker {
+    pub request_id: String,
+    pub answered_ms: u64,
+}
+
+/// An answer whose attribution failed on every attempt (kept under [`failed_key`] and shown
+/// by `GET /v1/attributions/{request_id}`): not attributed, not billed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedAttribution {
+    pub request_id: String,
+    pub adapter: String,
+    /// The API key that asked (who may read this).
+    pub requester: Option<String>,
+    pub answered_ms: u64,
+    /// Attempts made (the first and the retries).
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub error: String,
+    /// When it was given up (ms since the Unix epoch).
+    pub failed_ms: u64,
 }
 
 /// Whether `id` can be a request id in an object key (the gateway's `chatcmpl-…`/`cmpl-…`).

@@ -2,13 +2,22 @@
 //! ([`AttributionSink`]), the attribution thread, and the reward actor.
 //!
 //! Every finished answer is first written to the durable backlog
-//! (`attribution/backlog/<request id>.json`) and removed once its record is stored (or its
-//! attribution failed, logged and counted). The attribution thread takes answers from the
-//! queue one at a time; when the queue is empty it takes up what waits in the backlog
-//! (answers that did not fit the queue, and an earlier process's). At start it also
-//! re-sends the reward of every stored record that has no receipt yet (a crash between
-//! storing a record and the log's acknowledgement): the log's dedup by request id pays
-//! each once.
+//! (`attribution/backlog/<request id>.json`) and removed once its record and its pending
+//! marker (`attribution/pending/<request id>.json`) are stored, or once it failed for good.
+//! The attribution thread takes answers from the queue one at a time; when the queue is
+//! empty it takes up what waits in the backlog (answers that did not fit the queue, answers
+//! waiting for a retry, and an earlier process's).
+//!
+//! A failed attribution is retried `retries` times, after a back-off that doubles from
+//! `retry_backoff` (at most a minute; the answer waits in the backlog meanwhile, counted in
+//! `tributary_attribution_retries_total`). After the last attempt it is recorded as failed
+//! with its error (`attribution/failed/<request id>.json`, shown by
+//! `GET /v1/attributions/{id}`) and counted in `tributary_attributions_total{outcome="failed"}`.
+//!
+//! Rewards: the pending marker is what the reward actor takes up ([`super::actor`]); it is
+//! deleted after the log's acknowledgement and the receipt. In `dev` ([`Rewards::Actor`])
+//! the actor runs in this process and also gets each record at once; on a cluster's serving
+//! worker ([`Rewards::Leader`]) the coordinator leader's actor finds the markers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,17 +28,17 @@ use bytes::Bytes;
 use object_store::path::Path as Key;
 use ractor::ActorRef;
 use tokio::sync::mpsc;
-use tributary_ledger::rewards::Replicas;
+use tributary_ledger::rewards::{Fencing, Replicas};
 use tributary_ledger::store::Store;
 
 use super::actor::{Pending, RewardArgs, RewardMsg};
 use super::compute::{AnswerJob, Attributor, Pricing};
-use super::metrics::{BACKLOG, OUTCOMES, SECONDS, SPILLED};
+use super::metrics::{BACKLOG, OUTCOMES, RETRIES, SECONDS, SPILLED};
 use super::record::{
-    AttributionRecord, Params, backlog_key, receipt_key, record_key, reward_record,
-    valid_request_id,
+    AttributionRecord, FailedAttribution, Params, PendingMarker, backlog_key, failed_key,
+    pending_key, receipt_key, record_key, reward_record, valid_request_id,
 };
-use super::{AttrError, metrics};
+use super::{AttrError, metrics, now_ms};
 
 /// Online attribution settings.
 #[derive(Debug, Clone)]
@@ -47,6 +56,23 @@ pub struct AttributionConfig {
     /// How long the attribution thread waits, before each answer, for the answers in
     /// flight to finish (attribution yields the CPU to serving; 0: never waits).
     pub defer: Duration,
+    /// Attempts after the first for a failed attribution.
+    pub retries: u32,
+    /// Back-off before the first retry; it doubles for each further one (at most a minute).
+    pub retry_backoff: Duration,
+    /// The durable backlog's prefix ([`super::record::DEV_BACKLOG`], or
+    /// [`super::record::worker_backlog`] on a cluster's serving worker).
+    pub backlog: String,
+}
+
+/// Where the rewards of the records go.
+pub enum Rewards {
+    /// `tributary dev`: a reward actor in this process writes the log (its own epoch
+    /// fencing) and gets each record at once.
+    Actor(Replicas),
+    /// A serving worker of a cluster: records and pending markers only; the coordinator
+    /// leader's reward actor takes them up (see [`super::actor`]).
+    Leader,
 }
 
 /// Where finished answers go. Never blocks and never drops: a full queue spills to the
@@ -55,6 +81,8 @@ pub struct AttributionConfig {
 pub struct AttributionSink {
     tx: mpsc::Sender<AnswerJob>,
     store: Store,
+    /// The durable backlog's prefix.
+    backlog: Arc<str>,
     /// Answers being generated now (taps in flight).
     active: Arc<AtomicUsize>,
 }
@@ -67,7 +95,7 @@ impl AttributionSink {
     }
 
     /// Hands over a finished answer (returns at once). The answer is first written to the
-    /// durable backlog (`attribution/backlog/<request id>.json`, off the serving path), so a
+    /// durable backlog (`<backlog>/<request id>.json`, off the serving path), so a
     /// crash or a restart loses nothing; it then goes to the in-memory queue, or, when the
     /// queue is full, waits in the backlog until the queue drains.
     pub fn submit(&self, job: AnswerJob) {
@@ -77,8 +105,8 @@ impl AttributionSink {
         }
         BACKLOG.inc();
         let (tx, store) = (self.tx.clone(), self.store.clone());
+        let key = Key::from(backlog_key(&self.backlog, &job.request_id));
         tokio::spawn(async move {
-            let key = Key::from(backlog_key(&job.request_id));
             let written = match serde_json::to_vec(&job) {
                 Ok(b) => store
                     .put(&key, Bytes::from(b))
@@ -118,27 +146,36 @@ impl Drop for ActiveAnswer {
     }
 }
 
-/// Starts the reward actor (over `ledger`) and the attribution thread; returns the sink.
+/// Starts the attribution thread and, for [`Rewards::Actor`], the reward actor; returns the
+/// sink (and the actor).
 pub async fn start(
     cfg: AttributionConfig,
     store: Store,
-    ledger: Replicas,
-) -> Result<(AttributionSink, ActorRef<RewardMsg>), AttrError> {
+    rewards: Rewards,
+) -> Result<(AttributionSink, Option<ActorRef<RewardMsg>>), AttrError> {
     metrics::init();
-    let actor = super::actor::spawn(RewardArgs {
-        replicas: ledger,
-        store: store.clone(),
-        window: cfg.window,
-        max_batch: cfg.max_batch,
-    })
-    .await
-    .map_err(|e| AttrError::Log(e.to_string()))?;
+    let actor = match rewards {
+        Rewards::Actor(ledger) => Some(
+            super::actor::spawn(RewardArgs {
+                replicas: ledger,
+                store: store.clone(),
+                window: cfg.window,
+                max_batch: cfg.max_batch,
+                fencing: Fencing::Embedded,
+                must_open: true,
+            })
+            .await
+            .map_err(|e| AttrError::Log(e.to_string()))?,
+        ),
+        Rewards::Leader => None,
+    };
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let rt = tokio::runtime::Handle::current();
     let (s, a) = (store.clone(), actor.clone());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let active = Arc::new(AtomicUsize::new(0));
-    let (busy, defer) = (active.clone(), cfg.defer);
+    let busy = active.clone();
+    let backlog: Arc<str> = Arc::from(cfg.backlog.as_str());
     std::thread::Builder::new()
         .name("attribution".into())
         .spawn(move || {
@@ -152,7 +189,16 @@ pub async fn start(
             match attributor {
                 Ok(at) => {
                     let _ = ready_tx.send(Ok(()));
-                    run(at, rx, a, s, rt, &busy, defer);
+                    let mut t = Thread {
+                        at,
+                        actor: a,
+                        store: s,
+                        rt,
+                        retries: cfg.retries,
+                        backoff: cfg.retry_backoff,
+                        backlog: cfg.backlog,
+                    };
+                    t.run(rx, &busy, cfg.defer);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -163,180 +209,290 @@ pub async fn start(
     ready_rx
         .await
         .map_err(|_| AttrError::Model("the attribution thread stopped".into()))??;
-    Ok((AttributionSink { tx, store, active }, actor))
+    Ok((
+        AttributionSink {
+            tx,
+            store,
+            backlog,
+            active,
+        },
+        actor,
+    ))
 }
 
-#[allow(clippy::disallowed_methods)] // measures elapsed time
-fn run(
-    mut at: Attributor,
-    mut rx: mpsc::Receiver<AnswerJob>,
-    actor: ActorRef<RewardMsg>,
+/// The attribution thread's state.
+struct Thread {
+    at: Attributor,
+    actor: Option<ActorRef<RewardMsg>>,
     store: Store,
     rt: tokio::runtime::Handle,
-    busy: &AtomicUsize,
-    defer: Duration,
-) {
-    recover(&store, &rt, &actor);
-    // Yields to serving: waits (at most `defer`) while answers are being generated.
-    let yield_to_serving = || {
-        let t0 = std::time::Instant::now();
-        while busy.load(Ordering::Relaxed) > 0 && t0.elapsed() < defer {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    loop {
-        let next = rt
-            .block_on(async { tokio::time::timeout(Duration::from_millis(500), rx.recv()).await });
-        match next {
-            Ok(Some(job)) => {
-                yield_to_serving();
-                handle(&mut at, &job, &actor, &store, &rt)
+    retries: u32,
+    backoff: Duration,
+    /// The durable backlog's prefix (only this worker's answers).
+    backlog: String,
+}
+
+/// The back-off before retry number `attempt` (1-based): doubling, at most a minute.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(Duration::from_secs(60))
+}
+
+impl Thread {
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
+    fn run(&mut self, mut rx: mpsc::Receiver<AnswerJob>, busy: &AtomicUsize, defer: Duration) {
+        self.recover();
+        // Yields to serving: waits (at most `defer`) while answers are being generated.
+        let yield_to_serving = || {
+            let t0 = std::time::Instant::now();
+            while busy.load(Ordering::Relaxed) > 0 && t0.elapsed() < defer {
+                std::thread::sleep(Duration::from_millis(10));
             }
-            Ok(None) => return,
-            Err(_) => {
-                // Idle: take up the durable backlog, oldest name first.
-                let names = rt
-                    .block_on(store.list_names(&Key::from("attribution/backlog")))
-                    .unwrap_or_default();
-                for name in names {
-                    if !rx.is_empty() {
-                        break;
-                    }
-                    let key = Key::from(format!("attribution/backlog/{name}"));
-                    let Ok(Some(bytes)) = rt.block_on(store.get(&key)) else {
-                        continue;
-                    };
-                    match serde_json::from_slice::<AnswerJob>(&bytes) {
-                        Ok(job) => {
-                            yield_to_serving();
-                            handle(&mut at, &job, &actor, &store, &rt)
+        };
+        loop {
+            let next = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+            });
+            match next {
+                Ok(Some(job)) => {
+                    yield_to_serving();
+                    self.handle(&job)
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    // Idle: take up the durable backlog, oldest name first (answers waiting
+                    // for a retry when their back-off is over).
+                    for name in self.backlog_names() {
+                        if !rx.is_empty() {
+                            break;
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, %name, "unreadable backlog entry: removed, the answer is not attributed");
-                            OUTCOMES.with_label_values(&["failed"]).inc();
-                            BACKLOG.dec();
-                            let _ = rt.block_on(store.delete(&key));
+                        let key = Key::from(format!("{}/{name}", self.backlog));
+                        let Ok(Some(bytes)) = self.rt.block_on(self.store.get(&key)) else {
+                            continue;
+                        };
+                        match serde_json::from_slice::<AnswerJob>(&bytes) {
+                            Ok(job) if job.retry_at_ms > now_ms() => {}
+                            Ok(job) => {
+                                yield_to_serving();
+                                self.handle(&job)
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, %name, "unreadable backlog entry: removed, the answer is not attributed");
+                                OUTCOMES.with_label_values(&["failed"]).inc();
+                                BACKLOG.dec();
+                                let _ = self.rt.block_on(self.store.delete(&key));
+                            }
                         }
                     }
                 }
             }
         }
     }
-}
 
-/// Re-sends the rewards of stored records without a receipt, and counts the durable
-/// backlog left by an earlier process.
-fn recover(store: &Store, rt: &tokio::runtime::Handle, actor: &ActorRef<RewardMsg>) {
-    let backlog = rt
-        .block_on(store.list_names(&Key::from("attribution/backlog")))
-        .unwrap_or_default();
-    for name in backlog {
-        let Some(rid) = name.strip_suffix(".json") else {
-            continue;
-        };
-        if matches!(
-            rt.block_on(store.get(&Key::from(record_key(rid)))),
+    /// The answers in this backlog (not those of other workers' backlogs under it).
+    fn backlog_names(&self) -> Vec<String> {
+        self.rt
+            .block_on(self.store.list_names(&Key::from(self.backlog.as_str())))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !n.contains('/'))
+            .collect()
+    }
+
+    fn exists(&self, key: String) -> bool {
+        matches!(
+            self.rt.block_on(self.store.get(&Key::from(key))),
             Ok(Some(_))
-        ) {
-            let _ = rt.block_on(store.delete(&Key::from(backlog_key(rid))));
-        } else {
-            BACKLOG.inc();
+        )
+    }
+
+    /// Marks a stored record's reward as pending (unless the log already acknowledged it).
+    fn mark_pending(&self, rid: &str, answered_ms: u64) -> Result<(), AttrError> {
+        if self.exists(receipt_key(rid)) {
+            return Ok(());
+        }
+        let marker = PendingMarker {
+            request_id: rid.to_owned(),
+            answered_ms,
+        };
+        let bytes = serde_json::to_vec(&marker).map_err(AttrError::io)?;
+        self.rt
+            .block_on(
+                self.store
+                    .put(&Key::from(pending_key(rid)), Bytes::from(bytes)),
+            )
+            .map_err(AttrError::store)
+    }
+
+    /// Counts the durable backlog left by an earlier process; an answer whose record was
+    /// stored before the crash gets its pending marker and leaves the backlog.
+    fn recover(&self) {
+        for name in self.backlog_names() {
+            let Some(rid) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if self.exists(record_key(rid)) {
+                match self.mark_pending(rid, now_ms()) {
+                    Ok(()) => {
+                        let _ = self.rt.block_on(
+                            self.store
+                                .delete(&Key::from(backlog_key(&self.backlog, rid))),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, request_id = rid, "marking a recovered record's reward pending");
+                        BACKLOG.inc();
+                    }
+                }
+            } else {
+                BACKLOG.inc();
+            }
         }
     }
-    let records = rt
-        .block_on(store.list_names(&Key::from("attribution/records")))
-        .unwrap_or_default();
-    for name in records {
-        let Some(rid) = name.strip_suffix(".json") else {
-            continue;
+
+    fn send(&self, rec: &AttributionRecord, bytes: &[u8]) {
+        let Some(actor) = &self.actor else {
+            // The coordinator leader's actor takes it up from its pending marker.
+            BACKLOG.dec();
+            return;
         };
-        if matches!(
-            rt.block_on(store.get(&Key::from(receipt_key(rid)))),
-            Ok(Some(_))
-        ) {
-            continue;
+        let reward = reward_record(rec, bytes);
+        if let Err(e) = actor.cast(RewardMsg::Attributed(Pending {
+            reward,
+            adapter: rec.adapter.clone(),
+            builder: rec.builder.clone(),
+        })) {
+            tracing::error!(error = %e, request_id = %rec.request_id, "reward actor gone; the record stays pending and is paid by the next actor");
         }
-        let Ok(Some(bytes)) = rt.block_on(store.get(&Key::from(record_key(rid)))) else {
-            continue;
+    }
+
+    /// Attributes one answer, stores its record and pending marker, and sends its reward.
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
+    fn handle(&mut self, job: &AnswerJob) {
+        let span =
+            tracing::info_span!("attribute", request_id = %job.request_id, adapter = %job.adapter);
+        let _g = span.enter();
+        let t0 = std::time::Instant::now();
+        let backlog = Key::from(backlog_key(&self.backlog, &job.request_id));
+        // Already attributed (the answer was taken from the backlog before the queue
+        // delivered it, or the marker could not be written): its reward is pending.
+        if self.exists(record_key(&job.request_id)) {
+            match self.mark_pending(&job.request_id, job.answered_ms) {
+                Ok(()) => {
+                    let _ = self.rt.block_on(self.store.delete(&backlog));
+                    if job.attempts > 0 {
+                        // A retry of the marker only: its count ends here (the reward
+                        // actor counts the reward when it takes up the marker).
+                        BACKLOG.dec();
+                    }
+                }
+                Err(e) => self.retry_or_fail(job, &e),
+            }
+            return;
+        }
+        let (rt, store) = (self.rt.clone(), self.store.clone());
+        let result = self.at.attribute(job).and_then(|r| {
+            let Some((rec, objects)) = r else {
+                return Ok(None);
+            };
+            let bytes = serde_json::to_vec_pretty(&rec).map_err(AttrError::io)?;
+            for (k, b) in objects {
+                rt.block_on(store.put(&Key::from(k), Bytes::from(b)))
+                    .map_err(AttrError::store)?;
+            }
+            rt.block_on(store.put(
+                &Key::from(record_key(&rec.request_id)),
+                Bytes::from(bytes.clone()),
+            ))
+            .map_err(AttrError::store)?;
+            Ok(Some((rec, bytes)))
+        });
+        SECONDS.observe(t0.elapsed().as_secs_f64());
+        match result {
+            Ok(Some((rec, bytes))) => {
+                OUTCOMES.with_label_values(&["recorded"]).inc();
+                tracing::info!(seconds = rec.seconds, "attribution recorded");
+                if let Err(e) = self.mark_pending(&rec.request_id, rec.answered_ms) {
+                    // The record is stored: the retry only writes the marker.
+                    self.retry_or_fail(job, &e);
+                    return;
+                }
+                let _ = self.rt.block_on(self.store.delete(&backlog));
+                self.send(&rec, &bytes);
+            }
+            Ok(None) => {
+                let _ = self.rt.block_on(self.store.delete(&backlog));
+                OUTCOMES.with_label_values(&["no_index"]).inc();
+                BACKLOG.dec();
+                tracing::info!("the adapter has no attribution index: answer not attributed");
+            }
+            Err(e) => self.retry_or_fail(job, &e),
+        }
+    }
+
+    /// Puts a failed answer back in the backlog for a later attempt, or, after the last
+    /// one, records it as failed.
+    fn retry_or_fail(&self, job: &AnswerJob, e: &AttrError) {
+        let attempts = job.attempts.saturating_add(1);
+        let backlog = Key::from(backlog_key(&self.backlog, &job.request_id));
+        if attempts <= self.retries {
+            let wait = backoff(self.backoff, attempts);
+            let mut next = job.clone();
+            next.attempts = attempts;
+            next.retry_at_ms = now_ms().saturating_add(wait.as_millis() as u64);
+            RETRIES.inc();
+            tracing::warn!(error = %e, attempt = attempts, retry_in_ms = wait.as_millis() as u64, "attribution failed; retrying");
+            let put = serde_json::to_vec(&next)
+                .map_err(AttrError::io)
+                .and_then(|b| {
+                    self.rt
+                        .block_on(self.store.put(&backlog, Bytes::from(b)))
+                        .map_err(AttrError::store)
+                });
+            if let Err(e2) = put {
+                tracing::error!(error = %e2, "recording the retry failed: the answer is retried from its backlog entry, if stored");
+            }
+            return;
+        }
+        let failed = FailedAttribution {
+            request_id: job.request_id.clone(),
+            adapter: job.adapter.clone(),
+            requester: job.requester.clone(),
+            answered_ms: job.answered_ms,
+            attempts,
+            error: e.to_string(),
+            failed_ms: now_ms(),
         };
-        if let Ok(rec) = serde_json::from_slice::<AttributionRecord>(&bytes) {
-            tracing::info!(
-                request_id = rid,
-                "re-sending the reward of a record without receipt"
-            );
-            BACKLOG.inc();
-            send(actor, &rec, &bytes);
+        let stored = serde_json::to_vec_pretty(&failed)
+            .map_err(AttrError::io)
+            .and_then(|b| {
+                self.rt
+                    .block_on(
+                        self.store
+                            .put(&Key::from(failed_key(&job.request_id)), Bytes::from(b)),
+                    )
+                    .map_err(AttrError::store)
+            });
+        if let Err(e2) = stored {
+            tracing::error!(error = %e2, "recording the failed attribution failed");
         }
+        let _ = self.rt.block_on(self.store.delete(&backlog));
+        OUTCOMES.with_label_values(&["failed"]).inc();
+        BACKLOG.dec();
+        tracing::error!(error = %e, attempts, "attribution failed for good: the answer is not attributed nor billed");
     }
 }
 
-fn send(actor: &ActorRef<RewardMsg>, rec: &AttributionRecord, bytes: &[u8]) {
-    let reward = reward_record(rec, bytes);
-    if let Err(e) = actor.cast(RewardMsg::Attributed(Pending {
-        reward,
-        adapter: rec.adapter.clone(),
-        builder: rec.builder.clone(),
-    })) {
-        tracing::error!(error = %e, request_id = %rec.request_id, "reward actor gone; the record stays without receipt and is re-sent at the next start");
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
 
-#[allow(clippy::disallowed_methods)] // measures elapsed time
-fn handle(
-    at: &mut Attributor,
-    job: &AnswerJob,
-    actor: &ActorRef<RewardMsg>,
-    store: &Store,
-    rt: &tokio::runtime::Handle,
-) {
-    let span =
-        tracing::info_span!("attribute", request_id = %job.request_id, adapter = %job.adapter);
-    let _g = span.enter();
-    let t0 = std::time::Instant::now();
-    let backlog = Key::from(backlog_key(&job.request_id));
-    // Already attributed (the answer was taken from the backlog before the queue delivered
-    // it): its reward is on its way, or re-sent at the next start if it has no receipt.
-    if matches!(
-        rt.block_on(store.get(&Key::from(record_key(&job.request_id)))),
-        Ok(Some(_))
-    ) {
-        let _ = rt.block_on(store.delete(&backlog));
-        return;
-    }
-    let result = at.attribute(job).and_then(|r| {
-        let Some((rec, objects)) = r else {
-            return Ok(None);
-        };
-        let bytes = serde_json::to_vec_pretty(&rec).map_err(AttrError::io)?;
-        for (k, b) in objects {
-            rt.block_on(store.put(&Key::from(k), Bytes::from(b)))
-                .map_err(AttrError::store)?;
-        }
-        rt.block_on(store.put(
-            &Key::from(record_key(&rec.request_id)),
-            Bytes::from(bytes.clone()),
-        ))
-        .map_err(AttrError::store)?;
-        Ok(Some((rec, bytes)))
-    });
-    SECONDS.observe(t0.elapsed().as_secs_f64());
-    // Attributed, or failed for good (logged and counted): out of the durable backlog.
-    let _ = rt.block_on(store.delete(&backlog));
-    match result {
-        Ok(Some((rec, bytes))) => {
-            OUTCOMES.with_label_values(&["recorded"]).inc();
-            tracing::info!(seconds = rec.seconds, "attribution recorded");
-            send(actor, &rec, &bytes);
-        }
-        Ok(None) => {
-            OUTCOMES.with_label_values(&["no_index"]).inc();
-            BACKLOG.dec();
-            tracing::info!("the adapter has no attribution index: answer not attributed");
-        }
-        Err(e) => {
-            OUTCOMES.with_label_values(&["failed"]).inc();
-            BACKLOG.dec();
-            tracing::error!(error = %e, "attribution failed");
-        }
+    #[test]
+    fn the_back_off_doubles_and_is_capped() {
+        let b = Duration::from_millis(500);
+        assert_eq!(backoff(b, 1), Duration::from_millis(500));
+        assert_eq!(backoff(b, 3), Duration::from_secs(2));
+        assert_eq!(backoff(b, 40), Duration::from_secs(60));
     }
 }

@@ -36,6 +36,8 @@ pub fn tap(
         choices: Vec::new(),
         requester: request.identity.clone(),
         answered_ms: 0,
+        attempts: 0,
+        retry_at_ms: 0,
     };
     tokio::spawn(async move {
         let mut texts: BTreeMap<u32, AnswerChoice> = BTreeMap::new();
