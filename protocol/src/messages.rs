@@ -93,6 +93,25 @@ pub enum CommandBody {
     EvalLoss,
 }
 
+impl CommandBody {
+    /// How long a worker may take to answer this command before its link reports it gone.
+    /// Commands whose work grows with the whole model or data set get an hour: `Start`
+    /// loads the base model and materializes the data, `Export` builds the attribution
+    /// index (one backward pass per training example per checkpoint; minutes for a
+    /// 135M-parameter model on two cores). A step's gradients, the eval loss and state
+    /// transfers get ten minutes; the rest a minute.
+    pub fn time_limit(&self) -> std::time::Duration {
+        let secs = match self {
+            Self::Start { .. } | Self::Export => 3600,
+            Self::Gradients { .. } | Self::EvalLoss | Self::Checkpoint | Self::Restore { .. } => {
+                600
+            }
+            Self::Apply { .. } | Self::Stop | Self::Ping => 60,
+        };
+        std::time::Duration::from_secs(secs)
+    }
+}
+
 /// One file of an exported adapter.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct NamedFile {

@@ -268,7 +268,7 @@ async fn contributors(run: &mut Loop) -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_default();
     println!(
-        "    datanet {DATANET}: version {} with {} examples; {} held out (numbers never seen in training)",
+        "    datanet {DATANET}: version {} with {} entries (copies are recorded, trained on once); {} questions held out (numbers never seen in training)",
         head["number"],
         head["entries"],
         run.held_out.len()

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::info_span;
@@ -83,8 +82,6 @@ pub async fn spawn_unsupervised(
     Actor::spawn(None, WorkerActor, core).await
 }
 
-/// How long a command may take before the link reports the worker as gone.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Sends commands to a worker actor in this process.
 #[derive(Debug, Clone)]
@@ -103,8 +100,9 @@ pub async fn call_worker(
     actor: &ActorRef<WorkerMsg>,
     cmd: Payload<Command>,
 ) -> Result<Payload<Reply>, ProtocolError> {
+    let limit = cmd.msg.body.time_limit();
     match actor
-        .call(|tx| WorkerMsg::Command(cmd, tx), Some(COMMAND_TIMEOUT))
+        .call(|tx| WorkerMsg::Command(cmd, tx), Some(limit))
         .await
     {
         Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),
