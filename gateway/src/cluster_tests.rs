@@ -325,7 +325,11 @@ async fn a_whole_answer_lost_in_the_middle_is_generated_again_elsewhere() {
     let mut r = rig([false, false]).await;
     let m = homed_on_w0(&r.cluster).await;
     // w0 sends "partial" and holds the rest; then w0 goes away.
-    let whole = r.cluster.submit_whole(request(m, "hold-late")).await.unwrap();
+    let whole = r
+        .cluster
+        .submit_whole(request(m, "hold-late"))
+        .await
+        .unwrap();
     let got = tokio::spawn(collect(whole));
     held(&r.engines[0], 1).await;
     r.servers.remove(0).shutdown().await;
@@ -363,7 +367,11 @@ async fn a_whole_answer_with_no_worker_left_fails_naming_the_lost_one() {
     // w1 is gone before w0 is lost: nowhere to start again.
     r.servers.remove(1).shutdown().await;
     r.cluster.mark_down(&node("w1"));
-    let whole = r.cluster.submit_whole(request(m, "hold-late")).await.unwrap();
+    let whole = r
+        .cluster
+        .submit_whole(request(m, "hold-late"))
+        .await
+        .unwrap();
     let got = tokio::spawn(collect(whole));
     held(&r.engines[0], 1).await;
     r.servers.remove(0).shutdown().await;

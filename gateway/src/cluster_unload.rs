@@ -46,10 +46,7 @@ impl ClusterInference {
                 if !deleted.contains_key(d) {
                     continue;
                 }
-                let due = w
-                    .unload_sent
-                    .get(d)
-                    .is_none_or(|at| now - *at >= resend);
+                let due = w.unload_sent.get(d).is_none_or(|at| now - *at >= resend);
                 if due {
                     w.unload_sent.insert(*d, now);
                     out.push((node.clone(), *d));

@@ -305,10 +305,7 @@ impl InferenceConn {
     /// delete): `Ok(Ok(()))` once the worker's engine took the order, `Ok(Err(e))` when it
     /// refused (e.g. the adapter is pinned there), `Err(_)` when the worker could not be
     /// reached.
-    pub async fn unload(
-        &self,
-        adapter: Digest,
-    ) -> Result<std::result::Result<(), InferenceError>> {
+    pub async fn unload(&self, adapter: Digest) -> Result<std::result::Result<(), InferenceError>> {
         if self.client.is_closed() {
             return Err(ProtocolError::Connection("connection closed".into()));
         }

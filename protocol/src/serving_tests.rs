@@ -215,8 +215,15 @@ async fn an_unload_reaches_the_engine_and_its_refusal_comes_back() {
     let a = Digest::of(b"a");
     conn.unload(a).await.unwrap().unwrap();
     assert_eq!(*s.engine.unloaded.lock().unwrap(), vec![a]);
-    let refused = conn.unload(Digest::of(b"pinned")).await.unwrap().unwrap_err();
-    assert!(matches!(refused, InferenceError::Invalid { .. }), "{refused:?}");
+    let refused = conn
+        .unload(Digest::of(b"pinned"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(refused, InferenceError::Invalid { .. }),
+        "{refused:?}"
+    );
     // The connection still serves requests after both.
     let mut ev = conn.submit(&request("x")).await.unwrap().unwrap();
     while ev.next().await.unwrap().is_some() {}
@@ -252,10 +259,15 @@ fn requests_round_trip_and_oversized_ones_are_refused() {
     assert!(err.contains("stop strings exceeds the maximum"), "{err}");
     // The same check applies to a request inside a call.
     let call = ServeCall::Infer(r);
-    let err = ServeCall::decode(&call.encode().unwrap()).unwrap_err().to_string();
+    let err = ServeCall::decode(&call.encode().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("stop strings exceeds the maximum"), "{err}");
     let unload = ServeCall::Unload(Digest::of(b"a"));
-    assert_eq!(ServeCall::decode(&unload.encode().unwrap()).unwrap(), unload);
+    assert_eq!(
+        ServeCall::decode(&unload.encode().unwrap()).unwrap(),
+        unload
+    );
     let reply = InferReply::Refused(InferenceError::ContextOverflow {
         prompt_tokens: 9,
         max_tokens: 9,
