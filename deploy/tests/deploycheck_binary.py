@@ -51,6 +51,36 @@ def _routes() -> set[str]:
     return routes
 
 
+def _check_serving(what: str, docs: list[dict], c: dict, port: tuple, default: int) -> None:
+    """A serving worker: its inference port is --serve-listen's, the env points the binary at
+    it, and the workers' NetworkPolicy lets gateway pods reach it over UDP."""
+    if port != (default, "UDP"):
+        fail(f"{what}: worker serve port {port}, --serve-listen defaults to {default}/UDP")
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    for k in ("TRIBUTARY_BASE_MODEL", "TRIBUTARY_SERVE_LISTEN", "TRIBUTARY_SERVE_ADVERTISE"):
+        if not env.get(k):
+            fail(f"{what}: a serving worker without {k}")
+    for k in ("TRIBUTARY_SERVE_LISTEN", "TRIBUTARY_SERVE_ADVERTISE"):
+        if env[k].rsplit(":", 1)[-1] != str(port[0]):
+            fail(f"{what}: {k}={env[k]}, the serve port is {port[0]}")
+    policies = [
+        d for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component") == "worker"
+    ]
+    for pol in policies:
+        allowed = any(
+            {"port": port[0], "protocol": "UDP"} in (r.get("ports") or [])
+            and any(
+                f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "gateway"
+                for f in r.get("from", [])
+            )
+            for r in pol["spec"].get("ingress", [])
+        )
+        if not allowed:
+            fail(f"{what}: NetworkPolicy {pol['metadata']['name']} does not let gateways reach {port[0]}/UDP on workers")
+
+
 def check_binary(binary: str) -> str:
     helps = {r: help_text(binary, r) for r in ("dev", "coordinator", "worker", "gateway")}
     for r in ("dev", "coordinator", "worker"):
@@ -58,10 +88,11 @@ def check_binary(binary: str) -> str:
             fail(f"{binary} {r} --help failed")
     http_port = _default_port(helps["dev"], "http")
     quic_port = _default_port(helps["worker"], "listen")
+    serve_port = _default_port(helps["worker"], "serve-listen")
     routes = _routes()
     renders = {o: kustomize(o) for o in OVERLAYS}
     renders |= {f"chart {vf.name if vf else 'defaults'}": render_chart(vf) for vf in chart_values_files()}
-    probe_paths, metric_paths = set(), set()
+    probe_paths, metric_paths, serving = set(), set(), set()
     for what, docs in renders.items():
         for d in docs:
             if d["kind"] == "ServiceMonitor":
@@ -83,6 +114,9 @@ def check_binary(binary: str) -> str:
                 fail(f"{what}: {role} http port {ports.get('http')}, the binary's default is {http_port}/TCP")
             if role == "worker" and ports.get("quic") != (quic_port, "UDP"):
                 fail(f"{what}: worker quic port {ports.get('quic')}, --listen defaults to {quic_port}/UDP")
+            if role == "worker" and "serve" in ports:
+                _check_serving(what, docs, c, ports["serve"], serve_port)
+                serving.add(what)
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
             if env.get("TRIBUTARY_HTTP", "").rsplit(":", 1)[-1] != str(http_port):
                 fail(f"{what}: {role} TRIBUTARY_HTTP={env.get('TRIBUTARY_HTTP')}")
@@ -114,6 +148,8 @@ def check_binary(binary: str) -> str:
     stale = EXPECTED_ENV_FROM_OPEN_WORK & set(re.findall(r"\[env: (TRIBUTARY_[A-Z_]+)=", helps["coordinator"]))
     if stale:
         fail(f"the binary now reads {sorted(stale)}: remove them from EXPECTED_ENV_FROM_OPEN_WORK")
+    if not serving:
+        fail("no render configures serving workers (ci/all-features-values.yaml should)")
     if not (probe_paths | metric_paths) <= routes:
         fail(f"manifests use {sorted(probe_paths | metric_paths)}, the code serves {sorted(routes)}")
 
@@ -197,7 +233,8 @@ def check_binary(binary: str) -> str:
             if (out / f"{name}.key").stat().st_mode & 0o077:
                 fail(f"certs init from {layout.name}: the key is readable by others")
     return (
-        f"HTTP {http_port}/tcp and QUIC {quic_port}/udp as the binary's defaults; paths "
+        f"HTTP {http_port}/tcp, QUIC {quic_port}/udp and serving {serve_port}/udp as the binary's defaults "
+        f"(serving workers, their env and gateway ingress in {sorted(serving)}); paths "
         f"{sorted(probe_paths | metric_paths)} served by tributary dev; env names known to each role; "
         "a spec with an unknown key refused with 400 naming it; "
         "certs init maps both Secret layouts"

@@ -14,13 +14,20 @@
 //! it refuses with overload. "Started streaming" means the first text (or the end) has come
 //! back: the engine's `Started` event is held until then, so a worker that dies during
 //! prefill costs the client only time. Overload everywhere is a 429 with `Retry-After`.
+//! A non-streaming answer ([`InferenceService::submit_whole`]) is held here until it is
+//! whole, so when its worker is lost in the middle it is generated again from the start on
+//! another worker ([`crate::cluster_forward`]).
+//!
+//! Deleting an adapter ([`InferenceService::unload`]) asks every serving worker to drop it
+//! once its running requests have drained. The gateway remembers the deletion for a while
+//! and asks again any worker whose membership record still lists the adapter (one that
+//! could not be reached, or that finished loading it after the first ask).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tributary_coordinator::Membership;
 use tributary_protocol::serving::{InferenceConn, RemoteEvents};
@@ -29,6 +36,7 @@ use tributary_protocol::{
     InferenceService, ModelChoice, NodeId, NodeTls, ResidentAdapter, ServingInfo, Shutdown,
 };
 
+use crate::cluster_forward::{forward, forward_whole};
 use crate::cluster_metrics as cm;
 use crate::routing::{WorkerLoad, route};
 
@@ -47,6 +55,8 @@ pub struct ClusterConfig {
     pub routed_ttl: Duration,
     /// What a 429 asks when every worker is overloaded and none said how long.
     pub retry_after_ms: u64,
+    /// Least time between two unloads of one deleted adapter sent to one worker.
+    pub unload_resend: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -58,6 +68,7 @@ impl Default for ClusterConfig {
             down_for: Duration::from_secs(2),
             routed_ttl: Duration::from_secs(10),
             retry_after_ms: 1000,
+            unload_resend: Duration::from_secs(2),
         }
     }
 }
@@ -71,6 +82,8 @@ struct Worker {
     connecting: Arc<tokio::sync::Mutex<()>>,
     down_until: Option<Instant>,
     routed: HashMap<Digest, Instant>,
+    /// Deleted adapters last asked to be unloaded here, and when.
+    unload_sent: HashMap<Digest, Instant>,
 }
 
 #[derive(Default)]
@@ -78,6 +91,8 @@ struct Table {
     workers: BTreeMap<NodeId, Worker>,
     /// The served base model (the first serving worker's, by name order).
     info: Option<EngineInfo>,
+    /// Adapters deleted through this gateway, and when.
+    deleted: HashMap<Digest, Instant>,
 }
 
 struct Inner {
@@ -94,7 +109,7 @@ pub struct ClusterInference {
 }
 
 /// Counts a request against its worker while it lives.
-struct InFlight(Arc<AtomicU32>);
+pub(crate) struct InFlight(Arc<AtomicU32>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -106,6 +121,15 @@ enum Attempt {
     /// Admitted and streaming: the events held back so far, and the rest.
     Streaming(Vec<InferenceEvent>, RemoteEvents),
     Refused(InferenceError),
+}
+
+/// A request admitted by a worker: which, the events held back so far, the rest, and its
+/// count against the worker.
+pub(crate) struct Routed {
+    pub node: NodeId,
+    pub held: Vec<InferenceEvent>,
+    pub events: RemoteEvents,
+    pub guard: InFlight,
 }
 
 impl ClusterInference {
@@ -138,6 +162,10 @@ impl ClusterInference {
                         .collect(),
                 ),
                 Err(e) => debug!(error = %e, "reading membership"),
+            }
+            for (node, adapter) in self.stale_unloads() {
+                let this = self.clone();
+                tokio::spawn(async move { this.unload_on(&node, adapter).await });
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.inner.config.refresh) => {}
@@ -187,6 +215,7 @@ impl ClusterInference {
                             connecting: Arc::new(tokio::sync::Mutex::new(())),
                             down_until: None,
                             routed: HashMap::new(),
+                            unload_sent: HashMap::new(),
                         },
                     );
                 }
@@ -272,8 +301,19 @@ impl ClusterInference {
         Some((node, InFlight(w.in_flight.clone())))
     }
 
+    /// Whether some worker outside `excluded` is not marked down.
     #[allow(clippy::disallowed_methods)] // measures elapsed time
-    fn mark_down(&self, node: &NodeId) {
+    fn any_up(&self, excluded: &HashSet<NodeId>) -> bool {
+        let now = Instant::now();
+        self.inner.table.read().is_ok_and(|t| {
+            t.workers
+                .iter()
+                .any(|(n, w)| !excluded.contains(n) && w.down_until.is_none_or(|d| d <= now))
+        })
+    }
+
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
+    pub(crate) fn mark_down(&self, node: &NodeId) {
         if let Ok(mut t) = self.inner.table.write()
             && let Some(w) = t.workers.get_mut(node)
         {
@@ -351,17 +391,25 @@ impl ClusterInference {
         }
     }
 
-    async fn submit_routed(
+    /// Routes `request` to a worker that admits it, trying others (never those in
+    /// `excluded`, which gathers every worker tried) while a worker is lost before the
+    /// answer started streaming or is overloaded.
+    pub(crate) async fn route_request(
         &self,
-        request: InferenceRequest,
-    ) -> Result<EventStream, InferenceError> {
-        let mut excluded = HashSet::new();
+        request: &InferenceRequest,
+        excluded: &mut HashSet<NodeId>,
+    ) -> Result<Routed, InferenceError> {
         let mut overloaded: Option<InferenceError> = None;
-        while let Some((node, guard)) = self.pick(&request.model, &excluded) {
-            match self.attempt(&node, &request).await {
+        while let Some((node, guard)) = self.pick(&request.model, excluded) {
+            match self.attempt(&node, request).await {
                 Ok(Attempt::Streaming(held, events)) => {
                     cm::routed(node.as_str(), "ok");
-                    return Ok(forward(node, held, events, guard));
+                    return Ok(Routed {
+                        node,
+                        held,
+                        events,
+                        guard,
+                    });
                 }
                 Ok(Attempt::Refused(e @ InferenceError::Overloaded { .. })) => {
                     cm::routed(node.as_str(), "overloaded");
@@ -390,8 +438,8 @@ impl ClusterInference {
                 "no serving worker is registered".into(),
             ));
         }
-        if excluded.is_empty() {
-            // Every worker at its capacity as this gateway counts it.
+        if self.any_up(excluded) {
+            // Every worker left to try is at its capacity as this gateway counts it.
             return Err(InferenceError::Overloaded {
                 retry_after_ms: self.inner.config.retry_after_ms,
             });
@@ -401,49 +449,20 @@ impl ClusterInference {
             excluded.len()
         )))
     }
-}
 
-/// Streams the held events then the rest to the gateway; stops the worker's stream when
-/// the gateway's side goes away.
-fn forward(
-    node: NodeId,
-    held: Vec<InferenceEvent>,
-    mut events: RemoteEvents,
-    guard: InFlight,
-) -> EventStream {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let _guard = guard;
-        for ev in held {
-            if tx.send(ev).await.is_err() {
-                return;
-            }
-        }
-        loop {
-            let next = tokio::select! {
-                n = events.next() => n,
-                _ = tx.closed() => return,
-            };
-            match next {
-                Ok(Some(ev)) => {
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    cm::retried("lost_mid_answer");
-                    let _ = tx
-                        .send(InferenceEvent::Failed(InferenceError::Unavailable(
-                            format!("worker {node} was lost in the middle of the answer: {e}"),
-                        )))
-                        .await;
-                    return;
-                }
-            }
-        }
-    });
-    rx
+    async fn submit_routed(
+        &self,
+        request: InferenceRequest,
+        whole: bool,
+    ) -> Result<EventStream, InferenceError> {
+        let mut excluded = HashSet::new();
+        let routed = self.route_request(&request, &mut excluded).await?;
+        Ok(if whole {
+            forward_whole(self.clone(), request, routed, excluded)
+        } else {
+            forward(routed)
+        })
+    }
 }
 
 impl InferenceService for ClusterInference {
@@ -451,7 +470,18 @@ impl InferenceService for ClusterInference {
         &self,
         request: InferenceRequest,
     ) -> BoxFuture<'_, Result<EventStream, InferenceError>> {
-        Box::pin(self.submit_routed(request))
+        Box::pin(self.submit_routed(request, false))
+    }
+
+    fn submit_whole(
+        &self,
+        request: InferenceRequest,
+    ) -> BoxFuture<'_, Result<EventStream, InferenceError>> {
+        Box::pin(self.submit_routed(request, true))
+    }
+
+    fn unload(&self, adapter: Digest) -> BoxFuture<'_, Result<(), InferenceError>> {
+        Box::pin(self.unload_everywhere(adapter))
     }
 
     fn info(&self) -> EngineInfo {
@@ -484,6 +514,9 @@ impl InferenceService for ClusterInference {
             .collect()
     }
 }
+
+#[path = "cluster_unload.rs"]
+mod unload;
 
 #[cfg(test)]
 #[path = "cluster_tests.rs"]

@@ -62,7 +62,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         retries: IntCounterVec::new(
             Opts::new(
                 "tributary_gateway_retries_total",
-                "Requests moved to another worker (worker_lost, overloaded) or failed mid-answer (lost_mid_answer)",
+                "Requests moved to another worker (worker_lost, overloaded), non-streaming answers generated again after their worker was lost mid-answer (regenerated), or streamed answers failed mid-answer (lost_mid_answer)",
             ),
             &["reason"],
         )?,

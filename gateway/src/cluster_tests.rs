@@ -1,6 +1,8 @@
 //! The cluster engine against two scripted workers served over real QUIC with mutual TLS on
 //! loopback: affinity, a worker lost before the answer started (retried elsewhere) and
-//! after (a failure event), overload moving a request on, and overload everywhere.
+//! after (a failure event for a streamed answer, the answer generated again elsewhere for a
+//! whole one), overload moving a request on, overload everywhere, and a deleted adapter's
+//! unload reaching every worker (and again one that still lists it).
 
 use std::sync::Mutex;
 
@@ -22,6 +24,7 @@ struct Scripted {
     overloaded: bool,
     seen: Mutex<Vec<ModelChoice>>,
     held: Mutex<Vec<mpsc::Sender<InferenceEvent>>>,
+    unloaded: Mutex<Vec<Digest>>,
 }
 
 impl InferenceService for Scripted {
@@ -67,6 +70,11 @@ impl InferenceService for Scripted {
         })
     }
 
+    fn unload(&self, adapter: Digest) -> BoxFuture<'_, Result<(), InferenceError>> {
+        self.unloaded.lock().unwrap().push(adapter);
+        Box::pin(async { Ok(()) })
+    }
+
     fn info(&self) -> EngineInfo {
         EngineInfo {
             base_name: "tiny".into(),
@@ -106,6 +114,10 @@ fn serving(addr: String, resident: Vec<Digest>) -> ServingInfo {
 }
 
 async fn rig(overloaded: [bool; 2]) -> Rig {
+    rig_with(overloaded, ClusterConfig::default()).await
+}
+
+async fn rig_with(overloaded: [bool; 2], config: ClusterConfig) -> Rig {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     certs::init_ca(dir.path()).unwrap();
@@ -122,6 +134,7 @@ async fn rig(overloaded: [bool; 2]) -> Rig {
             overloaded: over,
             seen: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            unloaded: Mutex::new(Vec::new()),
         });
         let ctl = ShutdownController::new();
         tokio::spawn(serve_inference(server, engine.clone(), ctl.subscribe()));
@@ -137,7 +150,7 @@ async fn rig(overloaded: [bool; 2]) -> Rig {
         node("gw"),
         NodeTls::load(dir.path(), &node("gw")).unwrap(),
         Arc::new(StaticMembership::new(infos)),
-        ClusterConfig::default(),
+        config,
         follow.subscribe(),
     );
     for _ in 0..100 {
@@ -176,7 +189,10 @@ fn request(model: ModelChoice, prompt: &str) -> InferenceRequest {
 
 /// The whole answer's text, or the failure.
 async fn answer(c: &ClusterInference, r: InferenceRequest) -> Result<String, InferenceError> {
-    let mut ev = c.submit(r).await?;
+    collect(c.submit(r).await?).await
+}
+
+async fn collect(mut ev: EventStream) -> Result<String, InferenceError> {
     let mut text = String::new();
     while let Some(e) = ev.recv().await {
         match e {
@@ -280,4 +296,129 @@ async fn overload_moves_a_request_on_and_everywhere_is_a_429() {
         .await
         .unwrap_err();
     assert_eq!(err, InferenceError::Overloaded { retry_after_ms: 70 });
+}
+
+/// An adapter whose requests land on w0.
+async fn homed_on_w0(c: &ClusterInference) -> ModelChoice {
+    for i in 0..64 {
+        let m = adapter(i);
+        if answer(c, request(m, "x")).await.unwrap() == "w0" {
+            return m;
+        }
+    }
+    panic!("no adapter lives on w0");
+}
+
+/// Waits until `engine` holds `n` requests.
+async fn held(engine: &Scripted, n: usize) {
+    for _ in 0..300 {
+        if engine.held.lock().unwrap().len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the worker never held {n} requests");
+}
+
+#[tokio::test]
+async fn a_whole_answer_lost_in_the_middle_is_generated_again_elsewhere() {
+    let mut r = rig([false, false]).await;
+    let m = homed_on_w0(&r.cluster).await;
+    // w0 sends "partial" and holds the rest; then w0 goes away.
+    let whole = r
+        .cluster
+        .submit_whole(request(m, "hold-late"))
+        .await
+        .unwrap();
+    let got = tokio::spawn(collect(whole));
+    held(&r.engines[0], 1).await;
+    r.servers.remove(0).shutdown().await;
+    // Started again on w1 (which also sends "partial"): finish it there.
+    held(&r.engines[1], 1).await;
+    let tx = r.engines[1].held.lock().unwrap().pop().unwrap();
+    for ev in [
+        InferenceEvent::Text {
+            choice: 0,
+            text: " from w1".into(),
+            logprobs: vec![],
+        },
+        InferenceEvent::Finished {
+            choice: 0,
+            reason: FinishReason::Length,
+            completion_tokens: 2,
+        },
+    ] {
+        tx.send(ev).await.unwrap();
+    }
+    drop(tx);
+    // w0's partial text is gone: the answer is w1's alone.
+    assert_eq!(got.await.unwrap().unwrap(), "partial from w1");
+    assert_eq!(
+        r.engines[1].seen.lock().unwrap().last(),
+        Some(&m),
+        "w1 did not get the request"
+    );
+}
+
+#[tokio::test]
+async fn a_whole_answer_with_no_worker_left_fails_naming_the_lost_one() {
+    let mut r = rig([false, false]).await;
+    let m = homed_on_w0(&r.cluster).await;
+    // w1 is gone before w0 is lost: nowhere to start again.
+    r.servers.remove(1).shutdown().await;
+    r.cluster.mark_down(&node("w1"));
+    let whole = r
+        .cluster
+        .submit_whole(request(m, "hold-late"))
+        .await
+        .unwrap();
+    let got = tokio::spawn(collect(whole));
+    held(&r.engines[0], 1).await;
+    r.servers.remove(0).shutdown().await;
+    let err = got.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, InferenceError::Unavailable(m) if m.contains("w0") && m.contains("could not be generated again")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unload_reaches_every_worker_and_again_one_still_listing_it() {
+    let config = ClusterConfig {
+        unload_resend: Duration::from_millis(50),
+        ..ClusterConfig::default()
+    };
+    let r = rig_with([false, false], config).await;
+    let (gone, kept) = (Digest::of(b"deleted"), Digest::of(b"kept"));
+    r.cluster.unload(gone).await.unwrap();
+    for e in &r.engines {
+        assert_eq!(*e.unloaded.lock().unwrap(), vec![gone], "{}", e.name);
+    }
+    // Not asked again at once, even where a record still lists it.
+    let addrs: Vec<String> = {
+        let t = r.cluster.inner.table.read().unwrap();
+        t.workers.values().map(|w| w.serving.addr.clone()).collect()
+    };
+    let records = |w0: Vec<Digest>| {
+        BTreeMap::from([
+            (node("w0"), serving(addrs[0].clone(), w0)),
+            (node("w1"), serving(addrs[1].clone(), vec![kept])),
+        ])
+    };
+    r.cluster.update(records(vec![gone, kept]));
+    assert!(r.cluster.stale_unloads().is_empty());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // w0 still lists it (it finished loading it after the delete): asked again, once per
+    // interval; an adapter never deleted is left alone.
+    r.cluster.update(records(vec![gone, kept]));
+    assert_eq!(r.cluster.stale_unloads(), vec![(node("w0"), gone)]);
+    assert!(r.cluster.stale_unloads().is_empty());
+    // The follower sends it: w0 gets a second unload.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    r.cluster.update(records(vec![gone]));
+    for (n, a) in r.cluster.stale_unloads() {
+        assert!(r.cluster.unload_on(&n, a).await);
+    }
+    assert_eq!(*r.engines[0].unloaded.lock().unwrap(), vec![gone, gone]);
+    assert_eq!(*r.engines[1].unloaded.lock().unwrap(), vec![gone]);
 }

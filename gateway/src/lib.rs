@@ -36,6 +36,7 @@ pub mod attributions;
 pub mod auth;
 pub mod catalog;
 pub mod cluster;
+mod cluster_forward;
 pub mod cluster_metrics;
 pub mod dashboard;
 pub mod datanet_uploads;

@@ -277,6 +277,16 @@ pub trait InferenceService: Send + Sync + 'static {
         &self,
         request: InferenceRequest,
     ) -> BoxFuture<'_, Result<EventStream, InferenceError>>;
+    /// [`Self::submit`] for a caller that uses the answer only once it is whole (a
+    /// non-streaming response): nothing of it reaches the client before the end, so an
+    /// engine may start it again (elsewhere) after a failure in the middle. Default:
+    /// [`Self::submit`].
+    fn submit_whole(
+        &self,
+        request: InferenceRequest,
+    ) -> BoxFuture<'_, Result<EventStream, InferenceError>> {
+        self.submit(request)
+    }
     /// The base model and limits.
     fn info(&self) -> EngineInfo;
     /// The adapters resident now. Default: none reported.

@@ -1,11 +1,16 @@
 //! Inference over QUIC: a worker serves its engine ([`InferenceService`]) to gateways, one
-//! request per bidirectional stream. The gateway writes one [`InferenceRequest`] frame and
-//! finishes its side; the worker answers [`InferReply::Admitted`] then one
-//! [`InferReply::Event`] per engine event and a closing [`InferReply::End`], or a single
-//! [`InferReply::Refused`] (overload is `Refused(Overloaded { retry_after_ms })`, which the
-//! gateway maps to 429 with `Retry-After`). A gateway that stops reading (its client went
-//! away) stops the stream; the worker notices at once and drops the request, which frees
-//! its engine slot at the next token boundary.
+//! call per bidirectional stream. The gateway writes one [`ServeCall`] frame and finishes
+//! its side.
+//!
+//! - [`ServeCall::Infer`]: the worker answers [`InferReply::Admitted`] then one
+//!   [`InferReply::Event`] per engine event and a closing [`InferReply::End`], or a single
+//!   [`InferReply::Refused`] (overload is `Refused(Overloaded { retry_after_ms })`, which the
+//!   gateway maps to 429 with `Retry-After`). A gateway that stops reading (its client went
+//!   away) stops the stream; the worker notices at once and drops the request, which frees
+//!   its engine slot at the next token boundary.
+//! - [`ServeCall::Unload`] (an adapter was deleted): the worker asks its engine to drop the
+//!   adapter once the requests using it have drained, and answers [`InferReply::End`] (or
+//!   `Refused` with why not).
 //!
 //! The connection's handshake is the cluster's [`crate::messages::Hello`], with
 //! [`SERVING_PROTOCOL_VERSION`]: a peer speaking another serving version (or the training
@@ -17,12 +22,12 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 use crate::endpoint::{Limits, QuicClient, StreamHandler};
 use crate::error::{ProtocolError, Result};
 use crate::frame::{read_msg, write_msg};
-use crate::ids::NodeId;
+use crate::ids::{Digest, NodeId};
 use crate::inference::{InferenceError, InferenceEvent, InferenceRequest, Prompt, SharedInference};
 use crate::messages::{WireMessage, wire};
 use crate::tls::NodeTls;
@@ -30,11 +35,22 @@ use crate::tls::NodeTls;
 /// The serving protocol's version, sent in the handshake. Its numbers are disjoint from
 /// [`crate::PROTOCOL_VERSION`]'s (the training protocol) so that neither side can mistake
 /// one service for the other.
-pub const SERVING_PROTOCOL_VERSION: u32 = 1001;
+/// 1002: the first frame is a [`ServeCall`] (1001 sent a bare [`InferenceRequest`]).
+pub const SERVING_PROTOCOL_VERSION: u32 = 1002;
 
 /// Most chat messages, stop strings or choices a request may carry on the wire (the
 /// gateway's own limits are far lower; these only bound what a receiver allocates).
 pub const MAX_WIRE_ITEMS: usize = 1 << 16;
+
+/// What a gateway asks of a worker on one stream.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ServeCall {
+    /// Run one request and stream its answer back.
+    Infer(InferenceRequest),
+    /// Drop this adapter from memory once its running requests have finished (it was
+    /// deleted).
+    Unload(Digest),
+}
 
 /// One frame of a worker's answer.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -76,6 +92,12 @@ wire!(InferenceRequest, |s| {
     Ok(())
 });
 wire!(InferReply, |_s| { Ok(()) });
+wire!(ServeCall, |s| {
+    match s {
+        ServeCall::Infer(r) => r.validate(),
+        ServeCall::Unload(_) => Ok(()),
+    }
+});
 
 /// Serves an engine to gateways: the worker side of [`InferenceConn`].
 pub struct InferenceHandler {
@@ -100,8 +122,18 @@ impl StreamHandler for InferenceHandler {
         mut recv: RecvStream,
         limits: Limits,
     ) {
-        let request: InferenceRequest = match read_msg(&mut recv, limits.max_frame).await {
-            Ok(r) => r,
+        let request = match read_msg::<_, ServeCall>(&mut recv, limits.max_frame).await {
+            Ok(ServeCall::Infer(r)) => r,
+            Ok(ServeCall::Unload(adapter)) => {
+                let reply = match self.engine.unload(adapter).await {
+                    Ok(()) => InferReply::End,
+                    Err(e) => InferReply::Refused(e),
+                };
+                info!(%peer, %adapter, ?reply, "adapter unload asked");
+                let _ = send_reply(&mut send, &reply, limits).await;
+                let _ = send.finish();
+                return;
+            }
             Err(e) => {
                 debug!(%peer, error = %e, "bad inference request refused");
                 let _ = send.reset(2u32.into());
@@ -250,7 +282,8 @@ impl InferenceConn {
             return Err(ProtocolError::Connection("connection closed".into()));
         }
         let (mut send, mut recv, limits) = self.client.open_stream().await?;
-        write_msg(&mut send, request, limits.max_frame).await?;
+        let call = ServeCall::Infer(request.clone());
+        write_msg(&mut send, &call, limits.max_frame).await?;
         send.finish()
             .map_err(|e| ProtocolError::Write(e.to_string()))?;
         match read_msg::<_, InferReply>(&mut recv, limits.max_frame).await? {
@@ -262,6 +295,29 @@ impl InferenceConn {
             InferReply::Refused(e) => Ok(Err(e)),
             other => Err(ProtocolError::Unexpected(format!(
                 "{other:?} before the worker admitted the request"
+            ))),
+        }
+    }
+}
+
+impl InferenceConn {
+    /// Asks the worker to drop `adapter` once its running requests have finished (after a
+    /// delete): `Ok(Ok(()))` once the worker's engine took the order, `Ok(Err(e))` when it
+    /// refused (e.g. the adapter is pinned there), `Err(_)` when the worker could not be
+    /// reached.
+    pub async fn unload(&self, adapter: Digest) -> Result<std::result::Result<(), InferenceError>> {
+        if self.client.is_closed() {
+            return Err(ProtocolError::Connection("connection closed".into()));
+        }
+        let (mut send, mut recv, limits) = self.client.open_stream().await?;
+        write_msg(&mut send, &ServeCall::Unload(adapter), limits.max_frame).await?;
+        send.finish()
+            .map_err(|e| ProtocolError::Write(e.to_string()))?;
+        match read_msg::<_, InferReply>(&mut recv, limits.max_frame).await? {
+            InferReply::End => Ok(Ok(())),
+            InferReply::Refused(e) => Ok(Err(e)),
+            other => Err(ProtocolError::Unexpected(format!(
+                "{other:?} in answer to an unload"
             ))),
         }
     }

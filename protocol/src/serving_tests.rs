@@ -1,6 +1,7 @@
 //! The serving protocol over real QUIC with mutual TLS on loopback, against a scripted
 //! engine: a streamed answer, an overload refusal, cancellation by a gateway that stops
-//! reading, the version handshake, and bounds on what a request may carry.
+//! reading, an unload reaching the engine, the version handshake, and bounds on what a
+//! request may carry.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,10 +19,12 @@ use crate::link::BoxFuture;
 use crate::shutdown::ShutdownController;
 
 /// Answers "hi" then finishes; refuses everything while `overloaded`; keeps the sender of
-/// a request whose prompt is "hold" so a test can watch it being cancelled.
+/// a request whose prompt is "hold" so a test can watch it being cancelled; records the
+/// adapters it was asked to unload (and refuses to unload `Digest::of(b"pinned")`).
 struct Scripted {
     overloaded: bool,
     held: Mutex<Option<mpsc::Sender<InferenceEvent>>>,
+    unloaded: Mutex<Vec<Digest>>,
 }
 
 impl InferenceService for Scripted {
@@ -59,6 +62,19 @@ impl InferenceService for Scripted {
                 let _ = tx.send(ev).await;
             }
             Ok(rx)
+        })
+    }
+
+    fn unload(&self, adapter: Digest) -> BoxFuture<'_, std::result::Result<(), InferenceError>> {
+        Box::pin(async move {
+            if adapter == Digest::of(b"pinned") {
+                return Err(InferenceError::Invalid {
+                    field: "adapter".into(),
+                    message: "pinned".into(),
+                });
+            }
+            self.unloaded.lock().unwrap().push(adapter);
+            Ok(())
         })
     }
 
@@ -115,6 +131,7 @@ fn setup(overloaded: bool) -> Setup {
     let engine = Arc::new(Scripted {
         overloaded,
         held: Mutex::new(None),
+        unloaded: Mutex::new(Vec::new()),
     });
     tokio::spawn(serve_inference(server, engine.clone(), ctl.subscribe()));
     Setup {
@@ -190,6 +207,29 @@ async fn a_gateway_that_stops_reading_cancels_the_request() {
 }
 
 #[tokio::test]
+async fn an_unload_reaches_the_engine_and_its_refusal_comes_back() {
+    let s = setup(false);
+    let conn = InferenceConn::connect(s.addr, &node("w1"), &node("gw"), &s.gateway)
+        .await
+        .unwrap();
+    let a = Digest::of(b"a");
+    conn.unload(a).await.unwrap().unwrap();
+    assert_eq!(*s.engine.unloaded.lock().unwrap(), vec![a]);
+    let refused = conn
+        .unload(Digest::of(b"pinned"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(refused, InferenceError::Invalid { .. }),
+        "{refused:?}"
+    );
+    // The connection still serves requests after both.
+    let mut ev = conn.submit(&request("x")).await.unwrap().unwrap();
+    while ev.next().await.unwrap().is_some() {}
+}
+
+#[tokio::test]
 async fn a_peer_speaking_another_version_is_refused_at_the_handshake() {
     let s = setup(false);
     let err = QuicClient::connect_with_version(
@@ -217,6 +257,17 @@ fn requests_round_trip_and_oversized_ones_are_refused() {
     let bytes = r.encode().unwrap();
     let err = InferenceRequest::decode(&bytes).unwrap_err().to_string();
     assert!(err.contains("stop strings exceeds the maximum"), "{err}");
+    // The same check applies to a request inside a call.
+    let call = ServeCall::Infer(r);
+    let err = ServeCall::decode(&call.encode().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stop strings exceeds the maximum"), "{err}");
+    let unload = ServeCall::Unload(Digest::of(b"a"));
+    assert_eq!(
+        ServeCall::decode(&unload.encode().unwrap()).unwrap(),
+        unload
+    );
     let reply = InferReply::Refused(InferenceError::ContextOverflow {
         prompt_tokens: 9,
         max_tokens: 9,

@@ -138,7 +138,11 @@ async fn serve(
             params: valid.params.clone(),
             identity: caller.key_id.clone(),
         };
-        let submitted = st.catalog.engine.submit(request).await;
+        let submitted = if valid.stream {
+            st.catalog.engine.submit(request).await
+        } else {
+            st.catalog.engine.submit_whole(request).await
+        };
         let mut events = match submitted {
             Ok(ev) => ev,
             Err(e) => {
