@@ -41,11 +41,11 @@ pub struct DemoArgs {
     #[arg(long, conflicts_with = "random")]
     pub model: Option<PathBuf>,
     /// Training examples per contributor of the built-in datanet.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 40)]
     pub examples: usize,
     /// Held-out examples per contributor (exact match before and after; each adapter
     /// answer is attributed and paid).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub held_out: usize,
     /// Keep the platform (API and dashboard) running after the loop, until Ctrl-C.
     #[arg(long)]

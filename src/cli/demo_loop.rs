@@ -335,6 +335,7 @@ async fn exact_match(run: &Loop, model: &str) -> anyhow::Result<ExactMatch> {
 
 async fn finetune(run: &mut Loop) -> anyhow::Result<()> {
     let builder = key(run, BUILDER, &["build", "inference"]).await?;
+    let steps = run.args.steps.unwrap_or(20);
     let spec = json!({
         "name": ADAPTER,
         "base_model": run.base.dir.to_string_lossy(),
@@ -344,7 +345,7 @@ async fn finetune(run: &mut Loop) -> anyhow::Result<()> {
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         },
         "train": {
-            "steps": run.args.steps.unwrap_or(30), "batch_size": 8, "lr": 2e-3, "warmup": 3,
+            "steps": steps, "batch_size": 8, "lr": 2e-3, "warmup": steps.saturating_sub(1).min(3),
             "seed": run.args.seed, "eval_fraction": 0.05,
         },
     });

@@ -82,7 +82,6 @@ pub async fn spawn_unsupervised(
     Actor::spawn(None, WorkerActor, core).await
 }
 
-
 /// Sends commands to a worker actor in this process.
 #[derive(Debug, Clone)]
 pub struct LocalWorkerLink {
