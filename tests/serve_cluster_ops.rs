@@ -210,3 +210,69 @@ fn deletes_unload_from_workers_and_a_whole_answer_outlives_its_worker() {
     );
     eprintln!("{:.1} s in all", t0.elapsed().as_secs_f64());
 }
+
+/// Rolling restart: a worker sent SIGTERM leaves membership first (its lease revoked, so
+/// the gateway routes nothing new there) and exits only after the answer it is generating
+/// has finished, whole; requests meanwhile go to the other worker. Without the drain the
+/// gateway closed the departed worker's connection and the running answer was cut.
+#[test]
+fn sigterm_drains_a_worker_without_cutting_its_running_answer() {
+    let mut rig = start(&["w1", "w2"]);
+    let adapters = register_adapters(&rig, 1);
+    let (name, digest) = adapters[0].clone();
+    let (code, body) = chat(rig.gateway_port, &rig.key, &name, false, 4);
+    assert_eq!(code, 200, "{body}\n{}", rig.logs());
+    let m = wait_metrics(&rig, 5, "the adapter resident", &|m| {
+        holders(m, &digest).len() == 1
+    });
+    let home = holders(&m, &digest)[0].clone();
+    let started = started_on(&m, &home);
+    let (code, body) = std::thread::scope(|s| {
+        let running = s.spawn(|| long_chat(&rig, &name, true));
+        wait_metrics(&rig, 5, "the long answer generating", &|m| {
+            started_on(m, &home) > started
+        });
+        let pid = rig.pid(&home);
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        // While it drains, the gateway routes around it.
+        wait_metrics(&rig, 10, "the draining worker out of routing", &|m| {
+            !m.contains(&format!("worker=\"{home}\""))
+                || holders(m, &digest).iter().all(|w| *w != home)
+        });
+        let (code, body) = chat(rig.gateway_port, &rig.key, &name, false, 4);
+        assert_eq!(
+            code,
+            200,
+            "a request during the drain: {body}\n{}",
+            rig.logs()
+        );
+        running.join().unwrap()
+    });
+    let (_, p) = rig.procs.iter_mut().find(|(n, _)| *n == home).unwrap();
+    let status = p.child.wait().unwrap();
+    assert_eq!(code, 200, "{body}\n{}", rig.logs());
+    assert!(
+        body.contains("data: [DONE]") && !body.contains("\"error\""),
+        "the running answer was cut by the worker's SIGTERM: {body}\n{}",
+        rig.logs()
+    );
+    assert_eq!(
+        body.matches("\"finish_reason\":\"").count(),
+        16,
+        "every choice finished (length or stop): {body}"
+    );
+    assert!(
+        status.success(),
+        "the worker exited {status}\n{}",
+        rig.logs()
+    );
+    assert!(
+        rig.logs().contains(&format!("{home}: drained in")),
+        "{}",
+        rig.logs()
+    );
+}

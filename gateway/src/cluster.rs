@@ -187,11 +187,11 @@ impl ClusterInference {
             .cloned()
             .collect();
         for n in gone {
-            if let Some(w) = t.workers.remove(&n) {
+            // A worker that left (drained on SIGTERM, or its lease expired) gets no new
+            // requests; the answers running on it keep their connection (each holds a
+            // handle) and finish, or fail when QUIC notices a dead peer.
+            if t.workers.remove(&n).is_some() {
                 info!(worker = %n, "worker left membership");
-                if let Some(c) = w.conn {
-                    c.close();
-                }
             }
         }
         for (node, serving) in now {

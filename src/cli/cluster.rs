@@ -121,6 +121,10 @@ pub struct WorkerArgs {
     /// Serving: the inference address to advertise in etcd (default: the bound one).
     #[arg(long, env = "TRIBUTARY_SERVE_ADVERTISE")]
     pub serve_advertise: Option<String>,
+    /// On SIGTERM: leave membership first (gateways stop routing here, a running job is
+    /// re-sharded), then let running answers finish for at most this long before exiting.
+    #[arg(long, env = "TRIBUTARY_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
     /// Serving flags: --base-model (one per worker), --max-lora-rank, --adapter-cache-mb,
     /// --kv-cache-mb, --max-in-flight (an overload refusal beyond, 429 at the gateway).
     #[command(flatten)]
@@ -374,17 +378,28 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         })
     });
     serve_http(args.common.http, tributary_gateway::ops_router(ready)).await?;
-    let reg = match inference {
+    // Membership has its own shutdown: on SIGTERM it ends first (the lease is revoked), so
+    // gateways stop routing here while running answers drain.
+    let membership = ShutdownController::new();
+    let reg = match &inference {
         Some(s) => {
-            let live = s.publish(info, ctl.subscribe());
-            register_worker_live(client, live, args.common.lease_ttl, ctl.subscribe()).await?
+            let live = s.clone().publish(info, membership.subscribe());
+            register_worker_live(client, live, args.common.lease_ttl, membership.subscribe())
+                .await?
         }
-        None => register_worker(client, info, args.common.lease_ttl, ctl.subscribe()).await?,
+        None => {
+            register_worker(client, info, args.common.lease_ttl, membership.subscribe()).await?
+        }
     };
     eprintln!("{node}: serving on {bound}");
     terminate().await;
-    ctl.shutdown().await;
+    membership.shutdown().await;
     let _ = reg.await;
+    if let Some(s) = &inference {
+        s.drain(&node, Duration::from_secs(args.drain_timeout_secs))
+            .await;
+    }
+    ctl.shutdown().await;
     let _ = serving.await;
     actor.stop(None);
     Ok(())

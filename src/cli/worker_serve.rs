@@ -111,6 +111,32 @@ impl Serving {
 
     /// The membership record, kept current until shutdown (for
     /// `register_worker_live`).
+    /// Waits until no answer is running or queued here, or `limit` has passed (SIGTERM's
+    /// drain, after this worker left membership); says which.
+    #[allow(clippy::disallowed_methods)] // the drain's deadline is wall time by nature
+    pub async fn drain(&self, node: &NodeId, limit: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let s = self.engine.status();
+            let left = s.in_flight + s.queued;
+            if left == 0 {
+                eprintln!(
+                    "{node}: drained in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            if started.elapsed() >= limit {
+                eprintln!(
+                    "{node}: drain timeout after {} s: {left} answers cut",
+                    limit.as_secs()
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn publish(
         self: Arc<Self>,
         mut base: WorkerInfo,
