@@ -210,6 +210,9 @@ with sync_playwright() as p:
         page.goto(base + "/" + name)
         check(page.locator("main h1").inner_text().lower() == name, name + " page")
         shot(page, name)
+        if name == "cluster":
+            check("leader" in page.inner_text("#coordinators"), "cluster page names the leader")
+            check("local-0" in page.inner_text("#workers"), "cluster page lists the worker")
         if name == "rewards":
             check(page.locator("[id='req-%s']" % rid.group(1)).count() == 1, "reward entry of " + rid.group(1))
     check(page.inner_text("#readiness") == "ready", "cluster ready")

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 use tributary_protocol::link::BoxFuture;
-use tributary_protocol::{JobId, JobSpec};
+use tributary_protocol::{JobId, JobSpec, WorkerInfo};
 
 use crate::actor::CoordinatorMsg;
 use crate::client;
+use crate::cluster_status::{ClusterStatus, CoordinatorStatus, WorkerStatus};
 use crate::error::CoordError;
 use crate::etcd::{EtcdClient, get_job, list_jobs, request_cancel, submit_job};
 use crate::store::JobRecord;
@@ -24,31 +25,66 @@ pub trait JobApi: Send + Sync + 'static {
     fn get(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobRecord>, CoordError>>;
     /// Cancels a queued or running job (a running one stops at its next step boundary).
     fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<(), CoordError>>;
+    /// The coordinators and workers as this process sees them (none: no view).
+    fn cluster(&self) -> BoxFuture<'_, Result<Option<ClusterStatus>, CoordError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
-/// Embedded mode: the coordinator actor in this process.
+/// Embedded mode: the coordinator actor in this process, its fencing token and workers.
 #[derive(Debug, Clone)]
-pub struct ActorJobs(pub ActorRef<CoordinatorMsg>);
+pub struct ActorJobs {
+    pub actor: ActorRef<CoordinatorMsg>,
+    pub fencing: u64,
+    pub workers: Vec<WorkerInfo>,
+}
 
 impl JobApi for ActorJobs {
     fn submit(&self, spec: JobSpec) -> BoxFuture<'_, Result<JobId, CoordError>> {
-        Box::pin(client::submit(&self.0, spec))
+        Box::pin(client::submit(&self.actor, spec))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<JobRecord>, CoordError>> {
         Box::pin(async move {
-            let mut recs = client::status(&self.0, None).await?;
+            let mut recs = client::status(&self.actor, None).await?;
             recs.sort_by_key(|r| r.seq);
             Ok(recs)
         })
     }
 
     fn get(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobRecord>, CoordError>> {
-        Box::pin(async move { Ok(client::status(&self.0, Some(id)).await?.into_iter().next()) })
+        Box::pin(async move {
+            Ok(client::status(&self.actor, Some(id))
+                .await?
+                .into_iter()
+                .next())
+        })
     }
 
     fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<(), CoordError>> {
-        Box::pin(client::cancel(&self.0, id))
+        Box::pin(client::cancel(&self.actor, id))
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Result<Option<ClusterStatus>, CoordError>> {
+        Box::pin(async move {
+            Ok(Some(ClusterStatus {
+                mode: "embedded",
+                coordinators: vec![CoordinatorStatus {
+                    name: "embedded".into(),
+                    leader: true,
+                    fencing_token: self.fencing,
+                }],
+                workers: self
+                    .workers
+                    .iter()
+                    .map(|info| WorkerStatus {
+                        info: info.clone(),
+                        heartbeat_age_secs: None,
+                        lease_expires_in_secs: None,
+                    })
+                    .collect(),
+            }))
+        })
     }
 }
 
@@ -104,6 +140,14 @@ impl JobApi for EtcdJobs {
                 });
             }
             bounded(request_cancel(&self.0, &id)).await
+        })
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Result<Option<ClusterStatus>, CoordError>> {
+        Box::pin(async move {
+            bounded(crate::cluster_status::read(&self.0))
+                .await
+                .map(Some)
         })
     }
 }

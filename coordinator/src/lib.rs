@@ -18,6 +18,7 @@ pub mod actor;
 pub mod api;
 pub mod artifacts;
 pub mod client;
+pub mod cluster_status;
 pub mod driver;
 pub mod error;
 pub mod etcd;

@@ -19,8 +19,8 @@ use tributary_coordinator::etcd::{
 };
 use tributary_coordinator::local_etcd::EtcdServer;
 use tributary_coordinator::{
-    CoordError, CoordinatorConfig, JobRecord, JobState, JobStore, Membership, StaticMembership,
-    spawn_coordinator,
+    CoordError, CoordinatorConfig, EtcdJobs, JobApi, JobRecord, JobState, JobStore, Membership,
+    StaticMembership, spawn_coordinator,
 };
 use tributary_protocol::{JobId, JobSpec, NodeId, ShutdownController, WorkerInfo};
 use tributary_worker::toy::{DelayedFactory, LinearFactory};
@@ -333,4 +333,71 @@ async fn jobs_continue_after_etcd_restarts_under_them() {
 /// leader (as a real deployment shares its bucket); keys are content-addressed.
 fn artifacts() -> tributary_coordinator::Artifacts {
     tributary_coordinator::Artifacts::open("memory://etcd-cluster-tests").unwrap()
+}
+
+/// `GET /v1/cluster`'s source: the election's candidates (the leader first, each with the
+/// fencing token it writes under) and the workers' records with their heartbeat ages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_names_the_leader_its_token_and_live_workers() {
+    let server = etcd();
+    let client = connect(&server.url()).await.unwrap();
+    let jobs = EtcdJobs(client.clone());
+    let ctl = ShutdownController::new();
+    register_worker(client.clone(), info("w1"), 3, ctl.subscribe())
+        .await
+        .unwrap();
+    let a_ctl = ShutdownController::new();
+    let a = campaign(
+        &client,
+        &NodeId::new("coord-a").unwrap(),
+        3,
+        &a_ctl.subscribe(),
+    )
+    .await
+    .unwrap();
+    let b_ctl = ShutdownController::new();
+    let b_sd = b_ctl.subscribe();
+    let b_client = client.clone();
+    let b = tokio::spawn(async move {
+        campaign(&b_client, &NodeId::new("coord-b").unwrap(), 3, &b_sd).await
+    });
+    let mut seen = None;
+    eventually("both candidates listed", 5, async || {
+        let v = jobs.cluster().await.unwrap().unwrap();
+        let two = v.coordinators.len() == 2;
+        seen = Some(v);
+        two
+    })
+    .await;
+    let v = seen.unwrap();
+    assert_eq!(v.mode, "etcd");
+    assert_eq!(v.coordinators[0].name, "coord-a");
+    assert!(
+        v.coordinators[0].leader && !v.coordinators[1].leader,
+        "{v:?}"
+    );
+    assert_eq!(v.coordinators[0].fencing_token, a.token, "{v:?}");
+    assert!(v.coordinators[1].fencing_token > a.token, "{v:?}");
+    assert_eq!(v.workers.len(), 1, "{v:?}");
+    assert_eq!(v.workers[0].info.node.as_str(), "w1");
+    let age = v.workers[0].heartbeat_age_secs.unwrap();
+    let left = v.workers[0].lease_expires_in_secs.unwrap();
+    assert!((0..=3).contains(&age) && (0..=3).contains(&left), "{v:?}");
+    // The leader leaves: the standby leads under its own, higher token.
+    a_ctl.shutdown().await;
+    let b = tokio::time::timeout(Duration::from_secs(5), b)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v = jobs.cluster().await.unwrap().unwrap();
+    assert_eq!(v.coordinators.len(), 1, "{v:?}");
+    assert_eq!(v.coordinators[0].name, "coord-b");
+    assert!(v.coordinators[0].leader);
+    assert_eq!(v.coordinators[0].fencing_token, b.token);
+    // A worker that leaves is gone from the view.
+    ctl.shutdown().await;
+    let v = jobs.cluster().await.unwrap().unwrap();
+    assert!(v.workers.is_empty(), "{v:?}");
+    b_ctl.shutdown().await;
 }

@@ -51,7 +51,8 @@ pub fn job_router(api: Arc<dyn JobApi>, names: Option<AdapterNames>, auth: &Auth
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(show))
         .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/logs", get(logs));
+        .route("/v1/jobs/{id}/logs", get(logs))
+        .route("/v1/cluster", get(cluster));
     auth.guard(r, Scope::Build)
         .with_state(JobsState { api, names })
 }
@@ -126,6 +127,22 @@ async fn list(State(st): State<JobsState>) -> Result<Json<Value>, ApiError> {
         .instrument(info_span!("http_list_jobs"))
         .await?;
     Ok(Json(to_json(&recs)?))
+}
+
+/// `GET /v1/cluster`: the coordinators (who leads, fencing tokens) and the workers with
+/// their membership records and heartbeat ages.
+async fn cluster(State(st): State<JobsState>) -> Result<Json<Value>, ApiError> {
+    let status = st
+        .api
+        .cluster()
+        .instrument(info_span!("http_cluster"))
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            field: None,
+            message: "this process has no view of the cluster".into(),
+            code: "no_cluster_view",
+        })?;
+    Ok(Json(to_json(&status)?))
 }
 
 async fn show(

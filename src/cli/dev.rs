@@ -160,7 +160,7 @@ pub async fn start(
     }
     let (coord, _) = spawn_coordinator(CoordinatorConfig {
         fencing: 1,
-        membership: Arc::new(StaticMembership::new(infos)),
+        membership: Arc::new(StaticMembership::new(infos.clone())),
         store: Arc::new(MemoryJobStore::default()),
         links: Arc::new(links),
         artifacts: artifacts.clone(),
@@ -224,7 +224,11 @@ pub async fn start(
         auth,
         store,
         engine,
-        jobs: Some(Arc::new(ActorJobs(coord.clone()))),
+        jobs: Some(Arc::new(ActorJobs {
+            actor: coord.clone(),
+            fencing: 1,
+            workers: infos.clone(),
+        })),
         ready,
         config: ServeConfig {
             max_in_flight: args.serve.max_in_flight,

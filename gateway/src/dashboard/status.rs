@@ -1,10 +1,11 @@
 //! The Rewards and Cluster pages. Rewards: the reward log's verifier result per replica
 //! (green, or red with the first bad sequence number), balances per contributor and per
-//! adapter and the recent records, from `GET /v1/rewards`. Cluster: what this gateway's
-//! status endpoints show — readiness (`/readyz`: the coordinator, workers and store as the
-//! process checks them), the served base model (`/v1/models`) and the workers the jobs run
-//! on (`/v1/jobs`). Leader and fencing token per coordinator need a cluster status route
-//! (planned); `tributary dev` runs one in-process coordinator.
+//! adapter and the recent records, from `GET /v1/rewards`. Cluster: readiness (`/readyz`),
+//! the served base model (`/v1/models`), and from `GET /v1/cluster` the coordinators (who
+//! leads, fencing tokens) and the workers (device, slots, heartbeat age, serving load and
+//! resident adapters), with the running job each works on (`/v1/jobs`).
+
+use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::State;
@@ -104,30 +105,67 @@ async fn cluster(State(st): State<Dash>, h: HeaderMap) -> Response {
     if jobs.status.as_u16() == 401 {
         return api_error(&sess, &jobs);
     }
+    let view = st.api.get(&sess, "/v1/cluster").await;
     let base = models.body["data"]
         .as_array()
         .and_then(|d| d.iter().find(|m| m["base"].is_null()).cloned());
-    let mut workers: Vec<(String, String)> = Vec::new();
+    // Which running job each worker is on.
+    let mut on_job: BTreeMap<String, String> = BTreeMap::new();
     for j in jobs.body.as_array().cloned().unwrap_or_default() {
         if j["state"] == "running" {
             for w in j["workers"].as_array().cloned().unwrap_or_default() {
-                workers.push((text(&w), text(&j["id"])));
+                on_job.insert(text(&w), text(&j["id"]));
             }
         }
     }
+    let coordinators = view.body["coordinators"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let workers = view.body["workers"].as_array().cloned().unwrap_or_default();
+    let age = |v: &Value| {
+        v.as_i64()
+            .map_or("— (in process)".into(), |s| format!("{s} s"))
+    };
     let body = html! {
         dl.facts {
             dt { "Readiness" } dd { span class={"badge " (if ready.ok() { "good" } else { "bad" })} id="readiness" {
                 @if ready.ok() { "ready" } @else { "not ready" } } " " code { (text(&ready.body).trim()) } }
-            dt { "Coordinator" } dd { "one, in this process's gateway view; leader and fencing token per coordinator need the cluster status route (planned)" }
+            dt { "Mode" } dd { (text(&view.body["mode"])) }
             dt { "Base model" } dd { @if let Some(b) = &base { (text(&b["id"])) " · " code { (short(&b["digest"])) } } @else { "not served here" } }
             dt { "Jobs" } dd { @if jobs.ok() { (jobs.body.as_array().map_or(0, Vec::len)) } @else { (jobs.message()) } }
         }
-        h2 { "Workers on running jobs" }
-        @if workers.is_empty() { p { "None running now." } } @else {
-            table { thead { tr { th scope="col" { "Worker" } th scope="col" { "Job" } } }
-                tbody { @for (w, j) in &workers { tr { td { (w) } td { a href={"/jobs/" (super::enc(j))} { (j) } } } } } }
+        @if !view.ok() { p.error { "Cluster view: " (view.message()) } }
+        section aria-labelledby="c-h" {
+            h2 id="c-h" { "Coordinators" }
+            table id="coordinators" { thead { tr { th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "Fencing token" } } }
+                tbody { @for c in &coordinators { tr {
+                    td { (text(&c["name"])) }
+                    td { @if c["leader"] == true { strong { "leader" } } @else { "standby" } }
+                    td { (text(&c["fencing_token"])) }
+                } } } }
+        }
+        section aria-labelledby="w-h" {
+            h2 id="w-h" { "Workers" }
+            @if workers.is_empty() { p { "No worker in membership." } } @else {
+                div.scroll { table id="workers" {
+                    thead { tr { th scope="col" { "Worker" } th scope="col" { "Device" } th scope="col" { "Cores" } th scope="col" { "Slots free" }
+                        th scope="col" { "Heartbeat age" } th scope="col" { "Serving: in flight / queued" } th scope="col" { "Resident adapters" } th scope="col" { "Job" } } }
+                    tbody { @for w in &workers {
+                        @let node = text(&w["node"]);
+                        @let serving = &w["serving"];
+                        tr {
+                            td { (node) } td { (text(&w["device"])) } td { (text(&w["cores"])) }
+                            td { (text(&w["free_slots"])) " / " (text(&w["slots"])) }
+                            td { (age(&w["heartbeat_age_secs"])) }
+                            td { @if serving.is_null() { "—" } @else { (text(&serving["in_flight"])) " / " (text(&serving["queue_depth"])) } }
+                            td { @if serving.is_null() { "—" } @else { (serving["resident"].as_array().map_or(0, Vec::len)) } }
+                            td { @if let Some(j) = on_job.get(&node) { a href={"/jobs/" (super::enc(j))} { (j) } } @else { "—" } }
+                        }
+                    } }
+                } }
+            }
         }
     };
-    page(Some(&sess), "Cluster", Some("/readyz"), body)
+    page(Some(&sess), "Cluster", Some("/v1/cluster"), body)
 }
