@@ -24,21 +24,13 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-/// The Python with Playwright installed (scripts/setup-browser-deps.sh).
+/// The Python with Playwright installed (scripts/setup-browser-deps.sh), and Chromium.
 fn browser_python() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
-        .join("tributary");
-    let py = std::fs::read_to_string(cache.join("browser_python_path"))
-        .map(|s| PathBuf::from(s.trim()))
-        .unwrap_or_else(|_| cache.join("browser-venv/bin/python"));
     assert!(
-        py.exists() && std::path::Path::new("/usr/bin/chromium").exists(),
-        "{} or /usr/bin/chromium is missing: run scripts/setup-browser-deps.sh",
-        py.display()
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: run scripts/setup-browser-deps.sh"
     );
-    py
+    cached_python("browser")
 }
 
 fn get(dev: &Dev, path: &str) -> Value {

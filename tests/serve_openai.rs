@@ -14,27 +14,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-
-/// The Python with `openai` installed (scripts/setup-test-deps.sh).
-fn openai_python() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
-        .join("tributary");
-    let py = std::fs::read_to_string(cache.join("openai_python_path"))
-        .map(|s| PathBuf::from(s.trim()))
-        .unwrap_or_else(|_| cache.join("openai-venv/bin/python"));
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/setup-test-deps.sh (it installs the openai client)",
-        py.display()
-    );
-    py
-}
 
 fn adapter_cli(dev: &Dev, args: &[&str]) -> std::process::Output {
     Command::new(bin())

@@ -84,15 +84,23 @@ impl Api {
         })
     }
 
-    pub async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+    /// Sends `req` with the API key, if any.
+    async fn authorized(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
         let req = match &self.key {
             Some(k) => req.header("authorization", format!("Bearer {k}")),
             None => req,
         };
-        let resp = req
-            .send()
+        req.send()
             .await
-            .with_context(|| format!("{what}: cannot reach the job API at {}", self.base))?;
+            .with_context(|| format!("{what}: cannot reach the job API at {}", self.base))
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+        let resp = self.authorized(req, what).await?;
         let status = resp.status();
         let text = resp.text().await.context(what.to_string())?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -133,14 +141,9 @@ impl Api {
 
     /// The body of a GET as bytes (file downloads), failing on a non-2xx status.
     pub async fn get_bytes(&self, path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(k) = &self.key {
-            req = req.header("authorization", format!("Bearer {k}"));
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{what}: cannot reach {}", self.base))?;
+        let resp = self
+            .authorized(self.http.get(format!("{}{path}", self.base)), what)
+            .await?;
         let status = resp.status();
         let bytes = resp.bytes().await.context(what.to_string())?;
         if !status.is_success() {

@@ -272,3 +272,28 @@ pub fn adapter_files(dir: &Path) -> Vec<tributary_ledger::adapters::AdapterFile>
     }
     files
 }
+
+/// A Python from a virtual environment the setup scripts cache under
+/// `~/.cache/tributary` (`<kind>_python_path`, else `<kind>-venv/bin/python`): `openai`
+/// (the official client, scripts/setup-test-deps.sh) or `browser` (Playwright,
+/// scripts/setup-browser-deps.sh).
+pub fn cached_python(kind: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
+        .join("tributary");
+    let py = std::fs::read_to_string(cache.join(format!("{kind}_python_path")))
+        .map(|s| PathBuf::from(s.trim()))
+        .unwrap_or_else(|_| cache.join(format!("{kind}-venv/bin/python")));
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/setup-test-deps.sh (and scripts/setup-browser-deps.sh)",
+        py.display()
+    );
+    py
+}
+
+/// The Python with the official `openai` client installed.
+pub fn openai_python() -> PathBuf {
+    cached_python("openai")
+}

@@ -5,7 +5,7 @@
 //! gateway's metrics. Not every test binary uses every helper.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use crate::common::*;
@@ -247,21 +247,4 @@ pub fn metric(metrics: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// The Python with `openai` installed (scripts/setup-test-deps.sh).
-pub fn openai_python() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
-        .join("tributary");
-    let py = std::fs::read_to_string(cache.join("openai_python_path"))
-        .map(|s| PathBuf::from(s.trim()))
-        .unwrap_or_else(|_| cache.join("openai-venv/bin/python"));
-    assert!(
-        Path::new(&py).exists(),
-        "{} is missing: run scripts/setup-test-deps.sh (it installs the openai client)",
-        py.display()
-    );
-    py
 }
