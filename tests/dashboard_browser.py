@@ -201,6 +201,7 @@ with sync_playwright() as p:
     panel = page.inner_text("#attr-a")
     check("Fee " in panel and ("Whose data" in panel or "No contributor scored" in panel), "attribution panel: " + panel[:300])
     seen["attribution"] = panel[:300]
+    check("not attributed" in page.inner_text("#attr-b"), "the base model's answer is not attributed")
     shot(page, "playground")
 
     # The same request's entry on the Rewards page (the panel links to it).

@@ -96,6 +96,13 @@ async function streamInto(side, model, prompt, maxTokens) {
     out.setAttribute("aria-busy", "false");
     out.dataset.request = id;
   }
+  // Only adapters' answers are attributed and billed: the base model alone pays no one.
+  const sel = document.getElementById("model-" + side);
+  const opt = sel && sel.selectedOptions[0];
+  if (opt && /\(base\)$/.test(opt.textContent.trim())) {
+    panel.textContent = "Answers of the base model alone are not attributed: no adapter, no fee.";
+    return;
+  }
   panel.textContent = "Attribution: loading…";
   loadAttribution(panel, id, 45);
 }
