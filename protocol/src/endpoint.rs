@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
@@ -12,7 +13,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::error::{ProtocolError, Result};
 use crate::frame::{DEFAULT_MAX_FRAME, read_msg, write_msg};
 use crate::ids::NodeId;
-use crate::messages::{Hello, HelloReply, PROTOCOL_VERSION, Payload, WireMessage};
+use crate::messages::{
+    Hello, HelloReply, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Payload, WireMessage,
+};
 use crate::metrics::{ByteCounts, BytesTotals, Counted};
 use crate::shutdown::Shutdown;
 use crate::tensor::{DEFAULT_MAX_TENSOR_ELEMS, read_tensors, write_tensors};
@@ -51,9 +54,11 @@ pub trait Handler: Send + Sync + 'static {
 /// [`QuicServer::run_streams`]: the handler reads the request and writes as many frames
 /// as it likes (a streamed answer), then finishes the stream.
 pub trait StreamHandler: Send + Sync + 'static {
+    /// Serves one stream of `peer`, whose connection's handshake agreed on `version`.
     fn serve(
         &self,
         peer: NodeId,
+        version: u32,
         send: SendStream,
         recv: RecvStream,
         limits: Limits,
@@ -153,12 +158,12 @@ impl QuicServer {
     }
 
     /// Accepts connections until shutdown like [`Self::run`], but for a streaming service
-    /// whose handshake speaks `version`: after it, every bidirectional stream the peer
-    /// opens is handed whole to `handler` on its own task.
+    /// whose handshake accepts any of `versions`: after it, every bidirectional stream the
+    /// peer opens is handed whole to `handler` on its own task, with the agreed version.
     pub async fn run_streams<H: StreamHandler>(
         self,
         handler: Arc<H>,
-        version: u32,
+        versions: RangeInclusive<u32>,
         mut shutdown: Shutdown,
     ) {
         loop {
@@ -168,6 +173,7 @@ impl QuicServer {
             };
             let Some(incoming) = incoming else { break };
             let (handler, node, limits) = (handler.clone(), self.node.clone(), self.limits);
+            let versions = versions.clone();
             let mut sd = shutdown.resubscribe();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
@@ -179,13 +185,14 @@ impl QuicServer {
                     }
                 };
                 let counts = ByteCounts::default();
-                let peer = match accept_hello(&conn, node, limits, &counts, version).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        debug!(%remote, error = %e, "handshake failed");
-                        return;
-                    }
-                };
+                let (peer, version) =
+                    match accept_hello(&conn, node, limits, &counts, versions).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            debug!(%remote, error = %e, "handshake failed");
+                            return;
+                        }
+                    };
                 loop {
                     let (send, recv) = tokio::select! {
                         s = conn.accept_bi() => match s {
@@ -201,7 +208,9 @@ impl QuicServer {
                         }
                     };
                     let (handler, peer) = (handler.clone(), peer.clone());
-                    tokio::spawn(async move { handler.serve(peer, send, recv, limits).await });
+                    tokio::spawn(
+                        async move { handler.serve(peer, version, send, recv, limits).await },
+                    );
                 }
             });
         }
@@ -210,25 +219,29 @@ impl QuicServer {
 }
 
 /// Runs the server side of the version handshake on a new connection's first stream:
-/// refuses (and closes) a peer that speaks another `version`, else returns its node name.
+/// refuses (and closes) a peer whose version is not one of `versions`, else returns its
+/// node name and the version both sides now speak (the peer's: a client offers its highest
+/// first, and falls back to ours when we refuse it; see [`QuicClient::connect_with_versions`]).
 async fn accept_hello(
     conn: &Connection,
     node: NodeId,
     limits: Limits,
     counts: &ByteCounts,
-    version: u32,
-) -> Result<NodeId> {
+    versions: RangeInclusive<u32>,
+) -> Result<(NodeId, u32)> {
     let (mut send, mut recv) = conn
         .accept_bi()
         .await
         .map_err(|e| ProtocolError::Connection(e.to_string()))?;
     let hello: Hello = read_msg(&mut Counted::new(&mut recv, counts), limits.max_frame).await?;
-    if hello.version != version {
+    let ours = *versions.end();
+    if !versions.contains(&hello.version) {
         let reply = HelloReply::Rejected {
-            version,
+            version: ours,
             reason: format!(
-                "protocol version {} is not supported; this node speaks {version}",
-                hello.version
+                "protocol version {} is not supported; this node speaks {} to {ours}",
+                hello.version,
+                versions.start()
             ),
         };
         write_msg(
@@ -241,11 +254,14 @@ async fn accept_hello(
         let _ = send.stopped().await;
         conn.close(1u32.into(), b"protocol version mismatch");
         return Err(ProtocolError::VersionMismatch {
-            ours: version,
+            ours,
             theirs: hello.version,
         });
     }
-    let reply = HelloReply::Accepted { version, node };
+    let reply = HelloReply::Accepted {
+        version: hello.version,
+        node,
+    };
     write_msg(
         &mut Counted::new(&mut send, counts),
         &reply,
@@ -254,7 +270,7 @@ async fn accept_hello(
     .await?;
     send.finish()
         .map_err(|e| ProtocolError::Write(e.to_string()))?;
-    Ok(hello.node)
+    Ok((hello.node, hello.version))
 }
 
 async fn serve_conn<H: Handler>(
@@ -265,7 +281,14 @@ async fn serve_conn<H: Handler>(
     mut shutdown: Shutdown,
 ) -> Result<()> {
     let counts = Arc::new(ByteCounts::default());
-    let peer = accept_hello(&conn, node, limits, &counts, PROTOCOL_VERSION).await?;
+    let (peer, _version) = accept_hello(
+        &conn,
+        node,
+        limits,
+        &counts,
+        MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION,
+    )
+    .await?;
     loop {
         let (mut send, mut recv) = tokio::select! {
             s = conn.accept_bi() => s.map_err(|e| ProtocolError::Connection(e.to_string()))?,
@@ -300,6 +323,8 @@ pub struct QuicClient {
     endpoint: Endpoint,
     conn: Connection,
     peer: NodeId,
+    /// The protocol version the handshake agreed on.
+    version: u32,
     limits: Limits,
     counts: Arc<ByteCounts>,
 }
@@ -313,10 +338,39 @@ impl QuicClient {
         me: &NodeId,
         config: quinn::ClientConfig,
     ) -> Result<Self> {
-        Self::connect_with_version(addr, server_name, me, config, PROTOCOL_VERSION).await
+        Self::connect_with_versions(
+            addr,
+            server_name,
+            me,
+            config,
+            MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION,
+        )
+        .await
     }
 
-    /// [`Self::connect`] claiming another protocol version (tests of the handshake).
+    /// Connects speaking the highest of `versions`; a peer that refuses it but speaks an
+    /// older one of `versions` (it says its highest in the refusal) is connected to again
+    /// in that version. This is the version skew a rolling upgrade needs: a new role and
+    /// an old one agree on the old version.
+    pub async fn connect_with_versions(
+        addr: SocketAddr,
+        server_name: &str,
+        me: &NodeId,
+        config: quinn::ClientConfig,
+        versions: RangeInclusive<u32>,
+    ) -> Result<Self> {
+        let first = *versions.end();
+        match Self::connect_with_version(addr, server_name, me, config.clone(), first).await {
+            Err(ProtocolError::VersionMismatch { theirs, .. })
+                if theirs < first && versions.contains(&theirs) =>
+            {
+                Self::connect_with_version(addr, server_name, me, config, theirs).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Self::connect`] speaking exactly `version`.
     pub async fn connect_with_version(
         addr: SocketAddr,
         server_name: &str,
@@ -363,6 +417,7 @@ impl QuicClient {
                 endpoint,
                 conn,
                 peer: node,
+                version,
                 limits,
                 counts,
             }),
@@ -388,6 +443,11 @@ impl QuicClient {
     /// The peer's node name from its handshake.
     pub fn peer(&self) -> &NodeId {
         &self.peer
+    }
+
+    /// The protocol version this connection speaks.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// Sends one request on a new stream and reads the response.

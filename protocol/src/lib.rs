@@ -31,8 +31,8 @@ pub use link::{
     BoxFuture, LinkFactory, QuicLinkFactory, QuicWorkerLink, ServingInfo, WorkerInfo, WorkerLink,
 };
 pub use messages::{
-    Command, CommandBody, MicroBatch, MicroResult, NamedFile, PROTOCOL_VERSION, Payload, Reply,
-    WireMessage,
+    Command, CommandBody, MIN_PROTOCOL_VERSION, MicroBatch, MicroResult, NamedFile,
+    PROTOCOL_VERSION, Payload, Reply, WireMessage,
 };
 pub use shutdown::{Shutdown, ShutdownController};
 pub use spec::JobSpec;

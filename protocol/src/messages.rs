@@ -12,6 +12,9 @@ use crate::ids::{Digest, JobId, NodeId};
 /// The protocol version this build speaks. Peers with another version are refused at the
 /// handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest training-protocol version this build still speaks (a rolling upgrade runs
+/// roles one version apart: each accepts the previous version; see docs/operations.md).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// At most this many micro-batches in one gradients command.
 pub const MAX_MICRO_BATCHES: usize = 1 << 16;

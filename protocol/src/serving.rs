@@ -37,6 +37,10 @@ use crate::tls::NodeTls;
 /// one service for the other.
 /// 1002: the first frame is a [`ServeCall`] (1001 sent a bare [`InferenceRequest`]).
 pub const SERVING_PROTOCOL_VERSION: u32 = 1002;
+/// The oldest serving version still spoken: on a 1001 connection requests go as bare
+/// [`InferenceRequest`]s and there is no [`ServeCall::Unload`] (a deleted adapter stays on
+/// such a worker until it is evicted or the worker is upgraded).
+pub const MIN_SERVING_PROTOCOL_VERSION: u32 = 1001;
 
 /// Most chat messages, stop strings or choices a request may carry on the wire (the
 /// gateway's own limits are far lower; these only bound what a receiver allocates).
@@ -118,11 +122,19 @@ impl StreamHandler for InferenceHandler {
     async fn serve(
         &self,
         peer: NodeId,
+        version: u32,
         mut send: SendStream,
         mut recv: RecvStream,
         limits: Limits,
     ) {
-        let request = match read_msg::<_, ServeCall>(&mut recv, limits.max_frame).await {
+        let call = if version < SERVING_PROTOCOL_VERSION {
+            read_msg::<_, InferenceRequest>(&mut recv, limits.max_frame)
+                .await
+                .map(ServeCall::Infer)
+        } else {
+            read_msg::<_, ServeCall>(&mut recv, limits.max_frame).await
+        };
+        let request = match call {
             Ok(ServeCall::Infer(r)) => r,
             Ok(ServeCall::Unload(adapter)) => {
                 let reply = match self.engine.unload(adapter).await {
@@ -240,15 +252,38 @@ impl InferenceConn {
         me: &NodeId,
         tls: &NodeTls,
     ) -> Result<Self> {
-        let client = QuicClient::connect_with_version(
+        Self::connect_with_versions(
+            addr,
+            worker,
+            me,
+            tls,
+            MIN_SERVING_PROTOCOL_VERSION..=SERVING_PROTOCOL_VERSION,
+        )
+        .await
+    }
+
+    /// [`Self::connect`] offering only `versions` (tests of version skew).
+    pub async fn connect_with_versions(
+        addr: SocketAddr,
+        worker: &NodeId,
+        me: &NodeId,
+        tls: &NodeTls,
+        versions: std::ops::RangeInclusive<u32>,
+    ) -> Result<Self> {
+        let client = QuicClient::connect_with_versions(
             addr,
             worker.as_str(),
             me,
             tls.client_config()?,
-            SERVING_PROTOCOL_VERSION,
+            versions,
         )
         .await?;
         Ok(Self { client })
+    }
+
+    /// The serving protocol version this connection speaks.
+    pub fn version(&self) -> u32 {
+        self.client.version()
     }
 
     /// The worker's node name from the handshake.
@@ -282,8 +317,16 @@ impl InferenceConn {
             return Err(ProtocolError::Connection("connection closed".into()));
         }
         let (mut send, mut recv, limits) = self.client.open_stream().await?;
-        let call = ServeCall::Infer(request.clone());
-        write_msg(&mut send, &call, limits.max_frame).await?;
+        if self.version() < SERVING_PROTOCOL_VERSION {
+            write_msg(&mut send, request, limits.max_frame).await?;
+        } else {
+            write_msg(
+                &mut send,
+                &ServeCall::Infer(request.clone()),
+                limits.max_frame,
+            )
+            .await?;
+        }
         send.finish()
             .map_err(|e| ProtocolError::Write(e.to_string()))?;
         match read_msg::<_, InferReply>(&mut recv, limits.max_frame).await? {
@@ -309,6 +352,14 @@ impl InferenceConn {
         if self.client.is_closed() {
             return Err(ProtocolError::Connection("connection closed".into()));
         }
+        if self.version() < SERVING_PROTOCOL_VERSION {
+            return Err(ProtocolError::Unexpected(format!(
+                "worker {} speaks serving protocol {}, which has no unload: the adapter stays \
+                 there until it is evicted or the worker is upgraded",
+                self.peer(),
+                self.version()
+            )));
+        }
         let (mut send, mut recv, limits) = self.client.open_stream().await?;
         write_msg(&mut send, &ServeCall::Unload(adapter), limits.max_frame).await?;
         send.finish()
@@ -332,7 +383,7 @@ pub async fn serve_inference(
     server
         .run_streams(
             Arc::new(InferenceHandler::new(engine)),
-            SERVING_PROTOCOL_VERSION,
+            MIN_SERVING_PROTOCOL_VERSION..=SERVING_PROTOCOL_VERSION,
             shutdown,
         )
         .await;

@@ -119,6 +119,14 @@ struct Setup {
 }
 
 fn setup(overloaded: bool) -> Setup {
+    setup_speaking(
+        overloaded,
+        MIN_SERVING_PROTOCOL_VERSION..=SERVING_PROTOCOL_VERSION,
+    )
+}
+
+/// A worker whose inference endpoint accepts only `versions` (an older build: 1001..=1001).
+fn setup_speaking(overloaded: bool, versions: std::ops::RangeInclusive<u32>) -> Setup {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     certs::init_ca(dir.path()).unwrap();
@@ -133,7 +141,8 @@ fn setup(overloaded: bool) -> Setup {
         held: Mutex::new(None),
         unloaded: Mutex::new(Vec::new()),
     });
-    tokio::spawn(serve_inference(server, engine.clone(), ctl.subscribe()));
+    let handler = Arc::new(InferenceHandler::new(engine.clone()));
+    tokio::spawn(server.run_streams(handler, versions, ctl.subscribe()));
     Setup {
         gateway: NodeTls::load(dir.path(), &node("gw")).unwrap(),
         _dir: dir,
@@ -274,4 +283,69 @@ fn requests_round_trip_and_oversized_ones_are_refused() {
         context: 16,
     });
     assert_eq!(InferReply::decode(&reply.encode().unwrap()).unwrap(), reply);
+}
+
+/// Version skew in a rolling upgrade: a new gateway and an old worker (1001) agree on 1001
+/// and requests go through in 1001's framing (unload is refused by the gateway, naming the
+/// version); an old gateway (1001 only) and a new worker agree on 1001 too; a gateway too
+/// new for any version the worker speaks is refused.
+#[tokio::test]
+async fn a_new_and_an_old_peer_agree_on_the_older_serving_version() {
+    let old_worker = setup_speaking(false, 1001..=1001);
+    let conn = InferenceConn::connect(
+        old_worker.addr,
+        &node("w1"),
+        &node("gw"),
+        &old_worker.gateway,
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.version(), 1001);
+    let mut ev = conn.submit(&request("x")).await.unwrap().unwrap();
+    let mut n = 0;
+    while ev.next().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let err = conn.unload(Digest::of(b"a")).await.unwrap_err();
+    assert!(err.to_string().contains("1001"), "{err}");
+    assert!(old_worker.engine.unloaded.lock().unwrap().is_empty());
+
+    let new_worker = setup(false);
+    let old_gateway = InferenceConn::connect_with_versions(
+        new_worker.addr,
+        &node("w1"),
+        &node("gw"),
+        &new_worker.gateway,
+        1001..=1001,
+    )
+    .await
+    .unwrap();
+    assert_eq!(old_gateway.version(), 1001);
+    let mut ev = old_gateway.submit(&request("x")).await.unwrap().unwrap();
+    while ev.next().await.unwrap().is_some() {}
+    let current = InferenceConn::connect(
+        new_worker.addr,
+        &node("w1"),
+        &node("gw"),
+        &new_worker.gateway,
+    )
+    .await
+    .unwrap();
+    assert_eq!(current.version(), SERVING_PROTOCOL_VERSION);
+
+    let err = InferenceConn::connect_with_versions(
+        old_worker.addr,
+        &node("w1"),
+        &node("gw"),
+        &old_worker.gateway,
+        1002..=1003,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, ProtocolError::VersionMismatch { theirs: 1001, .. }),
+        "{err}"
+    );
 }
