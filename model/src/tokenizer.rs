@@ -8,6 +8,11 @@
 //! does. The chat template comes from `chat_template.jinja` when that file exists, else from
 //! `tokenizer_config.json`'s `chat_template` (a string, or a list of named templates of
 //! which `default` is used).
+//!
+//! The files are untrusted: `tokenizers` parses `tokenizer.json`, and this module reads
+//! `tokenizer_config.json` through `get`, each error naming the field (the lint below
+//! keeps it so).
+#![deny(clippy::indexing_slicing)]
 
 mod chat;
 
