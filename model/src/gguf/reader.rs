@@ -245,8 +245,8 @@ impl<'a> Cursor<'a> {
             return Err(GgufError::format(
                 self.path,
                 format!(
-                    "{what} at byte {at} is {n}: the limit is {MAX_COUNT}, and the {left} bytes \
-                     left hold at most {} items of {item_bytes} bytes",
+                    "truncated or corrupt: {what} at byte {at} is {n}: the limit is {MAX_COUNT}, \
+                     and the {left} bytes left hold at most {} items of {item_bytes} bytes",
                     left / item_bytes.max(1)
                 ),
             ));
