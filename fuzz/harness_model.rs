@@ -1,5 +1,7 @@
 //! The fuzz targets that need the model crate: JSONL ingestion, safetensors + PEFT adapter
-//! loading, chat-template rendering. Like `harness.rs`: arbitrary bytes in, no panic out.
+//! loading, chat-template rendering, GGUF files (container, tensors, config mapping and
+//! tokenizer), and `tokenizer.json` + `tokenizer_config.json`. Like `harness.rs`:
+//! arbitrary bytes in, no panic out.
 
 #![allow(dead_code)]
 
@@ -50,11 +52,9 @@ fn scratch() -> &'static Path {
 /// A PEFT adapter directory: the first two bytes give the length of `adapter_config.json`,
 /// the rest is `adapter_model.safetensors`. Loaded against the demo model's config.
 pub fn safetensors_peft(data: &[u8]) {
-    let (len, rest) = match data {
-        [a, b, rest @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), rest),
-        _ => return,
+    let Some((cfg, weights)) = two_parts(data) else {
+        return;
     };
-    let (cfg, weights) = rest.split_at(len.min(rest.len()));
     let dir = scratch();
     std::fs::write(dir.join("adapter_config.json"), cfg).expect("write config");
     std::fs::write(dir.join("adapter_model.safetensors"), weights).expect("write weights");
@@ -89,12 +89,84 @@ pub fn chat_template(data: &[u8]) {
     }
 }
 
+/// Splits `data` as the first two bytes (little-endian) giving the length of the first
+/// part, the rest being the second (a shorter input gives nothing).
+fn two_parts(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [a, b, rest @ ..] = data else {
+        return None;
+    };
+    let len = usize::from(u16::from_le_bytes([*a, *b]));
+    Some(rest.split_at(len.min(rest.len())))
+}
+
+/// Uses a loaded tokenizer the ways training and serving do.
+fn exercise(tok: &tributary_model::tokenizer::Tokenizer) {
+    let text = "Hello, world! 123 \u{2581}é 🦀 <|im_start|>user\n<s></s>";
+    let _ = tok.encode(text);
+    let _ = tok.encode_prompt(text);
+    let _ = tok.encode_with_offsets(text);
+    let n = u32::try_from(tok.vocab_size()).unwrap_or(u32::MAX);
+    let _ = tok.decode(&[0, 1, n.saturating_sub(1), n, u32::MAX], false);
+    let _ = tok.decode(&[0, 1, 2], true);
+    let chat = [
+        tributary_model::tokenizer::ChatMessage::new("system", "s"),
+        tributary_model::tokenizer::ChatMessage::new("user", "hi"),
+    ];
+    let _ = tok.encode_chat(&chat, true);
+}
+
+/// A GGUF file: the container, every readable tensor dequantized, the model config and
+/// Hugging Face tensors mapped from it, and the tokenizer built from its metadata.
+pub fn gguf(data: &[u8]) {
+    use tributary_model::gguf::{GgufFile, mapping, tokenizer};
+    let Ok(file) = GgufFile::parse(data.to_vec(), Path::new("fuzz.gguf")) else {
+        return;
+    };
+    for t in &file.tensors {
+        if let Ok((shape, values)) = file.tensor_f32(t) {
+            let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            assert_eq!(numel, Some(values.len()), "{}", t.name);
+        }
+    }
+    if let Ok(cfg) = mapping::model_config(&file) {
+        let _ = mapping::generation_config(&file, &cfg);
+        let _ = mapping::hf_tensors(&file, &cfg);
+    }
+    if let Ok(files) = tokenizer::tokenizer_files(&file)
+        && let Ok(tok) = tributary_model::tokenizer::Tokenizer::from_parts(
+            &files.tokenizer_json.to_string(),
+            Some(&files.tokenizer_config.to_string()),
+            None,
+            "fuzz.gguf",
+        )
+    {
+        exercise(&tok);
+    }
+}
+
+/// `tokenizer.json` with `tokenizer_config.json`: the first two bytes give the config's
+/// length (an empty config is none), the rest is `tokenizer.json`. Loaded, then used.
+pub fn tokenizer_json(data: &[u8]) {
+    let Some((cfg, json)) = two_parts(data) else {
+        return;
+    };
+    let (Ok(json), Ok(cfg)) = (std::str::from_utf8(json), std::str::from_utf8(cfg)) else {
+        return;
+    };
+    let cfg = Some(cfg).filter(|c| !c.is_empty());
+    if let Ok(tok) = tributary_model::tokenizer::Tokenizer::from_parts(json, cfg, None, "fuzz") {
+        exercise(&tok);
+    }
+}
+
 /// A target's name (its corpus is `fuzz/corpus/<name>/`) and function.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target here, by name.
-pub const TARGETS: [Target; 3] = [
+pub const TARGETS: [Target; 5] = [
     ("jsonl_row", jsonl_row),
     ("safetensors_peft", safetensors_peft),
     ("chat_template", chat_template),
+    ("gguf", gguf),
+    ("tokenizer_json", tokenizer_json),
 ];

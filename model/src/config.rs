@@ -4,6 +4,9 @@
 //! `rope_parameters` in 5.x; both are read, as is RoPE scaling of type `linear` and `llama3`
 //! (from `rope_scaling` or `rope_parameters`); other scaling types (yarn, dynamic, …) are
 //! refused rather than silently computed wrong.
+//!
+//! Sizes are bounded ([`MAX_DIM`], [`MAX_LAYERS`]) so that no product the model forms
+//! from them can overflow, whoever wrote the file.
 
 use std::path::Path;
 
@@ -103,6 +106,13 @@ pub struct GenerationConfig {
     /// Default `max_new_tokens`, if set.
     pub max_new_tokens: Option<usize>,
 }
+
+/// The largest size a config may give a dimension (vocabulary, widths, heads): 2^22, ten
+/// times the widest real vocabulary, so that products such as `vocab_size × hidden_size`
+/// and `num_attention_heads × head_dim` cannot overflow.
+pub const MAX_DIM: usize = 1 << 22;
+/// The most decoder layers a config may give.
+pub const MAX_LAYERS: usize = 1 << 12;
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
@@ -286,7 +296,7 @@ impl ModelConfig {
                 "sliding-window attention is not supported",
             ));
         }
-        Ok(Self {
+        let cfg = Self {
             architecture,
             vocab_size: req_usize(v, file, "vocab_size")?,
             hidden_size,
@@ -305,7 +315,28 @@ impl ModelConfig {
             bos_token_id: token_id(v.get("bos_token_id"), file, "bos_token_id")?,
             eos_token_ids: token_list(v.get("eos_token_id"), file, "eos_token_id")?,
             pad_token_id: token_id(v.get("pad_token_id"), file, "pad_token_id")?,
-        })
+        };
+        cfg.check_sizes()
+            .map_err(|(field, reason)| ModelError::config(file, field, reason))?;
+        Ok(cfg)
+    }
+
+    /// Checks every size against [`MAX_DIM`] and [`MAX_LAYERS`]: the first too large, as
+    /// (`config.json` field, reason).
+    pub fn check_sizes(&self) -> Result<(), (&'static str, String)> {
+        let dims = [
+            ("vocab_size", self.vocab_size, MAX_DIM),
+            ("hidden_size", self.hidden_size, MAX_DIM),
+            ("intermediate_size", self.intermediate_size, MAX_DIM),
+            ("num_attention_heads", self.num_attention_heads, MAX_DIM),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_DIM),
+            ("head_dim", self.head_dim, MAX_DIM),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+        ];
+        match dims.into_iter().find(|&(_, v, max)| v > max) {
+            Some((field, v, max)) => Err((field, format!("{v} is larger than the limit {max}"))),
+            None => Ok(()),
+        }
     }
 
     fn rope_parameters_json(&self) -> Value {

@@ -16,6 +16,10 @@
 //! Examples longer than [`DataOptions::max_seq_len`] are cut from the right; an example
 //! left with no trained token is an error naming its line. [`split_eval`] makes a seeded
 //! held-out split and [`BatchPlan`] the seeded order of micro-batches.
+//!
+//! Data files are untrusted: every access is checked (`get`, `checked_mul`), each error
+//! naming the line and field (the lint below keeps it so).
+#![deny(clippy::indexing_slicing)]
 
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::train::TrainExample;
@@ -372,8 +376,9 @@ impl LineCtx<'_> {
             ));
         }
         let render = |upto: usize, gen_prompt: bool| {
+            let head = messages.get(..upto).unwrap_or(messages);
             tokenizer
-                .render_chat(&messages[..upto], gen_prompt)
+                .render_chat(head, gen_prompt)
                 .map_err(|e| self.tok_err(e))
         };
         let full = render(messages.len(), false)?;
@@ -381,16 +386,17 @@ impl LineCtx<'_> {
         for &i in &assistant_turns {
             let before = render(i, true)?;
             let through = render(i + 1, false)?;
-            if !full.starts_with(&before)
-                || !full.starts_with(&through)
-                || through.len() < before.len()
-            {
+            // Both renders must be prefixes of the whole chat, the turn between them.
+            let turn = (full.starts_with(&before) && full.starts_with(&through))
+                .then(|| full.get(before.len()..through.len()))
+                .flatten();
+            let Some(turn) = turn else {
                 return Err(self.field_err(
                     format!("messages[{i}]"),
                     "the chat template does not render this conversation as a growing prefix, so the assistant turn cannot be located",
                 ));
-            }
-            let turn = full[before.len()..through.len()].trim_end();
+            };
+            let turn = turn.trim_end();
             spans.push((before.len(), before.len() + turn.len()));
         }
         let (ids, offsets) = tokenizer
@@ -492,12 +498,14 @@ pub fn split_eval<T: Clone>(
     }
     let order = permutation(n, seed ^ 0x6576_616c); // "eval"
     let mut is_eval = vec![false; n];
-    for &i in &order[..n_eval] {
-        is_eval[i] = true;
+    for &i in order.iter().take(n_eval) {
+        if let Some(e) = is_eval.get_mut(i) {
+            *e = true;
+        }
     }
     let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for (i, e) in examples.iter().enumerate() {
-        if is_eval[i] {
+    for (e, held_out) in examples.iter().zip(is_eval) {
+        if held_out {
             eval.push(e.clone());
         } else {
             train.push(e.clone());
@@ -539,6 +547,13 @@ impl BatchPlan {
                 });
             }
         }
+        if batch_size.checked_mul(grad_accum).is_none() {
+            return Err(DataError::Option {
+                field: "grad_accum",
+                value: grad_accum.to_string(),
+                limit: "batch_size × grad_accum must fit in a usize",
+            });
+        }
         Ok(Self {
             n,
             batch_size,
@@ -549,18 +564,22 @@ impl BatchPlan {
 
     /// Examples per optimizer step.
     pub fn examples_per_step(&self) -> usize {
-        self.batch_size * self.grad_accum
+        // `new` checked that the product fits.
+        self.batch_size.saturating_mul(self.grad_accum)
     }
 
     /// Optimizer steps in `epochs` passes over the data (the last step of a pass may
-    /// run into the next pass).
+    /// run into the next pass); `usize::MAX` examples when the product overflows.
     pub fn steps_for_epochs(&self, epochs: usize) -> usize {
-        (epochs * self.n).div_ceil(self.examples_per_step())
+        epochs
+            .saturating_mul(self.n)
+            .div_ceil(self.examples_per_step())
     }
 
     /// The micro-batches (indices into the training examples) of step `step` (0-based).
+    /// Positions past `usize::MAX` examples stay at the last one.
     pub fn step(&self, step: usize) -> Vec<Vec<usize>> {
-        let mut pos = step * self.examples_per_step();
+        let mut pos = step.saturating_mul(self.examples_per_step());
         let mut epoch = pos / self.n;
         let mut order = permutation(self.n, self.seed.wrapping_add(epoch as u64));
         let mut out = Vec::with_capacity(self.grad_accum);
@@ -571,11 +590,14 @@ impl BatchPlan {
                     epoch = pos / self.n;
                     order = permutation(self.n, self.seed.wrapping_add(epoch as u64));
                 }
-                micro.push(order[pos % self.n]);
-                pos += 1;
+                micro.extend(order.get(pos % self.n));
+                pos = pos.saturating_add(1);
             }
             out.push(micro);
         }
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -212,8 +212,9 @@ pub fn choose(
             .min_by_key(|(i, a)| (a.rank(), *i))
             .map(|(i, a)| AdapterChoice {
                 adapter_type: a.adapter_type,
-                index: adapters[..i]
+                index: adapters
                     .iter()
+                    .take(i)
                     .filter(|b| b.adapter_type == a.adapter_type)
                     .count(),
                 info: a.clone(),

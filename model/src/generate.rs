@@ -171,7 +171,7 @@ struct Row {
 
 impl Row {
     fn completion(&self) -> &[u32] {
-        &self.context[self.prompt_len..]
+        self.context.get(self.prompt_len..).unwrap_or_default()
     }
 }
 
@@ -341,8 +341,8 @@ fn advance(
 fn finish_all(rows: Vec<Row>, default: FinishReason) -> Vec<Completion> {
     rows.into_iter()
         .map(|r| Completion {
-            prompt_ids: r.context[..r.prompt_len].to_vec(),
-            completion_ids: r.context[r.prompt_len..].to_vec(),
+            prompt_ids: r.context.get(..r.prompt_len).unwrap_or_default().to_vec(),
+            completion_ids: r.completion().to_vec(),
             text: r.text,
             finish_reason: r.finish.unwrap_or(default),
         })

@@ -1,11 +1,6 @@
 //! Pure ML on burn: Hugging Face config, safetensors and PEFT IO, tokenizer and chat
 //! template, the Llama/Qwen2 decoder, LoRA, KV-cache generation and sampling, and the
 //! training step. No networking, async or storage here.
-// Indexing stays allowed in this crate for now: it is dense numeric code (kernels, decoder,
-// dequantization, training) whose shapes are checked once where tensors enter, then indexed
-// in hot loops. The parsers of untrusted files (gguf, peft, data) check lengths first; moving
-// them to `get` so the lint can see it is open work (issue 12).
-#![allow(clippy::indexing_slicing)]
 
 pub mod attribution_bench;
 pub mod bench;

@@ -529,11 +529,14 @@ impl LoraAdapter {
                 .collect();
             let a = Tensor::from_data(TensorData::new(a, [r, fan_in]), device);
             let b = Tensor::zeros([fan_out, r], device);
-            modules[layer][m.index()] = Some(LoraModule {
+            let module = LoraModule {
                 a,
                 b,
                 scale: config.scale_for(r, alpha) as f32,
-            });
+            };
+            if let Some(slot) = modules.get_mut(layer).and_then(|l| l.get_mut(m.index())) {
+                *slot = Some(module);
+            }
         }
         Ok(Self::from_modules(config, modules))
     }
@@ -542,7 +545,7 @@ impl LoraAdapter {
     pub fn module(&self, layer: usize, target: TargetModule) -> Option<&LoraModule> {
         self.modules
             .get(layer)
-            .and_then(|l| l[target.index()].as_ref())
+            .and_then(|l| l.get(target.index())?.as_ref())
     }
 
     /// Mutable access to a module.
@@ -550,7 +553,7 @@ impl LoraAdapter {
         self.host = HostFactorCache::default();
         self.modules
             .get_mut(layer)
-            .and_then(|l| l[target.index()].as_mut())
+            .and_then(|l| l.get_mut(target.index())?.as_mut())
     }
 
     /// Number of layers the adapter was built for.
@@ -563,7 +566,8 @@ impl LoraAdapter {
         self.modules.iter().enumerate().flat_map(|(l, ms)| {
             TargetModule::ALL
                 .into_iter()
-                .filter_map(move |t| ms[t.index()].as_ref().map(|m| (l, t, m)))
+                .zip(ms)
+                .filter_map(move |(t, m)| m.as_ref().map(|m| (l, t, m)))
         })
     }
 
@@ -571,9 +575,10 @@ impl LoraAdapter {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, TargetModule, &mut LoraModule)> {
         self.host = HostFactorCache::default();
         self.modules.iter_mut().enumerate().flat_map(|(l, ms)| {
-            ms.iter_mut()
-                .enumerate()
-                .filter_map(move |(i, m)| m.as_mut().map(|m| (l, TargetModule::ALL[i], m)))
+            TargetModule::ALL
+                .into_iter()
+                .zip(ms.iter_mut())
+                .filter_map(move |(t, m)| m.as_mut().map(|m| (l, t, m)))
         })
     }
 

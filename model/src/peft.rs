@@ -5,6 +5,10 @@
 //! model's shapes and the config's ranks, and refuses tensors it does not understand
 //! (DoRA magnitudes, embeddings, biases) rather than ignoring them. What Tributary saves,
 //! PEFT, vLLM and LoRAX load.
+//!
+//! Adapter directories are untrusted: every access is checked, with errors naming the
+//! field or tensor (the lint below keeps it so).
+#![deny(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -96,7 +100,20 @@ impl LoraAdapter {
             };
             let a = get('A', [r, fan_in])?;
             let b = get('B', [fan_out, r])?;
-            modules[layer][t.index()] = Some(LoraModule {
+            let slot = modules
+                .get_mut(layer)
+                .and_then(|l| l.get_mut(t.index()))
+                .ok_or_else(|| {
+                    ModelError::adapter(
+                        &cfg_path,
+                        format!(
+                            "module `{}` is outside the base model's {} layers",
+                            t.path(layer),
+                            model.num_hidden_layers
+                        ),
+                    )
+                })?;
+            *slot = Some(LoraModule {
                 a,
                 b,
                 scale: config.scale_for(r, alpha) as f32,
@@ -199,7 +216,13 @@ pub fn merge_into(model: &mut CausalLm, adapter: &LoraAdapter) -> Result<(), Mod
     }
     let device = model.device().clone();
     for (layer, t, m) in adapter.iter() {
-        let lin = model.layers[layer].linear_mut(t);
+        let Some(block) = model.layers.get_mut(layer) else {
+            return Err(ModelError::Input(format!(
+                "adapter layer {layer} is outside the model's {} layers",
+                model.layers.len()
+            )));
+        };
+        let lin = block.linear_mut(t);
         // Wᵀ += (scale·B·A)ᵀ = scale·Aᵀ·Bᵀ, computed directly in the stored layout.
         let delta_t =
             m.a.clone()

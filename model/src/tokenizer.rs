@@ -8,6 +8,11 @@
 //! does. The chat template comes from `chat_template.jinja` when that file exists, else from
 //! `tokenizer_config.json`'s `chat_template` (a string, or a list of named templates of
 //! which `default` is used).
+//!
+//! The files are untrusted: `tokenizers` parses `tokenizer.json`, and this module reads
+//! `tokenizer_config.json` through `get`, each error naming the field (the lint below
+//! keeps it so).
+#![deny(clippy::indexing_slicing)]
 
 mod chat;
 
@@ -134,6 +139,15 @@ fn read_optional(path: &Path) -> Result<Option<String>, TokenizerError> {
     }
 }
 
+/// `tokenizer.json` through the `tokenizers` crate, which panics (`expect("Helper")` in its
+/// decoder deserializer, 0.23.2) when a field holds malformed JSON: the syntax is checked
+/// first, and a panic the crate still raises becomes an error, not a dead worker.
+fn load_tokenizer_json(text: &str) -> Result<tokenizers::Tokenizer, tokenizers::Error> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text)?;
+    std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(text.as_bytes()))
+        .unwrap_or_else(|_| Err("the tokenizers crate panicked while loading this file".into()))
+}
+
 /// A special token in `tokenizer_config.json`: a string, an AddedToken dict, or null.
 fn token_field(
     config: &serde_json::Value,
@@ -225,13 +239,10 @@ impl Tokenizer {
         chat_template: Option<&str>,
         origin: &str,
     ) -> Result<Self, TokenizerError> {
-        let inner =
-            tokenizers::Tokenizer::from_bytes(tokenizer_json.as_bytes()).map_err(|source| {
-                TokenizerError::Load {
-                    origin: origin.to_owned(),
-                    source,
-                }
-            })?;
+        let inner = load_tokenizer_json(tokenizer_json).map_err(|source| TokenizerError::Load {
+            origin: origin.to_owned(),
+            source,
+        })?;
         let config: serde_json::Value = match tokenizer_config_json {
             Some(text) => {
                 serde_json::from_str(text).map_err(|source| TokenizerError::ConfigJson {
@@ -426,6 +437,18 @@ mod tests {
         let msgs: [ChatMessage; 0] = [];
         assert_eq!(tok.render_chat(&msgs, false).unwrap(), "<e>");
         assert_eq!(tok.encode("a <e>b").unwrap(), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn malformed_json_inside_a_field_is_an_error_not_a_panic() {
+        // Found by the `tokenizer_json` fuzz target: tokenizers 0.23.2 panics
+        // (`expect("Helper")`) on a syntax error inside `decoder`.
+        let bad = MINI.replace(r#""decoder":null"#, r#""decoder":vocab null"#);
+        assert_ne!(bad, MINI);
+        let err = Tokenizer::from_parts(&bad, None, None, "mini").unwrap_err();
+        let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(msg.contains("cannot load the tokenizer from mini"), "{msg}");
+        assert!(msg.contains("expected value at line 3"), "{msg}");
     }
 
     #[test]

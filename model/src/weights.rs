@@ -3,6 +3,12 @@
 //! [`TensorStore`] reads every file of a checkpoint once and hands out tensors by name,
 //! upcast to f32 and checked against the shape the model expects. [`save_f32`] writes
 //! f32 tensors in the same format (used for adapters, optimizer state and merged exports).
+//!
+//! Checkpoint and adapter files are untrusted: the `safetensors` crate validates the
+//! header (offsets contiguous, shape × dtype = bytes, with checked arithmetic); every
+//! access here is checked again (`get`, `checked_add`, `as_chunks`), with errors naming
+//! the file and tensor. The lint below keeps it so.
+#![deny(clippy::indexing_slicing)]
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -196,32 +202,44 @@ impl TensorStore {
             })
     }
 
+    /// A tensor's bytes, checked to lie inside its file, with the file's path.
+    fn raw(&self, name: &str) -> Result<(&Entry, &Path, &[u8]), ModelError> {
+        let entry = self.entry(name)?;
+        let Some((path, bytes, base)) = self.files.get(entry.file) else {
+            return Err(ModelError::MissingTensor {
+                name: name.to_string(),
+                location: format!(
+                    "{} (file #{} of {})",
+                    self.location,
+                    entry.file,
+                    self.files.len()
+                ),
+            });
+        };
+        let (start, end) = entry.info.data_offsets;
+        let raw = base
+            .checked_add(start)
+            .zip(base.checked_add(end))
+            .and_then(|(a, b)| bytes.get(a..b))
+            .ok_or_else(|| ModelError::Safetensors {
+                path: path.clone(),
+                reason: format!(
+                    "tensor `{name}`: data offsets {start}..{end} (after a {base}-byte header) \
+                     lie outside the file of {} bytes",
+                    bytes.len()
+                ),
+            })?;
+        Ok((entry, path, raw))
+    }
+
     /// A tensor's values as f32 (f16, bf16 and f64 are converted), with its shape.
     pub fn get_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
         if let Some(t) = self.host.get(name) {
             return Ok((t.shape.clone(), (t.load)()?));
         }
-        let entry = self.entry(name)?;
-        let (path, bytes, base) = &self.files[entry.file];
-        let (start, end) = entry.info.data_offsets;
-        let raw = bytes
-            .get(base + start..base + end)
-            .ok_or_else(|| ModelError::Safetensors {
-                path: path.clone(),
-                reason: format!("tensor `{name}` lies outside the file"),
-            })?;
+        let (entry, path, raw) = self.raw(name)?;
         let values = decode_f32(raw, entry.info.dtype, name)?;
-        let numel: usize = entry.info.shape.iter().product();
-        if values.len() != numel {
-            return Err(ModelError::Safetensors {
-                path: path.clone(),
-                reason: format!(
-                    "tensor `{name}` has {} values for shape {:?}",
-                    values.len(),
-                    entry.info.shape
-                ),
-            });
-        }
+        check_numel(path, name, &entry.info.shape, values.len())?;
         Ok((entry.info.shape.clone(), values))
     }
 
@@ -269,22 +287,14 @@ impl TensorStore {
 
     /// An integer tensor's values as i64 (I64, I32, U32, U8 are accepted), with its shape.
     pub fn get_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>), ModelError> {
-        let entry = self.entry(name)?;
-        let (_, bytes, base) = &self.files[entry.file];
-        let (start, end) = entry.info.data_offsets;
-        let raw = bytes.get(base + start..base + end).unwrap_or(&[]);
+        let (entry, path, raw) = self.raw(name)?;
         let values: Vec<i64> = match entry.info.dtype {
-            Dtype::I64 => raw
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            Dtype::I64 => le::<8>(raw).map(i64::from_le_bytes).collect(),
+            Dtype::I32 => le::<4>(raw)
+                .map(|c| i64::from(i32::from_le_bytes(c)))
                 .collect(),
-            Dtype::I32 => raw
-                .chunks_exact(4)
-                .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-            Dtype::U32 => raw
-                .chunks_exact(4)
-                .map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            Dtype::U32 => le::<4>(raw)
+                .map(|c| i64::from(u32::from_le_bytes(c)))
                 .collect(),
             Dtype::U8 => raw.iter().map(|&b| i64::from(b)).collect(),
             other => {
@@ -294,6 +304,7 @@ impl TensorStore {
                 });
             }
         };
+        check_numel(path, name, &entry.info.shape, values.len())?;
         Ok((entry.info.shape.clone(), values))
     }
 
@@ -303,7 +314,8 @@ impl TensorStore {
     }
 }
 
-/// Row-major `[rows, cols]` → row-major `[cols, rows]`, in cache-friendly blocks.
+/// Row-major `[rows, cols]` → row-major `[cols, rows]`, in cache-friendly blocks
+/// (`v` holds `rows × cols` values; positions outside a shorter `v` stay zero).
 pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const B: usize = 32;
     let mut out = vec![0.0f32; v.len()];
@@ -311,7 +323,9 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         for c0 in (0..cols).step_by(B) {
             for r in r0..(r0 + B).min(rows) {
                 for c in c0..(c0 + B).min(cols) {
-                    out[c * rows + r] = v[r * cols + c];
+                    if let (Some(o), Some(&x)) = (out.get_mut(c * rows + r), v.get(r * cols + c)) {
+                        *o = x;
+                    }
                 }
             }
         }
@@ -319,24 +333,37 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// The little-endian `N`-byte words of `raw` (a trailing partial word is left out; the
+/// element count is checked against the shape afterwards).
+fn le<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    raw.as_chunks::<N>().0.iter().copied()
+}
+
+/// The element count of `shape` (overflow checked) must be the number of values decoded.
+fn check_numel(path: &Path, name: &str, shape: &[usize], values: usize) -> Result<(), ModelError> {
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if numel == Some(values) {
+        return Ok(());
+    }
+    Err(ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason: match numel {
+            Some(n) => format!("tensor `{name}` has {values} values for shape {shape:?} ({n})"),
+            None => format!("tensor `{name}`: shape {shape:?} overflows an element count"),
+        },
+    })
+}
+
 fn decode_f32(raw: &[u8], dtype: Dtype, name: &str) -> Result<Vec<f32>, ModelError> {
     Ok(match dtype {
-        Dtype::F32 => raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        Dtype::F32 => le::<4>(raw).map(f32::from_le_bytes).collect(),
+        Dtype::F16 => le::<2>(raw)
+            .map(|c| half::f16::from_le_bytes(c).to_f32())
             .collect(),
-        Dtype::F16 => raw
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        Dtype::BF16 => le::<2>(raw)
+            .map(|c| half::bf16::from_le_bytes(c).to_f32())
             .collect(),
-        Dtype::BF16 => raw
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => raw
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
+        Dtype::F64 => le::<8>(raw).map(|c| f64::from_le_bytes(c) as f32).collect(),
         other => {
             return Err(ModelError::UnsupportedDtype {
                 name: name.to_string(),

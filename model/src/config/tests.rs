@@ -51,3 +51,23 @@ fn unsupported_architecture_is_named() {
     let e = ModelConfig::from_json_value(&v, "t").expect_err("must fail");
     assert!(e.to_string().contains("GPT2LMHeadModel"));
 }
+
+#[test]
+fn sizes_beyond_the_limits_name_the_field() {
+    let base = serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 8,
+        "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2});
+    for (field, value, limit) in [
+        ("vocab_size", 1u64 << 40, MAX_DIM),
+        ("intermediate_size", u64::MAX, MAX_DIM),
+        ("num_hidden_layers", 1 << 20, MAX_LAYERS),
+        ("head_dim", 1 << 23, MAX_DIM),
+    ] {
+        let mut v = base.clone();
+        v[field] = serde_json::json!(value);
+        let err = ModelConfig::from_json_value(&v, "config.json").expect_err(field);
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("field `{field}`")), "{msg}");
+        assert!(msg.contains(&format!("limit {limit}")), "{msg}");
+    }
+}

@@ -8,6 +8,10 @@
 //!
 //! Attention's dot products, `exp` and weighted sums of values use AVX-512 when the CPU has
 //! it (and `simd` is asked for); the portable loops compute the same sums in scalar code.
+// Decoder math over tensors whose shapes were checked when the checkpoint loaded
+// (`weights::TensorStore::tensor`, `gguf::mapping`), indexed in hot loops. The parsers of
+// untrusted files deny indexing.
+#![allow(clippy::indexing_slicing)]
 
 use super::cache::{HostKv, Plan};
 use crate::fused::simd::{rms_norm_row, swiglu};

@@ -16,6 +16,10 @@
 //! the mixed-adapter step), attention reading each token's keys through its sequence's
 //! slots. A token attends to the same keys in the same order as in an unpaged call, so the
 //! logits equal those of [`CausalLm::forward_last`] on that sequence alone.
+// Decoder math over tensors whose shapes were checked when the checkpoint loaded
+// (`weights::TensorStore::tensor`, `gguf::mapping`), indexed in hot loops. The parsers of
+// untrusted files deny indexing.
+#![allow(clippy::indexing_slicing)]
 
 use burn::tensor::{Int, Tensor, TensorData};
 

@@ -7,6 +7,10 @@
 //! GGUF row `h·d + 2i + j` holds Hugging Face row `h·d + j·d/2 + i`. [`unpermute_rows`]
 //! undoes it. `qwen2` files are not permuted (llama.cpp runs them with NEOX RoPE).
 //! A file without `output.weight` ties the lm_head to the embedding.
+//!
+//! The metadata and shapes are untrusted: sizes convert with `try_from` and tensors are
+//! indexed with `get`, each error naming the key or tensor (the lint below enforces it).
+#![deny(clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -92,8 +96,21 @@ fn opt_u64(file: &GgufFile, key: &str) -> Result<Option<u64>, GgufError> {
 }
 
 fn req_usize(file: &GgufFile, key: &str) -> Result<usize, GgufError> {
-    let v = opt_u64(file, key)?.ok_or_else(|| GgufError::metadata(file.path(), key, "missing"))?;
-    usize::try_from(v).map_err(|_| GgufError::metadata(file.path(), key, "too large"))
+    opt_usize(file, key)?.ok_or_else(|| GgufError::metadata(file.path(), key, "missing"))
+}
+
+fn opt_usize(file: &GgufFile, key: &str) -> Result<Option<usize>, GgufError> {
+    opt_u64(file, key)?
+        .map(|v| {
+            usize::try_from(v).map_err(|_| {
+                GgufError::metadata(
+                    file.path(),
+                    key,
+                    format!("{v} is larger than {} (usize)", usize::MAX),
+                )
+            })
+        })
+        .transpose()
 }
 
 fn opt_f64(file: &GgufFile, key: &str) -> Result<Option<f64>, GgufError> {
@@ -125,7 +142,7 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig, GgufError> {
     let key = |k: &str| format!("{a}.{k}");
     let hidden_size = req_usize(file, &key("embedding_length"))?;
     let heads = req_usize(file, &key("attention.head_count"))?;
-    let kv_heads = opt_u64(file, &key("attention.head_count_kv"))?.map_or(heads, |v| v as usize);
+    let kv_heads = opt_usize(file, &key("attention.head_count_kv"))?.unwrap_or(heads);
     if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(GgufError::metadata(
             path,
@@ -133,12 +150,19 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig, GgufError> {
             format!("{kv_heads} key/value heads do not divide {heads} heads"),
         ));
     }
-    let head_dim = match opt_u64(file, &key("attention.key_length"))? {
-        Some(d) => d as usize,
+    let head_dim = match opt_usize(file, &key("attention.key_length"))? {
+        Some(d) => d,
         None => hidden_size / heads,
     };
-    if let Some(rot) = opt_u64(file, &key("rope.dimension_count"))?
-        && rot as usize != head_dim
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return Err(GgufError::metadata(
+            path,
+            &key("attention.key_length"),
+            format!("a head width of {head_dim} (must be even and positive)"),
+        ));
+    }
+    if let Some(rot) = opt_usize(file, &key("rope.dimension_count"))?
+        && rot != head_dim
     {
         return Err(GgufError::metadata(
             path,
@@ -150,14 +174,20 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig, GgufError> {
     let embd = file.tensor("token_embd.weight").ok_or_else(|| {
         GgufError::tensor(path, "token_embd.weight", "missing (the token embedding)")
     })?;
-    let vocab_size = embd.shape()[0];
+    let vocab_size = embd.shape().first().copied().ok_or_else(|| {
+        GgufError::tensor(
+            path,
+            "token_embd.weight",
+            "has no dimensions (the vocabulary)",
+        )
+    })?;
     let biased = |n: &str| file.tensor(&format!("blk.0.{n}.bias")).is_some();
     let attention_bias = match architecture {
         Architecture::Llama => biased("attn_q"),
         Architecture::Qwen2 => true,
     };
     let eos = token_id(file, "tokenizer.ggml.eos_token_id");
-    Ok(ModelConfig {
+    let cfg = ModelConfig {
         architecture,
         vocab_size,
         hidden_size,
@@ -169,15 +199,28 @@ pub fn model_config(file: &GgufFile) -> Result<ModelConfig, GgufError> {
         rms_norm_eps: opt_f64(file, &key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
         rope_theta: opt_f64(file, &key("rope.freq_base"))?.unwrap_or(10000.0),
         rope_scaling,
-        max_position_embeddings: opt_u64(file, &key("context_length"))?
-            .map_or(2048, |v| v as usize),
+        max_position_embeddings: opt_usize(file, &key("context_length"))?.unwrap_or(2048),
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         attention_bias,
         mlp_bias: false,
         bos_token_id: token_id(file, "tokenizer.ggml.bos_token_id"),
         eos_token_ids: eos.into_iter().collect(),
         pad_token_id: token_id(file, "tokenizer.ggml.padding_token_id"),
-    })
+    };
+    cfg.check_sizes().map_err(|(field, reason)| {
+        let gguf_key = match field {
+            "vocab_size" => return GgufError::tensor(path, "token_embd.weight", reason),
+            "hidden_size" => "embedding_length",
+            "intermediate_size" => "feed_forward_length",
+            "num_hidden_layers" => "block_count",
+            "num_attention_heads" => "attention.head_count",
+            "num_key_value_heads" => "attention.head_count_kv",
+            "head_dim" => "attention.key_length",
+            other => other,
+        };
+        GgufError::metadata(path, &key(gguf_key), reason)
+    })?;
+    Ok(cfg)
 }
 
 fn rope_scaling(file: &GgufFile, a: &str) -> Result<RopeScaling, GgufError> {
@@ -282,34 +325,46 @@ fn hf_name(name: &str, cfg: &ModelConfig) -> Option<(String, Permute)> {
 /// Undoes llama.cpp's per-head Q/K row permutation of a `[rows, cols]` tensor (a bias is
 /// `cols = 1`): Hugging Face row `h·d + j·d/2 + i` is GGUF row `h·d + 2i + j`.
 pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let d = rows / heads;
-    let mut out = vec![0.0f32; values.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let src = h * d + 2 * i + j;
-                let dst = h * d + j * (d / 2) + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    // Within a head: row `j·d/2 + i` comes from row `2i + j`.
+    move_rows(values, rows, cols, heads, |k, half| {
+        2 * (k % half) + k / half
+    })
 }
 
 /// llama.cpp's converter permutation (the inverse of [`unpermute_rows`]): GGUF row
 /// `h·d + 2i + j` takes Hugging Face row `h·d + j·d/2 + i`.
 pub fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let d = rows / heads;
+    // Within a head: row `2i + j` comes from row `j·d/2 + i`.
+    move_rows(values, rows, cols, heads, |k, half| (k % 2) * half + k / 2)
+}
+
+/// Row `h·d + k` of the result is row `h·d + src(k, d/2)` of `values`, for the first
+/// `2·(d/2)` rows of each of the `heads` heads of `d = rows / heads` rows; any other row
+/// (and a row `values` does not have) stays zero.
+fn move_rows(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    heads: usize,
+    src: impl Fn(usize, usize) -> usize,
+) -> Vec<f32> {
     let mut out = vec![0.0f32; values.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let dst = h * d + 2 * i + j;
-                let src = h * d + j * (d / 2) + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
-            }
+    let d = rows.checked_div(heads).unwrap_or(0);
+    let half = d / 2;
+    if half == 0 || cols == 0 {
+        return out;
+    }
+    for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+        let (h, k) = (r / d, r % d);
+        if h >= heads || k >= 2 * half {
+            continue;
+        }
+        let s = h * d + src(k, half);
+        let from = s
+            .checked_mul(cols)
+            .and_then(|a| values.get(a..a.checked_add(cols)?));
+        if let Some(from) = from {
+            row.copy_from_slice(from);
         }
     }
     out
@@ -320,8 +375,10 @@ fn hf_tensor(file: &GgufFile, info: &TensorInfo, perm: Permute) -> Result<HostTe
     let values = match perm {
         Permute::None => values,
         Permute::Heads(heads) => {
-            let rows = shape[0];
-            let cols: usize = shape[1..].iter().product();
+            let (rows, cols) = match shape.split_first() {
+                Some((&rows, rest)) => (rows, rest.iter().product::<usize>()),
+                None => (0, 0),
+            };
             if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
                 return Err(GgufError::tensor(
                     file.path(),
@@ -349,7 +406,10 @@ pub fn lazy_tensors(
         };
         let f = Arc::clone(&file);
         let load = move || -> Result<Vec<f32>, crate::error::ModelError> {
-            Ok(hf_tensor(&f, &f.tensors[index], perm)?.values)
+            let info = f.tensors.get(index).ok_or_else(|| {
+                GgufError::tensor(f.path(), &format!("#{index}"), "no such tensor")
+            })?;
+            Ok(hf_tensor(&f, info, perm)?.values)
         };
         out.insert(
             hf,

@@ -111,3 +111,6 @@ impl GgufError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

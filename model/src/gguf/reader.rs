@@ -7,6 +7,12 @@
 //! (fastest first), a `u32` ggml type and a `u64` offset into the data section. The data
 //! section starts at the first multiple of `general.alignment` (default 32) after the
 //! infos, and every tensor's offset is a multiple of it. Version 1 (32-bit counts) is refused.
+//!
+//! The bytes are untrusted: every read is checked (`get`, `checked_add`/`checked_mul`),
+//! every count is bounded by the bytes left and by [`MAX_COUNT`] before anything is
+//! allocated for it, and every error names the field, the byte offset and the limit.
+//! The lint below keeps it that way.
+#![deny(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,9 +23,33 @@ use super::dequant::{GgmlType, dequantize};
 /// The alignment of the data section when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 
-/// Caps that keep a corrupt header from asking for absurd allocations.
-const MAX_COUNT: u64 = 1 << 24;
-const MAX_DIMS: u32 = 4;
+/// The most items one count (tensors, key/values, one array) may announce: a corrupt
+/// header cannot ask for more, whatever the file's size (real files have a few hundred
+/// tensors and vocabularies of a few hundred thousand tokens).
+pub const MAX_COUNT: u64 = 1 << 24;
+/// The most dimensions a tensor may have.
+pub const MAX_DIMS: u32 = 4;
+/// Items reserved up front for a count; beyond it vectors grow as items actually parse,
+/// so a count never turns into an allocation the bytes do not back.
+const PREALLOC: u64 = 4096;
+
+/// The fewest bytes one item of a metadata value type takes (a string or array is at
+/// least its length prefix), for bounding counts by the bytes left.
+fn min_bytes(ty: u32) -> u64 {
+    match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => 1,
+    }
+}
+
+/// The fewest bytes one key/value takes: a key's length, a type, and a one-byte value.
+const MIN_KV_BYTES: u64 = 8 + 4 + 1;
+/// The fewest bytes one tensor info takes: a name's length, one dimension, type and offset.
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,9 +157,9 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Number of elements.
-    pub fn numel(&self) -> u64 {
-        self.dims.iter().product()
+    /// Number of elements, or `None` when the dimensions' product overflows `u64`.
+    pub fn numel(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
     }
 
     /// The shape in row-major order (slowest first), as PyTorch and safetensors list it.
@@ -161,24 +191,39 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// Bytes not yet read.
+    fn left(&self) -> u64 {
+        self.bytes.len().saturating_sub(self.pos) as u64
+    }
+
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], GgufError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let Some(end) = end else {
+        let s = self
+            .pos
+            .checked_add(n)
+            .and_then(|end| self.bytes.get(self.pos..end));
+        let Some(s) = s else {
             return Err(GgufError::format(
                 self.path,
-                format!("truncated while reading {what} at byte {}", self.pos),
+                format!(
+                    "truncated while reading {what} at byte {}: {n} bytes needed, {} left",
+                    self.pos,
+                    self.left()
+                ),
             ));
         };
-        let s = &self.bytes[self.pos..end];
-        self.pos = end;
+        self.pos = self.pos.saturating_add(n);
         Ok(s)
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
-        let s = self.take(N, what)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(s);
-        Ok(out)
+        let at = self.pos;
+        <[u8; N]>::try_from(self.take(N, what)?).map_err(|_| {
+            GgufError::format(self.path, format!("{what} at byte {at}: not {N} bytes"))
+        })
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, GgufError> {
+        Ok(u8::from_le_bytes(self.array(what)?))
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
@@ -189,45 +234,64 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn count(&mut self, what: &str) -> Result<u64, GgufError> {
+    /// A `u64` count of items of at least `item_bytes` bytes each: more than
+    /// [`MAX_COUNT`], or more than the bytes left can hold, is an error naming both.
+    fn count(&mut self, what: &str, item_bytes: u64) -> Result<u64, GgufError> {
+        let at = self.pos;
         let n = self.u64(what)?;
-        // Every item takes at least one byte, so a count beyond the bytes left is corrupt.
-        let left = (self.bytes.len() - self.pos) as u64;
-        if n > MAX_COUNT.max(left) {
+        let left = self.left();
+        let fits = n.checked_mul(item_bytes).is_some_and(|need| need <= left);
+        if n > MAX_COUNT || !fits {
             return Err(GgufError::format(
                 self.path,
-                format!("{what} {n} is larger than the file allows"),
+                format!(
+                    "truncated or corrupt: {what} at byte {at} is {n}: the limit is {MAX_COUNT}, \
+                     and the {left} bytes left hold at most {} items of {item_bytes} bytes",
+                    left / item_bytes.max(1)
+                ),
             ));
         }
         Ok(n)
     }
 
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
+        let at = self.pos;
         let len = self.u64(what)?;
+        let left = self.left();
         let len = usize::try_from(len)
             .ok()
-            .filter(|&l| l <= self.bytes.len() - self.pos)
+            .filter(|&l| l as u64 <= left)
             .ok_or_else(|| {
                 GgufError::format(
                     self.path,
-                    format!("truncated: {what} is a string of {len} bytes past the end"),
+                    format!(
+                        "truncated: {what} at byte {at} is a string of {len} bytes, {left} left"
+                    ),
                 )
             })?;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec())
-            .map_err(|_| GgufError::format(self.path, format!("{what}: string is not UTF-8")))
+        String::from_utf8(raw.to_vec()).map_err(|e| {
+            GgufError::format(
+                self.path,
+                format!(
+                    "{what} at byte {at}: string is not UTF-8 (invalid byte {} of {len})",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        })
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value, GgufError> {
+        let what = &format!("the value of `{key}`");
         Ok(match ty {
-            0 => Value::U8(self.array::<1>(key)?[0]),
-            1 => Value::I8(i8::from_le_bytes(self.array(key)?)),
-            2 => Value::U16(u16::from_le_bytes(self.array(key)?)),
-            3 => Value::I16(i16::from_le_bytes(self.array(key)?)),
-            4 => Value::U32(self.u32(key)?),
-            5 => Value::I32(i32::from_le_bytes(self.array(key)?)),
-            6 => Value::F32(f32::from_le_bytes(self.array(key)?)),
-            7 => match self.array::<1>(key)?[0] {
+            0 => Value::U8(self.u8(what)?),
+            1 => Value::I8(i8::from_le_bytes(self.array(what)?)),
+            2 => Value::U16(u16::from_le_bytes(self.array(what)?)),
+            3 => Value::I16(i16::from_le_bytes(self.array(what)?)),
+            4 => Value::U32(self.u32(what)?),
+            5 => Value::I32(i32::from_le_bytes(self.array(what)?)),
+            6 => Value::F32(f32::from_le_bytes(self.array(what)?)),
+            7 => match self.u8(what)? {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
                 b => {
@@ -238,7 +302,7 @@ impl<'a> Cursor<'a> {
                     ));
                 }
             },
-            8 => Value::String(self.string(key)?),
+            8 => Value::String(self.string(what)?),
             9 => {
                 if depth > 2 {
                     return Err(GgufError::metadata(
@@ -247,17 +311,17 @@ impl<'a> Cursor<'a> {
                         "arrays nested too deep",
                     ));
                 }
-                let item_ty = self.u32(key)?;
-                let n = self.count(key)?;
-                let mut items = Vec::with_capacity(n as usize);
+                let item_ty = self.u32(what)?;
+                let n = self.count(&format!("the length of array `{key}`"), min_bytes(item_ty))?;
+                let mut items = Vec::with_capacity(n.min(PREALLOC) as usize);
                 for _ in 0..n {
                     items.push(self.value(item_ty, key, depth + 1)?);
                 }
                 Value::Array(items)
             }
-            10 => Value::U64(self.u64(key)?),
-            11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
-            12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
+            10 => Value::U64(self.u64(what)?),
+            11 => Value::I64(i64::from_le_bytes(self.array(what)?)),
+            12 => Value::F64(f64::from_le_bytes(self.array(what)?)),
             other => {
                 return Err(GgufError::metadata(
                     self.path,
@@ -300,12 +364,12 @@ impl GgufFile {
                 format!("version {version} is not supported (2 and 3 are)"),
             ));
         }
-        let n_tensors = c.count("the tensor count")?;
-        let n_kv = c.count("the metadata count")?;
+        let n_tensors = c.count("the tensor count", MIN_TENSOR_INFO_BYTES)?;
+        let n_kv = c.count("the metadata count", MIN_KV_BYTES)?;
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key #{i}"))?;
-            let ty = c.u32(&key)?;
+            let ty = c.u32(&format!("the type of `{key}`"))?;
             let value = c.value(ty, &key, 0)?;
             if metadata.insert(key.clone(), value).is_some() {
                 return Err(GgufError::metadata(path, &key, "key appears twice"));
@@ -317,10 +381,11 @@ impl GgufFile {
                 GgufError::metadata(path, "general.alignment", "must be a power of two")
             })?,
         };
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity(n_tensors.min(PREALLOC) as usize);
         for i in 0..n_tensors {
             let name = c.string(&format!("tensor name #{i}"))?;
-            let n_dims = c.u32(&name)?;
+            let what = format!("tensor `{name}`");
+            let n_dims = c.u32(&what)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(GgufError::tensor(
                     path,
@@ -330,10 +395,10 @@ impl GgufFile {
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
-                dims.push(c.u64(&name)?);
+                dims.push(c.u64(&what)?);
             }
-            let type_id = c.u32(&name)?;
-            let offset = c.u64(&name)?;
+            let type_id = c.u32(&what)?;
+            let offset = c.u64(&what)?;
             if !offset.is_multiple_of(alignment) {
                 return Err(GgufError::tensor(
                     path,
@@ -348,9 +413,20 @@ impl GgufFile {
                 offset,
             });
         }
-        let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
-        let data_offset = usize::try_from(data_offset)
-            .map_err(|_| GgufError::format(path, "data section offset overflows"))?;
+        let data_offset = (c.pos as u64)
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or_else(|| {
+                GgufError::metadata(
+                    path,
+                    "general.alignment",
+                    format!(
+                        "aligning the data section (after byte {}) to {alignment} overflows",
+                        c.pos
+                    ),
+                )
+            })?;
         let file = Self {
             path: path.to_path_buf(),
             version,
@@ -403,35 +479,40 @@ impl GgufFile {
     /// and shape need).
     pub fn raw(&self, info: &TensorInfo) -> Result<&[u8], GgufError> {
         let ty = self.ggml_type(info)?;
-        let numel = info.numel();
+        let bad = |reason: String| GgufError::tensor(&self.path, &info.name, reason);
+        let numel = info.numel().ok_or_else(|| {
+            bad(format!(
+                "dimensions {:?} overflow a 64-bit element count",
+                info.dims
+            ))
+        })?;
         let block = ty.block_size() as u64;
-        if !numel.is_multiple_of(block) || !info.dims[0].is_multiple_of(block) {
-            return Err(GgufError::tensor(
-                &self.path,
-                &info.name,
-                format!(
-                    "its rows of {} values are not whole {} blocks of {block}",
-                    info.dims[0],
-                    ty.name()
-                ),
-            ));
+        let row = info.dims.first().copied().unwrap_or(1);
+        if !numel.is_multiple_of(block) || !row.is_multiple_of(block) {
+            return Err(bad(format!(
+                "its rows of {row} values are not whole {} blocks of {block}",
+                ty.name()
+            )));
         }
-        let size = numel / block * ty.block_bytes() as u64;
-        let start = self.data_offset as u64 + info.offset;
-        let end = start
-            .checked_add(size)
-            .filter(|&e| e <= self.bytes.len() as u64);
-        let Some(end) = end else {
-            return Err(GgufError::tensor(
-                &self.path,
-                &info.name,
-                format!(
-                    "its {size} bytes at offset {} run past the end of the file",
-                    info.offset
-                ),
-            ));
-        };
-        Ok(&self.bytes[start as usize..end as usize])
+        let size = (numel / block)
+            .checked_mul(ty.block_bytes() as u64)
+            .ok_or_else(|| bad(format!("{numel} {} values overflow a byte size", ty.name())))?;
+        let file_len = self.bytes.len() as u64;
+        let range = (self.data_offset as u64)
+            .checked_add(info.offset)
+            .and_then(|start| Some((start, start.checked_add(size)?)))
+            .filter(|&(_, end)| end <= file_len)
+            .and_then(|(start, end)| {
+                let (start, end) = (usize::try_from(start).ok()?, usize::try_from(end).ok()?);
+                self.bytes.get(start..end)
+            });
+        range.ok_or_else(|| {
+            bad(format!(
+                "its {size} bytes at data offset {} run past the end of the file ({file_len} \
+                 bytes, data section from byte {})",
+                info.offset, self.data_offset
+            ))
+        })
     }
 
     /// A tensor's values as f32 (dequantized), with its row-major shape.
@@ -441,3 +522,6 @@ impl GgufFile {
         Ok((info.shape(), dequantize(ty, raw)))
     }
 }
+
+#[cfg(test)]
+mod tests;

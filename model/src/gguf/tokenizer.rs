@@ -13,6 +13,11 @@
 //! so both are matched verbatim in text, as llama.cpp matches them when it parses special
 //! tokens. `tokenizer_config.json` holds the special tokens, `add_bos_token` and
 //! `tokenizer.chat_template`.
+//!
+//! The metadata is untrusted: token ids are checked against the vocabulary and the
+//! per-token arrays against its length before use, with errors naming the key (the lint
+//! below keeps every access checked).
+#![deny(clippy::indexing_slicing)]
 
 use serde_json::{Map, Value as Json, json};
 
@@ -68,16 +73,27 @@ fn flag(file: &GgufFile, key: &str, default: bool) -> bool {
     file.get(key).and_then(Value::as_bool).unwrap_or(default)
 }
 
-fn id(file: &GgufFile, key: &str, n: usize) -> Result<Option<u32>, GgufError> {
-    match file.get(key) {
-        None => Ok(None),
-        Some(v) => {
-            let i = v.as_u64().filter(|&i| (i as usize) < n).ok_or_else(|| {
-                GgufError::metadata(file.path(), key, format!("not a token id below {n}"))
-            })?;
-            Ok(Some(i as u32))
-        }
-    }
+/// A token id key: an integer below the vocabulary size `n`, with its token.
+fn id<'t>(
+    file: &GgufFile,
+    key: &str,
+    tokens: &'t [String],
+) -> Result<Option<(u32, &'t str)>, GgufError> {
+    let Some(v) = file.get(key) else {
+        return Ok(None);
+    };
+    let n = tokens.len();
+    let found = v
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .and_then(|i| Some((i, tokens.get(usize::try_from(i).ok()?)?.as_str())));
+    found.map(Some).ok_or_else(|| {
+        GgufError::metadata(
+            file.path(),
+            key,
+            format!("{v:?} is not a token id below the vocabulary size {n}"),
+        )
+    })
 }
 
 /// The pre-tokenizer for a `gpt2` file's `tokenizer.ggml.pre`, and whether merges are
@@ -148,17 +164,19 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<TokenizerFiles, GgufError> {
     }
     let added: Vec<Json> = tokens
         .iter()
+        .zip(&types)
         .enumerate()
-        .filter(|(i, _)| matches!(types[*i], TYPE_CONTROL | TYPE_USER_DEFINED))
-        .map(|(i, t)| added_token(i, t, types[i] == TYPE_CONTROL))
+        .filter(|(_, (_, ty))| matches!(**ty, TYPE_CONTROL | TYPE_USER_DEFINED))
+        .map(|(i, (t, ty))| added_token(i, t, *ty == TYPE_CONTROL))
         .collect();
-    let bos = id(file, "tokenizer.ggml.bos_token_id", n)?;
-    let eos = id(file, "tokenizer.ggml.eos_token_id", n)?;
-    let pad = id(file, "tokenizer.ggml.padding_token_id", n)?;
-    let unk = id(file, "tokenizer.ggml.unknown_token_id", n)?;
+    let bos = id(file, "tokenizer.ggml.bos_token_id", &tokens)?;
+    let eos = id(file, "tokenizer.ggml.eos_token_id", &tokens)?;
+    let pad = id(file, "tokenizer.ggml.padding_token_id", &tokens)?;
+    let unk = id(file, "tokenizer.ggml.unknown_token_id", &tokens)?;
     let add_bos = flag(file, "tokenizer.ggml.add_bos_token", model == "llama");
     let add_eos = flag(file, "tokenizer.ggml.add_eos_token", false);
-    let name = |i: Option<u32>| i.map(|i| tokens[i as usize].clone());
+    let name = |i: Option<(u32, &str)>| i.map(|(_, t)| t.to_string());
+    let id_of = |i: Option<(u32, &str)>| i.map(|(i, _)| i);
 
     let (model_json, normalizer, pre_tokenizer, decoder) = match model {
         "gpt2" => {
@@ -213,7 +231,14 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<TokenizerFiles, GgufError> {
             ));
         }
     };
-    let post_processor = post_processor(name(bos), bos, add_bos, name(eos), eos, add_eos);
+    let post_processor = post_processor(
+        name(bos),
+        id_of(bos),
+        add_bos,
+        name(eos),
+        id_of(eos),
+        add_eos,
+    );
     let tokenizer_json = json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": added, "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
@@ -285,28 +310,32 @@ fn post_processor(
 
 /// SentencePiece BPE merges from scores: every split of a normal token into two tokens is
 /// a merge, ranked by the merged token's score (higher first), then by its id.
+/// `types` and `scores` have one entry per token ([`numbers`] checks it; a shorter one
+/// would only leave tokens out).
 fn spm_merges(tokens: &[String], types: &[u64], scores: &[f64]) -> Vec<Json> {
     let mut index = std::collections::HashMap::new();
-    for (i, t) in tokens.iter().enumerate() {
-        if matches!(types[i], TYPE_NORMAL | TYPE_USER_DEFINED) {
+    for (i, (t, ty)) in tokens.iter().zip(types).enumerate() {
+        if matches!(*ty, TYPE_NORMAL | TYPE_USER_DEFINED) {
             index.entry(t.as_str()).or_insert(i);
         }
     }
-    let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new();
-    for (i, t) in tokens.iter().enumerate() {
-        if types[i] != TYPE_NORMAL || t.chars().count() < 2 {
+    let mut merges: Vec<(f64, usize, &str, &str, usize)> = Vec::new();
+    for (i, ((t, ty), score)) in tokens.iter().zip(types).zip(scores).enumerate() {
+        if *ty != TYPE_NORMAL || t.chars().count() < 2 {
             continue;
         }
         for (cut, _) in t.char_indices().skip(1) {
-            let (l, r) = t.split_at(cut);
-            if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
-                merges.push((scores[i], i, li, ri));
+            let Some((l, r)) = t.split_at_checked(cut) else {
+                continue;
+            };
+            if let (Some(&li), Some(_)) = (index.get(l), index.get(r)) {
+                merges.push((*score, i, l, r, li));
             }
         }
     }
-    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.4.cmp(&b.4)));
     merges
         .into_iter()
-        .map(|(_, _, l, r)| json!([tokens[l], tokens[r]]))
+        .map(|(_, _, l, r, _)| json!([l, r]))
         .collect()
 }

@@ -6,6 +6,10 @@
 //! with `ensure_ascii=False`). This module sets minijinja up the same way, and adds the
 //! Python string and dict methods that real templates call (`strip`, `startswith`,
 //! `items`, …), which jinja2 gets for free from Python.
+//!
+//! Templates and message contents are untrusted: the helpers here index only through
+//! `get` (the lint below keeps it so).
+#![deny(clippy::indexing_slicing)]
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
@@ -107,7 +111,12 @@ pub(crate) fn strftime(unix_secs: u64, format: &str) -> Result<String, Error> {
     let (hour, minute, second) = (rem / 3600, (rem / 60) % 60, rem % 60);
     let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
     let day_of_year = days - days_from_civil(year) + 1;
-    let month_name = MONTHS[(month - 1) as usize];
+    let month_name = usize::try_from(month)
+        .ok()
+        .and_then(|m| MONTHS.get(m.checked_sub(1)?))
+        .copied()
+        .unwrap_or("");
+    let weekday_name = WEEKDAYS.get(weekday).copied().unwrap_or("");
     let mut out = String::new();
     let mut chars = format.chars();
     while let Some(c) = chars.next() {
@@ -122,9 +131,9 @@ pub(crate) fn strftime(unix_secs: u64, format: &str) -> Result<String, Error> {
             Some('d') => out.push_str(&format!("{day:02}")),
             Some('e') => out.push_str(&format!("{day:>2}")),
             Some('B') => out.push_str(month_name),
-            Some('b') => out.push_str(&month_name[..3]),
-            Some('A') => out.push_str(WEEKDAYS[weekday]),
-            Some('a') => out.push_str(&WEEKDAYS[weekday][..3]),
+            Some('b') => out.push_str(month_name.get(..3).unwrap_or(month_name)),
+            Some('A') => out.push_str(weekday_name),
+            Some('a') => out.push_str(weekday_name.get(..3).unwrap_or(weekday_name)),
             Some('H') => out.push_str(&format!("{hour:02}")),
             Some('I') => out.push_str(&format!("{:02}", (hour + 11) % 12 + 1)),
             Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
@@ -368,7 +377,8 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
             let needle = arg0.unwrap_or_default();
             let found = s
                 .find(needle.as_str())
-                .map(|b| s[..b].chars().count() as i64);
+                .and_then(|b| s.get(..b))
+                .map(|head| head.chars().count() as i64);
             Value::from(found.unwrap_or(-1))
         }
         "count" => Value::from(s.matches(arg0.unwrap_or_default().as_str()).count()),
