@@ -78,6 +78,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     server.wait().await
 }
 
+/// The one in-process coordinator's fencing token (no election in embedded mode).
+const DEV_FENCING: u64 = 1;
+
 /// A running `dev`: its HTTP server, coordinator and workers, until the shutdown future
 /// given to [`start`] resolves.
 pub struct DevServer {
@@ -119,7 +122,8 @@ pub async fn start(
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
-    let store_dir = std::fs::canonicalize(&args.data_dir)?.join("store");
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let store_dir = data_dir.join("store");
     let artifacts = Artifacts::open(&store_dir.to_string_lossy())
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     // Datanets live in the same store: `tributary datanet upload --store <this store>`, then
@@ -159,7 +163,7 @@ pub async fn start(
         actors.push(a);
     }
     let (coord, _) = spawn_coordinator(CoordinatorConfig {
-        fencing: 1,
+        fencing: DEV_FENCING,
         membership: Arc::new(StaticMembership::new(infos.clone())),
         store: Arc::new(MemoryJobStore::default()),
         links: Arc::new(links),
@@ -177,7 +181,7 @@ pub async fn start(
     });
     let store = Store::open(&store_dir.to_string_lossy())?;
     // The reward log: `tributary ledger` reads it here by default (./tributary-data/ledger).
-    let ledger = std::fs::canonicalize(&args.data_dir)?.join("ledger");
+    let ledger = data_dir.join("ledger");
     let keys = (!args.insecure_no_auth).then(|| KeyStore::new(store.clone()));
     let auth = match &keys {
         None => {
@@ -226,8 +230,8 @@ pub async fn start(
         engine,
         jobs: Some(Arc::new(ActorJobs {
             actor: coord.clone(),
-            fencing: 1,
-            workers: infos.clone(),
+            fencing: DEV_FENCING,
+            workers: infos,
         })),
         ready,
         config: ServeConfig {
