@@ -2,7 +2,9 @@
 # A whole Tributary cluster on one machine: etcd (3 members), an S3 API server, a coordinator
 # pair (leader elected in etcd) and two workers, as containers on a private Docker network
 # with their own addresses (so partitions and node loss are real), certificates from
-# `tributary certs`. `--process` runs the same roles as processes on 127.0.0.1 instead, for
+# `tributary certs`. etcd serves its clients and peers over TLS and requires client
+# certificates; every role presents its node certificate (--etcd-ca/--etcd-cert/--etcd-key);
+# etcd's health is on plain HTTP at its metrics port (2381). `--process` runs the same roles as processes on 127.0.0.1 instead, for
 # machines without Docker.
 #
 #   deploy/local-cluster.sh [--process] up [--binary PATH] [--workers N]
@@ -65,9 +67,19 @@ wait_http() { # URL SECONDS
 make_certs() {
   rm -rf "$state/certs"
   "$binary" certs init --out "$state/certs" >/dev/null
-  for n in "${coordinators[@]}" "${worker_names[@]}"; do
+  for n in "${coordinators[@]}" "${worker_names[@]}" "${etcd_members[@]}"; do
     "$binary" certs issue --name "$n" --dir "$state/certs" >/dev/null
   done
+}
+
+# etcd_tls_args NAME DIR: etcd's TLS flags for member NAME, certificates in DIR:
+# clients and peers over TLS, client certificates required, signed by the cluster CA.
+etcd_tls_args() {
+  local name=$1 dir=$2
+  printf '%s\n' --cert-file "$dir/$name.pem" --key-file "$dir/$name.key" \
+    --trusted-ca-file "$dir/ca.pem" --client-cert-auth \
+    --peer-cert-file "$dir/$name.pem" --peer-key-file "$dir/$name.key" \
+    --peer-trusted-ca-file "$dir/ca.pem" --peer-client-cert-auth
 }
 
 # ---------------------------------------------------------------- containers
@@ -87,23 +99,25 @@ docker_up() {
   chmod 0755 "$state/certs"; chmod 0644 "$state/certs"/*
   docker network create "$net" >/dev/null
   local cluster="" e
-  for e in "${etcd_members[@]}"; do cluster+="${cluster:+,}$e=http://$e:2380"; done
+  for e in "${etcd_members[@]}"; do cluster+="${cluster:+,}$e=https://$e:2380"; done
   for e in "${etcd_members[@]}"; do
+    local tls_args; mapfile -t tls_args < <(etcd_tls_args "$e" /certs)
     docker run -d --name "$(c "$e")" --hostname "$e" --network "$net" --network-alias "$e" \
-      --label tributary.cluster="$prefix" "tributary-etcd:$tag" \
-      --name "$e" --data-dir /var/lib/etcd/data \
-      --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls "http://$e:2379" \
-      --listen-peer-urls http://0.0.0.0:2380 --initial-advertise-peer-urls "http://$e:2380" \
+      --label tributary.cluster="$prefix" -v "$state/certs:/certs:ro" "tributary-etcd:$tag" \
+      --name "$e" --data-dir /var/lib/etcd/data "${tls_args[@]}" \
+      --listen-client-urls https://0.0.0.0:2379 --advertise-client-urls "https://$e:2379" \
+      --listen-peer-urls https://0.0.0.0:2380 --initial-advertise-peer-urls "https://$e:2380" \
+      --listen-metrics-urls http://0.0.0.0:2381 \
       --initial-cluster "$cluster" --initial-cluster-state new \
       --initial-cluster-token "$prefix-etcd" >/dev/null
   done
   docker run -d --name "$(c s3)" --hostname s3 --network "$net" --network-alias s3 \
     --label tributary.cluster="$prefix" "tributary-s3:$tag" >/dev/null
-  local etcd_urls="" ; for e in "${etcd_members[@]}"; do etcd_urls+="${etcd_urls:+,}http://$e:2379"; done
+  local etcd_urls="" ; for e in "${etcd_members[@]}"; do etcd_urls+="${etcd_urls:+,}https://$e:2379"; done
   local store="s3://$bucket/cluster?endpoint=http://s3:9000&region=us-east-1"
   wait_http "http://$(ip_of s3):9000/" 60
   curl -fsS -X PUT "http://$(ip_of s3):9000/$bucket" -o /dev/null
-  for e in "${etcd_members[@]}"; do wait_http "http://$(ip_of "$e"):2379/health" 60; done
+  for e in "${etcd_members[@]}"; do wait_http "http://$(ip_of "$e"):2381/health" 60; done
   # The job API needs a key: an admin key in the cluster's store, printed in cluster.env.
   local api_key
   api_key=$(AWS_ACCESS_KEY_ID=tributary AWS_SECRET_ACCESS_KEY=tributary "$binary" keys create \
@@ -111,7 +125,8 @@ docker_up() {
     --owner operator --scope admin 2>/dev/null)
   local common=(--network "$net" --label tributary.cluster="$prefix"
     -v "$state/certs:/certs:ro"
-    -e TRIBUTARY_ETCD="$etcd_urls" -e TRIBUTARY_CERTS=/certs -e TRIBUTARY_STORE="$store"
+    -e TRIBUTARY_ETCD="$etcd_urls" -e TRIBUTARY_ETCD_CA=/certs/ca.pem
+    -e TRIBUTARY_CERTS=/certs -e TRIBUTARY_STORE="$store"
     -e TRIBUTARY_LEASE_TTL="$lease_ttl" -e AWS_ACCESS_KEY_ID=tributary -e AWS_SECRET_ACCESS_KEY=tributary
     -e RUST_LOG="${RUST_LOG:-info}")
   if [ -n "${TRIBUTARY_CLUSTER_MOUNT:-}" ]; then
@@ -119,11 +134,13 @@ docker_up() {
   fi
   for w in "${worker_names[@]}"; do
     docker run -d --name "$(c "$w")" --hostname "$w" --network-alias "$w" "${common[@]}" \
+      -e TRIBUTARY_ETCD_CERT="/certs/$w.pem" -e TRIBUTARY_ETCD_KEY="/certs/$w.key" \
       "tributary:$tag" worker --name "$w" --listen 0.0.0.0:7401 --advertise "$w:7401" \
       --http 0.0.0.0:7400 --store "$store" --cache-dir /data/cache >/dev/null
   done
   for n in "${coordinators[@]}"; do
     docker run -d --name "$(c "$n")" --hostname "$n" --network-alias "$n" "${common[@]}" \
+      -e TRIBUTARY_ETCD_CERT="/certs/$n.pem" -e TRIBUTARY_ETCD_KEY="/certs/$n.key" \
       "tributary:$tag" coordinator --name "$n" --http 0.0.0.0:7400 >/dev/null
   done
   for n in "${coordinators[@]}" "${worker_names[@]}"; do wait_http "http://$(ip_of "$n"):7400/healthz" 60; done
@@ -134,7 +151,8 @@ docker_up() {
     echo "TRIBUTARY_CLUSTER_CONTAINERS=\"$(docker ps -a --filter label=tributary.cluster="$prefix" --format '{{.Names}}' | sort | tr '\n' ' ')\""
     for n in "${coordinators[@]}"; do echo "TRIBUTARY_URL_${n//-/_}=http://$(ip_of "$n"):7400"; done
     for w in "${worker_names[@]}"; do echo "TRIBUTARY_URL_${w//-/_}=http://$(ip_of "$w"):7400"; done
-    for e in "${etcd_members[@]}"; do echo "TRIBUTARY_URL_${e//-/_}=http://$(ip_of "$e"):2379"; done
+    for e in "${etcd_members[@]}"; do echo "TRIBUTARY_URL_${e//-/_}=https://$(ip_of "$e"):2379"; done
+    echo "TRIBUTARY_ETCD_CA=$state/certs/ca.pem"
     echo "TRIBUTARY_URL_s3=http://$(ip_of s3):9000"
     echo "TRIBUTARY_COORDINATOR=http://$(ip_of coord-a):7400"
     echo "TRIBUTARY_API_KEY=$api_key"
@@ -163,17 +181,19 @@ process_up() {
   make_certs
   local base=${TRIBUTARY_CLUSTER_PORT:-17400}
   local cluster="" i=0 e
-  for e in "${etcd_members[@]}"; do cluster+="${cluster:+,}$e=http://127.0.0.1:$((base + 80 + i))"; i=$((i + 1)); done
+  for e in "${etcd_members[@]}"; do cluster+="${cluster:+,}$e=https://127.0.0.1:$((base + 80 + i))"; i=$((i + 1)); done
   i=0
   : > "$state/pids"
   for e in "${etcd_members[@]}"; do
-    etcd --name "$e" --data-dir "$state/$e" \
-      --listen-client-urls "http://127.0.0.1:$((base + 70 + i))" --advertise-client-urls "http://127.0.0.1:$((base + 70 + i))" \
-      --listen-peer-urls "http://127.0.0.1:$((base + 80 + i))" --initial-advertise-peer-urls "http://127.0.0.1:$((base + 80 + i))" \
+    local tls_args; mapfile -t tls_args < <(etcd_tls_args "$e" "$state/certs")
+    etcd --name "$e" --data-dir "$state/$e" "${tls_args[@]}" \
+      --listen-client-urls "https://127.0.0.1:$((base + 70 + i))" --advertise-client-urls "https://127.0.0.1:$((base + 70 + i))" \
+      --listen-peer-urls "https://127.0.0.1:$((base + 80 + i))" --initial-advertise-peer-urls "https://127.0.0.1:$((base + 80 + i))" \
+      --listen-metrics-urls "http://127.0.0.1:$((base + 75 + i))" \
       --initial-cluster "$cluster" --initial-cluster-state new >"$state/logs/$e.log" 2>&1 &
     echo "$! $e" >> "$state/pids"; i=$((i + 1))
   done
-  local etcd_urls="http://127.0.0.1:$((base + 70)),http://127.0.0.1:$((base + 71)),http://127.0.0.1:$((base + 72))"
+  local etcd_urls="https://127.0.0.1:$((base + 70)),https://127.0.0.1:$((base + 71)),https://127.0.0.1:$((base + 72))"
   local moto
   moto=$(cat "${XDG_CACHE_HOME:-$HOME/.cache}/tributary/moto_server_path" 2>/dev/null || command -v moto_server)
   "$moto" -H 127.0.0.1 -p "$((base + 90))" >"$state/logs/s3.log" 2>&1 &
@@ -184,17 +204,20 @@ process_up() {
   local api_key
   api_key=$(AWS_ACCESS_KEY_ID=tributary AWS_SECRET_ACCESS_KEY=tributary "$binary" keys create \
     --store "$store" --owner operator --scope admin 2>/dev/null)
-  export TRIBUTARY_ETCD="$etcd_urls" TRIBUTARY_CERTS="$state/certs" TRIBUTARY_STORE="$store" \
+  export TRIBUTARY_ETCD="$etcd_urls" TRIBUTARY_ETCD_CA="$state/certs/ca.pem" \
+    TRIBUTARY_CERTS="$state/certs" TRIBUTARY_STORE="$store" \
     TRIBUTARY_LEASE_TTL="$lease_ttl" AWS_ACCESS_KEY_ID=tributary AWS_SECRET_ACCESS_KEY=tributary
   i=0
   for w in "${worker_names[@]}"; do
-    "$binary" worker --name "$w" --listen "127.0.0.1:$((base + 1 + i))" --http "127.0.0.1:$((base + 11 + i))" \
+    TRIBUTARY_ETCD_CERT="$state/certs/$w.pem" TRIBUTARY_ETCD_KEY="$state/certs/$w.key" \
+      "$binary" worker --name "$w" --listen "127.0.0.1:$((base + 1 + i))" --http "127.0.0.1:$((base + 11 + i))" \
       --store "$store" --cache-dir "$state/$w-cache" >"$state/logs/$w.log" 2>&1 &
     echo "$! $w" >> "$state/pids"; i=$((i + 1))
   done
   i=0
   for n in "${coordinators[@]}"; do
-    "$binary" coordinator --name "$n" --http "127.0.0.1:$((base + i * 100))" >"$state/logs/$n.log" 2>&1 &
+    TRIBUTARY_ETCD_CERT="$state/certs/$n.pem" TRIBUTARY_ETCD_KEY="$state/certs/$n.key" \
+      "$binary" coordinator --name "$n" --http "127.0.0.1:$((base + i * 100))" >"$state/logs/$n.log" 2>&1 &
     echo "$! $n" >> "$state/pids"; i=$((i + 1))
   done
   wait_http "http://127.0.0.1:$base/healthz" 60

@@ -13,296 +13,15 @@
 )]
 
 mod common;
+#[path = "common/process_cluster.rs"]
+mod process_cluster;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tributary_coordinator::etcd::{connect, list_jobs, submit_job};
-use tributary_coordinator::local_etcd::EtcdServer;
-use tributary_coordinator::{
-    CoordinatorConfig, JobRecord, JobState, MemoryJobStore, StaticMembership, client,
-    spawn_coordinator,
-};
-use tributary_protocol::{Digest, JobId, JobSpec, NodeId, WorkerInfo};
-use tributary_worker::toy::LinearFactory;
-use tributary_worker::{LocalLinkFactory, WorkerCore, spawn_worker};
-
-const TTL: &str = "3";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tributary")
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-struct Cluster {
-    etcd: EtcdServer,
-    dir: tempfile::TempDir,
-    procs: Vec<Proc>,
-    /// The coordinators' `--store`.
-    store: String,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
-}
-
-fn run_ok(args: &[&str]) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "tributary {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        let certs_s = certs.to_str().unwrap();
-        run_ok(&["certs", "init", "--out", certs_s]);
-        for n in ["coord-a", "coord-b", "w1", "w2", "w3"] {
-            run_ok(&["certs", "issue", "--name", n, "--dir", certs_s]);
-        }
-        let store = dir.path().join("store").to_string_lossy().into_owned();
-        Self {
-            etcd,
-            dir,
-            procs: Vec::new(),
-            store,
-        }
-    }
-
-    fn spawn(&mut self, name: &str, args: &[&str]) {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .args(args)
-            .args(["--name", name, "--lease-ttl", TTL])
-            .env("TRIBUTARY_ETCD", self.etcd.url())
-            .env("TRIBUTARY_CERTS", self.dir.path().join("certs"))
-            .env("TRIBUTARY_STORE", &self.store)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap();
-        self.procs.push(Proc {
-            name: name.into(),
-            child,
-            log,
-        });
-    }
-
-    fn worker(&mut self, name: &str, delay_ms: u64) {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let delay = delay_ms.to_string();
-        self.spawn(
-            name,
-            &[
-                "worker",
-                "--listen",
-                &listen,
-                "--micro-batch-delay-ms",
-                &delay,
-            ],
-        );
-    }
-
-    /// A worker that may read `allow` (base models and data outside its cache and store).
-    fn worker_allowing(&mut self, name: &str, delay_ms: u64, allow: &[&std::path::Path]) {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let delay = delay_ms.to_string();
-        let mut args = vec![
-            "worker".to_string(),
-            "--listen".into(),
-            listen,
-            "--micro-batch-delay-ms".into(),
-            delay,
-            "--cache-dir".into(),
-            self.dir
-                .path()
-                .join(format!("{name}-cache"))
-                .display()
-                .to_string(),
-        ];
-        for a in allow {
-            args.push("--allow-path".into());
-            args.push(a.display().to_string());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.spawn(name, &args);
-    }
-
-    fn coordinator(&mut self, name: &str) {
-        self.spawn(name, &["coordinator"]);
-    }
-
-    fn proc(&mut self, name: &str) -> &mut Proc {
-        self.procs.iter_mut().find(|p| p.name == name).unwrap()
-    }
-
-    fn log(&self, name: &str) -> String {
-        let p = self.procs.iter().find(|p| p.name == name).unwrap();
-        std::fs::read_to_string(&p.log).unwrap_or_default()
-    }
-
-    fn signal(&mut self, name: &str, sig: &str) {
-        let pid = self.proc(name).child.id().to_string();
-        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
-        assert!(st.success(), "kill {sig} {name}");
-    }
-
-    fn dump_logs(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| format!("--- {} ---\n{}", p.name, self.log(&p.name)))
-            .collect()
-    }
-}
-
-fn spec(steps: u64) -> JobSpec {
-    JobSpec::from_toml_str(&format!(
-        "base_model = \"builtin:linear\"\ndata = \"synthetic\"\nworkers = 2\n[train]\n\
-         steps = {steps}\nbatch_size = 8\ngrad_accum = 4\nlr = 0.05\nseed = 5\ncheckpoint_every = 10\n"
-    ))
-    .unwrap()
-}
-
-/// The same job in embedded mode with one in-process worker: the reference result.
-async fn embedded_digest(spec: JobSpec) -> Digest {
-    let node = NodeId::new("local").unwrap();
-    let (w, _) = spawn_worker(WorkerCore::new(node.clone(), Arc::new(LinearFactory)))
-        .await
-        .unwrap();
-    let mut links = LocalLinkFactory::new();
-    links.insert(node.clone(), w);
-    let mut spec = spec;
-    spec.workers = tributary_protocol::spec::Workers::Count(1);
-    let (c, _) = spawn_coordinator(CoordinatorConfig {
-        fencing: 1,
-        membership: Arc::new(StaticMembership::new(vec![WorkerInfo::in_process(node)])),
-        store: Arc::new(MemoryJobStore::default()),
-        links: Arc::new(links),
-        artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-reference")
-            .unwrap(),
-        tick: Duration::from_millis(20),
-    })
-    .await
-    .unwrap();
-    let id = client::submit(&c, spec).await.unwrap();
-    let r = client::wait(&c, &id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    c.stop(None);
-    assert_eq!(r.state, JobState::Succeeded);
-    r.adapter_digest.unwrap()
-}
-
-/// The same LoRA job in embedded mode with one in-process worker running the real trainer.
-async fn embedded_lora_digest(spec: JobSpec) -> Digest {
-    let node = NodeId::new("local").unwrap();
-    let (w, _) = spawn_worker(WorkerCore::new(
-        node.clone(),
-        Arc::new(tributary_worker::DefaultFactory),
-    ))
-    .await
-    .unwrap();
-    let mut links = LocalLinkFactory::new();
-    links.insert(node.clone(), w);
-    let mut spec = spec;
-    spec.workers = tributary_protocol::spec::Workers::Count(1);
-    let (c, _) = spawn_coordinator(CoordinatorConfig {
-        fencing: 1,
-        membership: Arc::new(StaticMembership::new(vec![WorkerInfo::in_process(node)])),
-        store: Arc::new(MemoryJobStore::default()),
-        links: Arc::new(links),
-        artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-lora-reference")
-            .unwrap(),
-        tick: Duration::from_millis(20),
-    })
-    .await
-    .unwrap();
-    let id = client::submit(&c, spec).await.unwrap();
-    let r = client::wait(&c, &id, Duration::from_secs(120))
-        .await
-        .unwrap();
-    c.stop(None);
-    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
-    r.adapter_digest.unwrap()
-}
-
-async fn record(etcd: &tributary_coordinator::etcd::EtcdClient, id: &JobId) -> Option<JobRecord> {
-    list_jobs(etcd)
-        .await
-        .ok()?
-        .into_iter()
-        .find(|r| &r.id == id)
-}
-
-async fn wait_for(
-    c: &Cluster,
-    etcd: &tributary_coordinator::etcd::EtcdClient,
-    id: &JobId,
-    what: &str,
-    secs: u64,
-    f: impl Fn(&JobRecord) -> bool,
-) -> JobRecord {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(r) = record(etcd, id).await {
-            if f(&r) {
-                return r;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}; job: {r:?}\n{}",
-                    c.dump_logs()
-                );
-            }
-        } else if Instant::now() > deadline {
-            panic!("timed out waiting for {what}: no record\n{}", c.dump_logs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn log_has(c: &Cluster, name: &str, needle: &str) -> bool {
-    c.log(name).contains(needle)
-}
-
-async fn wait_log(c: &Cluster, name: &str, needle: &str, secs: u64) -> Duration {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(secs) {
-        if log_has(c, name, needle) {
-            return t0.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{name} never logged {needle:?}\n{}", c.dump_logs());
-}
+use process_cluster::*;
+use tributary_coordinator::JobState;
+use tributary_coordinator::etcd::{connect, submit_job};
+use tributary_protocol::{JobSpec, NodeId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_process_cluster_trains_the_same_adapter_as_embedded_mode() {
@@ -651,5 +370,58 @@ async fn kill_9_a_worker_and_a_replacement_joins_at_a_step_boundary() {
         r.adapter_digest,
         Some(want),
         "the replacement changed the adapter"
+    );
+}
+
+#[test]
+fn sigterm_turns_readyz_503_while_the_http_server_serves_out_its_shutdown_delay() {
+    let mut c = Cluster::new();
+    let port = common::free_tcp_port();
+    c.spawn(
+        "coord-a",
+        &[
+            "coordinator",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--insecure-no-auth",
+            "--shutdown-delay-secs",
+            "3",
+        ],
+    );
+    common::wait_ready(port, "/readyz", 30, &|| c.dump_logs());
+    c.signal("coord-a", "-TERM");
+    let t0 = Instant::now();
+    // Within a moment /readyz says why it is not ready, and /healthz still answers.
+    let readyz = loop {
+        let (status, body) = common::http_get(port, "/readyz").unwrap();
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "/readyz still {status} 2 s after SIGTERM\n{}",
+            c.dump_logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(readyz.contains("shutting down"), "{readyz}");
+    assert_eq!(common::http_get(port, "/healthz").unwrap().0, 200);
+    // The process exits once the delay is served, not before.
+    let status = loop {
+        if let Some(s) = c.proc("coord-a").child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "still running 15 s after SIGTERM\n{}",
+            c.dump_logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let served = t0.elapsed();
+    assert!(status.success(), "{status}\n{}", c.dump_logs());
+    assert!(
+        served >= Duration::from_millis(2500),
+        "exited {served:?} after SIGTERM, before its 3 s shutdown delay"
     );
 }

@@ -7,6 +7,8 @@ use tributary_protocol::ProtocolError;
 pub enum CoordError {
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    #[error("etcd connection settings: {0}")]
+    EtcdConfig(String),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("store: {0}")]

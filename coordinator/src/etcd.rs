@@ -13,8 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -35,14 +34,10 @@ pub const ELECTION: &str = "/tributary/leader";
 
 const RETRY: Duration = Duration::from_millis(300);
 
-/// Connects to etcd at `url` (comma-separated for several endpoints).
+/// Connects to etcd at `url` (comma-separated `http://` endpoints); see
+/// [`crate::etcd_tls::connect_with`] for TLS.
 pub async fn connect(url: &str) -> Result<Client, CoordError> {
-    let eps: Vec<&str> = url.split(',').map(str::trim).collect();
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        // No per-request timeout: campaigns and watches block for as long as they need.
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    Ok(Client::connect(eps, Some(opts)).await?)
+    crate::etcd_tls::connect_with(url, None).await
 }
 
 /// Keeps `lease` alive until shutdown. Sets `lost` when etcd says the lease is gone;

@@ -22,6 +22,7 @@ pub mod cluster_status;
 pub mod driver;
 pub mod error;
 pub mod etcd;
+pub mod etcd_tls;
 pub mod jobs_state;
 pub mod local_etcd;
 pub mod loss_history;

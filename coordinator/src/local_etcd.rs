@@ -3,6 +3,10 @@
 //! on the same ports and data. `tributary bench cluster` runs its cluster on one, and the
 //! tests use it for "etcd restarted under the cluster" faults.
 //!
+//! [`EtcdServer::start_tls`] serves clients over TLS and requires their certificates
+//! (`--client-cert-auth`), as a production etcd does. Health is read over plain HTTP on a
+//! separate metrics port either way.
+//!
 //! If no etcd binary is found this returns an error that says how to install one; tests
 //! must fail on it, never skip. `TRIBUTARY_ETCD_BIN` overrides the binary.
 // Waits in real time for a real etcd process to become healthy.
@@ -23,7 +27,18 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    metrics_port: u16,
+    tls: Option<ServerTls>,
     child: Option<Child>,
+}
+
+/// The PEM files of a TLS etcd: its server certificate and key, and the CA its clients'
+/// certificates must be signed by.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 fn harness(msg: impl Into<String>) -> CoordError {
@@ -58,6 +73,15 @@ fn free_port() -> Result<u16, CoordError> {
 impl EtcdServer {
     /// Starts etcd and waits until it reports healthy.
     pub fn start() -> Result<Self, CoordError> {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS with client certificates required.
+    pub fn start_tls(tls: ServerTls) -> Result<Self, CoordError> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Result<Self, CoordError> {
         let bin = etcd_binary()?;
         let dir = tempfile::tempdir().map_err(|e| harness(format!("temp dir: {e}")))?;
         let mut s = Self {
@@ -65,15 +89,18 @@ impl EtcdServer {
             dir,
             client_port: free_port()?,
             peer_port: free_port()?,
+            metrics_port: free_port()?,
+            tls,
             child: None,
         };
         s.spawn()?;
         Ok(s)
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` when started with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The data directory.
@@ -89,7 +116,19 @@ impl EtcdServer {
         let log2 = log
             .try_clone()
             .map_err(|e| harness(format!("log file: {e}")))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", self.metrics_port))
             .arg("--name")
             .arg("default")
             .arg("--data-dir")
@@ -114,7 +153,7 @@ impl EtcdServer {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));

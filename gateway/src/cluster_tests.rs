@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 use tributary_coordinator::StaticMembership;
 use tributary_protocol::inference::FinishReason;
-use tributary_protocol::serving::serve_inference;
+use tributary_protocol::serving::{
+    InferenceHandler, MIN_SERVING_PROTOCOL_VERSION, SERVING_PROTOCOL_VERSION,
+};
 use tributary_protocol::{
     Prompt, QuicServer, SamplingParams, ShutdownController, WorkerInfo, certs,
 };
@@ -118,12 +120,34 @@ async fn rig(overloaded: [bool; 2]) -> Rig {
 }
 
 async fn rig_with(overloaded: [bool; 2], config: ClusterConfig) -> Rig {
+    let current = MIN_SERVING_PROTOCOL_VERSION..=SERVING_PROTOCOL_VERSION;
+    rig_versions(overloaded, config, [current.clone(), current]).await
+}
+
+/// w0 is an older build that speaks only 1001 (no unload).
+async fn rig_old_w0(config: ClusterConfig) -> Rig {
+    rig_versions(
+        [false, false],
+        config,
+        [
+            1001..=1001,
+            MIN_SERVING_PROTOCOL_VERSION..=SERVING_PROTOCOL_VERSION,
+        ],
+    )
+    .await
+}
+
+async fn rig_versions(
+    overloaded: [bool; 2],
+    config: ClusterConfig,
+    versions: [std::ops::RangeInclusive<u32>; 2],
+) -> Rig {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     certs::init_ca(dir.path()).unwrap();
     let mut infos = Vec::new();
     let (mut engines, mut servers) = (Vec::new(), Vec::new());
-    for (i, over) in overloaded.into_iter().enumerate() {
+    for (i, (over, speaks)) in overloaded.into_iter().zip(versions).enumerate() {
         let name = format!("w{i}");
         certs::issue(dir.path(), &node(&name)).unwrap();
         let tls = NodeTls::load(dir.path(), &node(&name)).unwrap();
@@ -137,7 +161,8 @@ async fn rig_with(overloaded: [bool; 2], config: ClusterConfig) -> Rig {
             unloaded: Mutex::new(Vec::new()),
         });
         let ctl = ShutdownController::new();
-        tokio::spawn(serve_inference(server, engine.clone(), ctl.subscribe()));
+        let handler = Arc::new(InferenceHandler::new(engine.clone()));
+        tokio::spawn(server.run_streams(handler, speaks, ctl.subscribe()));
         let mut info = WorkerInfo::in_process(node(&name));
         info.serving = Some(serving(addr, vec![]));
         infos.push(info);
@@ -421,4 +446,30 @@ async fn an_unload_reaches_every_worker_and_again_one_still_listing_it() {
     }
     assert_eq!(*r.engines[0].unloaded.lock().unwrap(), vec![gone, gone]);
     assert_eq!(*r.engines[1].unloaded.lock().unwrap(), vec![gone]);
+}
+
+#[tokio::test]
+async fn an_old_worker_that_cannot_unload_is_not_asked_again_and_again() {
+    let config = ClusterConfig {
+        unload_resend: Duration::from_millis(50),
+        ..ClusterConfig::default()
+    };
+    let r = rig_old_w0(config).await;
+    let gone = Digest::of(b"deleted");
+    r.cluster.unload(gone).await.unwrap();
+    // The current worker unloads it; the 1001 worker cannot be asked (its protocol has no
+    // unload) and the gateway refuses requests for the adapter itself.
+    assert!(r.engines[0].unloaded.lock().unwrap().is_empty());
+    assert_eq!(*r.engines[1].unloaded.lock().unwrap(), vec![gone]);
+    let addrs: Vec<String> = {
+        let t = r.cluster.inner.table.read().unwrap();
+        t.workers.values().map(|w| w.serving.addr.clone()).collect()
+    };
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Both still list it after the resend interval: only the worker that can unload is due.
+    r.cluster.update(BTreeMap::from([
+        (node("w0"), serving(addrs[0].clone(), vec![gone])),
+        (node("w1"), serving(addrs[1].clone(), vec![gone])),
+    ]));
+    assert_eq!(r.cluster.stale_unloads(), vec![(node("w1"), gone)]);
 }

@@ -4,7 +4,8 @@
 //! have drained. The deletion is remembered for [`DELETED_TTL`]; a worker whose membership
 //! record still lists the adapter after [`ClusterConfig::unload_resend`] (it could not be
 //! reached, or it finished loading the adapter for a request routed before the delete) is
-//! asked again. Requests naming a deleted adapter never reach a worker: the catalog refuses
+//! asked again, unless its connection speaks serving protocol 1001, which has no unload.
+//! Requests naming a deleted adapter never reach a worker: the catalog refuses
 //! them with 404 (its tombstone is in the store, which every gateway reads).
 //!
 //! [`InferenceService::unload`]: tributary_protocol::InferenceService::unload
@@ -13,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
+use tributary_protocol::serving::SERVING_PROTOCOL_VERSION;
 use tributary_protocol::{Digest, InferenceError, NodeId};
 
 use super::{ClusterInference, Table};
@@ -42,6 +44,15 @@ impl ClusterInference {
         let mut out = Vec::new();
         for (node, w) in workers.iter_mut() {
             w.unload_sent.retain(|d, _| deleted.contains_key(d));
+            // A worker on serving protocol 1001 (an older build, mid-upgrade) has no unload:
+            // asking again would only fail again. Its requests for the deleted adapter are
+            // refused here (the catalog's tombstone), and it drops the adapter on restart.
+            if w.conn
+                .as_ref()
+                .is_some_and(|c| !c.is_closed() && c.version() < SERVING_PROTOCOL_VERSION)
+            {
+                continue;
+            }
             for d in &w.serving.resident {
                 if !deleted.contains_key(d) {
                     continue;

@@ -11,12 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::termination::Termination;
 use anyhow::{Context, bail};
 use clap::Args;
 use tributary_coordinator::etcd::{
-    ELECTION, EtcdClient, EtcdJobStore, EtcdMembership, campaign, connect, register_worker,
+    ELECTION, EtcdClient, EtcdJobStore, EtcdMembership, campaign, register_worker,
     register_worker_live,
 };
+use tributary_coordinator::etcd_tls::{EtcdTls, connect_with};
 use tributary_coordinator::{Artifacts, CoordinatorConfig, EtcdJobs, spawn_coordinator};
 use tributary_gateway::Readiness;
 use tributary_protocol::link::QuicLinkFactory;
@@ -29,9 +31,19 @@ use tributary_worker::{
 /// Flags shared by both roles.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// etcd endpoint(s), comma-separated.
+    /// etcd endpoint(s), comma-separated: all `http://`, or all `https://` with --etcd-ca.
     #[arg(long, env = "TRIBUTARY_ETCD")]
     pub etcd: String,
+    /// PEM file of the CA that signed etcd's server certificate (for `https://` endpoints).
+    #[arg(long, env = "TRIBUTARY_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// This process's client certificate (PEM) for an etcd started with
+    /// `--client-cert-auth`; with --etcd-key. A node certificate from `tributary certs` serves.
+    #[arg(long, env = "TRIBUTARY_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, env = "TRIBUTARY_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
     /// Directory with `ca.pem`, `NAME.pem`, `NAME.key` (from `tributary certs`).
     #[arg(long, env = "TRIBUTARY_CERTS")]
     pub certs: PathBuf,
@@ -44,6 +56,24 @@ pub struct Common {
     /// Serve /healthz, /readyz and /metrics (and, on coordinators, the job API) here.
     #[arg(long, env = "TRIBUTARY_HTTP")]
     pub http: Option<SocketAddr>,
+    /// On SIGTERM, /readyz answers 503 at once and the HTTP server keeps serving this many
+    /// seconds before it closes (for load balancers that poll readiness).
+    #[arg(long, env = "TRIBUTARY_SHUTDOWN_DELAY_SECS", default_value_t = 0)]
+    pub shutdown_delay_secs: u64,
+}
+
+impl Common {
+    /// Connects to `--etcd`, over TLS when `--etcd-ca` is given.
+    pub async fn connect_etcd(&self) -> anyhow::Result<EtcdClient> {
+        let tls = EtcdTls::from_flags(
+            self.etcd_ca.clone(),
+            self.etcd_cert.clone(),
+            self.etcd_key.clone(),
+        )?;
+        connect_with(&self.etcd, tls.as_ref())
+            .await
+            .with_context(|| format!("connecting to etcd at {}", self.etcd))
+    }
 }
 
 /// `tributary coordinator`.
@@ -180,27 +210,45 @@ pub(super) async fn etcd_ready(client: &EtcdClient) -> Result<(), String> {
     }
 }
 
-/// Serves `app` on `addr` (if given) until SIGTERM/Ctrl-C.
+/// The HTTP server of a role, if it has one.
+type HttpTask = Option<tokio::task::JoinHandle<std::io::Result<()>>>;
+
+/// Serves `app` on `--http` (if given) until `--shutdown-delay-secs` after SIGTERM/Ctrl-C.
 async fn serve_http(
-    addr: Option<SocketAddr>,
+    common: &Common,
+    term: &Termination,
     app: tributary_gateway::Router,
-) -> anyhow::Result<()> {
-    let Some(addr) = addr else { return Ok(()) };
-    let (bound, _task) = tributary_gateway::serve(addr, app, terminate())
+) -> anyhow::Result<HttpTask> {
+    let Some(addr) = common.http else {
+        return Ok(None);
+    };
+    let close = term
+        .clone()
+        .then_after(Duration::from_secs(common.shutdown_delay_secs));
+    let (bound, task) = tributary_gateway::serve(addr, app, close)
         .await
         .with_context(|| format!("listening on --http {addr}"))?;
     eprintln!("http on {bound}");
-    Ok(())
+    Ok(Some(task))
+}
+
+/// After SIGTERM, waits for the HTTP server to close (`--shutdown-delay-secs` after the
+/// signal); when the role ended for another reason the server is left to the exit.
+async fn close_http(term: &Termination, http: HttpTask) {
+    if let Some(task) = http
+        && term.is_signalled()
+    {
+        let _ = task.await;
+    }
 }
 
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let (node, tls) = load(&args.common)?;
     let artifacts = Artifacts::open(&args.store).context("--store")?;
-    let client = connect(&args.common.etcd)
-        .await
-        .with_context(|| format!("connecting to etcd at {}", args.common.etcd))?;
+    let client = args.common.connect_etcd().await?;
+    let term = Termination::listen();
     let (c, s) = (client.clone(), artifacts.clone());
-    let ready: Readiness = Arc::new(move || {
+    let ready: Readiness = term.guard(Arc::new(move || {
         let (c, s) = (c.clone(), s.clone());
         Box::pin(async move {
             etcd_ready(&c).await?;
@@ -212,7 +260,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             }
             s.ping().await.map_err(|e| format!("store: {e}"))
         })
-    });
+    }));
     let store = tributary_ledger::store::Store::open(&args.store).context("--store")?;
     let auth = if args.insecure_no_auth {
         eprintln!("WARNING: --insecure-no-auth: the job API takes requests without API keys");
@@ -229,13 +277,17 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         ready,
         config: tributary_gateway::ServeConfig::default(),
     });
-    serve_http(args.common.http, app).await?;
+    let http = serve_http(&args.common, &term, app).await?;
     let ctl = ShutdownController::new();
     let sd = ctl.subscribe();
     tracing::info!(%node, "campaigning for leadership");
     let mut lead = tokio::select! {
         l = campaign(&client, &node, args.common.lease_ttl, &sd) => l.context("campaign")?,
-        _ = terminate() => { ctl.shutdown().await; return Ok(()); }
+        _ = term.signalled() => {
+            ctl.shutdown().await;
+            close_http(&term, http).await;
+            return Ok(());
+        }
     };
     eprintln!("{node}: leader with fencing token {}", lead.token);
     let rewards = start_rewards(&args, lead.token).await;
@@ -250,7 +302,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     })
     .await?;
     let outcome = tokio::select! {
-        _ = terminate() => Ok(()),
+        _ = term.signalled() => Ok(()),
         _ = lead.lost.changed() => Err("leadership lost: lease expired"),
         _ = handle => Err("fenced out: a worker refused this leader's token"),
     };
@@ -260,6 +312,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     }
     drop(sd);
     ctl.shutdown().await;
+    close_http(&term, http).await;
     match outcome {
         Ok(()) => Ok(()),
         Err(why) => bail!("{node}: {why}"),
@@ -356,9 +409,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let client = connect(&args.common.etcd)
-        .await
-        .with_context(|| format!("connecting to etcd at {}", args.common.etcd))?;
+    let client = args.common.connect_etcd().await?;
     let info = WorkerInfo {
         node: node.clone(),
         addr: args.advertise.unwrap_or_else(|| bound.to_string()),
@@ -370,14 +421,15 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         serving: None,
     };
     let c = client.clone();
-    let ready: Readiness = Arc::new(move || {
+    let term = Termination::listen();
+    let ready: Readiness = term.guard(Arc::new(move || {
         let c = c.clone();
         Box::pin(async move {
             tributary_worker::metrics::actors_ready()?;
             etcd_ready(&c).await
         })
-    });
-    serve_http(args.common.http, tributary_gateway::ops_router(ready)).await?;
+    }));
+    let http = serve_http(&args.common, &term, tributary_gateway::ops_router(ready)).await?;
     // Membership has its own shutdown: on SIGTERM it ends first (the lease is revoked), so
     // gateways stop routing here while running answers drain.
     let membership = ShutdownController::new();
@@ -392,7 +444,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         }
     };
     eprintln!("{node}: serving on {bound}");
-    terminate().await;
+    term.signalled().await;
     membership.shutdown().await;
     let _ = reg.await;
     if let Some(s) = &inference {
@@ -402,5 +454,6 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     ctl.shutdown().await;
     let _ = serving.await;
     actor.stop(None);
+    close_http(&term, http).await;
     Ok(())
 }

@@ -13,14 +13,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tributary_coordinator::EtcdJobs;
-use tributary_coordinator::etcd::{EtcdMembership, connect};
+use tributary_coordinator::etcd::EtcdMembership;
 use tributary_gateway::cluster::{ClusterConfig, ClusterInference};
 use tributary_gateway::{Auth, Parts, Readiness, ServeConfig};
 use tributary_ledger::keys::KeyStore;
 use tributary_ledger::store::Store;
 use tributary_protocol::ShutdownController;
 
-use super::cluster::{Common, load, terminate};
+use super::cluster::{Common, load};
+use super::termination::Termination;
 
 /// `tributary gateway`.
 #[derive(Debug, Args)]
@@ -59,9 +60,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         );
     }
     let (node, tls) = load(&args.common)?;
-    let client = connect(&args.common.etcd)
-        .await
-        .with_context(|| format!("connecting to etcd at {}", args.common.etcd))?;
+    let client = args.common.connect_etcd().await?;
     let store = Store::open(&args.store).context("--store")?;
     let auth = if args.insecure_no_auth {
         eprintln!("WARNING: --insecure-no-auth: inference and jobs without API keys");
@@ -82,13 +81,14 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         ctl.subscribe(),
     );
     let (c, e) = (client.clone(), cluster.clone());
-    let ready: Readiness = Arc::new(move || {
+    let term = Termination::listen();
+    let ready: Readiness = term.guard(Arc::new(move || {
         let (c, e) = (c.clone(), e.clone());
         Box::pin(async move {
             super::cluster::etcd_ready(&c).await?;
             e.ready()
         })
-    });
+    }));
     let app = tributary_gateway::app(Parts {
         reward_log: None,
         auth,
@@ -101,7 +101,8 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             ..ServeConfig::default()
         },
     });
-    let (bound, server) = tributary_gateway::serve(http, app, terminate())
+    let close = term.then_after(Duration::from_secs(args.common.shutdown_delay_secs));
+    let (bound, server) = tributary_gateway::serve(http, app, close)
         .await
         .with_context(|| format!("listening on --http {http}"))?;
     eprintln!("{node}: gateway serving the OpenAI API at http://{bound}/v1");

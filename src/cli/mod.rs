@@ -30,6 +30,7 @@ pub mod model_import;
 pub mod model_init;
 pub mod model_merge;
 pub mod serve_engine;
+pub mod termination;
 pub mod worker_serve;
 
 use clap::{Parser, Subcommand};
