@@ -173,7 +173,10 @@ pub fn build_index(
             let t0 = Instant::now();
             let exs: Vec<TrainExample> = batch.iter().map(|&(_, ex)| ex.clone()).collect();
             let grads = f.gradients(&exs).map_err(|e| {
-                let ids: Vec<&str> = batch.iter().map(|(i, _)| examples_id(examples, *i)).collect();
+                let ids: Vec<&str> = batch
+                    .iter()
+                    .map(|(i, _)| examples_id(examples, *i))
+                    .collect();
                 ModelError::Input(format!("examples {}: {e}", ids.join(", ")))
             })?;
             let t1 = Instant::now();

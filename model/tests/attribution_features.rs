@@ -128,17 +128,27 @@ fn batched_per_example_gradients_equal_one_example_passes_and_sum_to_the_referen
             *t /= tokens as f32;
         }
         let e = rel_err(&total, &want);
-        assert!(e < 1e-4, "{name}: batched sum, relative error {e} against the reference");
+        assert!(
+            e < 1e-4,
+            "{name}: batched sum, relative error {e} against the reference"
+        );
 
         // Rows of different lengths in one micro-batch: each row is its own example's
         // gradient, padding or not.
         let mixed: Vec<TrainExample> = with_cuts(&examples).into_iter().map(|(_, e)| e).collect();
-        assert!(mixed.iter().any(|e| e.input_ids.len() != mixed[0].input_ids.len()));
+        assert!(
+            mixed
+                .iter()
+                .any(|e| e.input_ids.len() != mixed[0].input_ids.len())
+        );
         let batched = f.gradients(&mixed).expect("batched");
         let mut worst = 0.0f32;
         for (i, (ex, g)) in mixed.iter().zip(&batched).enumerate() {
             let one = f.gradient(ex).expect("one");
-            assert!(one.iter().any(|x| *x != 0.0), "{name}: row {i} gradient is zero");
+            assert!(
+                one.iter().any(|x| *x != 0.0),
+                "{name}: row {i} gradient is zero"
+            );
             let e = rel_err(g, &one);
             worst = worst.max(e);
             assert!(e < BATCHED_TOLERANCE, "{name}: row {i}: relative error {e}");
@@ -159,8 +169,14 @@ fn index_rows_are_each_examples_own_features() {
         lr: 1e-3,
         adapter: adapter.clone(),
     }];
-    let (index, cost) = build_index(&model, &ck, &exs, Projection::Exact, serde_json::Value::Null)
-        .expect("index");
+    let (index, cost) = build_index(
+        &model,
+        &ck,
+        &exs,
+        Projection::Exact,
+        serde_json::Value::Null,
+    )
+    .expect("index");
     assert_eq!(cost.gradients, exs.len());
     let f = GradientFeaturizer::new(&model, &adapter).expect("featurizer");
     for (i, (id, ex)) in exs.iter().enumerate() {
@@ -179,8 +195,14 @@ fn index_rows_are_each_examples_own_features() {
             labels: vec![-100, -100, -100],
         },
     ));
-    let err = build_index(&model, &ck, &bad, Projection::Exact, serde_json::Value::Null)
-        .expect_err("no supervised tokens");
+    let err = build_index(
+        &model,
+        &ck,
+        &bad,
+        Projection::Exact,
+        serde_json::Value::Null,
+    )
+    .expect_err("no supervised tokens");
     assert!(err.to_string().contains("no-completion"), "{err}");
 }
 
@@ -295,4 +317,76 @@ fn projected_index_ranks_like_the_exact_one() {
         .expect("some");
     assert_eq!(best, 0, "{cos:?}");
     assert!((cos[0] - 1e-3).abs() < 1e-6, "{}", cos[0]);
+}
+
+/// What one batched featurization pass costs against a training micro-batch of the same
+/// examples, and against one-example passes, on SmolLM2-135M (ignored: needs the GGUF from
+/// `scripts/fetch-smollm2.sh` and a minute; run with `--ignored --nocapture`). The demo's
+/// adapter: r 8 on all seven projections, 8 chat-sized examples.
+#[test]
+#[ignore]
+fn smollm2_batched_features_cost_about_a_training_micro_batch() {
+    use std::time::Instant;
+    use tributary_model::lora::{LoraConfig, TargetModule};
+    let path = std::env::var("TRIBUTARY_SMOLLM2").map_or_else(
+        |_| {
+            std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
+                .join(".cache/tributary/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        },
+        std::path::PathBuf::from,
+    );
+    let model = CausalLm::load(&path, &device()).expect("load SmolLM2");
+    let cfg = TrainConfig {
+        batch_size: 8,
+        ..TrainConfig::default()
+    };
+    let lora = LoraConfig::new(8, 16.0, &TargetModule::ALL);
+    let trainer = Trainer::new(&model, lora, cfg).expect("trainer");
+    let adapter = trainer.adapter();
+    // 8 examples of 40-64 tokens, the last 12 supervised (the demo's chats are this size).
+    let examples: Vec<TrainExample> = (0..8)
+        .map(|i| {
+            let n = 40 + 3 * i;
+            let ids: Vec<u32> = (0..n)
+                .map(|t| ((t * 7919 + i * 104_729) % 40_000) as u32 + 100)
+                .collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(t, &x)| if t + 12 >= n { i64::from(x) } else { -100 })
+                .collect();
+            TrainExample {
+                input_ids: ids,
+                labels,
+            }
+        })
+        .collect();
+    let f = GradientFeaturizer::new(&model, &adapter).expect("featurizer");
+    let time = |what: &str, run: &dyn Fn()| {
+        run(); // warm-up
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            run();
+        }
+        let s = t0.elapsed().as_secs_f64() / 3.0;
+        eprintln!("{what}: {:.3} s", s);
+        s
+    };
+    let train = time("training micro-batch of 8 (compute_gradients)", &|| {
+        trainer.compute_gradients(&examples, 0).expect("grads");
+    });
+    let batched = time("batched per-example gradients of 8", &|| {
+        f.gradients(&examples).expect("batched");
+    });
+    let single = time("8 one-example passes", &|| {
+        for ex in &examples {
+            f.gradient(ex).expect("one");
+        }
+    });
+    eprintln!(
+        "batched / training = {:.2}, one-example / batched = {:.2}, load average {:?}",
+        batched / train,
+        single / batched,
+        tributary_model::bench::load_average()
+    );
 }

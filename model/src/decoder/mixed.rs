@@ -28,9 +28,9 @@ use std::sync::OnceLock;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::linear::{Linear, LinearWeight};
+use super::per_example::PerExampleLora;
 use crate::error::ModelError;
 use crate::kernels::{LoraFactors, Split};
-use super::per_example::PerExampleLora;
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::train::dropout::LoraDropout;
 
