@@ -272,8 +272,9 @@ pub const DEFAULT_PROJECTION: Projection = Projection::CountSketch {
 };
 
 /// How many checkpoints an index keeps for a run of `epochs` passes over the data: one per
-/// two epochs (each costs about one epoch of batched backward passes, so the index stays
-/// within half the training time), at least 1 and at most 4.
+/// two epochs, at least 1 and at most 4. Each costs about 1.2–1.5 epochs of training
+/// (batched forward and backward passes and the projection; docs/benchmarks.md), so the
+/// index costs about 0.6–0.75× the training time at this rule.
 pub fn default_checkpoints(epochs: f64) -> usize {
     ((epochs / 2.0).floor() as usize).clamp(1, 4)
 }
