@@ -21,6 +21,7 @@ mod linear;
 mod load;
 mod mixed;
 mod paged;
+mod per_example;
 mod storage;
 
 use std::path::Path;
@@ -35,6 +36,7 @@ pub use linear::{HOST_KERNEL_MAX_ROWS, Linear, LinearWeight};
 use mixed::LoraSel;
 pub use mixed::MixedLora;
 pub use paged::{PagedKvCache, SeqChunk};
+pub use per_example::PerExampleLora;
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
@@ -399,6 +401,25 @@ impl CausalLm {
     ) -> Result<Tensor<3>, ModelError> {
         let sel = LoraSel::single(lora);
         self.forward_hidden_sel(input_ids, left_pad, &sel, cache, opts.dropout)
+    }
+
+    /// [`CausalLm::forward_hidden`] with each row adding the delta of its own copy of the
+    /// adapter ([`PerExampleLora`]; no dropout, no cache): per-example gradients.
+    pub(crate) fn forward_hidden_per_example(
+        &self,
+        input_ids: Tensor<2, Int>,
+        left_pad: &[usize],
+        lora: &PerExampleLora,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [b, _] = input_ids.dims();
+        if lora.rows() != b {
+            return Err(ModelError::Input(format!(
+                "per-example adapter for {} rows, the batch has {b}",
+                lora.rows()
+            )));
+        }
+        let sel = LoraSel::PerExample(lora);
+        self.forward_hidden_sel(input_ids, left_pad, &sel, None, None)
     }
 
     fn forward_hidden_sel(

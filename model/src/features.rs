@@ -5,14 +5,19 @@
 //! LoRA dropout off, flattened in the adapter's canonical order (layer by layer; within a
 //! layer q, k, v, o, gate, up, down; within a module `dA` then `dB`, each row-major). One
 //! block per layer, so per-layer methods (DataInf) can tell layers apart after projection.
-//! The gradient comes from the same autodiff pass as training
-//! ([`Trainer::compute_gradients`] on a one-example micro-batch), so it is exactly the
-//! gradient training sees for that example, divided by its supervised tokens.
+//! One answer's gradient ([`GradientFeaturizer::gradient`]) comes from the same autodiff
+//! pass as training ([`Trainer::compute_gradients`] on a one-example micro-batch), so it is
+//! exactly the gradient training sees for that example, divided by its supervised tokens.
 //!
 //! [`build_index`] is the training-time index builder: given the base, the adapter at K
 //! checkpoints with the learning rate each stands for, and the training examples, it
-//! returns the [`AttributionIndex`] to store beside the adapter. [`query_features`] is the
-//! same computation for an answer, at answer time.
+//! returns the [`AttributionIndex`] to store beside the adapter. It featurizes
+//! [`FEATURE_BATCH`] examples of similar length per pass
+//! ([`GradientFeaturizer::gradients`]): one batched forward and backward with the adapter
+//! expanded to one copy per example ([`crate::decoder::PerExampleLora`]), whose gradients
+//! are the examples' own. They equal the one-example pass to float rounding (not bit for
+//! bit: the batched matrix products add in another order; the tests bound the difference).
+//! [`query_features`] is the one-example computation for an answer, at answer time.
 
 use std::time::Instant;
 
@@ -68,6 +73,20 @@ impl GradientFeaturizer {
         for [a, b] in &g.grads {
             out.extend(read_f32(a, "grad A")?.into_iter().map(|x| x * inv));
             out.extend(read_f32(b, "grad B")?.into_iter().map(|x| x * inv));
+        }
+        Ok(out)
+    }
+
+    /// [`GradientFeaturizer::gradient`] of each of `examples`, from one batched forward and
+    /// backward pass over all of them (see [`Trainer::per_example_gradients`]): the same
+    /// numbers to float rounding, for about the cost of one training micro-batch. Pass
+    /// examples of similar length: padding costs as much as real tokens.
+    pub fn gradients(&self, examples: &[TrainExample]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let out = self.trainer.per_example_gradients(examples)?;
+        if out.iter().any(|g| g.len() != self.layout.len()) {
+            return Err(ModelError::Input(
+                "attribution: per-example gradients do not fit the adapter's layout".into(),
+            ));
         }
         Ok(out)
     }
@@ -149,18 +168,32 @@ pub fn build_index(
                 "attribution index: checkpoints have different adapter layouts".into(),
             ));
         }
-        let mut per = Vec::with_capacity(examples.len());
-        for (id, ex) in examples {
+        let mut per: Vec<Option<Vec<f32>>> = vec![None; examples.len()];
+        for batch in length_batches(examples, FEATURE_BATCH) {
             let t0 = Instant::now();
-            let g = f
-                .gradient(ex)
-                .map_err(|e| ModelError::Input(format!("example {id}: {e}")))?;
+            let exs: Vec<TrainExample> = batch.iter().map(|&(_, ex)| ex.clone()).collect();
+            let grads = f.gradients(&exs).map_err(|e| {
+                let ids: Vec<&str> = batch
+                    .iter()
+                    .map(|(i, _)| examples_id(examples, *i))
+                    .collect();
+                ModelError::Input(format!("examples {}: {e}", ids.join(", ")))
+            })?;
             let t1 = Instant::now();
-            per.push(projector.project(&g).map_err(attr_err)?);
+            for (&(i, _), g) in batch.iter().zip(grads) {
+                let p = projector.project(&g).map_err(attr_err)?;
+                if let Some(slot) = per.get_mut(i) {
+                    *slot = Some(p);
+                }
+                cost.gradients += 1;
+            }
             cost.gradient_seconds += (t1 - t0).as_secs_f64();
             cost.projection_seconds += t1.elapsed().as_secs_f64();
-            cost.gradients += 1;
         }
+        let per = per
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ModelError::Input("attribution index: an example was skipped".into()))?;
         features.push(per);
     }
     let header = IndexHeader {
@@ -204,6 +237,29 @@ pub fn query_features(
         .collect()
 }
 
+/// Examples per batched featurization pass in [`build_index`] (the training default's
+/// micro-batch).
+pub const FEATURE_BATCH: usize = 8;
+
+/// `examples` as micro-batches of at most `size` (`(position, example)`), shortest first so
+/// that each batch pads little; ties keep their order.
+fn length_batches(
+    examples: &[(String, TrainExample)],
+    size: usize,
+) -> Vec<Vec<(usize, &TrainExample)>> {
+    let mut order: Vec<(usize, &TrainExample)> =
+        examples.iter().map(|(_, ex)| ex).enumerate().collect();
+    order.sort_by_key(|(_, ex)| ex.input_ids.len());
+    order
+        .chunks(size.max(1))
+        .map(<[(usize, &TrainExample)]>::to_vec)
+        .collect()
+}
+
+fn examples_id(examples: &[(String, TrainExample)], i: usize) -> &str {
+    examples.get(i).map_or("?", |(id, _)| id.as_str())
+}
+
 fn attr_err(e: tributary_attribution::AttributionError) -> ModelError {
     ModelError::Input(format!("attribution: {e}"))
 }
@@ -216,8 +272,9 @@ pub const DEFAULT_PROJECTION: Projection = Projection::CountSketch {
 };
 
 /// How many checkpoints an index keeps for a run of `epochs` passes over the data: one per
-/// two epochs (each costs about one epoch of backward passes, so the index stays within
-/// half the training time), at least 1 and at most 4.
+/// two epochs, at least 1 and at most 4. Each costs about 1.2–1.5 epochs of training
+/// (batched forward and backward passes and the projection; docs/benchmarks.md), so the
+/// index costs about 0.6–0.75× the training time at this rule.
 pub fn default_checkpoints(epochs: f64) -> usize {
     ((epochs / 2.0).floor() as usize).clamp(1, 4)
 }

@@ -3,8 +3,8 @@
 //! Every worker of a job applies the same updates, so each keeps the same adapter snapshots
 //! ([`tributary_model::features::IndexRecorder`]: K evenly spaced steps, K from the run's
 //! epochs by [`tributary_model::features::default_checkpoints`]). The worker asked to export
-//! the adapter builds the index from them (one backward pass per example per checkpoint) and
-//! returns it as two extra files, `attribution.index` (the bytes of
+//! the adapter builds the index from them (per checkpoint, one batched forward and backward
+//! pass per 8 examples of similar length, each example's gradient exact) and returns it as two extra files, `attribution.index` (the bytes of
 //! [`tributary_attribution::AttributionIndex`]) and `attribution.json` (its size per example
 //! and its cost against the training time); the coordinator stores them under
 //! `attribution/index/<adapter digest>/` beside the adapter, not among its files.

@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::linear::{Linear, LinearWeight};
+use super::per_example::PerExampleLora;
 use crate::error::ModelError;
 use crate::kernels::{LoraFactors, Split};
 use crate::lora::{LoraAdapter, TargetModule};
@@ -198,6 +199,8 @@ pub(crate) enum LoraSel<'a> {
         seq: usize,
         device: Device,
     },
+    /// Each row its own tracked copy of one adapter (per-example gradients, burn only).
+    PerExample(&'a PerExampleLora),
 }
 
 impl<'a> LoraSel<'a> {
@@ -241,6 +244,7 @@ impl<'a> LoraSel<'a> {
         let mut groups = Vec::new();
         match self {
             LoraSel::None => {}
+            LoraSel::PerExample(_) => return None,
             LoraSel::One(a) => {
                 if let Some(f) = factors(a).ok()? {
                     groups.push((f, Cow::Owned((0..m).collect())));
@@ -275,7 +279,7 @@ impl<'a> LoraSel<'a> {
         linear: &Linear,
         x: &Tensor<2>,
     ) -> Option<Tensor<2>> {
-        if matches!(self, LoraSel::None)
+        if matches!(self, LoraSel::None | LoraSel::PerExample(_))
             || matches!(
                 linear.weight_t,
                 LinearWeight::Dense(_) | LinearWeight::Bf16(_)
@@ -325,6 +329,7 @@ impl<'a> LoraSel<'a> {
         let bad = match self {
             LoraSel::None => None,
             LoraSel::One(a) => (a.num_layers() != layers).then_some(a.num_layers()),
+            LoraSel::PerExample(p) => (p.num_layers() != layers).then_some(p.num_layers()),
             LoraSel::Mixed { lora, .. } => lora
                 .adapters
                 .iter()
@@ -358,6 +363,10 @@ impl<'a> LoraSel<'a> {
                     };
                     y.add(m.delta(x))
                 }
+                None => y,
+            },
+            LoraSel::PerExample(p) => match p.delta(l, t, x) {
+                Some(d) => y.add(d),
                 None => y,
             },
             LoraSel::Mixed { lora, seq, .. }

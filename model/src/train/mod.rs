@@ -14,6 +14,7 @@ pub mod driver;
 pub(crate) mod dropout;
 mod loss;
 mod optim;
+mod per_example;
 mod schedule;
 mod trainer;
 
