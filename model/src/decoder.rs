@@ -15,6 +15,7 @@
 
 mod attention;
 mod cache;
+mod embed;
 mod host_math;
 mod host_step;
 mod linear;
@@ -30,6 +31,7 @@ use std::sync::{Arc, OnceLock};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use cache::KvCache;
+pub use embed::{HEAD_CHUNK_ROWS, TokenEmbedding};
 pub use host_step::HostStep;
 use host_step::HostWeights;
 pub use linear::{HOST_KERNEL_MAX_ROWS, Linear, LinearWeight};
@@ -104,15 +106,17 @@ pub struct CausalLm {
     cfg: ModelConfig,
     gen_cfg: GenerationConfig,
     device: Device,
-    /// `model.embed_tokens.weight` `[vocab, hidden]`.
-    pub embed: Tensor<2>,
+    /// `model.embed_tokens.weight` `[vocab, hidden]` (f32, or NF4 after
+    /// [`CausalLm::load_nf4`] / [`CausalLm::quantize_nf4`]).
+    pub embed: TokenEmbedding,
     /// The decoder layers.
     pub layers: Vec<DecoderLayer>,
     /// `model.norm.weight`.
     pub norm: Tensor<1>,
-    /// The output projection transposed, `[hidden, vocab]`: `lm_head.weight`ᵀ, or the
-    /// embedding's transpose when tied.
-    pub head_t: Tensor<2>,
+    /// The output projection transposed, `[hidden, vocab]`: `lm_head.weight`ᵀ; `None` when
+    /// the checkpoint ties it to the embedding (the products then read `embed` itself: no
+    /// second copy, see `decoder/embed.rs`).
+    pub head_t: Option<Tensor<2>>,
     /// `head_t` packed in bf16 for the host kernel, after [`CausalLm::to_bf16`].
     head_packed: Option<Arc<PackedMatrix>>,
     /// `head_t` in bf16 for mixed-precision training, after [`CausalLm::to_train_bf16`]
@@ -221,9 +225,9 @@ impl CausalLm {
         f1: impl Fn(Tensor<1>) -> Tensor<1>,
     ) {
         self.host_weights = OnceLock::new();
-        self.embed = f2(self.embed.clone());
+        self.embed.map_dense(&f2);
         self.norm = f1(self.norm.clone());
-        self.head_t = f2(self.head_t.clone());
+        self.head_t = self.head_t.take().map(&f2);
         for l in &mut self.layers {
             l.input_norm = f1(l.input_norm.clone());
             l.post_norm = f1(l.post_norm.clone());
@@ -368,12 +372,17 @@ impl CausalLm {
     pub(crate) fn lm_head_forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = hidden.dims();
         let x = hidden.reshape([b * s, h]);
+        // A tied head has no f32 matrix holding the packed (rounded) values, so every
+        // untracked call goes through the packed kernel, a bounded number of rows at a time.
         if let Some(p) = &self.head_packed
-            && b * s <= linear::HOST_KERNEL_MAX_ROWS
+            && (b * s <= linear::HOST_KERNEL_MAX_ROWS || self.head_t.is_none())
             && !x.is_autodiff()
             && let Ok(xs) = read_f32(&x, "hidden")
         {
-            let logits = p.matmul(&xs, b * s);
+            let logits: Vec<f32> = xs
+                .chunks(linear::HOST_KERNEL_MAX_ROWS * h)
+                .flat_map(|rows| p.matmul(rows, rows.len() / h.max(1)))
+                .collect();
             return Tensor::from_data(
                 TensorData::new(logits, [b, s, self.cfg.vocab_size]),
                 &self.device,
@@ -386,8 +395,11 @@ impl CausalLm {
             };
             return y.reshape([b, s, self.cfg.vocab_size]);
         }
-        x.matmul(self.head_t.clone())
-            .reshape([b, s, self.cfg.vocab_size])
+        let y = match &self.head_t {
+            Some(w) => x.matmul(w.clone()),
+            None => self.embed.head_forward(x),
+        };
+        y.reshape([b, s, self.cfg.vocab_size])
     }
 
     /// The decoder without the lm_head: normalised hidden states `[b, s, hidden]`.
@@ -502,7 +514,7 @@ impl CausalLm {
         }
 
         let ids = input_ids.reshape([b * s]);
-        let mut hs = self.embed.clone().select(0, ids);
+        let mut hs = self.embed.gather(ids, &self.device)?;
         let (cos, sin) = attention::rope_tables(&plan.positions, b, s, cfg, &self.device);
         let mask = attention::mask(&plan, b, s, &self.device);
         // Training (autodiff) runs RoPE and the masked softmax as fused ops, which take the

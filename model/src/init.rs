@@ -139,9 +139,12 @@ impl CausalLm {
             out.insert(name, h);
             Ok(())
         };
-        put2("model.embed_tokens.weight".into(), &self.embed)?;
-        if !self.config().tie_word_embeddings {
-            put2("lm_head.weight".into(), &self.head_t.clone().transpose())?;
+        put2(
+            "model.embed_tokens.weight".into(),
+            &self.embed.dense(self.device()),
+        )?;
+        if let Some(head_t) = &self.head_t {
+            put2("lm_head.weight".into(), &head_t.clone().transpose())?;
         }
         for (l, layer) in self.layers.iter().enumerate() {
             for t in TargetModule::ALL {

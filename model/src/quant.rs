@@ -189,17 +189,41 @@ impl Nf4Matrix {
 
     /// The f32 values, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
-        let n = self.shape[0] * self.shape[1];
-        let mut out = vec![0.0f32; n];
+        self.dequantize_rows(0..self.shape[0])
+    }
+
+    /// The f32 values of rows `rows` (row-major, `rows.len()·cols` of them): what an
+    /// embedding lookup or a chunk of a tied output head needs, without the whole matrix.
+    /// Rows past the end are left out.
+    pub fn dequantize_rows(&self, rows: std::ops::Range<usize>) -> Vec<f32> {
         let scales: Cow<'_, [f32]> = match &self.double {
             Some(d) => Cow::Owned(d.dequantize()),
             None => Cow::Borrowed(&self.scales),
         };
-        for (b, (chunk, &scale)) in out.chunks_mut(NF4_BLOCK).zip(scales.iter()).enumerate() {
-            // A per-block table turns each nibble into its value with one lookup.
+        self.dequantize_rows_with(&scales, rows)
+    }
+
+    /// [`Nf4Matrix::dequantize_rows`] with the block scales already decoded (`scales`, one
+    /// per block), so repeated calls on a double-quantized matrix decode them once.
+    pub fn dequantize_rows_with(&self, scales: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
+        let cols = self.shape[1];
+        let end_row = rows.end.min(self.shape[0]);
+        let start_row = rows.start.min(end_row);
+        let (start, end) = (start_row * cols, end_row * cols);
+        if start == end {
+            return Vec::new();
+        }
+        // Whole blocks covering [start, end), then the wanted slice of them.
+        let (first, last) = (start / NF4_BLOCK, end.div_ceil(NF4_BLOCK));
+        let mut out = vec![0.0f32; (last - first) * NF4_BLOCK];
+        let total = self.shape[0] * cols;
+        for (b, chunk) in (first..last).zip(out.chunks_mut(NF4_BLOCK)) {
+            let scale = scales.get(b).copied().unwrap_or(0.0);
+            let len = NF4_BLOCK.min(total - b * NF4_BLOCK);
             let table = NF4_CODE.map(|c| c * scale);
             let bytes = &self.packed[b * NF4_BLOCK / 2..];
-            let half = chunk.len() / 2;
+            let chunk = &mut chunk[..len];
+            let half = len / 2;
             let mut pairs = chunk.chunks_exact_mut(2);
             for (pair, &byte) in (&mut pairs).zip(bytes) {
                 pair[0] = table[usize::from(byte & 0x0f)];
@@ -209,7 +233,18 @@ impl Nf4Matrix {
                 *last = table[usize::from(byte & 0x0f)];
             }
         }
+        let skip = start - first * NF4_BLOCK;
+        out.drain(..skip);
+        out.truncate(end - start);
         out
+    }
+
+    /// The per-block scales as f32 (decoded when double-quantized).
+    pub fn f32_scales(&self) -> Cow<'_, [f32]> {
+        match &self.double {
+            Some(d) => Cow::Owned(d.dequantize()),
+            None => Cow::Borrowed(&self.scales),
+        }
     }
 
     /// The dequantized matrix as a tensor on `device`.

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::decoder::{CausalLm, LinearWeight};
+use crate::decoder::{CausalLm, LinearWeight, TokenEmbedding};
 use crate::error::ModelError;
 use crate::lora::TargetModule;
 
@@ -92,9 +92,13 @@ impl DoubleQuantScales {
     }
 }
 
-/// Double-quantizes the scales of every NF4 projection of `model`; an error if any of the
-/// seven projections of a layer is not NF4 (quantize the model with `--quantize nf4` first).
+/// Double-quantizes the scales of every NF4 projection of `model`, and of the token
+/// embedding when it is NF4; an error if any of the seven projections of a layer is not NF4
+/// (quantize the model with `--quantize nf4` first).
 pub fn double_quantize_model(model: &mut CausalLm) -> Result<(), ModelError> {
+    if let TokenEmbedding::Nf4(q) = &model.embed {
+        model.embed = TokenEmbedding::Nf4(Arc::new(q.double_quantize()?));
+    }
     for (l, layer) in model.layers.iter_mut().enumerate() {
         for t in TargetModule::ALL {
             let lin = layer.linear_mut(t);

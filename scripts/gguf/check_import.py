@@ -2,7 +2,9 @@
 transformers' AutoConfig and AutoTokenizer load it, the tokenizer gives llama.cpp's ids on
 the committed corpus (model/tests/data/smollm2/llama_cpp.json), and the chat template
 renders through transformers' apply_chat_template. With torch installed (the 4.6 GB
-scripts/peers venv), the model loads too and its greedy answers are printed.
+scripts/peers venv), the model loads too and its greedy answers to the committed prompts
+are compared, token for token, with Tributary's (= llama.cpp's on the same weights as F32,
+llama_cpp_f32.json) and with llama.cpp's on the Q4_1 file.
 
     ~/.cache/tributary/gguf-venv/bin/pip install transformers    # no torch needed
     ~/.cache/tributary/gguf-venv/bin/python scripts/gguf/check_import.py DIR
@@ -42,14 +44,31 @@ def main():
     except ImportError:
         print("torch is not installed: model loading skipped")
         return 1 if bad else 0
-    model = AutoModelForCausalLM.from_pretrained(d)
-    for a in ref["answers"][:3]:
-        ids = torch.tensor([a["prompt_ids"]])
-        out = model.generate(ids, max_new_tokens=len(a["ids"]) or 1, do_sample=False)
-        new = out[0, ids.shape[1]:].tolist()
-        print(f"transformers: {tok.decode(new)!r}\nllama.cpp:    {a['text']!r}")
-    return 1 if bad else 0
-
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    # llama_cpp_f32.json: llama.cpp on the same weights dequantized to F32, whose greedy
+    # answers are Tributary's (docs/benchmarks.md); llama_cpp.json: llama.cpp on the Q4_1 file.
+    f32_ref = json.load(open(os.path.join(ROOT, "model/tests/data/smollm2/llama_cpp_f32.json")))
+    eos = set(tok.all_special_ids)
+    trim = lambda ids: [t for t in ids if t not in eos]  # noqa: E731
+    same_f32 = same_q4 = 0
+    for a, a32 in zip(ref["answers"], f32_ref["answers"]):
+        ids = torch.tensor([a32["prompt_ids"]])
+        n = max(len(a32["ids"]), len(a["ids"]), 1)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                 do_sample=False)
+        new = trim(out[0, ids.shape[1]:].tolist())
+        ok32 = new[:len(trim(a32["ids"]))] == trim(a32["ids"])
+        okq4 = new[:len(trim(a["ids"]))] == trim(a["ids"])
+        same_f32 += ok32
+        same_q4 += okq4
+        print(f"{'same' if ok32 else 'DIFFERS'}: transformers {tok.decode(new)!r}\n"
+              f"      Tributary / llama.cpp F32 {a32['text']!r}")
+    n = len(f32_ref["answers"])
+    print(f"greedy answers: transformers = Tributary (= llama.cpp on F32 weights) on {same_f32}/{n}, "
+          f"= llama.cpp on the Q4_1 file on {same_q4}/{n}")
+    return 1 if bad or same_f32 != n else 0
 
 if __name__ == "__main__":
     sys.exit(main())

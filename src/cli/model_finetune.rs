@@ -136,6 +136,28 @@ pub struct FinetuneReport {
     pub final_train_loss: Option<f32>,
     pub train_tokens_per_s: f64,
     pub train_seconds: f64,
+    /// Bytes the trainer's frozen base holds (projections, embedding, head, norms:
+    /// [`tributary_model::decoder::CausalLm::base_resident_bytes`]).
+    pub base_resident_bytes: usize,
+    /// The process's resident memory (VmRSS, MiB) after loading, once the trainer was set
+    /// up, and its peak (VmHWM) at the end; `None` where /proc is not there.
+    pub rss_mib: RssMarks,
+}
+
+/// Resident-memory marks of a fine-tune (Linux /proc/self/status; `None` elsewhere).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RssMarks {
+    pub after_load: Option<u64>,
+    pub trainer_ready: Option<u64>,
+    pub peak: Option<u64>,
+}
+
+/// A `Vm*` field of /proc/self/status in MiB.
+fn proc_status_mib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 fn targets(names: &[String]) -> anyhow::Result<Vec<TargetModule>> {
@@ -175,7 +197,13 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         args.quantize,
         args.double_quant,
     )?;
-    let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
+    let mut rss = RssMarks {
+        after_load: proc_status_mib("VmRSS:"),
+        ..RssMarks::default()
+    };
+    let mut base = loaded.model;
+    let tokenizer = &loaded.tokenizer;
+    let model = &base;
     let max_pos = model.config().max_position_embeddings;
     let max_seq_len = args.max_seq_len.unwrap_or(max_pos.min(512));
     anyhow::ensure!(
@@ -249,6 +277,14 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         }
     };
     let cfg = trainer.config().clone();
+    // A bf16 trainer holds its own bf16 copy of the projections: keep that one, so a bf16
+    // run does not hold the f32 projections as well.
+    if cfg.precision == tributary_model::precision::Precision::Bf16 {
+        base = trainer.model().clone();
+    }
+    let model = &base;
+    rss.trainer_ready = proc_status_mib("VmRSS:");
+    let base_resident_bytes = trainer.model().base_resident_bytes();
     let mut plan = RunPlan::new(
         train.len() as u64,
         to_u32("batch_size", cfg.batch_size)?,
@@ -310,6 +346,11 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         final_train_loss: last_loss,
         train_tokens_per_s: tokens as f64 / seconds.max(1e-9),
         train_seconds: seconds,
+        base_resident_bytes,
+        rss_mib: RssMarks {
+            peak: proc_status_mib("VmHWM:"),
+            ..rss
+        },
     };
     let record = serde_json::json!({
         "model": args.model, "tokenizer": args.tokenizer, "data": args.data,
@@ -328,6 +369,14 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         seconds,
         report.train_tokens_per_s,
         args.out.display()
+    );
+    let mib = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
+    eprintln!(
+        "memory: base holds {:.1} MB; RSS {} MiB after loading, {} MiB with the trainer set up, peak {} MiB",
+        report.base_resident_bytes as f64 / 1e6,
+        mib(report.rss_mib.after_load),
+        mib(report.rss_mib.trainer_ready),
+        mib(report.rss_mib.peak)
     );
     Ok(report)
 }

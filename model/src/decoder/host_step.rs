@@ -198,7 +198,7 @@ pub(crate) fn run_layers(
     let simd = model.host_step == HostStep::Auto;
     let eps = cfg.rms_norm_eps as f32;
 
-    let embedded = model.embed.clone().select(0, ids);
+    let embedded = model.embed.gather(ids, model.device())?;
     let mut hs = read_f32(&embedded, "embedded tokens")?;
     let (cos, sin) = attention::rope_angles(positions, &weights.inv_freq);
     let dim = cfg.head_dim;

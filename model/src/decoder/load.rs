@@ -1,13 +1,14 @@
 //! Building a [`CausalLm`] from a checkpoint's tensors (dense f32, or NF4 as they are read).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::Device;
 
 use super::host_step::HostStep;
-use super::{CausalLm, DecoderLayer, Linear};
+use super::{CausalLm, DecoderLayer, Linear, TokenEmbedding};
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
+use crate::quant::Nf4Matrix;
 use crate::weights::TensorStore;
 
 impl CausalLm {
@@ -22,7 +23,21 @@ impl CausalLm {
         let qd = cfg.num_attention_heads * cfg.head_dim;
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
         let im = cfg.intermediate_size;
-        let embed = store.tensor("model.embed_tokens.weight", [cfg.vocab_size, h], device)?;
+        let embed_name = "model.embed_tokens.weight";
+        let embed = if nf4 {
+            let (shape, values) = store.get_f32(embed_name)?;
+            if shape != [cfg.vocab_size, h] {
+                return Err(ModelError::ShapeMismatch {
+                    name: embed_name.to_string(),
+                    expected: vec![cfg.vocab_size, h],
+                    found: shape,
+                });
+            }
+            let q = Nf4Matrix::quantize(&values, [cfg.vocab_size, h])?;
+            TokenEmbedding::Nf4(Arc::new(q))
+        } else {
+            TokenEmbedding::Dense(store.tensor(embed_name, [cfg.vocab_size, h], device)?)
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -96,10 +111,11 @@ impl CausalLm {
             });
         }
         let norm = store.tensor("model.norm.weight", [h], device)?;
+        // A tied head is the embedding itself (no transposed copy).
         let head_t = if cfg.tie_word_embeddings {
-            store.tensor_transposed("model.embed_tokens.weight", [cfg.vocab_size, h], device)?
+            None
         } else {
-            store.tensor_transposed("lm_head.weight", [cfg.vocab_size, h], device)?
+            Some(store.tensor_transposed("lm_head.weight", [cfg.vocab_size, h], device)?)
         };
         Ok(Self {
             cfg,

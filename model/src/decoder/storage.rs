@@ -5,20 +5,26 @@ use std::sync::{Arc, OnceLock};
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::{CausalLm, LinearWeight};
+use super::{CausalLm, LinearWeight, TokenEmbedding};
 use crate::error::ModelError;
 use crate::kernels::PackedMatrix;
 use crate::lora::TargetModule;
 use crate::precision::Bf16Weight;
 use crate::quant::Nf4Matrix;
-use crate::weights::read_f32;
+use crate::weights::{read_f32, transpose};
 
 impl CausalLm {
-    /// Stores the seven projections of every layer in NF4 (QLoRA's frozen base; see
-    /// [`crate::quant`]). Embeddings, norms, biases and the lm_head stay f32. Idempotent.
+    /// Stores the seven projections of every layer and the token embedding in NF4 (QLoRA's
+    /// frozen base; see [`crate::quant`]); a tied lm_head is the embedding, so it is NF4 too
+    /// (`decoder/embed.rs` says why NF4 rather than bf16). Norms, biases and an untied
+    /// lm_head stay f32. Idempotent.
     pub fn quantize_nf4(&mut self) -> Result<(), ModelError> {
         let _span = tracing::info_span!("quantize_nf4").entered();
         self.host_weights = OnceLock::new();
+        if let TokenEmbedding::Dense(t) = &self.embed {
+            let q = Nf4Matrix::from_tensor(t, "model.embed_tokens.weight")?;
+            self.embed = TokenEmbedding::Nf4(Arc::new(q));
+        }
         for (l, layer) in self.layers.iter_mut().enumerate() {
             for t in TargetModule::ALL {
                 let lin = layer.linear_mut(t);
@@ -58,11 +64,18 @@ impl CausalLm {
                     .to_packed(bf16, &format!("{}.weight", t.path(l)))?;
             }
         }
-        let [h, v] = self.head_t.dims();
-        let values = read_f32(&self.head_t, "lm_head.weight")?;
+        let (values, [h, v]) = self.head_t_values()?;
         let packed = if bf16 {
             let p = PackedMatrix::bf16(&values, h, v);
-            self.head_t = Tensor::from_data(TensorData::new(p.to_f32(), [h, v]), &self.device);
+            // An untied head keeps an f32 tensor of the rounded values for autodiff calls; a
+            // tied one is the embedding, which stays as it is (untracked calls all take the
+            // packed kernel).
+            if self.head_t.is_some() {
+                self.head_t = Some(Tensor::from_data(
+                    TensorData::new(p.to_f32(), [h, v]),
+                    &self.device,
+                ));
+            }
             p
         } else {
             PackedMatrix::f32(&values, h, v)
@@ -85,12 +98,53 @@ impl CausalLm {
                     .to_train_bf16(&format!("{}.weight", t.path(l)))?;
             }
         }
-        if self.head_bf16.is_none() {
-            let [h, v] = self.head_t.dims();
-            let values = read_f32(&self.head_t, "lm_head.weight")?;
+        // An NF4 tied head stays NF4 (a bf16 copy would be 7× its bytes).
+        let nf4_tied = self.head_t.is_none() && matches!(self.embed, TokenEmbedding::Nf4(_));
+        if self.head_bf16.is_none() && !nf4_tied {
+            let (values, [h, v]) = self.head_t_values()?;
             self.head_bf16 = Some(Arc::new(Bf16Weight::from_wt(&values, h, v)));
         }
         Ok(())
+    }
+
+    /// The lm_head transposed, `[hidden, vocab]` row-major, as f32 values (for packing: a
+    /// tied head's are the embedding's, transposed in this temporary).
+    fn head_t_values(&self) -> Result<(Vec<f32>, [usize; 2]), ModelError> {
+        match &self.head_t {
+            Some(t) => Ok((read_f32(t, "lm_head.weight")?, t.dims())),
+            None => {
+                let [v, h] = self.embed.dims();
+                Ok((transpose(&self.embed.values()?, v, h), [h, v]))
+            }
+        }
+    }
+
+    /// Bytes held by the whole frozen base: the projections, the embedding, an untied
+    /// lm_head, the decode and bf16 copies of the lm_head where made, norms and biases.
+    pub fn base_resident_bytes(&self) -> usize {
+        let f32s = |n: usize| n * std::mem::size_of::<f32>();
+        let norms: usize = self
+            .layers
+            .iter()
+            .map(|l| l.input_norm.dims()[0] + l.post_norm.dims()[0])
+            .sum::<usize>()
+            + self.norm.dims()[0];
+        let biases: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| {
+                TargetModule::ALL.map(|t| l.linear(t).bias.as_ref().map_or(0, |b| b.dims()[0]))
+            })
+            .sum();
+        self.linear_weight_bytes()
+            + self.embed.resident_bytes()
+            + self
+                .head_t
+                .as_ref()
+                .map_or(0, |t| f32s(t.shape().num_elements()))
+            + self.head_packed.as_ref().map_or(0, |p| p.resident_bytes())
+            + self.head_bf16.as_ref().map_or(0, |w| w.resident_bytes())
+            + f32s(norms + biases)
     }
 
     /// Bytes held by the seven projections' weights of every layer (the part NF4 shrinks).
