@@ -31,14 +31,15 @@ stage "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 if [ "${TRIBUTARY_SKIP_WGPU_CHECK:-0}" != "1" ]; then
-  if [ "${TRIBUTARY_WGPU_TESTS:-check}" = "run" ]; then
+  if [ "${TRIBUTARY_WGPU_TESTS:-run}" = "run" ]; then
     # The GPU path executed: the fixture checks on burn-wgpu (model/tests/wgpu_fixtures.rs),
-    # on Mesa's lavapipe where there is no GPU. Not the default yet: their first full run
-    # (build time on 2 cores, the tolerances on lavapipe) has not been measured.
+    # on Mesa's lavapipe where there is no GPU. This build is the feature's only build (it
+    # replaced a `cargo check`); the dependencies it shares with the CPU path are built here
+    # once for the `cargo test` stage below too. Cost and results: docs/gpu.md.
     stage "wgpu fixture tests (lavapipe)"
     cargo test --workspace --features wgpu --test wgpu_fixtures -- --show-output
   else
-    # Type-checks the wgpu feature and its fixture tests (one metadata build).
+    # TRIBUTARY_WGPU_TESTS=check: only type-check the wgpu feature and its fixture tests.
     stage "cargo check --features wgpu"
     cargo check --workspace --features wgpu --lib --bins --test wgpu_fixtures
   fi
