@@ -8,7 +8,8 @@
 #   scripts/precision-quality.sh [TRIBUTARY_BINARY] [MODEL] [WORK_DIR]
 #
 # Prints one JSON line: the settings, both runs' eval losses and seconds, and the largest
-# relative difference of the train loss after warm-up.
+# relative difference of the train loss at the logged steps after warm-up. DATA (default
+# assets/demo/train.jsonl) is the fine-tuning data.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/target/release/tributary}
@@ -18,23 +19,22 @@ STEPS=${STEPS:-30}
 WARMUP=${WARMUP:-3}
 mkdir -p "$WORK"
 for p in f32 bf16; do
-  "$BIN" model finetune --model "$MODEL" --data "$ROOT/assets/demo/train.jsonl" \
+  "$BIN" model finetune --model "$MODEL" --data "${DATA:-$ROOT/assets/demo/train.jsonl}" \
     --out "$WORK/$p" --steps "$STEPS" --batch-size 8 --rank 8 --alpha 16 --dropout 0 \
     --lr 2e-3 --warmup "$WARMUP" --schedule cosine --seed 7 --eval-fraction 0.05 \
-    --max-seq-len 128 --precision "$p" >&2
+    --max-seq-len 128 --precision "$p" 2> >(tee "$WORK/$p.log" >&2)
 done
+wait
 python3 - "$WORK" "$STEPS" "$WARMUP" <<'PY'
 import json, sys
 work, steps, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import re
 def load(p):
-    curve = json.load(open(f"{work}/{p}/loss_log.json"))
+    # The logged steps, as `model finetune` prints them: "step N/M: loss X ...".
+    curve = {int(m[1]): float(m[2]) for m in re.finditer(r"step (\d+)/\d+: loss ([0-9.]+)", open(f"{work}/{p}.log").read())}
     rep = json.load(open(f"{work}/{p}/finetune.json"))["results"]
     return curve, rep
-(c32, r32), (c16, r16) = load("f32"), load("bf16")
-def loss_by_step(curve):
-    pts = curve if isinstance(curve, list) else curve.get("points", curve)
-    return {int(p[0] if isinstance(p, list) else p["step"]): float(p[1] if isinstance(p, list) else p["loss"]) for p in pts}
-a, b = loss_by_step(c32), loss_by_step(c16)
+(a, r32), (b, r16) = load("f32"), load("bf16")
 rel = {s: abs(b[s] - a[s]) / abs(a[s]) for s in sorted(a) if s in b and s > warmup}
 worst = max(rel, key=rel.get)
 e32, e16 = r32["eval_loss_after"], r16["eval_loss_after"]

@@ -56,15 +56,14 @@ impl Precision {
         }
     }
 
-    /// The fastest precision whose quality holds on this machine: bf16 where the CPU has
-    /// AVX-512 BF16 (the bf16 products then run at twice the f32 rate), f32 elsewhere (the
-    /// portable bf16 kernel is slower than burn's f32 GEMM).
+    /// The fastest precision whose quality holds on this machine: f32. Measured idle in a
+    /// release build on the 2-core AVX-512 BF16 VM (2026-12-06 22:31, docs/benchmarks.md
+    /// "bf16 mixed-precision training"), bf16 trains at 0.84× f32's tokens/s: our bf16 GEMM
+    /// reaches 185 GFLOP/s on 2 threads where burn's f32 GEMM reaches 280. bf16 stays
+    /// available (`--precision bf16`) and becomes the default again once its kernel is faster
+    /// than f32 on the machine it runs on.
     pub fn fastest() -> Self {
-        if bf16_gemm::bf16_dot_available() {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        }
+        Precision::F32
     }
 }
 

@@ -67,8 +67,8 @@ pub enum PrecisionArg {
     Bf16,
 }
 
-/// The precision asked for, or the fastest whose quality holds on this machine (bf16 where
-/// the CPU has AVX-512 BF16, else f32).
+/// The precision asked for, or the fastest whose quality holds on this machine
+/// ([`Precision::fastest`]).
 pub fn resolve_precision(arg: Option<PrecisionArg>) -> Precision {
     match arg {
         Some(PrecisionArg::F32) => Precision::F32,
@@ -105,8 +105,8 @@ pub struct BenchTrainArgs {
     /// the CPU; never a software adapter), cpu, or wgpu (its best adapter, software included).
     #[arg(long, env = "TRIBUTARY_DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: DeviceRequest,
-    /// Arithmetic of the base's products [default: bf16 where the CPU has AVX-512 BF16,
-    /// else f32; what `model finetune` uses].
+    /// Arithmetic of the base's products [default: f32, measured fastest (docs/precision.md);
+    /// what `model finetune` uses].
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
 }

@@ -117,8 +117,8 @@ pub struct FinetuneArgs {
     /// size and cost in OUT/attribution.json.
     #[arg(long)]
     pub attribution_index: bool,
-    /// Arithmetic of the frozen base's products [default: bf16 where the CPU has AVX-512
-    /// BF16, else f32]; recorded in OUT/training_config.json.
+    /// Arithmetic of the frozen base's products [default: f32, measured fastest
+    /// (docs/precision.md)]; recorded in OUT/training_config.json.
     #[arg(long, value_enum)]
     pub precision: Option<super::bench_model::PrecisionArg>,
 }
