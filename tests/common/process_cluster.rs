@@ -234,43 +234,39 @@ pub fn spec(steps: u64) -> JobSpec {
 
 /// The same job in embedded mode with one in-process worker: the reference result.
 pub async fn embedded_digest(spec: JobSpec) -> Digest {
-    let node = NodeId::new("local").unwrap();
-    let (w, _) = spawn_worker(WorkerCore::new(node.clone(), Arc::new(LinearFactory)))
-        .await
-        .unwrap();
-    let mut links = LocalLinkFactory::new();
-    links.insert(node.clone(), w);
-    let mut spec = spec;
-    spec.workers = tributary_protocol::spec::Workers::Count(1);
-    let (c, _) = spawn_coordinator(CoordinatorConfig {
-        fencing: 1,
-        membership: Arc::new(StaticMembership::new(vec![WorkerInfo::in_process(node)])),
-        store: Arc::new(MemoryJobStore::default()),
-        links: Arc::new(links),
-        artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-reference")
-            .unwrap(),
-        tick: Duration::from_millis(20),
-    })
+    let factory = Arc::new(LinearFactory);
+    embedded_run(
+        spec,
+        factory,
+        "cluster-e2e-reference",
+        Duration::from_secs(30),
+    )
     .await
-    .unwrap();
-    let id = client::submit(&c, spec).await.unwrap();
-    let r = client::wait(&c, &id, Duration::from_secs(30))
-        .await
-        .unwrap();
-    c.stop(None);
-    assert_eq!(r.state, JobState::Succeeded);
-    r.adapter_digest.unwrap()
 }
 
 /// The same LoRA job in embedded mode with one in-process worker running the real trainer.
 pub async fn embedded_lora_digest(spec: JobSpec) -> Digest {
-    let node = NodeId::new("local").unwrap();
-    let (w, _) = spawn_worker(WorkerCore::new(
-        node.clone(),
+    embedded_run(
+        spec,
         Arc::new(tributary_worker::DefaultFactory),
-    ))
+        "cluster-e2e-lora-reference",
+        Duration::from_secs(120),
+    )
     .await
-    .unwrap();
+}
+
+/// Runs `spec` on one in-process worker with `factory` (artifacts in `memory://{store}`)
+/// and returns its adapter's digest.
+async fn embedded_run(
+    spec: JobSpec,
+    factory: Arc<dyn tributary_worker::ExecutorFactory>,
+    store: &str,
+    timeout: Duration,
+) -> Digest {
+    let node = NodeId::new("local").unwrap();
+    let (w, _) = spawn_worker(WorkerCore::new(node.clone(), factory))
+        .await
+        .unwrap();
     let mut links = LocalLinkFactory::new();
     links.insert(node.clone(), w);
     let mut spec = spec;
@@ -280,16 +276,13 @@ pub async fn embedded_lora_digest(spec: JobSpec) -> Digest {
         membership: Arc::new(StaticMembership::new(vec![WorkerInfo::in_process(node)])),
         store: Arc::new(MemoryJobStore::default()),
         links: Arc::new(links),
-        artifacts: tributary_coordinator::Artifacts::open("memory://cluster-e2e-lora-reference")
-            .unwrap(),
+        artifacts: tributary_coordinator::Artifacts::open(&format!("memory://{store}")).unwrap(),
         tick: Duration::from_millis(20),
     })
     .await
     .unwrap();
     let id = client::submit(&c, spec).await.unwrap();
-    let r = client::wait(&c, &id, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let r = client::wait(&c, &id, timeout).await.unwrap();
     c.stop(None);
     assert_eq!(r.state, JobState::Succeeded, "{r:?}");
     r.adapter_digest.unwrap()
