@@ -30,9 +30,9 @@ from deploycheck_common import (
     run_certs_init,
 )
 
-# Environment variables the manifests set that the binary does not read yet: etcd client TLS
-# (values etcd.tls.*). Empty this once `--etcd-ca/--etcd-cert/--etcd-key` exist.
-EXPECTED_ENV_FROM_OPEN_WORK = {"TRIBUTARY_ETCD_CA", "TRIBUTARY_ETCD_CERT", "TRIBUTARY_ETCD_KEY"}
+# Environment variables the manifests set that the binary does not read yet (none now: the
+# etcd client TLS variables of etcd.tls.* are read since `--etcd-ca/--etcd-cert/--etcd-key`).
+EXPECTED_ENV_FROM_OPEN_WORK: set[str] = set()
 
 
 def _default_port(help_text: str, flag: str) -> int:
