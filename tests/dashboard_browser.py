@@ -14,34 +14,15 @@ import json
 import re
 import os
 import sys
-import time
 
 from playwright.sync_api import sync_playwright
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from browser_common import (check, chat, finish, launch, rerun_attribution, seen,  # noqa: E402
+                            set_shots, shot, wait_for)
+
 base, key, base_model, data, shots = sys.argv[1:6]
-os.makedirs(shots, exist_ok=True)
-seen = {}
-t0 = time.time()
-
-
-def check(cond, what):
-    if not cond:
-        print(json.dumps({"failed": what, "seen": seen}, default=str))
-        sys.exit(1)
-
-
-def shot(page, name):
-    page.screenshot(path=os.path.join(shots, name + ".png"), full_page=True)
-
-
-def wait_for(fn, secs, what):
-    end = time.time() + secs
-    while time.time() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.25)
-    check(False, what)
+set_shots(shots)
 
 
 good = [line for line in open(data, encoding="utf-8") if line.strip()]
@@ -56,8 +37,7 @@ rows = good + [
 ]
 
 with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                args=["--no-sandbox", "--disable-dev-shm-usage"])
+    browser = launch(p)
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
     errors = []
@@ -182,19 +162,16 @@ with sync_playwright() as p:
         page.click("a:has-text('adapter_config.json')")
     cfg = json.load(open(dl.value.path()))
     check(cfg.get("peft_type") == "LORA", "PEFT config downloaded")
+    with page.expect_download() as dl:
+        page.click("#gguf-link")
+    gguf = open(dl.value.path(), "rb").read()
+    check(gguf[:4] == b"GGUF" and dl.value.suggested_filename.endswith("-lora.gguf"),
+          "GGUF adapter downloaded: %r %s" % (gguf[:4], dl.value.suggested_filename))
+    seen["gguf_bytes"] = len(gguf)
     shot(page, "adapter")
 
     # Playground: clinic-bot beside the base model, streamed; attribution panel.
-    page.goto(base + "/playground")
-    page.select_option("#model-a", "clinic-bot")
-    base_opt = page.locator("#model-b option").nth(1).get_attribute("value")
-    page.select_option("#model-b", base_opt)
-    page.fill("#prompt", "Who records blood pressure?")
-    page.fill("#max_tokens", "12")
-    page.click("#chat button[type=submit]")
-    wait_for(lambda: page.get_attribute("#answer-a", "aria-busy") == "false"
-             and page.get_attribute("#answer-b", "aria-busy") == "false", 120, "answers streamed")
-    seen["answers"] = [page.inner_text("#answer-a"), page.inner_text("#answer-b")]
+    seen["answers"] = chat(page, base, "clinic-bot", 1, "Who records blood pressure?", 12)
     check(all(a and not a.startswith("error") for a in seen["answers"]), "two answers")
     # The record (shares, fee) and then its reward-log entry appear under the answer.
     wait_for(lambda: "Reward-log entry" in page.inner_text("#attr-a"), 90, "attribution and reward")
@@ -202,10 +179,13 @@ with sync_playwright() as p:
     check("Fee " in panel and ("Whose data" in panel or "No contributor scored" in panel), "attribution panel: " + panel[:300])
     seen["attribution"] = panel[:300]
     check("not attributed" in page.inner_text("#attr-b"), "the base model's answer is not attributed")
+    # Re-run attribution: recomputed from the stored index and features, bit for bit.
+    seen["rerun"] = rerun_attribution(page)
+    check("bits match" in seen["rerun"], "re-run attribution: " + seen["rerun"])
     shot(page, "playground")
 
     # The same request's entry on the Rewards page (the panel links to it).
-    rid = re.search(r"attribution rerun (\S+)", panel)
+    rid = re.match(r"(\S+)", page.get_attribute("#attr-a form.rerun", "data-request") or "")
     check(rid is not None, "request id in the panel")
     for name in ["rewards", "cluster"]:
         page.goto(base + "/" + name)
@@ -238,6 +218,4 @@ with sync_playwright() as p:
     check(not errors, "no page errors: %s" % errors)
     browser.close()
 
-seen["ok"] = True
-seen["secs"] = round(time.time() - t0, 1)
-print(json.dumps(seen, default=str))
+finish()

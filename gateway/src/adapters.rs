@@ -7,6 +7,7 @@
 //! | `GET /v1/adapters/{id}` | one, by name or digest (a deleted one shows `deleted_unix_ms`) |
 //! | `DELETE /v1/adapters/{id}` | tombstone it and unload it after draining; 409 while pinned |
 //! | `GET /v1/adapters/{id}/files/{file}` | download one PEFT file ([`crate::adapter_files`]) |
+//! | `GET /v1/adapters/{id}/gguf` | download it as a llama.cpp GGUF LoRA adapter (when the gateway has the base model's config) |
 //! | `POST /v1/adapters/{id}/pin`, `DELETE …/pin` | keep it resident in the engine (never evicted, not deletable) / let it go |
 //!
 //! An adapter for another base model is refused at registration: the engine checks the
@@ -45,6 +46,9 @@ pub struct AdaptersState {
     pub catalog: Catalog,
     /// Largest registration body (uploads carry the weights, base64).
     pub max_body_bytes: usize,
+    /// The served base model's directory or GGUF file, when this process has it (GGUF
+    /// export reads its config).
+    pub base_model: Option<std::path::PathBuf>,
 }
 
 /// The `/v1/adapters` routes.

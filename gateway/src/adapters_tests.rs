@@ -36,6 +36,7 @@ async fn fx() -> Fx {
         AdaptersState {
             catalog: catalog.clone(),
             max_body_bytes: 1 << 20,
+            base_model: None,
         },
         &Auth::keys(keys),
     );
@@ -208,6 +209,7 @@ async fn bad_registrations_name_the_problem() {
         AdaptersState {
             catalog: Catalog::new(store, Arc::new(ScriptedEngine::default())),
             max_body_bytes: 1024,
+            base_model: None,
         },
         &Auth::keys(keys),
     );
@@ -221,4 +223,24 @@ async fn bad_registrations_name_the_problem() {
         call(&app, "GET", "/v1/adapters", "", Value::Null).await.0,
         401
     );
+}
+
+#[tokio::test]
+async fn gguf_download_without_the_base_model_says_why() {
+    let f = fx().await;
+    let (s, v) = call(
+        &f.app,
+        "POST",
+        "/v1/adapters",
+        &f.alice,
+        json!({"name": "bot", "files": upload("w1")}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(&f.app, "GET", "/v1/adapters/bot/gguf", &f.alice, Value::Null).await;
+    assert_eq!(s, 409, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("--base-model") && msg.contains("export-lora"), "{msg}");
+    let (s, _) = call(&f.app, "GET", "/v1/adapters/nope/gguf", &f.alice, Value::Null).await;
+    assert_eq!(s, 404);
 }

@@ -39,6 +39,9 @@ pub struct ServeConfig {
     pub max_adapter_body_bytes: usize,
     /// Largest datanet upload body (JSONL).
     pub max_datanet_upload_bytes: usize,
+    /// The served base model (a directory or a `.gguf` file), when this process has it:
+    /// `GET /v1/adapters/{id}/gguf` reads its config.
+    pub base_model: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -49,6 +52,7 @@ impl Default for ServeConfig {
             retry_after_ms: 1000,
             max_adapter_body_bytes: 512 << 20,
             max_datanet_upload_bytes: 64 << 20,
+            base_model: None,
         }
     }
 }
@@ -97,6 +101,7 @@ pub fn app(parts: Parts) -> Router {
                 AdaptersState {
                     catalog,
                     max_body_bytes: parts.config.max_adapter_body_bytes,
+                    base_model: parts.config.base_model.clone(),
                 },
                 &parts.auth,
             ));
@@ -116,6 +121,10 @@ pub fn app(parts: Parts) -> Router {
         ));
     }
     r = r.merge(crate::attributions::attribution_router(
+        parts.store.clone(),
+        &parts.auth,
+    ));
+    r = r.merge(crate::attribution_rerun::rerun_router(
         parts.store.clone(),
         &parts.auth,
     ));
@@ -151,7 +160,11 @@ pub fn app(parts: Parts) -> Router {
     });
     let api = r.merge(ops_router(ready));
     // The dashboard's pages call the API above in-process (with the session's key).
-    let dash = crate::dashboard::dashboard_router(api.clone().fallback(no_route), &parts.auth);
+    let dash = crate::dashboard::dashboard_router(
+        api.clone().fallback(no_route),
+        &parts.auth,
+        parts.store.clone(),
+    );
     api.merge(dash).fallback(no_route)
 }
 

@@ -4,6 +4,10 @@
 //! route's scope a 403. The [`Caller`] lands in the request's extensions, so handlers record
 //! who made each job, adapter and request, and usage is metered per key.
 //!
+//! The dashboard's pages call the API in-process as their session's key: the request
+//! carries a [`SessionKey`] extension (the key's stored hash; extensions cannot come from a
+//! client), resolved through the same key store, revocations and scope checks.
+//!
 //! [`Auth::open`] (`tributary dev --insecure-no-auth`) lets every request through as an
 //! anonymous caller with every scope.
 
@@ -24,6 +28,11 @@ pub struct Caller {
     pub owner: String,
     pub admin: bool,
 }
+
+/// The key an in-process dashboard request acts as: its stored hash
+/// ([`tributary_ledger::keys::KeyRecord::hash`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKey(pub String);
 
 /// The owner recorded when auth is off.
 pub const ANONYMOUS: &str = "anonymous";
@@ -101,22 +110,28 @@ impl Auth {
             .await
             .map_err(|e| ApiError::Unavailable(format!("key store: {e}")))?
             .ok_or_else(|| ApiError::Unauthorized("the API key is not valid".into()))?;
-        if !rec.allows(scope) {
-            return Err(ApiError::Forbidden(format!(
-                "the API key {} lacks the `{scope}` scope this route needs (it has: {})",
-                rec.id,
-                rec.scopes
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        Ok(Caller {
-            admin: rec.allows(Scope::Admin),
-            key_id: Some(rec.id),
-            owner: rec.owner,
-        })
+        scoped(rec, scope)
+    }
+
+    /// Checks a dashboard session's key (by its stored hash) for `scope`.
+    pub async fn authenticate_session(
+        &self,
+        key: &SessionKey,
+        scope: Scope,
+    ) -> Result<Caller, ApiError> {
+        let Some(keys) = &self.keys else {
+            return Ok(Caller::anonymous());
+        };
+        let rec = keys
+            .resolve_hash(&key.0)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("key store: {e}")))?
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "the API key this browser session logged in with is no longer valid (revoked): log in again".into(),
+                )
+            })?;
+        scoped(rec, scope)
     }
 
     /// `router` with every route admitting only callers with `scope` (the [`Caller`] goes
@@ -130,12 +145,37 @@ impl Auth {
     }
 }
 
+/// The caller a live key record makes, when it has `scope`.
+fn scoped(rec: tributary_ledger::keys::KeyRecord, scope: Scope) -> Result<Caller, ApiError> {
+    if !rec.allows(scope) {
+        return Err(ApiError::Forbidden(format!(
+            "the API key {} lacks the `{scope}` scope this route needs (it has: {})",
+            rec.id,
+            rec.scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(Caller {
+        admin: rec.allows(Scope::Admin),
+        key_id: Some(rec.id),
+        owner: rec.owner,
+    })
+}
+
 async fn check(
     State((auth, scope)): State<(Auth, Scope)>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    match auth.authenticate(req.headers(), scope).await {
+    let session = req.extensions().get::<SessionKey>().cloned();
+    let caller = match session {
+        Some(k) => auth.authenticate_session(&k, scope).await,
+        None => auth.authenticate(req.headers(), scope).await,
+    };
+    match caller {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await

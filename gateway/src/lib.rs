@@ -11,9 +11,12 @@
 //!   upload with the row-level report, preview, diff, export, takedowns, review, reputation).
 //! - [`attributions`]: `/v1/attributions/{request_id}`, `/v1/contributors/{id}/rewards`,
 //!   `/v1/adapters/{id}/contributors` (online attribution's records and rewards).
+//! - [`attribution_rerun`]: `POST /v1/attributions/{request_id}/rerun`, a record
+//!   recomputed from the stored index and features, compared bit for bit.
 //! - [`datanet_uploads`]: stored upload reports and their rejected rows.
 //! - [`job_metrics`]: `/v1/jobs/{id}/metrics`, a job's train and eval loss series.
-//! - [`adapter_files`]: PEFT download of an adapter's files.
+//! - [`adapter_files`]: PEFT download of an adapter's files, and the adapter as a llama.cpp
+//!   GGUF LoRA adapter.
 //! - [`rewards_api`]: `/v1/rewards`, the reward log verified, balances, recent records.
 //! - [`dashboard`]: the web pages at `/` (server-rendered, a view of the API above).
 //! - [`keys_api`]: `/v1/keys` (admin): create, list, revoke API keys.
@@ -32,6 +35,7 @@ pub mod adapter_files;
 pub mod adapters;
 pub mod admission;
 pub mod app;
+pub mod attribution_rerun;
 pub mod attributions;
 pub mod auth;
 pub mod catalog;

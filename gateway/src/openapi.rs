@@ -223,6 +223,8 @@ pub fn document() -> Value {
         "get": op("a job's train and eval loss series (from object storage)", build, None, "200", &["400", "401", "403", "404", "503"])});
     paths["/v1/adapters/{id}/files/{file}"] = json!({"parameters": [path_param("id"), path_param("file")],
         "get": op("one PEFT file of an adapter (adapter_config.json or adapter_model.safetensors)", build, None, "200", &["400", "401", "403", "404"])});
+    paths["/v1/adapters/{id}/gguf"] = json!({"parameters": id_param,
+        "get": op("the adapter as a llama.cpp GGUF LoRA adapter (application/octet-stream); 409 when the gateway lacks the base model's config or the adapter is for another base", build, None, "200", &["401", "403", "404", "409"])});
     paths["/v1/rewards"] = json!({"get": op(
         "the reward log in the gateway's store, verified: per-replica result, balances, fees per adapter, recent records (?recent up to 500)",
         contribute, None, "200", &["400", "401", "403", "503"])});
@@ -236,6 +238,8 @@ fn attribution_paths(doc: &mut Value, path_param: &dyn Fn(&str) -> Value) {
     let paths = &mut doc["paths"];
     paths["/v1/attributions/{request_id}"] = json!({"parameters": [path_param("request_id")],
         "get": op("an answer's attribution record (scores, evidence, shares, fee split) and its reward once acknowledged; the requesting key or an admin", Some("inference"), None, "200", &["401", "403", "404", "503"])});
+    paths["/v1/attributions/{request_id}/rerun"] = json!({"parameters": [path_param("request_id")],
+        "post": op("recompute an answer's scores, shares and fee split from the stored index, data and features; whether the bits match the record (digests, first difference); one at a time per gateway (429 with Retry-After)", Some("inference"), None, "200", &["401", "403", "404", "409", "429", "503"])});
     paths["/v1/contributors/{id}/rewards"] = json!({"parameters": [path_param("id")],
         "get": op("an identity's rewards from attributed answers (that identity or an admin)", Some("contribute"), None, "200", &["401", "403", "503"])});
     paths["/v1/adapters/{id}/contributors"] = json!({"parameters": [path_param("id")],

@@ -278,6 +278,30 @@ impl KeyStore {
         Ok(Some(rec))
     }
 
+    /// The live record with stored hash `hash` (`None`: unknown or revoked): how a browser
+    /// session, which keeps the hash and never the secret, acts as its key.
+    pub async fn resolve_hash(&self, hash: &str) -> Result<Option<KeyRecord>, KeyError> {
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        if let Ok(c) = self.cache.lock()
+            && let Some(r) = c.by_hash.get(hash)
+        {
+            return Ok(Some(r.clone()));
+        }
+        let Some(b) = self.store.get(&Self::record_key(hash)).await? else {
+            return Ok(None);
+        };
+        if self.store.get(&Self::revoked_key(hash)).await?.is_some() {
+            return Ok(None);
+        }
+        let rec = parse(hash, &b)?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(rec.clone());
+        }
+        Ok(Some(rec))
+    }
+
     /// Every live key record.
     pub async fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
         let revoked: Vec<String> = self.store.list_names(&Path::from("keys-revoked")).await?;
@@ -354,8 +378,14 @@ mod tests {
         // A fresh KeyStore (another process) resolves it from the store.
         let other = KeyStore::new(ks.store.clone());
         assert_eq!(other.resolve(&secret).await.unwrap().unwrap().id, rec.id);
+        // By its stored hash (a browser session's way), from a fresh process too.
+        let third = KeyStore::new(ks.store.clone());
+        assert_eq!(third.resolve_hash(&rec.hash).await.unwrap().unwrap().id, rec.id);
+        assert_eq!(third.resolve_hash("../keys").await.unwrap(), None);
         assert!(other.revoke(&rec.id, 9).await.unwrap());
         assert_eq!(other.resolve(&secret).await.unwrap(), None);
+        assert_eq!(other.resolve_hash(&rec.hash).await.unwrap(), None);
+        assert_eq!(KeyStore::new(ks.store.clone()).resolve_hash(&rec.hash).await.unwrap(), None);
         assert!(other.list().await.unwrap().is_empty());
     }
 

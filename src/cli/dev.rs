@@ -236,6 +236,7 @@ pub async fn start(
         ready,
         config: ServeConfig {
             max_in_flight: args.serve.max_in_flight,
+            base_model: args.serve.base_model.clone(),
             ..ServeConfig::default()
         },
     });

@@ -43,6 +43,11 @@ pub struct GatewayArgs {
     /// it holds the adapter.
     #[arg(long, env = "TRIBUTARY_ROUTE_BOUND", default_value_t = tributary_gateway::routing::DEFAULT_BOUND)]
     pub route_bound: f64,
+    /// The base model the workers serve (a directory or a `.gguf` file), optional: only its
+    /// config is read, to offer adapters as llama.cpp GGUF LoRA files
+    /// (`GET /v1/adapters/{id}/gguf`).
+    #[arg(long, env = "TRIBUTARY_GATEWAY_BASE_MODEL")]
+    pub base_model: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -98,6 +103,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         ready,
         config: ServeConfig {
             max_in_flight: args.max_in_flight,
+            base_model: args.base_model.clone(),
             ..ServeConfig::default()
         },
     });

@@ -161,7 +161,14 @@ impl Dev {
     /// `tributary dev` with extra flags (e.g. `--base-model DIR` to serve inference).
     pub fn start_with(dir: &Path, workers: u32, extra: &[&str]) -> Self {
         let port = free_tcp_port();
-        let data = dir.join(format!("dev-data-{port}"));
+        Self::start_on(dir, &dir.join(format!("dev-data-{port}")), workers, extra)
+    }
+
+    /// `tributary dev` on data directory `data` (a restart on the same one keeps its store,
+    /// keys, sessions and reward log).
+    pub fn start_on(dir: &Path, data: &Path, workers: u32, extra: &[&str]) -> Self {
+        let port = free_tcp_port();
+        let data = data.to_path_buf();
         let log = dir.join(format!("dev-{port}.log"));
         let child = Command::new(bin())
             .args(["dev", "--workers", &workers.to_string()])

@@ -1,11 +1,10 @@
 //! Adapter pages and the playground. Adapters: the registry (names, digest, base, job,
 //! owner, residency), one adapter's lineage (base digest, the job — its data and spec —, data
-//! licences, withdrawn data), PEFT download and delete. Playground: chat with any model
+//! licences, withdrawn data), PEFT and GGUF download, delete. Playground: chat with any model
 //! `/v1/models` lists, side by side with another; answers stream (the script reads the
 //! OpenAI server-sent events through `/playground/stream`, which forwards to
 //! `/v1/chat/completions` with the session's key); without JavaScript the form posts and the
-//! page shows whole answers. Under each answer, its attribution from
-//! `GET /v1/attributions/{request id}` when that route answers, else "attribution pending".
+//! page shows whole answers. Under each answer, its attribution ([`super::attribution`]).
 
 use std::collections::BTreeMap;
 
@@ -31,14 +30,14 @@ pub(super) fn routes(r: Router<Dash>) -> Router<Dash> {
         .route("/adapters/{id}", get(show))
         .route("/adapters/{id}/delete", post(delete))
         .route("/adapters/{id}/files/{file}", get(download))
+        .route("/adapters/{id}/gguf", get(download_gguf))
         .route("/playground", get(playground).post(playground_post))
         .route("/playground/stream", post(stream))
-        .route("/playground/attribution/{id}", get(attribution))
 }
 
 macro_rules! session {
     ($st:expr, $h:expr) => {
-        match session_or_login(&$st, &$h) {
+        match session_or_login(&$st, &$h).await {
             Ok(s) => s,
             Err(r) => return *r,
         }
@@ -137,7 +136,10 @@ async fn show(State(st): State<Dash>, h: HeaderMap, Path(id): Path<String>) -> R
             ul { @for f in ad["files"].as_array().cloned().unwrap_or_default() {
                 li { a href={"/adapters/" (i) "/files/" (enc(&text(&f)))} download { (text(&f)) } }
             } }
-            p.note { "GGUF export is not served yet: " code { "tributary model export-lora" } " makes one from these files." }
+            h2 { "Download (GGUF, llama.cpp)" }
+            p { a href={"/adapters/" (i) "/gguf"} download id="gguf-link" { (short(&ad["digest"])) "-lora.gguf" }
+                " — a GGUF LoRA adapter for " code { "llama-cli -m BASE.gguf --lora FILE" } " (converted on request; "
+                "a gateway without the base model's config answers why it cannot)." }
             form method="post" action={"/adapters/" (i) "/delete"} {
                 (csrf_input(&sess))
                 button.danger type="submit" { "Delete adapter" }
@@ -196,6 +198,35 @@ async fn download(
             Bytes::new(),
         )
         .await
+}
+
+async fn download_gguf(State(st): State<Dash>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    let sess = session!(st, h);
+    let r = st
+        .api
+        .raw(
+            &sess,
+            Method::GET,
+            &format!("/v1/adapters/{}/gguf", enc(&id)),
+            "application/json",
+            Bytes::new(),
+        )
+        .await;
+    if r.status().is_success() {
+        return r;
+    }
+    let status = r.status();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    api_error(
+        &sess,
+        &super::Answer {
+            status,
+            body,
+        },
+    )
 }
 
 /// The models a chat can name: the base and every adapter (id, label).
@@ -371,106 +402,4 @@ async fn stream(State(st): State<Dash>, h: HeaderMap, body: Bytes) -> Response {
         header::HeaderValue::from_static("no-store"),
     );
     r
-}
-
-/// An attribution record (`GET /v1/attributions/{id}`) as HTML, per choice: the
-/// contributors' shares, the top examples with their scores (withdrawn ones marked unpaid),
-/// the verbatim evidence spans highlighted inside the answer, the fee split, and the
-/// reward-log entry once the log acknowledged it. Everything a contributor wrote is escaped.
-fn attribution_view(v: &Value) -> Markup {
-    let units = v["params"]["shares"]["units"].as_u64().unwrap_or(1).max(1);
-    let choices = v["choices"].as_array().cloned().unwrap_or_default();
-    let percent = |u: &Value| format!("{:.1} %", u.as_f64().unwrap_or(0.0) * 100.0 / units as f64);
-    html! {
-        h3 { "Attribution" }
-        p.note { "Method " code { (text(&v["method"])) } " over " (text(&v["data"])) "; adapter " code { (short(&v["adapter"])) } ", built by " (text(&v["builder"])) "." }
-        @for c in &choices {
-            @let bits = &c["bits"];
-            @let shares = bits["shares"].as_object().cloned().unwrap_or_default();
-            @let top = bits["top"].as_array().cloned().unwrap_or_default();
-            @let evidence = c["evidence"].as_array().cloned().unwrap_or_default();
-            @if choices.len() > 1 { h4 { "Choice " (text(&c["index"])) } }
-            p.answer { (highlighted(c["answer"].as_str().unwrap_or_default(), &evidence)) }
-            @if shares.is_empty() { p { "No contributor scored: the whole fee goes to the builder." } } @else {
-                table.shares {
-                    caption { "Whose data made this answer likely" }
-                    thead { tr { th scope="col" { "Contributor" } th scope="col" { "Share" } th scope="col" { "Paid" } } }
-                    tbody { @for (who, u) in &shares { tr {
-                        td { (who) } td { (percent(u)) } td { (text(&bits["fee"]["contributors"][who.as_str()])) }
-                    } } }
-                }
-            }
-            @if !top.is_empty() {
-                details open {
-                    summary { "Top training examples (positive: made this answer more likely)" }
-                    ol.examples { @for t in &top { li {
-                        code { (short(&t["id"])) } " " (text(&t["contributor"])) " "
-                        (t["score"].as_f64().map_or("—".into(), |s| format!("{s:.5}")))
-                        @if t["paid"] == false { " " strong.bad { "withdrawn: not paid" } }
-                    } } }
-                }
-            }
-            @for e in &evidence {
-                blockquote.evidence { "Verbatim in training data: " mark { (text(&e["text"])) }
-                    " (" (e["examples"].as_array().map_or(0, Vec::len)) " example(s))" }
-            }
-            p.fee { "Fee " (text(&bits["fee"]["total"])) " for " (text(&c["completion_tokens"])) " tokens: builder "
-                (text(&bits["fee"]["builder"])) ", contributors "
-                (bits["fee"]["contributors"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum::<u64>())) "." }
-        }
-        @if v["reward"].is_null() { p.note { "Reward: pending (not acknowledged by the reward log yet)." } } @else {
-            p { "Reward-log entry " a href={"/rewards#req-" (enc(&text(&v["request_id"])))} { "#" (text(&v["reward"]["seq"])) }
-                " (" (text(&v["reward"]["total"])) " paid). Recompute it: " code { "tributary attribution rerun " (text(&v["request_id"])) } }
-        }
-        details { summary { "As JSON" } (json_block(v)) }
-    }
-}
-
-/// `answer` with each evidence span (by first occurrence of its text) wrapped in `<mark>`;
-/// every piece is escaped.
-fn highlighted(answer: &str, evidence: &[Value]) -> Markup {
-    let mut spans: Vec<(usize, usize)> = evidence
-        .iter()
-        .filter_map(|e| e["text"].as_str())
-        .filter(|t| !t.is_empty())
-        .filter_map(|t| answer.find(t).map(|at| (at, at + t.len())))
-        .collect();
-    spans.sort_unstable();
-    let mut pieces: Vec<(bool, &str)> = Vec::new();
-    let mut at = 0;
-    for (start, end) in spans {
-        if start < at {
-            continue;
-        }
-        if let (Some(before), Some(span)) = (answer.get(at..start), answer.get(start..end)) {
-            pieces.push((false, before));
-            pieces.push((true, span));
-            at = end;
-        }
-    }
-    pieces.push((false, answer.get(at..).unwrap_or_default()));
-    html! { @for (marked, piece) in pieces { @if marked { mark { (piece) } } @else { (piece) } } }
-}
-
-async fn attribution(State(st): State<Dash>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    let sess = session!(st, h);
-    let a = st
-        .api
-        .get(&sess, &format!("/v1/attributions/{}", enc(&id)))
-        .await;
-    let m = if a.ok() {
-        attribution_view(&a.body)
-    } else if a.status == StatusCode::NOT_FOUND && a.body["error"]["code"] == "no_route" {
-        html! { p.note { "Attribution not available: this gateway does not serve " code { "/v1/attributions" } " yet." } }
-    } else {
-        html! { p.note { "Attribution pending (" (a.status.as_u16()) ": " (a.message()) ")." } }
-    };
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        m.0,
-    )
-        .into_response()
 }

@@ -4,19 +4,21 @@
 //! [`datanets`] (list, versions, diff, contributors, preview, uploads and their rejected
 //! rows, upload form), [`jobs`] (submit form with the equivalent spec and CLI command, live
 //! progress and loss curves, cancel, past runs, overlays), [`adapters`] (registry with
-//! lineage and residency, PEFT download, delete; the playground), [`status`] (rewards,
-//! cluster).
+//! lineage and residency, PEFT and GGUF download, delete; the playground), [`attribution`]
+//! (an answer's attribution and "re-run attribution"), [`status`] (rewards, cluster).
 //!
 //! Every page is a view of the JSON API: a page handler calls the gateway's own API routes
-//! in-process ([`Api`]) with the session's key, so the same scopes apply and the page adds
+//! in-process ([`Api`]) as the session's key, so the same scopes apply and the page adds
 //! no logic; each page links its JSON twin. Logging in ([`session`]) turns an API key into
-//! an `HttpOnly` session cookie; every form carries a CSRF token. Static pages read without
+//! an `HttpOnly` session cookie (sessions are kept in the object store and survive a
+//! restart); every form carries a CSRF token. Static pages read without
 //! JavaScript; the script only polls live parts and streams playground answers.
 // Indexing here is on `serde_json::Value`s: a read returns `Null` for a missing key and
 // never panics; writes go to objects built here with `json!` or `to_json`.
 #![allow(clippy::indexing_slicing)]
 
 pub mod adapters;
+pub mod attribution;
 pub mod datanets;
 pub mod jobs;
 pub mod session;
@@ -81,8 +83,8 @@ impl Api {
             .method(method)
             .uri(path)
             .header(header::CONTENT_TYPE, content_type);
-        if let Some(k) = &sess.key {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        if let Some(h) = &sess.key_hash {
+            req = req.extension(crate::auth::SessionKey(h.clone()));
         }
         let req = match req.body(Body::from(body)) {
             Ok(r) => r,
@@ -138,12 +140,13 @@ pub struct Dash {
     pub sessions: Sessions,
 }
 
-/// The dashboard's routes over `api` (the gateway's API router, without the dashboard).
-pub fn dashboard_router(api: Router, auth: &Auth) -> Router {
+/// The dashboard's routes over `api` (the gateway's API router, without the dashboard);
+/// browser sessions are kept in `store`.
+pub fn dashboard_router(api: Router, auth: &Auth, store: tributary_ledger::store::Store) -> Router {
     let st = Dash {
         api: Api { router: api },
         auth: auth.clone(),
-        sessions: Sessions::default(),
+        sessions: Sessions::new(store),
     };
     let r = Router::new()
         .route("/", get(home))
@@ -154,15 +157,32 @@ pub fn dashboard_router(api: Router, auth: &Auth) -> Router {
     let r = datanets::routes(r);
     let r = jobs::routes(r);
     let r = adapters::routes(r);
+    let r = attribution::routes(r);
     let r = status::routes(r);
     r.with_state(st)
 }
 
-/// The session a page request carries, or a redirect to the login page.
-pub fn session_or_login(st: &Dash, headers: &HeaderMap) -> Result<Session, Box<Response>> {
-    st.sessions
-        .of(headers)
-        .ok_or_else(|| Box::new(Redirect::to("/login").into_response()))
+/// The session a page request carries, or a redirect to the login page: a session whose
+/// key was revoked is ended here.
+pub async fn session_or_login(st: &Dash, headers: &HeaderMap) -> Result<Session, Box<Response>> {
+    let login = || Box::new(Redirect::to("/login").into_response());
+    let sess = st.sessions.of(headers).await.ok_or_else(login)?;
+    if let (Some(keys), Some(hash)) = (st.auth.key_store(), &sess.key_hash) {
+        match keys.resolve_hash(hash).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                st.sessions.remove(&sess.id).await;
+                return Err(login());
+            }
+            Err(e) => {
+                return Err(Box::new(page_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("The key store did not answer: {e}"),
+                )));
+            }
+        }
+    }
+    Ok(sess)
 }
 
 /// Checks a form's CSRF token against the session's.
@@ -338,9 +358,9 @@ async fn script() -> Response {
 }
 
 async fn home(State(st): State<Dash>, headers: HeaderMap) -> Response {
-    match st.sessions.of(&headers) {
-        Some(_) => Redirect::to("/datanets").into_response(),
-        None => Redirect::to("/login").into_response(),
+    match session_or_login(&st, &headers).await {
+        Ok(_) => Redirect::to("/datanets").into_response(),
+        Err(r) => *r,
     }
 }
 
@@ -388,7 +408,7 @@ async fn login(State(st): State<Dash>, headers: HeaderMap, Form(f): Form<LoginFo
     let (key, owner) = match st.auth.key_store() {
         None => (None, crate::auth::ANONYMOUS.to_string()),
         Some(keys) => match keys.resolve(f.key.trim()).await {
-            Ok(Some(rec)) => (Some(f.key.trim().to_string()), rec.owner),
+            Ok(Some(rec)) => (Some(rec.hash), rec.owner),
             Ok(None) => {
                 return page_error(StatusCode::UNAUTHORIZED, "That API key is not valid.");
             }
@@ -400,11 +420,14 @@ async fn login(State(st): State<Dash>, headers: HeaderMap, Form(f): Form<LoginFo
             }
         },
     };
-    let Some(sess) = st.sessions.create(key, owner) else {
-        return page_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many sessions are open; try again later.",
-        );
+    let sess = match st.sessions.create(key, owner).await {
+        Ok(s) => s,
+        Err(e) => {
+            return page_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("No session could be opened: {e}."),
+            );
+        }
     };
     let mut r = Redirect::to("/datanets").into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(COOKIE, &sess.id, SESSION_TTL)) {
@@ -419,14 +442,14 @@ struct CsrfForm {
 }
 
 async fn logout(State(st): State<Dash>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    let sess = match session_or_login(&st, &headers) {
+    let sess = match session_or_login(&st, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
     if let Err(r) = check_csrf(&sess, &f.csrf) {
         return *r;
     }
-    st.sessions.remove(&sess.id);
+    st.sessions.remove(&sess.id).await;
     let mut r = Redirect::to("/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(COOKIE, "", std::time::Duration::ZERO)) {
         r.headers_mut().append(header::SET_COOKIE, v);

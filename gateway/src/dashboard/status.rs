@@ -24,7 +24,7 @@ pub(super) fn routes(r: Router<Dash>) -> Router<Dash> {
 
 macro_rules! session {
     ($st:expr, $h:expr) => {
-        match session_or_login(&$st, &$h) {
+        match session_or_login(&$st, &$h).await {
             Ok(s) => s,
             Err(r) => return *r,
         }

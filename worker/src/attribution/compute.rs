@@ -205,58 +205,19 @@ impl Attributor {
         let device = tributary_model::device::default_device();
         let lora = LoraAdapter::load(tmp.path(), self.model.config(), &device)
             .map_err(AttrError::model)?;
-        let prov = &index.header.provenance;
-        let n = index.len();
-        let data = prov
-            .get("data")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let data_version = prov
-            .get("data_digest")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let mut contributors: Vec<String> = prov
-            .get("contributors")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .map(|c| c.as_str().unwrap_or_default().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        contributors.resize(n, String::new());
-        let mut ctx = DataContext {
-            contributors,
-            order: (0..n as u64).collect(),
-            dup_key: vec![None; n],
-            withdrawn: WithdrawnIndex::default(),
+        let (data, data_version, datanet) = super::rerun::data_source(&index);
+        let manifest = match &datanet {
+            Some((name, version)) => Some(
+                self.rt
+                    .block_on(Datanets::new(self.store.clone()).manifest(name, version))
+                    .map_err(AttrError::store)?,
+            ),
+            None => None,
         };
-        let datanet = data
-            .strip_prefix("datanet://")
-            .map(|rest| rest.split('@').next().unwrap_or_default().to_string())
-            .map(|name| (name, data_version.clone()));
+        let ctx = super::rerun::data_context(&index, manifest.as_ref());
         let mut rows: Vec<serde_json::Value> = Vec::new();
         if let Some((name, version)) = &datanet {
             let nets = Datanets::new(self.store.clone());
-            let m = self
-                .rt
-                .block_on(nets.manifest(name, version))
-                .map_err(AttrError::store)?;
-            // An exact copy has its original's content id: the first entry (acceptance
-            // order) is the original, and its owner is credited, never the copier.
-            let mut pos: HashMap<&str, usize> = HashMap::new();
-            for (i, e) in m.examples.iter().enumerate() {
-                pos.entry(e.id.as_str()).or_insert(i);
-            }
-            for (i, id) in index.header.example_ids.iter().enumerate() {
-                if let Some(&p) = pos.get(id.as_str()) {
-                    ctx.order[i] = p as u64;
-                    ctx.dup_key[i] = Some(m.examples[p].cluster.clone());
-                    ctx.contributors[i] = m.examples[p].contributor.clone();
-                }
-            }
             let mut buf = Vec::new();
             self.rt
                 .block_on(nets.export(name, Some(version.as_str()), false, &mut buf))
@@ -323,22 +284,12 @@ impl Attributor {
 
     /// Withdrawals in force now (the datanet's head): applied by answer time.
     fn withdrawn(&self, loaded: &Loaded) -> Result<WithdrawnIndex, AttrError> {
-        let Some((name, _)) = &loaded.datanet else {
-            return Ok(WithdrawnIndex::default());
-        };
-        let nets = Datanets::new(self.store.clone());
-        let head = self
-            .rt
-            .block_on(nets.head(name))
-            .map_err(AttrError::store)?;
-        let Some((_, digest)) = head else {
-            return Ok(WithdrawnIndex::default());
-        };
-        let m = self
-            .rt
-            .block_on(nets.manifest(name, &digest))
-            .map_err(AttrError::store)?;
-        Ok(WithdrawnIndex::from_manifest(&m))
+        match &loaded.datanet {
+            None => Ok(WithdrawnIndex::default()),
+            Some((name, _)) => self
+                .rt
+                .block_on(super::rerun::withdrawn_now(&self.store, name)),
+        }
     }
 
     /// The prompt's tokens, rendered as the engine renders them.

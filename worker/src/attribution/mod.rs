@@ -39,6 +39,7 @@ pub mod actor;
 pub mod compute;
 pub mod metrics;
 pub mod record;
+pub mod rerun;
 pub mod service;
 pub mod tap;
 

@@ -3,6 +3,8 @@
 //    HTML fragment rendered by the server) until the fragment comes back without data-poll.
 // 2. Playground: answers stream from /playground/stream (OpenAI server-sent events), text
 //    appended with textContent (never parsed as markup); then the attribution panel loads.
+// 3. "Re-run attribution" forms post in place: the result page's div.rerun-result goes
+//    under the form (without the script the form posts and the result is a page).
 "use strict";
 
 function fragment(html, id) {
@@ -106,6 +108,42 @@ async function streamInto(side, model, prompt, maxTokens) {
   panel.textContent = "Attribution: loading…";
   loadAttribution(panel, id, 45);
 }
+
+async function rerun(form) {
+  const button = form.querySelector("button");
+  let out = form.nextElementSibling;
+  if (!out || !out.classList.contains("rerun-result")) {
+    out = document.createElement("div");
+    out.className = "rerun-result";
+    form.after(out);
+  }
+  out.textContent = "Re-running…";
+  if (button) button.disabled = true;
+  try {
+    const r = await fetch(form.action, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams(new FormData(form)),
+    });
+    const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+    const result = doc.querySelector(".rerun-result");
+    if (result) out.replaceWith(result);
+    else out.textContent = "Re-run: " + r.status;
+  } catch (e) {
+    out.textContent = "Re-run failed: " + e;
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+document.addEventListener("submit", (ev) => {
+  const form = ev.target;
+  if (form instanceof HTMLFormElement && form.classList.contains("rerun")) {
+    ev.preventDefault();
+    rerun(form);
+  }
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-poll]").forEach(poll);
