@@ -126,11 +126,11 @@ async fn gguf(
         ));
     };
     let served = st.catalog.engine.info().base_digest.to_hex();
-    if entry.base != served {
+    if entry.base_model_digest != served {
         return Err(ApiError::Conflict(format!(
             "GGUF export: adapter {} was trained on base model {}, not on the base {served} \
              this gateway knows",
-            entry.adapter_digest, entry.base
+            entry.adapter_digest, entry.base_model_digest
         )));
     }
     let files = st

@@ -183,7 +183,7 @@ impl Sessions {
             .list_names(&Path::from(PREFIX))
             .await
             .map_err(|e| SessionError::Store(e.to_string()))?;
-        let now = now_ms();
+        let now_unix_ms = now_ms();
         let mut live = 0;
         for n in names {
             let key = Path::from(format!("{PREFIX}/{n}"));
@@ -194,14 +194,14 @@ impl Sessions {
                 .map_err(|e| SessionError::Store(e.to_string()))?
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match stored {
-                Some(s) if s.expires_unix_ms > now => live += 1,
+                Some(s) if s.expires_unix_ms > now_unix_ms => live += 1,
                 _ => {
                     let _ = self.store.delete(&key).await;
                 }
             }
         }
         self.map()
-            .retain(|_, c| c.session.expires_unix_ms > now);
+            .retain(|_, c| c.session.expires_unix_ms > now_unix_ms);
         *self.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(now());
         Ok(live)
     }
@@ -335,7 +335,6 @@ mod tests {
     }
 
     #[tokio::test]
-    #[allow(clippy::disallowed_methods)] // a fresh store name
     async fn sessions_persist_hashed_and_end_by_logout_or_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().to_string_lossy()).unwrap();
