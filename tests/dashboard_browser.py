@@ -111,8 +111,12 @@ with sync_playwright() as p:
     page.click("button[value=submit]")
     check("/jobs/" in page.url, "job page: " + page.url)
     job_url = page.url
+    # Running, a few steps in, and the first loss points stored (the series is written at
+    # most every 0.5 s, so the step can be ahead of the curve).
     wait_for(lambda: page.locator("#job-state").inner_text() == "running"
-             and int(page.inner_text("#job-step").split("/")[0]) >= 3, 120, "job running")
+             and int(page.inner_text("#job-step").split("/")[0]) >= 3
+             and int(page.get_attribute("#loss-chart", "data-train-points") or 0) >= 1,
+             120, "job running with a curve")
     before = int(page.inner_text("#job-step").split("/")[0])
     pts = int(page.get_attribute("#loss-chart", "data-train-points"))
     seen["before_reload"] = {"step": before, "train_points": pts}

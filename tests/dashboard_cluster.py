@@ -38,7 +38,7 @@ with sync_playwright() as p:
     coords, workers = wait_for(cluster_seen, 30, "cluster page: leader, standby, w1, w2")
     seen["coordinators"] = coords
     check(page.inner_text("#readiness") == "ready", "cluster ready")
-    shot(page, "cluster")
+    shot(page, "cluster-processes")
 
     # A job from the form, on the datanet the test made; it runs on the cluster's workers.
     page.goto(base + "/jobs")

@@ -7,7 +7,8 @@
 //! list both workers, submits a job from the form and sees it succeed, chats with the
 //! adapter, opens its attribution (computed on the serving worker, paid by the leader) and
 //! re-runs it in the gateway, which has no model: the bits match. This side then checks the
-//! same facts through the API.
+//! same facts through the API. Screenshots go to `target/dashboard-cluster-screenshots/`
+//! (and to docs/screenshots/ with `TRIBUTARY_UPDATE_SCREENSHOTS=1`).
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
@@ -97,7 +98,7 @@ fn the_dashboard_works_in_chromium_against_a_process_cluster() {
     common::wait_ready(gw, "/readyz", 60, &|| c.dump_logs());
     let ready_s = t0.elapsed().as_secs_f64();
 
-    let shots = common::repo().join("target/dashboard-screenshots/cluster");
+    let shots = common::repo().join("target/dashboard-cluster-screenshots");
     let t1 = Instant::now();
     let out = Command::new(common::cached_python("browser"))
         .arg(common::repo().join("tests/dashboard_cluster.py"))
@@ -141,6 +142,13 @@ fn the_dashboard_works_in_chromium_against_a_process_cluster() {
         .filter(|c| c["leader"] == true)
         .collect();
     assert_eq!(leaders.len(), 1, "{view}");
+    if std::env::var("TRIBUTARY_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        let docs = common::repo().join("docs/screenshots");
+        for e in std::fs::read_dir(&shots).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, docs.join(p.file_name().unwrap())).unwrap();
+        }
+    }
     // This gateway was not given the base model: GGUF export says why.
     let digest = rec["adapter_digest"].as_str().unwrap();
     let (code, err) = api(gw, &key, "GET", &format!("/v1/adapters/{digest}/gguf"));
