@@ -31,7 +31,10 @@ use serde_json::Value;
 fn api(port: u16, key: &str, method: &str, path: &str) -> (u16, Value) {
     let (code, body) =
         common::http_request_key(port, method, path, "application/json", "", Some(key)).unwrap();
-    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
 }
 
 #[test]
@@ -39,11 +42,20 @@ fn the_dashboard_works_in_chromium_against_a_process_cluster() {
     let t0 = Instant::now();
     let mut c = Cluster::new();
     let certs = c.dir.path().join("certs");
-    run_ok(&["certs", "issue", "--name", "gw", "--dir", certs.to_str().unwrap()]);
+    run_ok(&[
+        "certs",
+        "issue",
+        "--name",
+        "gw",
+        "--dir",
+        certs.to_str().unwrap(),
+    ]);
     let store = c.store.clone();
     let key = {
         let out = Command::new(process_cluster::bin())
-            .args(["keys", "create", "--store", &store, "--owner", "tester", "--scope", "admin"])
+            .args([
+                "keys", "create", "--store", &store, "--owner", "tester", "--scope", "admin",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", common::stderr(&out));
@@ -63,7 +75,13 @@ fn the_dashboard_works_in_chromium_against_a_process_cluster() {
         let f = tmp.join(format!("{who}.jsonl"));
         std::fs::write(&f, part.join("\n") + "\n").unwrap();
         run_ok(&[
-            "datanet", "upload", "clinic", f.to_str().unwrap(), "--contributor", who, "--store",
+            "datanet",
+            "upload",
+            "clinic",
+            f.to_str().unwrap(),
+            "--contributor",
+            who,
+            "--store",
             &store,
         ]);
     }
@@ -75,21 +93,44 @@ fn the_dashboard_works_in_chromium_against_a_process_cluster() {
     );
     c.spawn(
         "coord-a",
-        &["coordinator", "--http", &format!("127.0.0.1:{}", common::free_tcp_port()),
-          "--reward-window-ms", "200"],
+        &[
+            "coordinator",
+            "--http",
+            &format!("127.0.0.1:{}", common::free_tcp_port()),
+            "--reward-window-ms",
+            "200",
+        ],
     );
     c.spawn(
         "coord-b",
-        &["coordinator", "--http", &format!("127.0.0.1:{}", common::free_tcp_port()),
-          "--reward-window-ms", "200"],
+        &[
+            "coordinator",
+            "--http",
+            &format!("127.0.0.1:{}", common::free_tcp_port()),
+            "--reward-window-ms",
+            "200",
+        ],
     );
     c.spawn(
         "w1",
         &[
-            "worker", "--listen", "127.0.0.1:0", "--serve-listen", "127.0.0.1:0",
-            "--base-model", base.to_str().unwrap(), "--allow-path", &fixtures_s,
-            "--allow-path", &tmp_s, "--cache-dir", &format!("{tmp_s}/w1-cache"),
-            "--price-per-token", "1000", "--builder-share", "0.25",
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--serve-listen",
+            "127.0.0.1:0",
+            "--base-model",
+            base.to_str().unwrap(),
+            "--allow-path",
+            &fixtures_s,
+            "--allow-path",
+            &tmp_s,
+            "--cache-dir",
+            &format!("{tmp_s}/w1-cache"),
+            "--price-per-token",
+            "1000",
+            "--builder-share",
+            "0.25",
         ],
     );
     c.worker_allowing("w2", 0, &[common::fixtures().as_path(), tmp.as_path()]);

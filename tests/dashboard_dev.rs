@@ -247,18 +247,17 @@ fn dashboard_sessions_survive_a_restart_and_end_by_logout_or_a_revoked_key() {
     let left = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(left, 1, "logout and revocation delete the stored sessions");
     // A forged cookie is no session.
-    assert!(!logged_in(&dev, &format!("tributary_session={}", "ab".repeat(32))));
+    assert!(!logged_in(
+        &dev,
+        &format!("tributary_session={}", "ab".repeat(32))
+    ));
 }
 
 #[test]
 fn an_adapter_downloads_as_a_gguf_lora_adapter_equal_to_export_lora() {
     let tmp = tempfile::tempdir().unwrap();
     let base = fixtures().join("tiny-llama");
-    let dev = Dev::start_with(
-        tmp.path(),
-        1,
-        &["--base-model", base.to_str().unwrap()],
-    );
+    let dev = Dev::start_with(tmp.path(), 1, &["--base-model", base.to_str().unwrap()]);
     let key = dev.key();
     let b64 = |f: &str| {
         base64::engine::general_purpose::STANDARD
@@ -291,7 +290,8 @@ fn an_adapter_downloads_as_a_gguf_lora_adapter_equal_to_export_lora() {
     assert!(file.get("adapter.lora.alpha").unwrap().as_f64().unwrap() > 0.0);
     let names: Vec<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
     assert!(
-        names.contains(&"blk.0.attn_q.weight.lora_a") && names.contains(&"blk.0.attn_q.weight.lora_b"),
+        names.contains(&"blk.0.attn_q.weight.lora_a")
+            && names.contains(&"blk.0.attn_q.weight.lora_b"),
         "{names:?}"
     );
     // The same bytes as the CLI's export of the same adapter on the same base.
@@ -306,7 +306,10 @@ fn an_adapter_downloads_as_a_gguf_lora_adapter_equal_to_export_lora() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(std::fs::read(&cli).unwrap() == r.body, "download differs from export-lora");
+    assert!(
+        std::fs::read(&cli).unwrap() == r.body,
+        "download differs from export-lora"
+    );
     eprintln!(
         "GGUF download: {} bytes, {} tensors, {:.2} s",
         r.body.len(),
@@ -394,13 +397,25 @@ fn an_attribution_reruns_bit_for_bit_and_a_tampered_record_shows_its_first_diffe
     assert_eq!(job["state"], "succeeded", "{job}\n{}", dev.logs());
     let chat = json!({"model": "clinic-bot", "max_tokens": 8, "temperature": 0,
         "messages": [{"role": "user", "content": "Who records blood pressure?"}]});
-    let r = api(&dev, &key, "POST", "/v1/chat/completions", &chat.to_string());
+    let r = api(
+        &dev,
+        &key,
+        "POST",
+        "/v1/chat/completions",
+        &chat.to_string(),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
     let rec = record(&dev, &key, &id);
 
     let t0 = Instant::now();
-    let r = api(&dev, &key, "POST", &format!("/v1/attributions/{id}/rerun"), "");
+    let r = api(
+        &dev,
+        &key,
+        "POST",
+        &format!("/v1/attributions/{id}/rerun"),
+        "",
+    );
     let took = t0.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
@@ -410,7 +425,11 @@ fn an_attribution_reruns_bit_for_bit_and_a_tampered_record_shows_its_first_diffe
     let c0 = &v["choices"][0];
     assert_eq!(c0["stored_digest"], c0["recomputed_digest"], "{v}");
     assert!(c0["first_difference"].is_null(), "{v}");
-    eprintln!("rerun over {} examples: {:.2} s", lines.len(), took.as_secs_f64());
+    eprintln!(
+        "rerun over {} examples: {:.2} s",
+        lines.len(),
+        took.as_secs_f64()
+    );
 
     // Another key (without admin) does not see it: a 404, as for reading the record.
     let made = api(
@@ -421,7 +440,13 @@ fn an_attribution_reruns_bit_for_bit_and_a_tampered_record_shows_its_first_diffe
         r#"{"owner": "mallory", "scopes": ["inference"]}"#,
     );
     let other = made.json()["key"].as_str().unwrap().to_string();
-    let r = api(&dev, &other, "POST", &format!("/v1/attributions/{id}/rerun"), "");
+    let r = api(
+        &dev,
+        &other,
+        "POST",
+        &format!("/v1/attributions/{id}/rerun"),
+        "",
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     let r = api(&dev, &key, "POST", "/v1/attributions/not-an-id/rerun", "");
     assert_eq!(r.status, 404, "{}", r.text());
@@ -440,18 +465,34 @@ fn an_attribution_reruns_bit_for_bit_and_a_tampered_record_shows_its_first_diffe
         .unwrap();
     shares.insert(who.clone(), json!(units + 1));
     std::fs::write(&path, serde_json::to_vec(&tampered).unwrap()).unwrap();
-    let r = api(&dev, &key, "POST", &format!("/v1/attributions/{id}/rerun"), "");
+    let r = api(
+        &dev,
+        &key,
+        "POST",
+        &format!("/v1/attributions/{id}/rerun"),
+        "",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["bits_match"], false, "{v}");
     let c0 = &v["choices"][0];
     assert_ne!(c0["stored_digest"], c0["recomputed_digest"]);
-    assert_eq!(c0["first_difference"]["field"], format!("shares.{who}"), "{v}");
+    assert_eq!(
+        c0["first_difference"]["field"],
+        format!("shares.{who}"),
+        "{v}"
+    );
     assert_eq!(c0["first_difference"]["stored"], units + 1);
     assert_eq!(c0["first_difference"]["recomputed"], units);
     // Missing features: a 409 that names them.
     std::fs::remove_file(store.join(format!("attribution/features/{id}/0.f32"))).unwrap();
-    let r = api(&dev, &key, "POST", &format!("/v1/attributions/{id}/rerun"), "");
+    let r = api(
+        &dev,
+        &key,
+        "POST",
+        &format!("/v1/attributions/{id}/rerun"),
+        "",
+    );
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("features"), "{}", r.text());
 }

@@ -100,8 +100,12 @@ fn to_gguf(base: PathBuf, files: Vec<(String, bytes::Bytes)>) -> Result<Vec<u8>,
             .map_err(|e| ApiError::Internal(format!("GGUF export: {e}")))?;
     }
     let device = tributary_model::device::cpu_device();
-    let adapter = tributary_model::lora::LoraAdapter::load(tmp.path(), &cfg, &device)
-        .map_err(|e| ApiError::Conflict(format!("GGUF export: the adapter does not load on this base: {e}")))?;
+    let adapter =
+        tributary_model::lora::LoraAdapter::load(tmp.path(), &cfg, &device).map_err(|e| {
+            ApiError::Conflict(format!(
+                "GGUF export: the adapter does not load on this base: {e}"
+            ))
+        })?;
     let out = tmp.path().join("adapter.gguf");
     tributary_model::gguf::lora_export::export_lora(&adapter, &cfg, &out)
         .map_err(|e| ApiError::Conflict(format!("GGUF export: {e}")))?;

@@ -237,10 +237,27 @@ async fn gguf_download_without_the_base_model_says_why() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    let (s, v) = call(&f.app, "GET", "/v1/adapters/bot/gguf", &f.alice, Value::Null).await;
+    let (s, v) = call(
+        &f.app,
+        "GET",
+        "/v1/adapters/bot/gguf",
+        &f.alice,
+        Value::Null,
+    )
+    .await;
     assert_eq!(s, 409, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("--base-model") && msg.contains("export-lora"), "{msg}");
-    let (s, _) = call(&f.app, "GET", "/v1/adapters/nope/gguf", &f.alice, Value::Null).await;
+    assert!(
+        msg.contains("--base-model") && msg.contains("export-lora"),
+        "{msg}"
+    );
+    let (s, _) = call(
+        &f.app,
+        "GET",
+        "/v1/adapters/nope/gguf",
+        &f.alice,
+        Value::Null,
+    )
+    .await;
     assert_eq!(s, 404);
 }

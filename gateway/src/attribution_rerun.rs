@@ -41,14 +41,21 @@ pub struct RerunState {
 
 /// The rerun route.
 pub fn rerun_router(store: Store, auth: &Auth) -> Router {
+    router_with(
+        RerunState {
+            store,
+            permits: Arc::new(Semaphore::new(MAX_RERUNS)),
+        },
+        auth,
+    )
+}
+
+fn router_with(state: RerunState, auth: &Auth) -> Router {
     auth.guard(
         Router::new().route("/v1/attributions/{request_id}/rerun", post(rerun_route)),
         Scope::Inference,
     )
-    .with_state(RerunState {
-        store,
-        permits: Arc::new(Semaphore::new(MAX_RERUNS)),
-    })
+    .with_state(state)
 }
 
 fn attr_error(e: AttrError) -> ApiError {
@@ -72,6 +79,16 @@ async fn rerun_route(
         ),
         code: "not_found",
     };
+    // The bound comes first: a busy gateway reads nothing (and says nothing about the id).
+    let Ok(permit) = st.permits.clone().try_acquire_owned() else {
+        return Err(ApiError::Overloaded {
+            retry_after_ms: RERUN_RETRY_AFTER_MS,
+            message: format!(
+                "{MAX_RERUNS} attribution rerun(s) already running on this gateway; retry in {} s",
+                RERUN_RETRY_AFTER_MS / 1000
+            ),
+        });
+    };
     if !valid_request_id(&rid) {
         return Err(missing());
     }
@@ -86,15 +103,6 @@ async fn rerun_route(
     if !caller.admin && record.requester.as_deref() != caller.key_id.as_deref() {
         return Err(missing());
     }
-    let Ok(permit) = st.permits.clone().try_acquire_owned() else {
-        return Err(ApiError::Overloaded {
-            retry_after_ms: RERUN_RETRY_AFTER_MS,
-            message: format!(
-                "{MAX_RERUNS} attribution rerun(s) already running on this gateway; retry in {} s",
-                RERUN_RETRY_AFTER_MS / 1000
-            ),
-        });
-    };
     #[allow(clippy::disallowed_methods)] // measures how long the rerun took
     let t0 = std::time::Instant::now();
     let inputs = rerun_inputs(&st.store, record).await.map_err(attr_error)?;
@@ -108,4 +116,49 @@ async fn rerun_route(
     let mut v = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
     crate::json::set(&mut v, "seconds", json!(t0.elapsed().as_secs_f64()));
     Ok(Json(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use tower::ServiceExt;
+
+    async fn post(app: &Router, path: &str) -> (u16, Option<String>) {
+        let r = app
+            .clone()
+            .oneshot(Request::post(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let retry = r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), retry)
+    }
+
+    #[tokio::test]
+    async fn a_second_rerun_while_one_runs_is_a_429_with_retry_after() {
+        let store = Store::open("memory://rerun-bound").unwrap();
+        let permits = Arc::new(Semaphore::new(MAX_RERUNS));
+        let app = router_with(
+            RerunState {
+                store,
+                permits: permits.clone(),
+            },
+            &Auth::open(),
+        );
+        let path = "/v1/attributions/chatcmpl-0123456789abcdef01234567/rerun";
+        // Free: the id is looked up (and is not there).
+        assert_eq!(post(&app, path).await, (404, None));
+        // Every permit taken (reruns in flight): refused at once, told when to retry.
+        let held = permits
+            .clone()
+            .try_acquire_many_owned(MAX_RERUNS as u32)
+            .unwrap();
+        assert_eq!(post(&app, path).await, (429, Some("2".into())));
+        drop(held);
+        assert_eq!(post(&app, path).await.0, 404);
+    }
 }

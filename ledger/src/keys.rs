@@ -380,12 +380,21 @@ mod tests {
         assert_eq!(other.resolve(&secret).await.unwrap().unwrap().id, rec.id);
         // By its stored hash (a browser session's way), from a fresh process too.
         let third = KeyStore::new(ks.store.clone());
-        assert_eq!(third.resolve_hash(&rec.hash).await.unwrap().unwrap().id, rec.id);
+        assert_eq!(
+            third.resolve_hash(&rec.hash).await.unwrap().unwrap().id,
+            rec.id
+        );
         assert_eq!(third.resolve_hash("../keys").await.unwrap(), None);
         assert!(other.revoke(&rec.id, 9).await.unwrap());
         assert_eq!(other.resolve(&secret).await.unwrap(), None);
         assert_eq!(other.resolve_hash(&rec.hash).await.unwrap(), None);
-        assert_eq!(KeyStore::new(ks.store.clone()).resolve_hash(&rec.hash).await.unwrap(), None);
+        assert_eq!(
+            KeyStore::new(ks.store.clone())
+                .resolve_hash(&rec.hash)
+                .await
+                .unwrap(),
+            None
+        );
         assert!(other.list().await.unwrap().is_empty());
     }
 

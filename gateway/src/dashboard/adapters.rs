@@ -220,13 +220,7 @@ async fn download_gguf(State(st): State<Dash>, h: HeaderMap, Path(id): Path<Stri
         .await
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    api_error(
-        &sess,
-        &super::Answer {
-            status,
-            body,
-        },
-    )
+    api_error(&sess, &super::Answer { status, body })
 }
 
 /// The models a chat can name: the base and every adapter (id, label).

@@ -355,7 +355,10 @@ mod tests {
         // A second table over the same store (a restarted gateway) knows it.
         let again = Sessions::new(store.clone());
         let back = again.of(&h).await.unwrap();
-        assert_eq!((back.owner.as_str(), back.csrf.as_str()), ("alice", sess.csrf.as_str()));
+        assert_eq!(
+            (back.owner.as_str(), back.csrf.as_str()),
+            ("alice", sess.csrf.as_str())
+        );
         assert_eq!(back.key_hash.as_deref(), Some("keyhash"));
         // Logout on one ends it on the other once it re-reads the store.
         s.remove(&sess.id).await;
@@ -374,8 +377,16 @@ mod tests {
             expires_unix_ms: 1,
         })
         .unwrap();
-        store.put(&object(&old.id), Bytes::from(bytes)).await.unwrap();
-        assert!(Sessions::new(store.clone()).of(&headers(&old.id)).await.is_none());
+        store
+            .put(&object(&old.id), Bytes::from(bytes))
+            .await
+            .unwrap();
+        assert!(
+            Sessions::new(store.clone())
+                .of(&headers(&old.id))
+                .await
+                .is_none()
+        );
         assert!(store.get(&object(&old.id)).await.unwrap().is_none());
         // Malformed cookies are no session.
         assert!(s.of(&headers("../../x")).await.is_none());

@@ -106,7 +106,10 @@ pub struct RerunInputs {
 
 /// Reads a record's inputs: its adapter's index, the data context with the withdrawals in
 /// force now, and each choice's features (whose BLAKE3 must match the record's).
-pub async fn rerun_inputs(store: &Store, record: AttributionRecord) -> Result<RerunInputs, AttrError> {
+pub async fn rerun_inputs(
+    store: &Store,
+    record: AttributionRecord,
+) -> Result<RerunInputs, AttrError> {
     let get = |key: String| async move {
         store
             .get(&object_store::path::Path::from(key.as_str()))
@@ -142,7 +145,10 @@ pub async fn rerun_inputs(store: &Store, record: AttributionRecord) -> Result<Re
             )));
         }
         features.push(features_from_bytes(&b, dims).ok_or_else(|| {
-            AttrError::Missing(format!("{}: not {dims}-dimensional features", c.features_key))
+            AttrError::Missing(format!(
+                "{}: not {dims}-dimensional features",
+                c.features_key
+            ))
         })?);
     }
     Ok(RerunInputs {
@@ -248,9 +254,8 @@ pub fn rerun(inputs: &RerunInputs) -> Result<RerunReport, AttrError> {
         )
         .map_err(AttrError::record)?;
         let (stored, recomputed) = (canonical(&c.bits), canonical(&again));
-        let diff = first_difference("", &stored, &recomputed).map(|(field, s, r)| {
-            serde_json::json!({"field": field, "stored": s, "recomputed": r})
-        });
+        let diff = first_difference("", &stored, &recomputed)
+            .map(|(field, s, r)| serde_json::json!({"field": field, "stored": s, "recomputed": r}));
         choices.push(ChoiceRerun {
             index: c.index,
             bits_match: c.bits.same_bits(&again) && diff.is_none(),
