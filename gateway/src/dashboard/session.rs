@@ -220,11 +220,20 @@ impl Sessions {
         key_hash: Option<String>,
         owner: String,
     ) -> Result<Session, SessionError> {
-        if self.sweep_due() || self.map().len() >= MAX_SESSIONS {
+        if self.map().len() >= MAX_SESSIONS {
             let live = self.sweep().await?;
             if live >= MAX_SESSIONS {
                 return Err(SessionError::Full);
             }
+        } else if self.sweep_due() {
+            // Mark it started, then sweep in the background (it reads every stored session).
+            *self.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(now());
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.sweep().await {
+                    tracing::warn!(error = %e, "sweeping expired dashboard sessions");
+                }
+            });
         }
         let created = now_ms();
         let s = Session {
@@ -388,6 +397,24 @@ mod tests {
                 .is_none()
         );
         assert!(store.get(&object(&old.id)).await.unwrap().is_none());
+        // A sweep deletes the expired ones it finds and counts the live ones.
+        let live = s.create(None, "carol".into()).await.unwrap();
+        let stale = s.create(None, "dave".into()).await.unwrap();
+        let mut old = serde_json::from_slice::<Stored>(
+            &store.get(&object(&stale.id)).await.unwrap().unwrap(),
+        )
+        .unwrap();
+        old.expires_unix_ms = 1;
+        store
+            .put(
+                &object(&stale.id),
+                Bytes::from(serde_json::to_vec(&old).unwrap()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(Sessions::new(store.clone()).sweep().await.unwrap(), 1);
+        assert!(store.get(&object(&stale.id)).await.unwrap().is_none());
+        assert!(store.get(&object(&live.id)).await.unwrap().is_some());
         // Malformed cookies are no session.
         assert!(s.of(&headers("../../x")).await.is_none());
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("ab", "abc"));
