@@ -2,8 +2,8 @@
 //! browser sessions that survive a restart and end by logout or key revocation; an adapter
 //! downloaded as a llama.cpp GGUF LoRA adapter (read back with our GGUF reader, and equal
 //! byte for byte to `tributary model export-lora`'s); and an answer's attribution re-run
-//! bit for bit through `POST /v1/attributions/{id}/rerun`, a tampered record showing its
-//! first difference, another key getting a 404.
+//! bit for bit through `POST /v1/attributions/{id}/rerun` (and the dashboard's form without
+//! JavaScript), a tampered record showing its first difference, another key getting a 404.
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
@@ -430,6 +430,32 @@ fn an_attribution_reruns_bit_for_bit_and_a_tampered_record_shows_its_first_diffe
         lines.len(),
         took.as_secs_f64()
     );
+
+    // The dashboard's form without JavaScript: a page saying the bits match; a forged CSRF
+    // token is refused.
+    let cookie = log_in(&dev, &key);
+    let csrf = csrf_of(&page(&dev, &cookie, "/playground").text());
+    let form = |token: &str| {
+        http(
+            dev.port,
+            "POST",
+            &format!("/playground/attribution/{id}/rerun"),
+            &[
+                ("Cookie", &cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            format!("csrf={token}").as_bytes(),
+        )
+    };
+    let r = form(&csrf);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let html = r.text();
+    assert!(html.contains("bits match"), "{html}");
+    assert!(
+        html.contains(c0["stored_digest"].as_str().unwrap()),
+        "{html}"
+    );
+    assert_eq!(form(&"0".repeat(64)).status, 403);
 
     // Another key (without admin) does not see it: a 404, as for reading the record.
     let made = api(
