@@ -142,7 +142,10 @@ async fn cluster(State(st): State<Dash>, h: HeaderMap) -> Response {
                 tbody { @for c in &coordinators { tr {
                     td { (text(&c["name"])) }
                     td { @if c["leader"] == true { strong { "leader" } } @else { "standby" } }
-                    td { (text(&c["fencing_token"])) }
+                    // A standby's token is its campaign's revision: the token it will
+                    // write under once it leads (always above the current leader's).
+                    td { @if c["leader"] == true { (text(&c["fencing_token"])) }
+                         @else { (text(&c["fencing_token"])) " once it leads" } }
                 } } } }
         }
         section aria-labelledby="w-h" {
