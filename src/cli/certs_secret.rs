@@ -149,7 +149,8 @@ async fn create(api: &str, sa: &Path, namespace: &str, secret: &Value) -> anyhow
     let resp = http
         .post(&url)
         .bearer_auth(token)
-        .json(secret)
+        .header("content-type", "application/json")
+        .body(secret.to_string())
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;
