@@ -89,7 +89,7 @@ fn dashboard_queries_only_metrics_the_code_exports() {
 
 #[test]
 fn the_pre_install_certs_job_makes_a_secret_that_runs_a_job_over_mtls_and_tls_etcd_stub_kubernetes_api()
-{
+ {
     check("certs-job", &["--binary", env!("CARGO_BIN_EXE_tributary")]);
 }
 

@@ -45,7 +45,7 @@ const DRAIN_TIMEOUT_SECS: &str = "20";
 /// Load clients sending requests back to back.
 const CLIENTS: usize = 4;
 /// Steps of the training job run across the coordinators' restarts.
-const JOB_STEPS: u64 = 120;
+const JOB_STEPS: u64 = 250;
 /// Requests each phase must serve before the next starts (so that serving is shown to go on
 /// after each restart, and every phase's count means something).
 const MIN_SERVED: usize = 20;
@@ -291,7 +291,14 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
     let mut c = Cluster::with_etcd_tls();
     let certs = c.dir.path().join("certs");
     for n in ["gw1", "gw2"] {
-        run_ok(&["certs", "issue", "--name", n, "--dir", certs.to_str().unwrap()]);
+        run_ok(&[
+            "certs",
+            "issue",
+            "--name",
+            n,
+            "--dir",
+            certs.to_str().unwrap(),
+        ]);
     }
     let key = {
         let out = std::process::Command::new(bin())
@@ -355,14 +362,9 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
             }
         }
         load.phase.store(phase, Ordering::SeqCst);
-        eprintln!(
-            "{:6.1} s  {}",
-            t0.elapsed().as_secs_f64(),
-            PHASES[phase]
-        );
+        eprintln!("{:6.1} s  {}", t0.elapsed().as_secs_f64(), PHASES[phase]);
     };
     enter(0);
-
 
     // Gateways, one at a time: SIGTERM, not ready at once, out of rotation, exits 0 after
     // serving out its delay and the answer in flight, started again, ready, in rotation.
@@ -387,7 +389,11 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
             !load.ready[i].load(Ordering::SeqCst)
         });
         let status = c.wait_exit(name, 30);
-        assert!(status.success(), "{name} exited {status}\n{}", c.dump_logs());
+        assert!(
+            status.success(),
+            "{name} exited {status}\n{}",
+            c.dump_logs()
+        );
         let ((code, body), ended) = long.join().unwrap();
         assert!(
             answer_ok(code, &body, true),
@@ -422,7 +428,11 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
         });
         c.signal(name, "-TERM");
         let status = c.wait_exit(name, 40);
-        assert!(status.success(), "{name} exited {status}\n{}", c.dump_logs());
+        assert!(
+            status.success(),
+            "{name} exited {status}\n{}",
+            c.dump_logs()
+        );
         assert!(
             c.log(name).contains(&format!("{name}: drained in")),
             "{}",
@@ -441,6 +451,7 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
     }
 
     // Coordinators, one at a time, while a job trains on the workers.
+    enter(5);
     let etcd = c.etcd_client().await;
     let id = submit_job(&etcd, spec(JOB_STEPS)).await.unwrap();
     wait_for(&c, &etcd, &id, "the job running", 60, |r| {
@@ -451,20 +462,30 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
         .into_iter()
         .enumerate()
     {
-        enter(5 + i);
+        if i > 0 {
+            enter(5 + i);
+        }
         let r = record(&etcd, &id).await.unwrap();
         assert!(
             !r.state.is_terminal(),
             "the job ended before {name}'s restart: raise JOB_STEPS: {r:?}"
         );
         let leads = c.log_count(other, "leader with fencing token");
+        let termed = Instant::now();
         c.signal(name, "-TERM");
         let status = c.wait_exit(name, 30);
-        assert!(status.success(), "{name} exited {status}\n{}", c.dump_logs());
-        let took = wait_until(15, "the standby leads", &c, &|| {
+        assert!(
+            status.success(),
+            "{name} exited {status}\n{}",
+            c.dump_logs()
+        );
+        wait_until(15, "the standby leads", &c, &|| {
             c.log_count(other, "leader with fencing token") > leads
         });
-        eprintln!("{other} leads {:.1} s after {name} exited", took.as_secs_f64());
+        eprintln!(
+            "  {other} leads {:.2} s after {name}'s SIGTERM",
+            termed.elapsed().as_secs_f64()
+        );
         c.restart(name, &["coordinator"]);
         let at = record(&etcd, &id).await.unwrap().progress.step;
         wait_for(&c, &etcd, &id, "progress under the new leader", 60, |r| {

@@ -17,7 +17,7 @@ from pathlib import Path
 from deploycheck_common import (
     certs_init_script,
     fail,
-    free_port,
+    free_ports,
     help_text,
     http_get,
     kustomize,
@@ -97,8 +97,9 @@ def run_job_over_mtls(
         dirs[n] = tmp / "certs" / n
         dirs[n].mkdir(parents=True)
         run_certs_init(script, secret, dirs[n], n)
-    client, peer, metrics = free_port(), free_port(), free_port()
-    http = {n: free_port() for n in (COORD, *WORKERS)}
+    client, peer, metrics, *https, quic0, quic1 = free_ports(8)
+    http = dict(zip((COORD, *WORKERS), https))
+    quic = dict(zip(WORKERS, (quic0, quic1)))
     logs = {}
 
     def start(name: str, args: list[str], env: dict) -> None:
@@ -138,8 +139,7 @@ def run_job_over_mtls(
             return env
 
         for n in WORKERS:
-            quic = free_port()
-            start(n, [binary, "worker"], {**env_for(n), "TRIBUTARY_LISTEN": f"127.0.0.1:{quic}", "TRIBUTARY_CACHE_DIR": str(tmp / n)})
+            start(n, [binary, "worker"], {**env_for(n), "TRIBUTARY_LISTEN": f"127.0.0.1:{quic[n]}", "TRIBUTARY_CACHE_DIR": str(tmp / n)})
         # Once the job API takes API keys, this test runs it without (the check is mTLS).
         no_auth = ["--insecure-no-auth"] if "--insecure-no-auth" in (help_text(binary, "coordinator") or "") else []
         start(COORD, [binary, "coordinator", *no_auth], env_for(COORD))
