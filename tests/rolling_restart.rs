@@ -207,6 +207,17 @@ fn long_stream(
     ((code, body.to_string()), ended)
 }
 
+/// The serving address of a worker's latest run, from its log.
+fn new_serve_addr(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains("for inference on "))
+        .last()
+        .and_then(|l| l.rsplit("for inference on ").next())
+        .expect("a serving worker logs its inference address")
+        .trim()
+        .to_string()
+}
+
 /// A whole answer: 200 and, streamed, every event up to `[DONE]` with no error event.
 fn answer_ok(code: u16, body: &str, stream: bool) -> bool {
     if code != 200 {
@@ -443,9 +454,13 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
         wait_until(60, "the worker registered again", &c, &|| {
             c.log_count(name, &format!("{name}: serving on")) > runs
         });
-        for port in ports {
-            wait_until(10, "the worker back in every gateway", &c, &|| {
-                in_flight_on(&metrics(port), name).is_some()
+        // Ready: every gateway routes to the new process (what waiting for a restarted pod's
+        // readiness gives a Kubernetes rollout, whose probes are seconds apart; here the
+        // next restart follows at once).
+        let serve_addr = new_serve_addr(&c.log(name));
+        for gw in ["gw1", "gw2"] {
+            wait_until(10, "every gateway routing to the new worker", &c, &|| {
+                c.log(gw).contains(&serve_addr)
             });
         }
     }

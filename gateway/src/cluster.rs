@@ -453,6 +453,10 @@ impl ClusterInference {
                     cm::routed(node.as_str(), "lost");
                     cm::retried("worker_lost");
                     self.mark_down_at(&node, &addr);
+                    if self.addr_of(&node).is_some_and(|now| now != addr) {
+                        // It was restarted meanwhile: try the new process too.
+                        continue;
+                    }
                 }
             }
             excluded.insert(node);

@@ -507,12 +507,14 @@ async fn a_worker_restarted_at_a_new_address_is_not_held_down_by_its_old_process
         "w0",
         "a failure on the old address marked the new one down"
     );
-    let t = r.cluster.inner.table.read().unwrap();
+    let open = {
+        let t = r.cluster.inner.table.read().unwrap();
+        t.workers[&w0].conn.as_ref().is_some_and(|c| !c.is_closed())
+    };
     assert!(
-        t.workers[&w0].conn.as_ref().is_some_and(|c| !c.is_closed()),
+        open,
         "a failure on the old address closed the new one's connection"
     );
-    drop(t);
     // A failure at the address it has now still marks it down.
     r.cluster.mark_down_at(&w0, &new);
     let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;
