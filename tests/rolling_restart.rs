@@ -210,8 +210,8 @@ fn long_stream(
 /// The serving address of a worker's latest run, from its log.
 fn new_serve_addr(log: &str) -> String {
     log.lines()
-        .filter(|l| l.contains("for inference on "))
-        .last()
+        .rev()
+        .find(|l| l.contains("for inference on "))
         .and_then(|l| l.rsplit("for inference on ").next())
         .expect("a serving worker logs its inference address")
         .trim()
