@@ -270,8 +270,9 @@ fn gateway_args(port: u16) -> Vec<String> {
     .to_vec()
 }
 
-fn worker_args() -> Vec<String> {
+fn worker_args(c: &Cluster, name: &str) -> Vec<String> {
     let base = common::fixtures().join("tiny-llama");
+    let cache = c.dir.path().join(format!("{name}-cache"));
     [
         "worker",
         "--listen",
@@ -286,6 +287,8 @@ fn worker_args() -> Vec<String> {
         DRAIN_TIMEOUT_SECS,
         "--micro-batch-delay-ms",
         "5",
+        "--cache-dir",
+        cache.to_str().unwrap(),
     ]
     .map(String::from)
     .to_vec()
@@ -321,7 +324,8 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     for w in ["w1", "w2"] {
-        c.spawn(w, &strs(&worker_args()));
+        let args = worker_args(&c, w);
+        c.spawn(w, &strs(&args));
     }
     c.coordinator("coord-a");
     wait_log(&c, "coord-a", "leader with fencing token", 30).await;
@@ -450,7 +454,8 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
             c.dump_logs()
         );
         let runs = c.log_count(name, &format!("{name}: serving on"));
-        c.restart(name, &strs(&worker_args()));
+        let args = worker_args(&c, name);
+        c.restart(name, &strs(&args));
         wait_until(60, "the worker registered again", &c, &|| {
             c.log_count(name, &format!("{name}: serving on")) > runs
         });
