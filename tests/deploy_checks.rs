@@ -4,7 +4,9 @@
 //! kubernetes-validate, check-jsonschema, yamllint) and `kubectl kustomize`. The `binary`
 //! check runs this build's `tributary` (its `--help`, a live `tributary dev`, `tributary certs`);
 //! `mtls` runs etcd, a coordinator and two workers with certificates laid out by the
-//! manifests' init script from a cert-manager-shaped Secret (openssl), and a job on them.
+//! manifests' init script from a cert-manager-shaped Secret (openssl), and a job on them;
+//! `certs-job` runs the chart's pre-install certificate Job's command against a stub of the
+//! Kubernetes API and a job on the Secret it made, with etcd over TLS as the chart bundles it.
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
@@ -83,6 +85,12 @@ fn manifests_use_the_ports_env_and_paths_the_binary_serves() {
 #[test]
 fn dashboard_queries_only_metrics_the_code_exports() {
     check("dashboard", &[]);
+}
+
+#[test]
+fn the_pre_install_certs_job_makes_a_secret_that_runs_a_job_over_mtls_and_tls_etcd_stub_kubernetes_api()
+ {
+    check("certs-job", &["--binary", env!("CARGO_BIN_EXE_tributary")]);
 }
 
 #[test]

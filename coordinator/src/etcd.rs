@@ -62,10 +62,17 @@ async fn keep_alive(
             }
         };
         loop {
-            if keeper.keep_alive().await.is_err() {
-                continue 'outer;
-            }
-            match stream.message().await {
+            // One renewal; shutdown wins over a renewal etcd is slow to answer (a process
+            // stopping must not wait on it).
+            let renewal = async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            let answer = tokio::select! {
+                a = renewal => a,
+                _ = shutdown.recv() => break 'outer,
+            };
+            match answer {
                 Ok(Some(resp)) if resp.ttl() <= 0 => {
                     warn!(lease, "lease expired");
                     let _ = lost.send(true);
@@ -81,7 +88,9 @@ async fn keep_alive(
         }
     }
     if shutdown.is_shutdown() {
-        let _ = client.lease_revoke(lease).await;
+        // Bounded: if etcd does not answer, the lease expires by its TTL instead.
+        let revoke = client.lease_revoke(lease);
+        let _ = tokio::time::timeout(Duration::from_secs(ttl.max(1) as u64), revoke).await;
     }
 }
 
@@ -145,11 +154,19 @@ pub async fn register_worker_live(
             )));
             loop {
                 tokio::select! {
-                    _ = lost.changed() => break,
+                    // Shutdown first: when the keep-alive has already stopped on the same
+                    // signal, `lost` is ready too, and taking it would register again.
+                    biased;
                     _ = shutdown.recv() => {
-                        let _ = (&mut ka.0).await;
+                        // The keep-alive revokes the lease on the same signal; bounded, and
+                        // revoked here too in case it was stuck (a second revoke is refused,
+                        // harmlessly).
+                        let limit = Duration::from_secs(ttl.max(1) as u64);
+                        let _ = tokio::time::timeout(limit, &mut ka.0).await;
+                        let _ = tokio::time::timeout(limit, c.lease_revoke(lease)).await;
                         return;
                     }
+                    _ = lost.changed() => break,
                     changed = info.changed(), if live => {
                         if changed.is_err() {
                             live = false;
@@ -178,7 +195,12 @@ pub async fn register_worker_live(
                     .await?;
                     Ok::<i64, etcd_client::Error>(l)
                 };
-                match attempt.await {
+                let attempt = tokio::select! {
+                    biased;
+                    _ = shutdown.recv() => return,
+                    a = attempt => a,
+                };
+                match attempt {
                     Ok(l) => {
                         lease = l;
                         break;

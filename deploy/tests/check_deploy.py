@@ -8,7 +8,7 @@ check-jsonschema, yamllint):
   check_deploy.py lint        yamllint over the manifests, the chart's values and Chart.yaml
   check_deploy.py kustomize   every kustomize overlay renders and validates (strict schemas)
   check_deploy.py chart       helm lint --strict; every values file validates against
-                              values.schema.json (and a bad one is refused); the chart renders
+                              values.schema.json (and bad ones are refused); the chart renders
                               with each and the output validates
   check_deploy.py agree       the chart (release "tributary", default values) renders the same
                               workloads, ports, probes, env, volumes, Services, PDBs and
@@ -23,6 +23,12 @@ check-jsonschema, yamllint):
                               from a cert-manager-shaped Secret (made with openssl: one ECDSA
                               certificate naming every pod), laid out by the manifests' init
                               script, run a job over QUIC with mutual TLS
+  check_deploy.py certs-job --binary PATH
+                              the chart's pre-install certificate Job (tls.generate): hooks and
+                              RBAC; its flags exist; its command run against a stub Kubernetes
+                              API posts a valid TLS Secret whose certificates openssl verifies
+                              and that run a job over mTLS on a TLS etcd with the bundled
+                              etcd's flags
   check_deploy.py dashboard   every metric the Grafana dashboard queries is registered in the
                               Rust sources (or listed as expected from open work)
 """
@@ -33,10 +39,12 @@ import argparse
 import sys
 import time
 
-from deploycheck_binary import check_binary, check_mtls
+from deploycheck_binary import check_binary
+from deploycheck_certs import check_certs_job
 from deploycheck_common import CheckFailed, fail
 from deploycheck_dashboard import check_dashboard
 from deploycheck_manifests import check_agree, check_chart, check_kustomize, check_lint
+from deploycheck_mtls import check_mtls
 
 
 CHECKS = {
@@ -47,21 +55,28 @@ CHECKS = {
     "dashboard": check_dashboard,
 }
 
+# Checks that run the binary (--binary PATH).
+WITH_BINARY = {
+    "binary": check_binary,
+    "mtls": check_mtls,
+    "certs-job": check_certs_job,
+}
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("check", choices=[*CHECKS, "binary", "mtls", "all"])
+    ap.add_argument("check", choices=[*CHECKS, *WITH_BINARY, "all"])
     ap.add_argument("--binary", help="the tributary binary (for `binary` and `all`)")
     a = ap.parse_args()
-    names = [*CHECKS, "binary", "mtls"] if a.check == "all" else [a.check]
+    names = [*CHECKS, *WITH_BINARY] if a.check == "all" else [a.check]
     failed = 0
     for name in names:
         t = time.monotonic()
         try:
-            if name in ("binary", "mtls"):
+            if name in WITH_BINARY:
                 if not a.binary:
                     fail("--binary PATH is required")
-                msg = check_binary(a.binary) if name == "binary" else check_mtls(a.binary)
+                msg = WITH_BINARY[name](a.binary)
             else:
                 msg = CHECKS[name]()
             print(f"ok   {name}: {msg} ({time.monotonic() - t:.1f} s)")

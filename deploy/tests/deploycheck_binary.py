@@ -1,11 +1,10 @@
 """The manifests against the binary: ports, env variable names and probe/metrics paths from
 its --help and source, served by a live `tributary dev`; version skew of job specs; the certs
-init script on both Secret layouts; and a job over mTLS with a cert-manager-shaped Secret."""
+init script on both Secret layouts."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -239,134 +238,3 @@ def check_binary(binary: str) -> str:
         "a spec with an unknown key refused with 400 naming it; "
         "certs init maps both Secret layouts"
     )
-
-
-def _openssl(*args: str) -> None:
-    p = run(["openssl", *args])
-    if p.returncode != 0:
-        fail(f"openssl {' '.join(args)}: {p.stderr}")
-
-
-def cert_manager_secret(out: Path, names: list[str]) -> None:
-    """Writes what cert-manager puts in the Secret for components/cert-manager's Certificate:
-    ca.crt (an ECDSA P-256 CA), tls.crt (one certificate naming every pod, server and client
-    auth) and tls.key (PKCS#8)."""
-    out.mkdir(parents=True)
-    ca_key, ca = out / "ca-private.key", out / "ca.crt"
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(ca_key))
-    _openssl(
-        "req", "-x509", "-new", "-key", str(ca_key), "-out", str(ca), "-days", "2",
-        "-subj", "/CN=Tributary cluster CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-    )
-    key, csr = out / "tls.key", out / "tls.csr"
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
-    _openssl("req", "-new", "-key", str(key), "-out", str(csr), "-subj", "/CN=tributary")
-    ext = out / "ext.cnf"
-    ext.write_text(
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        f"subjectAltName={','.join('DNS:' + n for n in names)}\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-out", str(out / "tls.crt"), "-days", "2", "-extfile", str(ext),
-    )
-    for f in (ca_key, csr, ext, out / "ca.srl"):
-        f.unlink(missing_ok=True)
-
-
-def check_mtls(binary: str) -> str:
-    """A coordinator and two workers on loopback, each with --certs laid out by the manifests'
-    init script from a cert-manager-shaped Secret, run a job over QUIC with mutual TLS."""
-    etcd = shutil.which("etcd") or "/usr/bin/etcd"
-    if not Path(etcd).exists():
-        fail("etcd is not installed (scripts/setup-test-deps.sh installs it)")
-    script = certs_init_script(kustomize("base"))
-    coord, workers = "tributary-coordinator-0", ["tributary-worker-0", "tributary-worker-1"]
-    procs: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        secret = t / "tributary-tls"
-        cert_manager_secret(secret, [coord, "tributary-coordinator-1", *workers])
-        dirs = {}
-        for n in (coord, *workers):
-            dirs[n] = t / "certs" / n
-            dirs[n].mkdir(parents=True)
-            run_certs_init(script, secret, dirs[n], n)
-        client, peer = free_port(), free_port()
-        http = {n: free_port() for n in (coord, *workers)}
-        logs = {}
-
-        def start(name: str, args: list[str], env: dict) -> None:
-            logs[name] = open(t / f"{name}.log", "w")
-            procs.append(subprocess.Popen(args, stdout=logs[name], stderr=subprocess.STDOUT, env={**os.environ, **env}))
-
-        def log(name: str) -> str:
-            return (t / f"{name}.log").read_text()[-2000:]
-
-        try:
-            start("etcd", [
-                etcd, "--name", "default", "--data-dir", str(t / "etcd"),
-                "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", f"default=http://127.0.0.1:{peer}",
-            ], {})
-            deadline = time.monotonic() + 90
-            while True:  # the roles exit if etcd does not answer when they start
-                try:
-                    if http_get(f"http://127.0.0.1:{client}/health")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    fail(f"etcd did not start: {log('etcd')}")
-                time.sleep(0.2)
-            common = {"TRIBUTARY_ETCD": f"http://127.0.0.1:{client}", "TRIBUTARY_STORE": str(t / "store"), "TRIBUTARY_LEASE_TTL": "5"}
-            for n in workers:
-                quic = free_port()
-                start(n, [binary, "worker"], {**common, "TRIBUTARY_NAME": n, "TRIBUTARY_CERTS": str(dirs[n]),
-                      "TRIBUTARY_HTTP": f"127.0.0.1:{http[n]}", "TRIBUTARY_LISTEN": f"127.0.0.1:{quic}",
-                      "TRIBUTARY_CACHE_DIR": str(t / n)})
-            # Once the job API takes API keys, this test runs it without (the check is mTLS).
-            no_auth = ["--insecure-no-auth"] if "--insecure-no-auth" in (help_text(binary, "coordinator") or "") else []
-            start(coord, [binary, "coordinator", *no_auth], {**common, "TRIBUTARY_NAME": coord, "TRIBUTARY_CERTS": str(dirs[coord]),
-                  "TRIBUTARY_HTTP": f"127.0.0.1:{http[coord]}"})
-            base = f"http://127.0.0.1:{http[coord]}"
-            while True:
-                try:
-                    if all(http_get(f"http://127.0.0.1:{http[n]}/readyz")[0] == 200 for n in (coord, *workers)):
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    fail("the cluster did not become ready:\n" + "\n".join(f"{n}: {log(n)}" for n in logs))
-                time.sleep(0.3)
-            spec = ('base_model = "builtin:linear"\ndata = "synthetic"\nworkers = 2\n[train]\n'
-                    "steps = 6\nbatch_size = 8\ngrad_accum = 4\nlr = 0.05\nseed = 5\ncheckpoint_every = 3\n")
-            req = urllib.request.Request(f"{base}/v1/jobs", data=spec.encode(), method="POST",
-                                         headers={"Content-Type": "application/toml"})
-            with urllib.request.urlopen(req, timeout=10) as r:
-                job = json.loads(r.read())["id"]
-            while True:
-                status, body = http_get(f"{base}/v1/jobs/{job}")
-                rec = json.loads(body) if status == 200 else {}
-                if rec.get("state") in ("succeeded", "failed", "cancelled"):
-                    break
-                if time.monotonic() > deadline + 60:
-                    fail(f"job {job} did not finish: {body}\n" + "\n".join(f"{n}: {log(n)}" for n in logs))
-                time.sleep(0.3)
-            if rec["state"] != "succeeded" or sorted(rec.get("workers", [])) != workers:
-                fail(f"job {job}: {rec}\n" + "\n".join(f"{n}: {log(n)}" for n in logs))
-        finally:
-            for p in reversed(procs):
-                p.terminate()
-            for p in reversed(procs):
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            for f in logs.values():
-                f.close()
-    return f"job {job} succeeded on {workers} over mTLS with certs from a cert-manager-shaped Secret"

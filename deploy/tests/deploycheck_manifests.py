@@ -70,6 +70,7 @@ def check_chart() -> str:
             ({"worker": {"slotz": 2}}, "slotz"),
             ({"ports": {"http": 0}}, "0"),
             ({"etcd": {"endpoints": ["etcd:2379"]}}, "etcd:2379"),
+            ({"tls": {"generate": {"maxWorkers": 0}}}, "0"),
         ):
             f = Path(tmp) / "bad.yaml"
             f.write_text(yaml.safe_dump(bad_values))

@@ -127,6 +127,9 @@ enum Attempt {
 /// count against the worker.
 pub(crate) struct Routed {
     pub node: NodeId,
+    /// The worker's serving address when it was picked (a later process under the same
+    /// name has another one).
+    pub addr: String,
     pub held: Vec<InferenceEvent>,
     pub events: RemoteEvents,
     pub guard: InFlight,
@@ -197,10 +200,14 @@ impl ClusterInference {
         for (node, serving) in now {
             match t.workers.get_mut(&node) {
                 Some(w) => {
-                    if w.serving.addr != serving.addr
-                        && let Some(c) = w.conn.take()
-                    {
-                        c.close();
+                    if w.serving.addr != serving.addr {
+                        // A new process under the same name (restarted between two reads
+                        // of membership): the old one's connection and down mark go.
+                        info!(worker = %node, addr = %serving.addr, "serving worker moved");
+                        if let Some(c) = w.conn.take() {
+                            c.close();
+                        }
+                        w.down_until = None;
                     }
                     w.serving = serving;
                 }
@@ -312,10 +319,28 @@ impl ClusterInference {
         })
     }
 
-    #[allow(clippy::disallowed_methods)] // measures elapsed time
+    /// Marks `node` down at the address it has now (tests).
+    #[cfg(test)]
     pub(crate) fn mark_down(&self, node: &NodeId) {
+        let addr = self.addr_of(node).unwrap_or_default();
+        self.mark_down_at(node, &addr);
+    }
+
+    /// `node`'s serving address now.
+    pub(crate) fn addr_of(&self, node: &NodeId) -> Option<String> {
+        let t = self.inner.table.read().ok()?;
+        t.workers.get(node).map(|w| w.serving.addr.clone())
+    }
+
+    /// Marks `node` down for a while (and closes its connection), if it still serves at
+    /// `addr`, the address a failed request used: a request that failed on a process that
+    /// has since been replaced under the same name (a restart the gateway saw as an address
+    /// change) says nothing about the new one, whose running answers must not be cut.
+    #[allow(clippy::disallowed_methods)] // measures elapsed time
+    pub(crate) fn mark_down_at(&self, node: &NodeId, addr: &str) {
         if let Ok(mut t) = self.inner.table.write()
             && let Some(w) = t.workers.get_mut(node)
+            && w.serving.addr == addr
         {
             if let Some(c) = w.conn.take() {
                 c.close();
@@ -401,11 +426,13 @@ impl ClusterInference {
     ) -> Result<Routed, InferenceError> {
         let mut overloaded: Option<InferenceError> = None;
         while let Some((node, guard)) = self.pick(&request.model, excluded) {
+            let addr = self.addr_of(&node).unwrap_or_default();
             match self.attempt(&node, request).await {
                 Ok(Attempt::Streaming(held, events)) => {
                     cm::routed(node.as_str(), "ok");
                     return Ok(Routed {
                         node,
+                        addr,
                         held,
                         events,
                         guard,
@@ -425,7 +452,11 @@ impl ClusterInference {
                           "worker lost before the answer started: retrying elsewhere");
                     cm::routed(node.as_str(), "lost");
                     cm::retried("worker_lost");
-                    self.mark_down(&node);
+                    self.mark_down_at(&node, &addr);
+                    if self.addr_of(&node).is_some_and(|now| now != addr) {
+                        // It was restarted meanwhile: try the new process too.
+                        continue;
+                    }
                 }
             }
             excluded.insert(node);

@@ -32,6 +32,7 @@ pub(crate) fn forward(routed: Routed) -> EventStream {
         held,
         mut events,
         guard,
+        ..
     } = routed;
     let (tx, rx) = mpsc::channel(CHANNEL);
     tokio::spawn(async move {
@@ -82,6 +83,7 @@ pub(crate) fn forward_whole(
         loop {
             let Routed {
                 node,
+                addr,
                 mut held,
                 mut events,
                 guard,
@@ -110,7 +112,7 @@ pub(crate) fn forward_whole(
                   "worker lost in the middle of a non-streaming answer: generating it again elsewhere");
             cm::routed(node.as_str(), "lost");
             cm::retried("regenerated");
-            cluster.mark_down(&node);
+            cluster.mark_down_at(&node, &addr);
             excluded.insert(node.clone());
             routed = match cluster.route_request(&request, &mut excluded).await {
                 Ok(r) => r,

@@ -2,7 +2,8 @@
 //! loopback: affinity, a worker lost before the answer started (retried elsewhere) and
 //! after (a failure event for a streamed answer, the answer generated again elsewhere for a
 //! whole one), overload moving a request on, overload everywhere, and a deleted adapter's
-//! unload reaching every worker (and again one that still lists it).
+//! unload reaching every worker (and again one that still lists it); a worker restarted at
+//! a new address not held down by its old process.
 
 use std::sync::Mutex;
 
@@ -472,4 +473,53 @@ async fn an_old_worker_that_cannot_unload_is_not_asked_again_and_again() {
         (node("w1"), serving(addrs[1].clone(), vec![gone])),
     ]));
     assert_eq!(r.cluster.stale_unloads(), vec![(node("w1"), gone)]);
+}
+
+/// A worker restarted under the same name shows up at another address: the down mark its
+/// old process earned goes, and a failure reported against the old address neither marks
+/// the new one down nor closes its connection (the rolling restart of
+/// `tests/rolling_restart.rs` hit both: 503s, and answers cut on the new process).
+#[tokio::test]
+async fn a_worker_restarted_at_a_new_address_is_not_held_down_by_its_old_process() {
+    let mut r = rig([false, false]).await;
+    // From here on the test makes the membership updates; only w0 serves.
+    r._follow.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    r.servers.remove(1).shutdown().await;
+    let w0 = node("w0");
+    let old = r.cluster.addr_of(&w0).unwrap();
+    r.cluster.mark_down(&w0);
+    // The same server under another address stands for the new process.
+    let port = old.rsplit(':').next().unwrap();
+    let new = format!("localhost:{port}");
+    r.cluster
+        .update(BTreeMap::from([(w0.clone(), serving(new.clone(), vec![]))]));
+    let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;
+    assert_eq!(
+        got.unwrap(),
+        "w0",
+        "the new process is held down by the old one's mark"
+    );
+    r.cluster.mark_down_at(&w0, &old);
+    let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;
+    assert_eq!(
+        got.unwrap(),
+        "w0",
+        "a failure on the old address marked the new one down"
+    );
+    let open = {
+        let t = r.cluster.inner.table.read().unwrap();
+        t.workers[&w0].conn.as_ref().is_some_and(|c| !c.is_closed())
+    };
+    assert!(
+        open,
+        "a failure on the old address closed the new one's connection"
+    );
+    // A failure at the address it has now still marks it down.
+    r.cluster.mark_down_at(&w0, &new);
+    let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;
+    assert!(
+        matches!(got, Err(InferenceError::Unavailable(_))),
+        "{got:?}"
+    );
 }

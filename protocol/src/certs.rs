@@ -81,6 +81,84 @@ pub fn init_ca(dir: &Path) -> Result<PathBuf> {
     Ok(cert_path)
 }
 
+/// A node certificate's parameters: `dns_names`, `localhost` and 127.0.0.1 as subject
+/// alternative names, valid for TLS server and client authentication.
+fn node_params(common_name: &str, mut dns_names: Vec<String>) -> Result<CertificateParams> {
+    dns_names.push("localhost".to_string());
+    let mut params = CertificateParams::new(dns_names).map_err(gen_err)?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// A fresh cluster CA and one certificate signed by it that names every node, in PEM, in
+/// the shape cert-manager gives a Secret (`ca.crt`, `tls.crt`, `tls.key`). The CA's key is
+/// not kept: nothing more can be signed with it.
+#[derive(Debug, Clone)]
+pub struct SharedCertificate {
+    /// The CA certificate (`ca.crt`).
+    pub ca_pem: String,
+    /// The certificate naming every node (`tls.crt`).
+    pub cert_pem: String,
+    /// Its private key, PKCS#8 (`tls.key`).
+    pub key_pem: String,
+}
+
+/// Makes a [`SharedCertificate`] for `dns_names` (each a DNS name: lowercase letters,
+/// digits, '-' and '.'); `localhost` and 127.0.0.1 are added, as on every node certificate.
+pub fn shared_certificate(dns_names: &[String]) -> Result<SharedCertificate> {
+    let Some(first) = dns_names.first() else {
+        return Err(ProtocolError::CertGen(
+            "a shared certificate needs at least one DNS name".into(),
+        ));
+    };
+    for n in dns_names {
+        check_dns_name(n)?;
+    }
+    let ca_key = KeyPair::generate().map_err(gen_err)?;
+    let ca = ca_params().self_signed(&ca_key).map_err(gen_err)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = node_params(first, dns_names.to_vec())?
+        .signed_by(&key, &issuer)
+        .map_err(gen_err)?;
+    Ok(SharedCertificate {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A DNS name as Kubernetes names pods and Services: labels of 1 to 63 lowercase letters,
+/// digits and '-' (not at either end), joined by '.', at most 253 characters.
+fn check_dns_name(name: &str) -> Result<()> {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(ProtocolError::CertGen(format!(
+            "{name:?} is not a DNS name (labels of 1 to 63 lowercase letters, digits and '-', \
+             not starting or ending with '-', joined by '.'; at most 253 characters)"
+        )));
+    }
+    Ok(())
+}
+
 /// Issues a certificate for `node`, signed by the CA in `dir`. Refuses to overwrite.
 pub fn issue(dir: &Path, node: &NodeId) -> Result<(PathBuf, PathBuf)> {
     let ca_key_path = dir.join(CA_KEY);
@@ -97,21 +175,7 @@ pub fn issue(dir: &Path, node: &NodeId) -> Result<(PathBuf, PathBuf)> {
             dir.display()
         )));
     }
-    let mut params =
-        CertificateParams::new(vec![node.to_string(), "localhost".to_string()]).map_err(gen_err)?;
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, node.as_str());
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
+    let params = node_params(node.as_str(), vec![node.to_string()])?;
     let key = KeyPair::generate().map_err(gen_err)?;
     let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
     write_new(&key_path, &key.serialize_pem(), true)?;
@@ -149,6 +213,39 @@ mod tests {
                 .to_string()
                 .contains("already exists")
         );
+    }
+
+    #[test]
+    fn a_shared_certificate_names_every_node_and_chains_to_its_ca() {
+        let names = vec!["coord-0".to_string(), "etcd-0.etcd".to_string()];
+        let shared = shared_certificate(&names).unwrap();
+        assert!(shared.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(shared.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        // The files load as a node identity, as the init container lays them out.
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("n.pem"),
+            dir.path().join("n.key"),
+        );
+        fs::write(&ca, &shared.ca_pem).unwrap();
+        fs::write(&cert, &shared.cert_pem).unwrap();
+        fs::write(&key, &shared.key_pem).unwrap();
+        crate::NodeTls::from_files(&ca, &cert, &key).unwrap();
+        let other = shared_certificate(&names).unwrap();
+        assert_ne!(other.ca_pem, shared.ca_pem, "a fresh CA each time");
+    }
+
+    #[test]
+    fn a_shared_certificate_refuses_what_is_not_a_dns_name() {
+        for bad in ["", "Coord-0", "a_b", "-a", "a..b", &"x".repeat(64)] {
+            let err = shared_certificate(&[bad.to_string()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a DNS name"), "{bad}: {err}");
+        }
+        let err = shared_certificate(&[]).unwrap_err().to_string();
+        assert!(err.contains("at least one"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! `tributary certs …`: a development cluster CA and node certificates (PEM files in a dir).
+//! `tributary certs …`: a development cluster CA and node certificates (PEM files in a dir),
+//! or a Kubernetes Secret with a fresh CA and one certificate naming every pod
+//! (`certs secret`, see `certs_secret.rs`).
 
 use std::path::PathBuf;
 
@@ -21,6 +23,9 @@ pub enum CertsCommand {
         #[arg(long, env = "TRIBUTARY_CERTS")]
         dir: PathBuf,
     },
+    /// A Kubernetes Secret (`ca.crt`, `tls.crt`, `tls.key`, cert-manager's names) with a new
+    /// CA and one certificate naming every --dns-name: printed, or created with --create.
+    Secret(super::certs_secret::SecretArgs),
 }
 
 pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
@@ -34,6 +39,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             let (cert, key) = certs::issue(&dir, &node).context("certs issue")?;
             println!("{}\n{}", cert.display(), key.display());
         }
+        CertsCommand::Secret(args) => super::certs_secret::run(args)?,
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod bench_cluster;
 pub mod bench_model;
 pub mod bench_serve;
 pub mod certs;
+pub mod certs_secret;
 pub mod cluster;
 pub mod datanet;
 pub mod demo;

@@ -129,7 +129,12 @@ impl Cluster {
 
     pub fn spawn(&mut self, name: &str, args: &[&str]) {
         let log = self.dir.path().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
+        // Appended: a process started again under the same name continues its log.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut cmd = Command::new(bin());
         if self.etcd_tls {
             let tls = self.etcd_tls_for(name);
@@ -214,6 +219,36 @@ impl Cluster {
         let pid = self.proc(name).child.id().to_string();
         let st = Command::new("kill").args([sig, &pid]).status().unwrap();
         assert!(st.success(), "kill {sig} {name}");
+    }
+
+    /// Waits up to `secs` for `name` to exit (after a signal); returns how it exited.
+    pub fn wait_exit(&mut self, name: &str, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.proc(name).child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!("{name} still running after {secs} s\n{}", self.dump_logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `name` again (after it exited) with `args`: a new process, the same log.
+    pub fn restart(&mut self, name: &str, args: &[&str]) {
+        let at = self.procs.iter().position(|p| p.name == name).unwrap();
+        let mut old = self.procs.remove(at);
+        assert!(
+            old.child.try_wait().unwrap().is_some(),
+            "{name} is still running"
+        );
+        self.spawn(name, args);
+    }
+
+    /// How many times `name`'s log (all its runs) contains `needle`.
+    pub fn log_count(&self, name: &str, needle: &str) -> usize {
+        self.log(name).matches(needle).count()
     }
 
     pub fn dump_logs(&self) -> String {

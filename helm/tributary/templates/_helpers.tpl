@@ -32,7 +32,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "tributary.etcdEndpoints" -}}
 {{- if .Values.etcd.bundled.enabled -}}
-{{- printf "http://%s-etcd:2379" (include "tributary.fullname" .) -}}
+{{- printf "https://%s-etcd:2379" (include "tributary.fullname" .) -}}
 {{- else -}}
 {{- join "," .Values.etcd.endpoints -}}
 {{- end -}}
@@ -90,7 +90,16 @@ capabilities:
   value: {{ include "tributary.storeUrl" . | quote }}
 - name: TRIBUTARY_LEASE_TTL
   value: {{ .Values.leaseTtlSeconds | quote }}
-{{- if .Values.etcd.tls.enabled }}
+{{- if .Values.etcd.bundled.enabled }}
+# The bundled etcd requires client certificates from the cluster CA: each pod presents its
+# node certificate (laid out by the certs init container).
+- name: TRIBUTARY_ETCD_CA
+  value: /certs/ca.pem
+- name: TRIBUTARY_ETCD_CERT
+  value: /certs/$(TRIBUTARY_NAME).pem
+- name: TRIBUTARY_ETCD_KEY
+  value: /certs/$(TRIBUTARY_NAME).key
+{{- else if .Values.etcd.tls.enabled }}
 - name: TRIBUTARY_ETCD_CA
   value: /etcd-tls/ca.crt
 - name: TRIBUTARY_ETCD_CERT
@@ -105,13 +114,16 @@ capabilities:
     name: {{ .Values.store.credentialsSecret }}
 {{- end -}}
 
-{{/* The init container that lays the TLS Secret out as `--certs DIR` reads it. */}}
+{{/* The init container that lays the TLS Secret out as `--certs DIR` reads it, for the
+node named by TRIBUTARY_NAME: (dict "ctx" $) for the pod's name, (dict "ctx" $ "nodeName"
+NAME) for a fixed one (etcd's Service name). */}}
 {{- define "tributary.certsInit" -}}
 - name: certs
-  image: {{ include "tributary.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  # A cert-manager Secret (tls.crt, tls.key, ca.crt) is renamed for this pod's name; a
-  # Secret made from `tributary certs` output is copied as it is (never ca.key).
+  image: {{ include "tributary.image" .ctx }}
+  imagePullPolicy: {{ .ctx.Values.image.pullPolicy }}
+  # A cert-manager Secret (tls.crt, tls.key, ca.crt; also what tls.generate makes) is renamed
+  # for this node's name; a Secret made from `tributary certs` output is copied as it is
+  # (never ca.key).
   command: ["/bin/sh", "-c"]
   args:
     - |
@@ -126,17 +138,38 @@ capabilities:
       chmod 0600 "/certs/$TRIBUTARY_NAME.key"
   env:
     - name: TRIBUTARY_NAME
+      {{- if .nodeName }}
+      value: {{ .nodeName }}
+      {{- else }}
       valueFrom:
         fieldRef:
           fieldPath: metadata.name
+      {{- end }}
   securityContext:
-    {{- include "tributary.containerSecurityContext" . | nindent 4 }}
+    {{- include "tributary.containerSecurityContext" .ctx | nindent 4 }}
   volumeMounts:
     - name: tls
       mountPath: /tls
       readOnly: true
     - name: certs
       mountPath: /certs
+{{- end -}}
+
+{{/* The DNS names every certificate of the release must carry: coordinator and worker pods
+(up to maxWorkers), and the bundled etcd's Service names when it is on. (dict "ctx" $
+"maxWorkers" N) */}}
+{{- define "tributary.dnsNames" -}}
+{{- $fullname := include "tributary.fullname" .ctx -}}
+{{- range $i := until (int .ctx.Values.coordinator.replicas) }}
+- {{ $fullname }}-coordinator-{{ $i }}
+{{- end }}
+{{- range $i := until (int (max .maxWorkers .ctx.Values.worker.replicas)) }}
+- {{ $fullname }}-worker-{{ $i }}
+{{- end }}
+{{- if .ctx.Values.etcd.bundled.enabled }}
+- {{ $fullname }}-etcd
+- {{ $fullname }}-etcd.{{ .ctx.Release.Namespace }}.svc
+{{- end }}
 {{- end -}}
 
 {{- define "tributary.certsVolumes" -}}
@@ -150,7 +183,7 @@ capabilities:
     sizeLimit: 1Mi
 - name: tmp
   emptyDir: {}
-{{- if .Values.etcd.tls.enabled }}
+{{- if and .Values.etcd.tls.enabled (not .Values.etcd.bundled.enabled) }}
 - name: etcd-tls
   secret:
     secretName: {{ .Values.etcd.tls.secretName }}
@@ -172,7 +205,7 @@ capabilities:
 # The root filesystem is read-only; checkpoints are staged in temporary directories.
 - name: tmp
   mountPath: /tmp
-{{- if .Values.etcd.tls.enabled }}
+{{- if and .Values.etcd.tls.enabled (not .Values.etcd.bundled.enabled) }}
 - name: etcd-tls
   mountPath: /etcd-tls
   readOnly: true
