@@ -66,7 +66,10 @@ fn demo(name: &str) -> String {
 /// what was live before.
 fn load_and_render(template: &str) -> (String, Duration, usize) {
     let (tok_json, config) = (demo("tokenizer.json"), demo("tokenizer_config.json"));
-    let messages = [ChatMessage::new("system", "s"), ChatMessage::new("user", "hi")];
+    let messages = [
+        ChatMessage::new("system", "s"),
+        ChatMessage::new("user", "hi"),
+    ];
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let t0 = Instant::now();
@@ -95,12 +98,21 @@ fn hostile_templates_fail_fast_naming_the_limit() {
     let mut cases: Vec<(String, String)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("hostile-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("hostile-")
+        })
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
             let body = text.strip_prefix("{#template#}").expect("a template input");
             let template = body.split('\0').next().unwrap().to_owned();
-            (p.file_name().unwrap().to_str().unwrap().to_owned(), template)
+            (
+                p.file_name().unwrap().to_str().unwrap().to_owned(),
+                template,
+            )
         })
         .collect();
     cases.sort();
@@ -114,7 +126,10 @@ fn hostile_templates_fail_fast_naming_the_limit() {
             peak as f64 / f64::from(1 << 20)
         );
         assert!(!err.is_empty(), "{name} rendered");
-        assert!(err.contains("limit"), "{name}: the error names no limit: {err}");
+        assert!(
+            err.contains("limit"),
+            "{name}: the error names no limit: {err}"
+        );
         assert!(took < Duration::from_secs(5), "{name} took {took:?}");
         // The largest single allowance is 16 MiB of output plus a 4 MiB string or two.
         assert!(peak < 96 << 20, "{name} allocated {peak} bytes at once");
@@ -138,7 +153,10 @@ fn real_templates_render_long_conversations_within_the_bounds() {
         Tokenizer::from_dir(&repo().join("assets/demo")).unwrap(),
     )];
     for name in common::MODELS {
-        toks.push((name.to_owned(), Tokenizer::from_dir(&common::model_dir(name)).unwrap()));
+        toks.push((
+            name.to_owned(),
+            Tokenizer::from_dir(&common::model_dir(name)).unwrap(),
+        ));
     }
     for (name, tok) in &toks {
         let messages = conversation(5000);

@@ -225,7 +225,9 @@ fn spammer(
         let completion = if swapped {
             set.data.get(n).map(|row| row.completion.clone())
         } else {
-            set.data.get(i).map(|row| scramble(&row.completion, j as u64))
+            set.data
+                .get(i)
+                .map(|row| scramble(&row.completion, j as u64))
         };
         if let (Some(row), Some(c)) = (rows.get_mut(i), completion) {
             row.completion = c;

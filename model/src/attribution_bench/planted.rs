@@ -230,7 +230,10 @@ fn example(skill: &str, rng: &mut ChaCha8Rng) -> (String, String) {
                 rng.random_range(1950..2030),
             );
             (
-                format!("Convert the date {d} {} {y} to ISO format.", MONTHS.get(m).copied().unwrap_or_default()),
+                format!(
+                    "Convert the date {d} {} {y} to ISO format.",
+                    MONTHS.get(m).copied().unwrap_or_default()
+                ),
                 format!("{y}-{:02}-{d:02}", m + 1),
             )
         }

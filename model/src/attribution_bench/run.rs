@@ -57,10 +57,7 @@ impl World {
         if i >= n || j >= n {
             return 0.0;
         }
-        self.cosine
-            .get(i * n + j)
-            .copied()
-            .map_or(0.0, f64::from)
+        self.cosine.get(i * n + j).copied().map_or(0.0, f64::from)
     }
 }
 

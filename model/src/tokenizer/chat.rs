@@ -71,7 +71,13 @@ impl ChatTemplate {
             let mut output = minijinja::machinery::make_string_output(&mut out);
             let vm = minijinja::machinery::Vm::new(&self.env);
             let (_, state) = vm
-                .eval(&code, ctx, &blocks, &mut output, compiled.initial_auto_escape)
+                .eval(
+                    &code,
+                    ctx,
+                    &blocks,
+                    &mut output,
+                    compiled.initial_auto_escape,
+                )
                 .map_err(limits::explain)?;
             state.fuel_levels().map_or(0, |(used, _)| used)
         };
@@ -316,9 +322,7 @@ fn python_method(
     args: &[Value],
 ) -> Result<Value, Error> {
     match value.kind() {
-        ValueKind::String => {
-            string_method(state, value.as_str().unwrap_or_default(), method, args)
-        }
+        ValueKind::String => string_method(state, value.as_str().unwrap_or_default(), method, args),
         ValueKind::Map => map_method(value, method, args),
         _ => Err(Error::new(
             ErrorKind::UnknownMethod,

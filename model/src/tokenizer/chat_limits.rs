@@ -108,10 +108,16 @@ static PLAIN_ADD: LazyLock<Result<Expression<'static, 'static>, Error>> =
 static PLAIN_MUL: LazyLock<Result<Expression<'static, 'static>, Error>> =
     LazyLock::new(|| PLAIN.compile_expression("a * b"));
 
-fn plain(expr: &'static LazyLock<Result<Expression<'static, 'static>, Error>>, a: Value, b: Value) -> Result<Value, Error> {
+fn plain(
+    expr: &'static LazyLock<Result<Expression<'static, 'static>, Error>>,
+    a: Value,
+    b: Value,
+) -> Result<Value, Error> {
     match &**expr {
         Ok(e) => e.eval(minijinja::context! { a, b }),
-        Err(e) => Err(limit_error(format!("the checked operator does not compile: {e}"))),
+        Err(e) => Err(limit_error(format!(
+            "the checked operator does not compile: {e}"
+        ))),
     }
 }
 
@@ -140,8 +146,15 @@ fn add(state: &State, a: Value, b: Value) -> Result<Value, Error> {
 
 /// `a * b`, checked for repeated strings and lists.
 fn mul(state: &State, a: Value, b: Value) -> Result<Value, Error> {
-    let (seq, count) = if a.kind() == ValueKind::Number { (&b, &a) } else { (&a, &b) };
-    if let Some(n) = count.as_usize().filter(|_| count.kind() == ValueKind::Number) {
+    let (seq, count) = if a.kind() == ValueKind::Number {
+        (&b, &a)
+    } else {
+        (&a, &b)
+    };
+    if let Some(n) = count
+        .as_usize()
+        .filter(|_| count.kind() == ValueKind::Number)
+    {
         if let Some(s) = seq.as_str() {
             check_string(state, s.len().checked_mul(n), "`*`")?;
         } else if is_seq(seq) {
@@ -168,7 +181,8 @@ fn range(lower: i64, upper: Option<i64>, step: Option<i64>) -> Result<Value, Err
             "range() would produce {count} items, over {MAX_RANGE} (limit MAX_RANGE)"
         )));
     }
-    let to_isize = |v: i64| isize::try_from(v).map_err(|_| limit_error("range(): bound out of range".into()));
+    let to_isize =
+        |v: i64| isize::try_from(v).map_err(|_| limit_error("range(): bound out of range".into()));
     minijinja::functions::range(
         to_isize(lower)?,
         upper.map(to_isize).transpose()?,
@@ -230,7 +244,11 @@ fn replace(state: &State, args: Rest<Value>) -> Result<Value, Error> {
     let text = |i: usize| args.get(i).map(|v| v.to_string()).unwrap_or_default();
     let (s, from, to) = (text(0), text(1), text(2));
     check_string(state, replaced_len(&s, &from, &to), "replace")?;
-    call_builtin(state, Value::from_function(minijinja::filters::replace), &args)
+    call_builtin(
+        state,
+        Value::from_function(minijinja::filters::replace),
+        &args,
+    )
 }
 
 /// The `indent` filter, checked: each line grows by the width.
@@ -240,9 +258,15 @@ fn indent(state: &State, args: Rest<Value>) -> Result<Value, Error> {
         w.as_str().map_or_else(|| w.as_usize(), |t| Some(t.len()))
     });
     let lines = s.lines().count().saturating_add(1);
-    let len = width.and_then(|w| w.checked_mul(lines)).and_then(|g| g.checked_add(s.len()));
+    let len = width
+        .and_then(|w| w.checked_mul(lines))
+        .and_then(|g| g.checked_add(s.len()));
     check_string(state, len, "indent")?;
-    call_builtin(state, Value::from_function(minijinja::filters::indent), &args)
+    call_builtin(
+        state,
+        Value::from_function(minijinja::filters::indent),
+        &args,
+    )
 }
 
 /// Widest padding a `format` spec may ask for (`%10000s`).
@@ -273,10 +297,16 @@ fn format(state: &State, args: Rest<Value>) -> Result<Value, Error> {
             "format: a field width of {widest} is over {MAX_FORMAT_WIDTH} (limit MAX_FORMAT_WIDTH)"
         )));
     }
-    let total = args.iter().fold(0usize, |t, a| t.saturating_add(printed_len(a)));
+    let total = args
+        .iter()
+        .fold(0usize, |t, a| t.saturating_add(printed_len(a)));
     let fields = args.len().saturating_mul(MAX_FORMAT_WIDTH);
     check_string(state, Some(total.saturating_add(fields)), "format")?;
-    call_builtin(state, Value::from_function(minijinja::filters::format), &args)
+    call_builtin(
+        state,
+        Value::from_function(minijinja::filters::format),
+        &args,
+    )
 }
 
 /// Checks `indent` of `tojson` (ours, in `chat.rs`): a huge indent is a huge allocation.
@@ -346,7 +376,11 @@ pub(crate) fn rewrite<'s>(code: &Instructions<'s>) -> Instructions<'s> {
     let mut next: u32 = 0;
     for pc in 0..len {
         new_pc.push(next);
-        let width = if matches!(code.get(pc), Some(Instruction::EmitRaw(_))) { 2 } else { 1 };
+        let width = if matches!(code.get(pc), Some(Instruction::EmitRaw(_))) {
+            2
+        } else {
+            1
+        };
         next = next.saturating_add(width);
     }
     new_pc.push(next);
@@ -369,7 +403,9 @@ pub(crate) fn rewrite<'s>(code: &Instructions<'s>) -> Instructions<'s> {
             Instruction::Add => add(Instruction::CallFunction(ADD_FN, Some(2))),
             Instruction::Mul => add(Instruction::CallFunction(MUL_FN, Some(2))),
             Instruction::EmitRaw(text) => {
-                add(Instruction::LoadConst(Value::from_safe_string((*text).to_owned())));
+                add(Instruction::LoadConst(Value::from_safe_string(
+                    (*text).to_owned(),
+                )));
                 add(Instruction::Emit)
             }
             Instruction::Iterate(t) => add(Instruction::Iterate(target(t))),
@@ -434,7 +470,10 @@ mod tests {
             ],
             tree => serde_json::json!([{"n": 1, "c": [{"n": 2, "c": []}, {"n": 3, "c": [{"n": 4, "c": []}]}]}]),
         };
-        let ours = ChatTemplate::new(source).unwrap().render(ctx.clone()).unwrap();
+        let ours = ChatTemplate::new(source)
+            .unwrap()
+            .render(ctx.clone())
+            .unwrap();
         assert_eq!(ours, plain_render(source, ctx));
         assert!(ours.contains("<m a3><m a!2>"), "{ours}");
     }
@@ -463,7 +502,9 @@ mod tests {
             .map(|i| minijinja::context! { role => if i % 2 == 0 { "user" } else { "assistant" }, content => "text" })
             .collect();
         let (_, fuel) = t
-            .render_counting(minijinja::context! { messages => messages, add_generation_prompt => true })
+            .render_counting(
+                minijinja::context! { messages => messages, add_generation_prompt => true },
+            )
             .unwrap();
         println!("demo template: {fuel} fuel for 1000 messages");
         assert!(fuel > 1000, "fuel is counted: {fuel}");

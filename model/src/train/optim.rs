@@ -81,7 +81,10 @@ impl AdamW {
             adapter.iter_mut().zip(grads.iter().zip(moments))
         {
             let params = [&mut module.a, &mut module.b];
-            let slots = params.into_iter().zip(grad).zip(avg.iter_mut().zip(avg_sq.iter_mut()));
+            let slots = params
+                .into_iter()
+                .zip(grad)
+                .zip(avg.iter_mut().zip(avg_sq.iter_mut()));
             for ((param, g), (avg, avg_sq)) in slots {
                 let g = g.clone();
                 let mut w = param.clone();
