@@ -121,6 +121,9 @@ fn fuzz(dev: &Dev, dir: &std::path::Path, config: &str, default_examples: &str, 
         .args(["--max-examples", &examples, "--seed", &seed])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--workers", "2", "--request-timeout", "60"])
+        // Hypothesis refuses to go on when generating data is slow (a loaded CI machine,
+        // the base64 adapter uploads): that says nothing about the server.
+        .args(["--suppress-health-check", "too_slow"])
         .args(["--generation-database", "none", "--no-color"])
         .current_dir(dir)
         .output()

@@ -33,8 +33,9 @@ use minijinja::{Environment, Error, ErrorKind, Expression, Output, State};
 
 /// Largest template source accepted (the largest real chat templates are ~20 KB).
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
-/// Instructions one render may execute. SmolLM2's template spends ~40 per message, so
-/// this allows conversations of tens of thousands of messages.
+/// Instructions one render may execute. The demo (ChatML) template spends 19 per message
+/// (`tests::the_demo_template_spends_little_fuel_per_message`), so this allows
+/// conversations of tens of thousands of messages.
 pub const FUEL: u64 = 2_000_000;
 /// Depth of macro calls and recursive loops (minijinja counts a macro call as ~10).
 pub const RECURSION_LIMIT: usize = 200;
