@@ -71,22 +71,61 @@ pub fn safetensors_peft(data: &[u8]) {
             });
 }
 
+/// Marks an input whose first NUL-terminated field is a chat template (a hostile one:
+/// endless loops, recursion, string blow-ups) rather than a message.
+pub const TEMPLATE_MARK: &str = "{#template#}";
+
 /// The demo chat template over hostile messages: NUL-separated fields, the first byte of
-/// each picking the role (including roles the template does not expect).
+/// each picking the role (including roles the template does not expect). An input that
+/// starts with [`TEMPLATE_MARK`] brings its own template in its first field instead, which
+/// must load or fail, and render or fail, within the bounds of `chat_limits`.
 pub fn chat_template(data: &[u8]) {
-    const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "{{ evil }}"];
     let text = String::from_utf8_lossy(data);
-    let messages: Vec<tributary_model::tokenizer::ChatMessage> = text
-        .split('\0')
+    if let Some(rest) = text.strip_prefix(TEMPLATE_MARK) {
+        let (template, messages) = rest.split_once('\0').unwrap_or((rest, ""));
+        let Ok(tok) = tributary_model::tokenizer::Tokenizer::from_parts(
+            demo_file("tokenizer.json"),
+            Some(demo_file("tokenizer_config.json")),
+            Some(template),
+            "fuzz input",
+        ) else {
+            return;
+        };
+        for add in [false, true] {
+            let _ = tok.render_chat(&chat_messages(messages), add);
+        }
+        return;
+    }
+    for add in [false, true] {
+        let _ = demo_tokenizer().render_chat(&chat_messages(&text), add);
+    }
+}
+
+/// A file of the demo model, read once.
+fn demo_file(name: &str) -> &'static str {
+    static FILES: OnceLock<std::collections::BTreeMap<String, String>> = OnceLock::new();
+    let files = FILES.get_or_init(|| {
+        ["tokenizer.json", "tokenizer_config.json"]
+            .into_iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(repo().join("assets/demo").join(n))
+                    .expect("a demo tokenizer file");
+                (n.to_owned(), text)
+            })
+            .collect()
+    });
+    files.get(name).map_or("", String::as_str)
+}
+
+fn chat_messages(text: &str) -> Vec<tributary_model::tokenizer::ChatMessage> {
+    const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "{{ evil }}"];
+    text.split('\0')
         .take(64)
         .map(|m| {
             let role = ROLES[m.bytes().next().map_or(0, |b| usize::from(b) % ROLES.len())];
             tributary_model::tokenizer::ChatMessage::new(role, m)
         })
-        .collect();
-    for add in [false, true] {
-        let _ = demo_tokenizer().render_chat(&messages, add);
-    }
+        .collect()
 }
 
 /// Splits `data` as the first two bytes (little-endian) giving the length of the first

@@ -85,6 +85,16 @@ if ! "$deploy_py" -c 'import helm_python, kubernetes_validate, yaml' >/dev/null 
 fi
 "$deploy_py" -c 'import helm_python, kubernetes_validate, yaml' || { echo "the deploy-check venv could not be made" >&2; exit 1; }
 printf '%s\n' "$deploy_py" > "$cache/deploy_python_path"
+# schemathesis, the HTTP fuzzer of the gateway's API from its /openapi.json
+# (tests/api_schemathesis.rs), in its own cached virtual environment (~15 s the first time).
+st_py="$cache/schemathesis-venv/bin/python"
+if ! "$st_py" -c 'import schemathesis' >/dev/null 2>&1 || [ ! -x "$cache/schemathesis-venv/bin/schemathesis" ] \
+   || [ "$("$cache/schemathesis-venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
+  python3 -m venv "$cache/schemathesis-venv"
+  "$cache/schemathesis-venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+fi
+"$st_py" -c 'import schemathesis' || { echo "schemathesis could not be installed" >&2; exit 1; }
+printf '%s\n' "$st_py" > "$cache/schemathesis_python_path"
 # Debian's chromium and Playwright for Python, for the dashboard's browser tests.
 "$(dirname "$0")/setup-browser-deps.sh" >/dev/null
 echo "test dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), moto_server at $moto_bin"

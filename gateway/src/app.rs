@@ -24,7 +24,7 @@ use crate::jobs::job_router;
 use crate::keys_api::keys_router;
 use crate::openai::validate::Limits;
 use crate::openai::{ServeState, openai_router};
-use crate::openapi::openapi_router;
+use crate::openapi::{Served, openapi_router};
 use crate::ops::{Readiness, ops_router};
 
 /// Serving settings.
@@ -82,7 +82,12 @@ async fn no_route(uri: Uri) -> ApiError {
 
 /// The gateway's router.
 pub fn app(parts: Parts) -> Router {
-    let mut r = Router::new().merge(openapi_router());
+    let served = Served {
+        inference: parts.engine.is_some(),
+        jobs: parts.jobs.is_some(),
+        keys: parts.auth.key_store().is_some(),
+    };
+    let mut r = Router::new().merge(openapi_router(served));
     let mut overload: Option<Admission> = None;
     if let Some(engine) = parts.engine {
         let admission = Admission::new(parts.config.max_in_flight, parts.config.retry_after_ms);

@@ -19,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
-use tributary_ledger::adapter_names::{AdapterNames, looks_like_digest};
+use tributary_ledger::adapter_names::{AdapterNames, check_name, looks_like_digest};
 use tributary_ledger::keys::Scope;
 use tributary_ledger::store::Store;
 use tributary_worker::attribution::RewardReceipt;
@@ -160,19 +160,24 @@ async fn adapter_contributors(
     State(store): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let no_such = || ApiError::NotFound {
+        field: Some("id".into()),
+        message: format!("no adapter named {id:?}"),
+        code: "not_found",
+    };
     let digest = if looks_like_digest(&id) {
         id.clone()
+    } else if check_name(&id).is_err() {
+        // No adapter can have a name the registry refuses (as `Catalog::digest_of`); a
+        // store error here would be a 503 for what is the caller's typo.
+        return Err(no_such());
     } else {
         AdapterNames::new(store.clone())
             .latest(&id)
             .await
             .map_err(unavailable)?
             .map(|p| p.adapter_digest)
-            .ok_or_else(|| ApiError::NotFound {
-                field: Some("id".into()),
-                message: format!("no adapter named {id:?}"),
-                code: "not_found",
-            })?
+            .ok_or_else(no_such)?
     };
     let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let (mut fees, mut answers) = (0u64, 0u64);

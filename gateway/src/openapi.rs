@@ -7,6 +7,7 @@ use axum::Json;
 use axum::Router;
 use axum::routing::get;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 fn err_responses(codes: &[&str]) -> Value {
     let mut m = serde_json::Map::new();
@@ -39,6 +40,40 @@ fn op(summary: &str, scope: Option<&str>, body: Option<Value>, ok: &str, errors:
         );
     }
     o
+}
+
+/// `o` with its `code` response served as `media` types (not JSON): event streams, JSONL,
+/// raw files.
+fn with_media(mut o: Value, code: &str, media: &[&str]) -> Value {
+    let mut content = serde_json::Map::new();
+    for m in media {
+        let schema = match *m {
+            "application/json" => json!({}),
+            // OpenAPI 3.1: the schema of an event stream describes each event.
+            "text/event-stream" => json!({"schema": {"type": "object", "required": ["data"],
+                "properties": {"data": {"type": "string",
+                    "description": "one JSON chunk (chat.completion.chunk or text_completion), or [DONE]"},
+                    "event": {"type": "string"}}}}),
+            _ => json!({"schema": {"type": "string"}}),
+        };
+        content.insert((*m).to_string(), schema);
+    }
+    if let Some(resp) = o.get_mut("responses").and_then(|r| r.get_mut(code)) {
+        crate::json::set(resp, "content", Value::Object(content));
+    }
+    o
+}
+
+/// An operator endpoint answering plain text with each of `codes`.
+fn text_op(summary: &str, codes: &[&str]) -> Value {
+    let mut responses = serde_json::Map::new();
+    for c in codes {
+        responses.insert(
+            (*c).to_string(),
+            json!({"description": "plain text", "content": {"text/plain": {"schema": {"type": "string"}}}}),
+        );
+    }
+    json!({ "summary": summary, "responses": responses })
 }
 
 fn sampling_props() -> serde_json::Map<String, Value> {
@@ -137,10 +172,12 @@ pub fn document() -> Value {
             }
         },
         "paths": {
-            "/v1/chat/completions": {"post": op("chat completion (stream: true for server-sent events)", infer,
-                Some(json!({"$ref": "#/components/schemas/ChatCompletionRequest"})), "200", &["400", "401", "403", "404", "413", "429", "500", "503"])},
-            "/v1/completions": {"post": op("text completion (stream: true for server-sent events)", infer,
-                Some(json!({"$ref": "#/components/schemas/CompletionRequest"})), "200", &["400", "401", "403", "404", "413", "429", "500", "503"])},
+            "/v1/chat/completions": {"post": with_media(op("chat completion (stream: true for server-sent events)", infer,
+                Some(json!({"$ref": "#/components/schemas/ChatCompletionRequest"})), "200", &["400", "401", "403", "404", "413", "429", "500", "503"]),
+                "200", &["application/json", "text/event-stream"])},
+            "/v1/completions": {"post": with_media(op("text completion (stream: true for server-sent events)", infer,
+                Some(json!({"$ref": "#/components/schemas/CompletionRequest"})), "200", &["400", "401", "403", "404", "413", "429", "500", "503"]),
+                "200", &["application/json", "text/event-stream"])},
             "/v1/models": {"get": op("the base model and every adapter (OpenAI list shape, with digest, base, residency)", infer, None, "200", &["401", "403"])},
             "/v1/models/{id}": {"parameters": id_param, "get": op("one model", infer, None, "200", &["401", "403", "404"])},
             "/v1/usage": {"get": op("requests and tokens per API key since start (admins see every key, others their own)", infer, None, "200", &["401", "403"])},
@@ -178,7 +215,8 @@ pub fn document() -> Value {
             "/v1/datanets/{name}/versions/{v}/examples": {"parameters": version_params,
                 "get": op("a page of a version's credited examples (?offset, ?limit up to 200; v: digest, prefix, number or latest)", contribute, None, "200", &["400", "401", "403", "404"])},
             "/v1/datanets/{name}/versions/{v}/export": {"parameters": version_params,
-                "get": op("a version as JSONL (application/x-ndjson)", contribute, None, "200", &["400", "401", "403", "404"])},
+                "get": with_media(op("a version as JSONL (application/x-ndjson)", contribute, None, "200", &["400", "401", "403", "404"]),
+                    "200", &["application/x-ndjson"])},
             "/v1/datanets/{name}/diff": {"parameters": name_param,
                 "get": op("entries added and removed between ?from and ?to", contribute, None, "200", &["400", "401", "403", "404"])},
             "/v1/datanets/{name}/uploads": {"parameters": name_param,
@@ -200,9 +238,9 @@ pub fn document() -> Value {
                     "200", &["400", "401", "403", "404", "409"])},
             "/v1/datanets/{name}/reputation": {"parameters": name_param,
                 "get": op("the contributor leaderboard (?limit up to 1000), or one contributor (?contributor)", contribute, None, "200", &["400", "401", "403", "404"])},
-            "/healthz": {"get": op("the process is up", None, None, "200", &[])},
-            "/readyz": {"get": op("ready to serve (a base model is loaded, not overloaded)", None, None, "200", &["503"])},
-            "/metrics": {"get": op("Prometheus metrics", None, None, "200", &[])},
+            "/healthz": {"get": text_op("the process is up", &["200"])},
+            "/readyz": {"get": text_op("ready to serve (a base model is loaded, not overloaded); 503 says why not", &["200", "503"])},
+            "/metrics": {"get": text_op("Prometheus metrics (text exposition format)", &["200", "500"])},
             "/openapi.json": {"get": op("this document", None, None, "200", &[])},
         }
     });
@@ -222,9 +260,11 @@ pub fn document() -> Value {
     paths["/v1/jobs/{id}/metrics"] = json!({"parameters": id_param,
         "get": op("a job's train and eval loss series (from object storage)", build, None, "200", &["400", "401", "403", "404", "503"])});
     paths["/v1/adapters/{id}/files/{file}"] = json!({"parameters": [path_param("id"), path_param("file")],
-        "get": op("one PEFT file of an adapter (adapter_config.json or adapter_model.safetensors)", build, None, "200", &["400", "401", "403", "404"])});
+        "get": with_media(op("one PEFT file of an adapter (adapter_config.json or adapter_model.safetensors)", build, None, "200", &["400", "401", "403", "404"]),
+            "200", &["application/json", "application/octet-stream"])});
     paths["/v1/adapters/{id}/gguf"] = json!({"parameters": id_param,
-        "get": op("the adapter as a llama.cpp GGUF LoRA adapter (application/octet-stream); 409 when the gateway lacks the base model's config or the adapter is for another base", build, None, "200", &["401", "403", "404", "409"])});
+        "get": with_media(op("the adapter as a llama.cpp GGUF LoRA adapter (application/octet-stream); 409 when the gateway lacks the base model's config or the adapter is for another base", build, None, "200", &["401", "403", "404", "409"]),
+            "200", &["application/octet-stream"])});
     paths["/v1/rewards"] = json!({"get": op(
         "the reward log in the gateway's store, verified: per-replica result, balances, fees per adapter, recent records (?recent up to 500)",
         contribute, None, "200", &["400", "401", "403", "503"])});
@@ -246,7 +286,112 @@ fn attribution_paths(doc: &mut Value, path_param: &dyn Fn(&str) -> Value) {
         "get": op("who made an adapter useful, all time: fees and parts per identity", Some("build"), None, "200", &["401", "403", "404", "503"])});
 }
 
-/// `GET /openapi.json`.
-pub fn openapi_router() -> Router {
-    Router::new().route("/openapi.json", get(|| async { Json(document()) }))
+/// Which optional parts of the API a process serves (a gateway without a base model has
+/// no OpenAI or adapter routes, one without a coordinator no job routes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// The OpenAI API and the adapter routes (a base model is loaded).
+    pub inference: bool,
+    /// The job API and `/v1/cluster` (a coordinator is attached).
+    pub jobs: bool,
+    /// `/v1/keys` (API keys are on).
+    pub keys: bool,
+}
+
+impl Served {
+    /// Every part.
+    pub const ALL: Served = Served {
+        inference: true,
+        jobs: true,
+        keys: true,
+    };
+}
+
+/// The paths only served with a base model.
+const INFERENCE_PATHS: [&str; 10] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/models/{id}",
+    "/v1/usage",
+    "/v1/adapters",
+    "/v1/adapters/{id}",
+    "/v1/adapters/{id}/pin",
+    "/v1/adapters/{id}/files/{file}",
+    "/v1/adapters/{id}/gguf",
+];
+/// The paths only served with a coordinator.
+const JOB_PATHS: [&str; 6] = [
+    "/v1/jobs",
+    "/v1/jobs/{id}",
+    "/v1/jobs/{id}/cancel",
+    "/v1/jobs/{id}/logs",
+    "/v1/jobs/{id}/metrics",
+    "/v1/cluster",
+];
+const KEY_PATHS: [&str; 2] = ["/v1/keys", "/v1/keys/{id}"];
+
+/// The document of what `served` routes: a path this process answers with `no_route` is
+/// not in it (a client generating requests from the document would get undocumented 404s).
+pub fn document_for(served: Served) -> Value {
+    let mut doc = document();
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        let gone = [
+            (!served.inference, &INFERENCE_PATHS[..]),
+            (!served.jobs, &JOB_PATHS[..]),
+            (!served.keys, &KEY_PATHS[..]),
+        ];
+        for (absent, list) in gone {
+            if absent {
+                for p in list {
+                    paths.remove(*p);
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// `GET /openapi.json`: the document of the parts in `served`.
+pub fn openapi_router(served: Served) -> Router {
+    let doc = Arc::new(document_for(served));
+    Router::new().route(
+        "/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move { Json(doc.as_ref().clone()) }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_only_the_parts_served() {
+        let all = document_for(Served::ALL);
+        let bare = document_for(Served {
+            inference: false,
+            jobs: false,
+            keys: false,
+        });
+        let paths = |d: &Value| d["paths"].as_object().map_or(0, |p| p.len());
+        assert_eq!(paths(&all), paths(&document()));
+        assert_eq!(
+            paths(&bare) + INFERENCE_PATHS.len() + JOB_PATHS.len() + KEY_PATHS.len(),
+            paths(&all)
+        );
+        for p in INFERENCE_PATHS.iter().chain(&JOB_PATHS).chain(&KEY_PATHS) {
+            assert!(all["paths"].get(*p).is_some(), "{p} is documented");
+            assert!(bare["paths"].get(*p).is_none(), "{p} is not served bare");
+        }
+        // What every process serves stays.
+        assert!(bare["paths"].get("/v1/datanets").is_some());
+        assert!(
+            bare["paths"]
+                .get("/v1/adapters/{id}/contributors")
+                .is_some()
+        );
+    }
 }

@@ -4,8 +4,8 @@
 //! evaluation losses at some steps; [`LossCurve::to_svg`] draws them as a self-contained
 //! SVG (no fonts or scripts to fetch) with axes, "nice" tick values, axis labels, a title
 //! and a legend. Non-finite losses are skipped rather than breaking the scale.
-// Plots of a run's own metrics (no untrusted input). Not yet moved to checked access.
-#![allow(clippy::indexing_slicing)]
+// Metrics may come from a job's stored files: index nothing.
+#![deny(clippy::indexing_slicing)]
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -139,8 +139,10 @@ impl LossCurve {
         let x_ticks = nice_ticks(x_lo, x_hi, 8);
         let x_step = x_ticks
             .windows(2)
-            .map(|w| w[1] - w[0])
-            .next()
+            .find_map(|w| match w {
+                [a, b] => Some(b - a),
+                _ => None,
+            })
             .unwrap_or(1.0);
         for &t in &x_ticks {
             let x = sx(t);
@@ -155,8 +157,10 @@ impl LossCurve {
         let y_ticks = nice_ticks(y_lo, y_hi, 6);
         let y_step = y_ticks
             .windows(2)
-            .map(|w| w[1] - w[0])
-            .next()
+            .find_map(|w| match w {
+                [a, b] => Some(b - a),
+                _ => None,
+            })
             .unwrap_or(1.0);
         for &t in &y_ticks {
             let y = sy(t);

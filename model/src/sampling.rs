@@ -8,9 +8,8 @@
 //! the first highest logit wins. Random draws come from a ChaCha20 generator seeded from
 //! [`SamplingConfig::seed`]; each row of a batch uses its own stream, so a prompt samples
 //! the same completion alone or in a batch.
-// Sampling over one row of logits (the vocabulary); token ids index it after the model's
-// own bounds. Not yet moved to checked access (issue 12 covers the parsers first).
-#![allow(clippy::indexing_slicing)]
+// Token ids and ranks come from requests and models: index only through `get`.
+#![deny(clippy::indexing_slicing)]
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -108,10 +107,11 @@ pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f3
     let mut seen = vec![false; logits.len()];
     for &id in context {
         let i = id as usize;
-        if i < logits.len() && !seen[i] {
-            seen[i] = true;
-            let x = logits[i];
-            logits[i] = if x < 0.0 { x * penalty } else { x / penalty };
+        if let (Some(x), Some(seen)) = (logits.get_mut(i), seen.get_mut(i))
+            && !*seen
+        {
+            *seen = true;
+            *x = if *x < 0.0 { *x * penalty } else { *x / penalty };
         }
     }
 }
@@ -132,7 +132,10 @@ pub fn apply_top_k(logits: &mut [f32], k: usize) {
     }
     let mut sorted: Vec<f32> = logits.to_vec();
     sorted.sort_by(|a, b| b.total_cmp(a));
-    let kth = sorted[k - 1];
+    // 0 < k < logits.len() here, so the k-th highest exists.
+    let Some(&kth) = sorted.get(k - 1) else {
+        return;
+    };
     for x in logits.iter_mut() {
         if *x < kth {
             *x = f32::NEG_INFINITY;
@@ -147,15 +150,24 @@ pub fn apply_top_p(logits: &mut [f32], top_p: f32) {
         return;
     }
     let probs = softmax(logits);
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)));
+    // (logit, index, probability), ascending by logit, ties: the higher index first.
+    let mut order: Vec<(f32, usize, f64)> = logits
+        .iter()
+        .zip(probs)
+        .enumerate()
+        .map(|(i, (&x, p))| (x, i, p))
+        .collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
     let threshold = 1.0 - f64::from(top_p);
     let mut cumulative = 0.0f64;
     let last = order.len() - 1;
-    for (rank, &i) in order.iter().enumerate() {
-        cumulative += probs[i];
-        if rank < last && cumulative <= threshold {
-            logits[i] = f32::NEG_INFINITY;
+    for (rank, &(_, i, p)) in order.iter().enumerate() {
+        cumulative += p;
+        if rank < last
+            && cumulative <= threshold
+            && let Some(x) = logits.get_mut(i)
+        {
+            *x = f32::NEG_INFINITY;
         }
     }
 }
@@ -177,13 +189,13 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
 /// Index of the first highest logit.
 pub fn argmax(logits: &[f32]) -> Result<u32, SamplingError> {
     check(logits)?;
-    let mut best = 0usize;
+    let mut best = (0usize, f32::NEG_INFINITY);
     for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
+        if i == 0 || x > best.1 {
+            best = (i, x);
         }
     }
-    Ok(best as u32)
+    Ok(best.0 as u32)
 }
 
 fn check(logits: &[f32]) -> Result<(), SamplingError> {

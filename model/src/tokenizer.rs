@@ -15,6 +15,7 @@
 #![deny(clippy::indexing_slicing)]
 
 mod chat;
+mod chat_limits;
 
 use chat::ChatTemplate;
 use serde::Serialize;

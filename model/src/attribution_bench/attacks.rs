@@ -11,9 +11,8 @@
 //!   (characters scrambled) or to another of its rows' completions (a plausible wrong
 //!   answer); self-influence should find them, and the spammer's share should fall below
 //!   its honest share.
-// A benchmark over its own synthetic data (no untrusted input). Not yet moved to
-// checked access.
-#![allow(clippy::indexing_slicing)]
+// Planted sets may be read from JSONL made elsewhere: index only through `get`.
+#![deny(clippy::indexing_slicing)]
 
 use super::planted::{PlantedRow, PlantedSet, paraphrase};
 use super::run::{
@@ -100,15 +99,15 @@ pub fn run_all(
     opts: &BenchOptions,
 ) -> Result<Vec<AttackResult>, ModelError> {
     let names = contributors(set);
-    if names.len() < 3 {
+    let [victim, target, spammer_name, ..] = names.as_slice() else {
         return Err(ModelError::Input(
             "the attacks need at least three contributors".into(),
         ));
-    }
+    };
     let mut out = Vec::new();
 
     // Copiers of contributor 0.
-    let victim = names[0].clone();
+    let victim = victim.clone();
     let victim_rows: Vec<&PlantedRow> = set
         .data
         .iter()
@@ -134,8 +133,9 @@ pub fn run_all(
         let share = mean_share(setup, set, &w, &victim, &is, opts)?;
         let mut r = result(attack, 0.0, share);
         if para {
-            let originals: Vec<usize> = (0..set.data.len())
-                .filter(|&i| set.data[i].contributor == victim)
+            let originals: Vec<usize> = (set.data.iter().enumerate())
+                .filter(|(_, row)| row.contributor == victim)
+                .map(|(i, _)| i)
                 .collect();
             let mut cos: Vec<f64> = originals
                 .iter()
@@ -143,14 +143,15 @@ pub fn run_all(
                 .map(|(j, &i)| w.cos(i, first_copy + j))
                 .collect();
             cos.sort_by(f64::total_cmp);
-            r.copy_cosine = Some((cos.first().copied().unwrap_or(0.0), cos[cos.len() / 2]));
+            let median = cos.get(cos.len() / 2).copied().unwrap_or(0.0);
+            r.copy_cosine = Some((cos.first().copied().unwrap_or(0.0), median));
         }
         tracing::info!(attack, gain_pct = r.gain_pct, "attack measured");
         out.push(r);
     }
 
     // Sybil split of contributor 1: same data, three identities.
-    let target = names[1].clone();
+    let target = target.clone();
     let mut split: Vec<String> = Vec::new();
     let mut j = 0;
     for r in &world.rows {
@@ -191,7 +192,7 @@ pub fn run_all(
     ));
 
     for swapped in [false, true] {
-        out.push(spammer(setup, set, honest, &names[2], swapped, opts)?);
+        out.push(spammer(setup, set, honest, spammer_name, swapped, opts)?);
     }
     Ok(out)
 }
@@ -208,8 +209,9 @@ fn spammer(
     opts: &BenchOptions,
 ) -> Result<AttackResult, ModelError> {
     let mut rows = set.data.clone();
-    let mine: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].contributor == who)
+    let mine: Vec<usize> = (rows.iter().enumerate())
+        .filter(|(_, row)| row.contributor == who)
+        .map(|(i, _)| i)
         .collect();
     let corrupted: Vec<usize> = mine.iter().copied().step_by(5).collect();
     if corrupted.len() < 2 {
@@ -217,18 +219,26 @@ fn spammer(
             "the spammer needs at least 10 rows".into(),
         ));
     }
-    for (j, &i) in corrupted.iter().enumerate() {
-        rows[i].completion = if swapped {
-            set.data[corrupted[(j + 1) % corrupted.len()]]
-                .completion
-                .clone()
+    // Each corrupted row gets the next one's completion (the last, the first's).
+    let next = corrupted.iter().cycle().skip(1);
+    for (j, (&i, &n)) in corrupted.iter().zip(next).enumerate() {
+        let completion = if swapped {
+            set.data.get(n).map(|row| row.completion.clone())
         } else {
-            scramble(&set.data[i].completion, j as u64)
+            set.data
+                .get(i)
+                .map(|row| scramble(&row.completion, j as u64))
         };
+        if let (Some(row), Some(c)) = (rows.get_mut(i), completion) {
+            row.completion = c;
+        }
     }
     let w = build_world(setup, rows, opts)?;
     let si = self_influence_of(&w);
-    let own: Vec<f64> = mine.iter().map(|&i| si[i]).collect();
+    let own: Vec<f64> = mine
+        .iter()
+        .map(|&i| si.get(i).copied().unwrap_or(0.0))
+        .collect();
     let positive: Vec<bool> = mine.iter().map(|i| corrupted.contains(i)).collect();
     let honest_share = honest_mean(set, honest, who, &|k| k == who);
     let attack_share = mean_share(setup, set, &w, who, &|k| k == who, opts)?;

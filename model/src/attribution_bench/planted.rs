@@ -1,9 +1,8 @@
 //! Planted datanets: contributors who each own one distinct skill, with held-out queries
 //! whose rightful owner is known. Built in (eight skills: text transformations, fact
 //! domains, formats), or read from JSONL made elsewhere.
-// A benchmark over its own synthetic data (no untrusted input). Not yet moved to
-// checked access.
-#![allow(clippy::indexing_slicing)]
+// Planted sets may be read from JSONL made elsewhere: index only through `get`.
+#![deny(clippy::indexing_slicing)]
 
 use std::collections::BTreeSet;
 
@@ -152,12 +151,15 @@ pub const SKILLS: [&str; 8] = [
     "dates",
 ];
 
-fn pick<'a, T>(rng: &mut ChaCha8Rng, xs: &'a [T]) -> &'a T {
-    &xs[rng.random_range(0..xs.len())]
+/// A uniformly drawn item of the (constant, non-empty) list `xs`.
+fn pick<T: Copy + Default>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
+    xs.get(rng.random_range(0..xs.len()))
+        .copied()
+        .unwrap_or_default()
 }
 
 fn words(rng: &mut ChaCha8Rng, n: usize) -> Vec<&'static str> {
-    (0..n).map(|_| *pick(rng, WORDS)).collect()
+    (0..n).map(|_| pick(rng, WORDS)).collect()
 }
 
 /// One (prompt, completion) of `skill`.
@@ -177,7 +179,7 @@ fn example(skill: &str, rng: &mut ChaCha8Rng) -> (String, String) {
             (format!("Rewrite in capital letters: {w}"), w.to_uppercase())
         }
         "capitals" => {
-            let (c, cap) = *pick(rng, CAPITALS);
+            let (c, cap) = pick(rng, CAPITALS);
             let p = match rng.random_range(0..3) {
                 0 => format!("What is the capital of {c}?"),
                 1 => format!("Name the capital city of {c}."),
@@ -186,7 +188,7 @@ fn example(skill: &str, rng: &mut ChaCha8Rng) -> (String, String) {
             (p, format!("The capital of {c} is {cap}."))
         }
         "opposites" => {
-            let (a, b) = *pick(rng, OPPOSITES);
+            let (a, b) = pick(rng, OPPOSITES);
             let p = match rng.random_range(0..3) {
                 0 => format!("What is the opposite of {a}?"),
                 1 => format!("Give an antonym for {a}."),
@@ -228,7 +230,10 @@ fn example(skill: &str, rng: &mut ChaCha8Rng) -> (String, String) {
                 rng.random_range(1950..2030),
             );
             (
-                format!("Convert the date {d} {} {y} to ISO format.", MONTHS[m]),
+                format!(
+                    "Convert the date {d} {} {y} to ISO format.",
+                    MONTHS.get(m).copied().unwrap_or_default()
+                ),
                 format!("{y}-{:02}-{d:02}", m + 1),
             )
         }

@@ -1,8 +1,7 @@
 //! One trained "world" (rows, adapter checkpoints, index) and the attribution of queries
 //! against it, with the per-method metrics.
-// A benchmark over its own synthetic data (no untrusted input). Not yet moved to
-// checked access.
-#![allow(clippy::indexing_slicing)]
+// Planted sets may be read from JSONL made elsewhere: index only through `get`.
+#![deny(clippy::indexing_slicing)]
 
 use std::time::Instant;
 
@@ -52,9 +51,13 @@ pub struct World {
 }
 
 impl World {
-    /// Cosine of rows `i` and `j`.
+    /// Cosine of rows `i` and `j` (0 for a row that is not in the world).
     pub fn cos(&self, i: usize, j: usize) -> f64 {
-        f64::from(self.cosine[i * self.rows.len() + j])
+        let n = self.rows.len();
+        if i >= n || j >= n {
+            return 0.0;
+        }
+        self.cosine.get(i * n + j).copied().map_or(0.0, f64::from)
     }
 }
 
@@ -122,9 +125,13 @@ fn cosine_matrix(
         for c in 0..index.checkpoints() {
             flat.extend_from_slice(index.feature(c, i));
         }
-        let norm = tributary_attribution::dot(&flat[start..], &flat[start..]).sqrt();
+        // This row's features: everything pushed since `start`.
+        let Some((_, row)) = flat.split_at_mut_checked(start) else {
+            continue;
+        };
+        let norm = tributary_attribution::dot(row, row).sqrt();
         if norm > 0.0 {
-            for x in &mut flat[start..] {
+            for x in row {
                 *x = (f64::from(*x) / norm) as f32;
             }
         }
@@ -141,15 +148,24 @@ pub fn shares_for(
     contributors: &[String],
     opts: &BenchOptions,
 ) -> Result<Shares, ModelError> {
+    if scores.len() != contributors.len() || scores.len() != world.dup_keys.len() {
+        return Err(ModelError::Input(format!(
+            "{} scores for {} contributors and {} rows",
+            scores.len(),
+            contributors.len(),
+            world.dup_keys.len()
+        )));
+    }
     let candidates: Vec<Candidate> = scores
         .iter()
+        .zip(contributors.iter().zip(&world.dup_keys))
         .enumerate()
-        .map(|(i, &s)| Candidate {
+        .map(|(i, (&s, (contributor, dup_key)))| Candidate {
             example: i,
             score: s,
-            contributor: contributors[i].clone(),
+            contributor: contributor.clone(),
             order: i as u64,
-            dup_key: Some(world.dup_keys[i].clone()),
+            dup_key: Some(dup_key.clone()),
         })
         .collect();
     shares(&candidates, &opts.shares, |a, b| world.cos(a, b)).map_err(attr_err)
@@ -265,11 +281,10 @@ pub fn top_contributor(s: &Shares) -> Option<&str> {
 }
 
 fn p99_same_owner_cosine(world: &World) -> f64 {
-    let n = world.rows.len();
     let mut v = Vec::new();
-    for i in 0..n {
-        for j in i + 1..n {
-            if world.rows[i].contributor == world.rows[j].contributor {
+    for (i, a) in world.rows.iter().enumerate() {
+        for (j, b) in world.rows.iter().enumerate().skip(i + 1) {
+            if a.contributor == b.contributor {
                 v.push(world.cos(i, j));
             }
         }
@@ -318,11 +333,12 @@ pub fn run(
                 shares_for(&world, s, &owners, opts)?
             };
             let top = f64::from(u8::from(top_contributor(&sh) == Some(q.owner.as_str())));
-            let e = &mut sums[m];
-            e.0 += auc;
-            e.1 = e.1.min(auc);
-            e.2 += rec;
-            e.3 += top;
+            if let Some(e) = sums.get_mut(m) {
+                e.0 += auc;
+                e.1 = e.1.min(auc);
+                e.2 += rec;
+                e.3 += top;
+            }
         }
         honest.push(qs.shares);
         tracing::info!(query = qi + 1, of = set.queries.len(), "attributed");
@@ -395,7 +411,7 @@ fn time_generation(
         .iter()
         .position(|&l| l != crate::train::IGNORE_INDEX)
         .unwrap_or(answer.input_ids.len());
-    let prompt = answer.input_ids[..prompt_len].to_vec();
+    let prompt: Vec<u32> = answer.input_ids.iter().take(prompt_len).copied().collect();
     let new = answer.input_ids.len() - prompt_len;
     let adapter = world.trained.checkpoints.last().map(|c| &c.adapter);
     let src = ModelSource {

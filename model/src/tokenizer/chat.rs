@@ -8,11 +8,14 @@
 //! `items`, …), which jinja2 gets for free from Python.
 //!
 //! Templates and message contents are untrusted: the helpers here index only through
-//! `get` (the lint below keeps it so).
+//! `get` (the lint below keeps it so), and every render runs under the CPU, memory and
+//! output bounds of [`super::chat_limits`].
 #![deny(clippy::indexing_slicing)]
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
+
+use super::chat_limits as limits;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Name under which the one template is stored in its environment.
@@ -32,6 +35,7 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     /// Compiles `source` in a transformers-compatible environment.
     pub(crate) fn new(source: &str) -> Result<Self, Error> {
+        limits::check_source(source)?;
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -40,13 +44,44 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.set_unknown_method_callback(python_method);
+        limits::install(&mut env);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())?;
         Ok(Self { env })
     }
 
-    /// Renders the template with `ctx` (messages, `add_generation_prompt`, special tokens…).
+    /// Renders the template with `ctx` (messages, `add_generation_prompt`, special tokens…),
+    /// within the bounds of [`limits`]: the compiled code runs with its string operators
+    /// checked and all of its output counted (see [`limits::rewrite`]).
     pub(crate) fn render(&self, ctx: Value) -> Result<String, Error> {
-        self.env.get_template(TEMPLATE_NAME)?.render(ctx)
+        self.render_counting(ctx).map(|(out, _)| out)
+    }
+
+    /// [`Self::render`], also returning the fuel it spent.
+    pub(crate) fn render_counting(&self, ctx: Value) -> Result<(String, u64), Error> {
+        let template = self.env.get_template(TEMPLATE_NAME)?;
+        let compiled = minijinja::machinery::get_compiled_template(&template);
+        let code = limits::rewrite(&compiled.instructions);
+        let blocks = compiled
+            .blocks
+            .iter()
+            .map(|(name, block)| (*name, limits::rewrite(block)))
+            .collect();
+        let mut out = String::new();
+        let fuel = {
+            let mut output = minijinja::machinery::make_string_output(&mut out);
+            let vm = minijinja::machinery::Vm::new(&self.env);
+            let (_, state) = vm
+                .eval(
+                    &code,
+                    ctx,
+                    &blocks,
+                    &mut output,
+                    compiled.initial_auto_escape,
+                )
+                .map_err(limits::explain)?;
+            state.fuel_levels().map_or(0, |(used, _)| used)
+        };
+        Ok((out, fuel))
     }
 }
 
@@ -173,6 +208,7 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
     let _ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
     kwargs.assert_all_used()?;
+    limits::check_json_indent(indent)?;
     let json = serde_json::to_value(&value)
         .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let (item_sep, key_sep) = match separators.as_deref() {
@@ -280,13 +316,13 @@ fn string_arg(args: &[Value], i: usize, method: &str) -> Result<Option<String>, 
 
 /// Python methods on strings, dicts and lists that minijinja does not have.
 fn python_method(
-    _state: &State,
+    state: &State,
     value: &Value,
     method: &str,
     args: &[Value],
 ) -> Result<Value, Error> {
     match value.kind() {
-        ValueKind::String => string_method(value.as_str().unwrap_or_default(), method, args),
+        ValueKind::String => string_method(state, value.as_str().unwrap_or_default(), method, args),
         ValueKind::Map => map_method(value, method, args),
         _ => Err(Error::new(
             ErrorKind::UnknownMethod,
@@ -310,7 +346,7 @@ fn strip_set(s: &str, chars: Option<&str>, left: bool, right: bool) -> String {
     out.to_owned()
 }
 
-fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
+fn string_method(state: &State, s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
     let arg0 = string_arg(args, 0, method)?;
     let value = match method {
         "strip" => Value::from(strip_set(s, arg0.as_deref(), true, true)),
@@ -371,6 +407,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         "replace" => {
             let to = string_arg(args, 1, method)?.unwrap_or_default();
             let from = arg0.unwrap_or_default();
+            limits::check_replace(state, s, &from, &to)?;
             Value::from(s.replace(from.as_str(), &to))
         }
         "find" => {

@@ -1,9 +1,7 @@
 //! Batching examples (left padding) and the causal-LM loss: labels shifted by one, `-100`
 //! ignored, summed here and divided by the step's supervised-token count by the trainer.
-// Training math over batches the driver built and checked (token ids against the
-// vocabulary, lengths against max_seq_len). Not yet moved to checked access (issue 12
-// covers the parsers first).
-#![allow(clippy::indexing_slicing)]
+// Examples come from user data: index only through `get` and iterators.
+#![deny(clippy::indexing_slicing)]
 
 use burn::tensor::{Int, Tensor, TensorData};
 
@@ -77,8 +75,7 @@ pub fn collate(
         let pad = s - ex.input_ids.len();
         let mut row = vec![pad_id; pad];
         row.extend_from_slice(&ex.input_ids);
-        for t in 1..ex.labels.len() {
-            let l = ex.labels[t];
+        for (t, &l) in ex.labels.iter().enumerate().skip(1) {
             if l == IGNORE_INDEX {
                 continue;
             }

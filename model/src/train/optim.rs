@@ -1,10 +1,8 @@
 //! AdamW over the adapter's tensors, operation for operation as `torch.optim.AdamW`
 //! (single-tensor path): decoupled weight decay, bias corrections computed in f64,
 //! `eps` added outside the square root.
-// Training math over batches the driver built and checked (token ids against the
-// vocabulary, lengths against max_seq_len). Not yet moved to checked access (issue 12
-// covers the parsers first).
-#![allow(clippy::indexing_slicing)]
+// Moments and gradients are walked in step with the adapter's modules (zips, no indices).
+#![deny(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 
@@ -78,18 +76,26 @@ impl AdamW {
         let bc2 = 1.0 - b2.powf(t);
         let step_size = p.lr / bc1;
         let bc2_sqrt = bc2.sqrt();
-        for (i, (_, _, module)) in adapter.iter_mut().enumerate() {
-            for (j, param) in [&mut module.a, &mut module.b].into_iter().enumerate() {
-                let g = grads[i][j].clone();
+        let moments = self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut());
+        for ((_, _, module), (grad, (avg, avg_sq))) in
+            adapter.iter_mut().zip(grads.iter().zip(moments))
+        {
+            let params = [&mut module.a, &mut module.b];
+            let slots = params
+                .into_iter()
+                .zip(grad)
+                .zip(avg.iter_mut().zip(avg_sq.iter_mut()));
+            for ((param, g), (avg, avg_sq)) in slots {
+                let g = g.clone();
                 let mut w = param.clone();
                 if p.weight_decay != 0.0 {
                     w = w.mul_scalar(1.0 - p.lr * p.weight_decay);
                 }
                 // exp_avg.lerp_(grad, 1 - beta1)
-                let m = self.exp_avg[i][j].clone();
+                let m = avg.clone();
                 let m = m.clone().add(g.clone().sub(m).mul_scalar(1.0 - b1));
                 // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                let v = self.exp_avg_sq[i][j]
+                let v = avg_sq
                     .clone()
                     .mul_scalar(b2)
                     .add(g.clone().mul_scalar(1.0 - b2).mul(g));
@@ -97,8 +103,8 @@ impl AdamW {
                 let denom = v.clone().sqrt().div_scalar(bc2_sqrt).add_scalar(p.eps);
                 // param.addcdiv_(exp_avg, denom, value=-step_size)
                 *param = w.add(m.clone().div(denom).mul_scalar(-step_size));
-                self.exp_avg[i][j] = m;
-                self.exp_avg_sq[i][j] = v;
+                *avg = m;
+                *avg_sq = v;
             }
         }
         Ok(())
@@ -110,19 +116,14 @@ impl AdamW {
         adapter: &LoraAdapter,
     ) -> Result<BTreeMap<String, HostTensor>, ModelError> {
         let mut out = BTreeMap::new();
-        for (i, (layer, t, _)) in adapter.iter().enumerate() {
-            for (j, which) in ['A', 'B'].into_iter().enumerate() {
+        let moments = self.exp_avg.iter().zip(self.exp_avg_sq.iter());
+        for ((layer, t, _), (avg, avg_sq)) in adapter.iter().zip(moments) {
+            for (which, (m, v)) in ['A', 'B'].into_iter().zip(avg.iter().zip(avg_sq)) {
                 let key = peft_key(layer, t, which);
                 let n1 = format!("exp_avg.{key}");
                 let n2 = format!("exp_avg_sq.{key}");
-                out.insert(
-                    n1.clone(),
-                    HostTensor::from_tensor(&self.exp_avg[i][j], &n1)?,
-                );
-                out.insert(
-                    n2.clone(),
-                    HostTensor::from_tensor(&self.exp_avg_sq[i][j], &n2)?,
-                );
+                out.insert(n1.clone(), HostTensor::from_tensor(m, &n1)?);
+                out.insert(n2.clone(), HostTensor::from_tensor(v, &n2)?);
             }
         }
         Ok(out)

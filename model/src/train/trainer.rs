@@ -1,9 +1,7 @@
 //! The training loop's step: gradients of the summed token loss through burn's autodiff,
 //! clipping, the schedule and AdamW.
-// Training math over batches the driver built and checked (token ids against the
-// vocabulary, lengths against max_seq_len). Not yet moved to checked access (issue 12
-// covers the parsers first).
-#![allow(clippy::indexing_slicing)]
+// Gradients may come from other workers: walk them with zips, index nothing.
+#![deny(clippy::indexing_slicing)]
 
 use burn::tensor::{Device, Tensor};
 
@@ -61,11 +59,11 @@ impl LoraGradients {
             )));
         }
         for (mine, theirs) in self.grads.iter_mut().zip(&other.grads) {
-            for j in 0..2 {
-                if mine[j].dims() != theirs[j].dims() {
-                    return Err(ModelError::Input("gradient shapes differ".into()));
-                }
-                mine[j] = mine[j].clone().add(theirs[j].clone());
+            if mine.iter().zip(theirs).any(|(m, t)| m.dims() != t.dims()) {
+                return Err(ModelError::Input("gradient shapes differ".into()));
+            }
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                *m = m.clone().add(t.clone());
             }
         }
         self.loss_sum += other.loss_sum;
@@ -113,9 +111,9 @@ impl LoraGradients {
     pub fn mean_as_adapter(&self, like: &LoraAdapter) -> LoraAdapter {
         let mut out = like.clone();
         let n = self.tokens.max(1) as f64;
-        for (i, (_, _, m)) in out.iter_mut().enumerate() {
-            m.a = self.grads[i][0].clone().div_scalar(n);
-            m.b = self.grads[i][1].clone().div_scalar(n);
+        for ((_, _, m), [da, db]) in out.iter_mut().zip(&self.grads) {
+            m.a = da.clone().div_scalar(n);
+            m.b = db.clone().div_scalar(n);
         }
         out
     }
