@@ -30,6 +30,7 @@ use tributary_ledger::adapters::{AdapterFile, Provenance};
 use tributary_ledger::keys::Scope;
 use tributary_ledger::store::Store;
 use tributary_protocol::AdapterFiles;
+use tributary_worker::AllowPaths;
 
 use crate::auth::{Auth, Caller};
 use crate::catalog::{AdapterView, Catalog, Residency, store_error};
@@ -49,6 +50,9 @@ pub struct AdaptersState {
     /// The served base model's directory or GGUF file, when this process has it (GGUF
     /// export reads its config).
     pub base_model: Option<std::path::PathBuf>,
+    /// Which local directories `{"url": …}` registrations may read (`--allow-path`); remote
+    /// stores are not limited by it.
+    pub allow: AllowPaths,
 }
 
 /// The `/v1/adapters` routes.
@@ -102,8 +106,12 @@ fn check_files(files: &[AdapterFile]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Reads a PEFT directory from an object-store URL (`file:///dir`, `s3://bucket/dir?…`).
-async fn fetch_url(url: &str) -> Result<Vec<AdapterFile>, ApiError> {
+/// Reads a PEFT directory from an object-store URL (`file:///dir`, `s3://bucket/dir?…`); a
+/// local one only under `allow` (else a 400 naming the path and `--allow-path`).
+async fn fetch_url(url: &str, allow: &AllowPaths) -> Result<Vec<AdapterFile>, ApiError> {
+    allow
+        .check_url("url", url)
+        .map_err(|e| ApiError::invalid("url", e.to_string()))?;
     let store = Store::open(url).map_err(|e| ApiError::invalid("url", format!("url: {e}")))?;
     let mut files = Vec::new();
     for name in PEFT_FILES {
@@ -179,7 +187,7 @@ async fn register(
         e
     } else {
         let (files, source) = match (reg.url, reg.files) {
-            (Some(url), _) => (fetch_url(&url).await?, json!({ "url": url })),
+            (Some(url), _) => (fetch_url(&url, &st.allow).await?, json!({ "url": url })),
             (_, Some(files)) => (decode_upload(files)?, json!({ "upload": true })),
             _ => return Err(ApiError::invalid("body", "nothing to register")),
         };

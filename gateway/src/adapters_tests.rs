@@ -37,6 +37,7 @@ async fn fx() -> Fx {
             catalog: catalog.clone(),
             max_body_bytes: 1 << 20,
             base_model: None,
+            allow: tributary_worker::AllowPaths::only([std::env::temp_dir()]).unwrap(),
         },
         &Auth::keys(keys),
     );
@@ -162,12 +163,8 @@ async fn upload_name_list_show_delete() {
 #[tokio::test]
 async fn bad_registrations_name_the_problem() {
     let f = fx().await;
-    let empty_dir = format!(
-        "file://{}",
-        std::env::temp_dir()
-            .join(format!("tributary-empty-{}", rand::random::<u64>()))
-            .display()
-    );
+    let empty = tempfile::tempdir().unwrap();
+    let empty_dir = format!("file://{}", empty.path().display());
     for (body, status, needle) in [
         (json!({}), 400, "exactly one"),
         (
@@ -188,6 +185,9 @@ async fn bad_registrations_name_the_problem() {
         (json!({"digest": "abc"}), 400, "64 lowercase hex"),
         (json!({"digest": "a".repeat(64)}), 404, "no live adapter"),
         (json!({"url": empty_dir}), 400, "has no adapter_config.json"),
+        // A local directory outside --allow-path is refused before anything is read.
+        (json!({"url": "/etc"}), 400, "--allow-path"),
+        (json!({"url": "file:///etc"}), 400, "--allow-path"),
         (
             json!({"name": "Bad Name", "files": upload("w")}),
             400,
@@ -210,6 +210,7 @@ async fn bad_registrations_name_the_problem() {
             catalog: Catalog::new(store, Arc::new(ScriptedEngine::default())),
             max_body_bytes: 1024,
             base_model: None,
+            allow: tributary_worker::AllowPaths::Only(Vec::new()),
         },
         &Auth::keys(keys),
     );

@@ -42,6 +42,9 @@ pub struct ServeConfig {
     /// The served base model (a directory or a `.gguf` file), when this process has it:
     /// `GET /v1/adapters/{id}/gguf` reads its config.
     pub base_model: Option<std::path::PathBuf>,
+    /// Local directories an adapter registration by `url` may read (`--allow-path`). The
+    /// default reads none: only remote stores (`s3://`).
+    pub adapter_url_allow: tributary_worker::AllowPaths,
 }
 
 impl Default for ServeConfig {
@@ -53,6 +56,7 @@ impl Default for ServeConfig {
             max_adapter_body_bytes: 512 << 20,
             max_datanet_upload_bytes: 64 << 20,
             base_model: None,
+            adapter_url_allow: tributary_worker::AllowPaths::Only(Vec::new()),
         }
     }
 }
@@ -107,6 +111,7 @@ pub fn app(parts: Parts) -> Router {
                     catalog,
                     max_body_bytes: parts.config.max_adapter_body_bytes,
                     base_model: parts.config.base_model.clone(),
+                    allow: parts.config.adapter_url_allow.clone(),
                 },
                 &parts.auth,
             ));

@@ -128,6 +128,13 @@ pub async fn start(
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     // Datanets live in the same store: `tributary datanet upload --store <this store>`, then
     // `data = "datanet://NAME@latest"` in a job.
+    // What jobs may read, and adapter registrations by `url` too.
+    let allow = super::allow::allow_paths(
+        [std::env::current_dir()?, args.data_dir.clone()]
+            .into_iter()
+            .chain(args.cache_dir.clone())
+            .chain(args.allow_path.iter().cloned()),
+    )?;
     let factory = Arc::new(SourcedFactory {
         sources: SourceConfig {
             store: Some(format!("file://{}", store_dir.display())),
@@ -135,12 +142,7 @@ pub async fn start(
                 .cache_dir
                 .clone()
                 .unwrap_or_else(|| store_dir.with_file_name("cache")),
-            allow: super::allow::allow_paths(
-                [std::env::current_dir()?, args.data_dir.clone()]
-                    .into_iter()
-                    .chain(args.cache_dir.clone())
-                    .chain(args.allow_path.iter().cloned()),
-            )?,
+            allow: allow.clone(),
         },
     });
     let mut links = LocalLinkFactory::new();
@@ -237,6 +239,7 @@ pub async fn start(
         config: ServeConfig {
             max_in_flight: args.serve.max_in_flight,
             base_model: args.serve.base_model.clone(),
+            adapter_url_allow: allow,
             ..ServeConfig::default()
         },
     });

@@ -48,6 +48,14 @@ pub struct GatewayArgs {
     /// (`GET /v1/adapters/{id}/gguf`).
     #[arg(long, env = "TRIBUTARY_GATEWAY_BASE_MODEL")]
     pub base_model: Option<std::path::PathBuf>,
+    /// A local directory that adapter registrations by `url` (`file:///dir` or a path) may
+    /// read (repeatable). Default: none, so only remote stores (`s3://`) can be named.
+    #[arg(
+        long = "allow-path",
+        env = "TRIBUTARY_ALLOW_PATHS",
+        value_delimiter = ','
+    )]
+    pub allow_path: Vec<std::path::PathBuf>,
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -104,6 +112,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         config: ServeConfig {
             max_in_flight: args.max_in_flight,
             base_model: args.base_model.clone(),
+            adapter_url_allow: super::allow::allow_paths(args.allow_path.iter().cloned())?,
             ..ServeConfig::default()
         },
     });

@@ -96,11 +96,15 @@ impl AllowPaths {
         }
     }
 
-    /// For a `file://` store URL: its directory, checked. Other URLs pass.
-    fn check_url(&self, field: &str, url: &str) -> Result<(), ExecError> {
+    /// For a store URL that names a local directory (`file:///dir`, or a plain path as
+    /// `Store::open` takes it): that directory, checked. Remote URLs (`s3://`) and
+    /// `memory://` pass.
+    pub fn check_url(&self, field: &str, url: &str) -> Result<(), ExecError> {
         if let Some(p) = url.strip_prefix("file://") {
             let dir = p.split('?').next().unwrap_or_default();
             self.check(field, Path::new(dir))?;
+        } else if !url.contains("://") {
+            self.check(field, Path::new(url))?;
         }
         Ok(())
     }
