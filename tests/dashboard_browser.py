@@ -198,6 +198,8 @@ with sync_playwright() as p:
         if name == "cluster":
             check("leader" in page.inner_text("#coordinators"), "cluster page names the leader")
             check("local-0" in page.inner_text("#workers"), "cluster page lists the worker")
+            check("No etcd" in page.inner_text("#etcd-health"), "dev has no etcd and says so")
+            check(page.inner_text("#store-health") == "reachable", "dev's object store reachable")
         if name == "rewards":
             check(page.locator("[id='req-%s']" % rid.group(1)).count() == 1, "reward entry of " + rid.group(1))
     check(page.inner_text("#readiness") == "ready", "cluster ready")

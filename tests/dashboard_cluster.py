@@ -38,6 +38,9 @@ with sync_playwright() as p:
     coords, workers = wait_for(cluster_seen, 30, "cluster page: leader, standby, w1, w2")
     seen["coordinators"] = coords
     check(page.inner_text("#readiness") == "ready", "cluster ready")
+    check(page.inner_text("#etcd-health") == "healthy", "etcd healthy on the cluster page")
+    check("raft leader" in page.inner_text("#etcd-members"), "etcd's raft leader marked")
+    check(page.inner_text("#store-health") == "reachable", "object store reachable")
     shot(page, "cluster-processes")
 
     # A job from the form, on the datanet the test made; it runs on the cluster's workers.

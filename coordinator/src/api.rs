@@ -83,6 +83,7 @@ impl JobApi for ActorJobs {
                         lease_expires_in_secs: None,
                     })
                     .collect(),
+                etcd: None,
             }))
         })
     }

@@ -2,7 +2,9 @@
 //! campaigning for leadership (who leads, under which fencing token) and the workers'
 //! membership records with the age of their last heartbeat (lease keep-alive). It is the
 //! JSON twin of the dashboard's Cluster page (`GET /v1/cluster`); embedded mode (`dev`)
-//! describes its one in-process coordinator and its workers the same way.
+//! describes its one in-process coordinator and its workers the same way. In etcd mode it
+//! also says how etcd itself is: its members, which one leads, the answering member's
+//! status (version, database size, raft term and index, errors) and any raised alarm.
 
 use serde::Serialize;
 use tributary_protocol::WorkerInfo;
@@ -31,6 +33,36 @@ pub struct WorkerStatus {
     pub lease_expires_in_secs: Option<i64>,
 }
 
+/// One etcd member, from the member list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdMember {
+    /// Member id, in hex as `etcdctl member list` prints it.
+    pub id: String,
+    pub name: String,
+    pub client_urls: Vec<String>,
+    /// Whether the answering member names this one as the raft leader.
+    pub leader: bool,
+    pub learner: bool,
+}
+
+/// etcd's health as this process's client sees it. `healthy` means the status call was
+/// answered, a leader is known, and no member reports an error or an alarm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdHealth {
+    pub healthy: bool,
+    pub members: Vec<EtcdMember>,
+    /// The member that answered the status call (hex id).
+    pub answered_by: Option<String>,
+    pub version: Option<String>,
+    pub db_size_bytes: Option<i64>,
+    pub raft_term: Option<u64>,
+    pub raft_index: Option<u64>,
+    /// Raised alarms, as `NOSPACE on <member id>`.
+    pub alarms: Vec<String>,
+    /// Errors the member reported, or the calls that failed.
+    pub errors: Vec<String>,
+}
+
 /// The cluster as one process sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterStatus {
@@ -38,6 +70,8 @@ pub struct ClusterStatus {
     pub mode: &'static str,
     pub coordinators: Vec<CoordinatorStatus>,
     pub workers: Vec<WorkerStatus>,
+    /// etcd's members and health (none in embedded mode, which has no etcd).
+    pub etcd: Option<EtcdHealth>,
 }
 
 /// Reads the election candidates and the worker records from etcd. The leader is the
@@ -98,5 +132,66 @@ pub async fn read(client: &EtcdClient) -> Result<ClusterStatus, CoordError> {
         mode: "etcd",
         coordinators,
         workers,
+        etcd: Some(etcd_health(&mut c).await),
     })
+}
+
+/// Member list, status and alarms; a failed call is reported in `errors`, never returned
+/// as an error (a page about a sick etcd must still render).
+async fn etcd_health(c: &mut EtcdClient) -> EtcdHealth {
+    use etcd_client::{AlarmAction, AlarmType};
+    let mut errors = Vec::new();
+    let status = match c.status().await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errors.push(format!("status: {e}"));
+            None
+        }
+    };
+    let leader = status.as_ref().map_or(0, |s| s.leader());
+    let members = match c.member_list(None).await {
+        Ok(list) => list
+            .members()
+            .iter()
+            .map(|m| EtcdMember {
+                id: format!("{:x}", m.id()),
+                name: m.name().to_string(),
+                client_urls: m.client_urls().to_vec(),
+                leader: m.id() == leader,
+                learner: m.is_learner(),
+            })
+            .collect(),
+        Err(e) => {
+            errors.push(format!("member list: {e}"));
+            Vec::new()
+        }
+    };
+    let alarms = match c.alarm(AlarmAction::Get, AlarmType::None, None).await {
+        Ok(a) => a
+            .alarms()
+            .iter()
+            .map(|m| format!("{:?} on {:x}", m.alarm(), m.member_id()))
+            .collect(),
+        Err(e) => {
+            errors.push(format!("alarms: {e}"));
+            Vec::new()
+        }
+    };
+    if let Some(s) = &status {
+        errors.extend(s.errors().iter().cloned());
+    }
+    EtcdHealth {
+        healthy: status.is_some() && leader != 0 && errors.is_empty() && alarms.is_empty(),
+        members,
+        answered_by: status
+            .as_ref()
+            .and_then(|s| s.header())
+            .map(|h| format!("{:x}", h.member_id())),
+        version: status.as_ref().map(|s| s.version().to_string()),
+        db_size_bytes: status.as_ref().map(|s| s.db_size()),
+        raft_term: status.as_ref().map(|s| s.raft_term()),
+        raft_index: status.as_ref().map(|s| s.raft_index()),
+        alarms,
+        errors,
+    }
 }

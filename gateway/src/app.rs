@@ -127,6 +127,7 @@ pub fn app(parts: Parts) -> Router {
         r = r.merge(job_router(
             jobs,
             Some(AdapterNames::new(parts.store.clone())),
+            Some(parts.store.clone()),
             &parts.auth,
         ));
     }

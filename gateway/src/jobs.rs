@@ -7,6 +7,7 @@
 //! | `GET /v1/jobs/{id}` | one job record |
 //! | `POST /v1/jobs/{id}/cancel` | cancel a queued or running job; 202 |
 //! | `GET /v1/jobs/{id}/logs` | the job's event lines |
+//! | `GET /v1/cluster` | coordinators, workers, etcd's members and health, and whether this gateway's object store answers |
 //!
 //! Every route needs the `build` scope ([`crate::auth`]). A submitted spec's `owner` is set
 //! to the caller's identity (whatever the body said); a job may be cancelled by its owner
@@ -29,6 +30,7 @@ use tributary_protocol::{JobId, JobSpec};
 
 use tributary_ledger::adapter_names::{AdapterNames, check_name};
 use tributary_ledger::keys::Scope;
+use tributary_ledger::store::Store;
 
 use crate::auth::{Auth, Caller};
 use crate::catalog::store_error;
@@ -43,10 +45,17 @@ pub struct JobsState {
     pub api: Arc<dyn JobApi>,
     /// Adapter names in the store the jobs register into (for the spec's `name`).
     pub names: Option<AdapterNames>,
+    /// This gateway's object store, probed by `GET /v1/cluster`.
+    pub store: Option<Store>,
 }
 
 /// The `/v1/jobs` routes over `api`, each needing the `build` scope.
-pub fn job_router(api: Arc<dyn JobApi>, names: Option<AdapterNames>, auth: &Auth) -> Router {
+pub fn job_router(
+    api: Arc<dyn JobApi>,
+    names: Option<AdapterNames>,
+    store: Option<Store>,
+    auth: &Auth,
+) -> Router {
     let r = Router::new()
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(show))
@@ -54,7 +63,7 @@ pub fn job_router(api: Arc<dyn JobApi>, names: Option<AdapterNames>, auth: &Auth
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/cluster", get(cluster));
     auth.guard(r, Scope::Build)
-        .with_state(JobsState { api, names })
+        .with_state(JobsState { api, names, store })
 }
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
@@ -142,7 +151,37 @@ async fn cluster(State(st): State<JobsState>) -> Result<Json<Value>, ApiError> {
             message: "this process has no view of the cluster".into(),
             code: "no_cluster_view",
         })?;
-    Ok(Json(to_json(&status)?))
+    let mut view = to_json(&status)?;
+    if let (Some(store), Some(obj)) = (&st.store, view.as_object_mut()) {
+        obj.insert("store".into(), store_health(store).await);
+    }
+    Ok(Json(view))
+}
+
+/// Whether the store answers a read (of a key that is never written, so the probe leaves
+/// nothing behind), how fast, and its label (the URL without its query, where credentials
+/// may be).
+async fn store_health(store: &Store) -> Value {
+    const PROBE: &str = "health/probe-never-written";
+    #[allow(clippy::disallowed_methods)] // a latency shown to the operator, not logic
+    let t0 = std::time::Instant::now();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.get(&object_store::path::Path::from(PROBE)),
+    )
+    .await;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (reachable, error) = match read {
+        Ok(Ok(_)) => (true, None),
+        Ok(Err(e)) => (false, Some(e.to_string())),
+        Err(_) => (false, Some("no answer within 5 s".to_string())),
+    };
+    json!({
+        "label": store.label(),
+        "reachable": reachable,
+        "read_ms": (ms * 1000.0).round() / 1000.0,
+        "error": error,
+    })
 }
 
 async fn show(

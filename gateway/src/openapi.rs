@@ -198,7 +198,7 @@ pub fn document() -> Value {
             "/v1/jobs/{id}": {"parameters": id_param, "get": op("one job", build, None, "200", &["400", "401", "403", "404"])},
             "/v1/jobs/{id}/cancel": {"parameters": id_param, "post": op("cancel a job", build, None, "202", &["400", "401", "403", "404", "409"])},
             "/v1/jobs/{id}/logs": {"parameters": id_param, "get": op("a job's event lines", build, None, "200", &["400", "401", "403", "404"])},
-            "/v1/cluster": {"get": op("coordinators (leader, fencing tokens) and workers (membership records, heartbeat ages)", build, None, "200", &["401", "403", "404"])},
+            "/v1/cluster": {"get": op("coordinators (leader, fencing tokens), workers (membership records, heartbeat ages), etcd (members, leader, status, alarms; null in embedded mode) and this gateway's object store (reachable, read latency)", build, None, "200", &["401", "403", "404"])},
             "/v1/keys": {
                 "post": op("create an API key {owner, scopes}; the secret is in the answer, once", Some("admin"),
                     Some(json!({"type": "object", "required": ["owner", "scopes"], "additionalProperties": false, "properties": {

@@ -3,7 +3,8 @@
 //! adapter and the recent records, from `GET /v1/rewards`. Cluster: readiness (`/readyz`),
 //! the served base model (`/v1/models`), and from `GET /v1/cluster` the coordinators (who
 //! leads, fencing tokens) and the workers (device, slots, heartbeat age, serving load and
-//! resident adapters), with the running job each works on (`/v1/jobs`).
+//! resident adapters), with the running job each works on (`/v1/jobs`), then etcd's members
+//! and health and whether the gateway's object store answers.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
-use maud::html;
+use maud::{Markup, html};
 use serde_json::Value;
 
 use super::{Dash, api_error, page, session_or_login, short, text};
@@ -169,6 +170,58 @@ async fn cluster(State(st): State<Dash>, h: HeaderMap) -> Response {
                 } }
             }
         }
+        (etcd_section(&view.body["etcd"], view.body["mode"] == "embedded"))
+        (store_section(&view.body["store"]))
     };
     page(Some(&sess), "Cluster", Some("/v1/cluster"), body)
+}
+
+/// etcd's members (the raft leader marked), the answering member's status, alarms and
+/// errors, with a good/bad badge.
+fn etcd_section(etcd: &Value, embedded: bool) -> Markup {
+    let healthy = etcd["healthy"] == true;
+    let members = etcd["members"].as_array().cloned().unwrap_or_default();
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    };
+    html! {
+        section aria-labelledby="e-h" {
+            h2 id="e-h" { "etcd" }
+            @if embedded || etcd.is_null() {
+                p id="etcd-health" { "No etcd: " code { "tributary dev" } " keeps jobs and membership in its own process." }
+            } @else {
+                p { span id="etcd-health" class={"badge " (if healthy { "good" } else { "bad" })} {
+                        @if healthy { "healthy" } @else { "unhealthy" } }
+                    " · version " (text(&etcd["version"]))
+                    " · database " (text(&etcd["db_size_bytes"])) " bytes"
+                    " · raft term " (text(&etcd["raft_term"])) ", index " (text(&etcd["raft_index"]))
+                    " · answered by " code { (text(&etcd["answered_by"])) } }
+                @if !list(&etcd["alarms"]).is_empty() { p.error { "Alarms: " (list(&etcd["alarms"])) } }
+                @if !list(&etcd["errors"]).is_empty() { p.error { "Errors: " (list(&etcd["errors"])) } }
+                table id="etcd-members" { thead { tr { th scope="col" { "Member" } th scope="col" { "Id" } th scope="col" { "Client URLs" } th scope="col" { "Role" } } }
+                    tbody { @for m in &members { tr {
+                        td { (text(&m["name"])) } td { code { (text(&m["id"])) } } td { (list(&m["client_urls"])) }
+                        td { @if m["leader"] == true { strong { "raft leader" } } @else if m["learner"] == true { "learner" } @else { "follower" } }
+                    } } } }
+            }
+        }
+    }
+}
+
+/// Whether the gateway's object store answered a read, and how fast.
+fn store_section(store: &Value) -> Markup {
+    html! {
+        section aria-labelledby="s-h" {
+            h2 id="s-h" { "Object store" }
+            @if store.is_null() { p { "Not probed by this process." } } @else {
+                p { span id="store-health" class={"badge " (if store["reachable"] == true { "good" } else { "bad" })} {
+                        @if store["reachable"] == true { "reachable" } @else { "unreachable" } }
+                    " · " code { (text(&store["label"])) }
+                    " · read in " (text(&store["read_ms"])) " ms"
+                    @if !store["error"].is_null() { " · " span.error { (text(&store["error"])) } } }
+            }
+        }
+    }
 }
