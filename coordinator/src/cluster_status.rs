@@ -149,7 +149,7 @@ async fn etcd_health(c: &mut EtcdClient) -> EtcdHealth {
         }
     };
     let leader = status.as_ref().map_or(0, |s| s.leader());
-    let members = match c.member_list(None).await {
+    let members = match c.member_list().await {
         Ok(list) => list
             .members()
             .iter()
