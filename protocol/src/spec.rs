@@ -429,6 +429,17 @@ precision = "bf16"
     }
 
     #[test]
+    fn recompute_is_optional_and_read_when_given() {
+        assert_eq!(JobSpec::from_toml_str(TOML).unwrap().train.recompute, None);
+        let on = TOML.replace("seed = 7", "seed = 7\nrecompute = true");
+        let spec = JobSpec::from_toml_str(&on).unwrap();
+        assert_eq!(spec.train.recompute, Some(true));
+        assert!(spec.to_json().unwrap().contains("\"recompute\":true"));
+        let bad = TOML.replace("seed = 7", "seed = 7\nrecompute = \"yes\"");
+        assert!(JobSpec::from_toml_str(&bad).is_err());
+    }
+
+    #[test]
     fn toml_and_json_give_the_same_spec() {
         let spec = JobSpec::from_toml_str(TOML).unwrap();
         assert_eq!(spec.lora.rank, 16);

@@ -90,8 +90,8 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Recompute each decoder layer's activations in the backward pass instead of keeping
     /// them from the forward pass (`decoder/recompute.rs`): the same gradients to float
-    /// rounding, far less memory, about a third more arithmetic per step. Absent in configs
-    /// saved before it existed: off.
+    /// rounding, far less memory, one more forward pass through the layers per step. Absent
+    /// in configs saved before it existed: off.
     pub recompute: bool,
 }
 
