@@ -18,11 +18,13 @@ mod cache;
 mod embed;
 mod host_math;
 mod host_step;
+mod layer;
 mod linear;
 mod load;
 mod mixed;
 mod paged;
 mod per_example;
+mod recompute;
 mod storage;
 
 use std::path::Path;
@@ -34,6 +36,7 @@ pub use cache::KvCache;
 pub use embed::{HEAD_CHUNK_ROWS, TokenEmbedding};
 pub use host_step::HostStep;
 use host_step::HostWeights;
+use layer::{LayerInputs, fused_attention};
 pub use linear::{HOST_KERNEL_MAX_ROWS, Linear, LinearWeight};
 use mixed::LoraSel;
 pub use mixed::MixedLora;
@@ -42,7 +45,7 @@ pub use per_example::PerExampleLora;
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
-use crate::fused::{self, CausalMask, FusedAttention, RopeTables};
+use crate::fused;
 use crate::kernels::PackedMatrix;
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::precision::{Bf16Weight, bf16_matmul, frozen_bf16_matmul};
@@ -517,60 +520,23 @@ impl CausalLm {
         let mut hs = self.embed.gather(ids, &self.device)?;
         let (cos, sin) = attention::rope_tables(&plan.positions, b, s, cfg, &self.device);
         let mask = attention::mask(&plan, b, s, &self.device);
-        // Training (autodiff) runs RoPE and the masked softmax as fused ops, which take the
-        // mask as key ranges and the RoPE tables as host values.
-        let fused_attn = hs.is_autodiff().then(|| {
-            let (c, si) = attention::rope_values(&plan.positions, cfg);
-            FusedAttention {
-                mask: CausalMask::from_key_valid(&plan.key_valid, plan.past, s),
-                rope: RopeTables::new(c, si, b, s, cfg.head_dim),
-            }
-        });
+        let fused_attn = hs.is_autodiff().then(|| fused_attention(&plan, b, s, cfg));
         let mut burn_layers = match cache.as_deref_mut() {
             Some(c) => Some(c.burn_layers(&self.device)?),
             None => None,
         };
 
-        for (l, layer) in self.layers.iter().enumerate() {
-            let proj = |t: TargetModule, x: Tensor<2>, d: &mut Option<&mut LoraDropout>| {
-                let linear = layer.linear(t);
-                if d.is_none()
-                    && let Some(y) = lora.host_forward(l, t, linear, &x)
-                {
-                    return y;
-                }
-                let y = linear.forward(x.clone());
-                lora.add_delta(l, t, x, y, d.as_deref_mut())
-            };
-            let x = rms_norm(hs.clone(), &layer.input_norm, cfg.rms_norm_eps);
-            let q = proj(TargetModule::Q, x.clone(), &mut dropout);
-            let k = proj(TargetModule::K, x.clone(), &mut dropout);
-            let v = proj(TargetModule::V, x, &mut dropout);
+        let ctx = LayerInputs {
+            cos,
+            sin,
+            mask,
+            fused: fused_attn,
+            b,
+            s,
+        };
+        for l in 0..self.layers.len() {
             let layer_cache = burn_layers.as_deref_mut().and_then(|c| c.get_mut(l));
-            let attn = attention::attend(
-                q,
-                k,
-                v,
-                &cos,
-                &sin,
-                &mask,
-                fused_attn.as_ref(),
-                layer_cache,
-                b,
-                s,
-                cfg,
-            );
-            let o = proj(TargetModule::O, attn, &mut dropout);
-            hs = hs.add(o);
-            let x = rms_norm(hs.clone(), &layer.post_norm, cfg.rms_norm_eps);
-            let g = proj(TargetModule::Gate, x.clone(), &mut dropout);
-            let u = proj(TargetModule::Up, x, &mut dropout);
-            let h = match fused::swiglu(&g, &u) {
-                Some(h) => h,
-                None => fused::swiglu_composite(g, u),
-            };
-            let m = proj(TargetModule::Down, h, &mut dropout);
-            hs = hs.add(m);
+            hs = self.layer_forward(l, hs, lora, &mut dropout, &ctx, layer_cache);
         }
         if let Some(c) = cache {
             c.commit(plan);

@@ -1,8 +1,8 @@
 //! Training precision: f32 throughout, or bf16 mixed precision (see `docs/precision.md`).
 //!
 //! In bf16 mode the frozen base's seven projections and the lm_head are stored in bf16
-//! ([`Bf16Weight`]: `Wᵀ` and `W` both packed for [`crate::kernels::bf16_gemm`], so the
-//! forward `x·Wᵀ` and the backward `dY·W` each stream one panel front to back), and their
+//! ([`Bf16Weight`]: `Wᵀ` packed for [`crate::kernels::bf16_gemm`]; the backward's `W` is
+//! packed from it for each product, so each product streams one panel front to back), and their
 //! products take bf16 inputs with f32 accumulation (AVX-512 BF16 where the CPU has it). The
 //! LoRA factors (master weights), their gradients, AdamW's state, norms, softmax, RoPE,
 //! SwiGLU, the loss and every reduction stay f32, and so do the activations saved for the
@@ -73,12 +73,13 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// A frozen projection in bf16: `Wᵀ` `[in, out]` for the forward and `W` `[out, in]` for the
-/// input gradient, both packed for [`bf16_gemm::gemm`].
+/// A frozen projection in bf16: `Wᵀ` `[in, out]` packed for [`bf16_gemm::gemm`]. The input
+/// gradient's `W` `[out, in]` is packed from it for each backward product and dropped after
+/// (the values are already bf16, so the product is the one a second stored packing gave):
+/// keeping both packings made a bf16 base as large as an f32 one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bf16Weight {
     fwd: Bf16Panel,
-    bwd: Bf16Panel,
 }
 
 impl Bf16Weight {
@@ -86,7 +87,6 @@ impl Bf16Weight {
     pub fn from_wt(wt: &[f32], in_dim: usize, out_dim: usize) -> Self {
         Self {
             fwd: Bf16Panel::from_rows(wt, in_dim, out_dim),
-            bwd: Bf16Panel::from_transposed(wt, out_dim, in_dim),
         }
     }
 
@@ -100,9 +100,9 @@ impl Bf16Weight {
         self.fwd.to_f32()
     }
 
-    /// Bytes held (both packings).
+    /// Bytes held (one packing).
     pub fn resident_bytes(&self) -> usize {
-        self.fwd.resident_bytes() + self.bwd.resident_bytes()
+        self.fwd.resident_bytes()
     }
 
     /// `x·Wᵀ` for host rows `x` `[m, in]`: `[m, out]`.
@@ -110,9 +110,11 @@ impl Bf16Weight {
         bf16_gemm::gemm(x, m, &self.fwd)
     }
 
-    /// `dY·W` for host rows `dy` `[m, out]`: `[m, in]`.
+    /// `dY·W` for host rows `dy` `[m, out]`: `[m, in]` (`W` packed for this product only).
     pub fn backward_host(&self, dy: &[f32], m: usize) -> Vec<f32> {
-        bf16_gemm::gemm(dy, m, &self.bwd)
+        let [in_dim, out_dim] = self.fwd.dims();
+        let w = Bf16Panel::from_transposed(&self.fwd.to_f32(), out_dim, in_dim);
+        bf16_gemm::gemm(dy, m, &w)
     }
 }
 

@@ -51,6 +51,7 @@ fn fixture_config() -> TrainConfig {
         batch_size: 2,
         seed: 0,
         precision: Precision::F32,
+        recompute: false,
     }
 }
 

@@ -204,6 +204,7 @@ fn fixture_config() -> TrainConfig {
         seed: 0,
         // The fixtures are f32 references.
         precision: tributary_model::precision::Precision::F32,
+        recompute: false,
     }
 }
 

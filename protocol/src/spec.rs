@@ -19,6 +19,7 @@
 //! max_grad_norm = 1.0
 //! checkpoint_every = 50
 //! precision = "bf16"                  # or "f32" (default: the worker's fastest, see below)
+//! recompute = true                    # recompute activations in the backward pass (default off)
 //! ```
 //!
 //! The global batch is cut into `grad_accum` micro-batches of `batch_size / grad_accum`
@@ -139,6 +140,11 @@ pub struct TrainSpec {
     /// "f32" or "bf16" (default: the worker's fastest; see the module docs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping
+    /// them (`tributary_model::train::TrainConfig::recompute`): the same gradients, much less
+    /// memory at long sequences, more arithmetic. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recompute: Option<bool>,
 }
 
 /// The values `train.precision` may take.
@@ -420,6 +426,17 @@ precision = "bf16"
             JobSpec::from_toml_str(TOML).unwrap().eval_split(40),
             (40, 0)
         );
+    }
+
+    #[test]
+    fn recompute_is_optional_and_read_when_given() {
+        assert_eq!(JobSpec::from_toml_str(TOML).unwrap().train.recompute, None);
+        let on = TOML.replace("seed = 7", "seed = 7\nrecompute = true");
+        let spec = JobSpec::from_toml_str(&on).unwrap();
+        assert_eq!(spec.train.recompute, Some(true));
+        assert!(spec.to_json().unwrap().contains("\"recompute\":true"));
+        let bad = TOML.replace("seed = 7", "seed = 7\nrecompute = \"yes\"");
+        assert!(JobSpec::from_toml_str(&bad).is_err());
     }
 
     #[test]

@@ -121,6 +121,21 @@ pub struct FinetuneArgs {
     /// (docs/precision.md)]; recorded in OUT/training_config.json.
     #[arg(long, value_enum)]
     pub precision: Option<super::bench_model::PrecisionArg>,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping
+    /// them (gradient checkpointing by layer): the same gradients, far less memory at long
+    /// sequences, more arithmetic per step [default: on with --quantize nf4, off otherwise;
+    /// docs/benchmarks.md, QLoRA on SmolLM2]; recorded in OUT/training_config.json.
+    #[arg(long, value_enum)]
+    pub recompute: Option<Switch>,
+}
+
+/// An on/off option whose default depends on other options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// What a fine-tune produced.
@@ -271,6 +286,10 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
                 batch_size: args.batch_size,
                 seed: args.seed,
                 precision: super::bench_model::resolve_precision(args.precision),
+                recompute: match args.recompute {
+                    Some(s) => s == Switch::On,
+                    None => args.quantize == super::bench_model::Quantize::Nf4,
+                },
                 ..TrainConfig::default()
             };
             Trainer::new(model, lora, cfg).context("setting up the trainer")?

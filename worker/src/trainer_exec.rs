@@ -144,6 +144,7 @@ impl TrainerExecutor {
                     ))
                 })?,
             },
+            recompute: spec.train.recompute.unwrap_or(false),
             ..TrainConfig::default()
         };
         // The last `train.eval_fraction` of the examples are held out for the eval loss;

@@ -1,5 +1,10 @@
 //! Batching examples (left padding) and the causal-LM loss: labels shifted by one, `-100`
 //! ignored, summed here and divided by the step's supervised-token count by the trainer.
+//!
+//! [`chunked_nll`] computes the loss and its gradient a block of supervised positions at a
+//! time ([`loss_chunk_rows`]: about 16 MB of logits), so the `[positions, vocab]` logits and
+//! their gradient never exist whole: at SmolLM2's vocabulary (49,152) and 512 positions one
+//! copy is 100 MB, and the backward pass held two (logits and their gradient).
 // Examples come from user data: index only through `get` and iterators.
 #![deny(clippy::indexing_slicing)]
 
@@ -9,6 +14,7 @@ use super::{IGNORE_INDEX, TrainExample};
 use crate::decoder::CausalLm;
 use crate::error::ModelError;
 use crate::fused;
+use crate::weights::read_f32;
 
 /// A micro-batch laid out for the decoder.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,4 +116,78 @@ pub(crate) fn nll_sum(model: &CausalLm, hidden: Tensor<3>, c: &Collated) -> Tens
         Some(loss) => loss,
         None => fused::token_nll_sum_composite(logits, &c.targets),
     }
+}
+
+/// f32 logits per block of [`chunked_nll`] (16 MB).
+const LOSS_CHUNK_ELEMENTS: usize = 1 << 22;
+
+/// Supervised positions per block of [`chunked_nll`] for a vocabulary of `vocab`.
+pub fn loss_chunk_rows(vocab: usize) -> usize {
+    (LOSS_CHUNK_ELEMENTS / vocab.max(1)).max(1)
+}
+
+/// The summed negative log-likelihood of the supervised targets from the decoder's final
+/// hidden states `[b, s, h]`, the lm_head and the loss taken `chunk_rows` positions at a time.
+/// `tracked` false: the loss only (the second value is the loss as a tensor). `tracked`
+/// (`hidden` part of an autodiff graph): each block's logits are made from an untracked copy of its rows, differentiated
+/// at once and dropped; the second value is `Σ rows ⊙ d(rows)`, whose backward carries
+/// exactly those gradients into the caller's graph.
+pub fn chunked_nll(
+    model: &CausalLm,
+    hidden: Tensor<3>,
+    c: &Collated,
+    chunk_rows: usize,
+    tracked: bool,
+) -> Result<(f64, Tensor<1>), ModelError> {
+    let [b, s, h] = hidden.dims();
+    let device = hidden.device();
+    let vocab = model.config().vocab_size;
+    let n = c.targets.len();
+    let pos = Tensor::<1, Int>::from_data(TensorData::new(c.positions.clone(), [n]), &device);
+    let rows = hidden.reshape([b * s, h]).select(0, pos);
+    let values = rows.clone().detach();
+    let mut total = 0.0f64;
+    let mut parts = Vec::new();
+    let step = chunk_rows.max(1);
+    let mut r0 = 0;
+    while r0 < n {
+        let r1 = (r0 + step).min(n);
+        let m = r1 - r0;
+        let x = values.clone().slice([r0..r1, 0..h]);
+        let x = if tracked { x.require_grad() } else { x };
+        let logits = model
+            .lm_head_forward(x.clone().reshape([1, m, h]))
+            .reshape([m, vocab]);
+        let Some(targets) = c.targets.get(r0..r1) else {
+            return Err(ModelError::Input(format!(
+                "loss block {r0}..{r1} is outside the {} targets",
+                c.targets.len()
+            )));
+        };
+        let loss = match fused::token_nll_sum(&logits, targets) {
+            Some(loss) => loss,
+            None => fused::token_nll_sum_composite(logits, targets),
+        };
+        total += f64::from(
+            read_f32(&loss, "loss")?
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN),
+        );
+        if tracked {
+            let grads = loss.backward();
+            let dx = x
+                .grad(&grads)
+                .ok_or_else(|| ModelError::Input("the loss does not depend on its rows".into()))?;
+            parts.push(dx);
+        }
+        r0 = r1;
+    }
+    let scalar = if tracked {
+        let d = Tensor::cat(parts, 0).autodiff();
+        rows.mul(d).sum()
+    } else {
+        Tensor::<1>::from_data(TensorData::new(vec![total as f32], [1]), &device)
+    };
+    Ok((total, scalar))
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::precision::Precision;
 
 pub use checkpoint::TRAIN_CONFIG_FILE;
-pub use loss::{Collated, collate};
+pub use loss::{Collated, chunked_nll, collate, loss_chunk_rows};
 pub use optim::{AdamW, AdamWParams};
 pub use schedule::Schedule;
 pub use trainer::{LoraGradients, StepStats, Trainer};
@@ -88,6 +88,11 @@ pub struct TrainConfig {
     /// Arithmetic of the frozen base's products ([`Precision`]); absent in configs saved
     /// before it existed, which were f32.
     pub precision: Precision,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping
+    /// them from the forward pass (`decoder/recompute.rs`): the same gradients to float
+    /// rounding, far less memory, one more forward pass through the layers per step. Absent
+    /// in configs saved before it existed: off.
+    pub recompute: bool,
 }
 
 impl Default for TrainConfig {
@@ -105,6 +110,7 @@ impl Default for TrainConfig {
             batch_size: 4,
             seed: 0,
             precision: Precision::F32,
+            recompute: false,
         }
     }
 }

@@ -6,7 +6,7 @@
 use burn::tensor::{Device, Tensor};
 
 use super::dropout::{LoraDropout, mix};
-use super::loss::{collate, nll_sum};
+use super::loss::{chunked_nll, collate, loss_chunk_rows};
 use super::optim::{AdamW, AdamWParams};
 use super::{TrainConfig, TrainExample};
 use crate::decoder::{CausalLm, TrainOpts};
@@ -233,12 +233,7 @@ impl Trainer {
                 grads,
             });
         }
-        let mut tracked = self.adapter.clone();
-        for (_, _, m) in tracked.iter_mut() {
-            m.a = m.a.clone().autodiff().require_grad();
-            m.b = m.b.clone().autodiff().require_grad();
-        }
-        let p = tracked.config.lora_dropout;
+        let p = self.adapter.config.lora_dropout;
         let step_key = mix(self.cfg.seed, self.optim.step);
         let row_keys = (0..examples.len() as u64)
             .map(|i| mix(step_key, first_example + i))
@@ -246,31 +241,48 @@ impl Trainer {
         let seq = c.input_ids.first().map_or(0, Vec::len);
         let mut dropout = (p > 0.0).then(|| LoraDropout::new(p, row_keys, c.left_pad.clone(), seq));
         let ids = self.base_ad.ids_tensor(&c.input_ids)?;
-        let hidden = self.base_ad.forward_hidden(
-            ids,
-            &c.left_pad,
-            Some(&tracked),
-            None,
-            TrainOpts {
-                dropout: dropout.as_mut(),
-            },
-        )?;
-        let loss = nll_sum(&self.base_ad, hidden, &c);
-        let loss_sum = read_f32(&loss, "loss")?
-            .first()
-            .copied()
-            .unwrap_or(f32::NAN) as f64;
-        let grads = loss.backward();
-        let mut out = Vec::new();
-        for (_, _, m) in tracked.iter() {
-            let ga =
-                m.a.grad(&grads)
-                    .unwrap_or_else(|| Tensor::zeros(m.a.dims(), device));
-            let gb =
-                m.b.grad(&grads)
-                    .unwrap_or_else(|| Tensor::zeros(m.b.dims(), device));
-            out.push([ga, gb]);
-        }
+        let chunk = loss_chunk_rows(vocab);
+        let (loss_sum, out) = if self.cfg.recompute {
+            let mut untracked = self.adapter.clone();
+            for (_, _, m) in untracked.iter_mut() {
+                m.a = m.a.clone().autodiff();
+                m.b = m.b.clone().autodiff();
+            }
+            let head = |hidden| chunked_nll(&self.base_ad, hidden, &c, chunk, true);
+            self.base_ad.recompute_gradients(
+                ids,
+                &c.left_pad,
+                &untracked,
+                dropout,
+                Box::new(head),
+            )?
+        } else {
+            let mut tracked = self.adapter.clone();
+            for (_, _, m) in tracked.iter_mut() {
+                m.a = m.a.clone().autodiff().require_grad();
+                m.b = m.b.clone().autodiff().require_grad();
+            }
+            let hidden = self.base_ad.forward_hidden(
+                ids,
+                &c.left_pad,
+                Some(&tracked),
+                None,
+                TrainOpts {
+                    dropout: dropout.as_mut(),
+                },
+            )?;
+            let (loss_sum, scalar) = chunked_nll(&self.base_ad, hidden, &c, chunk, true)?;
+            let grads = scalar.backward();
+            let mut out = Vec::new();
+            for (_, _, m) in tracked.iter() {
+                let grad = |t: &Tensor<2>| {
+                    t.grad(&grads)
+                        .unwrap_or_else(|| Tensor::zeros(t.dims(), device))
+                };
+                out.push([grad(&m.a), grad(&m.b)]);
+            }
+            (loss_sum, out)
+        };
         Ok(LoraGradients {
             loss_sum,
             tokens: c.tokens(),
@@ -386,13 +398,8 @@ impl Trainer {
                 None,
                 TrainOpts { dropout: None },
             )?;
-            let loss = nll_sum(&self.base, hidden, &c);
-            sum += f64::from(
-                read_f32(&loss, "loss")?
-                    .first()
-                    .copied()
-                    .unwrap_or(f32::NAN),
-            );
+            let chunk = loss_chunk_rows(self.base.config().vocab_size);
+            sum += chunked_nll(&self.base, hidden, &c, chunk, false)?.0;
             tokens += c.tokens();
         }
         if tokens == 0 {
