@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use process_cluster::*;
-use rolling_load::{GatewayControl, Load, in_flight_on, metrics};
+use rolling_load::{CLIENTS, GatewayControl, Load, MIN_SERVED, PHASES, in_flight_on, metrics};
 use tributary_coordinator::JobState;
 use tributary_coordinator::etcd::submit_job;
 
@@ -42,22 +42,8 @@ use tributary_coordinator::etcd::submit_job;
 const SHUTDOWN_DELAY_SECS: &str = "1";
 /// How long a worker lets running answers finish after SIGTERM.
 const DRAIN_TIMEOUT_SECS: &str = "20";
-/// Load clients sending requests back to back.
-const CLIENTS: usize = 4;
 /// Steps of the training job run across the coordinators' restarts.
 const JOB_STEPS: u64 = 250;
-/// Requests each phase must serve before the next starts (so that serving is shown to go on
-/// after each restart, and every phase's count means something).
-const MIN_SERVED: usize = 20;
-const PHASES: [&str; 7] = [
-    "steady",
-    "gateway gw1",
-    "gateway gw2",
-    "worker w1",
-    "worker w2",
-    "coordinator coord-a",
-    "coordinator coord-b",
-];
 
 /// The serving address of a worker's latest run, from its log.
 fn new_serve_addr(log: &str) -> String {

@@ -21,6 +21,22 @@ use super::common;
 pub const MODEL: &str = "tiny-llama";
 /// How often the balancer polls each gateway's `/readyz`.
 pub const LB_POLL: Duration = Duration::from_millis(200);
+/// Load clients sending requests back to back.
+pub const CLIENTS: usize = 4;
+/// Requests each phase must serve before the next starts (so that serving is shown to go on
+/// after each restart, and every phase's count means something).
+pub const MIN_SERVED: usize = 20;
+/// The phases of a rolling restart, in order: each role restarted one node at a time (the
+/// leading coordinator first, then the other, which leads by then).
+pub const PHASES: [&str; 7] = [
+    "steady",
+    "gateway gw1",
+    "gateway gw2",
+    "worker w1",
+    "worker w2",
+    "coordinator (leader)",
+    "coordinator (other)",
+];
 
 /// One request of the load, as the client saw it.
 pub struct Outcome {

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::containers::{ContainerCluster, docker_or_skip};
-use super::rolling_load::{self, GatewayControl, Load, in_flight_on, metrics};
+use super::rolling_load::{
+    self, CLIENTS, GatewayControl, Load, MIN_SERVED, PHASES, in_flight_on, metrics,
+};
 use super::{common, fault_free, shared_dir, status, submit, terminal, wait_job};
 
 /// Seconds a gateway keeps serving after SIGTERM while its `/readyz` answers 503: what the
@@ -26,20 +28,8 @@ const DRAIN_TIMEOUT_SECS: &str = "20";
 const GRACE_GATEWAY: u64 = 60;
 const GRACE_WORKER: u64 = 60;
 const GRACE_COORDINATOR: u64 = 30;
-const CLIENTS: usize = 4;
 /// Steps of the LoRA job run across the coordinators' restarts.
 const JOB_STEPS: u32 = 150;
-/// Requests each phase must serve before the next starts.
-const MIN_SERVED: usize = 20;
-const PHASES: [&str; 7] = [
-    "steady",
-    "gateway gw1",
-    "gateway gw2",
-    "worker w1",
-    "worker w2",
-    "coordinator (leader)",
-    "coordinator (other)",
-];
 
 fn step(rec: &serde_json::Value) -> u64 {
     rec["progress"]["step"].as_u64().unwrap_or(0)
