@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A whole Tributary cluster on one machine: etcd (3 members), an S3 API server, a coordinator
-# pair (leader elected in etcd) and two workers, as containers on a private Docker network
+# pair (leader elected in etcd), two workers and, with --base-model, serving workers and a
+# gateway (the OpenAI API), as containers on a private Docker network
 # with their own addresses (so partitions and node loss are real), certificates from
 # `tributary certs`. etcd serves its clients and peers over TLS and requires client
 # certificates; every role presents its node certificate (--etcd-ca/--etcd-cert/--etcd-key);
@@ -8,6 +9,7 @@
 # machines without Docker.
 #
 #   deploy/local-cluster.sh [--process] up [--binary PATH] [--workers N]
+#                                          [--base-model DIR [--gateways N]]
 #   deploy/local-cluster.sh [--process] status
 #   deploy/local-cluster.sh [--process] down
 #
@@ -18,6 +20,16 @@
 # TRIBUTARY_CLUSTER_MOUNT (a host directory mounted read-only at the same path in the
 # coordinators and workers, and allowed there with --allow-path, for base models and data
 # given as paths), TRIBUTARY_LEASE_TTL.
+#
+# --base-model DIR (containers only): every worker also serves that Hugging Face checkpoint
+# directory (mounted read-only at the same path) to the gateways, and N gateways (default 1,
+# at most 4; named gw1, gw2, …) serve the OpenAI API on :7400. Graceful stops as in the Helm
+# chart: `docker stop` gives each container the chart's terminationGracePeriodSeconds
+# (coordinators 30 s, workers and gateways 60 s) after SIGTERM; on SIGTERM a gateway's
+# /readyz answers 503 at once and it serves TRIBUTARY_SHUTDOWN_DELAY_SECS more (default 5:
+# what the chart's preStop sleep gives a Service; Docker has no preStop hook), a serving
+# worker leaves membership and lets running answers finish for TRIBUTARY_DRAIN_TIMEOUT_SECS
+# (default 30).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -28,6 +40,8 @@ tag="${TRIBUTARY_IMAGE_TAG:-dev}"
 mode=docker
 binary=""
 workers=2
+base_model=""
+gateways=""
 lease_ttl="${TRIBUTARY_LEASE_TTL:-5}"
 bucket=tributary
 cmd=""
@@ -36,13 +50,26 @@ while [ $# -gt 0 ]; do
     --process) mode=process; shift ;;
     --binary) binary=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
+    --base-model) base_model=$2; shift 2 ;;
+    --gateways) gateways=$2; shift 2 ;;
     up|down|status) cmd=$1; shift ;;
     *) echo "local-cluster.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
-[ -n "$cmd" ] || { sed -n '2,16p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,18p' "$0" >&2; exit 2; }
 case "$workers" in ''|*[!0-9]*) echo "--workers must be a number" >&2; exit 2 ;; esac
 [ "$workers" -ge 1 ] && [ "$workers" -le 8 ] || { echo "--workers $workers is out of range: 1..=8" >&2; exit 2; }
+if [ -n "$base_model" ]; then
+  [ "$mode" = docker ] || { echo "--base-model: containers only (not with --process)" >&2; exit 2; }
+  [ -d "$base_model" ] || { echo "--base-model $base_model is not a directory" >&2; exit 2; }
+  base_model=$(cd "$base_model" && pwd)
+fi
+[ -z "$gateways" ] || [ -n "$base_model" ] || { echo "--gateways needs --base-model (a gateway serves the workers' model)" >&2; exit 2; }
+gateways=${gateways:-$([ -n "$base_model" ] && echo 1 || echo 0)}
+case "$gateways" in ''|*[!0-9]*) echo "--gateways must be a number" >&2; exit 2 ;; esac
+[ "$gateways" -le 4 ] || { echo "--gateways $gateways is out of range: 0..=4" >&2; exit 2; }
+shutdown_delay="${TRIBUTARY_SHUTDOWN_DELAY_SECS:-5}"
+drain_timeout="${TRIBUTARY_DRAIN_TIMEOUT_SECS:-30}"
 
 if [ -z "$binary" ]; then
   binary="${CARGO_TARGET_DIR:-$root/target}/debug/tributary"
@@ -52,6 +79,8 @@ fi
 coordinators=(coord-a coord-b)
 worker_names=()
 for i in $(seq 1 "$workers"); do worker_names+=("w$i"); done
+gateway_names=()
+for i in $(seq 1 "$gateways"); do gateway_names+=("gw$i"); done
 etcd_members=(etcd-1 etcd-2 etcd-3)
 
 say() { printf '%s\n' "$*" >&2; }
@@ -67,7 +96,7 @@ wait_http() { # URL SECONDS
 make_certs() {
   rm -rf "$state/certs"
   "$binary" certs init --out "$state/certs" >/dev/null
-  for n in "${coordinators[@]}" "${worker_names[@]}" "${etcd_members[@]}"; do
+  for n in "${coordinators[@]}" "${worker_names[@]}" "${gateway_names[@]}" "${etcd_members[@]}"; do
     "$binary" certs issue --name "$n" --dir "$state/certs" >/dev/null
   done
 }
@@ -132,18 +161,33 @@ docker_up() {
   if [ -n "${TRIBUTARY_CLUSTER_MOUNT:-}" ]; then
     common+=(-v "$TRIBUTARY_CLUSTER_MOUNT:$TRIBUTARY_CLUSTER_MOUNT:ro" -e TRIBUTARY_ALLOW_PATHS="$TRIBUTARY_CLUSTER_MOUNT")
   fi
+  # Serving workers: the base model at the same path, inference on :7451 (QUIC, mutual TLS).
+  local serve=()
+  if [ -n "$base_model" ]; then
+    serve=(--base-model "$base_model" --serve-listen 0.0.0.0:7451 --drain-timeout-secs "$drain_timeout")
+  fi
   for w in "${worker_names[@]}"; do
     docker run -d --name "$(c "$w")" --hostname "$w" --network-alias "$w" "${common[@]}" \
+      ${base_model:+-v "$base_model:$base_model:ro"} --stop-timeout 60 \
       -e TRIBUTARY_ETCD_CERT="/certs/$w.pem" -e TRIBUTARY_ETCD_KEY="/certs/$w.key" \
       "tributary:$tag" worker --name "$w" --listen 0.0.0.0:7401 --advertise "$w:7401" \
-      --http 0.0.0.0:7400 --store "$store" --cache-dir /data/cache >/dev/null
+      --http 0.0.0.0:7400 --store "$store" --cache-dir /data/cache \
+      ${base_model:+--serve-advertise "$w:7451"} "${serve[@]}" >/dev/null
   done
   for n in "${coordinators[@]}"; do
     docker run -d --name "$(c "$n")" --hostname "$n" --network-alias "$n" "${common[@]}" \
-      -e TRIBUTARY_ETCD_CERT="/certs/$n.pem" -e TRIBUTARY_ETCD_KEY="/certs/$n.key" \
+      --stop-timeout 30 -e TRIBUTARY_ETCD_CERT="/certs/$n.pem" -e TRIBUTARY_ETCD_KEY="/certs/$n.key" \
       "tributary:$tag" coordinator --name "$n" --http 0.0.0.0:7400 >/dev/null
   done
+  for g in "${gateway_names[@]}"; do
+    docker run -d --name "$(c "$g")" --hostname "$g" --network-alias "$g" "${common[@]}" \
+      --stop-timeout 60 -e TRIBUTARY_ETCD_CERT="/certs/$g.pem" -e TRIBUTARY_ETCD_KEY="/certs/$g.key" \
+      "tributary:$tag" gateway --name "$g" --http 0.0.0.0:7400 --store "$store" \
+      --shutdown-delay-secs "$shutdown_delay" >/dev/null
+  done
   for n in "${coordinators[@]}" "${worker_names[@]}"; do wait_http "http://$(ip_of "$n"):7400/healthz" 60; done
+  # A gateway is ready once it reaches etcd and a serving worker.
+  for g in "${gateway_names[@]}"; do wait_http "http://$(ip_of "$g"):7400/readyz" 120; done
   {
     echo "TRIBUTARY_CLUSTER_MODE=docker"
     echo "TRIBUTARY_CLUSTER_PREFIX=$prefix"
@@ -151,6 +195,8 @@ docker_up() {
     echo "TRIBUTARY_CLUSTER_CONTAINERS=\"$(docker ps -a --filter label=tributary.cluster="$prefix" --format '{{.Names}}' | sort | tr '\n' ' ')\""
     for n in "${coordinators[@]}"; do echo "TRIBUTARY_URL_${n//-/_}=http://$(ip_of "$n"):7400"; done
     for w in "${worker_names[@]}"; do echo "TRIBUTARY_URL_${w//-/_}=http://$(ip_of "$w"):7400"; done
+    for g in "${gateway_names[@]}"; do echo "TRIBUTARY_URL_${g//-/_}=http://$(ip_of "$g"):7400"; done
+    if [ "$gateways" -gt 0 ]; then echo "TRIBUTARY_OPENAI_BASE_URL=http://$(ip_of gw1):7400/v1"; fi
     for e in "${etcd_members[@]}"; do echo "TRIBUTARY_URL_${e//-/_}=https://$(ip_of "$e"):2379"; done
     echo "TRIBUTARY_ETCD_CA=$state/certs/ca.pem"
     echo "TRIBUTARY_URL_s3=http://$(ip_of s3):9000"

@@ -2,6 +2,7 @@
 //! node has its own address on a private Docker network, so a partition is real packet
 //! loss, not a paused process on 127.0.0.1. The jobs train a real LoRA adapter on a tiny
 //! Llama model and must end with the same adapter digest as a fault-free `tributary dev`.
+//! The rolling restart under serving load is in `tests/containers/rolling.rs`.
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
@@ -13,6 +14,10 @@
 
 mod common;
 mod containers;
+#[path = "containers/rolling.rs"]
+mod rolling;
+#[path = "common/rolling_load.rs"]
+mod rolling_load;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -25,187 +25,25 @@
 mod common;
 #[path = "common/process_cluster.rs"]
 mod process_cluster;
+#[path = "common/rolling_load.rs"]
+mod rolling_load;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use process_cluster::*;
-use serde_json::{Value, json};
+use rolling_load::{CLIENTS, GatewayControl, Load, MIN_SERVED, PHASES, in_flight_on, metrics};
 use tributary_coordinator::JobState;
 use tributary_coordinator::etcd::submit_job;
 
 /// Seconds a gateway keeps serving after SIGTERM (its `/readyz` is 503 meanwhile): longer
 /// than the balancer's poll period, as a preStop sleep must exceed the readiness probe's.
 const SHUTDOWN_DELAY_SECS: &str = "1";
-/// How often the balancer polls each gateway's `/readyz`.
-const LB_POLL: Duration = Duration::from_millis(200);
 /// How long a worker lets running answers finish after SIGTERM.
 const DRAIN_TIMEOUT_SECS: &str = "20";
-/// Load clients sending requests back to back.
-const CLIENTS: usize = 4;
 /// Steps of the training job run across the coordinators' restarts.
 const JOB_STEPS: u64 = 250;
-/// Requests each phase must serve before the next starts (so that serving is shown to go on
-/// after each restart, and every phase's count means something).
-const MIN_SERVED: usize = 20;
-const PHASES: [&str; 7] = [
-    "steady",
-    "gateway gw1",
-    "gateway gw2",
-    "worker w1",
-    "worker w2",
-    "coordinator coord-a",
-    "coordinator coord-b",
-];
-
-/// One request of the load, as the client saw it.
-struct Outcome {
-    phase: usize,
-    gateway: usize,
-    ok: bool,
-    detail: String,
-}
-
-/// The load balancer and the load: what a Kubernetes Service and its clients do.
-struct Load {
-    ports: [u16; 2],
-    key: String,
-    ready: [AtomicBool; 2],
-    phase: AtomicUsize,
-    stop: AtomicBool,
-    next: AtomicUsize,
-    outcomes: Mutex<Vec<Outcome>>,
-}
-
-impl Load {
-    /// Polls every gateway's `/readyz`; a gateway is in rotation while it answers 200.
-    fn balance(&self) {
-        while !self.stop.load(Ordering::Relaxed) {
-            for (i, port) in self.ports.iter().enumerate() {
-                let up = matches!(common::http_get(*port, "/readyz"), Ok((200, _)));
-                self.ready[i].store(up, Ordering::SeqCst);
-            }
-            std::thread::sleep(LB_POLL);
-        }
-    }
-
-    /// A ready gateway, round robin; `None` while none is.
-    fn pick(&self) -> Option<usize> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..2)
-            .map(|k| (n + k) % 2)
-            .find(|&i| self.ready[i].load(Ordering::SeqCst))
-    }
-
-    /// One client: requests back to back until stopped (client 0 sends non-streaming
-    /// requests, the others stream).
-    fn client(&self, id: usize) {
-        let stream = id != 0;
-        while !self.stop.load(Ordering::Relaxed) {
-            let Some(gw) = self.pick() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            let phase = self.phase.load(Ordering::SeqCst);
-            let (code, body) = chat(self.ports[gw], &self.key, stream, 24);
-            let ok = answer_ok(code, &body, stream);
-            let detail = if ok {
-                String::new()
-            } else {
-                format!("{code} {body}")
-            };
-            self.outcomes.lock().unwrap().push(Outcome {
-                phase,
-                gateway: gw,
-                ok,
-                detail,
-            });
-        }
-    }
-
-    fn served_in(&self, phase: usize) -> usize {
-        let o = self.outcomes.lock().unwrap();
-        o.iter().filter(|o| o.phase == phase && o.ok).count()
-    }
-}
-
-/// A chat request for the base model: (status, body).
-fn chat(port: u16, key: &str, stream: bool, max_tokens: u32) -> (u16, String) {
-    let body = json!({
-        "model": "tiny-llama",
-        "messages": [{"role": "user", "content": "Tell me a story."}],
-        "max_tokens": max_tokens,
-        "temperature": 1.0,
-        "seed": 11,
-        "stream": stream,
-    });
-    common::http_request_key(
-        port,
-        "POST",
-        "/v1/chat/completions",
-        "application/json",
-        &body.to_string(),
-        Some(key),
-    )
-    .unwrap_or_else(|e| (0, format!("connection: {e}")))
-}
-
-/// A long streamed answer (16 choices of 200 tokens with log-probabilities: about a second
-/// here), read as it comes: `first_event` is told when its first event has arrived, so the
-/// answer is known to be in flight. Returns (status, body) and when the body ended.
-fn long_stream(
-    port: u16,
-    key: &str,
-    first_event: std::sync::mpsc::Sender<()>,
-) -> ((u16, String), Instant) {
-    use std::io::{Read, Write};
-    let body = json!({
-        "model": "tiny-llama",
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 200,
-        "n": 16,
-        "temperature": 1.0,
-        "seed": 7,
-        "logprobs": true,
-        "top_logprobs": 20,
-        "stream": true,
-    })
-    .to_string();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Authorization: Bearer {key}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let mut told = false;
-    loop {
-        let n = s.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if !told && String::from_utf8_lossy(&raw).contains("data: ") {
-            told = true;
-            let _ = first_event.send(());
-        }
-    }
-    let ended = Instant::now();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    ((code, body.to_string()), ended)
-}
 
 /// The serving address of a worker's latest run, from its log.
 fn new_serve_addr(log: &str) -> String {
@@ -218,44 +56,12 @@ fn new_serve_addr(log: &str) -> String {
         .to_string()
 }
 
-/// A whole answer: 200 and, streamed, every event up to `[DONE]` with no error event.
-fn answer_ok(code: u16, body: &str, stream: bool) -> bool {
-    if code != 200 {
-        return false;
-    }
-    if stream {
-        return body.contains("data: [DONE]")
-            && !body.contains("\"error\"")
-            && body.contains("\"finish_reason\":\"");
-    }
-    serde_json::from_str::<Value>(body).is_ok_and(|v| v["choices"][0]["finish_reason"].is_string())
-}
-
-/// The gateway's metrics (empty when it does not answer).
-fn metrics(port: u16) -> String {
-    common::http_get(port, "/metrics").map_or(String::new(), |(_, m)| m)
-}
-
-/// This gateway's requests in flight on `worker`, if it knows the worker.
-fn in_flight_on(metrics: &str, worker: &str) -> Option<f64> {
-    let prefix = format!("tributary_gateway_worker_in_flight{{worker=\"{worker}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn wait_until(secs: u64, what: &str, c: &Cluster, ok: &dyn Fn() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "{what} within {secs} s\n{}",
-            c.dump_logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    t0.elapsed()
+    rolling_load::wait_until(secs, what, &|| c.dump_logs(), ok)
 }
 
 fn gateway_args(port: u16) -> Vec<String> {
@@ -339,46 +145,15 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
     }
     for port in ports {
         wait_until(30, "both workers known to every gateway", &c, &|| {
-            let m = metrics(port);
+            let m = metrics(local(port));
             in_flight_on(&m, "w1").is_some() && in_flight_on(&m, "w2").is_some()
         });
     }
     eprintln!("cluster up in {:.1} s", t0.elapsed().as_secs_f64());
 
-    let load = Arc::new(Load {
-        ports,
-        key: key.clone(),
-        ready: [AtomicBool::new(false), AtomicBool::new(false)],
-        phase: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-        next: AtomicUsize::new(0),
-        outcomes: Mutex::new(Vec::new()),
-    });
-    let mut threads = Vec::new();
-    let l = load.clone();
-    threads.push(std::thread::spawn(move || l.balance()));
-    for id in 0..CLIENTS {
-        let l = load.clone();
-        threads.push(std::thread::spawn(move || l.client(id)));
-    }
-    let enter = |phase: usize| {
-        if phase > 0 {
-            // Serving went on through the phase before (and the restart is over).
-            let before = phase - 1;
-            let t = Instant::now();
-            while load.served_in(before) < MIN_SERVED {
-                assert!(
-                    t.elapsed() < Duration::from_secs(20),
-                    "serving stalled after {}: {} served",
-                    PHASES[before],
-                    load.served_in(before)
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        load.phase.store(phase, Ordering::SeqCst);
-        eprintln!("{:6.1} s  {}", t0.elapsed().as_secs_f64(), PHASES[phase]);
-    };
+    let load = Load::new(ports.map(local).to_vec(), &key);
+    let threads = load.start(CLIENTS);
+    let enter = |phase: usize| load.enter(phase, &PHASES, MIN_SERVED, 20, t0);
     enter(0);
 
     // Gateways, one at a time: SIGTERM, not ready at once, out of rotation, exits 0 after
@@ -386,48 +161,30 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
     for (i, name) in ["gw1", "gw2"].into_iter().enumerate() {
         enter(1 + i);
         let port = ports[i];
-        // A long answer in flight on this gateway when SIGTERM arrives must end whole.
-        let k = key.clone();
-        let (first_event, started) = std::sync::mpsc::channel();
-        let long = std::thread::spawn(move || long_stream(port, &k, first_event));
-        started
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the long answer's first event");
-        let termed = Instant::now();
-        c.signal(name, "-TERM");
-        // The gateway says so itself at once (its listener is still open).
-        wait_until(2, "/readyz 503 shutting down", &c, &|| {
-            common::http_get(port, "/readyz")
-                .is_ok_and(|(code, why)| code == 503 && why.contains("shutting down"))
-        });
-        wait_until(2, "the balancer took the gateway out", &c, &|| {
-            !load.ready[i].load(Ordering::SeqCst)
-        });
-        let status = c.wait_exit(name, 30);
-        assert!(
-            status.success(),
-            "{name} exited {status}\n{}",
-            c.dump_logs()
+        let cell = RefCell::new(&mut c);
+        rolling_load::restart_gateway(
+            &load,
+            i,
+            name,
+            &key,
+            GatewayControl {
+                terminate: &mut || cell.borrow_mut().signal(name, "-TERM"),
+                exited: &mut || {
+                    let mut c = cell.borrow_mut();
+                    let status = c.wait_exit(name, 30);
+                    assert!(
+                        status.success(),
+                        "{name} exited {status}\n{}",
+                        c.dump_logs()
+                    );
+                },
+                start: &mut || {
+                    cell.borrow_mut().restart(name, &strs(&gateway_args(port)));
+                    local(port)
+                },
+                logs: &|| cell.borrow().dump_logs(),
+            },
         );
-        let ((code, body), ended) = long.join().unwrap();
-        assert!(
-            answer_ok(code, &body, true),
-            "the answer in flight on {name} at SIGTERM: {code} {body}"
-        );
-        assert!(ended > termed, "the long answer ended before SIGTERM");
-        assert_eq!(
-            body.matches("\"finish_reason\":\"").count(),
-            16,
-            "every choice of the long answer finished: {body}"
-        );
-        eprintln!(
-            "  the answer in flight on {name} ended {:.2} s after SIGTERM",
-            (ended - termed).as_secs_f64()
-        );
-        c.restart(name, &strs(&gateway_args(port)));
-        wait_until(60, "the gateway back in rotation", &c, &|| {
-            load.ready[i].load(Ordering::SeqCst)
-        });
     }
 
     // Workers, one at a time, each while answers run on it: it leaves membership, the
@@ -437,7 +194,7 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
         wait_until(10, "answers running on the worker", &c, &|| {
             ports
                 .iter()
-                .filter_map(|p| in_flight_on(&metrics(*p), name))
+                .filter_map(|p| in_flight_on(&metrics(local(*p)), name))
                 .sum::<f64>()
                 >= 1.0
         });
@@ -520,10 +277,7 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
     wait_until(20, "the last phase served", &c, &|| {
         load.served_in(PHASES.len() - 1) >= MIN_SERVED
     });
-    load.stop.store(true, Ordering::SeqCst);
-    for t in threads {
-        t.join().unwrap();
-    }
+    load.finish(threads);
     assert_eq!(r.state, JobState::Succeeded, "{r:?}\n{}", c.dump_logs());
     assert_eq!(
         r.adapter_digest,
@@ -531,39 +285,18 @@ async fn rolling_restart_of_gateways_workers_and_coordinators_fails_no_request()
         "the adapter trained across two coordinator restarts != a fault-free run"
     );
 
-    let outcomes = load.outcomes.lock().unwrap();
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter(|o| !o.ok)
-        .map(|o| format!("[{}] gw{}: {}", PHASES[o.phase], o.gateway + 1, o.detail))
-        .collect();
-    for (p, name) in PHASES.iter().enumerate() {
-        let by_gw: Vec<usize> = (0..2)
-            .map(|g| {
-                outcomes
-                    .iter()
-                    .filter(|o| o.phase == p && o.gateway == g && o.ok)
-                    .count()
-            })
-            .collect();
-        eprintln!(
-            "{name:>20}: {} served (gw1 {}, gw2 {})",
-            by_gw[0] + by_gw[1],
-            by_gw[0],
-            by_gw[1]
-        );
-    }
+    let (requests, failed) = load.report(&PHASES);
     assert!(
         failed.is_empty(),
         "{} of {} requests failed:\n{}\n{}",
         failed.len(),
-        outcomes.len(),
+        requests,
         failed.join("\n"),
         c.dump_logs()
     );
     eprintln!(
         "{} requests, 0 failed; {:.1} s in all",
-        outcomes.len(),
+        requests,
         t0.elapsed().as_secs_f64()
     );
 }

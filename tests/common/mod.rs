@@ -110,7 +110,20 @@ pub fn http_request_key(
     body: &str,
     key: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    http_request_to(addr, method, path, content_type, body, key)
+}
+
+/// [`http_request_key`] to any address (a container's, say).
+pub fn http_request_to(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    key: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
     write!(

@@ -4,6 +4,7 @@
 //! (`docker network disconnect`) and node loss are real.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,6 +53,25 @@ impl ContainerCluster {
     /// Starts etcd ×3, S3, two coordinators and `workers` workers; `mount` is visible
     /// read-only at the same path inside the coordinators and workers.
     pub fn up(mount: &Path, workers: u32) -> Self {
+        Self::up_with(mount, &["--workers", &workers.to_string()], &[])
+    }
+
+    /// [`up`](Self::up) with two workers that also serve `base_model` (a checkpoint
+    /// directory) and `gateways` gateways (`gw1`, …); `env` goes to `local-cluster.sh` (e.g.
+    /// `TRIBUTARY_SHUTDOWN_DELAY_SECS`).
+    pub fn up_serving(
+        mount: &Path,
+        base_model: &Path,
+        gateways: u32,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let model = base_model.to_str().unwrap();
+        let n = gateways.to_string();
+        let args = ["--workers", "2", "--base-model", model, "--gateways", &n];
+        Self::up_with(mount, &args, env)
+    }
+
+    fn up_with(mount: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let prefix = format!(
@@ -61,8 +81,9 @@ impl ContainerCluster {
         );
         let state = tempfile::tempdir().unwrap();
         let out = Command::new(script())
-            .args(["up", "--binary", common::bin(), "--workers"])
-            .arg(workers.to_string())
+            .args(["up", "--binary", common::bin()])
+            .args(args)
+            .envs(env.iter().copied())
             .env("TRIBUTARY_CLUSTER_PREFIX", &prefix)
             .env("TRIBUTARY_CLUSTER_DIR", state.path())
             .env("TRIBUTARY_CLUSTER_MOUNT", mount)
@@ -123,11 +144,20 @@ impl ContainerCluster {
         )
     }
 
+    /// How many times `needle` is in a node's log (a restarted container keeps its log).
+    pub fn log_count(&self, node: &str, needle: &str) -> usize {
+        self.logs(node).matches(needle).count()
+    }
+
     pub fn dump_logs(&self) -> String {
         let mut s = String::new();
-        for n in [
+        let gateways = ["gw1", "gw2", "gw3", "gw4"]
+            .into_iter()
+            .filter(|g| self.env.contains_key(&format!("TRIBUTARY_URL_{g}")));
+        let nodes = [
             "coord-a", "coord-b", "w1", "w2", "etcd-1", "etcd-2", "etcd-3",
-        ] {
+        ];
+        for n in nodes.into_iter().chain(gateways) {
             let log = self.logs(n);
             let tail: Vec<&str> = log.lines().rev().take(25).collect();
             s.push_str(&format!("--- {n} (last 25 lines)\n"));
@@ -153,6 +183,59 @@ impl ContainerCluster {
     /// Starts a stopped node's container again, with its data.
     pub fn start(&self, node: &str) {
         docker(&["start", &self.container(node)]);
+    }
+
+    /// `docker stop --time GRACE`, started: SIGTERM now, SIGKILL after `grace` seconds if
+    /// the node has not exited. Wait for it with [`stopped`](Self::stopped).
+    pub fn stop(&self, node: &str, grace: u64) -> std::process::Child {
+        Command::new("docker")
+            .args(["stop", "--time", &grace.to_string(), &self.container(node)])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits for a [`stop`](Self::stop) and asserts the node exited 0 of itself (not
+    /// killed at the end of its grace: that exits 137).
+    pub fn stopped(&self, node: &str, mut stop: std::process::Child) {
+        assert!(stop.wait().unwrap().success(), "docker stop {node}");
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{.State.ExitCode}}",
+                &self.container(node),
+            ])
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(code, "0", "{node} exited {code}\n{}", self.dump_logs());
+    }
+
+    /// Starts a stopped node again ([`start`](Self::start)) and returns its HTTP address,
+    /// which [`url`](Self::url) gives from now on (Docker may give it another IP address).
+    pub fn restart(&mut self, node: &str) -> SocketAddr {
+        self.start(node);
+        let net = format!("{}-net", self.prefix);
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+                &self.container(node),
+            ])
+            .output()
+            .unwrap();
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let key = format!("TRIBUTARY_URL_{}", node.replace('-', "_"));
+        self.env.insert(key, format!("http://{ip}:7400"));
+        self.addr(node)
+    }
+
+    /// A node's HTTP address (from [`url`](Self::url)).
+    pub fn addr(&self, node: &str) -> SocketAddr {
+        let url = self.url(node);
+        url.trim_start_matches("http://").parse().unwrap()
     }
 
     /// Heals [`partition`](Self::partition), keeping the node's name on the network.
