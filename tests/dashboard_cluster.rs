@@ -184,7 +184,11 @@ fn the_dashboard_works_in_chromium_against_a_process_cluster() {
         .collect();
     assert_eq!(leaders.len(), 1, "{view}");
     assert_eq!(view["etcd"]["healthy"], true, "{view}");
-    assert_eq!(view["etcd"]["members"].as_array().map(Vec::len), Some(1), "{view}");
+    assert_eq!(
+        view["etcd"]["members"].as_array().map(Vec::len),
+        Some(1),
+        "{view}"
+    );
     assert_eq!(view["store"]["reachable"], true, "{view}");
     if std::env::var("TRIBUTARY_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
         let docs = common::repo().join("docs/screenshots");

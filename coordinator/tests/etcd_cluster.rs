@@ -387,9 +387,18 @@ async fn the_cluster_view_names_the_leader_its_token_and_live_workers() {
     let etcd = v.etcd.as_ref().expect("etcd health in etcd mode");
     assert!(etcd.healthy, "{etcd:?}");
     assert_eq!(etcd.members.len(), 1, "{etcd:?}");
-    assert!(etcd.members[0].leader && !etcd.members[0].learner, "{etcd:?}");
-    assert_eq!(etcd.answered_by.as_deref(), Some(etcd.members[0].id.as_str()));
-    assert!(etcd.version.as_deref().is_some_and(|v| v.starts_with('3')), "{etcd:?}");
+    assert!(
+        etcd.members[0].leader && !etcd.members[0].learner,
+        "{etcd:?}"
+    );
+    assert_eq!(
+        etcd.answered_by.as_deref(),
+        Some(etcd.members[0].id.as_str())
+    );
+    assert!(
+        etcd.version.as_deref().is_some_and(|v| v.starts_with('3')),
+        "{etcd:?}"
+    );
     assert!(etcd.db_size_bytes.is_some_and(|b| b > 0) && etcd.alarms.is_empty());
     // The leader leaves: the standby leads under its own, higher token.
     a_ctl.shutdown().await;

@@ -249,17 +249,25 @@ impl Thread {
                 std::thread::sleep(Duration::from_millis(10));
             }
         };
+        // Waits for the next answer by polling the channel, not with a tokio timer: the
+        // runtime may be shutting down while this thread waits (a worker's SIGTERM), and a
+        // timer on a runtime being shut down panics.
+        let mut idle_since = std::time::Instant::now();
         loop {
-            let next = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
-            });
-            match next {
-                Ok(Some(job)) => {
+            match rx.try_recv() {
+                Ok(job) => {
                     yield_to_serving();
-                    self.handle(&job)
+                    self.handle(&job);
+                    idle_since = std::time::Instant::now();
                 }
-                Ok(None) => return,
-                Err(_) => {
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty)
+                    if idle_since.elapsed() < Duration::from_millis(500) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    idle_since = std::time::Instant::now();
                     // Idle: take up the durable backlog, oldest name first (answers waiting
                     // for a retry when their back-off is over).
                     for name in self.backlog_names() {
