@@ -61,6 +61,12 @@ passed=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' |
 failed=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
 echo "$passed passed, $failed failed"
 if [ "$status" -ne 0 ]; then
+  # Each failure's panic message, here at the end where a CI excerpt (the log's tail) shows
+  # it: the whole output, with every cluster log a failing test dumps, is far longer.
+  echo "== failures (the first lines of each panic; the whole output is above)"
+  awk '/^---- .* stdout ----$/ {name=$2}
+       /panicked at/ {n=10; print "--- " name}
+       n > 0 {print "    " substr($0, 1, 400); n--}' "$log" | head -200
   echo "cargo test failed (exit $status)" >&2
   exit "$status"
 fi

@@ -19,9 +19,11 @@ use super::rolling_load::{
 use super::{common, fault_free, shared_dir, status, submit, terminal, wait_job};
 
 /// Seconds a gateway keeps serving after SIGTERM while its `/readyz` answers 503: what the
-/// chart's preStop sleep gives a Service (10 s there, against probes 5 s apart; here the
-/// balancer polls every 200 ms, so 2 s keeps the test short).
-const SHUTDOWN_DELAY_SECS: &str = "2";
+/// chart's preStop sleep gives a Service (10 s there, against probes 5 s apart). Here the
+/// balancer polls every 200 ms, but on two loaded cores with eight containers a poll can
+/// lag by seconds, and a gateway that exits before the balancer saw its 503 would fail the
+/// requests sent to it meanwhile: 5 s keeps that margin at 25 polls.
+const SHUTDOWN_DELAY_SECS: &str = "5";
 /// How long a worker lets running answers finish after SIGTERM.
 const DRAIN_TIMEOUT_SECS: &str = "20";
 /// `docker stop --time`: the chart's terminationGracePeriodSeconds.
