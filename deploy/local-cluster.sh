@@ -29,7 +29,8 @@
 # /readyz answers 503 at once and it serves TRIBUTARY_SHUTDOWN_DELAY_SECS more (default 5:
 # what the chart's preStop sleep gives a Service; Docker has no preStop hook), a serving
 # worker leaves membership and lets running answers finish for TRIBUTARY_DRAIN_TIMEOUT_SECS
-# (default 30).
+# (default 30). TRIBUTARY_MICRO_BATCH_DELAY_MS, when set, goes to the workers: a test knob
+# that slows each training micro-batch, so a job outlasts the restarts a test makes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -169,6 +170,7 @@ docker_up() {
   for w in "${worker_names[@]}"; do
     docker run -d --name "$(c "$w")" --hostname "$w" --network-alias "$w" "${common[@]}" \
       ${base_model:+-v "$base_model:$base_model:ro"} --stop-timeout 60 \
+      ${TRIBUTARY_MICRO_BATCH_DELAY_MS:+-e TRIBUTARY_MICRO_BATCH_DELAY_MS="$TRIBUTARY_MICRO_BATCH_DELAY_MS"} \
       -e TRIBUTARY_ETCD_CERT="/certs/$w.pem" -e TRIBUTARY_ETCD_KEY="/certs/$w.key" \
       "tributary:$tag" worker --name "$w" --listen 0.0.0.0:7401 --advertise "$w:7401" \
       --http 0.0.0.0:7400 --store "$store" --cache-dir /data/cache \

@@ -31,7 +31,11 @@ const GRACE_GATEWAY: u64 = 60;
 const GRACE_WORKER: u64 = 60;
 const GRACE_COORDINATOR: u64 = 30;
 /// Steps of the LoRA job run across the coordinators' restarts.
-const JOB_STEPS: u32 = 150;
+const JOB_STEPS: u32 = 200;
+/// Milliseconds each training micro-batch waits on the workers (`--micro-batch-delay-ms`):
+/// the tiny model trains 150 steps in ~4 s, faster than two coordinator restarts on loaded
+/// cores, so the job is paced to outlast them (~16 s at 200 steps) whatever the machine.
+const MICRO_BATCH_DELAY_MS: &str = "50";
 
 fn step(rec: &serde_json::Value) -> u64 {
     rec["progress"]["step"].as_u64().unwrap_or(0)
@@ -76,6 +80,7 @@ fn rolling_restart_of_gateways_workers_and_coordinators_in_containers_fails_no_r
         &[
             ("TRIBUTARY_SHUTDOWN_DELAY_SECS", SHUTDOWN_DELAY_SECS),
             ("TRIBUTARY_DRAIN_TIMEOUT_SECS", DRAIN_TIMEOUT_SECS),
+            ("TRIBUTARY_MICRO_BATCH_DELAY_MS", MICRO_BATCH_DELAY_MS),
         ],
     );
     let key = c.api_key();
