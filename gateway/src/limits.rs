@@ -3,14 +3,18 @@
 //! grows without bound). Every 503 and 429 leaving the server carries `Retry-After`. The
 //! timeout covers producing the response head: a streamed body (server-sent events) runs
 //! on after it, and its request no longer counts as in flight.
+//!
+//! Upload routes ([`OWN_LIMIT_ROUTES`]: adapter files, datanet rows) stream their body against
+//! their own, larger limits (`max_adapter_body_bytes`, `max_datanet_upload_bytes`); the
+//! body limit here would cap a rank-16 adapter (tens of MB) at 2 MiB.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ApiError;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
@@ -37,6 +41,20 @@ impl Default for Limits {
             retry_after_secs: 1,
         }
     }
+}
+
+/// `POST` routes whose handlers read the body themselves, against a limit of their own
+/// (larger than [`Limits::max_body_bytes`], and refused with the same 413 past it).
+pub const OWN_LIMIT_ROUTES: &[&str] = &["/v1/adapters", "/v1/datanets/{name}/uploads"];
+
+/// Whether `req` goes to one of [`OWN_LIMIT_ROUTES`] (the route is matched before this
+/// middleware runs: it is added with `Router::layer`).
+fn has_own_limit(req: &Request) -> bool {
+    req.method() == Method::POST
+        && req
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|p| OWN_LIMIT_ROUTES.contains(&p.as_str()))
 }
 
 /// Requests refused by the limits, by reason (`busy`, `timeout`).
@@ -95,7 +113,7 @@ async fn limit(State(g): State<Guard>, req: Request, next: Next) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > l.max_body_bytes as u64) {
+    if declared.is_some_and(|n| n > l.max_body_bytes as u64) && !has_own_limit(&req) {
         return refuse(
             ApiError::PayloadTooLarge {
                 limit: l.max_body_bytes,

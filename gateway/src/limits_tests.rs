@@ -10,6 +10,15 @@ use bytes::Bytes;
 
 use super::*;
 
+const UPLOAD_LIMIT: usize = 4096;
+
+fn post_req(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 async fn server(limits: Limits) -> std::net::SocketAddr {
     let app = Router::new()
         .route(
@@ -23,6 +32,16 @@ async fn server(limits: Limits) -> std::net::SocketAddr {
         .route(
             "/down",
             get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
+        )
+        // An upload route with a limit of its own, as the adapter upload has.
+        .route(
+            "/v1/adapters",
+            post(|b: axum::body::Body| async move {
+                match crate::openai::read_body(b, UPLOAD_LIMIT).await {
+                    Ok(bytes) => bytes.len().to_string().into_response(),
+                    Err(e) => e.into_response(),
+                }
+            }),
         );
     let app = apply(app, limits);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -98,4 +117,27 @@ async fn overload_timeouts_and_big_bodies_get_clear_refusals() {
         "refused without waiting"
     );
     first.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_routes_are_held_to_their_own_limit_not_the_servers() {
+    let addr = server(Limits {
+        max_body_bytes: 16,
+        ..Limits::default()
+    })
+    .await;
+    let body = "x".repeat(1000);
+    // Over the server's 16 bytes, under the route's own 4096: taken whole.
+    let r = raw(addr, post_req("/v1/adapters", &body)).await;
+    assert!(r.starts_with("http/1.1 200") && r.ends_with("1000"), "{r}");
+    // The same body to any other route: the server's limit.
+    let r = raw(addr, post_req("/echo", &body)).await;
+    assert!(r.starts_with("http/1.1 413"), "{r}");
+    // Over the route's own limit: 413 too, from the route.
+    let r = raw(
+        addr,
+        post_req("/v1/adapters", &"x".repeat(UPLOAD_LIMIT + 1)),
+    )
+    .await;
+    assert!(r.starts_with("http/1.1 413") && r.contains("4096"), "{r}");
 }

@@ -3,7 +3,10 @@ and the same metadata: the weights Tributary computes with after loading IN, for
 llama.cpp without its quantized matmuls (which multiply Q4_1 weights by 8-bit-quantized
 activations).
 
-    python scripts/gguf/dequantize_gguf.py IN.gguf OUT.gguf
+    python scripts/gguf/dequantize_gguf.py IN.gguf OUT.gguf [--f16]
+
+With --f16 the 2-D weights are stored as F16 and the 1-D ones (norms) as F32, as llama.cpp's
+converter does with `--outtype f16`: the F16 file of issue 13's decode comparison.
 """
 
 import sys
@@ -15,6 +18,7 @@ from gguf.quants import dequantize
 
 def main():
     src, dst = sys.argv[1], sys.argv[2]
+    f16 = "--f16" in sys.argv[3:]
     r = gguf.GGUFReader(src)
     arch = r.fields["general.architecture"].contents()
     w = gguf.GGUFWriter(dst, arch=arch)
@@ -29,9 +33,11 @@ def main():
             w.add_key_value(key, value, vtype, sub_type=field.types[-1])
         else:
             w.add_key_value(key, value, vtype)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     for t in r.tensors:
         values = dequantize(t.data, t.tensor_type).astype(np.float32)
+        if f16 and len(t.shape) == 2:
+            values = values.astype(np.float16)
         w.add_tensor(t.name, np.ascontiguousarray(values.reshape([int(d) for d in reversed(t.shape)])))
     w.write_header_to_file()
     w.write_kv_data_to_file()
