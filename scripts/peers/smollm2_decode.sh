@@ -13,12 +13,13 @@
 # better one counts (peers/README.md: spinning thread pools collapse on busy cores).
 # Both count new tokens over the whole run, prefill included: rows·128 / seconds.
 #
-#   scripts/peers/smollm2_decode.sh TRIBUTARY_BINARY [ROUNDS] > decode.jsonl
+#   [LLAMA_THREADS="1 2"] scripts/peers/smollm2_decode.sh TRIBUTARY_BINARY [ROUNDS] > decode.jsonl
 #   python3 scripts/peers/smollm2_decode_summary.py decode.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${1:?usage: smollm2_decode.sh TRIBUTARY_BINARY [ROUNDS]}
 ROUNDS=${2:-3}
+LLAMA_THREADS=${LLAMA_THREADS:-1 2}
 PROMPT=32
 NEW=128
 LLAMA=${LLAMA_SERVER_DIR:-$HOME/.cache/tributary/llama-server}/bin
@@ -64,8 +65,8 @@ llama() {
 for round in $(seq 1 "$ROUNDS"); do
   for b in 1 8; do
     ours tributary-bf16 "$b" --dtype bf16
-    for t in 1 2; do llama llama-f16 "$W/smollm2-f16.gguf" "$b" "$t"; done
+    for t in $LLAMA_THREADS; do llama llama-f16 "$W/smollm2-f16.gguf" "$b" "$t"; done
     ours tributary-nf4 "$b" --quantize nf4 --dtype bf16
-    for t in 1 2; do llama llama-q4_1 "$Q4" "$b" "$t"; done
+    for t in $LLAMA_THREADS; do llama llama-q4_1 "$Q4" "$b" "$t"; done
   done
 done
