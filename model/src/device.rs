@@ -51,6 +51,16 @@ pub enum DeviceError {
     /// Enumerating the adapters failed.
     #[error("device `wgpu`: enumerating adapters: {0}")]
     Probe(String),
+    /// A path that exists only on the CPU was asked to run on another device.
+    #[error("--device {device}: {what} runs only on the CPU (pass --device cpu{hint})")]
+    CpuOnly {
+        /// The device that was chosen.
+        device: String,
+        /// What is CPU-only ("the serving engine (packed host decode kernels)").
+        what: String,
+        /// An alternative that does run on the device, when there is one.
+        hint: String,
+    },
 }
 
 /// What was asked for, by `--device` or `TRIBUTARY_DEVICE`.
@@ -187,6 +197,39 @@ pub enum Choice {
     Wgpu(AdapterChoice),
 }
 
+impl Choice {
+    /// The backend's short name: `cpu` or `wgpu` (the label `kind` of
+    /// `tributary_device_info`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu(_) => "wgpu",
+        }
+    }
+
+    /// The device's name: `burn-flex` on the CPU, the adapter's name on wgpu.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Cpu => "burn-flex".into(),
+            Self::Wgpu(c) => c.info.name.clone(),
+        }
+    }
+
+    /// Whether this is a hardware GPU: never the CPU, never a software adapter (lavapipe
+    /// runs the GPU kernels on the CPU and is not a GPU for placement or reporting).
+    pub fn is_gpu(&self) -> bool {
+        match self {
+            Self::Cpu => false,
+            Self::Wgpu(c) => !c.info.is_software(),
+        }
+    }
+
+    /// Whether this is the CPU path (burn-flex), where the host-only kernels run.
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Self::Cpu)
+    }
+}
+
 impl fmt::Display for Choice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -236,6 +279,41 @@ pub struct Selected {
     pub device: Device,
     /// What was chosen.
     pub choice: Choice,
+}
+
+impl Default for Selected {
+    /// The CPU: what runs when nothing asked for a device.
+    fn default() -> Self {
+        Self::cpu()
+    }
+}
+
+impl Selected {
+    /// The CPU (burn-flex), chosen without probing.
+    pub fn cpu() -> Self {
+        Self {
+            device: cpu_device(),
+            choice: Choice::Cpu,
+        }
+    }
+
+    /// Fails with [`DeviceError::CpuOnly`] unless this is the CPU: for the paths that exist
+    /// only there (`what` names the path, `hint` an alternative that runs on the device,
+    /// empty when there is none).
+    pub fn require_cpu(&self, what: &str, hint: &str) -> Result<(), DeviceError> {
+        if self.choice.is_cpu() {
+            return Ok(());
+        }
+        Err(DeviceError::CpuOnly {
+            device: self.choice.kind().to_string(),
+            what: what.to_string(),
+            hint: if hint.is_empty() {
+                String::new()
+            } else {
+                format!(", or {hint}")
+            },
+        })
+    }
 }
 
 /// Whether this binary was built with the `wgpu` feature.

@@ -34,8 +34,14 @@ pub struct WorkerInfo {
     pub node: NodeId,
     /// QUIC address (`host:port`); empty in embedded mode.
     pub addr: String,
-    /// `cpu`, `cuda:0`, …
+    /// The device it computes on, as `--device` chose it: `cpu (burn-flex)`,
+    /// `wgpu: NVIDIA H100 80GB HBM3 [Vulkan, DiscreteGpu]`, …
     pub device: String,
+    /// Whether that device is a hardware GPU (a software adapter such as lavapipe is not);
+    /// jobs with `resources.gpu` are placed only on workers that say so. Absent in records
+    /// of older workers: `false`.
+    #[serde(default)]
+    pub gpu: bool,
     pub cores: u32,
     pub memory_bytes: u64,
     /// Job slots in total and free now.
@@ -81,6 +87,7 @@ impl WorkerInfo {
             node,
             addr: String::new(),
             device: "cpu".into(),
+            gpu: false,
             cores: 1,
             memory_bytes: 0,
             slots: 1,

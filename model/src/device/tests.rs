@@ -164,3 +164,36 @@ fn select_cpu_gives_burn_flex_and_wgpu_without_the_feature_fails() {
         );
     }
 }
+
+#[test]
+fn reported_kind_name_and_gpu_never_count_a_software_adapter_as_a_gpu() {
+    assert_eq!(Choice::Cpu.kind(), "cpu");
+    assert_eq!(Choice::Cpu.name(), "burn-flex");
+    assert!(!Choice::Cpu.is_gpu());
+    let soft = choose(DeviceRequest::Wgpu, true, &[lavapipe()]).unwrap();
+    assert_eq!(soft.kind(), "wgpu");
+    assert_eq!(soft.name(), "llvmpipe (LLVM 15.0.6, 256 bits)");
+    assert!(!soft.is_gpu(), "lavapipe is not a GPU");
+    let gpu = choose(DeviceRequest::Wgpu, true, &[lavapipe(), h100()]).unwrap();
+    assert!(gpu.is_gpu());
+    assert_eq!(gpu.name(), "NVIDIA H100 80GB HBM3");
+}
+
+#[test]
+fn cpu_only_paths_refuse_other_devices_naming_the_flag() {
+    Selected::cpu()
+        .require_cpu("the serving engine", "")
+        .expect("the CPU runs CPU-only paths");
+    let wgpu = Selected {
+        device: cpu_device(),
+        choice: choose(DeviceRequest::Wgpu, true, &[h100()]).unwrap(),
+    };
+    let err = wgpu
+        .require_cpu("--dtype f32-packed (host decode kernels)", "--dtype f32")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--device wgpu: --dtype f32-packed (host decode kernels) runs only on the CPU \
+         (pass --device cpu, or --dtype f32)"
+    );
+}
