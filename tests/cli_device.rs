@@ -1,8 +1,9 @@
 //! `--device` (env `TRIBUTARY_DEVICE`) on every command that computes, end to end through
-//! the binary: unknown devices and devices this build lacks fail naming the flag, `cpu`
-//! trains and generates, and a `dev` node reports its device on `/metrics` and in job
-//! records, and keeps a `resources.gpu` job queued with its reason while no worker has a
-//! GPU (a CPU is not one, and neither is a software adapter such as lavapipe).
+//! the binary: unknown devices and devices this build lacks (`wgpu`, `cuda[:N]`) fail naming
+//! the flag or the feature, `cpu` trains and generates, and a `dev` node reports its device
+//! on `/metrics` and in job records, and keeps a `resources.gpu` job queued with its reason
+//! while no worker has a GPU (a CPU is not one, and neither is a software adapter such as
+//! lavapipe).
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
@@ -99,6 +100,17 @@ fn unknown_and_unbuilt_devices_fail_naming_the_flag_on_every_computing_command()
             assert!(
                 err.contains(
                     "device `wgpu`: this binary was built without the `wgpu` cargo feature"
+                ),
+                "{what}: {err}"
+            );
+        }
+        if !cfg!(feature = "cuda") {
+            let out = run(&[args, &["--device", "cuda:1"]].concat(), None);
+            let err = stderr(&out);
+            assert!(!out.status.success(), "{what} --device cuda:1 succeeded");
+            assert!(
+                err.contains(
+                    "device `cuda`: this binary was built without the `cuda` cargo feature"
                 ),
                 "{what}: {err}"
             );

@@ -17,10 +17,11 @@ use clap::Args;
 use tributary_model::device::{DeviceError, DeviceRequest, Selected, select};
 
 /// The help text shared by every `--device`.
-pub const DEVICE_HELP: &str = "Where to compute: auto (a hardware GPU if the build has \
-`wgpu` and one is found, else the CPU; never a software adapter; CPU-only paths such as \
---dtype f32-packed, --quantize nf4 and serving stay on the CPU), cpu, or wgpu (its best \
-adapter, software included; CPU-only paths then fail)";
+pub const DEVICE_HELP: &str = "Where to compute: auto (a CUDA device if the build has \
+`cuda` and the driver reports one, else a hardware GPU adapter if the build has `wgpu`, else \
+the CPU; never a software adapter; CPU-only paths such as --dtype f32-packed, --quantize nf4 \
+and serving stay on the CPU), cpu, wgpu (its best adapter, software included), or cuda[:N] \
+(CUDA device N); CPU-only paths fail on an explicit wgpu or cuda";
 
 /// `--device`, flattened into a command's arguments.
 #[derive(Debug, Clone, Copy, Args)]

@@ -71,7 +71,7 @@ pub fn actors_ready() -> Result<(), String> {
 }
 
 /// The device this node computes on: one series at 1, labelled with the backend
-/// (`cpu`, `wgpu`), the device's name and whether it is a hardware GPU.
+/// (`cpu`, `wgpu`, `cuda`), the device's name and whether it is a hardware GPU.
 pub static DEVICE_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     reg(IntGaugeVec::new(
         opts!(
