@@ -164,3 +164,26 @@ impl LinkFactory for QuicLinkFactory {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A membership record written by a worker from before `gpu` existed still reads (as no
+    /// GPU), and a GPU worker's record says so.
+    #[test]
+    fn worker_records_without_gpu_read_as_no_gpu_and_gpu_round_trips() {
+        let old = r#"{"node":"w1","addr":"127.0.0.1:7401","device":"cpu","cores":2,
+                      "memory_bytes":0,"slots":1,"free_slots":1}"#;
+        let info: WorkerInfo = serde_json::from_str(old).unwrap();
+        assert!(!info.gpu);
+        assert_eq!(info.device, "cpu");
+        let gpu = WorkerInfo {
+            device: "wgpu: NVIDIA H100 80GB HBM3 [Vulkan, DiscreteGpu]".into(),
+            gpu: true,
+            ..info
+        };
+        let back: WorkerInfo = serde_json::from_str(&serde_json::to_string(&gpu).unwrap()).unwrap();
+        assert_eq!(back, gpu);
+    }
+}
