@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it and as CI runs it: installs the real servers
 # the tests start (etcd, an S3 API server), checks formatting and lints, runs the GPU
-# feature's fixture tests on software Vulkan, then every test in the workspace. Fails if no
+# features' fixture tests on software Vulkan, then every test in the workspace. Fails if no
 # test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +43,16 @@ if [ "${TRIBUTARY_SKIP_WGPU_CHECK:-0}" != "1" ]; then
     stage "cargo check --features wgpu"
     cargo check --workspace --features wgpu --lib --bins --test wgpu_fixtures
   fi
+fi
+
+if [ "${TRIBUTARY_SKIP_CUDA_CHECK:-0}" != "1" ]; then
+  # The cuda feature, type-checked only (it cannot run without an NVIDIA GPU), with wgpu so
+  # the fixture tests' CUDA path is checked too. It cannot share the build above: burn-cuda's
+  # cubecl-llvm downloads an LLVM bundle in its build script and links it, which a CI machine
+  # without network cannot do; DOCS_RS=1 makes those build scripts skip the native LLVM setup,
+  # which a type-check does not need. Cost: docs/gpu.md, "The cuda feature".
+  stage "cargo check --features wgpu,cuda"
+  DOCS_RS=1 cargo check --workspace --features wgpu,cuda --lib --bins --test wgpu_fixtures
 fi
 
 stage "cargo test"

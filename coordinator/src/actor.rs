@@ -1,12 +1,12 @@
 //! The coordinator actor (ractor): the job queue and its state machine (queued → running →
 //! succeeded / failed / cancelled), placement onto workers, and one driver task per running
 //! job. It is a thin shell: the state machine is [`crate::jobs_state::Jobs`] (pure, with an
-//! injected clock), placement is [`crate::placement::place`], the step loop is
+//! injected clock), placement is [`crate::placement::place_on`], the step loop is
 //! [`crate::driver::JobRun`], persistence is a [`JobStore`], membership a [`Membership`].
 //! Embedded and cluster mode run this same actor; only the links, store and membership
 //! differ.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use crate::error::CoordError;
 use crate::jobs_state::{Clock, Effect, Jobs, RetryPolicy, SystemClock};
 use crate::membership::Membership;
 use crate::metrics;
-use crate::placement::{Demand, demand, place};
+use crate::placement::{Demand, demand, place_on, waiting_reason};
 use crate::store::{JobRecord, JobStore};
 
 /// A worker lost by a job is not offered back to running jobs for this long (its
@@ -173,9 +173,22 @@ impl CoordinatorState {
                 .set(now.duration_since(*seen).as_secs_f64());
         }
         let free = self.free_slots(&members);
+        let gpus: BTreeSet<NodeId> = members
+            .iter()
+            .filter(|w| w.gpu)
+            .map(|w| w.node.clone())
+            .collect();
         let queue = self.jobs.placeable(self.clock.now_ms());
         let demands: Vec<Demand> = queue.iter().map(|r| demand(r)).collect();
-        for p in place(&demands, &free) {
+        let placements = place_on(&demands, &free, &gpus);
+        for d in &demands {
+            let reason = (!placements.iter().any(|p| p.job == d.job))
+                .then(|| waiting_reason(d, &free, &gpus));
+            if let Some(rec) = self.jobs.set_waiting(&d.job, reason) {
+                self.persist(&rec).await?;
+            }
+        }
+        for p in placements {
             let mut links = Vec::new();
             for node in &p.workers {
                 if let Some(l) = self.links.get(node) {
@@ -199,6 +212,8 @@ impl CoordinatorState {
             if links.len() < demand(&rec).min as usize || links.is_empty() {
                 continue;
             }
+            let devices = device_entries(&members, links.iter().map(|(n, _)| n));
+            self.jobs.note_devices(&rec.id, devices);
             self.start(rec, links).await?;
         }
         self.offer_replacements(&members).await;
@@ -257,6 +272,9 @@ impl CoordinatorState {
                     && run.joins.try_send((info.node.clone(), link)).is_ok()
                 {
                     run.workers.push(info.node.clone());
+                    // Written with the job's next progress record.
+                    let devices = device_entries(members, [&info.node]);
+                    self.jobs.note_devices(&id, devices);
                     if let Some(n) = free.get_mut(&info.node) {
                         *n = n.saturating_sub(1);
                     }
@@ -506,4 +524,20 @@ pub async fn spawn_coordinator_with(
     Actor::spawn(None, CoordinatorActor, (cfg, opts))
         .await
         .map_err(|e| CoordError::Actor(e.to_string()))
+}
+
+/// `(node, device)` entries of a job record for these workers, from their membership
+/// records: the device they advertise, marked ` [gpu]` when it is a hardware GPU.
+fn device_entries<'a>(
+    members: &[tributary_protocol::WorkerInfo],
+    nodes: impl IntoIterator<Item = &'a NodeId>,
+) -> Vec<(String, String)> {
+    nodes
+        .into_iter()
+        .filter_map(|n| members.iter().find(|m| &m.node == n))
+        .map(|m| {
+            let gpu = if m.gpu { " [gpu]" } else { "" };
+            (m.node.to_string(), format!("{}{gpu}", m.device))
+        })
+        .collect()
 }

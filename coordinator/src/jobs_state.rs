@@ -164,6 +164,7 @@ impl Jobs {
         }
         rec.state = JobState::Running;
         rec.not_before_ms = None;
+        rec.waiting = None;
         rec.workers = workers;
         // Epoch-based specs: known once the workers report the dataset size.
         rec.progress.total_steps = match (rec.spec.train.steps, rec.examples) {
@@ -174,6 +175,35 @@ impl Jobs {
         let names: Vec<&str> = rec.workers.iter().map(NodeId::as_str).collect();
         rec.log_at(now_ms, format!("placed on workers {}", names.join(", ")));
         Some(rec.clone())
+    }
+
+    /// Records why a queued job is not placed (`None`: no reason to give); returns the
+    /// record when the reason changed (to persist), so an unchanged reason writes nothing.
+    pub fn set_waiting(&mut self, id: &JobId, reason: Option<String>) -> Option<JobRecord> {
+        let rec = self.jobs.get_mut(id)?;
+        if rec.state != JobState::Queued || rec.waiting == reason {
+            return None;
+        }
+        rec.waiting = reason;
+        Some(rec.clone())
+    }
+
+    /// Records the devices of workers that train a job (node name → device); returns the
+    /// record when one was new (to persist).
+    pub fn note_devices(
+        &mut self,
+        id: &JobId,
+        devices: impl IntoIterator<Item = (String, String)>,
+    ) -> Option<JobRecord> {
+        let rec = self.jobs.get_mut(id)?;
+        let mut changed = false;
+        for (node, device) in devices {
+            if rec.devices.get(&node) != Some(&device) {
+                rec.devices.insert(node, device);
+                changed = true;
+            }
+        }
+        changed.then(|| rec.clone())
     }
 
     /// Cancels a queued job at once, or asks a running one to stop.

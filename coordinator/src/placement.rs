@@ -7,8 +7,13 @@
 //! never starved by a stream of small ones; `auto` jobs take at least one worker and at most
 //! an equal share of the free workers among the jobs still waiting, so they do not crowd out
 //! the jobs behind them.
+//!
+//! A job with `resources.gpu` ([`Demand::gpu`]) takes only workers that advertise a hardware
+//! GPU. While fewer such workers are members than it needs, it cannot be placed however long
+//! it waits, so it is passed over (it blocks no one) and stays queued with the reason from
+//! [`waiting_reason`]; once enough are members, it blocks younger jobs like any other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tributary_protocol::{JobId, NodeId};
 
@@ -20,6 +25,8 @@ pub struct Demand {
     pub min: u32,
     /// Most workers it can use (its micro-batch count, or its fixed count).
     pub max: u32,
+    /// Whether it runs only on workers with a hardware GPU (`resources.gpu`).
+    pub gpu: bool,
 }
 
 /// A job placed on workers (rank order).
@@ -29,20 +36,36 @@ pub struct Placement {
     pub workers: Vec<NodeId>,
 }
 
-/// Places as many of `queue` (oldest first) as the free slots allow.
+/// Places as many of `queue` (oldest first) as the free slots allow, on workers without
+/// GPUs (see [`place_on`]).
 pub fn place(queue: &[Demand], free: &BTreeMap<NodeId, u32>) -> Vec<Placement> {
+    place_on(queue, free, &BTreeSet::new())
+}
+
+/// Places as many of `queue` (oldest first) as the free slots allow. `free` has every member
+/// (with 0 for a busy one); `gpus` are the members that advertise a hardware GPU.
+pub fn place_on(
+    queue: &[Demand],
+    free: &BTreeMap<NodeId, u32>,
+    gpus: &BTreeSet<NodeId>,
+) -> Vec<Placement> {
+    let gpu_members = free.keys().filter(|n| gpus.contains(*n)).count() as u32;
     let mut free: BTreeMap<NodeId, u32> = free.clone();
     let mut out = Vec::new();
     for (i, d) in queue.iter().enumerate() {
+        let min = d.min.max(1);
+        if d.gpu && gpu_members < min {
+            // Not placeable until GPU workers join: waiting, but blocking no one.
+            continue;
+        }
         let mut avail: Vec<(&NodeId, u32)> = free
             .iter()
-            .filter(|(_, s)| **s > 0)
+            .filter(|(n, s)| **s > 0 && (!d.gpu || gpus.contains(*n)))
             .map(|(n, s)| (n, *s))
             .collect();
         // Most free slots first; BTreeMap order breaks ties by name.
         avail.sort_by_key(|a| std::cmp::Reverse(a.1));
         let n_avail = avail.len() as u32;
-        let min = d.min.max(1);
         if n_avail < min {
             // Head-of-line blocking: younger jobs wait until this one fits.
             break;
@@ -71,6 +94,33 @@ pub fn place(queue: &[Demand], free: &BTreeMap<NodeId, u32>) -> Vec<Placement> {
     out
 }
 
+/// Why a queued job that [`place_on`] did not place is waiting, for its record: `members`
+/// is every member with its free slots, `gpus` those with a hardware GPU.
+pub fn waiting_reason(
+    d: &Demand,
+    members: &BTreeMap<NodeId, u32>,
+    gpus: &BTreeSet<NodeId>,
+) -> String {
+    let min = d.min.max(1);
+    let plural = |n: u32| if n == 1 { "" } else { "s" };
+    if d.gpu {
+        let have = members.keys().filter(|n| gpus.contains(*n)).count() as u32;
+        if have == 0 {
+            return "waiting for a worker with a GPU (resources.gpu): no worker advertises a \
+                    hardware GPU"
+                .into();
+        }
+        if have < min {
+            return format!(
+                "waiting for {min} workers with a GPU (resources.gpu): {have} advertise{} one",
+                if have == 1 { "s" } else { "" }
+            );
+        }
+        return format!("waiting for {min} free worker{} with a GPU", plural(min));
+    }
+    format!("waiting for {min} free worker{}", plural(min))
+}
+
 /// How many workers a spec wants, as a placement demand.
 pub fn demand(rec: &crate::store::JobRecord) -> Demand {
     let micro = rec.spec.micro_batches().max(1);
@@ -82,6 +132,7 @@ pub fn demand(rec: &crate::store::JobRecord) -> Demand {
         job: rec.id.clone(),
         min,
         max,
+        gpu: rec.spec.resources.needs_gpu(),
     }
 }
 
@@ -94,7 +145,19 @@ mod tests {
             job: JobId::new(n).unwrap(),
             min,
             max,
+            gpu: false,
         }
+    }
+
+    fn gpu_job(n: &str, min: u32, max: u32) -> Demand {
+        Demand {
+            gpu: true,
+            ..job(n, min, max)
+        }
+    }
+
+    fn gpus(ws: &[&str]) -> BTreeSet<NodeId> {
+        ws.iter().map(|n| NodeId::new(*n).unwrap()).collect()
     }
 
     fn free(ws: &[(&str, u32)]) -> BTreeMap<NodeId, u32> {
@@ -172,5 +235,57 @@ mod tests {
         let r = started_big.expect("the big job starved");
         assert!(r <= 3, "big job waited {r} rounds");
         assert!(queue.len() < 5, "queue keeps draining: {}", queue.len());
+    }
+
+    #[test]
+    fn gpu_jobs_go_only_to_workers_advertising_a_gpu() {
+        let f = free(&[("cpu1", 4), ("cpu2", 4), ("h100", 1)]);
+        let p = place_on(&[gpu_job("g", 1, 4), job("c", 1, 1)], &f, &gpus(&["h100"]));
+        assert_eq!(
+            names(&p[0]),
+            ["h100"],
+            "only the GPU worker, though CPUs have more slots"
+        );
+        assert_eq!(p[1].job.as_str(), "c");
+        assert_eq!(names(&p[1]), ["cpu1"]);
+    }
+
+    #[test]
+    fn without_gpu_workers_a_gpu_job_waits_with_a_reason_and_blocks_no_one() {
+        let f = free(&[("cpu1", 1), ("cpu2", 1)]);
+        let none = BTreeSet::new();
+        let queue = [gpu_job("g", 1, 1), job("c", 1, 1)];
+        let p = place_on(&queue, &f, &none);
+        assert_eq!(p.len(), 1, "the GPU job is not placed on CPU workers");
+        assert_eq!(
+            p[0].job.as_str(),
+            "c",
+            "and does not block the CPU job behind it"
+        );
+        let why = waiting_reason(&queue[0], &f, &none);
+        assert!(why.starts_with("waiting for a worker with a GPU"), "{why}");
+        // The same job with `place` (no GPUs known) is never placed either.
+        assert!(place(&queue[..1], &f).is_empty());
+    }
+
+    #[test]
+    fn a_gpu_job_with_enough_gpu_members_but_busy_ones_blocks_younger_jobs() {
+        let f = free(&[("cpu1", 1), ("gpu1", 0)]);
+        let p = place_on(&[gpu_job("g", 1, 1), job("c", 1, 1)], &f, &gpus(&["gpu1"]));
+        assert!(
+            p.is_empty(),
+            "head-of-line: the GPU exists, the job waits for it"
+        );
+        let why = waiting_reason(&gpu_job("g", 1, 1), &f, &gpus(&["gpu1"]));
+        assert_eq!(why, "waiting for 1 free worker with a GPU");
+        let why = waiting_reason(&gpu_job("g", 2, 2), &f, &gpus(&["gpu1"]));
+        assert_eq!(
+            why,
+            "waiting for 2 workers with a GPU (resources.gpu): 1 advertises one"
+        );
+        assert_eq!(
+            waiting_reason(&job("c", 2, 2), &f, &gpus(&[])),
+            "waiting for 2 free workers"
+        );
     }
 }

@@ -89,6 +89,14 @@ pub struct JobRecord {
     /// Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
+    /// Why a queued job is not placed yet ("waiting for a worker with a GPU …"), as the
+    /// leader last saw it; none once it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// The device each worker that trained the job computed on (node → its membership
+    /// record's `device`, with ` [gpu]` when it advertised a hardware GPU).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub devices: std::collections::BTreeMap<String, String>,
 }
 
 /// Most log lines kept per job. When full, the oldest per-step line is dropped, so events
@@ -146,6 +154,8 @@ impl JobRecord {
             }],
             attempts: 0,
             not_before_ms: None,
+            waiting: None,
+            devices: std::collections::BTreeMap::new(),
         }
     }
 

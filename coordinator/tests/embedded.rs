@@ -68,6 +68,7 @@ async fn embedded(
             node,
             addr: String::new(),
             device: "cpu".into(),
+            gpu: false,
             cores: 1,
             memory_bytes: 1 << 30,
             slots,

@@ -35,6 +35,7 @@ fn info(n: &str) -> WorkerInfo {
         node: NodeId::new(n).unwrap(),
         addr: "127.0.0.1:1".into(),
         device: "cpu".into(),
+        gpu: false,
         cores: 2,
         memory_bytes: 1 << 30,
         slots: 1,

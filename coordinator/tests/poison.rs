@@ -99,6 +99,7 @@ async fn cluster() -> (
         node,
         addr: String::new(),
         device: "cpu".into(),
+        gpu: false,
         cores: 1,
         memory_bytes: 0,
         slots: 1,

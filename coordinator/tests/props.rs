@@ -31,6 +31,7 @@ fn demand(i: usize, min: u32, extra: u32) -> Demand {
         job: JobId::new(format!("job-{i}")).unwrap(),
         min,
         max: min + extra,
+        gpu: false,
     }
 }
 

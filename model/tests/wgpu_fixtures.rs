@@ -7,7 +7,9 @@
 //! that is Mesa's lavapipe, which runs the same WGSL kernels (compiled to SPIR-V, then by
 //! LLVM to CPU code) that a GPU runs; slow, but a wrong kernel shows. `TRIBUTARY_WGPU_EXPECT`
 //! (`software` or `hardware`) makes the run fail when it lands on the other kind, so a GPU
-//! check cannot silently pass on lavapipe.
+//! check cannot silently pass on lavapipe. `TRIBUTARY_FIXTURE_DEVICE=cuda[:N]` runs the same
+//! checks on burn's CUDA backend instead (a binary built with `--features wgpu,cuda`;
+//! scripts/gpu/check.sh; never run: no GPU was available).
 //!
 //! Tolerances (f32 throughout): the reference is PyTorch's f32 on the CPU, and the CPU path
 //! here holds logits within 1e-4. The wgpu kernels sum in a different order (tiled matmul,
@@ -69,13 +71,22 @@ fn first_step(g: f32) -> f32 {
     g / (g.abs() + EPS as f32)
 }
 
-/// `--device wgpu`, chosen once for the whole test binary (adapter probing and the
-/// runtime's first use are not for several threads at once).
+/// The device under test: `--device wgpu`, or `TRIBUTARY_FIXTURE_DEVICE` (`cuda[:N]` on a
+/// binary built with `--features wgpu,cuda`: the same checks on burn's CUDA backend).
+fn request() -> DeviceRequest {
+    match std::env::var("TRIBUTARY_FIXTURE_DEVICE") {
+        Ok(v) => v.parse().expect("TRIBUTARY_FIXTURE_DEVICE"),
+        Err(_) => DeviceRequest::Wgpu,
+    }
+}
+
+/// The device under test ([`request`]), chosen once for the whole test binary (adapter
+/// probing and the runtime's first use are not for several threads at once).
 fn wgpu() -> &'static Device {
     static SELECTED: OnceLock<Selected> = OnceLock::new();
     let s = SELECTED.get_or_init(|| {
-        let s = device::select(DeviceRequest::Wgpu).expect("--device wgpu: an adapter");
-        eprintln!("wgpu fixtures on {}", s.choice);
+        let s = device::select(request()).expect("the device under test");
+        eprintln!("fixtures on {}", s.choice);
         s
     });
     &s.device
@@ -93,8 +104,19 @@ fn load(name: &str) -> (CausalLm, LoraAdapter) {
 fn the_device_is_a_wgpu_adapter_of_the_expected_kind() {
     let start = Instant::now();
     let dev = wgpu();
-    assert_ne!(*dev, device::cpu_device(), "--device wgpu gave the CPU");
-    let s = device::select(DeviceRequest::Wgpu).expect("select again");
+    assert_ne!(
+        *dev,
+        device::cpu_device(),
+        "--device {} gave the CPU",
+        request()
+    );
+    let s = device::select(request()).expect("select again");
+    if let Choice::Cuda(c) = &s.choice {
+        // CUDA devices are hardware; TRIBUTARY_WGPU_EXPECT is about wgpu adapters.
+        eprintln!("cuda device {}: {}", c.index, c.name);
+        eprintln!("device check: {:.2} s", start.elapsed().as_secs_f64());
+        return;
+    }
     let Choice::Wgpu(adapter) = &s.choice else {
         panic!("--device wgpu chose {}", s.choice)
     };

@@ -16,6 +16,7 @@ pub mod serving;
 pub mod shutdown;
 pub mod spec;
 pub mod spec_check;
+pub mod spec_resources;
 pub mod tensor;
 pub mod tls;
 

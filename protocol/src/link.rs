@@ -34,8 +34,14 @@ pub struct WorkerInfo {
     pub node: NodeId,
     /// QUIC address (`host:port`); empty in embedded mode.
     pub addr: String,
-    /// `cpu`, `cuda:0`, …
+    /// The device it computes on, as `--device` chose it: `cpu (burn-flex)`,
+    /// `wgpu: NVIDIA H100 80GB HBM3 [Vulkan, DiscreteGpu]`, …
     pub device: String,
+    /// Whether that device is a hardware GPU (a software adapter such as lavapipe is not);
+    /// jobs with `resources.gpu` are placed only on workers that say so. Absent in records
+    /// of older workers: `false`.
+    #[serde(default)]
+    pub gpu: bool,
     pub cores: u32,
     pub memory_bytes: u64,
     /// Job slots in total and free now.
@@ -81,6 +87,7 @@ impl WorkerInfo {
             node,
             addr: String::new(),
             device: "cpu".into(),
+            gpu: false,
             cores: 1,
             memory_bytes: 0,
             slots: 1,
@@ -155,5 +162,28 @@ impl LinkFactory for QuicLinkFactory {
                 QuicClient::connect_tls(addr, info.node.as_str(), &self.me, &self.tls).await?;
             Ok(Arc::new(QuicWorkerLink::new(client)) as Arc<dyn WorkerLink>)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A membership record written by a worker from before `gpu` existed still reads (as no
+    /// GPU), and a GPU worker's record says so.
+    #[test]
+    fn worker_records_without_gpu_read_as_no_gpu_and_gpu_round_trips() {
+        let old = r#"{"node":"w1","addr":"127.0.0.1:7401","device":"cpu","cores":2,
+                      "memory_bytes":0,"slots":1,"free_slots":1}"#;
+        let info: WorkerInfo = serde_json::from_str(old).unwrap();
+        assert!(!info.gpu);
+        assert_eq!(info.device, "cpu");
+        let gpu = WorkerInfo {
+            device: "wgpu: NVIDIA H100 80GB HBM3 [Vulkan, DiscreteGpu]".into(),
+            gpu: true,
+            ..info
+        };
+        let back: WorkerInfo = serde_json::from_str(&serde_json::to_string(&gpu).unwrap()).unwrap();
+        assert_eq!(back, gpu);
     }
 }

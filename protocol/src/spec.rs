@@ -20,6 +20,8 @@
 //! checkpoint_every = 50
 //! precision = "bf16"                  # or "f32" (default: the worker's fastest, see below)
 //! recompute = true                    # recompute activations in the backward pass (default off)
+//! [resources]
+//! gpu = 1                             # only workers with a hardware GPU (see spec_resources)
 //! ```
 //!
 //! The global batch is cut into `grad_accum` micro-batches of `batch_size / grad_accum`
@@ -178,6 +180,13 @@ pub struct JobSpec {
     /// value in a submitted spec is replaced); it owns the job's adapter and its name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// What each worker must have (`[resources] gpu = 1`: only workers with a hardware GPU;
+    /// see [`crate::spec_resources`]).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::spec_resources::Resources::is_empty"
+    )]
+    pub resources: crate::spec_resources::Resources,
 }
 
 /// Limits checked by [`JobSpec::validate`].
@@ -280,6 +289,7 @@ impl JobSpec {
         }
         crate::spec_check::check_location("base_model", &self.base_model, false)
             .map_err(spec_err)?;
+        self.resources.validate().map_err(spec_err)?;
         crate::spec_check::check_location("data", &self.data, true).map_err(spec_err)?;
         if let Workers::Count(n) = self.workers
             && (n == 0 || n > MAX_WORKERS)

@@ -2,14 +2,16 @@
 # The GPU check of issue 17, in one go (under 10 minutes), on a machine with an NVIDIA GPU, its
 # driver, CUDA and PyTorch+PEFT, and no Rust: run from the repo root with the bundle that
 # scripts/gpu/bundle.sh made here in .gpu/. Writes into $OUT (default /tmp/gpu-check):
-#   gpu-check.json   one object: machine, adapter, fixture results, every bench line, ratios
-#   fixtures.log     the wgpu fixture tests' output (max differences per check, seconds)
-#   bench.jsonl      one JSON line per bench run (tributary on wgpu, PyTorch+PEFT on CUDA)
+#   gpu-check.json   one object: machine, devices, fixture results, every bench line, ratios
+#   fixtures-B.log   the fixture tests' output on backend B (max differences, seconds)
+#   bench.jsonl      one JSON line per bench run (tributary on each backend, PyTorch+PEFT on CUDA)
 #   check.log        what ran, with the time each part took
 # Each part has its own time limit, and a part that fails is recorded and the rest still runs,
 # so one call always brings back the JSON. Exit status: 0 when the fixture checks passed and
 # every bench ran.
 #
+#   GPU_CHECK_BACKENDS="cuda wgpu"                    tributary's backends, in this order (default:
+#                                                     the bundle's features, .gpu/features, cuda first)
 #   GPU_CHECK_EXPECT=hardware (default) | software   the adapter wgpu must land on
 #   GPU_CHECK_QUICK=1                                 few steps/tokens (a smoke run, e.g. here on lavapipe)
 #   GPU_CHECK_SKIP_TORCH=1                            no PyTorch peer (a machine without torch)
@@ -21,6 +23,11 @@ OUT=${OUT:-/tmp/gpu-check}
 B=.gpu
 PYTHON=${PYTHON:-python3}
 expect=${GPU_CHECK_EXPECT:-hardware}
+case ",$(cat "$B/features" 2>/dev/null || echo wgpu)," in
+  *,cuda,*) built="cuda wgpu" ;;
+  *) built="wgpu" ;;
+esac
+backends=${GPU_CHECK_BACKENDS:-$built}
 quick=${GPU_CHECK_QUICK:-0}
 mkdir -p "$OUT"
 log="$OUT/check.log"
@@ -52,15 +59,19 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vu
   say "VK_DRIVER_FILES=$VK_DRIVER_FILES"
 fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"; } > "$OUT/gpu.txt"
-say "gpu: $(cat "$OUT/gpu.txt"); bundle $(cat "$B/commit" 2>/dev/null) ($(cat "$B/profile" 2>/dev/null))"
+say "gpu: $(cat "$OUT/gpu.txt"); bundle $(cat "$B/commit" 2>/dev/null) ($(cat "$B/profile" 2>/dev/null), features $(cat "$B/features" 2>/dev/null)); backends: $backends"
 
-# 1. The fixture checks on wgpu (first-run kernel compilation included in their time).
-say "fixtures on wgpu (expect $expect)"
-TRIBUTARY_FIXTURES="$B/fixtures" TRIBUTARY_WGPU_EXPECT="$expect" \
-  timeout 150 "$work/wgpu_fixtures" --test-threads=1 --nocapture > "$OUT/fixtures.log" 2>&1
-fixtures_rc=$?
-[ $fixtures_rc -eq 0 ] || failures=$((failures + 1))
-say "fixtures: exit $fixtures_rc; $(grep -E '^test result' "$OUT/fixtures.log" || echo 'no result line')"
+# 1. The fixture checks on each backend (first-run kernel compilation included in their
+#    time): the same test binary, its device chosen by TRIBUTARY_FIXTURE_DEVICE.
+for b in $backends; do
+  say "fixtures on $b (wgpu: expect $expect)"
+  TRIBUTARY_FIXTURES="$B/fixtures" TRIBUTARY_WGPU_EXPECT="$expect" TRIBUTARY_FIXTURE_DEVICE="$b" \
+    timeout 120 "$work/wgpu_fixtures" --test-threads=1 --nocapture > "$OUT/fixtures-$b.log" 2>&1
+  rc=$?
+  echo "$rc" > "$OUT/fixtures-$b.rc"
+  [ $rc -eq 0 ] || failures=$((failures + 1))
+  say "fixtures on $b: exit $rc; $(grep -E '^test result' "$OUT/fixtures-$b.log" || echo 'no result line')"
+done
 
 # 2. The bench model's weights, once, for both tributary and the peer (same seed, same file).
 cfg="$B/bench/bench-llama-30m.json"
@@ -96,18 +107,23 @@ run() { # tag, limit seconds, command...  (the limit shrinks to what is left bef
 }
 torch=("$PYTHON" scripts/peers/torch_bench.py)
 peer_args=(--device cuda --model "$model")
-run tributary-train 110 "$TRIBUTARY" bench train --device wgpu --config "$cfg" --batch 8 --seq 256 --rank 16 --steps "$steps"
+#    Tags: tributary-BACKEND-WHAT beside torch-WHAT (the ratios pair them).
+for b in $backends; do
+  run "tributary-$b-train" 100 "$TRIBUTARY" bench train --device "$b" --config "$cfg" --batch 8 --seq 256 --rank 16 --steps "$steps"
+done
 [ "${GPU_CHECK_SKIP_TORCH:-0}" = 1 ] || run torch-train 70 "${torch[@]}" train "${peer_args[@]}" --batch 8 --seq 256 --rank 16 --steps "$steps"
 for spec in "1 1" "32 4" "32 1"; do
   set -- $spec
-  run "tributary-generate-b$1-a$2" 70 "$TRIBUTARY" bench generate --device wgpu --dtype f32 --config "$cfg" \
-    --batch "$1" --adapters "$2" --prompt-len 32 --new-tokens "$new" --rank 16
+  for b in $backends; do
+    run "tributary-$b-generate-b$1-a$2" 60 "$TRIBUTARY" bench generate --device "$b" --dtype f32 --config "$cfg" \
+      --batch "$1" --adapters "$2" --prompt-len 32 --new-tokens "$new" --rank 16
+  done
   [ "${GPU_CHECK_SKIP_TORCH:-0}" = 1 ] || run "torch-generate-b$1-a$2" 50 "${torch[@]}" generate "${peer_args[@]}" \
     --batch "$1" --adapters "$2" --prompt-len 32 --new-tokens "$new" --rank 16
 done
 
 # 4. One JSON object with the ratios.
-"$PYTHON" scripts/gpu/summarize.py --out "$OUT" --fixtures-rc "$fixtures_rc" --expect "$expect" \
+"$PYTHON" scripts/gpu/summarize.py --out "$OUT" --backends "$backends" --expect "$expect" \
   > "$OUT/gpu-check.json" 2>> "$log" || failures=$((failures + 1))
 say "done: $failures failure(s); $OUT/gpu-check.json"
 rm -rf "$work"

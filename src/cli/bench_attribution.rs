@@ -18,6 +18,9 @@ const TOKENIZER_CONFIG: &str = include_str!("../../assets/demo/tokenizer_config.
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchAttributionArgs {
+    /// Where to train, index and attribute.
+    #[command(flatten)]
+    pub device: super::device_arg::DeviceArg,
     /// Base checkpoint directory (e.g. from `tributary model init --config
     /// ../shared/bench/bench-llama-30m.json`).
     #[arg(long)]
@@ -125,8 +128,8 @@ fn planted_set(args: &BenchAttributionArgs) -> anyhow::Result<PlantedSet> {
 }
 
 pub fn run_bench(args: BenchAttributionArgs) -> anyhow::Result<()> {
-    let device = tributary_model::device::default_device();
-    let model = CausalLm::load(&args.model, &device)
+    let selected = args.device.select()?;
+    let model = CausalLm::load(&args.model, &selected.device)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let tok = tokenizer(&args)?;
     anyhow::ensure!(
@@ -175,7 +178,11 @@ pub fn run_bench(args: BenchAttributionArgs) -> anyhow::Result<()> {
     };
     let report = run(setup, &set, &opts)?;
     eprint!("{}", table(&report));
-    println!("{}", serde_json::to_string(&report)?);
+    let mut line = serde_json::to_value(&report)?;
+    if let Some(obj) = line.as_object_mut() {
+        obj.insert("device".into(), selected.choice.to_string().into());
+    }
+    println!("{line}");
     Ok(())
 }
 

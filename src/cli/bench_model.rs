@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tributary_model::bench::{DecodeDtype, GenerateBench, TrainBench};
-use tributary_model::device::{DeviceError, DeviceRequest, Selected, select};
+use tributary_model::device::Selected;
+
+use super::device_arg::{CpuOnly, DeviceArg, HOST_DECODE, NF4};
 use tributary_model::precision::Precision;
 
 /// How the frozen base's projection weights are stored.
@@ -19,6 +21,11 @@ pub enum Quantize {
 }
 
 impl Quantize {
+    /// The CPU-only path this choice takes (NF4's host kernels), if any.
+    pub fn cpu_only(self) -> Option<CpuOnly> {
+        self.is_nf4().then_some(NF4)
+    }
+
     /// Whether the base is stored in NF4.
     pub fn is_nf4(self) -> bool {
         self == Quantize::Nf4
@@ -47,6 +54,12 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// The CPU-only path this choice takes: the host decode kernels' layouts
+    /// (`f32-packed`, `bf16`); `f32` (burn's tensors and GEMM) runs on any device.
+    pub fn cpu_only(self) -> Option<CpuOnly> {
+        (self != Dtype::F32).then_some(HOST_DECODE)
+    }
+
     /// The model crate's name for it.
     pub fn decode_dtype(self) -> DecodeDtype {
         match self {
@@ -101,10 +114,8 @@ pub struct BenchTrainArgs {
     /// Store NF4's absmax scales in 8 bits (QLoRA's double quantization; needs --quantize nf4).
     #[arg(long)]
     pub double_quant: bool,
-    /// Where to compute: auto (a hardware GPU if the build has `wgpu` and one is found, else
-    /// the CPU; never a software adapter), cpu, or wgpu (its best adapter, software included).
-    #[arg(long, env = "TRIBUTARY_DEVICE", default_value = "auto", value_parser = parse_device)]
-    pub device: DeviceRequest,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Arithmetic of the base's products [default: f32, measured fastest (docs/precision.md);
     /// what `model finetune` uses].
     #[arg(long, value_enum)]
@@ -142,14 +153,8 @@ pub struct BenchGenerateArgs {
     /// `model generate`'s.
     #[arg(long, value_enum, default_value_t = Dtype::F32Packed)]
     pub dtype: Dtype,
-    /// Where to compute: auto (a hardware GPU if the build has `wgpu` and one is found, else
-    /// the CPU; never a software adapter), cpu, or wgpu (its best adapter, software included).
-    #[arg(long, env = "TRIBUTARY_DEVICE", default_value = "auto", value_parser = parse_device)]
-    pub device: DeviceRequest,
-}
-
-fn parse_device(s: &str) -> Result<DeviceRequest, DeviceError> {
-    s.parse()
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 /// The report as one JSON line, with the device it ran on (`"device": "wgpu: NVIDIA …"`).
@@ -173,7 +178,7 @@ pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         double_quant: args.double_quant,
         precision: resolve_precision(args.precision),
     };
-    let selected = select(args.device)?;
+    let selected = args.device.select_for(args.quantize.cpu_only())?;
     let report = bench
         .run(&args.config, &selected.device)
         .with_context(|| format!("bench train on {}", args.config.display()))?;
@@ -192,7 +197,9 @@ pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         double_quant: args.double_quant,
         dtype: args.dtype.decode_dtype(),
     };
-    let selected = select(args.device)?;
+    let selected = args
+        .device
+        .select_for(args.quantize.cpu_only().or(args.dtype.cpu_only()))?;
     let report = bench
         .run(&args.config, &selected.device)
         .with_context(|| format!("bench generate on {}", args.config.display()))?;

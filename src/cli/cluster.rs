@@ -115,9 +115,10 @@ pub struct WorkerArgs {
     /// Jobs this worker runs at once.
     #[arg(long, env = "TRIBUTARY_SLOTS", default_value_t = 1)]
     pub slots: u32,
-    /// Device name advertised in membership.
-    #[arg(long, env = "TRIBUTARY_DEVICE", default_value = "cpu")]
-    pub device: String,
+    /// Where this worker trains, advertised in membership (with whether it is a hardware
+    /// GPU) for `resources.gpu` placement; the serving engine (--base-model) is CPU-only.
+    #[command(flatten)]
+    pub device: super::device_arg::DeviceArg,
     /// Test knob: sleep this long per micro-batch (widens timing windows in fault tests).
     #[arg(
         long,
@@ -363,7 +364,11 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     runtime()?.block_on(worker(args))
 }
 
-async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+async fn worker(mut args: WorkerArgs) -> anyhow::Result<()> {
+    // The device first: a request that cannot be met fails before anything starts.
+    let selected = args.device.select()?;
+    super::device_arg::report(&selected);
+    args.serve.device = args.device.for_serving(&selected);
     let (node, tls) = load(&args.common)?;
     // `builtin:linear` specs run the reference model; others the LoRA trainer, fetching
     // URL models and datanet data through --store and --cache-dir.
@@ -375,6 +380,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     );
     roots.extend(args.allow_path.iter().cloned());
     let mut factory: Arc<dyn ExecutorFactory> = Arc::new(SourcedFactory {
+        device: selected.clone(),
         sources: SourceConfig {
             store: args.store.clone(),
             cache_dir: args.cache_dir.clone(),
@@ -413,7 +419,8 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let info = WorkerInfo {
         node: node.clone(),
         addr: args.advertise.unwrap_or_else(|| bound.to_string()),
-        device: args.device,
+        device: super::device_arg::described(&selected),
+        gpu: selected.choice.is_gpu(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         memory_bytes: 0,
         slots: args.slots,

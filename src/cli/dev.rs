@@ -50,6 +50,10 @@ pub struct DevArgs {
     pub insecure_no_auth: bool,
     #[command(flatten)]
     pub serve: super::serve_engine::ServeArgs,
+    /// Where the in-process workers train (the serving engine, with --base-model, is
+    /// CPU-only and refuses another device).
+    #[command(flatten)]
+    pub device: super::device_arg::DeviceArg,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -120,6 +124,9 @@ pub async fn start(
     if args.workers == 0 || args.workers > 64 {
         anyhow::bail!("--workers {} is out of range: must be 1..=64", args.workers);
     }
+    // The device first: a request that cannot be met fails before anything starts.
+    let selected = args.device.select()?;
+    super::device_arg::report(&selected);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
@@ -136,6 +143,7 @@ pub async fn start(
             .chain(args.allow_path.iter().cloned()),
     )?;
     let factory = Arc::new(SourcedFactory {
+        device: selected.clone(),
         sources: SourceConfig {
             store: Some(format!("file://{}", store_dir.display())),
             cache_dir: args
@@ -155,7 +163,8 @@ pub async fn start(
         infos.push(WorkerInfo {
             node,
             addr: String::new(),
-            device: "cpu".into(),
+            device: super::device_arg::described(&selected),
+            gpu: selected.choice.is_gpu(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_bytes: 0,
             slots: 1,
@@ -198,8 +207,10 @@ pub async fn start(
     let engine: Option<tributary_protocol::SharedInference> = match &args.serve.base_model {
         Some(dir) => {
             let (base_dir, attr_store) = (dir.clone(), store.clone());
+            let mut serve = args.serve.clone();
+            serve.device = args.device.for_serving(&selected);
             let (serve, dir, store, rt) = (
-                args.serve.clone(),
+                serve,
                 dir.clone(),
                 store.clone(),
                 tokio::runtime::Handle::current(),

@@ -354,7 +354,18 @@ fn print_record(r: &Value) {
     if !workers.is_empty() {
         println!("  workers: {}", workers.join(", "));
     }
-    for key in ["adapter", "adapter_digest", "final_loss", "error"] {
+    if let Some(devices) = r["devices"].as_object() {
+        for (node, device) in devices {
+            println!("  device of {node}: {}", device.as_str().unwrap_or("?"));
+        }
+    }
+    for key in [
+        "waiting",
+        "adapter",
+        "adapter_digest",
+        "final_loss",
+        "error",
+    ] {
         if !r[key].is_null() {
             println!(
                 "  {key}: {}",

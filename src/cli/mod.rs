@@ -19,6 +19,7 @@ pub mod demo;
 pub mod demo_data;
 pub mod demo_loop;
 pub mod dev;
+pub mod device_arg;
 pub mod gateway;
 pub mod job;
 pub mod keys;
@@ -62,7 +63,7 @@ pub enum Command {
     #[command(subcommand)]
     Certs(certs::CertsCommand),
     /// Coordinator, in-process workers and the job API in one process (nothing to install).
-    Dev(dev::DevArgs),
+    Dev(Box<dev::DevArgs>),
     /// Fine-tuning jobs: submit, status, cancel, logs (talks to `dev` or a coordinator).
     Job(job::JobArgs),
     /// Served adapters: list, show, register, delete (talks to `dev`'s gateway).
@@ -105,7 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
-        Command::Dev(args) => dev::run(args),
+        Command::Dev(args) => dev::run(*args),
         Command::Job(args) => job::run(args),
         Command::Adapter(args) => adapter::run(args),
         Command::Keys(args) => keys::run(args),

@@ -127,6 +127,9 @@ pub struct FinetuneArgs {
     /// docs/benchmarks.md, QLoRA on SmolLM2]; recorded in OUT/training_config.json.
     #[arg(long, value_enum)]
     pub recompute: Option<Switch>,
+    /// Where to train (`--quantize nf4` is CPU-only); recorded in OUT/finetune.json.
+    #[command(flatten)]
+    pub device: super::device_arg::DeviceArg,
 }
 
 /// An on/off option whose default depends on other options.
@@ -206,11 +209,13 @@ fn progress(total: u64, done: u64) -> ProgressBar {
 }
 
 pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
+    let selected = args.device.select_for(args.quantize.cpu_only())?;
     let loaded = load(
         &args.model,
         args.tokenizer.as_deref(),
         args.quantize,
         args.double_quant,
+        &selected,
     )?;
     let mut rss = RssMarks {
         after_load: proc_status_mib("VmRSS:"),
@@ -376,6 +381,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         "resumed_from": args.resume, "resumed_at_step": start_step,
         "lora": { "rank": args.rank, "alpha": args.alpha, "dropout": args.dropout, "target_modules": args.target_modules },
         "eval_fraction": args.eval_fraction, "max_seq_len": max_seq_len,
+        "device": selected.choice.to_string(),
         "train": cfg, "results": report,
     });
     write_json(&args.out.join("finetune.json"), &record)?;

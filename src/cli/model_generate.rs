@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use super::bench_model::Quantize;
 use tributary_model::decoder::CausalLm;
+use tributary_model::device::Selected;
 use tributary_model::generate::{Completion, GenerationParams, ModelSource, StreamEvent, generate};
 use tributary_model::lora::LoraAdapter;
 use tributary_model::sampling::SamplingConfig;
@@ -75,6 +76,9 @@ pub struct GenerateArgs {
     /// bytes read per generated token; f32 keeps burn's tensors and GEMM.
     #[arg(long, value_enum, default_value_t = super::bench_model::Dtype::F32Packed)]
     pub dtype: super::bench_model::Dtype,
+    /// Where to compute (`--dtype f32-packed|bf16` and `--quantize nf4` are CPU-only).
+    #[command(flatten)]
+    pub device: super::device_arg::DeviceArg,
 }
 
 /// A model and its tokenizer, loaded and checked against each other.
@@ -83,8 +87,8 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
 }
 
-/// Loads the checkpoint in `model_dir` and the tokenizer in `tokenizer_dir` (default: the
-/// model directory); the tokenizer's vocabulary must fit in the model's. With
+/// Loads the checkpoint in `model_dir` onto `device` and the tokenizer in `tokenizer_dir`
+/// (default: the model directory); the tokenizer's vocabulary must fit in the model's. With
 /// `--quantize nf4` the projections are quantized as they are read ([`CausalLm::load_nf4`]:
 /// no f32 copy of them), and with `double_quant` their block scales are then stored in 8 bits
 /// (refused without NF4).
@@ -93,9 +97,13 @@ pub fn load(
     tokenizer_dir: Option<&Path>,
     quantize: Quantize,
     double_quant: bool,
+    selected: &Selected,
 ) -> anyhow::Result<Loaded> {
     quantize.check_double_quant(double_quant)?;
-    let device = tributary_model::device::default_device();
+    if let Some(path) = quantize.cpu_only() {
+        super::device_arg::require(selected, path)?;
+    }
+    let device = selected.device.clone();
     let model = if quantize.is_nf4() {
         CausalLm::load_nf4(model_dir, &device)
     } else {
@@ -219,11 +227,15 @@ pub fn complete(
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let selected = args
+        .device
+        .select_for(args.quantize.cpu_only().or(args.dtype.cpu_only()))?;
     let mut loaded = load(
         &args.model,
         args.tokenizer.as_deref(),
         args.quantize,
         args.double_quant,
+        &selected,
     )?;
     match args.dtype {
         super::bench_model::Dtype::F32 => {}

@@ -21,6 +21,10 @@ use tributary_worker::engine::{AdapterStore, Engine, EngineConfig};
 /// Serving flags of `tributary dev`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// The device the command's `--device` chose (not a flag of its own): the engine
+    /// refuses any but the CPU (it decodes on the host kernels).
+    #[arg(skip)]
+    pub device: tributary_model::device::Selected,
     /// Serve the OpenAI API over this base model (a Hugging Face checkpoint directory); the
     /// adapters its jobs train are served by name and digest as soon as the jobs succeed.
     #[arg(long, env = "TRIBUTARY_BASE_MODEL")]
@@ -195,6 +199,7 @@ impl DevEngine {
         config.kv_cache_bytes = args.kv_cache_mb << 20;
         config.max_in_flight = args.max_in_flight;
         config.worker_name = worker_name.to_owned();
+        config.device = args.device.clone();
         let adapters = AdapterStore::with_registry(AdapterRegistry::new(store), runtime);
         let engine = Engine::start(config, Arc::new(adapters))
             .with_context(|| format!("starting the engine on {}", dir.display()))?;
@@ -247,7 +252,8 @@ fn check_files(
                 cfg.r
             )));
         }
-        let device = tributary_model::device::default_device();
+        // A shape check only: the adapter is parsed on the CPU whatever the engine runs on.
+        let device = tributary_model::device::cpu_device();
         tributary_model::lora::LoraAdapter::load(&dir, model, &device)
             .map(|_| ())
             .map_err(|e| invalid(format!("the adapter does not fit this base model: {e}")))

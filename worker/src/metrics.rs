@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, opts};
 
 pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
     // A second registration (several workers in one test process) is harmless.
@@ -68,6 +68,33 @@ pub fn actors_ready() -> Result<(), String> {
             ACTOR_RESTARTS.get()
         )),
     }
+}
+
+/// The device this node computes on: one series at 1, labelled with the backend
+/// (`cpu`, `wgpu`, `cuda`), the device's name and whether it is a hardware GPU.
+pub static DEVICE_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    reg(IntGaugeVec::new(
+        opts!(
+            "tributary_device_info",
+            "The device this node computes on (1): backend, name, and whether it is a hardware GPU"
+        ),
+        &["kind", "name", "gpu"],
+    )
+    .unwrap_or_else(|_| unreachable_metric()))
+});
+
+/// Publishes `tributary_device_info` for the device `--device` chose (replacing any
+/// earlier series: a process computes on one device).
+pub fn set_device_info(device: &tributary_model::device::Selected) {
+    let c = &device.choice;
+    DEVICE_INFO.reset();
+    DEVICE_INFO
+        .with_label_values(&[
+            c.kind(),
+            &c.name(),
+            if c.is_gpu() { "true" } else { "false" },
+        ])
+        .set(1);
 }
 
 #[allow(clippy::panic)]

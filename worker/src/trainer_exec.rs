@@ -13,6 +13,7 @@ use std::path::Path;
 
 use tributary_model::data::{DataOptions, load_jsonl};
 use tributary_model::decoder::CausalLm;
+use tributary_model::device::Selected;
 use tributary_model::lora::{LoraConfig, TargetModule};
 use tributary_model::precision::Precision;
 use tributary_model::tokenizer::Tokenizer;
@@ -72,19 +73,25 @@ pub fn digest_dir(dir: &Path) -> std::io::Result<Digest> {
 }
 
 impl TrainerExecutor {
-    /// Loads everything the spec names; URLs and datanets resolve with the default
-    /// [`SourceConfig`] (no datanet store, cache under the temp directory).
+    /// Loads everything the spec names onto the CPU; URLs and datanets resolve with the
+    /// default [`SourceConfig`] (no datanet store, cache under the temp directory).
     pub fn new(spec: &JobSpec) -> Result<Self, ExecError> {
-        Self::with_sources(spec, &SourceConfig::default())
+        Self::with_sources(spec, &SourceConfig::default(), &Selected::cpu())
     }
 
-    /// Loads everything the spec names, fetching URLs and datanet versions through `sources`.
-    pub fn with_sources(spec: &JobSpec, sources: &SourceConfig) -> Result<Self, ExecError> {
+    /// Loads everything the spec names onto `device` (the worker's `--device`: the base,
+    /// the adapter, the optimizer state and every step's arithmetic live there), fetching
+    /// URLs and datanet versions through `sources`.
+    pub fn with_sources(
+        spec: &JobSpec,
+        sources: &SourceConfig,
+        device: &Selected,
+    ) -> Result<Self, ExecError> {
         let model_dir = sources.model_dir(&spec.base_model)?;
         let data_file = sources.data_file(&spec.data)?;
         let dir = model_dir.as_path();
-        let device = tributary_model::device::default_device();
-        let model = CausalLm::load(dir, &device).map_err(setup)?;
+        let _span = tracing::info_span!("trainer_setup", device = %device.choice).entered();
+        let model = CausalLm::load(dir, &device.device).map_err(setup)?;
         let tokenizer = Tokenizer::from_dir(dir).map_err(setup)?;
         let eos = tokenizer
             .eos_token_id()
@@ -346,11 +353,13 @@ impl ExecutorFactory for DefaultFactory {
     }
 }
 
-/// [`DefaultFactory`] with a given [`SourceConfig`]: the datanet store and the cache
-/// directory from `--store` and `--cache-dir`.
+/// [`DefaultFactory`] with a given [`SourceConfig`] (the datanet store and the cache
+/// directory from `--store` and `--cache-dir`) and the device `--device` chose (default:
+/// the CPU).
 #[derive(Debug, Clone, Default)]
 pub struct SourcedFactory {
     pub sources: SourceConfig,
+    pub device: Selected,
 }
 
 impl ExecutorFactory for SourcedFactory {
@@ -361,6 +370,7 @@ impl ExecutorFactory for SourcedFactory {
         Ok(Box::new(TrainerExecutor::with_sources(
             spec,
             &self.sources,
+            &self.device,
         )?))
     }
 }

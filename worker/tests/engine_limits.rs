@@ -1,6 +1,7 @@
 //! The engine's limits: a dropped stream frees its slot and KV blocks within a second,
 //! admission beyond `max_in_flight` is refused at once, a prompt that does not fit the
-//! context is refused naming both numbers, and the KV pool is never exceeded.
+//! context is refused naming both numbers, and the KV pool is never exceeded. Also: a device
+//! other than the CPU is refused (the engine's kernels are host code).
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
     clippy::unwrap_used,
@@ -235,4 +236,30 @@ async fn the_kv_cache_budget_is_respected() {
     watch.await.expect("watch");
     let peak = e.status().kv_blocks_peak;
     assert!(peak > 0 && peak <= 10, "peak {peak} blocks of 10");
+}
+
+/// The engine decodes on host kernels: a device other than the CPU is refused before the
+/// model is read, naming `--device`, never served on the CPU behind the flag's back.
+#[test]
+fn a_device_other_than_the_cpu_is_refused_naming_the_flag() {
+    use tributary_model::device::{self, AdapterInfo, AdapterType, DeviceRequest, Selected};
+    let lavapipe = AdapterInfo {
+        name: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),
+        adapter_type: AdapterType::Cpu,
+        driver: "llvmpipe".into(),
+        api: "Vulkan".into(),
+    };
+    let mut c = EngineConfig::new("/nonexistent-model", "base");
+    c.device = Selected {
+        device: device::cpu_device(),
+        choice: device::choose(DeviceRequest::Wgpu, true, &[lavapipe]).unwrap(),
+    };
+    let err = Engine::start(c, Arc::new(AdapterStore::new()))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "engine config `device`: --device wgpu: the serving engine (host decode kernels) runs \
+         only on the CPU (pass --device cpu)"
+    );
 }

@@ -26,7 +26,7 @@ fn h100() -> AdapterInfo {
 fn wgpu_on(c: Choice) -> AdapterChoice {
     match c {
         Choice::Wgpu(a) => a,
-        Choice::Cpu => panic!("expected a wgpu adapter, got the CPU"),
+        other => panic!("expected a wgpu adapter, got {other}"),
     }
 }
 
@@ -136,14 +136,24 @@ fn requests_parse_and_unknown_names_are_refused_by_name() {
     assert_eq!("".parse::<DeviceRequest>(), Ok(DeviceRequest::Auto));
     assert_eq!(" CPU ".parse::<DeviceRequest>(), Ok(DeviceRequest::Cpu));
     assert_eq!("wgpu".parse::<DeviceRequest>(), Ok(DeviceRequest::Wgpu));
-    let err = "cuda:0"
-        .parse::<DeviceRequest>()
-        .expect_err("cuda is not built");
+    assert_eq!("cuda".parse::<DeviceRequest>(), Ok(DeviceRequest::Cuda(0)));
     assert_eq!(
-        err.to_string(),
-        "device `cuda:0`: expected one of auto, cpu, wgpu"
+        "cuda:1".parse::<DeviceRequest>(),
+        Ok(DeviceRequest::Cuda(1))
     );
-    for r in [DeviceRequest::Auto, DeviceRequest::Cpu, DeviceRequest::Wgpu] {
+    for bad in ["tpu", "cuda:", "cuda:x", "cuda:-1"] {
+        let err = bad.parse::<DeviceRequest>().expect_err(bad);
+        assert_eq!(
+            err.to_string(),
+            format!("device `{bad}`: expected one of auto, cpu, wgpu, cuda[:N]")
+        );
+    }
+    for r in [
+        DeviceRequest::Auto,
+        DeviceRequest::Cpu,
+        DeviceRequest::Wgpu,
+        DeviceRequest::Cuda(2),
+    ] {
         assert_eq!(r.to_string().parse::<DeviceRequest>(), Ok(r));
     }
 }
@@ -161,6 +171,98 @@ fn select_cpu_gives_burn_flex_and_wgpu_without_the_feature_fails() {
         assert_eq!(
             select(DeviceRequest::Auto).map(|s| s.choice),
             Ok(Choice::Cpu)
+        );
+    }
+}
+
+#[test]
+fn reported_kind_name_and_gpu_never_count_a_software_adapter_as_a_gpu() {
+    assert_eq!(Choice::Cpu.kind(), "cpu");
+    assert_eq!(Choice::Cpu.name(), "burn-flex");
+    assert!(!Choice::Cpu.is_gpu());
+    let soft = choose(DeviceRequest::Wgpu, true, &[lavapipe()]).unwrap();
+    assert_eq!(soft.kind(), "wgpu");
+    assert_eq!(soft.name(), "llvmpipe (LLVM 15.0.6, 256 bits)");
+    assert!(!soft.is_gpu(), "lavapipe is not a GPU");
+    let gpu = choose(DeviceRequest::Wgpu, true, &[lavapipe(), h100()]).unwrap();
+    assert!(gpu.is_gpu());
+    assert_eq!(gpu.name(), "NVIDIA H100 80GB HBM3");
+}
+
+#[test]
+fn cpu_only_paths_refuse_other_devices_naming_the_flag() {
+    Selected::cpu()
+        .require_cpu("the serving engine", "")
+        .expect("the CPU runs CPU-only paths");
+    let wgpu = Selected {
+        device: cpu_device(),
+        choice: choose(DeviceRequest::Wgpu, true, &[h100()]).unwrap(),
+    };
+    let err = wgpu
+        .require_cpu("--dtype f32-packed (host decode kernels)", "--dtype f32")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--device wgpu: --dtype f32-packed (host decode kernels) runs only on the CPU \
+         (pass --device cpu, or --dtype f32)"
+    );
+}
+
+fn h100s(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| "NVIDIA H100 80GB HBM3".to_string())
+        .collect()
+}
+
+#[test]
+fn auto_prefers_cuda_then_a_hardware_adapter_then_the_cpu() {
+    let cuda = h100s(2);
+    let all = [lavapipe(), h100()];
+    let offered = |cuda_built: bool, cuda: &[String], adapters: &[AdapterInfo]| -> Choice {
+        let o = Offered {
+            wgpu_built: true,
+            adapters,
+            cuda_built,
+            cuda,
+        };
+        choose_among(DeviceRequest::Auto, &o).unwrap()
+    };
+    let c = offered(true, &cuda, &all);
+    assert_eq!(c.kind(), "cuda");
+    assert_eq!(c.to_string(), "cuda:0: NVIDIA H100 80GB HBM3");
+    assert!(c.is_gpu());
+    // Built with cuda but no driver: wgpu's hardware adapter, then the CPU.
+    assert_eq!(offered(true, &[], &all).kind(), "wgpu");
+    assert_eq!(offered(true, &[], &[lavapipe()]), Choice::Cpu);
+    // Devices without the feature are never taken (select does not probe them either).
+    assert_eq!(offered(false, &cuda, &all).kind(), "wgpu");
+}
+
+#[test]
+fn cuda_n_takes_device_n_and_fails_naming_what_is_missing() {
+    let cuda = h100s(2);
+    let o = Offered {
+        cuda_built: true,
+        cuda: &cuda,
+        ..Offered::default()
+    };
+    let c = choose_among(DeviceRequest::Cuda(1), &o).unwrap();
+    assert_eq!(c.to_string(), "cuda:1: NVIDIA H100 80GB HBM3");
+    let err = choose_among(DeviceRequest::Cuda(2), &o).unwrap_err();
+    assert_eq!(err, DeviceError::NoCudaDevice { index: 2, found: 2 });
+    assert!(
+        err.to_string()
+            .starts_with("device `cuda:2`: the CUDA driver reports 2 device(s)")
+    );
+    let unbuilt = Offered::default();
+    assert_eq!(
+        choose_among(DeviceRequest::Cuda(0), &unbuilt),
+        Err(DeviceError::CudaNotBuilt)
+    );
+    if !cuda_built() {
+        assert_eq!(
+            select(DeviceRequest::Cuda(0)).map(|s| s.choice),
+            Err(DeviceError::CudaNotBuilt)
         );
     }
 }

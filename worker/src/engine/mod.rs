@@ -93,6 +93,10 @@ pub struct EngineConfig {
     /// where fetches wait on a remote store; on a busy 2-core machine two gave nothing
     /// (docs/benchmarks.md).
     pub adapter_loaders: usize,
+    /// The device `--device` chose. The engine decodes on the host kernels (packed f32 or
+    /// bf16), which exist only on the CPU: [`Engine::start`] refuses any other device with
+    /// an error naming `--device`, rather than serving on the CPU behind its back.
+    pub device: tributary_model::device::Selected,
 }
 
 impl EngineConfig {
@@ -115,6 +119,7 @@ impl EngineConfig {
             worker_name: "local".to_owned(),
             prefix_caching: true,
             adapter_loaders: 1,
+            device: tributary_model::device::Selected::cpu(),
         }
     }
 }
@@ -200,7 +205,14 @@ impl Engine {
         adapters: Arc<dyn AdapterSource>,
     ) -> Result<Self, EngineError> {
         check_config(&config)?;
-        let device = tributary_model::device::default_device();
+        config
+            .device
+            .require_cpu("the serving engine (host decode kernels)", "")
+            .map_err(|e| EngineError::Config {
+                field: "device",
+                message: e.to_string(),
+            })?;
+        let device = config.device.device.clone();
         let mut model =
             CausalLm::load(&config.model_dir, &device).map_err(|e| model_err(&config, e))?;
         match config.dtype {
