@@ -52,6 +52,7 @@ def main():
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--vocab", type=int, default=32000, help="llama: prompt ids are drawn below this")
+    p.add_argument("--tokenizer-json", default="", help="tributary: draw prompt words that are one token each in this tokenizer.json")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tag", default="")
     a = p.parse_args()
@@ -59,6 +60,11 @@ def main():
     url = urllib.parse.urlparse(a.url)
     rng = random.Random(a.seed)
     words = ["river", "stone", "delta", "basin", "current", "bank", "flow", "source", "mouth", "reach"]
+    if a.tokenizer_json:
+        # Whole words that are one token each in the server's tokenizer, so a prompt of N
+        # words is N tokens, as llama-server's N token ids are (checked: both lengths print).
+        vocab = json.load(open(a.tokenizer_json))["model"]["vocab"]
+        words = sorted(k[1:] for k in vocab if k.startswith("\u0120") and k[1:].isalpha() and len(k) >= 5)
     bodies = []
     models = [m for m in a.models.split(",") if m]
     for i in range(a.requests):

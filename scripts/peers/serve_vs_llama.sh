@@ -85,9 +85,9 @@ for round in $(seq 1 "$ROUNDS"); do
     "$B" adapter register "$W/ad$i" --name "a$i" --coordinator http://127.0.0.1:7466 --api-key "$KEY" >/dev/null
   done
   BASE=$(curl -s -H "Authorization: Bearer $KEY" http://127.0.0.1:7466/v1/models | "$PY" -c 'import json,sys; print([m["id"] for m in json.load(sys.stdin)["data"] if m.get("base") is None][0])')
-  client --server tributary --url http://127.0.0.1:7466 --key "$KEY" --models a0 --tag "tributary-1-adapter-r$round"
-  client --server tributary --url http://127.0.0.1:7466 --key "$KEY" --models a0,a1,a2,a3 --tag "tributary-4-adapters-r$round"
-  client --server tributary --url http://127.0.0.1:7466 --key "$KEY" --models "$BASE" --tag "tributary-base-r$round"
+  client --server tributary --url http://127.0.0.1:7466 --key "$KEY" --tokenizer-json "$W/m/tokenizer.json" --models a0 --tag "tributary-1-adapter-r$round"
+  client --server tributary --url http://127.0.0.1:7466 --key "$KEY" --tokenizer-json "$W/m/tokenizer.json" --models a0,a1,a2,a3 --tag "tributary-4-adapters-r$round"
+  client --server tributary --url http://127.0.0.1:7466 --key "$KEY" --tokenizer-json "$W/m/tokenizer.json" --models "$BASE" --tag "tributary-base-r$round"
   kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 
   echo "== round $round: llama-server"
