@@ -10,7 +10,9 @@
 #
 # Usage: scripts/qlora-memory.sh [TRIBUTARY_BINARY] [WORK_DIR]
 # Env: STEPS (default 6), MODEL (default: the GGUF scripts/fetch-smollm2.sh prints),
-#      RUNS (default: all; a space-separated subset of the run names below).
+#      RUNS (default: all; a space-separated subset of the run names below),
+#      F16_MODEL (the F16 GGUF of the same weights, `scripts/gguf/dequantize_gguf.py MODEL OUT
+#      --f16`: adds the runs f16gguf and f16gguf-nf4, a 16-bit base file beside the 4-bit one).
 # Prints one JSON line per run: precision, peak RSS (VmHWM, MiB), the base's resident bytes,
 # RSS after loading and with the trainer set up, held-out eval loss before/after, tokens/s.
 set -euo pipefail
@@ -36,12 +38,16 @@ with open(sys.argv[1], 'w') as out:
 PY
 
 run() { # NAME FLAGS...
-  local name=$1
-  shift
+  run_on "$MODEL" "$@"
+}
+
+run_on() { # MODEL NAME FLAGS...
+  local model=$1 name=$2
+  shift 2
   if [ -n "${RUNS:-}" ] && [[ " $RUNS " != *" $name "* ]]; then
     return
   fi
-  /usr/bin/time -v "$BIN" model finetune --model "$MODEL" --data "$WORK/long.jsonl" \
+  /usr/bin/time -v "$BIN" model finetune --model "$model" --data "$WORK/long.jsonl" \
     --out "$WORK/$name" --steps "$STEPS" --batch-size 1 --max-seq-len 512 --rank 8 --alpha 16 \
     --dropout 0 --lr 2e-3 --warmup 1 --schedule cosine --seed 7 --eval-fraction 0.1 "$@" \
     >"$WORK/$name.log" 2>&1
@@ -70,3 +76,7 @@ run nf4 --precision f32 --quantize nf4
 run nf4-dq --precision f32 --quantize nf4 --double-quant
 run bf16 --precision bf16 --recompute off
 run bf16-recompute --precision bf16 --recompute on
+if [ -n "${F16_MODEL:-}" ]; then
+  run_on "$F16_MODEL" f16gguf --precision f32 --recompute off
+  run_on "$F16_MODEL" f16gguf-nf4 --precision f32 --quantize nf4
+fi
