@@ -63,7 +63,14 @@ else
   moto_bin="$cache/moto-venv/bin/moto_server"
 fi
 [ -x "$moto_bin" ] || { echo "moto_server could not be installed" >&2; exit 1; }
-printf '%s\n' "$moto_bin" > "$cache/moto_server_path"
+# The tests run moto with atomic conditional writes, as S3 has them (scripts/moto_server_atomic.py
+# says why): a wrapper in the cache that runs it with the Python that has moto.
+moto_python=python3
+[ "$moto_bin" = "$cache/moto-venv/bin/moto_server" ] && moto_python="$cache/moto-venv/bin/python"
+cp "$(dirname "$0")/moto_server_atomic.py" "$cache/moto_server_atomic.py"
+printf '#!/bin/sh\nexec %s %s "$@"\n' "$(command -v "$moto_python")" "$cache/moto_server_atomic.py" > "$cache/moto-server-atomic"
+chmod +x "$cache/moto-server-atomic"
+printf '%s\n' "$cache/moto-server-atomic" > "$cache/moto_server_path"
 # The official openai Python client, for the serving end-to-end test (tests/serve_openai.rs),
 # in its own cached virtual environment (~20 s the first time).
 openai_py="$cache/openai-venv/bin/python"
@@ -97,4 +104,4 @@ fi
 printf '%s\n' "$st_py" > "$cache/schemathesis_python_path"
 # Debian's chromium and Playwright for Python, for the dashboard's browser tests.
 "$(dirname "$0")/setup-browser-deps.sh" >/dev/null
-echo "test dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), moto_server at $moto_bin"
+echo "test dependencies ready: $(protoc --version), etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), moto_server at $cache/moto-server-atomic (moto: $moto_bin)"
