@@ -55,10 +55,14 @@ pub struct AdaptersState {
     pub allow: AllowPaths,
 }
 
+/// The adapter upload route: its handler reads the body against its own limit
+/// ([`crate::limits::OWN_LIMIT_ROUTES`]).
+pub const UPLOAD_ROUTE: &str = "/v1/adapters";
+
 /// The `/v1/adapters` routes.
 pub fn adapter_router(state: AdaptersState, auth: &Auth) -> Router {
     let r = Router::new()
-        .route("/v1/adapters", post(register).get(list))
+        .route(UPLOAD_ROUTE, post(register).get(list))
         .route("/v1/adapters/{id}", get(show).delete(delete))
         .route("/v1/adapters/{id}/pin", post(pin).delete(unpin));
     let r = crate::adapter_files::routes(r);

@@ -57,6 +57,10 @@ pub struct DatanetsState {
     pub max_upload_bytes: usize,
 }
 
+/// The datanet upload route: its handler reads the body against its own limit
+/// ([`crate::limits::OWN_LIMIT_ROUTES`]).
+pub const UPLOAD_ROUTE: &str = "/v1/datanets/{name}/uploads";
+
 /// The `/v1/datanets` routes, each needing the `contribute` scope.
 pub fn datanet_router(state: DatanetsState, auth: &Auth) -> Router {
     let r = Router::new()
@@ -65,7 +69,7 @@ pub fn datanet_router(state: DatanetsState, auth: &Auth) -> Router {
         .route("/v1/datanets/{name}/versions/{v}/examples", get(examples))
         .route("/v1/datanets/{name}/versions/{v}/export", get(export))
         .route("/v1/datanets/{name}/diff", get(diff))
-        .route("/v1/datanets/{name}/uploads", post(upload));
+        .route(UPLOAD_ROUTE, post(upload));
     let r = crate::datanets_govern::routes(r);
     let r = crate::datanet_uploads::routes(r);
     auth.guard(r, Scope::Contribute).with_state(state)

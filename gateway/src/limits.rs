@@ -45,7 +45,8 @@ impl Default for Limits {
 
 /// `POST` routes whose handlers read the body themselves, against a limit of their own
 /// (larger than [`Limits::max_body_bytes`], and refused with the same 413 past it).
-pub const OWN_LIMIT_ROUTES: &[&str] = &["/v1/adapters", "/v1/datanets/{name}/uploads"];
+pub const OWN_LIMIT_ROUTES: &[&str] =
+    &[crate::adapters::UPLOAD_ROUTE, crate::datanets::UPLOAD_ROUTE];
 
 /// Whether `req` goes to one of [`OWN_LIMIT_ROUTES`] (the route is matched before this
 /// middleware runs: it is added with `Router::layer`).

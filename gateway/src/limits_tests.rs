@@ -35,7 +35,7 @@ async fn server(limits: Limits) -> std::net::SocketAddr {
         )
         // An upload route with a limit of its own, as the adapter upload has.
         .route(
-            "/v1/adapters",
+            crate::adapters::UPLOAD_ROUTE,
             post(|b: axum::body::Body| async move {
                 match crate::openai::read_body(b, UPLOAD_LIMIT).await {
                     Ok(bytes) => bytes.len().to_string().into_response(),
