@@ -78,7 +78,11 @@ fn bench_attribution_on_jsonl_sets_prints_one_json_line() {
             "--checkpoints",
             "2",
             "--no-attacks",
+            "--lds",
+            "3",
         ])
+        .arg("--dump-features")
+        .arg(dir.path().join("dump"))
         .output()
         .expect("the binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -106,6 +110,47 @@ fn bench_attribution_on_jsonl_sets_prints_one_json_line() {
     // exact features: the index stores the whole gradient
     assert_eq!(v["cost"]["gradient_dims"], v["cost"]["feature_dims"]);
     assert!(stderr.contains("method       AUC"), "{stderr}");
+    // The base-gradient features plus the two trained snapshots.
+    assert_eq!(v["options"]["base_gradient"], true);
+    let dims = v["cost"]["feature_dims"].as_u64().expect("dims");
+    let index = std::fs::metadata(dir.path().join("dump/index.f32")).expect("index.f32");
+    assert_eq!(index.len(), 3 * 27 * dims * 4);
+    let queries = std::fs::metadata(dir.path().join("dump/queries.f32")).expect("queries.f32");
+    assert_eq!(queries.len(), 6 * 3 * dims * 4);
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("dump/meta.json")).expect("meta.json"),
+    )
+    .expect("JSON");
+    assert_eq!(meta["contributors"].as_array().map(Vec::len), Some(27));
+    assert_eq!(meta["queries"].as_array().map(Vec::len), Some(6));
+    // Three retrained halves, each answer's loss under each.
+    assert_eq!(v["counterfactual"]["subsets"], 3);
+    let cf: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("dump/counterfactual.json")).expect("cf"),
+    )
+    .expect("JSON");
+    assert_eq!(cf["masks"].as_array().map(Vec::len), Some(3));
+    assert_eq!(cf["losses"][0].as_array().map(Vec::len), Some(6));
+    assert!(stderr.contains("LDS"), "{stderr}");
+}
+
+#[test]
+fn bench_attribution_refuses_an_empty_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d, q) = write_sets(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["bench", "attribution", "--model"])
+        .arg(fixtures().join("tiny-llama"))
+        .arg("--data")
+        .arg(&d)
+        .arg("--queries")
+        .arg(&q)
+        .args(["--epochs", "1", "--no-base-gradient", "--no-attacks"])
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("nothing to index"), "{stderr}");
 }
 
 #[test]

@@ -40,6 +40,10 @@ pub struct IndexHeader {
     /// Free-form provenance (base and adapter digests, data version, loss normalisation).
     #[serde(default)]
     pub provenance: serde_json::Value,
+    /// Each example's mean completion loss under the trained adapter, in stored order, when
+    /// recorded: how well training fit it ([`crate::score::suspects`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_losses: Option<Vec<f32>>,
 }
 
 /// Training features at every checkpoint.
@@ -212,6 +216,7 @@ pub(crate) mod tests {
             ],
             example_ids: vec!["a".into(), "b".into()],
             provenance: serde_json::json!({"base": "x"}),
+            fit_losses: None,
         };
         AttributionIndex::new(
             header,

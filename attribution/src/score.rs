@@ -180,7 +180,54 @@ pub fn scores(
             }
         }
     }
+    if let Some(bad) = suspects(index) {
+        for (o, bad) in out.iter_mut().zip(bad) {
+            if bad {
+                *o = 0.0;
+            }
+        }
+    }
     Ok(out)
+}
+
+/// How many scaled median absolute deviations (MAD × 1.4826, the normal's σ) above the
+/// median fit loss make an example a suspect.
+pub const SUSPECT_MADS: f64 = 4.0;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Examples the trained adapter fits far worse than the rest: fit loss above the median by
+/// more than [`SUSPECT_MADS`] robust standard deviations. Training could not make them
+/// agree with the others (a scrambled or corrupted output); [`scores`] gives them no
+/// credit. `None` when the index records no fit losses (indexes built before them).
+pub fn suspects(index: &AttributionIndex) -> Option<Vec<bool>> {
+    let losses = index.header.fit_losses.as_ref()?;
+    if losses.len() != index.len() || losses.is_empty() {
+        return None;
+    }
+    let v: Vec<f64> = losses.iter().map(|&x| f64::from(x)).collect();
+    let med = median(&mut v.clone());
+    let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
+    let sigma = 1.4826 * median(&mut dev);
+    let cut = med + SUSPECT_MADS * sigma.max(1e-6 * med.abs().max(1e-6));
+    Some(v.iter().map(|&x| x > cut).collect())
+}
+
+/// How badly training fit each example, the larger the worse: its fit loss when the index
+/// records them, else TracIn self-influence ([`self_influence`]).
+pub fn misfit(index: &AttributionIndex) -> Vec<f64> {
+    match &index.header.fit_losses {
+        Some(l) if l.len() == index.len() => l.iter().map(|&x| f64::from(x)).collect(),
+        _ => self_influence(index),
+    }
 }
 
 /// The mean training feature at checkpoint `c`.
@@ -224,6 +271,7 @@ mod tests {
             checkpoints: vec![IndexCheckpoint { step: 1, lr: 0.1 }],
             example_ids: (0..features.len()).map(|i| i.to_string()).collect(),
             provenance: serde_json::Value::Null,
+            fit_losses: None,
         };
         AttributionIndex::new(header, vec![features]).unwrap()
     }

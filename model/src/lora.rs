@@ -461,6 +461,26 @@ impl LoraAdapter {
         }
     }
 
+    /// This adapter with every `B` set to zero: it changes nothing in the base model's
+    /// outputs, and its gradient with respect to `B` is the base model's weight gradient
+    /// projected through this adapter's `A` (`∂L/∂B = s · δ (A x)ᵀ`), the attribution
+    /// features of [`crate::features`]' base-gradient mode.
+    pub fn with_zero_b(&self) -> LoraAdapter {
+        let modules = self
+            .modules
+            .iter()
+            .map(|layer| {
+                layer.clone().map(|m| {
+                    m.map(|m| LoraModule {
+                        b: m.b.zeros_like(),
+                        ..m
+                    })
+                })
+            })
+            .collect();
+        LoraAdapter::from_modules(self.config.clone(), modules)
+    }
+
     /// Whether [`LoraAdapter::host_factors`] has packed the factors in this precision (and no
     /// mutable access has dropped them since): the decode step's host path has used them.
     pub fn has_host_factors(&self, bf16: bool) -> bool {

@@ -1,5 +1,6 @@
 //! `tributary bench attribution` at CI size: the built-in planted datanets (eight
-//! contributors, 12–40 examples each) on the tiny Llama fixture, with all four attacks.
+//! contributors, 12–40 examples each) on the tiny Llama fixture, with all four attacks and
+//! the counterfactual checks (LDS over 50 retrained halves, contributor leave-one-out).
 //! Full-size runs on the bench model are documented commands (docs/benchmarks.md).
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
 #![allow(
@@ -30,13 +31,14 @@ fn small_run() -> BenchReport {
         lr: 3e-3,
         rank: 8,
         alpha: 16.0,
-        checkpoints: 2,
         projection: Projection::CountSketch { k: 512, seed: 0 },
         shares: ShareParams {
             top_k: 16,
             ..ShareParams::default()
         },
         timed_generations: 2,
+        lds_subsets: 50,
+        leave_one_out: true,
         ..BenchOptions::default()
     };
     let setup = Setup {
@@ -95,5 +97,25 @@ fn planted_contributors_are_found_and_attacks_do_not_pay() {
     );
     assert!(garbage.gain_pct < 0.0, "{garbage:?}");
     assert!(attack("spammer_swapped").detection_auc.is_some());
+    // Counterfactual truth: 50 random halves retrained (LDS) and one retraining per
+    // contributor left out. Random scores would give an LDS near 0; the target is
+    // 0.3 (plain gradient dot products reach about 0.1 on GPT-2/WikiText).
+    let cf = r.counterfactual.as_ref().expect("counterfactual report");
+    assert_eq!((cf.subsets, cf.left_out), (50, 8));
+    let share_method = cf
+        .methods
+        .iter()
+        .find(|m| m.method == "tracin_ccos")
+        .expect("tracin_ccos");
+    assert!(
+        share_method.lds.is_some_and(|l| l >= 0.3),
+        "{:?}",
+        cf.methods
+    );
+    assert!(
+        share_method.loo_spearman.is_some_and(|s| s > 0.0),
+        "{:?}",
+        cf.methods
+    );
     assert!(r.cost.index_bytes_per_example > 0 && r.cost.attribution_ms_per_answer > 0.0);
 }

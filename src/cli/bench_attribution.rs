@@ -50,8 +50,8 @@ pub struct BenchAttributionArgs {
     /// LoRA rank (alpha = 2·rank).
     #[arg(long, default_value_t = 16)]
     pub rank: usize,
-    /// Checkpoints in the index.
-    #[arg(long, default_value_t = 3)]
+    /// Trained snapshots also indexed (TracIn-CP over evenly spaced steps).
+    #[arg(long, default_value_t = 0)]
     pub checkpoints: usize,
     /// Projected dims per layer (0: exact gradients).
     #[arg(long, default_value_t = 2048)]
@@ -74,6 +74,26 @@ pub struct BenchAttributionArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write the index's and the answers' gradient features and every method's scores to
+    /// this directory (for `scripts/attribution/methods.py`).
+    #[arg(long)]
+    pub dump_features: Option<PathBuf>,
+    /// Random halves of the data to retrain on for the linear datamodeling score (0: none;
+    /// 50 or more for a figure).
+    #[arg(long, default_value_t = 0)]
+    pub lds: usize,
+    /// Retrain once without each contributor and compare the loss changes with the shares.
+    #[arg(long)]
+    pub loo: bool,
+    /// Also index the adapter before the first training step (the base model's gradients
+    /// seen through LoRA's random A), as one more checkpoint.
+    #[arg(long)]
+    pub initial_checkpoint: bool,
+    /// Do not index the base-gradient features (the final adapter with every B zeroed: the
+    /// base model's gradients seen through the trained A), which production indexes use;
+    /// then --checkpoints or --initial-checkpoint must give something to index.
+    #[arg(long)]
+    pub no_base_gradient: bool,
 }
 
 fn method(name: &str) -> anyhow::Result<Method> {
@@ -169,6 +189,11 @@ pub fn run_bench(args: BenchAttributionArgs) -> anyhow::Result<()> {
         seed: args.seed,
         attacks: !args.no_attacks,
         final_checkpoint_query: args.final_checkpoint_query,
+        dump_features: args.dump_features.clone(),
+        lds_subsets: args.lds,
+        leave_one_out: args.loo,
+        initial_checkpoint: args.initial_checkpoint,
+        base_gradient: !args.no_base_gradient,
         ..BenchOptions::default()
     };
     let setup = Setup {
@@ -198,6 +223,17 @@ pub fn table(r: &BenchReport) -> String {
             "{:<12} {:.4} {:.4}   {:.4}  {:.3}\n",
             m.method, m.auc, m.auc_min, m.recall, m.top1
         );
+    }
+    if let Some(cf) = &r.counterfactual {
+        s += &format!(
+            "counterfactual: {} random halves (LDS), {} contributors left out, {:.0} s\n\
+             method       LDS      LOO Spearman\n",
+            cf.subsets, cf.left_out, cf.seconds
+        );
+        let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:+.4}"));
+        for m in &cf.methods {
+            s += &format!("{:<12} {:<8} {}\n", m.method, show(m.lds), show(m.loo_spearman));
+        }
     }
     s += &format!("attacks (shares by {}):\n", r.share_method);
     for a in &r.attacks {

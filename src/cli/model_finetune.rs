@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tributary_model::data::{DataOptions, Example, load_jsonl, split_eval};
 use tributary_model::error::ModelError;
-use tributary_model::features::{DEFAULT_PROJECTION, IndexRecorder, default_checkpoints};
+use tributary_model::features::{DEFAULT_PROJECTION, IndexRecorder};
 use tributary_model::lora::{LoraConfig, TargetModule};
 use tributary_model::plot::LossCurve;
 use tributary_model::train::driver::{
@@ -335,11 +335,9 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         plain: !std::io::stderr().is_terminal(),
         every: (cfg.total_steps / 10).max(1),
         curve,
-        index: args.attribution_index.then(|| {
-            let epochs = (cfg.total_steps as f64 * (cfg.batch_size * cfg.grad_accum_steps) as f64)
-                / train.len().max(1) as f64;
-            IndexRecorder::new(cfg.total_steps, default_checkpoints(epochs))
-        }),
+        index: args
+            .attribution_index
+            .then(IndexRecorder::base_gradient),
     };
     let started = Instant::now();
     let clock = move || started.elapsed().as_secs_f64();

@@ -1,10 +1,10 @@
 //! A job's attribution index, recorded where the job trains, once.
 //!
-//! Every worker of a job applies the same updates, so each keeps the same adapter snapshots
-//! ([`tributary_model::features::IndexRecorder`]: K evenly spaced steps, K from the run's
-//! epochs by [`tributary_model::features::default_checkpoints`]). The worker asked to export
-//! the adapter builds the index from them (per checkpoint, one batched forward and backward
-//! pass per 8 examples of similar length, each example's gradient exact) and returns it as two extra files, `attribution.index` (the bytes of
+//! Every worker of a job applies the same updates, so each ends with the same adapter. The
+//! worker asked to export the adapter builds the index from it
+//! ([`tributary_model::features::IndexRecorder::base_gradient`]: the final adapter's
+//! base-gradient features, one batched forward and backward pass per 8 examples of similar
+//! length, each example's gradient exact) and returns it as two extra files, `attribution.index` (the bytes of
 //! [`tributary_attribution::AttributionIndex`]) and `attribution.json` (its size per example
 //! and its cost against the training time); the coordinator stores them under
 //! `attribution/index/<adapter digest>/` beside the adapter, not among its files.
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tributary_model::data::Example;
 use tributary_model::decoder::CausalLm;
-use tributary_model::features::{DEFAULT_PROJECTION, IndexRecorder, default_checkpoints};
+use tributary_model::features::{DEFAULT_PROJECTION, IndexRecorder};
 use tributary_model::train::{TrainExample, Trainer};
 use tributary_protocol::{Digest, JobSpec, NamedFile};
 
@@ -76,7 +76,7 @@ impl Recording {
         let epochs = total_steps as f64 * f64::from(spec.train.batch_size) / examples.max(1) as f64;
         let enabled = std::env::var("TRIBUTARY_ATTRIBUTION_INDEX").map_or(true, |v| v != "off");
         Self {
-            recorder: IndexRecorder::new(total_steps, default_checkpoints(epochs)),
+            recorder: IndexRecorder::base_gradient(),
             rows,
             data: spec.data.split('?').next().unwrap_or_default().to_string(),
             base,

@@ -240,6 +240,17 @@ fn spammer(
         .map(|&i| si.get(i).copied().unwrap_or(0.0))
         .collect();
     let positive: Vec<bool> = mine.iter().map(|i| corrupted.contains(i)).collect();
+    if let Some(bad) = tributary_attribution::score::suspects(&w.index) {
+        let flagged = |rows: &mut dyn Iterator<Item = usize>| {
+            rows.filter(|&i| bad.get(i).copied().unwrap_or(false)).count()
+        };
+        tracing::info!(
+            corrupted = corrupted.len(),
+            corrupted_suspects = flagged(&mut corrupted.iter().copied()),
+            all_suspects = flagged(&mut (0..bad.len())),
+            "suspects (fit loss outliers)"
+        );
+    }
     let honest_share = honest_mean(set, honest, who, &|k| k == who);
     let attack_share = mean_share(setup, set, &w, who, &|k| k == who, opts)?;
     let name = if swapped {

@@ -11,6 +11,8 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod attacks;
+pub mod counterfactual;
+pub mod dump;
 pub mod planted;
 pub mod run;
 pub mod train;
@@ -33,7 +35,7 @@ pub struct BenchOptions {
     pub batch_size: usize,
     /// Longest example in tokens.
     pub max_seq_len: usize,
-    /// Checkpoints in the index (evenly spaced, the last at the end).
+    /// Trained snapshots also indexed (TracIn-CP; evenly spaced, the last at the end).
     pub checkpoints: usize,
     /// How gradients are projected.
     pub projection: Projection,
@@ -52,6 +54,18 @@ pub struct BenchOptions {
     /// Use only the final adapter's gradient for queries (one backward pass per answer
     /// instead of one per checkpoint).
     pub final_checkpoint_query: bool,
+    /// Write the index's and the answers' features here ([`dump`]).
+    pub dump_features: Option<std::path::PathBuf>,
+    /// Random halves retrained for the linear datamodeling score (0: none;
+    /// [`counterfactual`]).
+    pub lds_subsets: usize,
+    /// Retrain once without each contributor and compare with the shares.
+    pub leave_one_out: bool,
+    /// Also index the adapter before the first step (the base model's gradients).
+    pub initial_checkpoint: bool,
+    /// Index the base-gradient features (the final adapter with B zeroed; see
+    /// [`crate::features`]), as production indexes do.
+    pub base_gradient: bool,
 }
 
 impl Default for BenchOptions {
@@ -63,7 +77,7 @@ impl Default for BenchOptions {
             alpha: 32.0,
             batch_size: 8,
             max_seq_len: 128,
-            checkpoints: 3,
+            checkpoints: 0,
             projection: Projection::CountSketch { k: 2048, seed: 0 },
             damping: 0.1,
             shares: ShareParams::default(),
@@ -72,6 +86,11 @@ impl Default for BenchOptions {
             attacks: true,
             timed_generations: 8,
             final_checkpoint_query: false,
+            dump_features: None,
+            lds_subsets: 0,
+            leave_one_out: false,
+            initial_checkpoint: false,
+            base_gradient: true,
         }
     }
 }
@@ -162,6 +181,8 @@ pub struct BenchReport {
     pub same_skill_cosine_p99: f64,
     /// The attacks.
     pub attacks: Vec<AttackResult>,
+    /// LDS and contributor leave-one-out, when asked for.
+    pub counterfactual: Option<counterfactual::CounterfactualReport>,
     /// Costs.
     pub cost: CostReport,
     /// The options it ran with.

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use tributary_attribution::bm25::Bm25;
-use tributary_attribution::score::{Method, scores, self_influence};
+use tributary_attribution::score::{Method, misfit, scores};
 use tributary_attribution::shares::{Candidate, Shares, shares};
 use tributary_attribution::{AttributionIndex, metrics};
 
@@ -87,13 +87,22 @@ pub fn build_world(
         .map(|(i, e)| (i.to_string(), e))
         .collect();
     let provenance = serde_json::json!({ "loss": "mean over completion tokens" });
-    let (index, index_cost) = build_index(
+    let (mut index, index_cost) = build_index(
         setup.model,
         &trained.checkpoints,
         &keyed,
         opts.projection,
         provenance,
     )?;
+    if opts.base_gradient {
+        // As production indexes: how well the trained adapter fits each example.
+        let exs: Vec<TrainExample> = keyed.iter().map(|(_, e)| e.clone()).collect();
+        index.header.fit_losses = Some(crate::features::fit_losses(
+            setup.model,
+            &trained.final_adapter,
+            &exs,
+        )?);
+    }
     let texts: Vec<String> = rows
         .iter()
         .map(|r| format!("{} {}", r.prompt, r.completion))
@@ -185,12 +194,7 @@ pub fn answer_example(
     let completion = match &q.completion {
         Some(c) => c.clone(),
         None => {
-            let adapter = &world
-                .trained
-                .checkpoints
-                .last()
-                .ok_or_else(|| ModelError::Input("no adapter".into()))?
-                .adapter;
+            let adapter = &world.trained.final_adapter;
             let ids = setup
                 .tokenizer
                 .encode_prompt(&q.prompt)
@@ -225,6 +229,8 @@ pub struct QueryScores {
     pub shares: Shares,
     /// Seconds for gradients + score + shares with the share method.
     pub attribution_seconds: f64,
+    /// The answer's projected gradient features, one vector per checkpoint used.
+    pub features: Vec<Vec<f32>>,
 }
 
 /// Attributes one answer.
@@ -268,6 +274,7 @@ pub fn score_query(
         by_method,
         shares: sh,
         attribution_seconds,
+        features: q,
     })
 }
 
@@ -309,6 +316,13 @@ pub fn run(
     let mut generation_s = 0.0;
     let mut generated = 0usize;
     let mut honest = Vec::new();
+    let mut answers = Vec::new();
+    let mut all_scores = Vec::new();
+    let mut dump = opts
+        .dump_features
+        .as_deref()
+        .map(super::dump::FeatureDump::create)
+        .transpose()?;
     for (qi, q) in set.queries.iter().enumerate() {
         let (answer, text) = answer_example(setup, &world, q, opts)?;
         let full = format!("{} {}", q.prompt, text);
@@ -340,8 +354,25 @@ pub fn run(
                 e.3 += top;
             }
         }
+        if let Some(d) = dump.as_mut() {
+            d.push_query(&qs.features, &q.owner, &qs.by_method)?;
+        }
         honest.push(qs.shares);
+        answers.push(answer);
+        all_scores.push(qs.by_method);
         tracing::info!(query = qi + 1, of = set.queries.len(), "attributed");
+    }
+    let counterfactual = if opts.lds_subsets > 0 || opts.leave_one_out {
+        Some(counterfactual_of(setup, &world, &answers, &all_scores, opts)?)
+    } else {
+        None
+    };
+    if let Some(mut d) = dump {
+        if let Some(cf) = &counterfactual {
+            d.counterfactual(cf)?;
+        }
+        let dir = d.finish(&world.index, &owners)?;
+        tracing::info!(dir = %dir.display(), "features dumped");
     }
     let nq = set.queries.len().max(1) as f64;
     let methods = names
@@ -394,9 +425,46 @@ pub fn run(
         share_method: opts.share_method.name().to_owned(),
         same_skill_cosine_p99: p99_same_owner_cosine(&world),
         attacks,
+        counterfactual,
         cost,
         options: opts.clone(),
     })
+}
+
+/// The LDS and leave-one-out retrainings for the answers attributed against `world`.
+fn counterfactual_of(
+    setup: Setup<'_>,
+    world: &World,
+    answers: &[TrainExample],
+    scores: &[Vec<(String, Vec<f64>)>],
+    opts: &BenchOptions,
+) -> Result<super::counterfactual::CounterfactualReport, ModelError> {
+    let examples = tokenize_rows(&world.rows, setup.tokenizer, opts, setup.eos)?;
+    let contributors: Vec<String> = world.rows.iter().map(|r| r.contributor.clone()).collect();
+    let adapter = world.trained.final_adapter.clone();
+    let cfg = crate::train::TrainConfig {
+        batch_size: 1,
+        ..crate::train::TrainConfig::default()
+    };
+    let full = crate::train::Trainer::from_adapter(setup.model, adapter, cfg)?;
+    let full_losses = answers
+        .iter()
+        .map(|a| full.eval_loss(std::slice::from_ref(a)).map(f64::from))
+        .collect::<Result<Vec<f64>, ModelError>>()?;
+    let inputs = super::counterfactual::Inputs {
+        model: setup.model,
+        examples: &examples,
+        contributors: &contributors,
+        answers,
+        scores,
+    };
+    super::counterfactual::run(
+        inputs,
+        &full_losses,
+        opts.lds_subsets,
+        opts.leave_one_out,
+        opts,
+    )
 }
 
 /// Seconds to generate as many tokens as `answer`'s completion, greedily, with the
@@ -413,7 +481,7 @@ fn time_generation(
         .unwrap_or(answer.input_ids.len());
     let prompt: Vec<u32> = answer.input_ids.iter().take(prompt_len).copied().collect();
     let new = answer.input_ids.len() - prompt_len;
-    let adapter = world.trained.checkpoints.last().map(|c| &c.adapter);
+    let adapter = Some(&world.trained.final_adapter);
     let src = ModelSource {
         model: setup.model,
         adapter,
@@ -425,7 +493,8 @@ fn time_generation(
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// Self-influence of every row (for the spammer attack).
+/// How badly training fit every row (fit loss, else self-influence; for the spammer
+/// attack).
 pub fn self_influence_of(world: &World) -> Vec<f64> {
-    self_influence(&world.index)
+    misfit(&world.index)
 }

@@ -56,8 +56,12 @@ pub fn tokenize_rows(
 /// A trained adapter's checkpoints and what training cost.
 #[derive(Debug, Clone)]
 pub struct Trained {
-    /// The adapter at each checkpoint (the last is the final adapter).
+    /// The adapters the index is built from: the base-gradient one (the final adapter with
+    /// B zeroed) first when asked for, the adapter before training, then the trained
+    /// snapshots.
     pub checkpoints: Vec<CheckpointAdapter>,
+    /// The trained adapter, as served.
+    pub final_adapter: crate::lora::LoraAdapter,
     /// Optimizer steps.
     pub steps: u64,
     /// Seconds in training steps.
@@ -87,10 +91,19 @@ pub fn train(
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(model, lora, cfg.clone())?;
-    let k = opts.checkpoints.clamp(1, steps.max(1) as usize) as u64;
+    let k = opts.checkpoints.min(steps as usize) as u64;
     let marks: Vec<u64> = (1..=k).map(|i| (i * steps).div_ceil(k)).collect();
     let mut checkpoints = Vec::new();
-    let (mut seconds, mut lr_sum, mut final_loss) = (0.0, 0.0, f32::NAN);
+    if opts.initial_checkpoint {
+        // The adapter before any step (B = 0): its gradients are the base model's, seen
+        // through the random A. It stands for the steps up to the first mark (lr set below).
+        checkpoints.push(CheckpointAdapter {
+            step: 0,
+            lr: 0.0,
+            adapter: trainer.adapter(),
+        });
+    }
+    let (mut seconds, mut lr_sum, mut lr_total, mut final_loss) = (0.0, 0.0, 0.0, f32::NAN);
     for step in 0..steps {
         let micro = plan
             .step(step as usize)
@@ -109,8 +122,14 @@ pub fn train(
         let stats = trainer.train_step(&micro)?;
         seconds += t0.elapsed().as_secs_f64();
         lr_sum += stats.lr;
+        lr_total += stats.lr;
         final_loss = stats.loss;
         if marks.contains(&stats.step) {
+            if let Some(first) = checkpoints.first_mut().filter(|c| c.step == 0) {
+                if first.lr == 0.0 {
+                    first.lr = lr_sum;
+                }
+            }
             checkpoints.push(CheckpointAdapter {
                 step: stats.step,
                 lr: lr_sum,
@@ -119,8 +138,27 @@ pub fn train(
             lr_sum = 0.0;
         }
     }
+    let final_adapter = trainer.adapter();
+    if let Some(first) = checkpoints.first_mut().filter(|c| c.step == 0 && c.lr == 0.0) {
+        first.lr = lr_total;
+    }
+    if opts.base_gradient {
+        // The trained A with B = 0 (crate::features, "base-gradient features"), first.
+        let ck = CheckpointAdapter {
+            step: steps,
+            lr: lr_total,
+            adapter: final_adapter.with_zero_b(),
+        };
+        checkpoints.insert(0, ck);
+    }
+    if checkpoints.is_empty() {
+        return Err(ModelError::Input(
+            "nothing to index: no base-gradient features and no checkpoints".into(),
+        ));
+    }
     Ok(Trained {
         checkpoints,
+        final_adapter,
         steps,
         seconds,
         final_loss,

@@ -259,7 +259,11 @@ impl Attributor {
             Some((SuffixIndex::new(&docs), ids))
         };
         let centered = index.centered();
-        let featurizer = GradientFeaturizer::new(&self.model, &lora).map_err(AttrError::model)?;
+        let featurizer = GradientFeaturizer::new(
+            &self.model,
+            &tributary_model::features::featurizer_adapter(&index, &lora),
+        )
+        .map_err(AttrError::model)?;
         let projector = Projector::new(
             index.header.projection,
             index.header.gradient_layout.clone(),

@@ -404,6 +404,7 @@ mod tests {
             checkpoints: vec![IndexCheckpoint { step: 1, lr: 1.0 }],
             example_ids: vec!["a".into(), "b".into(), "c".into()],
             provenance: serde_json::Value::Null,
+            fit_losses: None,
         };
         AttributionIndex::new(
             header,
