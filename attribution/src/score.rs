@@ -204,21 +204,52 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Examples the trained adapter fits far worse than the rest: fit loss above the median by
-/// more than [`SUSPECT_MADS`] robust standard deviations. Training could not make them
-/// agree with the others (a scrambled or corrupted output); [`scores`] gives them no
-/// credit. `None` when the index records no fit losses (indexes built before them).
+/// Fewest examples a contributor needs before its outliers are judged.
+pub const SUSPECT_MIN_GROUP: usize = 5;
+
+/// Examples the trained adapter fits far worse than the same contributor's other examples:
+/// fit loss above the contributor's median by more than [`SUSPECT_MADS`] robust standard
+/// deviations (contributors are read from the provenance's `contributors`, one per example;
+/// without them the whole index is one group). Training could not make them agree with the
+/// rest of their owner's data (a scrambled or corrupted output); [`scores`] gives them no
+/// credit. Groups are per contributor because skills differ in how well they can be fit.
+/// `None` when the index records no fit losses (indexes built before them).
 pub fn suspects(index: &AttributionIndex) -> Option<Vec<bool>> {
     let losses = index.header.fit_losses.as_ref()?;
     if losses.len() != index.len() || losses.is_empty() {
         return None;
     }
-    let v: Vec<f64> = losses.iter().map(|&x| f64::from(x)).collect();
-    let med = median(&mut v.clone());
-    let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
-    let sigma = 1.4826 * median(&mut dev);
-    let cut = med + SUSPECT_MADS * sigma.max(1e-6 * med.abs().max(1e-6));
-    Some(v.iter().map(|&x| x > cut).collect())
+    let owners = contributors_of(index);
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for i in 0..losses.len() {
+        groups.entry(owner_at(&owners, i)).or_default().push(i);
+    }
+    let mut bad = vec![false; losses.len()];
+    for rows in groups.values().filter(|r| r.len() >= SUSPECT_MIN_GROUP) {
+        let v: Vec<f64> = rows.iter().map(|&i| f64::from(losses[i])).collect();
+        let med = median(&mut v.clone());
+        let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
+        let sigma = 1.4826 * median(&mut dev);
+        let cut = med + SUSPECT_MADS * sigma.max(1e-6 * med.abs().max(1e-6));
+        for (&i, &x) in rows.iter().zip(&v) {
+            bad[i] = x > cut;
+        }
+    }
+    Some(bad)
+}
+
+fn contributors_of(index: &AttributionIndex) -> Option<Vec<&str>> {
+    index
+        .header
+        .provenance
+        .get("contributors")
+        .and_then(|v| v.as_array())
+        .filter(|a| a.len() == index.len())
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("")).collect())
+}
+
+fn owner_at<'a>(owners: &Option<Vec<&'a str>>, i: usize) -> &'a str {
+    owners.as_ref().and_then(|o| o.get(i).copied()).unwrap_or("")
 }
 
 /// How badly training fit each example, the larger the worse: its fit loss when the index

@@ -122,7 +122,8 @@ def main():
     lambdas = [float(x) for x in args.lambdas.split(",")]
     table = methods(lrs, index, queries, blocks, lambdas)
     if meta.get("suspects"):
-        # The benchmark gives suspects (examples training could not fit) no credit.
+        # The benchmark gives suspects (rows training fit far worse than their owner's
+        # others: attribution::score::suspects) no credit.
         bad = np.array(meta["suspects"])
         table = {k: (lambda q, f=f: np.where(bad, 0.0, f(q))) for k, f in table.items()}
     # Check the numpy methods against the benchmark's own scores.

@@ -86,7 +86,10 @@ pub fn build_world(
         .enumerate()
         .map(|(i, e)| (i.to_string(), e))
         .collect();
-    let provenance = serde_json::json!({ "loss": "mean over completion tokens" });
+    let provenance = serde_json::json!({
+        "loss": "mean over completion tokens",
+        "contributors": rows.iter().map(|r| r.contributor.as_str()).collect::<Vec<_>>(),
+    });
     let (mut index, index_cost) = build_index(
         setup.model,
         &trained.checkpoints,
