@@ -203,7 +203,7 @@ fn nf4_tile_rows<const R: usize, const H: usize>(
         }
         // start/2 + 16·H ≤ (i·n + c0 + 32·H)/2 ≤ k·n/2 ≤ packed.len() (checked above).
         let bytes = &packed[start / 2..start / 2 + 16 * H];
-        for h in 0..H {
+        for (h, &sh) in scale.iter().enumerate().take(H) {
             for g in 0..2 {
                 // SAFETY: 16h + 8g + 8 ≤ 16·H = bytes.len(): the 8 bytes read are in the slice.
                 let b = unsafe {
@@ -212,7 +212,7 @@ fn nf4_tile_rows<const R: usize, const H: usize>(
                 let even = lookup16(b, code_lo, code_hi);
                 let odd = lookup16(_mm256_srli_epi32::<4>(b), code_lo, code_hi);
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_set1_ps(x[r * k + i] * scale[h]);
+                    let xv = _mm256_set1_ps(x[r * k + i] * sh);
                     let j = 4 * h + 2 * g;
                     a[j] = _mm256_fmadd_ps(xv, even, a[j]);
                     a[j + 1] = _mm256_fmadd_ps(xv, odd, a[j + 1]);
@@ -229,10 +229,11 @@ fn nf4_tile_rows<const R: usize, const H: usize>(
         let out = &mut y[r * NF4_TILE..r * NF4_TILE + H * half];
         for h in 0..H {
             for g in 0..2 {
-                for j in 0..LANES {
+                let (even, odd) = (&lanes[4 * h + 2 * g], &lanes[4 * h + 2 * g + 1]);
+                for (j, (e, o)) in even.iter().zip(odd).enumerate() {
                     let c = h * half + 16 * g + 2 * j;
-                    out[c] = lanes[4 * h + 2 * g][j];
-                    out[c + 1] = lanes[4 * h + 2 * g + 1][j];
+                    out[c] = *e;
+                    out[c + 1] = *o;
                 }
             }
         }
