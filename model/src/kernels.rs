@@ -11,8 +11,14 @@
 //! Both split the output columns (by tiles) over the calling thread and the persistent
 //! decode pool's helper ([`pool`]) for matrices of at least [`SERIAL_MAX_WEIGHTS`] weights and
 //! run smaller ones on the calling thread; every output column is computed by one tile kernel
-//! call either way, so the split changes no value. They use AVX-512 when the CPU has it
-//! (checked at run time); elsewhere a portable loop computes the same sums. The packed
+//! call either way, so the split changes no value.
+//!
+//! Each kernel has three paths, chosen at run time by [`Isa`] (one dispatch function per
+//! kernel): AVX-512F (16-lane FMA), AVX2+FMA (8-lane FMA, hand-written in `avx2.rs`, for CPUs
+//! without AVX-512), and a portable loop for every other CPU
+//! (or when a caller passes `simd = false`). All compute the same sums in the same order over
+//! `in`; the SIMD paths round each multiply-add once (FMA), the portable one twice ([`lora`]'s
+//! down kernel sums in lanes, so its order differs between the paths). The packed
 //! kernels read the weight stream with a non-temporal hint (weights are read once per step and
 //! should not evict what is reused: LoRA factors, the KV cache), and can prefetch memory the
 //! caller reads next ([`PackedMatrix::matmul_prefetching`]). [`matmul_many`] multiplies one
@@ -165,20 +171,26 @@ impl PackedMatrix {
         simd: bool,
         prefetch: &[(*const u8, usize)],
     ) -> Vec<f32> {
-        self.matmul_split_prefetching(x, m, simd, Split::Auto, prefetch)
+        self.matmul_split_prefetching(x, m, Isa::select(simd), Split::Auto, prefetch)
     }
 
     /// [`PackedMatrix::matmul_with`] with the pool use chosen by `split` (every choice gives
     /// the same values, bit for bit).
     pub fn matmul_split(&self, x: &[f32], m: usize, simd: bool, split: Split) -> Vec<f32> {
-        self.matmul_split_prefetching(x, m, simd, split, &[])
+        self.matmul_split_prefetching(x, m, Isa::select(simd), split, &[])
+    }
+
+    /// [`PackedMatrix::matmul_split`] on the path `isa` (tests compare the paths; a path this
+    /// CPU lacks runs the portable loop instead, see [`Isa::or_portable`]).
+    pub fn matmul_isa(&self, x: &[f32], m: usize, isa: Isa, split: Split) -> Vec<f32> {
+        self.matmul_split_prefetching(x, m, isa, split, &[])
     }
 
     fn matmul_split_prefetching(
         &self,
         x: &[f32],
         m: usize,
-        simd: bool,
+        isa: Isa,
         split: Split,
         prefetch: &[(*const u8, usize)],
     ) -> Vec<f32> {
@@ -190,14 +202,14 @@ impl PackedMatrix {
         let ahead = Prefetcher::new(prefetch, tiles);
         let tile = |t: usize, yt: &mut [f32]| {
             ahead.tile(t);
-            self.tile_into(t, x, m, simd, yt);
+            self.tile_into(t, x, m, isa, yt);
         };
         for_each_tile(&mut ytiles, m * TILE, split.pooled(k * n), &tile);
         untile(&ytiles, m, n, TILE)
     }
 
     /// Column tile `t` of `x·Wᵀ` into `yt` (`[m][TILE]`).
-    fn tile_into(&self, t: usize, x: &[f32], m: usize, simd: bool, yt: &mut [f32]) {
+    fn tile_into(&self, t: usize, x: &[f32], m: usize, isa: Isa, yt: &mut [f32]) {
         let k = self.in_dim;
         for r0 in (0..m).step_by(MR) {
             let mr = (m - r0).min(MR);
@@ -205,10 +217,10 @@ impl PackedMatrix {
             let ys = &mut yt[r0 * TILE..(r0 + mr) * TILE];
             match &self.data {
                 PackedData::Bf16(v) => {
-                    tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                    tile_bf16(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, isa)
                 }
                 PackedData::F32(v) => {
-                    tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, simd)
+                    tile_f32(&v[t * k * TILE..(t + 1) * k * TILE], xs, k, mr, ys, isa)
                 }
             }
         }
@@ -247,11 +259,12 @@ pub fn matmul_many_split(
         starting.push(starting[starting.len() - 1] + p.out_dim.div_ceil(TILE));
     }
     let tiles = starting[matrices.len()];
+    let isa = Isa::select(simd);
     let weights: usize = matrices.iter().map(|p| k * p.out_dim).sum();
     let mut ytiles = vec![0.0f32; tiles * m * TILE];
     let tile = |t: usize, yt: &mut [f32]| {
         let i = starting.partition_point(|&s| s <= t) - 1;
-        matrices[i].tile_into(t - starting[i], x, m, simd, yt);
+        matrices[i].tile_into(t - starting[i], x, m, isa, yt);
     };
     for_each_tile(&mut ytiles, m * TILE, split.pooled(weights), &tile);
     matrices
@@ -394,38 +407,98 @@ fn untile(ytiles: &[f32], m: usize, n: usize, tile: usize) -> Vec<f32> {
     y
 }
 
-/// Whether the AVX-512 kernels can run on this CPU.
+/// Whether a SIMD path of the kernels (AVX-512F, or AVX2 with FMA) can run on this CPU: the
+/// default of the kernels' `simd` knobs.
 pub fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
+    Isa::best() != Isa::Portable
+}
+
+/// Which implementation of a host kernel runs: every kernel of this crate with SIMD paths
+/// dispatches on one of these, got from [`Isa::select`] (or forced by tests, where
+/// [`Isa::or_portable`] keeps a path the CPU lacks from running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: 16 f32 lanes.
+    Avx512,
+    /// AVX2 with FMA: 8 f32 lanes (CPUs without AVX-512).
+    Avx2Fma,
+    /// Plain Rust for baseline x86-64 (SSE2) or any other target.
+    Portable,
+}
+
+impl Isa {
+    /// The fastest path this CPU runs.
+    pub fn best() -> Isa {
+        if Isa::Avx512.runs_here() {
+            Isa::Avx512
+        } else if Isa::Avx2Fma.runs_here() {
+            Isa::Avx2Fma
+        } else {
+            Isa::Portable
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// [`Isa::best`] when `simd` is asked for, else [`Isa::Portable`] (the `simd: bool` knob
+    /// of the kernels' `…_with` functions).
+    pub fn select(simd: bool) -> Isa {
+        if simd { Isa::best() } else { Isa::Portable }
+    }
+
+    /// Whether this CPU has the features of this path (checked at run time; the answer is
+    /// cached by the standard library).
+    pub fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2Fma => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+                Isa::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
+    }
+
+    /// `self` where this CPU runs it, else [`Isa::Portable`]: every dispatch goes through
+    /// this, so a forced path never runs without its features.
+    pub fn or_portable(self) -> Isa {
+        if self.runs_here() {
+            self
+        } else {
+            Isa::Portable
+        }
     }
 }
 
-fn tile_bf16(w: &[u16], x: &[f32], k: usize, mr: usize, y: &mut [f32], simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && simd_available() {
-        // SAFETY: avx512f was detected; slice lengths are checked inside.
-        unsafe { avx512::tile_bf16(w, x, k, mr, y) };
-        return;
+/// One tile of bf16 weights on the path `isa`.
+fn tile_bf16(w: &[u16], x: &[f32], k: usize, mr: usize, y: &mut [f32], isa: Isa) {
+    match isa.or_portable() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx512f was detected (or_portable); slice lengths are checked inside.
+        Isa::Avx512 => unsafe { avx512::tile_bf16(w, x, k, mr, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2 and fma were detected; slice lengths are checked inside.
+        Isa::Avx2Fma => unsafe { avx2::tile_bf16(w, x, k, mr, y) },
+        _ => tile_portable(|idx| bf16::from_bits(w[idx]).to_f32(), x, k, mr, y),
     }
-    let _ = simd;
-    tile_portable(|idx| bf16::from_bits(w[idx]).to_f32(), x, k, mr, y);
 }
 
-fn tile_f32(w: &[f32], x: &[f32], k: usize, mr: usize, y: &mut [f32], simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && simd_available() {
-        // SAFETY: avx512f was detected; slice lengths are checked inside.
-        unsafe { avx512::tile_f32(w, x, k, mr, y) };
-        return;
+/// One tile of f32 weights on the path `isa`.
+fn tile_f32(w: &[f32], x: &[f32], k: usize, mr: usize, y: &mut [f32], isa: Isa) {
+    match isa.or_portable() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx512f was detected (or_portable); slice lengths are checked inside.
+        Isa::Avx512 => unsafe { avx512::tile_f32(w, x, k, mr, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2 and fma were detected; slice lengths are checked inside.
+        Isa::Avx2Fma => unsafe { avx2::tile_f32(w, x, k, mr, y) },
+        _ => tile_portable(|idx| w[idx], x, k, mr, y),
     }
-    let _ = simd;
-    tile_portable(|idx| w[idx], x, k, mr, y);
 }
 
 /// `y[r][j] = Σ_i x[r][i] · w(i·TILE + j)` for one tile, in plain Rust.
@@ -483,6 +556,18 @@ pub fn nf4_matmul_split(
     simd: bool,
     split: Split,
 ) -> Option<Vec<f32>> {
+    nf4_matmul_isa(q, x, m, Isa::select(simd), split)
+}
+
+/// [`nf4_matmul_split`] on the path `isa` (tests compare the paths; a path this CPU lacks runs
+/// the portable loop instead, see [`Isa::or_portable`]).
+pub fn nf4_matmul_isa(
+    q: &Nf4Matrix,
+    x: &[f32],
+    m: usize,
+    isa: Isa,
+    split: Split,
+) -> Option<Vec<f32>> {
     let q_f32 = q.with_f32_scales(); // double-quantized scales decoded once per product
     let q: &Nf4Matrix = &q_f32;
     if !nf4_fusable(q) {
@@ -497,21 +582,27 @@ pub fn nf4_matmul_split(
             let mr = (m - r0).min(NF4_MR);
             let xs = &x[r0 * k..(r0 + mr) * k];
             let ys = &mut yt[r0 * NF4_TILE..(r0 + mr) * NF4_TILE];
-            nf4_tile(q, t * NF4_TILE, xs, mr, ys, simd);
+            nf4_tile(q, t * NF4_TILE, xs, mr, ys, isa);
         }
     };
     for_each_tile(&mut ytiles, m * NF4_TILE, split.pooled(k * n), &tile);
     Some(untile(&ytiles, m, n, NF4_TILE))
 }
 
-fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32], simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && simd_available() {
+/// One NF4 tile on the path `isa`.
+fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32], isa: Isa) {
+    match isa.or_portable() {
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: avx512f was detected; every index is checked against the slices inside.
-        unsafe { avx512::nf4_tile(q, c0, x, mr, y) };
-        return;
+        Isa::Avx512 => unsafe { avx512::nf4_tile(q, c0, x, mr, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2 and fma were detected; every index is checked against the slices inside.
+        Isa::Avx2Fma => unsafe { avx2::nf4_tile(q, c0, x, mr, y) },
+        _ => nf4_tile_portable(q, c0, x, mr, y),
     }
-    let _ = simd;
+}
+
+fn nf4_tile_portable(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32]) {
     let [k, n] = q.shape();
     let (packed, scales) = (q.packed(), q.scales());
     // The last tile of a row may hold one 32-column half; each half has one block's scale.
@@ -538,6 +629,12 @@ fn nf4_tile(q: &Nf4Matrix, c0: usize, x: &[f32], mr: usize, y: &mut [f32], simd:
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod bf16_avx512;
+
+#[cfg(test)]
+#[path = "kernels/avx2_tests.rs"]
+pub(crate) mod avx2_tests;

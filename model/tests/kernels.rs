@@ -43,7 +43,9 @@ fn simd_modes() -> Vec<bool> {
     if simd_available() {
         vec![true, false]
     } else {
-        eprintln!("no AVX-512 on this CPU: only the portable kernels are checked");
+        eprintln!(
+            "no SIMD path (AVX-512 or AVX2+FMA) on this CPU: only the portable kernels are checked"
+        );
         vec![false]
     }
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::decoder::cache::{Plan, scratch_store};
+use crate::kernels::Isa;
 
 /// Deterministic values in about [-1, 1].
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -20,7 +21,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn simd_loops_match_portable_loops() {
     if !crate::kernels::simd_available() {
-        eprintln!("no AVX-512 on this CPU: only the portable loops run");
+        eprintln!("no SIMD path (AVX-512 or AVX2+FMA) on this CPU: only the portable loops run");
     }
     // Lengths with and without a tail past the last full 16 lanes.
     for n in [1, 15, 16, 33, 64, 130, 1000] {
@@ -166,6 +167,60 @@ fn rms_norm_and_rope_follow_their_formulas() {
             let (a, b) = (old[i], old[i + 2]);
             assert!((got[i] - (a * c - b * s)).abs() < 1e-6);
             assert!((got[i + 2] - (b * c + a * s)).abs() < 1e-6);
+        }
+    }
+}
+
+#[test]
+fn avx2_attention_loops_match_portable() {
+    if !crate::kernels::avx2_tests::avx2_here("avx2_attention_loops_match_portable") {
+        return;
+    }
+    for n in [1, 7, 8, 9, 33, 100] {
+        let a = values(n, 1 + n as u64);
+        let b = values(n, 2 + n as u64);
+        let (d1, d2) = (
+            dot_isa(&a, &b, Isa::Avx2Fma),
+            dot_isa(&a, &b, Isa::Portable),
+        );
+        crate::kernels::avx2_tests::close(&[d1], &[d2], 1e-5, &format!("dot n={n}"));
+
+        let (mut y1, mut y2) = (b.clone(), b.clone());
+        axpy_isa(&mut y1, 0.37, &a, Isa::Avx2Fma);
+        axpy_isa(&mut y2, 0.37, &a, Isa::Portable);
+        crate::kernels::avx2_tests::close(&y1, &y2, 1e-6, &format!("axpy n={n}"));
+
+        let scores: Vec<f32> = a.iter().map(|v| v * 40.0).collect();
+        let (mut e1, mut e2) = (scores.clone(), scores.clone());
+        let s1 = exp_normalise_isa(&mut e1, Isa::Avx2Fma);
+        let s2 = exp_normalise_isa(&mut e2, Isa::Portable);
+        crate::kernels::avx2_tests::close(&e1, &e2, 1e-6, &format!("exp_normalise n={n}"));
+        crate::kernels::avx2_tests::close(&[s1], &[s2], 1e-5, &format!("exp_normalise sum n={n}"));
+    }
+    // Head dims with and without 32- and 8-lane tails; key counts with and without a
+    // remainder after groups of four, and a gap (a masked key).
+    for dim in [4, 8, 36, 64, 75] {
+        let cap = 11;
+        let keys_buf = values(cap * dim, dim as u64);
+        let values_buf = values(cap * dim, 5 + dim as u64);
+        let head = Head {
+            keys: &keys_buf,
+            values: &values_buf,
+            dim,
+            scale: 0.3,
+        };
+        let q = values(dim, 9 + dim as u64);
+        for keys in [vec![0], vec![0, 1, 2, 3], vec![0, 2, 3, 4, 5, 6, 7, 9, 10]] {
+            let (mut o1, mut o2) = (vec![0.0; dim], vec![0.0; dim]);
+            let mut scratch = Vec::new();
+            attend_head_isa(&q, &head, &keys, &mut scratch, &mut o1, Isa::Avx2Fma);
+            attend_head_isa(&q, &head, &keys, &mut scratch, &mut o2, Isa::Portable);
+            crate::kernels::avx2_tests::close(
+                &o1,
+                &o2,
+                1e-5,
+                &format!("attend dim={dim} keys={keys:?}"),
+            );
         }
     }
 }

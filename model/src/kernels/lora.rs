@@ -14,8 +14,12 @@
 //! takes the rows of one adapter). One adapter's pass runs on the calling thread (its
 //! factors are small); the passes of several adapters in one batch
 //! ([`LoraFactors::add_deltas`]) are shared out over the decode pool ([`super::pool`]), one
-//! adapter per part, when their factors together are large enough to pay. AVX-512 when the
-//! CPU has it, a portable loop otherwise.
+//! adapter per part, when their factors together are large enough to pay.
+//!
+//! The down kernel has three paths chosen at run time by [`Isa`] (one dispatch function,
+//! `down`): AVX-512F, AVX2+FMA (CPUs without AVX-512), and a portable loop (other CPUs, or
+//! `simd = false`); the up projection is the tile kernel of [`PackedMatrix`] with the same
+//! choice.
 // SIMD/GEMM kernels: shapes are checked once at entry, then indexed in hot loops (the
 // exception issue 12 allows). The parsers of untrusted files deny indexing.
 #![allow(clippy::indexing_slicing)]
@@ -23,7 +27,7 @@
 use half::bf16;
 
 use super::pool::{self, SharedMut};
-use super::{PackedMatrix, Split, simd_available};
+use super::{Isa, PackedMatrix, Split, simd_available};
 
 /// Ranks of `A` handled together by the down kernel (independent accumulator chains).
 pub const DOWN_RANKS: usize = 4;
@@ -133,12 +137,18 @@ impl LoraFactors {
 
     /// [`LoraFactors::add_delta`] choosing the SIMD path or the portable one (tests use both).
     pub fn add_delta_with(&self, x: &[f32], y: &mut [f32], rows: &[usize], simd: bool) {
+        self.add_delta_isa(x, y, rows, Isa::select(simd));
+    }
+
+    /// [`LoraFactors::add_delta`] on the path `isa` (tests compare the paths; a path this CPU
+    /// lacks runs the portable loop instead, see [`Isa::or_portable`]).
+    pub fn add_delta_isa(&self, x: &[f32], y: &mut [f32], rows: &[usize], isa: Isa) {
         let [_, k, n] = self.dims();
         if rows.is_empty() {
             return;
         }
         check_rows(x, y, k, n, rows);
-        let d = self.delta(x, rows, simd);
+        let d = self.delta(x, rows, isa);
         for (i, &r) in rows.iter().enumerate() {
             for (yv, dv) in y[r * n..(r + 1) * n].iter_mut().zip(&d[i * n..(i + 1) * n]) {
                 *yv += dv;
@@ -147,7 +157,7 @@ impl LoraFactors {
     }
 
     /// The delta `(x[row]·Aᵀ)·(Bᵀ·scale)` of the rows `rows`, `[rows.len(), out]`.
-    fn delta(&self, x: &[f32], rows: &[usize], simd: bool) -> Vec<f32> {
+    fn delta(&self, x: &[f32], rows: &[usize], isa: Isa) -> Vec<f32> {
         let k = self.in_dim;
         let g = rows.len();
         // The group's rows contiguous: a slice of x when they already are, else a copy.
@@ -169,10 +179,10 @@ impl LoraFactors {
                 let mr = (g - r0).min(DOWN_ROWS);
                 let xr = &xs[r0 * k..(r0 + mr) * k];
                 let tr = &mut t[r0 * rp..(r0 + mr) * rp];
-                down(&self.down, xr, k, mr, rp, j0, tr, simd);
+                down(&self.down, xr, k, mr, rp, j0, tr, isa);
             }
         }
-        self.up.matmul_split(&t, g, simd, Split::Serial)
+        self.up.matmul_isa(&t, g, isa, Split::Serial)
     }
 
     /// The deltas of several adapters in one batch: for each `(factors, rows)` of `groups`,
@@ -195,11 +205,12 @@ impl LoraFactors {
             let [_, k, n] = f.dims();
             check_rows(x, y, k, n, rows);
         }
+        let isa = Isa::select(simd);
         let weights: usize = groups.iter().map(|(f, _)| f.weights()).sum();
         let m = groups.first().map_or(0, |(f, _)| x.len() / f.in_dim);
         if groups.len() < 2 || !split.pooled(weights) || !rows_disjoint(groups, m) {
             for (f, rows) in groups {
-                f.add_delta_with(x, y, rows, simd);
+                f.add_delta_isa(x, y, rows, isa);
             }
             return;
         }
@@ -210,7 +221,7 @@ impl LoraFactors {
                 return;
             }
             let n = f.dims()[2];
-            let d = f.delta(x, rows, simd);
+            let d = f.delta(x, rows, isa);
             for (i, &r) in rows.iter().enumerate() {
                 // SAFETY: `check_rows` put row r inside `y`, and `rows_disjoint` gave each
                 // row to one group, i.e. to one part of this run; `y` outlives the run.
@@ -268,20 +279,43 @@ fn down(
     rp: usize,
     j0: usize,
     t: &mut [f32],
-    simd: bool,
+    isa: Isa,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && simd_available() {
-        // SAFETY: avx512f was detected; slice lengths are checked inside.
-        unsafe {
-            match a {
-                DownData::Bf16(a) => avx512::down_bf16(&a[j0 * k..], x, k, mr, rp, j0, t),
-                DownData::F32(a) => avx512::down_f32(&a[j0 * k..], x, k, mr, rp, j0, t),
-            }
-        }
-        return;
+    match (isa.or_portable(), a) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx512f was detected (or_portable); slice lengths are checked inside.
+        (Isa::Avx512, DownData::Bf16(a)) => unsafe {
+            avx512::down_bf16(&a[j0 * k..], x, k, mr, rp, j0, t)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx512, DownData::F32(a)) => unsafe {
+            avx512::down_f32(&a[j0 * k..], x, k, mr, rp, j0, t)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2 and fma were detected (or_portable); slice lengths are checked inside.
+        (Isa::Avx2Fma, DownData::Bf16(a)) => unsafe {
+            avx2::down_bf16(&a[j0 * k..], x, k, mr, rp, j0, t)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2Fma, DownData::F32(a)) => unsafe {
+            avx2::down_f32(&a[j0 * k..], x, k, mr, rp, j0, t)
+        },
+        _ => down_portable_any(a, x, k, mr, rp, j0, t),
     }
-    let _ = simd;
+}
+
+/// The portable down kernel for either factor type.
+fn down_portable_any(
+    a: &DownData,
+    x: &[f32],
+    k: usize,
+    mr: usize,
+    rp: usize,
+    j0: usize,
+    t: &mut [f32],
+) {
     match a {
         DownData::Bf16(a) => {
             let a = &a[j0 * k..];
@@ -400,6 +434,126 @@ mod avx512 {
         // SAFETY: the caller guarantees 16 readable u16 at p.
         let v = unsafe { _mm256_loadu_si256(p as *const __m256i) };
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+    }
+
+    fn bf16_to_f32(v: u16) -> f32 {
+        f32::from_bits(u32::from(v) << 16)
+    }
+
+    down_kernel!(down_f32, down_f32_rows, f32, load_f32, |v: f32| v);
+    down_kernel!(down_bf16, down_bf16_rows, u16, load_bf16, bf16_to_f32);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The AVX2+FMA bodies of the down kernel (8 lanes; callers check the CPU features first).
+    //! Two rows at a time: 4 ranks × 2 rows = 8 accumulators fit the 16 vector registers with
+    //! the 4 factor vectors (rows 3 and 4 read `A` again, from cache).
+
+    use std::arch::x86_64::*;
+
+    use super::{DOWN_RANKS, DOWN_ROWS};
+
+    /// f32 lanes of one AVX2 vector.
+    const LANES: usize = 8;
+
+    /// Rows per pass over `A`.
+    const PASS_ROWS: usize = 2;
+
+    /// Sum of the 8 lanes of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Generates the entry point and the constant-row-count body for one factor type.
+    macro_rules! down_kernel {
+        ($entry:ident, $rows:ident, $elem:ty, $load:ident, $scalar:expr) => {
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn $entry(
+                a: &[$elem],
+                x: &[f32],
+                k: usize,
+                mr: usize,
+                rp: usize,
+                j0: usize,
+                t: &mut [f32],
+            ) {
+                assert!(mr <= DOWN_ROWS && j0 + DOWN_RANKS <= rp && x.len() >= mr * k);
+                for r0 in (0..mr).step_by(PASS_ROWS) {
+                    let (xs, ts) = (&x[r0 * k..], &mut t[r0 * rp..]);
+                    if mr - r0 == 1 {
+                        $rows::<1>(a, xs, k, rp, j0, ts);
+                    } else {
+                        $rows::<PASS_ROWS>(a, xs, k, rp, j0, ts);
+                    }
+                }
+            }
+
+            #[target_feature(enable = "avx2,fma")]
+            fn $rows<const R: usize>(
+                a: &[$elem],
+                x: &[f32],
+                k: usize,
+                rp: usize,
+                j0: usize,
+                t: &mut [f32],
+            ) {
+                assert!(a.len() >= DOWN_RANKS * k && x.len() >= R * k);
+                assert!(t.len() >= (R - 1) * rp + j0 + DOWN_RANKS);
+                let full = k / LANES * LANES;
+                let mut acc = [[_mm256_setzero_ps(); R]; DOWN_RANKS];
+                let (ap, xp) = (a.as_ptr(), x.as_ptr());
+                for i in (0..full).step_by(LANES) {
+                    // SAFETY: q·k + i + 8 ≤ DOWN_RANKS·k ≤ a.len(), r·k + i + 8 ≤ R·k ≤ x.len().
+                    unsafe {
+                        let av = [
+                            $load(ap.add(i)),
+                            $load(ap.add(k + i)),
+                            $load(ap.add(2 * k + i)),
+                            $load(ap.add(3 * k + i)),
+                        ];
+                        for r in 0..R {
+                            let xv = _mm256_loadu_ps(xp.add(r * k + i));
+                            for q in 0..DOWN_RANKS {
+                                acc[q][r] = _mm256_fmadd_ps(xv, av[q], acc[q][r]);
+                            }
+                        }
+                    }
+                }
+                for (q, accq) in acc.iter().enumerate() {
+                    for (r, v) in accq.iter().enumerate() {
+                        let mut s = hsum(*v);
+                        for i in full..k {
+                            s += x[r * k + i] * $scalar(a[q * k + i]);
+                        }
+                        t[r * rp + j0 + q] = s;
+                    }
+                }
+            }
+        };
+    }
+
+    /// 8 f32 values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable floats at p.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    /// 8 bf16 values widened to f32 (a 16-bit left shift).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_bf16(p: *const u16) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable u16 at p.
+        let v = unsafe { _mm_loadu_si128(p.cast()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
     }
 
     fn bf16_to_f32(v: u16) -> f32 {
