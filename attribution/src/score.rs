@@ -249,7 +249,10 @@ fn contributors_of(index: &AttributionIndex) -> Option<Vec<&str>> {
 }
 
 fn owner_at<'a>(owners: &Option<Vec<&'a str>>, i: usize) -> &'a str {
-    owners.as_ref().and_then(|o| o.get(i).copied()).unwrap_or("")
+    owners
+        .as_ref()
+        .and_then(|o| o.get(i).copied())
+        .unwrap_or("")
 }
 
 /// How badly training fit each example, the larger the worse: its fit loss when the index
@@ -305,6 +308,40 @@ mod tests {
             fit_losses: None,
         };
         AttributionIndex::new(header, vec![features]).unwrap()
+    }
+
+    #[test]
+    fn an_example_its_owner_fits_far_worse_gets_no_credit() {
+        // Two contributors, six examples each; every example points the same way as the
+        // query. Contributor b's losses sit higher than a's (a harder skill), which alone
+        // flags nothing; a's fifth example is far above a's others.
+        let layout = BlockLayout::new(vec![("layers.0".into(), 2)]);
+        let mut idx = index(vec![vec![1.0, 0.5]; 12], layout);
+        let q = vec![vec![1.0f32, 0.5]];
+        let before = scores(&idx, &q, Method::Tracin).unwrap();
+        let owners: Vec<&str> = (0..12).map(|i| if i < 6 { "a" } else { "b" }).collect();
+        idx.header.provenance = serde_json::json!({ "contributors": owners });
+        let mut losses = vec![0.50, 0.52, 0.49, 0.51, 0.50, 0.50];
+        losses[4] = 2.0;
+        losses.extend([1.50, 1.52, 1.49, 1.51, 1.50, 1.53]);
+        idx.header.fit_losses = Some(losses.iter().map(|&x| x as f32).collect());
+        let bad = suspects(&idx).unwrap();
+        assert_eq!(bad.iter().filter(|b| **b).count(), 1);
+        assert!(bad[4]);
+        let after = scores(&idx, &q, Method::TracinCcos).unwrap();
+        assert_eq!(after[4], 0.0);
+        let after = scores(&idx, &q, Method::Tracin).unwrap();
+        assert_eq!(after[4], 0.0);
+        assert_eq!(after[3], before[3]);
+        assert_eq!(misfit(&idx)[4], 2.0);
+        // One global group (no contributors recorded): b's ordinary losses are not
+        // outliers of a group of twelve whose median sits between the two skills either.
+        idx.header.provenance = serde_json::Value::Null;
+        assert!(suspects(&idx).is_some());
+        // Without fit losses nothing changes.
+        idx.header.fit_losses = None;
+        assert_eq!(suspects(&idx), None);
+        assert_eq!(scores(&idx, &q, Method::Tracin).unwrap(), before);
     }
 
     #[test]

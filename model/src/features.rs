@@ -244,8 +244,8 @@ pub fn query_features(
     adapters
         .iter()
         .map(|a| {
-            let g = GradientFeaturizer::new(model, &featurizer_adapter(index, a))?
-                .gradient(answer)?;
+            let g =
+                GradientFeaturizer::new(model, &featurizer_adapter(index, a))?.gradient(answer)?;
             projector.project(&g).map_err(attr_err)
         })
         .collect()
@@ -278,7 +278,12 @@ pub const BASE_GRADIENT: &str = "base_gradient";
 
 /// Whether `index` holds base-gradient features.
 pub fn is_base_gradient(index: &AttributionIndex) -> bool {
-    index.header.provenance.get(FEATURES_KEY).and_then(|v| v.as_str()) == Some(BASE_GRADIENT)
+    index
+        .header
+        .provenance
+        .get(FEATURES_KEY)
+        .and_then(|v| v.as_str())
+        == Some(BASE_GRADIENT)
 }
 
 /// The adapter answers are differentiated through for `index`: `adapter` itself, or with

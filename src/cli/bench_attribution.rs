@@ -232,7 +232,12 @@ pub fn table(r: &BenchReport) -> String {
         );
         let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:+.4}"));
         for m in &cf.methods {
-            s += &format!("{:<12} {:<8} {}\n", m.method, show(m.lds), show(m.loo_spearman));
+            s += &format!(
+                "{:<12} {:<8} {}\n",
+                m.method,
+                show(m.lds),
+                show(m.loo_spearman)
+            );
         }
     }
     s += &format!("attacks (shares by {}):\n", r.share_method);

@@ -335,9 +335,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
         plain: !std::io::stderr().is_terminal(),
         every: (cfg.total_steps / 10).max(1),
         curve,
-        index: args
-            .attribution_index
-            .then(IndexRecorder::base_gradient),
+        index: args.attribution_index.then(IndexRecorder::base_gradient),
     };
     let started = Instant::now();
     let clock = move || started.elapsed().as_secs_f64();

@@ -242,7 +242,8 @@ fn spammer(
     let positive: Vec<bool> = mine.iter().map(|i| corrupted.contains(i)).collect();
     if let Some(bad) = tributary_attribution::score::suspects(&w.index) {
         let flagged = |rows: &mut dyn Iterator<Item = usize>| {
-            rows.filter(|&i| bad.get(i).copied().unwrap_or(false)).count()
+            rows.filter(|&i| bad.get(i).copied().unwrap_or(false))
+                .count()
         };
         tracing::info!(
             corrupted = corrupted.len(),

@@ -108,11 +108,7 @@ fn losses_when_trained_on(
     inputs
         .answers
         .iter()
-        .map(|a| {
-            evaluator
-                .eval_loss(std::slice::from_ref(a))
-                .map(f64::from)
-        })
+        .map(|a| evaluator.eval_loss(std::slice::from_ref(a)).map(f64::from))
         .collect()
 }
 
@@ -174,7 +170,11 @@ pub fn run(
                     .map(|(l, f)| l - f)
                     .collect::<Vec<f64>>(),
             );
-            tracing::info!(left_out = ci + 1, of = owners.len(), "retrained (leave one out)");
+            tracing::info!(
+                left_out = ci + 1,
+                of = owners.len(),
+                "retrained (leave one out)"
+            );
         }
     }
     let methods = agreement(
@@ -219,7 +219,13 @@ pub fn agreement(
             if subsets >= 2 {
                 let predicted: Vec<f64> = masks
                     .iter()
-                    .map(|keep| s.iter().zip(keep).filter(|(_, k)| **k).map(|(v, _)| v).sum())
+                    .map(|keep| {
+                        s.iter()
+                            .zip(keep)
+                            .filter(|(_, k)| **k)
+                            .map(|(v, _)| v)
+                            .sum()
+                    })
                     .collect();
                 let actual: Vec<f64> = subset_losses
                     .iter()
@@ -269,12 +275,25 @@ mod tests {
         // b (y) by 1, c (z) by nothing; the loss is 10 minus what was kept.
         let contributors: Vec<String> = ["x", "y", "z"].map(String::from).to_vec();
         let effect = [3.0, 1.0, 0.0];
-        let masks: Vec<Vec<bool>> = [[true, false, true], [false, true, true], [true, true, false]]
-            .map(|m| m.to_vec())
-            .to_vec();
+        let masks: Vec<Vec<bool>> = [
+            [true, false, true],
+            [false, true, true],
+            [true, true, false],
+        ]
+        .map(|m| m.to_vec())
+        .to_vec();
         let losses: Vec<Vec<f64>> = masks
             .iter()
-            .map(|m| vec![10.0 - m.iter().zip(effect).filter(|(k, _)| **k).map(|(_, e)| e).sum::<f64>()])
+            .map(|m| {
+                vec![
+                    10.0 - m
+                        .iter()
+                        .zip(effect)
+                        .filter(|(k, _)| **k)
+                        .map(|(_, e)| e)
+                        .sum::<f64>(),
+                ]
+            })
             .collect();
         // Leaving x out raises the loss by 3, y by 1, z by 0.
         let loo: Vec<Vec<f64>> = effect.iter().map(|e| vec![*e]).collect();

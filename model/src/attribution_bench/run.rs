@@ -366,7 +366,13 @@ pub fn run(
         tracing::info!(query = qi + 1, of = set.queries.len(), "attributed");
     }
     let counterfactual = if opts.lds_subsets > 0 || opts.leave_one_out {
-        Some(counterfactual_of(setup, &world, &answers, &all_scores, opts)?)
+        Some(counterfactual_of(
+            setup,
+            &world,
+            &answers,
+            &all_scores,
+            opts,
+        )?)
     } else {
         None
     };

@@ -139,7 +139,10 @@ pub fn train(
         }
     }
     let final_adapter = trainer.adapter();
-    if let Some(first) = checkpoints.first_mut().filter(|c| c.step == 0 && c.lr == 0.0) {
+    if let Some(first) = checkpoints
+        .first_mut()
+        .filter(|c| c.step == 0 && c.lr == 0.0)
+    {
         first.lr = lr_total;
     }
     if opts.base_gradient {
