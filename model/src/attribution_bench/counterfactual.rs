@@ -208,7 +208,9 @@ pub fn agreement(
     owners.sort();
     owners.dedup();
     let subsets = masks.len();
-    let mut per_method: BTreeMap<&str, (Vec<Option<f64>>, Vec<Option<f64>>)> = BTreeMap::new();
+    // Per method: each answer's LDS and leave-one-out Spearman.
+    type PerAnswer = (Vec<Option<f64>>, Vec<Option<f64>>);
+    let mut per_method: BTreeMap<&str, PerAnswer> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
     for (q, by_method) in scores.iter().enumerate() {
         for (name, s) in by_method {

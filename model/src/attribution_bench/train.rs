@@ -125,10 +125,11 @@ pub fn train(
         lr_total += stats.lr;
         final_loss = stats.loss;
         if marks.contains(&stats.step) {
-            if let Some(first) = checkpoints.first_mut().filter(|c| c.step == 0) {
-                if first.lr == 0.0 {
-                    first.lr = lr_sum;
-                }
+            if let Some(first) = checkpoints
+                .first_mut()
+                .filter(|c| c.step == 0 && c.lr == 0.0)
+            {
+                first.lr = lr_sum;
             }
             checkpoints.push(CheckpointAdapter {
                 step: stats.step,
