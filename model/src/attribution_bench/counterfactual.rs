@@ -31,7 +31,7 @@ use super::BenchOptions;
 use super::train::train;
 use crate::decoder::CausalLm;
 use crate::error::ModelError;
-use crate::train::{TrainConfig, TrainExample, Trainer};
+use crate::train::TrainExample;
 
 /// One method's counterfactual agreement.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,17 +99,8 @@ fn losses_when_trained_on(
         ..opts.clone()
     };
     let trained = train(inputs.model, &subset, &final_only)?;
-    let adapter = trained.final_adapter;
-    let cfg = TrainConfig {
-        batch_size: 1,
-        ..TrainConfig::default()
-    };
-    let evaluator = Trainer::from_adapter(inputs.model, adapter, cfg)?;
-    inputs
-        .answers
-        .iter()
-        .map(|a| evaluator.eval_loss(std::slice::from_ref(a)).map(f64::from))
-        .collect()
+    let losses = crate::features::fit_losses(inputs.model, &trained.final_adapter, inputs.answers)?;
+    Ok(losses.into_iter().map(f64::from).collect())
 }
 
 /// Random halves of `n` rows: each keeps exactly `n / 2`, chosen by a generator seeded
