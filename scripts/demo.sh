@@ -6,7 +6,7 @@
 # (`--random` runs on a small random model instead and skips the fetch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-test-deps.sh --build-only   # protoc and its protos; a no-op when present
+scripts/setup-test-deps.sh --build-only   # protoc, its protos and mold; a no-op when present
 case " $* " in
   *" --random "*|*" --model "*) ;;
   *) scripts/fetch-smollm2.sh >/dev/null ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine with Rust: protoc (etcd-client
-# builds need it), Debian's etcd-server (real etcd on loopback), moto's S3 API server
+# builds need it), mold (a fast linker), Debian's etcd-server (real etcd on loopback), moto's S3 API server
 # (real conditional writes on loopback), and Mesa's lavapipe (software Vulkan, for the wgpu
 # tests). Idempotent: skips what is already there.
 set -euo pipefail
@@ -14,6 +14,9 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 # etcd-client's protos import google/protobuf/*.proto, which Debian ships in libprotobuf-dev
 # (protobuf-compiler only recommends it).
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
+# mold links the workspace's ~50 test and tool binaries several times faster than ld.bfd
+# (scripts/cc-link, named by .cargo/config.toml, uses it when present, cc's default otherwise).
+command -v mold >/dev/null 2>&1 || need_apt+=(mold)
 if [ $build_only -eq 0 ]; then
   command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
   # openssl makes the cert-manager-shaped certificates of tests/deploy_checks.rs.

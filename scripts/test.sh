@@ -27,8 +27,16 @@ export TRIBUTARY_MOTO_SERVER
 stage "cargo fmt --check"
 cargo fmt --all -- --check
 
-stage "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+# Lints, with the GPU features on so their code is linted too. This pass is also the cuda
+# feature's type-check (it cannot run without an NVIDIA GPU; the fixture tests' CUDA path is
+# checked with it): burn-cuda's cubecl-llvm downloads an LLVM bundle in its build script and
+# links it, which a CI machine without network cannot do; DOCS_RS=1 makes those build scripts
+# skip the native LLVM setup, which a check does not need. (One pass instead of a plain
+# clippy and a separate `cargo check --features wgpu,cuda`: docs/gpu.md, "The cuda feature".)
+clippy_features=wgpu,cuda
+[ "${TRIBUTARY_SKIP_CUDA_CHECK:-0}" = "1" ] && clippy_features=wgpu
+stage "cargo clippy --features $clippy_features"
+DOCS_RS=1 cargo clippy --workspace --all-targets --features "$clippy_features" -- -D warnings
 
 if [ "${TRIBUTARY_SKIP_WGPU_CHECK:-0}" != "1" ]; then
   if [ "${TRIBUTARY_WGPU_TESTS:-run}" = "run" ]; then
@@ -43,16 +51,6 @@ if [ "${TRIBUTARY_SKIP_WGPU_CHECK:-0}" != "1" ]; then
     stage "cargo check --features wgpu"
     cargo check --workspace --features wgpu --lib --bins --test wgpu_fixtures
   fi
-fi
-
-if [ "${TRIBUTARY_SKIP_CUDA_CHECK:-0}" != "1" ]; then
-  # The cuda feature, type-checked only (it cannot run without an NVIDIA GPU), with wgpu so
-  # the fixture tests' CUDA path is checked too. It cannot share the build above: burn-cuda's
-  # cubecl-llvm downloads an LLVM bundle in its build script and links it, which a CI machine
-  # without network cannot do; DOCS_RS=1 makes those build scripts skip the native LLVM setup,
-  # which a type-check does not need. Cost: docs/gpu.md, "The cuda feature".
-  stage "cargo check --features wgpu,cuda"
-  DOCS_RS=1 cargo check --workspace --features wgpu,cuda --lib --bins --test wgpu_fixtures
 fi
 
 stage "cargo test"

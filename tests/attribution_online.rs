@@ -452,6 +452,63 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The reward views: the builder has a part of every answer's fee. Its rewards page in
+    // answer order (the pages join up to the unpaged list, whose total is the log's
+    // balance); the adapter view counts every answer; a bad page request is a 400 naming
+    // the field.
+    let builder = rec["builder"].as_str().unwrap().to_string();
+    let get = |path: &str| -> Value {
+        let (code, text) = dev.request("GET", path, "text/plain", "");
+        assert_eq!(code, 200, "{path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let all = get(&format!("/v1/contributors/{builder}/rewards"));
+    let rows = all["rewards"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2 + ids.len(), "{all}");
+    assert!(all["next"].is_null(), "{all}");
+    assert_eq!(all["total"], balances(&data)[&builder], "{all}");
+    let times: Vec<u64> = rows
+        .iter()
+        .map(|r| r["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "answer order: {times:?}"
+    );
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/contributors/{builder}/rewards?limit=3&after={c}"),
+            None => format!("/v1/contributors/{builder}/rewards?limit=3"),
+        };
+        let page = get(&path);
+        let got = page["rewards"].as_array().unwrap();
+        assert!(got.len() <= 3, "{page}");
+        paged.extend(got.iter().cloned());
+        match page["next"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, rows, "pages join up to the whole list");
+    let view = get("/v1/adapters/clinic-bot/contributors");
+    assert_eq!(view["answers"], 2 + ids.len() as u64, "{view}");
+    for bad in ["?limit=0", "?limit=x", "?limit=10001", "?after=nope"] {
+        let (code, text) = dev.request(
+            "GET",
+            &format!("/v1/contributors/{builder}/rewards{bad}"),
+            "text/plain",
+            "",
+        );
+        assert_eq!(code, 400, "{bad}: {text}");
+        let field = if bad.starts_with("?limit") {
+            "limit"
+        } else {
+            "after"
+        };
+        assert!(text.contains(field), "{bad}: {text}");
+    }
     // /metrics lists the backlog and the reward lag.
     let (_, metrics) = http_get(dev.port, "/metrics").unwrap();
     assert!(

@@ -9,13 +9,17 @@
 //!
 //! A record is readable by the API key that asked for the answer and by admins (to others
 //! it is a 404, so ids do not leak). A contributor's rewards are readable by that identity
-//! and admins. The contributor views read every receipt (a scan: fine for `dev`, an
-//! aggregated view is planned for large logs). The reward log itself stays the truth:
-//! `tributary ledger verify` and `balances` read it.
+//! and admins. The contributor views read only the receipts they need: the reward actor keeps
+//! each receipt also under its contributors and its adapter
+//! (`tributary_worker::attribution::receipt_index`). `GET /v1/contributors/{id}/rewards`
+//! pages with `?limit=N&after=CURSOR` (`next` in the answer is the cursor of the following
+//! page; without `limit` every reward is returned and `total` is the identity's all-time
+//! total, else the page's). The reward log itself stays the truth: `tributary ledger verify`
+//! and `balances` read it.
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
@@ -23,6 +27,9 @@ use tributary_ledger::adapter_names::{AdapterNames, check_name, looks_like_diges
 use tributary_ledger::keys::Scope;
 use tributary_ledger::store::Store;
 use tributary_worker::attribution::RewardReceipt;
+use tributary_worker::attribution::receipt_index::{
+    ContributorEntry, adapter_prefix, contributor_prefix, list_entries,
+};
 use tributary_worker::attribution::record::{
     failed_key, receipt_key, record_key, valid_request_id,
 };
@@ -42,30 +49,6 @@ async fn get_json(store: &Store, key: &str) -> Result<Option<Value>, ApiError> {
     bytes
         .map(|b| serde_json::from_slice(&b).map_err(|e| ApiError::Internal(format!("{key}: {e}"))))
         .transpose()
-}
-
-async fn receipts(store: &Store) -> Result<Vec<RewardReceipt>, ApiError> {
-    let names = store
-        .list_names(&object_store::path::Path::from("attribution/rewards"))
-        .await
-        .map_err(unavailable)?;
-    let mut out = Vec::with_capacity(names.len());
-    for n in names {
-        let Some(rid) = n.strip_suffix(".json") else {
-            continue;
-        };
-        if let Some(v) = get_json(store, &receipt_key(rid)).await?
-            && let Ok(r) = serde_json::from_value::<RewardReceipt>(v)
-        {
-            out.push(r);
-        }
-    }
-    out.sort_by(|a, b| {
-        a.time_ms
-            .cmp(&b.time_ms)
-            .then(a.request_id.cmp(&b.request_id))
-    });
-    Ok(out)
 }
 
 /// The attribution routes.
@@ -129,6 +112,7 @@ async fn contributor_rewards(
     State(store): State<Store>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     if !caller.admin && caller.owner != id {
         return Err(ApiError::Forbidden(format!(
@@ -136,24 +120,70 @@ async fn contributor_rewards(
             caller.owner
         )));
     }
-    let mut total = 0u64;
-    let mut rows = Vec::new();
-    for r in receipts(&store).await? {
-        if let Some(&amount) = r.shares.get(&id) {
-            total = total.saturating_add(amount);
-            rows.push(json!({
-                "request_id": r.request_id,
-                "adapter": r.adapter,
-                "amount": amount,
-                "as_builder": r.builder == id,
-                "time_ms": r.time_ms,
-                "seq": r.seq,
-            }));
-        }
+    let limit = match q.contains_key("limit") {
+        true => Some(crate::datanets::query_usize(
+            &q, "limit", MAX_PAGE, MAX_PAGE,
+        )?),
+        false => None,
+    };
+    if limit == Some(0) {
+        return Err(ApiError::invalid("limit", "limit = 0: at least 1"));
     }
+    let after = q.get("after").map(String::as_str);
+    if let Some(a) = after
+        && !valid_cursor(a)
+    {
+        return Err(ApiError::invalid(
+            "after",
+            format!("after = {a:?} is not a cursor from an earlier page's `next`"),
+        ));
+    }
+    let entries: Vec<(String, ContributorEntry)> = list_entries(
+        &store,
+        &contributor_prefix(&id),
+        after,
+        limit.map(|l| l + 1),
+    )
+    .await
+    .map_err(unavailable)?;
+    let mut entries = entries;
+    let more = limit.is_some_and(|l| entries.len() > l);
+    if let Some(l) = limit {
+        entries.truncate(l);
+    }
+    let kept = &entries;
+    let total = kept
+        .iter()
+        .fold(0u64, |t, (_, e)| t.saturating_add(e.amount));
+    let rows: Vec<Value> = kept
+        .iter()
+        .map(|(_, e)| {
+            json!({
+                "request_id": e.request_id,
+                "adapter": e.adapter,
+                "amount": e.amount,
+                "as_builder": e.as_builder,
+                "time_ms": e.time_ms,
+                "seq": e.seq,
+            })
+        })
+        .collect();
+    let next = more
+        .then(|| kept.last().map(|(name, _)| name.clone()))
+        .flatten();
     Ok(Json(
-        json!({ "contributor": id, "total": total, "rewards": rows }),
+        json!({ "contributor": id, "total": total, "rewards": rows, "next": next }),
     ))
+}
+
+/// Rewards per page at most (`?limit=`).
+pub const MAX_PAGE: usize = 10_000;
+
+/// A cursor is an entry name (`<13 digits>-<request id>`).
+fn valid_cursor(c: &str) -> bool {
+    c.split_once('-').is_some_and(|(t, rid)| {
+        t.len() == 13 && t.bytes().all(|b| b.is_ascii_digit()) && valid_request_id(rid)
+    })
 }
 
 async fn adapter_contributors(
@@ -182,7 +212,11 @@ async fn adapter_contributors(
     let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let (mut fees, mut answers) = (0u64, 0u64);
     let mut builder = None;
-    for r in receipts(&store).await? {
+    let receipts: Vec<(String, RewardReceipt)> =
+        list_entries(&store, &adapter_prefix(&digest), None, None)
+            .await
+            .map_err(unavailable)?;
+    for (_, r) in receipts {
         if r.adapter != digest {
             continue;
         }

@@ -281,7 +281,7 @@ fn attribution_paths(doc: &mut Value, path_param: &dyn Fn(&str) -> Value) {
     paths["/v1/attributions/{request_id}/rerun"] = json!({"parameters": [path_param("request_id")],
         "post": op("recompute an answer's scores, shares and fee split from the stored index, data and features; whether the bits match the record (digests, first difference); one at a time per gateway (429 with Retry-After)", Some("inference"), None, "200", &["401", "403", "404", "409", "429", "503"])});
     paths["/v1/contributors/{id}/rewards"] = json!({"parameters": [path_param("id")],
-        "get": op("an identity's rewards from attributed answers (that identity or an admin)", Some("contribute"), None, "200", &["401", "403", "503"])});
+        "get": op("an identity's rewards from attributed answers, in answer order (that identity or an admin); `?limit=N` (1 to 10000) pages, `?after=` takes the previous page's `next`", Some("contribute"), None, "200", &["400", "401", "403", "503"])});
     paths["/v1/adapters/{id}/contributors"] = json!({"parameters": [path_param("id")],
         "get": op("who made an adapter useful, all time: fees and parts per identity", Some("build"), None, "200", &["401", "403", "404", "503"])});
 }

@@ -30,18 +30,7 @@ fn setup(name: &str) -> (CausalLm, LoraAdapter, Vec<TrainExample>) {
     let mut adapter = LoraAdapter::load(&model_dir(name).join("adapter"), model.config(), &dev)
         .expect("load adapter");
     adapter.config.lora_dropout = 0.0;
-    let r = reference(name);
-    let ids = int_rows(&r, "input_ids");
-    let labels = int_rows(&r, "labels");
-    let examples = ids
-        .into_iter()
-        .zip(labels)
-        .map(|(i, l)| TrainExample {
-            input_ids: i.into_iter().map(|t| t as u32).collect(),
-            labels: l,
-        })
-        .collect();
-    (model, adapter, examples)
+    (model, adapter, fixture_examples(name))
 }
 
 /// The reference's batch-mean gradient, flattened in the features' order.

@@ -140,18 +140,6 @@ fn frozen_bf16_matmul_gives_the_product_and_the_input_gradient() {
     assert!(frozen_bf16_matmul(&w, &plain).is_none());
 }
 
-fn fixture_config(precision: Precision) -> TrainConfig {
-    TrainConfig {
-        lr: 1e-2,
-        schedule: Schedule::Constant,
-        total_steps: 10,
-        max_grad_norm: None,
-        batch_size: 2,
-        precision,
-        ..TrainConfig::default()
-    }
-}
-
 /// Tolerance of a bf16 step's gradients against the f32 reference, norm-wise relative.
 /// Every product rounds both inputs to bf16 (relative error ≤ 2⁻⁹ ≈ 0.2 % each), so one
 /// product is off by up to ~0.4 % of its terms' magnitude; the gradient of a LoRA factor goes
@@ -169,20 +157,16 @@ fn bf16_gradients_match_the_f32_reference_fixtures() {
         let adapter = LoraAdapter::load(&model_dir(name).join("adapter"), model.config(), &dev)
             .expect("load adapter");
         let r = common::reference(name);
-        let examples: Vec<TrainExample> = int_rows(&r, "input_ids")
-            .into_iter()
-            .zip(int_rows(&r, "labels"))
-            .map(|(i, l)| TrainExample {
-                input_ids: i.into_iter().map(|t| t as u32).collect(),
-                labels: l,
-            })
-            .collect();
+        let examples = fixture_examples(name);
         let want_loss = reference_json(name)["train_step"]["loss"]
             .as_f64()
             .expect("loss") as f32;
-        let trainer =
-            Trainer::from_adapter(&model, adapter.clone(), fixture_config(Precision::Bf16))
-                .expect("trainer");
+        let trainer = Trainer::from_adapter(
+            &model,
+            adapter.clone(),
+            fixture_train_config(Precision::Bf16),
+        )
+        .expect("trainer");
         assert!(
             matches!(
                 trainer.model().layers[0].q.weight_t,
@@ -201,8 +185,9 @@ fn bf16_gradients_match_the_f32_reference_fixtures() {
         let mut worst = 0.0f32;
         for (layer, t, m) in mean.iter() {
             for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
-                let key = format!("grad.{}.lora_{which}.default.weight", t.path(layer));
-                let (_, want) = r.get_f32(&key).expect("grad key");
+                let (_, want) = r
+                    .get_f32(&ref_key("grad", layer, t, which))
+                    .expect("grad key");
                 let e = rel_err(&values(tensor), &want);
                 worst = worst.max(e);
                 assert!(

@@ -21,18 +21,6 @@ use tributary_model::train::{
     TrainConfig, TrainExample, Trainer, chunked_nll, collate, loss_chunk_rows,
 };
 
-fn examples(name: &str) -> Vec<TrainExample> {
-    let r = reference(name);
-    int_rows(&r, "input_ids")
-        .into_iter()
-        .zip(int_rows(&r, "labels"))
-        .map(|(i, l)| TrainExample {
-            input_ids: i.into_iter().map(|t| t as u32).collect(),
-            labels: l,
-        })
-        .collect()
-}
-
 /// Mean loss and mean-loss gradients of one micro-batch of the fixture's examples.
 fn gradients(
     model: &CausalLm,
@@ -59,7 +47,7 @@ fn recomputation_gives_the_same_loss_and_gradients() {
         let f32_model = CausalLm::load(&model_dir(name), &dev).expect("load");
         let mut nf4 = f32_model.clone();
         nf4.quantize_nf4().expect("quantize");
-        let examples = examples(name);
+        let examples = fixture_examples(name);
         for (base, model) in [("f32", &f32_model), ("nf4", &nf4)] {
             for dropout in [0.0, 0.2] {
                 let mut adapter =
@@ -98,7 +86,7 @@ fn the_loss_in_blocks_of_positions_equals_one_block() {
         let dev = device();
         let model = CausalLm::load(&model_dir(name), &dev).expect("load");
         let ad = model.to_autodiff();
-        let examples = examples(name);
+        let examples = fixture_examples(name);
         let vocab = model.config().vocab_size;
         let c = collate(&examples, 0, vocab).expect("collate");
         let n = c.tokens();

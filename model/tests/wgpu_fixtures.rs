@@ -21,7 +21,7 @@
 //! bias, a wrong RoPE pairing or mask moves logits by more than 1e-2). Each test prints the
 //! largest difference it saw, so a run shows how much of the bound is used; on lavapipe
 //! (2026-12-06, docs/gpu.md): logits 2.4e-7, loss 4.8e-7, gradients 1.2e-6 relative, the
-//! AdamW step 1.5e-8 beyond what the gradient differences explain (see [`first_step`]).
+//! AdamW step 1.5e-8 beyond what the gradient differences explain (see `check_first_adamw_step` in tests/common).
 //! Greedy tokens must be identical: the smallest top-1/top-2 margin on the greedy paths is
 //! 3.7e-3, 37 times the logit tolerance.
 // Test code fails loudly (unwrap, expect, panic, indexing) and reads the real clock.
@@ -41,9 +41,9 @@ use std::time::Instant;
 use common::*;
 use tributary_model::decoder::CausalLm;
 use tributary_model::device::{self, Choice, Device, DeviceRequest, Selected};
-use tributary_model::lora::{LoraAdapter, TargetModule};
+use tributary_model::lora::LoraAdapter;
 use tributary_model::peft::peft_key;
-use tributary_model::train::{Schedule, TrainConfig, TrainExample, Trainer};
+use tributary_model::train::Trainer;
 
 /// Max |logit − reference| (f32, see the module docs).
 const LOGITS_TOL: f32 = 1e-4;
@@ -51,26 +51,6 @@ const LOGITS_TOL: f32 = 1e-4;
 const GRAD_REL_TOL: f32 = 1e-4;
 /// |loss − reference|.
 const LOSS_TOL: f32 = 1e-4;
-/// The fixtures' AdamW learning rate and epsilon (see [`fixture_config`]).
-const LR: f64 = 1e-2;
-const EPS: f64 = 1e-8;
-/// Max |adapter tensor after one AdamW step − reference| beyond what the gradients' own
-/// difference explains (see [`first_step`]): f32 rounding of the step and the sum.
-const AFTER_STEP_TOL: f32 = 1e-5;
-
-/// The direction of the first AdamW step for one gradient component: from zero moments the
-/// bias corrections make m̂ = g and v̂ = g², so with no weight decay the step is
-/// `lr · g / (|g| + eps)`. It divides each component by its own size, so a component near
-/// `eps` (1e-8) turns a gradient difference of 1e-9, well inside [`GRAD_REL_TOL`], into a
-/// step difference of ~1e-4 (up to 2·lr when the sign of a ~1e-9 component flips). The
-/// after-step check therefore allows, per component, `lr · |s(g) − s(g_ref)|` (this run's
-/// and the reference's gradient through this function) plus [`AFTER_STEP_TOL`]: a wrong
-/// optimizer (learning rate, bias correction, sign, a moment carried over) moves every
-/// component whose gradient is well above `eps` by ~1e-3 to 2e-2 and still fails.
-fn first_step(g: f32) -> f32 {
-    g / (g.abs() + EPS as f32)
-}
-
 /// The device under test: `--device wgpu`, or `TRIBUTARY_FIXTURE_DEVICE` (`cuda[:N]` on a
 /// binary built with `--features wgpu,cuda`: the same checks on burn's CUDA backend).
 fn request() -> DeviceRequest {
@@ -198,42 +178,6 @@ fn greedy_with_kv_cache_matches_reference() {
     eprintln!("greedy: {:.2} s", start.elapsed().as_secs_f64());
 }
 
-fn examples(name: &str) -> Vec<TrainExample> {
-    let r = reference(name);
-    int_rows(&r, "input_ids")
-        .into_iter()
-        .zip(int_rows(&r, "labels"))
-        .map(|(i, l)| TrainExample {
-            input_ids: i.into_iter().map(|t| t as u32).collect(),
-            labels: l,
-        })
-        .collect()
-}
-
-/// The fixtures' step: AdamW lr 1e-2, betas 0.9/0.999, eps 1e-8, no weight decay.
-fn fixture_config() -> TrainConfig {
-    TrainConfig {
-        lr: LR,
-        betas: (0.9, 0.999),
-        eps: EPS,
-        weight_decay: 0.0,
-        warmup_steps: 0,
-        schedule: Schedule::Constant,
-        total_steps: 10,
-        grad_accum_steps: 1,
-        max_grad_norm: None,
-        batch_size: 2,
-        seed: 0,
-        // The fixtures are f32 references.
-        precision: tributary_model::precision::Precision::F32,
-        recompute: false,
-    }
-}
-
-fn ref_key(prefix: &str, layer: usize, t: TargetModule, which: char) -> String {
-    format!("{prefix}.{}.lora_{which}.default.weight", t.path(layer))
-}
-
 #[test]
 fn train_step_loss_gradients_and_adamw_match_reference() {
     let start = Instant::now();
@@ -243,10 +187,14 @@ fn train_step_loss_gradients_and_adamw_match_reference() {
         let want_loss = reference_json(name)["train_step"]["loss"]
             .as_f64()
             .expect("loss") as f32;
-        let mut trainer =
-            Trainer::from_adapter(&model, adapter.clone(), fixture_config()).expect("trainer");
+        let mut trainer = Trainer::from_adapter(
+            &model,
+            adapter.clone(),
+            fixture_train_config(tributary_model::precision::Precision::F32),
+        )
+        .expect("trainer");
         let grads = trainer
-            .compute_gradients(&examples(name), 0)
+            .compute_gradients(&fixture_examples(name), 0)
             .expect("gradients");
         let loss = (grads.loss_sum / grads.tokens as f64) as f32;
         assert!(
@@ -288,24 +236,15 @@ fn train_step_loss_gradients_and_adamw_match_reference() {
                 let (_, want_grad) = reference
                     .get_f32(&ref_key("grad", layer, t, which))
                     .expect("grad key");
-                let got_grad = &got_grads[&ref_key("grad", layer, t, which)];
-                let got = values(tensor);
-                assert_eq!(got.len(), want.len());
-                for i in 0..got.len() {
-                    let d = (got[i] - want[i]).abs();
-                    let explained =
-                        LR as f32 * (first_step(got_grad[i]) - first_step(want_grad[i])).abs();
-                    worst = worst.max(d);
-                    worst_unexplained = worst_unexplained.max(d - explained);
-                    assert!(
-                        d <= explained + AFTER_STEP_TOL,
-                        "{name}: {}[{i}] after the step differs by {d} (gradient {} vs \
-                         reference {} explains {explained})",
-                        peft_key(layer, t, which),
-                        got_grad[i],
-                        want_grad[i]
-                    );
-                }
+                let (w, u) = check_first_adamw_step(
+                    &format!("{name}: {}", peft_key(layer, t, which)),
+                    &values(tensor),
+                    &want,
+                    &got_grads[&ref_key("grad", layer, t, which)],
+                    &want_grad,
+                );
+                worst = worst.max(w);
+                worst_unexplained = worst_unexplained.max(u);
             }
         }
         eprintln!(

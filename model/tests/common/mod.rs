@@ -94,3 +94,103 @@ pub fn argmax(v: &[f32]) -> usize {
     }
     best
 }
+
+/// The fixtures' training examples (`input_ids` and `labels` of the reference step).
+pub fn fixture_examples(name: &str) -> Vec<tributary_model::train::TrainExample> {
+    let r = reference(name);
+    int_rows(&r, "input_ids")
+        .into_iter()
+        .zip(int_rows(&r, "labels"))
+        .map(|(i, l)| tributary_model::train::TrainExample {
+            input_ids: i.into_iter().map(|t| t as u32).collect(),
+            labels: l,
+        })
+        .collect()
+}
+
+/// The fixtures' AdamW learning rate and epsilon (see [`fixture_train_config`]).
+pub const FIXTURE_LR: f64 = 1e-2;
+pub const FIXTURE_EPS: f64 = 1e-8;
+
+/// The fixtures' step: AdamW lr 1e-2, betas 0.9/0.999, eps 1e-8, no weight decay, no
+/// clipping, one micro-batch of 2, constant schedule.
+pub fn fixture_train_config(
+    precision: tributary_model::precision::Precision,
+) -> tributary_model::train::TrainConfig {
+    tributary_model::train::TrainConfig {
+        lr: FIXTURE_LR,
+        betas: (0.9, 0.999),
+        eps: FIXTURE_EPS,
+        weight_decay: 0.0,
+        warmup_steps: 0,
+        schedule: tributary_model::train::Schedule::Constant,
+        total_steps: 10,
+        grad_accum_steps: 1,
+        max_grad_norm: None,
+        batch_size: 2,
+        seed: 0,
+        precision,
+        recompute: false,
+    }
+}
+
+/// The reference key of an adapter tensor: `<prefix>.model.layers.N.….lora_A.default.weight`.
+pub fn ref_key(
+    prefix: &str,
+    layer: usize,
+    t: tributary_model::lora::TargetModule,
+    which: char,
+) -> String {
+    format!("{prefix}.{}.lora_{which}.default.weight", t.path(layer))
+}
+
+/// Max |adapter value after one AdamW step − reference| beyond what the gradients' own
+/// difference explains (see [`check_first_adamw_step`]): f32 rounding of the step and sum.
+pub const AFTER_STEP_TOL: f32 = 1e-5;
+
+/// The direction of the first AdamW step for one gradient component: from zero moments the
+/// bias corrections make m̂ = g and v̂ = g², so with no weight decay the step is
+/// `lr · g / (|g| + eps)`. It divides each component by its own size, so a component near
+/// `eps` (1e-8) turns a gradient difference of 1e-9, well inside any gradient tolerance, into
+/// a step difference of ~1e-4 (up to 2·lr when the sign of a ~1e-9 component flips).
+fn first_step(g: f32) -> f32 {
+    g / (g.abs() + FIXTURE_EPS as f32)
+}
+
+/// Checks one adapter tensor after the fixtures' first AdamW step against the reference.
+/// Each component may differ by `lr · |s(g) − s(g_ref)|` ([`first_step`] of this run's and the
+/// reference's gradient: what the gradient difference explains) plus [`AFTER_STEP_TOL`]. A
+/// wrong optimizer (learning rate, bias correction, sign, a moment carried over) moves every
+/// component whose gradient is well above `eps` by ~1e-3 to 2e-2 and still fails. Returns the
+/// worst absolute difference and the worst unexplained part.
+pub fn check_first_adamw_step(
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    got_grad: &[f32],
+    want_grad: &[f32],
+) -> (f32, f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    assert_eq!(got_grad.len(), got.len(), "{what}: gradient length");
+    assert_eq!(
+        want_grad.len(),
+        got.len(),
+        "{what}: reference gradient length"
+    );
+    let (mut worst, mut worst_unexplained) = (0.0f32, 0.0f32);
+    for i in 0..got.len() {
+        let d = (got[i] - want[i]).abs();
+        let explained =
+            FIXTURE_LR as f32 * (first_step(got_grad[i]) - first_step(want_grad[i])).abs();
+        worst = worst.max(d);
+        worst_unexplained = worst_unexplained.max(d - explained);
+        assert!(
+            d <= explained + AFTER_STEP_TOL,
+            "{what}[{i}] after the step differs by {d} (gradient {} vs reference {} explains \
+             {explained})",
+            got_grad[i],
+            want_grad[i]
+        );
+    }
+    (worst, worst_unexplained)
+}

@@ -29,6 +29,7 @@ use tributary_ledger::store::Store;
 
 use super::metrics::{BACKLOG, REWARD_LAG};
 use super::now_ms;
+use super::receipt_index;
 use super::record::{
     AttributionRecord, RewardReceipt, pending_key, receipt_key, record_key, reward_record,
 };
@@ -97,6 +98,9 @@ pub struct RewardState {
     queued: HashSet<String>,
     max_batch: usize,
     ticker: Option<tokio::task::JoinHandle<()>>,
+    /// Whether receipts stored before the per-contributor and per-adapter views existed
+    /// have been indexed ([`receipt_index::backfill`], tried each window until it succeeds).
+    views_backfilled: bool,
 }
 
 /// The actor.
@@ -131,6 +135,7 @@ impl Actor for RewardActor {
             queued: HashSet::new(),
             max_batch: args.max_batch.max(1),
             ticker: Some(ticker),
+            views_backfilled: false,
         })
     }
 
@@ -164,6 +169,22 @@ impl Actor for RewardActor {
                 }
             }
             RewardMsg::Flush => {
+                if !state.views_backfilled {
+                    match receipt_index::backfill(&state.store).await {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::info!(
+                                    receipts = n,
+                                    "indexed earlier reward receipts by contributor and adapter"
+                                );
+                            }
+                            state.views_backfilled = true;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "indexing earlier reward receipts failed; retrying next window")
+                        }
+                    }
+                }
                 collect(state).await;
                 flush(state).await
             }
@@ -220,9 +241,16 @@ async fn collect(state: &mut RewardState) {
             continue;
         }
         match state.store.get(&Key::from(receipt_key(rid))).await {
-            Ok(Some(_)) => {
-                // Acknowledged before, the marker outlived a crash.
-                let _ = state.store.delete(&Key::from(pending_key(rid))).await;
+            Ok(Some(bytes)) => {
+                // Acknowledged before, the marker outlived a crash (perhaps before the
+                // receipt's view entries were written: they are written again).
+                let indexed = match serde_json::from_slice::<RewardReceipt>(&bytes) {
+                    Ok(r) => receipt_index::write_entries(&state.store, &r).await.is_ok(),
+                    Err(_) => true,
+                };
+                if indexed {
+                    let _ = state.store.delete(&Key::from(pending_key(rid))).await;
+                }
                 continue;
             }
             Ok(None) => {}
@@ -321,23 +349,38 @@ async fn append(state: &mut RewardState, n: usize) -> Result<(), LogError> {
         };
         let key = Key::from(receipt_key(&p.reward.request_id));
         // A receipt that exists is kept: the first acknowledgement names the entry.
-        let exists = matches!(state.store.get(&key).await, Ok(Some(_)));
-        let stored = exists
-            || {
-                match serde_json::to_vec(&receipt) {
-                    Ok(b) => match state.store.put(&key, Bytes::from(b)).await {
-                        Ok(_) => true,
-                        Err(e) => {
-                            tracing::warn!(error = %e, request_id = %receipt.request_id, "writing the reward receipt; its pending marker brings it back next window");
-                            false
-                        }
-                    },
+        let existing = match state.store.get(&key).await {
+            Ok(Some(b)) => serde_json::from_slice::<RewardReceipt>(&b).ok(),
+            _ => None,
+        };
+        let receipt = match existing {
+            Some(r) => Some(r),
+            None => match serde_json::to_vec(&receipt) {
+                Ok(b) => match state.store.put(&key, Bytes::from(b)).await {
+                    Ok(_) => Some(receipt),
                     Err(e) => {
-                        tracing::warn!(error = %e, "encoding the reward receipt");
-                        false
+                        tracing::warn!(error = %e, request_id = %receipt.request_id, "writing the reward receipt; its pending marker brings it back next window");
+                        None
                     }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "encoding the reward receipt");
+                    None
                 }
-            };
+            },
+        };
+        // The views are written after the receipt and before the marker goes, so a crash
+        // between them leaves the marker, and the next window writes them again.
+        let stored = match &receipt {
+            Some(r) => match receipt_index::write_entries(&state.store, r).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, request_id = %r.request_id, "writing the reward receipt's views; its pending marker brings it back next window");
+                    false
+                }
+            },
+            None => false,
+        };
         if stored {
             let _ = state
                 .store

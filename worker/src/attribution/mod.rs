@@ -22,8 +22,10 @@
 //!    window, aggregates and appends each window's batch with
 //!    [`tributary_ledger::rewards::LogWriter::append_once`]: a request id already in the log
 //!    is left out, so retries, unknown-outcome appends, a restart and a new leader pay once.
-//!    After the acknowledgement it writes each request's [`record::RewardReceipt`] (what
-//!    `GET /v1/contributors/{id}/rewards` reads), deletes the marker and observes
+//!    After the acknowledgement it writes each request's [`record::RewardReceipt`] and its
+//!    per-contributor and per-adapter entries ([`receipt_index`]: what
+//!    `GET /v1/contributors/{id}/rewards` and `GET /v1/adapters/{id}/contributors` list),
+//!    deletes the marker and observes
 //!    `tributary_reward_lag_seconds` from answer to acknowledgement.
 //!
 //! In `tributary dev` the actor runs in the same process with the reward log's embedded
@@ -38,6 +40,7 @@
 pub mod actor;
 pub mod compute;
 pub mod metrics;
+pub mod receipt_index;
 pub mod record;
 pub mod rerun;
 pub mod service;
