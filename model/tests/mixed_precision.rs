@@ -25,7 +25,6 @@ use tributary_model::data::{DataOptions, load_jsonl, split_eval};
 use tributary_model::decoder::CausalLm;
 use tributary_model::kernels::bf16_gemm::{Bf16Panel, bf16_dot_available, gemm_with};
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
-use tributary_model::peft::peft_key;
 use tributary_model::precision::{Bf16Weight, Precision, frozen_bf16_matmul};
 use tributary_model::tokenizer::Tokenizer;
 use tributary_model::train::driver::{Driver, RunPlan, Session, StepEvent, Steps, run};
@@ -182,21 +181,7 @@ fn bf16_gradients_match_the_f32_reference_fixtures() {
             "{name}: bf16 loss {loss} vs f32 {want_loss}"
         );
         let mean = grads.mean_as_adapter(&adapter);
-        let mut worst = 0.0f32;
-        for (layer, t, m) in mean.iter() {
-            for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
-                let (_, want) = r
-                    .get_f32(&ref_key("grad", layer, t, which))
-                    .expect("grad key");
-                let e = rel_err(&values(tensor), &want);
-                worst = worst.max(e);
-                assert!(
-                    e <= BF16_GRAD_TOL,
-                    "{name}: bf16 grad of {} relative error {e}",
-                    peft_key(layer, t, which)
-                );
-            }
-        }
+        let (worst, _) = check_gradients(&format!("{name} (bf16)"), &mean, &r, BF16_GRAD_TOL);
         eprintln!(
             "{name}: bf16 loss {loss} (f32 reference {want_loss}, rel {loss_err:e}), worst gradient rel err {worst:e}"
         );

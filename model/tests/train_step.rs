@@ -14,7 +14,6 @@ mod common;
 use common::*;
 use tributary_model::decoder::CausalLm;
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
-use tributary_model::peft::peft_key;
 use tributary_model::precision::Precision;
 use tributary_model::train::{Schedule, TrainConfig, TrainExample, Trainer};
 
@@ -25,6 +24,9 @@ fn setup(name: &str) -> (CausalLm, LoraAdapter, Vec<TrainExample>) {
         .expect("load adapter");
     (model, adapter, fixture_examples(name))
 }
+
+/// ‖grad − reference‖ / ‖reference‖ per adapter tensor.
+const GRAD_TOL: f32 = 1e-4;
 
 fn fixture_config() -> TrainConfig {
     fixture_train_config(Precision::F32)
@@ -48,50 +50,14 @@ fn loss_gradients_and_adamw_step_match_reference() {
             "{name}: loss {loss} vs {want_loss}"
         );
         let mean = grads.mean_as_adapter(&adapter);
-        let mut worst = 0.0f32;
-        // This run's gradients by reference key, for the after-step check.
-        let mut got_grads = std::collections::HashMap::new();
-        for (layer, t, m) in mean.iter() {
-            for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
-                let (_, want) = reference
-                    .get_f32(&ref_key("grad", layer, t, which))
-                    .expect("grad key");
-                let got = values(tensor);
-                let e = rel_err(&got, &want);
-                got_grads.insert(ref_key("grad", layer, t, which), got);
-                worst = worst.max(e);
-                assert!(
-                    e <= 1e-4,
-                    "{name}: grad of {} relative error {e}",
-                    peft_key(layer, t, which)
-                );
-            }
-        }
+        let (worst, got_grads) = check_gradients(name, &mean, &reference, GRAD_TOL);
         eprintln!("{name}: loss {loss} (ref {want_loss}), worst gradient rel err {worst:e}");
 
         let stats = trainer.apply_gradients(grads).expect("step");
         assert_eq!(stats.step, 1);
         assert!((stats.loss - want_loss).abs() < 1e-4);
-        let (mut worst, mut worst_unexplained) = (0.0f32, 0.0f32);
-        for (layer, t, m) in trainer.adapter().iter() {
-            for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
-                let (_, want) = reference
-                    .get_f32(&ref_key("after_step", layer, t, which))
-                    .expect("after_step key");
-                let (_, want_grad) = reference
-                    .get_f32(&ref_key("grad", layer, t, which))
-                    .expect("grad key");
-                let (w, u) = check_first_adamw_step(
-                    &format!("{name}: {}", peft_key(layer, t, which)),
-                    &values(tensor),
-                    &want,
-                    &got_grads[&ref_key("grad", layer, t, which)],
-                    &want_grad,
-                );
-                worst = worst.max(w);
-                worst_unexplained = worst_unexplained.max(u);
-            }
-        }
+        let (worst, worst_unexplained) =
+            check_after_first_step(name, &trainer.adapter(), &reference, &got_grads);
         eprintln!(
             "{name}: worst after-step abs diff {worst:e}, {worst_unexplained:e} beyond what the \
              gradient differences explain"

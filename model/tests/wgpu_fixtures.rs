@@ -42,7 +42,6 @@ use common::*;
 use tributary_model::decoder::CausalLm;
 use tributary_model::device::{self, Choice, Device, DeviceRequest, Selected};
 use tributary_model::lora::LoraAdapter;
-use tributary_model::peft::peft_key;
 use tributary_model::train::Trainer;
 
 /// Max |logit − reference| (f32, see the module docs).
@@ -202,51 +201,15 @@ fn train_step_loss_gradients_and_adamw_match_reference() {
             "{name}: loss {loss} vs {want_loss}"
         );
         let mean = grads.mean_as_adapter(&adapter);
-        let mut worst = 0.0f32;
-        // This run's gradients by reference key, for the after-step check.
-        let mut got_grads = std::collections::HashMap::new();
-        for (layer, t, m) in mean.iter() {
-            for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
-                let (_, want) = reference
-                    .get_f32(&ref_key("grad", layer, t, which))
-                    .expect("grad key");
-                let got = values(tensor);
-                let e = rel_err(&got, &want);
-                got_grads.insert(ref_key("grad", layer, t, which), got);
-                worst = worst.max(e);
-                assert!(
-                    e <= GRAD_REL_TOL,
-                    "{name}: grad of {} relative error {e}",
-                    peft_key(layer, t, which)
-                );
-            }
-        }
+        let (worst, got_grads) = check_gradients(name, &mean, &reference, GRAD_REL_TOL);
         eprintln!(
             "wgpu {name}: loss {loss} (ref {want_loss}, diff {:e}), worst gradient rel err {worst:e}",
             (loss - want_loss).abs()
         );
         let stats = trainer.apply_gradients(grads).expect("step");
         assert_eq!(stats.step, 1);
-        let (mut worst, mut worst_unexplained) = (0.0f32, 0.0f32);
-        for (layer, t, m) in trainer.adapter().iter() {
-            for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
-                let (_, want) = reference
-                    .get_f32(&ref_key("after_step", layer, t, which))
-                    .expect("after_step key");
-                let (_, want_grad) = reference
-                    .get_f32(&ref_key("grad", layer, t, which))
-                    .expect("grad key");
-                let (w, u) = check_first_adamw_step(
-                    &format!("{name}: {}", peft_key(layer, t, which)),
-                    &values(tensor),
-                    &want,
-                    &got_grads[&ref_key("grad", layer, t, which)],
-                    &want_grad,
-                );
-                worst = worst.max(w);
-                worst_unexplained = worst_unexplained.max(u);
-            }
-        }
+        let (worst, worst_unexplained) =
+            check_after_first_step(name, &trainer.adapter(), &reference, &got_grads);
         eprintln!(
             "wgpu {name}: worst after-step abs diff {worst:e}, {worst_unexplained:e} beyond \
              what the gradient differences explain"

@@ -194,3 +194,66 @@ pub fn check_first_adamw_step(
     }
     (worst, worst_unexplained)
 }
+
+/// Checks every gradient of `mean` (the step's mean gradient as an adapter) against the
+/// reference's `grad.*` tensors within `tol`, norm-wise relative per tensor. Returns the
+/// worst error and this run's gradients by reference key (for [`check_after_first_step`]).
+pub fn check_gradients(
+    name: &str,
+    mean: &tributary_model::lora::LoraAdapter,
+    reference: &TensorStore,
+    tol: f32,
+) -> (f32, std::collections::HashMap<String, Vec<f32>>) {
+    let mut worst = 0.0f32;
+    let mut got_grads = std::collections::HashMap::new();
+    for (layer, t, m) in mean.iter() {
+        for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
+            let key = ref_key("grad", layer, t, which);
+            let (_, want) = reference.get_f32(&key).expect("grad key");
+            let got = values(tensor);
+            let e = rel_err(&got, &want);
+            worst = worst.max(e);
+            assert!(
+                e <= tol,
+                "{name}: grad of {} relative error {e}",
+                tributary_model::peft::peft_key(layer, t, which)
+            );
+            got_grads.insert(key, got);
+        }
+    }
+    (worst, got_grads)
+}
+
+/// Checks every tensor of `adapter` after the fixtures' first AdamW step against the
+/// reference's `after_step.*` ([`check_first_adamw_step`] per tensor, with `got_grads` from
+/// [`check_gradients`]). Returns the worst difference and the worst unexplained part.
+pub fn check_after_first_step(
+    name: &str,
+    adapter: &tributary_model::lora::LoraAdapter,
+    reference: &TensorStore,
+    got_grads: &std::collections::HashMap<String, Vec<f32>>,
+) -> (f32, f32) {
+    let (mut worst, mut worst_unexplained) = (0.0f32, 0.0f32);
+    for (layer, t, m) in adapter.iter() {
+        for (which, tensor) in [('A', &m.a), ('B', &m.b)] {
+            let (_, want) = reference
+                .get_f32(&ref_key("after_step", layer, t, which))
+                .expect("after_step key");
+            let grad_key = ref_key("grad", layer, t, which);
+            let (_, want_grad) = reference.get_f32(&grad_key).expect("grad key");
+            let (w, u) = check_first_adamw_step(
+                &format!(
+                    "{name}: {}",
+                    tributary_model::peft::peft_key(layer, t, which)
+                ),
+                &values(tensor),
+                &want,
+                &got_grads[&grad_key],
+                &want_grad,
+            );
+            worst = worst.max(w);
+            worst_unexplained = worst_unexplained.max(u);
+        }
+    }
+    (worst, worst_unexplained)
+}
