@@ -38,6 +38,15 @@ pub struct BenchAttributionArgs {
     /// Built-in data: examples of the first skill (skill i gets this + 4·i, at most 90).
     #[arg(long, default_value_t = 60)]
     pub per_skill: usize,
+    /// Built-in data: at most this many examples per skill (`--per-skill 10
+    /// --max-per-skill 10`: ten rows for every contributor, the small-data case).
+    #[arg(long, default_value_t = 90)]
+    pub max_per_skill: usize,
+    /// Messy data: this fraction of the training rows (0 to 1) gets a near-duplicate from
+    /// the same contributor right after it (the prompt reworded slightly, the completion
+    /// kept), as a datanet whose near-duplicate check let them through would hold.
+    #[arg(long, default_value_t = 0.0)]
+    pub near_duplicates: f64,
     /// Built-in data: held-out queries per skill.
     #[arg(long, default_value_t = 8)]
     pub queries_per_skill: usize,
@@ -128,6 +137,20 @@ fn tokenizer(args: &BenchAttributionArgs) -> anyhow::Result<Tokenizer> {
 }
 
 fn planted_set(args: &BenchAttributionArgs) -> anyhow::Result<PlantedSet> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.near_duplicates),
+        "--near-duplicates: {} is not a fraction from 0 to 1",
+        args.near_duplicates
+    );
+    let set = planted_rows(args)?;
+    Ok(planted::with_near_duplicates(
+        set,
+        args.near_duplicates,
+        args.seed,
+    ))
+}
+
+fn planted_rows(args: &BenchAttributionArgs) -> anyhow::Result<PlantedSet> {
     match (&args.data, &args.queries) {
         (Some(d), Some(q)) => {
             let read = |p: &PathBuf| {
@@ -140,7 +163,7 @@ fn planted_set(args: &BenchAttributionArgs) -> anyhow::Result<PlantedSet> {
         }
         _ => Ok(planted::builtin(
             args.per_skill,
-            90,
+            args.max_per_skill,
             args.queries_per_skill,
             args.seed,
         )),

@@ -283,6 +283,49 @@ pub fn builtin(
     PlantedSet { data, queries }
 }
 
+/// Words put in front of a prompt to make a near-duplicate of it (what a datanet's
+/// near-duplicate check can miss: the same request, a few words longer).
+const NEAR_DUPLICATE_LEADS: &[&str] = &["Please:", "Quick one:", "Task:", "Now:", "Next:"];
+
+/// `set` with a near-duplicate of each of a `fraction` of its training rows (chosen with
+/// `seed`), inserted right after the row by the same contributor: the prompt with a few
+/// words in front, the completion unchanged. Queries are kept. `fraction` 0 returns `set`.
+pub fn with_near_duplicates(set: PlantedSet, fraction: f64, seed: u64) -> PlantedSet {
+    if fraction <= 0.0 || set.data.is_empty() {
+        return set;
+    }
+    let n = set.data.len();
+    let want = ((n as f64 * fraction.min(1.0)).round() as usize).min(n);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006e_6561_7264_7570);
+    let mut order: Vec<usize> = (0..n).collect();
+    // A partial Fisher-Yates shuffle: the first `want` positions are the chosen rows.
+    for i in 0..want {
+        let j = rng.random_range(i..n);
+        order.swap(i, j);
+    }
+    let chosen: BTreeSet<usize> = order.into_iter().take(want).collect();
+    let mut data = Vec::with_capacity(n + want);
+    for (i, row) in set.data.into_iter().enumerate() {
+        let dup = chosen.contains(&i).then(|| {
+            let lead = NEAR_DUPLICATE_LEADS
+                .get(rng.random_range(0..NEAR_DUPLICATE_LEADS.len()))
+                .copied()
+                .unwrap_or("Please:");
+            PlantedRow {
+                contributor: row.contributor.clone(),
+                prompt: format!("{lead} {}", row.prompt),
+                completion: row.completion.clone(),
+            }
+        });
+        data.push(row);
+        data.extend(dup);
+    }
+    PlantedSet {
+        data,
+        queries: set.queries,
+    }
+}
+
 /// Reads `{contributor, prompt, completion}` rows; `what` names the file in errors.
 pub fn parse_rows(text: &str, what: &str) -> Result<Vec<PlantedRow>, ModelError> {
     parse_lines(text, what)
@@ -371,6 +414,39 @@ mod tests {
                 .all(|q| !prompts.contains(q.prompt.as_str()))
         );
         assert_eq!(set, builtin(60, 90, 8, 1));
+    }
+
+    #[test]
+    fn near_duplicates_follow_their_row_by_the_same_owner() {
+        let set = builtin(10, 10, 2, 3);
+        assert!(
+            SKILLS.iter().enumerate().all(|(i, s)| set
+                .data
+                .iter()
+                .filter(|r| r.contributor == format!("c{i}-{s}"))
+                .count()
+                == 10),
+            "--max-per-skill caps every contributor"
+        );
+        let n = set.data.len();
+        let messy = with_near_duplicates(set.clone(), 0.2, 3);
+        assert_eq!(messy.data.len(), n + (n as f64 * 0.2).round() as usize);
+        assert_eq!(messy.queries, set.queries);
+        // Every original row is there, in order; each added row follows its original.
+        let mut originals = Vec::new();
+        let mut rows = messy.data.iter().peekable();
+        while let Some(row) = rows.next() {
+            originals.push(row.clone());
+            if let Some(next) =
+                rows.next_if(|n| n.prompt.ends_with(&row.prompt) && n.prompt != row.prompt)
+            {
+                assert_eq!(next.contributor, row.contributor);
+                assert_eq!(next.completion, row.completion);
+            }
+        }
+        assert_eq!(originals, set.data);
+        assert_eq!(with_near_duplicates(set.clone(), 0.0, 3), set);
+        assert_eq!(messy, with_near_duplicates(set, 0.2, 3), "seeded");
     }
 
     #[test]
