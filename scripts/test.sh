@@ -47,9 +47,9 @@ if [ "${TRIBUTARY_SKIP_WGPU_CHECK:-0}" != "1" ]; then
     stage "wgpu fixture tests (lavapipe)"
     cargo test --workspace --features wgpu --test wgpu_fixtures -- --show-output
   else
-    # TRIBUTARY_WGPU_TESTS=check: only type-check the wgpu feature and its fixture tests.
-    stage "cargo check --features wgpu"
-    cargo check --workspace --features wgpu --lib --bins --test wgpu_fixtures
+    # TRIBUTARY_WGPU_TESTS=check: the fixture tests are not run; the clippy stage above has
+    # type-checked the wgpu feature and them.
+    echo "wgpu fixture tests not run (TRIBUTARY_WGPU_TESTS=check): type-checked by clippy"
   fi
 fi
 

@@ -244,24 +244,10 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         .max_by_key(|(k, v)| (v.as_u64().unwrap(), std::cmp::Reverse((*k).clone())))
         .map(|(k, _)| k.clone())
         .unwrap();
-    let (code, text) = dev.request(
-        "GET",
-        &format!("/v1/contributors/{top}/rewards"),
-        "text/plain",
-        "",
-    );
-    assert_eq!(code, 200, "{text}");
-    let r: Value = serde_json::from_str(&text).unwrap();
+    let r = get_ok(&dev, &format!("/v1/contributors/{top}/rewards"));
     assert_eq!(r["rewards"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(r["total"], first_balances[&top], "{r}");
-    let (code, text) = dev.request(
-        "GET",
-        "/v1/adapters/clinic-bot/contributors",
-        "text/plain",
-        "",
-    );
-    assert_eq!(code, 200, "{text}");
-    let a: Value = serde_json::from_str(&text).unwrap();
+    let a = get_ok(&dev, "/v1/adapters/clinic-bot/contributors");
     assert_eq!(a["adapter"], digest);
     assert_eq!(a["answers"], 1);
     assert_eq!(a["fees"].as_u64().unwrap(), tokens * 1000);
@@ -457,12 +443,7 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
     // balance); the adapter view counts every answer; a bad page request is a 400 naming
     // the field.
     let builder = rec["builder"].as_str().unwrap().to_string();
-    let get = |path: &str| -> Value {
-        let (code, text) = dev.request("GET", path, "text/plain", "");
-        assert_eq!(code, 200, "{path}: {text}");
-        serde_json::from_str(&text).unwrap()
-    };
-    let all = get(&format!("/v1/contributors/{builder}/rewards"));
+    let all = get_ok(&dev, &format!("/v1/contributors/{builder}/rewards"));
     let rows = all["rewards"].as_array().unwrap().clone();
     assert_eq!(rows.len(), 2 + ids.len(), "{all}");
     assert!(all["next"].is_null(), "{all}");
@@ -482,7 +463,7 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
             Some(c) => format!("/v1/contributors/{builder}/rewards?limit=3&after={c}"),
             None => format!("/v1/contributors/{builder}/rewards?limit=3"),
         };
-        let page = get(&path);
+        let page = get_ok(&dev, &path);
         let got = page["rewards"].as_array().unwrap();
         assert!(got.len() <= 3, "{page}");
         paged.extend(got.iter().cloned());
@@ -492,7 +473,7 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         }
     }
     assert_eq!(paged, rows, "pages join up to the whole list");
-    let view = get("/v1/adapters/clinic-bot/contributors");
+    let view = get_ok(&dev, "/v1/adapters/clinic-bot/contributors");
     assert_eq!(view["answers"], 2 + ids.len() as u64, "{view}");
     for bad in ["?limit=0", "?limit=x", "?limit=10001", "?after=nope"] {
         let (code, text) = dev.request(
@@ -519,6 +500,13 @@ fn a_served_answer_is_attributed_and_paid_once_and_a_withdrawn_contributor_is_no
         metrics.contains("tributary_reward_lag_seconds_count"),
         "{metrics}"
     );
+}
+
+/// `GET path` on `dev`, which must answer 200 with JSON.
+fn get_ok(dev: &Dev, path: &str) -> Value {
+    let (code, text) = dev.request("GET", path, "text/plain", "");
+    assert_eq!(code, 200, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
 }
 
 fn job_cli(dev: &Dev, args: &[&str]) -> std::process::Output {

@@ -138,7 +138,7 @@ async fn contributor_rewards(
             format!("after = {a:?} is not a cursor from an earlier page's `next`"),
         ));
     }
-    let entries: Vec<(String, ContributorEntry)> = list_entries(
+    let mut entries: Vec<(String, ContributorEntry)> = list_entries(
         &store,
         &contributor_prefix(&id),
         after,
@@ -146,16 +146,14 @@ async fn contributor_rewards(
     )
     .await
     .map_err(unavailable)?;
-    let mut entries = entries;
     let more = limit.is_some_and(|l| entries.len() > l);
     if let Some(l) = limit {
         entries.truncate(l);
     }
-    let kept = &entries;
-    let total = kept
+    let total = entries
         .iter()
         .fold(0u64, |t, (_, e)| t.saturating_add(e.amount));
-    let rows: Vec<Value> = kept
+    let rows: Vec<Value> = entries
         .iter()
         .map(|(_, e)| {
             json!({
@@ -169,7 +167,7 @@ async fn contributor_rewards(
         })
         .collect();
     let next = more
-        .then(|| kept.last().map(|(name, _)| name.clone()))
+        .then(|| entries.last().map(|(name, _)| name.clone()))
         .flatten();
     Ok(Json(
         json!({ "contributor": id, "total": total, "rewards": rows, "next": next }),

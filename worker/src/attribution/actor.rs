@@ -244,12 +244,11 @@ async fn collect(state: &mut RewardState) {
             Ok(Some(bytes)) => {
                 // Acknowledged before, the marker outlived a crash (perhaps before the
                 // receipt's view entries were written: they are written again).
-                let indexed = match serde_json::from_slice::<RewardReceipt>(&bytes) {
-                    Ok(r) => receipt_index::write_entries(&state.store, &r).await.is_ok(),
-                    Err(_) => true,
-                };
-                if indexed {
-                    let _ = state.store.delete(&Key::from(pending_key(rid))).await;
+                match serde_json::from_slice::<RewardReceipt>(&bytes) {
+                    Ok(r) => index_then_release(&state.store, &r).await,
+                    Err(_) => {
+                        let _ = state.store.delete(&Key::from(pending_key(rid))).await;
+                    }
                 }
                 continue;
             }
@@ -369,23 +368,8 @@ async fn append(state: &mut RewardState, n: usize) -> Result<(), LogError> {
                 }
             },
         };
-        // The views are written after the receipt and before the marker goes, so a crash
-        // between them leaves the marker, and the next window writes them again.
-        let stored = match &receipt {
-            Some(r) => match receipt_index::write_entries(&state.store, r).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, request_id = %r.request_id, "writing the reward receipt's views; its pending marker brings it back next window");
-                    false
-                }
-            },
-            None => false,
-        };
-        if stored {
-            let _ = state
-                .store
-                .delete(&Key::from(pending_key(&p.reward.request_id)))
-                .await;
+        if let Some(r) = &receipt {
+            index_then_release(&state.store, r).await;
         }
         state.queued.remove(&p.reward.request_id);
         REWARD_LAG.observe(acked.saturating_sub(p.reward.time_ms) as f64 / 1000.0);
@@ -393,6 +377,22 @@ async fn append(state: &mut RewardState, n: usize) -> Result<(), LogError> {
         tracing::info!(request_id = %p.reward.request_id, total = p.reward.total, already, "reward acknowledged");
     }
     Ok(())
+}
+
+/// Writes the view entries of `receipt` ([`receipt_index`]), then deletes its pending marker.
+/// The entries go after the receipt and before the marker, so a crash or a failed write in
+/// between leaves the marker, and the next window writes them again.
+async fn index_then_release(store: &Store, receipt: &RewardReceipt) {
+    match receipt_index::write_entries(store, receipt).await {
+        Ok(()) => {
+            let _ = store
+                .delete(&Key::from(pending_key(&receipt.request_id)))
+                .await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, request_id = %receipt.request_id, "writing the reward receipt's views; its pending marker brings it back next window");
+        }
+    }
 }
 
 /// Starts the actor (opens the reward log: self-test, epoch claim, reconciliation).
