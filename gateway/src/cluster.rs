@@ -270,16 +270,26 @@ impl ClusterInference {
         let base = t.info.as_ref()?.base_digest;
         let now = Instant::now();
         let ttl = self.inner.config.routed_ttl;
-        let candidates: Vec<&NodeId> = t
+        let eligible = |n: &NodeId, w: &Worker| !excluded.contains(n) && w.serving.base_digest == base;
+        let mut candidates: Vec<&NodeId> = t
             .workers
             .iter()
-            .filter(|(n, w)| {
-                !excluded.contains(*n)
-                    && w.serving.base_digest == base
-                    && w.down_until.is_none_or(|d| d <= now)
-            })
+            .filter(|(n, w)| eligible(n, w) && w.down_until.is_none_or(|d| d <= now))
             .map(|(n, _)| n)
             .collect();
+        if candidates.is_empty() {
+            // Every worker this request may still try is marked down (by failures of other
+            // requests, which under load or during a restart can hit every worker within
+            // `down_for`). A down mark is a preference, not a verdict: try them rather than
+            // fail the request untried (Envoy's "panic mode"). Each one this request tries
+            // and loses joins `excluded`, so this ends.
+            candidates = t
+                .workers
+                .iter()
+                .filter(|(n, w)| eligible(n, w))
+                .map(|(n, _)| n)
+                .collect();
+        }
         let loads: Vec<WorkerLoad> = candidates
             .iter()
             .filter_map(|n| Some((n, t.workers.get(*n)?)))
@@ -308,15 +318,13 @@ impl ClusterInference {
         Some((node, InFlight(w.in_flight.clone())))
     }
 
-    /// Whether some worker outside `excluded` is not marked down.
-    #[allow(clippy::disallowed_methods)] // measures elapsed time
-    fn any_up(&self, excluded: &HashSet<NodeId>) -> bool {
-        let now = Instant::now();
-        self.inner.table.read().is_ok_and(|t| {
-            t.workers
-                .iter()
-                .any(|(n, w)| !excluded.contains(n) && w.down_until.is_none_or(|d| d <= now))
-        })
+    /// Whether some worker outside `excluded` is left to try (marked down or not: [`Self::pick`]
+    /// tries the marked ones when nothing else is left).
+    fn any_left(&self, excluded: &HashSet<NodeId>) -> bool {
+        self.inner
+            .table
+            .read()
+            .is_ok_and(|t| t.workers.keys().any(|n| !excluded.contains(n)))
     }
 
     /// Marks `node` down at the address it has now (tests).
@@ -469,7 +477,7 @@ impl ClusterInference {
                 "no serving worker is registered".into(),
             ));
         }
-        if self.any_up(excluded) {
+        if self.any_left(excluded) {
             // Every worker left to try is at its capacity as this gateway counts it.
             return Err(InferenceError::Overloaded {
                 retry_after_ms: self.inner.config.retry_after_ms,

@@ -515,11 +515,33 @@ async fn a_worker_restarted_at_a_new_address_is_not_held_down_by_its_old_process
         open,
         "a failure on the old address closed the new one's connection"
     );
-    // A failure at the address it has now still marks it down.
+    // A failure at the address it has now still marks it down (its connection closed).
     r.cluster.mark_down_at(&w0, &new);
+    let closed = {
+        let t = r.cluster.inner.table.read().unwrap();
+        t.workers[&w0].conn.is_none() && t.workers[&w0].down_until.is_some()
+    };
+    assert!(closed, "a failure at the current address left w0 up");
+    // With nothing else left, the marked worker is still tried (and here it answers).
+    let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;
+    assert_eq!(got.unwrap(), "w0");
+}
+
+/// A down mark steers requests to the workers not marked; when every worker is marked (the
+/// rolling restart's 503s "0 tried": failures of other requests marked both workers of a
+/// busy gateway within `down_for`), the request tries them instead of failing untried.
+#[tokio::test]
+async fn down_marks_steer_requests_but_never_fail_one_untried() {
+    let r = rig([false, false]).await;
+    r.cluster.mark_down(&node("w0"));
+    for _ in 0..4 {
+        let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;
+        assert_eq!(got.unwrap(), "w1", "a request went to the worker marked down");
+    }
+    r.cluster.mark_down(&node("w1"));
     let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;
     assert!(
-        matches!(got, Err(InferenceError::Unavailable(_))),
-        "{got:?}"
+        matches!(got.as_deref(), Ok("w0" | "w1")),
+        "every worker marked down failed the request: {got:?}"
     );
 }

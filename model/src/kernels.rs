@@ -633,6 +633,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod bf16_amx;
+#[cfg(target_arch = "x86_64")]
 mod bf16_avx512;
 
 #[cfg(test)]

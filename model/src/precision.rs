@@ -112,9 +112,7 @@ impl Bf16Weight {
 
     /// `dY·W` for host rows `dy` `[m, out]`: `[m, in]` (`W` packed for this product only).
     pub fn backward_host(&self, dy: &[f32], m: usize) -> Vec<f32> {
-        let [in_dim, out_dim] = self.fwd.dims();
-        let w = Bf16Panel::from_transposed(&self.fwd.to_f32(), out_dim, in_dim);
-        bf16_gemm::gemm(dy, m, &w)
+        bf16_gemm::gemm(dy, m, &self.fwd.transposed())
     }
 }
 

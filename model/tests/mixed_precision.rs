@@ -23,7 +23,7 @@ use common::*;
 use half::bf16;
 use tributary_model::data::{DataOptions, load_jsonl, split_eval};
 use tributary_model::decoder::CausalLm;
-use tributary_model::kernels::bf16_gemm::{Bf16Panel, bf16_dot_available, gemm_with};
+use tributary_model::kernels::bf16_gemm::{Bf16Kernel, Bf16Panel, gemm_with};
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
 use tributary_model::precision::{Bf16Weight, Precision, frozen_bf16_matmul};
 use tributary_model::tokenizer::Tokenizer;
@@ -68,20 +68,21 @@ fn bf16_gemm_matches_f64_on_the_rounded_inputs() {
         (13, 64, 70),
         (200, 130, 96),
         (97, 258, 31),
+        (197, 96, 64),
     ] {
         let a = wave(m * k, 1);
         let b = wave(k * n, 2);
         let panel = Bf16Panel::from_rows(&b, k, n);
         let (want, mag) = reference(&a, &b, m, k, n);
-        for simd in [false, true] {
-            let got = gemm_with(&a, m, &panel, simd);
+        for kernel in Bf16Kernel::ALL {
+            let got = gemm_with(&a, m, &panel, kernel);
             for i in 0..m * n {
                 // Exact products, f32 sums: error ≤ k·2⁻²⁴·Σ|a·b| (a loose bound).
                 let tol = (k as f64) * 2f64.powi(-23) * mag[i] + 1e-30;
                 let e = (f64::from(got[i]) - want[i]).abs();
                 assert!(
                     e <= tol,
-                    "m {m} k {k} n {n} simd {simd} at {i}: {} vs {} (tol {tol:e})",
+                    "m {m} k {k} n {n} {kernel:?} at {i}: {} vs {} (tol {tol:e})",
                     got[i],
                     want[i]
                 );
@@ -101,9 +102,19 @@ fn bf16_gemm_matches_f64_on_the_rounded_inputs() {
         Bf16Panel::from_transposed(&bt, k, n),
         Bf16Panel::from_rows(&b, k, n)
     );
+    // Transposing a packed panel moves the values: it is the packing of the transpose.
+    assert_eq!(
+        Bf16Panel::from_rows(&b, k, n).transposed(),
+        Bf16Panel::from_rows(&bt, n, k)
+    );
+    assert_eq!(
+        Bf16Panel::from_rows(&b, k, n).transposed().transposed(),
+        Bf16Panel::from_rows(&b, k, n)
+    );
     let rounded: Vec<f32> = b.iter().map(|&v| round(v)).collect();
     assert_eq!(Bf16Panel::from_rows(&b, k, n).to_f32(), rounded);
-    eprintln!("AVX-512 BF16 on this CPU: {}", bf16_dot_available());
+    let available: Vec<_> = Bf16Kernel::ALL.iter().filter(|k| k.available()).collect();
+    eprintln!("bf16 kernels on this CPU: {available:?}");
 }
 
 #[test]

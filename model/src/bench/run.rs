@@ -64,6 +64,8 @@ pub struct TrainReport {
     pub gemm_peak_gflops: f64,
     /// The bf16 GEMM kernel (`kernels::bf16_gemm`), 1024³, measured just before the run.
     pub bf16_gemm_peak_gflops: f64,
+    /// Which bf16 kernel this CPU runs: "amx", "avx512bf16" or "portable".
+    pub bf16_kernel: &'static str,
     /// Achieved over the peak of the run's precision (f32: `gemm_peak_gflops`, bf16:
     /// `bf16_gemm_peak_gflops`).
     pub mfu: f64,
@@ -286,6 +288,7 @@ impl TrainBench {
             achieved_gflops: achieved,
             gemm_peak_gflops: peak,
             bf16_gemm_peak_gflops: bf16_peak,
+            bf16_kernel: crate::kernels::bf16_gemm::Bf16Kernel::best().name(),
             mfu: achieved
                 / match self.precision {
                     Precision::F32 => peak,

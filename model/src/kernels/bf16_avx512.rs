@@ -29,14 +29,15 @@ macro_rules! with_rows {
 }
 
 /// `rows` rows of `a` (`[rows, k]`, `k` even) rounded to bf16 (nearest even) into `out`
-/// (`[rows][k/2]` pairs, the even column in the low half).
+/// (`[rows][pairs]`, `pairs ≥ k/2`, the even column in the low half; pairs past `k/2` are left
+/// as they are).
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn pack_rows(a: &[f32], rows: usize, k: usize, out: &mut [u32]) {
-    assert!(k.is_multiple_of(2) && a.len() >= rows * k && out.len() >= rows * k / 2);
-    let pairs = k / 2;
+pub(super) unsafe fn pack_rows(a: &[f32], rows: usize, k: usize, pairs: usize, out: &mut [u32]) {
+    assert!(k.is_multiple_of(2) && pairs >= k / 2);
+    assert!(a.len() >= rows * k && out.len() >= rows * pairs);
     for r in 0..rows {
         let src = &a[r * k..(r + 1) * k];
-        let dst = &mut out[r * pairs..(r + 1) * pairs];
+        let dst = &mut out[r * pairs..r * pairs + k / 2];
         let mut i = 0;
         while i + 32 <= k {
             // SAFETY: i + 32 ≤ k = src.len(); i/2 + 16 ≤ pairs = dst.len().

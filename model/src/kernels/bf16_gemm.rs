@@ -3,18 +3,19 @@
 //! frozen weight stored in bf16 ([`Bf16Panel`]), `C` `[m, n]` f32. Products of two bf16
 //! values are exact in f32 and every sum is kept in f32: only the inputs are rounded.
 //!
-//! Where the CPU has AVX-512 BF16 (`VDPBF16PS`: 32 bf16 products per instruction, summed in
-//! pairs into 16 f32 lanes, twice the f32 FMA rate) the kernel uses it ([`bf16_dot_available`],
-//! checked at run time); elsewhere a portable loop widens both operands to f32 and computes
-//! the same sums (differing only in the order of the two terms of each pair and in
-//! `VDPBF16PS`'s flushing of subnormals to zero).
+//! Three kernels compute the same sums ([`Bf16Kernel`], the best one the CPU offers is chosen
+//! at run time): AMX tiles (`TDPBF16PS`, [`super::bf16_amx`]) where the CPU has AMX-BF16 and
+//! Linux grants the tile state; AVX-512 BF16 (`VDPBF16PS`: 32 bf16 products per instruction,
+//! summed in pairs into 16 f32 lanes, twice the f32 FMA rate) where it has that; elsewhere a
+//! portable loop that widens both operands to f32. They differ only in the order of the
+//! additions and in the hardware's flushing of subnormals to zero.
 //!
 //! Layout: `B` is cut into column tiles of [`NR`]; a tile stores, for every pair of rows
 //! `(2p, 2p+1)` of `B`, its [`NR`] columns as `u32`s holding the two bf16 values (row `2p` in
-//! the low half), which is the operand layout of `VDPBF16PS`. `A` is packed per block of rows
-//! into the same pairs (`[rows][k/2]` `u32`), so one 32-bit broadcast gives a row's pair.
-//! Row blocks of [`MC`] rows are spread over rayon's pool; within a block every tile of `B`
-//! is multiplied by [`MR`] rows at a time with `2·MR` accumulator registers.
+//! the low half), which is the operand layout of `VDPBF16PS` and AMX's `B` tile layout. The
+//! pairs are padded with zeros to a multiple of [`KP`] (one AMX tile step). `A` is packed per
+//! block of rows into the same pairs (`[rows][pairs]` `u32`), so one 32-bit broadcast gives a
+//! row's pair and 16 rows of it are an AMX `A` tile. Row blocks are spread over rayon's pool.
 // SIMD/GEMM kernels: shapes are checked once at entry, then indexed in hot loops (the
 // exception issue 12 allows). The parsers of untrusted files deny indexing.
 #![allow(clippy::indexing_slicing)]
@@ -28,16 +29,24 @@ pub const NR: usize = 32;
 /// Rows of `A` per micro-kernel call (24 accumulator registers of 32).
 pub const MR: usize = 12;
 
-/// Rows of `A` per rayon task (a multiple of [`MR`]): its packed rows (`MC·k` bf16) stay in
-/// L2 while every tile of `B` passes by.
+/// Rows of `A` per rayon task for the AVX-512 and portable kernels (a multiple of [`MR`]):
+/// its packed rows (`MC·k` bf16) stay in L2 while every tile of `B` passes by.
 pub const MC: usize = 96;
+
+/// Rows of `A` per rayon task for the AMX kernel (a multiple of its 32-row block; 64 was the
+/// fastest of 32–2048 on a 2048 × 512 × 1376 product).
+pub const MC_AMX: usize = 64;
+
+/// Pairs of `k` per AMX tile step; every panel's pairs are padded to a multiple of it.
+pub const KP: usize = 16;
 
 /// A `[k, n]` matrix in bf16, packed in column tiles for [`gemm`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bf16Panel {
     k: usize,
     n: usize,
-    /// `k` rounded up to even, halved.
+    /// `k` rounded up to even, halved, rounded up to a multiple of [`KP`] (zero pairs past
+    /// `k`).
     pairs: usize,
     /// `[tiles][pairs][NR]`, each `u32` = bf16 of row `2p` (low) and `2p+1` (high).
     data: Vec<u32>,
@@ -53,11 +62,11 @@ impl Bf16Panel {
     /// Packs the `[k, n]` matrix whose element `(row, col)` is `at(row, col)`, rounded to
     /// bf16 (nearest even).
     pub fn from_fn(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
-        let pairs = k.div_ceil(2);
+        let pairs = padded_pairs(k);
         let tiles = n.div_ceil(NR);
         let mut data = vec![0u32; tiles * pairs * NR];
         for t in 0..tiles {
-            for p in 0..pairs {
+            for p in 0..k.div_ceil(2) {
                 let base = (t * pairs + p) * NR;
                 for j in 0..NR {
                     let c = t * NR + j;
@@ -91,6 +100,37 @@ impl Bf16Panel {
             "Bf16Panel::from_transposed: bt is not [n, k]"
         );
         Self::from_fn(k, n, |r, c| bt[c * k + r])
+    }
+
+    /// The `[n, k]` transpose, packed (the bf16 values moved, not rounded again).
+    pub fn transposed(&self) -> Self {
+        let (k, n) = (self.n, self.k);
+        let pairs = padded_pairs(k);
+        let tiles = n.div_ceil(NR);
+        let mut data = vec![0u32; tiles * pairs * NR];
+        // Element (r, c) of the transpose is element (c, r) here; read this panel's half-words
+        // in its own order (tile, pair, column) and scatter them.
+        let half = |w: u32, hi: bool| if hi { w >> 16 } else { w & 0xffff };
+        for t in 0..self.n.div_ceil(NR) {
+            for p in 0..self.k.div_ceil(2) {
+                let src = &self.data[(t * self.pairs + p) * NR..(t * self.pairs + p + 1) * NR];
+                for (j, &w) in src.iter().enumerate() {
+                    let row = t * NR + j; // row of the transpose
+                    if row >= k {
+                        break;
+                    }
+                    for (bit, col) in [(false, 2 * p), (true, 2 * p + 1)] {
+                        if col >= n {
+                            continue;
+                        }
+                        let v = half(w, bit);
+                        let dst = ((col / NR) * pairs + row / 2) * NR + col % NR;
+                        data[dst] |= v << (16 * (row % 2));
+                    }
+                }
+            }
+        }
+        Self { k, n, pairs, data }
     }
 
     /// `[k, n]`.
@@ -131,7 +171,58 @@ impl Bf16Panel {
     }
 }
 
-/// Whether the CPU has AVX-512 BF16 (`VDPBF16PS`), which [`gemm`] then uses.
+/// `k` rounded up to even, halved, rounded up to a multiple of [`KP`].
+fn padded_pairs(k: usize) -> usize {
+    k.div_ceil(2).div_ceil(KP) * KP
+}
+
+/// Which kernel computes [`gemm`]'s products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// Widen to f32 and multiply-add (any CPU).
+    Portable,
+    /// AVX-512 BF16 `VDPBF16PS`.
+    Avx512Bf16,
+    /// AMX `TDPBF16PS` tiles.
+    Amx,
+}
+
+impl Bf16Kernel {
+    /// Every kernel, slowest first.
+    pub const ALL: [Bf16Kernel; 3] = [Bf16Kernel::Portable, Bf16Kernel::Avx512Bf16, Bf16Kernel::Amx];
+
+    /// The fastest kernel this process may run (asks Linux for AMX state once).
+    pub fn best() -> Self {
+        Self::ALL
+            .into_iter()
+            .rev()
+            .find(|k| k.available())
+            .unwrap_or(Bf16Kernel::Portable)
+    }
+
+    /// Whether this CPU (and, for AMX, the OS) can run it.
+    pub fn available(self) -> bool {
+        match self {
+            Bf16Kernel::Portable => true,
+            Bf16Kernel::Avx512Bf16 => bf16_dot_available(),
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Amx => super::bf16_amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Bf16Kernel::Amx => false,
+        }
+    }
+
+    /// The name benchmarks report: `portable`, `avx512bf16`, `amx`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Portable => "portable",
+            Bf16Kernel::Avx512Bf16 => "avx512bf16",
+            Bf16Kernel::Amx => "amx",
+        }
+    }
+}
+
+/// Whether the CPU has AVX-512 BF16 (`VDPBF16PS`).
 pub fn bf16_dot_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -146,22 +237,36 @@ pub fn bf16_dot_available() -> bool {
 
 /// `A·B`: `a` is `[m, k]` row-major f32 (rounded to bf16 here), the result `[m, n]` row-major.
 pub fn gemm(a: &[f32], m: usize, b: &Bf16Panel) -> Vec<f32> {
-    gemm_with(a, m, b, bf16_dot_available())
+    static BEST: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
+    gemm_with(a, m, b, *BEST.get_or_init(Bf16Kernel::best))
 }
 
-/// [`gemm`] choosing the AVX-512 BF16 kernel (when `simd` and the CPU has it) or the portable
-/// one (tests compare them).
-pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, simd: bool) -> Vec<f32> {
+/// [`gemm`] on the given kernel (tests compare them); a kernel the CPU lacks falls back to
+/// the portable loop.
+pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<f32> {
     let (k, n) = (b.k, b.n);
     assert_eq!(a.len(), m * k, "bf16 gemm: a is not [m, k]");
-    let simd = simd && bf16_dot_available();
+    let kernel = if kernel.available() {
+        kernel
+    } else {
+        Bf16Kernel::Portable
+    };
     let mut c = vec![0.0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
         return c;
     }
     let block = |(a_rows, c_rows): (&[f32], &mut [f32])| {
         let rows = a_rows.len() / k;
-        let packed = pack_rows(a_rows, rows, k, b.pairs, simd);
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Bf16Kernel::Amx {
+            let padded = rows.div_ceil(super::bf16_amx::ROWS) * super::bf16_amx::ROWS;
+            let packed = pack_rows(a_rows, rows, padded, k, b.pairs, true);
+            // SAFETY: AMX is available (checked above); `packed` is `[padded][pairs]`.
+            unsafe { super::bf16_amx::block(&packed, b.pairs, rows, &b.data, n, c_rows) };
+            return;
+        }
+        let simd = kernel != Bf16Kernel::Portable;
+        let packed = pack_rows(a_rows, rows, rows, k, b.pairs, simd);
         for t in 0..n.div_ceil(NR) {
             let cols = (n - t * NR).min(NR);
             let bt = b.tile(t);
@@ -173,31 +278,32 @@ pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, simd: bool) -> Vec<f32> {
             }
         }
     };
-    if m <= MC {
+    let rows_per_task = if kernel == Bf16Kernel::Amx { MC_AMX } else { MC };
+    if m <= rows_per_task {
         block((a, &mut c));
     } else {
-        a.par_chunks(MC * k)
-            .zip(c.par_chunks_mut(MC * n))
+        a.par_chunks(rows_per_task * k)
+            .zip(c.par_chunks_mut(rows_per_task * n))
             .for_each(block);
     }
     c
 }
 
-/// `rows` rows of `a` (`[rows, k]`) as bf16 pairs, `[rows][pairs]` (a zero high half past an
-/// odd `k`).
-fn pack_rows(a: &[f32], rows: usize, k: usize, pairs: usize, simd: bool) -> Vec<u32> {
-    let mut out = vec![0u32; rows * pairs];
+/// `rows` rows of `a` (`[rows, k]`) as bf16 pairs, `[out_rows][pairs]` (zero past `k` and past
+/// `rows`; `out_rows ≥ rows`).
+fn pack_rows(a: &[f32], rows: usize, out_rows: usize, k: usize, pairs: usize, simd: bool) -> Vec<u32> {
+    let mut out = vec![0u32; out_rows * pairs];
     #[cfg(target_arch = "x86_64")]
-    if simd && k.is_multiple_of(2) {
-        // SAFETY: avx512f and avx512bf16 were detected by the caller (`simd`).
-        unsafe { super::bf16_avx512::pack_rows(a, rows, k, &mut out) };
+    if simd && k.is_multiple_of(2) && bf16_dot_available() {
+        // SAFETY: avx512f and avx512bf16 were detected just now.
+        unsafe { super::bf16_avx512::pack_rows(a, rows, k, pairs, &mut out) };
         return out;
     }
     let _ = simd;
     for r in 0..rows {
         let row = &a[r * k..(r + 1) * k];
         let dst = &mut out[r * pairs..(r + 1) * pairs];
-        for (p, d) in dst.iter_mut().enumerate() {
+        for (p, d) in dst.iter_mut().take(k.div_ceil(2)).enumerate() {
             let lo = bits(row[2 * p]);
             let hi = row.get(2 * p + 1).map_or(0, |&v| bits(v));
             *d = lo | (hi << 16);
