@@ -103,8 +103,19 @@ fn bench_train_and_generate_print_one_json_line_each() {
     assert_eq!(nf4_run["quantize"], "nf4");
     // bench generate measures what `model generate` does by default.
     assert_eq!(f32_run["dtype"], "f32-packed", "{f32_run}");
-    // bench train defaults to the precision that measured fastest (f32: docs/precision.md).
-    assert_eq!(train["precision"], "f32", "{train}");
+    // bench train defaults to the precision that measured fastest (docs/precision.md): bf16
+    // where its GEMM runs on AMX tiles, f32 elsewhere; the JSON names the kernel.
+    let amx = train["bf16_kernel"] == "amx";
+    assert_eq!(
+        train["precision"],
+        if amx { "bf16" } else { "f32" },
+        "{train}"
+    );
+    assert_eq!(
+        amx,
+        tributary_model::kernels::bf16_gemm::Bf16Kernel::Amx.available(),
+        "{train}"
+    );
     let ratio = num(&nf4_run, "base_linear_mib") / num(&f32_run, "base_linear_mib");
     assert!(ratio <= 0.3, "NF4 base takes {ratio}× the f32 bytes");
 }

@@ -270,7 +270,8 @@ impl ClusterInference {
         let base = t.info.as_ref()?.base_digest;
         let now = Instant::now();
         let ttl = self.inner.config.routed_ttl;
-        let eligible = |n: &NodeId, w: &Worker| !excluded.contains(n) && w.serving.base_digest == base;
+        let eligible =
+            |n: &NodeId, w: &Worker| !excluded.contains(n) && w.serving.base_digest == base;
         let mut candidates: Vec<&NodeId> = t
             .workers
             .iter()

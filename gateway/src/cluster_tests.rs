@@ -536,7 +536,11 @@ async fn down_marks_steer_requests_but_never_fail_one_untried() {
     r.cluster.mark_down(&node("w0"));
     for _ in 0..4 {
         let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;
-        assert_eq!(got.unwrap(), "w1", "a request went to the worker marked down");
+        assert_eq!(
+            got.unwrap(),
+            "w1",
+            "a request went to the worker marked down"
+        );
     }
     r.cluster.mark_down(&node("w1"));
     let got = answer(&r.cluster, request(ModelChoice::Base, "hi")).await;

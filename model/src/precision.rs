@@ -56,14 +56,19 @@ impl Precision {
         }
     }
 
-    /// The fastest precision whose quality holds on this machine: f32. Measured idle in a
-    /// release build on the 2-core AVX-512 BF16 VM (2026-12-06 22:31, docs/benchmarks.md
-    /// "bf16 mixed-precision training"), bf16 trains at 0.84× f32's tokens/s: our bf16 GEMM
-    /// reaches 185 GFLOP/s on 2 threads where burn's f32 GEMM reaches 280. bf16 stays
-    /// available (`--precision bf16`) and becomes the default again once its kernel is faster
-    /// than f32 on the machine it runs on.
+    /// The fastest precision whose quality holds on this machine: bf16 where the bf16 GEMM
+    /// runs on AMX tiles, f32 elsewhere. Measured in release builds (docs/benchmarks.md, "bf16
+    /// mixed-precision training"): on a Xeon with AMX-BF16 (2026-12-07) bf16 trains at 1.46×
+    /// f32's tokens/s; on the AVX-512 BF16 VMs without AMX (2026-12-06) at 0.84×, because the
+    /// `VDPBF16PS` kernel reaches 185 GFLOP/s on 2 threads where burn's f32 GEMM reaches 280.
     pub fn fastest() -> Self {
-        Precision::F32
+        if crate::kernels::bf16_gemm::Bf16Kernel::best()
+            == crate::kernels::bf16_gemm::Bf16Kernel::Amx
+        {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
     }
 }
 

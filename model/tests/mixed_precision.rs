@@ -301,8 +301,10 @@ fn precision_is_recorded_and_old_configs_read_as_f32() {
     assert_eq!(back.precision, Precision::F32);
     assert_eq!(Precision::parse("bf16"), Some(Precision::Bf16));
     assert_eq!(Precision::parse("fp16"), None);
-    // The default is what measured fastest (docs/benchmarks.md): f32 today.
-    assert_eq!(Precision::fastest(), Precision::F32);
+    // The default is what measured fastest (docs/benchmarks.md): bf16 on AMX tiles, else f32.
+    let amx = tributary_model::kernels::bf16_gemm::Bf16Kernel::Amx.available();
+    let want = if amx { Precision::Bf16 } else { Precision::F32 };
+    assert_eq!(Precision::fastest(), want);
 }
 
 /// `bench train` at both precisions in one process (one JSON line each), for same-run

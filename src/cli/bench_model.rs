@@ -116,8 +116,8 @@ pub struct BenchTrainArgs {
     pub double_quant: bool,
     #[command(flatten)]
     pub device: DeviceArg,
-    /// Arithmetic of the base's products [default: f32, measured fastest (docs/precision.md);
-    /// what `model finetune` uses].
+    /// Arithmetic of the base's products [default: bf16 where the CPU has AMX-BF16, else f32:
+    /// the faster on each (docs/precision.md); what `model finetune` uses].
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
 }

@@ -117,8 +117,9 @@ pub struct FinetuneArgs {
     /// size and cost in OUT/attribution.json.
     #[arg(long)]
     pub attribution_index: bool,
-    /// Arithmetic of the frozen base's products [default: f32, measured fastest
-    /// (docs/precision.md)]; recorded in OUT/training_config.json.
+    /// Arithmetic of the frozen base's products [default: bf16 where the CPU has AMX-BF16,
+    /// else f32: the faster on each (docs/precision.md)]; recorded in
+    /// OUT/training_config.json.
     #[arg(long, value_enum)]
     pub precision: Option<super::bench_model::PrecisionArg>,
     /// Recompute each decoder layer's activations in the backward pass instead of keeping

@@ -102,7 +102,14 @@ impl TileConfig {
 ///
 /// # Safety
 /// [`available`] must have returned true.
-pub(super) unsafe fn block(a: &[u32], pairs: usize, rows: usize, b: &[u32], n: usize, c: &mut [f32]) {
+pub(super) unsafe fn block(
+    a: &[u32],
+    pairs: usize,
+    rows: usize,
+    b: &[u32],
+    n: usize,
+    c: &mut [f32],
+) {
     let padded_rows = rows.div_ceil(ROWS) * ROWS;
     let tiles = n.div_ceil(NR);
     assert!(pairs.is_multiple_of(KP) && a.len() >= padded_rows * pairs);
@@ -119,7 +126,15 @@ pub(super) unsafe fn block(a: &[u32], pairs: usize, rows: usize, b: &[u32], n: u
             let full = r0 + ROWS <= rows && cols == NR;
             if full {
                 // SAFETY: rows r0..r0+32 and columns t·32..t·32+32 lie inside `c` (`full`).
-                unsafe { block_32x32(a_rows, pairs, b_tile, c.as_mut_ptr().add(r0 * n + t * NR), n) };
+                unsafe {
+                    block_32x32(
+                        a_rows,
+                        pairs,
+                        b_tile,
+                        c.as_mut_ptr().add(r0 * n + t * NR),
+                        n,
+                    )
+                };
             } else {
                 // SAFETY: `spill` is 32 × 32 with row stride NR.
                 unsafe { block_32x32(a_rows, pairs, b_tile, spill.as_mut_ptr(), NR) };

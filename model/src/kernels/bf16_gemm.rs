@@ -189,7 +189,11 @@ pub enum Bf16Kernel {
 
 impl Bf16Kernel {
     /// Every kernel, slowest first.
-    pub const ALL: [Bf16Kernel; 3] = [Bf16Kernel::Portable, Bf16Kernel::Avx512Bf16, Bf16Kernel::Amx];
+    pub const ALL: [Bf16Kernel; 3] = [
+        Bf16Kernel::Portable,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Amx,
+    ];
 
     /// The fastest kernel this process may run (asks Linux for AMX state once).
     pub fn best() -> Self {
@@ -278,7 +282,11 @@ pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<
             }
         }
     };
-    let rows_per_task = if kernel == Bf16Kernel::Amx { MC_AMX } else { MC };
+    let rows_per_task = if kernel == Bf16Kernel::Amx {
+        MC_AMX
+    } else {
+        MC
+    };
     if m <= rows_per_task {
         block((a, &mut c));
     } else {
@@ -291,7 +299,14 @@ pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<
 
 /// `rows` rows of `a` (`[rows, k]`) as bf16 pairs, `[out_rows][pairs]` (zero past `k` and past
 /// `rows`; `out_rows ≥ rows`).
-fn pack_rows(a: &[f32], rows: usize, out_rows: usize, k: usize, pairs: usize, simd: bool) -> Vec<u32> {
+fn pack_rows(
+    a: &[f32],
+    rows: usize,
+    out_rows: usize,
+    k: usize,
+    pairs: usize,
+    simd: bool,
+) -> Vec<u32> {
     let mut out = vec![0u32; out_rows * pairs];
     #[cfg(target_arch = "x86_64")]
     if simd && k.is_multiple_of(2) && bf16_dot_available() {
