@@ -520,7 +520,9 @@ impl CausalLm {
         let mut hs = self.embed.gather(ids, &self.device)?;
         let (cos, sin) = attention::rope_tables(&plan.positions, b, s, cfg, &self.device);
         let mask = attention::mask(&plan, b, s, &self.device);
-        let fused_attn = hs.is_autodiff().then(|| fused_attention(&plan, b, s, cfg));
+        let fused_attn = hs
+            .is_autodiff()
+            .then(|| fused_attention(&plan, b, s, cfg, self.trains_in_bf16()));
         let mut burn_layers = match cache.as_deref_mut() {
             Some(c) => Some(c.burn_layers(&self.device)?),
             None => None,

@@ -35,6 +35,7 @@ use half::bf16;
 pub mod bf16_gemm;
 pub mod lora;
 pub mod pool;
+pub mod sgemm;
 
 pub use lora::LoraFactors;
 

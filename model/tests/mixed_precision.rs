@@ -1,6 +1,8 @@
 //! bf16 mixed-precision training (`tributary_model::precision`, `kernels::bf16_gemm`): the
-//! GEMM against f64 on the same bf16-rounded inputs (AVX-512 BF16 and portable kernels), the
-//! frozen bf16 projection's product and input gradient under autodiff, one step's gradients
+//! GEMM against f64 on the same bf16-rounded inputs (AMX, AVX-512 BF16 and portable kernels),
+//! the frozen bf16 projection's product and input gradient under autodiff, the fused ops of a
+//! bf16 step (attention's batched products, a projection with its LoRA delta) against f64 and
+//! against the unfused ops, one step's gradients
 //! against the f32 reference fixtures, and the quality bar of issue 19 on the demo data: the
 //! bf16 train-loss curve within 1 % of f32's at every logged step after warm-up and the
 //! held-out loss within 1 %.
@@ -23,6 +25,7 @@ use common::*;
 use half::bf16;
 use tributary_model::data::{DataOptions, load_jsonl, split_eval};
 use tributary_model::decoder::CausalLm;
+use tributary_model::fused::{bf16_batched_matmul, lora_linear_bf16};
 use tributary_model::kernels::bf16_gemm::{Bf16Kernel, Bf16Panel, gemm_with};
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
 use tributary_model::precision::{Bf16Weight, Precision, frozen_bf16_matmul};
@@ -158,6 +161,122 @@ fn frozen_bf16_matmul_gives_the_product_and_the_input_gradient() {
 /// errors of mixed sign that partly cancel. 3 % is about 8 such products' worth of rounding
 /// at the worst case of one; measured: see the test's output.
 const BF16_GRAD_TOL: f32 = 3e-2;
+
+/// `[rows, cols]` row-major, transposed.
+fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+#[test]
+fn bf16_batched_matmul_gives_the_products_and_both_gradients() {
+    let ad = device().autodiff();
+    // Two batch axes, m over one AMX row block and not a multiple of it, n not a multiple of
+    // a tile; both ways of forming dB (m·k small and large against m·n + n·k).
+    for (batch, m, k, n) in [([2, 3], 70, 24, 40), ([1, 2], 33, 96, 8)] {
+        let count = batch[0] * batch[1];
+        let (av, bv, gv) = (
+            wave(count * m * k, 7),
+            wave(count * k * n, 8),
+            wave(count * m * n, 9),
+        );
+        let a =
+            Tensor::<4>::from_data(TensorData::new(av.clone(), [batch[0], batch[1], m, k]), &ad)
+                .require_grad();
+        let b =
+            Tensor::<4>::from_data(TensorData::new(bv.clone(), [batch[0], batch[1], k, n]), &ad)
+                .require_grad();
+        let g =
+            Tensor::<4>::from_data(TensorData::new(gv.clone(), [batch[0], batch[1], m, n]), &ad);
+        let c = bf16_batched_matmul(&a, &b).expect("autodiff flex operands take the bf16 op");
+        let grads = c.clone().mul(g).sum().backward();
+        let (da, db) = (a.grad(&grads).unwrap(), b.grad(&grads).unwrap());
+        let (c, da, db) = (values(&c), values(&da), values(&db));
+        for i in 0..count {
+            let (ai, bi, gi) = (
+                &av[i * m * k..(i + 1) * m * k],
+                &bv[i * k * n..(i + 1) * k * n],
+                &gv[i * m * n..(i + 1) * m * n],
+            );
+            // Each product rounds its two inputs to bf16 and sums in f32: f64 over the
+            // rounded inputs is the reference.
+            let as_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+            let want_c = as_f32(reference(ai, bi, m, k, n).0);
+            let want_da = as_f32(reference(gi, &transposed(bi, k, n), m, n, k).0);
+            let want_db = as_f32(reference(&transposed(ai, m, k), gi, k, m, n).0);
+            for (what, got, want) in [
+                ("C", &c[i * m * n..(i + 1) * m * n], want_c),
+                ("dA", &da[i * m * k..(i + 1) * m * k], want_da),
+                ("dB", &db[i * k * n..(i + 1) * k * n], want_db),
+            ] {
+                let e = rel_err(got, &want);
+                assert!(e < 1e-5, "{what} of batch {i} ({m}×{k}×{n}): rel err {e}");
+            }
+        }
+    }
+    // Untracked operands are not taken (attention multiplies them with burn).
+    let plain = Tensor::<4>::from_data(TensorData::new(wave(64, 1), [1, 1, 8, 8]), &device());
+    assert!(bf16_batched_matmul(&plain, &plain).is_none());
+}
+
+#[test]
+fn fused_lora_projection_matches_the_frozen_product_plus_the_lora_delta() {
+    let ad = device().autodiff();
+    let (rows, fan_in, fan_out, r, scale) = (70, 96, 80, 8, 2.0f32);
+    let wt = wave(fan_in * fan_out, 10); // Wᵀ [in, out]
+    let w = Arc::new(Bf16Weight::from_wt(&wt, fan_in, fan_out));
+    let leaf = |v: Vec<f32>, shape: [usize; 2]| {
+        Tensor::<2>::from_data(TensorData::new(v, shape), &ad).require_grad()
+    };
+    let (xv, av, bv) = (
+        wave(rows * fan_in, 11),
+        wave(r * fan_in, 12),
+        wave(fan_out * r, 13),
+    );
+    let g = Tensor::<2>::from_data(
+        TensorData::new(wave(rows * fan_out, 14), [rows, fan_out]),
+        &ad,
+    );
+    // The fused op, and the same sum from the ops it replaces.
+    let (x, a, b) = (
+        leaf(xv.clone(), [rows, fan_in]),
+        leaf(av.clone(), [r, fan_in]),
+        leaf(bv.clone(), [fan_out, r]),
+    );
+    let fused = lora_linear_bf16(&w, &x, &a, &b, scale).expect("the fused op applies");
+    let (x2, a2, b2) = (
+        leaf(xv, [rows, fan_in]),
+        leaf(av, [r, fan_in]),
+        leaf(bv, [fan_out, r]),
+    );
+    let unfused = frozen_bf16_matmul(&w, &x2).expect("frozen bf16 step").add(
+        x2.clone()
+            .matmul(a2.clone().transpose())
+            .matmul(b2.clone().transpose())
+            .mul_scalar(scale),
+    );
+    let e = rel_err(&values(&fused), &values(&unfused));
+    assert!(e < 1e-5, "output rel err {e}");
+    let grads = fused.mul(g.clone()).sum().backward();
+    let grads2 = unfused.mul(g).sum().backward();
+    for (what, got, want) in [
+        ("dX", x.grad(&grads), x2.grad(&grads2)),
+        ("dA", a.grad(&grads), a2.grad(&grads2)),
+        ("dB", b.grad(&grads), b2.grad(&grads2)),
+    ] {
+        let (got, want) = (
+            got.expect("fused gradient"),
+            want.expect("unfused gradient"),
+        );
+        let e = rel_err(&values(&got), &values(&want));
+        assert!(e < 1e-5, "{what} rel err {e}");
+    }
+}
 
 #[test]
 fn bf16_gradients_match_the_f32_reference_fixtures() {
@@ -336,5 +455,38 @@ fn bench_train_both_precisions() {
         };
         let report = bench.run(&config, &device()).expect("bench train");
         println!("{}", serde_json::to_string(&report).expect("json"));
+    }
+}
+
+/// The bf16 GEMM's rate on the training step's shapes, per kernel:
+/// `cargo test --workspace --test mixed_precision -- --ignored --nocapture gemm_rates`.
+#[test]
+#[ignore = "a benchmark: prints rates, asserts nothing about speed"]
+fn gemm_rates_on_training_shapes() {
+    for (m, k, n) in [
+        (2048, 512, 1376),
+        (2048, 1376, 512),
+        (2048, 512, 8192),
+        (512, 64, 256),
+        (512, 256, 64),
+        (256, 512, 64),
+        (64, 512, 256),
+    ] {
+        let a = wave(m * k, 1);
+        let panel = Bf16Panel::from_rows(&wave(k * n, 2), k, n);
+        for kernel in Bf16Kernel::ALL
+            .into_iter()
+            .skip(1)
+            .filter(|k| k.available())
+        {
+            let reps = (2e9 / (2.0 * (m * k * n) as f64)).ceil() as usize;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(gemm_with(&a, m, &panel, kernel));
+            }
+            let s = t.elapsed().as_secs_f64();
+            let rate = 2.0 * (m * k * n * reps) as f64 / s / 1e9;
+            eprintln!("m {m} k {k} n {n} {kernel:?}: {rate:.0} GFLOP/s");
+        }
     }
 }

@@ -4,7 +4,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::cache::Plan;
 use crate::config::ModelConfig;
-use crate::fused::{FusedAttention, causal_softmax, causal_softmax_composite, rope_heads};
+use crate::fused::{
+    FusedAttention, bf16_batched_matmul, causal_softmax, causal_softmax_composite, rope_heads,
+};
 
 /// RoPE's `inv_freq = 1/θ^(2i/d)` (`head_dim/2` values, in f32 as transformers computes
 /// them), with the config's `rope_scaling` applied.
@@ -143,7 +145,15 @@ pub(crate) fn attend(
     let scale = (d as f64).powf(-0.5);
     // Query heads h = kv·g + j share key/value head kv: fold the group into the rows.
     let qg = q.reshape([b, kvh, g * s, d]);
-    let scores = qg.matmul(kt).reshape([b, nh, s, total]);
+    // A bf16 trainer multiplies in bf16 (f32 sums), the rest in f32 through burn.
+    let matmul = |x: Tensor<4>, y: Tensor<4>| match fused
+        .filter(|f| f.bf16_products)
+        .and_then(|_| bf16_batched_matmul(&x, &y))
+    {
+        Some(product) => product,
+        None => x.matmul(y),
+    };
+    let scores = matmul(qg, kt).reshape([b, nh, s, total]);
     let probs = match fused
         .and_then(|f| f.mask.as_ref())
         .and_then(|m| causal_softmax(&scores, scale, m))
@@ -152,6 +162,6 @@ pub(crate) fn attend(
         None => causal_softmax_composite(scores, scale, mask),
     };
     let probs = probs.reshape([b, kvh, g * s, total]);
-    let out = probs.matmul(v).reshape([b, nh, s, d]);
+    let out = matmul(probs, v).reshape([b, nh, s, d]);
     out.swap_dims(1, 2).reshape([b * s, nh * d])
 }

@@ -24,17 +24,20 @@ pub(crate) struct LayerInputs {
 }
 
 /// Training (autodiff) runs RoPE and the masked softmax as fused ops, which take the mask as
-/// key ranges and the RoPE tables as host values.
+/// key ranges and the RoPE tables as host values; a bf16 trainer's attention products run in
+/// bf16 (`bf16_products`).
 pub(super) fn fused_attention(
     plan: &cache::Plan,
     b: usize,
     s: usize,
     cfg: &crate::config::ModelConfig,
+    bf16_products: bool,
 ) -> FusedAttention {
     let (c, si) = attention::rope_values(&plan.positions, cfg);
     FusedAttention {
         mask: CausalMask::from_key_valid(&plan.key_valid, plan.past, s),
         rope: RopeTables::new(c, si, b, s, cfg.head_dim),
+        bf16_products,
     }
 }
 
@@ -54,7 +57,7 @@ impl CausalLm {
         let fused = self
             .device
             .is_autodiff()
-            .then(|| fused_attention(&plan, b, s, cfg));
+            .then(|| fused_attention(&plan, b, s, cfg, self.trains_in_bf16()));
         LayerInputs {
             cos,
             sin,
@@ -82,6 +85,11 @@ impl CausalLm {
             let linear = layer.linear(t);
             if d.is_none()
                 && let Some(y) = lora.host_forward(l, t, linear, &x)
+            {
+                return y;
+            }
+            if d.is_none()
+                && let Some(y) = lora.fused_bf16_forward(l, t, linear, &x)
             {
                 return y;
             }

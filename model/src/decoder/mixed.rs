@@ -344,6 +344,31 @@ impl<'a> LoraSel<'a> {
         }
     }
 
+    /// A bf16 trainer's projection `t` of layer `l` with its LoRA delta as one fused op
+    /// ([`crate::fused::lora_linear_bf16`]), bias added; `None` where it does not apply (no
+    /// single adapter, the module not adapted, a weight not in bf16, untracked input): the
+    /// caller then adds [`Self::add_delta`] to the projection.
+    pub(crate) fn fused_bf16_forward(
+        &self,
+        l: usize,
+        t: TargetModule,
+        linear: &Linear,
+        x: &Tensor<2>,
+    ) -> Option<Tensor<2>> {
+        let LoraSel::One(adapter) = self else {
+            return None;
+        };
+        let module = adapter.module(l, t)?;
+        let LinearWeight::Bf16(weight) = &linear.weight_t else {
+            return None;
+        };
+        let y = crate::fused::lora_linear_bf16(weight, x, &module.a, &module.b, module.scale)?;
+        Some(match &linear.bias {
+            Some(bias) => y.add(bias.clone().unsqueeze_dim(0)),
+            None => y,
+        })
+    }
+
     /// `y` (the base projection of `x`) plus the LoRA delta of layer `l`, module `t`.
     pub(crate) fn add_delta(
         &self,

@@ -107,6 +107,18 @@ impl CausalLm {
         Ok(())
     }
 
+    /// Whether [`Self::to_train_bf16`] made this a bf16 mixed-precision trainer's base: its
+    /// projections are bf16, and so are its attention products (`fused::bf16_batched_matmul`).
+    pub(crate) fn trains_in_bf16(&self) -> bool {
+        self.head_bf16.is_some()
+            || self.layers.iter().any(|l| {
+                matches!(
+                    l.linear(TargetModule::Q).weight_t,
+                    super::linear::LinearWeight::Bf16(_)
+                )
+            })
+    }
+
     /// The lm_head transposed, `[hidden, vocab]` row-major, as f32 values (for packing: a
     /// tied head's are the embedding's, transposed in this temporary).
     fn head_t_values(&self) -> Result<(Vec<f32>, [usize; 2]), ModelError> {

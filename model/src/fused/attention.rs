@@ -109,6 +109,9 @@ pub struct FusedAttention {
     pub mask: Option<CausalMask>,
     /// RoPE's tables, for [`super::rope_heads`].
     pub rope: Option<super::RopeTables>,
+    /// `Q·Kᵀ` and `P·V` in bf16 with f32 sums ([`super::bf16_batched_matmul`]): a bf16
+    /// mixed-precision training step.
+    pub bf16_products: bool,
 }
 
 /// State of the backward step: the probabilities, the mask and the scale.

@@ -14,13 +14,19 @@
 //!   only the shared `cos`/`sin` tables;
 //! - [`rms_norm`]: RMSNorm with a frozen weight; saves the input and one scale per row;
 //! - [`token_nll_sum`]: the summed negative log-likelihood of target tokens from logits;
-//!   saves the logits and one log-sum-exp per row.
+//!   saves the logits and one log-sum-exp per row;
+//! - [`bf16_batched_matmul`]: a batched product of two tracked operands in bf16 (f32 sums),
+//!   the attention products of a bf16 training step; saves its operands' handles;
+//! - [`lora_linear_bf16`]: a bf16 frozen projection plus its LoRA delta; saves the input's
+//!   and the factors' handles and `x·Aᵀ`.
 //!
 //! Every op returns `None` where it does not apply (no autodiff, another backend, a weight
 //! that needs a gradient, a mask it cannot describe); the caller then uses burn's composite
 //! ops (the `*_composite` functions here), which compute the same thing on any backend.
 
 mod attention;
+mod bmm;
+mod lora_linear;
 mod loss;
 mod norm;
 mod rope;
@@ -34,6 +40,8 @@ use burn::backend::{Autodiff, Bytes, DType, Flex, FloatDType, Shape, TensorMetad
 use burn::tensor::Tensor;
 
 pub use attention::{CausalMask, FusedAttention, causal_softmax, causal_softmax_composite};
+pub use bmm::bf16_batched_matmul;
+pub use lora_linear::lora_linear_bf16;
 pub use loss::{token_nll_sum, token_nll_sum_composite};
 pub use norm::{rms_norm, rms_norm_composite, swiglu, swiglu_composite};
 pub use rope::{RopeTables, rope_heads, rope_heads_composite};

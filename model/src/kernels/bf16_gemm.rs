@@ -20,6 +20,8 @@
 // exception issue 12 allows). The parsers of untrusted files deny indexing.
 #![allow(clippy::indexing_slicing)]
 
+use std::mem::MaybeUninit;
+
 use half::bf16;
 use rayon::prelude::*;
 
@@ -52,10 +54,18 @@ pub struct Bf16Panel {
     data: Vec<u32>,
 }
 
-/// bf16 bits of `v`, rounded to nearest even (NaN stays NaN).
+/// bf16 bits of `v`, rounded to nearest even (NaN stays NaN, quieted): `half`'s
+/// `bf16::from_f32`, written without branches so that packing loops vectorize.
 #[inline]
 fn bits(v: f32) -> u32 {
-    u32::from(bf16::from_f32(v).to_bits())
+    let x = v.to_bits();
+    let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
+    let quiet_nan = (x >> 16) | 0x40;
+    if x & 0x7fff_ffff > 0x7f80_0000 {
+        quiet_nan
+    } else {
+        rounded
+    }
 }
 
 impl Bf16Panel {
@@ -86,50 +96,87 @@ impl Bf16Panel {
         Self { k, n, pairs, data }
     }
 
-    /// Packs `b`, `[k, n]` row-major.
+    /// Packs `b`, `[k, n]` row-major (a tile's two rows at a time, so the loop vectorizes:
+    /// the attention products pack a panel per call).
     pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(b.len(), k * n, "Bf16Panel::from_rows: b is not [k, n]");
-        Self::from_fn(k, n, |r, c| b[r * n + c])
+        let pairs = padded_pairs(k);
+        let tiles = n.div_ceil(NR);
+        let mut data = vec![0u32; tiles * pairs * NR];
+        for (t, tile) in data.chunks_exact_mut(pairs * NR).enumerate() {
+            let (c0, cols) = (t * NR, (n - t * NR).min(NR));
+            for (p, dst) in tile.chunks_exact_mut(NR).take(k.div_ceil(2)).enumerate() {
+                let lo = &b[2 * p * n + c0..2 * p * n + c0 + cols];
+                let dst = &mut dst[..cols];
+                if 2 * p + 1 < k {
+                    let hi = &b[(2 * p + 1) * n + c0..(2 * p + 1) * n + c0 + cols];
+                    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+                        *d = bits(l) | (bits(h) << 16);
+                    }
+                } else {
+                    for (d, &l) in dst.iter_mut().zip(lo) {
+                        *d = bits(l);
+                    }
+                }
+            }
+        }
+        Self { k, n, pairs, data }
     }
 
-    /// Packs the transpose of `bt` (`bt` is `[n, k]` row-major; the panel is `[k, n]`).
+    /// Packs the transpose of `bt` (`bt` is `[n, k]` row-major; the panel is `[k, n]`): each
+    /// of a tile's 32 columns is a row of `bt`, read front to back; tiles in parallel.
     pub fn from_transposed(bt: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(
             bt.len(),
             k * n,
             "Bf16Panel::from_transposed: bt is not [n, k]"
         );
-        Self::from_fn(k, n, |r, c| bt[c * k + r])
+        let pairs = padded_pairs(k);
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        data.par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each(|(t, tile)| {
+                for j in 0..(n - t * NR).min(NR) {
+                    let row = &bt[(t * NR + j) * k..(t * NR + j + 1) * k];
+                    let (even, odd) = row.as_chunks::<2>();
+                    for (p, &[lo, hi]) in even.iter().enumerate() {
+                        tile[p * NR + j] = bits(lo) | (bits(hi) << 16);
+                    }
+                    if let [last] = odd {
+                        tile[even.len() * NR + j] = bits(*last);
+                    }
+                }
+            });
+        Self { k, n, pairs, data }
     }
 
-    /// The `[n, k]` transpose, packed (the bf16 values moved, not rounded again).
+    /// The `[n, k]` transpose, packed (the bf16 values moved, not rounded again). Destination
+    /// tiles are filled in parallel: word `(p, j)` of tile `t` holds elements `(2p, c)` and
+    /// `(2p + 1, c)` of the transpose, `c = 32t + j`, which are elements `(c, 2p)` and
+    /// `(c, 2p + 1)` here: one half of each of two neighbouring words of one row pair.
     pub fn transposed(&self) -> Self {
         let (k, n) = (self.n, self.k);
         let pairs = padded_pairs(k);
-        let tiles = n.div_ceil(NR);
-        let mut data = vec![0u32; tiles * pairs * NR];
-        // Element (r, c) of the transpose is element (c, r) here; read this panel's half-words
-        // in its own order (tile, pair, column) and scatter them.
-        let half = |w: u32, hi: bool| if hi { w >> 16 } else { w & 0xffff };
-        for t in 0..self.n.div_ceil(NR) {
-            for p in 0..self.k.div_ceil(2) {
-                let src = &self.data[(t * self.pairs + p) * NR..(t * self.pairs + p + 1) * NR];
-                for (j, &w) in src.iter().enumerate() {
-                    let row = t * NR + j; // row of the transpose
-                    if row >= k {
-                        break;
-                    }
-                    for (bit, col) in [(false, 2 * p), (true, 2 * p + 1)] {
-                        if col >= n {
-                            continue;
-                        }
-                        let v = half(w, bit);
-                        let dst = ((col / NR) * pairs + row / 2) * NR + col % NR;
-                        data[dst] |= v << (16 * (row % 2));
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        data.par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each(|(t, tile)| {
+                for j in 0..(n - t * NR).min(NR) {
+                    let c = t * NR + j; // a row here
+                    let shift = 16 * (c % 2);
+                    for p in 0..k.div_ceil(2) {
+                        // Columns 2p and 2p + 1 here: neighbouring lanes of one tile.
+                        let at = ((2 * p) / NR * self.pairs + c / 2) * NR + (2 * p) % NR;
+                        let lo = (self.data[at] >> shift) & 0xffff;
+                        let hi = if 2 * p + 1 < k {
+                            (self.data[at + 1] >> shift) & 0xffff
+                        } else {
+                            0
+                        };
+                        tile[p * NR + j] = lo | (hi << 16);
                     }
                 }
-            }
-        }
+            });
         Self { k, n, pairs, data }
     }
 
@@ -255,11 +302,20 @@ pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<
     } else {
         Bf16Kernel::Portable
     };
-    let mut c = vec![0.0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
-        return c;
+        return vec![0.0f32; m * n];
     }
-    let block = |(a_rows, c_rows): (&[f32], &mut [f32])| {
+    // The output is zero-filled by the task that computes it (in parallel, and left in its
+    // cache), not by the calling thread up front: for the lm_head's product that was 64 MiB
+    // of memset on one thread while the pool waited.
+    let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
+    c.resize_with(m * n, MaybeUninit::uninit);
+    let block = |(a_rows, c_rows): (&[f32], &mut [MaybeUninit<f32>])| {
+        for v in c_rows.iter_mut() {
+            v.write(0.0);
+        }
+        // SAFETY: every element was just written; MaybeUninit<f32> has f32's layout.
+        let c_rows = unsafe { &mut *(std::ptr::from_mut(c_rows) as *mut [f32]) };
         let rows = a_rows.len() / k;
         #[cfg(target_arch = "x86_64")]
         if kernel == Bf16Kernel::Amx {
@@ -294,7 +350,10 @@ pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<
             .zip(c.par_chunks_mut(rows_per_task * n))
             .for_each(block);
     }
-    c
+    let mut c = std::mem::ManuallyDrop::new(c);
+    // SAFETY: every element was written by the block that covers it (the chunks cover `c`);
+    // MaybeUninit<f32> has f32's size and alignment, so the allocation is a Vec<f32>'s.
+    unsafe { Vec::from_raw_parts(c.as_mut_ptr().cast::<f32>(), c.len(), c.capacity()) }
 }
 
 /// `rows` rows of `a` (`[rows, k]`) as bf16 pairs, `[out_rows][pairs]` (zero past `k` and past

@@ -1,0 +1,152 @@
+//! Batched matrix products of two autodiff operands in bf16 with f32 accumulation, on the
+//! bf16 GEMM ([`crate::kernels::bf16_gemm`]): the attention products (`Q·Kᵀ` and `P·V`) of a
+//! bf16 mixed-precision training step, as PyTorch's autocast runs `bmm` in bf16.
+//!
+//! `C[i] = A[i]·B[i]` for `A` `[b0, b1, m, k]`, `B` `[b0, b1, k, n]`; backward
+//! `dA[i] = dC[i]·B[i]ᵀ`, `dB[i] = A[i]ᵀ·dC[i]`, each one bf16 GEMM with f32 sums. The inputs
+//! are rounded to bf16 as they are packed; nothing is saved but the two operands' handles.
+//! Burn's f32 matmul, which this replaces in bf16 mode, also zero-fills and then copies each
+//! output buffer (a third of its time on the attention shapes here, docs/benchmarks.md).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Flex, Shape};
+use burn::tensor::Tensor;
+use rayon::prelude::*;
+
+use super::{dense_f32, lift, tensor_of, values};
+use crate::kernels::bf16_gemm::{self, Bf16Panel};
+
+/// Saved for the backward step: both operands and the shapes.
+#[derive(Debug, Clone)]
+struct BmmState {
+    a: FlexTensor,
+    b: FlexTensor,
+    dims: BmmDims,
+}
+
+/// `[b0, b1]` batches of `[m, k] · [k, n]`.
+#[derive(Debug, Clone, Copy)]
+struct BmmDims {
+    batch: [usize; 2],
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+impl BmmDims {
+    fn count(&self) -> usize {
+        self.batch[0] * self.batch[1]
+    }
+}
+
+#[derive(Debug)]
+struct Bf16BmmBackward;
+
+impl Backward<Flex, 2> for Bf16BmmBackward {
+    type State = BmmState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let BmmState { a, b, dims } = ops.state;
+        let [a_node, b_node] = ops.parents;
+        let grad = dense_f32(grads.consume::<Flex>(&ops.node));
+        let dc = values(&grad);
+        let BmmDims { batch, m, k, n } = dims;
+        if let Some(node) = a_node {
+            // dA[i] = dC[i] · B[i]ᵀ: B[i] [k, n] is the row-major transpose of Bᵀ.
+            let bv = values(&b);
+            let da = batched(dims.count(), m * k, |i| {
+                let panel = Bf16Panel::from_transposed(&bv[i * k * n..(i + 1) * k * n], n, k);
+                bf16_gemm::gemm(&dc[i * m * n..(i + 1) * m * n], m, &panel)
+            });
+            grads.register::<Flex>(
+                node.id,
+                tensor_of(da, Shape::new([batch[0], batch[1], m, k])),
+            );
+        }
+        if let Some(node) = b_node {
+            // dB[i] = A[i]ᵀ · dC[i], or (dC[i]ᵀ · A[i])ᵀ: whichever moves fewer values through
+            // a transpose (`m·k`, or `m·n + n·k`; P·V's dV takes the second).
+            let av = values(&a);
+            let db = batched(dims.count(), k * n, |i| {
+                let (a_i, dc_i) = (
+                    &av[i * m * k..(i + 1) * m * k],
+                    &dc[i * m * n..(i + 1) * m * n],
+                );
+                if m * k <= m * n + n * k {
+                    let panel = Bf16Panel::from_rows(dc_i, m, n);
+                    bf16_gemm::gemm(&transpose(a_i, m, k), k, &panel)
+                } else {
+                    let db_t = bf16_gemm::gemm(
+                        &transpose(dc_i, m, n),
+                        n,
+                        &Bf16Panel::from_rows(a_i, m, k),
+                    );
+                    transpose(&db_t, n, k)
+                }
+            });
+            grads.register::<Flex>(
+                node.id,
+                tensor_of(db, Shape::new([batch[0], batch[1], k, n])),
+            );
+        }
+    }
+}
+
+/// `src` `[rows, cols]` row-major, transposed: `[cols, rows]`, in 16 × 16 blocks.
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const B: usize = 16;
+    let mut out = vec![0.0f32; rows * cols];
+    for r0 in (0..rows).step_by(B) {
+        let r1 = (r0 + B).min(rows);
+        for c0 in (0..cols).step_by(B) {
+            let c1 = (c0 + B).min(cols);
+            for (r, row) in src[r0 * cols..r1 * cols].chunks_exact(cols).enumerate() {
+                for (c, &v) in row[c0..c1].iter().enumerate() {
+                    if let Some(o) = out.get_mut((c0 + c) * rows + r0 + r) {
+                        *o = v;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `count` products of `each` elements, computed in parallel and laid end to end.
+fn batched(count: usize, each: usize, product: impl Fn(usize) -> Vec<f32> + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; count * each];
+    out.par_chunks_mut(each.max(1))
+        .enumerate()
+        .for_each(|(i, dst)| dst.copy_from_slice(&product(i)));
+    out
+}
+
+/// `a·b` batched over the first two axes (`a` `[b0, b1, m, k]`, `b` `[b0, b1, k, n]`) as one
+/// autodiff op on burn-flex in bf16 (f32 sums); `None` where it does not apply (no autodiff,
+/// another backend, shapes that do not chain).
+pub fn bf16_batched_matmul(a: &Tensor<4>, b: &Tensor<4>) -> Option<Tensor<4>> {
+    let [a0, a1, m, k] = a.dims();
+    let [b0, b1, kb, n] = b.dims();
+    if [a0, a1, k] != [b0, b1, kb] || m == 0 || k == 0 || n == 0 {
+        return None;
+    }
+    let dims = BmmDims {
+        batch: [a0, a1],
+        m,
+        k,
+        n,
+    };
+    lift(Bf16BmmBackward, [a, b], |[a, b]| {
+        let (a, b) = (dense_f32(a), dense_f32(b));
+        let (av, bv) = (values(&a), values(&b));
+        let c = batched(dims.count(), m * n, |i| {
+            let panel = Bf16Panel::from_rows(&bv[i * k * n..(i + 1) * k * n], k, n);
+            bf16_gemm::gemm(&av[i * m * k..(i + 1) * m * k], m, &panel)
+        });
+        let out = tensor_of(c, Shape::new([a0, a1, m, n]));
+        Some((out, BmmState { a, b, dims }))
+    })
+}

@@ -1,0 +1,130 @@
+//! A bf16 trainer's adapted projection as one autodiff op:
+//! `y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ`, `W` frozen in bf16 ([`Bf16Weight`], AMX or AVX-512 BF16),
+//! the LoRA factors `A` `[r, in]` and `B` `[out, r]` in f32.
+//!
+//! Through burn the LoRA path is two matmuls (each output zero-filled, then copied), a
+//! scaling pass and an addition forward, as many passes again backward, and one more
+//! addition where `x`'s two gradients (base and LoRA) meet: on the 2-core bench most of
+//! them on one thread. Here the forward adds the delta into the base product's buffer and the
+//! backward writes `dX = dY·W + (s·dY·B)·A` into one buffer; the small products
+//! (`x·Aᵀ`, `dY·B`, `dA`, `dB`) run on `gemm` with strides, so nothing is transposed.
+//! Saved for the backward: `x`'s and the factors' handles and `x·Aᵀ` (`[n, r]`).
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Flex, Shape};
+use burn::tensor::Tensor;
+
+use super::{dense_f32, lift, tensor_of, values};
+use crate::kernels::sgemm::{MatRef, sgemm};
+use crate::precision::Bf16Weight;
+
+#[derive(Debug, Clone)]
+struct LoraLinearState {
+    weight: Arc<Bf16Weight>,
+    x: FlexTensor,
+    a: FlexTensor,
+    b: FlexTensor,
+    /// `x·Aᵀ`, `[n, r]`.
+    xa: Vec<f32>,
+    scale: f32,
+    /// `n`, `in`, `out`, `r`.
+    dims: [usize; 4],
+}
+
+#[derive(Debug)]
+struct LoraLinearBackward;
+
+impl Backward<Flex, 3> for LoraLinearBackward {
+    type State = LoraLinearState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let st = ops.state;
+        let [x_node, a_node, b_node] = ops.parents;
+        let grad = dense_f32(grads.consume::<Flex>(&ops.node));
+        let dy = values(&grad);
+        let [n, fan_in, fan_out, r] = st.dims;
+        let (xs, a, b) = (values(&st.x), values(&st.a), values(&st.b));
+        let dy_m = MatRef::row_major(dy, n, fan_out);
+        // s·dY·B, [n, r]: what flows back into x·Aᵀ.
+        let mut dxa = vec![0.0f32; n * r];
+        sgemm(
+            &mut dxa,
+            dy_m,
+            MatRef::row_major(b, fan_out, r),
+            false,
+            st.scale,
+        );
+        if let Some(node) = b_node {
+            // dB = s·dYᵀ·(x·Aᵀ), [out, r].
+            let mut db = vec![0.0f32; fan_out * r];
+            let xa = MatRef::row_major(&st.xa, n, r);
+            sgemm(&mut db, dy_m.t(), xa, false, st.scale);
+            grads.register::<Flex>(node.id, tensor_of(db, Shape::new([fan_out, r])));
+        }
+        if let Some(node) = a_node {
+            // dA = (s·dY·B)ᵀ·x, [r, in].
+            let mut da = vec![0.0f32; r * fan_in];
+            let x_m = MatRef::row_major(xs, n, fan_in);
+            sgemm(&mut da, MatRef::row_major(&dxa, n, r).t(), x_m, false, 1.0);
+            grads.register::<Flex>(node.id, tensor_of(da, Shape::new([r, fan_in])));
+        }
+        if let Some(node) = x_node {
+            // dX = dY·W (bf16) + (s·dY·B)·A.
+            let mut dx = st.weight.backward_host(dy, n);
+            let a_m = MatRef::row_major(a, r, fan_in);
+            sgemm(&mut dx, MatRef::row_major(&dxa, n, r), a_m, true, 1.0);
+            grads.register::<Flex>(node.id, tensor_of(dx, Shape::new([n, fan_in])));
+        }
+    }
+}
+
+/// `x·Wᵀ + scale·(x·Aᵀ)·Bᵀ` for an autodiff `x` `[n, in]` on burn-flex, `W` frozen in bf16,
+/// `a` `[r, in]` and `b` `[out, r]` the LoRA factors (tracked); `None` where it does not apply
+/// (an input not an autodiff flex tensor, shapes that do not chain). The caller adds a bias.
+pub fn lora_linear_bf16(
+    weight: &Arc<Bf16Weight>,
+    x: &Tensor<2>,
+    a: &Tensor<2>,
+    b: &Tensor<2>,
+    scale: f32,
+) -> Option<Tensor<2>> {
+    let [fan_in, fan_out] = weight.dims();
+    let [r, a_in] = a.dims();
+    let [b_out, b_r] = b.dims();
+    let [n, x_in] = x.dims();
+    if [a_in, x_in, b_out, b_r] != [fan_in, fan_in, fan_out, r] || n == 0 || r == 0 {
+        return None;
+    }
+    lift(LoraLinearBackward, [x, a, b], |[x, a, b]| {
+        let (x, a, b) = (dense_f32(x), dense_f32(a), dense_f32(b));
+        let xs = values(&x);
+        let mut y = weight.forward_host(xs, n);
+        let mut xa = vec![0.0f32; n * r];
+        let x_m = MatRef::row_major(xs, n, fan_in);
+        sgemm(
+            &mut xa,
+            x_m,
+            MatRef::row_major(values(&a), r, fan_in).t(),
+            false,
+            1.0,
+        );
+        let b_t = MatRef::row_major(values(&b), fan_out, r).t();
+        sgemm(&mut y, MatRef::row_major(&xa, n, r), b_t, true, scale);
+        let out = tensor_of(y, Shape::new([n, fan_out]));
+        let state = LoraLinearState {
+            weight: Arc::clone(weight),
+            x,
+            a,
+            b,
+            xa,
+            scale,
+            dims: [n, fan_in, fan_out, r],
+        };
+        Some((out, state))
+    })
+}
