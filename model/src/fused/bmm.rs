@@ -36,12 +36,6 @@ struct BmmDims {
     n: usize,
 }
 
-impl BmmDims {
-    fn count(&self) -> usize {
-        self.batch[0] * self.batch[1]
-    }
-}
-
 #[derive(Debug)]
 struct Bf16BmmBackward;
 
@@ -57,9 +51,8 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
         if let Some(node) = a_node {
             // dA[i] = dC[i] · B[i]ᵀ: B[i] [k, n] is the row-major transpose of Bᵀ.
             let bv = values(&b);
-            let da = batched(dims.count(), m * k, |i| {
-                let panel = Bf16Panel::from_transposed(&bv[i * k * n..(i + 1) * k * n], n, k);
-                bf16_gemm::gemm(&dc[i * m * n..(i + 1) * m * n], m, &panel)
+            let da = batched(m * k, (dc, m * n), (bv, k * n), |dc_i, b_i| {
+                bf16_gemm::gemm(dc_i, m, &Bf16Panel::from_transposed(b_i, n, k))
             });
             grads.register::<Flex>(
                 node.id,
@@ -70,11 +63,7 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
             // dB[i] = A[i]ᵀ · dC[i], or (dC[i]ᵀ · A[i])ᵀ: whichever moves fewer values through
             // a transpose (`m·k`, or `m·n + n·k`; P·V's dV takes the second).
             let av = values(&a);
-            let db = batched(dims.count(), k * n, |i| {
-                let (a_i, dc_i) = (
-                    &av[i * m * k..(i + 1) * m * k],
-                    &dc[i * m * n..(i + 1) * m * n],
-                );
+            let db = batched(k * n, (av, m * k), (dc, m * n), |a_i, dc_i| {
                 if m * k <= m * n + n * k {
                     let panel = Bf16Panel::from_rows(dc_i, m, n);
                     bf16_gemm::gemm(&transpose(a_i, m, k), k, &panel)
@@ -95,32 +84,33 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
     }
 }
 
-/// `src` `[rows, cols]` row-major, transposed: `[cols, rows]`, in 16 × 16 blocks.
+/// `src` `[rows, cols]` row-major, transposed: `[cols, rows]`.
 fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const B: usize = 16;
     let mut out = vec![0.0f32; rows * cols];
-    for r0 in (0..rows).step_by(B) {
-        let r1 = (r0 + B).min(rows);
-        for c0 in (0..cols).step_by(B) {
-            let c1 = (c0 + B).min(cols);
-            for (r, row) in src[r0 * cols..r1 * cols].chunks_exact(cols).enumerate() {
-                for (c, &v) in row[c0..c1].iter().enumerate() {
-                    if let Some(o) = out.get_mut((c0 + c) * rows + r0 + r) {
-                        *o = v;
-                    }
-                }
+    for (r, row) in src.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            if let Some(o) = out.get_mut(c * rows + r) {
+                *o = v;
             }
         }
     }
     out
 }
 
-/// `count` products of `each` elements, computed in parallel and laid end to end.
-fn batched(count: usize, each: usize, product: impl Fn(usize) -> Vec<f32> + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; count * each];
-    out.par_chunks_mut(each.max(1))
-        .enumerate()
-        .for_each(|(i, dst)| dst.copy_from_slice(&product(i)));
+/// One product per batch, in parallel, laid end to end (`out_each` values each): batch `i`
+/// takes the `i`-th chunk of each input (`(values, chunk length)`).
+fn batched(
+    out_each: usize,
+    (x, x_each): (&[f32], usize),
+    (y, y_each): (&[f32], usize),
+    product: impl Fn(&[f32], &[f32]) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let count = x.len() / x_each.max(1);
+    let mut out = vec![0.0f32; count * out_each];
+    out.par_chunks_mut(out_each.max(1))
+        .zip(x.par_chunks(x_each.max(1)))
+        .zip(y.par_chunks(y_each.max(1)))
+        .for_each(|((dst, x_i), y_i)| dst.copy_from_slice(&product(x_i, y_i)));
     out
 }
 
@@ -142,9 +132,8 @@ pub fn bf16_batched_matmul(a: &Tensor<4>, b: &Tensor<4>) -> Option<Tensor<4>> {
     lift(Bf16BmmBackward, [a, b], |[a, b]| {
         let (a, b) = (dense_f32(a), dense_f32(b));
         let (av, bv) = (values(&a), values(&b));
-        let c = batched(dims.count(), m * n, |i| {
-            let panel = Bf16Panel::from_rows(&bv[i * k * n..(i + 1) * k * n], k, n);
-            bf16_gemm::gemm(&av[i * m * k..(i + 1) * m * k], m, &panel)
+        let c = batched(m * n, (av, m * k), (bv, k * n), |a_i, b_i| {
+            bf16_gemm::gemm(a_i, m, &Bf16Panel::from_rows(b_i, k, n))
         });
         let out = tensor_of(c, Shape::new([a0, a1, m, n]));
         Some((out, BmmState { a, b, dims }))
