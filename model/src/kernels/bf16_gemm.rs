@@ -69,30 +69,20 @@ fn bits(v: f32) -> u32 {
 }
 
 impl Bf16Panel {
-    /// Packs the `[k, n]` matrix whose element `(row, col)` is `at(row, col)`, rounded to
-    /// bf16 (nearest even).
-    pub fn from_fn(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
+    /// The `[k, n]` panel whose word for pair `p` of column `c` (elements `(2p, c)` and
+    /// `(2p + 1, c)`, bf16 bits, the even row low) is `word(c, p)`; tiles filled in parallel.
+    fn from_column_words(k: usize, n: usize, word: impl Fn(usize, usize) -> u32 + Sync) -> Self {
         let pairs = padded_pairs(k);
-        let tiles = n.div_ceil(NR);
-        let mut data = vec![0u32; tiles * pairs * NR];
-        for t in 0..tiles {
-            for p in 0..k.div_ceil(2) {
-                let base = (t * pairs + p) * NR;
-                for j in 0..NR {
-                    let c = t * NR + j;
-                    if c >= n {
-                        break;
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        data.par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each(|(t, tile)| {
+                for j in 0..(n - t * NR).min(NR) {
+                    for p in 0..k.div_ceil(2) {
+                        tile[p * NR + j] = word(t * NR + j, p);
                     }
-                    let lo = bits(at(2 * p, c));
-                    let hi = if 2 * p + 1 < k {
-                        bits(at(2 * p + 1, c))
-                    } else {
-                        0
-                    };
-                    data[base + j] = lo | (hi << 16);
                 }
-            }
-        }
+            });
         Self { k, n, pairs, data }
     }
 
@@ -124,60 +114,40 @@ impl Bf16Panel {
     }
 
     /// Packs the transpose of `bt` (`bt` is `[n, k]` row-major; the panel is `[k, n]`): each
-    /// of a tile's 32 columns is a row of `bt`, read front to back; tiles in parallel.
+    /// of a tile's 32 columns is a row of `bt`, read front to back.
     pub fn from_transposed(bt: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(
             bt.len(),
             k * n,
             "Bf16Panel::from_transposed: bt is not [n, k]"
         );
-        let pairs = padded_pairs(k);
-        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
-        data.par_chunks_mut(pairs * NR)
-            .enumerate()
-            .for_each(|(t, tile)| {
-                for j in 0..(n - t * NR).min(NR) {
-                    let row = &bt[(t * NR + j) * k..(t * NR + j + 1) * k];
-                    let (even, odd) = row.as_chunks::<2>();
-                    for (p, &[lo, hi]) in even.iter().enumerate() {
-                        tile[p * NR + j] = bits(lo) | (bits(hi) << 16);
-                    }
-                    if let [last] = odd {
-                        tile[even.len() * NR + j] = bits(*last);
-                    }
-                }
-            });
-        Self { k, n, pairs, data }
+        Self::from_column_words(k, n, |c, p| {
+            let lo = bits(bt[c * k + 2 * p]);
+            let hi = if 2 * p + 1 < k {
+                bits(bt[c * k + 2 * p + 1])
+            } else {
+                0
+            };
+            lo | (hi << 16)
+        })
     }
 
-    /// The `[n, k]` transpose, packed (the bf16 values moved, not rounded again). Destination
-    /// tiles are filled in parallel: word `(p, j)` of tile `t` holds elements `(2p, c)` and
-    /// `(2p + 1, c)` of the transpose, `c = 32t + j`, which are elements `(c, 2p)` and
-    /// `(c, 2p + 1)` here: one half of each of two neighbouring words of one row pair.
+    /// The `[n, k]` transpose, packed (the bf16 values moved, not rounded again): elements
+    /// `(2p, c)` and `(2p + 1, c)` of the transpose are elements `(c, 2p)` and `(c, 2p + 1)`
+    /// here, one half of each of two neighbouring words of one row pair.
     pub fn transposed(&self) -> Self {
-        let (k, n) = (self.n, self.k);
-        let pairs = padded_pairs(k);
-        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
-        data.par_chunks_mut(pairs * NR)
-            .enumerate()
-            .for_each(|(t, tile)| {
-                for j in 0..(n - t * NR).min(NR) {
-                    let c = t * NR + j; // a row here
-                    let shift = 16 * (c % 2);
-                    for p in 0..k.div_ceil(2) {
-                        // Columns 2p and 2p + 1 here: neighbouring lanes of one tile.
-                        let at = ((2 * p) / NR * self.pairs + c / 2) * NR + (2 * p) % NR;
-                        let lo = (self.data[at] >> shift) & 0xffff;
-                        let hi = if 2 * p + 1 < k {
-                            (self.data[at + 1] >> shift) & 0xffff
-                        } else {
-                            0
-                        };
-                        tile[p * NR + j] = lo | (hi << 16);
-                    }
-                }
-            });
-        Self { k, n, pairs, data }
+        let k = self.n;
+        Self::from_column_words(k, self.k, |c, p| {
+            let shift = 16 * (c % 2);
+            let at = ((2 * p) / NR * self.pairs + c / 2) * NR + (2 * p) % NR;
+            let lo = (self.data[at] >> shift) & 0xffff;
+            let hi = if 2 * p + 1 < k {
+                (self.data[at + 1] >> shift) & 0xffff
+            } else {
+                0
+            };
+            lo | (hi << 16)
+        })
     }
 
     /// `[k, n]`.
