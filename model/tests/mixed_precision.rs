@@ -32,6 +32,7 @@ use tributary_model::precision::{Bf16Weight, Precision, frozen_bf16_matmul};
 use tributary_model::tokenizer::Tokenizer;
 use tributary_model::train::driver::{Driver, RunPlan, Session, StepEvent, Steps, run};
 use tributary_model::train::{Schedule, TrainConfig, TrainExample, Trainer};
+use tributary_model::weights::transpose;
 
 fn round(v: f32) -> f32 {
     bf16::from_f32(v).to_f32()
@@ -95,12 +96,7 @@ fn bf16_gemm_matches_f64_on_the_rounded_inputs() {
     // The transposed packing holds the same matrix.
     let (k, n) = (9, 35);
     let b = wave(k * n, 3);
-    let mut bt = vec![0.0f32; k * n];
-    for r in 0..k {
-        for c in 0..n {
-            bt[c * k + r] = b[r * n + c];
-        }
-    }
+    let bt = transpose(&b, k, n);
     assert_eq!(
         Bf16Panel::from_transposed(&bt, k, n),
         Bf16Panel::from_rows(&b, k, n)
@@ -138,12 +134,7 @@ fn frozen_bf16_matmul_gives_the_product_and_the_input_gradient() {
     // loss = Σ y∘c: dL/dx = c·W (c rounded to bf16 as the backward product takes it).
     let grads = y.mul(c).sum().backward();
     let gx = x.grad(&grads).expect("x has a gradient");
-    let mut w_rows = vec![0.0f32; inp * out]; // W [out, in]
-    for i in 0..inp {
-        for j in 0..out {
-            w_rows[j * inp + i] = wt[i * out + j];
-        }
-    }
+    let w_rows = transpose(&wt, inp, out); // W [out, in]
     let (want_gx, _) = reference(&cv, &w_rows, rows, out, inp);
     let want_gx: Vec<f32> = want_gx.iter().map(|&v| v as f32).collect();
     let e = rel_err(&values(&gx), &want_gx);
@@ -161,17 +152,6 @@ fn frozen_bf16_matmul_gives_the_product_and_the_input_gradient() {
 /// errors of mixed sign that partly cancel. 3 % is about 8 such products' worth of rounding
 /// at the worst case of one; measured: see the test's output.
 const BF16_GRAD_TOL: f32 = 3e-2;
-
-/// `[rows, cols]` row-major, transposed.
-fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = v[r * cols + c];
-        }
-    }
-    out
-}
 
 #[test]
 fn bf16_batched_matmul_gives_the_products_and_both_gradients() {
@@ -207,8 +187,8 @@ fn bf16_batched_matmul_gives_the_products_and_both_gradients() {
             // rounded inputs is the reference.
             let as_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
             let want_c = as_f32(reference(ai, bi, m, k, n).0);
-            let want_da = as_f32(reference(gi, &transposed(bi, k, n), m, n, k).0);
-            let want_db = as_f32(reference(&transposed(ai, m, k), gi, k, m, n).0);
+            let want_da = as_f32(reference(gi, &transpose(bi, k, n), m, n, k).0);
+            let want_db = as_f32(reference(&transpose(ai, m, k), gi, k, m, n).0);
             for (what, got, want) in [
                 ("C", &c[i * m * n..(i + 1) * m * n], want_c),
                 ("dA", &da[i * m * k..(i + 1) * m * k], want_da),

@@ -84,12 +84,9 @@ impl CausalLm {
         let proj = |t: TargetModule, x: Tensor<2>, d: &mut Option<&mut LoraDropout>| {
             let linear = layer.linear(t);
             if d.is_none()
-                && let Some(y) = lora.host_forward(l, t, linear, &x)
-            {
-                return y;
-            }
-            if d.is_none()
-                && let Some(y) = lora.fused_bf16_forward(l, t, linear, &x)
+                && let Some(y) = lora
+                    .host_forward(l, t, linear, &x)
+                    .or_else(|| lora.fused_bf16_forward(l, t, linear, &x))
             {
                 return y;
             }

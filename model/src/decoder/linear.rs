@@ -201,6 +201,11 @@ impl Linear {
             Some(y) => y,
             None => self.forward_untracked(x),
         };
+        self.with_bias(y)
+    }
+
+    /// `y` `[m, out]` with this projection's bias added to every row (unchanged without one).
+    pub(crate) fn with_bias(&self, y: Tensor<2>) -> Tensor<2> {
         match &self.bias {
             Some(b) => y.add(b.clone().unsqueeze_dim(0)),
             None => y,
@@ -233,10 +238,7 @@ impl Linear {
         add: impl FnOnce(&[f32], &mut [f32]),
     ) -> Option<Tensor<2>> {
         let y = self.weight_t.host_matmul_with(x, prefetch, add)?;
-        Some(match &self.bias {
-            Some(b) => y.add(b.clone().unsqueeze_dim(0)),
-            None => y,
-        })
+        Some(self.with_bias(y))
     }
 
     /// `W` as the checkpoint stores it, `[out, in]` (a transposed view; dequantized for NF4).

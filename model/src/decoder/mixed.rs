@@ -363,10 +363,7 @@ impl<'a> LoraSel<'a> {
             return None;
         };
         let y = crate::fused::lora_linear_bf16(weight, x, &module.a, &module.b, module.scale)?;
-        Some(match &linear.bias {
-            Some(bias) => y.add(bias.clone().unsqueeze_dim(0)),
-            None => y,
-        })
+        Some(linear.with_bias(y))
     }
 
     /// `y` (the base projection of `x`) plus the LoRA delta of layer `l`, module `t`.

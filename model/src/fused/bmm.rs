@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::{dense_f32, lift, tensor_of, values};
 use crate::kernels::bf16_gemm::{self, Bf16Panel};
+use crate::weights::transpose;
 
 /// Saved for the backward step: both operands and the shapes.
 #[derive(Debug, Clone)]
@@ -82,19 +83,6 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
             );
         }
     }
-}
-
-/// `src` `[rows, cols]` row-major, transposed: `[cols, rows]`.
-fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; rows * cols];
-    for (r, row) in src.chunks_exact(cols.max(1)).take(rows).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            if let Some(o) = out.get_mut(c * rows + r) {
-                *o = v;
-            }
-        }
-    }
-    out
 }
 
 /// One product per batch, in parallel, laid end to end (`out_each` values each): batch `i`

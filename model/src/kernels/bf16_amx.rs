@@ -22,10 +22,7 @@
 use std::arch::asm;
 use std::sync::OnceLock;
 
-use super::bf16_gemm::NR;
-
-/// Pairs (of `k`) per tile step: a 64-byte tile row holds 16 pairs of bf16.
-pub const KP: usize = 16;
+use super::bf16_gemm::{KP, NR};
 
 /// Rows of `C` per kernel call (two 16-row tiles).
 pub const ROWS: usize = 32;

@@ -39,7 +39,8 @@ pub const MC: usize = 96;
 /// fastest of 32–2048 on a 2048 × 512 × 1376 product).
 pub const MC_AMX: usize = 64;
 
-/// Pairs of `k` per AMX tile step; every panel's pairs are padded to a multiple of it.
+/// Pairs of `k` per AMX tile step (a 64-byte tile row holds 16 pairs of bf16); every panel's
+/// pairs are padded to a multiple of it.
 pub const KP: usize = 16;
 
 /// A `[k, n]` matrix in bf16, packed in column tiles for [`gemm`].
@@ -212,7 +213,8 @@ impl Bf16Kernel {
         Bf16Kernel::Amx,
     ];
 
-    /// The fastest kernel this process may run (asks Linux for AMX state once).
+    /// The fastest kernel this process may run (each answer is detected once and kept: the
+    /// CPU features by `std`, the AMX grant by [`super::bf16_amx::available`]).
     pub fn best() -> Self {
         Self::ALL
             .into_iter()
@@ -258,8 +260,7 @@ pub fn bf16_dot_available() -> bool {
 
 /// `A·B`: `a` is `[m, k]` row-major f32 (rounded to bf16 here), the result `[m, n]` row-major.
 pub fn gemm(a: &[f32], m: usize, b: &Bf16Panel) -> Vec<f32> {
-    static BEST: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
-    gemm_with(a, m, b, *BEST.get_or_init(Bf16Kernel::best))
+    gemm_with(a, m, b, Bf16Kernel::best())
 }
 
 /// [`gemm`] on the given kernel (tests compare them); a kernel the CPU lacks falls back to
