@@ -58,7 +58,7 @@ impl Precision {
 
     /// The fastest precision whose quality holds on this machine: bf16 where the bf16 GEMM
     /// runs on AMX tiles, f32 elsewhere. Measured in release builds (docs/benchmarks.md, "bf16
-    /// mixed-precision training"): on a Xeon with AMX-BF16 (2026-12-07) bf16 trains at 1.46×
+    /// mixed-precision training"): on a Xeon with AMX-BF16 (2026-12-07) bf16 trains at 2.16×
     /// f32's tokens/s; on the AVX-512 BF16 VMs without AMX (2026-12-06) at 0.84×, because the
     /// `VDPBF16PS` kernel reaches 185 GFLOP/s on 2 threads where burn's f32 GEMM reaches 280.
     pub fn fastest() -> Self {
