@@ -33,6 +33,7 @@ use crate::quant::{NF4_BLOCK, NF4_CODE, Nf4Matrix};
 use half::bf16;
 
 pub mod bf16_gemm;
+pub mod buffers;
 pub mod lora;
 pub mod pool;
 pub mod sgemm;

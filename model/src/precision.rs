@@ -9,7 +9,7 @@
 //! backward pass: a frozen projection saves nothing (its backward needs only `W`), so bf16
 //! storage would only apply to what LoRA and attention keep.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use burn::backend::Flex;
 use burn::backend::Shape;
@@ -79,12 +79,23 @@ impl std::fmt::Display for Precision {
 }
 
 /// A frozen projection in bf16: `Wᵀ` `[in, out]` packed for [`bf16_gemm::gemm`]. The input
-/// gradient's `W` `[out, in]` is packed from it for each backward product and dropped after
-/// (the values are already bf16, so the product is the one a second stored packing gave):
-/// keeping both packings made a bf16 base as large as an f32 one.
-#[derive(Debug, Clone, PartialEq)]
+/// gradient's `W` `[out, in]` is packed from it on the first backward product and kept (the
+/// values are already bf16, so the product is the one a second stored packing gave): serving
+/// and evaluation never build it, and a trainer's base is then as large as an f32 one
+/// (4 bytes per parameter; PyTorch's autocast keeps the f32 weight and a bf16 copy, 6).
+/// Rebuilding it for every backward product cost ~4 % of a bf16 training step on the
+/// bench model (docs/precision.md).
+#[derive(Debug, Clone)]
 pub struct Bf16Weight {
     fwd: Bf16Panel,
+    bwd: OnceLock<Bf16Panel>,
+}
+
+impl PartialEq for Bf16Weight {
+    /// The same weight (the backward packing is derived from it).
+    fn eq(&self, other: &Self) -> bool {
+        self.fwd == other.fwd
+    }
 }
 
 impl Bf16Weight {
@@ -92,6 +103,7 @@ impl Bf16Weight {
     pub fn from_wt(wt: &[f32], in_dim: usize, out_dim: usize) -> Self {
         Self {
             fwd: Bf16Panel::from_rows(wt, in_dim, out_dim),
+            bwd: OnceLock::new(),
         }
     }
 
@@ -105,9 +117,9 @@ impl Bf16Weight {
         self.fwd.to_f32()
     }
 
-    /// Bytes held (one packing).
+    /// Bytes held (one packing, two once a backward product has run).
     pub fn resident_bytes(&self) -> usize {
-        self.fwd.resident_bytes()
+        self.fwd.resident_bytes() + self.bwd.get().map_or(0, Bf16Panel::resident_bytes)
     }
 
     /// `x·Wᵀ` for host rows `x` `[m, in]`: `[m, out]`.
@@ -115,9 +127,26 @@ impl Bf16Weight {
         bf16_gemm::gemm(x, m, &self.fwd)
     }
 
-    /// `dY·W` for host rows `dy` `[m, out]`: `[m, in]` (`W` packed for this product only).
+    /// `dY·W` for host rows `dy` `[m, out]`: `[m, in]`.
     pub fn backward_host(&self, dy: &[f32], m: usize) -> Vec<f32> {
-        bf16_gemm::gemm(dy, m, &self.fwd.transposed())
+        bf16_gemm::gemm(dy, m, self.backward_panel())
+    }
+
+    /// `x·Wᵀ + x2·P2` in one output pass ([`bf16_gemm::gemm_sum`]): `x` `[m, in]`, `x2`
+    /// `[m, k2]`, `p2` `[k2, out]` (a LoRA delta's `s·x·Aᵀ` and `Bᵀ`).
+    pub fn forward_host_plus(&self, x: &[f32], x2: &[f32], p2: &Bf16Panel, m: usize) -> Vec<f32> {
+        bf16_gemm::gemm_sum(x, &self.fwd, x2, p2, m)
+    }
+
+    /// `dY·W + d2·P2` in one output pass: `dy` `[m, out]`, `d2` `[m, k2]`, `p2` `[k2, in]` (a
+    /// LoRA delta's `s·dY·B` and `A`).
+    pub fn backward_host_plus(&self, dy: &[f32], d2: &[f32], p2: &Bf16Panel, m: usize) -> Vec<f32> {
+        bf16_gemm::gemm_sum(dy, self.backward_panel(), d2, p2, m)
+    }
+
+    /// `W` `[out, in]` packed, built on first use.
+    fn backward_panel(&self) -> &Bf16Panel {
+        self.bwd.get_or_init(|| self.fwd.transposed())
     }
 }
 

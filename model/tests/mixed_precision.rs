@@ -26,7 +26,7 @@ use half::bf16;
 use tributary_model::data::{DataOptions, load_jsonl, split_eval};
 use tributary_model::decoder::CausalLm;
 use tributary_model::fused::{bf16_batched_matmul, lora_linear_bf16};
-use tributary_model::kernels::bf16_gemm::{Bf16Kernel, Bf16Panel, gemm_with};
+use tributary_model::kernels::bf16_gemm::{Bf16Kernel, Bf16Panel, gemm_sum_with, gemm_with};
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
 use tributary_model::precision::{Bf16Weight, Precision, frozen_bf16_matmul};
 use tributary_model::tokenizer::Tokenizer;
@@ -117,6 +117,39 @@ fn bf16_gemm_matches_f64_on_the_rounded_inputs() {
 }
 
 #[test]
+fn bf16_gemm_sum_adds_a_second_term_on_every_kernel() {
+    // A frozen product plus a rank-16 term (a LoRA delta's shape), rows over one AMX block
+    // and not a multiple of it, columns not a multiple of a tile.
+    let (m, k, k2, n) = (77, 96, 16, 40);
+    let (a, b, a2, b2) = (
+        wave(m * k, 21),
+        wave(k * n, 22),
+        wave(m * k2, 23),
+        wave(k2 * n, 24),
+    );
+    let (p, p2) = (
+        Bf16Panel::from_rows(&b, k, n),
+        Bf16Panel::from_rows(&b2, k2, n),
+    );
+    let (want, mag) = reference(&a, &b, m, k, n);
+    let (want2, mag2) = reference(&a2, &b2, m, k2, n);
+    for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.available()) {
+        let got = gemm_sum_with(&a, &p, &a2, &p2, m, kernel);
+        assert_eq!(got.len(), m * n);
+        for i in 0..m * n {
+            let tol = ((k + k2) as f64) * 2f64.powi(-23) * (mag[i] + mag2[i]) + 1e-30;
+            let e = (f64::from(got[i]) - (want[i] + want2[i])).abs();
+            assert!(
+                e <= tol,
+                "{kernel:?} at {i}: {} vs {} (tol {tol:e})",
+                got[i],
+                want[i] + want2[i]
+            );
+        }
+    }
+}
+
+#[test]
 fn frozen_bf16_matmul_gives_the_product_and_the_input_gradient() {
     let dev = device();
     let (rows, inp, out) = (150, 96, 80);
@@ -158,7 +191,13 @@ fn bf16_batched_matmul_gives_the_products_and_both_gradients() {
     let ad = device().autodiff();
     // Two batch axes, m over one AMX row block and not a multiple of it, n not a multiple of
     // a tile; both ways of forming dB (m·k small and large against m·n + n·k).
-    for (batch, m, k, n) in [([2, 3], 70, 24, 40), ([1, 2], 33, 96, 8)] {
+    // `b` also as views, read in place: a transposed one (attention's keys, `[b, kv, d, T]`)
+    // and one with its batch axes swapped (attention's values).
+    let cases = [([2, 3], 70, 24, 40), ([1, 2], 33, 96, 8)];
+    for ((batch, m, k, n), b_view) in cases
+        .into_iter()
+        .flat_map(|c| ["dense", "transposed", "batch axes swapped"].map(|v| (c, v)))
+    {
         let count = batch[0] * batch[1];
         let (av, bv, gv) = (
             wave(count * m * k, 7),
@@ -168,14 +207,60 @@ fn bf16_batched_matmul_gives_the_products_and_both_gradients() {
         let a =
             Tensor::<4>::from_data(TensorData::new(av.clone(), [batch[0], batch[1], m, k]), &ad)
                 .require_grad();
-        let b =
-            Tensor::<4>::from_data(TensorData::new(bv.clone(), [batch[0], batch[1], k, n]), &ad)
+        // The leaf holds `bv` in the view's storage order; the product sees `bv` as
+        // `[b0, b1, k, n]` row-major whichever view it is.
+        let stored = |shape: [usize; 4], order: [usize; 4]| -> Vec<f32> {
+            let mut out = vec![0.0; bv.len()];
+            let [s0, s1, s2, s3] = shape;
+            for i in 0..s0 {
+                for j in 0..s1 {
+                    for p in 0..s2 {
+                        for q in 0..s3 {
+                            let idx = [i, j, p, q];
+                            let logical = ((idx[order[0]] * batch[1] + idx[order[1]]) * k
+                                + idx[order[2]])
+                                * n
+                                + idx[order[3]];
+                            out[((i * s1 + j) * s2 + p) * s3 + q] = bv[logical];
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let (b_leaf, b) = match b_view {
+            "dense" => {
+                let leaf = Tensor::<4>::from_data(
+                    TensorData::new(bv.clone(), [batch[0], batch[1], k, n]),
+                    &ad,
+                )
                 .require_grad();
+                (leaf.clone(), leaf)
+            }
+            "transposed" => {
+                let shape = [batch[0], batch[1], n, k];
+                let data = stored(shape, [0, 1, 3, 2]);
+                let leaf = Tensor::<4>::from_data(TensorData::new(data, shape), &ad).require_grad();
+                (leaf.clone(), leaf.swap_dims(2, 3))
+            }
+            _ => {
+                let shape = [batch[0], k, batch[1], n];
+                let data = stored(shape, [0, 2, 1, 3]);
+                let leaf = Tensor::<4>::from_data(TensorData::new(data, shape), &ad).require_grad();
+                (leaf.clone(), leaf.swap_dims(1, 2))
+            }
+        };
         let g =
             Tensor::<4>::from_data(TensorData::new(gv.clone(), [batch[0], batch[1], m, n]), &ad);
         let c = bf16_batched_matmul(&a, &b).expect("autodiff flex operands take the bf16 op");
         let grads = c.clone().mul(g).sum().backward();
-        let (da, db) = (a.grad(&grads).unwrap(), b.grad(&grads).unwrap());
+        let da = a.grad(&grads).unwrap();
+        // dB in the product's own [b0, b1, k, n] order, whatever the leaf's layout.
+        let db = match b_view {
+            "dense" => b_leaf.grad(&grads).unwrap(),
+            "transposed" => b_leaf.grad(&grads).unwrap().swap_dims(2, 3),
+            _ => b_leaf.grad(&grads).unwrap().swap_dims(1, 2),
+        };
         let (c, da, db) = (values(&c), values(&da), values(&db));
         for i in 0..count {
             let (ai, bi, gi) = (
@@ -195,7 +280,10 @@ fn bf16_batched_matmul_gives_the_products_and_both_gradients() {
                 ("dB", &db[i * k * n..(i + 1) * k * n], want_db),
             ] {
                 let e = rel_err(got, &want);
-                assert!(e < 1e-5, "{what} of batch {i} ({m}×{k}×{n}): rel err {e}");
+                assert!(
+                    e < 1e-5,
+                    "{what} of batch {i} ({m}×{k}×{n}, b {b_view}): rel err {e}"
+                );
             }
         }
     }
@@ -213,22 +301,82 @@ fn fused_lora_projection_matches_the_frozen_product_plus_the_lora_delta() {
     let leaf = |v: Vec<f32>, shape: [usize; 2]| {
         Tensor::<2>::from_data(TensorData::new(v, shape), &ad).require_grad()
     };
-    let (xv, av, bv) = (
+    let (xv, av, bv, gv) = (
         wave(rows * fan_in, 11),
         wave(r * fan_in, 12),
         wave(fan_out * r, 13),
+        wave(rows * fan_out, 14),
     );
-    let g = Tensor::<2>::from_data(
-        TensorData::new(wave(rows * fan_out, 14), [rows, fan_out]),
-        &ad,
-    );
-    // The fused op, and the same sum from the ops it replaces.
+    let g = Tensor::<2>::from_data(TensorData::new(gv.clone(), [rows, fan_out]), &ad);
     let (x, a, b) = (
         leaf(xv.clone(), [rows, fan_in]),
         leaf(av.clone(), [r, fan_in]),
         leaf(bv.clone(), [fan_out, r]),
     );
     let fused = lora_linear_bf16(&w, &x, &a, &b, scale).expect("the fused op applies");
+    let grads = fused.clone().mul(g.clone()).sum().backward();
+
+    // The op's definition in f64: the frozen product and the rank-r up-product take
+    // bf16-rounded operands (`reference` rounds both of its inputs), the down-products
+    // `s·x·Aᵀ` and `s·dY·B` are exact before that rounding. A down-product within f32 noise
+    // of a bf16 rounding boundary could round the other way here; over these values none
+    // does, and the error bound below is the f32 sums' (k · 2⁻²³ of the magnitudes).
+    let dense = |a: &[f32], b: &[f32], m: usize, k: usize, n: usize| -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                for j in 0..n {
+                    out[i * n + j] += f64::from(a[i * k + p]) * f64::from(b[p * n + j]);
+                }
+            }
+        }
+        out
+    };
+    let scaled = |v: Vec<f64>| {
+        v.into_iter()
+            .map(|x| (x * f64::from(scale)) as f32)
+            .collect()
+    };
+    let xa_s: Vec<f32> = scaled(dense(&xv, &transpose(&av, r, fan_in), rows, fan_in, r));
+    let dya_s: Vec<f32> = scaled(dense(&gv, &bv, rows, fan_out, r));
+    let (base_y, mag_y) = reference(&xv, &wt, rows, fan_in, fan_out);
+    let (delta_y, dmag_y) = reference(&xa_s, &transpose(&bv, fan_out, r), rows, r, fan_out);
+    let (base_dx, mag_dx) = reference(&gv, &transpose(&wt, fan_in, fan_out), rows, fan_out, fan_in);
+    let (delta_dx, dmag_dx) = reference(&dya_s, &av, rows, r, fan_in);
+    let dx = x.grad(&grads).expect("fused dX");
+    for (what, got, base, delta, mag, dmag, k) in [
+        (
+            "y",
+            values(&fused),
+            base_y,
+            delta_y,
+            mag_y,
+            dmag_y,
+            fan_in + r,
+        ),
+        (
+            "dX",
+            values(&dx),
+            base_dx,
+            delta_dx,
+            mag_dx,
+            dmag_dx,
+            fan_out + r,
+        ),
+    ] {
+        for i in 0..got.len() {
+            let want = base[i] + delta[i];
+            let tol = (k as f64) * 2f64.powi(-23) * (mag[i] + dmag[i]) + 1e-30;
+            let e = (f64::from(got[i]) - want).abs();
+            assert!(
+                e <= tol,
+                "{what} at {i}: {} vs {want} (tol {tol:e})",
+                got[i]
+            );
+        }
+    }
+
+    // The factors' gradients stay in f32: the same as burn's ops on the unrounded values.
     let (x2, a2, b2) = (
         leaf(xv, [rows, fan_in]),
         leaf(av, [r, fan_in]),
@@ -240,12 +388,8 @@ fn fused_lora_projection_matches_the_frozen_product_plus_the_lora_delta() {
             .matmul(b2.clone().transpose())
             .mul_scalar(scale),
     );
-    let e = rel_err(&values(&fused), &values(&unfused));
-    assert!(e < 1e-5, "output rel err {e}");
-    let grads = fused.mul(g.clone()).sum().backward();
     let grads2 = unfused.mul(g).sum().backward();
     for (what, got, want) in [
-        ("dX", x.grad(&grads), x2.grad(&grads2)),
         ("dA", a.grad(&grads), a2.grad(&grads2)),
         ("dB", b.grad(&grads), b2.grad(&grads2)),
     ] {

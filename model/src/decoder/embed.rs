@@ -26,6 +26,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::HOST_KERNEL_MAX_ROWS;
 use crate::error::ModelError;
 use crate::fused::{dense_f32, tensor_of, values};
+use crate::kernels::buffers::par_zeroed;
 use crate::quant::Nf4Matrix;
 use crate::weights::read_f32;
 
@@ -160,7 +161,7 @@ impl TokenEmbedding {
 fn nf4_head_values(q: &Nf4Matrix, x: FlexTensor, m: usize) -> Vec<f32> {
     let [vocab, h] = q.shape();
     let scales = q.f32_scales();
-    let mut out = vec![0.0f32; m * vocab];
+    let mut out = par_zeroed(m * vocab);
     let mut v0 = 0;
     while v0 < vocab {
         let v1 = (v0 + HEAD_CHUNK_ROWS).min(vocab);

@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use super::simd::{softmax_backward_range, softmax_range, use_simd};
 use super::{ROWS_PER_TASK, dense_f32, lift, owned_f32, tensor_of, values, values_mut};
+use crate::kernels::buffers::par_zeroed;
 
 /// Which keys each query may see, for a batch whose real keys form one run per row: query
 /// `t` of row `b` sees keys `first[b] ..= past + t`.
@@ -171,7 +172,7 @@ pub fn causal_softmax(scores: &Tensor<4>, scale: f64, mask: &CausalMask) -> Opti
         let x = dense_f32(x);
         let shape = x.shape();
         let input = values(&x);
-        let mut out = vec![0.0f32; input.len()];
+        let mut out = par_zeroed(input.len());
         let rows_per_batch = heads * seq;
         out.par_chunks_mut(ROWS_PER_TASK * total)
             .zip(input.par_chunks(ROWS_PER_TASK * total))

@@ -8,23 +8,30 @@
 //! Burn's f32 matmul, which this replaces in bf16 mode, also zero-fills and then copies each
 //! output buffer (a third of its time on the attention shapes here, docs/benchmarks.md).
 
+// Products over tensors whose shapes burn checked; batches indexed by offset. The parsers of
+// untrusted files deny indexing.
+#![allow(clippy::indexing_slicing)]
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Flex, Shape};
+use burn::backend::{DType, Flex, Shape};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::{dense_f32, lift, tensor_of, values};
-use crate::kernels::bf16_gemm::{self, Bf16Panel};
+use crate::kernels::bf16_gemm::{self, Bf16Kernel, Bf16Panel};
+use crate::kernels::buffers::par_zeroed;
+use crate::kernels::sgemm::MatRef;
 use crate::weights::transpose;
 
-/// Saved for the backward step: both operands and the shapes.
+/// Saved for the backward step: both operands (as they came, views included) and the
+/// shapes.
 #[derive(Debug, Clone)]
 struct BmmState {
-    a: FlexTensor,
-    b: FlexTensor,
+    a: Batched,
+    b: Batched,
     dims: BmmDims,
 }
 
@@ -35,6 +42,65 @@ struct BmmDims {
     m: usize,
     k: usize,
     n: usize,
+}
+
+/// A rank-4 f32 tensor read in place through its strides: the attention's keys arrive as
+/// a transposed view (`[b, kv, d, T]`) and its values as a view with the heads' axis
+/// swapped, and both are packed for the bf16 GEMM straight from there instead of being
+/// copied into contiguous tensors first.
+#[derive(Debug, Clone)]
+struct Batched {
+    tensor: FlexTensor,
+    offset: usize,
+    strides: [usize; 4],
+    dims: [usize; 4],
+}
+
+impl Batched {
+    /// `t` as it is where it is f32 with non-negative strides; a dense copy otherwise.
+    /// `t` of shape `dims` (the autodiff tensor's, which the flex tensor shares).
+    fn new(t: FlexTensor, dims: [usize; 4]) -> Self {
+        let as_view = |t: &FlexTensor| {
+            let layout = t.layout();
+            let strides: Vec<usize> = layout
+                .strides()
+                .iter()
+                .map(|&s| usize::try_from(s).ok())
+                .collect::<Option<_>>()?;
+            let strides: [usize; 4] = strides.try_into().ok()?;
+            (t.dtype() == DType::F32 && layout.num_elements() == dims.iter().product::<usize>())
+                .then_some((layout.start_offset(), strides))
+        };
+        let (tensor, (offset, strides)) = match as_view(&t) {
+            Some(view) => (t, view),
+            None => {
+                let strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+                (dense_f32(t), (0, strides))
+            }
+        };
+        Self {
+            tensor,
+            offset,
+            strides,
+            dims,
+        }
+    }
+
+    /// Batch `i` (row-major over the two batch axes) as a matrix view; `transposed` reads
+    /// its transpose. `None` if the view would reach outside the storage.
+    fn matrix(&self, i: usize, transposed: bool) -> Option<MatRef<'_>> {
+        let [_, d1, rows, cols] = self.dims;
+        let [s0, s1, sr, sc] = self.strides;
+        let start = self.offset + (i / d1.max(1)) * s0 + (i % d1.max(1)) * s1;
+        let data = values_of(&self.tensor).get(start..)?;
+        let view = MatRef::strided(data, [rows, cols], [sr, sc])?;
+        Some(if transposed { view.t() } else { view })
+    }
+}
+
+/// The storage of an f32 tensor (all of it: views index into it).
+fn values_of(t: &FlexTensor) -> &[f32] {
+    t.storage::<f32>()
 }
 
 #[derive(Debug)]
@@ -49,11 +115,16 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
         let grad = dense_f32(grads.consume::<Flex>(&ops.node));
         let dc = values(&grad);
         let BmmDims { batch, m, k, n } = dims;
+        let kernel = Bf16Kernel::best();
+        let count = batch[0] * batch[1];
+        let dc_i = |i: usize| &dc[i * m * n..(i + 1) * m * n];
         if let Some(node) = a_node {
-            // dA[i] = dC[i] · B[i]ᵀ: B[i] [k, n] is the row-major transpose of Bᵀ.
-            let bv = values(&b);
-            let da = batched(m * k, (dc, m * n), (bv, k * n), |dc_i, b_i| {
-                bf16_gemm::gemm(dc_i, m, &Bf16Panel::from_transposed(b_i, n, k))
+            // dA[i] = dC[i] · B[i]ᵀ.
+            let da = batched(count, m * k, |i, out| {
+                if let Some(b_t) = b.matrix(i, true) {
+                    let lhs = MatRef::row_major(dc_i(i), m, n);
+                    bf16_gemm::gemm_view_into(lhs, &Bf16Panel::from_view(b_t), out, kernel);
+                }
             });
             grads.register::<Flex>(
                 node.id,
@@ -61,20 +132,21 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
             );
         }
         if let Some(node) = b_node {
-            // dB[i] = A[i]ᵀ · dC[i], or (dC[i]ᵀ · A[i])ᵀ: whichever moves fewer values through
-            // a transpose (`m·k`, or `m·n + n·k`; P·V's dV takes the second).
-            let av = values(&a);
-            let db = batched(k * n, (av, m * k), (dc, m * n), |a_i, dc_i| {
-                if m * k <= m * n + n * k {
-                    let panel = Bf16Panel::from_rows(dc_i, m, n);
-                    bf16_gemm::gemm(&transpose(a_i, m, k), k, &panel)
+            // dB[i] = A[i]ᵀ·dC[i], or (dC[i]ᵀ·A[i])ᵀ: the left operand is packed from a
+            // transposed view, the smaller of the two (`k·m` or `n·m` values; P·V's dV takes
+            // the second).
+            let db = batched(count, k * n, |i, out| {
+                let Some(a_i) = a.matrix(i, false) else {
+                    return;
+                };
+                if k <= n {
+                    let panel = Bf16Panel::from_rows(dc_i(i), m, n);
+                    bf16_gemm::gemm_view_into(a_i.t(), &panel, out, kernel);
                 } else {
-                    let db_t = bf16_gemm::gemm(
-                        &transpose(dc_i, m, n),
-                        n,
-                        &Bf16Panel::from_rows(a_i, m, k),
-                    );
-                    transpose(&db_t, n, k)
+                    let mut db_t = vec![0.0f32; n * k];
+                    let dc_t = MatRef::row_major(dc_i(i), m, n).t();
+                    bf16_gemm::gemm_view_into(dc_t, &Bf16Panel::from_view(a_i), &mut db_t, kernel);
+                    out.copy_from_slice(&transpose(&db_t, n, k));
                 }
             });
             grads.register::<Flex>(
@@ -85,26 +157,22 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
     }
 }
 
-/// One product per batch, in parallel, laid end to end (`out_each` values each): batch `i`
-/// takes the `i`-th chunk of each input (`(values, chunk length)`).
-fn batched(
-    out_each: usize,
-    (x, x_each): (&[f32], usize),
-    (y, y_each): (&[f32], usize),
-    product: impl Fn(&[f32], &[f32]) -> Vec<f32> + Sync,
-) -> Vec<f32> {
-    let count = x.len() / x_each.max(1);
-    let mut out = vec![0.0f32; count * out_each];
-    out.par_chunks_mut(out_each.max(1))
-        .zip(x.par_chunks(x_each.max(1)))
-        .zip(y.par_chunks(y_each.max(1)))
-        .for_each(|((dst, x_i), y_i)| dst.copy_from_slice(&product(x_i, y_i)));
+/// `count` products in parallel, written in place end to end (`out_each` values each) by
+/// `product(i, out)`; a product that cannot run (a view outside its storage, which the
+/// constructor's checks rule out) leaves its block zero.
+fn batched(count: usize, out_each: usize, product: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = par_zeroed(count * out_each);
+    if out_each > 0 {
+        out.par_chunks_mut(out_each)
+            .enumerate()
+            .for_each(|(i, dst)| product(i, dst));
+    }
     out
 }
 
-/// `a·b` batched over the first two axes (`a` `[b0, b1, m, k]`, `b` `[b0, b1, k, n]`) as one
-/// autodiff op on burn-flex in bf16 (f32 sums); `None` where it does not apply (no autodiff,
-/// another backend, shapes that do not chain).
+/// `a·b` batched over the first two axes (`a` `[b0, b1, m, k]`, `b` `[b0, b1, k, n]`, either
+/// a strided view) as one autodiff op on burn-flex in bf16 (f32 sums); `None` where it does
+/// not apply (no autodiff, another backend, shapes that do not chain).
 pub fn bf16_batched_matmul(a: &Tensor<4>, b: &Tensor<4>) -> Option<Tensor<4>> {
     let [a0, a1, m, k] = a.dims();
     let [b0, b1, kb, n] = b.dims();
@@ -118,10 +186,15 @@ pub fn bf16_batched_matmul(a: &Tensor<4>, b: &Tensor<4>) -> Option<Tensor<4>> {
         n,
     };
     lift(Bf16BmmBackward, [a, b], |[a, b]| {
-        let (a, b) = (dense_f32(a), dense_f32(b));
-        let (av, bv) = (values(&a), values(&b));
-        let c = batched(m * n, (av, m * k), (bv, k * n), |a_i, b_i| {
-            bf16_gemm::gemm(a_i, m, &Bf16Panel::from_rows(b_i, k, n))
+        let (a, b) = (
+            Batched::new(a, [a0, a1, m, k]),
+            Batched::new(b, [b0, b1, k, n]),
+        );
+        let kernel = Bf16Kernel::best();
+        let c = batched(a0 * a1, m * n, |i, out| {
+            if let (Some(lhs), Some(rhs)) = (a.matrix(i, false), b.matrix(i, false)) {
+                bf16_gemm::gemm_view_into(lhs, &Bf16Panel::from_view(rhs), out, kernel);
+            }
         });
         let out = tensor_of(c, Shape::new([a0, a1, m, n]));
         Some((out, BmmState { a, b, dims }))

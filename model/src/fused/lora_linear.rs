@@ -1,14 +1,18 @@
 //! A bf16 trainer's adapted projection as one autodiff op:
 //! `y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ`, `W` frozen in bf16 ([`Bf16Weight`], AMX or AVX-512 BF16),
-//! the LoRA factors `A` `[r, in]` and `B` `[out, r]` in f32.
+//! the LoRA factors `A` `[r, in]` and `B` `[out, r]` in f32 (master weights).
 //!
 //! Through burn the LoRA path is two matmuls (each output zero-filled, then copied), a
 //! scaling pass and an addition forward, as many passes again backward, and one more
 //! addition where `x`'s two gradients (base and LoRA) meet: on the 2-core bench most of
-//! them on one thread. Here the forward adds the delta into the base product's buffer and the
-//! backward writes `dX = dY·W + (s·dY·B)·A` into one buffer; the small products
-//! (`x·Aᵀ`, `dY·B`, `dA`, `dB`) run on `gemm` with strides, so nothing is transposed.
-//! Saved for the backward: `x`'s and the factors' handles and `x·Aᵀ` (`[n, r]`).
+//! them on one thread. Here the rank-`r` up-products ride on the frozen product as `r` more
+//! terms of its sums ([`Bf16Weight::forward_host_plus`]): forward
+//! `y = [x | s·x·Aᵀ]·[Wᵀ; Bᵀ]`, backward `dX = [dY | s·dY·B]·[W; A]`, each one bf16 GEMM
+//! pass over its output, with `s·x·Aᵀ`, `Bᵀ`, `s·dY·B` and `A` rounded to bf16 as the
+//! frozen operands are (PyTorch's autocast runs a LoRA layer's matmuls in bf16 too). The
+//! down-products and the factors' gradients (`x·Aᵀ`, `dY·B`, `dA`, `dB`) stay in f32 on
+//! `gemm` with strides, so nothing is transposed. Saved for the backward: `x`'s and the
+//! factors' handles and `x·Aᵀ` (`[n, r]`).
 
 use std::sync::Arc;
 
@@ -20,6 +24,7 @@ use burn::backend::{Flex, Shape};
 use burn::tensor::Tensor;
 
 use super::{dense_f32, lift, tensor_of, values};
+use crate::kernels::bf16_gemm::Bf16Panel;
 use crate::kernels::sgemm::{MatRef, sgemm};
 use crate::precision::Bf16Weight;
 
@@ -74,10 +79,9 @@ impl Backward<Flex, 3> for LoraLinearBackward {
             grads.register::<Flex>(node.id, tensor_of(da, Shape::new([r, fan_in])));
         }
         if let Some(node) = x_node {
-            // dX = dY·W (bf16) + (s·dY·B)·A.
-            let mut dx = st.weight.backward_host(dy, n);
-            let a_m = MatRef::row_major(a, r, fan_in);
-            sgemm(&mut dx, MatRef::row_major(&dxa, n, r), a_m, true, 1.0);
+            // dX = dY·W + (s·dY·B)·A in bf16, one pass.
+            let a_panel = Bf16Panel::from_rows(a, r, fan_in);
+            let dx = st.weight.backward_host_plus(dy, &dxa, &a_panel, n);
             grads.register::<Flex>(node.id, tensor_of(dx, Shape::new([n, fan_in])));
         }
     }
@@ -103,7 +107,6 @@ pub fn lora_linear_bf16(
     lift(LoraLinearBackward, [x, a, b], |[x, a, b]| {
         let (x, a, b) = (dense_f32(x), dense_f32(a), dense_f32(b));
         let xs = values(&x);
-        let mut y = weight.forward_host(xs, n);
         let mut xa = vec![0.0f32; n * r];
         let x_m = MatRef::row_major(xs, n, fan_in);
         sgemm(
@@ -113,8 +116,10 @@ pub fn lora_linear_bf16(
             false,
             1.0,
         );
-        let b_t = MatRef::row_major(values(&b), fan_out, r).t();
-        sgemm(&mut y, MatRef::row_major(&xa, n, r), b_t, true, scale);
+        // y = x·Wᵀ + (s·x·Aᵀ)·Bᵀ in bf16, one pass.
+        let xa_scaled: Vec<f32> = xa.iter().map(|v| scale * v).collect();
+        let b_t = Bf16Panel::from_view(MatRef::row_major(values(&b), fan_out, r).t());
+        let y = weight.forward_host_plus(xs, &xa_scaled, &b_t, n);
         let out = tensor_of(y, Shape::new([n, fan_out]));
         let state = LoraLinearState {
             weight: Arc::clone(weight),

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::simd::{log_sum_exp, scaled_exp_shifted, use_simd};
 use super::{ROWS_PER_TASK, dense_f32, lift, tensor_of, values};
+use crate::kernels::buffers::par_zeroed;
 
 #[derive(Debug, Clone)]
 struct NllState {
@@ -43,7 +44,7 @@ impl Backward<Flex, 1> for NllBackward {
             let shape = st.logits.shape();
             let z = values(&st.logits);
             let vocab = z.len() / st.targets.len().max(1);
-            let mut dz = vec![0.0f32; z.len()];
+            let mut dz = par_zeroed(z.len());
             dz.par_chunks_mut(ROWS_PER_TASK * vocab)
                 .zip(z.par_chunks(ROWS_PER_TASK * vocab))
                 .zip(st.targets.par_chunks(ROWS_PER_TASK))

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::simd::{rms_norm_row, swiglu as swiglu_kernel, swiglu_backward, use_simd};
 use super::{ROWS_PER_TASK, dense_f32, lift, owned_f32, tensor_of, values, values_mut};
+use crate::kernels::buffers::par_zeroed;
 
 /// Elements handed to one rayon task by the elementwise SwiGLU kernels.
 const CHUNK: usize = 1 << 14;
@@ -84,7 +85,7 @@ pub fn rms_norm(x: &Tensor<2>, weight: &Tensor<1>, eps: f64) -> Option<Tensor<2>
         let xs = values(&x);
         let rows = xs.len() / h;
         let mut inv = vec![0.0f32; rows];
-        let mut out = vec![0.0f32; xs.len()];
+        let mut out = par_zeroed(xs.len());
         out.par_chunks_mut(ROWS_PER_TASK * h)
             .zip(xs.par_chunks(ROWS_PER_TASK * h))
             .zip(inv.par_chunks_mut(ROWS_PER_TASK))
@@ -137,7 +138,7 @@ impl Backward<Flex, 2> for SwigluBackward {
         let shape = grad.shape();
         let mut dg = owned_f32(grad);
         let (g, u) = (values(&st.gate), values(&st.up));
-        let mut du = vec![0.0f32; g.len()];
+        let mut du = par_zeroed(g.len());
         values_mut(&mut dg)
             .par_chunks_mut(CHUNK)
             .zip(du.par_chunks_mut(CHUNK))
@@ -166,7 +167,7 @@ pub fn swiglu(gate: &Tensor<2>, up: &Tensor<2>) -> Option<Tensor<2>> {
         let (g, u) = (dense_f32(g), dense_f32(u));
         let shape = g.shape();
         let (gs, us) = (values(&g), values(&u));
-        let mut out = vec![0.0f32; gs.len()];
+        let mut out = par_zeroed(gs.len());
         out.par_chunks_mut(CHUNK)
             .zip(gs.par_chunks(CHUNK).zip(us.par_chunks(CHUNK)))
             .for_each(|(o, (g, u))| swiglu_kernel(g, u, o, simd));

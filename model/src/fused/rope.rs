@@ -23,6 +23,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::{dense_f32, lift, tensor_of, values};
+use crate::kernels::buffers::par_zeroed;
 
 /// RoPE's `cos` and `sin` per position, `[b·s, d]` each, row-major.
 #[derive(Debug, Clone)]
@@ -74,7 +75,7 @@ impl Backward<Flex, 1> for RopeBackward {
             let dy = values(&grad);
             let (s, d) = (tb.seq, tb.head_dim);
             let half = d / 2;
-            let mut dx = vec![0.0f32; dy.len()];
+            let mut dx = par_zeroed(dy.len());
             dx.par_chunks_mut(heads * d)
                 .enumerate()
                 .for_each(|(row, dx_row)| {
@@ -112,7 +113,7 @@ pub fn rope_heads(x: &Tensor<2>, tables: &RopeTables) -> Option<Tensor<4>> {
         let x = dense_f32(x);
         let xs = values(&x);
         let half = d / 2;
-        let mut out = vec![0.0f32; xs.len()];
+        let mut out = par_zeroed(xs.len());
         // Output rows are (b, h, t); each reads input row b·s+t, columns h·d..(h+1)·d.
         out.par_chunks_mut(s * d).enumerate().for_each(|(bh, o)| {
             let (b, h) = (bh / heads, bh % heads);

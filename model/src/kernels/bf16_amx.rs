@@ -90,54 +90,68 @@ impl TileConfig {
     }
 }
 
-/// `C[rows, n] = A·B` for one block of rows on this thread.
-///
-/// - `a`: `[padded_rows][pairs]` packed rows, `padded_rows` = `rows` rounded up to [`ROWS`]
-///   (the extra rows zero), `pairs` a multiple of [`KP`] (zero past `k`);
-/// - `b`: the panel's data, `n.div_ceil(NR)` tiles of `[pairs][NR]`;
-/// - `c`: `[rows, n]` row-major, every element written.
+/// One `A·B` term of a block product: `a` `[padded_rows][pairs]` packed rows (`padded_rows`
+/// = the block's rows rounded up to [`ROWS`], the extra rows zero; `pairs` a multiple of
+/// [`KP`], zero past `k`), `b` a panel's data (`n.div_ceil(NR)` tiles of `[pairs][NR]`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Term<'a> {
+    pub a: &'a [u32],
+    pub pairs: usize,
+    pub b: &'a [u32],
+}
+
+/// `C[rows, n] = Σ A·B` over `terms` for one block of rows on this thread (the sums of all
+/// terms stay in the accumulator tiles: a LoRA delta `(x·Aᵀ)·Bᵀ` rides on the frozen
+/// product's tiles as 16 more pairs of `k`); `c` `[rows, n]` row-major, every element written.
 ///
 /// # Safety
 /// [`available`] must have returned true.
-pub(super) unsafe fn block(
-    a: &[u32],
-    pairs: usize,
-    rows: usize,
-    b: &[u32],
-    n: usize,
-    c: &mut [f32],
-) {
+pub(super) unsafe fn block(terms: &[Term<'_>], rows: usize, n: usize, c: &mut [f32]) {
     let padded_rows = rows.div_ceil(ROWS) * ROWS;
     let tiles = n.div_ceil(NR);
-    assert!(pairs.is_multiple_of(KP) && a.len() >= padded_rows * pairs);
-    assert!(b.len() >= tiles * pairs * NR && c.len() >= rows * n);
+    for term in terms {
+        assert!(term.pairs.is_multiple_of(KP) && term.a.len() >= padded_rows * term.pairs);
+        assert!(term.b.len() >= tiles * term.pairs * NR);
+    }
+    assert!(c.len() >= rows * n);
     let config = TileConfig::all_full();
     // SAFETY: AMX is available (caller); the configuration is 64 aligned bytes.
     unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
     let mut spill = [0.0f32; ROWS * NR];
     for t in 0..tiles {
         let cols = (n - t * NR).min(NR);
-        let b_tile = &b[t * pairs * NR..(t + 1) * pairs * NR];
         for r0 in (0..rows).step_by(ROWS) {
-            let a_rows = &a[r0 * pairs..(r0 + ROWS) * pairs];
             let full = r0 + ROWS <= rows && cols == NR;
-            if full {
+            let (dst, ldc) = if full {
                 // SAFETY: rows r0..r0+32 and columns t·32..t·32+32 lie inside `c` (`full`).
-                unsafe {
-                    block_32x32(
-                        a_rows,
-                        pairs,
-                        b_tile,
-                        c.as_mut_ptr().add(r0 * n + t * NR),
-                        n,
-                    )
-                };
+                (unsafe { c.as_mut_ptr().add(r0 * n + t * NR) }, n)
             } else {
-                // SAFETY: `spill` is 32 × 32 with row stride NR.
-                unsafe { block_32x32(a_rows, pairs, b_tile, spill.as_mut_ptr(), NR) };
+                (spill.as_mut_ptr(), NR)
+            };
+            // SAFETY: tiles configured above; each term's rows r0..r0+32 and tile t lie inside
+            // its slices (asserted); `dst` holds 32 rows of 32 floats at stride `ldc`.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack)
+                );
+                for term in terms {
+                    let pairs = term.pairs;
+                    accumulate_32x32(
+                        &term.a[r0 * pairs..(r0 + ROWS) * pairs],
+                        pairs,
+                        &term.b[t * pairs * NR..(t + 1) * pairs * NR],
+                    );
+                }
+                store_32x32(dst, ldc);
+            }
+            if !full {
                 for r in 0..(rows - r0).min(ROWS) {
-                    let dst = (r0 + r) * n + t * NR;
-                    c[dst..dst + cols].copy_from_slice(&spill[r * NR..r * NR + cols]);
+                    let at = (r0 + r) * n + t * NR;
+                    c[at..at + cols].copy_from_slice(&spill[r * NR..r * NR + cols]);
                 }
             }
         }
@@ -146,31 +160,22 @@ pub(super) unsafe fn block(
     unsafe { asm!("tilerelease", options(nostack)) };
 }
 
-/// One 32 × 32 block of `C` at `c` (row stride `ldc` floats): `a` holds 32 packed rows
-/// (`[32][pairs]`), `b` one panel tile (`[pairs][32]`).
+/// Adds 32 packed rows `a` (`[32][pairs]`) times one panel tile `b` (`[pairs][32]`) into the
+/// accumulator tiles `tmm0..tmm3` (a 32 × 32 block of `C`).
 ///
 /// # Safety
-/// The tiles are configured ([`TileConfig::all_full`]); `c` is valid for 32 rows of 32
-/// floats at stride `ldc`.
+/// The tiles are configured ([`TileConfig::all_full`]).
 #[inline]
-unsafe fn block_32x32(a: &[u32], pairs: usize, b: &[u32], c: *mut f32, ldc: usize) {
+unsafe fn accumulate_32x32(a: &[u32], pairs: usize, b: &[u32]) {
     debug_assert!(a.len() >= ROWS * pairs && b.len() >= pairs * NR);
     let a_stride = pairs * 4;
     let b_stride = NR * 4;
-    // SAFETY: tile registers are configured (caller); every load below reads 16 rows of 64
-    // bytes inside `a` or `b` (kk + 16 ≤ pairs; row 31 of `a` ends at 32·pairs; pair row
-    // kk + 15 of `b` ends at pairs·NR), every store writes 16 rows of 64 bytes inside `c`.
-    unsafe {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack)
-        );
-        let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
-        let mut kk = 0;
-        while kk < pairs {
+    let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
+    let mut kk = 0;
+    while kk < pairs {
+        // SAFETY: every load reads 16 rows of 64 bytes inside `a` or `b` (kk + 16 ≤ pairs;
+        // row 31 of `a` ends at 32·pairs; pair row kk + 15 of `b` ends at pairs·NR).
+        unsafe {
             asm!(
                 "tileloadd tmm4, [{a0} + {sa}*1]",
                 "tileloadd tmm6, [{b0} + {sb}*1]",
@@ -188,8 +193,19 @@ unsafe fn block_32x32(a: &[u32], pairs: usize, b: &[u32], c: *mut f32, ldc: usiz
                 sb = in(reg) b_stride,
                 options(nostack),
             );
-            kk += KP;
         }
+        kk += KP;
+    }
+}
+
+/// Stores the accumulator tiles `tmm0..tmm3` as a 32 × 32 block at `c` (row stride `ldc`).
+///
+/// # Safety
+/// The tiles are configured; `c` is valid for 32 rows of 32 floats at stride `ldc`.
+#[inline]
+unsafe fn store_32x32(c: *mut f32, ldc: usize) {
+    // SAFETY: the caller's contract: each store writes 16 rows of 64 bytes inside the block.
+    unsafe {
         asm!(
             "tilestored [{c0} + {s}*1], tmm0",
             "tilestored [{c1} + {s}*1], tmm1",

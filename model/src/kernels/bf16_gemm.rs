@@ -25,6 +25,8 @@ use std::mem::MaybeUninit;
 use half::bf16;
 use rayon::prelude::*;
 
+use super::sgemm::MatRef;
+
 /// Output columns per tile of `B` (two 16-lane vectors).
 pub const NR: usize = 32;
 
@@ -87,50 +89,83 @@ impl Bf16Panel {
         Self { k, n, pairs, data }
     }
 
-    /// Packs `b`, `[k, n]` row-major (a tile's two rows at a time, so the loop vectorizes:
-    /// the attention products pack a panel per call).
+    /// Packs `b`, `[k, n]` row-major.
     pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(b.len(), k * n, "Bf16Panel::from_rows: b is not [k, n]");
-        let pairs = padded_pairs(k);
-        let tiles = n.div_ceil(NR);
-        let mut data = vec![0u32; tiles * pairs * NR];
-        for (t, tile) in data.chunks_exact_mut(pairs * NR).enumerate() {
-            let (c0, cols) = (t * NR, (n - t * NR).min(NR));
-            for (p, dst) in tile.chunks_exact_mut(NR).take(k.div_ceil(2)).enumerate() {
-                let lo = &b[2 * p * n + c0..2 * p * n + c0 + cols];
-                let dst = &mut dst[..cols];
-                if 2 * p + 1 < k {
-                    let hi = &b[(2 * p + 1) * n + c0..(2 * p + 1) * n + c0 + cols];
-                    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
-                        *d = bits(l) | (bits(h) << 16);
-                    }
-                } else {
-                    for (d, &l) in dst.iter_mut().zip(lo) {
-                        *d = bits(l);
-                    }
-                }
-            }
-        }
-        Self { k, n, pairs, data }
+        Self::from_view(MatRef::row_major(b, k, n))
     }
 
-    /// Packs the transpose of `bt` (`bt` is `[n, k]` row-major; the panel is `[k, n]`): each
-    /// of a tile's 32 columns is a row of `bt`, read front to back.
+    /// Packs the transpose of `bt` (`bt` is `[n, k]` row-major; the panel is `[k, n]`).
     pub fn from_transposed(bt: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(
             bt.len(),
             k * n,
             "Bf16Panel::from_transposed: bt is not [n, k]"
         );
-        Self::from_column_words(k, n, |c, p| {
-            let lo = bits(bt[c * k + 2 * p]);
-            let hi = if 2 * p + 1 < k {
-                bits(bt[c * k + 2 * p + 1])
+        Self::from_view(MatRef::row_major(bt, n, k).t())
+    }
+
+    /// Packs the `[k, n]` matrix `b` views, whatever its strides. Contiguous rows are packed
+    /// a tile's two rows at a time and contiguous columns (a transposed matrix) a column's
+    /// pairs at a time, so both loops vectorize: the attention products pack a panel per
+    /// head from views of `K` and `V`.
+    pub fn from_view(b: MatRef<'_>) -> Self {
+        let [k, n] = b.dims();
+        if k == 0 || n == 0 || b.row(0).is_none() {
+            let pairs = padded_pairs(k);
+            let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+            if b.col(0).is_some() {
+                // A column's pairs are adjacent values: packed as a row, then spread over the
+                // tile's column.
+                let mut words = vec![0u32; k.div_ceil(2)];
+                for (t, tile) in data.chunks_exact_mut(pairs * NR).enumerate() {
+                    for j in 0..(n - t * NR).min(NR) {
+                        pack_pairs(b.col(t * NR + j).unwrap_or_default(), &mut words);
+                        for (row, &w) in tile.chunks_exact_mut(NR).zip(&words) {
+                            row[j] = w;
+                        }
+                    }
+                }
             } else {
-                0
-            };
-            lo | (hi << 16)
-        })
+                for (t, tile) in data.chunks_exact_mut(pairs * NR).enumerate() {
+                    for j in 0..(n - t * NR).min(NR) {
+                        for (p, row) in tile.chunks_exact_mut(NR).take(k.div_ceil(2)).enumerate() {
+                            let hi = if 2 * p + 1 < k {
+                                bits(b.at(2 * p + 1, t * NR + j))
+                            } else {
+                                0
+                            };
+                            row[j] = bits(b.at(2 * p, t * NR + j)) | (hi << 16);
+                        }
+                    }
+                }
+            }
+            return Self { k, n, pairs, data };
+        }
+        let pairs = padded_pairs(k);
+        let tiles = n.div_ceil(NR);
+        let mut data = vec![0u32; tiles * pairs * NR];
+        for (t, tile) in data.chunks_exact_mut(pairs * NR).enumerate() {
+            let (c0, cols) = (t * NR, (n - t * NR).min(NR));
+            for (p, dst) in tile.chunks_exact_mut(NR).take(k.div_ceil(2)).enumerate() {
+                let dst = &mut dst[..cols];
+                let lo = b.row(2 * p).map_or(&[][..], |row| &row[c0..c0 + cols]);
+                match b.row(2 * p + 1) {
+                    Some(row) => {
+                        let hi = &row[c0..c0 + cols];
+                        for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+                            *d = bits(l) | (bits(h) << 16);
+                        }
+                    }
+                    None => {
+                        for (d, &l) in dst.iter_mut().zip(lo) {
+                            *d = bits(l);
+                        }
+                    }
+                }
+            }
+        }
+        Self { k, n, pairs, data }
     }
 
     /// The `[n, k]` transpose, packed (the bf16 values moved, not rounded again): elements
@@ -266,14 +301,45 @@ pub fn gemm(a: &[f32], m: usize, b: &Bf16Panel) -> Vec<f32> {
 /// [`gemm`] on the given kernel (tests compare them); a kernel the CPU lacks falls back to
 /// the portable loop.
 pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<f32> {
-    let (k, n) = (b.k, b.n);
-    assert_eq!(a.len(), m * k, "bf16 gemm: a is not [m, k]");
-    let kernel = if kernel.available() {
-        kernel
-    } else {
-        Bf16Kernel::Portable
-    };
-    if m == 0 || n == 0 || k == 0 {
+    gemm_terms(m, &[(a, b)], kernel)
+}
+
+/// `a·b + a2·b2` (`a` `[m, k]`, `a2` `[m, k2]` row-major f32, the panels `[k, n]` and
+/// `[k2, n]`), one output pass: on AMX the second term's pairs extend the first's in the
+/// same accumulator tiles. A LoRA projection's delta `(s·x·Aᵀ)·Bᵀ` (`k2` = the rank) rides
+/// on its frozen product this way, as PyTorch's autocast also multiplies it in bf16; on
+/// the other kernels the second product is computed apart and added.
+pub fn gemm_sum(a: &[f32], b: &Bf16Panel, a2: &[f32], b2: &Bf16Panel, m: usize) -> Vec<f32> {
+    gemm_sum_with(a, b, a2, b2, m, Bf16Kernel::best())
+}
+
+/// [`gemm_sum`] on the given kernel (tests compare them).
+pub fn gemm_sum_with(
+    a: &[f32],
+    b: &Bf16Panel,
+    a2: &[f32],
+    b2: &Bf16Panel,
+    m: usize,
+    kernel: Bf16Kernel,
+) -> Vec<f32> {
+    assert_eq!(
+        b.n, b2.n,
+        "bf16 gemm_sum: the panels have {} and {} columns",
+        b.n, b2.n
+    );
+    gemm_terms(m, &[(a, b), (a2, b2)], kernel)
+}
+
+/// `Σ a_i·b_i` over `terms` (each `a_i` `[m, k_i]` row-major, `b_i` `[k_i, n]`), row blocks
+/// on rayon's pool.
+fn gemm_terms(m: usize, terms: &[(&[f32], &Bf16Panel)], kernel: Bf16Kernel) -> Vec<f32> {
+    let n = terms.first().map_or(0, |(_, b)| b.n);
+    for (a, b) in terms {
+        assert_eq!(a.len(), m * b.k, "bf16 gemm: a is not [m, k]");
+        assert_eq!(b.n, n, "bf16 gemm: the panels differ in columns");
+    }
+    let kernel = usable(kernel);
+    if m == 0 || n == 0 {
         return vec![0.0f32; m * n];
     }
     // The output is zero-filled by the task that computes it (in parallel, and left in its
@@ -281,44 +347,35 @@ pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<
     // of memset on one thread while the pool waited.
     let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
     c.resize_with(m * n, MaybeUninit::uninit);
-    let block = |(a_rows, c_rows): (&[f32], &mut [MaybeUninit<f32>])| {
-        for v in c_rows.iter_mut() {
-            v.write(0.0);
-        }
-        // SAFETY: every element was just written; MaybeUninit<f32> has f32's layout.
-        let c_rows = unsafe { &mut *(std::ptr::from_mut(c_rows) as *mut [f32]) };
-        let rows = a_rows.len() / k;
-        #[cfg(target_arch = "x86_64")]
-        if kernel == Bf16Kernel::Amx {
-            let padded = rows.div_ceil(super::bf16_amx::ROWS) * super::bf16_amx::ROWS;
-            let packed = pack_rows(a_rows, rows, padded, k, b.pairs, true);
-            // SAFETY: AMX is available (checked above); `packed` is `[padded][pairs]`.
-            unsafe { super::bf16_amx::block(&packed, b.pairs, rows, &b.data, n, c_rows) };
-            return;
-        }
-        let simd = kernel != Bf16Kernel::Portable;
-        let packed = pack_rows(a_rows, rows, rows, k, b.pairs, simd);
-        for t in 0..n.div_ceil(NR) {
-            let cols = (n - t * NR).min(NR);
-            let bt = b.tile(t);
-            for r0 in (0..rows).step_by(MR) {
-                let mr = (rows - r0).min(MR);
-                let ap = &packed[r0 * b.pairs..(r0 + mr) * b.pairs];
-                let out = &mut c_rows[r0 * n + t * NR..];
-                micro(ap, b.pairs, bt, mr, out, n, cols, simd);
-            }
-        }
-    };
     let rows_per_task = if kernel == Bf16Kernel::Amx {
         MC_AMX
     } else {
         MC
     };
+    let block = |(i, c_rows): (usize, &mut [MaybeUninit<f32>])| {
+        for v in c_rows.iter_mut() {
+            v.write(0.0);
+        }
+        // SAFETY: every element was just written; MaybeUninit<f32> has f32's layout.
+        let c_rows = unsafe { &mut *(std::ptr::from_mut(c_rows) as *mut [f32]) };
+        let r0 = i * rows_per_task;
+        let rows = c_rows.len() / n;
+        let views: Vec<(MatRef<'_>, &Bf16Panel)> = terms
+            .iter()
+            .map(|&(a, b)| {
+                (
+                    MatRef::row_major(&a[r0 * b.k..(r0 + rows) * b.k], rows, b.k),
+                    b,
+                )
+            })
+            .collect();
+        product(&views, c_rows, kernel);
+    };
     if m <= rows_per_task {
-        block((a, &mut c));
+        block((0, &mut c));
     } else {
-        a.par_chunks(rows_per_task * k)
-            .zip(c.par_chunks_mut(rows_per_task * n))
+        c.par_chunks_mut(rows_per_task * n)
+            .enumerate()
             .for_each(block);
     }
     let mut c = std::mem::ManuallyDrop::new(c);
@@ -327,34 +384,164 @@ pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<
     unsafe { Vec::from_raw_parts(c.as_mut_ptr().cast::<f32>(), c.len(), c.capacity()) }
 }
 
-/// `rows` rows of `a` (`[rows, k]`) as bf16 pairs, `[out_rows][pairs]` (zero past `k` and past
-/// `rows`; `out_rows ≥ rows`).
-fn pack_rows(
-    a: &[f32],
-    rows: usize,
-    out_rows: usize,
-    k: usize,
-    pairs: usize,
-    simd: bool,
-) -> Vec<u32> {
-    let mut out = vec![0u32; out_rows * pairs];
+/// `c = a·b` on this thread for `a` `[m, k]` with any strides (a transposed operand is
+/// packed as it is read, never copied first), `c` `[m, n]` row-major with every element
+/// written: many small products in parallel (the attention heads) call this, one per task.
+pub fn gemm_view_into(a: MatRef<'_>, b: &Bf16Panel, c: &mut [f32], kernel: Bf16Kernel) {
+    let [m, k] = a.dims();
+    assert_eq!(k, b.k, "bf16 gemm: a has {k} columns, b {} rows", b.k);
+    assert_eq!(c.len(), m * b.n, "bf16 gemm: c is not [m, n]");
+    if m == 0 || b.n == 0 {
+        return;
+    }
+    product(&[(a, b)], c, usable(kernel));
+}
+
+/// `kernel`, or the portable loop where the CPU lacks it.
+fn usable(kernel: Bf16Kernel) -> Bf16Kernel {
+    if kernel.available() {
+        kernel
+    } else {
+        Bf16Kernel::Portable
+    }
+}
+
+/// `c = Σ a_i·b_i` on this thread (each `a_i` `[rows, k_i]`, `c` `[rows, n]`, every element
+/// written) on an available `kernel`.
+fn product(terms: &[(MatRef<'_>, &Bf16Panel)], c: &mut [f32], kernel: Bf16Kernel) {
+    let Some(&(first, first_panel)) = terms.first() else {
+        return;
+    };
+    let (rows, n) = (first.dims()[0], first_panel.n);
     #[cfg(target_arch = "x86_64")]
-    if simd && k.is_multiple_of(2) && bf16_dot_available() {
-        // SAFETY: avx512f and avx512bf16 were detected just now.
-        unsafe { super::bf16_avx512::pack_rows(a, rows, k, pairs, &mut out) };
+    if kernel == Bf16Kernel::Amx {
+        let padded = rows.div_ceil(super::bf16_amx::ROWS) * super::bf16_amx::ROWS;
+        let packed: Vec<Vec<u32>> = terms
+            .iter()
+            .map(|&(a, b)| pack_lhs(a, padded, b.pairs, true))
+            .collect();
+        let amx_terms: Vec<super::bf16_amx::Term<'_>> = terms
+            .iter()
+            .zip(&packed)
+            .map(|(&(_, b), a)| super::bf16_amx::Term {
+                a,
+                pairs: b.pairs,
+                b: &b.data,
+            })
+            .collect();
+        // SAFETY: AMX is available (the caller resolved `kernel`); each packed operand is
+        // `[padded][pairs]` for its panel, `c` `[rows, n]`.
+        unsafe { super::bf16_amx::block(&amx_terms, rows, n, c) };
+        return;
+    }
+    let simd = kernel != Bf16Kernel::Portable;
+    let mut extra = Vec::new();
+    for (i, &(a, b)) in terms.iter().enumerate() {
+        // The first term writes `c`; later ones are computed apart and added.
+        let out: &mut [f32] = if i == 0 {
+            &mut *c
+        } else {
+            extra.resize(rows * n, 0.0);
+            &mut extra
+        };
+        let packed = pack_lhs(a, rows, b.pairs, simd);
+        for t in 0..n.div_ceil(NR) {
+            let cols = (n - t * NR).min(NR);
+            let bt = b.tile(t);
+            for r0 in (0..rows).step_by(MR) {
+                let mr = (rows - r0).min(MR);
+                let ap = &packed[r0 * b.pairs..(r0 + mr) * b.pairs];
+                micro(
+                    ap,
+                    b.pairs,
+                    bt,
+                    mr,
+                    &mut out[r0 * n + t * NR..],
+                    n,
+                    cols,
+                    simd,
+                );
+            }
+        }
+        if i > 0 {
+            for (c, &e) in c.iter_mut().zip(&extra) {
+                *c += e;
+            }
+        }
+    }
+}
+
+/// The rows of `a` (`[rows, k]`, any strides) as bf16 pairs, `[out_rows][pairs]` (zero past
+/// `k` and past `rows`; `out_rows ≥ rows`). Contiguous rows go through `VCVTNE2PS2BF16`
+/// where the CPU has it (`simd`); contiguous columns (a transposed operand) are read two
+/// columns at a time.
+fn pack_lhs(a: MatRef<'_>, out_rows: usize, pairs: usize, simd: bool) -> Vec<u32> {
+    let [rows, k] = a.dims();
+    let mut out = vec![0u32; out_rows * pairs];
+    if rows == 0 || k == 0 {
         return out;
     }
-    let _ = simd;
-    for r in 0..rows {
-        let row = &a[r * k..(r + 1) * k];
-        let dst = &mut out[r * pairs..(r + 1) * pairs];
-        for (p, d) in dst.iter_mut().take(k.div_ceil(2)).enumerate() {
-            let lo = bits(row[2 * p]);
-            let hi = row.get(2 * p + 1).map_or(0, |&v| bits(v));
-            *d = lo | (hi << 16);
+    if a.row(0).is_some() {
+        for (r, dst) in out.chunks_exact_mut(pairs).take(rows).enumerate() {
+            pack_pairs_with(a.row(r).unwrap_or_default(), dst, simd);
+        }
+    } else if a.col(0).is_some() {
+        // Two columns make one word per row: built for all rows at once (the loop vectorizes),
+        // then spread down the packed rows.
+        let mut words = vec![0u32; rows];
+        for p in 0..k.div_ceil(2) {
+            let lo = a.col(2 * p).unwrap_or_default();
+            match a.col(2 * p + 1) {
+                Some(hi) => {
+                    for ((w, &l), &h) in words.iter_mut().zip(lo).zip(hi) {
+                        *w = bits(l) | (bits(h) << 16);
+                    }
+                }
+                None => {
+                    for (w, &l) in words.iter_mut().zip(lo) {
+                        *w = bits(l);
+                    }
+                }
+            }
+            for (row, &w) in out.chunks_exact_mut(pairs).zip(&words) {
+                row[p] = w;
+            }
+        }
+    } else {
+        for (r, dst) in out.chunks_exact_mut(pairs).take(rows).enumerate() {
+            for (p, d) in dst.iter_mut().take(k.div_ceil(2)).enumerate() {
+                let hi = if 2 * p + 1 < k {
+                    bits(a.at(r, 2 * p + 1))
+                } else {
+                    0
+                };
+                *d = bits(a.at(r, 2 * p)) | (hi << 16);
+            }
         }
     }
     out
+}
+
+/// `src`'s values in pairs, rounded to bf16: word `p` holds `src[2p]` (low half) and
+/// `src[2p + 1]` (high, zero past the end); `dst` holds at least `src.len().div_ceil(2)` words.
+fn pack_pairs(src: &[f32], dst: &mut [u32]) {
+    pack_pairs_with(src, dst, true);
+}
+
+/// [`pack_pairs`], through `VCVTNE2PS2BF16` where `simd` allows it and the CPU has it.
+fn pack_pairs_with(src: &[f32], dst: &mut [u32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && src.len().is_multiple_of(2) && bf16_dot_available() {
+        // SAFETY: avx512f and avx512bf16 were detected; `src` is one row of an even number of
+        // values, `dst` holds at least half as many words.
+        unsafe { super::bf16_avx512::pack_rows(src, 1, src.len(), dst.len(), dst) };
+        return;
+    }
+    let _ = simd;
+    for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
+        let hi = pair.get(1).map_or(0, |&v| bits(v));
+        *d = bits(pair[0]) | (hi << 16);
+    }
 }
 
 /// `mr` rows of packed `A` times one tile of `B`, written into `c` (row stride `ldc`, the
