@@ -132,16 +132,41 @@ impl Bf16Weight {
         bf16_gemm::gemm(dy, m, self.backward_panel())
     }
 
-    /// `x·Wᵀ + x2·P2` in one output pass ([`bf16_gemm::gemm_sum`]): `x` `[m, in]`, `x2`
-    /// `[m, k2]`, `p2` `[k2, out]` (a LoRA delta's `s·x·Aᵀ` and `Bᵀ`).
-    pub fn forward_host_plus(&self, x: &[f32], x2: &[f32], p2: &Bf16Panel, m: usize) -> Vec<f32> {
-        bf16_gemm::gemm_sum(x, &self.fwd, x2, p2, m)
+    /// `(x·Wᵀ + s·(x·Aᵀ)·Bᵀ, x·Aᵀ)` for host rows `x` `[m, in]`, a LoRA projection's forward
+    /// in one pass over `x` ([`bf16_gemm::gemm_low_rank`]; `a_t` = `Aᵀ` `[in, r]`, `b_t` =
+    /// `Bᵀ` `[r, out]`, packed).
+    pub fn forward_low_rank(
+        &self,
+        x: &[f32],
+        m: usize,
+        a_t: &Bf16Panel,
+        b_t: &Bf16Panel,
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let lr = bf16_gemm::LowRank {
+            down: a_t,
+            up: b_t,
+            scale,
+        };
+        bf16_gemm::gemm_low_rank(x, m, &self.fwd, lr)
     }
 
-    /// `dY·W + d2·P2` in one output pass: `dy` `[m, out]`, `d2` `[m, k2]`, `p2` `[k2, in]` (a
-    /// LoRA delta's `s·dY·B` and `A`).
-    pub fn backward_host_plus(&self, dy: &[f32], d2: &[f32], p2: &Bf16Panel, m: usize) -> Vec<f32> {
-        bf16_gemm::gemm_sum(dy, self.backward_panel(), d2, p2, m)
+    /// `(dY·W + s·(dY·B)·A, dY·B)` for host rows `dy` `[m, out]`: a LoRA projection's input
+    /// gradient in one pass over `dY` (`b` = `B` `[out, r]`, `a` = `A` `[r, in]`, packed).
+    pub fn backward_low_rank(
+        &self,
+        dy: &[f32],
+        m: usize,
+        b: &Bf16Panel,
+        a: &Bf16Panel,
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let lr = bf16_gemm::LowRank {
+            down: b,
+            up: a,
+            scale,
+        };
+        bf16_gemm::gemm_low_rank(dy, m, self.backward_panel(), lr)
     }
 
     /// `W` `[out, in]` packed, built on first use.

@@ -26,7 +26,9 @@ use half::bf16;
 use tributary_model::data::{DataOptions, load_jsonl, split_eval};
 use tributary_model::decoder::CausalLm;
 use tributary_model::fused::{bf16_batched_matmul, lora_linear_bf16};
-use tributary_model::kernels::bf16_gemm::{Bf16Kernel, Bf16Panel, gemm_sum_with, gemm_with};
+use tributary_model::kernels::bf16_gemm::{
+    Bf16Kernel, Bf16Panel, LowRank, gemm_low_rank_with, gemm_with,
+};
 use tributary_model::lora::{LoraAdapter, LoraConfig, TargetModule};
 use tributary_model::precision::{Bf16Weight, Precision, frozen_bf16_matmul};
 use tributary_model::tokenizer::Tokenizer;
@@ -117,33 +119,54 @@ fn bf16_gemm_matches_f64_on_the_rounded_inputs() {
 }
 
 #[test]
-fn bf16_gemm_sum_adds_a_second_term_on_every_kernel() {
-    // A frozen product plus a rank-16 term (a LoRA delta's shape), rows over one AMX block
-    // and not a multiple of it, columns not a multiple of a tile.
-    let (m, k, k2, n) = (77, 96, 16, 40);
-    let (a, b, a2, b2) = (
+fn bf16_low_rank_gemm_adds_the_rank_r_update_on_every_kernel() {
+    // A frozen product plus a rank-16 update (a LoRA projection's shape), rows over one AMX
+    // block and not a multiple of it, columns not a multiple of a tile.
+    let (m, k, r, n, scale) = (77, 96, 16, 40, 0.5f32);
+    let (a, b, down, up) = (
         wave(m * k, 21),
         wave(k * n, 22),
-        wave(m * k2, 23),
-        wave(k2 * n, 24),
+        wave(k * r, 23),
+        wave(r * n, 24),
     );
-    let (p, p2) = (
+    let (p, pd, pu) = (
         Bf16Panel::from_rows(&b, k, n),
-        Bf16Panel::from_rows(&b2, k2, n),
+        Bf16Panel::from_rows(&down, k, r),
+        Bf16Panel::from_rows(&up, r, n),
     );
+    // a·down over the rounded inputs; then s·(a·down), rounded, times up, over rounded inputs.
+    let (want_ad, mag_ad) = reference(&a, &down, m, k, r);
     let (want, mag) = reference(&a, &b, m, k, n);
-    let (want2, mag2) = reference(&a2, &b2, m, k2, n);
     for kernel in Bf16Kernel::ALL.into_iter().filter(|k| k.available()) {
-        let got = gemm_sum_with(&a, &p, &a2, &p2, m, kernel);
-        assert_eq!(got.len(), m * n);
-        for i in 0..m * n {
-            let tol = ((k + k2) as f64) * 2f64.powi(-23) * (mag[i] + mag2[i]) + 1e-30;
-            let e = (f64::from(got[i]) - (want[i] + want2[i])).abs();
+        let lr = LowRank {
+            down: &pd,
+            up: &pu,
+            scale,
+        };
+        let (got, got_ad) = gemm_low_rank_with(&a, m, &p, lr, kernel);
+        assert_eq!((got.len(), got_ad.len()), (m * n, m * r));
+        for i in 0..m * r {
+            let tol = (k as f64) * 2f64.powi(-23) * mag_ad[i] + 1e-30;
+            let e = (f64::from(got_ad[i]) - want_ad[i]).abs();
             assert!(
                 e <= tol,
-                "{kernel:?} at {i}: {} vs {} (tol {tol:e})",
+                "{kernel:?} a·down at {i}: {} vs {}",
+                got_ad[i],
+                want_ad[i]
+            );
+        }
+        // The update's left operand is the kernel's own s·(a·down) (its rounding to bf16 is
+        // the op's definition; the f32 sums above are checked already).
+        let scaled: Vec<f32> = got_ad.iter().map(|v| scale * v).collect();
+        let (want_up, mag_up) = reference(&scaled, &up, m, r, n);
+        for i in 0..m * n {
+            let tol = ((k + r) as f64) * 2f64.powi(-23) * (mag[i] + mag_up[i]) + 1e-30;
+            let e = (f64::from(got[i]) - (want[i] + want_up[i])).abs();
+            assert!(
+                e <= tol,
+                "{kernel:?} at {i}: {} vs {}",
                 got[i],
-                want[i] + want2[i]
+                want[i] + want_up[i]
             );
         }
     }
@@ -316,57 +339,108 @@ fn fused_lora_projection_matches_the_frozen_product_plus_the_lora_delta() {
     let fused = lora_linear_bf16(&w, &x, &a, &b, scale).expect("the fused op applies");
     let grads = fused.clone().mul(g.clone()).sum().backward();
 
-    // The op's definition in f64: the frozen product and the rank-r up-product take
-    // bf16-rounded operands (`reference` rounds both of its inputs), the down-products
-    // `s·x·Aᵀ` and `s·dY·B` are exact before that rounding. A down-product within f32 noise
-    // of a bf16 rounding boundary could round the other way here; over these values none
-    // does, and the error bound below is the f32 sums' (k · 2⁻²³ of the magnitudes).
-    let dense = |a: &[f32], b: &[f32], m: usize, k: usize, n: usize| -> Vec<f64> {
-        let mut out = vec![0.0; m * n];
+    // The op's definition in f64. Every product over a projection's rows takes bf16-rounded
+    // operands with f32 sums (`reference` rounds both inputs): the frozen product, the
+    // down-products `x·Aᵀ` and `dY·B`, and the up-products of their scaled values with `Bᵀ`
+    // and `A`. The factors' gradients (sums over the rows) are f32 products of unrounded
+    // values: `dA = s·(dY·B)ᵀ·x`, `dB = s·dYᵀ·(x·Aᵀ)`. Checked with the f32 sums' bound
+    // (k · 2⁻²³ of the magnitudes). A down-product within f32 noise of a bf16 rounding
+    // boundary could round the other way here than in the op; over these values none does.
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let scaled = |v: &[f32]| v.iter().map(|&x| x * scale).collect::<Vec<f32>>();
+    let (xa, mag_xa) = reference(&xv, &transpose(&av, r, fan_in), rows, fan_in, r);
+    let (dyb, mag_dyb) = reference(&gv, &bv, rows, fan_out, r);
+    let (xa32, dyb32) = (f32s(&xa), f32s(&dyb));
+    let (base_y, mag_y) = reference(&xv, &wt, rows, fan_in, fan_out);
+    let (delta_y, dmag_y) = reference(
+        &scaled(&xa32),
+        &transpose(&bv, fan_out, r),
+        rows,
+        r,
+        fan_out,
+    );
+    let (base_dx, mag_dx) = reference(&gv, &transpose(&wt, fan_in, fan_out), rows, fan_out, fan_in);
+    let (delta_dx, dmag_dx) = reference(&scaled(&dyb32), &av, rows, r, fan_in);
+    let exact = |a: &[f32], b: &[f32], m: usize, k: usize, n: usize| {
+        let (mut out, mut mag) = (vec![0.0f64; m * n], vec![0.0f64; m * n]);
         for i in 0..m {
             for p in 0..k {
                 for j in 0..n {
-                    out[i * n + j] += f64::from(a[i * k + p]) * f64::from(b[p * n + j]);
+                    let x = f64::from(a[i * k + p]) * f64::from(b[p * n + j]) * f64::from(scale);
+                    out[i * n + j] += x;
+                    mag[i * n + j] += x.abs();
                 }
             }
         }
-        out
+        (out, mag)
     };
-    let scaled = |v: Vec<f64>| {
-        v.into_iter()
-            .map(|x| (x * f64::from(scale)) as f32)
-            .collect()
-    };
-    let xa_s: Vec<f32> = scaled(dense(&xv, &transpose(&av, r, fan_in), rows, fan_in, r));
-    let dya_s: Vec<f32> = scaled(dense(&gv, &bv, rows, fan_out, r));
-    let (base_y, mag_y) = reference(&xv, &wt, rows, fan_in, fan_out);
-    let (delta_y, dmag_y) = reference(&xa_s, &transpose(&bv, fan_out, r), rows, r, fan_out);
-    let (base_dx, mag_dx) = reference(&gv, &transpose(&wt, fan_in, fan_out), rows, fan_out, fan_in);
-    let (delta_dx, dmag_dx) = reference(&dya_s, &av, rows, r, fan_in);
+    let (want_da, mag_da) = exact(&transpose(&dyb32, rows, r), &xv, r, rows, fan_in);
+    let (want_db, mag_db) = exact(&transpose(&gv, rows, fan_out), &xa32, fan_out, rows, r);
+    let zeros = |len: usize| vec![0.0f64; len];
     let dx = x.grad(&grads).expect("fused dX");
-    for (what, got, base, delta, mag, dmag, k) in [
+    let da = a.grad(&grads).expect("fused dA");
+    let db = b.grad(&grads).expect("fused dB");
+    // The down-products' own f32 error, carried into the up-products and the factors'
+    // gradients: at most k · 2⁻²³ of their magnitudes.
+    let carried = |mag: &[f64], k: usize| {
+        mag.iter()
+            .map(|m| (k as f64) * 2f64.powi(-23) * m)
+            .collect::<Vec<_>>()
+    };
+    let (err_xa, err_dyb) = (carried(&mag_xa, fan_in), carried(&mag_dyb, fan_out));
+    let (_, carry_y) = reference(
+        &scaled(&f32s(&err_xa)),
+        &transpose(&bv, fan_out, r),
+        rows,
+        r,
+        fan_out,
+    );
+    let (_, carry_dx) = reference(&scaled(&f32s(&err_dyb)), &av, rows, r, fan_in);
+    let (_, carry_da) = exact(&transpose(&f32s(&err_dyb), rows, r), &xv, r, rows, fan_in);
+    let (_, carry_db) = exact(
+        &transpose(&gv, rows, fan_out),
+        &f32s(&err_xa),
+        fan_out,
+        rows,
+        r,
+    );
+    for (what, got, (base, mag), (delta, dmag), carry, k) in [
         (
             "y",
             values(&fused),
-            base_y,
-            delta_y,
-            mag_y,
-            dmag_y,
+            (base_y, mag_y),
+            (delta_y, dmag_y),
+            carry_y,
             fan_in + r,
         ),
         (
             "dX",
             values(&dx),
-            base_dx,
-            delta_dx,
-            mag_dx,
-            dmag_dx,
+            (base_dx, mag_dx),
+            (delta_dx, dmag_dx),
+            carry_dx,
             fan_out + r,
+        ),
+        (
+            "dA",
+            values(&da),
+            (want_da, mag_da),
+            (zeros(r * fan_in), zeros(r * fan_in)),
+            carry_da,
+            rows,
+        ),
+        (
+            "dB",
+            values(&db),
+            (want_db, mag_db),
+            (zeros(fan_out * r), zeros(fan_out * r)),
+            carry_db,
+            rows,
         ),
     ] {
         for i in 0..got.len() {
             let want = base[i] + delta[i];
-            let tol = (k as f64) * 2f64.powi(-23) * (mag[i] + dmag[i]) + 1e-30;
+            let tol = (k as f64) * 2f64.powi(-23) * (mag[i] + dmag[i]) + carry[i] + 1e-30;
             let e = (f64::from(got[i]) - want).abs();
             assert!(
                 e <= tol,
@@ -374,31 +448,6 @@ fn fused_lora_projection_matches_the_frozen_product_plus_the_lora_delta() {
                 got[i]
             );
         }
-    }
-
-    // The factors' gradients stay in f32: the same as burn's ops on the unrounded values.
-    let (x2, a2, b2) = (
-        leaf(xv, [rows, fan_in]),
-        leaf(av, [r, fan_in]),
-        leaf(bv, [fan_out, r]),
-    );
-    let unfused = frozen_bf16_matmul(&w, &x2).expect("frozen bf16 step").add(
-        x2.clone()
-            .matmul(a2.clone().transpose())
-            .matmul(b2.clone().transpose())
-            .mul_scalar(scale),
-    );
-    let grads2 = unfused.mul(g).sum().backward();
-    for (what, got, want) in [
-        ("dA", a.grad(&grads), a2.grad(&grads2)),
-        ("dB", b.grad(&grads), b2.grad(&grads2)),
-    ] {
-        let (got, want) = (
-            got.expect("fused gradient"),
-            want.expect("unfused gradient"),
-        );
-        let e = rel_err(&values(&got), &values(&want));
-        assert!(e < 1e-5, "{what} rel err {e}");
     }
 }
 

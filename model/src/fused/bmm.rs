@@ -19,10 +19,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{DType, Flex, Shape};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::{dense_f32, lift, tensor_of, values};
-use crate::kernels::bf16_gemm::{self, Bf16Kernel, Bf16Panel};
-use crate::kernels::buffers::par_zeroed;
+use crate::kernels::bf16_gemm::{self, Bf16Kernel, Bf16Panel, assume_written};
 use crate::kernels::sgemm::MatRef;
 use crate::weights::transpose;
 
@@ -121,10 +121,10 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
         if let Some(node) = a_node {
             // dA[i] = dC[i] · B[i]ᵀ.
             let da = batched(count, m * k, |i, out| {
-                if let Some(b_t) = b.matrix(i, true) {
-                    let lhs = MatRef::row_major(dc_i(i), m, n);
-                    bf16_gemm::gemm_view_into(lhs, &Bf16Panel::from_view(b_t), out, kernel);
-                }
+                let b_t = b.matrix(i, true)?;
+                let lhs = MatRef::row_major(dc_i(i), m, n);
+                bf16_gemm::gemm_view_into(lhs, &Bf16Panel::from_view(b_t), out, kernel);
+                Some(())
             });
             grads.register::<Flex>(
                 node.id,
@@ -136,18 +136,22 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
             // transposed view, the smaller of the two (`k·m` or `n·m` values; P·V's dV takes
             // the second).
             let db = batched(count, k * n, |i, out| {
-                let Some(a_i) = a.matrix(i, false) else {
-                    return;
-                };
+                let a_i = a.matrix(i, false)?;
                 if k <= n {
                     let panel = Bf16Panel::from_rows(dc_i(i), m, n);
                     bf16_gemm::gemm_view_into(a_i.t(), &panel, out, kernel);
                 } else {
-                    let mut db_t = vec![0.0f32; n * k];
+                    let mut db_t = vec![MaybeUninit::uninit(); n * k];
                     let dc_t = MatRef::row_major(dc_i(i), m, n).t();
-                    bf16_gemm::gemm_view_into(dc_t, &Bf16Panel::from_view(a_i), &mut db_t, kernel);
-                    out.copy_from_slice(&transpose(&db_t, n, k));
+                    let panel = Bf16Panel::from_view(a_i);
+                    bf16_gemm::gemm_view_into(dc_t, &panel, &mut db_t, kernel);
+                    // SAFETY: the product wrote every element.
+                    let db_t = unsafe { assume_written(db_t) };
+                    for (o, v) in out.iter_mut().zip(transpose(&db_t, n, k)) {
+                        o.write(v);
+                    }
                 }
+                Some(())
             });
             grads.register::<Flex>(
                 node.id,
@@ -158,16 +162,28 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
 }
 
 /// `count` products in parallel, written in place end to end (`out_each` values each) by
-/// `product(i, out)`; a product that cannot run (a view outside its storage, which the
-/// constructor's checks rule out) leaves its block zero.
-fn batched(count: usize, out_each: usize, product: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = par_zeroed(count * out_each);
+/// `product(i, out)`, which writes all of `out` or returns `None` (a view outside its
+/// storage, which the constructor's checks rule out), and then that block is zero.
+fn batched(
+    count: usize,
+    out_each: usize,
+    product: impl Fn(usize, &mut [MaybeUninit<f32>]) -> Option<()> + Sync,
+) -> Vec<f32> {
+    let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(count * out_each);
+    out.resize_with(count * out_each, MaybeUninit::uninit);
     if out_each > 0 {
         out.par_chunks_mut(out_each)
             .enumerate()
-            .for_each(|(i, dst)| product(i, dst));
+            .for_each(|(i, dst)| {
+                if product(i, dst).is_none() {
+                    for v in dst.iter_mut() {
+                        v.write(0.0);
+                    }
+                }
+            });
     }
-    out
+    // SAFETY: every block was written by its product or zero-filled above.
+    unsafe { assume_written(out) }
 }
 
 /// `a·b` batched over the first two axes (`a` `[b0, b1, m, k]`, `b` `[b0, b1, k, n]`, either
@@ -192,9 +208,9 @@ pub fn bf16_batched_matmul(a: &Tensor<4>, b: &Tensor<4>) -> Option<Tensor<4>> {
         );
         let kernel = Bf16Kernel::best();
         let c = batched(a0 * a1, m * n, |i, out| {
-            if let (Some(lhs), Some(rhs)) = (a.matrix(i, false), b.matrix(i, false)) {
-                bf16_gemm::gemm_view_into(lhs, &Bf16Panel::from_view(rhs), out, kernel);
-            }
+            let (lhs, rhs) = (a.matrix(i, false)?, b.matrix(i, false)?);
+            bf16_gemm::gemm_view_into(lhs, &Bf16Panel::from_view(rhs), out, kernel);
+            Some(())
         });
         let out = tensor_of(c, Shape::new([a0, a1, m, n]));
         Some((out, BmmState { a, b, dims }))

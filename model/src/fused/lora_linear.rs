@@ -5,14 +5,15 @@
 //! Through burn the LoRA path is two matmuls (each output zero-filled, then copied), a
 //! scaling pass and an addition forward, as many passes again backward, and one more
 //! addition where `x`'s two gradients (base and LoRA) meet: on the 2-core bench most of
-//! them on one thread. Here the rank-`r` up-products ride on the frozen product as `r` more
-//! terms of its sums ([`Bf16Weight::forward_host_plus`]): forward
-//! `y = [x | s·x·Aᵀ]·[Wᵀ; Bᵀ]`, backward `dX = [dY | s·dY·B]·[W; A]`, each one bf16 GEMM
-//! pass over its output, with `s·x·Aᵀ`, `Bᵀ`, `s·dY·B` and `A` rounded to bf16 as the
-//! frozen operands are (PyTorch's autocast runs a LoRA layer's matmuls in bf16 too). The
-//! down-products and the factors' gradients (`x·Aᵀ`, `dY·B`, `dA`, `dB`) stay in f32 on
-//! `gemm` with strides, so nothing is transposed. Saved for the backward: `x`'s and the
-//! factors' handles and `x·Aᵀ` (`[n, r]`).
+//! them on one thread. Here a projection is one bf16 pass over its input
+//! ([`Bf16Weight::forward_low_rank`]): each row block of `x` is packed once, multiplied by
+//! `Aᵀ`, and `s·x·Aᵀ` rides on the frozen product as `r` more terms of its sums,
+//! `y = [x | s·x·Aᵀ]·[Wᵀ; Bᵀ]`; the input gradient likewise, `dX = [dY | s·dY·B]·[W; A]`.
+//! The LoRA products take bf16 operands with f32 sums as the frozen one does (PyTorch's
+//! autocast runs a LoRA layer's matmuls in bf16 too); `x·Aᵀ` and `dY·B` come back in f32.
+//! The factors' gradients (`dA`, `dB`, sums over all rows) stay in f32 on `gemm` with
+//! strides, so nothing is transposed. Saved for the backward: `x`'s and the factors'
+//! handles and `x·Aᵀ` (`[n, r]`).
 
 use std::sync::Arc;
 
@@ -55,15 +56,25 @@ impl Backward<Flex, 3> for LoraLinearBackward {
         let [n, fan_in, fan_out, r] = st.dims;
         let (xs, a, b) = (values(&st.x), values(&st.a), values(&st.b));
         let dy_m = MatRef::row_major(dy, n, fan_out);
-        // s·dY·B, [n, r]: what flows back into x·Aᵀ.
-        let mut dxa = vec![0.0f32; n * r];
-        sgemm(
-            &mut dxa,
-            dy_m,
-            MatRef::row_major(b, fan_out, r),
-            false,
-            st.scale,
-        );
+        // dX = dY·W + s·(dY·B)·A in one bf16 pass over dY, which also gives dY·B; without an
+        // input gradient (the first layer's), dY·B alone in f32.
+        let (dx, dyb) = match x_node {
+            Some(_) => {
+                let (b_panel, a_panel) = (
+                    Bf16Panel::from_rows(b, fan_out, r),
+                    Bf16Panel::from_rows(a, r, fan_in),
+                );
+                let (dx, dyb) = st
+                    .weight
+                    .backward_low_rank(dy, n, &b_panel, &a_panel, st.scale);
+                (Some(dx), dyb)
+            }
+            None => {
+                let mut dyb = vec![0.0f32; n * r];
+                sgemm(&mut dyb, dy_m, MatRef::row_major(b, fan_out, r), false, 1.0);
+                (None, dyb)
+            }
+        };
         if let Some(node) = b_node {
             // dB = s·dYᵀ·(x·Aᵀ), [out, r].
             let mut db = vec![0.0f32; fan_out * r];
@@ -72,16 +83,19 @@ impl Backward<Flex, 3> for LoraLinearBackward {
             grads.register::<Flex>(node.id, tensor_of(db, Shape::new([fan_out, r])));
         }
         if let Some(node) = a_node {
-            // dA = (s·dY·B)ᵀ·x, [r, in].
+            // dA = s·(dY·B)ᵀ·x, [r, in].
             let mut da = vec![0.0f32; r * fan_in];
             let x_m = MatRef::row_major(xs, n, fan_in);
-            sgemm(&mut da, MatRef::row_major(&dxa, n, r).t(), x_m, false, 1.0);
+            sgemm(
+                &mut da,
+                MatRef::row_major(&dyb, n, r).t(),
+                x_m,
+                false,
+                st.scale,
+            );
             grads.register::<Flex>(node.id, tensor_of(da, Shape::new([r, fan_in])));
         }
-        if let Some(node) = x_node {
-            // dX = dY·W + (s·dY·B)·A in bf16, one pass.
-            let a_panel = Bf16Panel::from_rows(a, r, fan_in);
-            let dx = st.weight.backward_host_plus(dy, &dxa, &a_panel, n);
+        if let (Some(node), Some(dx)) = (x_node, dx) {
             grads.register::<Flex>(node.id, tensor_of(dx, Shape::new([n, fan_in])));
         }
     }
@@ -106,20 +120,10 @@ pub fn lora_linear_bf16(
     }
     lift(LoraLinearBackward, [x, a, b], |[x, a, b]| {
         let (x, a, b) = (dense_f32(x), dense_f32(a), dense_f32(b));
-        let xs = values(&x);
-        let mut xa = vec![0.0f32; n * r];
-        let x_m = MatRef::row_major(xs, n, fan_in);
-        sgemm(
-            &mut xa,
-            x_m,
-            MatRef::row_major(values(&a), r, fan_in).t(),
-            false,
-            1.0,
-        );
-        // y = x·Wᵀ + (s·x·Aᵀ)·Bᵀ in bf16, one pass.
-        let xa_scaled: Vec<f32> = xa.iter().map(|v| scale * v).collect();
+        // y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ in one bf16 pass over x, which also gives x·Aᵀ.
+        let a_t = Bf16Panel::from_view(MatRef::row_major(values(&a), r, fan_in).t());
         let b_t = Bf16Panel::from_view(MatRef::row_major(values(&b), fan_out, r).t());
-        let y = weight.forward_host_plus(xs, &xa_scaled, &b_t, n);
+        let (y, xa) = weight.forward_low_rank(values(&x), n, &a_t, &b_t, scale);
         let out = tensor_of(y, Shape::new([n, fan_out]));
         let state = LoraLinearState {
             weight: Arc::clone(weight),

@@ -20,6 +20,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use std::arch::asm;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::bf16_gemm::{KP, NR};
@@ -102,11 +103,12 @@ pub(super) struct Term<'a> {
 
 /// `C[rows, n] = Σ A·B` over `terms` for one block of rows on this thread (the sums of all
 /// terms stay in the accumulator tiles: a LoRA delta `(x·Aᵀ)·Bᵀ` rides on the frozen
-/// product's tiles as 16 more pairs of `k`); `c` `[rows, n]` row-major, every element written.
+/// product's tiles as 16 more pairs of `k`); `c` `[rows, n]` row-major, every element written
+/// (it may start uninitialized: nothing in it is read).
 ///
 /// # Safety
 /// [`available`] must have returned true.
-pub(super) unsafe fn block(terms: &[Term<'_>], rows: usize, n: usize, c: &mut [f32]) {
+pub(super) unsafe fn block(terms: &[Term<'_>], rows: usize, n: usize, c: &mut [MaybeUninit<f32>]) {
     let padded_rows = rows.div_ceil(ROWS) * ROWS;
     let tiles = n.div_ceil(NR);
     for term in terms {
@@ -124,7 +126,10 @@ pub(super) unsafe fn block(terms: &[Term<'_>], rows: usize, n: usize, c: &mut [f
             let full = r0 + ROWS <= rows && cols == NR;
             let (dst, ldc) = if full {
                 // SAFETY: rows r0..r0+32 and columns t·32..t·32+32 lie inside `c` (`full`).
-                (unsafe { c.as_mut_ptr().add(r0 * n + t * NR) }, n)
+                (
+                    unsafe { c.as_mut_ptr().add(r0 * n + t * NR).cast::<f32>() },
+                    n,
+                )
             } else {
                 (spill.as_mut_ptr(), NR)
             };
@@ -151,7 +156,9 @@ pub(super) unsafe fn block(terms: &[Term<'_>], rows: usize, n: usize, c: &mut [f
             if !full {
                 for r in 0..(rows - r0).min(ROWS) {
                     let at = (r0 + r) * n + t * NR;
-                    c[at..at + cols].copy_from_slice(&spill[r * NR..r * NR + cols]);
+                    for (d, &v) in c[at..at + cols].iter_mut().zip(&spill[r * NR..]) {
+                        d.write(v);
+                    }
                 }
             }
         }

@@ -127,3 +127,30 @@ fn micro_rows<const R: usize>(
         }
     }
 }
+
+/// `dst[i]` = bf16 of `lo[i]` (low half) and of `hi[i]` (high half), rounded to nearest even,
+/// for every `i < dst.len()`: two rows (or two columns) of a matrix as the pair words of a
+/// panel or of packed rows, 16 words per step.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn interleave_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+    let len = dst.len();
+    assert!(lo.len() >= len && hi.len() >= len);
+    let mut i = 0;
+    while i + 16 <= len {
+        // SAFETY: i + 16 ≤ len ≤ the lengths of lo, hi and dst (asserted).
+        unsafe {
+            let l = _mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(i)));
+            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(i)));
+            let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(l));
+            let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h));
+            let words = _mm512_or_si512(l, _mm512_slli_epi32::<16>(h));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(i).cast(), words);
+        }
+        i += 16;
+    }
+    for ((d, &l), &h) in dst[i..].iter_mut().zip(&lo[i..]).zip(&hi[i..]) {
+        let l = u32::from(half::bf16::from_f32(l).to_bits());
+        let h = u32::from(half::bf16::from_f32(h).to_bits());
+        *d = l | (h << 16);
+    }
+}

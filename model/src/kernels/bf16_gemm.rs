@@ -151,12 +151,7 @@ impl Bf16Panel {
                 let dst = &mut dst[..cols];
                 let lo = b.row(2 * p).map_or(&[][..], |row| &row[c0..c0 + cols]);
                 match b.row(2 * p + 1) {
-                    Some(row) => {
-                        let hi = &row[c0..c0 + cols];
-                        for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
-                            *d = bits(l) | (bits(h) << 16);
-                        }
-                    }
+                    Some(row) => interleave_pairs(lo, &row[c0..c0 + cols], dst),
                     None => {
                         for (d, &l) in dst.iter_mut().zip(lo) {
                             *d = bits(l);
@@ -304,32 +299,6 @@ pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<
     gemm_terms(m, &[(a, b)], kernel)
 }
 
-/// `a·b + a2·b2` (`a` `[m, k]`, `a2` `[m, k2]` row-major f32, the panels `[k, n]` and
-/// `[k2, n]`), one output pass: on AMX the second term's pairs extend the first's in the
-/// same accumulator tiles. A LoRA projection's delta `(s·x·Aᵀ)·Bᵀ` (`k2` = the rank) rides
-/// on its frozen product this way, as PyTorch's autocast also multiplies it in bf16; on
-/// the other kernels the second product is computed apart and added.
-pub fn gemm_sum(a: &[f32], b: &Bf16Panel, a2: &[f32], b2: &Bf16Panel, m: usize) -> Vec<f32> {
-    gemm_sum_with(a, b, a2, b2, m, Bf16Kernel::best())
-}
-
-/// [`gemm_sum`] on the given kernel (tests compare them).
-pub fn gemm_sum_with(
-    a: &[f32],
-    b: &Bf16Panel,
-    a2: &[f32],
-    b2: &Bf16Panel,
-    m: usize,
-    kernel: Bf16Kernel,
-) -> Vec<f32> {
-    assert_eq!(
-        b.n, b2.n,
-        "bf16 gemm_sum: the panels have {} and {} columns",
-        b.n, b2.n
-    );
-    gemm_terms(m, &[(a, b), (a2, b2)], kernel)
-}
-
 /// `Σ a_i·b_i` over `terms` (each `a_i` `[m, k_i]` row-major, `b_i` `[k_i, n]`), row blocks
 /// on rayon's pool.
 fn gemm_terms(m: usize, terms: &[(&[f32], &Bf16Panel)], kernel: Bf16Kernel) -> Vec<f32> {
@@ -342,9 +311,8 @@ fn gemm_terms(m: usize, terms: &[(&[f32], &Bf16Panel)], kernel: Bf16Kernel) -> V
     if m == 0 || n == 0 {
         return vec![0.0f32; m * n];
     }
-    // The output is zero-filled by the task that computes it (in parallel, and left in its
-    // cache), not by the calling thread up front: for the lm_head's product that was 64 MiB
-    // of memset on one thread while the pool waited.
+    // The output is written by the tasks that compute it, never zero-filled up front: for
+    // the lm_head's product that was 64 MiB of memset on one thread while the pool waited.
     let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
     c.resize_with(m * n, MaybeUninit::uninit);
     let rows_per_task = if kernel == Bf16Kernel::Amx {
@@ -353,11 +321,6 @@ fn gemm_terms(m: usize, terms: &[(&[f32], &Bf16Panel)], kernel: Bf16Kernel) -> V
         MC
     };
     let block = |(i, c_rows): (usize, &mut [MaybeUninit<f32>])| {
-        for v in c_rows.iter_mut() {
-            v.write(0.0);
-        }
-        // SAFETY: every element was just written; MaybeUninit<f32> has f32's layout.
-        let c_rows = unsafe { &mut *(std::ptr::from_mut(c_rows) as *mut [f32]) };
         let r0 = i * rows_per_task;
         let rows = c_rows.len() / n;
         let views: Vec<(MatRef<'_>, &Bf16Panel)> = terms
@@ -378,16 +341,115 @@ fn gemm_terms(m: usize, terms: &[(&[f32], &Bf16Panel)], kernel: Bf16Kernel) -> V
             .enumerate()
             .for_each(block);
     }
-    let mut c = std::mem::ManuallyDrop::new(c);
-    // SAFETY: every element was written by the block that covers it (the chunks cover `c`);
-    // MaybeUninit<f32> has f32's size and alignment, so the allocation is a Vec<f32>'s.
-    unsafe { Vec::from_raw_parts(c.as_mut_ptr().cast::<f32>(), c.len(), c.capacity()) }
+    // SAFETY: each task's product wrote every element of its chunk of `c`.
+    unsafe { assume_written(c) }
+}
+
+/// A rank-`r` update riding on a frozen product ([`gemm_low_rank`]): `down` `[k, r]`,
+/// `up` `[r, n]`, and the scale of their product.
+#[derive(Debug, Clone, Copy)]
+pub struct LowRank<'a> {
+    pub down: &'a Bf16Panel,
+    pub up: &'a Bf16Panel,
+    pub scale: f32,
+}
+
+/// `(a·b + s·(a·down)·up, a·down)` for `a` `[m, k]` row-major: a LoRA projection forward
+/// (`down` = `Aᵀ`, `up` = `Bᵀ`) or its input gradient (`down` = `B`, `up` = `A`), in one pass
+/// over `a`. Each task packs its rows of `a` once, multiplies them by `down` (the `[rows, r]`
+/// result kept in f32 and returned), rounds `s·(a·down)` to bf16 and adds its product with
+/// `up` in the frozen product's accumulator tiles. PyTorch's autocast runs both LoRA
+/// products in bf16 too.
+pub fn gemm_low_rank(a: &[f32], m: usize, b: &Bf16Panel, lr: LowRank<'_>) -> (Vec<f32>, Vec<f32>) {
+    gemm_low_rank_with(a, m, b, lr, Bf16Kernel::best())
+}
+
+/// [`gemm_low_rank`] on the given kernel (tests compare them); a kernel the CPU lacks falls
+/// back to the portable loop.
+pub fn gemm_low_rank_with(
+    a: &[f32],
+    m: usize,
+    b: &Bf16Panel,
+    lr: LowRank<'_>,
+    kernel: Bf16Kernel,
+) -> (Vec<f32>, Vec<f32>) {
+    let (k, n, r) = (b.k, b.n, lr.down.n);
+    assert_eq!(a.len(), m * k, "bf16 gemm_low_rank: a is not [m, k]");
+    assert_eq!(lr.down.k, k, "bf16 gemm_low_rank: down is not [k, r]");
+    assert_eq!(
+        [lr.up.k, lr.up.n],
+        [r, n],
+        "bf16 gemm_low_rank: up is not [r, n]"
+    );
+    let kernel = usable(kernel);
+    let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
+    c.resize_with(m * n, MaybeUninit::uninit);
+    let mut ad: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * r);
+    ad.resize_with(m * r, MaybeUninit::uninit);
+    if m > 0 && n > 0 && r > 0 {
+        let rows_per_task = if kernel == Bf16Kernel::Amx {
+            MC_AMX
+        } else {
+            MC
+        };
+        let simd = kernel != Bf16Kernel::Portable;
+        let block = |(i, (c_rows, ad_rows)): (usize, (&mut [Slot], &mut [Slot]))| {
+            let r0 = i * rows_per_task;
+            let rows = c_rows.len() / n;
+            let padded = rows.div_ceil(ROW_BLOCK) * ROW_BLOCK;
+            let rows_a = MatRef::row_major(&a[r0 * k..(r0 + rows) * k], rows, k);
+            let packed_a = pack_lhs(rows_a, padded, b.pairs, simd);
+            product_packed(&[(&packed_a, lr.down)], rows, ad_rows, kernel);
+            // SAFETY: `product_packed` wrote every element; MaybeUninit<f32> has f32's layout.
+            let ad_rows = unsafe { &*(std::ptr::from_ref(ad_rows) as *const [f32]) };
+            let scaled: Vec<f32> = ad_rows.iter().map(|v| lr.scale * v).collect();
+            let packed_ad = pack_lhs(
+                MatRef::row_major(&scaled, rows, r),
+                padded,
+                lr.up.pairs,
+                simd,
+            );
+            product_packed(&[(&packed_a, b), (&packed_ad, lr.up)], rows, c_rows, kernel);
+        };
+        if m <= rows_per_task {
+            block((0, (&mut c, &mut ad)));
+        } else {
+            c.par_chunks_mut(rows_per_task * n)
+                .zip(ad.par_chunks_mut(rows_per_task * r))
+                .enumerate()
+                .for_each(block);
+        }
+    }
+    // SAFETY: each task's products wrote every element of its chunks of `c` and `ad`.
+    unsafe { (assume_written(c), assume_written(ad)) }
+}
+
+/// One f32 of an output that its product writes before anything reads it.
+type Slot = MaybeUninit<f32>;
+
+/// A buffer every element of which has been written, as plain values.
+///
+/// # Safety
+/// Every element of `v` is initialized (here: each task's product covers its chunk, and
+/// [`product_packed`] writes all of its block).
+pub unsafe fn assume_written(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: every element is initialized (the caller's contract); MaybeUninit<f32> has
+    // f32's size and alignment, so the allocation is a Vec<f32>'s.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
 
 /// `c = a·b` on this thread for `a` `[m, k]` with any strides (a transposed operand is
 /// packed as it is read, never copied first), `c` `[m, n]` row-major with every element
 /// written: many small products in parallel (the attention heads) call this, one per task.
-pub fn gemm_view_into(a: MatRef<'_>, b: &Bf16Panel, c: &mut [f32], kernel: Bf16Kernel) {
+///
+/// `c` may start uninitialized (a batch's block of a fresh output: nothing zero-fills it).
+pub fn gemm_view_into(
+    a: MatRef<'_>,
+    b: &Bf16Panel,
+    c: &mut [MaybeUninit<f32>],
+    kernel: Bf16Kernel,
+) {
     let [m, k] = a.dims();
     assert_eq!(k, b.k, "bf16 gemm: a has {k} columns, b {} rows", b.k);
     assert_eq!(c.len(), m * b.n, "bf16 gemm: c is not [m, n]");
@@ -407,36 +469,67 @@ fn usable(kernel: Bf16Kernel) -> Bf16Kernel {
 }
 
 /// `c = Σ a_i·b_i` on this thread (each `a_i` `[rows, k_i]`, `c` `[rows, n]`, every element
-/// written) on an available `kernel`.
-fn product(terms: &[(MatRef<'_>, &Bf16Panel)], c: &mut [f32], kernel: Bf16Kernel) {
-    let Some(&(first, first_panel)) = terms.first() else {
+/// written; it may start uninitialized) on an available `kernel`.
+fn product(terms: &[(MatRef<'_>, &Bf16Panel)], c: &mut [MaybeUninit<f32>], kernel: Bf16Kernel) {
+    let Some(&(first, _)) = terms.first() else {
         return;
     };
-    let (rows, n) = (first.dims()[0], first_panel.n);
+    let rows = first.dims()[0];
+    let padded = rows.div_ceil(ROW_BLOCK) * ROW_BLOCK;
+    let simd = kernel != Bf16Kernel::Portable;
+    let packed: Vec<Vec<u32>> = terms
+        .iter()
+        .map(|&(a, b)| pack_lhs(a, padded, b.pairs, simd))
+        .collect();
+    let packed_terms: Vec<(&[u32], &Bf16Panel)> = packed
+        .iter()
+        .zip(terms)
+        .map(|(a, &(_, b))| (a.as_slice(), b))
+        .collect();
+    product_packed(&packed_terms, rows, c, kernel);
+}
+
+/// Rows of the left operand are packed in multiples of this (an AMX block's rows; the
+/// other kernels ignore the zero rows past the end).
+const ROW_BLOCK: usize = 32;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(ROW_BLOCK == super::bf16_amx::ROWS);
+
+/// [`product`] on operands already packed (`[rows rounded up to ROW_BLOCK][pairs]` each).
+fn product_packed(
+    terms: &[(&[u32], &Bf16Panel)],
+    rows: usize,
+    c: &mut [MaybeUninit<f32>],
+    kernel: Bf16Kernel,
+) {
+    let Some(&(_, first_panel)) = terms.first() else {
+        return;
+    };
+    let n = first_panel.n;
     #[cfg(target_arch = "x86_64")]
     if kernel == Bf16Kernel::Amx {
-        let padded = rows.div_ceil(super::bf16_amx::ROWS) * super::bf16_amx::ROWS;
-        let packed: Vec<Vec<u32>> = terms
-            .iter()
-            .map(|&(a, b)| pack_lhs(a, padded, b.pairs, true))
-            .collect();
         let amx_terms: Vec<super::bf16_amx::Term<'_>> = terms
             .iter()
-            .zip(&packed)
-            .map(|(&(_, b), a)| super::bf16_amx::Term {
+            .map(|&(a, b)| super::bf16_amx::Term {
                 a,
                 pairs: b.pairs,
                 b: &b.data,
             })
             .collect();
         // SAFETY: AMX is available (the caller resolved `kernel`); each packed operand is
-        // `[padded][pairs]` for its panel, `c` `[rows, n]`.
+        // `[rows rounded up to 32][pairs]` for its panel, `c` `[rows, n]`.
         unsafe { super::bf16_amx::block(&amx_terms, rows, n, c) };
         return;
     }
+    // The other kernels write through `&mut [f32]`: zeros first make that sound.
+    for v in c.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every element was just written; MaybeUninit<f32> has f32's layout.
+    let c = unsafe { &mut *(std::ptr::from_mut(c) as *mut [f32]) };
     let simd = kernel != Bf16Kernel::Portable;
     let mut extra = Vec::new();
-    for (i, &(a, b)) in terms.iter().enumerate() {
+    for (i, &(packed, b)) in terms.iter().enumerate() {
         // The first term writes `c`; later ones are computed apart and added.
         let out: &mut [f32] = if i == 0 {
             &mut *c
@@ -444,7 +537,6 @@ fn product(terms: &[(MatRef<'_>, &Bf16Panel)], c: &mut [f32], kernel: Bf16Kernel
             extra.resize(rows * n, 0.0);
             &mut extra
         };
-        let packed = pack_lhs(a, rows, b.pairs, simd);
         for t in 0..n.div_ceil(NR) {
             let cols = (n - t * NR).min(NR);
             let bt = b.tile(t);
@@ -492,11 +584,7 @@ fn pack_lhs(a: MatRef<'_>, out_rows: usize, pairs: usize, simd: bool) -> Vec<u32
         for p in 0..k.div_ceil(2) {
             let lo = a.col(2 * p).unwrap_or_default();
             match a.col(2 * p + 1) {
-                Some(hi) => {
-                    for ((w, &l), &h) in words.iter_mut().zip(lo).zip(hi) {
-                        *w = bits(l) | (bits(h) << 16);
-                    }
-                }
+                Some(hi) => interleave_pairs(lo, hi, &mut words),
                 None => {
                     for (w, &l) in words.iter_mut().zip(lo) {
                         *w = bits(l);
@@ -520,6 +608,20 @@ fn pack_lhs(a: MatRef<'_>, out_rows: usize, pairs: usize, simd: bool) -> Vec<u32
         }
     }
     out
+}
+
+/// `dst[i]` = the bf16 pair word of `lo[i]` (low half) and `hi[i]` (high half), for every
+/// `i < dst.len()` (`lo` and `hi` at least as long).
+fn interleave_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_dot_available() {
+        // SAFETY: avx512f and avx512bf16 were detected.
+        unsafe { super::bf16_avx512::interleave_pairs(lo, hi, dst) };
+        return;
+    }
+    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+        *d = bits(l) | (bits(h) << 16);
+    }
 }
 
 /// `src`'s values in pairs, rounded to bf16: word `p` holds `src[2p]` (low half) and
