@@ -58,7 +58,7 @@ impl Precision {
 
     /// The fastest precision whose quality holds on this machine: bf16 where the bf16 GEMM
     /// runs on AMX tiles, f32 elsewhere. Measured in release builds (docs/benchmarks.md, "bf16
-    /// mixed-precision training"): on a Xeon with AMX-BF16 (2026-12-07) bf16 trains at 2.16×
+    /// mixed-precision training"): on a Xeon with AMX-BF16 (2026-12-07) bf16 trains at 2.5×
     /// f32's tokens/s; on the AVX-512 BF16 VMs without AMX (2026-12-06) at 0.84×, because the
     /// `VDPBF16PS` kernel reaches 185 GFLOP/s on 2 threads where burn's f32 GEMM reaches 280.
     pub fn fastest() -> Self {
@@ -83,8 +83,8 @@ impl std::fmt::Display for Precision {
 /// values are already bf16, so the product is the one a second stored packing gave): serving
 /// and evaluation never build it, and a trainer's base is then as large as an f32 one
 /// (4 bytes per parameter; PyTorch's autocast keeps the f32 weight and a bf16 copy, 6).
-/// Rebuilding it for every backward product cost ~4 % of a bf16 training step on the
-/// bench model (docs/precision.md).
+/// Rebuilding it cost a zero-filled allocation and a full repacking of the weight for every
+/// backward product (docs/precision.md).
 #[derive(Debug, Clone)]
 pub struct Bf16Weight {
     fwd: Bf16Panel,
