@@ -68,7 +68,16 @@ impl Batched {
                 .map(|&s| usize::try_from(s).ok())
                 .collect::<Option<_>>()?;
             let strides: [usize; 4] = strides.try_into().ok()?;
-            (t.dtype() == DType::F32 && layout.num_elements() == dims.iter().product::<usize>())
+            // The view's last element (every batch's matrix lies inside the storage, so
+            // `matrix` always has its view).
+            let last = layout.start_offset()
+                + dims
+                    .iter()
+                    .zip(strides)
+                    .map(|(&d, s)| d.saturating_sub(1) * s)
+                    .sum::<usize>();
+            let f32_storage = t.dtype() == DType::F32 && last < values_of(t).len();
+            (f32_storage && layout.num_elements() == dims.iter().product::<usize>())
                 .then_some((layout.start_offset(), strides))
         };
         let (tensor, (offset, strides)) = match as_view(&t) {
@@ -87,7 +96,8 @@ impl Batched {
     }
 
     /// Batch `i` (row-major over the two batch axes) as a matrix view; `transposed` reads
-    /// its transpose. `None` if the view would reach outside the storage.
+    /// its transpose. `None` only for a batch past the end (the constructor checked that
+    /// every batch's view lies inside the storage).
     fn matrix(&self, i: usize, transposed: bool) -> Option<MatRef<'_>> {
         let [_, d1, rows, cols] = self.dims;
         let [s0, s1, sr, sc] = self.strides;
