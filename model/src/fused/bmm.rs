@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::{dense_f32, lift, tensor_of, values};
-use crate::kernels::bf16_gemm::{self, Bf16Kernel, Bf16Panel, assume_written};
+use crate::kernels::bf16_gemm::{self, Bf16Kernel, Bf16Panel, assume_written, uninit};
 use crate::kernels::sgemm::MatRef;
 use crate::weights::transpose;
 
@@ -151,7 +151,7 @@ impl Backward<Flex, 2> for Bf16BmmBackward {
                     let panel = Bf16Panel::from_rows(dc_i(i), m, n);
                     bf16_gemm::gemm_view_into(a_i.t(), &panel, out, kernel);
                 } else {
-                    let mut db_t = vec![MaybeUninit::uninit(); n * k];
+                    let mut db_t = uninit(n * k);
                     let dc_t = MatRef::row_major(dc_i(i), m, n).t();
                     let panel = Bf16Panel::from_view(a_i);
                     bf16_gemm::gemm_view_into(dc_t, &panel, &mut db_t, kernel);
@@ -179,8 +179,7 @@ fn batched(
     out_each: usize,
     product: impl Fn(usize, &mut [MaybeUninit<f32>]) -> Option<()> + Sync,
 ) -> Vec<f32> {
-    let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(count * out_each);
-    out.resize_with(count * out_each, MaybeUninit::uninit);
+    let mut out = uninit(count * out_each);
     if out_each > 0 {
         out.par_chunks_mut(out_each)
             .enumerate()

@@ -28,39 +28,35 @@ macro_rules! with_rows {
     };
 }
 
-/// `rows` rows of `a` (`[rows, k]`, `k` even) rounded to bf16 (nearest even) into `out`
-/// (`[rows][pairs]`, `pairs ≥ k/2`, the even column in the low half; pairs past `k/2` are left
+/// `src` (an even number of values) rounded to bf16 (nearest even) in pairs into `dst`
+/// (`≥ src.len()/2` words, the even value in the low half; words past `src.len()/2` are left
 /// as they are).
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn pack_rows(a: &[f32], rows: usize, k: usize, pairs: usize, out: &mut [u32]) {
-    assert!(k.is_multiple_of(2) && pairs >= k / 2);
-    assert!(a.len() >= rows * k && out.len() >= rows * pairs);
-    for r in 0..rows {
-        let src = &a[r * k..(r + 1) * k];
-        let dst = &mut out[r * pairs..r * pairs + k / 2];
-        let mut i = 0;
-        while i + 32 <= k {
-            // SAFETY: i + 32 ≤ k = src.len(); i/2 + 16 ≤ pairs = dst.len().
-            unsafe {
-                let lo = _mm512_loadu_ps(src.as_ptr().add(i));
-                let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
-                // Element j of the result is `lo[j]` for j < 16, `hi[j-16]` after: 32
-                // consecutive values, i.e. 16 pairs in order.
-                let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-                _mm512_storeu_si512(dst.as_mut_ptr().add(i / 2).cast(), v);
-            }
-            i += 32;
+pub(super) unsafe fn pack_row(src: &[f32], dst: &mut [u32]) {
+    let k = src.len();
+    assert!(k.is_multiple_of(2) && dst.len() >= k / 2);
+    let dst = &mut dst[..k / 2];
+    let mut i = 0;
+    while i + 32 <= k {
+        // SAFETY: i + 32 ≤ k = src.len(); i/2 + 16 ≤ k/2 = dst.len().
+        unsafe {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(i));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
+            // Element j of the result is `lo[j]` for j < 16, `hi[j-16]` after: 32
+            // consecutive values, i.e. 16 pairs in order.
+            let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(i / 2).cast(), v);
         }
-        while i < k {
-            let lo = u32::from(half::bf16::from_f32(src[i]).to_bits());
-            let hi = u32::from(half::bf16::from_f32(src[i + 1]).to_bits());
-            dst[i / 2] = lo | (hi << 16);
-            i += 2;
-        }
+        i += 32;
+    }
+    while i < k {
+        let lo = u32::from(half::bf16::from_f32(src[i]).to_bits());
+        let hi = u32::from(half::bf16::from_f32(src[i + 1]).to_bits());
+        dst[i / 2] = lo | (hi << 16);
+        i += 2;
     }
 }
 
-/// `mr` packed rows of `A` times one tile of `B` into `c` (row stride `ldc`, `cols` columns).
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn micro(
     a: &[u32],

@@ -112,31 +112,26 @@ impl Bf16Panel {
     pub fn from_view(b: MatRef<'_>) -> Self {
         let [k, n] = b.dims();
         if k == 0 || n == 0 || b.row(0).is_none() {
+            if b.col(0).is_none() {
+                return Self::from_column_words(k, n, |c, p| {
+                    let hi = if 2 * p + 1 < k {
+                        bits(b.at(2 * p + 1, c))
+                    } else {
+                        0
+                    };
+                    bits(b.at(2 * p, c)) | (hi << 16)
+                });
+            }
+            // A column's pairs are adjacent values: packed as a row, then spread over the
+            // tile's column.
             let pairs = padded_pairs(k);
             let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
-            if b.col(0).is_some() {
-                // A column's pairs are adjacent values: packed as a row, then spread over the
-                // tile's column.
-                let mut words = vec![0u32; k.div_ceil(2)];
-                for (t, tile) in data.chunks_exact_mut(pairs * NR).enumerate() {
-                    for j in 0..(n - t * NR).min(NR) {
-                        pack_pairs(b.col(t * NR + j).unwrap_or_default(), &mut words);
-                        for (row, &w) in tile.chunks_exact_mut(NR).zip(&words) {
-                            row[j] = w;
-                        }
-                    }
-                }
-            } else {
-                for (t, tile) in data.chunks_exact_mut(pairs * NR).enumerate() {
-                    for j in 0..(n - t * NR).min(NR) {
-                        for (p, row) in tile.chunks_exact_mut(NR).take(k.div_ceil(2)).enumerate() {
-                            let hi = if 2 * p + 1 < k {
-                                bits(b.at(2 * p + 1, t * NR + j))
-                            } else {
-                                0
-                            };
-                            row[j] = bits(b.at(2 * p, t * NR + j)) | (hi << 16);
-                        }
+            let mut words = vec![0u32; k.div_ceil(2)];
+            for (t, tile) in data.chunks_exact_mut(pairs * NR).enumerate() {
+                for j in 0..(n - t * NR).min(NR) {
+                    pack_pairs(b.col(t * NR + j).unwrap_or_default(), &mut words, true);
+                    for (row, &w) in tile.chunks_exact_mut(NR).zip(&words) {
+                        row[j] = w;
                     }
                 }
             }
@@ -294,55 +289,40 @@ pub fn gemm(a: &[f32], m: usize, b: &Bf16Panel) -> Vec<f32> {
 }
 
 /// [`gemm`] on the given kernel (tests compare them); a kernel the CPU lacks falls back to
-/// the portable loop.
+/// the portable loop. Row blocks on rayon's pool.
 pub fn gemm_with(a: &[f32], m: usize, b: &Bf16Panel, kernel: Bf16Kernel) -> Vec<f32> {
-    gemm_terms(m, &[(a, b)], kernel)
-}
-
-/// `Σ a_i·b_i` over `terms` (each `a_i` `[m, k_i]` row-major, `b_i` `[k_i, n]`), row blocks
-/// on rayon's pool.
-fn gemm_terms(m: usize, terms: &[(&[f32], &Bf16Panel)], kernel: Bf16Kernel) -> Vec<f32> {
-    let n = terms.first().map_or(0, |(_, b)| b.n);
-    for (a, b) in terms {
-        assert_eq!(a.len(), m * b.k, "bf16 gemm: a is not [m, k]");
-        assert_eq!(b.n, n, "bf16 gemm: the panels differ in columns");
-    }
+    let (k, n) = (b.k, b.n);
+    assert_eq!(a.len(), m * k, "bf16 gemm: a is not [m, k]");
     let kernel = usable(kernel);
-    if m == 0 || n == 0 {
-        return vec![0.0f32; m * n];
-    }
     // The output is written by the tasks that compute it, never zero-filled up front: for
     // the lm_head's product that was 64 MiB of memset on one thread while the pool waited.
-    let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
-    c.resize_with(m * n, MaybeUninit::uninit);
-    let rows_per_task = if kernel == Bf16Kernel::Amx {
-        MC_AMX
-    } else {
-        MC
-    };
-    let block = |(i, c_rows): (usize, &mut [MaybeUninit<f32>])| {
-        let r0 = i * rows_per_task;
-        let rows = c_rows.len() / n;
-        let views: Vec<(MatRef<'_>, &Bf16Panel)> = terms
-            .iter()
-            .map(|&(a, b)| {
-                (
-                    MatRef::row_major(&a[r0 * b.k..(r0 + rows) * b.k], rows, b.k),
-                    b,
-                )
-            })
-            .collect();
-        product(&views, c_rows, kernel);
-    };
-    if m <= rows_per_task {
-        block((0, &mut c));
-    } else {
-        c.par_chunks_mut(rows_per_task * n)
-            .enumerate()
-            .for_each(block);
+    let mut c = uninit(m * n);
+    if m > 0 && n > 0 {
+        let rows_per_task = rows_per_task(kernel);
+        let block = |(i, c_rows): (usize, &mut [Slot])| {
+            let (r0, rows) = (i * rows_per_task, c_rows.len() / n);
+            let rows_a = MatRef::row_major(&a[r0 * k..(r0 + rows) * k], rows, k);
+            product(rows_a, b, c_rows, kernel);
+        };
+        if m <= rows_per_task {
+            block((0, &mut c));
+        } else {
+            c.par_chunks_mut(rows_per_task * n)
+                .enumerate()
+                .for_each(block);
+        }
     }
     // SAFETY: each task's product wrote every element of its chunk of `c`.
     unsafe { assume_written(c) }
+}
+
+/// Rows of `A` per rayon task for `kernel`.
+fn rows_per_task(kernel: Bf16Kernel) -> usize {
+    if kernel == Bf16Kernel::Amx {
+        MC_AMX
+    } else {
+        MC
+    }
 }
 
 /// A rank-`r` update riding on a frozen product ([`gemm_low_rank`]): `down` `[k, r]`,
@@ -382,16 +362,9 @@ pub fn gemm_low_rank_with(
         "bf16 gemm_low_rank: up is not [r, n]"
     );
     let kernel = usable(kernel);
-    let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
-    c.resize_with(m * n, MaybeUninit::uninit);
-    let mut ad: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * r);
-    ad.resize_with(m * r, MaybeUninit::uninit);
+    let (mut c, mut ad) = (uninit(m * n), uninit(m * r));
     if m > 0 && n > 0 && r > 0 {
-        let rows_per_task = if kernel == Bf16Kernel::Amx {
-            MC_AMX
-        } else {
-            MC
-        };
+        let rows_per_task = rows_per_task(kernel);
         let simd = kernel != Bf16Kernel::Portable;
         let block = |(i, (c_rows, ad_rows)): (usize, (&mut [Slot], &mut [Slot]))| {
             let r0 = i * rows_per_task;
@@ -425,7 +398,14 @@ pub fn gemm_low_rank_with(
 }
 
 /// One f32 of an output that its product writes before anything reads it.
-type Slot = MaybeUninit<f32>;
+pub type Slot = MaybeUninit<f32>;
+
+/// An output buffer of `len` values that its products will write (nothing zero-fills it).
+pub fn uninit(len: usize) -> Vec<Slot> {
+    let mut v = Vec::with_capacity(len);
+    v.resize_with(len, MaybeUninit::uninit);
+    v
+}
 
 /// A buffer every element of which has been written, as plain values.
 ///
@@ -456,7 +436,7 @@ pub fn gemm_view_into(
     if m == 0 || b.n == 0 {
         return;
     }
-    product(&[(a, b)], c, usable(kernel));
+    product(a, b, c, usable(kernel));
 }
 
 /// `kernel`, or the portable loop where the CPU lacks it.
@@ -468,25 +448,13 @@ fn usable(kernel: Bf16Kernel) -> Bf16Kernel {
     }
 }
 
-/// `c = Σ a_i·b_i` on this thread (each `a_i` `[rows, k_i]`, `c` `[rows, n]`, every element
-/// written; it may start uninitialized) on an available `kernel`.
-fn product(terms: &[(MatRef<'_>, &Bf16Panel)], c: &mut [MaybeUninit<f32>], kernel: Bf16Kernel) {
-    let Some(&(first, _)) = terms.first() else {
-        return;
-    };
-    let rows = first.dims()[0];
+/// `c = a·b` on this thread (`a` `[rows, k]`, `c` `[rows, n]`, every element written; it may
+/// start uninitialized) on an available `kernel`.
+fn product(a: MatRef<'_>, b: &Bf16Panel, c: &mut [Slot], kernel: Bf16Kernel) {
+    let rows = a.dims()[0];
     let padded = rows.div_ceil(ROW_BLOCK) * ROW_BLOCK;
-    let simd = kernel != Bf16Kernel::Portable;
-    let packed: Vec<Vec<u32>> = terms
-        .iter()
-        .map(|&(a, b)| pack_lhs(a, padded, b.pairs, simd))
-        .collect();
-    let packed_terms: Vec<(&[u32], &Bf16Panel)> = packed
-        .iter()
-        .zip(terms)
-        .map(|(a, &(_, b))| (a.as_slice(), b))
-        .collect();
-    product_packed(&packed_terms, rows, c, kernel);
+    let packed = pack_lhs(a, padded, b.pairs, kernel != Bf16Kernel::Portable);
+    product_packed(&[(&packed, b)], rows, c, kernel);
 }
 
 /// Rows of the left operand are packed in multiples of this (an AMX block's rows; the
@@ -575,7 +543,7 @@ fn pack_lhs(a: MatRef<'_>, out_rows: usize, pairs: usize, simd: bool) -> Vec<u32
     }
     if a.row(0).is_some() {
         for (r, dst) in out.chunks_exact_mut(pairs).take(rows).enumerate() {
-            pack_pairs_with(a.row(r).unwrap_or_default(), dst, simd);
+            pack_pairs(a.row(r).unwrap_or_default(), dst, simd);
         }
     } else if a.col(0).is_some() {
         // Two columns make one word per row: built for all rows at once (the loop vectorizes),
@@ -626,17 +594,13 @@ fn interleave_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
 
 /// `src`'s values in pairs, rounded to bf16: word `p` holds `src[2p]` (low half) and
 /// `src[2p + 1]` (high, zero past the end); `dst` holds at least `src.len().div_ceil(2)` words.
-fn pack_pairs(src: &[f32], dst: &mut [u32]) {
-    pack_pairs_with(src, dst, true);
-}
-
-/// [`pack_pairs`], through `VCVTNE2PS2BF16` where `simd` allows it and the CPU has it.
-fn pack_pairs_with(src: &[f32], dst: &mut [u32], simd: bool) {
+/// Through `VCVTNE2PS2BF16` where `simd` allows it and the CPU has it.
+fn pack_pairs(src: &[f32], dst: &mut [u32], simd: bool) {
     #[cfg(target_arch = "x86_64")]
     if simd && src.len().is_multiple_of(2) && bf16_dot_available() {
-        // SAFETY: avx512f and avx512bf16 were detected; `src` is one row of an even number of
-        // values, `dst` holds at least half as many words.
-        unsafe { super::bf16_avx512::pack_rows(src, 1, src.len(), dst.len(), dst) };
+        // SAFETY: avx512f and avx512bf16 were detected; `src` has an even number of values,
+        // `dst` at least half as many words.
+        unsafe { super::bf16_avx512::pack_row(src, dst) };
         return;
     }
     let _ = simd;
