@@ -16,6 +16,7 @@
 mod attention;
 mod cache;
 mod embed;
+mod gguf_blocks;
 mod host_math;
 mod host_step;
 mod layer;
@@ -34,6 +35,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use cache::KvCache;
 pub use embed::{HEAD_CHUNK_ROWS, TokenEmbedding};
+pub use gguf_blocks::GgufBlocksReport;
+use gguf_blocks::HostHead;
 pub use host_step::HostStep;
 use host_step::HostWeights;
 use layer::{LayerInputs, fused_attention};
@@ -46,7 +49,6 @@ pub use per_example::PerExampleLora;
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::ModelError;
 use crate::fused;
-use crate::kernels::PackedMatrix;
 use crate::lora::{LoraAdapter, TargetModule};
 use crate::precision::{Bf16Weight, bf16_matmul, frozen_bf16_matmul};
 use crate::train::dropout::LoraDropout;
@@ -120,8 +122,10 @@ pub struct CausalLm {
     /// the checkpoint ties it to the embedding (the products then read `embed` itself: no
     /// second copy, see `decoder/embed.rs`).
     pub head_t: Option<Tensor<2>>,
-    /// `head_t` packed in bf16 for the host kernel, after [`CausalLm::to_bf16`].
-    head_packed: Option<Arc<PackedMatrix>>,
+    /// The lm_head for the host kernels: packed in bf16/f32 after [`CausalLm::to_bf16`] /
+    /// [`CausalLm::to_packed_f32`], or the GGUF file's blocks after
+    /// [`CausalLm::use_gguf_blocks`].
+    head_host: Option<HostHead>,
     /// `head_t` in bf16 for mixed-precision training, after [`CausalLm::to_train_bf16`]
     /// (used for every many-row lm_head product then).
     head_bf16: Option<Arc<Bf16Weight>>,
@@ -353,7 +357,7 @@ impl CausalLm {
                     .flat_map(|i| &hs[(i * s + s - 1) * h..][..h])
                     .copied()
                     .collect();
-                if let Some(p) = &self.head_packed {
+                if let Some(p) = &self.head_host {
                     let simd = self.host_step == HostStep::Auto;
                     let logits = p.matmul_with(&last, b, simd);
                     return Ok(Tensor::from_data(
@@ -377,14 +381,17 @@ impl CausalLm {
         let x = hidden.reshape([b * s, h]);
         // A tied head has no f32 matrix holding the packed (rounded) values, so every
         // untracked call goes through the packed kernel, a bounded number of rows at a time.
-        if let Some(p) = &self.head_packed
-            && (b * s <= linear::HOST_KERNEL_MAX_ROWS || self.head_t.is_none())
+        if let Some(p) = &self.head_host
+            && (b * s <= linear::HOST_KERNEL_MAX_ROWS
+                || self.head_t.is_none()
+                || matches!(p, HostHead::Blocks(_)))
             && !x.is_autodiff()
             && let Ok(xs) = read_f32(&x, "hidden")
         {
+            let simd = crate::kernels::simd_available();
             let logits: Vec<f32> = xs
                 .chunks(linear::HOST_KERNEL_MAX_ROWS * h)
-                .flat_map(|rows| p.matmul(rows, rows.len() / h.max(1)))
+                .flat_map(|rows| p.matmul_with(rows, rows.len() / h.max(1), simd))
                 .collect();
             return Tensor::from_data(
                 TensorData::new(logits, [b, s, self.cfg.vocab_size]),

@@ -34,6 +34,7 @@ use half::bf16;
 
 pub mod bf16_gemm;
 pub mod buffers;
+pub mod int8;
 pub mod lora;
 pub mod pool;
 pub mod sgemm;
@@ -638,6 +639,8 @@ mod avx512;
 mod bf16_amx;
 #[cfg(target_arch = "x86_64")]
 mod bf16_avx512;
+#[cfg(target_arch = "x86_64")]
+mod int8_avx512;
 
 #[cfg(test)]
 #[path = "kernels/avx2_tests.rs"]

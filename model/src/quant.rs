@@ -8,12 +8,17 @@
 //! value, 0.14× its f32 size; [`Nf4Matrix::double_quantize`] stores them in 8 bits instead
 //! ([`crate::quant_double`], about 4.127 bits per value).
 //!
+//! [`blocks`] holds llama.cpp's block formats (Q4_1, Q8_0), kept as a GGUF file stores them
+//! and multiplied with 8-bit activations by [`crate::kernels::int8`].
+//!
 //! The packed bytes stay in host memory; [`Nf4Matrix::dequantize_tensor`] rebuilds the f32
 //! matrix on a device for each use (the decoder does this on every forward pass), so the
 //! full-precision copy only lives for the duration of one matmul.
 // NF4 quantization kernels over whole blocks (lengths checked at entry), indexed in hot
 // loops. The parsers of untrusted files deny indexing.
 #![allow(clippy::indexing_slicing)]
+
+pub mod blocks;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Frozen host-stored projections (NF4, packed bf16/f32) under autodiff, without an f32 copy
+//! Frozen host-stored projections (NF4, GGUF blocks, packed bf16/f32) under autodiff, without an f32 copy
 //! of the weight kept alive between the forward and the backward pass.
 //!
 //! burn's own matmul saves both operands for its backward (`dX = dY·W` needs `W`), so
@@ -27,12 +27,15 @@ use burn::tensor::{Tensor, TensorData};
 use crate::decoder::LinearWeight;
 use crate::kernels::PackedMatrix;
 use crate::quant::Nf4Matrix;
+use crate::quant::blocks::BlockMatrix;
+use crate::weights::transpose;
 
 /// A frozen weight held in host memory: what the autodiff step keeps (a shared handle).
 #[derive(Debug, Clone)]
 enum FrozenWeight {
     Nf4(Arc<Nf4Matrix>),
     Packed(Arc<PackedMatrix>),
+    Blocks(Arc<BlockMatrix>),
 }
 
 impl FrozenWeight {
@@ -41,6 +44,7 @@ impl FrozenWeight {
             LinearWeight::Dense(_) | LinearWeight::Bf16(_) => None,
             LinearWeight::Nf4(q) => Some(FrozenWeight::Nf4(Arc::clone(q))),
             LinearWeight::Packed(p) => Some(FrozenWeight::Packed(Arc::clone(p))),
+            LinearWeight::Blocks(b) => Some(FrozenWeight::Blocks(Arc::clone(b))),
         }
     }
 
@@ -49,6 +53,10 @@ impl FrozenWeight {
         match self {
             FrozenWeight::Nf4(q) => (q.dequantize(), q.shape()),
             FrozenWeight::Packed(p) => (p.to_f32(), p.dims()),
+            FrozenWeight::Blocks(b) => {
+                let [out, inp] = b.shape();
+                (transpose(&b.dequantize(), out, inp), [inp, out])
+            }
         }
     }
 }

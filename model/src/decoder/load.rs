@@ -125,7 +125,7 @@ impl CausalLm {
             layers,
             norm,
             head_t,
-            head_packed: None,
+            head_host: None,
             head_bf16: None,
             host_step: HostStep::default(),
             host_weights: OnceLock::new(),

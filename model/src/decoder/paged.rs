@@ -320,7 +320,7 @@ impl CausalLm {
             return Ok(Vec::new());
         }
         let vocab = self.cfg.vocab_size;
-        let logits = match &self.head_packed {
+        let logits = match &self.head_host {
             Some(p) => p.matmul_with(&last, m, self.host_step == host_step::HostStep::Auto),
             None => {
                 let x = Tensor::from_data(TensorData::new(last, [m, 1, h]), &self.device);

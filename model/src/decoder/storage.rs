@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::{CausalLm, LinearWeight, TokenEmbedding};
+use super::{CausalLm, HostHead, LinearWeight, TokenEmbedding};
 use crate::error::ModelError;
 use crate::kernels::PackedMatrix;
 use crate::lora::TargetModule;
@@ -64,6 +64,10 @@ impl CausalLm {
                     .to_packed(bf16, &format!("{}.weight", t.path(l)))?;
             }
         }
+        // A head in GGUF blocks (`--quantize gguf|q4_1`) stays in them.
+        if matches!(self.head_host, Some(HostHead::Blocks(_))) {
+            return Ok(());
+        }
         let (values, [h, v]) = self.head_t_values()?;
         let packed = if bf16 {
             let p = PackedMatrix::bf16(&values, h, v);
@@ -80,7 +84,7 @@ impl CausalLm {
         } else {
             PackedMatrix::f32(&values, h, v)
         };
-        self.head_packed = Some(Arc::new(packed));
+        self.head_host = Some(HostHead::Packed(Arc::new(packed)));
         Ok(())
     }
 
@@ -121,7 +125,7 @@ impl CausalLm {
 
     /// The lm_head transposed, `[hidden, vocab]` row-major, as f32 values (for packing: a
     /// tied head's are the embedding's, transposed in this temporary).
-    fn head_t_values(&self) -> Result<(Vec<f32>, [usize; 2]), ModelError> {
+    pub(super) fn head_t_values(&self) -> Result<(Vec<f32>, [usize; 2]), ModelError> {
         match &self.head_t {
             Some(t) => Ok((read_f32(t, "lm_head.weight")?, t.dims())),
             None => {
@@ -154,7 +158,7 @@ impl CausalLm {
                 .head_t
                 .as_ref()
                 .map_or(0, |t| f32s(t.shape().num_elements()))
-            + self.head_packed.as_ref().map_or(0, |p| p.resident_bytes())
+            + self.head_host.as_ref().map_or(0, HostHead::resident_bytes)
             + self.head_bf16.as_ref().map_or(0, |w| w.resident_bytes())
             + f32s(norms + biases)
     }

@@ -273,13 +273,13 @@ pub fn generation_config(file: &GgufFile, cfg: &ModelConfig) -> GenerationConfig
 
 /// Which per-head row permutation a tensor needs undone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Permute {
+pub(crate) enum Permute {
     None,
     Heads(usize),
 }
 
 /// The Hugging Face name of a llama.cpp tensor name, and the permutation to undo.
-fn hf_name(name: &str, cfg: &ModelConfig) -> Option<(String, Permute)> {
+pub(crate) fn hf_name(name: &str, cfg: &ModelConfig) -> Option<(String, Permute)> {
     let permuted = cfg.architecture == Architecture::Llama;
     match name {
         "token_embd.weight" => return Some(("model.embed_tokens.weight".into(), Permute::None)),
@@ -329,6 +329,18 @@ pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) ->
     move_rows(values, rows, cols, heads, |k, half| {
         2 * (k % half) + k / half
     })
+}
+
+/// The GGUF row that holds Hugging Face row `r` of a `rows`-row Q/K tensor of `heads` heads
+/// ([`unpermute_rows`] moves whole rows this way; rows past the last full head pair stay).
+pub(crate) fn unpermuted_source_row(r: usize, rows: usize, heads: usize) -> usize {
+    let d = rows.checked_div(heads).unwrap_or(0);
+    let half = d / 2;
+    if half == 0 || r >= heads * d || r % d >= 2 * half {
+        return r;
+    }
+    let k = r % d;
+    (r / d) * d + 2 * (k % half) + k / half
 }
 
 /// llama.cpp's converter permutation (the inverse of [`unpermute_rows`]): GGUF row
