@@ -182,6 +182,27 @@ fn bench_generate_with_bf16_weights_halves_the_projection_bytes() {
         step_ratio > 0.4 && step_ratio < 0.6,
         "bf16 step bytes {step_ratio}× f32"
     );
+    // llama.cpp's Q4_1 (the 176-wide down projection is not whole blocks and stays f32).
+    let q4_1 = json_line(&[
+        "bench",
+        "generate",
+        "--config",
+        config,
+        "--batch",
+        "2",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "3",
+        "--quantize",
+        "q4_1",
+    ]);
+    assert_eq!(q4_1["quantize"], "q4_1", "{q4_1}");
+    assert!(num(&q4_1, "tokens_per_s") > 0.0, "{q4_1}");
+    assert!(
+        num(&q4_1, "base_linear_mib") < 0.6 * f32_mib,
+        "q4_1 projections: {q4_1}"
+    );
     for run in [&f32_run, &packed, &bf16] {
         for key in [
             "read_gb_per_s",

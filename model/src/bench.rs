@@ -169,19 +169,19 @@ pub fn generate_flops(
 }
 
 /// Bytes one decode step must read at least for `rows` rows: every projection's stored
-/// weights (`linear_bytes`), the lm_head (`head_bytes_per_weight` bytes per weight), the LoRA
+/// weights (`linear_bytes`), the lm_head (`head_bytes` in all), the LoRA
 /// factors of `distinct_adapters` adapters of rank `r` (`factor_bytes_per_weight` each), and the
 /// KV cache's keys and values over `keys` positions per row, in f32.
 pub fn decode_step_bytes(
     cfg: &ModelConfig,
     linear_bytes: usize,
-    head_bytes_per_weight: usize,
+    head_bytes: usize,
     lora: (usize, usize, usize),
     rows: usize,
     keys: usize,
 ) -> f64 {
     let (distinct_adapters, r, factor_bytes_per_weight) = lora;
-    let head = cfg.hidden_size * cfg.vocab_size * head_bytes_per_weight;
+    let head = head_bytes;
     let factors = distinct_adapters as f64 * lora_macs(cfg, r) * factor_bytes_per_weight as f64;
     let kv = 2 * cfg.num_key_value_heads * cfg.head_dim * cfg.num_hidden_layers * 4;
     (linear_bytes + head) as f64 + factors + (rows * keys * kv) as f64

@@ -5,6 +5,8 @@
 #
 #   ours bf16            vs  llama.cpp on the F16 GGUF
 #   ours NF4 (bf16 head) vs  llama.cpp on the Q4_1 GGUF (Q8_0 embedding/head)
+#   ours Q4_1 (Q8_0 head, `--quantize q4_1`: llama.cpp's formats and arithmetic)
+#                        vs  llama.cpp on the Q4_1 GGUF
 #
 # Tributary: `tributary bench generate --config <the import's config.json>` (random weights of
 # SmolLM2's shapes: decode cost does not depend on the values; random rank-16 adapter).
@@ -68,5 +70,6 @@ for round in $(seq 1 "$ROUNDS"); do
     for t in $LLAMA_THREADS; do llama llama-f16 "$W/smollm2-f16.gguf" "$b" "$t"; done
     ours tributary-nf4 "$b" --quantize nf4 --dtype bf16
     for t in $LLAMA_THREADS; do llama llama-q4_1 "$Q4" "$b" "$t"; done
+    ours tributary-q4_1 "$b" --quantize q4_1
   done
 done

@@ -1,5 +1,5 @@
 """Summarizes scripts/peers/smollm2_decode.sh: per round, ours ÷ llama.cpp (its better thread
-count) for bf16 vs F16 and NF4 vs Q4_1 at each batch; then the median over rounds.
+count) for bf16 vs F16, NF4 vs Q4_1 and Q4_1 vs Q4_1 at each batch; then the median over rounds.
 
     python3 scripts/peers/smollm2_decode_summary.py decode.jsonl
 """
@@ -8,7 +8,7 @@ import json
 import statistics
 import sys
 
-PAIRS = [("tributary-bf16", "llama-f16"), ("tributary-nf4", "llama-q4_1")]
+PAIRS = [("tributary-bf16", "llama-f16"), ("tributary-nf4", "llama-q4_1"), ("tributary-q4_1", "llama-q4_1")]
 
 
 def main():

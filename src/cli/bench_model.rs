@@ -43,7 +43,15 @@ impl Quantize {
     pub fn apply_blocks(self, model: &mut CausalLm, path: &Path) -> anyhow::Result<()> {
         match self {
             Quantize::None | Quantize::Nf4 => {}
-            Quantize::Q4_1 => model.quantize_blocks()?,
+            Quantize::Q4_1 => {
+                let kept = model.quantize_blocks()?;
+                if kept > 0 {
+                    tracing::warn!(
+                        kept,
+                        "projections whose width is not whole Q4_1 blocks stay as loaded"
+                    );
+                }
+            }
             Quantize::Gguf => {
                 anyhow::ensure!(
                     tributary_model::gguf::is_gguf(path),

@@ -380,7 +380,9 @@ impl GenerateBench {
         let step_bytes = decode_step_bytes(
             &cfg,
             model.linear_weight_bytes(),
-            if bf16 { 2 } else { 4 },
+            model
+                .head_host_bytes()
+                .unwrap_or(cfg.hidden_size * cfg.vocab_size * if bf16 { 2 } else { 4 }),
             // bf16 factors on a bf16 base, f32 otherwise (`LoraAdapter::host_factors`).
             (self.adapters.min(self.batch), r, if bf16 { 2 } else { 4 }),
             self.batch,

@@ -17,7 +17,7 @@ use crate::gguf::mapping::{Permute, hf_name, unpermuted_source_row};
 use crate::kernels::int8::{Int8Isa, block_matmul_isa};
 use crate::kernels::{PackedMatrix, Split};
 use crate::lora::TargetModule;
-use crate::quant::blocks::{BlockFormat, BlockMatrix};
+use crate::quant::blocks::{BLOCK, BlockFormat, BlockMatrix};
 use crate::weights::{read_f32, transpose};
 
 /// The lm_head in a host kernel's layout, for untracked products.
@@ -171,15 +171,22 @@ impl CausalLm {
 
     /// Quantizes the seven projections of every layer to Q4_1 and the lm_head to Q8_0 (a
     /// tied head: a Q8_0 copy beside the f32 embedding the lookups read), as ggml's reference
-    /// quantizers do; products then take the int8 kernels. Projections already in blocks stay.
-    pub fn quantize_blocks(&mut self) -> Result<(), ModelError> {
+    /// quantizers do; products then take the int8 kernels. Projections already in blocks stay,
+    /// and so does any whose input width is not a whole number of blocks of 32 (as llama.cpp's
+    /// quantizer keeps such tensors in another type). Returns how many were left as they were.
+    pub fn quantize_blocks(&mut self) -> Result<usize, ModelError> {
         let _span = tracing::info_span!("quantize_blocks").entered();
         self.host_weights = OnceLock::new();
+        let mut kept = 0;
         for (l, layer) in self.layers.iter_mut().enumerate() {
             for t in TargetModule::ALL {
                 let lin = layer.linear_mut(t);
                 let name = format!("{}.weight", t.path(l));
                 let [inp, out] = lin.weight_t.dims();
+                if !inp.is_multiple_of(BLOCK) {
+                    kept += 1;
+                    continue;
+                }
                 let w_t = match &lin.weight_t {
                     LinearWeight::Blocks(_) => continue,
                     LinearWeight::Dense(w) => read_f32(w, &name)?,
@@ -194,9 +201,12 @@ impl CausalLm {
             }
         }
         let (head_t, [h, v]) = self.head_t_values()?;
+        if !h.is_multiple_of(BLOCK) {
+            return Ok(kept);
+        }
         let head = BlockMatrix::quantize(BlockFormat::Q8_0, &transpose(&head_t, h, v), v, h)
             .map_err(|e| ModelError::Input(format!("lm_head.weight: {e}")))?;
         self.head_host = Some(HostHead::Blocks(Arc::new(head)));
-        Ok(())
+        Ok(kept)
     }
 }

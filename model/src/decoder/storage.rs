@@ -163,6 +163,11 @@ impl CausalLm {
             + f32s(norms + biases)
     }
 
+    /// Bytes of the lm_head the host kernels read (packed or GGUF blocks), when it has one.
+    pub fn head_host_bytes(&self) -> Option<usize> {
+        self.head_host.as_ref().map(HostHead::resident_bytes)
+    }
+
     /// Bytes held by the seven projections' weights of every layer (the part NF4 shrinks).
     pub fn linear_weight_bytes(&self) -> usize {
         self.layers

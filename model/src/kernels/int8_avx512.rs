@@ -58,6 +58,9 @@ pub(super) unsafe fn rows(
     }
 }
 
+/// Bytes ahead of the current pair that the weight stream is prefetched.
+const PREFETCH_AHEAD: usize = 1024;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn rows_r<const R: usize>(
     w: &BlockMatrix,
@@ -67,81 +70,133 @@ fn rows_r<const R: usize>(
     write: &dyn Fn(usize, usize, f32),
 ) {
     let (pairs, stride) = (w.pairs(), w.scale_stride());
-    let q4 = w.format() == BlockFormat::Q4_1;
     let pair_bytes = w.format().pair_code_bytes();
     assert!(stride.is_multiple_of(SCALE_GROUP) && stride >= 2 * pairs);
     assert!(w.codes().len() >= outputs.end * pairs * pair_bytes);
     assert!(w.scales().len() >= outputs.end * stride);
+    let q4 = w.format() == BlockFormat::Q4_1;
     assert!(!q4 || w.mins().len() >= outputs.end * stride);
-    let xq: [&[i8]; R] = std::array::from_fn(|r| a.codes(r0 + r));
-    let xd: [&[f32]; R] = std::array::from_fn(|r| a.scales(r0 + r));
-    let xs: [&[f32]; R] = std::array::from_fn(|r| a.sums(r0 + r));
-    let xo: [&[i32]; R] = std::array::from_fn(|r| a.lane_offsets(r0 + r));
+    let rows = ActivationRows::<R> {
+        codes: std::array::from_fn(|r| a.codes(r0 + r)),
+        scales: std::array::from_fn(|r| a.scales(r0 + r)),
+        sums: std::array::from_fn(|r| a.sums(r0 + r)),
+        offsets: std::array::from_fn(|r| a.lane_offsets(r0 + r)),
+    };
     for r in 0..R {
-        assert!(xq[r].len() >= pairs * PAIR && xd[r].len() >= stride && xs[r].len() >= stride);
-        assert!(q4 || xo[r].len() >= pairs * 16);
+        assert!(rows.codes[r].len() >= pairs * PAIR);
+        assert!(rows.scales[r].len() >= stride && rows.sums[r].len() >= stride);
+        assert!(q4 || rows.offsets[r].len() >= pairs * 16);
     }
+    // Two outputs at a time share the activation loads and keep two chains of FMAs apart.
+    let mut o = outputs.start;
+    while o + 2 <= outputs.end {
+        let y: [[f32; R]; 2] = outputs_o::<R, 2>(w, &rows, o, q4);
+        for (k, yk) in y.iter().enumerate() {
+            for (r, &v) in yk.iter().enumerate() {
+                write(r0 + r, o + k, v);
+            }
+        }
+        o += 2;
+    }
+    if o < outputs.end {
+        let y: [[f32; R]; 1] = outputs_o::<R, 1>(w, &rows, o, q4);
+        for (r, &v) in y[0].iter().enumerate() {
+            write(r0 + r, o, v);
+        }
+    }
+}
+
+/// `R` rows of quantized activations (lengths checked by the caller).
+struct ActivationRows<'a, const R: usize> {
+    codes: [&'a [i8]; R],
+    scales: [&'a [f32]; R],
+    sums: [&'a [f32]; R],
+    offsets: [&'a [i32]; R],
+}
+
+/// Outputs `o0..o0 + O` for the `R` activation rows: `[output][row]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn outputs_o<const R: usize, const O: usize>(
+    w: &BlockMatrix,
+    x: &ActivationRows<'_, R>,
+    o0: usize,
+    q4: bool,
+) -> [[f32; R]; O] {
+    let (pairs, stride) = (w.pairs(), w.scale_stride());
+    let pair_bytes = w.format().pair_code_bytes();
     let low = _mm256_set1_epi8(0x0f);
-    // SAFETY (every load below): `p < pairs` and `g·16 + 16 ≤ stride`, within the lengths
-    // asserted above.
-    for o in outputs {
-        let wc = w.codes()[o * pairs * pair_bytes..].as_ptr();
-        let ws = w.scales()[o * stride..].as_ptr();
-        let wm = if q4 {
-            w.mins()[o * stride..].as_ptr()
+    // SAFETY (every load below): `o0 + O ≤ outputs.end`, `p < pairs` and `g·16 + 16 ≤
+    // stride`, within the lengths the caller asserted; prefetches do not fault.
+    let wc: [*const u8; O] = std::array::from_fn(|k| {
+        w.codes()[(o0 + k) * pairs * pair_bytes..].as_ptr()
+    });
+    let ws: [*const u16; O] = std::array::from_fn(|k| w.scales()[(o0 + k) * stride..].as_ptr());
+    let wm: [*const u16; O] = std::array::from_fn(|k| {
+        if q4 {
+            w.mins()[(o0 + k) * stride..].as_ptr()
         } else {
-            ws
-        };
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut min_acc = [_mm512_setzero_ps(); R];
-        for g in 0..pairs.div_ceil(SCALE_GROUP / 2) {
-            let b0 = g * SCALE_GROUP;
-            let wd = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(ws.add(b0).cast())) };
-            let mut scale = [_mm512_setzero_ps(); R];
+            ws[k]
+        }
+    });
+    let mut acc = [[_mm512_setzero_ps(); R]; O];
+    let mut min_acc = [[_mm512_setzero_ps(); R]; O];
+    for g in 0..pairs.div_ceil(SCALE_GROUP / 2) {
+        let b0 = g * SCALE_GROUP;
+        let mut scale = [[_mm512_setzero_ps(); R]; O];
+        for k in 0..O {
+            let wd = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(ws[k].add(b0).cast())) };
             for r in 0..R {
-                let d = unsafe { _mm512_loadu_ps(xd[r].as_ptr().add(b0)) };
-                scale[r] = _mm512_mul_ps(wd, d);
+                let d = unsafe { _mm512_loadu_ps(x.scales[r].as_ptr().add(b0)) };
+                scale[k][r] = _mm512_mul_ps(wd, d);
             }
             if q4 {
-                let wmv = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(wm.add(b0).cast())) };
+                let wmv = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(wm[k].add(b0).cast())) };
                 for r in 0..R {
-                    let s = unsafe { _mm512_loadu_ps(xs[r].as_ptr().add(b0)) };
-                    min_acc[r] = _mm512_fmadd_ps(wmv, s, min_acc[r]);
+                    let s = unsafe { _mm512_loadu_ps(x.sums[r].as_ptr().add(b0)) };
+                    min_acc[k][r] = _mm512_fmadd_ps(wmv, s, min_acc[k][r]);
                 }
             }
-            let steps = (pairs - g * (SCALE_GROUP / 2)).min(SCALE_GROUP / 2);
-            for (k, index) in PAIR_SCALE_INDEX.iter().enumerate().take(steps) {
-                let p = g * (SCALE_GROUP / 2) + k;
-                let wv = unsafe {
-                    if q4 {
-                        let b = _mm256_loadu_si256(wc.add(p * pair_bytes).cast());
+        }
+        let steps = (pairs - g * (SCALE_GROUP / 2)).min(SCALE_GROUP / 2);
+        for (j, index) in PAIR_SCALE_INDEX.iter().enumerate().take(steps) {
+            let p = g * (SCALE_GROUP / 2) + j;
+            let idx = unsafe { _mm512_loadu_si512(index.as_ptr().cast()) };
+            let mut wv = [_mm512_setzero_si512(); O];
+            for k in 0..O {
+                let at = p * pair_bytes;
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(wc[k].wrapping_add(at + PREFETCH_AHEAD).cast());
+                    wv[k] = if q4 {
+                        let b = _mm256_loadu_si256(wc[k].add(at).cast());
                         let lo = _mm256_and_si256(b, low);
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), low);
                         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
                     } else {
-                        _mm512_loadu_si512(wc.add(p * pair_bytes).cast())
-                    }
-                };
-                let idx = unsafe { _mm512_loadu_si512(index.as_ptr().cast()) };
-                for r in 0..R {
-                    let (x, start) = unsafe {
-                        let x = _mm512_loadu_si512(xq[r].as_ptr().add(p * PAIR).cast());
-                        let start = if q4 {
-                            _mm512_setzero_si512()
-                        } else {
-                            _mm512_loadu_si512(xo[r].as_ptr().add(p * 16).cast())
-                        };
-                        (x, start)
+                        _mm512_loadu_si512(wc[k].add(at).cast())
                     };
-                    let dot = _mm512_dpbusd_epi32(start, wv, x);
-                    let s = _mm512_permutexvar_ps(idx, scale[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r]);
+                }
+            }
+            for r in 0..R {
+                let (xv, start) = unsafe {
+                    let xv = _mm512_loadu_si512(x.codes[r].as_ptr().add(p * PAIR).cast());
+                    let start = if q4 {
+                        _mm512_setzero_si512()
+                    } else {
+                        _mm512_loadu_si512(x.offsets[r].as_ptr().add(p * 16).cast())
+                    };
+                    (xv, start)
+                };
+                for k in 0..O {
+                    let dot = _mm512_dpbusd_epi32(start, wv[k], xv);
+                    let s = _mm512_permutexvar_ps(idx, scale[k][r]);
+                    acc[k][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[k][r]);
                 }
             }
         }
-        for r in 0..R {
-            let y = _mm512_reduce_add_ps(acc[r]) + _mm512_reduce_add_ps(min_acc[r]);
-            write(r0 + r, o, y);
-        }
     }
+    std::array::from_fn(|k| {
+        std::array::from_fn(|r| {
+            _mm512_reduce_add_ps(acc[k][r]) + _mm512_reduce_add_ps(min_acc[k][r])
+        })
+    })
 }
