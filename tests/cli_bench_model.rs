@@ -149,7 +149,7 @@ fn model_generate_accepts_quantize_nf4() {
 fn bench_generate_with_bf16_weights_halves_the_projection_bytes() {
     let config = fixtures().join("tiny-llama/config.json");
     let config = config.to_str().expect("utf-8 path");
-    let run = |dtype: &str| {
+    let run = |flag: &str, value: &str| {
         json_line(&[
             "bench",
             "generate",
@@ -161,11 +161,15 @@ fn bench_generate_with_bf16_weights_halves_the_projection_bytes() {
             "4",
             "--new-tokens",
             "3",
-            "--dtype",
-            dtype,
+            flag,
+            value,
         ])
     };
-    let (f32_run, packed, bf16) = (run("f32"), run("f32-packed"), run("bf16"));
+    let (f32_run, packed, bf16) = (
+        run("--dtype", "f32"),
+        run("--dtype", "f32-packed"),
+        run("--dtype", "bf16"),
+    );
     assert_eq!(f32_run["dtype"], "f32");
     assert_eq!(packed["dtype"], "f32-packed");
     assert_eq!(bf16["dtype"], "bf16");
@@ -183,20 +187,7 @@ fn bench_generate_with_bf16_weights_halves_the_projection_bytes() {
         "bf16 step bytes {step_ratio}× f32"
     );
     // llama.cpp's Q4_1 (the 176-wide down projection is not whole blocks and stays f32).
-    let q4_1 = json_line(&[
-        "bench",
-        "generate",
-        "--config",
-        config,
-        "--batch",
-        "2",
-        "--prompt-len",
-        "4",
-        "--new-tokens",
-        "3",
-        "--quantize",
-        "q4_1",
-    ]);
+    let q4_1 = run("--quantize", "q4_1");
     assert_eq!(q4_1["quantize"], "q4_1", "{q4_1}");
     assert!(num(&q4_1, "tokens_per_s") > 0.0, "{q4_1}");
     assert!(

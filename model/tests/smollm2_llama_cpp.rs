@@ -324,20 +324,25 @@ fn greedy_answers_equal_llama_cpp_on_the_same_weights() {
         let prompt = u32s(&a["prompt_ids"]);
         let messages: Vec<serde_json::Value> = a["messages"].as_array().expect("messages").to_vec();
         assert_eq!(tok.encode_chat(&messages, true).expect("chat"), prompt);
-        let out = generate(
-            &source,
-            &tok,
-            std::slice::from_ref(&prompt),
-            &params,
-            &mut |_| {},
-        )
-        .expect("generate");
-        let ours: Vec<u32> = out[0]
-            .completion_ids
-            .iter()
-            .copied()
-            .filter(|&t| t != 2)
-            .collect();
+        // Greedy ids (without the end-of-turn token) and text.
+        let answer = |source: &ModelSource<'_>| {
+            let out = generate(
+                source,
+                &tok,
+                std::slice::from_ref(&prompt),
+                &params,
+                &mut |_| {},
+            )
+            .expect("generate");
+            let ids: Vec<u32> = out[0]
+                .completion_ids
+                .iter()
+                .copied()
+                .filter(|&t| t != 2)
+                .collect();
+            (ids, out[0].text.clone())
+        };
+        let (ours, text) = answer(&source);
         let want: Vec<u32> = u32s(&a["ids"]).into_iter().take(max_new).collect();
         let question = messages
             .last()
@@ -346,23 +351,16 @@ fn greedy_answers_equal_llama_cpp_on_the_same_weights() {
         eprintln!(
             "| {} | {} | {} |",
             question.replace('\n', " "),
-            out[0].text.replace('\n', " ⏎ "),
+            text.replace('\n', " ⏎ "),
             q4["text"].as_str().unwrap_or("").replace('\n', " ⏎ ")
         );
         assert_eq!(ours, want, "greedy answer to {question:?}");
         // `--quantize gguf` against llama.cpp on the Q4_1 file itself.
-        let out =
-            generate(&blocks_source, &tok, &[prompt], &params, &mut |_| {}).expect("generate");
-        let ours: Vec<u32> = out[0]
-            .completion_ids
-            .iter()
-            .copied()
-            .filter(|&t| t != 2)
-            .collect();
+        let (ours, text) = answer(&blocks_source);
         let want: Vec<u32> = u32s(&q4["ids"]).into_iter().take(max_new).collect();
         eprintln!(
             "  gguf blocks: {} | {}",
-            out[0].text.replace('\n', " ⏎ "),
+            text.replace('\n', " ⏎ "),
             if ours == want {
                 "= llama.cpp Q4_1"
             } else {

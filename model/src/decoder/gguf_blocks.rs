@@ -35,14 +35,7 @@ impl HostHead {
     pub(crate) fn matmul_with(&self, x: &[f32], m: usize, simd: bool) -> Vec<f32> {
         match self {
             HostHead::Packed(p) => p.matmul_with(x, m, simd),
-            HostHead::Blocks(b) => {
-                let isa = if simd {
-                    Int8Isa::best()
-                } else {
-                    Int8Isa::Portable
-                };
-                block_matmul_isa(b, x, m, isa, Split::Auto)
-            }
+            HostHead::Blocks(b) => block_matmul_isa(b, x, m, Int8Isa::select(simd), Split::Auto),
         }
     }
 

@@ -165,12 +165,7 @@ impl LinearWeight {
             LinearWeight::Packed(p) => p.matmul_prefetching(x, m, simd, prefetch),
             LinearWeight::Nf4(q) => crate::kernels::nf4_matmul_with(q, x, m, simd)?,
             LinearWeight::Blocks(b) => {
-                let isa = if simd {
-                    Int8Isa::best()
-                } else {
-                    Int8Isa::Portable
-                };
-                block_matmul_isa(b, x, m, isa, Split::Auto)
+                block_matmul_isa(b, x, m, Int8Isa::select(simd), Split::Auto)
             }
         };
         add(x, &mut y);

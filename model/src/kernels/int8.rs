@@ -34,6 +34,16 @@ impl Int8Isa {
         }
     }
 
+    /// [`Int8Isa::best`] when `simd` is asked for, else [`Int8Isa::Portable`] (the kernels'
+    /// `simd` knob).
+    pub fn select(simd: bool) -> Self {
+        if simd {
+            Int8Isa::best()
+        } else {
+            Int8Isa::Portable
+        }
+    }
+
     /// Whether this CPU has the path's features.
     pub fn runs_here(self) -> bool {
         match self {

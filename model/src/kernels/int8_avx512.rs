@@ -127,9 +127,8 @@ fn outputs_o<const R: usize, const O: usize>(
     let low = _mm256_set1_epi8(0x0f);
     // SAFETY (every load below): `o0 + O ≤ outputs.end`, `p < pairs` and `g·16 + 16 ≤
     // stride`, within the lengths the caller asserted; prefetches do not fault.
-    let wc: [*const u8; O] = std::array::from_fn(|k| {
-        w.codes()[(o0 + k) * pairs * pair_bytes..].as_ptr()
-    });
+    let wc: [*const u8; O] =
+        std::array::from_fn(|k| w.codes()[(o0 + k) * pairs * pair_bytes..].as_ptr());
     let ws: [*const u16; O] = std::array::from_fn(|k| w.scales()[(o0 + k) * stride..].as_ptr());
     let wm: [*const u16; O] = std::array::from_fn(|k| {
         if q4 {
@@ -145,15 +144,15 @@ fn outputs_o<const R: usize, const O: usize>(
         let mut scale = [[_mm512_setzero_ps(); R]; O];
         for k in 0..O {
             let wd = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(ws[k].add(b0).cast())) };
-            for r in 0..R {
-                let d = unsafe { _mm512_loadu_ps(x.scales[r].as_ptr().add(b0)) };
-                scale[k][r] = _mm512_mul_ps(wd, d);
+            for (sc, xd) in scale[k].iter_mut().zip(&x.scales) {
+                let d = unsafe { _mm512_loadu_ps(xd.as_ptr().add(b0)) };
+                *sc = _mm512_mul_ps(wd, d);
             }
             if q4 {
                 let wmv = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(wm[k].add(b0).cast())) };
-                for r in 0..R {
-                    let s = unsafe { _mm512_loadu_ps(x.sums[r].as_ptr().add(b0)) };
-                    min_acc[k][r] = _mm512_fmadd_ps(wmv, s, min_acc[k][r]);
+                for (ma, xs) in min_acc[k].iter_mut().zip(&x.sums) {
+                    let s = unsafe { _mm512_loadu_ps(xs.as_ptr().add(b0)) };
+                    *ma = _mm512_fmadd_ps(wmv, s, *ma);
                 }
             }
         }
