@@ -91,15 +91,17 @@ fn tile_f32_rows<const R: usize>(w: &[f32], x: &[f32], k: usize, y: &mut [f32]) 
 /// Bytes ahead of the weight stream at which [`stream_hint`] asks for lines.
 const STREAM_AHEAD: usize = 1024;
 
-/// Asks for the line at `p` as non-temporal data (a hint; never faults): weights are read
-/// once per step, so they should not push LoRA factors and the KV cache out of L3.
+/// Asks for the line at `p` ahead of its use (a hint; never faults). Into every cache level
+/// (`T0`), not as non-temporal data (`NTA`): on the Sapphire Rapids VMs (2026-12-07) `NTA`
+/// halved bf16 decode (SmolLM2 batch 1: 19 → 36.5 tokens/s on one thread with `T0`,
+/// `docs/benchmarks.md`).
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn stream_hint(p: *const i8) {
     // SAFETY: a prefetch never faults and reads nothing into the program.
     #[allow(unused_unsafe)]
     unsafe {
-        _mm_prefetch::<_MM_HINT_NTA>(p)
+        _mm_prefetch::<_MM_HINT_T0>(p)
     };
 }
 
