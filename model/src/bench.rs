@@ -181,8 +181,7 @@ pub fn decode_step_bytes(
     keys: usize,
 ) -> f64 {
     let (distinct_adapters, r, factor_bytes_per_weight) = lora;
-    let head = head_bytes;
     let factors = distinct_adapters as f64 * lora_macs(cfg, r) * factor_bytes_per_weight as f64;
     let kv = 2 * cfg.num_key_value_heads * cfg.head_dim * cfg.num_hidden_layers * 4;
-    (linear_bytes + head) as f64 + factors + (rows * keys * kv) as f64
+    (linear_bytes + head_bytes) as f64 + factors + (rows * keys * kv) as f64
 }

@@ -1,5 +1,5 @@
-//! Frozen host-stored projections (NF4, GGUF blocks, packed bf16/f32) under autodiff, without an f32 copy
-//! of the weight kept alive between the forward and the backward pass.
+//! Frozen host-stored projections (NF4, GGUF blocks, packed bf16/f32) under autodiff, without
+//! an f32 copy of the weight kept alive between the forward and the backward pass.
 //!
 //! burn's own matmul saves both operands for its backward (`dX = dY·W` needs `W`), so
 //! multiplying by a dequantized NF4 matrix under autodiff would keep every layer's f32 copy
@@ -28,7 +28,6 @@ use crate::decoder::LinearWeight;
 use crate::kernels::PackedMatrix;
 use crate::quant::Nf4Matrix;
 use crate::quant::blocks::BlockMatrix;
-use crate::weights::transpose;
 
 /// A frozen weight held in host memory: what the autodiff step keeps (a shared handle).
 #[derive(Debug, Clone)]
@@ -55,7 +54,7 @@ impl FrozenWeight {
             FrozenWeight::Packed(p) => (p.to_f32(), p.dims()),
             FrozenWeight::Blocks(b) => {
                 let [out, inp] = b.shape();
-                (transpose(&b.dequantize(), out, inp), [inp, out])
+                (b.dequantize_transposed(), [inp, out])
             }
         }
     }

@@ -29,7 +29,7 @@ pub enum Quantize {
 }
 
 impl Quantize {
-    /// The CPU-only path this choice takes (NF4's host kernels), if any.
+    /// The CPU-only path this choice takes (the NF4 or int8 host kernels), if any.
     pub fn cpu_only(self) -> Option<CpuOnly> {
         match self {
             Quantize::None => None,
@@ -69,6 +69,17 @@ impl Quantize {
     /// Whether the base is stored in NF4.
     pub fn is_nf4(self) -> bool {
         self == Quantize::Nf4
+    }
+
+    /// Refuses the llama.cpp formats for `command`, which trains: training on GGUF blocks is
+    /// not built.
+    pub fn check_trainable(self, command: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            matches!(self, Quantize::None | Quantize::Nf4),
+            "{command} --quantize: none or nf4 (q4_1 and gguf are generation formats: training \
+             on GGUF blocks is not built)"
+        );
+        Ok(())
     }
 
     /// Checks `--double-quant` against this choice: it needs `--quantize nf4`.
@@ -209,10 +220,7 @@ fn print_report(report: &impl serde::Serialize, selected: &Selected) -> anyhow::
 
 pub fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     args.quantize.check_double_quant(args.double_quant)?;
-    anyhow::ensure!(
-        matches!(args.quantize, Quantize::None | Quantize::Nf4),
-        "bench train --quantize: none or nf4 (the llama.cpp formats are measured by bench generate)"
-    );
+    args.quantize.check_trainable("bench train")?;
     let bench = TrainBench {
         batch: args.batch,
         seq: args.seq,

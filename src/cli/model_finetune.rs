@@ -210,14 +210,7 @@ fn progress(total: u64, done: u64) -> ProgressBar {
 }
 
 pub fn run(args: &FinetuneArgs) -> anyhow::Result<FinetuneReport> {
-    anyhow::ensure!(
-        matches!(
-            args.quantize,
-            super::bench_model::Quantize::None | super::bench_model::Quantize::Nf4
-        ),
-        "model finetune --quantize: none or nf4 (q4_1 and gguf are generation formats: \
-         training on GGUF blocks is not built)"
-    );
+    args.quantize.check_trainable("model finetune")?;
     let selected = args.device.select_for(args.quantize.cpu_only())?;
     let loaded = load(
         &args.model,

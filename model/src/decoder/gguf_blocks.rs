@@ -5,6 +5,7 @@
 //! the int8 kernels ([`crate::kernels::int8`]) with 8-bit activations, as llama.cpp computes
 //! them; norms and the embedding lookup stay f32. See [`crate::quant::blocks`].
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -18,14 +19,14 @@ use crate::kernels::int8::{Int8Isa, block_matmul_isa};
 use crate::kernels::{PackedMatrix, Split};
 use crate::lora::TargetModule;
 use crate::quant::blocks::{BLOCK, BlockFormat, BlockMatrix};
-use crate::weights::{read_f32, transpose};
+use crate::weights::transpose;
 
 /// The lm_head in a host kernel's layout, for untracked products.
 #[derive(Debug, Clone)]
 pub(crate) enum HostHead {
     /// bf16 or f32 packed for the decode kernels (`--dtype bf16|f32-packed`).
     Packed(Arc<PackedMatrix>),
-    /// The GGUF file's blocks of `[vocab, hidden]` (`--dtype gguf`).
+    /// Q8_0 (or Q4_1) blocks of `[vocab, hidden]` (`--quantize gguf|q4_1`).
     Blocks(Arc<BlockMatrix>),
 }
 
@@ -112,6 +113,10 @@ impl CausalLm {
             Some((_, c)) => *c += 1,
             None => report.projections.push((format.name().to_string(), 1)),
         };
+        // Each projection's checkpoint name, once.
+        let targets: HashMap<String, (usize, TargetModule)> = (0..self.layers.len())
+            .flat_map(|l| TargetModule::ALL.map(|t| (format!("{}.weight", t.path(l)), (l, t))))
+            .collect();
         let mut head = None;
         for info in &file.tensors {
             let Some(format) = file.ggml_type(info).ok().and_then(block_format) else {
@@ -125,25 +130,24 @@ impl CausalLm {
                 head = Some(read_blocks(&file, &info.name, format, perm)?);
                 continue;
             }
-            for (l, layer) in self.layers.iter_mut().enumerate() {
-                for t in TargetModule::ALL {
-                    if hf == format!("{}.weight", t.path(l)) {
-                        let blocks = read_blocks(&file, &info.name, format, perm)?;
-                        let lin = layer.linear_mut(t);
-                        let [inp, out] = lin.weight_t.dims();
-                        if blocks.shape() != [out, inp] {
-                            return Err(ModelError::ShapeMismatch {
-                                name: hf,
-                                expected: vec![out, inp],
-                                found: blocks.shape().to_vec(),
-                            });
-                        }
-                        lin.weight_t = LinearWeight::Blocks(Arc::new(blocks));
-                        count(format);
-                        break;
-                    }
-                }
+            let Some(&(l, t)) = targets.get(&hf) else {
+                continue;
+            };
+            let blocks = read_blocks(&file, &info.name, format, perm)?;
+            let Some(layer) = self.layers.get_mut(l) else {
+                continue;
+            };
+            let lin = layer.linear_mut(t);
+            let [inp, out] = lin.weight_t.dims();
+            if blocks.shape() != [out, inp] {
+                return Err(ModelError::ShapeMismatch {
+                    name: hf,
+                    expected: vec![out, inp],
+                    found: blocks.shape().to_vec(),
+                });
             }
+            lin.weight_t = LinearWeight::Blocks(Arc::new(blocks));
+            count(format);
         }
         report.others = self.layers.len() * TargetModule::ALL.len()
             - report.projections.iter().map(|(_, c)| c).sum::<usize>();
@@ -180,14 +184,10 @@ impl CausalLm {
                     kept += 1;
                     continue;
                 }
-                let w_t = match &lin.weight_t {
-                    LinearWeight::Blocks(_) => continue,
-                    LinearWeight::Dense(w) => read_f32(w, &name)?,
-                    LinearWeight::Nf4(q) => q.dequantize(),
-                    LinearWeight::Packed(p) => p.to_f32(),
-                    LinearWeight::Bf16(w) => w.to_f32(),
-                };
-                let w = transpose(&w_t, inp, out);
+                if let LinearWeight::Blocks(_) = lin.weight_t {
+                    continue;
+                }
+                let w = transpose(&lin.weight_t.values_t(&name)?, inp, out);
                 let blocks = BlockMatrix::quantize(BlockFormat::Q4_1, &w, out, inp)
                     .map_err(|e| ModelError::Input(format!("{name}: {e}")))?;
                 lin.weight_t = LinearWeight::Blocks(Arc::new(blocks));

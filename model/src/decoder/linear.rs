@@ -1,8 +1,8 @@
 //! A linear projection whose weight is stored dense (f32 on the device), in bf16, in NF4 or
 //! in a GGUF file's own blocks (Q4_1, Q8_0).
 //!
-//! bf16, NF4 and GGUF block weights live in host memory. With few rows of input (decoding) and no
-//! autodiff, [`Linear::forward`] multiplies them with the host kernels of
+//! bf16, NF4 and GGUF block weights live in host memory. With few rows of input (decoding)
+//! and no autodiff (GGUF blocks: any rows), [`Linear::forward`] multiplies them with the host kernels of
 //! [`crate::kernels`] (weights widened or decoded in registers, both cores); otherwise it
 //! builds the f32 matrix on the device and lets burn multiply. Under autodiff a frozen NF4 or
 //! packed weight goes through [`crate::quant_train::frozen_matmul`], which keeps no f32 copy
@@ -52,9 +52,9 @@ pub enum LinearWeight {
     /// bf16 for mixed-precision training ([`crate::precision`]): `Wᵀ` and `W` packed for the
     /// bf16 GEMM, used for every product (forward, input gradient, evaluation).
     Bf16(Arc<Bf16Weight>),
-    /// A GGUF file's Q4_1 or Q8_0 blocks of `W` (`[out, in]`, as the file stores them),
-    /// multiplied with 8-bit activations as llama.cpp does (`--dtype gguf`,
-    /// [`crate::quant::blocks`]) for few rows, dequantized for every other use.
+    /// Q4_1 or Q8_0 blocks of `W` (`[out, in]`, as a GGUF file stores them; `--quantize
+    /// gguf|q4_1`, [`crate::quant::blocks`]), multiplied with 8-bit activations as llama.cpp
+    /// does for any number of untracked rows; dequantized for an autodiff step's backward.
     Blocks(Arc<BlockMatrix>),
 }
 
@@ -84,11 +84,10 @@ impl LinearWeight {
             LinearWeight::Bf16(w) => {
                 Tensor::from_data(TensorData::new(w.to_f32(), w.dims()), device)
             }
-            LinearWeight::Blocks(b) => {
-                let [out, inp] = b.shape();
-                let w = transpose(&b.dequantize(), out, inp);
-                Tensor::from_data(TensorData::new(w, [inp, out]), device)
-            }
+            LinearWeight::Blocks(b) => Tensor::from_data(
+                TensorData::new(b.dequantize_transposed(), self.dims()),
+                device,
+            ),
         }
     }
 
@@ -177,19 +176,28 @@ impl LinearWeight {
         matches!(self, LinearWeight::Packed(p) if p.is_bf16())
     }
 
-    /// This weight in bf16 for mixed-precision training (dense and packed weights are read
-    /// back and rounded; NF4 and bf16 ones are returned unchanged).
-    pub fn to_train_bf16(&self, name: &str) -> Result<Self, ModelError> {
-        let [k, n] = self.dims();
-        let values = match self {
+    /// `Wᵀ` `[in, out]` as f32 values, row-major (read back, widened or dequantized).
+    pub fn values_t(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        Ok(match self {
             LinearWeight::Dense(w) => read_f32(w, name)?,
+            LinearWeight::Nf4(q) => q.dequantize(),
             LinearWeight::Packed(p) => p.to_f32(),
-            LinearWeight::Nf4(_) | LinearWeight::Bf16(_) | LinearWeight::Blocks(_) => {
-                return Ok(self.clone());
-            }
-        };
+            LinearWeight::Bf16(w) => w.to_f32(),
+            LinearWeight::Blocks(b) => b.dequantize_transposed(),
+        })
+    }
+
+    /// This weight in bf16 for mixed-precision training (dense and packed weights are read
+    /// back and rounded; NF4, bf16 and block ones are returned unchanged).
+    pub fn to_train_bf16(&self, name: &str) -> Result<Self, ModelError> {
+        if let LinearWeight::Nf4(_) | LinearWeight::Bf16(_) | LinearWeight::Blocks(_) = self {
+            return Ok(self.clone());
+        }
+        let [k, n] = self.dims();
         Ok(LinearWeight::Bf16(Arc::new(Bf16Weight::from_wt(
-            &values, k, n,
+            &self.values_t(name)?,
+            k,
+            n,
         ))))
     }
 

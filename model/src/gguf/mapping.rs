@@ -325,10 +325,12 @@ pub(crate) fn hf_name(name: &str, cfg: &ModelConfig) -> Option<(String, Permute)
 /// Undoes llama.cpp's per-head Q/K row permutation of a `[rows, cols]` tensor (a bias is
 /// `cols = 1`): Hugging Face row `h·d + j·d/2 + i` is GGUF row `h·d + 2i + j`.
 pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    // Within a head: row `j·d/2 + i` comes from row `2i + j`.
-    move_rows(values, rows, cols, heads, |k, half| {
-        2 * (k % half) + k / half
-    })
+    move_rows(values, rows, cols, heads, gguf_row_in_head)
+}
+
+/// Within a head of `2·half` rows: Hugging Face row `k = j·half + i` is GGUF row `2i + j`.
+fn gguf_row_in_head(k: usize, half: usize) -> usize {
+    2 * (k % half) + k / half
 }
 
 /// The GGUF row that holds Hugging Face row `r` of a `rows`-row Q/K tensor of `heads` heads
@@ -339,8 +341,7 @@ pub(crate) fn unpermuted_source_row(r: usize, rows: usize, heads: usize) -> usiz
     if half == 0 || r >= heads * d || r % d >= 2 * half {
         return r;
     }
-    let k = r % d;
-    (r / d) * d + 2 * (k % half) + k / half
+    (r / d) * d + gguf_row_in_head(r % d, half)
 }
 
 /// llama.cpp's converter permutation (the inverse of [`unpermute_rows`]): GGUF row

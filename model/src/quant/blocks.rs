@@ -295,6 +295,12 @@ impl BlockMatrix {
         }
     }
 
+    /// The whole matrix transposed, `Wᵀ` `[cols, rows]` row-major f32 (the layout the
+    /// decoder's projections use).
+    pub fn dequantize_transposed(&self) -> Vec<f32> {
+        crate::weights::transpose(&self.dequantize(), self.rows, self.cols)
+    }
+
     /// The whole matrix as f32, row-major `[rows, cols]`.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * self.cols];
